@@ -1,0 +1,273 @@
+"""Typed run configuration: dataclasses validated on construction, to and from JSON.
+
+A run is described by one :class:`RunConfig`. It is built from defaults, then an optional
+JSON override file (``--config``), then ``--set key.path=value`` overrides, and validated
+field by field: an unknown key or a wrong type names the offending key and what was
+expected. ``to_dict`` / ``from_dict`` round-trip exactly, and the config is stored whole in
+every result file. Model-specific options (``model_args``) are validated by the model's
+own config class when the model is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datamodules.base import DIRECTIONS
+from datamodules.datamodule import DataConfig
+from lightning_modules.optim import OptimConfig
+
+SIZES = ("tiny", "full")
+_TAG = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class ConfigError(ValueError):
+    """A bad option: the message names the option and what was expected."""
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("INSTRUCTSEE_CACHE", str(Path.home() / ".cache" / "instructsee-bench"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a tiny model is trained (Lightning Trainer settings and the optimizer).
+
+    max_epochs: 0 means "no training" (a pretrained model evaluated as it is).
+    accelerator / devices / strategy: passed to ``lightning.Trainer``; ``strategy="ddp"``
+    with several devices or nodes is how the suite scales out.
+    num_threads: torch intra-op threads (None = torch's default); recorded in results.
+    """
+
+    max_epochs: int = 12
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    gradient_clip_val: float = 1.0
+    precision: str = "32-true"
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    num_threads: int | None = None
+    deterministic: bool = True
+    limit_train_batches: float = 1.0
+    val_every_n_epochs: int = 5
+
+    def __post_init__(self) -> None:
+        if self.val_every_n_epochs < 1:
+            raise ConfigError("train.val_every_n_epochs must be >= 1")
+        if self.max_epochs < 0:
+            raise ConfigError("train.max_epochs must be >= 0")
+        if self.devices < 1 or self.num_nodes < 1:
+            raise ConfigError("train.devices and train.num_nodes must be >= 1")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError("train.num_threads must be >= 1 or null")
+        if not 0 < self.limit_train_batches <= 1:
+            raise ConfigError("train.limit_train_batches must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What is evaluated: directions, cut-offs, and the query chunk size of the scorer."""
+
+    directions: tuple[str, ...] = DIRECTIONS
+    ks: tuple[int, ...] = (1, 5, 10)
+    chunk_size: int = 1024
+
+    def __post_init__(self) -> None:
+        bad = [d for d in self.directions if d not in DIRECTIONS]
+        if bad or not self.directions:
+            raise ConfigError(f"eval.directions must be a non-empty subset of {DIRECTIONS}, got {self.directions}")
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ConfigError("eval.ks must be positive integers")
+        if self.chunk_size < 1:
+            raise ConfigError("eval.chunk_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One ``bench run``: which model on which dataset, at which size, and how."""
+
+    model: str
+    dataset: str = "synthetic"
+    size: str = "tiny"
+    tag: str = "default"
+    seed: int = 0
+    model_args: dict = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    results_dir: str = "results"
+    cache_dir: str = field(default_factory=default_cache_dir)
+
+    def __post_init__(self) -> None:
+        if self.size not in SIZES:
+            raise ConfigError(f"size must be one of {SIZES}, got {self.size!r}")
+        if not _TAG.match(self.tag):
+            raise ConfigError(f"tag must match {_TAG.pattern} (it becomes part of a file name), got {self.tag!r}")
+
+    # -- identity ----------------------------------------------------------------------
+    def result_path(self) -> Path:
+        return Path(self.results_dir) / f"{self.model}__{self.dataset}__{self.tag}.json"
+
+    def identity(self) -> dict[str, Any]:
+        """The parts of the config that determine the result (not where files go)."""
+        d = to_dict(self)
+        for k in ("tag", "results_dir", "cache_dir"):
+            d.pop(k)
+        d["data"].pop("root")
+        return d
+
+    def config_hash(self) -> str:
+        return stable_hash(self.identity())
+
+    def training_hash(self) -> str:
+        """Determines a trained checkpoint: everything but evaluation settings."""
+        d = self.identity()
+        d.pop("eval")
+        for k in ("eval_batch_size", "eval_split", "max_eval_images", "num_workers", "cache_images"):
+            d["data"].pop(k)
+        return stable_hash(d)
+
+
+def stable_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# -- dict <-> dataclass ----------------------------------------------------------------
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (tuple, list)):
+        return [to_dict(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected an object, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        item = args[0] if args else Any
+        return tuple(_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected an object, got {type(value).__name__}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a plain dict, naming any unknown or ill-typed key."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown option '{prefix}{unknown[0]}'; valid options{' of ' + where if where else ''}: "
+            + ", ".join(sorted(fields))
+        )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _convert(value, hints[name], f"{where}.{name}" if where else name)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{where or cls.__name__}: {e}") from e
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "model_args":
+            out[k] = deep_merge(out[k], v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+def parse_set(assignments: list[str]) -> dict:
+    """``["train.max_epochs=3", "model_args.width=64"]`` -> nested dict (values parsed as JSON)."""
+    out: dict = {}
+    for a in assignments:
+        key, sep, raw = a.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.max_epochs=3), got {a!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_override_file(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config: file {path} not found") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config: {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: {path} must hold a JSON object")
+    return data
+
+
+def build_run_config(base: dict, *overrides: dict) -> RunConfig:
+    merged = base
+    for o in overrides:
+        merged = deep_merge(merged, o)
+    return from_dict(RunConfig, merged)

@@ -1,0 +1,61 @@
+"""Retrieval evaluation of any :class:`~lightning_modules.base.RetrievalModel` with Lightning.
+
+:class:`RetrievalEvaluator` wraps a model for ``Trainer.test``: the gallery images and the
+query texts come as two test dataloaders, each item with its global index; embeddings are
+accumulated in a :class:`~benchmark.metrics.RetrievalMetric`, which gathers them across
+processes (DDP), drops the duplicates that distributed samplers pad with, and scores the
+queries against the gallery in chunks with the model's own ``score``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import numpy as np
+import torch
+
+from benchmark.config import EvalConfig
+from benchmark.metrics import RetrievalMetric
+from datamodules.base import EvalSet
+from lightning_modules.base import RetrievalModel
+
+
+class RetrievalEvaluator(L.LightningModule):
+    GALLERY, QUERIES = 0, 1
+
+    def __init__(self, model: RetrievalModel, eval_set: EvalSet, config: EvalConfig) -> None:
+        super().__init__()
+        if not isinstance(model, RetrievalModel):
+            raise TypeError(f"{type(model).__name__} does not honour the RetrievalModel protocol")
+        self.model = model
+        self.eval_set = eval_set
+        self.metric = RetrievalMetric(
+            eval_set,
+            score_fn=model.score,
+            directions=config.directions,
+            ks=config.ks,
+            chunk_size=config.chunk_size,
+        )
+        self.results: dict[str, float] = {}
+        self.per_query: dict[str, np.ndarray] = {}
+        self.timings: dict[str, float] = {"encode_images_s": 0.0, "encode_texts_s": 0.0}
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        index, items = batch
+        start = time.perf_counter()
+        if dataloader_idx == self.GALLERY:
+            self.metric.update_images(index, self.model.encode_images(items))
+            self.timings["encode_images_s"] += time.perf_counter() - start
+        else:
+            self.metric.update_texts(index, self.model.encode_texts(items))
+            self.timings["encode_texts_s"] += time.perf_counter() - start
+
+    def on_test_epoch_end(self) -> None:
+        start = time.perf_counter()
+        self.results = {k: float(v) for k, v in self.metric.compute().items()}
+        self.timings["score_and_rank_s"] = time.perf_counter() - start
+        self.per_query = dict(self.metric.per_query)
+        self.metric.reset()
+        headline = {k: v for k, v in self.results.items() if k.split("/")[-1] in ("R@1", "R@5", "R@10", "MRR")}
+        self.log_dict({f"test/{k}": torch.tensor(v) for k, v in headline.items()}, rank_zero_only=True)

@@ -1,0 +1,231 @@
+"""A torchmetrics ``Metric`` that accumulates embeddings and computes exact retrieval metrics.
+
+:class:`RetrievalMetric` stores *embeddings* with their global indices (never flattened
+query-item pairs): gallery images and query texts arrive batch by batch, possibly on
+several processes. On :meth:`~RetrievalMetric.compute` the states are gathered across
+processes, de-duplicated by global index (a ``DistributedSampler`` pads the last batch with
+repeated items: they must not count twice), sorted by index and checked complete; then the
+model's own ``score`` ranks chunks of queries against the whole gallery through the
+functional core :mod:`benchmark.metrics.retrieval` (see there for what every number means).
+
+Directions: ``t2i`` (caption queries vs. image gallery, Sim with the caption's own image),
+``i2t`` (image queries vs. caption gallery, Sim with the image's own captions), ``i2i``
+(images vs. images, each image excluded from its own ranking, no Sim).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+from torchmetrics.utilities.data import dim_zero_cat
+
+from benchmark.metrics.retrieval import (
+    DirectionResult,
+    DirectionSpec,
+    encoded_score_fn,
+    evaluate_directions,
+    flatten_metrics,
+    source_relevance,
+    transpose_relevance,
+)
+from datamodules.base import DIRECTIONS, Relevance
+from lightning_modules.base import Encoded, max_sim
+
+_MODALITIES = ("image", "text")
+
+
+class EvalStructure(Protocol):
+    """What the metric needs from an evaluation set (``datamodules.base.EvalSet`` honours it).
+
+    relevance: ``"t2i"`` (queries x images), ``"i2t"`` (images x queries), ``"i2i"``
+        (images x images) -- only the evaluated directions are needed.
+    source: per query (caption), the index of its own image; None or negative = no Sim.
+    """
+
+    relevance: Mapping[str, Relevance]
+    source: np.ndarray | None
+
+    @property
+    def n_images(self) -> int: ...
+
+    @property
+    def n_queries(self) -> int: ...
+
+
+class RetrievalMetric(Metric):
+    """Exact multi-direction retrieval metrics over embeddings gathered across processes.
+
+    Args:
+        eval_set: the relevance structures (see :class:`EvalStructure`).
+        score_fn: ``score(queries, gallery) -> [Q, G]``, the model's own scoring
+            (default: :func:`~lightning_modules.base.max_sim`).
+        directions: subset of ``("t2i", "i2t", "i2i")``.
+        ks: the cut-offs of R@k.
+        chunk_size: queries scored at once (bounds memory to ``chunk_size x n_gallery``).
+        kwargs: passed to :class:`torchmetrics.Metric` (``process_group``, ``compute_on_cpu``...).
+
+    Feed it with :meth:`update_images` / :meth:`update_texts` (global indices + an
+    :class:`~lightning_modules.base.Encoded`). Multi-vector embeddings (``[N, T, D]``) must
+    keep one ``T`` for all batches of a modality (pad and pass ``lengths``).
+
+    After :meth:`compute`, ``per_query`` holds numpy arrays for bootstrap intervals:
+    ``"{direction}/rank"`` (0 = skipped), ``"{direction}/sim"`` (t2i, i2t), ``"text_lengths"``
+    and ``"image_lengths"`` (-1 where the model gives none), all ordered by global index;
+    ``direction_results`` the :class:`~benchmark.metrics.retrieval.DirectionResult` objects,
+    and ``n_duplicates`` how many padded repeats were dropped per modality.
+    """
+
+    is_differentiable = False
+    # The result mixes directions of improvement (R@k, MRR, Sim up; ranks down): see
+    # benchmark.metrics.retrieval.higher_is_better(key) for each key.
+    higher_is_better = None
+    full_state_update = False
+
+    image_index: list[torch.Tensor]
+    image_emb: list[torch.Tensor]
+    image_lengths: list[torch.Tensor]
+    text_index: list[torch.Tensor]
+    text_emb: list[torch.Tensor]
+    text_lengths: list[torch.Tensor]
+
+    def __init__(
+        self,
+        eval_set: EvalStructure,
+        score_fn: Callable[[Encoded, Encoded], torch.Tensor] = max_sim,
+        *,
+        directions: Sequence[str] = DIRECTIONS,
+        ks: Sequence[int] = (1, 5, 10),
+        chunk_size: int = 1024,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        directions = tuple(directions)
+        bad = [d for d in directions if d not in DIRECTIONS]
+        if bad or not directions:
+            raise ValueError(f"directions must be a non-empty subset of {DIRECTIONS}, got {directions}")
+        if not ks or any(int(k) < 1 for k in ks):
+            raise ValueError(f"ks must be positive integers, got {tuple(ks)}")
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        self.n_images, self.n_queries = int(eval_set.n_images), int(eval_set.n_queries)
+        shapes = {"t2i": (self.n_queries, self.n_images), "i2t": (self.n_images, self.n_queries),
+                  "i2i": (self.n_images, self.n_images)}  # fmt: skip
+        self.relevance: dict[str, Relevance] = {}
+        for d in directions:
+            if d not in eval_set.relevance:
+                raise ValueError(f"eval_set has no relevance for direction {d!r}")
+            rel = eval_set.relevance[d]
+            if (rel.n_queries, rel.n_gallery) != shapes[d]:
+                raise ValueError(f"relevance[{d!r}] is {rel.n_queries} x {rel.n_gallery}, expected {shapes[d]}")
+            self.relevance[d] = rel
+        self.source: dict[str, Relevance] = {}
+        source = getattr(eval_set, "source", None)
+        if source is not None and ("t2i" in directions or "i2t" in directions):
+            src = np.asarray(source, dtype=np.int64)
+            if src.shape != (self.n_queries,):
+                raise ValueError(f"eval_set.source must have one entry per query ({self.n_queries}), got {src.shape}")
+            self.source["t2i"] = source_relevance(src, self.n_images)
+            self.source["i2t"] = transpose_relevance(self.source["t2i"])
+        self.score_fn = score_fn
+        self.directions = directions
+        self.ks = tuple(int(k) for k in ks)
+        self.chunk_size = int(chunk_size)
+        for m in _MODALITIES:
+            for name in ("index", "emb", "lengths"):
+                self.add_state(f"{m}_{name}", default=[], dist_reduce_fx="cat")
+        self.per_query: dict[str, np.ndarray] = {}
+        self.direction_results: dict[str, DirectionResult] = {}
+        self.n_duplicates: dict[str, int] = {}
+
+    # -- accumulation -------------------------------------------------------------------
+    def update(self, index: torch.Tensor, enc: Encoded, modality: str) -> None:  # type: ignore[override]
+        """Store a batch of encoded ``"image"`` or ``"text"`` items with their global indices."""
+        if modality not in _MODALITIES:
+            raise ValueError(f"modality must be one of {_MODALITIES}, got {modality!r}")
+        index = torch.as_tensor(index).reshape(-1).to(device=enc.emb.device, dtype=torch.long)
+        if len(index) != len(enc):
+            raise ValueError(f"{len(index)} indices for {len(enc)} encoded {modality}s")
+        emb = enc.emb.detach()
+        stored: list[torch.Tensor] = getattr(self, f"{modality}_emb")
+        if stored and stored[0].shape[1:] != emb.shape[1:]:
+            raise ValueError(
+                f"{modality} embeddings changed shape between batches: {tuple(stored[0].shape[1:])} then "
+                f"{tuple(emb.shape[1:])}; pad multi-vector embeddings to one T and pass lengths"
+            )
+        lengths = torch.full_like(index, -1) if enc.lengths is None else enc.lengths.detach().to(index)
+        getattr(self, f"{modality}_index").append(index)
+        stored.append(emb)
+        getattr(self, f"{modality}_lengths").append(lengths)
+
+    def update_images(self, index: torch.Tensor, enc: Encoded) -> None:
+        self.update(index, enc, "image")
+
+    def update_texts(self, index: torch.Tensor, enc: Encoded) -> None:
+        self.update(index, enc, "text")
+
+    def forward(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        """Accumulate only: batch-level retrieval metrics are meaningless (no full gallery)."""
+        self.update(*args, **kwargs)
+
+    # -- computation --------------------------------------------------------------------
+    def _collect(self, modality: str, n: int) -> tuple[Encoded, np.ndarray]:
+        """Gathered states of one modality, de-duplicated, sorted by index, checked complete."""
+        index_state = getattr(self, f"{modality}_index")
+        if isinstance(index_state, list) and not index_state:
+            raise RuntimeError(f"RetrievalMetric: no {modality}s were given (call update_{modality}s first)")
+        index = dim_zero_cat(index_state).long()
+        emb = dim_zero_cat(getattr(self, f"{modality}_emb"))
+        lengths = dim_zero_cat(getattr(self, f"{modality}_lengths")).long()
+        order = torch.argsort(index, stable=True)
+        sorted_index = index[order]
+        first = torch.ones_like(sorted_index, dtype=torch.bool)
+        first[1:] = sorted_index[1:] != sorted_index[:-1]
+        keep, unique = order[first], sorted_index[first]
+        self.n_duplicates[f"{modality}s"] = int(len(index) - len(unique))
+        if len(unique) and (int(unique[0]) < 0 or int(unique[-1]) >= n):
+            raise ValueError(f"RetrievalMetric: {modality} indices must lie in [0, {n}), got "
+                             f"[{int(unique[0])}, {int(unique[-1])}]")  # fmt: skip
+        if len(unique) != n:
+            seen = torch.zeros(n, dtype=torch.bool, device=unique.device)
+            seen[unique] = True
+            missing = torch.nonzero(~seen).flatten()
+            raise ValueError(
+                f"RetrievalMetric: {len(missing)} of {n} {modality}s were never encoded (e.g. indices "
+                f"{missing[:10].tolist()}); every {modality} must reach the metric on some process"
+            )
+        emb, lengths = emb[keep], lengths[keep]
+        has = lengths >= 0
+        if bool(has.any()) and not bool(has.all()):
+            raise ValueError(f"RetrievalMetric: some {modality} batches had lengths and others not")
+        lengths_np = lengths.cpu().numpy()
+        return Encoded(emb, lengths if bool(has.all()) else None), lengths_np
+
+    def compute(self) -> dict[str, float]:  # type: ignore[override]
+        """Flat metrics ``{"t2i/R@1": ..., "i2t/MRR": ..., ...}``; fills ``per_query``."""
+        images, image_lengths = self._collect("image", self.n_images)
+        texts, text_lengths = self._collect("text", self.n_queries)
+        queries_gallery = {"t2i": (texts, images), "i2t": (images, texts), "i2i": (images, images)}
+        specs = {
+            d: DirectionSpec(
+                score_fn=encoded_score_fn(self.score_fn, *queries_gallery[d]),
+                relevance=self.relevance[d],
+                source=self.source.get(d),
+                exclude_self=d == "i2i",
+            )
+            for d in self.directions
+        }
+        with torch.no_grad():
+            self.direction_results = evaluate_directions(specs, chunk_size=self.chunk_size)
+        per_query: dict[str, np.ndarray] = {}
+        for d, r in self.direction_results.items():
+            per_query[f"{d}/rank"] = r.rank
+            if r.sim is not None:
+                per_query[f"{d}/sim"] = r.sim
+        per_query["text_lengths"] = text_lengths
+        per_query["image_lengths"] = image_lengths
+        self.per_query = per_query
+        return flatten_metrics(self.direction_results, self.ks)

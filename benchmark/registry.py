@@ -1,0 +1,76 @@
+"""Names -> implementations, for models and datasets.
+
+Entries are registered as ``"module:attribute"`` strings and imported only when asked
+for, so that listing names (``bench --help``, error messages) never imports torch. A
+registry refuses duplicate names, and an unknown name raises :class:`UnknownNameError`
+listing the valid ones (the CLI turns it into exit code 2). Tests parametrize over the
+registries: every registered name is exercised at tiny size.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+class UnknownNameError(KeyError):
+    """An unknown model or dataset name; the message lists the valid names."""
+
+    def __init__(self, kind: str, name: str, valid: list[str]) -> None:
+        self.kind, self.name, self.valid = kind, name, valid
+        super().__init__(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(valid)}")
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    target: str  # "package.module:Attribute"
+    description: str
+
+    def load(self) -> Any:
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+class Registry:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, target: str, description: str = "") -> None:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is already registered ({self._entries[name].target})")
+        if ":" not in target:
+            raise ValueError(f"registry target must be 'module:attribute', got {target!r}")
+        self._entries[name] = Entry(name, target, description)
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entry(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UnknownNameError(self.kind, name, self.names()) from None
+
+    def get(self, name: str) -> Any:
+        return self.entry(name).load()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+
+MODELS = Registry("model")
+MODELS.register("clip", "lightning_modules.clip:ClipRetrieval", "CLIP dual encoder (transformers CLIPModel)")
+
+DATASETS = Registry("dataset")
+DATASETS.register(
+    "synthetic", "datamodules.synthetic:SyntheticDataModule", "SynthScenes, the embedded procedural benchmark"
+)
+DATASETS.register("coco", "datamodules.real:CocoKarpathyDataModule", "COCO, Karpathy split (local folder)")
+DATASETS.register("medpix", "datamodules.real:MedPixDataModule", "MedPix 2.0 (local folder)")
+DATASETS.register("rsicap", "datamodules.real:RSICapDataModule", "RSICap / RSIEval (local folder)")

@@ -1,0 +1,61 @@
+"""The results table: one row per result file, built from ``results/*.json`` only.
+
+Columns are the headline retrieval metrics per direction. Text taken from result files
+(model, dataset, tag) is escaped, so a hostile or odd name cannot break the table.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from benchmark.reporting.escape import markdown
+from benchmark.results import load_results
+
+COLUMNS = (
+    ("t2i/R@1", "T2I R@1"), ("t2i/R@5", "T2I R@5"), ("t2i/R@10", "T2I R@10"), ("t2i/MRR", "T2I MRR"),
+    ("t2i/Sim", "T2I Sim"), ("i2t/R@1", "I2T R@1"), ("i2t/R@5", "I2T R@5"), ("i2t/MRR", "I2T MRR"),
+    ("i2i/R@5", "I2I R@5"), ("i2i/MRR", "I2I MRR"),
+)
+
+DEFINITIONS = """\
+Definitions. R@k: share of queries with at least one relevant item among the top k (hit
+rate). MRR: mean reciprocal rank of the first relevant item over the full ranking. Ties
+count against the model (a relevant item ranks below every non-relevant item with an equal
+score). Sim: mean similarity, under the model's own scoring, of each query with its source
+item (T2I: a caption with the image it was written for). For CLIP it is the cosine
+similarity of the normalized embeddings. T2I: text query, image gallery; I2T: image query,
+caption gallery; I2I: image query, image gallery without the query itself."""
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def results_table(results: list[dict]) -> str:
+    head = ["Model", "Dataset", "Size", "Tag", *[h for _, h in COLUMNS], "Queries", "Time (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(head) - 4)) + "|"]
+    for r in sorted(results, key=lambda r: (r["dataset"], r["model"], r["tag"])):
+        m = r["metrics"]
+        cells = [markdown(r["model"]), markdown(r["dataset"]), markdown(r["size"]), markdown(r["tag"])]
+        cells += [_fmt(m.get(k)) for k, _ in COLUMNS]
+        cells += [_fmt(r["provenance"].get("n_queries")), _fmt(r["timings"].get("total_s"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(results_dir: Path, out_dir: Path) -> Path:
+    results = load_results(results_dir)
+    text = "# instructsee-bench results\n\n"
+    if results:
+        text += results_table(results) + "\n\n" + DEFINITIONS + "\n"
+    else:
+        text += f"No result files in {markdown(str(results_dir))}. Run `bench run` first.\n"
+    out = Path(out_dir) / "results.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".md.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    return out

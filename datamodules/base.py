@@ -1,0 +1,334 @@
+"""The data contract every dataset honours: evaluation structures, training pairs, errors.
+
+Nothing here knows about models. A dataset turns its on-disk annotations into
+:class:`ImageRecord` lists (one per split); from those this module builds
+
+* :class:`EvalSet` -- the gallery images, the queries (instruction text, raw caption,
+  complexity level, source image) and exact multi-positive relevance for the three
+  retrieval directions (``t2i``, ``i2t``, ``i2i``), stored as CSR index arrays;
+* the torch datasets that the DataModule serves (training pairs, gallery images, query
+  texts), each yielding its global index so that distributed evaluation can de-duplicate
+  the padding that distributed samplers add.
+
+Images are always read through :func:`load_image` (any mode -> RGB), the same path the
+real datasets use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+DIRECTIONS = ("t2i", "i2t", "i2i")
+
+
+class DataError(ValueError):
+    """Bad or missing dataset input. The message names the file, record and field."""
+
+
+@dataclass(frozen=True)
+class CaptionRecord:
+    """One caption of an image, as stored in the annotations."""
+
+    text: str
+    complexity: int = 0
+    constraints: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a split: where it is, its captions, and optional structure.
+
+    ``relevant_captions`` is only used by datasets whose relevance is richer than
+    "a caption is relevant to its own image" (the synthetic benchmark): for each caption
+    of this image, the ids of every image of the split that satisfies it.
+    """
+
+    image_id: str
+    path: Path
+    captions: tuple[CaptionRecord, ...]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    relevant_images: tuple[tuple[str, ...], ...] | None = None
+    i2i_relevant: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Relevance:
+    """A sparse boolean relevance matrix (queries x gallery) in CSR form."""
+
+    indptr: np.ndarray  # int64, shape (n_queries + 1,)
+    indices: np.ndarray  # int64, gallery indices, sorted within each row
+    n_gallery: int
+
+    def __post_init__(self) -> None:
+        if self.indptr.ndim != 1 or self.indptr[0] != 0:
+            raise ValueError("Relevance.indptr must be 1-d and start at 0")
+        if len(self.indices) != int(self.indptr[-1]):
+            raise ValueError("Relevance.indices length must equal indptr[-1]")
+        if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= self.n_gallery):
+            raise ValueError(f"Relevance.indices must lie in [0, {self.n_gallery})")
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.indptr) - 1
+
+    def row(self, i: int) -> np.ndarray:
+        return self.indices[self.indptr[i] : self.indptr[i + 1]]
+
+    def counts(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    @classmethod
+    def from_lists(cls, rows: Sequence[Sequence[int]], n_gallery: int) -> Relevance:
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        indptr[1:] = np.cumsum([len(r) for r in rows])
+        flat = [np.sort(np.asarray(r, dtype=np.int64)) for r in rows]
+        indices = np.concatenate(flat) if flat else np.zeros(0, dtype=np.int64)
+        return cls(indptr, indices.astype(np.int64), n_gallery)
+
+    def transpose(self) -> Relevance:
+        rows: list[list[int]] = [[] for _ in range(self.n_gallery)]
+        for q in range(self.n_queries):
+            for g in self.row(q):
+                rows[int(g)].append(q)
+        return Relevance.from_lists(rows, self.n_queries)
+
+    def dense(self) -> np.ndarray:
+        out = np.zeros((self.n_queries, self.n_gallery), dtype=bool)
+        rows = np.repeat(np.arange(self.n_queries), self.counts())
+        out[rows, self.indices] = True
+        return out
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Everything needed to evaluate retrieval on one split.
+
+    Queries are the captions of the split's images, turned into instructions.
+    ``relevance[direction]`` has one row per query of that direction: captions for
+    ``t2i``, gallery images for ``i2t`` (its gallery being the captions) and ``i2i``
+    (its gallery being the images, self excluded by the evaluation).
+    """
+
+    split: str
+    image_ids: tuple[str, ...]
+    image_paths: tuple[Path, ...]
+    instructions: tuple[str, ...]
+    captions: tuple[str, ...]
+    complexity: np.ndarray  # int, per query
+    source: np.ndarray  # int, per query: index of the image the caption was written for
+    relevance: dict[str, Relevance]
+    annotations_sha256: str
+
+    @property
+    def n_images(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.instructions)
+
+    def provenance(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "n_gallery_images": self.n_images,
+            "n_queries": self.n_queries,
+            "annotations_sha256": self.annotations_sha256,
+            "complexity_levels": sorted(int(c) for c in np.unique(self.complexity)),
+        }
+
+
+@dataclass(frozen=True)
+class InstructionTemplates:
+    """Templates that turn a caption into an instruction ("Find images of {caption}.").
+
+    Evaluation uses a deterministic template per query (chosen by a hash of the caption
+    index and the seed); training samples one at random.
+    """
+
+    templates: tuple[str, ...] = ("{caption}",)
+
+    def __post_init__(self) -> None:
+        if not self.templates:
+            raise ValueError("InstructionTemplates.templates must not be empty")
+        for t in self.templates:
+            if "{caption}" not in t:
+                raise ValueError(f"instruction template {t!r} must contain '{{caption}}'")
+
+    def render(self, caption: str, index: int, seed: int = 0) -> str:
+        t = self.templates[(index * 2654435761 + seed) % len(self.templates)]
+        return t.format(caption=caption)
+
+
+def load_image(path: Path) -> Image.Image:
+    """Read an image from disk as RGB (RGBA, palette and grayscale are converted)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB") if im.mode != "RGB" else im.copy()
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: image file not found") from e
+    except (OSError, SyntaxError) as e:
+        raise DataError(f"{path}: unreadable image ({e})") from e
+
+
+def sha256_of_files(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON annotation file; errors name the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: annotation file not found") from e
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+
+
+def build_eval_set(
+    split: str,
+    records: Sequence[ImageRecord],
+    templates: InstructionTemplates,
+    annotations_sha256: str,
+    seed: int = 0,
+) -> EvalSet:
+    """Flatten a split's records into an :class:`EvalSet` with exact relevance.
+
+    Without explicit relevance a caption is relevant to its own image only, and two images
+    are relevant to each other in ``i2i`` only if the dataset says so (``i2i_relevant``).
+    """
+    id_to_index = {r.image_id: i for i, r in enumerate(records)}
+    if len(id_to_index) != len(records):
+        raise DataError(f"split {split!r}: duplicate image ids")
+    instructions: list[str] = []
+    captions: list[str] = []
+    complexity: list[int] = []
+    source: list[int] = []
+    t2i_rows: list[list[int]] = []
+    i2i_rows: list[list[int]] = []
+    for img_index, rec in enumerate(records):
+        for c_index, cap in enumerate(rec.captions):
+            q = len(captions)
+            captions.append(cap.text)
+            instructions.append(templates.render(cap.text, q, seed))
+            complexity.append(cap.complexity)
+            source.append(img_index)
+            if rec.relevant_images is not None:
+                row = [id_to_index[i] for i in rec.relevant_images[c_index]]
+                if img_index not in row:
+                    raise DataError(
+                        f"split {split!r}, image {rec.image_id!r}, caption {c_index}: "
+                        "relevant_images must contain the caption's own image"
+                    )
+            else:
+                row = [img_index]
+            t2i_rows.append(row)
+        if rec.i2i_relevant is not None:
+            i2i_rows.append([id_to_index[i] for i in rec.i2i_relevant if id_to_index[i] != img_index])
+        else:
+            i2i_rows.append([])
+    t2i = Relevance.from_lists(t2i_rows, len(records))
+    return EvalSet(
+        split=split,
+        image_ids=tuple(r.image_id for r in records),
+        image_paths=tuple(r.path for r in records),
+        instructions=tuple(instructions),
+        captions=tuple(captions),
+        complexity=np.asarray(complexity, dtype=np.int64),
+        source=np.asarray(source, dtype=np.int64),
+        relevance={"t2i": t2i, "i2t": t2i.transpose(), "i2i": Relevance.from_lists(i2i_rows, len(records))},
+        annotations_sha256=annotations_sha256,
+    )
+
+
+class IndexedImages(Dataset):
+    """Gallery images: yields ``(global_index, pixel_tensor)``."""
+
+    def __init__(self, paths: Sequence[Path], transform: Transform) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        return i, self.transform(load_image(self.paths[i]))
+
+
+class IndexedTexts(Dataset):
+    """Query texts: yields ``(global_index, text)``; the model tokenizes."""
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self.texts = list(texts)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> tuple[int, str]:
+        return i, self.texts[i]
+
+
+class TrainPairs(Dataset):
+    """Training pairs ``(image_index, pixel_tensor, instruction_text)``, one item per image.
+
+    Each access draws one of the image's captions and one instruction template from
+    torch's global generator, which Lightning seeds (``seed_everything(workers=True)``), so
+    a run is reproducible and one image never appears twice in a batch (no duplicated
+    in-batch negatives). With ``cache=True`` the transformed image tensors are kept in
+    memory after their first load (for small datasets with a deterministic transform).
+    """
+
+    def __init__(
+        self, records: Sequence[ImageRecord], transform: Transform, templates: InstructionTemplates, cache: bool = False
+    ) -> None:
+        self.records = list(records)
+        self.transform = transform
+        self.templates = templates
+        self._cache: dict[int, torch.Tensor] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _image(self, i: int) -> torch.Tensor:
+        if self._cache is None:
+            return self.transform(load_image(self.records[i].path))
+        if i not in self._cache:
+            self._cache[i] = self.transform(load_image(self.records[i].path))
+        return self._cache[i]
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str]:
+        rec = self.records[i]
+        caption = rec.captions[int(torch.randint(len(rec.captions), ()))].text
+        template = self.templates.templates[int(torch.randint(len(self.templates.templates), ()))]
+        return i, self._image(i), template.format(caption=caption)
+
+
+def collate_indexed(batch: list[tuple]) -> tuple:
+    """Collate ``(index, item, ...)`` tuples: indices and tensors stacked, strings listed."""
+    out = []
+    for column in zip(*batch, strict=True):
+        first = column[0]
+        if isinstance(first, torch.Tensor):
+            out.append(torch.stack(column))
+        elif isinstance(first, int):
+            out.append(torch.tensor(column, dtype=torch.long))
+        else:
+            out.append(list(column))
+    return tuple(out)

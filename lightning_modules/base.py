@@ -1,0 +1,93 @@
+"""The retrieval interface every model of the suite honours, and its embedding container.
+
+A model encodes gallery items once and queries separately, then scores a chunk of queries
+against the whole encoded gallery. The evaluation code (``benchmark/``) only ever talks to
+this :class:`RetrievalModel` protocol, so CLIP, BLIP2, BLIP2-IDQ-Former and the token
+reduction baselines are evaluated by one code path.
+
+Embeddings may be single-vector (``[N, D]``) or multi-vector (``[N, T, D]``, e.g. the 32
+Q-Former query outputs of BLIP-2); ``lengths`` carries a per-item number of valid vectors
+where the model has one (the dynamic query length L of IDQ-Former), and is what the suite
+reports as "query length".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+
+
+@dataclass
+class Encoded:
+    """Encoded items: ``emb`` is ``[N, D]`` or ``[N, T, D]``; ``lengths`` is ``[N]`` or None."""
+
+    emb: torch.Tensor
+    lengths: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.emb.ndim not in (2, 3):
+            raise ValueError(f"Encoded.emb must be [N, D] or [N, T, D], got shape {tuple(self.emb.shape)}")
+        if self.lengths is not None and self.lengths.shape != (self.emb.shape[0],):
+            raise ValueError("Encoded.lengths must have shape [N]")
+
+    def __len__(self) -> int:
+        return self.emb.shape[0]
+
+    def __getitem__(self, idx: slice | torch.Tensor) -> Encoded:
+        return Encoded(self.emb[idx], None if self.lengths is None else self.lengths[idx])
+
+    def to(self, device: torch.device | str) -> Encoded:
+        return Encoded(self.emb.to(device), None if self.lengths is None else self.lengths.to(device))
+
+    @staticmethod
+    def cat(parts: Sequence[Encoded]) -> Encoded:
+        lengths = None if parts[0].lengths is None else torch.cat([p.lengths for p in parts])  # type: ignore[misc]
+        return Encoded(torch.cat([p.emb for p in parts]), lengths)
+
+
+@runtime_checkable
+class RetrievalModel(Protocol):
+    """What the evaluation needs from a model.
+
+    * ``image_transform()`` -- the model's own preprocessing, PIL image -> ``[3, H, W]``.
+    * ``encode_images(pixels)`` -- gallery (or image-query) embeddings.
+    * ``encode_texts(texts)`` -- query (or caption-gallery) embeddings; ``lengths`` set
+      when the model allots a per-query number of vectors.
+    * ``score(queries, gallery)`` -- a ``[Q, G]`` similarity matrix for one chunk of
+      queries against the whole gallery, in the model's own scoring (higher = better).
+      The evaluation calls it chunk by chunk, so memory stays bounded.
+    """
+
+    def image_transform(self) -> Callable[[Image.Image], torch.Tensor]: ...
+
+    def encode_images(self, pixel_values: torch.Tensor) -> Encoded: ...
+
+    def encode_texts(self, texts: Sequence[str]) -> Encoded: ...
+
+    def score(self, queries: Encoded, gallery: Encoded) -> torch.Tensor: ...
+
+
+def max_sim(queries: Encoded, gallery: Encoded) -> torch.Tensor:
+    """Late-interaction similarity: the max over all (query vector, gallery vector) pairs.
+
+    Single-vector inputs reduce to the plain dot product. Where ``lengths`` are given,
+    only the first ``lengths[i]`` vectors of item ``i`` take part.
+    """
+    q, g = queries.emb, gallery.emb
+    if q.ndim == 2 and g.ndim == 2:
+        return q @ g.T
+    q3 = q if q.ndim == 3 else q[:, None]
+    g3 = g if g.ndim == 3 else g[:, None]
+    sims = torch.einsum("qtd,gsd->qgts", q3, g3)
+    neg = torch.finfo(sims.dtype).min
+    if queries.lengths is not None and q.ndim == 3:
+        valid = torch.arange(q3.shape[1], device=q.device)[None] < queries.lengths[:, None]
+        sims = sims.masked_fill(~valid[:, None, :, None], neg)
+    if gallery.lengths is not None and g.ndim == 3:
+        valid = torch.arange(g3.shape[1], device=g.device)[None] < gallery.lengths[:, None]
+        sims = sims.masked_fill(~valid[None, :, None, :], neg)
+    return sims.flatten(2).amax(-1)

@@ -1,0 +1,1 @@
+"""Reusable model parts: preprocessing, tokenizers (and later QScaler, token bank, pruning)."""

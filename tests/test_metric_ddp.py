@@ -1,0 +1,68 @@
+"""RetrievalMetric under real Lightning DDP (2 CPU processes, gloo) gives the 1-process numbers.
+
+The helper script (``tests/ddp_metric_script.py``) runs ``Trainer.test`` on 37 images and 91
+captions, sizes that a 2-process ``DistributedSampler`` must pad: the padded repeats must be
+dropped, not counted twice.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+SCRIPT = TESTS / "ddp_metric_script.py"
+
+
+def run_script(out: Path, devices: int, cwd: Path) -> dict:
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+        OMP_NUM_THREADS="1",
+        MASTER_ADDR="127.0.0.1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
+    env.pop("MASTER_PORT", None)  # Lightning picks a free port
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out), "--devices", str(devices)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"devices={devices} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+def load_script_module():
+    spec = importlib.util.spec_from_file_location("ddp_metric_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    one = run_script(tmp_path / "one.json", 1, tmp_path)
+    two = run_script(tmp_path / "two.json", 2, tmp_path)
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    script = load_script_module()
+    # padding really happened (37 -> 2 x 19, 91 -> 2 x 46) and was dropped
+    assert two["seen"] == {"images": 38, "texts": 92}
+    assert two["n_duplicates"] == {"images": 1, "texts": 1}
+    assert one["n_duplicates"] == {"images": 0, "texts": 0}
+    assert two["metrics"]["t2i/n_queries"] == script.N_CAPTIONS
+    assert two["metrics"]["i2t/n_queries"] == script.N_IMAGES
+    assert two["metrics"]["t2i/n_skipped"] == 0
+    assert two["metrics"] == one["metrics"]
+    assert two["t2i_rank"] == one["t2i_rank"]
+    assert two["text_lengths"] == [i % 3 + 1 for i in range(script.N_CAPTIONS)]
+    reference = script.reference_metrics()
+    assert reference.keys() == one["metrics"].keys()
+    for key, value in reference.items():
+        assert one["metrics"][key] == pytest.approx(value), key

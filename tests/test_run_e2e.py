@@ -1,0 +1,77 @@
+"""``bench run`` end to end on a small SynthScenes: train, cache, evaluate, record, skip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from benchmark.cli import app
+
+runner = CliRunner()
+SMALL = '{"n_train": 96, "n_val": 16, "n_test": 40}'
+SMALL_MODEL = ['model_args={"vision_layers": 1, "text_layers": 1, "vision_width": 32, "text_width": 32, "embed_dim": 16}']
+
+
+def _run(tmp_path, *extra: str):
+    args = ["run", "--model", "clip", "--dataset", "synthetic", "--epochs", "1", "--no-progress",
+            "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
+            "--set", f"data.options={SMALL}", "--set", "data.batch_size=32", "--set", SMALL_MODEL[0], *extra]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def test_run_writes_a_complete_result_file(tmp_path):
+    _run(tmp_path)
+    path = tmp_path / "results" / "clip__synthetic__default.json"
+    r = json.loads(path.read_text())
+    assert (r["model"], r["dataset"], r["size"], r["seed"]) == ("clip", "synthetic", "tiny", 0)
+    for d in ("t2i", "i2t"):
+        for m in ("R@1", "R@5", "R@10", "MRR", "Sim"):
+            assert 0.0 <= r["metrics"][f"{d}/{m}"] <= 1.0 or m == "Sim"
+    assert r["metrics"]["t2i/n_queries"] == 40 * 5 and r["provenance"]["n_gallery_images"] == 40
+    assert len(r["provenance"]["annotations_sha256"]) == 64 and r["provenance"]["split"] == "test"
+    assert r["config"]["train"]["max_epochs"] == 1 and r["config"]["data"]["options"]["n_train"] == 96
+    env = r["environment"]
+    assert env["packages"]["torch"] and env["torch_num_threads"] >= 1 and env["device"] == "cpu"
+    assert r["timings"]["train_s"] > 0 and r["data"]["skipped"] == []
+    assert len(r["per_query"]["t2i/rank"]) == 200 and len(r["per_query"]["complexity"]) == 200
+    assert r["provenance"]["trained_this_run"] is True
+
+
+def test_checkpoint_reused_retrain_and_skip_existing(tmp_path):
+    _run(tmp_path)
+    path = tmp_path / "results" / "clip__synthetic__default.json"
+    first = json.loads(path.read_text())
+    _run(tmp_path, "--tag", "again")  # same training config: the cached checkpoint is loaded
+    again = json.loads((tmp_path / "results" / "clip__synthetic__again.json").read_text())
+    assert again["provenance"]["trained_this_run"] is False and "train_s" not in again["timings"]
+    assert again["metrics"] == first["metrics"]  # same weights, same data: same numbers
+    res = _run(tmp_path, "--skip-existing")
+    assert "skipped" in res.output
+    assert json.loads(path.read_text()) == first  # untouched
+    _run(tmp_path, "--retrain", "--tag", "retrained")
+    retrained = json.loads((tmp_path / "results" / "clip__synthetic__retrained.json").read_text())
+    assert retrained["provenance"]["trained_this_run"] is True
+    assert retrained["metrics"] == first["metrics"]  # deterministic training: same numbers again
+
+
+def test_failed_run_leaves_existing_result_untouched(tmp_path):
+    _run(tmp_path)
+    path = tmp_path / "results" / "clip__synthetic__default.json"
+    before = path.read_bytes()
+    res = runner.invoke(app, ["run", "--set", "eval.ks=[0]", "--results-dir", str(tmp_path / "results")])
+    assert res.exit_code == 2 and "eval.ks" in res.output
+    assert path.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_default_run_reaches_the_target(tmp_path):
+    """The README's main job at default size: t2i/R@5 >= 0.3 (takes ~2-3 minutes)."""
+    res = runner.invoke(app, ["run", "--model", "clip", "--dataset", "synthetic", "--no-progress",
+                              "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "results" / "clip__synthetic__default.json").read_text())
+    assert r["metrics"]["t2i/R@5"] >= 0.3, r["metrics"]
