@@ -1,0 +1,1 @@
+"""Measurement of cost: FLOPs, wall-clock throughput and peak memory, measured fairly."""
