@@ -132,7 +132,7 @@ class RunConfig:
         """Determines a trained checkpoint: everything but evaluation settings."""
         d = self.identity()
         d.pop("eval")
-        for k in ("eval_batch_size", "eval_split", "max_eval_images", "num_workers", "cache_images"):
+        for k in ("eval_batch_size", "eval_split", "max_eval_images", "num_workers", "cache_images", "strict"):
             d["data"].pop(k)
         return stable_hash(d)
 
@@ -264,6 +264,14 @@ def load_override_file(path: Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"--config: {path} must hold a JSON object")
     return data
+
+
+def model_defaults(model: str) -> dict:
+    """The shipped base config of a model (``benchmark/configs/models/<model>.json``)."""
+    from importlib import resources
+
+    ref = resources.files("benchmark") / "configs" / "models" / f"{model}.json"
+    return json.loads(ref.read_text()) if ref.is_file() else {"model": model}
 
 
 def build_run_config(base: dict, *overrides: dict) -> RunConfig:

@@ -4,7 +4,8 @@
 query texts come as two test dataloaders, each item with its global index; embeddings are
 accumulated in a :class:`~benchmark.metrics.RetrievalMetric`, which gathers them across
 processes (DDP), drops the duplicates that distributed samplers pad with, and scores the
-queries against the gallery in chunks with the model's own ``score``.
+queries against the gallery in chunks with the model's own ``score`` (and with each of its
+optional ``score_variants()``, reported under ``"{variant}/{direction}/{metric}"``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class RetrievalEvaluator(L.LightningModule):
             directions=config.directions,
             ks=config.ks,
             chunk_size=config.chunk_size,
+            score_variants=model.score_variants() if hasattr(model, "score_variants") else None,
         )
         self.results: dict[str, float] = {}
         self.per_query: dict[str, np.ndarray] = {}

@@ -66,11 +66,15 @@ class Registry:
 
 MODELS = Registry("model")
 MODELS.register("clip", "lightning_modules.clip:ClipRetrieval", "CLIP dual encoder (transformers CLIPModel)")
+MODELS.register("blip2", "lightning_modules.blip2:Blip2Retrieval",
+                "BLIP-2: frozen vision tower + Q-Former (32 queries), ITC + ITM re-ranking")
+MODELS.register("ours", "lightning_modules.idq_former:IdqFormerRetrieval",
+                "BLIP2-IDQ-Former: BLIP-2 with an instruction-dependent number of queries (QScaler, nested queries)")
 
 DATASETS = Registry("dataset")
 DATASETS.register(
     "synthetic", "datamodules.synthetic:SyntheticDataModule", "SynthScenes, the embedded procedural benchmark"
 )
-DATASETS.register("coco", "datamodules.real:CocoKarpathyDataModule", "COCO, Karpathy split (local folder)")
-DATASETS.register("medpix", "datamodules.real:MedPixDataModule", "MedPix 2.0 (local folder)")
-DATASETS.register("rsicap", "datamodules.real:RSICapDataModule", "RSICap / RSIEval (local folder)")
+DATASETS.register("coco", "datamodules.coco:CocoKarpathyDataModule", "COCO, Karpathy split (local folder)")
+DATASETS.register("medpix", "datamodules.medpix:MedPixDataModule", "MedPix 2.0, official case splits (local folder)")
+DATASETS.register("rsicap", "datamodules.rsicap:RSICapDataModule", "RSICap, the suite's hash split (local folder)")

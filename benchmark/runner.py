@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmark.config import ConfigError, RunConfig, from_dict, to_dict
+from benchmark.config import ConfigError, RunConfig, build_run_config, from_dict, model_defaults, stable_hash, to_dict
 from benchmark.registry import DATASETS, MODELS
 from benchmark.results import SCHEMA_VERSION, atomic_write_json, environment, load_result, ResultFileError
 
@@ -47,8 +47,94 @@ def data_root(cfg: RunConfig) -> str:
     return ""
 
 
-def checkpoint_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.cache_dir) / "checkpoints" / f"{cfg.model}__{cfg.dataset}__{cfg.size}__{cfg.training_hash()}"
+def checkpoint_dir(cfg: RunConfig, dependencies: dict[str, Any] | None = None) -> Path:
+    """The cached checkpoint of a training config (and of the checkpoints it was built on)."""
+    h = cfg.training_hash()
+    if dependencies:
+        h = stable_hash([h, {k: v["training_hash"] for k, v in sorted(dependencies.items())}])
+    return Path(cfg.cache_dir) / "checkpoints" / f"{cfg.model}__{cfg.dataset}__{cfg.size}__{h}"
+
+
+# -- checkpoint dependencies --------------------------------------------------------------
+# A model class may declare ``checkpoint_dependencies = {config_field: registered_model}``:
+# at tiny size, a field left empty is filled with the checkpoint of that other model trained
+# on the same dataset with the same seed (its shipped base config, the run's data options
+# and hardware settings, then ``model_args.dependency_overrides[field]``), trained through
+# this runner if it is not cached. E.g. BLIP2's frozen vision tower is the tiny CLIP's.
+_INHERITED_TRAIN = ("accelerator", "devices", "num_nodes", "strategy", "num_threads", "deterministic", "precision")
+
+
+def dependency_config(cfg: RunConfig, model: str, overrides: dict | None = None) -> RunConfig:
+    """The run config of a dependency of ``cfg``: ``model``'s base config on the same data and seed."""
+    data = to_dict(cfg.data)
+    data.pop("batch_size")  # the dependency trains with its own batch size
+    inherited = {"model": model, "dataset": cfg.dataset, "size": "tiny", "seed": cfg.seed,
+                 "cache_dir": cfg.cache_dir, "results_dir": cfg.results_dir, "data": data,
+                 "train": {k: getattr(cfg.train, k) for k in _INHERITED_TRAIN}}
+    return build_run_config(model_defaults(model), inherited, overrides or {})
+
+
+def resolve_dependencies(cfg: RunConfig, model_cls, model_config, *, progress: bool = False):
+    """``(model_config with its dependency fields filled, {field: provenance})``."""
+    deps = getattr(model_cls, "checkpoint_dependencies", {}) or {}
+    if cfg.size != "tiny" or not deps:
+        return model_config, {}
+    overrides = getattr(model_config, "dependency_overrides", None) or {}
+    unknown = sorted(set(overrides) - set(deps))
+    if unknown:
+        raise ConfigError(f"model_args.dependency_overrides: {unknown[0]!r} is not a dependency "
+                          f"(dependencies: {', '.join(sorted(deps))})")
+    resolved: dict[str, Any] = {}
+    for name, dep_model in sorted(deps.items()):
+        given = getattr(model_config, name)
+        if given:
+            resolved[name] = {"model": dep_model, "checkpoint": str(given), "given": True,
+                              "training_hash": stable_hash(str(given))}
+            continue
+        dep_cfg = dependency_config(cfg, dep_model, overrides.get(name))
+        t = time.perf_counter()
+        ckpt, trained = ensure_checkpoint(dep_cfg, progress=progress)
+        model_config = replace(model_config, **{name: str(ckpt)})
+        resolved[name] = {"model": dep_model, "checkpoint": str(ckpt), "given": False, "trained_this_run": trained,
+                          "training_hash": ckpt.name.rsplit("__", 1)[-1], "config": to_dict(dep_cfg),
+                          "seconds": time.perf_counter() - t}
+    return model_config, resolved
+
+
+def ensure_checkpoint(cfg: RunConfig, *, progress: bool = False) -> tuple[Path, bool]:
+    """The cached checkpoint of ``cfg``'s training, trained (and cached) now if absent."""
+    import lightning as L
+
+    if cfg.train.max_epochs < 1:
+        raise ConfigError(f"a dependency ({cfg.model}) must be trained: train.max_epochs must be >= 1")
+    model_cls, model_config, dm = _resolve(cfg)
+    model_config, deps = resolve_dependencies(cfg, model_cls, model_config, progress=progress)
+    ckpt = checkpoint_dir(cfg, deps)
+    if ckpt.exists():
+        return ckpt, False
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm.prepare_data()
+    model = model_cls.create(model_config, cfg.train.optim, dm.vocabulary_texts())
+    trainer = _fit(cfg, model, dm, progress=progress)
+    if trainer.is_global_zero:
+        _save_atomically(model, ckpt)
+    trainer.strategy.barrier()
+    return ckpt, True
+
+
+def _install_item_loader(cfg: RunConfig, model, dm):
+    """The model's item loader (e.g. a frozen-feature cache) on the DataModule, if it has one."""
+    loader = model.item_loader(Path(cfg.cache_dir) / "features") if hasattr(model, "item_loader") else None
+    dm.set_transform(model.image_transform())
+    dm.set_item_loader(loader)
+    return loader
+
+
+def _fit(cfg: RunConfig, model, dm, *, progress: bool):
+    _install_item_loader(cfg, model, dm)
+    trainer = _trainer(cfg, fit=True, progress=progress, name=f"{cfg.model}__{cfg.dataset}")
+    trainer.fit(model, datamodule=dm)
+    return trainer
 
 
 def _resolve(cfg: RunConfig):
@@ -126,10 +212,16 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
+    model_config, dependencies = resolve_dependencies(cfg, model_cls, model_config, progress=progress)
+    if dependencies:
+        timings["dependencies_s"] = time.perf_counter() - t
+        L.seed_everything(cfg.seed, workers=True, verbose=False)  # the same run whether they were cached or not
+
+    t = time.perf_counter()
     dm.prepare_data()
     timings["prepare_data_s"] = time.perf_counter() - t
 
-    ckpt = checkpoint_dir(cfg)
+    ckpt = checkpoint_dir(cfg, dependencies)
     trained = False
     t = time.perf_counter()
     if cfg.train.max_epochs > 0 and ckpt.exists() and not retrain:
@@ -138,9 +230,7 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
     else:
         model = model_cls.create(model_config, cfg.train.optim, dm.vocabulary_texts())
         if cfg.train.max_epochs > 0:
-            dm.set_transform(model.image_transform())
-            trainer = _trainer(cfg, fit=True, progress=progress, name=f"{cfg.model}__{cfg.dataset}")
-            trainer.fit(model, datamodule=dm)
+            trainer = _fit(cfg, model, dm, progress=progress)
             if trainer.is_global_zero:
                 _save_atomically(model, ckpt)
             trained = True
@@ -148,7 +238,7 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
 
     from benchmark.evaluation import RetrievalEvaluator
 
-    dm.set_transform(model.image_transform())
+    loader = _install_item_loader(cfg, model, dm)
     eval_set = dm.eval_set()
     evaluator = RetrievalEvaluator(model, eval_set, cfg.eval)
     t = time.perf_counter()
@@ -156,6 +246,7 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
     tester.test(evaluator, dataloaders=dm.test_dataloader(), verbose=False)
     timings["evaluate_s"] = time.perf_counter() - t
     timings.update(evaluator.timings)
+    timings.update(getattr(loader, "timings", {}))
     timings["total_s"] = time.perf_counter() - t0
 
     result = {
@@ -174,8 +265,11 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
         | {"complexity": eval_set.complexity.tolist()},
         "environment": environment(str(tester.strategy.root_device)),
         "provenance": eval_set.provenance()
+        | dm.describe()
         | {"data_root": dm.config.root, "checkpoint": str(ckpt) if cfg.train.max_epochs > 0 else None,
-           "trained_this_run": trained},
+           "trained_this_run": trained}
+        | ({"dependencies": dependencies} if dependencies else {})
+        | ({"features": loader.provenance} if getattr(loader, "provenance", None) else {}),
         "data": {"skipped": dm.skipped()},
         "timings": timings,
     }

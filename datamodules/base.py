@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,12 +151,38 @@ class EvalSet:
         }
 
 
+class _Fields(dict):
+    """Template fields for ``str.format_map``: an absent or empty field renders as ``""``."""
+
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def template_field_names(template: str) -> set[str]:
+    """The ``{field}`` names a template uses (ValueError for a malformed template)."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+
+
+def record_fields(record: ImageRecord) -> dict[str, str]:
+    """The fields a record offers to instruction templates: its string-valued metadata."""
+    return {k: v for k, v in record.metadata.items() if isinstance(v, str)}
+
+
+def format_instruction(template: str, caption: str, fields: dict[str, str] | None = None) -> str:
+    """Fill a template: ``{caption}`` and, for datasets that offer them, per-record fields
+    (MedPix: ``{type}``, ``{modality}``, ...). Without fields this is ``template.format(caption=...)``."""
+    if not fields:
+        return template.format(caption=caption)
+    return template.format_map(_Fields(fields, caption=caption))
+
+
 @dataclass(frozen=True)
 class InstructionTemplates:
     """Templates that turn a caption into an instruction ("Find images of {caption}.").
 
     Evaluation uses a deterministic template per query (chosen by a hash of the caption
-    index and the seed); training samples one at random.
+    index and the seed); training samples one at random. Besides ``{caption}`` a template
+    may use the per-record fields its dataset offers (``RetrievalDataModule.template_fields``).
     """
 
     templates: tuple[str, ...] = ("{caption}",)
@@ -165,22 +193,66 @@ class InstructionTemplates:
         for t in self.templates:
             if "{caption}" not in t:
                 raise ValueError(f"instruction template {t!r} must contain '{{caption}}'")
+            try:
+                names = template_field_names(t)
+            except ValueError as e:
+                raise ValueError(f"instruction template {t!r} is malformed ({e})") from None
+            if any(not n.isidentifier() for n in names):
+                raise ValueError(f"instruction template {t!r}: fields must be plain names like {{caption}}")
 
-    def render(self, caption: str, index: int, seed: int = 0) -> str:
+    def fields(self) -> set[str]:
+        """Every field name the templates use, ``caption`` excluded."""
+        return set().union(*(template_field_names(t) for t in self.templates)) - {"caption"}
+
+    def render(self, caption: str, index: int, seed: int = 0, fields: dict[str, str] | None = None) -> str:
         t = self.templates[(index * 2654435761 + seed) % len(self.templates)]
-        return t.format(caption=caption)
+        return format_instruction(t, caption, fields)
 
 
-def load_image(path: Path) -> Image.Image:
-    """Read an image from disk as RGB (RGBA, palette and grayscale are converted)."""
+def load_image(path: Path, draft_size: int | None = None) -> Image.Image:
+    """Read an image from disk as RGB (RGBA, palette and grayscale are converted).
+
+    ``draft_size``: the caller will shrink the image so that its shorter side is this
+    size; for a JPEG, PIL's ``draft`` then decodes directly at the largest 1/2, 1/4 or 1/8
+    scale whose sides both stay >= ``draft_size`` (a DCT-domain downscale: several times
+    faster, and the result after resizing differs from the full decode by a few grey
+    levels). Other formats ignore it.
+    """
     try:
         with Image.open(path) as im:
+            if draft_size is not None and im.format == "JPEG":
+                im.draft("RGB", (draft_size, draft_size))
             im.load()
             return im.convert("RGB") if im.mode != "RGB" else im.copy()
     except FileNotFoundError as e:
         raise DataError(f"{path}: image file not found") from e
-    except (OSError, SyntaxError) as e:
-        raise DataError(f"{path}: unreadable image ({e})") from e
+    except Exception as e:  # PIL raises many types on corrupt data (OSError, SyntaxError, ValueError, ...)
+        raise DataError(f"{path}: unreadable image ({type(e).__name__}: {e})") from e
+
+
+def check_image(path: Path) -> str | None:
+    """``None`` when the image at ``path`` decodes, else why not ("missing", "unreadable (...)").
+
+    The whole file is decoded (a header check alone misses truncated files); JPEGs are
+    decoded at 1/8 scale (``draft``), which still reads every byte but costs ~1 ms.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    try:
+        with Image.open(path) as im:
+            if im.format == "JPEG":
+                im.draft("RGB", (1, 1))
+            im.load()
+    except Exception as e:  # noqa: BLE001 -- any decoder failure means "unreadable"
+        return f"unreadable ({type(e).__name__}: {e})"
+    return None
+
+
+def draft_size_of(transform: Transform) -> int | None:
+    """The size a transform allows JPEG draft decoding at (``transform.draft_size()``), if any."""
+    fn = getattr(transform, "draft_size", None)
+    return fn() if callable(fn) else None
 
 
 def sha256_of_files(paths: Sequence[Path]) -> str:
@@ -200,6 +272,10 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path}: annotation file not found") from e
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text, so not a JSON annotation file ({e.reason} at byte {e.start})") from e
+    except (OSError, RecursionError) as e:
+        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from e
 
 
 def build_eval_set(
@@ -227,7 +303,7 @@ def build_eval_set(
         for c_index, cap in enumerate(rec.captions):
             q = len(captions)
             captions.append(cap.text)
-            instructions.append(templates.render(cap.text, q, seed))
+            instructions.append(templates.render(cap.text, q, seed, record_fields(rec)))
             complexity.append(cap.complexity)
             source.append(img_index)
             if rec.relevant_images is not None:
@@ -258,18 +334,38 @@ def build_eval_set(
     )
 
 
-class IndexedImages(Dataset):
-    """Gallery images: yields ``(global_index, pixel_tensor)``."""
+def _placeholder(transform: Transform) -> torch.Tensor:
+    return transform(Image.new("RGB", (8, 8)))
 
-    def __init__(self, paths: Sequence[Path], transform: Transform) -> None:
+
+class IndexedImages(Dataset):
+    """Gallery images: yields ``(global_index, pixel_tensor)``.
+
+    ``tolerant=True`` (real datasets, not ``--strict``): an image that fails to load here
+    -- it passed the setup check, so it vanished or changed since -- becomes a black image
+    with a warning instead of crashing the run mid-evaluation; ``failures`` lists it (in
+    this process; DataLoader workers warn only).
+    """
+
+    def __init__(self, paths: Sequence[Path], transform: Transform, tolerant: bool = False) -> None:
         self.paths = list(paths)
         self.transform = transform
+        self.tolerant = tolerant
+        self.draft_size = draft_size_of(transform)
+        self.failures: list[str] = []
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
-        return i, self.transform(load_image(self.paths[i]))
+        try:
+            return i, self.transform(load_image(self.paths[i], self.draft_size))
+        except DataError as e:
+            if not self.tolerant:
+                raise
+            warnings.warn(f"{e}; using a black image in its place", RuntimeWarning, stacklevel=2)
+            self.failures.append(str(self.paths[i]))
+            return i, _placeholder(self.transform)
 
 
 class IndexedTexts(Dataset):
@@ -293,31 +389,56 @@ class TrainPairs(Dataset):
     a run is reproducible and one image never appears twice in a batch (no duplicated
     in-batch negatives). With ``cache=True`` the transformed image tensors are kept in
     memory after their first load (for small datasets with a deterministic transform).
+    ``tolerant=True``: an image that fails to load (it passed the setup check and vanished
+    since) is replaced, with a warning, by the next image of the split that loads.
     """
 
     def __init__(
-        self, records: Sequence[ImageRecord], transform: Transform, templates: InstructionTemplates, cache: bool = False
+        self,
+        records: Sequence[ImageRecord],
+        transform: Transform,
+        templates: InstructionTemplates,
+        cache: bool = False,
+        tolerant: bool = False,
     ) -> None:
         self.records = list(records)
         self.transform = transform
         self.templates = templates
+        self.tolerant = tolerant
+        self.draft_size = draft_size_of(transform)
+        self.failures: list[str] = []
         self._cache: dict[int, torch.Tensor] | None = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _load(self, i: int) -> torch.Tensor:
+        return self.transform(load_image(self.records[i].path, self.draft_size))
+
     def _image(self, i: int) -> torch.Tensor:
         if self._cache is None:
-            return self.transform(load_image(self.records[i].path))
+            return self._load(i)
         if i not in self._cache:
-            self._cache[i] = self.transform(load_image(self.records[i].path))
+            self._cache[i] = self._load(i)
         return self._cache[i]
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str]:
-        rec = self.records[i]
+        for attempt in range(len(self.records) if self.tolerant else 1):
+            j = (i + attempt) % len(self.records)
+            try:
+                pixels = self._image(j)
+                break
+            except DataError as e:
+                if not self.tolerant:
+                    raise
+                warnings.warn(f"{e}; training on another image instead", RuntimeWarning, stacklevel=2)
+                self.failures.append(str(self.records[j].path))
+        else:
+            raise DataError("no image of the training split could be loaded")
+        rec = self.records[j]
         caption = rec.captions[int(torch.randint(len(rec.captions), ()))].text
         template = self.templates.templates[int(torch.randint(len(self.templates.templates), ()))]
-        return i, self._image(i), template.format(caption=caption)
+        return j, pixels, format_instruction(template, caption, record_fields(rec))
 
 
 def collate_indexed(batch: list[tuple]) -> tuple:

@@ -7,19 +7,29 @@ its annotation files into :class:`~datamodules.base.ImageRecord` lists). Everyth
 texts) -- is shared, so every model sees every dataset through the same code.
 
 The image transform comes from the model (``set_transform``): the model owns its
-preprocessing.
+preprocessing. A model may also install an *item loader* (``set_item_loader``): an object
+with ``for_split(split, n_images, annotations_sha256, pixels) -> (index -> tensor)`` that
+serves something else than pixels per image -- e.g. frozen vision features read from an
+on-disk cache (``lightning_modules.components.feature_cache``). ``pixels(i)`` is the
+default item (the transformed image), which the loader may use to compute what it serves.
+Without a loader, every image is decoded and transformed as usual.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader
 
 from datamodules.base import (
+    DataError,
     EvalSet,
     ImageRecord,
     IndexedImages,
@@ -28,9 +38,14 @@ from datamodules.base import (
     TrainPairs,
     Transform,
     build_eval_set,
+    check_image,
     collate_indexed,
+    format_instruction,
+    record_fields,
     sha256_of_files,
 )
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -48,6 +63,10 @@ class DataConfig:
       None = the dataset's default (on for the small synthetic images, off for real data).
     templates: instruction templates (each with ``{caption}``); empty = the dataset's own.
     options: dataset-specific options, validated by the dataset's own config class.
+    strict: a missing or unreadable image is an error at load time (``bench run --strict``);
+      by default such images are dropped from their split with their captions, counted
+      and listed in the result file (``data.skipped``). Real datasets only: the synthetic
+      benchmark generates its own images and never checks them.
     """
 
     root: str = ""
@@ -59,6 +78,7 @@ class DataConfig:
     cache_images: bool | None = None
     templates: tuple[str, ...] = ()
     options: dict = field(default_factory=dict)
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -74,10 +94,11 @@ class DataConfig:
             InstructionTemplates(self.templates)  # validates them
 
 
-def _keep_first(records: list[ImageRecord], n: int) -> list[ImageRecord]:
-    """The first ``n`` records, their relevance links to the images cut off removed."""
-    kept_records = records[:n]
+def _keep(records: list[ImageRecord], kept_records: list[ImageRecord]) -> list[ImageRecord]:
+    """``kept_records`` (a subset of ``records``), their relevance links to the others removed."""
     kept = {r.image_id for r in kept_records}
+    if len(kept_records) == len(records):
+        return list(records)
     return [
         replace(
             r,
@@ -90,6 +111,23 @@ def _keep_first(records: list[ImageRecord], n: int) -> list[ImageRecord]:
     ]
 
 
+def _keep_first(records: list[ImageRecord], n: int) -> list[ImageRecord]:
+    """The first ``n`` records, their relevance links to the images cut off removed."""
+    return _keep(records, records[:n])
+
+
+def check_images(paths: Sequence[Path], threads: int | None = None) -> list[str | None]:
+    """:func:`~datamodules.base.check_image` over many paths, in threads (PIL decodes
+    without the GIL). Returns one reason or ``None`` per path, in order."""
+    if not paths:
+        return []
+    threads = threads or min(8, os.cpu_count() or 1)
+    if threads == 1 or len(paths) < 64:
+        return [check_image(p) for p in paths]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(check_image, paths, chunksize=64))
+
+
 class RetrievalDataModule(L.LightningDataModule):
     """Serves training pairs and the evaluation structures of one dataset."""
 
@@ -99,14 +137,29 @@ class RetrievalDataModule(L.LightningDataModule):
     default_templates: tuple[str, ...] = ("{caption}",)
     #: whether training images are cached in memory when the config does not say
     cache_images_default: bool = False
+    #: check every image of a split once when it is first used (real datasets): missing or
+    #: unreadable ones are dropped and listed by ``skipped()``, or refused with ``strict``
+    check_images: bool = False
+    #: per-record fields (besides ``{caption}``) that instruction templates may use
+    template_fields: tuple[str, ...] = ()
 
     def __init__(self, config: DataConfig, seed: int = 0) -> None:
         super().__init__()
         self.config = config
         self.seed = seed
         self.templates = InstructionTemplates(config.templates or self.default_templates)
+        unknown = sorted(self.templates.fields() - set(self.template_fields))
+        if unknown:
+            offered = ", ".join(f"{{{f}}}" for f in ("caption", *self.template_fields))
+            raise DataError(
+                f"data.templates: field {{{unknown[0]}}} is not offered by dataset {self.name!r} "
+                f"(it offers {offered})"
+            )
         self._transform: Transform | None = None
+        self._item_loader = None
+        self._annotated: dict[str, list[ImageRecord]] = {}
         self._records: dict[str, list[ImageRecord]] = {}
+        self._skipped: list[dict[str, Any]] = []
         self._files: dict[str, list[Path]] = {}
         self._eval_sets: dict[str, EvalSet] = {}
 
@@ -127,22 +180,71 @@ class RetrievalDataModule(L.LightningDataModule):
     def set_transform(self, transform: Transform) -> None:
         self._transform = transform
 
+    def set_item_loader(self, loader) -> None:
+        """Serve ``loader.for_split(...)`` items instead of transformed images (None = images)."""
+        self._item_loader = loader
+
+    def _item_fn(self, split: str, records: Sequence[ImageRecord]):
+        """The item loader's ``index -> tensor`` for a split; None without a loader."""
+        if self._item_loader is None:
+            return None
+        import hashlib
+
+        images = IndexedImages([r.path for r in records], self.transform, tolerant=self._tolerant)
+        # the annotations and the exact records kept (images skipped or cut off change it)
+        checksum = hashlib.sha256("\n".join([sha256_of_files(self._files[split]), *(r.image_id for r in records)])
+                                  .encode()).hexdigest()
+        return self._item_loader.for_split(split, len(records), checksum, lambda i: images[i][1])
+
     @property
     def transform(self) -> Transform:
         if self._transform is None:
             raise RuntimeError(f"{type(self).__name__}: call set_transform(model.image_transform()) first")
         return self._transform
 
-    def records(self, split: str) -> list[ImageRecord]:
+    def annotated_records(self, split: str) -> list[ImageRecord]:
+        """The split's records as the annotations list them (images not checked)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-        if split not in self._records:
+        if split not in self._annotated:
             records, files = self.read_split(split)
             if split == self.config.eval_split and self.config.max_eval_images is not None:
                 records = _keep_first(records, self.config.max_eval_images)
-            self._records[split] = records
+            self._annotated[split] = records
             self._files[split] = files
+        return self._annotated[split]
+
+    def records(self, split: str) -> list[ImageRecord]:
+        """The split's usable records: for datasets with ``check_images``, those whose image
+        is missing or unreadable are dropped (listed by ``skipped()``) or, with
+        ``DataConfig.strict``, refused with a :class:`DataError`."""
+        if split not in self._records:
+            records = self.annotated_records(split)
+            if self.check_images:
+                records = self._drop_unreadable(split, records)
+            self._records[split] = records
         return self._records[split]
+
+    def _drop_unreadable(self, split: str, records: list[ImageRecord]) -> list[ImageRecord]:
+        reasons = check_images([r.path for r in records], self.config.num_workers or None)
+        bad = [(r, why) for r, why in zip(records, reasons, strict=True) if why is not None]
+        if not bad:
+            return records
+        listing = "; ".join(f"{r.path}: {why}" for r, why in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        if self.config.strict:
+            raise DataError(
+                f"{self.name}: {len(bad)} of {len(records)} images of split {split!r} are missing or unreadable "
+                f"(strict mode): {listing}"
+            )
+        log.warning("%s: skipping %d missing or unreadable images of split %r: %s", self.name, len(bad), split, listing)
+        self._skipped.extend(
+            {"split": split, "image_id": r.image_id, "path": str(r.path), "reason": why, "n_captions": len(r.captions)}
+            for r, why in bad
+        )
+        good = [r for r, why in zip(records, reasons, strict=True) if why is None]
+        if not good:
+            raise DataError(f"{self.name}: no image of split {split!r} could be read (first: {listing})")
+        return _keep(records, good)
 
     def eval_set(self, split: str | None = None) -> EvalSet:
         split = split or self.config.eval_split
@@ -154,12 +256,30 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def vocabulary_texts(self) -> list[str]:
         """Texts a tiny model builds its vocabulary from: training captions and templates."""
-        texts = [c.text for r in self.records("train") for c in r.captions]
-        return texts + [t.format(caption="") for t in self.templates.templates]
+        records = self.annotated_records("train")
+        texts = [c.text for r in records for c in r.captions]
+        field_sets: dict[tuple, dict[str, str]] = {}
+        for r in records:
+            fields = record_fields(r)
+            field_sets.setdefault(tuple(sorted(fields.items())), fields)
+        rendered = dict.fromkeys(
+            format_instruction(t, "", fields) for t in self.templates.templates for fields in field_sets.values() or [{}]
+        )
+        return texts + list(rendered)
 
     def skipped(self) -> list[dict]:
-        """Images skipped as missing or unreadable (listed in the result file)."""
-        return []
+        """Images skipped as missing or unreadable (listed in the result file): split,
+        image id, path, reason and how many captions went with it."""
+        return list(self._skipped)
+
+    def describe(self) -> dict[str, Any]:
+        """Dataset facts a result file should record beside the evaluated split (merged into
+        its ``provenance``): e.g. the annotation packaging found, or how a split was made."""
+        return {}
+
+    @property
+    def _tolerant(self) -> bool:
+        return self.check_images and not self.config.strict
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
@@ -180,16 +300,36 @@ class RetrievalDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        pairs = TrainPairs(self.records("train"), self.transform, self.templates, cache=self._cache_images)
+        pairs = self._item_pairs("train") or TrainPairs(
+            self.records("train"), self.transform, self.templates, cache=self._cache_images, tolerant=self._tolerant
+        )
         return self._loader(pairs, self.config.batch_size, shuffle=True, drop_last=len(pairs) > self.config.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        pairs = TrainPairs(self.records("val"), self.transform, self.templates, cache=self._cache_images)
+        pairs = self._item_pairs("val") or TrainPairs(
+            self.records("val"), self.transform, self.templates, cache=self._cache_images, tolerant=self._tolerant
+        )
         return self._loader(pairs, self.config.eval_batch_size, shuffle=False)
 
     def gallery_dataloader(self, split: str | None = None) -> DataLoader:
         es = self.eval_set(split)
-        return self._loader(IndexedImages(es.image_paths, self.transform), self.config.eval_batch_size, False)
+        item_fn = self._item_fn(split or self.config.eval_split, self.records(split or self.config.eval_split))
+        if item_fn is not None:
+            from datamodules.items import IndexedItems
+
+            return self._loader(IndexedItems(es.n_images, item_fn), self.config.eval_batch_size, False)
+        images = IndexedImages(es.image_paths, self.transform, tolerant=self._tolerant)
+        return self._loader(images, self.config.eval_batch_size, False)
+
+    def _item_pairs(self, split: str):
+        """Training pairs served by the item loader (None without one)."""
+        records = self.records(split)
+        item_fn = self._item_fn(split, records)
+        if item_fn is None:
+            return None
+        from datamodules.items import ItemPairs
+
+        return ItemPairs(records, self.transform, self.templates, item_fn)
 
     def query_dataloader(self, split: str | None = None) -> DataLoader:
         es = self.eval_set(split)

@@ -9,6 +9,11 @@ Embeddings may be single-vector (``[N, D]``) or multi-vector (``[N, T, D]``, e.g
 Q-Former query outputs of BLIP-2); ``lengths`` carries a per-item number of valid vectors
 where the model has one (the dynamic query length L of IDQ-Former), and is what the suite
 reports as "query length".
+
+``extra`` carries per-item tensors a model needs beyond the embeddings to score a pair
+(e.g. BLIP-2's text token ids for ITM re-ranking, or the gallery's frozen vision tokens):
+each tensor has the items on its first axis and is sliced, concatenated, moved and
+gathered across processes together with ``emb``.
 """
 
 from __future__ import annotations
@@ -23,30 +28,43 @@ from PIL import Image
 
 @dataclass
 class Encoded:
-    """Encoded items: ``emb`` is ``[N, D]`` or ``[N, T, D]``; ``lengths`` is ``[N]`` or None."""
+    """Encoded items: ``emb`` is ``[N, D]`` or ``[N, T, D]``; ``lengths`` is ``[N]`` or None;
+    ``extra`` maps names to ``[N, ...]`` tensors (or is None)."""
 
     emb: torch.Tensor
     lengths: torch.Tensor | None = None
+    extra: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.emb.ndim not in (2, 3):
             raise ValueError(f"Encoded.emb must be [N, D] or [N, T, D], got shape {tuple(self.emb.shape)}")
         if self.lengths is not None and self.lengths.shape != (self.emb.shape[0],):
             raise ValueError("Encoded.lengths must have shape [N]")
+        for name, t in (self.extra or {}).items():
+            if t.ndim < 1 or t.shape[0] != self.emb.shape[0]:
+                raise ValueError(f"Encoded.extra[{name!r}] must have the {self.emb.shape[0]} items on its first axis, "
+                                 f"got shape {tuple(t.shape)}")
 
     def __len__(self) -> int:
         return self.emb.shape[0]
 
+    def _map(self, fn) -> Encoded:
+        extra = None if self.extra is None else {k: fn(v) for k, v in self.extra.items()}
+        return Encoded(fn(self.emb), None if self.lengths is None else fn(self.lengths), extra)
+
     def __getitem__(self, idx: slice | torch.Tensor) -> Encoded:
-        return Encoded(self.emb[idx], None if self.lengths is None else self.lengths[idx])
+        return self._map(lambda t: t[idx])
 
     def to(self, device: torch.device | str) -> Encoded:
-        return Encoded(self.emb.to(device), None if self.lengths is None else self.lengths.to(device))
+        return self._map(lambda t: t.to(device))
 
     @staticmethod
     def cat(parts: Sequence[Encoded]) -> Encoded:
         lengths = None if parts[0].lengths is None else torch.cat([p.lengths for p in parts])  # type: ignore[misc]
-        return Encoded(torch.cat([p.emb for p in parts]), lengths)
+        extra = None
+        if parts[0].extra is not None:
+            extra = {k: torch.cat([p.extra[k] for p in parts]) for k in parts[0].extra}  # type: ignore[index]
+        return Encoded(torch.cat([p.emb for p in parts]), lengths, extra)
 
 
 @runtime_checkable
@@ -60,6 +78,10 @@ class RetrievalModel(Protocol):
     * ``score(queries, gallery)`` -- a ``[Q, G]`` similarity matrix for one chunk of
       queries against the whole gallery, in the model's own scoring (higher = better).
       The evaluation calls it chunk by chunk, so memory stays bounded.
+
+    Optional: ``score_variants()`` -> ``{name: score_fn}``, further scorings of the same
+    embeddings (e.g. BLIP-2's ITC-only score beside its ITM re-ranked one); the evaluation
+    reports each under ``"{name}/{direction}/{metric}"`` beside the main keys.
     """
 
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]: ...

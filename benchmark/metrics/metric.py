@@ -66,6 +66,8 @@ class RetrievalMetric(Metric):
         directions: subset of ``("t2i", "i2t", "i2i")``.
         ks: the cut-offs of R@k.
         chunk_size: queries scored at once (bounds memory to ``chunk_size x n_gallery``).
+        score_variants: further named score functions over the same embeddings; each is
+            evaluated too and reported as ``"{name}/{direction}/{metric}"``.
         kwargs: passed to :class:`torchmetrics.Metric` (``process_group``, ``compute_on_cpu``...).
 
     Feed it with :meth:`update_images` / :meth:`update_texts` (global indices + an
@@ -100,6 +102,7 @@ class RetrievalMetric(Metric):
         directions: Sequence[str] = DIRECTIONS,
         ks: Sequence[int] = (1, 5, 10),
         chunk_size: int = 1024,
+        score_variants: Mapping[str, Callable[[Encoded, Encoded], torch.Tensor]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -131,6 +134,10 @@ class RetrievalMetric(Metric):
             self.source["t2i"] = source_relevance(src, self.n_images)
             self.source["i2t"] = transpose_relevance(self.source["t2i"])
         self.score_fn = score_fn
+        self.score_variants = dict(score_variants or {})
+        for name in self.score_variants:
+            if not name or "/" in name or name in DIRECTIONS:
+                raise ValueError(f"score variant names must be non-empty, without '/', not a direction: {name!r}")
         self.directions = directions
         self.ks = tuple(int(k) for k in ks)
         self.chunk_size = int(chunk_size)
@@ -140,6 +147,7 @@ class RetrievalMetric(Metric):
         self.per_query: dict[str, np.ndarray] = {}
         self.direction_results: dict[str, DirectionResult] = {}
         self.n_duplicates: dict[str, int] = {}
+        self._extra_keys: dict[str, list[str]] = {m: [] for m in _MODALITIES}
 
     # -- accumulation -------------------------------------------------------------------
     def update(self, index: torch.Tensor, enc: Encoded, modality: str) -> None:  # type: ignore[override]
@@ -157,6 +165,16 @@ class RetrievalMetric(Metric):
                 f"{tuple(emb.shape[1:])}; pad multi-vector embeddings to one T and pass lengths"
             )
         lengths = torch.full_like(index, -1) if enc.lengths is None else enc.lengths.detach().to(index)
+        extra = enc.extra or {}
+        keys = self._extra_keys[modality]
+        if stored and sorted(extra) != keys:
+            raise ValueError(f"{modality} batches changed their extra fields: {keys} then {sorted(extra)}")
+        for k in sorted(extra):
+            name = f"{modality}_extra_{k}"
+            if name not in self._defaults:  # extra fields are named by the model: states added on first sight
+                self.add_state(name, default=[], dist_reduce_fx="cat")
+            getattr(self, name).append(extra[k].detach())
+        self._extra_keys[modality] = sorted(extra)
         getattr(self, f"{modality}_index").append(index)
         stored.append(emb)
         getattr(self, f"{modality}_lengths").append(lengths)
@@ -198,34 +216,43 @@ class RetrievalMetric(Metric):
                 f"{missing[:10].tolist()}); every {modality} must reach the metric on some process"
             )
         emb, lengths = emb[keep], lengths[keep]
+        extra = {k: dim_zero_cat(getattr(self, f"{modality}_extra_{k}"))[keep] for k in self._extra_keys[modality]}
         has = lengths >= 0
         if bool(has.any()) and not bool(has.all()):
             raise ValueError(f"RetrievalMetric: some {modality} batches had lengths and others not")
         lengths_np = lengths.cpu().numpy()
-        return Encoded(emb, lengths if bool(has.all()) else None), lengths_np
+        return Encoded(emb, lengths if bool(has.all()) else None, extra or None), lengths_np
 
     def compute(self) -> dict[str, float]:  # type: ignore[override]
         """Flat metrics ``{"t2i/R@1": ..., "i2t/MRR": ..., ...}``; fills ``per_query``."""
         images, image_lengths = self._collect("image", self.n_images)
         texts, text_lengths = self._collect("text", self.n_queries)
         queries_gallery = {"t2i": (texts, images), "i2t": (images, texts), "i2i": (images, images)}
-        specs = {
-            d: DirectionSpec(
-                score_fn=encoded_score_fn(self.score_fn, *queries_gallery[d]),
-                relevance=self.relevance[d],
-                source=self.source.get(d),
-                exclude_self=d == "i2i",
-            )
-            for d in self.directions
-        }
-        with torch.no_grad():
-            self.direction_results = evaluate_directions(specs, chunk_size=self.chunk_size)
+
+        def specs(score_fn) -> dict[str, DirectionSpec]:
+            return {
+                d: DirectionSpec(
+                    score_fn=encoded_score_fn(score_fn, *queries_gallery[d]),
+                    relevance=self.relevance[d],
+                    source=self.source.get(d),
+                    exclude_self=d == "i2i",
+                )
+                for d in self.directions
+            }
+
         per_query: dict[str, np.ndarray] = {}
-        for d, r in self.direction_results.items():
-            per_query[f"{d}/rank"] = r.rank
-            if r.sim is not None:
-                per_query[f"{d}/sim"] = r.sim
+        metrics: dict[str, float] = {}
+        for prefix, score_fn in [("", self.score_fn), *((f"{n}/", f) for n, f in self.score_variants.items())]:
+            with torch.no_grad():
+                results = evaluate_directions(specs(score_fn), chunk_size=self.chunk_size)
+            if not prefix:
+                self.direction_results = results
+            for d, r in results.items():
+                per_query[f"{prefix}{d}/rank"] = r.rank
+                if r.sim is not None:
+                    per_query[f"{prefix}{d}/sim"] = r.sim
+            metrics.update({f"{prefix}{k}": v for k, v in flatten_metrics(results, self.ks).items()})
         per_query["text_lengths"] = text_lengths
         per_query["image_lengths"] = image_lengths
         self.per_query = per_query
-        return flatten_metrics(self.direction_results, self.ks)
+        return metrics

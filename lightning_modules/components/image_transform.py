@@ -4,6 +4,11 @@ Implemented with PIL and torch only (torchvision is not installable beside the C
 build this suite pins). Resize the shorter side to ``resize`` (bicubic), centre-crop to
 ``crop``, scale to [0, 1], normalize with ``mean`` / ``std`` -- the CLIP/BLIP-2 recipe.
 A picklable dataclass, so DataLoader workers can use it.
+
+``draft_size()`` tells the image loader that decoding a JPEG at a reduced scale is
+acceptable as long as both sides stay >= ``resize`` (``datamodules.base.load_image``): the
+output then differs from a full decode by a few grey levels at most, for a several-fold
+speed-up on COCO-sized photos. ``draft=False`` turns it off.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ class ImageTransform:
     crop: int
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
+    draft: bool = True
 
     def __post_init__(self) -> None:
         if self.crop < 1 or self.resize < self.crop:
@@ -41,10 +47,16 @@ class ImageTransform:
         left, top = (w - self.crop) // 2, (h - self.crop) // 2
         if (w, h) != (self.crop, self.crop):
             image = image.crop((left, top, left + self.crop, top + self.crop))
-        arr = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+        # a contiguous CHW copy first: the same float ops (bit-identical results) run ~5x
+        # faster than on the channels-last view that permute() gives
+        arr = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous().float().div_(255.0)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return arr.sub_(mean).div_(std)
+
+    def draft_size(self) -> int | None:
+        """The shorter side this transform resizes to, if reduced-scale JPEG decoding is allowed."""
+        return self.resize if self.draft else None
 
     @classmethod
     def from_hf_processor(cls, processor) -> ImageTransform:

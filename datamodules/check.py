@@ -1,0 +1,80 @@
+"""``bench data check``: validate a real dataset's folder and count what it holds.
+
+:func:`check_dataset` reads every split's annotations through the same code as a run (so a
+layout or annotation problem raises the same :class:`~datamodules.base.DataError`), checks
+every image once (missing / unreadable), and returns counts per split plus dataset-specific
+lines (MedPix's Descriptions.json and Case_topic.json, RSIEval's QA pairs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from datamodules.datamodule import SPLITS, check_images
+from datamodules.local import LocalDataModule
+
+
+@dataclass
+class SplitCheck:
+    split: str
+    source: str  # the dataset's own name for the split (MedPix: dev for val)
+    n_images: int
+    n_captions: int
+    missing: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class DatasetCheck:
+    dataset: str
+    root: str
+    layout: str
+    splits: list[SplitCheck]
+    extra: list[tuple[str, bool]]
+
+    @property
+    def ok(self) -> bool:
+        return all(not s.missing and not s.unreadable for s in self.splits) and all(ok for _, ok in self.extra)
+
+    def lines(self, max_listed: int = 20) -> list[str]:
+        out = [f"{self.dataset}: {self.root} (layout: {self.layout})"]
+        for s in self.splits:
+            name = s.split if s.source == s.split else f"{s.split} ({s.source})"
+            out.append(
+                f"  {name:<16} {s.n_images:>7} images  {s.n_captions:>7} captions  "
+                f"{len(s.missing)} missing  {len(s.unreadable)} unreadable"
+            )
+        for line, _ in self.extra:
+            out.append(f"  {line}")
+        missing = [p for s in self.splits for p in s.missing]
+        unreadable = [f"{p}: {why}" for s in self.splits for p, why in s.unreadable]
+        for title, items in (("missing images", missing), ("unreadable images", unreadable)):
+            if items:
+                out.append(f"{title} ({len(items)}):")
+                out.extend(f"  {p}" for p in items[:max_listed])
+                if len(items) > max_listed:
+                    out.append(f"  ... and {len(items) - max_listed} more")
+        out.append("OK" if self.ok else "PROBLEMS FOUND: runs skip these images (or refuse them with --strict)")
+        return out
+
+
+def check_dataset(dm: LocalDataModule) -> DatasetCheck:
+    layout = dm.layout()
+    names = dm.check_split_names()
+    splits = []
+    for split in SPLITS:
+        records = dm.annotated_records(split)
+        reasons = check_images([r.path for r in records])
+        splits.append(
+            SplitCheck(
+                split=split,
+                source=names.get(split, split),
+                n_images=len(records),
+                n_captions=sum(len(r.captions) for r in records),
+                missing=[str(r.path) for r, why in zip(records, reasons, strict=True) if why == "missing"],
+                unreadable=[
+                    (str(r.path), why) for r, why in zip(records, reasons, strict=True) if why not in (None, "missing")
+                ],
+            )
+        )
+    return DatasetCheck(dm.name, str(dm.root), layout, splits, dm.extra_checks())

@@ -1,0 +1,317 @@
+"""BLIP-2 as a retrieval model of the suite (Li et al., 2023, arXiv:2301.12597).
+
+A LightningModule over transformers' BLIP-2 parts: a *frozen* vision tower, a Q-Former with
+a fixed number (32) of learned queries, vision and text projections, an ITM head.
+
+* **Scoring** (LAVIS ``compute_sim_matrix``): the ITC score of (image, text) is the max over
+  the 32 L2-normalised projected query outputs of the dot product with the L2-normalised
+  text CLS embedding (:func:`lightning_modules.base.max_sim`). The top ``k_test`` items of
+  each query are then re-scored with ITM (class-1 logit averaged over the query outputs)
+  plus ITC; the others stay below them in ITC order (:mod:`~lightning_modules.components.
+  rerank`). Text-to-image re-ranks the top k images of each text, image-to-text the top k
+  texts of each image; image-to-image uses ITC query-vs-query late interaction only. The
+  ITC-only scores are reported too, as the score variant ``itc``.
+* **Training** (tiny): ITC (learnable temperature, init 0.07, same-image items positive)
+  + ITM with hard negatives sampled from the ITC similarities
+  (:mod:`~lightning_modules.components.blip2_losses`).
+* **Sizes**: *full* loads ``Blip2ForImageTextRetrieval`` (``Salesforce/blip2-itm-vit-g`` or a
+  local path) strictly -- every checkpoint weight is used, none is missing -- with its
+  tokenizer and image processor; *tiny* puts a random small Q-Former on the frozen vision
+  tower of the tiny CLIP trained on the same data (``vision_checkpoint``, resolved by the
+  runner), with the word-level tokenizer.
+* **Feature cache**: the frozen tower's tokens are computed once per (tower, split) and read
+  from disk afterwards (:mod:`~lightning_modules.components.feature_cache`); the model
+  accepts either pixels ``[B, 3, H, W]`` or tokens ``[B, N, D]`` wherever it takes images.
+
+Inputs of re-ranking travel with the embeddings: image encodings carry their vision tokens
+(``extra["image_tokens"]``), text encodings their token ids and mask.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer, Blip2ForImageTextRetrieval, Blip2QFormerConfig
+
+from lightning_modules.base import Encoded, max_sim
+from lightning_modules.components.blip2_losses import itc_loss, itc_similarities, itm_loss, itm_pairs
+from lightning_modules.components.feature_cache import FeatureCache
+from lightning_modules.components.image_transform import ImageTransform
+from lightning_modules.components.qformer_head import HeadShape, QFormerHead
+from lightning_modules.components.rerank import rerank_topk
+from lightning_modules.components.vision_tower import (
+    Blip2VisionTower,
+    ClipVisionTower,
+    VisionTower,
+    load_strict,
+    load_tower,
+)
+from lightning_modules.components.word_tokenizer import build_word_tokenizer
+from lightning_modules.optim import OptimConfig, build_optimizer
+
+CONFIG_FILE = "suite_config.json"
+TOWER_DIR = "vision_tower"
+HEAD_DIR = "qformer_head"
+IMAGE_TOKENS, INPUT_IDS, ATTENTION_MASK = "image_tokens", "input_ids", "attention_mask"
+#: elements of the [q, g, T, S] similarity block scored at once by the late interaction
+_MAX_SIM_BUDGET = 1 << 25
+
+
+@dataclass(frozen=True)
+class Blip2Config:
+    """BLIP2 options. ``pretrained`` (hub id or local path) selects the full size.
+
+    vision_checkpoint: tiny: a CLIP checkpoint whose vision transformer is the frozen tower
+        (None: the runner trains / finds the tiny CLIP of the same dataset and seed).
+    dependency_overrides: run-config overrides of the runs that resolve dependencies, by
+        field (e.g. ``{"vision_checkpoint": {"train": {"max_epochs": 1}}}``).
+    k_test: items re-scored by ITM per query (None: 16 tiny, 128 full as LAVIS on COCO; 0 = ITC only).
+    itm_batch_size: (image, text) pairs per ITM forward pass when re-ranking.
+    itm_weight: weight of the ITM loss beside ITC; itc_label_smoothing: LAVIS uses 0.1.
+    itm_max_anchors: ITM trains on the positives and hard negatives of the first N items of
+        each (shuffled) batch only (None = all, as LAVIS; fewer bounds the CPU cost).
+    max_text_length: None: 48 tiny (the word tokenizer's), 35 full (LAVIS retrieval).
+    cache_features: read frozen vision features from the on-disk cache when training and evaluating.
+    The q-former fields describe the tiny Q-Former (ignored with ``pretrained``).
+    """
+
+    pretrained: str | None = None
+    vision_checkpoint: str | None = None
+    dependency_overrides: dict = field(default_factory=dict)
+    num_query_tokens: int = 32
+    qformer_hidden: int = 128
+    qformer_layers: int = 4
+    qformer_heads: int = 4
+    qformer_intermediate: int = 256
+    cross_attention_frequency: int = 2
+    dropout: float = 0.1
+    embed_dim: int = 128
+    max_text_length: int | None = None
+    k_test: int | None = None
+    itm_batch_size: int = 256
+    itm_weight: float = 1.0
+    itm_max_anchors: int | None = None
+    itc_label_smoothing: float = 0.1
+    temp_init: float = 0.07
+    cache_features: bool = True
+    local_files_only: bool = True
+
+    def __post_init__(self) -> None:
+        if self.qformer_hidden % self.qformer_heads:
+            raise ValueError("model_args.qformer_hidden must be a multiple of model_args.qformer_heads")
+        if self.num_query_tokens < 1 or self.qformer_layers < 1 or self.cross_attention_frequency < 1:
+            raise ValueError("model_args.num_query_tokens, qformer_layers, cross_attention_frequency must be >= 1")
+        if self.k_test is not None and self.k_test < 0:
+            raise ValueError("model_args.k_test must be >= 0 (0 = ITC only) or null")
+        if self.itm_max_anchors is not None and self.itm_max_anchors < 1:
+            raise ValueError("model_args.itm_max_anchors must be >= 1 or null")
+        if self.itm_batch_size < 1:
+            raise ValueError("model_args.itm_batch_size must be >= 1")
+        if not 0 <= self.itc_label_smoothing < 1 or not 0 <= self.dropout < 1:
+            raise ValueError("model_args.itc_label_smoothing and dropout must be in [0, 1)")
+        if not 0 < self.temp_init <= 0.5:
+            raise ValueError("model_args.temp_init must be in (0, 0.5]")
+
+    @property
+    def k(self) -> int:
+        return self.k_test if self.k_test is not None else (128 if self.pretrained else 16)
+
+    @property
+    def text_length(self) -> int:
+        return self.max_text_length if self.max_text_length is not None else (35 if self.pretrained else 48)
+
+    def qformer_config(self, vocab_size: int, pad_id: int, encoder_hidden_size: int) -> Blip2QFormerConfig:
+        return Blip2QFormerConfig(
+            vocab_size=vocab_size,
+            hidden_size=self.qformer_hidden,
+            num_hidden_layers=self.qformer_layers,
+            num_attention_heads=self.qformer_heads,
+            intermediate_size=self.qformer_intermediate,
+            hidden_dropout_prob=self.dropout,
+            attention_probs_dropout_prob=self.dropout,
+            max_position_embeddings=self.text_length,
+            pad_token_id=pad_id,
+            cross_attention_frequency=self.cross_attention_frequency,
+            encoder_hidden_size=encoder_hidden_size,
+            use_qformer_text_input=True,
+        )
+
+
+def load_pretrained_parts(path: str, local_files_only: bool = True, temp_init: float = 0.07):
+    """``(tower, head, tokenizer)`` of a ``Blip2ForImageTextRetrieval`` checkpoint, loaded strictly.
+
+    The one loading path of the full size (hub id or local folder, as in the tests): the
+    model, its tokenizer (``AutoTokenizer``) and its image processor (the tower's transform).
+    """
+    from transformers import AutoImageProcessor
+
+    hf = load_strict(Blip2ForImageTextRetrieval, path, local_files_only=local_files_only)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
+    transform = ImageTransform.from_hf_processor(AutoImageProcessor.from_pretrained(path,
+                                                                                     local_files_only=local_files_only))
+    return Blip2VisionTower(hf.vision_model, transform), QFormerHead.from_hf_retrieval(hf, temp_init), tok
+
+
+class Blip2Retrieval(L.LightningModule):
+    """BLIP-2 (frozen tower + Q-Former, ITC + ITM re-ranking) honouring the RetrievalModel protocol."""
+
+    Config = Blip2Config
+    #: config fields the runner fills with the checkpoint of another registered model (tiny size)
+    checkpoint_dependencies = {"vision_checkpoint": "clip"}
+
+    def __init__(self, vision_tower: VisionTower, head: QFormerHead, tokenizer, config: Blip2Config,
+                 optim: OptimConfig | None = None) -> None:
+        super().__init__()
+        self.vision_tower = vision_tower
+        self.head = head
+        self.tokenizer = tokenizer
+        self.config = config
+        self.optim = optim or OptimConfig()
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def create(cls, config: Blip2Config, optim: OptimConfig, vocab_texts: Sequence[str] = ()) -> Blip2Retrieval:
+        """A new model: the pretrained checkpoint (full) or a random Q-Former on a frozen CLIP tower (tiny)."""
+        if config.pretrained:
+            tower, head, tok = load_pretrained_parts(config.pretrained, config.local_files_only, config.temp_init)
+            return cls(tower, head, tok, config, optim)
+        if not config.vision_checkpoint:
+            raise ValueError("a tiny BLIP2 needs model_args.vision_checkpoint (a CLIP checkpoint; the runner "
+                             "resolves it to the tiny CLIP of the same dataset and seed)")
+        if not vocab_texts:
+            raise ValueError("a tiny BLIP2 needs the training texts to build its vocabulary")
+        tower = ClipVisionTower.from_clip_checkpoint(config.vision_checkpoint, config.local_files_only)
+        tok = build_word_tokenizer(vocab_texts, config.text_length)
+        qcfg = config.qformer_config(len(tok), tok.pad_token_id, tower.hidden_size)
+        head = QFormerHead.random(qcfg, HeadShape(config.num_query_tokens, config.embed_dim, config.temp_init))
+        return cls(tower, head, tok, config, optim)
+
+    def save_checkpoint(self, directory: Path) -> None:
+        directory = Path(directory)
+        self.vision_tower.save(directory / TOWER_DIR)
+        self.head.save(directory / HEAD_DIR)
+        self.tokenizer.save_pretrained(directory)
+        (directory / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
+
+    @classmethod
+    def load_checkpoint(cls, directory: Path) -> Blip2Retrieval:
+        directory = Path(directory)
+        config = Blip2Config(**json.loads((directory / CONFIG_FILE).read_text()))
+        tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        return cls(load_tower(directory / TOWER_DIR), QFormerHead.load(directory / HEAD_DIR), tok, config)
+
+    def item_loader(self, cache_root: Path) -> FeatureCache | None:
+        """The DataModule's item loader: frozen tower features from the on-disk cache."""
+        return FeatureCache(self.vision_tower, cache_root) if self.config.cache_features else None
+
+    # -- building blocks ---------------------------------------------------------------
+    def vision_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Frozen tower tokens ``[B, N, D]`` of pixels ``[B, 3, H, W]`` (or tokens passed through)."""
+        if images.ndim == 3:
+            return images.to(self.device)
+        with torch.no_grad():
+            return self.vision_tower(images.to(self.device))
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask ``[B, T]``, padded to the longest text (at most ``text_length``)."""
+        b = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.text_length,
+                           return_tensors="pt")
+        return b["input_ids"].to(self.device), b["attention_mask"].to(self.device)
+
+    def itm_scores(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """Class-1 ITM logit (averaged over query outputs) of row-paired images and texts."""
+        n = int(attention_mask.sum(1).max())  # trailing padding is masked: drop it
+        return self.head.itm_logits(image_tokens.to(self.device), input_ids[:, :n].to(self.device),
+                                    attention_mask[:, :n].to(self.device))[:, 1]
+
+    # -- retrieval protocol ------------------------------------------------------------
+    def image_transform(self) -> ImageTransform:
+        return self.vision_tower.transform
+
+    def encode_images(self, pixel_values: torch.Tensor) -> Encoded:
+        tokens = self.vision_tokens(pixel_values)
+        feats = self.head.image_feats(self.head.query_outputs(self.head.query_tokens, tokens))
+        return Encoded(feats, extra={IMAGE_TOKENS: tokens})
+
+    def encode_texts(self, texts: Sequence[str]) -> Encoded:
+        ids, mask = self.tokenize(texts)
+        feat = self.head.text_feat(ids, mask)
+        pad = self.config.text_length - ids.shape[1]  # one width for every batch (the metric concatenates them)
+        if pad > 0:
+            ids = F.pad(ids, (0, pad), value=self.tokenizer.pad_token_id)
+            mask = F.pad(mask, (0, pad), value=0)
+        return Encoded(feat, extra={INPUT_IDS: ids, ATTENTION_MASK: mask})
+
+    def itc_score(self, queries: Encoded, gallery: Encoded) -> torch.Tensor:
+        """ITC: max over query outputs (and, image vs image, over pairs of them), in bounded blocks."""
+        gallery = Encoded(gallery.emb.to(self.device), gallery.lengths)
+        t = (queries.emb.shape[1] if queries.emb.ndim == 3 else 1) * (gallery.emb.shape[1] if gallery.emb.ndim == 3 else 1)
+        step = max(1, _MAX_SIM_BUDGET // max(1, len(gallery) * t))
+        q = Encoded(queries.emb.to(self.device), queries.lengths)
+        return torch.cat([max_sim(q[s:s + step], gallery) for s in range(0, len(q), step)]) if len(q) else \
+            torch.zeros(0, len(gallery), device=self.device)
+
+    def score(self, queries: Encoded, gallery: Encoded) -> torch.Tensor:
+        """ITC, with the top ``k_test`` of each row re-scored by ITM + ITC (t2i and i2t)."""
+        itc = self.itc_score(queries, gallery)
+        qx, gx = queries.extra or {}, gallery.extra or {}
+        if self.config.k == 0:
+            return itc
+        if INPUT_IDS in qx and IMAGE_TOKENS in gx:  # text -> image
+
+            def pairs(qi, gi):
+                return self.itm_scores(gx[IMAGE_TOKENS][gi.cpu()], qx[INPUT_IDS][qi.cpu()], qx[ATTENTION_MASK][qi.cpu()])
+        elif IMAGE_TOKENS in qx and INPUT_IDS in gx:  # image -> text
+
+            def pairs(qi, gi):
+                return self.itm_scores(qx[IMAGE_TOKENS][qi.cpu()], gx[INPUT_IDS][gi.cpu()], gx[ATTENTION_MASK][gi.cpu()])
+        else:  # image -> image: no pairwise head for it
+            return itc
+        return rerank_topk(itc, self.config.k, pairs, batch_size=self.config.itm_batch_size)
+
+    def score_variants(self) -> dict:
+        """The ITC-only scores, reported beside the re-ranked ones as ``itc/...``."""
+        return {"itc": self.itc_score}
+
+    # -- training ----------------------------------------------------------------------
+    def _losses(self, batch) -> dict[str, torch.Tensor]:
+        index, images, texts = batch
+        index = index.to(self.device)
+        tokens = self.vision_tokens(images)
+        img = self.head.image_feats(self.head.query_outputs(self.head.query_tokens, tokens))
+        ids, mask = self.tokenize(texts)
+        txt = self.head.text_feat(ids, mask)
+        sim = itc_similarities(img, txt)
+        positives = index[:, None] == index[None, :]
+        with torch.no_grad():
+            self.head.temp.clamp_(0.001, 0.5)
+        loss_itc = itc_loss(sim, self.head.temp, positives, self.config.itc_label_smoothing)
+        out = {"itc": loss_itc}
+        if self.config.itm_weight > 0:
+            img_i, txt_i, labels = itm_pairs(sim, positives, max_anchors=self.config.itm_max_anchors)
+            logits = self.head.itm_logits(tokens[img_i], ids[txt_i], mask[txt_i])
+            out["itm"] = itm_loss(logits, labels)
+        out["loss"] = loss_itc + self.config.itm_weight * out.get("itm", 0.0)
+        return out
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        losses = self._losses(batch)
+        n = len(batch[0])
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n)
+        for k in ("itc", "itm"):
+            if k in losses:
+                self.log(f"train/{k}", losses[k], batch_size=n)
+        self.log("train/temperature", self.head.temp.detach(), batch_size=n)
+        return losses["loss"]
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log("val/loss", self._losses(batch)["loss"], prog_bar=True, batch_size=len(batch[0]), sync_dist=True)
+
+    def configure_optimizers(self):
+        return build_optimizer(self.head.parameters(), self.optim, self.trainer.estimated_stepping_batches)

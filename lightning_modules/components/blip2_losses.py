@@ -1,0 +1,84 @@
+"""BLIP-2 retrieval training losses as plain functions: ITC and ITM with hard negatives.
+
+Following BLIP-2's first-stage objectives (Li et al., 2023; LAVIS ``blip2_qformer.py``),
+reduced to one process and made multi-positive:
+
+* **ITC** (:func:`itc_similarities`, :func:`itc_loss`): image-text similarity = the max
+  over the (valid) query outputs of ``<q_i, t>``; logits = similarity / learnable
+  temperature; symmetric cross entropy in the batch, where items of the same image are
+  positives of each other (their targets share the probability mass, as in
+  ``lightning_modules/clip.py``); LAVIS's label smoothing (0.1) is an option.
+* **ITM hard negatives** (:func:`sample_hard_negatives`, :func:`itm_pairs`): for each image a
+  negative text drawn from the softmax of its ITC similarities over the texts that are
+  *not* positives of it; the same for each text. Rows without any non-positive candidate
+  get no negative. To bound the cost on a CPU, the ITM anchors can be limited to the first
+  ``max_anchors`` items of the (shuffled) batch; their negatives still come from all of it. The ITM batch is all positive pairs plus these negatives, classified
+  by the model's ITM head (:func:`itm_loss`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def itc_similarities(image_feats: torch.Tensor, text_feat: torch.Tensor,
+                     query_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B_img, B_txt]`` max-over-queries similarity of normalised ``[B, L, E]`` and ``[B, E]``."""
+    sim = torch.einsum("ble,te->btl", image_feats, text_feat)
+    if query_mask is not None:
+        sim = sim.masked_fill(~query_mask.bool()[:, None, :], torch.finfo(sim.dtype).min)
+    return sim.amax(-1)
+
+
+def itc_loss(sim_i2t: torch.Tensor, temp: torch.Tensor, positives: torch.Tensor,
+             label_smoothing: float = 0.0) -> torch.Tensor:
+    """Symmetric InfoNCE over ``sim_i2t / temp`` with multi-positive targets.
+
+    ``positives [B, B]`` (bool, images x texts): pairs that count as matches (same image).
+    """
+    logits = sim_i2t / temp
+    target = positives.float()
+    target_i2t = target / target.sum(1, keepdim=True)
+    target_t2i = target.T / target.T.sum(1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, target_i2t, label_smoothing=label_smoothing)
+                  + F.cross_entropy(logits.T, target_t2i, label_smoothing=label_smoothing))
+
+
+def sample_hard_negatives(sim: torch.Tensor, positives: torch.Tensor,
+                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``sim [R, C]``, one column drawn from ``softmax(sim)`` over the non-positive
+    columns (``positives [R, C]`` bool). Returns ``(column [R], valid [R])``; ``valid`` is
+    False for rows whose every column is a positive (their column is meaningless)."""
+    sim = sim.detach().float()
+    valid = (~positives).any(1)
+    logits = sim.masked_fill(positives, float("-inf"))
+    logits = torch.where(valid[:, None], logits, torch.zeros_like(logits))  # any distribution for invalid rows
+    probs = torch.softmax(logits, dim=1)
+    cols = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return cols, valid
+
+
+def itm_pairs(sim_i2t: torch.Tensor, positives: torch.Tensor, generator: torch.Generator | None = None,
+              max_anchors: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ITM batch: ``(image_index, text_index, label)``, each ``[P]``.
+
+    For the anchors (the first ``max_anchors`` items of the batch; all by default): every
+    positive (image i, text i) pair (label 1), then each anchor image with a hard negative
+    text and each anchor text with a hard negative image, drawn from the whole batch (label 0).
+    """
+    b = sim_i2t.shape[0]
+    n = b if max_anchors is None else min(b, max_anchors)
+    ar = torch.arange(n, device=sim_i2t.device)
+    neg_txt, ok_i = sample_hard_negatives(sim_i2t[:n], positives[:n], generator)
+    neg_img, ok_t = sample_hard_negatives(sim_i2t.T[:n], positives.T[:n], generator)
+    img = torch.cat([ar, ar[ok_i], neg_img[ok_t]])
+    txt = torch.cat([ar, neg_txt[ok_i], ar[ok_t]])
+    labels = torch.cat([torch.ones(n, dtype=torch.long, device=ar.device),
+                        torch.zeros(int(ok_i.sum()) + int(ok_t.sum()), dtype=torch.long, device=ar.device)])
+    return img, txt, labels
+
+
+def itm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross entropy of ITM logits ``[P, 2]`` against match labels ``[P]``."""
+    return F.cross_entropy(logits, labels)

@@ -1,0 +1,221 @@
+"""Dynamic query length for BLIP2-IDQ-Former: r -> L, the soft mask, scoring and the length losses.
+
+Algorithm 1 (InstructSee, Sensors 2025), step 2 maps the QScaler's complexity score r in
+[0, 1] to a query length between a base and a maximum length. The paper gives no formula,
+no defaults and no supervision; the suite's choices (all in :class:`LengthConfig`):
+
+* **Length** ``L_soft = L_base + r (L_max - L_base)`` (continuous, for training) and
+  ``L = L_base + round(r (L_max - L_base))`` (integer, for evaluation and the reported
+  query length). Defaults ``L_base = 8``, ``L_max = 48`` (> BLIP-2's 32: the paper's "32 is
+  too few for complex instructions"), QScaler initialised at ``L_init = 32``.
+* **Scoring** (ITC, as BLIP-2): ``s(text, image) = max_{i < L_text} <t, z_i>`` over the first
+  L query outputs ``z_i`` of the image (nested query attention makes those the outputs of an
+  L-query pass; :func:`length_limited_max_sim`, the ``score`` of ``--model ours``).
+* **Soft mask, end-to-end learnable L** (training): query ``i`` gets the weight
+  ``m_i = sigmoid((L_soft - i - 0.5) / tau)`` (``tau`` = ``mask_tau``, default 1 query; ``m_i >
+  0.5`` exactly for the queries the rounded L keeps) and the contrastive *logit* is
+  ``max_i (s_i / T + log m_i)`` with ``T`` the ITC temperature (:func:`soft_masked_logits`).
+  The mask acts in logit space on purpose: ``exp(logit) = m_i exp(s_i / T)``, so it scales the
+  pair's unnormalised probability, and ``log m`` (units of a few nats) is commensurate with
+  ``s / T``; subtracting ``log m`` from a raw cosine in [-1, 1] would swamp it. ``d logit / d
+  L_soft = (1 - m_{i*}) / tau`` for the winning query ``i*``: when the best query of a
+  *positive* pair lies beyond the current L, the InfoNCE loss pushes L up; when a *negative*
+  pair is won by a late query, it pushes L down. A specific (complex) caption is matched by
+  late, specialised queries, a generic one by early queries, so L should grow with
+  complexity; outputs beyond L contribute progressively less rather than being cut off.
+  Reach and bias: a query ``k`` queries beyond ``L_soft`` pays about ``k / tau`` nats, so
+  the gradient only sees late queries whose advantage ``(s_late - s_best_inside) / T``
+  exceeds that; and a needed query ``i`` counts fully only once ``L_soft`` is about
+  ``i + 2 tau``, so L keeps a margin of ~2 ``tau`` queries (the cost trims what is unused).
+  Starting at ``L_init = 32`` (near the top) most motion is downwards, where the signal is
+  strongest; the oracle target below reaches any distance.
+* **Cost** ``length_weight * mean(L_soft) / L_max`` (default weight 0.1): rewards short query
+  sets; without a task reason to be long, L shrinks to ``L_base``.
+* **Self-supervised target** (optional, ``oracle_weight``, default 0.5): per text, the
+  smallest L at which its positive's in-batch rank is already as good as with ``L_max``
+  queries (:func:`oracle_lengths`, computed without gradient from the current similarities,
+  ties counted against the model); ``r* = (L* - L_base) / (L_max - L_base)`` clipped to
+  [0, 1] and a binary cross-entropy between r and r*. It only uses the model's own scores:
+  neither the instruction's word count nor the dataset's complexity label is ever a target.
+* **Noise** (Algorithm 1: "during training, apply Gaussian noise to r"): ``r + N(0,
+  noise_std)`` in training only (default std 0.05, about 2 queries of the 40-query range),
+  clipped to [0, 1] with a straight-through clip so the gradient survives at the bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lightning_modules.base import Encoded, max_sim
+
+
+@dataclass(frozen=True)
+class LengthConfig:
+    """How r maps to L and how L is trained (see the module docstring for each default)."""
+
+    l_base: int = 8
+    l_max: int = 48
+    l_init: int = 32  # QScaler's initial length (BLIP-2's 32 queries)
+    noise_std: float = 0.05
+    mask_tau: float = 1.0
+    length_weight: float = 0.1
+    oracle_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.l_base <= self.l_max:
+            raise ValueError(f"need 1 <= l_base <= l_max, got l_base={self.l_base}, l_max={self.l_max}")
+        if not self.l_base <= self.l_init <= self.l_max:
+            raise ValueError(f"l_init={self.l_init} must lie in [l_base, l_max]")
+        if self.noise_std < 0 or self.mask_tau <= 0 or self.length_weight < 0 or self.oracle_weight < 0:
+            raise ValueError("noise_std, length_weight, oracle_weight must be >= 0 and mask_tau > 0")
+
+    @property
+    def span(self) -> int:
+        return self.l_max - self.l_base
+
+    @property
+    def r_init(self) -> float:
+        return (self.l_init - self.l_base) / self.span if self.span else 0.5
+
+    def soft_length(self, r: torch.Tensor) -> torch.Tensor:
+        """Continuous ``L_base + r (L_max - L_base)``."""
+        return self.l_base + r * self.span
+
+    def hard_length(self, r: torch.Tensor) -> torch.Tensor:
+        """Integer ``L_base + round(r (L_max - L_base))`` (long), always in [L_base, L_max]."""
+        return (self.l_base + torch.round(r.detach().clamp(0, 1) * self.span)).long()
+
+    def ratio(self, length: torch.Tensor) -> torch.Tensor:
+        """The r that gives ``length``, clipped to [0, 1]."""
+        if not self.span:
+            return torch.full_like(length, 0.5, dtype=torch.float32)
+        return ((length.float() - self.l_base) / self.span).clamp(0, 1)
+
+
+def add_length_noise(r: torch.Tensor, std: float, training: bool) -> torch.Tensor:
+    """Gaussian noise on r in training only; clipped to [0, 1] with a straight-through gradient."""
+    if not training or std <= 0:
+        return r
+    noisy = r + std * torch.randn_like(r)
+    return noisy + (noisy.clamp(0, 1) - noisy).detach()
+
+
+def soft_log_mask(soft_length: torch.Tensor, l_max: int, tau: float) -> torch.Tensor:
+    """``log m_i = log sigmoid((L_soft - i - 0.5) / tau)``, ``[B] -> [B, l_max]``."""
+    i = torch.arange(l_max, device=soft_length.device, dtype=soft_length.dtype)
+    return F.logsigmoid((soft_length[:, None] - i[None] - 0.5) / tau)
+
+
+def hard_log_mask(lengths: torch.Tensor, l_max: int) -> torch.Tensor:
+    """0 for the first ``lengths[b]`` queries, ``-inf`` after, ``[B, l_max]``."""
+    i = torch.arange(l_max, device=lengths.device)
+    return torch.zeros(lengths.shape[0], l_max, device=lengths.device).masked_fill(
+        i[None] >= lengths[:, None], float("-inf"))
+
+
+def per_query_sims(texts: torch.Tensor, image_queries: torch.Tensor) -> torch.Tensor:
+    """``[Q, D]`` x ``[G, L, D]`` -> ``[Q, G, L]`` dot products (cosines for unit vectors)."""
+    return torch.einsum("qd,gld->qgl", texts, image_queries)
+
+
+def soft_masked_logits(sims: torch.Tensor, log_mask: torch.Tensor, temperature: torch.Tensor | float) -> torch.Tensor:
+    """Training logits ``max_i (sims[q, g, i] / T + log_mask[q, i])``, ``[Q, G, L] -> [Q, G]``.
+
+    ``log_mask`` belongs to the *texts* (their L), ``[Q, L]``; use the same ``[Q, G]``
+    matrix for both InfoNCE directions.
+    """
+    return (sims / temperature + log_mask[:, None, :]).amax(-1)
+
+
+def length_limited_max_sim(queries: Encoded, gallery: Encoded, chunk: int = 4096) -> torch.Tensor:
+    """Evaluation score of ``--model ours``: texts use only the first L outputs of each image.
+
+    * text -> image: ``queries.emb`` ``[Q, D]`` with ``queries.lengths`` = L per text,
+      ``gallery.emb`` ``[G, L_max, D]``; ``score[q, g] = max_{i < L_q} <t_q, z_{g,i}>``.
+    * image -> text: ``queries.emb`` ``[Q, L_max, D]``, ``gallery.emb`` ``[G, D]`` with
+      ``gallery.lengths`` = L per text: the same pairs' scores, transposed.
+    * anything else (image -> image, no lengths): :func:`lightning_modules.base.max_sim`.
+
+    Note the different meaning of ``lengths`` from ``max_sim``'s: here a single-vector
+    text's L limits the *other side's* vectors. Gallery chunks of ``chunk`` items bound the
+    ``[Q, chunk, L_max]`` intermediate.
+    """
+    if queries.emb.ndim == 2 and queries.lengths is not None and gallery.emb.ndim == 3:
+        return _text_vs_images(queries.emb, queries.lengths, gallery.emb, chunk)
+    if gallery.emb.ndim == 2 and gallery.lengths is not None and queries.emb.ndim == 3:
+        return _text_vs_images(gallery.emb, gallery.lengths, queries.emb, chunk).T
+    return max_sim(queries, gallery)
+
+
+def _text_vs_images(texts: torch.Tensor, lengths: torch.Tensor, images: torch.Tensor, chunk: int) -> torch.Tensor:
+    keep = torch.arange(images.shape[1], device=texts.device)[None] < lengths.to(texts.device)[:, None]  # [Q, L]
+    neg = torch.finfo(texts.dtype).min
+    out = []
+    for start in range(0, images.shape[0], chunk):
+        sims = per_query_sims(texts, images[start:start + chunk].to(texts.device))
+        out.append(sims.masked_fill(~keep[:, None, :], neg).amax(-1))
+    return torch.cat(out, dim=1) if out else texts.new_zeros(texts.shape[0], 0)
+
+
+@torch.no_grad()
+def oracle_lengths(sims: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Per text, the smallest L whose in-batch rank of the positive equals the rank at L_max.
+
+    ``sims`` ``[Q, B, L_max]`` per-query similarities of each text with each batch image,
+    ``positive`` ``[Q, B]`` boolean (several positives allowed; the best one counts). Rank
+    at L = 1 + number of negatives scoring >= the best positive with the first L outputs
+    (ties against the model). Returns ``[Q]`` long in ``1..L_max``; a text without a
+    positive gets ``L_max``.
+    """
+    prefix = sims.cummax(dim=-1).values  # [Q, B, L]: score with the first L+1 outputs
+    neg_inf = torch.finfo(prefix.dtype).min
+    pos_best = prefix.masked_fill(~positive[:, :, None], neg_inf).amax(1)  # [Q, L]
+    beats = (prefix >= pos_best[:, None, :]) & ~positive[:, :, None]
+    rank = 1 + beats.sum(1)  # [Q, L]
+    good = rank <= rank[:, -1:]
+    first = good.float().argmax(-1) + 1  # the last column is always good
+    first[~positive.any(1)] = sims.shape[-1]
+    return first
+
+
+def length_losses(r: torch.Tensor, soft_length: torch.Tensor, config: LengthConfig,
+                  oracle: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The QScaler's extra loss terms: ``length`` cost and (with ``oracle``) the ``oracle`` BCE.
+
+    ``r`` is the QScaler output before noise (``[B]`` in [0, 1]), ``soft_length`` the
+    continuous L actually used, ``oracle`` the target lengths of :func:`oracle_lengths`.
+    Each value is already weighted; sum them into the task loss.
+    """
+    out = {"length": config.length_weight * soft_length.mean() / config.l_max}
+    if oracle is not None and config.oracle_weight > 0:
+        target = config.ratio(oracle).to(r.dtype)
+        out["oracle"] = config.oracle_weight * F.binary_cross_entropy(r.clamp(1e-6, 1 - 1e-6), target)
+    return out
+
+
+
+def dynamic_itc(texts: torch.Tensor, image_queries: torch.Tensor, soft_length: torch.Tensor, r: torch.Tensor,
+                positives: torch.Tensor, temperature: torch.Tensor | float, config: LengthConfig,
+                label_smoothing: float = 0.0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The in-batch training losses of IDQ-Former's ITC with a learnable L.
+
+    ``texts`` ``[B_t, D]`` and ``image_queries`` ``[B_i, L_max, D]`` (normalised, nested
+    query outputs), ``soft_length`` ``[B_t]`` the texts' continuous L (noisy in training),
+    ``r`` the QScaler output before noise, ``positives`` ``[B_t, B_i]`` boolean (items of the
+    same image are positives of each other). Returns ``(losses, sim)``: the weighted terms
+    ``itc`` (symmetric multi-positive InfoNCE over :func:`soft_masked_logits`), ``length``
+    and, with ``oracle_weight > 0``, ``oracle`` (their sum is the loss); and ``sim`` ``[B_t,
+    B_i]`` = ``T x logits`` = ``max_i (s_i + T log m_i)``, e.g. for ITM hard-negative mining.
+    """
+    sims = per_query_sims(texts, image_queries)  # [B_t, B_i, L_max]
+    log_mask = soft_log_mask(soft_length, image_queries.shape[1], config.mask_tau)
+    logits = soft_masked_logits(sims, log_mask, temperature)
+    target = positives.float()
+    itc = 0.5 * (F.cross_entropy(logits, target / target.sum(1, keepdim=True), label_smoothing=label_smoothing)
+                 + F.cross_entropy(logits.T, target.T / target.T.sum(1, keepdim=True),
+                                   label_smoothing=label_smoothing))
+    oracle = oracle_lengths(sims.detach(), positives) if config.oracle_weight > 0 else None
+    return {"itc": itc, **length_losses(r, soft_length, config, oracle)}, logits * temperature

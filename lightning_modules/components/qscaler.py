@@ -1,0 +1,183 @@
+"""QScaler: instruction complexity r in [0, 1] from a frozen language encoder and a small MLP.
+
+Algorithm 1 of InstructSee (Sensors 2025), step 1: "tokenize I and encode it via a frozen
+language encoder to obtain a contextual embedding; predict a normalized complexity score r
+using the learnable QScaler module; during training, apply Gaussian noise to r". Only the
+head learns (the paper's table: "QScaler initialization: random").
+
+**Frozen encoders** (:class:`FrozenTextEncoder`; never a random one):
+
+* :class:`QFormerTextEncoder` (default for ``--model ours``, full and tiny): a frozen deep
+  copy of the BLIP-2 checkpoint's Q-Former *text* path (``embeddings`` + ``qformer`` run with
+  ``query_length=0``), pooled at the first token (``[CLS]``/``[BOS]``, BLIP-2's text
+  feature). A copy, so fine-tuning the Q-Former does not move the QScaler's input. In tiny
+  size the checkpoint is the tiny BLIP-2 trained first, so the encoder is pretrained too.
+* :class:`HFTextEncoder`: any transformers text model loaded from a directory, e.g. the tiny
+  CLIP checkpoint of ``lightning_modules/clip.py`` (``CLIPModel`` -> its ``text_model``,
+  pooled at EOS) or all-MiniLM-L6-v2 (mean pooling, as sentence-transformers does).
+
+The encoder is kept in eval mode and runs under ``torch.no_grad``; it has no trainable
+parameters, so the QScaler's gradient stops at the pooled feature.
+
+**Head**: ``LayerNorm -> Linear(H, 256) -> GELU -> Linear(256, 1) -> sigmoid``; the last
+layer is small (std 0.01) with its bias at ``logit(r_init)``, so every instruction starts
+at ``L_init`` (32, BLIP-2's length) and the losses move it from there. Noise and the length
+mapping follow :class:`lightning_modules.components.dynamic_length.LengthConfig`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import torch
+from torch import nn
+
+from lightning_modules.components.dynamic_length import LengthConfig, add_length_noise
+
+Pool = Literal["cls", "mean", "pooler"]
+
+
+class FrozenTextEncoder(Protocol):
+    """A frozen text encoder: raw texts -> one pooled feature per text, ``[B, dim]``."""
+
+    dim: int
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor: ...
+
+
+def _pool(hidden: torch.Tensor, mask: torch.Tensor, pool: Pool, pooler: torch.Tensor | None) -> torch.Tensor:
+    if pool == "cls":
+        return hidden[:, 0]
+    if pool == "mean":
+        m = mask[..., None].to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    if pooler is None:
+        raise ValueError("pool='pooler' needs a model that returns pooler_output")
+    return pooler
+
+
+class _Frozen(nn.Module):
+    """Base: frozen parameters, always in eval mode, no autograd graph."""
+
+    def _freeze(self) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> _Frozen:  # noqa: ARG002 - stays in eval mode
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+class QFormerTextEncoder(_Frozen):
+    """A frozen copy of a BLIP-2 Q-Former's text path (``Blip2TextEmbeddings`` + ``Blip2QFormerModel``)."""
+
+    def __init__(self, embeddings: nn.Module, qformer: nn.Module, tokenizer, *, pool: Pool = "cls",
+                 max_length: int | None = None, copy_modules: bool = True) -> None:
+        super().__init__()
+        self.embeddings = copy.deepcopy(embeddings) if copy_modules else embeddings
+        self.qformer = copy.deepcopy(qformer) if copy_modules else qformer
+        self.tokenizer = tokenizer
+        self.pool = pool
+        self.max_length = max_length
+        self.dim = int(self.qformer.config.hidden_size)
+        self._freeze()
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        kw = {"max_length": self.max_length} if self.max_length else {}
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt", **kw).to(self.device)
+        hidden = self.qformer(query_embeds=self.embeddings(input_ids=batch["input_ids"]), query_length=0,
+                              attention_mask=batch["attention_mask"], return_dict=True).last_hidden_state
+        return _pool(hidden, batch["attention_mask"], self.pool, None)
+
+
+class HFTextEncoder(_Frozen):
+    """A frozen transformers text model (CLIP text tower, BERT/MiniLM, ...)."""
+
+    def __init__(self, model: nn.Module, tokenizer, *, pool: Pool = "mean", max_length: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pool = pool
+        self.max_length = max_length
+        self.dim = int(model.config.hidden_size)
+        self._freeze()
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, pool: Pool | None = None, local_files_only: bool = True,
+                        max_length: int | None = None) -> HFTextEncoder:
+        """Load a directory; a ``CLIPModel`` contributes its ``text_model`` (pooled at EOS by default)."""
+        from transformers import AutoModel, AutoTokenizer
+
+        model = AutoModel.from_pretrained(path, local_files_only=local_files_only)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
+        if hasattr(model, "text_model"):  # CLIPModel and friends
+            model = model.text_model
+            pool = pool or "pooler"
+        return cls(model, tokenizer, pool=pool or "mean", max_length=max_length)
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        kw = {"max_length": self.max_length} if self.max_length else {}
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt", **kw).to(self.device)
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], return_dict=True)
+        return _pool(out.last_hidden_state, batch["attention_mask"], self.pool, getattr(out, "pooler_output", None))
+
+
+@dataclass
+class QScalerOutput:
+    """``r`` before noise, ``r_used`` (noisy in training), ``soft_length`` (continuous, from
+    ``r_used``) and ``length`` (integer L from ``r_used``, what the model runs with), all ``[B]``."""
+
+    r: torch.Tensor
+    r_used: torch.Tensor
+    soft_length: torch.Tensor
+    length: torch.Tensor
+
+
+class QScalerHead(nn.Module):
+    """Pooled instruction feature ``[B, dim]`` -> complexity logit ``[B]``."""
+
+    def __init__(self, dim: int, hidden: int = 256, r_init: float = 0.5, out_std: float = 0.01) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        last = self.net[-1]
+        nn.init.normal_(last.weight, std=out_std)
+        r0 = min(max(r_init, 1e-4), 1 - 1e-4)
+        nn.init.constant_(last.bias, math.log(r0 / (1 - r0)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features).squeeze(-1)
+
+
+class QScaler(nn.Module):
+    """Frozen encoder + learnable head: instructions -> r, L (see the module docstring)."""
+
+    def __init__(self, encoder: FrozenTextEncoder, length: LengthConfig | None = None, hidden: int = 256) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.length = length or LengthConfig()
+        self.head = QScalerHead(encoder.dim, hidden, r_init=self.length.r_init)
+
+    def features(self, texts: Sequence[str]) -> torch.Tensor:
+        """The frozen pooled features, on the head's device, outside any autograd graph."""
+        return self.encoder.encode(texts).detach().to(self.head.net[1].weight.device)
+
+    def forward(self, texts: Sequence[str] | None = None, *, features: torch.Tensor | None = None) -> QScalerOutput:
+        """From raw ``texts`` or precomputed ``features`` (e.g. cached frozen features)."""
+        if features is None:
+            if texts is None:
+                raise ValueError("QScaler needs texts or features")
+            features = self.features(texts)
+        r = torch.sigmoid(self.head(features))
+        r_used = add_length_noise(r, self.length.noise_std, self.training)
+        return QScalerOutput(r=r, r_used=r_used, soft_length=self.length.soft_length(r_used),
+                             length=self.length.hard_length(r_used))

@@ -1,0 +1,46 @@
+"""Two-stage retrieval: re-score the top k of each query with a pairwise scorer (BLIP-2 ITM).
+
+As in LAVIS ``compute_sim_matrix``: for each query row of the first-stage (ITC) scores,
+the top ``k`` gallery items are re-scored as ``pair_score + first_stage`` (BLIP-2: the ITM
+class-1 logit averaged over the query outputs, plus the ITC similarity). LAVIS gives the
+other items -100; here they keep their first-stage order but are shifted, per row, below
+the lowest re-scored item, so that (a) every re-scored item outranks every other one and
+(b) ranks beyond ``k`` -- which MRR and mean rank read -- stay the first-stage ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+#: ``pair_scorer(query_index [P], gallery_index [P]) -> [P]`` for flat lists of pairs
+PairScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def rerank_topk(first_stage: torch.Tensor, k: int, pair_scorer: PairScorer, batch_size: int = 1024,
+                margin: float = 1.0) -> torch.Tensor:
+    """``[Q, G]`` scores: the top-``k`` of each row re-scored, the rest shifted below them.
+
+    ``pair_scorer`` is called on at most ``batch_size`` pairs at a time with indices into
+    the rows and columns of ``first_stage``.
+    """
+    q, g = first_stage.shape
+    k = min(int(k), g)
+    if k <= 0 or q == 0:
+        return first_stage.clone()
+    top_val, top_idx = first_stage.topk(k, dim=1)
+    rows = torch.arange(q, device=first_stage.device)[:, None].expand(q, k).reshape(-1)
+    cols = top_idx.reshape(-1)
+    pair = torch.cat([pair_scorer(rows[s:s + batch_size], cols[s:s + batch_size]).to(first_stage.dtype)
+                      for s in range(0, len(rows), batch_size)])
+    rescored = pair.view(q, k) + top_val
+    out = first_stage.clone()
+    if k < g:
+        # the others keep their order, below every re-scored item of the row
+        in_top = torch.zeros_like(first_stage, dtype=torch.bool).scatter_(1, top_idx, True)
+        rest_max = first_stage.masked_fill(in_top, float("-inf")).amax(1, keepdim=True)
+        shift = (rest_max - rescored.amin(1, keepdim=True) + margin).clamp(min=0)
+        out = out - shift
+    out.scatter_(1, top_idx, rescored)
+    return out

@@ -1,0 +1,323 @@
+"""BLIP2-IDQ-Former (``--model ours``): BLIP-2 with instruction-dependent query length.
+
+InstructSee (Gu et al., Sensors 2025, 25(16), 5195), Algorithm 1, for retrieval. Built on
+:class:`lightning_modules.blip2.Blip2Retrieval` (same frozen vision tower, Q-Former head,
+tokenizer, ITC + ITM losses, ITM re-ranking) with three additions:
+
+* a **token bank** of ``L_max`` queries (the BLIP-2 checkpoint's 32 query tokens are its
+  first rows) plus frozen rows of the Q-Former's pretrained text position table
+  (:mod:`~lightning_modules.components.token_bank`);
+* **QScaler**: a frozen copy of the checkpoint's Q-Former text encoder (or another frozen
+  pretrained encoder, ``qscaler_encoder``) and an MLP give each instruction r in [0, 1] and
+  ``L = L_base + round(r (L_max - L_base))`` (:mod:`~lightning_modules.components.qscaler`);
+* **nested query attention** in the Q-Former self-attention (query i sees queries <= i), so
+  the gallery is encoded once with ``L_max`` queries and a text of length L is scored
+  against exactly the outputs of an L-query pass
+  (:mod:`~lightning_modules.components.query_attention`).
+
+Scoring (the RetrievalModel protocol): text encodings carry ``lengths`` = L;
+ITC ``s(t, image) = max_{i < L_t} <t, z_i>`` (:func:`~lightning_modules.components.
+dynamic_length.length_limited_max_sim`); the top ``k_test`` are re-scored with ITM + ITC as
+in BLIP-2, where the ITM pass is the **instruction-conditioned** path of 3.3: the L queries
+attend (nested) to each other and to the instruction tokens in self-attention, so their
+cross-attention to the image depends on the instruction; the instruction tokens see the L
+queries; queries >= L are hidden (the pass runs ``max L`` queries of the batch, which is
+where a short L saves compute); the ITM logit is averaged over the L query outputs.
+Image-to-image uses all ``L_max`` outputs (no instruction).
+
+Training (on the BLIP2 checkpoint, Q-Former + bank + QScaler head trainable, tower frozen):
+BLIP-2's ITC, with the soft length mask of
+:mod:`~lightning_modules.components.dynamic_length` (L learnable end to end), + ITM (hard
+negatives, run at each text's integer L) + the length cost + the self-supervised oracle
+length target. ``qscaler: false`` gives the paper's "without QScaler" ablation (every text
+L = ``l_init``, 32); ``attention: "full"`` keeps BLIP-2's full query self-attention (then a
+text uses the first L outputs of an ``L_max``-query pass, which is *not* an L-query pass).
+
+Sizes: *full* loads a ``Blip2ForImageTextRetrieval`` checkpoint (``pretrained``); *tiny*
+starts from the tiny BLIP2 checkpoint trained on the same data (``blip2_checkpoint``,
+resolved and trained if needed by the runner).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
+
+from lightning_modules.base import Encoded
+from lightning_modules.blip2 import (
+    ATTENTION_MASK,
+    CONFIG_FILE,
+    HEAD_DIR,
+    IMAGE_TOKENS,
+    INPUT_IDS,
+    TOWER_DIR,
+    _MAX_SIM_BUDGET,
+    Blip2Config,
+    Blip2Retrieval,
+    load_pretrained_parts,
+)
+from lightning_modules.components.blip2_losses import itc_loss, itc_similarities, itm_loss, itm_pairs
+from lightning_modules.components.dynamic_length import LengthConfig, dynamic_itc, length_limited_max_sim
+from lightning_modules.components.qformer_head import QFormerHead
+from lightning_modules.components.qscaler import HFTextEncoder, QFormerTextEncoder, QScaler
+from lightning_modules.components.query_attention import ATTENTION_MODES, qformer_query_forward
+from lightning_modules.components.rerank import rerank_topk
+from lightning_modules.components.token_bank import TokenBank
+from lightning_modules.components.vision_tower import load_tower
+from lightning_modules.optim import OptimConfig, build_optimizer
+
+IDQ_WEIGHTS = "idq.safetensors"
+
+
+@dataclass(frozen=True)
+class IdqConfig(Blip2Config):
+    """BLIP2-IDQ-Former options: BLIP2's (its tiny-architecture fields are unused: the Q-Former
+    comes from ``blip2_checkpoint`` or ``pretrained``) plus:
+
+    blip2_checkpoint: tiny: the BLIP2 suite checkpoint to start from (None: the runner trains
+        / finds the tiny BLIP2 of the same dataset and seed).
+    l_base, l_max, l_init, noise_std, mask_tau, length_weight, oracle_weight: see
+        :class:`~lightning_modules.components.dynamic_length.LengthConfig`.
+    attention: "nested" (query i attends to queries <= i) or "full" (BLIP-2).
+    qscaler: False = the "without QScaler" ablation: every text gets ``l_init`` queries.
+    qscaler_encoder: "qformer" (a frozen copy of the checkpoint's Q-Former text encoder) or a
+        local transformers checkpoint (e.g. the tiny CLIP's folder, all-MiniLM-L6-v2).
+    qscaler_hidden: width of the QScaler MLP.
+    extra_init, init_std, learn_positions, use_positions: see
+        :class:`~lightning_modules.components.token_bank.TokenBank`.
+    text_sees_queries: in the instruction-conditioned (ITM) pass, instruction tokens attend
+        to the queries (InstructBLIP style) -- or only to themselves.
+    """
+
+    blip2_checkpoint: str | None = None
+    l_base: int = 8
+    l_max: int = 48
+    l_init: int = 32
+    noise_std: float = 0.05
+    mask_tau: float = 1.0
+    length_weight: float = 0.1
+    oracle_weight: float = 0.5
+    attention: str = "nested"
+    qscaler: bool = True
+    qscaler_encoder: str = "qformer"
+    qscaler_hidden: int = 256
+    extra_init: str = "copy_noise"
+    init_std: float = 0.02
+    learn_positions: bool = False
+    use_positions: bool = True
+    text_sees_queries: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"model_args.attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.extra_init not in ("copy_noise", "normal"):
+            raise ValueError("model_args.extra_init must be 'copy_noise' or 'normal'")
+        if self.qscaler_hidden < 1:
+            raise ValueError("model_args.qscaler_hidden must be >= 1")
+        self.length_config()  # validates the length fields
+
+    def length_config(self) -> LengthConfig:
+        return LengthConfig(self.l_base, self.l_max, self.l_init, self.noise_std, self.mask_tau,
+                            self.length_weight, self.oracle_weight)
+
+
+class IdqFormerRetrieval(Blip2Retrieval):
+    """BLIP2-IDQ-Former honouring the RetrievalModel protocol (see the module docstring)."""
+
+    Config = IdqConfig
+    #: config fields the runner fills with the checkpoint of another registered model (tiny size)
+    checkpoint_dependencies = {"blip2_checkpoint": "blip2"}
+
+    def __init__(self, vision_tower, head: QFormerHead, tokenizer, config: IdqConfig, bank: TokenBank,
+                 qscaler: QScaler | None, optim: OptimConfig | None = None) -> None:
+        super().__init__(vision_tower, head, tokenizer, config, optim)
+        self.bank = bank
+        self.qscaler = qscaler
+        self.length = config.length_config()
+        self.head.query_tokens.requires_grad_(False)  # superseded by the token bank
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def create(cls, config: IdqConfig, optim: OptimConfig, vocab_texts: Sequence[str] = ()) -> IdqFormerRetrieval:
+        """From a pretrained BLIP-2 checkpoint (full) or the tiny BLIP2 suite checkpoint (tiny)."""
+        if config.pretrained:
+            tower, head, tok = load_pretrained_parts(config.pretrained, config.local_files_only, config.temp_init)
+        else:
+            if not config.blip2_checkpoint:
+                raise ValueError("a tiny IDQ-Former needs model_args.blip2_checkpoint (a BLIP2 checkpoint; the "
+                                 "runner resolves it to the tiny BLIP2 of the same dataset and seed)")
+            base = Blip2Retrieval.load_checkpoint(Path(config.blip2_checkpoint))
+            tower, head, tok = base.vision_tower, base.head, base.tokenizer
+        return cls._assemble(tower, head, tok, config, optim)
+
+    @classmethod
+    def _assemble(cls, tower, head: QFormerHead, tok, config: IdqConfig, optim: OptimConfig | None):
+        if config.use_positions and head.embeddings.position_embeddings.num_embeddings < config.l_max:
+            raise ValueError(f"model_args.l_max={config.l_max} exceeds the Q-Former's "
+                             f"{head.embeddings.position_embeddings.num_embeddings} pretrained positions")
+        bank = TokenBank.from_blip2(head.query_tokens, head.embeddings, config.l_max, extra_init=config.extra_init,
+                                    init_std=config.init_std, learn_positions=config.learn_positions,
+                                    use_positions=config.use_positions)
+        qscaler = None
+        if config.qscaler:
+            if config.qscaler_encoder == "qformer":
+                encoder = QFormerTextEncoder(head.embeddings, head.qformer, tok, max_length=config.text_length)
+            else:
+                encoder = HFTextEncoder.from_pretrained(config.qscaler_encoder, local_files_only=config.local_files_only)
+            qscaler = QScaler(encoder, config.length_config(), config.qscaler_hidden)
+        return cls(tower, head, tok, config, bank, qscaler, optim)
+
+    def save_checkpoint(self, directory: Path) -> None:
+        super().save_checkpoint(directory)  # tower, head, tokenizer, config
+        state = {f"bank.{k}": v for k, v in self.bank.state_dict().items()}
+        if self.qscaler is not None:
+            state |= {f"qscaler.{k}": v for k, v in self.qscaler.state_dict().items()}
+        save_file({k: v.detach().contiguous() for k, v in state.items()}, Path(directory) / IDQ_WEIGHTS)
+
+    @classmethod
+    def load_checkpoint(cls, directory: Path) -> IdqFormerRetrieval:
+        directory = Path(directory)
+        config = IdqConfig(**json.loads((directory / CONFIG_FILE).read_text()))
+        tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        model = cls._assemble(load_tower(directory / TOWER_DIR), QFormerHead.load(directory / HEAD_DIR), tok,
+                              config, None)
+        state = load_file(directory / IDQ_WEIGHTS)
+        model.bank.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("bank.")}, strict=True)
+        if model.qscaler is not None:
+            model.qscaler.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("qscaler.")},
+                                          strict=True)
+        return model
+
+    # -- building blocks ---------------------------------------------------------------
+    @property
+    def gallery_length(self) -> int:
+        """Queries per gallery image: ``L_max`` (``l_init`` without QScaler)."""
+        return self.length.l_max if self.qscaler is not None else self.length.l_init
+
+    def query_outputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Q-Former outputs ``[B, gallery_length, H]`` of the bank's queries over vision tokens."""
+        return qformer_query_forward(self.head.qformer, self.bank(self.gallery_length),
+                                     tokens.to(self.bank.tokens.dtype), mode=self.config.attention)
+
+    def text_lengths(self, texts: Sequence[str]) -> torch.Tensor:
+        """L per instruction (QScaler in eval mode: no noise), ``[B]`` long."""
+        if self.qscaler is None:
+            return torch.full((len(texts),), self.length.l_init, dtype=torch.long, device=self.device)
+        return self.qscaler(texts).length.to(self.device)
+
+    def itm_logits(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   lengths: torch.Tensor) -> torch.Tensor:
+        """ITM logits ``[B, 2]`` of row-paired (image, instruction) at each row's L (module docstring)."""
+        lengths = lengths.to(image_tokens.device)
+        nested = self.config.attention == "nested"
+        n = int(lengths.max()) if nested else self.gallery_length
+        text = self.head.embeddings(input_ids=input_ids)
+        out = qformer_query_forward(self.head.qformer, self.bank(n), image_tokens.to(self.bank.tokens.dtype),
+                                    mode=self.config.attention, text_embeds=text, text_mask=attention_mask,
+                                    lengths=lengths if nested else None,
+                                    text_sees_queries=self.config.text_sees_queries)
+        logits = self.head.itm_head(out[:, :n])  # [B, n, 2]
+        w = (torch.arange(n, device=lengths.device)[None] < lengths[:, None]).to(logits.dtype)[..., None]
+        return (logits * w).sum(1) / w.sum(1).clamp(min=1)
+
+    def itm_scores(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Class-1 ITM logit of row-paired images and instructions (``lengths``: the texts' L)."""
+        if lengths is None:
+            lengths = torch.full((input_ids.shape[0],), self.length.l_init, dtype=torch.long)
+        n = int(attention_mask.sum(1).max())
+        return self.itm_logits(image_tokens.to(self.device), input_ids[:, :n].to(self.device),
+                               attention_mask[:, :n].to(self.device), lengths.to(self.device))[:, 1]
+
+    # -- retrieval protocol ------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor) -> Encoded:
+        tokens = self.vision_tokens(pixel_values)
+        return Encoded(self.head.image_feats(self.query_outputs(tokens)), extra={IMAGE_TOKENS: tokens})
+
+    def encode_texts(self, texts: Sequence[str]) -> Encoded:
+        enc = super().encode_texts(texts)
+        return Encoded(enc.emb, self.text_lengths(texts), enc.extra)
+
+    def itc_score(self, queries: Encoded, gallery: Encoded) -> torch.Tensor:
+        """ITC with each text's L (text vs image, either way); image vs image over all outputs."""
+        if queries.lengths is None and gallery.lengths is None:
+            return super().itc_score(queries, gallery)
+        q = Encoded(queries.emb.to(self.device), None if queries.lengths is None else queries.lengths.to(self.device))
+        g = Encoded(gallery.emb.to(self.device), None if gallery.lengths is None else gallery.lengths.to(self.device))
+        images = g if g.emb.ndim == 3 else q
+        per_image = len(q if images is g else g) * images.emb.shape[1]
+        return length_limited_max_sim(q, g, chunk=max(1, _MAX_SIM_BUDGET // max(1, per_image)))
+
+    def score(self, queries: Encoded, gallery: Encoded) -> torch.Tensor:
+        """ITC at each text's L, the top ``k_test`` of each row re-scored by ITM (at that L) + ITC."""
+        itc = self.itc_score(queries, gallery)
+        qx, gx = queries.extra or {}, gallery.extra or {}
+        if self.config.k == 0:
+            return itc
+        if INPUT_IDS in qx and IMAGE_TOKENS in gx:  # text -> image
+
+            def pairs(qi, gi):
+                qi, gi = qi.cpu(), gi.cpu()
+                return self.itm_scores(gx[IMAGE_TOKENS][gi], qx[INPUT_IDS][qi], qx[ATTENTION_MASK][qi],
+                                       queries.lengths[qi])
+        elif IMAGE_TOKENS in qx and INPUT_IDS in gx:  # image -> text
+
+            def pairs(qi, gi):
+                qi, gi = qi.cpu(), gi.cpu()
+                return self.itm_scores(qx[IMAGE_TOKENS][qi], gx[INPUT_IDS][gi], gx[ATTENTION_MASK][gi],
+                                       gallery.lengths[gi])
+        else:  # image -> image
+            return itc
+        return rerank_topk(itc, self.config.k, pairs, batch_size=self.config.itm_batch_size)
+
+    # -- training ----------------------------------------------------------------------
+    def _losses(self, batch) -> dict[str, torch.Tensor]:
+        index, images, texts = batch
+        index = index.to(self.device)
+        tokens = self.vision_tokens(images)
+        img = self.head.image_feats(self.query_outputs(tokens))  # [B, L_gallery, E]
+        ids, mask = self.tokenize(texts)
+        txt = self.head.text_feat(ids, mask)
+        positives = index[:, None] == index[None, :]
+        with torch.no_grad():
+            self.head.temp.clamp_(0.001, 0.5)
+        ls = self.config.itc_label_smoothing
+        if self.qscaler is not None:
+            qs = self.qscaler(texts)
+            out, sim_t2i = dynamic_itc(txt, img, qs.soft_length, qs.r, positives, self.head.temp, self.length, ls)
+            sim_i2t, lengths = sim_t2i.T, qs.length
+            out["query_length"], out["r"] = qs.length.float().mean(), qs.r.detach().mean()
+        else:
+            sim_i2t = itc_similarities(img, txt)
+            out = {"itc": itc_loss(sim_i2t, self.head.temp, positives, ls)}
+            lengths = torch.full((len(texts),), self.length.l_init, dtype=torch.long, device=self.device)
+        if self.config.itm_weight > 0:
+            img_i, txt_i, labels = itm_pairs(sim_i2t.detach(), positives)
+            logits = self.itm_logits(tokens[img_i], ids[txt_i], mask[txt_i], lengths[txt_i])
+            out["itm"] = itm_loss(logits, labels)
+        out["loss"] = (out["itc"] + self.config.itm_weight * out.get("itm", 0.0) + out.get("length", 0.0)
+                       + out.get("oracle", 0.0))
+        return out
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        losses = self._losses(batch)
+        n = len(batch[0])
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n)
+        for k in ("itc", "itm", "length", "oracle", "query_length", "r"):
+            if k in losses:
+                self.log(f"train/{k}", losses[k], batch_size=n, prog_bar=k == "query_length")
+        self.log("train/temperature", self.head.temp.detach(), batch_size=n)
+        return losses["loss"]
+
+    def configure_optimizers(self):
+        params = [*self.head.parameters(), *self.bank.parameters()]
+        if self.qscaler is not None:
+            params += list(self.qscaler.head.parameters())
+        return build_optimizer(params, self.optim, self.trainer.estimated_stepping_batches)

@@ -1,0 +1,330 @@
+"""BLIP2: the full-size loading path against transformers, the protocol, re-ranking, losses,
+the feature cache, the suite checkpoint and ``bench run --model blip2`` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from transformers import Blip2Config as HFBlip2Config
+from transformers import Blip2ForImageTextRetrieval, BlipImageProcessor
+from typer.testing import CliRunner
+
+from benchmark.cli import app
+from lightning_modules.base import Encoded, RetrievalModel, max_sim
+from lightning_modules.blip2 import Blip2Config, Blip2Retrieval
+from lightning_modules.clip import ClipConfig, ClipRetrieval
+from lightning_modules.components.blip2_losses import itc_loss, itc_similarities, itm_pairs, sample_hard_negatives
+from lightning_modules.components.feature_cache import FeatureCache
+from lightning_modules.components.qformer_head import EXTRA_PARAMETERS
+from lightning_modules.components.rerank import rerank_topk
+from lightning_modules.components.vision_tower import ClipVisionTower, LoadingError
+from lightning_modules.components.word_tokenizer import build_word_tokenizer
+from lightning_modules.optim import OptimConfig
+
+TEXTS = ["find images of a red circle", "a large blue square left of a green star", "show me a yellow cross"]
+TINY_CLIP = dict(image_size=32, patch_size=8, vision_width=32, vision_layers=1, text_width=32, text_layers=1, heads=2,
+                 embed_dim=16)
+TINY_QFORMER = dict(qformer_hidden=32, qformer_layers=2, qformer_heads=2, qformer_intermediate=64, embed_dim=16,
+                    num_query_tokens=8, k_test=2)
+
+
+@pytest.fixture
+def clip_dir(tmp_path):
+    torch.manual_seed(0)
+    clip = ClipRetrieval.create(ClipConfig(**TINY_CLIP), OptimConfig(), TEXTS)
+    clip.save_checkpoint(tmp_path / "clip")
+    return tmp_path / "clip"
+
+
+def _tiny(clip_dir, **kw) -> Blip2Retrieval:
+    torch.manual_seed(0)
+    cfg = Blip2Config(vision_checkpoint=str(clip_dir), **(TINY_QFORMER | kw))
+    return Blip2Retrieval.create(cfg, OptimConfig(), TEXTS)
+
+
+# -- protocol --------------------------------------------------------------------------
+def test_honours_the_retrieval_protocol(clip_dir):
+    m = _tiny(clip_dir).eval()
+    assert isinstance(m, RetrievalModel)
+    px = torch.stack([m.image_transform()(Image.new("RGBA", (50, 37), (255, 0, 0, 128))) for _ in range(2)])
+    assert px.shape == (2, 3, 32, 32)
+    with torch.no_grad():
+        img, txt = m.encode_images(px), m.encode_texts(TEXTS)
+        assert img.emb.shape == (2, 8, 16) and txt.emb.shape == (3, 16)
+        assert torch.allclose(img.emb.norm(dim=-1), torch.ones(2, 8), atol=1e-5)
+        assert img.extra["image_tokens"].shape == (2, 1 + 16, 32)  # CLS + 4x4 patches, all tokens
+        assert txt.extra["input_ids"].shape == (3, 48)  # padded to one width for every batch
+        itc = m.score_variants()["itc"](txt, img)
+        assert torch.allclose(itc, max_sim(txt, img), atol=1e-6)  # ITC = max over the query outputs
+        t2i, i2t, i2i = m.score(txt, img), m.score(img, txt), m.score(img, img)
+        assert t2i.shape == (3, 2) and i2t.shape == (2, 3) and i2i.shape == (2, 2)
+        assert torch.allclose(i2i, max_sim(img, img), atol=1e-6)
+        # features in place of pixels give the same encodings (the feature-cache path)
+        tokens = m.vision_tokens(px)
+        assert torch.allclose(m.encode_images(tokens).emb, img.emb, atol=1e-6)
+        # chunks of an Encoded carry their extra tensors along
+        part = Encoded.cat([txt[0:1], txt[1:3]])
+        assert torch.equal(part.extra["input_ids"], txt.extra["input_ids"])
+        assert torch.allclose(m.score(txt[1:3], img), t2i[1:3], atol=1e-5)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="k_test"):
+        Blip2Config(k_test=-1)
+    assert Blip2Config().k == 16 and Blip2Config(pretrained="x").k == 128 and Blip2Config(k_test=0).k == 0
+
+
+# -- full-size path --------------------------------------------------------------------
+def _hub_style_checkpoint(path, image_token_index):
+    """A tiny Blip2ForImageTextRetrieval saved like a hub repo: model, tokenizer, image processor."""
+    tok = build_word_tokenizer(TEXTS, 48)
+    torch.manual_seed(0)
+    cfg = HFBlip2Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        qformer_config=dict(vocab_size=len(tok) + 1, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, cross_attention_frequency=2, use_qformer_text_input=True,
+                            max_position_embeddings=48, pad_token_id=tok.pad_token_id),
+        num_query_tokens=8, image_text_hidden_size=16, image_token_index=image_token_index,
+    )
+    hf = Blip2ForImageTextRetrieval(cfg).eval()
+    with torch.no_grad():  # transformers zero-initialises the queries: make them distinct
+        hf.query_tokens.normal_(0, 0.5)
+    hf.save_pretrained(path)
+    tok.save_pretrained(path)
+    BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return hf, tok
+
+
+@pytest.mark.parametrize("image_token_index", [None, "extra"])
+def test_full_size_path_matches_transformers(tmp_path, image_token_index):
+    """Loaded through the code path of ``Salesforce/blip2-itm-vit-g``: ITC and ITM outputs equal
+    transformers' own ``Blip2ForImageTextRetrieval`` on the same inputs."""
+    tok_len = len(build_word_tokenizer(TEXTS, 48))
+    iti = None if image_token_index is None else tok_len  # an id past the word vocabulary
+    hf, tok = _hub_style_checkpoint(tmp_path, iti)
+    m = Blip2Retrieval.create(Blip2Config(pretrained=str(tmp_path)), OptimConfig()).eval()
+    assert m.config.k == 128 and m.config.text_length == 35
+    assert (m.image_transform().resize, m.image_transform().crop) == (32, 32)
+    torch.manual_seed(1)
+    px = torch.randn(2, 3, 32, 32)
+    b = tok(TEXTS, padding=True, return_tensors="pt")
+    ids, mask = b["input_ids"], b["attention_mask"]
+    if iti is not None:  # the Blip2Processor prepends num_query_tokens image tokens; the model strips them
+        ids = torch.cat([torch.full((3, 8), iti), ids], 1)
+        mask = torch.cat([torch.ones(3, 8, dtype=mask.dtype), mask], 1)
+    with torch.no_grad():
+        img, txt = m.encode_images(px), m.encode_texts(TEXTS)
+        ref_itc = hf(pixel_values=px, input_ids=ids, attention_mask=mask).logits_per_image  # [2 images, 3 texts]
+        assert torch.allclose(m.score_variants()["itc"](img, txt), ref_itc, atol=1e-5)
+        pairs = px[[0, 1, 0]]  # image i paired with text i
+        ref_itm = hf(pixel_values=pairs, input_ids=ids, attention_mask=mask, use_image_text_matching_head=True)
+        ours = m.head.itm_logits(m.vision_tokens(pairs), txt.extra["input_ids"], txt.extra["attention_mask"])
+        assert torch.allclose(ours, ref_itm.logits_per_image, atol=1e-5)
+        assert torch.allclose(m.itm_scores(m.vision_tokens(pairs), txt.extra["input_ids"], txt.extra["attention_mask"]),
+                              ref_itm.logits_per_image[:, 1], atol=1e-5)
+
+
+def test_full_size_path_uses_every_weight_and_misses_none(tmp_path):
+    _hub_style_checkpoint(tmp_path, None)
+    m = Blip2Retrieval.create(Blip2Config(pretrained=str(tmp_path)), OptimConfig())
+    checkpoint = set(load_file(tmp_path / "model.safetensors"))
+    module = set(m.state_dict())
+    expected = {f"vision_tower.model.{k[len('vision_model.'):]}" if k.startswith("vision_model.") else f"head.{k}"
+                for k in checkpoint}
+    extras = {f"head.{k}" for k in EXTRA_PARAMETERS}  # the only parameters the checkpoint does not hold
+    assert module - expected == extras, "parameters not loaded from the checkpoint"
+    assert expected - module == set(), "checkpoint weights left unused"
+    # a weight the model does not know is refused, and so is a missing one
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file(weights | {"qformer.stray.weight": torch.zeros(2)}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(LoadingError, match="unused"):
+        Blip2Retrieval.create(Blip2Config(pretrained=str(tmp_path)), OptimConfig())
+    weights.pop("itm_head.weight")
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(LoadingError, match="missing"):
+        Blip2Retrieval.create(Blip2Config(pretrained=str(tmp_path)), OptimConfig())
+
+
+def test_suite_checkpoint_round_trip(clip_dir, tmp_path):
+    src = _tiny(clip_dir).eval()
+    with torch.no_grad():
+        src.head.temp.fill_(0.05)
+    src.save_checkpoint(tmp_path / "ckpt")
+    again = Blip2Retrieval.load_checkpoint(tmp_path / "ckpt").eval()
+    assert again.config == src.config and float(again.head.temp.detach()) == pytest.approx(0.05)
+    assert again.vision_tower.fingerprint() == src.vision_tower.fingerprint()
+    assert again.image_transform() == src.image_transform()
+    px = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        a_img, b_img = src.encode_images(px), again.encode_images(px)
+        a_txt, b_txt = src.encode_texts(TEXTS), again.encode_texts(TEXTS)
+        assert torch.equal(a_img.emb, b_img.emb) and torch.equal(a_txt.emb, b_txt.emb)
+        assert torch.equal(src.score(a_txt, a_img), again.score(b_txt, b_img))
+
+
+# -- re-ranking --------------------------------------------------------------------------
+@pytest.mark.parametrize("k", [0, 1, 3, 7, 10])
+def test_rerank_changes_only_the_top_k_and_keeps_the_rest_in_order(k):
+    torch.manual_seed(0)
+    itc = torch.rand(5, 7)
+    calls = []
+
+    def pair(qi, gi):
+        calls.append(len(qi))
+        return torch.randn(len(qi)) * 5
+
+    out = rerank_topk(itc, k, pair, batch_size=4)
+    kk = min(k, 7)
+    assert sum(calls) == 5 * kk and all(c <= 4 for c in calls)
+    top = itc.topk(kk, dim=1).indices if kk else torch.zeros(5, 0, dtype=torch.long)
+    for r in range(5):
+        order = out[r].argsort(descending=True)
+        assert set(order[:kk].tolist()) == set(top[r].tolist())  # the re-scored items are the new top k
+        rest = order[kk:]
+        # the others keep their first-stage order, and every one of them is below every re-scored item
+        assert torch.all(itc[r, rest][:-1] >= itc[r, rest][1:])
+        if kk and len(rest):
+            assert out[r, top[r]].min() > out[r, rest].max()
+    if kk == 0:
+        assert torch.equal(out, itc)
+
+
+def test_rerank_adds_the_pair_score_to_the_first_stage():
+    itc = torch.tensor([[0.9, 0.1, 0.5, 0.3]])
+    out = rerank_topk(itc, 2, lambda qi, gi: torch.where(gi == 0, -1.0, 2.0))
+    assert out[0, 0] == pytest.approx(0.9 - 1.0) and out[0, 2] == pytest.approx(0.5 + 2.0)
+    assert out[0].argsort(descending=True).tolist() == [2, 0, 3, 1]
+
+
+# -- losses ------------------------------------------------------------------------------
+def test_hard_negatives_never_pick_a_positive():
+    torch.manual_seed(0)
+    groups = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4])
+    positives = groups[:, None] == groups[None, :]
+    for _ in range(200):
+        sim = torch.randn(8, 8) * 10
+        sim[positives] += 50  # positives are by far the most similar: they must still never be drawn
+        cols, valid = sample_hard_negatives(sim, positives)
+        assert valid.all() and not positives[torch.arange(8), cols].any()
+        img, txt, labels = itm_pairs(sim, positives, max_anchors=5)
+        assert torch.equal(positives[img, txt], labels == 1) and int(labels.sum()) == 5 and len(labels) == 15
+    everything = torch.ones(3, 3, dtype=torch.bool)
+    _, valid = sample_hard_negatives(torch.randn(3, 3), everything)
+    assert not valid.any()
+    img, txt, labels = itm_pairs(torch.randn(3, 3), everything)
+    assert labels.tolist() == [1, 1, 1]
+
+
+def test_itc_is_multi_positive_and_uses_the_temperature():
+    feats = torch.nn.functional.normalize(torch.randn(4, 3, 8), dim=-1)
+    text = feats[:, 0]
+    sim = itc_similarities(feats, text)
+    assert torch.allclose(sim.diagonal(), torch.ones(4), atol=1e-6)
+    mask = torch.tensor([[1, 0, 0]] * 4)
+    assert torch.allclose(itc_similarities(feats, text, mask), feats[:, 0] @ text.T, atol=1e-6)
+    eye = torch.eye(4, dtype=torch.bool)
+    assert itc_loss(sim, torch.tensor(0.01), eye) < itc_loss(sim, torch.tensor(0.5), eye)
+
+
+def test_a_few_steps_reduce_the_losses(clip_dir):
+    m = _tiny(clip_dir, dropout=0.0, itc_label_smoothing=0.0)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3)
+    torch.manual_seed(1)
+    batch = (torch.arange(3), torch.randn(3, 3, 32, 32), TEXTS)
+    first = m._losses(batch)
+    for _ in range(30):
+        losses = m._losses(batch)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+    assert losses["itc"].item() < 0.5 * first["itc"].item() and losses["itm"].item() < first["itm"].item()
+    assert all(p.grad is None for p in m.vision_tower.parameters())  # the tower stays frozen
+
+
+# -- feature cache -------------------------------------------------------------------------
+def test_feature_cache_hit_miss_and_invalidation(clip_dir, tmp_path):
+    tower = ClipVisionTower.from_clip_checkpoint(clip_dir)
+    images = torch.randn(5, 3, 32, 32)
+    calls = []
+
+    def pixels(i):
+        calls.append(i)
+        return images[i]
+
+    cache = FeatureCache(tower, tmp_path / "features", batch_size=2)
+    get = cache.for_split("test", 5, "sha-a", pixels)
+    assert len(calls) == 5 and cache.provenance["test"]["hit"] is False and "features_test_extract_s" in cache.timings
+    with torch.no_grad():
+        assert torch.allclose(get(3), tower(images[3:4])[0], atol=1e-6)
+    assert list((tmp_path / "features").glob("*.tmp")) == []  # written atomically
+    # a new cache object (another run) reads the file: no image is touched
+    calls.clear()
+    again = FeatureCache(ClipVisionTower.from_clip_checkpoint(clip_dir), tmp_path / "features")
+    assert torch.equal(again.for_split("test", 5, "sha-a", pixels)(3), get(3)) and calls == []
+    assert again.provenance["test"]["hit"] is True
+    # other annotations, another split or other weights: a miss
+    again.for_split("test", 5, "sha-b", pixels)
+    assert len(calls) == 5
+    changed = ClipVisionTower.from_clip_checkpoint(clip_dir)
+    with torch.no_grad():
+        changed.model.post_layernorm.bias.add_(0.1)
+    assert changed.fingerprint() != tower.fingerprint()
+    assert FeatureCache(changed, tmp_path / "features").path("test", 5, "sha-a") != cache.path("test", 5, "sha-a")
+    assert len(list((tmp_path / "features").glob("*.safetensors"))) == 2
+
+
+# -- bench run end to end ------------------------------------------------------------------
+runner = CliRunner()
+SMALL = '{"n_train": 64, "n_val": 16, "n_test": 24}'
+CLIP_DEP = {"vision_checkpoint": {"train": {"max_epochs": 1},
+                                  "model_args": {"vision_layers": 1, "text_layers": 1, "vision_width": 32,
+                                                 "text_width": 32, "embed_dim": 16}}}
+BLIP2_ARGS = TINY_QFORMER | {"itm_max_anchors": 8, "dependency_overrides": CLIP_DEP}
+
+
+def _run(tmp_path, *extra: str, model_args: dict | None = None):
+    args = ["run", "--model", "blip2", "--dataset", "synthetic", "--epochs", "1", "--no-progress",
+            "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
+            "--set", f"data.options={SMALL}", "--set", "data.batch_size=32",
+            "--set", f"model_args={json.dumps(model_args or BLIP2_ARGS)}", *extra]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def test_bench_run_blip2_end_to_end(tmp_path):
+    _run(tmp_path)
+    r = json.loads((tmp_path / "results" / "blip2__synthetic__default.json").read_text())
+    m = r["metrics"]
+    for prefix in ("", "itc/"):
+        for d in ("t2i", "i2t"):
+            for k in ("R@1", "R@5", "R@10", "MRR"):
+                assert 0.0 <= m[f"{prefix}{d}/{k}"] <= 1.0
+    assert m["t2i/n_queries"] == 24 * 5 and "itc/i2i/R@5" in m and len(r["per_query"]["itc/t2i/rank"]) == 120
+    dep = r["provenance"]["dependencies"]["vision_checkpoint"]
+    assert dep["model"] == "clip" and dep["trained_this_run"] is True
+    assert (tmp_path / "cache" / "checkpoints").joinpath(dep["checkpoint"].rsplit("/", 1)[-1]).is_dir()
+    assert r["model_config"]["vision_checkpoint"] == dep["checkpoint"]
+    feats = r["provenance"]["features"]
+    assert feats["test"]["hit"] is False  # computed during this run (train and val during training)
+    assert r["timings"]["features_test_extract_s"] > 0 and r["timings"]["dependencies_s"] > 0
+
+    # again: the CLIP dependency, the BLIP2 checkpoint and the features all come from the cache
+    _run(tmp_path, "--tag", "again")
+    again = json.loads((tmp_path / "results" / "blip2__synthetic__again.json").read_text())
+    assert again["provenance"]["trained_this_run"] is False
+    assert again["provenance"]["dependencies"]["vision_checkpoint"]["trained_this_run"] is False
+    assert again["provenance"]["features"]["test"]["hit"] is True
+    assert again["metrics"] == r["metrics"]
+
+    # an explicit vision checkpoint (here: the one resolved above) is used as given
+    _run(tmp_path, "--tag", "given", model_args=TINY_QFORMER | {"vision_checkpoint": dep["checkpoint"]})
+    given = json.loads((tmp_path / "results" / "blip2__synthetic__given.json").read_text())
+    assert given["provenance"]["dependencies"]["vision_checkpoint"]["given"] is True
+    assert given["model_config"]["vision_checkpoint"] == dep["checkpoint"]

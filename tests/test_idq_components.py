@@ -1,0 +1,372 @@
+"""The BLIP2-IDQ-Former components: nested query attention, token bank, QScaler, dynamic length."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import Blip2QFormerConfig, Blip2QFormerModel
+from transformers.models.blip_2.modeling_blip_2 import Blip2TextEmbeddings
+
+from lightning_modules.base import Encoded, max_sim
+from lightning_modules.components.dynamic_length import (
+    LengthConfig,
+    length_limited_max_sim,
+    length_losses,
+    oracle_lengths,
+    per_query_sims,
+    soft_log_mask,
+    soft_masked_logits,
+)
+from lightning_modules.components.qscaler import QFormerTextEncoder, QScaler
+from lightning_modules.components.query_attention import query_allowed, query_attention_mask, qformer_query_forward
+from lightning_modules.components.token_bank import TokenBank
+from lightning_modules.components.word_tokenizer import build_word_tokenizer
+
+H, VIS, LMAX = 32, 24, 12
+TEXTS = ["find images of a red circle", "find images of a small blue square left of a big green star",
+         "a shape", "two yellow triangles above a purple circle on a striped background"]
+
+
+def tiny_qformer_config(attn: str = "eager") -> Blip2QFormerConfig:
+    cfg = Blip2QFormerConfig(vocab_size=64, hidden_size=H, num_hidden_layers=3, num_attention_heads=4,
+                             intermediate_size=48, max_position_embeddings=64, encoder_hidden_size=VIS,
+                             cross_attention_frequency=2, use_qformer_text_input=True, pad_token_id=0)
+    cfg._attn_implementation = attn
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def qformer_parts():
+    torch.manual_seed(0)
+    cfg = tiny_qformer_config()
+    return Blip2TextEmbeddings(cfg).eval(), Blip2QFormerModel(cfg).eval()
+
+
+def _inputs(batch: int = 3, text_len: int = 5, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    queries = torch.randn(1, LMAX, H, generator=g)
+    image = torch.randn(batch, 7, VIS, generator=g)
+    ids = torch.randint(1, 64, (batch, text_len), generator=g)
+    mask = torch.ones(batch, text_len, dtype=torch.long)
+    mask[0, 3:] = 0  # padded text
+    return queries, image, ids, mask
+
+
+# -- nested query attention ---------------------------------------------------------------
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_full_4d_mask_reproduces_transformers_own_forward(attn):
+    torch.manual_seed(0)
+    cfg = tiny_qformer_config(attn)
+    emb, qformer = Blip2TextEmbeddings(cfg).eval(), Blip2QFormerModel(cfg).eval()
+    queries, image, ids, mask = _inputs()
+    with torch.no_grad():
+        hidden = emb(input_ids=ids, query_embeds=queries.expand(3, -1, -1))
+        mask2d = torch.cat([torch.ones(3, LMAX, dtype=torch.long), mask], dim=1)
+        ref = qformer(query_embeds=hidden, query_length=LMAX, attention_mask=mask2d,
+                      encoder_hidden_states=image).last_hidden_state
+        ours = qformer_query_forward(qformer, queries, image, mode="full", text_embeds=emb(input_ids=ids),
+                                     text_mask=mask)
+        ref_q = qformer(query_embeds=queries.expand(3, -1, -1), encoder_hidden_states=image).last_hidden_state
+        ours_q = qformer_query_forward(qformer, queries, image, mode="full")
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours_q, ref_q, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_one_lmax_pass_equals_separate_l_query_passes(attn):
+    torch.manual_seed(0)
+    cfg = tiny_qformer_config(attn)
+    qformer = Blip2QFormerModel(cfg).eval()
+    queries, image, _, _ = _inputs()
+    with torch.no_grad():
+        big = qformer_query_forward(qformer, queries, image, mode="nested")
+        for length in (1, 2, 5, 9, LMAX):
+            small = qformer_query_forward(qformer, queries[:, :length], image, mode="nested")
+            assert (big[:, :length] - small).abs().max().item() < 1e-5, length
+        # Sanity: with full attention the first L outputs of an L_max pass are not an L pass.
+        full_big = qformer_query_forward(qformer, queries, image, mode="full")
+        full_small = qformer_query_forward(qformer, queries[:, :5], image, mode="full")
+    assert (full_big[:, :5] - full_small).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("mode", ["nested", "full"])
+def test_per_sample_lengths_with_instruction_equal_separate_passes(qformer_parts, mode):
+    emb, qformer = qformer_parts
+    queries, image, ids, mask = _inputs()
+    lengths = torch.tensor([2, 7, LMAX])
+    with torch.no_grad():
+        text = emb(input_ids=ids)
+        big = qformer_query_forward(qformer, queries, image, mode=mode, text_embeds=text, text_mask=mask,
+                                    lengths=lengths)
+        for b, length in enumerate(lengths.tolist()):
+            sl = slice(b, b + 1)
+            small = qformer_query_forward(qformer, queries[:, :length], image[sl], mode=mode, text_embeds=text[sl],
+                                          text_mask=mask[sl])
+            valid = torch.cat([torch.ones(length, dtype=torch.bool), mask[b].bool()])
+            got = torch.cat([big[b, :length], big[b, LMAX:]])
+            assert (got[valid] - small[0][valid]).abs().max().item() < 1e-5, (mode, length)
+
+
+def test_instruction_blind_to_queries_keeps_prefix_consistency(qformer_parts):
+    emb, qformer = qformer_parts
+    queries, image, ids, mask = _inputs()
+    with torch.no_grad():
+        text = emb(input_ids=ids)
+        kw = dict(mode="nested", text_embeds=text, text_mask=mask, text_sees_queries=False)
+        big = qformer_query_forward(qformer, queries, image, **kw)
+        for length in (1, 4, 8):
+            small = qformer_query_forward(qformer, queries[:, :length], image, **kw)
+            assert (big[:, :length] - small[:, :length]).abs().max().item() < 1e-5
+
+
+def test_mask_rules_are_as_documented():
+    text_mask = torch.tensor([[1, 1, 0]])
+    allowed = query_allowed(4, mode="nested", text_mask=text_mask, lengths=torch.tensor([3]))[0]
+    q, t = slice(0, 4), slice(4, 7)
+    expected_qq = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0]], dtype=torch.bool)
+    assert torch.equal(allowed[q, q], expected_qq)
+    assert torch.equal(allowed[q, t], torch.tensor([[1, 1, 0]] * 4, dtype=torch.bool))  # queries read the text
+    assert torch.equal(allowed[t, q], torch.tensor([[1, 1, 1, 0]] * 3, dtype=torch.bool))  # text reads queries < L
+    assert torch.equal(allowed[t, t], torch.tensor([[1, 1, 0]] * 3, dtype=torch.bool))  # padding hidden
+    assert allowed.any(-1).all()  # no row fully blocked
+    blind = query_allowed(4, text_mask=text_mask, queries_see_text=False)[0]
+    assert not blind[q, t].any()
+    m = query_attention_mask(4)
+    assert m.shape == (1, 1, 4, 4) and m[0, 0, 0, 1] == torch.finfo(torch.float32).min and m[0, 0, 1, 0] == 0
+    with pytest.raises(ValueError):
+        query_allowed(4, lengths=torch.tensor([5]))
+    with pytest.raises(ValueError):
+        query_allowed(4, mode="causal")  # type: ignore[arg-type]
+
+
+# -- token bank ---------------------------------------------------------------------------
+def test_token_bank_takes_checkpoint_queries_and_text_positions(tmp_path):
+    from transformers import Blip2Config, Blip2ForImageTextRetrieval
+
+    torch.manual_seed(0)
+    qcfg = tiny_qformer_config().to_dict()
+    qcfg["encoder_hidden_size"] = 16
+    cfg = Blip2Config(vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, image_size=16, patch_size=8),
+                      qformer_config=qcfg, num_query_tokens=32, image_text_hidden_size=16)
+    Blip2ForImageTextRetrieval(cfg).save_pretrained(tmp_path)
+    model = Blip2ForImageTextRetrieval.from_pretrained(tmp_path)
+    bank = TokenBank.from_blip2(model.query_tokens, model.embeddings, l_max=40)
+    assert bank.tokens.shape == (1, 40, H)
+    assert torch.equal(bank.tokens[:, :32], model.query_tokens)
+    assert torch.equal(bank.positions[0], model.embeddings.position_embeddings.weight[:40])
+    # copies + noise for rows 32..39, a frozen (saved) buffer for the positions by default
+    assert (bank.tokens[0, 32:] - model.query_tokens[0, :8]).abs().max() < 0.2
+    assert not torch.equal(bank.tokens[0, 32:], model.query_tokens[0, :8])
+    assert "positions" in dict(bank.named_buffers()) and "positions" in bank.state_dict()
+    assert [n for n, _ in bank.named_parameters()] == ["tokens"]
+    torch.testing.assert_close(bank(5), bank.tokens[:, :5] + bank.positions[:, :5])
+    # learned positions are a copy: training them leaves the text path alone
+    learn = TokenBank.from_blip2(model.query_tokens, model.embeddings, l_max=40, learn_positions=True,
+                                 extra_init="normal")
+    assert "positions" in dict(learn.named_parameters())
+    with torch.no_grad():
+        learn.positions.add_(1.0)
+    assert torch.equal(bank.positions[0], model.embeddings.position_embeddings.weight[:40])
+    with pytest.raises(ValueError):
+        TokenBank.from_blip2(model.query_tokens, model.embeddings, l_max=16)
+    with pytest.raises(ValueError):
+        bank(41)
+
+
+# -- QScaler ------------------------------------------------------------------------------
+@pytest.fixture()
+def qscaler(qformer_parts):
+    emb, qformer = qformer_parts
+    torch.manual_seed(0)
+    tok = build_word_tokenizer(TEXTS)
+    return QScaler(QFormerTextEncoder(emb, qformer, tok), LengthConfig(l_base=2, l_max=LMAX, l_init=8,
+                                                                      noise_std=0.1))
+
+
+def test_qscaler_range_noise_and_frozen_encoder(qscaler, qformer_parts):
+    cfg = qscaler.length
+    qscaler.eval()
+    out = qscaler(TEXTS)
+    assert ((out.r >= 0) & (out.r <= 1)).all()
+    assert ((out.length >= cfg.l_base) & (out.length <= cfg.l_max)).all() and out.length.dtype == torch.long
+    assert torch.equal(out.r_used, out.r)  # no noise in evaluation
+    assert torch.equal(qscaler(TEXTS).length, out.length)
+    assert (out.length == cfg.l_init).all()  # the head starts at L_init
+    qscaler.train()
+    assert not qscaler.encoder.training  # the frozen encoder stays in eval mode
+    noisy = qscaler(TEXTS)
+    assert not torch.equal(noisy.r_used, noisy.r)
+    assert ((noisy.r_used >= 0) & (noisy.r_used <= 1)).all()
+    assert all(not p.requires_grad for p in qscaler.encoder.parameters())
+    # a copy: the model's own Q-Former is untouched and still trainable
+    assert qscaler.encoder.qformer is not qformer_parts[1]
+    assert all(p.requires_grad for p in qformer_parts[1].parameters())
+    # extreme head outputs stay in range
+    with torch.no_grad():
+        qscaler.head.net[-1].bias.fill_(50.0)
+    qscaler.eval()
+    assert (qscaler(TEXTS).length == cfg.l_max).all()
+
+
+def _retrieval_loss(sims: torch.Tensor, log_mask: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
+    logits = soft_masked_logits(sims, log_mask, temperature)
+    target = torch.arange(sims.shape[0])
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def test_gradient_reaches_qscaler_head_through_the_soft_mask_only(qscaler):
+    qscaler.train()
+    out = qscaler(TEXTS)
+    g = torch.Generator().manual_seed(0)
+    texts = F.normalize(torch.randn(4, 16, generator=g), dim=-1)
+    images = F.normalize(torch.randn(4, LMAX, 16, generator=g), dim=-1)
+    sims = per_query_sims(texts, images)
+    loss = _retrieval_loss(sims, soft_log_mask(out.soft_length, LMAX, qscaler.length.mask_tau))
+    loss.backward()
+    head_grads = [p.grad for p in qscaler.head.parameters()]
+    assert all(gr is not None for gr in head_grads) and any(gr.abs().sum() > 0 for gr in head_grads)
+    assert all(p.grad is None for p in qscaler.encoder.parameters())
+
+
+def test_task_loss_asks_for_more_queries_when_the_positive_needs_a_late_one():
+    # Each text matches its image only through query 9; every other query is noise.
+    cfg = LengthConfig(l_base=2, l_max=LMAX, l_init=4)
+    sims = torch.full((4, 4, LMAX), -0.2)
+    sims[torch.arange(4), torch.arange(4), 9] = 0.9
+    length = torch.full((4,), 5.0, requires_grad=True)
+    _retrieval_loss(sims, soft_log_mask(length, LMAX, cfg.mask_tau)).backward()
+    assert (length.grad < 0).all()  # increasing L lowers the loss
+
+
+def test_length_cost_pushes_l_down_when_the_task_is_indifferent(qscaler):
+    qscaler.train()
+    feats = qscaler.features(TEXTS)
+    opt = torch.optim.SGD(qscaler.head.parameters(), lr=2.0)
+    start = qscaler(features=feats).soft_length.mean().item()
+    sims = torch.zeros(4, 4, LMAX)  # every query scores the same: L does not matter to the task
+    for _ in range(10):
+        out = qscaler(features=feats)
+        task = _retrieval_loss(sims, soft_log_mask(out.soft_length, LMAX, qscaler.length.mask_tau))
+        loss = task + sum(length_losses(out.r, out.soft_length, qscaler.length).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    qscaler.eval()
+    end = qscaler(features=feats).soft_length.mean().item()
+    assert end < start - 1.0, (start, end)
+
+
+# -- dynamic length, scoring, oracle ------------------------------------------------------
+def test_length_mapping_and_soft_mask_agree():
+    cfg = LengthConfig(l_base=8, l_max=48)
+    r = torch.linspace(0, 1, 101)
+    hard = cfg.hard_length(r)
+    assert hard.min() == 8 and hard.max() == 48 and hard.dtype == torch.long
+    m = soft_log_mask(cfg.soft_length(r), 48, 1.0).exp()
+    keep = torch.arange(48)[None] < hard[:, None]
+    r_mid = (r * cfg.span) % 1 != 0.5  # away from exact rounding ties
+    assert torch.equal((m > 0.5)[r_mid], keep[r_mid])
+    with pytest.raises(ValueError):
+        LengthConfig(l_base=10, l_max=8)
+
+
+def test_length_limited_max_sim_matches_brute_force():
+    g = torch.Generator().manual_seed(3)
+    texts = torch.randn(7, 8, generator=g)
+    images = torch.randn(5, LMAX, 8, generator=g)
+    lengths = torch.randint(1, LMAX + 1, (7,), generator=g)
+    ref = torch.stack([torch.stack([(images[j, : lengths[i]] @ texts[i]).max() for j in range(5)]) for i in range(7)])
+    t2i = length_limited_max_sim(Encoded(texts, lengths), Encoded(images), chunk=2)
+    torch.testing.assert_close(t2i, ref)
+    i2t = length_limited_max_sim(Encoded(images), Encoded(texts, lengths), chunk=3)
+    torch.testing.assert_close(i2t, ref.T)
+    full = length_limited_max_sim(Encoded(texts, torch.full((7,), LMAX)), Encoded(images))
+    torch.testing.assert_close(full, max_sim(Encoded(texts), Encoded(images)))
+    torch.testing.assert_close(length_limited_max_sim(Encoded(images), Encoded(images)),
+                               max_sim(Encoded(images), Encoded(images)))
+
+
+def test_oracle_length_is_the_shortest_prefix_with_the_final_rank():
+    sims = torch.zeros(2, 3, 6)
+    # text 0: its positive (image 0) wins from query 3 on; before, image 1 beats it.
+    sims[0, 0] = torch.tensor([0.1, 0.1, 0.1, 0.9, 0.9, 0.9])
+    sims[0, 1] = torch.tensor([0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
+    # text 1: its positive (image 1) is best from the first query on.
+    sims[1, 1] = torch.tensor([0.8, 0.0, 0.0, 0.0, 0.0, 0.0])
+    sims[1, 2] = torch.tensor([0.1, 0.2, 0.3, 0.3, 0.3, 0.3])
+    positive = torch.tensor([[True, False, False], [False, True, False]])
+    assert oracle_lengths(sims, positive).tolist() == [4, 1]
+    cfg = LengthConfig(l_base=2, l_max=6, l_init=4)
+    losses = length_losses(torch.tensor([0.5, 0.5]), torch.tensor([4.0, 4.0]), cfg,
+                           oracle=oracle_lengths(sims, positive))
+    assert set(losses) == {"length", "oracle"} and all(v > 0 for v in losses.values())
+
+
+def test_dynamic_itc_trains_the_qscaler_end_to_end(qscaler):
+    from lightning_modules.components.dynamic_length import dynamic_itc
+
+    qscaler.train()
+    out = qscaler(TEXTS)
+    g = torch.Generator().manual_seed(0)
+    texts = F.normalize(torch.randn(4, 16, generator=g), dim=-1).requires_grad_()
+    images = F.normalize(torch.randn(4, LMAX, 16, generator=g), dim=-1)
+    index = torch.tensor([0, 1, 1, 2])
+    losses, sim = dynamic_itc(texts, images, out.soft_length, out.r, index[:, None] == index[None, :], 0.07,
+                              qscaler.length, label_smoothing=0.1)
+    assert set(losses) == {"itc", "length", "oracle"} and sim.shape == (4, 4)
+    plain = soft_masked_logits(per_query_sims(texts, images), soft_log_mask(out.soft_length, LMAX, 1.0), 0.07)
+    torch.testing.assert_close(sim, plain * 0.07)
+    sum(losses.values()).backward()
+    assert texts.grad is not None and qscaler.head.net[1].weight.grad.abs().sum() > 0
+
+
+def test_task_loss_asks_for_fewer_queries_when_a_negative_wins_late():
+    sims = torch.full((4, 4, LMAX), -0.2)
+    sims[torch.arange(4), torch.arange(4), 0] = 0.9  # every positive is matched by query 0
+    sims[torch.arange(4), (torch.arange(4) + 1) % 4, 6] = 0.95  # and beaten by a negative at query 6
+    length = torch.full((4,), 6.0, requires_grad=True)
+    _retrieval_loss(sims, soft_log_mask(length, LMAX, 1.0)).backward()
+    assert (length.grad > 0).all()  # shortening L lowers the loss
+
+
+def test_end_to_end_l_grows_only_for_texts_whose_positive_needs_late_queries():
+    """A toy retrieval problem: 'simple' texts are matched by an image's first query, 'complex'
+    ones only by queries >= 9 (their early queries are shared by all complex images). Trained
+    through the soft mask + length cost alone (no oracle), the QScaler head learns L >= 10
+    for complex texts and shrinks simple ones towards L_base."""
+    torch.manual_seed(0)
+    b, d, late = 16, 48, 9
+    basis = torch.eye(d)
+    complex_ = torch.arange(b) % 2 == 1
+    shared = basis[-1]
+    images = torch.zeros(b, LMAX, d)
+    texts = torch.zeros(b, d)
+    for i in range(b):
+        if complex_[i]:
+            images[i, :late] = shared
+            images[i, late:] = F.normalize(shared + basis[i], dim=0)
+            texts[i] = F.normalize(shared + basis[i], dim=0)
+        else:
+            images[i, :] = basis[i]
+            texts[i] = basis[i]
+    feats = torch.stack([complex_.float(), 1 - complex_.float()], 1) + 0.01 * torch.randn(b, 2)
+    cfg = LengthConfig(l_base=2, l_max=LMAX, l_init=6, noise_std=0.05, length_weight=0.1, oracle_weight=0.0)
+    from lightning_modules.components.qscaler import QScalerHead
+    from lightning_modules.components.dynamic_length import add_length_noise, dynamic_itc
+
+    head = QScalerHead(2, 16, r_init=cfg.r_init)
+    opt = torch.optim.Adam(head.parameters(), lr=0.05)
+    eye = torch.eye(b, dtype=torch.bool)
+    for _ in range(80):
+        r = torch.sigmoid(head(feats))
+        soft = cfg.soft_length(add_length_noise(r, cfg.noise_std, True))
+        losses, _ = dynamic_itc(texts, images, soft, r, eye, 0.07, cfg)
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+    with torch.no_grad():
+        lengths = cfg.hard_length(torch.sigmoid(head(feats)))
+    assert (lengths[complex_] >= late + 1).all(), lengths
+    assert (lengths[~complex_] <= 4).all(), lengths

@@ -1,0 +1,149 @@
+"""BLIP2-IDQ-Former (``--model ours``) on a tiny BLIP2 checkpoint: protocol, exactness, round trip, training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from lightning_modules.base import Encoded, RetrievalModel
+from lightning_modules.blip2 import Blip2Config, Blip2Retrieval
+from lightning_modules.components.image_transform import ImageTransform
+from lightning_modules.components.qformer_head import HeadShape, QFormerHead
+from lightning_modules.components.vision_tower import ClipVisionTower
+from lightning_modules.components.word_tokenizer import build_word_tokenizer
+from lightning_modules.idq_former import IdqConfig, IdqFormerRetrieval
+from lightning_modules.optim import OptimConfig
+
+TEXTS = ["find images of a red circle", "find images of a small blue square left of a big green star",
+         "show me a shape", "two yellow triangles above a purple circle on a striped background"]
+NQ, LMAX = 8, 12
+
+
+@pytest.fixture(scope="module")
+def blip2_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    vision = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                              num_attention_heads=2, image_size=16, patch_size=8))
+    tower = ClipVisionTower(vision, ImageTransform(16, 16))
+    tok = build_word_tokenizer(TEXTS, 48)
+    cfg = Blip2Config(qformer_hidden=32, qformer_layers=2, qformer_heads=4, qformer_intermediate=64, embed_dim=16,
+                      num_query_tokens=NQ, dropout=0.0, k_test=3, cache_features=False)
+    head = QFormerHead.random(cfg.qformer_config(len(tok), tok.pad_token_id, tower.hidden_size),
+                              HeadShape(NQ, 16, 0.07), seed=0)
+    path = tmp_path_factory.mktemp("blip2")
+    Blip2Retrieval(tower, head, tok, cfg).save_checkpoint(path)
+    return path
+
+
+def _ours(ckpt, **kw) -> IdqFormerRetrieval:
+    torch.manual_seed(0)
+    cfg = IdqConfig(blip2_checkpoint=str(ckpt), l_base=2, l_max=LMAX, l_init=NQ, k_test=3, cache_features=False,
+                    **kw)
+    return IdqFormerRetrieval.create(cfg, OptimConfig())
+
+
+def _pixels(n: int = 3) -> torch.Tensor:
+    """Frozen vision tokens ``[n, 5, 32]`` (the BLIP2 family takes tokens wherever it takes pixels)."""
+    return torch.randn(n, 5, 32, generator=torch.Generator().manual_seed(1))
+
+
+def test_builds_on_the_blip2_checkpoint_and_honours_the_protocol(blip2_checkpoint):
+    m = _ours(blip2_checkpoint).eval()
+    base = Blip2Retrieval.load_checkpoint(blip2_checkpoint)
+    assert isinstance(m, RetrievalModel)
+    assert torch.equal(m.bank.tokens[:, :NQ], base.head.query_tokens)
+    with torch.no_grad():
+        img, txt = m.encode_images(_pixels()), m.encode_texts(TEXTS)
+        assert (txt.lengths == NQ).all()  # the QScaler starts at l_init
+        m.text_lengths = lambda texts: torch.tensor([2, 5, 12, 7])[: len(texts)]  # lengths that differ
+        txt = m.encode_texts(TEXTS)
+        t2i, i2t, i2i = m.score(txt, img), m.score(img, txt), m.score(img, img)
+        itc = m.itc_score(txt, img)
+    assert img.emb.shape == (3, LMAX, 16) and txt.emb.shape == (4, 16)
+    assert txt.lengths.tolist() == [2, 5, 12, 7]
+    assert t2i.shape == (4, 3) and i2t.shape == (3, 4) and i2i.shape == (3, 3)
+    ref = torch.stack([torch.stack([(img.emb[g, : txt.lengths[q]] @ txt.emb[q]).max() for g in range(3)])
+                       for q in range(4)])
+    torch.testing.assert_close(itc, ref)
+    torch.testing.assert_close(m.itc_score(img, txt), ref.T)
+    assert set(m.score_variants()) == {"itc"}
+
+
+def test_itm_at_per_text_lengths_equals_separate_l_query_passes(blip2_checkpoint):
+    m = _ours(blip2_checkpoint).eval()
+    with torch.no_grad():
+        tokens = m.vision_tokens(_pixels(4))
+        ids, mask = m.tokenize(TEXTS)
+        lengths = torch.tensor([2, 5, 12, 7])
+        batched = m.itm_logits(tokens, ids, mask, lengths)
+        for b, n in enumerate(lengths.tolist()):
+            one = m.itm_logits(tokens[b:b + 1], ids[b:b + 1], mask[b:b + 1], torch.tensor([n]))
+            torch.testing.assert_close(batched[b:b + 1], one, atol=1e-5, rtol=0)
+        # and the gallery path: the first L outputs of the L_max pass are an L-query pass
+        full = m.query_outputs(tokens)
+        from lightning_modules.components.query_attention import qformer_query_forward
+
+        five = qformer_query_forward(m.head.qformer, m.bank(5), tokens, mode="nested")
+    torch.testing.assert_close(full[:, :5], five, atol=1e-5, rtol=0)
+
+
+def test_checkpoint_round_trip_keeps_scores_and_lengths(blip2_checkpoint, tmp_path):
+    m = _ours(blip2_checkpoint).eval()
+    with torch.no_grad():
+        m.qscaler.head.net[-1].weight.normal_(0, 0.3)
+        m.bank.tokens.add_(0.1)
+        m.head.qformer.layernorm.weight.add_(1.0)  # "fine-tuned" Q-Former
+    m.save_checkpoint(tmp_path / "ours")
+    back = IdqFormerRetrieval.load_checkpoint(tmp_path / "ours").eval()
+    with torch.no_grad():
+        a_img, a_txt = m.encode_images(_pixels()), m.encode_texts(TEXTS)
+        b_img, b_txt = back.encode_images(_pixels()), back.encode_texts(TEXTS)
+        torch.testing.assert_close(back.score(b_txt, b_img), m.score(a_txt, a_img))
+    assert torch.equal(a_txt.lengths, b_txt.lengths)
+    # the QScaler's frozen encoder is the *pretrained* text path, not the fine-tuned head's
+    frozen = back.qscaler.encoder.qformer.layernorm.weight
+    assert torch.equal(frozen, m.qscaler.encoder.qformer.layernorm.weight)
+    assert not torch.equal(frozen, back.head.qformer.layernorm.weight)
+
+
+@pytest.mark.parametrize("qscaler", [True, False])
+def test_a_few_steps_train_the_qformer_bank_and_qscaler(blip2_checkpoint, qscaler):
+    m = _ours(blip2_checkpoint, qscaler=qscaler).train()
+    params = [p for p in [*m.head.parameters(), *m.bank.parameters(),
+                          *(m.qscaler.head.parameters() if qscaler else [])] if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    batch = (torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS)
+    first = None
+    for _ in range(6):
+        losses = m._losses(batch)
+        opt.zero_grad()
+        losses["loss"].backward()
+        if first is None:
+            first = losses["loss"].item()
+            assert m.bank.tokens.grad is not None and m.bank.tokens.grad.abs().sum() > 0
+            if qscaler:
+                assert {"itc", "itm", "length", "oracle"} <= set(losses)
+                assert m.qscaler.head.net[1].weight.grad.abs().sum() > 0
+                assert all(p.grad is None for p in m.qscaler.encoder.parameters())
+            else:
+                assert m.qscaler is None and m.gallery_length == NQ
+        opt.step()
+    assert losses["loss"].item() < first
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="attention"):
+        IdqConfig(attention="causal")
+    with pytest.raises(ValueError):
+        IdqConfig(l_base=40, l_max=32)
+    with pytest.raises(ValueError, match="blip2_checkpoint"):
+        IdqFormerRetrieval.create(IdqConfig(), OptimConfig())
+
+
+def test_text_encodings_carry_lengths_through_encoded_ops(blip2_checkpoint):
+    m = _ours(blip2_checkpoint).eval()
+    with torch.no_grad():
+        txt = m.encode_texts(TEXTS)
+    both = Encoded.cat([txt[:2], txt[2:]])
+    assert torch.equal(both.lengths, txt.lengths) and set(both.extra) == {"input_ids", "attention_mask"}
