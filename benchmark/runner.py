@@ -21,7 +21,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from benchmark.config import ConfigError, RunConfig, build_run_config, from_dict, model_defaults, stable_hash, to_dict
+from benchmark.metrics.qlen import qlen_metrics
 from benchmark.registry import DATASETS, MODELS
 from benchmark.results import SCHEMA_VERSION, atomic_write_json, environment, load_result, ResultFileError
 
@@ -115,6 +118,7 @@ def ensure_checkpoint(cfg: RunConfig, *, progress: bool = False) -> tuple[Path, 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm.prepare_data()
     model = model_cls.create(model_config, cfg.train.optim, dm.vocabulary_texts())
+    _install_item_loader(cfg, model, dm)
     trainer = _fit(cfg, model, dm, progress=progress)
     if trainer.is_global_zero:
         _save_atomically(model, ckpt)
@@ -131,7 +135,6 @@ def _install_item_loader(cfg: RunConfig, model, dm):
 
 
 def _fit(cfg: RunConfig, model, dm, *, progress: bool):
-    _install_item_loader(cfg, model, dm)
     trainer = _trainer(cfg, fit=True, progress=progress, name=f"{cfg.model}__{cfg.dataset}")
     trainer.fit(model, datamodule=dm)
     return trainer
@@ -223,6 +226,7 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
 
     ckpt = checkpoint_dir(cfg, dependencies)
     trained = False
+    loader = None
     t = time.perf_counter()
     if cfg.train.max_epochs > 0 and ckpt.exists() and not retrain:
         model = model_cls.load_checkpoint(ckpt)
@@ -230,6 +234,7 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
     else:
         model = model_cls.create(model_config, cfg.train.optim, dm.vocabulary_texts())
         if cfg.train.max_epochs > 0:
+            loader = _install_item_loader(cfg, model, dm)
             trainer = _fit(cfg, model, dm, progress=progress)
             if trainer.is_global_zero:
                 _save_atomically(model, ckpt)
@@ -238,7 +243,8 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
 
     from benchmark.evaluation import RetrievalEvaluator
 
-    loader = _install_item_loader(cfg, model, dm)
+    if loader is None:
+        loader = _install_item_loader(cfg, model, dm)
     eval_set = dm.eval_set()
     evaluator = RetrievalEvaluator(model, eval_set, cfg.eval)
     t = time.perf_counter()
@@ -260,7 +266,8 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
         "config": to_dict(cfg),
         "config_hash": cfg.config_hash(),
         "model_config": to_dict(model_config),
-        "metrics": evaluator.results,
+        "metrics": evaluator.results
+        | qlen_metrics(evaluator.per_query.get("text_lengths", np.zeros(0)), eval_set.complexity),
         "per_query": {k: _jsonable(v) for k, v in evaluator.per_query.items()}
         | {"complexity": eval_set.complexity.tolist()},
         "environment": environment(str(tester.strategy.root_device)),
@@ -279,8 +286,6 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
 
 
 def _jsonable(a) -> list:
-    import numpy as np
-
     arr = np.asarray(a)
     if arr.dtype.kind == "f":
         return [None if not np.isfinite(x) else round(float(x), 6) for x in arr]

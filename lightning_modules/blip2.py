@@ -71,7 +71,8 @@ class Blip2Config:
         (None: the runner trains / finds the tiny CLIP of the same dataset and seed).
     dependency_overrides: run-config overrides of the runs that resolve dependencies, by
         field (e.g. ``{"vision_checkpoint": {"train": {"max_epochs": 1}}}``).
-    k_test: items re-scored by ITM per query (None: 16 tiny, 128 full as LAVIS on COCO; 0 = ITC only).
+    k_test: items re-scored by ITM per query (None: 128 full as LAVIS on COCO, 4 tiny to fit the
+        CPU budget -- ITM costs ~1-2 ms per pair here; 0 = ITC only).
     itm_batch_size: (image, text) pairs per ITM forward pass when re-ranking.
     itm_weight: weight of the ITM loss beside ITC; itc_label_smoothing: LAVIS uses 0.1.
     itm_max_anchors: ITM trains on the positives and hard negatives of the first N items of
@@ -90,7 +91,7 @@ class Blip2Config:
     qformer_heads: int = 4
     qformer_intermediate: int = 256
     cross_attention_frequency: int = 2
-    dropout: float = 0.1
+    dropout: float = 0.0
     embed_dim: int = 128
     max_text_length: int | None = None
     k_test: int | None = None
@@ -120,7 +121,7 @@ class Blip2Config:
 
     @property
     def k(self) -> int:
-        return self.k_test if self.k_test is not None else (128 if self.pretrained else 16)
+        return self.k_test if self.k_test is not None else (128 if self.pretrained else 4)
 
     @property
     def text_length(self) -> int:
@@ -250,12 +251,13 @@ class Blip2Retrieval(L.LightningModule):
 
     def itc_score(self, queries: Encoded, gallery: Encoded) -> torch.Tensor:
         """ITC: max over query outputs (and, image vs image, over pairs of them), in bounded blocks."""
-        gallery = Encoded(gallery.emb.to(self.device), gallery.lengths)
-        t = (queries.emb.shape[1] if queries.emb.ndim == 3 else 1) * (gallery.emb.shape[1] if gallery.emb.ndim == 3 else 1)
-        step = max(1, _MAX_SIM_BUDGET // max(1, len(gallery) * t))
         q = Encoded(queries.emb.to(self.device), queries.lengths)
-        return torch.cat([max_sim(q[s:s + step], gallery) for s in range(0, len(q), step)]) if len(q) else \
-            torch.zeros(0, len(gallery), device=self.device)
+        g = Encoded(gallery.emb.to(self.device), gallery.lengths)
+        vectors = (q.emb.shape[1] if q.emb.ndim == 3 else 1) * (g.emb.shape[1] if g.emb.ndim == 3 else 1)
+        step = max(1, _MAX_SIM_BUDGET // max(1, len(g) * vectors))
+        if len(q) == 0:
+            return torch.zeros(0, len(g), device=self.device)
+        return torch.cat([max_sim(q[s:s + step], g) for s in range(0, len(q), step)])
 
     def score(self, queries: Encoded, gallery: Encoded) -> torch.Tensor:
         """ITC, with the top ``k_test`` of each row re-scored by ITM + ITC (t2i and i2t)."""
@@ -264,15 +266,18 @@ class Blip2Retrieval(L.LightningModule):
         if self.config.k == 0:
             return itc
         if INPUT_IDS in qx and IMAGE_TOKENS in gx:  # text -> image
-
-            def pairs(qi, gi):
-                return self.itm_scores(gx[IMAGE_TOKENS][gi.cpu()], qx[INPUT_IDS][qi.cpu()], qx[ATTENTION_MASK][qi.cpu()])
+            images, texts, image_side = gx, qx, 1
         elif IMAGE_TOKENS in qx and INPUT_IDS in gx:  # image -> text
-
-            def pairs(qi, gi):
-                return self.itm_scores(qx[IMAGE_TOKENS][qi.cpu()], gx[INPUT_IDS][gi.cpu()], gx[ATTENTION_MASK][gi.cpu()])
+            images, texts, image_side = qx, gx, 0
         else:  # image -> image: no pairwise head for it
             return itc
+
+        def pairs(qi: torch.Tensor, gi: torch.Tensor) -> torch.Tensor:
+            ii, ti = (qi, gi) if image_side == 0 else (gi, qi)
+            tok = images[IMAGE_TOKENS]
+            ids, mask = texts[INPUT_IDS], texts[ATTENTION_MASK]
+            return self.itm_scores(tok[ii.to(tok.device)], ids[ti.to(ids.device)], mask[ti.to(mask.device)])
+
         return rerank_topk(itc, self.config.k, pairs, batch_size=self.config.itm_batch_size)
 
     def score_variants(self) -> dict:

@@ -30,8 +30,11 @@ BLIP-2's ITC, with the soft length mask of
 :mod:`~lightning_modules.components.dynamic_length` (L learnable end to end), + ITM (hard
 negatives, run at each text's integer L) + the length cost + the self-supervised oracle
 length target. ``qscaler: false`` gives the paper's "without QScaler" ablation (every text
-L = ``l_init``, 32); ``attention: "full"`` keeps BLIP-2's full query self-attention (then a
-text uses the first L outputs of an ``L_max``-query pass, which is *not* an L-query pass).
+L = ``l_init``, 32, and the gallery is encoded with ``l_init`` queries); ``attention:
+"full"`` keeps BLIP-2's full query self-attention, for comparison: then all ``L_max``
+queries always run and see each other (gallery and ITM pass alike) and L only selects the
+outputs that are scored (ITC max, ITM average), so a text's first L outputs are *not* those
+of an L-query pass and a short L saves nothing.
 
 Sizes: *full* loads a ``Blip2ForImageTextRetrieval`` checkpoint (``pretrained``); *tiny*
 starts from the tiny BLIP2 checkpoint trained on the same data (``blip2_checkpoint``,
@@ -57,7 +60,6 @@ from lightning_modules.blip2 import (
     IMAGE_TOKENS,
     INPUT_IDS,
     TOWER_DIR,
-    _MAX_SIM_BUDGET,
     Blip2Config,
     Blip2Retrieval,
     load_pretrained_parts,
@@ -73,6 +75,8 @@ from lightning_modules.components.vision_tower import load_tower
 from lightning_modules.optim import OptimConfig, build_optimizer
 
 IDQ_WEIGHTS = "idq.safetensors"
+#: elements of the [q, chunk, L_max] similarity block scored at once by the ITC
+_MAX_SIM_BUDGET = 1 << 25
 
 
 @dataclass(frozen=True)

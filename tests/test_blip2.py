@@ -75,7 +75,7 @@ def test_honours_the_retrieval_protocol(clip_dir):
 def test_config_validation():
     with pytest.raises(ValueError, match="k_test"):
         Blip2Config(k_test=-1)
-    assert Blip2Config().k == 16 and Blip2Config(pretrained="x").k == 128 and Blip2Config(k_test=0).k == 0
+    assert Blip2Config().k == 4 and Blip2Config(pretrained="x").k == 128 and Blip2Config(k_test=0).k == 0
 
 
 # -- full-size path --------------------------------------------------------------------
@@ -328,3 +328,40 @@ def test_bench_run_blip2_end_to_end(tmp_path):
     given = json.loads((tmp_path / "results" / "blip2__synthetic__given.json").read_text())
     assert given["provenance"]["dependencies"]["vision_checkpoint"]["given"] is True
     assert given["model_config"]["vision_checkpoint"] == dep["checkpoint"]
+
+
+# -- evaluation plumbing: extra tensors and score variants -------------------------------
+def test_metric_gathers_extra_in_index_order_and_reports_score_variants():
+    import numpy as np
+
+    from benchmark.metrics import RetrievalMetric
+    try:
+        from tests.test_metrics import embeddings, reference_metrics, small_eval_set
+    except ImportError:  # tests/ not a package
+        from test_metrics import embeddings, reference_metrics, small_eval_set
+
+    es = small_eval_set()
+    img = Encoded(embeddings(es.n_images, 1, tokens=3), extra={"id": torch.arange(es.n_images)[:, None] * 10})
+    txt = Encoded(embeddings(es.n_queries, 2), extra={"id": torch.arange(es.n_queries)[:, None]})
+    seen = {}
+
+    def reranked(q: Encoded, g: Encoded) -> torch.Tensor:
+        seen["q"], seen["g"] = q.extra["id"], g.extra["id"]
+        return -max_sim(q, g)  # any other scoring of the same embeddings
+
+    metric = RetrievalMetric(es, reranked, chunk_size=4, score_variants={"itc": max_sim})
+    rng = np.random.default_rng(1)
+    for order, update, enc in ((rng.permutation(es.n_images), metric.update_images, img),
+                               (rng.permutation(es.n_queries), metric.update_texts, txt)):
+        for part in np.array_split(np.concatenate([order, order[:2]]), 3):  # shuffled, with padded repeats
+            idx = torch.from_numpy(part)
+            update(idx, enc[idx])
+    got = metric.compute()
+    want = reference_metrics(es, img, txt)
+    for k, v in want.items():
+        assert got[f"itc/{k}"] == pytest.approx(v, nan_ok=True), k  # the variant = plain max_sim
+    assert got["t2i/R@1"] != pytest.approx(want["t2i/R@1"]) or got["t2i/MRR"] != pytest.approx(want["t2i/MRR"])
+    assert torch.equal(seen["g"].flatten(), torch.arange(es.n_images) * 10)  # extra sorted like the embeddings
+    assert "itc/t2i/rank" in metric.per_query and "t2i/rank" in metric.per_query
+    with pytest.raises(ValueError, match="variant"):
+        RetrievalMetric(es, max_sim, score_variants={"t2i": max_sim})

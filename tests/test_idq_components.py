@@ -370,3 +370,23 @@ def test_end_to_end_l_grows_only_for_texts_whose_positive_needs_late_queries():
         lengths = cfg.hard_length(torch.sigmoid(head(feats)))
     assert (lengths[complex_] >= late + 1).all(), lengths
     assert (lengths[~complex_] <= 4).all(), lengths
+
+
+def test_qscaler_on_a_frozen_clip_text_encoder(tmp_path):
+    from lightning_modules.clip import ClipConfig, ClipRetrieval
+    from lightning_modules.components.qscaler import HFTextEncoder
+    from lightning_modules.optim import OptimConfig
+
+    torch.manual_seed(0)
+    clip = ClipRetrieval.create(ClipConfig(image_size=16, patch_size=8, vision_width=32, vision_layers=1,
+                                           text_width=32, text_layers=1, heads=2, embed_dim=16), OptimConfig(), TEXTS)
+    clip.save_checkpoint(tmp_path / "clip")
+    enc = HFTextEncoder.from_pretrained(str(tmp_path / "clip"))
+    assert enc.pool == "pooler" and enc.dim == 32
+    feats = enc.encode(TEXTS)
+    assert feats.shape == (4, 32)
+    with torch.no_grad():
+        ref = clip.model.text_model(**clip.tokenizer(TEXTS, padding=True, return_tensors="pt")).pooler_output
+    torch.testing.assert_close(feats, ref)
+    out = QScaler(enc, LengthConfig(l_base=2, l_max=LMAX, l_init=8)).eval()(TEXTS)
+    assert (out.length == 8).all()

@@ -115,7 +115,7 @@ def test_a_few_steps_train_the_qformer_bank_and_qscaler(blip2_checkpoint, qscale
     opt = torch.optim.AdamW(params, lr=3e-3)
     batch = (torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS)
     first = None
-    for _ in range(6):
+    for _ in range(4):
         losses = m._losses(batch)
         opt.zero_grad()
         losses["loss"].backward()
@@ -147,3 +147,32 @@ def test_text_encodings_carry_lengths_through_encoded_ops(blip2_checkpoint):
         txt = m.encode_texts(TEXTS)
     both = Encoded.cat([txt[:2], txt[2:]])
     assert torch.equal(both.lengths, txt.lengths) and set(both.extra) == {"input_ids", "attention_mask"}
+
+
+def test_full_size_path_takes_a_hub_style_blip2_checkpoint(tmp_path):
+    from transformers import Blip2Config as HFBlip2Config
+    from transformers import Blip2ForImageTextRetrieval, BlipImageProcessor
+
+    torch.manual_seed(0)
+    tok = build_word_tokenizer(TEXTS, 48)
+    qcfg = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=64, max_position_embeddings=64, encoder_hidden_size=16,
+                use_qformer_text_input=True, pad_token_id=tok.pad_token_id)
+    hf = Blip2ForImageTextRetrieval(HFBlip2Config(
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=16, patch_size=8),
+        qformer_config=qcfg, num_query_tokens=32, image_text_hidden_size=16))
+    with torch.no_grad():
+        hf.query_tokens.normal_(0, 0.02)
+    hf.save_pretrained(tmp_path / "hub")
+    tok.save_pretrained(tmp_path / "hub")
+    BlipImageProcessor(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "hub")
+    m = IdqFormerRetrieval.create(IdqConfig(pretrained=str(tmp_path / "hub"), l_max=40, k_test=2,
+                                            cache_features=False), OptimConfig()).eval()
+    assert torch.equal(m.bank.tokens[:, :32], hf.query_tokens)
+    assert torch.equal(m.bank.positions[0], hf.embeddings.position_embeddings.weight[:40])
+    with torch.no_grad():
+        img = m.encode_images(torch.randn(2, 3, 16, 16))
+        txt = m.encode_texts(TEXTS)
+        s = m.score(txt, img)
+    assert img.emb.shape == (2, 40, 16) and s.shape == (4, 2) and (txt.lengths == 32).all()

@@ -31,6 +31,7 @@ from lightning_modules.components.dynamicvit import (
     DynamicViTTower,
     dynamicvit_loss,
     keep_counts,
+    keep_mask_to_attention_mask,
     pruning_layers,
     ratio_loss,
     token_distill_loss,
@@ -260,6 +261,38 @@ def test_complete_graph_match_protects_cls_and_cross_token():
     torch.testing.assert_close(m.weight.sum(-1), torch.full((2, 5), 2.0))
 
 
+def _reference_match(metric: torch.Tensor, query: torch.Tensor, r: int):
+    """Loops over the reference description: sources and their destinations, per image."""
+    out = []
+    for mb, qb in zip(metric, query):
+        t = mb.shape[0]
+        m = torch.nn.functional.normalize(mb, dim=-1)
+        sim = m @ m.T
+        usable = [i for i in range(1, t - 1)]  # CLS (0) and the cross token (t - 1) never match
+        best = {i: max(sim[i, j].item() for j in usable if j != i) for i in usable}
+        order = sorted(usable, key=lambda i: -best[i])
+        imp = (m @ torch.nn.functional.normalize(qb, dim=0)).tolist()
+        score = {}
+        for rank, i in enumerate(order):
+            later = order[rank + 1:]
+            score[i] = imp[i] - max(sim[i, j].item() for j in later) if later else float("inf")
+        src = sorted(usable, key=lambda i: score[i])[:r]
+        rest = [j for j in range(t) if j not in src]
+        dst = {i: max((j for j in rest if j in usable), key=lambda j: sim[i, j].item()) for i in src}
+        out.append(dst)
+    return out
+
+
+def test_complete_graph_match_equals_a_brute_force_reference():
+    torch.manual_seed(8)
+    metric, query = torch.randn(4, 15, 8), torch.randn(4, 8)
+    for r in (1, 3, 6):
+        m = complete_graph_match(metric, query, r)
+        got = [{s: dst_all[d] for s, d in zip(src.tolist(), dst.tolist())}
+               for src, dst_all, dst in zip(m.src, m.dst_all.tolist(), m.dst)]
+        assert got == _reference_match(metric, query, r)
+
+
 def test_complete_graph_match_merges_duplicates_first():
     """Two identical tokens are each other's best match: one of them is a source into the other
     (with equal importance, so equal weights)."""
@@ -280,6 +313,50 @@ def test_merge_tokens_is_size_weighted_average_with_equal_importance():
     merged, new_size = merge_tokens(x, size, match)
     torch.testing.assert_close(new_size, torch.tensor([[[1.0], [4.0], [1.0]]]))
     torch.testing.assert_close(merged, torch.tensor([[[0.0], [(1 + 12) / 4], [10.0]]]))
+
+
+def _reference_merge(x, size, match):
+    """The weighted ensemble as the reference states it: size-weighted tokens, sources added
+    into destinations with weights (w0, w1 - 1) on the pre-merge values, sizes add, divide."""
+    xs = x * size
+    out, sizes = [], []
+    for bi in range(x.shape[0]):
+        kept = xs[bi, match.dst_all[bi]].clone()
+        ksize = size[bi, match.dst_all[bi]].clone()
+        before = kept.clone()
+        for k, (s, d) in enumerate(zip(match.src[bi].tolist(), match.dst[bi].tolist())):
+            w0, w1 = match.weight[bi, k]
+            kept[d] = kept[d] + w0 * xs[bi, s] + (w1 - 1) * before[d]
+            ksize[d] = ksize[d] + size[bi, s]
+        out.append(kept / ksize)
+        sizes.append(ksize)
+    return torch.stack(out), torch.stack(sizes)
+
+
+def test_merge_tokens_equals_the_reference_values_and_gradients():
+    torch.manual_seed(9)
+    x = torch.randn(2, 7, 5, requires_grad=True)
+    size = torch.randint(1, 4, (2, 7, 1)).float()
+    w0 = torch.rand(2, 3, 1) * 2
+    match = Matching(src=torch.tensor([[2, 4, 5], [1, 3, 6]]), dst_all=torch.tensor([[0, 1, 3, 6], [0, 2, 4, 5]]),
+                     dst=torch.tensor([[1, 1, 2], [3, 3, 3]]),  # several sources into one destination
+                     weight=torch.cat([w0, 2 - w0], dim=-1))
+    got, got_size = merge_tokens(x, size, match)
+    ref, ref_size = _reference_merge(x, size, match)
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(got_size, ref_size)
+    g = torch.randn_like(ref)
+    (grad_got,) = torch.autograd.grad((got * g).sum(), x)
+    (grad_ref,) = torch.autograd.grad((ref * g).sum(), x)
+    torch.testing.assert_close(grad_got, grad_ref)
+
+
+def test_crossget_training_backpropagates_through_merges(encoder):
+    tower = CrossGETTower(encoder).train()
+    out = tower.forward_train(PIXELS)
+    out.tokens.square().mean().backward()
+    grad = tower.runner.layers[0].mlp.fc1.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
 def test_crossget_alignment_loss_trains_deltas_and_reports_guidance(encoder):
@@ -353,3 +430,35 @@ def test_linear_flops_follow_the_token_schedule():
     n = [t + 1 for t in cget.tokens_per_layer()]  # + the cross token
     expected = sum(n) * attn + sum(t - cget.r for t in n) * mlp  # the MLP runs after the merge
     assert count_flops(cget, x).by_operator["linear"] == expected
+
+
+def test_reduction_state_round_trips_without_the_encoder():
+    enc = _clip()
+    for make in (lambda: DynamicViTTower(enc, keep_rate=0.6), lambda: CrossGETTower(enc, r=4)):
+        a, b = make().eval(), make().eval()
+        with torch.no_grad():
+            for p in a.reduction_parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        state = a.reduction_state_dict()
+        assert not any(k.startswith("runner") for k in state)  # the encoder is not in it
+        b.load_reduction_state_dict(state)
+        assert a.method_config() == b.method_config()
+        with torch.no_grad():
+            torch.testing.assert_close(a(PIXELS), b(PIXELS))
+    assert CrossGETTower(enc).method_config()["r"] == DEFAULT_R
+
+
+def test_keep_mask_to_attention_mask():
+    mask = keep_mask_to_attention_mask(torch.tensor([[1.0, 0.0, 1.0]], requires_grad=True))
+    assert mask.dtype == torch.long and mask.tolist() == [[1, 0, 1]]
+
+
+def test_towers_wrap_the_suites_frozen_vision_towers():
+    from lightning_modules.components.image_transform import ImageTransform
+    from lightning_modules.components.vision_tower import Blip2VisionTower, ClipVisionTower
+
+    for tower in (ClipVisionTower(_clip(), ImageTransform(48, 48)), Blip2VisionTower(_blip2(), ImageTransform(48, 48))):
+        with torch.no_grad():
+            ref = tower(PIXELS)
+            torch.testing.assert_close(DynamicViTTower(tower, keep_rate=1.0).eval()(PIXELS), ref, atol=ATOL, rtol=0)
+            torch.testing.assert_close(CrossGETTower(tower, r=0).eval()(PIXELS), ref, atol=ATOL, rtol=0)

@@ -12,8 +12,9 @@ reduced to one process and made multi-positive:
   negative text drawn from the softmax of its ITC similarities over the texts that are
   *not* positives of it; the same for each text. Rows without any non-positive candidate
   get no negative. To bound the cost on a CPU, the ITM anchors can be limited to the first
-  ``max_anchors`` items of the (shuffled) batch; their negatives still come from all of it. The ITM batch is all positive pairs plus these negatives, classified
-  by the model's ITM head (:func:`itm_loss`).
+  ``max_anchors`` items of the (shuffled) batch; their negatives still come from all of it.
+  The ITM batch is the anchors' positive pairs plus these negatives, classified by the
+  model's ITM head (:func:`itm_loss`).
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ the layers and 13 leave (merging also in the last layer, as the official code do
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +62,16 @@ class Matching:
     weight: torch.Tensor
 
 
+@functools.lru_cache(maxsize=64)
+def _excluded_pairs(t: int, device: str) -> torch.Tensor:
+    """[t, t] True where a pair never matches: self pairs, and any pair with CLS (0) or the
+    cross token (t - 1)."""
+    mask = torch.eye(t, dtype=torch.bool, device=device)
+    mask[[0, -1], :] = True
+    mask[:, [0, -1]] = True
+    return mask
+
+
 @torch.no_grad()
 def complete_graph_match(metric: torch.Tensor, query: torch.Tensor, r: int) -> Matching:
     """CrossGET's complete-graph soft matching with cross-guided importance.
@@ -70,21 +81,24 @@ def complete_graph_match(metric: torch.Tensor, query: torch.Tensor, r: int) -> M
     """
     b, t, _ = metric.shape
     m = F.normalize(metric.float(), dim=-1)
-    sim = m @ m.transpose(-1, -2)
     neg = float("-inf")
-    sim.diagonal(dim1=1, dim2=2).fill_(neg)
-    for i in (0, t - 1):  # CLS and cross token never match
-        sim[:, i, :] = neg
-        sim[:, :, i] = neg
+    sim = (m @ m.transpose(-1, -2)).masked_fill(_excluded_pairs(t, str(metric.device)), neg)
     importance = (m @ F.normalize(query.float(), dim=-1).unsqueeze(-1)).squeeze(-1)  # [B, t]
-    # Rank tokens by their best match; a token may only count partners ranked after it.
-    order = sim.amax(dim=-1).argsort(dim=1, descending=True)
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(t, device=order.device).expand(b, t))
-    allowed = rank.unsqueeze(1) > rank.unsqueeze(2)  # [B, a, b]: b ranked after a
-    best_allowed = sim.masked_fill(~allowed, neg).amax(dim=-1)
-    order = (importance - best_allowed).argsort(dim=1)  # protected / last-ranked: +inf
-    src = order[:, :r]
-    dst_all = order[:, r:].sort(dim=1).values
+    # Rank tokens by their best match (ties by position); a token may only count partners
+    # ranked after it. Pairwise comparisons instead of sorts: fewer, cheaper kernels.
+    best = sim.amax(dim=-1)
+    pos = torch.arange(t, device=metric.device)
+    best_a, best_b = best.unsqueeze(2), best.unsqueeze(1)  # [B, a, 1], [B, 1, b]
+    after = (best_b < best_a) | ((best_b == best_a) & (pos.view(1, 1, t) > pos.view(1, t, 1)))
+    best_allowed = torch.where(after, sim, neg).amax(dim=-1)
+    score = importance - best_allowed  # protected and last-ranked tokens: +inf, never sources
+    src = score.topk(r, dim=1, largest=False).indices
+    # the other tokens, ascending: each kept token's slot is its running count; sources go to
+    # a spare last slot that is dropped (integer scatter_add: deterministic)
+    keep = torch.ones_like(score, dtype=torch.bool).scatter(1, src, torch.zeros_like(src, dtype=torch.bool))
+    slot = torch.where(keep, keep.cumsum(dim=1) - 1, t - r)
+    dst_all = torch.zeros(b, t - r + 1, dtype=torch.long, device=metric.device).scatter_add_(
+        1, slot, torch.where(keep, pos, 0).expand(b, t))[:, :-1]
     sim_sd = sim.gather(1, src.unsqueeze(-1).expand(-1, -1, t)).gather(2, dst_all.unsqueeze(1).expand(-1, r, -1))
     dst = sim_sd.argmax(dim=-1)
     imp_src = importance.gather(1, src)
@@ -98,19 +112,27 @@ def merge_tokens(x: torch.Tensor, size: torch.Tensor, match: Matching) -> tuple[
     [B, t - r, D] and sizes [B, t - r, 1] (token order kept; sizes sum unchanged)."""
     b, t, d = x.shape
     r = match.src.shape[1]
-    # flattened [B * t] indexing: index_select / index_add are the fast CPU paths
+    # Flattened [B * t] rows (index_select / index_add are the fast paths). Only the r
+    # destinations per image change, so instead of rescaling every token by its size the
+    # update is written as a per-source delta: with S_d the destination's new size,
+    # x_d' = (s_d x_d + sum_k [w0 s_k x_k + (w1 - 1) s_d x_d]) / S_d
+    #      = x_d + sum_k (w0 s_k x_k + (w1 - 1) s_d x_d - s_k x_d) / S_d.
     base = torch.arange(b, device=x.device).unsqueeze(1)
     src = (match.src + base * t).flatten()
     keep = (match.dst_all + base * t).flatten()
-    dst = (match.dst + base * (t - r)).flatten()  # into the kept tokens
-    xs = (x * size.to(x.dtype)).reshape(b * t, d)
-    w = match.weight.to(x.dtype).reshape(b * r, 2)
-    kept = xs.index_select(0, keep)
-    add = w[:, :1] * xs.index_select(0, src) + (w[:, 1:] - 1.0) * kept.index_select(0, dst)
-    kept = kept.index_add(0, dst, add).view(b, t - r, d)
+    dst = (match.dst + base * (t - r)).flatten()  # rows of the kept tokens
     flat_size = size.reshape(b * t)
-    new_size = flat_size.index_select(0, keep).index_add(0, dst, flat_size.index_select(0, src)).view(b, t - r, 1)
-    return kept / new_size.to(x.dtype), new_size
+    s_src = flat_size.index_select(0, src)
+    new_size = flat_size.index_select(0, keep).index_add(0, dst, s_src)
+    s_dst = flat_size.index_select(0, keep).index_select(0, dst)  # sizes before the merge
+    kept = x.reshape(b * t, d).index_select(0, keep)
+    x_src = x.reshape(b * t, d).index_select(0, src)
+    x_dst = kept.index_select(0, dst)
+    w = match.weight.reshape(b * r, 2)
+    coef_src = (w[:, 0] * s_src / new_size.index_select(0, dst)).to(x.dtype).unsqueeze(1)
+    coef_dst = (((w[:, 1] - 1.0) * s_dst - s_src) / new_size.index_select(0, dst)).to(x.dtype).unsqueeze(1)
+    kept.index_add_(0, dst, coef_src * x_src + coef_dst * x_dst)
+    return kept.view(b, t - r, d), new_size.view(b, t - r, 1)
 
 
 @dataclass
@@ -138,7 +160,8 @@ class _Hooks(TokenHooks):
         cross = x[:, -1].detach() + self.tower.cross_delta[i].to(x.dtype)
         self.cross.append(cross)
         self.tokens_per_layer.append(x.shape[1] - 1)
-        return torch.cat([x[:, :-1], cross.unsqueeze(1)], dim=1)
+        x[:, -1] = cross  # in place: x is a fresh tensor (embedding concat or residual sum)
+        return x
 
     def attention_bias(self, i: int, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[1]
@@ -210,6 +233,22 @@ class CrossGETTower(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Merged tokens [B, N', D]; sizes of the last call in ``last_sizes``."""
         return self.forward_train(pixel_values).tokens
+
+    # -- what an owner needs beside the (frozen, separately saved) encoder -----------------
+    def method_config(self) -> dict:
+        """The settings that, with the encoder and :meth:`reduction_state_dict`, fix the tokens."""
+        return {"method": "crossget", "r": self.r, "cross_token_visible": self.cross_token_visible}
+
+    def reduction_parameters(self) -> list[nn.Parameter]:
+        """The method's own trainable parameters (the per-layer cross-token deltas)."""
+        return [self.cross_delta]
+
+    def reduction_state_dict(self) -> dict[str, torch.Tensor]:
+        return {"cross_delta": self.cross_delta.detach().clone()}
+
+    def load_reduction_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            self.cross_delta.copy_(state["cross_delta"])
 
     def project_cross_tokens(self, cross_tokens: torch.Tensor, projection: nn.Module | torch.Tensor | None = None,
                              norm: nn.LayerNorm | None = None) -> torch.Tensor:

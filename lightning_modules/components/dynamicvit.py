@@ -195,6 +195,28 @@ class DynamicViTTower(nn.Module):
         """The unpruned encoder's tokens [B, 1 + P, D] (no gradient)."""
         return (self.teacher or self.runner)(pixel_values)
 
+    # -- what an owner needs beside the (frozen, separately saved) encoder -----------------
+    def method_config(self) -> dict:
+        """The settings that, with the encoder and :meth:`reduction_state_dict`, fix the tokens."""
+        return {"method": "dynamicvit", "keep_rate": self.keep_rate, "num_stages": len(self.pruning_layers)}
+
+    def reduction_parameters(self) -> list[nn.Parameter]:
+        """The method's own trainable parameters (the predictors)."""
+        return list(self.predictors.parameters())
+
+    def reduction_state_dict(self) -> dict[str, torch.Tensor]:
+        """The predictors' weights only (the encoder is saved by its owner)."""
+        return {f"predictors.{k}": v for k, v in self.predictors.state_dict().items()}
+
+    def load_reduction_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.predictors.load_state_dict({k.removeprefix("predictors."): v for k, v in state.items()})
+
+
+def keep_mask_to_attention_mask(keep_mask: torch.Tensor) -> torch.Tensor:
+    """A training ``keep_mask`` [B, N] as a hard 0/1 attention mask over the image tokens
+    (e.g. the Q-Former's ``encoder_attention_mask``), so dropped tokens are ignored there too."""
+    return (keep_mask.detach() > 0.5).long()
+
 
 # -- losses ------------------------------------------------------------------------------
 def ratio_loss(stage_decisions: list[torch.Tensor], target_ratios: list[float]) -> torch.Tensor:

@@ -69,10 +69,16 @@ def masked_softmax(logits: torch.Tensor, policy: torch.Tensor, eps: float = 1e-6
 
 
 def unwrap_vision_model(model: nn.Module) -> nn.Module:
-    """The module holding ``embeddings``/``encoder``/``post_layernorm`` (accepts a CLIPModel,
-    a ``*WithProjection`` or a Blip2Model by following ``.vision_model``)."""
-    while not hasattr(model, "encoder") and hasattr(model, "vision_model"):
-        model = model.vision_model
+    """The module holding ``embeddings``/``encoder``/``post_layernorm``: follows ``.vision_model``
+    (CLIPModel, ``*WithProjection``, Blip2Model, transformers v4 nesting) and ``.model`` (the
+    suite's ``ClipVisionTower`` / ``Blip2VisionTower``)."""
+    while not hasattr(model, "encoder"):
+        inner = getattr(model, "vision_model", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "model", None)
+        if not isinstance(inner, nn.Module):
+            break
+        model = inner
     for name in ("embeddings", "encoder", "post_layernorm"):
         if not hasattr(model, name):
             raise TypeError(f"{type(model).__name__} is not a transformers ViT vision encoder (no .{name})")
