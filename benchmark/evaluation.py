@@ -53,11 +53,24 @@ class RetrievalEvaluator(L.LightningModule):
             self.metric.update_texts(index, self.model.encode_texts(items))
             self.timings["encode_texts_s"] += time.perf_counter() - start
 
+    def _similarity_from_variant(self) -> None:
+        """Sim of a re-ranking model comes from its first-stage similarity (its
+        ``similarity_variant``, e.g. ``"itc"``): a re-rank score (ITM logit + ITC) is not a
+        similarity. The re-ranked score still decides every rank-based metric."""
+        variant = getattr(self.model, "similarity_variant", None)
+        if not variant:
+            return
+        for key in [k for k in self.results if k.endswith("/Sim") and not k.startswith(f"{variant}/")]:
+            self.results[key] = self.results[f"{variant}/{key}"]
+        for key in [k for k in self.per_query if k.endswith("/sim") and not k.startswith(f"{variant}/")]:
+            self.per_query[key] = self.per_query[f"{variant}/{key}"]
+
     def on_test_epoch_end(self) -> None:
         start = time.perf_counter()
         self.results = {k: float(v) for k, v in self.metric.compute().items()}
         self.timings["score_and_rank_s"] = time.perf_counter() - start
         self.per_query = dict(self.metric.per_query)
+        self._similarity_from_variant()
         self.metric.reset()
         headline = {k: v for k, v in self.results.items() if k.split("/")[-1] in ("R@1", "R@5", "R@10", "MRR")}
         self.log_dict({f"test/{k}": torch.tensor(v) for k, v in headline.items()}, rank_zero_only=True)

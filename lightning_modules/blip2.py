@@ -280,6 +280,9 @@ class Blip2Retrieval(L.LightningModule):
 
         return rerank_topk(itc, self.config.k, pairs, batch_size=self.config.itm_batch_size)
 
+    #: Sim is reported on the first-stage ITC score (the re-rank score is not a similarity)
+    similarity_variant = "itc"
+
     def score_variants(self) -> dict:
         """The ITC-only scores, reported beside the re-ranked ones as ``itc/...``."""
         return {"itc": self.itc_score}

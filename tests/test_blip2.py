@@ -307,6 +307,9 @@ def test_bench_run_blip2_end_to_end(tmp_path):
             for k in ("R@1", "R@5", "R@10", "MRR"):
                 assert 0.0 <= m[f"{prefix}{d}/{k}"] <= 1.0
     assert m["t2i/n_queries"] == 24 * 5 and "itc/i2i/R@5" in m and len(r["per_query"]["itc/t2i/rank"]) == 120
+    # Sim is the first-stage ITC similarity (a cosine), not the re-rank score
+    assert m["t2i/Sim"] == m["itc/t2i/Sim"] and -1.0 <= m["t2i/Sim"] <= 1.0
+    assert r["per_query"]["t2i/sim"] == r["per_query"]["itc/t2i/sim"]
     dep = r["provenance"]["dependencies"]["vision_checkpoint"]
     assert dep["model"] == "clip" and dep["trained_this_run"] is True
     assert (tmp_path / "cache" / "checkpoints").joinpath(dep["checkpoint"].rsplit("/", 1)[-1]).is_dir()

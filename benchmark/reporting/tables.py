@@ -24,7 +24,8 @@ rate). MRR: mean reciprocal rank of the first relevant item over the full rankin
 count against the model (a relevant item ranks below every non-relevant item with an equal
 score). Sim: mean similarity, under the model's own scoring, of each query with its source
 item (T2I: a caption with the image it was written for). For CLIP it is the cosine
-similarity of the normalized embeddings. T2I: text query, image gallery; I2T: image query,
+similarity of the normalized embeddings; for the BLIP2 family the first-stage ITC score
+(max over query outputs of the cosine), since a re-rank score is not a similarity. T2I: text query, image gallery; I2T: image query,
 caption gallery; I2I: image query, image gallery without the query itself."""
 
 
