@@ -225,8 +225,12 @@ class Blip2Retrieval(L.LightningModule):
                            return_tensors="pt")
         return b["input_ids"].to(self.device), b["attention_mask"].to(self.device)
 
-    def itm_scores(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """Class-1 ITM logit (averaged over query outputs) of row-paired images and texts."""
+    def itm_scores(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Class-1 ITM logit (averaged over query outputs) of row-paired images and texts.
+
+        ``lengths`` (the texts' query lengths) is for subclasses with a per-text number of
+        queries; BLIP-2's fixed queries ignore it."""
         n = int(attention_mask.sum(1).max())  # trailing padding is masked: drop it
         return self.head.itm_logits(image_tokens.to(self.device), input_ids[:, :n].to(self.device),
                                     attention_mask[:, :n].to(self.device))[:, 1]
@@ -266,17 +270,18 @@ class Blip2Retrieval(L.LightningModule):
         if self.config.k == 0:
             return itc
         if INPUT_IDS in qx and IMAGE_TOKENS in gx:  # text -> image
-            images, texts, image_side = gx, qx, 1
+            images, texts, text_enc, image_side = gx, qx, queries, 1
         elif IMAGE_TOKENS in qx and INPUT_IDS in gx:  # image -> text
-            images, texts, image_side = qx, gx, 0
+            images, texts, text_enc, image_side = qx, gx, gallery, 0
         else:  # image -> image: no pairwise head for it
             return itc
 
         def pairs(qi: torch.Tensor, gi: torch.Tensor) -> torch.Tensor:
             ii, ti = (qi, gi) if image_side == 0 else (gi, qi)
             tok = images[IMAGE_TOKENS]
-            ids, mask = texts[INPUT_IDS], texts[ATTENTION_MASK]
-            return self.itm_scores(tok[ii.to(tok.device)], ids[ti.to(ids.device)], mask[ti.to(mask.device)])
+            ids, mask, lengths = texts[INPUT_IDS], texts[ATTENTION_MASK], text_enc.lengths
+            return self.itm_scores(tok[ii.to(tok.device)], ids[ti.to(ids.device)], mask[ti.to(mask.device)],
+                                   None if lengths is None else lengths[ti.to(lengths.device)])
 
         return rerank_topk(itc, self.config.k, pairs, batch_size=self.config.itm_batch_size)
 

@@ -54,11 +54,9 @@ from transformers import AutoTokenizer
 
 from lightning_modules.base import Encoded
 from lightning_modules.blip2 import (
-    ATTENTION_MASK,
     CONFIG_FILE,
     HEAD_DIR,
     IMAGE_TOKENS,
-    INPUT_IDS,
     TOWER_DIR,
     Blip2Config,
     Blip2Retrieval,
@@ -69,7 +67,6 @@ from lightning_modules.components.dynamic_length import LengthConfig, dynamic_it
 from lightning_modules.components.qformer_head import QFormerHead
 from lightning_modules.components.qscaler import HFTextEncoder, QFormerTextEncoder, QScaler
 from lightning_modules.components.query_attention import ATTENTION_MODES, qformer_query_forward
-from lightning_modules.components.rerank import rerank_topk
 from lightning_modules.components.token_bank import TokenBank
 from lightning_modules.components.vision_tower import load_tower
 from lightning_modules.optim import OptimConfig, build_optimizer
@@ -258,28 +255,6 @@ class IdqFormerRetrieval(Blip2Retrieval):
         images = g if g.emb.ndim == 3 else q
         per_image = len(q if images is g else g) * images.emb.shape[1]
         return length_limited_max_sim(q, g, chunk=max(1, _MAX_SIM_BUDGET // max(1, per_image)))
-
-    def score(self, queries: Encoded, gallery: Encoded) -> torch.Tensor:
-        """ITC at each text's L, the top ``k_test`` of each row re-scored by ITM (at that L) + ITC."""
-        itc = self.itc_score(queries, gallery)
-        qx, gx = queries.extra or {}, gallery.extra or {}
-        if self.config.k == 0:
-            return itc
-        if INPUT_IDS in qx and IMAGE_TOKENS in gx:  # text -> image
-
-            def pairs(qi, gi):
-                qi, gi = qi.cpu(), gi.cpu()
-                return self.itm_scores(gx[IMAGE_TOKENS][gi], qx[INPUT_IDS][qi], qx[ATTENTION_MASK][qi],
-                                       queries.lengths[qi])
-        elif IMAGE_TOKENS in qx and INPUT_IDS in gx:  # image -> text
-
-            def pairs(qi, gi):
-                qi, gi = qi.cpu(), gi.cpu()
-                return self.itm_scores(qx[IMAGE_TOKENS][qi], gx[INPUT_IDS][gi], gx[ATTENTION_MASK][gi],
-                                       gallery.lengths[gi])
-        else:  # image -> image
-            return itc
-        return rerank_topk(itc, self.config.k, pairs, batch_size=self.config.itm_batch_size)
 
     # -- training ----------------------------------------------------------------------
     def _losses(self, batch) -> dict[str, torch.Tensor]:

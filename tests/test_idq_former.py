@@ -176,3 +176,22 @@ def test_full_size_path_takes_a_hub_style_blip2_checkpoint(tmp_path):
         txt = m.encode_texts(TEXTS)
         s = m.score(txt, img)
     assert img.emb.shape == (2, 40, 16) and s.shape == (4, 2) and (txt.lengths == 32).all()
+
+
+def test_rerank_runs_itm_at_each_texts_own_length(blip2_checkpoint):
+    """The shared BLIP2 re-rank passes each text's L to ours' ITM, in both directions."""
+    from lightning_modules.components.rerank import rerank_topk
+
+    m = _ours(blip2_checkpoint).eval()
+    m.text_lengths = lambda texts: torch.tensor([2, 5, 12, 7])[: len(texts)]
+    with torch.no_grad():
+        img, txt = m.encode_images(_pixels()), m.encode_texts(TEXTS)
+        tok, ids, mask = img.extra["image_tokens"], txt.extra["input_ids"], txt.extra["attention_mask"]
+        ref = rerank_topk(m.itc_score(txt, img), 3,
+                          lambda q, g: m.itm_scores(tok[g], ids[q], mask[q], txt.lengths[q]), batch_size=64)
+        at_l_init = rerank_topk(m.itc_score(txt, img), 3, lambda q, g: m.itm_scores(tok[g], ids[q], mask[q]),
+                                batch_size=64)
+        torch.testing.assert_close(m.score(txt, img), ref)
+        torch.testing.assert_close(m.score(img, txt), rerank_topk(
+            m.itc_score(img, txt), 3, lambda q, g: m.itm_scores(tok[q], ids[g], mask[g], txt.lengths[g]), batch_size=64))
+    assert not torch.allclose(ref, at_l_init)  # the lengths really matter
