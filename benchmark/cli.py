@@ -102,16 +102,67 @@ def run(
 def report(
     results_dir: Annotated[Path, typer.Option(help="Folder of result files.")] = Path("results"),
     out_dir: Annotated[Path, typer.Option(help="Where the report goes.")] = Path("reports"),
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of the queries for intervals and paired tests.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples.")] = 0,
 ) -> None:
-    """Build reports/results.md from every result file in RESULTS_DIR."""
-    from benchmark.reporting.tables import write_report
+    """Build the reports (results, comparison, ablations, claims, figures) from RESULTS_DIR only."""
+    from benchmark.reporting.build import write_reports
+    from benchmark.reporting.options import ReportOptions, ReportOptionsError
+    from benchmark.reporting.paper import PaperTablesError
     from benchmark.results import ResultFileError
 
     try:
-        path = write_report(results_dir, out_dir)
-    except ResultFileError as e:
+        outcome = write_reports(results_dir, out_dir, ReportOptions(n_boot=bootstrap, seed=seed))
+    except (ReportOptionsError, ResultFileError, PaperTablesError) as e:
         raise _fail(str(e)) from None
-    typer.echo(f"wrote {path}")
+    for note in outcome.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"wrote {len(outcome.files)} files under {out_dir}")
+
+
+@app.command()
+def feedback(
+    model: Annotated[str, typer.Option(help=f"Model: {', '.join(MODELS.names())}.")] = "ours",
+    dataset: Annotated[str, typer.Option(help=f"Dataset: {', '.join(DATASETS.names())}.")] = "synthetic",
+    rounds: Annotated[int, typer.Option(help="Feedback rounds T (rankings 0..T are measured).")] = 5,
+    mode: Annotated[str, typer.Option(help="Arms besides the controls (none, exclude): all, refresh or llm.")] = "all",
+    llm: Annotated[str, typer.Option(help="Question writer: rules (not an LLM), hf:<hub id or path>, openai:<base url>.")] = "rules",
+    llm_model: Annotated[Optional[str], typer.Option(help="The model name sent to an openai: server.")] = None,
+    display: Annotated[int, typer.Option(help="Items the simulated user sees per round.")] = 5,
+    max_queries: Annotated[Optional[int], typer.Option(help="Only the first N queries (default: all).")] = None,
+    size: Annotated[str, typer.Option(help="tiny (trained here) or full (pretrained checkpoint).")] = "tiny",
+    tag: Annotated[str, typer.Option(help="Names results/feedback__<model>__<dataset>__<tag>.json and .jsonl.")] = "default",
+    seed: Annotated[int, typer.Option(help="Seed of data, training and the simulated user.")] = 0,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs of the model (0 = as is).")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder.")] = None,
+    pretrained: Annotated[Optional[str], typer.Option(help="Hub id or local path of a checkpoint (size full).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="JSON file of run-config overrides.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Run-config override KEY.PATH=VALUE.")] = None,
+    feedback_set: Annotated[Optional[list[str]], typer.Option("--feedback-set", help="Feedback override, e.g. refresh.w_ns=0.5, llm.alpha=0.3.")] = None,
+    results_dir: Annotated[Path, typer.Option(help="Where result files go.")] = Path("results"),
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache for data and checkpoints.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars (training).")] = False,
+) -> None:
+    """Interactive refinement with a simulated user: every arm, rounds 0..T, on the evaluated split."""
+    for kind, reg, name in (("model", MODELS, model), ("dataset", DATASETS, dataset)):
+        if name not in reg:
+            raise _fail(str(UnknownNameError(kind, name, reg.names())))
+    from benchmark.config import ConfigError
+    from benchmark.feedback.options import feedback_config, run_config
+    from benchmark.feedback.session import run_feedback
+    from datamodules.base import DataError
+
+    try:
+        cfg = run_config(model=model, dataset=dataset, size=size, tag=tag, seed=seed, epochs=epochs,
+                         data_root=data_root, pretrained=pretrained, config=config, sets=set_ or [],
+                         results_dir=results_dir, cache_dir=cache_dir)
+        fb = feedback_config(rounds=rounds, display=display, mode=mode, llm=llm, llm_model=llm_model,
+                             max_queries=max_queries, sets=feedback_set or [])
+        outcome = run_feedback(cfg, fb, progress=progress)
+    except (ConfigError, DataError, UnknownNameError) as e:
+        raise _fail(str(e)) from None
+    for line in outcome.lines():
+        typer.echo(line)
 
 
 data_app = typer.Typer(help="Check the real datasets' local folders.", no_args_is_help=True)
@@ -158,6 +209,140 @@ def data_check(
     for line in report.lines():
         typer.echo(line)
     if not report.ok:
+        raise typer.Exit(1)
+
+
+def _options(**values) -> dict:
+    """Run-config overrides from CLI options (None = not given); ``epochs`` and ``data_root`` nest."""
+    out: dict = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()
+                 if v is not None and k not in ("epochs", "data_root")}
+    if values.get("epochs") is not None:
+        out["train"] = {"max_epochs": values["epochs"]}
+    if values.get("data_root") is not None:
+        out["data"] = {"root": str(values["data_root"])}
+    return out
+
+
+@app.command()
+def ablate(
+    name: Annotated[str, typer.Argument(help="Ablation: a folder of benchmark/configs/ablations (qscaler, qformer, attention).")],
+    dataset: Annotated[str, typer.Option(help=f"Dataset: {', '.join(DATASETS.names())}.")] = "synthetic",
+    size: Annotated[str, typer.Option(help="tiny or full.")] = "tiny",
+    tag: Annotated[str, typer.Option(help="Prefix of the arms' tags: <tag>-<ablation>-<arm>.")] = "ablate",
+    seed: Annotated[int, typer.Option(help="Seed for data generation, training and evaluation.")] = 0,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs of every arm.")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="JSON file of config overrides, applied on every arm.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY.PATH=VALUE on every arm.")] = None,
+    results_dir: Annotated[Path, typer.Option(help="Where result files go.")] = Path("results"),
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache for data, checkpoints, logs.")] = None,
+    retrain: Annotated[bool, typer.Option(help="Train even if a checkpoint for an arm is cached.")] = False,
+    skip_existing: Annotated[bool, typer.Option(help="Skip an arm whose result file already holds its config.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Run every arm of an ablation (one result file each), then print its table."""
+    from benchmark.ablate import ablation_table, get, run_ablation
+    from benchmark.config import ConfigError, load_override_file, parse_set
+    from datamodules.base import DataError
+
+    try:
+        ablation = get(name)
+        cli = _options(dataset=dataset, size=size, seed=seed, epochs=epochs, data_root=data_root,
+                       results_dir=results_dir, cache_dir=cache_dir)
+        overrides = [*([load_override_file(config)] if config else []), cli, parse_set(set_ or [])]
+        results = run_ablation(ablation, overrides, tag=tag, retrain=retrain, skip_existing=skip_existing,
+                               progress=progress)
+    except (ConfigError, DataError, UnknownNameError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"{ablation.name} on {ablation.model}: {ablation.description}")
+    typer.echo(ablation_table(ablation, results))
+
+
+@app.command()
+def regress(
+    subset: Annotated[Optional[str], typer.Option(help="Comma-separated models (default: every registered model).")] = None,
+    baseline_dir: Annotated[Path, typer.Option(help="Baseline result files and tolerances.json.")] = Path("results/baseline"),
+    tolerances: Annotated[Optional[Path], typer.Option(help="Tolerances file (default: <baseline-dir>/tolerances.json, else the shipped one).")] = None,
+    update: Annotated[bool, typer.Option(help="Write the new results as the baseline instead of comparing.")] = False,
+    from_results: Annotated[Optional[Path], typer.Option(help="Compare the result files in this folder instead of running the suite.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="JSON file of config overrides, applied on every run.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY.PATH=VALUE on every run.")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Reuse this cache (default: a fresh one: everything is trained).")] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="Print every metric (default: headline metrics and every change).")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = False,
+) -> None:
+    """Run the tiny suite and compare its metrics with the baselines; exit 1 on a regression beyond tolerance."""
+    from benchmark.config import ConfigError, load_override_file, parse_set
+    from benchmark.regression.compare import compare_results
+    from benchmark.regression.suite import results_in, run_suite, suite_models, update_baseline
+    from benchmark.regression.tolerances import tolerances_for
+    from benchmark.results import ResultFileError
+    from benchmark.text_table import text_table
+    from datamodules.base import DataError
+
+    try:
+        models = suite_models(subset)
+        tol = tolerances_for(baseline_dir, tolerances)
+        if from_results is not None:
+            new = results_in(from_results, models if subset else None)
+            if not new:
+                raise ConfigError(f"--from-results: no result files{' of ' + subset if subset else ''} in {from_results}")
+        else:
+            overrides = [*([load_override_file(config)] if config else []), parse_set(set_ or [])]
+            new = run_suite(models, overrides, cache_dir=cache_dir, progress=progress, echo=typer.echo)
+    except (ConfigError, DataError, ResultFileError, UnknownNameError) as e:
+        raise _fail(str(e)) from None
+    if update:
+        for path in update_baseline(new, baseline_dir):
+            typer.echo(f"wrote {path}")
+        return
+    comparison = compare_results(new, baseline_dir, tol)
+    if comparison.missing_baselines:
+        raise _fail(f"no baseline in {baseline_dir} for {', '.join(comparison.missing_baselines)}; create it from a "
+                    f"quiet machine with `bench regress --update --baseline-dir {baseline_dir}` (same options) and commit it")
+    rows = [[r.run.removesuffix(".json"), r.key, r.old, r.new, r.delta, r.tolerance, r.status]
+            for r in comparison.shown(show_all)]
+    typer.echo(text_table(["Run", "Metric", "Old", "New", "Delta", "Tolerance", "Status"], rows))
+    for note in comparison.notes:
+        typer.echo(f"note: {note}")
+    bad = comparison.regressions
+    typer.echo(f"{len(comparison.rows)} metrics of {len(new)} run(s) compared with {baseline_dir} "
+               f"(tolerances: {tol.source}): {len(bad)} regression(s)")
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+def reproduce(
+    results_dir: Annotated[Path, typer.Option(help="Where result files go (and what the report reads).")] = Path("results"),
+    out_dir: Annotated[Path, typer.Option(help="Where the report goes.")] = Path("reports"),
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache for data, checkpoints, logs (default $INSTRUCTSEE_CACHE or ~/.cache/instructsee-bench).")] = None,
+    skip_existing: Annotated[bool, typer.Option(help="Keep a result file that already holds its step's config.")] = True,
+    only: Annotated[Optional[list[str]], typer.Option(help="Only these steps: model names, ablation names, <ablation>:<arm>, report (repeatable or comma-separated).")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="JSON file of config overrides, applied on every run.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY.PATH=VALUE on every run.")] = None,
+    retrain: Annotated[bool, typer.Option(help="Train even if a checkpoint is cached.")] = False,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of the report.")] = 1000,
+    progress: Annotated[bool, typer.Option(help="Show Lightning's progress bars.")] = False,
+) -> None:
+    """Every registered model and every ablation arm (tiny, SynthScenes), then the report; exit 1 if a step failed."""
+    from benchmark.config import ConfigError, load_override_file, parse_set
+    from benchmark.reporting.options import ReportOptions, ReportOptionsError
+    from benchmark.reproduce.execute import execute_plan, failed, summary
+    from benchmark.reproduce.plan import build_plan
+    from benchmark.reproduce.steps import RunSettings
+
+    try:
+        overrides = [*([load_override_file(config)] if config else []), parse_set(set_ or [])]
+        plan = build_plan(overrides, results_dir=results_dir, out_dir=out_dir, cache_dir=cache_dir, only=only or [],
+                          report=ReportOptions(n_boot=bootstrap))
+    except (ConfigError, ReportOptionsError, UnknownNameError) as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"bench reproduce: {plan.describe()}")
+    records = execute_plan(plan, RunSettings(retrain=retrain, skip_existing=skip_existing, progress=progress),
+                           echo=typer.echo)
+    typer.echo(summary(records))
+    if failed(records):
         raise typer.Exit(1)
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark.measure.settings import MeasureConfig
 from datamodules.base import DIRECTIONS
 from datamodules.datamodule import DataConfig
 from lightning_modules.optim import OptimConfig
@@ -75,11 +76,14 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """What is evaluated: directions, cut-offs, and the query chunk size of the scorer."""
+    """What is evaluated: directions, cut-offs, the query chunk size of the scorer, and whether
+    (and how) the run's cost is measured."""
 
     directions: tuple[str, ...] = DIRECTIONS
     ks: tuple[int, ...] = (1, 5, 10)
     chunk_size: int = 1024
+    measure: bool = True  # FLOPs, memory and throughput after the evaluation (benchmark/measure/run_costs.py)
+    measurement: MeasureConfig = field(default_factory=MeasureConfig)
 
     def __post_init__(self) -> None:
         bad = [d for d in self.directions if d not in DIRECTIONS]

@@ -70,6 +70,10 @@ MODELS.register("blip2", "lightning_modules.blip2:Blip2Retrieval",
                 "BLIP-2: frozen vision tower + Q-Former (32 queries), ITC + ITM re-ranking")
 MODELS.register("ours", "lightning_modules.idq_former:IdqFormerRetrieval",
                 "BLIP2-IDQ-Former: BLIP-2 with an instruction-dependent number of queries (QScaler, nested queries)")
+MODELS.register("dynamicvit", "lightning_modules.dynamicvit_model:DynamicViTRetrieval",
+                "DynamicViT token pruning (rho = 0.7) in BLIP-2's vision tower, from the BLIP2 checkpoint")
+MODELS.register("crossget", "lightning_modules.crossget_model:CrossGETRetrieval",
+                "CrossGET cross-guided token merging in BLIP-2's vision tower, from the BLIP2 checkpoint")
 
 DATASETS = Registry("dataset")
 DATASETS.register(

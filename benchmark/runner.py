@@ -253,6 +253,14 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
     timings["evaluate_s"] = time.perf_counter() - t
     timings.update(evaluator.timings)
     timings.update(getattr(loader, "timings", {}))
+    costs = None
+    if cfg.eval.measure and tester.is_global_zero:  # FLOPs, memory, throughput (benchmark/measure/run_costs.py)
+        from benchmark.measure.run_costs import measure_run
+
+        t = time.perf_counter()
+        costs = measure_run(cfg, model, model_config, dm, eval_set, device=str(tester.strategy.root_device),
+                            checkpoint=ckpt if cfg.train.max_epochs > 0 and ckpt.is_dir() else None)
+        timings["measure_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
     result = {
@@ -280,6 +288,11 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
         "data": {"skipped": dm.skipped()},
         "timings": timings,
     }
+    if costs is not None:
+        result["metrics"] |= costs.metrics
+        result["measurement"] = costs.record
+    if hasattr(model, "method_config"):  # e.g. token reduction: the settings and mode that ran
+        result["method"] = model.method_config()
     if tester.is_global_zero:
         atomic_write_json(path, result)
     return RunOutcome(path, result, trained=trained)

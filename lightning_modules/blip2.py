@@ -53,6 +53,7 @@ from lightning_modules.components.vision_tower import (
     load_tower,
 )
 from lightning_modules.components.word_tokenizer import build_word_tokenizer
+from lightning_modules.cost import CostCall, CostSample, shape_key
 from lightning_modules.optim import OptimConfig, build_optimizer
 
 CONFIG_FILE = "suite_config.json"
@@ -77,8 +78,12 @@ class Blip2Config:
     itm_weight: weight of the ITM loss beside ITC; itc_label_smoothing: LAVIS uses 0.1.
     itm_max_anchors: ITM trains on the positives and hard negatives of the first N items of
         each (shuffled) batch only (None = all, as LAVIS; fewer bounds the CPU cost).
+    itm_hard_fraction: share of ITM negatives drawn from the ITC similarities (hard, 1.0 as
+        BLIP-2); the rest are drawn uniformly over the non-positives.
     max_text_length: None: 48 tiny (the word tokenizer's), 35 full (LAVIS retrieval).
     cache_features: read frozen vision features from the on-disk cache when training and evaluating.
+    freeze_qformer: the Q-Former layers (``head.qformer``, ``head.embeddings``) are not trained (the
+        paper's "frozen Q-Former" ablation); projections, ITM head, queries and temperature are.
     The q-former fields describe the tiny Q-Former (ignored with ``pretrained``).
     """
 
@@ -98,9 +103,11 @@ class Blip2Config:
     itm_batch_size: int = 256
     itm_weight: float = 1.0
     itm_max_anchors: int | None = None
+    itm_hard_fraction: float = 1.0
     itc_label_smoothing: float = 0.1
     temp_init: float = 0.07
     cache_features: bool = True
+    freeze_qformer: bool = False
     local_files_only: bool = True
 
     def __post_init__(self) -> None:
@@ -112,6 +119,8 @@ class Blip2Config:
             raise ValueError("model_args.k_test must be >= 0 (0 = ITC only) or null")
         if self.itm_max_anchors is not None and self.itm_max_anchors < 1:
             raise ValueError("model_args.itm_max_anchors must be >= 1 or null")
+        if not 0 <= self.itm_hard_fraction <= 1:
+            raise ValueError("model_args.itm_hard_fraction must be in [0, 1]")
         if self.itm_batch_size < 1:
             raise ValueError("model_args.itm_batch_size must be >= 1")
         if not 0 <= self.itc_label_smoothing < 1 or not 0 <= self.dropout < 1:
@@ -174,6 +183,9 @@ class Blip2Retrieval(L.LightningModule):
         self.tokenizer = tokenizer
         self.config = config
         self.optim = optim or OptimConfig()
+        if config.freeze_qformer:  # build_optimizer takes only parameters that require grad
+            self.head.qformer.requires_grad_(False)
+            self.head.embeddings.requires_grad_(False)
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -307,7 +319,8 @@ class Blip2Retrieval(L.LightningModule):
         loss_itc = itc_loss(sim, self.head.temp, positives, self.config.itc_label_smoothing)
         out = {"itc": loss_itc}
         if self.config.itm_weight > 0:
-            img_i, txt_i, labels = itm_pairs(sim, positives, max_anchors=self.config.itm_max_anchors)
+            img_i, txt_i, labels = itm_pairs(sim, positives, max_anchors=self.config.itm_max_anchors,
+                                             hard_fraction=self.config.itm_hard_fraction)
             logits = self.head.itm_logits(tokens[img_i], ids[txt_i], mask[txt_i])
             out["itm"] = itm_loss(logits, labels)
         out["loss"] = loss_itc + self.config.itm_weight * out.get("itm", 0.0)
@@ -328,3 +341,26 @@ class Blip2Retrieval(L.LightningModule):
 
     def configure_optimizers(self):
         return build_optimizer(self.head.parameters(), self.optim, self.trainer.estimated_stepping_batches)
+
+    # -- cost (lightning_modules/cost.py) ----------------------------------------------
+    def _cost_inputs(self, sample: CostSample):
+        """Per image its pixels ``[1, 3, H, W]`` and image tokens; per instruction (tokenized alone) ids and mask."""
+        px = sample.pixels.to(self.device)
+        pixels = [px[i:i + 1] for i in range(len(px))]
+        with torch.no_grad():
+            tokens = [self.vision_tokens(p) for p in pixels]
+        return pixels, tokens, [self.tokenize([t]) for t in sample.texts]
+
+    def cost_components(self, sample: CostSample) -> dict[str, list[CostCall]]:
+        """``vision`` (``vision_tokens``) and ``qformer`` (``encode_images`` minus ``vision_tokens``:
+        the queries over one image) per image, ``text`` (Q-Former text path) per instruction,
+        ``rerank`` (one ``itm_scores`` pass) per pair. Only public seams, so a subclass that
+        overrides them (e.g. token reduction) is measured as it runs."""
+        pixels, tokens, texts = self._cost_inputs(sample)
+        # image side: traced per image (a subclass's cost may depend on the image, e.g. token pruning)
+        vision = [CostCall(self.vision_tokens, (p,)) for p in pixels]
+        qformer = [CostCall(lambda x: self.encode_images(x).emb, (p,), minus=v) for p, v in zip(pixels, vision)]
+        pairs = [(tokens[i % len(tokens)], ids, mask) for i, (ids, mask) in enumerate(texts)]
+        rerank = [CostCall(self.itm_scores, (tok, ids, mask), key=shape_key(tok, ids)) for tok, ids, mask in pairs]
+        return {"vision": vision, "qformer": qformer, "rerank": rerank,
+                "text": [CostCall(self.head.text_feat, (ids, mask), key=shape_key(ids)) for ids, mask in texts]}

@@ -30,6 +30,7 @@ from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPMode
 from lightning_modules.base import Encoded, max_sim
 from lightning_modules.components.image_transform import ImageTransform
 from lightning_modules.components.word_tokenizer import build_word_tokenizer
+from lightning_modules.cost import CostCall, CostSample, shape_key
 from lightning_modules.optim import OptimConfig, build_optimizer
 
 CONFIG_FILE = "suite_config.json"
@@ -177,3 +178,18 @@ class ClipRetrieval(L.LightningModule):
 
     def configure_optimizers(self):
         return build_optimizer(self.parameters(), self.optim, self.trainer.estimated_stepping_batches)
+
+    # -- cost (lightning_modules/cost.py) ----------------------------------------------
+    def cost_components(self, sample: CostSample) -> dict[str, list[CostCall]]:
+        """``vision``: image tower + projection per image; ``text``: text tower + projection
+        per instruction (tokenized alone, no padding)."""
+        px = sample.pixels.to(self.device)
+        vision = [CostCall(lambda x: self.model.get_image_features(pixel_values=x), (px[i:i + 1],),
+                           key=shape_key(px[i:i + 1])) for i in range(len(px))]
+        text = []
+        for t in sample.texts:
+            b = self.tokenizer([t], truncation=True, return_tensors="pt").to(self.device)
+            ids, mask = b["input_ids"], b["attention_mask"]
+            text.append(CostCall(lambda i, m: self.model.get_text_features(input_ids=i, attention_mask=m),
+                                 (ids, mask), key=shape_key(ids)))
+        return {"vision": vision, "text": text}

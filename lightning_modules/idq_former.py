@@ -83,7 +83,7 @@ class IdqConfig(Blip2Config):
 
     blip2_checkpoint: tiny: the BLIP2 suite checkpoint to start from (None: the runner trains
         / finds the tiny BLIP2 of the same dataset and seed).
-    l_base, l_max, l_init, noise_std, mask_tau, length_weight, oracle_weight: see
+    l_base, l_max, l_init, noise_std, mask_tau, length_weight, oracle_weight, lmax_itc_weight: see
         :class:`~lightning_modules.components.dynamic_length.LengthConfig`.
     attention: "nested" (query i attends to queries <= i) or "full" (BLIP-2).
     qscaler: False = the "without QScaler" ablation: every text gets ``l_init`` queries.
@@ -94,6 +94,13 @@ class IdqConfig(Blip2Config):
         :class:`~lightning_modules.components.token_bank.TokenBank`.
     text_sees_queries: in the instruction-conditioned (ITM) pass, instruction tokens attend
         to the queries (InstructBLIP style) -- or only to themselves.
+    oracle_queue: images of recent batches (detached query outputs) kept as extra negatives
+        when the oracle lengths are ranked (0: in-batch only; see ``dynamic_itc``).
+    qscaler_warmup: share of the training steps during which the QScaler head does not learn
+        (every text keeps ``l_init``, r is detached): the nested-attention Q-Former first learns
+        to use all its queries, then the lengths are fitted to what the queries can do. Without
+        it the lengths collapse to ``l_base`` in the first few dozen steps, while the queries
+        beyond ``l_base`` are still untrained for nested attention.
     """
 
     blip2_checkpoint: str | None = None
@@ -104,6 +111,7 @@ class IdqConfig(Blip2Config):
     mask_tau: float = 1.0
     length_weight: float = 0.1
     oracle_weight: float = 0.5
+    lmax_itc_weight: float = 0.5
     attention: str = "nested"
     qscaler: bool = True
     qscaler_encoder: str = "qformer"
@@ -113,6 +121,8 @@ class IdqConfig(Blip2Config):
     learn_positions: bool = False
     use_positions: bool = True
     text_sees_queries: bool = True
+    oracle_queue: int = 1024
+    qscaler_warmup: float = 0.25
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -122,11 +132,15 @@ class IdqConfig(Blip2Config):
             raise ValueError("model_args.extra_init must be 'copy_noise' or 'normal'")
         if self.qscaler_hidden < 1:
             raise ValueError("model_args.qscaler_hidden must be >= 1")
+        if not 0 <= self.qscaler_warmup < 1:
+            raise ValueError("model_args.qscaler_warmup must be in [0, 1)")
+        if self.oracle_queue < 0:
+            raise ValueError("model_args.oracle_queue must be >= 0")
         self.length_config()  # validates the length fields
 
     def length_config(self) -> LengthConfig:
         return LengthConfig(self.l_base, self.l_max, self.l_init, self.noise_std, self.mask_tau,
-                            self.length_weight, self.oracle_weight)
+                            self.length_weight, self.oracle_weight, self.lmax_itc_weight)
 
 
 class IdqFormerRetrieval(Blip2Retrieval):
@@ -143,6 +157,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
         self.qscaler = qscaler
         self.length = config.length_config()
         self.head.query_tokens.requires_grad_(False)  # superseded by the token bank
+        self._queue: tuple[torch.Tensor, torch.Tensor] | None = None  # (image index, query outputs), oracle only
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -270,7 +285,9 @@ class IdqFormerRetrieval(Blip2Retrieval):
         ls = self.config.itc_label_smoothing
         if self.qscaler is not None:
             qs = self.qscaler(texts)
-            out, sim_t2i = dynamic_itc(txt, img, qs.soft_length, qs.r, positives, self.head.temp, self.length, ls)
+            r, soft = (qs.r.detach(), qs.soft_length.detach()) if self._warming_up() else (qs.r, qs.soft_length)
+            out, sim_t2i = dynamic_itc(txt, img, soft, r, positives, self.head.temp, self.length, ls,
+                                       oracle_negatives=self._oracle_negatives(index, img))
             sim_i2t, lengths = sim_t2i.T, qs.length
             out["query_length"], out["r"] = qs.length.float().mean(), qs.r.detach().mean()
         else:
@@ -278,18 +295,39 @@ class IdqFormerRetrieval(Blip2Retrieval):
             out = {"itc": itc_loss(sim_i2t, self.head.temp, positives, ls)}
             lengths = torch.full((len(texts),), self.length.l_init, dtype=torch.long, device=self.device)
         if self.config.itm_weight > 0:
-            img_i, txt_i, labels = itm_pairs(sim_i2t.detach(), positives)
+            img_i, txt_i, labels = itm_pairs(sim_i2t.detach(), positives, max_anchors=self.config.itm_max_anchors,
+                                             hard_fraction=self.config.itm_hard_fraction)
             logits = self.itm_logits(tokens[img_i], ids[txt_i], mask[txt_i], lengths[txt_i])
             out["itm"] = itm_loss(logits, labels)
-        out["loss"] = (out["itc"] + self.config.itm_weight * out.get("itm", 0.0) + out.get("length", 0.0)
-                       + out.get("oracle", 0.0))
+        out["loss"] = (out["itc"] + self.config.itm_weight * out.get("itm", 0.0)
+                       + sum(out.get(k, 0.0) for k in ("itc_lmax", "length", "oracle")))
         return out
+
+    def _warming_up(self) -> bool:
+        """In the first ``qscaler_warmup`` share of the training steps (see the config)."""
+        trainer = getattr(self, "_trainer", None)
+        if not self.training or trainer is None or self.config.qscaler_warmup == 0:
+            return False
+        return trainer.global_step < self.config.qscaler_warmup * trainer.estimated_stepping_batches
+
+    def _oracle_negatives(self, index: torch.Tensor, img: torch.Tensor) -> torch.Tensor | None:
+        """Queued images of earlier batches that are not in this one; then queue this batch."""
+        if not self.training or self.config.oracle_queue == 0 or self.length.oracle_weight == 0:
+            return None
+        negatives = None
+        if self._queue is not None:
+            q_index, q_img = self._queue
+            negatives = q_img[~torch.isin(q_index, index)]
+            index, img = torch.cat([index, q_index]), torch.cat([img.detach(), q_img])
+        n = self.config.oracle_queue
+        self._queue = (index[:n].detach(), img[:n].detach())
+        return negatives
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         losses = self._losses(batch)
         n = len(batch[0])
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n)
-        for k in ("itc", "itm", "length", "oracle", "query_length", "r"):
+        for k in ("itc", "itc_lmax", "itm", "length", "oracle", "query_length", "r"):
             if k in losses:
                 self.log(f"train/{k}", losses[k], batch_size=n, prog_bar=k == "query_length")
         self.log("train/temperature", self.head.temp.detach(), batch_size=n)
@@ -300,3 +338,50 @@ class IdqFormerRetrieval(Blip2Retrieval):
         if self.qscaler is not None:
             params += list(self.qscaler.head.parameters())
         return build_optimizer(params, self.optim, self.trainer.estimated_stepping_batches)
+
+    # -- cost (lightning_modules/cost.py) ----------------------------------------------
+    def cost_components(self, sample) -> dict:
+        """BLIP2's ``vision``; per instruction at its L: ``qformer``, the image-side pass it needs
+        (nested: an L-query pass, whose outputs are the first L of the gallery pass; full: all
+        gallery queries), ``text``, the Q-Former text path plus the QScaler, and ``rerank``, the
+        instruction-conditioned ITM pass per pair; ``qformer_index``: the gallery pass per image
+        (``gallery_length`` queries; reported, not part of the total)."""
+        from lightning_modules.cost import CostCall, shape_key
+
+        parts = super().cost_components(sample)
+        _, tokens, texts = self._cost_inputs(sample)
+        with torch.no_grad():
+            lengths = [int(n) for n in self.text_lengths(list(sample.texts)).tolist()]
+        nested = self.config.attention == "nested"
+
+        def image_pass(n: int):
+            return lambda tok: self.head.image_feats(qformer_query_forward(
+                self.head.qformer, self.bank(n), tok.to(self.bank.tokens.dtype), mode=self.config.attention))
+
+        def text_pass(text: str):
+            if self.qscaler is None:
+                return self.head.text_feat
+            return lambda ids, mask: (self.head.text_feat(ids, mask), self.qscaler([text]).r)
+
+        def qscaler_tokens(text: str) -> int:
+            if self.qscaler is None:
+                return 0
+            enc = self.qscaler.encoder
+            kw = {"max_length": enc.max_length} if enc.max_length else {}
+            return len(enc.tokenizer([text], truncation=True, **kw)["input_ids"][0])
+
+        def rerank_pass(n: int):
+            return lambda tok, ids, mask: self.itm_scores(tok, ids, mask, torch.tensor([n], device=self.device))
+
+        rows = [(tokens[i % len(tokens)], ids, mask, n, t)
+                for i, ((ids, mask), n, t) in enumerate(zip(texts, lengths, sample.texts))]
+        run = lambda n: n if nested else self.gallery_length  # noqa: E731 - queries the image pass runs
+        parts["qformer"] = [CostCall(image_pass(run(n)), (tok,), key=shape_key(tok, extra=run(n)))
+                            for tok, _, _, n, _ in rows]
+        parts["text"] = [CostCall(text_pass(t), (ids, mask), key=shape_key(ids, extra=qscaler_tokens(t)))
+                         for _, ids, mask, _, t in rows]
+        parts["rerank"] = [CostCall(rerank_pass(n), (tok, ids, mask), key=shape_key(tok, ids, extra=n))
+                           for tok, ids, mask, n, _ in rows]
+        parts["qformer_index"] = [CostCall(lambda tok: self.head.image_feats(self.query_outputs(tok)), (tok,),
+                                           key=shape_key(tok)) for tok in tokens]
+        return parts

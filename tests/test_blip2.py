@@ -221,6 +221,22 @@ def test_hard_negatives_never_pick_a_positive():
     assert labels.tolist() == [1, 1, 1]
 
 
+def test_hard_fraction_mixes_uniform_negatives_in():
+    g = torch.Generator().manual_seed(0)
+    positives = torch.eye(6, dtype=torch.bool).repeat(400, 1)  # 2400 rows over 6 columns
+    sim = torch.zeros(2400, 6)
+    sim[:, 5] = 30.0  # column 5: by far the hardest negative (except for row 5's own positive)
+    sim[5::6, 4] = 30.0
+    hard = torch.where(torch.arange(2400) % 6 == 5, 4, 5)
+    for h, expected in ((1.0, 1.0), (0.5, 0.5 + 0.5 / 5), (0.0, 1 / 5)):
+        cols, valid = sample_hard_negatives(sim, positives, g, hard_fraction=h)
+        assert valid.all() and not positives[torch.arange(2400), cols].any()
+        share = (cols == hard).float().mean().item()
+        assert abs(share - expected) < 0.04, (h, share)
+    with pytest.raises(ValueError, match="hard_fraction"):
+        sample_hard_negatives(sim, positives, g, hard_fraction=1.5)
+
+
 def test_itc_is_multi_positive_and_uses_the_temperature():
     feats = torch.nn.functional.normalize(torch.randn(4, 3, 8), dim=-1)
     text = feats[:, 0]
@@ -292,7 +308,7 @@ def _run(tmp_path, *extra: str, model_args: dict | None = None):
     args = ["run", "--model", "blip2", "--dataset", "synthetic", "--epochs", "1", "--no-progress",
             "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
             "--set", f"data.options={SMALL}", "--set", "data.batch_size=32",
-            "--set", f"model_args={json.dumps(model_args or BLIP2_ARGS)}", *extra]
+            "--set", f"model_args={json.dumps(model_args or BLIP2_ARGS)}", "--set", "eval.measure=false", *extra]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     return res

@@ -304,6 +304,28 @@ def test_oracle_length_is_the_shortest_prefix_with_the_final_rank():
     assert set(losses) == {"length", "oracle"} and all(v > 0 for v in losses.values())
 
 
+def test_oracle_negatives_make_the_target_longer_where_late_queries_are_needed():
+    """Text 0's positive beats the in-batch negative from query 0 on, but a pooled
+    negative only from query 3 on: with the pool the oracle asks for 4 queries, not 1."""
+    from lightning_modules.components.dynamic_length import dynamic_itc
+
+    texts = torch.eye(4)[:2]  # text 0 along axis 0, text 1 along axis 1
+    images = torch.zeros(2, 4, 4)
+    images[0, :, 0] = torch.tensor([0.6, 0.6, 0.6, 0.9])  # text 0's positive: its query 3 matches best
+    images[1, :, 0] = 0.1  # for text 0 an easy in-batch negative
+    images[1, :, 1] = 0.8  # text 1's positive, matched from query 0 on
+    pool = torch.zeros(1, 4, 4)
+    pool[0, :, 0] = 0.7  # a hard negative of an earlier batch for text 0
+    positives = torch.eye(2, dtype=torch.bool)
+    cfg = LengthConfig(l_base=1, l_max=4, l_init=2, oracle_weight=1.0)
+    r = torch.tensor([0.0, 0.0])
+    alone, _ = dynamic_itc(texts, images, cfg.soft_length(r), r, positives, 0.07, cfg)
+    pooled, _ = dynamic_itc(texts, images, cfg.soft_length(r), r, positives, 0.07, cfg, oracle_negatives=pool)
+    # text 0's target r* = 0 without the pool (L* = 1 = L_base: BCE(0, 0) ~ 0), r* = 1 with it (L* = 4)
+    assert alone["oracle"].item() < 1e-4 < 1.0 < pooled["oracle"].item()
+    torch.testing.assert_close(alone["itc"], pooled["itc"])  # the pool never enters the task loss
+
+
 def test_dynamic_itc_trains_the_qscaler_end_to_end(qscaler):
     from lightning_modules.components.dynamic_length import dynamic_itc
 
@@ -315,7 +337,7 @@ def test_dynamic_itc_trains_the_qscaler_end_to_end(qscaler):
     index = torch.tensor([0, 1, 1, 2])
     losses, sim = dynamic_itc(texts, images, out.soft_length, out.r, index[:, None] == index[None, :], 0.07,
                               qscaler.length, label_smoothing=0.1)
-    assert set(losses) == {"itc", "length", "oracle"} and sim.shape == (4, 4)
+    assert set(losses) == {"itc", "itc_lmax", "length", "oracle"} and sim.shape == (4, 4)
     plain = soft_masked_logits(per_query_sims(texts, images), soft_log_mask(out.soft_length, LMAX, 1.0), 0.07)
     torch.testing.assert_close(sim, plain * 0.07)
     sum(losses.values()).backward()

@@ -132,6 +132,33 @@ def test_a_few_steps_train_the_qformer_bank_and_qscaler(blip2_checkpoint, qscale
     assert losses["loss"].item() < first
 
 
+def test_oracle_queue_holds_detached_earlier_images_and_never_a_positive(blip2_checkpoint):
+    m = _ours(blip2_checkpoint, oracle_queue=6).train()
+    feats = torch.randn(4, m.gallery_length, 8, requires_grad=True)
+    assert m._oracle_negatives(torch.tensor([0, 1, 2, 3]), feats) is None  # empty queue
+    neg = m._oracle_negatives(torch.tensor([3, 4, 5, 6]), feats + 1)
+    torch.testing.assert_close(neg, feats[:3].detach())  # images 0, 1, 2 of the last batch; 3 is in this one
+    q_index, q_img = m._queue
+    assert q_index.tolist() == [3, 4, 5, 6, 0, 1] and not q_img.requires_grad  # newest first, capped at 6
+    m.eval()
+    assert m._oracle_negatives(torch.tensor([7]), feats[:1]) is None  # evaluation never queues
+
+
+def test_qscaler_head_does_not_learn_during_warmup(blip2_checkpoint):
+    from types import SimpleNamespace
+
+    m = _ours(blip2_checkpoint, qscaler_warmup=0.5).train()
+    batch = (torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS)
+    for step, learns in ((4, False), (5, True)):  # warm-up: the first half of 10 steps
+        m._trainer = SimpleNamespace(global_step=step, estimated_stepping_batches=10)
+        m.zero_grad()
+        m._losses(batch)["loss"].backward()
+        grad = m.qscaler.head.net[1].weight.grad
+        assert (grad is not None and grad.abs().sum() > 0) == learns
+        assert m.bank.tokens.grad.abs().sum() > 0  # the queries learn throughout
+    m._trainer = None
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="attention"):
         IdqConfig(attention="causal")

@@ -17,7 +17,8 @@ SMALL_MODEL = ['model_args={"vision_layers": 1, "text_layers": 1, "vision_width"
 def _run(tmp_path, *extra: str):
     args = ["run", "--model", "clip", "--dataset", "synthetic", "--epochs", "1", "--no-progress",
             "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
-            "--set", f"data.options={SMALL}", "--set", "data.batch_size=32", "--set", SMALL_MODEL[0], *extra]
+            "--set", f"data.options={SMALL}", "--set", "data.batch_size=32", "--set", SMALL_MODEL[0],
+            "--set", "eval.measure=false", *extra]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     return res

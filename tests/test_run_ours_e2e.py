@@ -20,7 +20,7 @@ def test_bench_run_ours_records_query_lengths(tmp_path):
         "run", "--model", "ours", "--dataset", "synthetic", "--epochs", "1", "--no-progress",
         "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
         "--set", f"data.options={SMALL}", "--set", "data.batch_size=32",
-        "--set", f"model_args={json.dumps(ours_args)}"])
+        "--set", f"model_args={json.dumps(ours_args)}", "--set", "eval.measure=false"])
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "results" / "ours__synthetic__default.json").read_text())
     m = r["metrics"]

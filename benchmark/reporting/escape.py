@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 _MD_SPECIAL = "\\`*_{}[]()#+-.!|<>"
+_MD_INLINE = "\\`*_[]|~"
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+          "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}", "\n": " ", "\r": " ",
+          "[": "{[}", "]": "{]}",  # a "[" after a row's \\ would be read as its optional argument
+          # the few non-ASCII symbols reports use, so pdflatex needs no Unicode set-up
+          "Δ": r"$\Delta$", "ρ": r"$\rho$", "±": r"$\pm$", "≥": r"$\geq$", "≤": r"$\leq$", "–": "--",
+          "↑": r"$\uparrow$", "↓": r"$\downarrow$", "×": r"$\times$"}
 
 
 def markdown(text: str) -> str:
@@ -24,5 +30,21 @@ def markdown(text: str) -> str:
     return "".join(out)
 
 
+def markdown_inline(text: str) -> str:
+    """Escape text placed inside a line (a table cell, a sentence): emphasis, code, links,
+    strike-through, table pipes and HTML; lighter than :func:`markdown`, so prose stays readable."""
+    out = []
+    for ch in str(text).replace("\r", " ").replace("\n", " "):
+        if ch in "<>&":
+            out.append({"<": "&lt;", ">": "&gt;", "&": "&amp;"}[ch])
+        elif ch in _MD_INLINE:
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def latex(text: str) -> str:
+    """Escape text for LaTeX: & % $ # _ { } ~ ^ \\ and < > | (which the default font
+    encoding would print wrongly); newlines become spaces (a blank line breaks a tabular)."""
     return "".join(_LATEX.get(ch, ch) for ch in str(text))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from benchmark.reporting.atomic import atomic_write_text
 from benchmark.reporting.escape import markdown
 from benchmark.results import load_results
 
@@ -47,16 +48,14 @@ def results_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_report(results_dir: Path, out_dir: Path) -> Path:
-    results = load_results(results_dir)
+def results_markdown(results: list[dict], results_dir: Path) -> str:
+    """The text of ``reports/results.md``: every run in one table, then the definitions."""
     text = "# instructsee-bench results\n\n"
     if results:
-        text += results_table(results) + "\n\n" + DEFINITIONS + "\n"
-    else:
-        text += f"No result files in {markdown(str(results_dir))}. Run `bench run` first.\n"
-    out = Path(out_dir) / "results.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
-    return out
+        return text + results_table(results) + "\n\n" + DEFINITIONS + "\n"
+    return text + f"No result files in {markdown(str(results_dir))}. Run `bench run` first.\n"
+
+
+def write_report(results_dir: Path, out_dir: Path) -> Path:
+    results = load_results(results_dir)
+    return atomic_write_text(Path(out_dir) / "results.md", results_markdown(results, results_dir))

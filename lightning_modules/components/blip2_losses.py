@@ -46,33 +46,43 @@ def itc_loss(sim_i2t: torch.Tensor, temp: torch.Tensor, positives: torch.Tensor,
                   + F.cross_entropy(logits.T, target_t2i, label_smoothing=label_smoothing))
 
 
-def sample_hard_negatives(sim: torch.Tensor, positives: torch.Tensor,
-                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_hard_negatives(sim: torch.Tensor, positives: torch.Tensor, generator: torch.Generator | None = None,
+                          hard_fraction: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of ``sim [R, C]``, one column drawn from ``softmax(sim)`` over the non-positive
-    columns (``positives [R, C]`` bool). Returns ``(column [R], valid [R])``; ``valid`` is
-    False for rows whose every column is a positive (their column is meaningless)."""
+    columns (``positives [R, C]`` bool) -- with probability ``hard_fraction``; otherwise
+    uniformly over them (the mixture ``h softmax + (1 - h) uniform``). Returns ``(column
+    [R], valid [R])``; ``valid`` is False for rows whose every column is a positive (their
+    column is meaningless)."""
+    if not 0 <= hard_fraction <= 1:
+        raise ValueError(f"hard_fraction must be in [0, 1], got {hard_fraction}")
     sim = sim.detach().float()
     valid = (~positives).any(1)
     logits = sim.masked_fill(positives, float("-inf"))
     logits = torch.where(valid[:, None], logits, torch.zeros_like(logits))  # any distribution for invalid rows
     probs = torch.softmax(logits, dim=1)
+    if hard_fraction < 1:
+        uniform = (~positives).float()
+        uniform = torch.where(valid[:, None], uniform, torch.ones_like(uniform))
+        probs = hard_fraction * probs + (1 - hard_fraction) * uniform / uniform.sum(1, keepdim=True)
     cols = torch.multinomial(probs, 1, generator=generator).squeeze(1)
     return cols, valid
 
 
 def itm_pairs(sim_i2t: torch.Tensor, positives: torch.Tensor, generator: torch.Generator | None = None,
-              max_anchors: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+              max_anchors: int | None = None,
+              hard_fraction: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ITM batch: ``(image_index, text_index, label)``, each ``[P]``.
 
     For the anchors (the first ``max_anchors`` items of the batch; all by default): every
     positive (image i, text i) pair (label 1), then each anchor image with a hard negative
-    text and each anchor text with a hard negative image, drawn from the whole batch (label 0).
+    text and each anchor text with a hard negative image, drawn from the whole batch (label 0;
+    ``hard_fraction``: see :func:`sample_hard_negatives`).
     """
     b = sim_i2t.shape[0]
     n = b if max_anchors is None else min(b, max_anchors)
     ar = torch.arange(n, device=sim_i2t.device)
-    neg_txt, ok_i = sample_hard_negatives(sim_i2t[:n], positives[:n], generator)
-    neg_img, ok_t = sample_hard_negatives(sim_i2t.T[:n], positives.T[:n], generator)
+    neg_txt, ok_i = sample_hard_negatives(sim_i2t[:n], positives[:n], generator, hard_fraction)
+    neg_img, ok_t = sample_hard_negatives(sim_i2t.T[:n], positives.T[:n], generator, hard_fraction)
     img = torch.cat([ar, ar[ok_i], neg_img[ok_t]])
     txt = torch.cat([ar, neg_txt[ok_i], ar[ok_t]])
     labels = torch.cat([torch.ones(n, dtype=torch.long, device=ar.device),

@@ -32,11 +32,19 @@ no defaults and no supervision; the suite's choices (all in :class:`LengthConfig
 * **Cost** ``length_weight * mean(L_soft) / L_max`` (default weight 0.1): rewards short query
   sets; without a task reason to be long, L shrinks to ``L_base``.
 * **Self-supervised target** (optional, ``oracle_weight``, default 0.5): per text, the
-  smallest L at which its positive's in-batch rank is already as good as with ``L_max``
-  queries (:func:`oracle_lengths`, computed without gradient from the current similarities,
-  ties counted against the model); ``r* = (L* - L_base) / (L_max - L_base)`` clipped to
+  smallest L at which its positive's rank is already as good as with ``L_max`` queries
+  (:func:`oracle_lengths`, computed without gradient from the current similarities, ties
+  counted against the model), ranked among the batch *and* a queue of recent batches'
+  images (``oracle_negatives``: in-batch ranks alone are too easy and drive every L to
+  ``L_base``); ``r* = (L* - L_base) / (L_max - L_base)`` clipped to
   [0, 1] and a binary cross-entropy between r and r*. It only uses the model's own scores:
   neither the instruction's word count nor the dataset's complexity label is ever a target.
+* **Every prefix keeps learning** (``lmax_itc_weight``, default 0.5): beside the soft-masked
+  ITC, the same InfoNCE over all ``L_max`` queries (``max_i s_i``, no mask). Without it the
+  queries beyond the texts' current L get no gradient once L has shrunk, stay useless, and
+  the oracle below then never asks for them: short L is a self-fulfilling equilibrium
+  (measured: mean L 9.6 with no link to complexity). With it, late queries are trained to
+  add what early ones miss, as in nested (Matryoshka) representations.
 * **Noise** (Algorithm 1: "during training, apply Gaussian noise to r"): ``r + N(0,
   noise_std)`` in training only (default std 0.05, about 2 queries of the 40-query range),
   clipped to [0, 1] with a straight-through clip so the gradient survives at the bounds.
@@ -63,14 +71,16 @@ class LengthConfig:
     mask_tau: float = 1.0
     length_weight: float = 0.1
     oracle_weight: float = 0.5
+    lmax_itc_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if not 1 <= self.l_base <= self.l_max:
             raise ValueError(f"need 1 <= l_base <= l_max, got l_base={self.l_base}, l_max={self.l_max}")
         if not self.l_base <= self.l_init <= self.l_max:
             raise ValueError(f"l_init={self.l_init} must lie in [l_base, l_max]")
-        if self.noise_std < 0 or self.mask_tau <= 0 or self.length_weight < 0 or self.oracle_weight < 0:
-            raise ValueError("noise_std, length_weight, oracle_weight must be >= 0 and mask_tau > 0")
+        if (self.noise_std < 0 or self.mask_tau <= 0 or self.length_weight < 0 or self.oracle_weight < 0
+                or self.lmax_itc_weight < 0):
+            raise ValueError("noise_std, length_weight, oracle_weight, lmax_itc_weight must be >= 0 and mask_tau > 0")
 
     @property
     def span(self) -> int:
@@ -199,23 +209,44 @@ def length_losses(r: torch.Tensor, soft_length: torch.Tensor, config: LengthConf
 
 def dynamic_itc(texts: torch.Tensor, image_queries: torch.Tensor, soft_length: torch.Tensor, r: torch.Tensor,
                 positives: torch.Tensor, temperature: torch.Tensor | float, config: LengthConfig,
-                label_smoothing: float = 0.0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                label_smoothing: float = 0.0,
+                oracle_negatives: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The in-batch training losses of IDQ-Former's ITC with a learnable L.
 
     ``texts`` ``[B_t, D]`` and ``image_queries`` ``[B_i, L_max, D]`` (normalised, nested
     query outputs), ``soft_length`` ``[B_t]`` the texts' continuous L (noisy in training),
     ``r`` the QScaler output before noise, ``positives`` ``[B_t, B_i]`` boolean (items of the
     same image are positives of each other). Returns ``(losses, sim)``: the weighted terms
-    ``itc`` (symmetric multi-positive InfoNCE over :func:`soft_masked_logits`), ``length``
+    ``itc`` (symmetric multi-positive InfoNCE over :func:`soft_masked_logits`), ``itc_lmax``
+    (the same over all ``L_max`` queries, with ``lmax_itc_weight > 0``), ``length``
     and, with ``oracle_weight > 0``, ``oracle`` (their sum is the loss); and ``sim`` ``[B_t,
     B_i]`` = ``T x logits`` = ``max_i (s_i + T log m_i)``, e.g. for ITM hard-negative mining.
+    ``oracle_negatives`` ``[N, L_max, D]``: extra images, none of them a positive of any text
+    here (e.g. a queue of recent batches), that join the batch only when the oracle lengths
+    are ranked (no gradient): an in-batch rank among ~100 images is too easy a criterion
+    (the first few queries already rank most positives first), a pool of ~1000 is about the
+    difficulty of the test gallery.
     """
     sims = per_query_sims(texts, image_queries)  # [B_t, B_i, L_max]
     log_mask = soft_log_mask(soft_length, image_queries.shape[1], config.mask_tau)
     logits = soft_masked_logits(sims, log_mask, temperature)
     target = positives.float()
-    itc = 0.5 * (F.cross_entropy(logits, target / target.sum(1, keepdim=True), label_smoothing=label_smoothing)
-                 + F.cross_entropy(logits.T, target.T / target.T.sum(1, keepdim=True),
-                                   label_smoothing=label_smoothing))
-    oracle = oracle_lengths(sims.detach(), positives) if config.oracle_weight > 0 else None
-    return {"itc": itc, **length_losses(r, soft_length, config, oracle)}, logits * temperature
+
+    def infonce(lg: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (F.cross_entropy(lg, target / target.sum(1, keepdim=True), label_smoothing=label_smoothing)
+                      + F.cross_entropy(lg.T, target.T / target.T.sum(1, keepdim=True),
+                                        label_smoothing=label_smoothing))
+
+    itc = infonce(logits)
+    extra_terms = {}
+    if config.lmax_itc_weight > 0:
+        extra_terms["itc_lmax"] = config.lmax_itc_weight * infonce(sims.amax(-1) / temperature)
+    oracle = None
+    if config.oracle_weight > 0:
+        pool_sims, pool_pos = sims.detach(), positives
+        if oracle_negatives is not None and len(oracle_negatives):
+            extra = per_query_sims(texts.detach(), oracle_negatives.to(texts.dtype))
+            pool_sims = torch.cat([pool_sims, extra], dim=1)
+            pool_pos = torch.cat([positives, positives.new_zeros(positives.shape[0], extra.shape[1])], dim=1)
+        oracle = oracle_lengths(pool_sims, pool_pos)
+    return {"itc": itc, **extra_terms, **length_losses(r, soft_length, config, oracle)}, logits * temperature

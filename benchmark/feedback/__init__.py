@@ -1,0 +1,16 @@
+"""The feedback loop of ``bench feedback``: simulated users refining text-to-image retrieval.
+
+Round 0 is the model's own ranking; in each later round a simulated user looks at the top
+``display`` items, marks the relevant ones (positive samples, PS) and the others (negative
+samples, NS) from ground-truth relevance, and each *arm* turns that feedback into a new
+ranking: ``none`` (no feedback), ``exclude`` (drop shown non-relevant items), ``refresh``
+(score refreshing with PS/NS image similarities) and ``llm`` (clarifying questions, answers
+from the ground truth, a refined query). See docs/DESIGN.md, section "Feedback".
+
+Modules, one job each: ``config`` (validated options), ``ranking`` (ranks and display with
+exclusion), ``similarity`` (model scores, image-image rows cached), ``arms`` (the arm
+registry), ``scene_text`` (SynthScenes words in free text), ``user`` (the simulated user),
+``prompts`` / ``schema`` / ``refine`` / ``llm/`` (the LLM-guided round), ``protocol``
+(the round loop), ``metrics`` (per-round metrics, BRI), ``transcript`` (JSON Lines),
+``record`` (the result file), ``session`` (model + data + protocol for the CLI).
+"""

@@ -1,0 +1,191 @@
+"""The arms of the feedback protocol: how one round of marks turns into the next ranking.
+
+Every arm keeps, per query of a chunk, a score row over the gallery and a mask of excluded
+items. After ranking t (t < T) the user sees the top ``display`` items not excluded and
+marks them (PS: relevant, NS: not); the arm then produces ranking t + 1:
+
+* ``none`` -- nothing changes (no feedback).
+* ``exclude`` -- shown NS items are dropped; scores unchanged (elimination only).
+* ``refresh`` -- score refreshing, ``s_t = w0 s_{t-1} + w_ps mean_{p in PS_t} sim(g, p)
+  - w_ns mean_{n in NS_t} sim(g, n)`` with the model's own image-image score; the query
+  text is unchanged.
+* ``llm`` -- LLM-guided refinement: questions, simulated answers, refined query q'_t,
+  ``s_t = alpha score(q'_t, g) + (1 - alpha) s_{t-1}``; a round whose backend fails falls
+  back to the ``refresh`` update for that query, with the reason counted.
+
+With ``exclude_shown`` (default) the refinement arms drop shown NS items too, so they are
+compared with ``exclude`` on equal terms. Each arm logs what happened per query and round
+for the transcript.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from benchmark.feedback.config import FeedbackConfig, RefreshConfig
+from benchmark.feedback.ranking import top_shown
+from benchmark.feedback.refine import Refiner
+from benchmark.feedback.similarity import GalleryScorer
+from benchmark.feedback.task import FeedbackTask
+from benchmark.feedback.user import SimulatedUser
+
+
+@dataclass
+class Chunk:
+    """One chunk of queries ``[start, stop)`` and everything the arms use."""
+
+    start: int
+    stop: int
+    s0: torch.Tensor  # [c, G] round-0 scores
+    relevant: torch.Tensor  # [c, G] bool
+    task: FeedbackTask
+    scorer: GalleryScorer
+    user: SimulatedUser
+    config: FeedbackConfig
+    refiner: Refiner | None = None
+    counts: Counter = field(default_factory=Counter)  # "llm_rounds", "fallback/<reason>"
+
+    @property
+    def queries(self) -> range:
+        return range(self.start, self.stop)
+
+
+@dataclass
+class ArmState:
+    scores: torch.Tensor
+    excluded: torch.Tensor
+    log: list[list[dict[str, Any]]]  # per query, per round
+    current: list[str] = field(default_factory=list)  # llm: the current query text
+    history: list[list[dict[str, Any]]] = field(default_factory=list)  # llm: questions and answers so far
+
+
+def _spread(x: torch.Tensor) -> torch.Tensor:
+    """Per-row standard deviation over the gallery (finite entries; 1 where it is 0)."""
+    finite = torch.isfinite(x)
+    n = finite.sum(1, keepdim=True).clamp(min=1)
+    z = torch.where(finite, x, torch.zeros_like(x))
+    mean = z.sum(1, keepdim=True) / n
+    var = torch.where(finite, (z - mean) ** 2, torch.zeros_like(x)).sum(1, keepdim=True) / n
+    std = var.sqrt()
+    return torch.where(std > 0, std, torch.ones_like(std))
+
+
+def refreshed(prev: torch.Tensor, sims: torch.Tensor, ps: torch.Tensor, w: RefreshConfig) -> torch.Tensor:
+    """Score refreshing of ``[c, G]`` scores from ``[c, d, G]`` shown-item similarities and
+    ``[c, d]`` PS marks; an empty PS or NS set contributes nothing. With ``w.scale == "std"``
+    each mean-similarity row is first rescaled to the spread (std over the gallery) of the
+    query's current scores, so the weights do not depend on the model's score scale."""
+    def mean(mask: torch.Tensor) -> torch.Tensor:
+        m = mask.to(sims.dtype)
+        out = (sims * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
+        return out * (_spread(prev) / _spread(out)) if w.scale == "std" else out
+
+    return w.w0 * prev + w.w_ps * mean(ps) - w.w_ns * mean(~ps)
+
+
+class Arm:
+    """Base: show, mark, log, update, exclude."""
+
+    name = ""
+    #: whether the user's feedback is used at all (the ``none`` arm shows nothing)
+    uses_feedback = True
+
+    def excludes(self, config: FeedbackConfig) -> bool:
+        return config.exclude_shown
+
+    def init(self, chunk: Chunk) -> ArmState:
+        c = chunk.stop - chunk.start
+        return ArmState(chunk.s0.clone(), torch.zeros_like(chunk.relevant), [[] for _ in range(c)])
+
+    def step(self, chunk: Chunk, state: ArmState, t: int) -> None:
+        """Feedback on ranking ``t`` -> ranking ``t + 1``."""
+        if not self.uses_feedback:
+            return
+        shown = top_shown(state.scores, state.excluded, chunk.config.display)
+        ps = chunk.user.mark(chunk.relevant, shown)
+        ids = chunk.task.image_ids
+        for i in range(len(shown)):
+            row, marks = shown[i].tolist(), ps[i].tolist()
+            state.log[i].append({"round": t + 1, "shown": [ids[g] for g in row],
+                                 "ps": [ids[g] for g, m in zip(row, marks, strict=True) if m],
+                                 "ns": [ids[g] for g, m in zip(row, marks, strict=True) if not m]})
+        self.update(chunk, state, shown, ps, t)
+        if self.excludes(chunk.config):
+            rows = torch.arange(len(shown))[:, None].expand_as(shown)
+            state.excluded[rows[~ps], shown[~ps]] = True
+
+    def update(self, chunk: Chunk, state: ArmState, shown: torch.Tensor, ps: torch.Tensor, t: int) -> None:
+        pass
+
+
+class NoFeedback(Arm):
+    name = "none"
+    uses_feedback = False
+
+
+class ExcludeShown(Arm):
+    name = "exclude"
+
+    def excludes(self, config: FeedbackConfig) -> bool:
+        return True
+
+
+class ScoreRefresh(Arm):
+    name = "refresh"
+
+    def update(self, chunk: Chunk, state: ArmState, shown: torch.Tensor, ps: torch.Tensor, t: int) -> None:
+        sims = chunk.scorer.image_rows(shown.reshape(-1)).view(*shown.shape, -1)
+        state.scores = refreshed(state.scores, sims, ps, chunk.config.refresh)
+
+
+class LLMGuided(Arm):
+    name = "llm"
+
+    def init(self, chunk: Chunk) -> ArmState:
+        state = super().init(chunk)
+        state.current = [chunk.task.queries[q] for q in chunk.queries]
+        state.history = [[] for _ in chunk.queries]
+        return state
+
+    def update(self, chunk: Chunk, state: ArmState, shown: torch.Tensor, ps: torch.Tensor, t: int) -> None:
+        if chunk.refiner is None:
+            raise RuntimeError("the llm arm needs a Refiner")
+        task, user, caps = chunk.task, chunk.user, chunk.task.gallery_captions
+        ok, texts, failed = [], [], []
+        for i, q in enumerate(chunk.queries):
+            row, marks = shown[i].tolist(), ps[i].tolist()
+            target = int(task.targets[q])
+            r = chunk.refiner.refine(
+                task.queries[q], state.current[i],
+                [caps[g] for g, m in zip(row, marks, strict=True) if m],
+                [caps[g] for g, m in zip(row, marks, strict=True) if not m],
+                state.history[i],
+                lambda k, question, q=q, target=target: user.answer(target, question, query=q, round_=t + 1, index=k),
+            )
+            chunk.counts["llm_rounds"] += 1
+            state.history[i].extend(r.qa())
+            state.log[i][-1].update(questions=r.qa(), refined_query=r.refined_query, fallback=r.failure,
+                                    **({"detail": r.detail} if r.detail else {}))
+            if r.failure is None:
+                ok.append(i)
+                texts.append(r.refined_query)
+                state.current[i] = r.refined_query
+            else:
+                chunk.counts[f"fallback/{r.failure}"] += 1
+                failed.append(i)
+        alpha = chunk.config.llm.alpha
+        if ok:
+            idx = torch.tensor(ok)
+            state.scores[idx] = alpha * chunk.scorer.text_scores(texts) + (1 - alpha) * state.scores[idx]
+        if failed:
+            idx = torch.tensor(failed)
+            sims = chunk.scorer.image_rows(shown[idx].reshape(-1)).view(len(failed), shown.shape[1], -1)
+            state.scores[idx] = refreshed(state.scores[idx], sims, ps[idx], chunk.config.refresh)
+
+
+#: arm name -> implementation (every name of ``config.ARM_NAMES``)
+ARMS: dict[str, Arm] = {a.name: a for a in (NoFeedback(), ExcludeShown(), ScoreRefresh(), LLMGuided())}

@@ -1,0 +1,183 @@
+"""Options of ``bench feedback``: typed dataclasses validated on construction.
+
+:class:`FeedbackConfig` holds the protocol (rounds T, display size, cut-offs, arms), the
+score-refreshing weights (:class:`RefreshConfig`), the LLM-guided round
+(:class:`LLMConfig`: backend spec, alpha, timeouts, retries, limits) and the simulated
+user (:class:`UserConfig`). It is built from plain dicts with
+:func:`benchmark.config.from_dict` (``--feedback-set key.path=value``), so an unknown key or
+a wrong type names the offending option; it is stored whole in the result file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from benchmark.config import ConfigError
+
+#: every arm the protocol knows, in report order (``benchmark.feedback.arms.ARMS`` implements them)
+ARM_NAMES = ("none", "exclude", "refresh", "llm")
+#: the arms each ``--mode`` runs; the two control arms are always part of a run
+MODES: dict[str, tuple[str, ...]] = {
+    "all": ARM_NAMES,
+    "refresh": ("none", "exclude", "refresh"),
+    "llm": ("none", "exclude", "llm"),
+}
+#: how a gallery image is described to the question writer (its stored captions)
+GALLERY_CAPTIONS = ("longest", "first")
+#: how score refreshing scales the PS / NS similarity terms (see RefreshConfig)
+REFRESH_SCALES = ("std", "none")
+
+
+@dataclass(frozen=True)
+class RefreshConfig:
+    """Score refreshing: ``s_t = w0 * s_{t-1} + w_ps * mean sim(g, PS_t) - w_ns * mean sim(g, NS_t)``.
+
+    PS_t / NS_t are the items marked in round t; a term is left out when its set is empty;
+    sim is the model's own image-image score. scale: ``std`` rescales each mean-similarity
+    row to the spread (standard deviation over the gallery) of the query's current scores,
+    so w_ps and w_ns are in units of that spread whatever the model's score scale; ``none``
+    adds the raw similarities.
+    """
+
+    w0: float = 1.0
+    w_ps: float = 0.5
+    w_ns: float = 0.03
+    scale: str = "std"
+
+    def __post_init__(self) -> None:
+        for name in ("w0", "w_ps", "w_ns"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"feedback.refresh.{name} must be >= 0, got {getattr(self, name)}")
+        if self.scale not in REFRESH_SCALES:
+            raise ConfigError(f"feedback.refresh.scale must be one of {', '.join(REFRESH_SCALES)}, got {self.scale!r}")
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """The LLM-guided round and its backend.
+
+    backend: ``rules`` (deterministic attribute-contrast writer, not an LLM),
+      ``hf:<hub id or local path>`` (local transformers causal LM, local files only) or
+      ``openai:<base url>`` (OpenAI-compatible chat completions, e.g. ``http://host:8000/v1``).
+    alpha: ``s_t = alpha * score(q'_t, g) + (1 - alpha) * s_{t-1}``.
+    model: the ``model`` field sent to an OpenAI-compatible server.
+    timeout_s / retries / retry_backoff_s: per HTTP request; a retry follows a timeout, an
+      unreachable server, HTTP 429 or 5xx, after ``retry_backoff_s * 2**attempt`` seconds.
+    max_new_tokens: generation budget per call (hf and openai).
+    min_questions / max_questions / max_options: what a valid question set looks like.
+    max_query_chars: a refined query longer than this is refused (invalid output).
+    api_key_env: environment variable holding a bearer token for the server (if set).
+    """
+
+    backend: str = "rules"
+    alpha: float = 0.3
+    model: str = "default"
+    timeout_s: float = 60.0
+    retries: int = 2
+    retry_backoff_s: float = 1.0
+    max_new_tokens: int = 384
+    min_questions: int = 2
+    max_questions: int = 3
+    max_options: int = 6
+    max_query_chars: int = 400
+    api_key_env: str = "OPENAI_API_KEY"
+
+    def __post_init__(self) -> None:
+        prefix = self.backend.split(":", 1)[0]
+        from benchmark.feedback.llm.registry import BACKENDS
+
+        if prefix not in BACKENDS:
+            raise ConfigError(f"--llm / feedback.llm.backend: unknown backend {self.backend!r}; expected "
+                              + ", ".join(BACKENDS[k].usage for k in BACKENDS))
+        BACKENDS[prefix].check_spec(self.backend)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"feedback.llm.alpha must lie in [0, 1], got {self.alpha}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"feedback.llm.timeout_s must be > 0, got {self.timeout_s}")
+        if self.retries < 0 or self.retry_backoff_s < 0:
+            raise ConfigError("feedback.llm.retries and feedback.llm.retry_backoff_s must be >= 0")
+        if self.max_new_tokens < 1 or self.max_query_chars < 1:
+            raise ConfigError("feedback.llm.max_new_tokens and feedback.llm.max_query_chars must be >= 1")
+        if not 1 <= self.min_questions <= self.max_questions:
+            raise ConfigError("feedback.llm needs 1 <= min_questions <= max_questions, got "
+                              f"{self.min_questions} and {self.max_questions}")
+        if self.max_options < 2:
+            raise ConfigError(f"feedback.llm.max_options must be >= 2, got {self.max_options}")
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    """The simulated user: greedy (first true option) unless ``unsure_rate`` > 0, in which
+    case each answer is "none / unsure" with that probability (seeded per query, round and
+    question)."""
+
+    unsure_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.unsure_rate <= 1.0:
+            raise ConfigError(f"feedback.user.unsure_rate must lie in [0, 1], got {self.unsure_rate}")
+
+
+@dataclass(frozen=True)
+class FeedbackConfig:
+    """One feedback run.
+
+    rounds: T, the number of feedback rounds (rankings 0..T are measured).
+    display: how many top items the user sees per round.
+    ks: cut-offs of cumulative Hits@K and instantaneous R@K.
+    success_k: "found" means a relevant item ranked <= success_k (rounds to success, never found).
+    arms: which arms to run (``none``, ``exclude``, ``refresh``, ``llm``).
+    exclude_shown: the refinement arms (refresh, llm) also drop shown non-relevant items,
+      like the ``exclude`` arm, so that refinement is measured on top of elimination.
+    max_queries: evaluate only the first N queries (None = every query).
+    chunk_size: queries processed together (bounds memory: chunk x gallery scores per arm).
+    score_variant: rank with one of the model's ``score_variants()`` (e.g. ``itc``)
+      instead of its main score (None).
+    gallery_caption: which stored caption describes a shown image to the question writer.
+    seed: the simulated user's seed (None = the run's seed).
+    """
+
+    rounds: int = 5
+    display: int = 5
+    ks: tuple[int, ...] = (1, 5, 10)
+    success_k: int = 5
+    arms: tuple[str, ...] = ARM_NAMES
+    exclude_shown: bool = True
+    max_queries: int | None = None
+    chunk_size: int = 256
+    score_variant: str | None = None
+    gallery_caption: str = "longest"
+    seed: int | None = None
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    user: UserConfig = field(default_factory=UserConfig)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ConfigError(f"--rounds / feedback.rounds must be >= 1, got {self.rounds}")
+        if self.display < 1:
+            raise ConfigError(f"--display / feedback.display must be >= 1, got {self.display}")
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ConfigError(f"feedback.ks must be positive integers, got {list(self.ks)}")
+        object.__setattr__(self, "ks", tuple(sorted(set(self.ks))))
+        if self.success_k < 1:
+            raise ConfigError(f"feedback.success_k must be >= 1, got {self.success_k}")
+        unknown = [a for a in self.arms if a not in ARM_NAMES]
+        if unknown or not self.arms:
+            raise ConfigError(f"feedback.arms: unknown arm {unknown[0]!r}; valid arms: {', '.join(ARM_NAMES)}"
+                              if unknown else "feedback.arms must name at least one arm")
+        object.__setattr__(self, "arms", tuple(a for a in ARM_NAMES if a in self.arms))
+        if self.max_queries is not None and self.max_queries < 1:
+            raise ConfigError(f"--max-queries / feedback.max_queries must be >= 1, got {self.max_queries}")
+        if self.chunk_size < 1:
+            raise ConfigError(f"feedback.chunk_size must be >= 1, got {self.chunk_size}")
+        if self.gallery_caption not in GALLERY_CAPTIONS:
+            raise ConfigError(f"feedback.gallery_caption must be one of {', '.join(GALLERY_CAPTIONS)}, "
+                              f"got {self.gallery_caption!r}")
+
+    def check_gallery(self, n_gallery: int) -> None:
+        """Every round must be able to show ``display`` items not yet excluded."""
+        need = (self.rounds + 1) * self.display
+        if n_gallery < need:
+            raise ConfigError(f"the gallery holds {n_gallery} images, but {self.rounds} rounds showing "
+                              f"{self.display} each need at least {need}: lower --rounds or --display")

@@ -1,0 +1,149 @@
+"""One ``bench feedback`` run: model and data through the runner's machinery, then the protocol.
+
+The model is the one ``bench run`` evaluates for the same config: at tiny size the cached
+checkpoint of its training config (trained and cached now through
+:func:`benchmark.runner.ensure_checkpoint` if absent, dependencies included); with
+``train.max_epochs = 0`` the model as configured (e.g. a pretrained full-size checkpoint).
+The gallery of the evaluated split is encoded once (through the model's item loader when
+it has one, e.g. BLIP2's frozen-feature cache), the queries once; then
+:func:`~benchmark.feedback.protocol.run_protocol` runs every arm, the transcript streams to
+``results/feedback__<model>__<dataset>__<tag>.jsonl`` and the result file is written
+beside it (:mod:`benchmark.feedback.record`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from benchmark.config import ConfigError, RunConfig, from_dict
+from benchmark.feedback.config import FeedbackConfig
+from benchmark.feedback.llm.registry import make_backend
+from benchmark.feedback.protocol import run_protocol
+from benchmark.feedback.record import build_result, result_paths
+from benchmark.feedback.refine import Refiner
+from benchmark.feedback.similarity import GalleryScorer, score_function
+from benchmark.feedback.task import from_eval_set
+from benchmark.feedback.transcript import JsonlWriter
+from benchmark.feedback.user import SimulatedUser
+from benchmark.registry import DATASETS, MODELS
+from benchmark.results import atomic_write_json, environment
+
+
+@dataclass
+class FeedbackOutcome:
+    path: Path
+    transcript: Path
+    result: dict[str, Any]
+
+    def lines(self) -> list[str]:
+        """A short console summary: cumulative Hits@success_k per round and final BRI per arm."""
+        r, p = self.result, self.result["protocol"]
+        k = p["success_k"]
+        out = [f"T={p['rounds']} display={p['display']} K={k} ranks {p['rank_base']}-based, "
+               f"{p['n_queries']} queries x {p['n_gallery']} images"]
+        if p["llm"]:
+            out.append(f"question writer: {p['llm']['label']}")
+        for arm, table in r["per_round"].items():
+            hits = " ".join(f"{h:.3f}" for h in table.get(f"Hits@{k}", []))
+            out.append(f"  {arm:<8} Hits@{k} by round: {hits}  BRI(T)={table['BRI'][-1]:.3f}")
+        if r["fallbacks"]["llm_rounds"]:
+            out.append(f"llm rounds: {r['fallbacks']['llm_rounds']}, fallbacks to refresh: "
+                       f"{r['fallbacks']['by_reason'] or 'none'}")
+        out.append(f"wrote {self.path} and {self.transcript} ({r['timings']['total_s']:.1f} s)")
+        return out
+
+
+def _device(cfg: RunConfig) -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda") else "cpu"
+
+
+def load_model(cfg: RunConfig, *, progress: bool = False):
+    """``(model, datamodule, provenance)``: the cached or newly trained checkpoint, or the
+    model as configured when ``train.max_epochs`` is 0."""
+    from benchmark.runner import data_root, ensure_checkpoint, resolve_dependencies
+
+    model_cls = MODELS.get(cfg.model)
+    dm = DATASETS.get(cfg.dataset)(replace(cfg.data, root=data_root(cfg)), seed=cfg.seed)
+    if cfg.train.max_epochs > 0:
+        ckpt, trained = ensure_checkpoint(cfg, progress=progress)
+        dm.prepare_data()
+        return model_cls.load_checkpoint(ckpt), dm, {"checkpoint": str(ckpt), "trained_this_run": trained}
+    model_config = from_dict(model_cls.Config, cfg.model_args, "model_args")
+    pretrained = getattr(model_config, "pretrained", None)
+    if cfg.size == "full" and not pretrained:
+        raise ConfigError("size 'full' needs model_args.pretrained: a hub id or a local checkpoint path")
+    model_config, _ = resolve_dependencies(cfg, model_cls, model_config, progress=progress)
+    dm.prepare_data()
+    model = model_cls.create(model_config, cfg.train.optim, dm.vocabulary_texts())
+    return model, dm, {"checkpoint": pretrained, "trained_this_run": False}
+
+
+def encode_gallery(model, dm, device: str, cache_dir: str):
+    """The evaluated split's gallery, encoded once in index order (features cached under
+    ``cache_dir`` by the model's item loader, if it has one)."""
+    import torch
+
+    from lightning_modules.base import Encoded
+
+    dm.set_transform(model.image_transform())
+    dm.set_item_loader(model.item_loader(Path(cache_dir) / "features") if hasattr(model, "item_loader") else None)
+    parts, seen = [], []
+    with torch.no_grad():
+        for index, items in dm.gallery_dataloader():
+            parts.append(model.encode_images(items.to(device)))
+            seen.append(index)
+    order = torch.cat(seen)
+    if not torch.equal(order, torch.arange(len(order))):
+        raise RuntimeError("the gallery loader did not serve the images in index order")
+    return Encoded.cat(parts)
+
+
+def run_feedback(cfg: RunConfig, fb: FeedbackConfig, *, progress: bool = False) -> FeedbackOutcome:
+    import lightning as L
+    import torch
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    backend = make_backend(fb.llm) if "llm" in fb.arms else None  # bad --llm input fails before any work
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    t = time.perf_counter()
+    model, dm, provenance = load_model(cfg, progress=progress)
+    device = _device(cfg)
+    model = model.to(device).eval()
+    timings["load_model_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    gallery = encode_gallery(model, dm, device, cfg.cache_dir)
+    es = dm.eval_set()
+    task = from_eval_set(es, dm.records(dm.config.eval_split), gallery_caption=fb.gallery_caption)
+    task = task.limited(fb.max_queries)
+    scorer = GalleryScorer(model, gallery, score_function(model, fb.score_variant), batch_size=fb.chunk_size)
+    queries = scorer.encode_texts(task.queries)
+    timings["encode_s"] = time.perf_counter() - t
+
+    user_seed = cfg.seed if fb.seed is None else fb.seed
+    user = SimulatedUser(task.truths, seed=user_seed, unsure_rate=fb.user.unsure_rate)
+    refiner = Refiner(backend, fb.llm) if backend is not None else None
+    path, transcript = result_paths(cfg)
+    t = time.perf_counter()
+    with JsonlWriter(transcript) as sink:
+        res = run_protocol(task, scorer, queries, fb, user, refiner, on_query=sink.write)
+    timings["protocol_s"] = time.perf_counter() - t
+    timings.update(res.timings)
+    timings["total_s"] = time.perf_counter() - t_start
+
+    provenance = es.provenance() | dm.describe() | provenance | {
+        "data_root": dm.config.root, "image_image_rows_computed": scorer.n_image_rows}
+    result = build_result(cfg, fb, res, task, llm=backend.describe() if backend is not None else None,
+                          user_seed=user_seed, environment=environment(device), provenance=provenance,
+                          timings=timings, transcript=transcript)
+    atomic_write_json(path, result)
+    return FeedbackOutcome(path, transcript, result)

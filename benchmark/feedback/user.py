@@ -1,0 +1,107 @@
+"""The simulated user: marks shown items from ground truth, answers questions from the target.
+
+Marking: a shown item is a positive sample (PS) when it is relevant to the query (the
+dataset's exact relevance), otherwise a negative sample (NS).
+
+Answering: the user has the *target* in mind -- the image the query caption was written
+for -- and knows only its ground truth: its scene graph on SynthScenes
+(:class:`SceneTruth`), its reference captions on real data (:class:`CaptionTruth`). An
+answer is chosen from the question and its options alone: the user never sees the
+system's candidates, ranks or reformulations. The first option that the ground truth
+supports is chosen (greedy); when none is supported, "none / unsure" (always offered).
+With ``unsure_rate`` > 0 an answer is "none / unsure" with that probability, drawn from a
+generator seeded by (seed, query, round, question), so the simulator is frozen.
+
+SceneTruth reads an option with :mod:`benchmark.feedback.scene_text`; a bare colour under a
+question about the background is read as the background's colour, and attributes the
+question names (e.g. the shape in "What colour is the circle?") complete the option unless
+some option names them itself. CaptionTruth supports an option when all its content words
+(lower case, plural "s" dropped, stop words and question words removed) occur in the
+target's captions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from benchmark.feedback import scene_text
+from benchmark.feedback.schema import UNSURE, Question, is_unsure
+from datamodules.synthetic.scene import Scene
+
+_STOP = frozenset("""a an the of on in at to with and or is are be there this that these those it its image
+picture photo one some any which what who whose where how do does it's has have show showing shows
+you your want wanted""".split())
+
+
+class Truth(Protocol):
+    def supports(self, question: str, option: str, options: Sequence[str]) -> bool: ...
+
+
+class SceneTruth:
+    """The target's SynthScenes scene graph."""
+
+    def __init__(self, scene: Scene) -> None:
+        self.scene = scene
+
+    def supports(self, question: str, option: str, options: Sequence[str]) -> bool:
+        mention = scene_text.read(option)
+        if mention.empty and scene_text.mentions_background(question):
+            mention = scene_text.read(option + " background")
+        if mention.empty:
+            return False
+        q = scene_text.read(question).object_dicts()
+        named_by_options = set().union(*(scene_text.read(o).categories() for o in options))
+        if len(q) == 1 and not mention.background:
+            mention = mention.with_object_attributes({k: v for k, v in q[0].items() if k not in named_by_options})
+        return mention.holds_in(self.scene)
+
+
+def _content(text: str) -> set[str]:
+    out = set()
+    for w in re.findall(r"[a-z]+", text.lower()):
+        if w in _STOP or len(w) < 2:
+            continue
+        out.add(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w)
+    return out
+
+
+class CaptionTruth:
+    """The target's reference captions (real datasets)."""
+
+    def __init__(self, captions: Sequence[str]) -> None:
+        self.words = set().union(*(_content(c) for c in captions)) if captions else set()
+
+    def supports(self, question: str, option: str, options: Sequence[str]) -> bool:
+        needed = _content(option)
+        return bool(needed) and needed <= self.words
+
+
+class SimulatedUser:
+    """Frozen simulated user over the gallery's ground truths (one :class:`Truth` per image)."""
+
+    def __init__(self, truths: Sequence[Truth], *, seed: int = 0, unsure_rate: float = 0.0) -> None:
+        self.truths = list(truths)
+        self.seed = seed
+        self.unsure_rate = unsure_rate
+
+    @staticmethod
+    def mark(relevant: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
+        """``[Q, d]`` True where a shown item is relevant (PS), from ``[Q, G]`` relevance."""
+        return relevant.gather(1, shown)
+
+    def answer(self, target: int, question: Question, *, query: int, round_: int, index: int) -> str:
+        """One of ``question.options`` for the target image ``target``."""
+        if self.unsure_rate > 0:
+            rng = np.random.default_rng([self.seed, query, round_, index])
+            if rng.random() < self.unsure_rate:
+                return UNSURE
+        truth = self.truths[target]
+        for option in question.options:
+            if not is_unsure(option) and truth.supports(question.question, option, question.options):
+                return option
+        return next((o for o in question.options if is_unsure(o)), UNSURE)

@@ -1,0 +1,275 @@
+"""Which of the paper's claims the result files support or contradict, with the intervals.
+
+Each claim (a registry, in report order) is judged per dataset and size from the runs
+present; a claim whose runs are absent is "not tested" and says which runs it needs. The
+verdicts come from the interval of a paired difference on the same queries (``m`` is
+``ReportOptions.equal_margin``, 0.02 by default; ``[lo, hi]`` the interval of A - B):
+
+* "A at least as good as B": supported if lo >= -m; contradicted if hi < -m.
+* "A better than B": supported if lo > 0; contradicted if hi < m (not better by more than m).
+* "A equal to B": supported if [lo, hi] lies within [-m, m]; contradicted if it lies
+  entirely outside (lo > m or hi < -m).
+* "A shorter than B" (query length): supported if hi < 0; contradicted if lo >= 0.
+* "grows with complexity": Spearman's rho between complexity level and query length;
+  supported if lo > 0; contradicted if hi <= 0 or every query got the same length.
+* "faster" (throughput, no per-query interval): supported if A exceeds B by more than
+  ``throughput_tolerance`` of B, contradicted if it falls short by more, only when both were
+  measured on the same machine.
+
+Anything else is "inconclusive": the interval is too wide to decide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from benchmark.reporting.ablation_arms import arm_groups, report_ablations
+from benchmark.reporting.bootstrap import PairedDifference, spearman_interval
+from benchmark.reporting.estimates import Cell, Estimator, metric_value, MEASURES
+from benchmark.reporting.paired import compare_runs, describe_difference
+from benchmark.reporting.paper import PaperTable, PaperTables
+from benchmark.reporting.per_query import PairingError, query_values, result_name
+from benchmark.reporting.selection import main_run, scopes
+
+SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED = "supported", "contradicted", "inconclusive", "not tested"
+VERDICTS = (SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    claim: str
+    scope: str
+    verdict: str
+    evidence: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    name: str
+    statement: str  # the paper's claim, in plain words
+    rule: str  # how it is judged here
+    evaluate: Callable[[list[dict], Estimator, PaperTables], list[Verdict]]
+
+
+# -- decision rules on a paired interval ---------------------------------------------------------
+
+def at_least(d: PairedDifference, m: float) -> str:
+    return SUPPORTED if d.lo >= -m else CONTRADICTED if d.hi < -m else INCONCLUSIVE
+
+
+def better(d: PairedDifference, m: float) -> str:
+    return SUPPORTED if d.lo > 0 else CONTRADICTED if d.hi < m else INCONCLUSIVE
+
+
+def equal(d: PairedDifference, m: float) -> str:
+    if -m <= d.lo and d.hi <= m:
+        return SUPPORTED
+    return CONTRADICTED if (d.lo > m or d.hi < -m) else INCONCLUSIVE
+
+
+def shorter(d: PairedDifference) -> str:
+    return SUPPORTED if d.hi < 0 else CONTRADICTED if d.lo >= 0 else INCONCLUSIVE
+
+
+def both(first: str, second: str) -> str:
+    if CONTRADICTED in (first, second):
+        return CONTRADICTED
+    return SUPPORTED if first == second == SUPPORTED else INCONCLUSIVE
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+def _scope(dataset: str, size: str) -> str:
+    return f"{dataset} ({size})"
+
+
+def _value(cell: Cell, digits: int = 4) -> str:
+    if cell.missing:
+        return "–"
+    text = f"{cell.value:.{digits}f}"
+    return text + (f" [{cell.lo:.{digits}f}, {cell.hi:.{digits}f}]" if cell.lo is not None else "")
+
+
+def _pairs(results: list[dict], a: str, b: str) -> list[tuple[str, dict | None, dict | None]]:
+    """(scope, main run of a, main run of b) for every scope where either model ran."""
+    out = []
+    for dataset, size in scopes(results):
+        ra, rb = main_run(results, a, dataset, size), main_run(results, b, dataset, size)
+        if ra or rb:
+            out.append((_scope(dataset, size), ra, rb))
+    return out
+
+
+def _paper(table: PaperTable | None, row: str, measure: str) -> str:
+    """A number of the paper's tables as printed there ("–" where it has none)."""
+    r = table.rows.get(row) if table else None
+    value = r.values.get(measure) if r else None
+    return "–" if value is None else f"{value:g}"
+
+
+def _absent(name: str, what: str) -> list[Verdict]:
+    return [Verdict(name, "all", NOT_TESTED, f"No runs: needs {what}.")]
+
+
+# -- the claims ----------------------------------------------------------------------------------
+
+def ours_r5_vs_blip2(results: list[dict], est: Estimator, paper: PaperTables) -> list[Verdict]:
+    name, m = "r5_vs_blip2", est.options.equal_margin
+    out = []
+    for scope, ours, blip2 in _pairs(results, "ours", "blip2"):
+        if ours is None or blip2 is None:
+            missing = "ours" if ours is None else "blip2"
+            out.append(Verdict(name, scope, NOT_TESTED, f"No {missing} run on {scope}."))
+            continue
+        try:
+            d = compare_runs(ours, blip2, est.options, ("r5",)).get("r5")
+        except PairingError as e:
+            out.append(Verdict(name, scope, NOT_TESTED, str(e)))
+            continue
+        if d is None:
+            out.append(Verdict(name, scope, NOT_TESTED, "Per-query ranks are missing."))
+            continue
+        evidence = (f"ours R@5 = {_value(est.cells(ours)['r5'])} ({result_name(ours)}), BLIP2 R@5 = "
+                    f"{_value(est.cells(blip2)['r5'])} ({result_name(blip2)}); {describe_difference('R@5', d)}.")
+        out.append(Verdict(name, scope, at_least(d, m), evidence))
+    return out or _absent(name, "runs of ours and blip2 on the same dataset")
+
+
+def qscaler_shortens(results: list[dict], est: Estimator, paper: PaperTables) -> list[Verdict]:
+    name, m, qs = "qscaler_shortens", est.options.equal_margin, paper.ablations.get("qscaler")
+    out = []
+    ablation = report_ablations().get("qscaler")
+    for g in arm_groups(results, ablation) if ablation else []:
+        if not g.complete:
+            continue
+        scope = _scope(g.dataset, g.size) + (f"; {g.context()}" if g.context() else "")
+        with_q, without = g.runs["true"], g.runs["false"]
+        try:
+            diffs = compare_runs(with_q, without, est.options, ("qlen", "r5"))
+        except PairingError as e:
+            out.append(Verdict(name, scope, NOT_TESTED, str(e)))
+            continue
+        if "qlen" not in diffs or "r5" not in diffs:
+            out.append(Verdict(name, scope, NOT_TESTED, "Per-query query lengths or ranks are missing."))
+            continue
+        dq, dr = diffs["qlen"], diffs["r5"]
+        cw, co = est.cells(with_q), est.cells(without)
+        evidence = (f"QScaler cuts mean query length from {_value(co['qlen'], 2)} to {_value(cw['qlen'], 2)} "
+                    f"({describe_difference('Q-Len', dq, 2)}) at R@5 {_value(cw['r5'])} vs {_value(co['r5'])} "
+                    f"({describe_difference('R@5', dr)}; equal = interval within ±{m:g}). Paper: "
+                    f"{_paper(qs, 'false', 'qlen')} -> {_paper(qs, 'true', 'qlen')} queries at R@5 "
+                    f"{_paper(qs, 'true', 'r5')} vs {_paper(qs, 'false', 'r5')}. Files: "
+                    f"{result_name(with_q)}, {result_name(without)}.")
+        out.append(Verdict(name, scope, both(shorter(dq), equal(dr, m)), evidence))
+    return out or _absent(name, "runs of ours with model_args.qscaler = true and false, configs otherwise equal")
+
+
+def qlen_grows_with_complexity(results: list[dict], est: Estimator, paper: PaperTables) -> list[Verdict]:
+    name, o = "qlen_complexity", est.options
+    out = []
+    for dataset, size in scopes(results):
+        run = main_run(results, "ours", dataset, size)
+        if run is None:
+            continue
+        scope = _scope(dataset, size)
+        q = query_values(run, "t2i")
+        lengths = q.get("qlen") if q else None
+        if lengths is None or q is None or q.complexity is None:
+            rho = metric_value(run, MEASURES["qlen"], "t2i")
+            out.append(Verdict(name, scope, NOT_TESTED,
+                               f"{result_name(run)} has no per-query lengths with complexity levels"
+                               + (f" (only qlen/mean = {rho:.2f})." if rho is not None else ".")))
+            continue
+        levels = np.unique(q.complexity[~np.isnan(q.complexity)])
+        per_level = ", ".join(f"level {int(c)}: {lengths[q.complexity == c].mean():.2f}" for c in levels)
+        if len(levels) < 2:
+            out.append(Verdict(name, scope, NOT_TESTED, f"{dataset} has no complexity levels (one level only); "
+                               f"mean L = {lengths.mean():.2f} ({result_name(run)})."))
+            continue
+        if np.all(lengths == lengths[0]):
+            out.append(Verdict(name, scope, CONTRADICTED, f"Every instruction got L = {lengths[0]:g} "
+                               f"({result_name(run)}); mean L per {per_level}."))
+            continue
+        rho = spearman_interval(q.complexity, lengths, o.n_boot, o.seed, o.level)
+        verdict = SUPPORTED if rho.lo > 0 else CONTRADICTED if rho.hi <= 0 else INCONCLUSIVE
+        out.append(Verdict(name, scope, verdict,
+                           f"Spearman ρ(complexity, L) = {rho.value:.3f} [{rho.lo:.3f}, {rho.hi:.3f}] over {rho.n} "
+                           f"queries; mean L per {per_level} ({result_name(run)})."))
+    return out or _absent(name, "a run of ours with per-query lengths on a dataset with complexity levels")
+
+
+_MACHINE = ("device", "cuda_device_name", "processor", "cpu_count", "torch_num_threads")
+
+
+def ours_faster_than_blip2(results: list[dict], est: Estimator, paper: PaperTables) -> list[Verdict]:
+    name, tol = "faster_than_blip2", est.options.throughput_tolerance
+    out = []
+    for scope, ours, blip2 in _pairs(results, "ours", "blip2"):
+        if ours is None or blip2 is None:
+            continue
+        to, tb = est.cells(ours)["thr"], est.cells(blip2)["thr"]
+        if to.missing or tb.missing:
+            which = " and ".join(result_name(r) for r, c in ((ours, to), (blip2, tb)) if c.missing)
+            out.append(Verdict(name, scope, NOT_TESTED, f"Throughput not measured (no throughput_img_s in {which})."))
+            continue
+        ea, eb = ours.get("environment") or {}, blip2.get("environment") or {}
+        differs = [k for k in _MACHINE if ea.get(k) != eb.get(k)]
+        if differs:
+            out.append(Verdict(name, scope, NOT_TESTED, "Measured on different machines or settings "
+                               f"({', '.join(differs)} differ): not comparable."))
+            continue
+        ratio = to.value / tb.value  # type: ignore[operator]
+        verdict = SUPPORTED if ratio > 1 + tol else CONTRADICTED if ratio < 1 - tol else INCONCLUSIVE
+        out.append(Verdict(name, scope, verdict,
+                           f"ours {to.value:.2f} img/s vs BLIP2 {tb.value:.2f} img/s (ratio {ratio:.2f}; "
+                           f"within ±{tol:.0%} counts as no difference; one measurement each, no interval). "
+                           f"Paper: ours {_paper(paper.comparison, 'ours', 'thr')} vs BLIP2 "
+                           f"{_paper(paper.comparison, 'blip2', 'thr')} img/s."))
+    return out or _absent(name, "runs of ours and blip2 with throughput_img_s")
+
+
+def trained_qformer_better(results: list[dict], est: Estimator, paper: PaperTables) -> list[Verdict]:
+    name, m, qformer = "qformer_training", est.options.equal_margin, paper.ablations.get("qformer")
+    out = []
+    ablation = report_ablations().get("qformer")
+    for g in arm_groups(results, ablation) if ablation else []:
+        if not g.complete:
+            continue
+        scope = _scope(g.dataset, g.size) + (f"; {g.context()}" if g.context() else "")
+        trainable, frozen = g.runs["false"], g.runs["true"]
+        try:
+            d = compare_runs(trainable, frozen, est.options, ("r5",)).get("r5")
+        except PairingError as e:
+            out.append(Verdict(name, scope, NOT_TESTED, str(e)))
+            continue
+        if d is None:
+            out.append(Verdict(name, scope, NOT_TESTED, "Per-query ranks are missing."))
+            continue
+        evidence = (f"trainable R@5 = {_value(est.cells(trainable)['r5'])}, frozen R@5 = "
+                    f"{_value(est.cells(frozen)['r5'])}; {describe_difference('R@5', d)} "
+                    f"(paper: {_paper(qformer, 'false', 'r5')} vs {_paper(qformer, 'true', 'r5')}). "
+                    f"Files: {result_name(trainable)}, {result_name(frozen)}.")
+        out.append(Verdict(name, scope, better(d, m), evidence))
+    return out or _absent(name, "runs of ours with model_args.freeze_qformer = false and true, configs otherwise equal")
+
+
+CLAIMS: dict[str, Claim] = {c.name: c for c in (
+    Claim("r5_vs_blip2", "BLIP2-IDQ-Former retrieves at least as well as BLIP2 (T2I R@5).",
+          "paired bootstrap of ours - BLIP2; at least as good: lo >= -m", ours_r5_vs_blip2),
+    Claim("qscaler_shortens", "QScaler shortens the queries at equal R@5.",
+          "paired Q-Len difference < 0 and paired R@5 difference within ±m", qscaler_shortens),
+    Claim("qlen_complexity", "More complex instructions get more queries.",
+          "Spearman ρ between complexity level and query length: lo > 0", qlen_grows_with_complexity),
+    Claim("faster_than_blip2", "Ours encodes more images per second than BLIP2 (fewer queries should cost less).",
+          "throughput ratio beyond the tolerance, same machine", ours_faster_than_blip2),
+    Claim("qformer_training", "Training the Q-Former beats freezing it (R@5).",
+          "paired bootstrap of trainable - frozen: lo > 0", trained_qformer_better),
+)}
+
+
+def evaluate_claims(results: list[dict], estimator: Estimator,
+                    paper: PaperTables) -> list[tuple[Claim, list[Verdict]]]:
+    return [(claim, claim.evaluate(results, estimator, paper)) for claim in CLAIMS.values()]

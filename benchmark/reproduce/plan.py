@@ -1,0 +1,207 @@
+"""The plan of ``bench reproduce``: its steps, built from the registries only.
+
+1. One step per registered model (:data:`benchmark.registry.MODELS`), tiny, on SynthScenes,
+   tag ``default``: the run ``bench run --model M`` makes. Models come in dependency order
+   (a class's ``checkpoint_dependencies`` first, then by name), so every dependency's step
+   trains the checkpoint the later ones load from the runner's cache.
+2. One step per arm of every ablation folder (:func:`benchmark.ablation_folders.discover`), tag
+   ``ablate-<ablation>-<arm>``: the run ``bench ablate`` makes. An arm whose config equals an
+   earlier step's (``config_hash`` after :func:`benchmark.ablate.canonical`; tags and folders do
+   not count) is a :class:`~benchmark.reproduce.steps.SharedStep`: the report groups runs by
+   config, so the plain ``ours`` run *is* the ``qscaler: with`` arm.
+3. The report (:func:`benchmark.reporting.build.write_reports`).
+
+A model is skipped, with the reason, when its class declares ``sizes`` without ``"tiny"`` or
+depends on a model that is skipped, not registered or broken; an ablation on such a model
+likewise. A model class that cannot be imported, or a shipped config that is no valid run,
+becomes a failing step (the others still run). The user's overrides (``--config``, ``--set``)
+apply on every run step and are validated before anything runs; they may not set what the plan
+fixes (:data:`FIXED`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmark.ablate import arm_config, canonical
+from benchmark.ablation_folders import Ablation, discover
+from benchmark.config import ConfigError, RunConfig, build_run_config, from_dict, model_defaults
+from benchmark.registry import MODELS, Registry, UnknownNameError
+from benchmark.reporting.options import ReportOptions
+from benchmark.reproduce.steps import BrokenStep, ReportStep, RunStep, SharedStep, SkippedStep, Step
+
+DATASET = "synthetic"
+SIZE = "tiny"
+MODEL_TAG = "default"
+REPORT = "report"
+#: run-config keys the plan sets itself (per step); user overrides may not
+FIXED = ("model", "dataset", "size", "tag", "results_dir", "cache_dir")
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: tuple[Step, ...]
+
+    def describe(self) -> str:
+        kinds: dict[str, int] = {}
+        for s in self.steps:
+            kinds[type(s).__name__] = kinds.get(type(s).__name__, 0) + 1
+        names = (("RunStep", "to run"), ("SharedStep", "shared with an earlier step"),
+                 ("SkippedStep", "skipped"), ("BrokenStep", "broken"), ("ReportStep", "report"))
+        return f"{len(self.steps)} steps: " + ", ".join(f"{kinds[k]} {label}" for k, label in names if k in kinds)
+
+
+def load_error(models: Registry, name: str) -> str | None:
+    """Why ``name``'s class cannot be imported (None: it can)."""
+    try:
+        models.get(name)
+    except Exception as e:  # noqa: BLE001 - one broken model must not stop the plan
+        return f"cannot import {models.entry(name).target}: {type(e).__name__}: {e}"
+    return None
+
+
+def dependencies(models: Registry, name: str) -> list[str]:
+    """The registered models whose checkpoints ``name``'s class starts from (tiny size)."""
+    if load_error(models, name):
+        return []
+    return sorted(set((getattr(models.get(name), "checkpoint_dependencies", None) or {}).values()))
+
+
+def dependency_order(models: Registry) -> list[str]:
+    """Every registered model, each after the models it depends on (ties by name)."""
+    order: list[str] = []
+    visiting: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order or name not in models:
+            return
+        if name in visiting:
+            raise ConfigError(f"models depend on each other in a cycle: {' -> '.join(visiting + [name])}")
+        visiting.append(name)
+        for dep in dependencies(models, name):
+            visit(dep)
+        visiting.pop()
+        order.append(name)
+
+    for name in models.names():
+        visit(name)
+    return order
+
+
+def skip_reason(models: Registry, name: str, skipped: dict[str, str]) -> str | None:
+    """Why ``name`` cannot run tiny on SynthScenes (None: it can)."""
+    sizes = getattr(models.get(name), "sizes", None)
+    if sizes is not None and SIZE not in sizes:
+        return f"{name} has no {SIZE} variant (its class declares sizes {list(sizes)})"
+    for dep in dependencies(models, name):
+        if dep not in models:
+            return f"{name} starts from {dep!r}, which is not a registered model"
+        if dep in skipped:
+            return f"{name} starts from {dep}, which is not run ({skipped[dep]})"
+    return None
+
+
+def refuse_fixed(overrides: Sequence[dict]) -> None:
+    for o in overrides:
+        fixed = sorted(set(o) & set(FIXED))
+        if fixed:
+            raise ConfigError(f"--config/--set: {', '.join(fixed)} is set by bench reproduce itself "
+                              f"({DATASET}, {SIZE}, one tag per step; use --results-dir / --cache-dir for folders)")
+
+
+def _model_step(models: Registry, name: str, overrides: Sequence[dict], fixed: dict) -> Step:
+    cls = models.get(name)
+    own = {"model": name, "tag": MODEL_TAG, **fixed}
+    try:
+        from_dict(cls.Config, build_run_config(model_defaults(name), own).model_args, "model_args")
+    except ConfigError as e:
+        return BrokenStep(name, (name,), f"the shipped config of {name} is no valid {SIZE} run: {e}")
+    cfg = build_run_config(model_defaults(name), *overrides, own)
+    from_dict(cls.Config, cfg.model_args, "model_args")  # the user's overrides, checked before anything runs
+    return RunStep(name, (name,), cfg)
+
+
+def _arm_steps(ablation: Ablation, overrides: Sequence[dict], fixed: dict, models: Registry,
+               skipped: dict[str, str]) -> list[Step]:
+    steps: list[Step] = []
+    for arm in ablation.arms:
+        title = f"{ablation.model} (ablation {ablation.name}: {arm.name})"
+        selectors = (ablation.name, f"{ablation.name}:{arm.name}")
+        own = {"tag": ablation.tag(arm), **fixed}
+        if ablation.model not in models or ablation.model in skipped:
+            why = skipped.get(ablation.model, f"{ablation.model!r} is not a registered model")
+            steps.append(SkippedStep(title, selectors, f"ablation {ablation.name} is on {ablation.model}: {why}"))
+            continue
+        try:
+            arm_config(ablation, arm, own)
+        except ConfigError as e:
+            steps.append(BrokenStep(title, selectors, f"{arm.path}: no valid {SIZE} run: {e}"))
+            continue
+        steps.append(RunStep(title, selectors, arm_config(ablation, arm, *overrides, own)))
+    return steps
+
+
+def select(steps: Sequence[Step], only: Iterable[str]) -> list[Step]:
+    """The steps any of ``only`` names (all of them when ``only`` is empty)."""
+    wanted = [s.strip() for item in only for s in item.split(",") if s.strip()]
+    if not wanted:
+        return list(steps)
+    valid = list(dict.fromkeys(sel for s in steps for sel in s.selectors))
+    unknown = [w for w in wanted if w not in valid]
+    if unknown:
+        raise ConfigError(f"--only: unknown step(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    return [s for s in steps if set(s.selectors) & set(wanted)]
+
+
+def _share_key(cfg: RunConfig) -> str:
+    try:
+        return canonical(cfg).config_hash()
+    except UnknownNameError:
+        return cfg.config_hash()
+
+
+def share(steps: Sequence[Step]) -> list[Step]:
+    """Each run step whose config equals an earlier run step's becomes a :class:`SharedStep`."""
+    first: dict[str, int] = {}
+    out: list[Step] = []
+    for i, step in enumerate(steps):
+        if isinstance(step, RunStep) and step.config is not None:
+            key = _share_key(step.config)
+            if key in first:
+                j = first[key]
+                out.append(SharedStep(step.title, step.selectors, same_as=j, same_title=steps[j].title))
+                continue
+            first[key] = i
+        out.append(step)
+    return out
+
+
+def build_plan(overrides: Sequence[dict] = (), *, results_dir: Path = Path("results"),
+               out_dir: Path = Path("reports"), cache_dir: Path | None = None, only: Iterable[str] = (),
+               report: ReportOptions | None = None, models: Registry = MODELS, ablations_root=None) -> Plan:
+    """Every registered model, every ablation arm, then the report; see the module docstring."""
+    refuse_fixed(overrides)
+    fixed: dict = {"dataset": DATASET, "size": SIZE, "results_dir": str(results_dir)}
+    if cache_dir is not None:
+        fixed["cache_dir"] = str(cache_dir)
+    steps: list[Step] = []
+    skipped: dict[str, str] = {}
+    for name in dependency_order(models):
+        error = load_error(models, name)
+        if error:
+            skipped[name] = f"{name} cannot be imported"
+            steps.append(BrokenStep(name, (name,), error))
+            continue
+        reason = skip_reason(models, name, skipped)
+        if reason:
+            skipped[name] = reason
+            steps.append(SkippedStep(name, (name,), reason))
+        else:
+            steps.append(_model_step(models, name, overrides, fixed))
+    for ablation in discover(ablations_root).values():
+        steps += _arm_steps(ablation, overrides, fixed, models, skipped)
+    steps.append(ReportStep(REPORT, (REPORT,), Path(results_dir), Path(out_dir), report or ReportOptions()))
+    return Plan(tuple(share(select(steps, only))))
+

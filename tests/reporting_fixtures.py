@@ -1,0 +1,62 @@
+"""Result files for the reporting tests, written through the real writer.
+
+The config is a real :class:`~benchmark.config.RunConfig` (``build_run_config``), the
+metrics are computed from the per-query ranks and similarities by the suite's own metric
+code (``flatten_metrics``, ``qlen_metrics``), and the file is written with
+``atomic_write_json``, so the reports read exactly what ``bench run`` writes. Per-query
+arrays are drawn from seeded generators by the tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.config import build_run_config, to_dict
+from benchmark.metrics.qlen import qlen_metrics
+from benchmark.metrics.retrieval import DirectionResult, flatten_metrics
+from benchmark.results import SCHEMA_VERSION, atomic_write_json
+
+N_GALLERY = 80
+ENV = {"device": "cpu", "cuda_device_name": None, "processor": "x86_64", "cpu_count": 2, "torch_num_threads": 2}
+
+
+def ranks_with_hit_rate(rng: np.random.Generator, n: int, hit: float) -> np.ndarray:
+    """Ranks in [1, N_GALLERY] whose share of ranks <= 5 is about ``hit``."""
+    good = rng.random(n) < hit
+    return np.where(good, rng.integers(1, 6, n), rng.integers(6, N_GALLERY + 1, n)).astype(np.int64)
+
+
+def write_result(results_dir: Path, *, model: str, ranks: np.ndarray, sims: np.ndarray, tag: str = "default",
+                 dataset: str = "synthetic", size: str = "tiny", seed: int = 0, lengths: np.ndarray | None = None,
+                 complexity: np.ndarray | None = None, model_args: dict | None = None,
+                 model_config: dict | None = None, extra_metrics: dict | None = None,
+                 annotations: str = "a" * 64, environment: dict | None = None, file_tag: str | None = None) -> Path:
+    ranks, sims = np.asarray(ranks, dtype=np.int64), np.asarray(sims, dtype=np.float64)
+    n = ranks.size
+    complexity = np.asarray(complexity if complexity is not None else np.arange(n) % 5 + 1, dtype=np.int64)
+    cfg = build_run_config({"model": model, "dataset": dataset, "size": size, "tag": "default", "seed": seed,
+                            "results_dir": str(results_dir), "model_args": model_args or {},
+                            "data": {"options": {"n_test": n // 5}}})
+    config = to_dict(cfg) | {"tag": tag}
+    metrics = flatten_metrics({"t2i": DirectionResult(ranks, sims, N_GALLERY)})
+    text_lengths = np.full(n, -1) if lengths is None else np.asarray(lengths)
+    metrics |= qlen_metrics(text_lengths, complexity)
+    metrics |= extra_metrics or {}
+    result = {
+        "schema": SCHEMA_VERSION, "model": model, "dataset": dataset, "size": size, "tag": tag, "task": "retrieval",
+        "seed": seed, "config": config, "config_hash": cfg.config_hash(), "metrics": metrics,
+        "per_query": {"t2i/rank": ranks.tolist(), "t2i/sim": [round(float(s), 6) for s in sims],
+                      "text_lengths": text_lengths.tolist(), "complexity": complexity.tolist()},
+        "environment": environment or dict(ENV),
+        "provenance": {"split": "test", "n_gallery_images": N_GALLERY, "n_queries": n,
+                       "annotations_sha256": annotations, "complexity_levels": sorted(set(complexity.tolist()))},
+        "data": {"skipped": []},
+        "timings": {"total_s": 1.0},
+    }
+    if model_config is not None:
+        result["model_config"] = model_config
+    path = Path(results_dir) / f"{model}__{dataset}__{file_tag or tag}.json"
+    atomic_write_json(path, result)
+    return path

@@ -1,0 +1,68 @@
+"""``bench feedback``: clear errors with exit code 2, and end to end on a tiny trained CLIP."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from benchmark.cli import app
+from benchmark.results import load_result
+
+runner = CliRunner()
+SMALL = '{"n_train": 96, "n_val": 16, "n_test": 40}'
+SMALL_MODEL = 'model_args={"vision_layers": 1, "text_layers": 1, "vision_width": 32, "text_width": 32, "embed_dim": 16}'
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mode", "everything"], "--mode must be one of all, refresh, llm"),
+    (["--llm", "gpt4"], "unknown backend 'gpt4'"),
+    (["--llm", "openai:not-a-url"], "openai:<base url>"),
+    (["--feedback-set", "refresh.w_nss=1"], "feedback.refresh.w_nss"),
+    (["--rounds", "0"], "--rounds"),
+    (["--model", "clipp"], "unknown model 'clipp'"),
+])
+def test_bad_input_exits_2_naming_the_option(tmp_path, args, message):
+    res = runner.invoke(app, ["feedback", "--results-dir", str(tmp_path / "r"), *args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_hf_model_exits_2_before_any_work(tmp_path):
+    res = runner.invoke(app, ["feedback", "--model", "clip", "--llm", f"hf:{tmp_path / 'nothing'}",
+                              "--results-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 2 and "--llm" in res.output and "local files only" in res.output
+    assert not (tmp_path / "cache").exists()  # nothing generated or trained
+
+
+@pytest.mark.slow
+def test_feedback_end_to_end_on_a_tiny_clip(tmp_path):
+    args = ["feedback", "--model", "clip", "--dataset", "synthetic", "--epochs", "1", "--rounds", "2",
+            "--display", "3", "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
+            "--set", f"data.options={SMALL}", "--set", "data.batch_size=32", "--set", SMALL_MODEL]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "not an LLM" in res.output and "Hits@5 by round" in res.output
+    path = tmp_path / "results" / "feedback__clip__synthetic__default.json"
+    r = load_result(path)
+    assert r["task"] == "feedback" and r["protocol"]["rounds"] == 2 and r["protocol"]["display"] == 3
+    assert r["protocol"]["rank_base"] == 1 and r["protocol"]["llm"]["is_llm"] is False
+    assert r["protocol"]["n_queries"] == 200 and r["protocol"]["n_gallery"] == 40
+    assert set(r["per_round"]) == {"none", "exclude", "refresh", "llm"}
+    for table in r["per_round"].values():
+        assert table["round"] == [0, 1, 2] and len(table["Hits@5"]) == 3 and len(table["BRI"]) == 3
+    assert r["metrics"]["llm/round2/Hits@5"] == r["per_round"]["llm"]["Hits@5"][2]
+    assert len(r["per_query"]["none"]) == 3 and len(r["per_query"]["none"][0]) == 200
+    assert r["fallbacks"]["llm_rounds"] == 400 and r["environment"]["packages"]["torch"]
+    lines = (tmp_path / "results" / "feedback__clip__synthetic__default.jsonl").read_text().splitlines()
+    assert len(lines) == 200 and json.loads(lines[0])["arms"]["llm"]["rounds"][0]["round"] == 1
+    # round 0 equals what `bench run` reports for the same cached model
+    res = runner.invoke(app, ["run", "--model", "clip", "--epochs", "1", "--no-progress",
+                              "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
+                              "--set", f"data.options={SMALL}", "--set", "data.batch_size=32", "--set", SMALL_MODEL])
+    assert res.exit_code == 0, res.output
+    run = load_result(tmp_path / "results" / "clip__synthetic__default.json")
+    assert run["provenance"]["trained_this_run"] is False
+    assert r["per_query"]["none"][0] == run["per_query"]["t2i/rank"]

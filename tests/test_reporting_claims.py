@@ -1,0 +1,132 @@
+"""Claim verdicts follow the data: each claim flips when its data flip, and is "not tested"
+when its runs are absent or do not share their queries."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmark.reporting.claims import CLAIMS, CONTRADICTED, NOT_TESTED, SUPPORTED
+from benchmark.reporting.estimates import Estimator
+from benchmark.reporting.options import ReportOptions
+from benchmark.reporting.paper import load_paper_tables
+from benchmark.results import load_results
+from tests.reporting_fixtures import ENV, ranks_with_hit_rate, write_result
+
+N = 500
+OPTIONS = ReportOptions(n_boot=300, seed=0)
+
+
+def _verdicts(tmp_path, claim: str) -> list:
+    return CLAIMS[claim].evaluate(load_results(tmp_path), Estimator(OPTIONS), load_paper_tables())
+
+
+def _pair(tmp_path, hit_ours: float, hit_blip2: float, **ours_kw):
+    """ours and blip2 on the same queries; ours improves or degrades a share of blip2's queries."""
+    rng = np.random.default_rng(0)
+    base = ranks_with_hit_rate(rng, N, hit_blip2)
+    ours = base.copy()
+    flip = rng.random(N) < abs(hit_ours - hit_blip2) / max(hit_blip2, 1 - hit_blip2)
+    if hit_ours > hit_blip2:
+        ours[flip & (base > 5)] = 1
+    else:
+        ours[flip & (base <= 5)] = 50
+    write_result(tmp_path, model="blip2", ranks=base, sims=rng.random(N))
+    write_result(tmp_path, model="ours", ranks=ours, sims=rng.random(N), lengths=rng.integers(8, 40, N), **ours_kw)
+
+
+def test_r5_claim_flips_with_the_data(tmp_path):
+    _pair(tmp_path / "better", 0.6, 0.3)
+    _pair(tmp_path / "worse", 0.1, 0.5)
+    (better,) = _verdicts(tmp_path / "better", "r5_vs_blip2")
+    (worse,) = _verdicts(tmp_path / "worse", "r5_vs_blip2")
+    assert better.verdict == SUPPORTED and worse.verdict == CONTRADICTED
+    assert "ΔR@5 = +" in better.evidence and "ΔR@5 = -" in worse.evidence
+
+
+def test_claims_without_their_runs_are_not_tested(tmp_path):
+    rng = np.random.default_rng(1)
+    write_result(tmp_path, model="ours", ranks=ranks_with_hit_rate(rng, N, 0.3), sims=rng.random(N),
+                 lengths=rng.integers(8, 40, N))
+    for name in ("r5_vs_blip2", "qscaler_shortens", "qformer_training", "faster_than_blip2"):
+        verdicts = _verdicts(tmp_path, name)
+        assert {v.verdict for v in verdicts} == {NOT_TESTED}, name
+    (r5,) = _verdicts(tmp_path, "r5_vs_blip2")
+    assert "No blip2 run" in r5.evidence
+
+
+def test_runs_on_different_queries_are_not_paired(tmp_path):
+    rng = np.random.default_rng(2)
+    write_result(tmp_path, model="blip2", ranks=ranks_with_hit_rate(rng, N, 0.3), sims=rng.random(N))
+    write_result(tmp_path, model="ours", ranks=ranks_with_hit_rate(rng, N, 0.6), sims=rng.random(N), seed=1)
+    (v,) = _verdicts(tmp_path, "r5_vs_blip2")
+    assert v.verdict == NOT_TESTED and "did not score the same queries" in v.evidence
+
+
+def _qscaler(tmp_path, with_lengths: np.ndarray, with_hit_drop: float):
+    rng = np.random.default_rng(3)
+    ranks = ranks_with_hit_rate(rng, N, 0.4)
+    worse = ranks.copy()
+    worse[(rng.random(N) < with_hit_drop) & (ranks <= 5)] = 60
+    sims = rng.random(N)
+    write_result(tmp_path, model="ours", ranks=worse, sims=sims, lengths=with_lengths)
+    write_result(tmp_path, model="ours", tag="fixed", ranks=ranks, sims=sims, lengths=np.full(N, 32),
+                 model_args={"qscaler": False})
+
+
+def test_qscaler_claim_flips_with_the_data(tmp_path):
+    short = np.random.default_rng(4).integers(10, 24, N)
+    _qscaler(tmp_path / "good", short, 0.0)
+    _qscaler(tmp_path / "long", np.full(N, 32), 0.0)
+    _qscaler(tmp_path / "lossy", short, 0.6)
+    (good,) = _verdicts(tmp_path / "good", "qscaler_shortens")
+    (long,) = _verdicts(tmp_path / "long", "qscaler_shortens")
+    (lossy,) = _verdicts(tmp_path / "lossy", "qscaler_shortens")
+    assert good.verdict == SUPPORTED and "from 32.00" in good.evidence
+    assert long.verdict == CONTRADICTED and lossy.verdict == CONTRADICTED
+
+
+def test_complexity_claim_flips_with_the_data(tmp_path):
+    rng = np.random.default_rng(5)
+    complexity = np.arange(N) % 5 + 1
+    for name, lengths in (("grows", 8 + 6 * complexity), ("shrinks", 48 - 6 * complexity), ("constant", np.full(N, 32))):
+        write_result(tmp_path / name, model="ours", ranks=ranks_with_hit_rate(rng, N, 0.3), sims=rng.random(N),
+                     lengths=lengths + rng.integers(0, 3, N) * (name != "constant"), complexity=complexity)
+    write_result(tmp_path / "flat", model="ours", ranks=ranks_with_hit_rate(rng, N, 0.3), sims=rng.random(N),
+                 lengths=rng.integers(8, 40, N), complexity=np.zeros(N, dtype=int), dataset="coco")
+    assert _verdicts(tmp_path / "grows", "qlen_complexity")[0].verdict == SUPPORTED
+    assert _verdicts(tmp_path / "shrinks", "qlen_complexity")[0].verdict == CONTRADICTED
+    constant = _verdicts(tmp_path / "constant", "qlen_complexity")[0]
+    assert constant.verdict == CONTRADICTED and "L = 32" in constant.evidence
+    flat = _verdicts(tmp_path / "flat", "qlen_complexity")[0]
+    assert flat.verdict == NOT_TESTED and "no complexity levels" in flat.evidence
+
+
+def test_throughput_claim_needs_both_measurements_on_one_machine(tmp_path):
+    for name, (t_ours, t_blip2), env in (("fast", (60.0, 40.0), None), ("slow", (30.0, 50.0), None),
+                                          ("elsewhere", (60.0, 40.0), ENV | {"cpu_count": 64})):
+        rng = np.random.default_rng(6)
+        ranks = ranks_with_hit_rate(rng, N, 0.3)
+        write_result(tmp_path / name, model="blip2", ranks=ranks, sims=rng.random(N),
+                     extra_metrics={"throughput_img_s": t_blip2})
+        write_result(tmp_path / name, model="ours", ranks=ranks, sims=rng.random(N), environment=env,
+                     extra_metrics={"throughput_img_s": t_ours})
+    fast = _verdicts(tmp_path / "fast", "faster_than_blip2")[0]
+    paper = load_paper_tables().comparison.rows
+    assert fast.verdict == SUPPORTED and f"Paper: ours {paper['ours'].values['thr']:g} vs BLIP2" in fast.evidence
+    assert _verdicts(tmp_path / "slow", "faster_than_blip2")[0].verdict == CONTRADICTED
+    elsewhere = _verdicts(tmp_path / "elsewhere", "faster_than_blip2")[0]
+    assert elsewhere.verdict == NOT_TESTED and "cpu_count" in elsewhere.evidence
+
+
+def test_qformer_claim_flips_with_the_data(tmp_path):
+    for name, frozen_drop in (("helps", 0.7), ("same", 0.0)):
+        rng = np.random.default_rng(7)
+        ranks = ranks_with_hit_rate(rng, N, 0.4)
+        frozen = ranks.copy()
+        frozen[(rng.random(N) < frozen_drop) & (ranks <= 5)] = 70
+        sims = rng.random(N)
+        write_result(tmp_path / name, model="ours", ranks=ranks, sims=sims)
+        write_result(tmp_path / name, model="ours", tag="frozen", ranks=frozen, sims=sims,
+                     model_args={"freeze_qformer": True})
+    assert _verdicts(tmp_path / "helps", "qformer_training")[0].verdict == SUPPORTED
+    assert _verdicts(tmp_path / "same", "qformer_training")[0].verdict == CONTRADICTED
