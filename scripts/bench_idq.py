@@ -51,7 +51,6 @@ models instead (no training; used by the smoke test).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
@@ -68,6 +67,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmark.measure.component_flops import eager_masks
 from benchmark.measure.flops import count_flops
 from benchmark.measure.throughput import measure_throughput
 
@@ -252,28 +252,8 @@ class Call(nn.Module):
         return self.fn(*inputs)
 
 
-@contextlib.contextmanager
-def eager_mask_path():
-    """Trace the masks as eager execution builds them.
-
-    transformers' ``create_bidirectional_mask`` drops an all-ones padding mask in eager mode
-    but materialises it while tracing; the Q-Former's cross-attention mask is then built
-    for all ``L + T`` tokens although only the ``L`` queries cross-attend, and the traced
-    ITM pass fails on the shape (transformers 5.x). Reporting "not tracing" to the mask
-    code makes the trace follow the eager path (masks never carry FLOPs).
-    """
-    import transformers.masking_utils as mu
-
-    saved = mu.is_tracing
-    mu.is_tracing = lambda *_: False
-    try:
-        yield
-    finally:
-        mu.is_tracing = saved
-
-
 def flops(fn: Callable, owners: Sequence[nn.Module], inputs: tuple[torch.Tensor, ...]) -> int:
-    with warnings.catch_warnings(), eager_mask_path():
+    with warnings.catch_warnings(), eager_masks():  # transformers' eager mask path (see there)
         warnings.simplefilter("ignore")
         return count_flops(Call(fn, *owners), inputs).total
 

@@ -62,7 +62,14 @@ class _Call(nn.Module):
 
 @contextlib.contextmanager
 def eager_masks() -> Iterator[None]:
-    """Make transformers' mask helpers take their eager path while fvcore traces."""
+    """Make transformers' mask helpers take their eager path while fvcore traces.
+
+    transformers' ``create_bidirectional_mask`` drops an all-ones padding mask in eager mode
+    but materialises it while tracing; the Q-Former's cross-attention mask is then built for
+    all ``L + T`` tokens although only the ``L`` queries cross-attend, and the traced ITM pass
+    fails on the shape (transformers 5.x). Reporting "not tracing" to the mask code makes the
+    trace follow the eager path (masks never carry FLOPs).
+    """
     try:
         import transformers.masking_utils as mu
     except ImportError:  # older transformers: nothing to patch

@@ -138,14 +138,18 @@ def ours_r5_vs_blip2(results: list[dict], est: Estimator, paper: PaperTables) ->
     return out or _absent(name, "runs of ours and blip2 on the same dataset")
 
 
+def _complete_arm_groups(results: list[dict], ablation_name: str):
+    """``(group, scope)`` of every complete arm group of one shipped ablation in ``results``."""
+    ablation = report_ablations().get(ablation_name)
+    for g in arm_groups(results, ablation) if ablation else []:
+        if g.complete:
+            yield g, _scope(g.dataset, g.size) + (f"; {g.context()}" if g.context() else "")
+
+
 def qscaler_shortens(results: list[dict], est: Estimator, paper: PaperTables) -> list[Verdict]:
     name, m, qs = "qscaler_shortens", est.options.equal_margin, paper.ablations.get("qscaler")
     out = []
-    ablation = report_ablations().get("qscaler")
-    for g in arm_groups(results, ablation) if ablation else []:
-        if not g.complete:
-            continue
-        scope = _scope(g.dataset, g.size) + (f"; {g.context()}" if g.context() else "")
+    for g, scope in _complete_arm_groups(results, "qscaler"):
         with_q, without = g.runs["true"], g.runs["false"]
         try:
             diffs = compare_runs(with_q, without, est.options, ("qlen", "r5"))
@@ -234,11 +238,7 @@ def ours_faster_than_blip2(results: list[dict], est: Estimator, paper: PaperTabl
 def trained_qformer_better(results: list[dict], est: Estimator, paper: PaperTables) -> list[Verdict]:
     name, m, qformer = "qformer_training", est.options.equal_margin, paper.ablations.get("qformer")
     out = []
-    ablation = report_ablations().get("qformer")
-    for g in arm_groups(results, ablation) if ablation else []:
-        if not g.complete:
-            continue
-        scope = _scope(g.dataset, g.size) + (f"; {g.context()}" if g.context() else "")
+    for g, scope in _complete_arm_groups(results, "qformer"):
         trainable, frozen = g.runs["false"], g.runs["true"]
         try:
             d = compare_runs(trainable, frozen, est.options, ("r5",)).get("r5")
