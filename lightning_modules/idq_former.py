@@ -96,6 +96,7 @@ class IdqConfig(Blip2Config):
         to the queries (InstructBLIP style) -- or only to themselves.
     oracle_queue: images of recent batches (detached query outputs) kept as extra negatives
         when the oracle lengths are ranked (0: in-batch only; see ``dynamic_itc``).
+    qscaler_lr_scale: the QScaler head's learning rate as a multiple of ``train.optim.lr``.
     qscaler_warmup: share of the training steps during which the QScaler head does not learn
         (every text keeps ``l_init``, r is detached): the nested-attention Q-Former first learns
         to use all its queries, then the lengths are fitted to what the queries can do. Without
@@ -104,7 +105,7 @@ class IdqConfig(Blip2Config):
     """
 
     blip2_checkpoint: str | None = None
-    l_base: int = 8
+    l_base: int = 2
     l_max: int = 48
     l_init: int = 32
     noise_std: float = 0.05
@@ -122,6 +123,7 @@ class IdqConfig(Blip2Config):
     use_positions: bool = True
     text_sees_queries: bool = True
     oracle_queue: int = 1024
+    qscaler_lr_scale: float = 1.0
     qscaler_warmup: float = 0.25
 
     def __post_init__(self) -> None:
@@ -132,6 +134,8 @@ class IdqConfig(Blip2Config):
             raise ValueError("model_args.extra_init must be 'copy_noise' or 'normal'")
         if self.qscaler_hidden < 1:
             raise ValueError("model_args.qscaler_hidden must be >= 1")
+        if self.qscaler_lr_scale <= 0:
+            raise ValueError("model_args.qscaler_lr_scale must be > 0")
         if not 0 <= self.qscaler_warmup < 1:
             raise ValueError("model_args.qscaler_warmup must be in [0, 1)")
         if self.oracle_queue < 0:
@@ -334,10 +338,9 @@ class IdqFormerRetrieval(Blip2Retrieval):
         return losses["loss"]
 
     def configure_optimizers(self):
-        params = [*self.head.parameters(), *self.bank.parameters()]
-        if self.qscaler is not None:
-            params += list(self.qscaler.head.parameters())
-        return build_optimizer(params, self.optim, self.trainer.estimated_stepping_batches)
+        scaled = list(self.qscaler.head.parameters()) if self.qscaler is not None else []
+        return build_optimizer([*self.head.parameters(), *self.bank.parameters()], self.optim,
+                               self.trainer.estimated_stepping_batches, scaled, self.config.qscaler_lr_scale)
 
     # -- cost (lightning_modules/cost.py) ----------------------------------------------
     def cost_components(self, sample) -> dict:

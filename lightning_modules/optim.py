@@ -27,19 +27,21 @@ class OptimConfig:
             raise ValueError("optim.warmup_ratio must be in [0, 1)")
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, total_steps: int) -> dict:
-    """AdamW over ``params`` (no decay on biases and norms) with a per-step schedule.
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, total_steps: int,
+                    scaled: Iterable[torch.nn.Parameter] = (), lr_scale: float = 1.0) -> dict:
+    """AdamW over ``params`` (no decay on biases and norms) with a per-step schedule;
+    ``scaled`` parameters (also trained) get ``lr_scale`` times the learning rate.
 
     Returns the dict Lightning's ``configure_optimizers`` expects.
     """
-    params = [p for p in params if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
-        betas=cfg.betas,
-    )
+    scaled = list(scaled)
+    scaled_ids = {id(p) for p in scaled}
+    params = [p for p in params if p.requires_grad and id(p) not in scaled_ids]
+    groups = []
+    for members, lr in ((params, cfg.lr), ([p for p in scaled if p.requires_grad], cfg.lr * lr_scale)):
+        groups += [{"params": [p for p in members if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr},
+                   {"params": [p for p in members if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
     total = max(1, total_steps)
     warmup = int(cfg.warmup_ratio * total)
 

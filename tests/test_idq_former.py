@@ -166,6 +166,10 @@ def test_config_validation():
         IdqConfig(l_base=40, l_max=32)
     with pytest.raises(ValueError, match="blip2_checkpoint"):
         IdqFormerRetrieval.create(IdqConfig(), OptimConfig())
+    for field, bad in (("qscaler_lr_scale", 0.0), ("qscaler_warmup", 1.0), ("oracle_queue", -1),
+                       ("lmax_itc_weight", -0.5)):
+        with pytest.raises(ValueError, match=field):
+            IdqConfig(**{field: bad})
 
 
 def test_text_encodings_carry_lengths_through_encoded_ops(blip2_checkpoint):

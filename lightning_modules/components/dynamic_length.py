@@ -6,7 +6,7 @@ no defaults and no supervision; the suite's choices (all in :class:`LengthConfig
 
 * **Length** ``L_soft = L_base + r (L_max - L_base)`` (continuous, for training) and
   ``L = L_base + round(r (L_max - L_base))`` (integer, for evaluation and the reported
-  query length). Defaults ``L_base = 8``, ``L_max = 48`` (> BLIP-2's 32: the paper's "32 is
+  query length). Defaults ``L_base = 2``, ``L_max = 48`` (> BLIP-2's 32: the paper's "32 is
   too few for complex instructions"), QScaler initialised at ``L_init = 32``.
 * **Scoring** (ITC, as BLIP-2): ``s(text, image) = max_{i < L_text} <t, z_i>`` over the first
   L query outputs ``z_i`` of the image (nested query attention makes those the outputs of an
@@ -64,7 +64,7 @@ from lightning_modules.base import Encoded, max_sim
 class LengthConfig:
     """How r maps to L and how L is trained (see the module docstring for each default)."""
 
-    l_base: int = 8
+    l_base: int = 2
     l_max: int = 48
     l_init: int = 32  # QScaler's initial length (BLIP-2's 32 queries)
     noise_std: float = 0.05
