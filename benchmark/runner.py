@@ -13,6 +13,7 @@ returns early when the result file already holds a run of the same config.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -196,22 +197,32 @@ def _save_atomically(model, directory: Path) -> None:
         raise
 
 
+def _up_to_date(path: Path, cfg: RunConfig, model_cls, model_config) -> bool:
+    """The result file holds this run: the same run config *and* the same resolved model
+    config (a changed model default changes the model even when the run config does not).
+    Dependency fields (checkpoint paths filled in by the runner) are not compared."""
+    try:
+        stored = load_result(path)
+    except ResultFileError:
+        return False  # unreadable: run again and replace it
+    deps = set(getattr(model_cls, "checkpoint_dependencies", {}) or {})
+    now = {k: v for k, v in to_dict(model_config).items() if k not in deps}
+    before = {k: v for k, v in (stored.get("model_config") or {}).items() if k not in deps}
+    return stored["config_hash"] == cfg.config_hash() and json.loads(json.dumps(now)) == before
+
+
 def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, progress: bool = True) -> RunOutcome:
     import lightning as L
     import torch
 
     path = cfg.result_path()
-    if skip_existing and path.exists():
-        try:
-            if load_result(path)["config_hash"] == cfg.config_hash():
-                return RunOutcome(path, None, skipped=True)
-        except ResultFileError:
-            pass  # unreadable: run again and replace it
     t0 = time.perf_counter()
+    model_cls, model_config, dm = _resolve(cfg)
+    if skip_existing and path.exists() and _up_to_date(path, cfg, model_cls, model_config):
+        return RunOutcome(path, None, skipped=True)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model_cls, model_config, dm = _resolve(cfg)
     timings: dict[str, float] = {}
 
     t = time.perf_counter()

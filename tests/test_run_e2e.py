@@ -53,6 +53,11 @@ def test_checkpoint_reused_retrain_and_skip_existing(tmp_path):
     res = _run(tmp_path, "--skip-existing")
     assert "skipped" in res.output
     assert json.loads(path.read_text()) == first  # untouched
+    # a changed model default (same run config) makes the stored result stale: it runs again
+    path.write_text(json.dumps(first | {"model_config": first["model_config"] | {"embed_dim": 999}}))
+    res = _run(tmp_path, "--skip-existing")
+    assert "skipped" not in res.output
+    assert json.loads(path.read_text())["model_config"] == first["model_config"]
     _run(tmp_path, "--retrain", "--tag", "retrained")
     retrained = json.loads((tmp_path / "results" / "clip__synthetic__retrained.json").read_text())
     assert retrained["provenance"]["trained_this_run"] is True
