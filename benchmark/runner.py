@@ -51,11 +51,20 @@ def data_root(cfg: RunConfig) -> str:
     return ""
 
 
-def checkpoint_dir(cfg: RunConfig, dependencies: dict[str, Any] | None = None) -> Path:
-    """The cached checkpoint of a training config (and of the checkpoints it was built on)."""
+def checkpoint_dir(cfg: RunConfig, dependencies: dict[str, Any] | None = None, model_config: Any = None,
+                   model_cls: Any = None) -> Path:
+    """The cached checkpoint of a training config (and of the checkpoints it was built on).
+
+    With ``model_config`` the key also covers the *resolved* model config (defaults
+    included, the dependency fields of ``model_cls`` -- cache paths -- left out): a changed
+    model default then trains a new checkpoint instead of loading one trained under the old
+    default."""
     h = cfg.training_hash()
     if dependencies:
         h = stable_hash([h, {k: v["training_hash"] for k, v in sorted(dependencies.items())}])
+    if model_config is not None:
+        skip = set(getattr(model_cls, "checkpoint_dependencies", {}) or {})
+        h = stable_hash([h, {k: v for k, v in to_dict(model_config).items() if k not in skip}])
     return Path(cfg.cache_dir) / "checkpoints" / f"{cfg.model}__{cfg.dataset}__{cfg.size}__{h}"
 
 
@@ -113,7 +122,7 @@ def ensure_checkpoint(cfg: RunConfig, *, progress: bool = False) -> tuple[Path, 
         raise ConfigError(f"a dependency ({cfg.model}) must be trained: train.max_epochs must be >= 1")
     model_cls, model_config, dm = _resolve(cfg)
     model_config, deps = resolve_dependencies(cfg, model_cls, model_config, progress=progress)
-    ckpt = checkpoint_dir(cfg, deps)
+    ckpt = checkpoint_dir(cfg, deps, model_config, model_cls)
     if ckpt.exists():
         return ckpt, False
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -235,7 +244,7 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
     dm.prepare_data()
     timings["prepare_data_s"] = time.perf_counter() - t
 
-    ckpt = checkpoint_dir(cfg, dependencies)
+    ckpt = checkpoint_dir(cfg, dependencies, model_config, model_cls)
     trained = False
     loader = None
     t = time.perf_counter()

@@ -81,3 +81,19 @@ def test_default_run_reaches_the_target(tmp_path):
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "results" / "clip__synthetic__default.json").read_text())
     assert r["metrics"]["t2i/R@5"] >= 0.3, r["metrics"]
+
+
+def test_checkpoint_key_covers_model_defaults_but_not_dependency_paths(tmp_path):
+    from dataclasses import replace
+
+    from benchmark.config import build_run_config, model_defaults
+    from benchmark.runner import checkpoint_dir
+    from lightning_modules.idq_former import IdqConfig, IdqFormerRetrieval
+
+    cfg = build_run_config(model_defaults("ours"), {"cache_dir": str(tmp_path)})
+    base = IdqConfig(blip2_checkpoint="/cache/a/blip2__x")
+    key = checkpoint_dir(cfg, None, base, IdqFormerRetrieval)
+    # the dependency's path (it lives in a cache folder) is not part of the key ...
+    assert checkpoint_dir(cfg, None, replace(base, blip2_checkpoint="/elsewhere/blip2__x"), IdqFormerRetrieval) == key
+    # ... but any other resolved field is, defaults included: a changed default trains anew
+    assert checkpoint_dir(cfg, None, replace(base, l_base=3), IdqFormerRetrieval) != key
