@@ -51,6 +51,14 @@ def data_root(cfg: RunConfig) -> str:
     return ""
 
 
+def model_identity(model_cls, model_config: Any) -> dict:
+    """The resolved model config (a config object or the dict a result file stores; defaults
+    included) in JSON form, without the fields the runner fills with dependency checkpoints
+    (``checkpoint_dependencies``: cache paths, which say nothing about the model)."""
+    deps = set(getattr(model_cls, "checkpoint_dependencies", {}) or {})
+    return {k: v for k, v in json.loads(json.dumps(to_dict(model_config))).items() if k not in deps}
+
+
 def checkpoint_dir(cfg: RunConfig, dependencies: dict[str, Any] | None = None, model_config: Any = None,
                    model_cls: Any = None) -> Path:
     """The cached checkpoint of a training config (and of the checkpoints it was built on).
@@ -63,8 +71,7 @@ def checkpoint_dir(cfg: RunConfig, dependencies: dict[str, Any] | None = None, m
     if dependencies:
         h = stable_hash([h, {k: v["training_hash"] for k, v in sorted(dependencies.items())}])
     if model_config is not None:
-        skip = set(getattr(model_cls, "checkpoint_dependencies", {}) or {})
-        h = stable_hash([h, {k: v for k, v in to_dict(model_config).items() if k not in skip}])
+        h = stable_hash([h, model_identity(model_cls, model_config)])
     return Path(cfg.cache_dir) / "checkpoints" / f"{cfg.model}__{cfg.dataset}__{cfg.size}__{h}"
 
 
@@ -214,10 +221,8 @@ def _up_to_date(path: Path, cfg: RunConfig, model_cls, model_config) -> bool:
         stored = load_result(path)
     except ResultFileError:
         return False  # unreadable: run again and replace it
-    deps = set(getattr(model_cls, "checkpoint_dependencies", {}) or {})
-    now = {k: v for k, v in to_dict(model_config).items() if k not in deps}
-    before = {k: v for k, v in (stored.get("model_config") or {}).items() if k not in deps}
-    return stored["config_hash"] == cfg.config_hash() and json.loads(json.dumps(now)) == before
+    before = model_identity(model_cls, stored.get("model_config") or {})
+    return stored["config_hash"] == cfg.config_hash() and model_identity(model_cls, model_config) == before
 
 
 def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, progress: bool = True) -> RunOutcome:

@@ -319,12 +319,17 @@ class Blip2Retrieval(L.LightningModule):
         loss_itc = itc_loss(sim, self.head.temp, positives, self.config.itc_label_smoothing)
         out = {"itc": loss_itc}
         if self.config.itm_weight > 0:
-            img_i, txt_i, labels = itm_pairs(sim, positives, max_anchors=self.config.itm_max_anchors,
-                                             hard_fraction=self.config.itm_hard_fraction)
+            img_i, txt_i, labels = self.itm_training_pairs(sim, positives)
             logits = self.head.itm_logits(tokens[img_i], ids[txt_i], mask[txt_i])
             out["itm"] = itm_loss(logits, labels)
         out["loss"] = loss_itc + self.config.itm_weight * out.get("itm", 0.0)
         return out
+
+    def itm_training_pairs(self, sim_i2t: torch.Tensor, positives: torch.Tensor):
+        """The ITM batch of a training step, with the configured anchors and hard-negative share
+        (:func:`~lightning_modules.components.blip2_losses.itm_pairs`); shared by the family."""
+        return itm_pairs(sim_i2t.detach(), positives, max_anchors=self.config.itm_max_anchors,
+                         hard_fraction=self.config.itm_hard_fraction)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         losses = self._losses(batch)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from lightning_modules.components import image_attention
-from lightning_modules.components.blip2_losses import itc_loss, itc_similarities, itm_loss, itm_pairs
+from lightning_modules.components.blip2_losses import itc_loss, itc_similarities, itm_loss
 from lightning_modules.components.dynamicvit import (
     DEFAULT_KEEP_RATE,
     NUM_STAGES,
@@ -121,7 +121,7 @@ class DynamicViTRetrieval(TokenReductionRetrieval):
         parts = {"itc": itc_loss(sim, self.head.temp, positives, cfg.itc_label_smoothing)}
         task = parts["itc"]
         if cfg.itm_weight > 0:
-            img_i, txt_i, labels = itm_pairs(sim.detach(), positives, max_anchors=cfg.itm_max_anchors)
+            img_i, txt_i, labels = self.itm_training_pairs(sim, positives)
             if cfg.masked_cross_attention:
                 with image_attention.policy_cross_attention(self.head, out.keep_mask[img_i]):
                     logits = self.head.itm_logits(out.tokens[img_i], ids[txt_i], mask[txt_i])

@@ -62,7 +62,7 @@ from lightning_modules.blip2 import (
     Blip2Retrieval,
     load_pretrained_parts,
 )
-from lightning_modules.components.blip2_losses import itc_loss, itc_similarities, itm_loss, itm_pairs
+from lightning_modules.components.blip2_losses import itc_loss, itc_similarities, itm_loss
 from lightning_modules.components.dynamic_length import LengthConfig, dynamic_itc, length_limited_max_sim
 from lightning_modules.components.qformer_head import QFormerHead
 from lightning_modules.components.qscaler import HFTextEncoder, QFormerTextEncoder, QScaler
@@ -299,8 +299,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
             out = {"itc": itc_loss(sim_i2t, self.head.temp, positives, ls)}
             lengths = torch.full((len(texts),), self.length.l_init, dtype=torch.long, device=self.device)
         if self.config.itm_weight > 0:
-            img_i, txt_i, labels = itm_pairs(sim_i2t.detach(), positives, max_anchors=self.config.itm_max_anchors,
-                                             hard_fraction=self.config.itm_hard_fraction)
+            img_i, txt_i, labels = self.itm_training_pairs(sim_i2t, positives)
             logits = self.itm_logits(tokens[img_i], ids[txt_i], mask[txt_i], lengths[txt_i])
             out["itm"] = itm_loss(logits, labels)
         out["loss"] = (out["itc"] + self.config.itm_weight * out.get("itm", 0.0)

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from lightning_modules.base import Encoded, RetrievalModel
-from lightning_modules.blip2 import Blip2Config, Blip2Retrieval
-from lightning_modules.components.image_transform import ImageTransform
-from lightning_modules.components.qformer_head import HeadShape, QFormerHead
-from lightning_modules.components.vision_tower import ClipVisionTower
+from lightning_modules.blip2 import Blip2Retrieval
 from lightning_modules.components.word_tokenizer import build_word_tokenizer
 from lightning_modules.idq_former import IdqConfig, IdqFormerRetrieval
 from lightning_modules.optim import OptimConfig
+from tests.tiny_blip2 import save_tiny_blip2
 
 TEXTS = ["find images of a red circle", "find images of a small blue square left of a big green star",
          "show me a shape", "two yellow triangles above a purple circle on a striped background"]
@@ -22,18 +19,7 @@ NQ, LMAX = 8, 12
 
 @pytest.fixture(scope="module")
 def blip2_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    vision = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                              num_attention_heads=2, image_size=16, patch_size=8))
-    tower = ClipVisionTower(vision, ImageTransform(16, 16))
-    tok = build_word_tokenizer(TEXTS, 48)
-    cfg = Blip2Config(qformer_hidden=32, qformer_layers=2, qformer_heads=4, qformer_intermediate=64, embed_dim=16,
-                      num_query_tokens=NQ, dropout=0.0, k_test=3, cache_features=False)
-    head = QFormerHead.random(cfg.qformer_config(len(tok), tok.pad_token_id, tower.hidden_size),
-                              HeadShape(NQ, 16, 0.07), seed=0)
-    path = tmp_path_factory.mktemp("blip2")
-    Blip2Retrieval(tower, head, tok, cfg).save_checkpoint(path)
-    return path
+    return save_tiny_blip2(tmp_path_factory.mktemp("blip2"), TEXTS, NQ)
 
 
 def _ours(ckpt, **kw) -> IdqFormerRetrieval:

@@ -13,20 +13,17 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import CLIPVisionConfig, CLIPVisionModel
 from typer.testing import CliRunner
 
 from benchmark.cli import app
 from lightning_modules.base import RetrievalModel
-from lightning_modules.blip2 import Blip2Config, Blip2Retrieval
+from lightning_modules.blip2 import Blip2Retrieval
 from lightning_modules.components import image_attention
-from lightning_modules.components.image_transform import ImageTransform
-from lightning_modules.components.qformer_head import HeadShape, QFormerHead
-from lightning_modules.components.vision_tower import ClipVisionTower, LoadingError
-from lightning_modules.components.word_tokenizer import build_word_tokenizer
+from lightning_modules.components.vision_tower import LoadingError
 from lightning_modules.crossget_model import CrossGETConfig, CrossGETRetrieval
 from lightning_modules.dynamicvit_model import DynamicViTConfig, DynamicViTRetrieval
 from lightning_modules.optim import OptimConfig
+from tests.tiny_blip2 import save_tiny_blip2
 
 TEXTS = ["find images of a red circle", "a large blue square left of a green star", "show me a yellow cross",
          "two purple triangles on a striped background"]
@@ -38,18 +35,7 @@ IDENTITY = {"dynamicvit": {"keep_rate": 1.0}, "crossget": {"r": 0}}
 
 @pytest.fixture(scope="module")
 def blip2_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    vision = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                              num_attention_heads=2, image_size=32, patch_size=8))
-    tower = ClipVisionTower(vision, ImageTransform(32, 32))
-    tok = build_word_tokenizer(TEXTS, 48)
-    cfg = Blip2Config(qformer_hidden=32, qformer_layers=2, qformer_heads=4, qformer_intermediate=64, embed_dim=16,
-                      num_query_tokens=NQ, k_test=2, cache_features=False)
-    head = QFormerHead.random(cfg.qformer_config(len(tok), tok.pad_token_id, tower.hidden_size),
-                              HeadShape(NQ, 16, 0.07), seed=0)
-    path = tmp_path_factory.mktemp("blip2")
-    Blip2Retrieval(tower, head, tok, cfg).save_checkpoint(path)
-    return path
+    return save_tiny_blip2(tmp_path_factory.mktemp("blip2"), TEXTS, NQ, vision_layers=4, image_size=32, k_test=2)
 
 
 def _model(name: str, ckpt, **kw):

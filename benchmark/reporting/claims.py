@@ -124,18 +124,28 @@ def ours_r5_vs_blip2(results: list[dict], est: Estimator, paper: PaperTables) ->
             missing = "ours" if ours is None else "blip2"
             out.append(Verdict(name, scope, NOT_TESTED, f"No {missing} run on {scope}."))
             continue
-        try:
-            d = compare_runs(ours, blip2, est.options, ("r5",)).get("r5")
-        except PairingError as e:
-            out.append(Verdict(name, scope, NOT_TESTED, str(e)))
+        diffs, why = _paired(ours, blip2, est, ("r5",))
+        if diffs is None:
+            out.append(Verdict(name, scope, NOT_TESTED, why))
             continue
-        if d is None:
-            out.append(Verdict(name, scope, NOT_TESTED, "Per-query ranks are missing."))
-            continue
+        d = diffs["r5"]
         evidence = (f"ours R@5 = {_value(est.cells(ours)['r5'])} ({result_name(ours)}), BLIP2 R@5 = "
                     f"{_value(est.cells(blip2)['r5'])} ({result_name(blip2)}); {describe_difference('R@5', d)}.")
         out.append(Verdict(name, scope, at_least(d, m), evidence))
     return out or _absent(name, "runs of ours and blip2 on the same dataset")
+
+
+def _paired(a: dict, b: dict, est: Estimator, measures: tuple[str, ...],
+            missing: str = "Per-query ranks are missing."):
+    """Paired differences ``a - b`` of ``measures`` on the same queries, or ``(None, why)``
+    when the runs cannot be paired or lack one of the per-query arrays."""
+    try:
+        diffs = compare_runs(a, b, est.options, measures)
+    except PairingError as e:
+        return None, str(e)
+    if any(diffs.get(k) is None for k in measures):
+        return None, missing
+    return diffs, ""
 
 
 def _complete_arm_groups(results: list[dict], ablation_name: str):
@@ -151,13 +161,9 @@ def qscaler_shortens(results: list[dict], est: Estimator, paper: PaperTables) ->
     out = []
     for g, scope in _complete_arm_groups(results, "qscaler"):
         with_q, without = g.runs["true"], g.runs["false"]
-        try:
-            diffs = compare_runs(with_q, without, est.options, ("qlen", "r5"))
-        except PairingError as e:
-            out.append(Verdict(name, scope, NOT_TESTED, str(e)))
-            continue
-        if "qlen" not in diffs or "r5" not in diffs:
-            out.append(Verdict(name, scope, NOT_TESTED, "Per-query query lengths or ranks are missing."))
+        diffs, why = _paired(with_q, without, est, ("qlen", "r5"), "Per-query query lengths or ranks are missing.")
+        if diffs is None:
+            out.append(Verdict(name, scope, NOT_TESTED, why))
             continue
         dq, dr = diffs["qlen"], diffs["r5"]
         cw, co = est.cells(with_q), est.cells(without)
@@ -240,14 +246,11 @@ def trained_qformer_better(results: list[dict], est: Estimator, paper: PaperTabl
     out = []
     for g, scope in _complete_arm_groups(results, "qformer"):
         trainable, frozen = g.runs["false"], g.runs["true"]
-        try:
-            d = compare_runs(trainable, frozen, est.options, ("r5",)).get("r5")
-        except PairingError as e:
-            out.append(Verdict(name, scope, NOT_TESTED, str(e)))
+        diffs, why = _paired(trainable, frozen, est, ("r5",))
+        if diffs is None:
+            out.append(Verdict(name, scope, NOT_TESTED, why))
             continue
-        if d is None:
-            out.append(Verdict(name, scope, NOT_TESTED, "Per-query ranks are missing."))
-            continue
+        d = diffs["r5"]
         evidence = (f"trainable R@5 = {_value(est.cells(trainable)['r5'])}, frozen R@5 = "
                     f"{_value(est.cells(frozen)['r5'])}; {describe_difference('R@5', d)} "
                     f"(paper: {_paper(qformer, 'false', 'r5')} vs {_paper(qformer, 'true', 'r5')}). "
