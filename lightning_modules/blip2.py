@@ -295,7 +295,20 @@ class Blip2Retrieval(L.LightningModule):
             return self.itm_scores(tok[ii.to(tok.device)], ids[ti.to(ids.device)], mask[ti.to(mask.device)],
                                    None if lengths is None else lengths[ti.to(lengths.device)])
 
-        return rerank_topk(itc, self.config.k, pairs, batch_size=self.config.itm_batch_size)
+        def cost(qi: torch.Tensor, gi: torch.Tensor) -> torch.Tensor:
+            return self.itm_pair_cost(texts[ATTENTION_MASK], text_enc.lengths, gi if image_side == 0 else qi)
+
+        return rerank_topk(itc, self.config.k, pairs, batch_size=self.config.itm_batch_size, pair_cost=cost)
+
+    @staticmethod
+    def itm_pair_cost(attention_mask: torch.Tensor, lengths: torch.Tensor | None, text_index: torch.Tensor) -> torch.Tensor:
+        """Tokens of an ITM pass per pair (its text's tokens plus its number of queries, when it
+        has its own): the sort key that batches pairs of similar length when re-ranking."""
+        text_index = text_index.to(attention_mask.device)
+        tokens = attention_mask.sum(1)[text_index]
+        if lengths is not None:
+            tokens = tokens + lengths.to(tokens.device)[text_index]
+        return tokens
 
     #: Sim is reported on the first-stage ITC score (the re-rank score is not a similarity)
     similarity_variant = "itc"

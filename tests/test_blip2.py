@@ -202,6 +202,31 @@ def test_rerank_adds_the_pair_score_to_the_first_stage():
     assert out[0].argsort(descending=True).tolist() == [2, 0, 3, 1]
 
 
+def test_rerank_batches_pairs_in_cost_order_and_puts_scores_back():
+    torch.manual_seed(0)
+    itc = torch.rand(6, 9)
+    cost_of_query = torch.tensor([5, 1, 4, 1, 3, 2])
+    score = torch.randn(6, 9)
+    seen = []
+
+    def pair(qi, gi):
+        seen.append(cost_of_query[qi])
+        return score[qi, gi]
+
+    plain = rerank_topk(itc, 3, lambda qi, gi: score[qi, gi], batch_size=4)
+    ordered = rerank_topk(itc, 3, pair, batch_size=4, pair_cost=lambda qi, gi: cost_of_query[qi])
+    assert torch.equal(plain, ordered)  # the order of the batches never changes a score
+    flat = torch.cat(seen)
+    assert torch.equal(flat, flat.sort().values) and len(flat) == 18  # cheap pairs first
+
+
+def test_blip2_rerank_cost_is_text_tokens_plus_own_queries():
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    idx = torch.tensor([2, 0, 1, 1])
+    assert Blip2Retrieval.itm_pair_cost(mask, None, idx).tolist() == [1, 2, 4, 4]
+    assert Blip2Retrieval.itm_pair_cost(mask, torch.tensor([10, 20, 30]), idx).tolist() == [31, 12, 24, 24]
+
+
 # -- losses ------------------------------------------------------------------------------
 def test_hard_negatives_never_pick_a_positive():
     torch.manual_seed(0)
