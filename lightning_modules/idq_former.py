@@ -90,6 +90,9 @@ class IdqConfig(Blip2Config):
     qscaler_encoder: "qformer" (a frozen copy of the checkpoint's Q-Former text encoder) or a
         local transformers checkpoint (e.g. the tiny CLIP's folder, all-MiniLM-L6-v2).
     qscaler_hidden: width of the QScaler MLP.
+    qscaler_layers: with ``qscaler_encoder="qformer"``, the QScaler reads the [CLS] of the frozen
+        text path after its first N layers (None: all of them). Fewer layers: a cheaper QScaler
+        on the instruction path (it runs once per instruction before the Q-Former).
     extra_init, init_std, learn_positions, use_positions: see
         :class:`~lightning_modules.components.token_bank.TokenBank`.
     text_sees_queries: in the instruction-conditioned (ITM) pass, instruction tokens attend
@@ -117,6 +120,7 @@ class IdqConfig(Blip2Config):
     qscaler: bool = True
     qscaler_encoder: str = "qformer"
     qscaler_hidden: int = 256
+    qscaler_layers: int | None = None
     extra_init: str = "copy_noise"
     init_std: float = 0.02
     learn_positions: bool = False
@@ -134,6 +138,8 @@ class IdqConfig(Blip2Config):
             raise ValueError("model_args.extra_init must be 'copy_noise' or 'normal'")
         if self.qscaler_hidden < 1:
             raise ValueError("model_args.qscaler_hidden must be >= 1")
+        if self.qscaler_layers is not None and (self.qscaler_layers < 1 or self.qscaler_encoder != "qformer"):
+            raise ValueError("model_args.qscaler_layers must be >= 1 and needs qscaler_encoder='qformer'")
         if self.qscaler_lr_scale <= 0:
             raise ValueError("model_args.qscaler_lr_scale must be > 0")
         if not 0 <= self.qscaler_warmup < 1:
@@ -188,7 +194,8 @@ class IdqFormerRetrieval(Blip2Retrieval):
         qscaler = None
         if config.qscaler:
             if config.qscaler_encoder == "qformer":
-                encoder = QFormerTextEncoder(head.embeddings, head.qformer, tok, max_length=config.text_length)
+                encoder = QFormerTextEncoder(head.embeddings, head.qformer, tok, max_length=config.text_length,
+                                             layers=config.qscaler_layers)
             else:
                 encoder = HFTextEncoder.from_pretrained(config.qscaler_encoder, local_files_only=config.local_files_only)
             qscaler = QScaler(encoder, config.length_config(), config.qscaler_hidden)

@@ -185,6 +185,26 @@ def qscaler(qformer_parts):
                                                                       noise_std=0.1))
 
 
+def test_qscaler_encoder_can_read_an_earlier_layer(qformer_parts):
+    emb, qformer = qformer_parts
+    tok = build_word_tokenizer(TEXTS)
+    full = QFormerTextEncoder(emb, qformer, tok)
+    one = QFormerTextEncoder(emb, qformer, tok, layers=1)
+    assert len(one.qformer.encoder.layer) == 1 and len(qformer.encoder.layer) == 3  # the shared one is untouched
+    assert qformer.config.num_hidden_layers == 3
+    b = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = qformer(query_embeds=emb(input_ids=b["input_ids"]), query_length=0, attention_mask=b["attention_mask"],
+                      output_hidden_states=True).hidden_states[1][:, 0]
+    torch.testing.assert_close(one.encode(TEXTS), ref)  # the [CLS] after the first layer
+    assert not torch.allclose(full.encode(TEXTS), one.encode(TEXTS))
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match="qscaler_layers"):
+            QFormerTextEncoder(emb, qformer, tok, layers=bad)
+    with pytest.raises(ValueError, match="copy_modules"):
+        QFormerTextEncoder(emb, qformer, tok, layers=1, copy_modules=False)
+
+
 def test_qscaler_range_noise_and_frozen_encoder(qscaler, qformer_parts):
     cfg = qscaler.length
     qscaler.eval()

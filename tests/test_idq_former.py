@@ -153,9 +153,11 @@ def test_config_validation():
     with pytest.raises(ValueError, match="blip2_checkpoint"):
         IdqFormerRetrieval.create(IdqConfig(), OptimConfig())
     for field, bad in (("qscaler_lr_scale", 0.0), ("qscaler_warmup", 1.0), ("oracle_queue", -1),
-                       ("lmax_itc_weight", -0.5)):
+                       ("lmax_itc_weight", -0.5), ("qscaler_layers", 0)):
         with pytest.raises(ValueError, match=field):
             IdqConfig(**{field: bad})
+    with pytest.raises(ValueError, match="qscaler_layers"):
+        IdqConfig(qscaler_layers=1, qscaler_encoder="/some/clip/folder")
 
 
 def test_text_encodings_carry_lengths_through_encoded_ops(blip2_checkpoint):

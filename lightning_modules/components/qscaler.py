@@ -12,6 +12,8 @@ head learns (the paper's table: "QScaler initialization: random").
   ``query_length=0``), pooled at the first token (``[CLS]``/``[BOS]``, BLIP-2's text
   feature). A copy, so fine-tuning the Q-Former does not move the QScaler's input. In tiny
   size the checkpoint is the tiny BLIP-2 trained first, so the encoder is pretrained too.
+  ``layers`` keeps only the copy's first N layers (``model_args.qscaler_layers``): a cheaper
+  QScaler, which matters on the instruction path where it runs before the Q-Former.
 * :class:`HFTextEncoder`: any transformers text model loaded from a directory, e.g. the tiny
   CLIP checkpoint of ``lightning_modules/clip.py`` (``CLIPModel`` -> its ``text_model``,
   pooled at EOS) or all-MiniLM-L6-v2 (mean pooling, as sentence-transformers does).
@@ -80,15 +82,29 @@ class QFormerTextEncoder(_Frozen):
     """A frozen copy of a BLIP-2 Q-Former's text path (``Blip2TextEmbeddings`` + ``Blip2QFormerModel``)."""
 
     def __init__(self, embeddings: nn.Module, qformer: nn.Module, tokenizer, *, pool: Pool = "cls",
-                 max_length: int | None = None, copy_modules: bool = True) -> None:
+                 max_length: int | None = None, copy_modules: bool = True, layers: int | None = None) -> None:
         super().__init__()
         self.embeddings = copy.deepcopy(embeddings) if copy_modules else embeddings
         self.qformer = copy.deepcopy(qformer) if copy_modules else qformer
+        if layers is not None:
+            self._keep_first_layers(layers, copy_modules)
         self.tokenizer = tokenizer
         self.pool = pool
         self.max_length = max_length
         self.dim = int(self.qformer.config.hidden_size)
         self._freeze()
+
+    def _keep_first_layers(self, layers: int, copied: bool) -> None:
+        """Keep the copy's first ``layers`` layers (the QScaler reads an earlier layer's [CLS])."""
+        total = int(self.qformer.config.num_hidden_layers)
+        if not 1 <= layers <= total:
+            raise ValueError(f"model_args.qscaler_layers must be in [1, {total}] (the Q-Former's text layers), got {layers}")
+        if not copied:
+            raise ValueError("qscaler_layers needs copy_modules=True: the shared Q-Former must keep its layers")
+        config = copy.deepcopy(self.qformer.config)
+        config.num_hidden_layers = layers
+        self.qformer.config = self.qformer.encoder.config = config
+        self.qformer.encoder.layer = nn.ModuleList(list(self.qformer.encoder.layer)[:layers])
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
