@@ -22,7 +22,7 @@ def test_bench_idq_random_init_reports_every_metric(tmp_path):
     bench = _load()
     out = tmp_path / "bench.json"
     r = bench.main(["--random-init", "--random-size", "small", "--random-n-test", "8", "--cache-dir",
-                    str(tmp_path / "cache"), "--n-instructions", "2", "--n-queries", "4", "--index-batch", "4",
+                    str(tmp_path / "cache"), "--n-instructions", "2", "--topk", "3", "--n-queries", "4", "--index-batch", "4",
                     "--rounds", "1", "--threads", "1", "--warmup", "0", "--min-time", "0", "--out", str(out)])
     assert set(r["metrics"]) == set(bench.METRICS)
     for key, m in r["metrics"].items():
