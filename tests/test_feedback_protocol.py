@@ -102,6 +102,40 @@ def test_refreshed_by_hand():
     assert torch.allclose(scaled.std(1, unbiased=False), prev.std(1, unbiased=False))
 
 
+def test_refresh_kernels_by_hand():
+    prev = torch.zeros(1, 4)
+    # shown items 0 and 1 (rows: their similarity to the 4 gallery items); item 0 is NS, item 1 PS
+    sims = torch.tensor([[[1.0, 0.2, 0.9, 0.1], [0.2, 1.0, 0.0, 0.1]]])
+    ps = torch.tensor([[False, True]])
+    raw = {"scale": "none", "w0": 1.0, "w_ps": 0.0, "w_ns": 1.0}
+    # max over a one-item set = that item's row; knn with m = 2: the NS's two nearest (itself and item 2)
+    assert torch.allclose(refreshed(prev, sims, ps, RefreshConfig(kernel="max", **raw)), -sims[:, 0])
+    assert refreshed(prev, sims, ps, RefreshConfig(kernel="knn", neighbours=2, **raw)).tolist() == [[-1, 0, -1, 0]]
+    both_ns = torch.tensor([[False, False]])
+    assert torch.allclose(refreshed(prev, sims, both_ns, RefreshConfig(kernel="max", **raw)),
+                          -torch.tensor([[1.0, 1.0, 0.9, 0.1]]))
+    # knn share over two NS: item 0 is near both, item 1 only NS 1, item 2 only NS 0, item 3 neither
+    assert refreshed(prev, sims, both_ns, RefreshConfig(kernel="knn", neighbours=2, **raw)).tolist() == \
+        [[-1.0, -0.5, -0.5, 0.0]]
+    # an empty set contributes nothing, whatever the kernel
+    for kernel in ("mean", "max", "knn"):
+        all_ps = refreshed(prev, sims, torch.tensor([[True, True]]), RefreshConfig(kernel=kernel, **raw))
+        assert all_ps.tolist() == [[0.0, 0.0, 0.0, 0.0]], kernel
+    # scale "std": a knn share is multiplied by the spread of the current scores (w_ns in std units)
+    prev2 = torch.tensor([[0.0, 2.0, 0.0, 2.0]])  # std 1
+    out = refreshed(prev2, sims, ps, RefreshConfig(kernel="knn", neighbours=2, w_ps=0.0, w_ns=0.5, scale="std"))
+    assert out.tolist() == [[-0.5, 2.0, -0.5, 2.0]]
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"kernel": "gauss"}, "feedback.refresh.kernel must be one of mean, max, knn"),
+    ({"neighbours": 0}, "feedback.refresh.neighbours must be >= 1"),
+])
+def test_refresh_kernel_options_are_validated(override, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(FeedbackConfig, {"refresh": override}, "feedback")
+
+
 class _Failing:
     def __init__(self, reason: str) -> None:
         self.reason, self.calls = reason, 0
