@@ -64,6 +64,18 @@ def test_stats_reuse_the_suite_bootstrap_and_pair_the_same_queries():
     assert "round 2 refresh - exclude: ΔHits@5 = +" in text and "B = 200, seed 3" in text
 
 
+def test_bench_feedback_console_lines_carry_the_intervals(feedback_file):
+    from benchmark.feedback.session import FeedbackOutcome
+
+    r = load_result(feedback_file)
+    lines = FeedbackOutcome(feedback_file, feedback_file.with_suffix(".jsonl"), r).lines()
+    text = "\n".join(lines)
+    assert "question writer: rules" in text and "B = 1000, seed 0" in text
+    llm = next(line for line in lines if line.startswith("  round 3 llm "))
+    assert f"Hits@5 {r['per_round']['llm']['Hits@5'][3]:.3f} [" in llm and f"BRI {r['per_round']['llm']['BRI'][3]:.3f} [" in llm
+    assert any(line.startswith("  round 3 refresh - exclude: ΔHits@5 = ") for line in lines)
+
+
 def test_report_writes_feedback_tables_and_convergence_plots(tmp_path, feedback_file):
     results = tmp_path / "results"
     shutil.copytree(feedback_file.parent, results)
