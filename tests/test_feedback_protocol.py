@@ -127,8 +127,19 @@ def test_refresh_kernels_by_hand():
     assert out.tolist() == [[-0.5, 2.0, -0.5, 2.0]]
 
 
+def test_residual_kernel_penalises_only_what_the_query_scores_do_not_explain():
+    prev = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    raw = RefreshConfig(kernel="residual", w0=1.0, w_ps=0.0, w_ns=1.0, scale="none")
+    ns = torch.tensor([[False]])
+    # an NS row that is an affine function of the query's scores is fully explained: no change
+    assert torch.allclose(refreshed(prev, (2 * prev + 1)[:, None, :], ns, raw), prev, atol=1e-6)
+    # an NS row orthogonal to them is kept whole (standardised): items like the NS go down
+    other = torch.tensor([[[1.0, -1.0, -1.0, 1.0]]])
+    assert torch.allclose(refreshed(prev, other, ns, raw), prev - other[0], atol=1e-6)
+
+
 @pytest.mark.parametrize("override, message", [
-    ({"kernel": "gauss"}, "feedback.refresh.kernel must be one of mean, max, knn"),
+    ({"kernel": "gauss"}, "feedback.refresh.kernel must be one of mean, max, knn, residual"),
     ({"neighbours": 0}, "feedback.refresh.neighbours must be >= 1"),
 ])
 def test_refresh_kernel_options_are_validated(override, message):

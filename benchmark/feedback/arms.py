@@ -85,7 +85,7 @@ def refreshed(prev: torch.Tensor, sims: torch.Tensor, ps: torch.Tensor, w: Refre
     kernel = KERNELS[w.kernel]
 
     def term(mask: torch.Tensor) -> torch.Tensor:
-        out = kernel.fn(sims, mask, w.neighbours)
+        out = kernel.fn(sims, mask, w.neighbours, prev)
         if w.scale != "std":
             return out
         return out * _spread(prev) / (_spread(out) if kernel.unit == SIMILARITY else 1.0)
