@@ -92,13 +92,13 @@ def test_refreshed_by_hand():
     prev = torch.tensor([[1.0, 2.0, 3.0]])
     sims = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])  # shown items 0, 1, 2
     ps = torch.tensor([[True, False, False]])
-    w = RefreshConfig(w0=1.0, w_ps=0.5, w_ns=0.25, scale="none")
+    w = RefreshConfig(w0=1.0, w_ps=0.5, w_ns=0.25, scale="none", kernel="mean")
     # PS mean = [1, 0, 0]; NS mean = [0, .5, .5]
     assert refreshed(prev, sims, ps, w).tolist() == [[1.5, 1.875, 2.875]]
     none_ps = refreshed(prev, sims, torch.tensor([[False, False, False]]), w)
     assert torch.allclose(none_ps, prev - 0.25 * torch.tensor([[1 / 3, 1 / 3, 1 / 3]]))
     # scale "std": the similarity rows are rescaled to the spread of prev (std 0.8165)
-    scaled = refreshed(prev, sims, ps, RefreshConfig(w0=0.0, w_ps=1.0, w_ns=0.0, scale="std"))
+    scaled = refreshed(prev, sims, ps, RefreshConfig(w0=0.0, w_ps=1.0, w_ns=0.0, scale="std", kernel="mean"))
     assert torch.allclose(scaled.std(1, unbiased=False), prev.std(1, unbiased=False))
 
 

@@ -40,15 +40,15 @@ class RefreshConfig:
     scale: ``std`` rescales a similarity row to the spread (standard deviation over the
     gallery) of the query's current scores, and multiplies a ``knn`` share by it, so w_ps and
     w_ns are in units of that spread whatever the model's score scale; ``none`` adds the raw
-    rows.
+    rows. Defaults: chosen for ``ours`` on the SynthScenes val split (docs/DESIGN.md, "Feedback").
     """
 
     w0: float = 1.0
     w_ps: float = 0.5
-    w_ns: float = 0.03
+    w_ns: float = 0.1
     scale: str = "std"
-    kernel: str = "mean"
-    neighbours: int = 10
+    kernel: str = "knn"
+    neighbours: int = 3
 
     def __post_init__(self) -> None:
         from benchmark.feedback.kernels import KERNELS

@@ -5,7 +5,8 @@
 with a :class:`~benchmark.results.ResultFileError` that names the file and the field, and
 no report file already on disk is touched. What is read: ``protocol`` (``rounds`` T,
 ``display``, ``success_k`` K, ``rank_base``, ``arms``, ``llm`` -- the question writer's
-``label`` and ``is_llm`` --, ``n_gallery``), ``per_query[arm]`` (ranks ``[T + 1][Q]``,
+``label`` and ``is_llm`` --, ``n_gallery``, ``feedback_config.refresh``: the score-refreshing
+settings, shown as recorded), ``per_query[arm]`` (ranks ``[T + 1][Q]``,
 1-based, 0 = the query has no relevant item) and ``summary`` (optional).
 """
 
@@ -40,6 +41,7 @@ class FeedbackRun:
     n_gallery: int | None
     ranks: dict[str, np.ndarray]  # arm -> [T + 1, Q] int64, in the file's arm order
     summary: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refresh: dict[str, Any] = field(default_factory=dict)  # the score-refreshing settings, as recorded
 
     @property
     def n_queries(self) -> int:
@@ -124,12 +126,15 @@ def feedback_run(result: dict) -> FeedbackRun:
     summary = result.get("summary") if isinstance(result.get("summary"), dict) else {}
     user = result["protocol"].get("user") if isinstance(result["protocol"].get("user"), dict) else {}
     n_gallery = result["protocol"].get("n_gallery")
+    fb_config = result["protocol"].get("feedback_config")
+    refresh = fb_config.get("refresh") if isinstance(fb_config, dict) else None
     return FeedbackRun(path, str(result.get("model")), str(result.get("dataset")), str(result.get("size")),
                        str(result.get("tag")), rounds, display, success_k, rank_base,
                        llm["label"] if llm else None, llm["is_llm"] if llm else None,
                        user.get("ground_truth") if isinstance(user.get("ground_truth"), str) else None,
                        n_gallery if isinstance(n_gallery, int) else None, ranks,
-                       {a: s for a, s in summary.items() if isinstance(s, dict)})
+                       {a: s for a, s in summary.items() if isinstance(s, dict)},
+                       {k: v for k, v in refresh.items() if isinstance(v, (int, float, str))} if isinstance(refresh, dict) else {})
 
 
 def split_results(results: list[dict]) -> tuple[list[dict], list[FeedbackRun]]:
