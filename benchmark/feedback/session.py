@@ -56,7 +56,6 @@ class FeedbackOutcome:
         out.append(f"wrote {self.path} and {self.transcript} ({r['timings']['total_s']:.1f} s)")
         return out
 
-
     def interval_lines(self, options=None) -> list[str]:
         """Bootstrap intervals of Hits@K and BRI per arm and of each refinement arm minus
         exclude, at round 3 and T (the report's defaults: B = 1000, seed 0)."""
