@@ -105,7 +105,7 @@ def report(
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of the queries for intervals and paired tests.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples.")] = 0,
 ) -> None:
-    """Build the reports (results, comparison, ablations, claims, figures) from RESULTS_DIR only."""
+    """Build the reports (results, comparison, ablations, claims, feedback, figures) from RESULTS_DIR only."""
     from benchmark.reporting.build import write_reports
     from benchmark.reporting.options import ReportOptions, ReportOptionsError
     from benchmark.reporting.paper import PaperTablesError

@@ -60,3 +60,37 @@ def write_result(results_dir: Path, *, model: str, ranks: np.ndarray, sims: np.n
     path = Path(results_dir) / f"{model}__{dataset}__{file_tag or tag}.json"
     atomic_write_json(path, result)
     return path
+
+
+def write_feedback_result(results_dir: Path, *, tag: str = "default", model: str = "clip", rounds: int = 3,
+                          display: int = 3, arms: tuple[str, ...] = ("none", "exclude", "refresh", "llm"),
+                          n_scenes: int = 24) -> Path:
+    """A ``bench feedback`` result file from the real protocol (tiny SynthScenes split, the fake
+    attribute-vector model of ``tests.feedback_helpers``, the rules writer), written by the
+    real record builder."""
+    from benchmark.config import from_dict
+    from benchmark.feedback.config import FeedbackConfig
+    from benchmark.feedback.llm.rules import RulesBackend
+    from benchmark.feedback.protocol import run_protocol
+    from benchmark.feedback.record import build_result
+    from benchmark.feedback.refine import Refiner
+    from benchmark.feedback.similarity import GalleryScorer
+    from benchmark.feedback.user import SimulatedUser
+    from tests.feedback_helpers import FakeModel, tiny_task
+
+    task, gallery = tiny_task(n_scenes)
+    fb = from_dict(FeedbackConfig, {"rounds": rounds, "display": display, "arms": list(arms)}, "feedback")
+    model_obj = FakeModel()
+    scorer = GalleryScorer(model_obj, gallery, model_obj.score)
+    backend = RulesBackend()
+    res = run_protocol(task, scorer, scorer.encode_texts(task.queries), fb, SimulatedUser(task.truths),
+                       Refiner(backend, fb.llm))
+    cfg = build_run_config({"model": model, "dataset": "synthetic", "size": "tiny", "tag": "default", "seed": 0,
+                            "results_dir": str(results_dir)})
+    result = build_result(cfg, fb, res, task, llm=backend.describe() if "llm" in arms else None, user_seed=0,
+                          environment=dict(ENV), provenance={"split": "test"}, timings={"total_s": 1.0},
+                          transcript=Path(results_dir) / "t.jsonl")
+    result["tag"] = tag
+    path = Path(results_dir) / f"feedback__{model}__synthetic__{tag}.json"
+    atomic_write_json(path, result)
+    return path

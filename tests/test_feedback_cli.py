@@ -45,6 +45,7 @@ def test_feedback_end_to_end_on_a_tiny_clip(tmp_path):
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "not an LLM" in res.output and "Hits@5 by round" in res.output
+    assert "95 % bootstrap intervals over queries" in res.output and "round 2 llm - exclude: ΔHits@5 =" in res.output
     path = tmp_path / "results" / "feedback__clip__synthetic__default.json"
     r = load_result(path)
     assert r["task"] == "feedback" and r["protocol"]["rounds"] == 2 and r["protocol"]["display"] == 3

@@ -92,14 +92,59 @@ def test_refreshed_by_hand():
     prev = torch.tensor([[1.0, 2.0, 3.0]])
     sims = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])  # shown items 0, 1, 2
     ps = torch.tensor([[True, False, False]])
-    w = RefreshConfig(w0=1.0, w_ps=0.5, w_ns=0.25, scale="none")
+    w = RefreshConfig(w0=1.0, w_ps=0.5, w_ns=0.25, scale="none", kernel="mean")
     # PS mean = [1, 0, 0]; NS mean = [0, .5, .5]
     assert refreshed(prev, sims, ps, w).tolist() == [[1.5, 1.875, 2.875]]
     none_ps = refreshed(prev, sims, torch.tensor([[False, False, False]]), w)
     assert torch.allclose(none_ps, prev - 0.25 * torch.tensor([[1 / 3, 1 / 3, 1 / 3]]))
     # scale "std": the similarity rows are rescaled to the spread of prev (std 0.8165)
-    scaled = refreshed(prev, sims, ps, RefreshConfig(w0=0.0, w_ps=1.0, w_ns=0.0, scale="std"))
+    scaled = refreshed(prev, sims, ps, RefreshConfig(w0=0.0, w_ps=1.0, w_ns=0.0, scale="std", kernel="mean"))
     assert torch.allclose(scaled.std(1, unbiased=False), prev.std(1, unbiased=False))
+
+
+def test_refresh_kernels_by_hand():
+    prev = torch.zeros(1, 4)
+    # shown items 0 and 1 (rows: their similarity to the 4 gallery items); item 0 is NS, item 1 PS
+    sims = torch.tensor([[[1.0, 0.2, 0.9, 0.1], [0.2, 1.0, 0.0, 0.1]]])
+    ps = torch.tensor([[False, True]])
+    raw = {"scale": "none", "w0": 1.0, "w_ps": 0.0, "w_ns": 1.0}
+    # max over a one-item set = that item's row; knn with m = 2: the NS's two nearest (itself and item 2)
+    assert torch.allclose(refreshed(prev, sims, ps, RefreshConfig(kernel="max", **raw)), -sims[:, 0])
+    assert refreshed(prev, sims, ps, RefreshConfig(kernel="knn", neighbours=2, **raw)).tolist() == [[-1, 0, -1, 0]]
+    both_ns = torch.tensor([[False, False]])
+    assert torch.allclose(refreshed(prev, sims, both_ns, RefreshConfig(kernel="max", **raw)),
+                          -torch.tensor([[1.0, 1.0, 0.9, 0.1]]))
+    # knn share over two NS: item 0 is near both, item 1 only NS 1, item 2 only NS 0, item 3 neither
+    assert refreshed(prev, sims, both_ns, RefreshConfig(kernel="knn", neighbours=2, **raw)).tolist() == \
+        [[-1.0, -0.5, -0.5, 0.0]]
+    # an empty set contributes nothing, whatever the kernel
+    for kernel in ("mean", "max", "knn"):
+        all_ps = refreshed(prev, sims, torch.tensor([[True, True]]), RefreshConfig(kernel=kernel, **raw))
+        assert all_ps.tolist() == [[0.0, 0.0, 0.0, 0.0]], kernel
+    # scale "std": a knn share is multiplied by the spread of the current scores (w_ns in std units)
+    prev2 = torch.tensor([[0.0, 2.0, 0.0, 2.0]])  # std 1
+    out = refreshed(prev2, sims, ps, RefreshConfig(kernel="knn", neighbours=2, w_ps=0.0, w_ns=0.5, scale="std"))
+    assert out.tolist() == [[-0.5, 2.0, -0.5, 2.0]]
+
+
+def test_residual_kernel_penalises_only_what_the_query_scores_do_not_explain():
+    prev = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    raw = RefreshConfig(kernel="residual", w0=1.0, w_ps=0.0, w_ns=1.0, scale="none")
+    ns = torch.tensor([[False]])
+    # an NS row that is an affine function of the query's scores is fully explained: no change
+    assert torch.allclose(refreshed(prev, (2 * prev + 1)[:, None, :], ns, raw), prev, atol=1e-6)
+    # an NS row orthogonal to them is kept whole (standardised): items like the NS go down
+    other = torch.tensor([[[1.0, -1.0, -1.0, 1.0]]])
+    assert torch.allclose(refreshed(prev, other, ns, raw), prev - other[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"kernel": "gauss"}, "feedback.refresh.kernel must be one of mean, max, knn, residual"),
+    ({"neighbours": 0}, "feedback.refresh.neighbours must be >= 1"),
+])
+def test_refresh_kernel_options_are_validated(override, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(FeedbackConfig, {"refresh": override}, "feedback")
 
 
 class _Failing:

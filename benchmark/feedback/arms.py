@@ -6,9 +6,9 @@ marks them (PS: relevant, NS: not); the arm then produces ranking t + 1:
 
 * ``none`` -- nothing changes (no feedback).
 * ``exclude`` -- shown NS items are dropped; scores unchanged (elimination only).
-* ``refresh`` -- score refreshing, ``s_t = w0 s_{t-1} + w_ps mean_{p in PS_t} sim(g, p)
-  - w_ns mean_{n in NS_t} sim(g, n)`` with the model's own image-image score; the query
-  text is unchanged.
+* ``refresh`` -- score refreshing, ``s_t = w0 s_{t-1} + w_ps K(g, PS_t) - w_ns K(g, NS_t)``
+  with a kernel K over the model's own image-image score (:mod:`benchmark.feedback.kernels`:
+  mean, max or the m nearest neighbours of each marked item); the query text is unchanged.
 * ``llm`` -- LLM-guided refinement: questions, simulated answers, refined query q'_t,
   ``s_t = alpha score(q'_t, g) + (1 - alpha) s_{t-1}``; a round whose backend fails falls
   back to the ``refresh`` update for that query, with the reason counted.
@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from benchmark.feedback.config import FeedbackConfig, RefreshConfig
+from benchmark.feedback.kernels import KERNELS, SIMILARITY
 from benchmark.feedback.ranking import top_shown
 from benchmark.feedback.refine import Refiner
 from benchmark.feedback.similarity import GalleryScorer
@@ -76,15 +77,20 @@ def _spread(x: torch.Tensor) -> torch.Tensor:
 
 def refreshed(prev: torch.Tensor, sims: torch.Tensor, ps: torch.Tensor, w: RefreshConfig) -> torch.Tensor:
     """Score refreshing of ``[c, G]`` scores from ``[c, d, G]`` shown-item similarities and
-    ``[c, d]`` PS marks; an empty PS or NS set contributes nothing. With ``w.scale == "std"``
-    each mean-similarity row is first rescaled to the spread (std over the gallery) of the
-    query's current scores, so the weights do not depend on the model's score scale."""
-    def mean(mask: torch.Tensor) -> torch.Tensor:
-        m = mask.to(sims.dtype)
-        out = (sims * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
-        return out * (_spread(prev) / _spread(out)) if w.scale == "std" else out
+    ``[c, d]`` PS marks: ``w0 prev + w_ps K(PS) - w_ns K(NS)`` with the kernel ``w.kernel``
+    (:mod:`benchmark.feedback.kernels`); an empty PS or NS set contributes nothing. With
+    ``w.scale == "std"`` a similarity term is first rescaled to the spread (std over the
+    gallery) of the query's current scores, and a share term multiplied by it, so the
+    weights do not depend on the model's score scale."""
+    kernel = KERNELS[w.kernel]
 
-    return w.w0 * prev + w.w_ps * mean(ps) - w.w_ns * mean(~ps)
+    def term(mask: torch.Tensor) -> torch.Tensor:
+        out = kernel.fn(sims, mask, w.neighbours, prev)
+        if w.scale != "std":
+            return out
+        return out * _spread(prev) / (_spread(out) if kernel.unit == SIMILARITY else 1.0)
+
+    return w.w0 * prev + w.w_ps * term(ps) - w.w_ns * term(~ps)
 
 
 class Arm:

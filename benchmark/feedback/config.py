@@ -30,26 +30,38 @@ REFRESH_SCALES = ("std", "none")
 
 @dataclass(frozen=True)
 class RefreshConfig:
-    """Score refreshing: ``s_t = w0 * s_{t-1} + w_ps * mean sim(g, PS_t) - w_ns * mean sim(g, NS_t)``.
+    """Score refreshing: ``s_t = w0 * s_{t-1} + w_ps * K(g, PS_t) - w_ns * K(g, NS_t)``.
 
-    PS_t / NS_t are the items marked in round t; a term is left out when its set is empty;
-    sim is the model's own image-image score. scale: ``std`` rescales each mean-similarity
-    row to the spread (standard deviation over the gallery) of the query's current scores,
-    so w_ps and w_ns are in units of that spread whatever the model's score scale; ``none``
-    adds the raw similarities.
+    PS_t / NS_t are the items marked in round t; a term is left out when its set is empty.
+    kernel: how the marked items' image-image similarities (the model's own score) become
+    one row, ``benchmark.feedback.kernels``: ``mean`` (mean similarity to the set), ``max``
+    (to its nearest member) or ``knn`` (share of the set's members that have g among their
+    ``neighbours`` most similar gallery items: only near-duplicates move).
+    scale: ``std`` rescales a similarity row to the spread (standard deviation over the
+    gallery) of the query's current scores, and multiplies a ``knn`` share by it, so w_ps and
+    w_ns are in units of that spread whatever the model's score scale; ``none`` adds the raw
+    rows. Defaults: chosen for ``ours`` on the SynthScenes val split (docs/DESIGN.md, "Feedback").
     """
 
     w0: float = 1.0
     w_ps: float = 0.5
-    w_ns: float = 0.03
+    w_ns: float = 0.1
     scale: str = "std"
+    kernel: str = "knn"
+    neighbours: int = 3
 
     def __post_init__(self) -> None:
+        from benchmark.feedback.kernels import KERNELS
+
         for name in ("w0", "w_ps", "w_ns"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"feedback.refresh.{name} must be >= 0, got {getattr(self, name)}")
         if self.scale not in REFRESH_SCALES:
             raise ConfigError(f"feedback.refresh.scale must be one of {', '.join(REFRESH_SCALES)}, got {self.scale!r}")
+        if self.kernel not in KERNELS:
+            raise ConfigError(f"feedback.refresh.kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
+        if self.neighbours < 1:
+            raise ConfigError(f"feedback.refresh.neighbours must be >= 1, got {self.neighbours}")
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["best_so_far", "bri", "bri_series", "per_round", "rounds_to_success", "summary"]
+__all__ = ["best_so_far", "bri", "bri_by_query", "bri_series", "hits_by_query", "per_round", "rounds_to_success", "summary"]
 
 
 def _evaluated(ranks: np.ndarray) -> np.ndarray:
@@ -41,27 +41,48 @@ def best_so_far(ranks: np.ndarray) -> np.ndarray:
     return np.minimum.accumulate(np.asarray(ranks, dtype=np.int64), axis=0)
 
 
+def bri_by_query(ranks: np.ndarray) -> np.ndarray:
+    """``[T + 1, Q]``: row t holds each query's BRI over the first t rounds (row 0: its
+    ``log p_0``); NaN for a query without a relevant item (rank 0)."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    _evaluated(ranks)  # shape and consistency checks
+    keep = (ranks > 0).all(0)
+    log_p = np.log(best_so_far(np.where(keep, ranks, 1)).astype(np.float64))
+    out = np.empty_like(log_p)
+    out[0] = log_p[0]
+    if log_p.shape[0] > 1:
+        t = np.arange(1, log_p.shape[0], dtype=np.float64)[:, None]
+        inner = np.cumsum(log_p, axis=0)[:-1] - log_p[0]  # sum_{s=1..t-1} log p_s
+        out[1:] = ((log_p[0] + log_p[1:]) / 2 + inner) / t
+    out[:, ~keep] = np.nan
+    return out
+
+
+def hits_by_query(ranks: np.ndarray, k: int) -> np.ndarray:
+    """``[T + 1, Q]``: 1.0 where the best rank so far is <= k, else 0.0; NaN without a relevant item."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    _evaluated(ranks)
+    keep = (ranks > 0).all(0)
+    out = (best_so_far(ranks) <= k).astype(np.float64)
+    out[:, ~keep] = np.nan
+    return out
+
+
+def _mean_or_nan(row: np.ndarray) -> float:
+    row = row[~np.isnan(row)]
+    return float(row.mean()) if row.size else float("nan")
+
+
 def bri(ranks: np.ndarray) -> float:
     """PlugIR's BRI over all rounds of ``ranks`` (T = rounds - 1 >= 1); NaN without queries."""
-    r = _evaluated(ranks)
-    if r.shape[0] < 2:
+    if np.asarray(ranks).ndim == 2 and np.asarray(ranks).shape[0] < 2:
         raise ValueError("BRI needs at least two rankings (T >= 1)")
-    if r.shape[1] == 0:
-        return float("nan")
-    log_p = np.log(best_so_far(r).astype(np.float64))
-    t_max = r.shape[0] - 1
-    per_query = (log_p[0] + log_p[t_max]) / (2 * t_max) + log_p[1:t_max].sum(0) / t_max
-    return float(per_query.mean())
+    return _mean_or_nan(bri_by_query(ranks)[-1])
 
 
 def bri_series(ranks: np.ndarray) -> list[float]:
     """BRI of the first t rounds for t = 0..T (round 0: the mean log p_0)."""
-    r = _evaluated(ranks)
-    if r.shape[1] == 0:
-        return [float("nan")] * r.shape[0]
-    out = [float(np.log(r[0].astype(np.float64)).mean())]
-    out += [bri(r[: t + 1]) for t in range(1, r.shape[0])]
-    return out
+    return [_mean_or_nan(row) for row in bri_by_query(ranks)]
 
 
 def rounds_to_success(ranks: np.ndarray, k: int) -> np.ndarray:

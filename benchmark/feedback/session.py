@@ -49,11 +49,24 @@ class FeedbackOutcome:
         for arm, table in r["per_round"].items():
             hits = " ".join(f"{h:.3f}" for h in table.get(f"Hits@{k}", []))
             out.append(f"  {arm:<8} Hits@{k} by round: {hits}  BRI(T)={table['BRI'][-1]:.3f}")
+        out += self.interval_lines()
         if r["fallbacks"]["llm_rounds"]:
             out.append(f"llm rounds: {r['fallbacks']['llm_rounds']}, fallbacks to refresh: "
                        f"{r['fallbacks']['by_reason'] or 'none'}")
         out.append(f"wrote {self.path} and {self.transcript} ({r['timings']['total_s']:.1f} s)")
         return out
+
+    def interval_lines(self, options=None) -> list[str]:
+        """Bootstrap intervals of Hits@K and BRI per arm and of each refinement arm minus
+        exclude, at round 3 and T (the report's defaults: B = 1000, seed 0)."""
+        import numpy as np
+
+        from benchmark.reporting.feedback_stats import describe, feedback_stats
+        from benchmark.reporting.options import ReportOptions
+
+        options = options or ReportOptions()
+        ranks = {a: np.asarray(r, dtype=np.int64) for a, r in self.result["per_query"].items()}
+        return describe(feedback_stats(ranks, self.result["protocol"]["success_k"], options), options)
 
 
 def _device(cfg: RunConfig) -> str:

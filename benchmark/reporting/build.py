@@ -3,7 +3,10 @@
 Writes, under the output folder: ``results.md`` (every run), ``comparison.md`` / ``.tex``
 (models x datasets), ``ablations.md`` / ``.tex`` (QScaler, Q-Former, attention), ``claims.md``
 (the paper's claims: supported, contradicted, inconclusive or not tested) and
-``figures/*.png`` / ``.pdf``. The bootstrap size and seed are printed in every report.
+``figures/*.png`` / ``.pdf``; from the feedback result files (``bench feedback``),
+``feedback.md`` / ``.tex`` (per-round tables with bootstrap intervals, refinement arms minus
+exclude) and one convergence plot per run. Every file is validated before anything is
+written. The bootstrap size and seed are printed in every report.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from benchmark.reporting.claims_markdown import render_claims
 from benchmark.reporting.comparison import comparison_tables
 from benchmark.reporting.escape import latex, markdown_inline
 from benchmark.reporting.estimates import Estimator
+from benchmark.reporting.feedback_report import build_feedback_report
+from benchmark.reporting.feedback_runs import split_results
 from benchmark.reporting.figures import write_figures
 from benchmark.reporting.latex_table import render_latex
 from benchmark.reporting.markdown_table import render_markdown
@@ -53,7 +58,7 @@ def _latex(tables: list[Table], options: ReportOptions) -> str:
 def write_reports(results_dir: Path, out_dir: Path, options: ReportOptions | None = None) -> ReportOutcome:
     options = options or ReportOptions()
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    results = load_results(results_dir)
+    results, feedback_runs = split_results(load_results(results_dir))  # validates every file first
     paper = load_paper_tables()
     estimator = Estimator(options)
     outcome = ReportOutcome()
@@ -83,7 +88,15 @@ def write_reports(results_dir: Path, out_dir: Path, options: ReportOptions | Non
 
     write(atomic_write_text(out_dir / "claims.md", render_claims(evaluate_claims(results, estimator, paper), options)))
 
-    for fig in write_figures(results, estimator, out_dir / "figures"):
+    figures = write_figures(results, estimator, out_dir / "figures")
+
+    head = (f"# Interactive feedback\n\n{markdown_inline(options.describe())}\n\n"
+            f"From {len(feedback_runs)} feedback result file(s) in `{markdown_inline(str(results_dir))}`.\n")
+    fb = build_feedback_report(feedback_runs, options, out_dir / "figures", head)
+    write(atomic_write_text(out_dir / "feedback.md", fb.markdown))
+    write(atomic_write_text(out_dir / "feedback.tex", _latex(fb.tables, options)))
+
+    for fig in figures + fb.figures:
         outcome.files += fig.paths
         if fig.skipped:
             outcome.notes.append(f"figure {fig.name} skipped: {fig.skipped}")

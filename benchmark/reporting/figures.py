@@ -47,7 +47,7 @@ def _label(r: dict) -> str:
     return f"{r.get('model')}/{r.get('tag')} ({r.get('dataset')}, {r.get('size')})"
 
 
-def _new_figure(ncols: int = 1):
+def new_figure(ncols: int = 1):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -81,7 +81,7 @@ def qlen_by_complexity(results: list[dict], est: Estimator):
     series = [(r, s) for r in sorted(results, key=run_order) if (s := _levels(r, est)) is not None]
     if not series:
         raise Skip("no run has query lengths at two or more complexity levels")
-    fig, (ax,) = _new_figure()
+    fig, (ax,) = new_figure()
     for r, (levels, means, err) in series:
         ax.errorbar(levels, means, yerr=err, marker="o", capsize=3, label=_label(r))
     ax.set_xlabel("caption complexity level")
@@ -101,7 +101,7 @@ def r5_vs_gflops(results: list[dict], est: Estimator):
             points.setdefault(str(r.get("dataset")), []).append((r, c["gflops"].value, c["r5"].value, ci))
     if not points:
         raise Skip("no run has both GFLOPs (gflops/...) and R@5")
-    fig, axes = _new_figure(len(points))
+    fig, axes = new_figure(len(points))
     for ax, (dataset, pts) in zip(axes, sorted(points.items()), strict=True):
         front = pareto_front([(g, q) for _, g, q, _ in pts])
         for i, (r, g, q, ci) in enumerate(pts):
@@ -129,7 +129,7 @@ def throughput_vs_qlen(results: list[dict], est: Estimator):
             pts.append((r, c["qlen"].value, c["thr"].value, xerr))
     if not pts:
         raise Skip("no run has both a throughput (throughput_img_s) and a query length (qlen)")
-    fig, (ax,) = _new_figure()
+    fig, (ax,) = new_figure()
     for r, x, y, xerr in pts:
         ax.errorbar([x], [y], xerr=None if xerr is None else [[xerr[0]], [xerr[1]]], fmt="o", capsize=3)
         ax.annotate(_label(r), (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
@@ -156,16 +156,19 @@ def save_figure(fig, stem: Path) -> list[Path]:
     return paths
 
 
+def render_figure(name: str, stem: Path, build: Callable[[], object]) -> FigureOutcome:
+    """Build a figure and save it as PNG and PDF; a :class:`Skip` or any error becomes a
+    skipped outcome with its reason: a plot never breaks the report."""
+    try:
+        return FigureOutcome(name, save_figure(build(), stem))
+    except Skip as e:
+        log.info("figure %s skipped: %s", name, e)
+        return FigureOutcome(name, skipped=str(e))
+    except Exception as e:  # a plot must never break the report
+        log.warning("figure %s failed: %s", name, e, exc_info=True)
+        return FigureOutcome(name, skipped=f"failed: {type(e).__name__}: {e}")
+
+
 def write_figures(results: list[dict], estimator: Estimator, out_dir: Path) -> list[FigureOutcome]:
-    outcomes = []
-    for name, plot in FIGURES.items():
-        try:
-            fig = plot(results, estimator)
-            outcomes.append(FigureOutcome(name, save_figure(fig, Path(out_dir) / name)))
-        except Skip as e:
-            log.info("figure %s skipped: %s", name, e)
-            outcomes.append(FigureOutcome(name, skipped=str(e)))
-        except Exception as e:  # a plot must never break the report
-            log.warning("figure %s failed: %s", name, e, exc_info=True)
-            outcomes.append(FigureOutcome(name, skipped=f"failed: {type(e).__name__}: {e}"))
-    return outcomes
+    return [render_figure(name, Path(out_dir) / name, lambda plot=plot: plot(results, estimator))
+            for name, plot in FIGURES.items()]

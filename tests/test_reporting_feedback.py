@@ -1,0 +1,148 @@
+"""``bench report`` on feedback result files: per-round tables with intervals, paired differences
+to exclude, convergence plots, validation; and the per-query series the intervals rest on."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from benchmark.cli import app
+from benchmark.feedback import metrics
+from benchmark.reporting.bootstrap import mean_interval, paired_difference
+from benchmark.reporting.build import write_reports
+from benchmark.reporting.feedback_runs import feedback_run
+from benchmark.reporting.feedback_stats import describe, feedback_stats
+from benchmark.reporting.options import ReportOptions
+from benchmark.results import ResultFileError, load_result
+from tests.reporting_fixtures import ranks_with_hit_rate, write_feedback_result, write_result
+
+runner = CliRunner()
+OPTIONS = ReportOptions(n_boot=200, seed=3)
+TAG = "a_b&c|d"
+
+
+@pytest.fixture(scope="module")
+def feedback_file(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fb")
+    return write_feedback_result(d / "results", tag=TAG, n_scenes=30)
+
+
+def test_bri_and_hits_by_query_match_the_run_metrics_and_a_hand_computation():
+    ranks = np.array([[8, 3, 0], [2, 6, 0], [4, 1, 0]])  # rounds 0..2, query 2 has no relevant item
+    bri = metrics.bri_by_query(ranks)
+    # query 0: p = 8, 2, 2 -> T=1: (ln 8 + ln 2)/2; T=2: (ln 8 + ln 2)/4 + ln 2 / 2
+    assert bri[1, 0] == pytest.approx((np.log(8) + np.log(2)) / 2)
+    assert bri[2, 0] == pytest.approx((np.log(8) + np.log(2)) / 4 + np.log(2) / 2)
+    assert bri[0, 1] == pytest.approx(np.log(3)) and np.isnan(bri[:, 2]).all()
+    assert metrics.bri_series(ranks) == pytest.approx(np.nanmean(bri, axis=1).tolist())
+    hits = metrics.hits_by_query(ranks, 5)
+    assert hits[:, :2].tolist() == [[0, 1], [1, 1], [1, 1]] and np.isnan(hits[:, 2]).all()
+
+
+def test_stats_reuse_the_suite_bootstrap_and_pair_the_same_queries():
+    rng = np.random.default_rng(0)
+    base = np.stack([ranks_with_hit_rate(rng, 300, h) for h in (0.3, 0.5, 0.6)])
+    better = np.minimum(base, np.where(rng.random(base.shape) < 0.3, 1, base))
+    ranks = {"none": base[[0, 0, 0]], "exclude": base, "refresh": better, "llm": base}
+    stats = feedback_stats(ranks, 5, OPTIONS)
+    hits_ex = metrics.hits_by_query(base, 5)
+    expected = mean_interval(hits_ex[2], OPTIONS.n_boot, OPTIONS.seed, OPTIONS.level)
+    got = stats.series["exclude"].hits[2]
+    assert (got.value, got.lo, got.hi) == pytest.approx((expected.value, expected.lo, expected.hi))
+    assert [d.arm for d in stats.differences] == ["refresh", "llm"]  # controls are not compared
+    refresh, llm = stats.differences
+    direct = paired_difference(metrics.bri_by_query(better)[2], metrics.bri_by_query(base)[2],
+                               OPTIONS.n_boot, OPTIONS.seed, OPTIONS.level)
+    assert refresh.bri[2].diff == pytest.approx(direct.diff) and refresh.bri[2].hi == pytest.approx(direct.hi)
+    assert refresh.hits[2].diff > 0 and refresh.hits[2].lo > 0 and refresh.bri[2].hi < 0
+    assert llm.hits[2].diff == 0 and (llm.hits[2].lo, llm.hits[2].hi) == (0, 0)  # identical arms
+    text = "\n".join(describe(stats, OPTIONS))
+    assert "round 2 refresh - exclude: ΔHits@5 = +" in text and "B = 200, seed 3" in text
+
+
+def test_bench_feedback_console_lines_carry_the_intervals(feedback_file):
+    from benchmark.feedback.session import FeedbackOutcome
+
+    r = load_result(feedback_file)
+    lines = FeedbackOutcome(feedback_file, feedback_file.with_suffix(".jsonl"), r).lines()
+    text = "\n".join(lines)
+    assert "question writer: rules" in text and "B = 1000, seed 0" in text
+    llm = next(line for line in lines if line.startswith("  round 3 llm "))
+    assert f"Hits@5 {r['per_round']['llm']['Hits@5'][3]:.3f} [" in llm and f"BRI {r['per_round']['llm']['BRI'][3]:.3f} [" in llm
+    assert any(line.startswith("  round 3 refresh - exclude: ΔHits@5 = ") for line in lines)
+
+
+def test_report_writes_feedback_tables_and_convergence_plots(tmp_path, feedback_file):
+    results = tmp_path / "results"
+    shutil.copytree(feedback_file.parent, results)
+    rng = np.random.default_rng(1)
+    write_result(results, model="clip", ranks=ranks_with_hit_rate(rng, 50, 0.5), sims=rng.random(50))
+    out = tmp_path / "reports"
+    outcome = write_reports(results, out, OPTIONS)
+    r = load_result(feedback_file)
+    md = (out / "feedback.md").read_text()
+    assert "K = 5" in md and "T = 3 feedback rounds" in md and "display 3 items" in md and "ranks 1-based" in md
+    assert "not an LLM" in md and "B = 200" in md
+    assert "score refreshing: kernel = knn, neighbours = 3" in md  # the settings the file records
+    assert "a\\_b&amp;c\\|d" in md and TAG not in md  # the tag is escaped
+    # point estimates are the file's own per-round numbers; each lies in its interval
+    hits = r["per_round"]["llm"]["Hits@5"]
+    row = next(line for line in md.splitlines() if line.startswith("| llm |"))
+    assert f"{hits[3]:.3f}" in row.split("|")[-2]
+    for arm in ("refresh - exclude", "llm - exclude"):
+        assert f"| {arm} |" in md
+    tex = (out / "feedback.tex").read_text()
+    assert r"a\_b\&c\textbar{}d" in tex and r"\begin{tabular}" in tex and "not an LLM" in tex
+    stem = "feedback__clip__synthetic__tiny__a_b_c_d"
+    for fmt in ("png", "pdf"):
+        assert (out / "figures" / f"{stem}.{fmt}").stat().st_size > 1000
+    assert f"figures/{stem}.png" in md
+    assert out / "figures" / f"{stem}.png" in outcome.files
+    # the retrieval tables hold only the retrieval run
+    assert "feedback" not in (out / "results.md").read_text()
+
+
+def test_report_without_feedback_files_still_builds(tmp_path):
+    rng = np.random.default_rng(2)
+    write_result(tmp_path / "results", model="clip", ranks=ranks_with_hit_rate(rng, 50, 0.5), sims=rng.random(50))
+    write_reports(tmp_path / "results", tmp_path / "reports", OPTIONS)
+    assert "No feedback result files" in (tmp_path / "reports" / "feedback.md").read_text()
+    assert (tmp_path / "reports" / "feedback.tex").exists()
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda r: r["per_query"]["refresh"].pop(), "per_query.refresh"),
+    (lambda r: r["per_query"]["exclude"][1].__setitem__(0, -2), "per_query.exclude"),
+    (lambda r: r["per_query"].pop("llm"), "per_query.llm"),
+    (lambda r: r["protocol"].__setitem__("rounds", "3"), "protocol.rounds"),
+    (lambda r: r["protocol"].__setitem__("rank_base", 0), "protocol.rank_base"),
+    (lambda r: r["protocol"].pop("display"), "protocol.display"),
+    (lambda r: r["protocol"].__setitem__("llm", {"label": 3}), "protocol.llm"),
+])
+def test_a_malformed_feedback_file_is_refused_naming_file_and_field(feedback_file, mutate, field):
+    data = json.loads(feedback_file.read_text()) | {"_path": "dir/x.json"}
+    feedback_run(data)  # the file as written is valid
+    mutate(data)
+    with pytest.raises(ResultFileError, match=r"dir/x\.json: .*" + field.replace(".", r"\.")):
+        feedback_run(data)
+
+
+def test_bench_report_exits_2_on_a_malformed_feedback_file_and_keeps_the_old_report(tmp_path, feedback_file):
+    results = tmp_path / "results"
+    shutil.copytree(feedback_file.parent, results)
+    out = tmp_path / "reports"
+    args = ["report", "--results-dir", str(results), "--out-dir", str(out), "--bootstrap", "200"]
+    assert runner.invoke(app, args).exit_code == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    path = results / feedback_file.name
+    data = json.loads(path.read_text())
+    data["per_query"]["refresh"][2] = data["per_query"]["refresh"][2][:-1]
+    path.write_text(json.dumps(data))
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert feedback_file.name in res.output and "per_query.refresh" in res.output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing lost or half-written
