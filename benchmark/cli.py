@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from benchmark.registry import DATASETS, MODELS, UnknownNameError
+from benchmark.registry import DATASETS, MODELS, TASKS, UnknownNameError
 
 app = typer.Typer(
     name="bench",
@@ -45,7 +45,8 @@ def run(
     model: Annotated[str, typer.Option(help=f"Model: {', '.join(MODELS.names())}.")] = "clip",
     dataset: Annotated[str, typer.Option(help=f"Dataset: {', '.join(DATASETS.names())}.")] = "synthetic",
     size: Annotated[str, typer.Option(help="tiny (trained here from scratch) or full (pretrained checkpoint).")] = "tiny",
-    tag: Annotated[str, typer.Option(help="Names the result file results/<model>__<dataset>__<tag>.json.")] = "default",
+    tag: Annotated[str, typer.Option(help="Names the result file results/<model>__<dataset>__<tag>.json (other tasks: <model>__<dataset>__<task>__<tag>.json).")] = "default",
+    task: Annotated[str, typer.Option(help=f"Task: {', '.join(TASKS.names())}.")] = "retrieval",
     seed: Annotated[int, typer.Option(help="Seed for data generation, training and evaluation.")] = 0,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs (0 = evaluate as is).")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: $INSTRUCTSEE_DATA_ROOT/<dataset>).")] = None,
@@ -61,15 +62,15 @@ def run(
     strict: Annotated[bool, typer.Option(help="A missing or unreadable image is an error (default: skipped, counted, listed in the result file).")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Train (tiny) or load (full) one model, evaluate it on one dataset, write one result file."""
-    for kind, reg, name in (("model", MODELS, model), ("dataset", DATASETS, dataset)):
+    """Train (tiny) or load (full) one model, evaluate it on one dataset and task, write one result file."""
+    for kind, reg, name in (("model", MODELS, model), ("dataset", DATASETS, dataset), ("task", TASKS, task)):
         if name not in reg:
             raise _fail(str(UnknownNameError(kind, name, reg.names())))
     from benchmark.config import ConfigError, build_run_config, load_override_file, parse_set
     from benchmark.runner import run as run_one
     from datamodules.base import DataError
 
-    cli: dict = {"model": model, "dataset": dataset, "size": size, "tag": tag, "seed": seed,
+    cli: dict = {"model": model, "dataset": dataset, "size": size, "tag": tag, "task": task, "seed": seed,
                  "results_dir": str(results_dir)}
     if cache_dir is not None:
         cli["cache_dir"] = str(cache_dir)
@@ -92,9 +93,8 @@ def run(
     if outcome.skipped:
         typer.echo(f"skipped: {outcome.path} already holds this config")
         return
-    m = outcome.result["metrics"]  # type: ignore[index]
-    keys = [k for k in m if k.split("/")[-1] in ("R@1", "R@5", "R@10", "MRR", "Sim")]
-    typer.echo("  ".join(f"{k}={m[k]:.4f}" for k in keys))
+    for line in TASKS.get(task)().summary(outcome.result):
+        typer.echo(line)
     typer.echo(f"wrote {outcome.path} ({outcome.result['timings']['total_s']:.1f} s)")  # type: ignore[index]
 
 

@@ -53,11 +53,15 @@ def _latex(tables: list[Table], options: ReportOptions) -> str:
 def write_reports(results_dir: Path, out_dir: Path, options: ReportOptions | None = None) -> ReportOutcome:
     options = options or ReportOptions()
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    results = load_results(results_dir)
+    results = load_results(results_dir, task="retrieval")
     paper = load_paper_tables()
     estimator = Estimator(options)
     outcome = ReportOutcome()
     write = outcome.files.append
+    others = len(load_results(results_dir)) - len(results)
+    if others:
+        outcome.notes.append(f"{others} result file(s) of other tasks (i2i, vqa, feedback) left out of the "
+                             "retrieval tables")
 
     write(atomic_write_text(out_dir / "results.md", results_markdown(results, results_dir)))
 
