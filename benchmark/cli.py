@@ -259,6 +259,48 @@ def ablate(
 
 
 @app.command()
+def vqa(
+    image: Annotated[Path, typer.Option(help="The image file the question is about.")],
+    question: Annotated[str, typer.Option(help='The question, e.g. "What colour is the circle?".')],
+    model: Annotated[str, typer.Option(help=f"Model: {', '.join(MODELS.names())} (the BLIP2 family answers).")] = "ours",
+    dataset: Annotated[str, typer.Option(help="The dataset the tiny VQA model was trained on.")] = "synthetic",
+    size: Annotated[str, typer.Option(help="tiny (the cached model of `bench run --task vqa`) or full.")] = "tiny",
+    seed: Annotated[int, typer.Option(help="The seed of the run that trained it.")] = 0,
+    pretrained: Annotated[Optional[str], typer.Option(help="Size full: the retrieval checkpoint (hub id or local path).")] = None,
+    lm: Annotated[Optional[str], typer.Option(help="Size full: the Blip2ForConditionalGeneration checkpoint whose LM answers.")] = "Salesforce/blip2-opt-2.7b",
+    data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="JSON file of run-config overrides (as given to `bench run`).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Run-config override KEY.PATH=VALUE (as given to `bench run`).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache holding the trained checkpoints.")] = None,
+) -> None:
+    """Answer one question about one image (tiny: never trains; run `bench run --task vqa` first)."""
+    for kind, reg, name in (("model", MODELS, model), ("dataset", DATASETS, dataset)):
+        if name not in reg:
+            raise _fail(str(UnknownNameError(kind, name, reg.names())))
+    if not image.is_file():
+        raise _fail(f"--image: {image}: image file not found")
+    from transformers.utils import logging as hf_logging
+
+    from benchmark.config import ConfigError, build_run_config, load_override_file, parse_set
+    from benchmark.tasks.vqa_training import load_vqa_model
+    from datamodules.base import DataError, load_image
+
+    hf_logging.disable_progress_bar()  # the answer alone on the terminal
+    cli = _options(dataset=dataset, size=size, seed=seed, data_root=data_root, cache_dir=cache_dir) | {"task": "vqa"}
+    if size == "full":
+        cli |= {"model_args": {"pretrained": pretrained}, "task_args": {"lm": lm}, "train": {"max_epochs": 0}}
+    try:
+        overrides = [*([load_override_file(config)] if config else []), cli, parse_set(set_ or [])]
+        cfg = build_run_config(model_defaults(model), *overrides)
+        vqa_model = load_vqa_model(cfg)
+        pixels = vqa_model.retrieval.image_transform()(load_image(image))[None]
+    except (ConfigError, DataError, UnknownNameError) as e:
+        raise _fail(str(e)) from None
+    vqa_model.eval()
+    typer.echo(vqa_model.generate(pixels, [question])[0])
+
+
+@app.command()
 def regress(
     subset: Annotated[Optional[str], typer.Option(help="Comma-separated models (default: every registered model).")] = None,
     baseline_dir: Annotated[Path, typer.Option(help="Baseline result files and tolerances.json.")] = Path("results/baseline"),

@@ -93,8 +93,9 @@ def dependency_config(cfg: RunConfig, model: str, overrides: dict | None = None)
     return build_run_config(model_defaults(model), inherited, overrides or {})
 
 
-def resolve_dependencies(cfg: RunConfig, model_cls, model_config, *, progress: bool = False):
-    """``(model_config with its dependency fields filled, {field: provenance})``."""
+def resolve_dependencies(cfg: RunConfig, model_cls, model_config, *, progress: bool = False, train: bool = True):
+    """``(model_config with its dependency fields filled, {field: provenance})``; ``train=False``:
+    a dependency that is not cached is an error instead of being trained."""
     deps = getattr(model_cls, "checkpoint_dependencies", {}) or {}
     if cfg.size != "tiny" or not deps:
         return model_config, {}
@@ -112,7 +113,7 @@ def resolve_dependencies(cfg: RunConfig, model_cls, model_config, *, progress: b
             continue
         dep_cfg = dependency_config(cfg, dep_model, overrides.get(name))
         t = time.perf_counter()
-        ckpt, trained = ensure_checkpoint(dep_cfg, progress=progress)
+        ckpt, trained = ensure_checkpoint(dep_cfg, progress=progress, train=train)
         model_config = replace(model_config, **{name: str(ckpt)})
         resolved[name] = {"model": dep_model, "checkpoint": str(ckpt), "given": False, "trained_this_run": trained,
                           "training_hash": ckpt.name.rsplit("__", 1)[-1], "config": to_dict(dep_cfg),
@@ -120,24 +121,28 @@ def resolve_dependencies(cfg: RunConfig, model_cls, model_config, *, progress: b
     return model_config, resolved
 
 
-def ensure_checkpoint(cfg: RunConfig, *, progress: bool = False) -> tuple[Path, bool]:
-    """The cached checkpoint of ``cfg``'s training, trained (and cached) now if absent."""
+def ensure_checkpoint(cfg: RunConfig, *, progress: bool = False, train: bool = True) -> tuple[Path, bool]:
+    """The cached checkpoint of ``cfg``'s training, trained (and cached) now if absent
+    (``train=False``: absent is a :class:`ConfigError` naming the run that trains it)."""
     import lightning as L
 
     if cfg.train.max_epochs < 1:
         raise ConfigError(f"a dependency ({cfg.model}) must be trained: train.max_epochs must be >= 1")
     model_cls, model_config, dm = _resolve(cfg)
-    model_config, deps = resolve_dependencies(cfg, model_cls, model_config, progress=progress)
+    model_config, deps = resolve_dependencies(cfg, model_cls, model_config, progress=progress, train=train)
     ckpt = checkpoint_dir(cfg, deps, model_config, model_cls)
     if ckpt.exists():
         return ckpt, False
+    if not train:
+        raise ConfigError(f"no trained {cfg.model} checkpoint for this config in {Path(cfg.cache_dir) / 'checkpoints'} "
+                          f"(run `bench run --model {cfg.model} --dataset {cfg.dataset} --seed {cfg.seed}` first)")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm.prepare_data()
     model = model_cls.create(model_config, cfg.train.optim, dm.vocabulary_texts())
     _install_item_loader(cfg, model, dm)
     trainer = _fit(cfg, model, dm, progress=progress)
     if trainer.is_global_zero:
-        _save_atomically(model, ckpt)
+        save_atomically(model, ckpt)
     trainer.strategy.barrier()
     return ckpt, True
 
@@ -199,7 +204,7 @@ def _trainer(cfg: RunConfig, *, fit: bool, progress: bool, name: str):
     )
 
 
-def _save_atomically(model, directory: Path) -> None:
+def save_atomically(model, directory: Path) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
@@ -230,6 +235,8 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
 
     path = cfg.result_path()
     t0 = time.perf_counter()
+    task = TASKS.get(cfg.task)()
+    task.check(cfg)  # before anything is trained
     model_cls, model_config, dm = _resolve(cfg)
     if skip_existing and path.exists() and _up_to_date(path, cfg, model_cls, model_config):
         return RunOutcome(path, None, skipped=True)
@@ -261,13 +268,12 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
             loader = _install_item_loader(cfg, model, dm)
             trainer = _fit(cfg, model, dm, progress=progress)
             if trainer.is_global_zero:
-                _save_atomically(model, ckpt)
+                save_atomically(model, ckpt)
             trained = True
             timings["train_s"] = time.perf_counter() - t
 
     if loader is None:
         loader = _install_item_loader(cfg, model, dm)
-    task = TASKS.get(cfg.task)()
     t = time.perf_counter()
     tester = _trainer(cfg, fit=False, progress=progress, name="")
     ctx = TaskContext(cfg, model, dm, tester, ckpt if cfg.train.max_epochs > 0 else None, progress)

@@ -324,6 +324,16 @@ class RetrievalDataModule(L.LightningDataModule):
         images = IndexedImages(es.image_paths, self.transform, tolerant=self._tolerant)
         return self._loader(images, self.config.eval_batch_size, False)
 
+    def image_items(self, split: str):
+        """``index -> tensor`` over the split's usable records: the item loader's items (e.g.
+        cached frozen features) if the model installed one, else the transformed images."""
+        records = self.records(split)
+        item_fn = self._item_fn(split, records)
+        if item_fn is not None:
+            return item_fn
+        images = IndexedImages([r.path for r in records], self.transform, tolerant=self._tolerant)
+        return lambda i: images[i][1]
+
     def _item_pairs(self, split: str):
         """Training pairs served by the item loader (None without one)."""
         records = self.records(split)

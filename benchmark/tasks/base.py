@@ -43,6 +43,10 @@ class Task(Protocol):
     #: whether FLOPs / memory / throughput of retrieval are measured after the run
     measures_cost: bool
 
+    def check(self, cfg: RunConfig) -> None:
+        """Refuse a config the task cannot run (ConfigError), before anything is trained."""
+        ...
+
     def evaluate(self, ctx: TaskContext) -> TaskEvaluation: ...
 
     def summary(self, result: dict) -> list[str]:

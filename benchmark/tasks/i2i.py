@@ -22,6 +22,9 @@ class ImageToImageTask:
     measures_cost = False  # the retrieval run measures the model's cost
     Options = ViewOptions
 
+    def check(self, cfg) -> None:
+        from_dict(ViewOptions, cfg.task_args, "task_args")
+
     def evaluate(self, ctx: TaskContext) -> TaskEvaluation:
         options = from_dict(ViewOptions, ctx.cfg.task_args, "task_args")
         protocol = ctx.dm.i2i_queries

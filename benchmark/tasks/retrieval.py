@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from benchmark.config import ConfigError
 from benchmark.tasks.base import TaskContext, TaskEvaluation
 
 HEADLINE = ("R@1", "R@5", "R@10", "MRR", "Sim")
@@ -35,6 +36,10 @@ def run_evaluator(ctx: TaskContext, eval_set, eval_config, dataloaders, modaliti
 
 class RetrievalTask:
     measures_cost = True
+
+    def check(self, cfg) -> None:
+        if cfg.task_args:
+            raise ConfigError(f"task retrieval takes no task_args, got {sorted(cfg.task_args)}")
 
     def evaluate(self, ctx: TaskContext) -> TaskEvaluation:
         from benchmark.metrics.qlen import qlen_metrics
