@@ -17,18 +17,20 @@ from typing import Any
 import torch
 
 from datamodules.base import DataError, IndexedImages, sha256_of_files
-from datamodules.synthetic.questions import Question, split_questions
+from datamodules.synthetic.questions import Question, scene_text, split_questions
 
 
 @dataclass
 class QAData:
     """train: questions to train on (None: evaluation only); test: the evaluated questions.
-    ``*_items``: ``image_index -> tensor`` (what the model takes as an image)."""
+    ``*_items``: ``image_index -> tensor`` (what the model takes as an image); ``train_context``:
+    per training image, its content as text (the tiny LM's pretraining context), if known."""
 
     test: list[Question]
     test_items: Callable[[int], torch.Tensor]
     train: list[Question] | None = None
     train_items: Callable[[int], torch.Tensor] | None = None
+    train_context: list[str] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
@@ -38,6 +40,7 @@ def synthetic_qa(dm, seed: int) -> QAData:
                  for s in ("train", split)}
     return QAData(test=questions[split], test_items=dm.image_items(split), train=questions["train"],
                   train_items=dm.image_items("train"),
+                  train_context=[scene_text(r.metadata["scene"]) for r in dm.records("train")],
                   provenance={"source": "synthetic scene-graph questions", "split": split, "question_seed": seed,
                               "n_train_questions": len(questions["train"])})
 

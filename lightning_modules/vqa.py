@@ -15,6 +15,9 @@ followed by the prompt ``"Question: {question} Answer:"``; the answer is generat
   modelling, no image: :class:`TextPretraining`), then frozen; then the projection -- and,
   with ``train_qformer``, the retrieval model's Q-Former side (not its vision tower nor its
   QScaler) -- is trained on (image, question, answer) with the LM loss on the answer tokens.
+  The pretraining text puts the image's content as words (synthetic: the scene graph) before
+  the question, where the projected queries stand at VQA time: so the frozen LM has learned to
+  read an answer from the context before the question, not only from the question's prior.
 
 Sequence layout (training and generation alike): ``[prefix: n query slots, invalid ones
 masked] [prompt (+ answer + EOS), left-padded]``, position ids counted over unmasked tokens
@@ -49,25 +52,27 @@ class VqaOptions:
     lm: full size: a ``Blip2ForConditionalGeneration`` checkpoint (hub id or local path) whose
         ``language_model`` and ``language_projection`` are used; None = the tiny LM.
     lm_hidden, lm_layers, lm_heads: the tiny OPT.
-    lm_epochs, lm_lr: its language-model pretraining on the question / answer text.
+    lm_epochs, lm_lr: its language-model pretraining on the question / answer text (each
+        preceded by the image's content as text when the dataset knows it: the scene graph).
     epochs, lr, batch_size: training of the projection (and the Q-Former with
-        ``train_qformer``) on VQA; ``epochs`` 0 = evaluate as loaded (the full size).
-    train_qformer: train the retrieval model's Q-Former side too (tiny default: True -- a
-        linear map alone into a small frozen LM learns little; see docs/DESIGN.md).
+        ``train_qformer``) on VQA.
+    train_qformer: train the retrieval model's Q-Former side too (default False: the
+        projection only, as BLIP-2's second stage with a frozen Q-Former output -- and then
+        the query outputs are computed once, which keeps the tiny run cheap on CPU).
     max_new_tokens: greedy decoding stops there or at EOS.
     prompt: the text after the prefix; must contain ``{question}``.
     """
 
     lm: str | None = None
-    lm_hidden: int = 128
+    lm_hidden: int = 64
     lm_layers: int = 2
     lm_heads: int = 4
-    lm_epochs: int = 6
+    lm_epochs: int = 3
     lm_lr: float = 3e-3
-    epochs: int = 6
-    lr: float = 1e-3
+    epochs: int = 4
+    lr: float = 3e-3
     batch_size: int = 64
-    train_qformer: bool = True
+    train_qformer: bool = False
     max_new_tokens: int = 4
     prompt: str = "Question: {question} Answer:"
     local_files_only: bool = True
@@ -174,14 +179,18 @@ class VqaModel(L.LightningModule):
     def prompts(self, questions: Sequence[str]) -> list[str]:
         return [self.options.prompt.format(question=q) for q in questions]
 
-    def _inputs(self, images: torch.Tensor, questions: Sequence[str], rows: Sequence[Sequence[int]]):
-        """``(inputs_embeds, attention_mask, position_ids)`` of ``[prefix][left-padded rows]``."""
-        queries, qmask = self.retrieval.vqa_queries(images, questions)
-        prefix = self.projection(queries.to(self.projection.weight.dtype))
+    def prefix_queries(self, images: torch.Tensor, questions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The retrieval model's query outputs ``[B, n, H]`` for (image, question) and their mask."""
+        return self.retrieval.vqa_queries(images, questions)
+
+    def _inputs(self, prefix: tuple[torch.Tensor, torch.Tensor], rows: Sequence[Sequence[int]]):
+        """``(inputs_embeds, attention_mask, position_ids)`` of ``[projected prefix][left-padded rows]``."""
+        queries, qmask = prefix
+        embeds = self.projection(queries.to(self.projection.weight.dtype))
         ids, tmask = _pad_left(rows, self.tokenizer.pad_token_id)
-        ids, tmask = ids.to(prefix.device), tmask.to(prefix.device)
-        embeds = torch.cat([prefix, self.lm.get_input_embeddings()(ids).to(prefix.dtype)], 1)
-        mask = torch.cat([qmask.to(prefix.device), tmask], 1)
+        ids, tmask = ids.to(embeds.device), tmask.to(embeds.device)
+        embeds = torch.cat([embeds, self.lm.get_input_embeddings()(ids).to(embeds.dtype)], 1)
+        mask = torch.cat([qmask.to(embeds.device).bool(), tmask], 1)
         return embeds, mask, self._positions(mask)
 
     @staticmethod
@@ -191,12 +200,15 @@ class VqaModel(L.LightningModule):
     def _logits(self, embeds, mask, positions) -> torch.Tensor:
         return self.lm(inputs_embeds=embeds, attention_mask=mask.long(), position_ids=positions).logits
 
-    def loss(self, images: torch.Tensor, questions: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
-        """Mean cross-entropy of the answer tokens (and EOS) given prefix and prompt."""
+    def loss(self, images: torch.Tensor | None, questions: Sequence[str], answers: Sequence[str],
+             prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Mean cross-entropy of the answer tokens (and EOS) given prefix and prompt; ``prefix``:
+        query outputs computed beforehand (then ``images`` is not used)."""
         eos = self.tokenizer.eos_token_id
         prompts = self._ids(self.prompts(questions))
         targets = [a + [eos] for a in self._ids([" " + a for a in answers])]
-        embeds, mask, positions = self._inputs(images, questions, [p + t for p, t in zip(prompts, targets)])
+        prefix = prefix if prefix is not None else self.prefix_queries(images, questions)
+        embeds, mask, positions = self._inputs(prefix, [p + t for p, t in zip(prompts, targets)])
         labels = torch.full(mask.shape, -100, dtype=torch.long, device=embeds.device)
         for i, t in enumerate(targets):
             labels[i, mask.shape[1] - len(t):] = torch.tensor(t, device=embeds.device)
@@ -206,7 +218,7 @@ class VqaModel(L.LightningModule):
     @torch.no_grad()
     def generate(self, images: torch.Tensor, questions: Sequence[str]) -> list[str]:
         """Greedy answers (decoded, special tokens dropped, stripped), one per question."""
-        embeds, mask, _ = self._inputs(images, questions, self._ids(self.prompts(questions)))
+        embeds, mask, _ = self._inputs(self.prefix_queries(images, questions), self._ids(self.prompts(questions)))
         eos = self.tokenizer.eos_token_id
         out = torch.full((len(questions), 0), eos, dtype=torch.long, device=embeds.device)
         done = torch.zeros(len(questions), dtype=torch.bool, device=embeds.device)
@@ -227,8 +239,12 @@ class VqaModel(L.LightningModule):
 
     # -- training --------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        _, images, questions, answers = batch
-        loss = self.loss(images, questions, answers)
+        if len(batch) == 5:  # (index, query outputs, their mask, questions, answers): computed beforehand
+            _, queries, qmask, questions, answers = batch
+            loss = self.loss(None, questions, answers, prefix=(queries, qmask))
+        else:  # (index, images, questions, answers)
+            _, images, questions, answers = batch
+            loss = self.loss(images, questions, answers)
         self.log("vqa/train_loss", loss, prog_bar=True, batch_size=len(questions))
         return loss
 

@@ -18,7 +18,7 @@ from datamodules.datamodule import DataConfig
 from datamodules.qa import rsieval_qa
 from datamodules.rsicap import RSICapDataModule
 from datamodules.synthetic import SyntheticDataModule
-from datamodules.synthetic.questions import NUMBERS, QUESTION_TYPES, Question, split_questions
+from datamodules.synthetic.questions import NUMBERS, QUESTION_TYPES, Question, scene_text, split_questions
 from lightning_modules.idq_former import IdqConfig, IdqFormerRetrieval
 from lightning_modules.optim import OptimConfig
 from lightning_modules.vqa import VqaModel, VqaOptions, normalize_answer
@@ -28,7 +28,7 @@ from tests.tiny_blip2 import save_tiny_blip2
 runner = CliRunner()
 QS = ["What colour is the circle?", "How many objects are there?", "Is there a red star?"]
 TEXTS = [f"Question: {q} Answer: {a}" for q, a in zip(QS, ["red", "two", "no"])]
-TINY_LM = VqaOptions(lm_hidden=32, lm_layers=1, lm_heads=2, max_new_tokens=3)
+TINY_LM = VqaOptions(lm_hidden=32, lm_layers=1, lm_heads=2, max_new_tokens=3, train_qformer=True)
 
 
 # -- questions ------------------------------------------------------------------------------
@@ -62,6 +62,9 @@ def test_questions_agree_with_the_scene_graph(synthetic):
     per_image = Counter((q.image_index, q.type) for q in qs)
     assert max(per_image.values()) == 1 and Counter(q.type for q in qs)["count"] == len(records)
     assert {q.answer for q in qs if q.type == "presence"} == {"yes", "no"}
+    text = scene_text(records[0].metadata["scene"])
+    assert text.startswith(f"{NUMBERS[len(records[0].metadata['scene']['objects'])]} objects: a ")
+    assert all(o["colour"] in text and o["shape"] in text for o in records[0].metadata["scene"]["objects"])
     again = split_questions([(r.image_id, r.metadata["scene"]) for r in records], 0)
     other = split_questions([(r.image_id, r.metadata["scene"]) for r in records], 1)
     assert again == qs != other  # deterministic per seed
@@ -111,7 +114,7 @@ def test_prefix_is_the_dynamic_queries_and_only_projection_and_qformer_learn(our
     try:
         queries, mask = ours.vqa_queries(_tokens(3), QS)
         assert queries.shape == (3, 7, 32) and mask.sum(1).tolist() == [3, 7, 5]
-        embeds, attn, positions = model._inputs(_tokens(3), QS, model._ids(model.prompts(QS)))
+        embeds, attn, positions = model._inputs(model.prefix_queries(_tokens(3), QS), model._ids(model.prompts(QS)))
         assert embeds.shape[:2] == attn.shape == positions.shape and embeds.shape[2] == 32
         assert positions[0, -1] == attn[0].sum() - 1  # positions count unmasked tokens only
         loss = model.loss(_tokens(3), QS, ["red", "two", "no"])
@@ -125,6 +128,23 @@ def test_prefix_is_the_dynamic_queries_and_only_projection_and_qformer_learn(our
     answers = model.eval().generate(_tokens(3), QS)
     assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
     ours.zero_grad(set_to_none=True)
+
+
+def test_precomputed_prefixes_give_the_same_loss(ours):
+    from benchmark.tasks.vqa_training import PrefixItems, precompute_prefixes
+
+    model = VqaModel.create(ours, VqaOptions(lm_hidden=32, lm_layers=1, lm_heads=2), TEXTS).eval()
+    assert not any(p.requires_grad for p in ours.parameters())  # train_qformer off: only the projection learns
+    questions = [Question(i, q, a, "t") for i, (q, a) in enumerate(zip(QS, ["red", "two", "no"]))]
+    tokens = _tokens(3)
+    queries, mask = precompute_prefixes(model, questions, lambda i: tokens[i], batch_size=2)
+    assert queries.shape[0] == 3 and mask.shape == queries.shape[:2]
+    _, q0, m0, question, answer = PrefixItems(questions, queries, mask)[0]
+    assert (question, answer) == (QS[0], "red") and m0.sum() > 0
+    with torch.no_grad():
+        direct = model.loss(tokens, QS, ["red", "two", "no"])
+        cached = model.loss(None, QS, ["red", "two", "no"], prefix=(queries, mask))
+    torch.testing.assert_close(direct, cached)
 
 
 def test_tiny_vqa_round_trip(ours, tmp_path):

@@ -24,6 +24,34 @@ from datamodules.synthetic.questions import Question
 from lightning_modules.vqa import TextPretraining, VqaModel, VqaOptions
 
 
+class PrefixItems(Dataset):
+    """``(index, query outputs [n, H], mask [n], question, answer)`` per question, the query
+    outputs computed once beforehand (``train_qformer`` off: the retrieval model is frozen)."""
+
+    def __init__(self, questions: Sequence[Question], queries: torch.Tensor, mask: torch.Tensor) -> None:
+        self.questions, self.queries, self.mask = list(questions), queries, mask
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def __getitem__(self, i: int):
+        q = self.questions[i]
+        return i, self.queries[i], self.mask[i], q.question, q.answer
+
+
+@torch.no_grad()
+def precompute_prefixes(model: VqaModel, questions: Sequence[Question], items, batch_size: int):
+    """Query outputs ``[N, n_max, H]`` and masks ``[N, n_max]`` of every question (zero-padded)."""
+    outs, masks = [], []
+    for _, images, qs, _ in _loader(QuestionItems(questions, items), batch_size, False):
+        q, m = model.prefix_queries(images, qs)
+        outs.append(q.cpu())
+        masks.append(m.cpu())
+    n = max(o.shape[1] for o in outs)
+    queries = torch.cat([torch.nn.functional.pad(o, (0, 0, 0, n - o.shape[1])) for o in outs])
+    return queries, torch.cat([torch.nn.functional.pad(m, (0, n - m.shape[1])) for m in masks])
+
+
 class QuestionItems(Dataset):
     """``(index, image item, question, answer)`` per question."""
 
@@ -73,7 +101,9 @@ def train_vqa(cfg: RunConfig, retrieval, options: VqaOptions, qa: QAData, progre
     import lightning as L
 
     timings = {}
-    texts = [f"{options.prompt.format(question=q.question)} {q.answer}" for q in qa.train]
+    context = qa.train_context or [""] * (1 + max(q.image_index for q in qa.train))
+    texts = [f"{context[q.image_index]} {options.prompt.format(question=q.question)} {q.answer}".strip()
+             for q in qa.train]
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = VqaModel.create(retrieval, options, texts)
     t = time.perf_counter()
@@ -87,8 +117,13 @@ def train_vqa(cfg: RunConfig, retrieval, options: VqaOptions, qa: QAData, progre
     timings["vqa_lm_pretrain_s"] = time.perf_counter() - t
     t = time.perf_counter()
     if options.epochs:
-        _trainer(cfg, options.epochs, progress).fit(
-            model, train_dataloaders=_loader(QuestionItems(qa.train, qa.train_items), options.batch_size, True))
+        if options.train_qformer:
+            data = QuestionItems(qa.train, qa.train_items)
+        else:
+            model.eval()
+            data = PrefixItems(qa.train, *precompute_prefixes(model, qa.train, qa.train_items, options.batch_size))
+            timings["vqa_prefixes_s"] = time.perf_counter() - t
+        _trainer(cfg, options.epochs, progress).fit(model, train_dataloaders=_loader(data, options.batch_size, True))
     timings["vqa_train_s"] = time.perf_counter() - t
     return model, timings
 

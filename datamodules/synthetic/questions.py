@@ -13,7 +13,8 @@ image's own scene (``datamodules/synthetic/scene.py``); answers are single words
 * ``presence``: "Is there a {colour} {shape}?" -> "yes" (a type of the scene) or "no"
   (a type absent from it), each with probability one half.
 
-The train / test questions come from the synthetic train / test splits.
+The train / test questions come from the synthetic train / test splits. :func:`scene_text`
+writes a scene graph as words (the text-only context of the tiny LM's pretraining).
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ def scene_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, s
         colour, shape = absent[int(rng.integers(len(absent)))]
         out.append(("presence", f"Is there a {colour} {shape}?", "no"))
     return out
+
+
+def scene_text(scene: Mapping[str, Any]) -> str:
+    """The scene graph as words ("a large red circle at the top left, ..."): the context before
+    the question in the tiny LM's text-only pretraining (lightning_modules/vqa.py), whose place
+    the image's projected queries take at VQA time."""
+    objects = [f"a {o['size']} {o['colour']} {o['shape']} at the {o['row']} {o['column']}" for o in scene["objects"]]
+    return f"{NUMBERS[len(objects)]} objects: " + ", ".join(objects) + "."
 
 
 def split_questions(scenes: Sequence[tuple[str, Mapping[str, Any]]], seed: int) -> list[Question]:
