@@ -192,6 +192,11 @@ def test_full_size_lm_and_projection_load_from_a_saved_checkpoint(ours, tmp_path
     bad = _save_tiny_blip2_opt(tmp_path / "other", qformer_hidden=48)
     with pytest.raises(ValueError, match="language_projection takes 48 features"):
         VqaModel.create(ours, VqaOptions(lm=str(bad)))
+    from benchmark.config import ConfigError
+    from benchmark.tasks.vqa_training import full_size_vqa
+
+    with pytest.raises(ConfigError, match="task_args.lm: cannot use .*absent"):
+        full_size_vqa(ours, VqaOptions(lm=str(tmp_path / "absent")))
 
 
 def test_vqa_options_are_validated():

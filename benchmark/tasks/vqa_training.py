@@ -76,6 +76,15 @@ def vqa_options(cfg: RunConfig) -> VqaOptions:
     return options
 
 
+def full_size_vqa(retrieval, options: VqaOptions) -> VqaModel:
+    """The full-size VQA model (``task_args.lm``), loaded; an absent or unreadable checkpoint is a ConfigError."""
+    try:
+        return VqaModel.create(retrieval, options)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"task_args.lm: cannot use {options.lm!r} as a Blip2ForConditionalGeneration "
+                          f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+
+
 def vqa_checkpoint_dir(cfg: RunConfig, retrieval_checkpoint: Path, options: VqaOptions) -> Path:
     key = stable_hash([to_dict(options), cfg.seed, cfg.data.options, cfg.dataset])
     return Path(cfg.cache_dir) / "checkpoints" / f"vqa__{Path(retrieval_checkpoint).name}__{key}"
@@ -133,7 +142,7 @@ def ensure_vqa_model(cfg: RunConfig, retrieval, checkpoint: Path | None, qa: QAD
     """The VQA model of a run and its provenance: full -- loaded; tiny -- cached or trained now."""
     options = vqa_options(cfg)
     if cfg.size == "full":
-        return VqaModel.create(retrieval, options), {"lm": options.lm, "trained": False}
+        return full_size_vqa(retrieval, options), {"lm": options.lm, "trained": False}
     if qa.train is None:
         raise ConfigError(f"{cfg.dataset}: its QA pairs are for evaluation only (no training questions): "
                           "evaluate a full-size model (--size full, task_args.lm)")
@@ -165,7 +174,7 @@ def load_vqa_model(cfg: RunConfig) -> VqaModel:
     options = vqa_options(cfg)
     model_cls, model_config, _ = _resolve(cfg)
     if cfg.size == "full":
-        return VqaModel.create(model_cls.create(model_config, cfg.train.optim), options)
+        return full_size_vqa(model_cls.create(model_config, cfg.train.optim), options)
     ckpt, _ = ensure_checkpoint(cfg, train=False)
     path = vqa_checkpoint_dir(cfg, ckpt, options)
     if not path.exists():
