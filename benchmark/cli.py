@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from benchmark.registry import DATASETS, MODELS, UnknownNameError
+from benchmark.registry import DATASETS, MODELS, TASKS, UnknownNameError
 
 app = typer.Typer(
     name="bench",
@@ -45,7 +45,8 @@ def run(
     model: Annotated[str, typer.Option(help=f"Model: {', '.join(MODELS.names())}.")] = "clip",
     dataset: Annotated[str, typer.Option(help=f"Dataset: {', '.join(DATASETS.names())}.")] = "synthetic",
     size: Annotated[str, typer.Option(help="tiny (trained here from scratch) or full (pretrained checkpoint).")] = "tiny",
-    tag: Annotated[str, typer.Option(help="Names the result file results/<model>__<dataset>__<tag>.json.")] = "default",
+    tag: Annotated[str, typer.Option(help="Names the result file results/<model>__<dataset>__<tag>.json (other tasks: <model>__<dataset>__<task>__<tag>.json).")] = "default",
+    task: Annotated[str, typer.Option(help=f"Task: {', '.join(TASKS.names())}.")] = "retrieval",
     seed: Annotated[int, typer.Option(help="Seed for data generation, training and evaluation.")] = 0,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs (0 = evaluate as is).")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: $INSTRUCTSEE_DATA_ROOT/<dataset>).")] = None,
@@ -61,15 +62,15 @@ def run(
     strict: Annotated[bool, typer.Option(help="A missing or unreadable image is an error (default: skipped, counted, listed in the result file).")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Train (tiny) or load (full) one model, evaluate it on one dataset, write one result file."""
-    for kind, reg, name in (("model", MODELS, model), ("dataset", DATASETS, dataset)):
+    """Train (tiny) or load (full) one model, evaluate it on one dataset and task, write one result file."""
+    for kind, reg, name in (("model", MODELS, model), ("dataset", DATASETS, dataset), ("task", TASKS, task)):
         if name not in reg:
             raise _fail(str(UnknownNameError(kind, name, reg.names())))
     from benchmark.config import ConfigError, build_run_config, load_override_file, parse_set
     from benchmark.runner import run as run_one
     from datamodules.base import DataError
 
-    cli: dict = {"model": model, "dataset": dataset, "size": size, "tag": tag, "seed": seed,
+    cli: dict = {"model": model, "dataset": dataset, "size": size, "tag": tag, "task": task, "seed": seed,
                  "results_dir": str(results_dir)}
     if cache_dir is not None:
         cli["cache_dir"] = str(cache_dir)
@@ -92,9 +93,8 @@ def run(
     if outcome.skipped:
         typer.echo(f"skipped: {outcome.path} already holds this config")
         return
-    m = outcome.result["metrics"]  # type: ignore[index]
-    keys = [k for k in m if k.split("/")[-1] in ("R@1", "R@5", "R@10", "MRR", "Sim")]
-    typer.echo("  ".join(f"{k}={m[k]:.4f}" for k in keys))
+    for line in TASKS.get(task)().summary(outcome.result):
+        typer.echo(line)
     typer.echo(f"wrote {outcome.path} ({outcome.result['timings']['total_s']:.1f} s)")  # type: ignore[index]
 
 
@@ -256,6 +256,48 @@ def ablate(
         raise _fail(str(e)) from None
     typer.echo(f"{ablation.name} on {ablation.model}: {ablation.description}")
     typer.echo(ablation_table(ablation, results))
+
+
+@app.command()
+def vqa(
+    image: Annotated[Path, typer.Option(help="The image file the question is about.")],
+    question: Annotated[str, typer.Option(help='The question, e.g. "What colour is the circle?".')],
+    model: Annotated[str, typer.Option(help=f"Model: {', '.join(MODELS.names())} (the BLIP2 family answers).")] = "ours",
+    dataset: Annotated[str, typer.Option(help="The dataset the tiny VQA model was trained on.")] = "synthetic",
+    size: Annotated[str, typer.Option(help="tiny (the cached model of `bench run --task vqa`) or full.")] = "tiny",
+    seed: Annotated[int, typer.Option(help="The seed of the run that trained it.")] = 0,
+    pretrained: Annotated[Optional[str], typer.Option(help="Size full: the retrieval checkpoint (hub id or local path).")] = None,
+    lm: Annotated[Optional[str], typer.Option(help="Size full: the Blip2ForConditionalGeneration checkpoint whose LM answers.")] = "Salesforce/blip2-opt-2.7b",
+    data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="JSON file of run-config overrides (as given to `bench run`).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Run-config override KEY.PATH=VALUE (as given to `bench run`).")] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache holding the trained checkpoints.")] = None,
+) -> None:
+    """Answer one question about one image (tiny: never trains; run `bench run --task vqa` first)."""
+    for kind, reg, name in (("model", MODELS, model), ("dataset", DATASETS, dataset)):
+        if name not in reg:
+            raise _fail(str(UnknownNameError(kind, name, reg.names())))
+    if not image.is_file():
+        raise _fail(f"--image: {image}: image file not found")
+    from transformers.utils import logging as hf_logging
+
+    from benchmark.config import ConfigError, build_run_config, load_override_file, parse_set
+    from benchmark.tasks.vqa_training import load_vqa_model
+    from datamodules.base import DataError, load_image
+
+    hf_logging.disable_progress_bar()  # the answer alone on the terminal
+    cli = _options(dataset=dataset, size=size, seed=seed, data_root=data_root, cache_dir=cache_dir) | {"task": "vqa"}
+    if size == "full":
+        cli |= {"model_args": {"pretrained": pretrained}, "task_args": {"lm": lm}, "train": {"max_epochs": 0}}
+    try:
+        overrides = [*([load_override_file(config)] if config else []), cli, parse_set(set_ or [])]
+        cfg = build_run_config(model_defaults(model), *overrides)
+        vqa_model = load_vqa_model(cfg)
+        pixels = vqa_model.retrieval.image_transform()(load_image(image))[None]
+    except (ConfigError, DataError, UnknownNameError) as e:
+        raise _fail(str(e)) from None
+    vqa_model.eval()
+    typer.echo(vqa_model.generate(pixels, [question])[0])
 
 
 @app.command()

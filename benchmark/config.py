@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.measure.settings import MeasureConfig
+from benchmark.registry import TASKS
 from datamodules.base import DIRECTIONS
 from datamodules.datamodule import DataConfig
 from lightning_modules.optim import OptimConfig
 
 SIZES = ("tiny", "full")
+DEFAULT_TASK = "retrieval"
 _TAG = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -103,8 +105,10 @@ class RunConfig:
     dataset: str = "synthetic"
     size: str = "tiny"
     tag: str = "default"
+    task: str = DEFAULT_TASK
     seed: int = 0
     model_args: dict = field(default_factory=dict)
+    task_args: dict = field(default_factory=dict)  # validated by the task's own Options when it runs
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -116,16 +120,27 @@ class RunConfig:
             raise ConfigError(f"size must be one of {SIZES}, got {self.size!r}")
         if not _TAG.match(self.tag):
             raise ConfigError(f"tag must match {_TAG.pattern} (it becomes part of a file name), got {self.tag!r}")
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(TASKS.names())}, got {self.task!r}")
 
     # -- identity ----------------------------------------------------------------------
     def result_path(self) -> Path:
-        return Path(self.results_dir) / f"{self.model}__{self.dataset}__{self.tag}.json"
+        """``<model>__<dataset>__<tag>.json`` for retrieval (the default task), else
+        ``<model>__<dataset>__<task>__<tag>.json``: four parts, so no retrieval file (three
+        parts; model, dataset and task names hold no ``__``) is taken for another task's."""
+        task = "" if self.task == DEFAULT_TASK else f"{self.task}__"
+        return Path(self.results_dir) / f"{self.model}__{self.dataset}__{task}{self.tag}.json"
 
     def identity(self) -> dict[str, Any]:
-        """The parts of the config that determine the result (not where files go)."""
+        """The parts of the config that determine the result (not where files go). The task
+        counts only when it is not the default, so retrieval hashes are those of before tasks."""
         d = to_dict(self)
         for k in ("tag", "results_dir", "cache_dir"):
             d.pop(k)
+        if d["task"] == DEFAULT_TASK:
+            d.pop("task")
+        if not d["task_args"]:
+            d.pop("task_args")
         d["data"].pop("root")
         return d
 
@@ -136,6 +151,8 @@ class RunConfig:
         """Determines a trained checkpoint: everything but evaluation settings."""
         d = self.identity()
         d.pop("eval")
+        for k in ("task", "task_args"):
+            d.pop(k, None)  # every task evaluates the same trained retrieval checkpoint
         for k in ("eval_batch_size", "eval_split", "max_eval_images", "num_workers", "cache_images", "strict"):
             d["data"].pop(k)
         return stable_hash(d)
@@ -230,7 +247,7 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
 def deep_merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for k, v in override.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "model_args":
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("model_args", "task_args"):
             out[k] = deep_merge(out[k], v)
         elif isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = {**out[k], **v}

@@ -23,10 +23,14 @@ from lightning_modules.base import RetrievalModel
 
 
 class RetrievalEvaluator(L.LightningModule):
-    GALLERY, QUERIES = 0, 1
+    """``modalities``: what each test dataloader serves, in order (``"image"``: the gallery,
+    ``"text"``: the query instructions, ``"query_image"``: separate image queries of ``i2i``,
+    e.g. augmented views; see :class:`~benchmark.metrics.RetrievalMetric`)."""
 
-    def __init__(self, model: RetrievalModel, eval_set: EvalSet, config: EvalConfig) -> None:
+    def __init__(self, model: RetrievalModel, eval_set: EvalSet, config: EvalConfig,
+                 modalities: tuple[str, ...] = ("image", "text")) -> None:
         super().__init__()
+        self.modalities = tuple(modalities)
         if not isinstance(model, RetrievalModel):
             raise TypeError(f"{type(model).__name__} does not honour the RetrievalModel protocol")
         self.model = model
@@ -41,17 +45,15 @@ class RetrievalEvaluator(L.LightningModule):
         )
         self.results: dict[str, float] = {}
         self.per_query: dict[str, np.ndarray] = {}
-        self.timings: dict[str, float] = {"encode_images_s": 0.0, "encode_texts_s": 0.0}
+        self.timings: dict[str, float] = {f"encode_{m}s_s": 0.0 for m in self.modalities}
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         index, items = batch
         start = time.perf_counter()
-        if dataloader_idx == self.GALLERY:
-            self.metric.update_images(index, self.model.encode_images(items))
-            self.timings["encode_images_s"] += time.perf_counter() - start
-        else:
-            self.metric.update_texts(index, self.model.encode_texts(items))
-            self.timings["encode_texts_s"] += time.perf_counter() - start
+        modality = self.modalities[dataloader_idx]
+        encode = self.model.encode_texts if modality == "text" else self.model.encode_images
+        self.metric.update(index, encode(items), modality)
+        self.timings[f"encode_{modality}s_s"] += time.perf_counter() - start
 
     def _similarity_from_variant(self) -> None:
         """Sim of a re-ranking model comes from its first-stage similarity (its

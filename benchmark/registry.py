@@ -82,3 +82,13 @@ DATASETS.register(
 DATASETS.register("coco", "datamodules.coco:CocoKarpathyDataModule", "COCO, Karpathy split (local folder)")
 DATASETS.register("medpix", "datamodules.medpix:MedPixDataModule", "MedPix 2.0, official case splits (local folder)")
 DATASETS.register("rsicap", "datamodules.rsicap:RSICapDataModule", "RSICap, the suite's hash split (local folder)")
+
+#: what ``bench run --task`` evaluates (benchmark/tasks/): each entry is a class with
+#: ``evaluate(context) -> TaskEvaluation``; the runner builds, trains or loads the model once for all
+TASKS = Registry("task")
+TASKS.register("retrieval", "benchmark.tasks.retrieval:RetrievalTask",
+               "instruction-to-image and image-to-caption retrieval (t2i, i2t, i2i directions)")
+TASKS.register("i2i", "benchmark.tasks.i2i:ImageToImageTask",
+               "image-to-image retrieval: reference image against the gallery (relevance per dataset)")
+TASKS.register("vqa", "benchmark.tasks.vqa:VqaTask",
+               "visual question answering: query outputs projected into a frozen causal LM, exact match")

@@ -1,6 +1,7 @@
 """Result files: the schema, atomic writing, loading, and the recorded environment.
 
-One JSON file per run, ``results/<model>__<dataset>__<tag>.json``. It holds the model,
+One JSON file per run, ``results/<model>__<dataset>__<tag>.json`` (a task other than
+retrieval: ``<model>__<dataset>__<task>__<tag>.json``, with ``"task"`` recorded). It holds the model,
 dataset, size, the whole config (and its hash), the seed, flat metric keys with the
 direction in the key (``t2i/R@5``), per-query arrays (for bootstrap intervals), the
 environment (package versions, device, threads, git revision), provenance (what was
@@ -74,9 +75,17 @@ def load_result(path: Path) -> dict:
     return data
 
 
-def load_results(directory: Path) -> list[dict]:
-    """Every ``*.json`` directly in ``directory`` (sorted by name); bad files raise."""
-    return [load_result(p) | {"_path": str(p)} for p in sorted(Path(directory).glob("*.json"))]
+def task_of(result: dict) -> str:
+    """The task a result file holds (files written before tasks existed are retrieval runs)."""
+    return str(result.get("task", "retrieval"))
+
+
+def load_results(directory: Path, task: str | None = None) -> list[dict]:
+    """Every ``*.json`` directly in ``directory`` (sorted by name); bad files raise. With
+    ``task``, only the results of that task (``bench report`` tabulates retrieval runs only:
+    an i2i, VQA or feedback file has other metrics and must not enter a retrieval table)."""
+    results = [load_result(p) | {"_path": str(p)} for p in sorted(Path(directory).glob("*.json"))]
+    return [r for r in results if task is None or task_of(r) == task]
 
 
 def _version(pkg: str) -> str | None:

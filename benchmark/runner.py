@@ -2,8 +2,9 @@
 
 The flow: run config -> registries -> model (which owns its preprocessing) -> DataModule
 with the model's transform -> Lightning ``Trainer.fit`` (tiny sizes; skipped when a
-checkpoint for the same training config is cached) -> ``Trainer.test`` over a
-:class:`~benchmark.evaluation.RetrievalEvaluator` -> one result file, written atomically.
+checkpoint for the same training config is cached) -> the task's ``evaluate``
+(``--task``, registered in ``benchmark.registry.TASKS``; retrieval: ``Trainer.test`` over a
+:class:`~benchmark.evaluation.RetrievalEvaluator`) -> one result file, written atomically.
 
 Trained checkpoints are cached under ``<cache_dir>/checkpoints/<model>__<dataset>__<hash>``
 where the hash covers everything that determines training (model options, data options,
@@ -22,12 +23,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from benchmark.config import ConfigError, RunConfig, build_run_config, from_dict, model_defaults, stable_hash, to_dict
-from benchmark.metrics.qlen import qlen_metrics
-from benchmark.registry import DATASETS, MODELS
+from benchmark.registry import DATASETS, MODELS, TASKS
 from benchmark.results import SCHEMA_VERSION, atomic_write_json, environment, load_result, ResultFileError
+from benchmark.tasks.base import TaskContext
 
 DATA_ROOT_ENV = "INSTRUCTSEE_DATA_ROOT"
 
@@ -94,8 +93,9 @@ def dependency_config(cfg: RunConfig, model: str, overrides: dict | None = None)
     return build_run_config(model_defaults(model), inherited, overrides or {})
 
 
-def resolve_dependencies(cfg: RunConfig, model_cls, model_config, *, progress: bool = False):
-    """``(model_config with its dependency fields filled, {field: provenance})``."""
+def resolve_dependencies(cfg: RunConfig, model_cls, model_config, *, progress: bool = False, train: bool = True):
+    """``(model_config with its dependency fields filled, {field: provenance})``; ``train=False``:
+    a dependency that is not cached is an error instead of being trained."""
     deps = getattr(model_cls, "checkpoint_dependencies", {}) or {}
     if cfg.size != "tiny" or not deps:
         return model_config, {}
@@ -113,7 +113,7 @@ def resolve_dependencies(cfg: RunConfig, model_cls, model_config, *, progress: b
             continue
         dep_cfg = dependency_config(cfg, dep_model, overrides.get(name))
         t = time.perf_counter()
-        ckpt, trained = ensure_checkpoint(dep_cfg, progress=progress)
+        ckpt, trained = ensure_checkpoint(dep_cfg, progress=progress, train=train)
         model_config = replace(model_config, **{name: str(ckpt)})
         resolved[name] = {"model": dep_model, "checkpoint": str(ckpt), "given": False, "trained_this_run": trained,
                           "training_hash": ckpt.name.rsplit("__", 1)[-1], "config": to_dict(dep_cfg),
@@ -121,24 +121,28 @@ def resolve_dependencies(cfg: RunConfig, model_cls, model_config, *, progress: b
     return model_config, resolved
 
 
-def ensure_checkpoint(cfg: RunConfig, *, progress: bool = False) -> tuple[Path, bool]:
-    """The cached checkpoint of ``cfg``'s training, trained (and cached) now if absent."""
+def ensure_checkpoint(cfg: RunConfig, *, progress: bool = False, train: bool = True) -> tuple[Path, bool]:
+    """The cached checkpoint of ``cfg``'s training, trained (and cached) now if absent
+    (``train=False``: absent is a :class:`ConfigError` naming the run that trains it)."""
     import lightning as L
 
     if cfg.train.max_epochs < 1:
         raise ConfigError(f"a dependency ({cfg.model}) must be trained: train.max_epochs must be >= 1")
     model_cls, model_config, dm = _resolve(cfg)
-    model_config, deps = resolve_dependencies(cfg, model_cls, model_config, progress=progress)
+    model_config, deps = resolve_dependencies(cfg, model_cls, model_config, progress=progress, train=train)
     ckpt = checkpoint_dir(cfg, deps, model_config, model_cls)
     if ckpt.exists():
         return ckpt, False
+    if not train:
+        raise ConfigError(f"no trained {cfg.model} checkpoint for this config in {Path(cfg.cache_dir) / 'checkpoints'} "
+                          f"(run `bench run --model {cfg.model} --dataset {cfg.dataset} --seed {cfg.seed}` first)")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm.prepare_data()
     model = model_cls.create(model_config, cfg.train.optim, dm.vocabulary_texts())
     _install_item_loader(cfg, model, dm)
     trainer = _fit(cfg, model, dm, progress=progress)
     if trainer.is_global_zero:
-        _save_atomically(model, ckpt)
+        save_atomically(model, ckpt)
     trainer.strategy.barrier()
     return ckpt, True
 
@@ -200,7 +204,7 @@ def _trainer(cfg: RunConfig, *, fit: bool, progress: bool, name: str):
     )
 
 
-def _save_atomically(model, directory: Path) -> None:
+def save_atomically(model, directory: Path) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
@@ -231,6 +235,8 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
 
     path = cfg.result_path()
     t0 = time.perf_counter()
+    task = TASKS.get(cfg.task)()
+    task.check(cfg)  # before anything is trained
     model_cls, model_config, dm = _resolve(cfg)
     if skip_existing and path.exists() and _up_to_date(path, cfg, model_cls, model_config):
         return RunOutcome(path, None, skipped=True)
@@ -262,28 +268,25 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
             loader = _install_item_loader(cfg, model, dm)
             trainer = _fit(cfg, model, dm, progress=progress)
             if trainer.is_global_zero:
-                _save_atomically(model, ckpt)
+                save_atomically(model, ckpt)
             trained = True
             timings["train_s"] = time.perf_counter() - t
 
-    from benchmark.evaluation import RetrievalEvaluator
-
     if loader is None:
         loader = _install_item_loader(cfg, model, dm)
-    eval_set = dm.eval_set()
-    evaluator = RetrievalEvaluator(model, eval_set, cfg.eval)
     t = time.perf_counter()
     tester = _trainer(cfg, fit=False, progress=progress, name="")
-    tester.test(evaluator, dataloaders=dm.test_dataloader(), verbose=False)
+    ctx = TaskContext(cfg, model, dm, tester, ckpt if cfg.train.max_epochs > 0 else None, progress)
+    evaluation = task.evaluate(ctx)
     timings["evaluate_s"] = time.perf_counter() - t
-    timings.update(evaluator.timings)
+    timings.update(evaluation.timings)
     timings.update(getattr(loader, "timings", {}))
     costs = None
-    if cfg.eval.measure and tester.is_global_zero:  # FLOPs, memory, throughput (benchmark/measure/run_costs.py)
+    if cfg.eval.measure and task.measures_cost and tester.is_global_zero:  # benchmark/measure/run_costs.py
         from benchmark.measure.run_costs import measure_run
 
         t = time.perf_counter()
-        costs = measure_run(cfg, model, model_config, dm, eval_set, device=str(tester.strategy.root_device),
+        costs = measure_run(cfg, model, model_config, dm, evaluation.eval_set, device=str(tester.strategy.root_device),
                             checkpoint=ckpt if cfg.train.max_epochs > 0 and ckpt.is_dir() else None)
         timings["measure_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
@@ -294,17 +297,15 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
         "dataset": cfg.dataset,
         "size": cfg.size,
         "tag": cfg.tag,
-        "task": "retrieval",
+        "task": cfg.task,
         "seed": cfg.seed,
         "config": to_dict(cfg),
         "config_hash": cfg.config_hash(),
         "model_config": to_dict(model_config),
-        "metrics": evaluator.results
-        | qlen_metrics(evaluator.per_query.get("text_lengths", np.zeros(0)), eval_set.complexity),
-        "per_query": {k: _jsonable(v) for k, v in evaluator.per_query.items()}
-        | {"complexity": eval_set.complexity.tolist()},
+        "metrics": evaluation.metrics,
+        "per_query": evaluation.per_query,
         "environment": environment(str(tester.strategy.root_device)),
-        "provenance": eval_set.provenance()
+        "provenance": evaluation.provenance
         | dm.describe()
         | {"data_root": dm.config.root, "checkpoint": str(ckpt) if cfg.train.max_epochs > 0 else None,
            "trained_this_run": trained}
@@ -312,7 +313,7 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
         | ({"features": loader.provenance} if getattr(loader, "provenance", None) else {}),
         "data": {"skipped": dm.skipped()},
         "timings": timings,
-    }
+    } | evaluation.extra
     if costs is not None:
         result["metrics"] |= costs.metrics
         result["measurement"] = costs.record
@@ -322,9 +323,3 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
         atomic_write_json(path, result)
     return RunOutcome(path, result, trained=trained)
 
-
-def _jsonable(a) -> list:
-    arr = np.asarray(a)
-    if arr.dtype.kind == "f":
-        return [None if not np.isfinite(x) else round(float(x), 6) for x in arr]
-    return arr.tolist()

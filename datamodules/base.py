@@ -132,6 +132,9 @@ class EvalSet:
     source: np.ndarray  # int, per query: index of the image the caption was written for
     relevance: dict[str, Relevance]
     annotations_sha256: str
+    #: separate ``i2i`` query images (datamodules/i2i.py ImageView, one per row of
+    #: ``relevance["i2i"]``); None: the gallery images are the ``i2i`` queries
+    i2i_views: tuple | None = None
 
     @property
     def n_images(self) -> int:

@@ -161,6 +161,7 @@ class CocoKarpathyDataModule(LocalDataModule):
         "lavis (coco/ subfolder)": ("coco/annotations/coco_karpathy_test.json",),
     }
     layout_help = LAYOUT_HELP
+    i2i_queries = "augmented_view"  # nothing relates two images: "same image" (datamodules/i2i.py)
     default_templates = (
         "Find an image of {caption}",
         "Retrieve the photo that shows: {caption}",

@@ -142,6 +142,9 @@ class RetrievalDataModule(L.LightningDataModule):
     check_images: bool = False
     #: per-record fields (besides ``{caption}``) that instruction templates may use
     template_fields: tuple[str, ...] = ()
+    #: the queries of ``--task i2i`` (datamodules/i2i.py QUERY_PROTOCOLS): "gallery" (the
+    #: records' own ``i2i_relevant``) or "augmented_view" (same image, a seeded augmented view)
+    i2i_queries: str = "gallery"
 
     def __init__(self, config: DataConfig, seed: int = 0) -> None:
         super().__init__()
@@ -321,6 +324,16 @@ class RetrievalDataModule(L.LightningDataModule):
         images = IndexedImages(es.image_paths, self.transform, tolerant=self._tolerant)
         return self._loader(images, self.config.eval_batch_size, False)
 
+    def image_items(self, split: str):
+        """``index -> tensor`` over the split's usable records: the item loader's items (e.g.
+        cached frozen features) if the model installed one, else the transformed images."""
+        records = self.records(split)
+        item_fn = self._item_fn(split, records)
+        if item_fn is not None:
+            return item_fn
+        images = IndexedImages([r.path for r in records], self.transform, tolerant=self._tolerant)
+        return lambda i: images[i][1]
+
     def _item_pairs(self, split: str):
         """Training pairs served by the item loader (None without one)."""
         records = self.records(split)
@@ -337,3 +350,13 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> Sequence[DataLoader]:
         return [self.gallery_dataloader(), self.query_dataloader()]
+
+    def i2i_dataloaders(self, eval_set: EvalSet) -> list[DataLoader]:
+        """``--task i2i``: the gallery, then the separate query images if ``eval_set`` has views."""
+        loaders = [self.gallery_dataloader(eval_set.split)]
+        if eval_set.i2i_views is not None:
+            from datamodules.i2i import ViewImages
+
+            views = ViewImages(eval_set.image_paths, eval_set.i2i_views, self.transform)
+            loaders.append(self._loader(views, self.config.eval_batch_size, False))
+        return loaders

@@ -21,12 +21,14 @@ Suite split -> MedPix split: train -> ``train`` (or ``train_1`` / ``train_2`` wi
 for instruction templates and per-group metrics: ``type`` (``CT`` or ``MR``; Case_topic's
 ``TAC`` / ``MRI`` spellings are mapped to these), ``modality``, ``plane``, ``location``,
 ``location_category``, ``case_id`` and ``figure_part`` (optional keys may be absent or
-null: the field is then empty). Relevance: a caption is relevant to its own image only.
+null: the field is then empty). Relevance: a caption is relevant to its own image only;
+image to image (``i2i``), the other images of the split from the same case (``U_id``; an
+image without a case id, or alone in its case, has none and is skipped as an i2i query).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +124,16 @@ def parse_case_topics(doc: Any, path: Path) -> dict[str, dict[str, list[str]]]:
     return out
 
 
+def same_case_relevance(records: list[ImageRecord]) -> list[ImageRecord]:
+    """Each record with ``i2i_relevant`` = the other images of its case (``case_id``) in ``records``."""
+    by_case: dict[str, list[str]] = {}
+    for r in records:
+        if r.metadata.get("case_id"):
+            by_case.setdefault(r.metadata["case_id"], []).append(r.image_id)
+    return [replace(r, i2i_relevant=tuple(i for i in by_case.get(r.metadata.get("case_id") or "", [])
+                                          if i != r.image_id)) for r in records]
+
+
 class MedPixDataModule(LocalDataModule):
     """MedPix 2.0 CT/MR images with their captions; official case-level splits."""
 
@@ -149,7 +161,7 @@ class MedPixDataModule(LocalDataModule):
         records = parse_records(read_jsonl(path), path, self.root / "images")
         if not records:
             raise DataError(f"{path}: the split file lists no images")
-        return records, [path]
+        return same_case_relevance(records), [path]
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {

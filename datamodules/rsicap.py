@@ -179,6 +179,7 @@ class RSICapDataModule(LocalDataModule):
     name = "rsicap"
     layouts = {"rsgpt dataset/": ("RSICap/captions.json",), "RSICap/": ("captions.json",)}
     layout_help = LAYOUT_HELP
+    i2i_queries = "augmented_view"  # nothing relates two images: "same image" (datamodules/i2i.py)
     Options = RSICapOptions
     default_templates = (
         "Find the remote sensing image that shows: {caption}",

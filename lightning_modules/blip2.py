@@ -247,6 +247,12 @@ class Blip2Retrieval(L.LightningModule):
         return self.head.itm_logits(image_tokens.to(self.device), input_ids[:, :n].to(self.device),
                                     attention_mask[:, :n].to(self.device))[:, 1]
 
+    def vqa_queries(self, images: torch.Tensor, questions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """VQA prefix (``lightning_modules/vqa.py``): the 32 query outputs ``[B, 32, H]`` (BLIP-2's
+        queries do not see the question) and an all-true mask ``[B, 32]``."""
+        out = self.head.query_outputs(self.head.query_tokens, self.vision_tokens(images))
+        return out, torch.ones(out.shape[:2], dtype=torch.bool, device=out.device)
+
     # -- retrieval protocol ------------------------------------------------------------
     def image_transform(self) -> ImageTransform:
         return self.vision_tower.transform

@@ -239,9 +239,10 @@ class IdqFormerRetrieval(Blip2Retrieval):
             return torch.full((len(texts),), self.length.l_init, dtype=torch.long, device=self.device)
         return self.qscaler(texts).length.to(self.device)
 
-    def itm_logits(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   lengths: torch.Tensor) -> torch.Tensor:
-        """ITM logits ``[B, 2]`` of row-paired (image, instruction) at each row's L (module docstring)."""
+    def instructed_query_outputs(self, image_tokens: torch.Tensor, input_ids: torch.Tensor,
+                                 attention_mask: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The instruction-conditioned pass (module docstring): query outputs ``[B, n, H]`` of
+        row-paired (image, instruction) and the mask ``[B, n]`` of each row's first L."""
         lengths = lengths.to(image_tokens.device)
         nested = self.config.attention == "nested"
         n = int(lengths.max()) if nested else self.gallery_length
@@ -250,9 +251,23 @@ class IdqFormerRetrieval(Blip2Retrieval):
                                     mode=self.config.attention, text_embeds=text, text_mask=attention_mask,
                                     lengths=lengths if nested else None,
                                     text_sees_queries=self.config.text_sees_queries)
-        logits = self.head.itm_head(out[:, :n])  # [B, n, 2]
-        w = (torch.arange(n, device=lengths.device)[None] < lengths[:, None]).to(logits.dtype)[..., None]
+        return out[:, :n], torch.arange(n, device=lengths.device)[None] < lengths[:, None]
+
+    def itm_logits(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   lengths: torch.Tensor) -> torch.Tensor:
+        """ITM logits ``[B, 2]`` of row-paired (image, instruction) at each row's L (module docstring)."""
+        out, mask = self.instructed_query_outputs(image_tokens, input_ids, attention_mask, lengths)
+        logits = self.head.itm_head(out)  # [B, n, 2]
+        w = mask.to(logits.dtype)[..., None]
         return (logits * w).sum(1) / w.sum(1).clamp(min=1)
+
+    def vqa_queries(self, images: torch.Tensor, questions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """VQA prefix (``lightning_modules/vqa.py``): the instruction-conditioned outputs of the
+        dynamic queries, L chosen by the QScaler from the question, and their mask ``[B, n]``."""
+        ids, mask = self.tokenize(questions)
+        with torch.no_grad():
+            lengths = self.text_lengths(questions)
+        return self.instructed_query_outputs(self.vision_tokens(images), ids, mask, lengths)
 
     def itm_scores(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    lengths: torch.Tensor | None = None) -> torch.Tensor:

@@ -10,7 +10,9 @@ functional core :mod:`benchmark.metrics.retrieval` (see there for what every num
 
 Directions: ``t2i`` (caption queries vs. image gallery, Sim with the caption's own image),
 ``i2t`` (image queries vs. caption gallery, Sim with the image's own captions), ``i2i``
-(images vs. images, each image excluded from its own ranking, no Sim).
+(images vs. images, each image excluded from its own ranking, no Sim; or, when the
+evaluation set has ``i2i_views``, separate query images -- e.g. augmented views of gallery
+images -- fed as the ``"query_image"`` modality, nothing excluded).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ from benchmark.metrics.retrieval import (
 from datamodules.base import DIRECTIONS, Relevance
 from lightning_modules.base import Encoded, max_sim
 
-_MODALITIES = ("image", "text")
+_MODALITIES = ("image", "text", "query_image")
+#: the modalities (queries, gallery) each direction scores
+_SIDES = {"t2i": ("text", "image"), "i2t": ("image", "text"), "i2i": ("image", "image")}
 
 
 class EvalStructure(Protocol):
@@ -44,6 +48,8 @@ class EvalStructure(Protocol):
     relevance: ``"t2i"`` (queries x images), ``"i2t"`` (images x queries), ``"i2i"``
         (images x images) -- only the evaluated directions are needed.
     source: per query (caption), the index of its own image; None or negative = no Sim.
+    i2i_views (optional attribute): separate ``i2i`` query images (one per row of
+        ``relevance["i2i"]``); absent or None = the gallery images are the queries.
     """
 
     relevance: Mapping[str, Relevance]
@@ -115,8 +121,11 @@ class RetrievalMetric(Metric):
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         self.n_images, self.n_queries = int(eval_set.n_images), int(eval_set.n_queries)
+        views = getattr(eval_set, "i2i_views", None)
+        self.sides = dict(_SIDES) | ({"i2i": ("query_image", "image")} if views is not None else {})
+        self.n_query_images = len(views) if views is not None else 0
         shapes = {"t2i": (self.n_queries, self.n_images), "i2t": (self.n_images, self.n_queries),
-                  "i2i": (self.n_images, self.n_images)}  # fmt: skip
+                  "i2i": (len(views) if views is not None else self.n_images, self.n_images)}  # fmt: skip
         self.relevance: dict[str, Relevance] = {}
         for d in directions:
             if d not in eval_set.relevance:
@@ -151,7 +160,7 @@ class RetrievalMetric(Metric):
 
     # -- accumulation -------------------------------------------------------------------
     def update(self, index: torch.Tensor, enc: Encoded, modality: str) -> None:  # type: ignore[override]
-        """Store a batch of encoded ``"image"`` or ``"text"`` items with their global indices."""
+        """Store a batch of encoded ``"image"``, ``"text"`` or ``"query_image"`` items with their global indices."""
         if modality not in _MODALITIES:
             raise ValueError(f"modality must be one of {_MODALITIES}, got {modality!r}")
         index = torch.as_tensor(index).reshape(-1).to(device=enc.emb.device, dtype=torch.long)
@@ -225,9 +234,11 @@ class RetrievalMetric(Metric):
 
     def compute(self) -> dict[str, float]:  # type: ignore[override]
         """Flat metrics ``{"t2i/R@1": ..., "i2t/MRR": ..., ...}``; fills ``per_query``."""
-        images, image_lengths = self._collect("image", self.n_images)
-        texts, text_lengths = self._collect("text", self.n_queries)
-        queries_gallery = {"t2i": (texts, images), "i2t": (images, texts), "i2i": (images, images)}
+        counts = {"image": self.n_images, "text": self.n_queries, "query_image": self.n_query_images}
+        needed = sorted({m for d in self.directions for m in self.sides[d]})
+        collected = {m: self._collect(m, counts[m]) for m in needed}
+        queries_gallery = {d: (collected[q][0], collected[g][0]) for d, (q, g) in self.sides.items()
+                           if d in self.directions}
 
         def specs(score_fn) -> dict[str, DirectionSpec]:
             return {
@@ -235,7 +246,7 @@ class RetrievalMetric(Metric):
                     score_fn=encoded_score_fn(score_fn, *queries_gallery[d]),
                     relevance=self.relevance[d],
                     source=self.source.get(d),
-                    exclude_self=d == "i2i",
+                    exclude_self=self.sides[d] == ("image", "image"),
                 )
                 for d in self.directions
             }
@@ -252,7 +263,7 @@ class RetrievalMetric(Metric):
                 if r.sim is not None:
                     per_query[f"{prefix}{d}/sim"] = r.sim
             metrics.update({f"{prefix}{k}": v for k, v in flatten_metrics(results, self.ks).items()})
-        per_query["text_lengths"] = text_lengths
-        per_query["image_lengths"] = image_lengths
+        for m in needed:
+            per_query[f"{m}_lengths"] = collected[m][1]
         self.per_query = per_query
         return metrics

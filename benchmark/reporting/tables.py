@@ -57,5 +57,5 @@ def results_markdown(results: list[dict], results_dir: Path) -> str:
 
 
 def write_report(results_dir: Path, out_dir: Path) -> Path:
-    results = load_results(results_dir)
+    results = load_results(results_dir, task="retrieval")
     return atomic_write_text(Path(out_dir) / "results.md", results_markdown(results, results_dir))
