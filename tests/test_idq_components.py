@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -203,6 +205,30 @@ def test_qscaler_encoder_can_read_an_earlier_layer(qformer_parts):
             QFormerTextEncoder(emb, qformer, tok, layers=bad)
     with pytest.raises(ValueError, match="copy_modules"):
         QFormerTextEncoder(emb, qformer, tok, layers=1, copy_modules=False)
+
+
+def test_qscaler_copy_keeps_only_the_text_path(qformer_parts):
+    """The frozen copy drops the weights only images use; its features equal the shared text
+    path's, and a state dict that still holds the dropped weights (older checkpoints) loads."""
+    from lightning_modules.components.qscaler import IMAGE_SIDE
+
+    emb, qformer = qformer_parts
+    tok = build_word_tokenizer(TEXTS)
+    copy_ = QFormerTextEncoder(emb, qformer, tok)
+    # shared modules get frozen: give it copies, the fixture's modules stay trainable
+    shared = QFormerTextEncoder(copy.deepcopy(emb), copy.deepcopy(qformer), tok, copy_modules=False)
+    assert any(hasattr(layer, "crossattention") for layer in qformer.encoder.layer)  # the model keeps them
+    keys = list(copy_.state_dict())
+    assert keys and not [k for k in keys if any(f".{n}." in k for n in IMAGE_SIDE)]
+    n_copy, n_full = (sum(p.numel() for p in m.parameters()) for m in (copy_, shared))
+    assert n_copy < n_full
+    torch.testing.assert_close(copy_.encode(TEXTS), shared.encode(TEXTS))
+    old = shared.state_dict()  # the layout of checkpoints saved before the trim
+    assert len(old) > len(keys)
+    fresh = QFormerTextEncoder(emb, qformer, tok)
+    fresh.load_state_dict(old, strict=True)
+    with pytest.raises(RuntimeError, match="Missing"):
+        fresh.load_state_dict({k: v for k, v in old.items() if "attention.output" not in k}, strict=True)
 
 
 def test_qscaler_range_noise_and_frozen_encoder(qscaler, qformer_parts):

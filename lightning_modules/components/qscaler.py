@@ -78,6 +78,18 @@ class _Frozen(nn.Module):
         return next(self.parameters()).device
 
 
+#: submodules of a Q-Former layer that only the query (image) side uses
+IMAGE_SIDE = ("crossattention", "intermediate_query", "output_query")
+
+
+def _discard_image_side(_module, state_dict, prefix, *_args) -> None:
+    """Load pre-hook: drop a text-only copy's image-side weights from an older checkpoint."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        parts = key[len(prefix):].split(".")
+        if len(parts) > 4 and parts[:3] == ["qformer", "encoder", "layer"] and parts[4] in IMAGE_SIDE:
+            del state_dict[key]
+
+
 class QFormerTextEncoder(_Frozen):
     """A frozen copy of a BLIP-2 Q-Former's text path (``Blip2TextEmbeddings`` + ``Blip2QFormerModel``)."""
 
@@ -88,6 +100,8 @@ class QFormerTextEncoder(_Frozen):
         self.qformer = copy.deepcopy(qformer) if copy_modules else qformer
         if layers is not None:
             self._keep_first_layers(layers, copy_modules)
+        if copy_modules:
+            self._drop_image_side()
         self.tokenizer = tokenizer
         self.pool = pool
         self.max_length = max_length
@@ -105,6 +119,17 @@ class QFormerTextEncoder(_Frozen):
         config.num_hidden_layers = layers
         self.qformer.config = self.qformer.encoder.config = config
         self.qformer.encoder.layer = nn.ModuleList(list(self.qformer.encoder.layer)[:layers])
+
+    def _drop_image_side(self) -> None:
+        """The copy only runs text (``query_length=0``), which never reaches a layer's
+        cross-attention or query feed-forward: drop those weights (at full size 77 M of the
+        copy's 186 M parameters). Checkpoints saved with them still load: the load hook below
+        discards exactly these keys."""
+        for layer in self.qformer.encoder.layer:
+            for name in IMAGE_SIDE:
+                if hasattr(layer, name):
+                    delattr(layer, name)
+        self.register_load_state_dict_pre_hook(_discard_image_side)
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
@@ -139,6 +164,17 @@ class HFTextEncoder(_Frozen):
             model = model.text_model
             pool = pool or "pooler"
         return cls(model, tokenizer, pool=pool or "mean", max_length=max_length)
+
+    def _drop_image_side(self) -> None:
+        """The copy only runs text (``query_length=0``), which never reaches a layer's
+        cross-attention or query feed-forward: drop those weights (at full size 77 M of the
+        copy's 186 M parameters). Checkpoints saved with them still load: the load hook below
+        discards exactly these keys."""
+        for layer in self.qformer.encoder.layer:
+            for name in IMAGE_SIDE:
+                if hasattr(layer, name):
+                    delattr(layer, name)
+        self.register_load_state_dict_pre_hook(_discard_image_side)
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
