@@ -17,10 +17,11 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from benchmark.atomic import atomic_write_json as write_json
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema", "model", "dataset", "size", "tag", "config", "config_hash", "seed", "metrics",
@@ -45,21 +46,8 @@ def _finite(obj: Any) -> Any:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as strict JSON to a temporary file beside ``path``, then rename it."""
-    path = Path(path)
-    data = _finite(data)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` (non-finite floats as null) as strict JSON, atomically (:mod:`benchmark.atomic`)."""
+    write_json(path, _finite(data))
 
 
 def load_result(path: Path) -> dict:

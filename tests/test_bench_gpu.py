@@ -31,13 +31,14 @@ def bench_gpu():
 ])
 def test_tiny_scale_runs_the_models_through_the_full_size_path(bench_gpu, tmp_path, models):
     report = bench_gpu.main(["--scale", "tiny", "--device", "cpu", "--dtype", "float32", "--batch-size", "2",
-                             "--warmup", "0", "--repeats", "5", "--min-time", "0", "--ours-length", "5",
+                             "--warmup", "0", "--repeats", "5", "--min-time", "0", "--ours-length", "5", "--rounds", "2",
                              "--models", models, "--out-dir", str(tmp_path / "out"), "--workdir", str(tmp_path)])
     assert list(report["models"]) == models.split(",")
     for name, m in report["models"].items():
         assert m["throughput_img_s"] > 0 and m["step_img_s"] > 0, name
         assert m["encode_images"]["batch_size"] == 2 and m["encode_images"]["timed_runs"] >= 5
         assert m["memory_mb"] is None  # no allocator peak on a CPU
+        assert len(m["rounds"]) == 2 and min(x["step_img_s"] for x in m["rounds"]) <= m["step_img_s"]
     ours = report["models"]["ours"]
     assert ours["query_lengths"] == {"mean": 5.0, "min": 5, "max": 5} and ours["l_max"] > 32
     assert report["checkpoints"]["blip2"]["num_query_tokens"] == 8

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmark.reporting.ablation_arms import unsupported_ablations
 from benchmark.reporting.ablations import ablation_sections
-from benchmark.reporting.atomic import atomic_write_text
+from benchmark.atomic import atomic_write_text
 from benchmark.reporting.claims import evaluate_claims
 from benchmark.reporting.claims_markdown import render_claims
 from benchmark.reporting.comparison import comparison_tables

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.reporting.atomic import atomic_write_bytes
+from benchmark.atomic import atomic_write_bytes
 from benchmark.reporting.bootstrap import mean_interval
 from benchmark.reporting.estimates import Estimator
 from benchmark.reporting.pareto import pareto_front

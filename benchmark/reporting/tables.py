@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from benchmark.reporting.atomic import atomic_write_text
+from benchmark.atomic import atomic_write_text
 from benchmark.reporting.escape import markdown
 from benchmark.results import load_results
 

@@ -1,14 +1,17 @@
-"""Atomic writes of report files (text and bytes): a temporary file beside the target, then a rename.
+"""Atomic file writes (bytes, text, JSON): a temporary file beside the target, then a rename.
 
-A report that fails half-way never leaves a truncated file nor replaces a good one; the
-same rule as result files (:func:`benchmark.results.atomic_write_json`).
+Result files, reports and figures go through here: a write that fails half-way never leaves
+a truncated file nor replaces a good one, and the file gets the permissions a plain ``open``
+would give (``mkstemp`` alone makes it private).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def _umask() -> int:
@@ -37,3 +40,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
 
 def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, data: Any) -> Path:
+    """``data`` as strict JSON (NaN and infinities refused), one space of indent, final newline."""
+    return atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
