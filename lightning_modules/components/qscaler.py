@@ -165,17 +165,6 @@ class HFTextEncoder(_Frozen):
             pool = pool or "pooler"
         return cls(model, tokenizer, pool=pool or "mean", max_length=max_length)
 
-    def _drop_image_side(self) -> None:
-        """The copy only runs text (``query_length=0``), which never reaches a layer's
-        cross-attention or query feed-forward: drop those weights (at full size 77 M of the
-        copy's 186 M parameters). Checkpoints saved with them still load: the load hook below
-        discards exactly these keys."""
-        for layer in self.qformer.encoder.layer:
-            for name in IMAGE_SIDE:
-                if hasattr(layer, name):
-                    delattr(layer, name)
-        self.register_load_state_dict_pre_hook(_discard_image_side)
-
     @torch.no_grad()
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         kw = {"max_length": self.max_length} if self.max_length else {}
