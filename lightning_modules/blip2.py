@@ -304,7 +304,25 @@ class Blip2Retrieval(L.LightningModule):
         def cost(qi: torch.Tensor, gi: torch.Tensor) -> torch.Tensor:
             return self.itm_pair_cost(texts[ATTENTION_MASK], text_enc.lengths, gi if image_side == 0 else qi)
 
-        return rerank_topk(itc, self.config.k, pairs, batch_size=self.config.itm_batch_size, pair_cost=cost)
+        text_ids = self.text_identity(texts[INPUT_IDS], texts[ATTENTION_MASK], text_enc.lengths)
+        n_images = len(images[IMAGE_TOKENS])
+
+        def key(qi: torch.Tensor, gi: torch.Tensor) -> torch.Tensor:
+            ii, ti = (qi, gi) if image_side == 0 else (gi, qi)
+            return text_ids.to(ti.device)[ti] * n_images + ii
+
+        return rerank_topk(itc, self.config.k, pairs, batch_size=self.config.itm_batch_size, pair_cost=cost,
+                           pair_key=key)
+
+    @staticmethod
+    def text_identity(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      lengths: torch.Tensor | None) -> torch.Tensor:
+        """``[N]`` ints, equal exactly for texts whose ITM inputs are equal (ids, mask, and L
+        when the model has one): re-ranking scores an (identical text, image) pair once."""
+        rows = [input_ids.long(), attention_mask.long().to(input_ids.device)]
+        if lengths is not None:
+            rows.append(lengths.long().to(input_ids.device)[:, None])
+        return torch.unique(torch.cat(rows, dim=1), dim=0, return_inverse=True)[1]
 
     @staticmethod
     def itm_pair_cost(attention_mask: torch.Tensor, lengths: torch.Tensor | None, text_index: torch.Tensor) -> torch.Tensor:

@@ -220,6 +220,37 @@ def test_rerank_batches_pairs_in_cost_order_and_puts_scores_back():
     assert torch.equal(flat, flat.sort().values) and len(flat) == 18  # cheap pairs first
 
 
+def test_rerank_scores_each_distinct_pair_once():
+    """Rows 0 and 2 are the same query (same pair key): their pairs are scored once, shared,
+    and the result equals scoring every pair."""
+    torch.manual_seed(0)
+    itc = torch.rand(4, 6)
+    itc[2] = itc[0]
+    score = torch.randn(4, 6)
+    score[2] = score[0]
+    same = torch.tensor([0, 1, 0, 3])  # query identity
+    scored = []
+
+    def pair(qi, gi):
+        scored.extend(zip(same[qi].tolist(), gi.tolist()))
+        return score[qi, gi]
+
+    plain = rerank_topk(itc, 3, lambda qi, gi: score[qi, gi], batch_size=4)
+    shared = rerank_topk(itc, 3, pair, batch_size=4, pair_cost=lambda qi, gi: same[qi],
+                         pair_key=lambda qi, gi: same[qi] * 6 + gi)
+    assert torch.equal(plain, shared)
+    assert len(scored) == 9 and len(set(scored)) == 9  # 3 distinct queries x k, nothing twice
+
+
+def test_text_identity_tells_apart_ids_masks_and_lengths():
+    ids = torch.tensor([[5, 6, 0], [5, 6, 0], [5, 6, 0], [5, 7, 0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 1, 1], [1, 1, 0]])
+    same = Blip2Retrieval.text_identity(ids, mask, None).tolist()
+    assert same[0] == same[1] and len({same[0], same[2], same[3]}) == 3
+    by_l = Blip2Retrieval.text_identity(ids, mask, torch.tensor([4, 9, 4, 4])).tolist()
+    assert by_l[0] != by_l[1]
+
+
 def test_blip2_rerank_cost_is_text_tokens_plus_own_queries():
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
     idx = torch.tensor([2, 0, 1, 1])

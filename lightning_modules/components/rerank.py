@@ -10,7 +10,11 @@ the lowest re-scored item, so that (a) every re-scored item outranks every other
 Pairs are independent, so the order in which they are batched does not change a score. With
 ``pair_cost`` (e.g. each pair's text length: a batch is padded to its longest text) the pairs
 are batched in cost order and the scores put back in place, so that a batch holds texts of
-similar length: on the tiny benchmark ~25-33% fewer padded tokens per ITM pass.
+similar length: on the tiny benchmark ~25-33% fewer padded tokens per ITM pass. With
+``pair_key`` (an integer per pair, equal exactly when two pairs have the same inputs, e.g.
+(identical text, same image)) each distinct pair is scored once and its score shared: on
+SynthScenes 5,000 test captions hold 3,321 distinct texts, and identical texts have
+identical top k.
 """
 
 from __future__ import annotations
@@ -23,15 +27,27 @@ import torch
 PairScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: ``pair_cost(query_index [P], gallery_index [P]) -> [P]``: a sort key, cheap pairs first
 PairCost = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``pair_key(query_index [P], gallery_index [P]) -> [P]`` integers: equal keys, equal pair inputs
+PairKey = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _distinct(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(first, inverse)``: the first position of each distinct key, and each position's distinct key."""
+    _, inverse = torch.unique(keys, return_inverse=True)
+    positions = torch.arange(len(keys), device=keys.device)
+    first = torch.full((int(inverse.max()) + 1,), len(keys), dtype=torch.long, device=keys.device)
+    return first.scatter_reduce_(0, inverse, positions, reduce="amin"), inverse
 
 
 def rerank_topk(first_stage: torch.Tensor, k: int, pair_scorer: PairScorer, batch_size: int = 1024,
-                margin: float = 1.0, pair_cost: PairCost | None = None) -> torch.Tensor:
+                margin: float = 1.0, pair_cost: PairCost | None = None,
+                pair_key: PairKey | None = None) -> torch.Tensor:
     """``[Q, G]`` scores: the top-``k`` of each row re-scored, the rest shifted below them.
 
     ``pair_scorer`` is called on at most ``batch_size`` pairs at a time with indices into
     the rows and columns of ``first_stage``; with ``pair_cost``, pairs of similar cost share
-    a batch (a stable sort, so equal costs keep their order).
+    a batch (a stable sort, so equal costs keep their order); with ``pair_key``, only the
+    first pair of each key is scored and its score given to the others of that key.
     """
     q, g = first_stage.shape
     k = min(int(k), g)
@@ -40,6 +56,10 @@ def rerank_topk(first_stage: torch.Tensor, k: int, pair_scorer: PairScorer, batc
     top_val, top_idx = first_stage.topk(k, dim=1)
     rows = torch.arange(q, device=first_stage.device)[:, None].expand(q, k).reshape(-1)
     cols = top_idx.reshape(-1)
+    inverse = None
+    if pair_key is not None:
+        first, inverse = _distinct(pair_key(rows, cols).to(rows.device))
+        rows, cols = rows[first], cols[first]
     order = None
     if pair_cost is not None:
         order = torch.sort(pair_cost(rows, cols).to(rows.device), stable=True).indices
@@ -48,6 +68,8 @@ def rerank_topk(first_stage: torch.Tensor, k: int, pair_scorer: PairScorer, batc
                       for s in range(0, len(rows), batch_size)])
     if order is not None:
         pair = torch.empty_like(pair).scatter_(0, order.to(pair.device), pair)
+    if inverse is not None:
+        pair = pair[inverse.to(pair.device)]
     rescored = pair.view(q, k) + top_val
     out = first_stage.clone()
     if k < g:
