@@ -12,9 +12,10 @@ followed by the prompt ``"Question: {question} Answer:"``; the answer is generat
   path), loaded through transformers, with its tokenizer.
 * **Tiny**: a small OPT (``OPTConfig``, random init) over a word-level tokenizer of the
   question / answer texts, first trained by the suite on that text alone (language
-  modelling, no image: :class:`TextPretraining`), then frozen; then the projection -- and,
-  with ``train_qformer``, the retrieval model's Q-Former side (not its vision tower nor its
-  QScaler) -- is trained on (image, question, answer) with the LM loss on the answer tokens.
+  modelling on the answer given the context and question, no image: :class:`TextPretraining`),
+  then frozen; then the projection and, with ``train_qformer`` (the default), the retrieval
+  model's Q-Former side (not its vision tower nor its QScaler) are trained on (image,
+  question, answer) with the LM loss on the answer tokens.
   The pretraining text puts the image's content as words (synthetic: the scene graph) before
   the question, where the projected queries stand at VQA time: so the frozen LM has learned to
   read an answer from the context before the question, not only from the question's prior.
@@ -43,6 +44,8 @@ from lightning_modules.optim import OptimConfig, build_optimizer
 OPTIONS_FILE = "vqa_options.json"
 LM_DIR = "language_model"
 WEIGHTS_FILE = "vqa.safetensors"
+#: what the tiny LM's pretraining loss covers (VqaOptions.lm_loss)
+LM_LOSSES = ("answer", "all")
 
 
 @dataclass(frozen=True)
@@ -54,30 +57,43 @@ class VqaOptions:
     lm_hidden, lm_layers, lm_heads: the tiny OPT.
     lm_epochs, lm_lr: its language-model pretraining on the question / answer text (each
         preceded by the image's content as text when the dataset knows it: the scene graph).
+    lm_loss: the tokens of a pretraining text the LM loss covers: "answer" (the answer and its
+        EOS, given context and question: what makes a small LM learn to *read* the context) or
+        "all" (next-token loss on every token, context included).
     epochs, lr, batch_size: training of the projection (and the Q-Former with
         ``train_qformer``) on VQA.
-    train_qformer: train the retrieval model's Q-Former side too (default False: the
-        projection only, as BLIP-2's second stage with a frozen Q-Former output -- and then
-        the query outputs are computed once, which keeps the tiny run cheap on CPU).
+    train_qformer: train the retrieval model's Q-Former side too, as BLIP-2's second stage
+        (default; not its vision tower nor its QScaler). False: the projection only -- the
+        query outputs are then computed once, cheaper, but measured below the issue's target
+        (docs/DESIGN.md, "Tasks").
     max_new_tokens: greedy decoding stops there or at EOS.
     prompt: the text after the prefix; must contain ``{question}``.
+    threads: torch CPU threads while the VQA model is pretrained, trained and answers (then
+        restored; None: leave them as they are). Its tensors are small: one thread avoids the
+        oversubscription that makes a shared CPU crawl. Not part of any cache key.
     """
 
     lm: str | None = None
     lm_hidden: int = 64
     lm_layers: int = 2
     lm_heads: int = 4
-    lm_epochs: int = 3
+    lm_epochs: int = 12
     lm_lr: float = 3e-3
+    lm_loss: str = "answer"
     epochs: int = 4
-    lr: float = 3e-3
+    lr: float = 1e-3
     batch_size: int = 64
-    train_qformer: bool = False
+    train_qformer: bool = True
     max_new_tokens: int = 4
     prompt: str = "Question: {question} Answer:"
     local_files_only: bool = True
+    threads: int | None = 1
 
     def __post_init__(self) -> None:
+        if self.lm_loss not in LM_LOSSES:
+            raise ValueError(f"task_args.lm_loss must be one of {', '.join(LM_LOSSES)}, got {self.lm_loss!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("task_args.threads must be >= 1 (or null: leave torch's setting)")
         if "{question}" not in self.prompt:
             raise ValueError(f"task_args.prompt must contain '{{question}}', got {self.prompt!r}")
         if self.lm_hidden % self.lm_heads:
@@ -152,11 +168,15 @@ class VqaModel(L.LightningModule):
                     p.requires_grad_(True)
 
     @classmethod
-    def create(cls, retrieval, options: VqaOptions, texts: Sequence[str] = ()) -> VqaModel:
-        """Full (``options.lm``): the checkpoint's LM and projection; tiny: a new LM over ``texts``
-        and a new projection (the LM still to be pretrained, see :class:`TextPretraining`)."""
+    def create(cls, retrieval, options: VqaOptions, texts: Sequence[str] = (), lm=None) -> VqaModel:
+        """Full (``options.lm``): the checkpoint's LM and projection; tiny: ``lm`` -- an ``(LM,
+        tokenizer)`` pair, e.g. pretrained by :class:`TextPretraining` -- or a new LM over
+        ``texts`` (still to be pretrained), and a new projection."""
         hidden = retrieval.head.qformer.config.hidden_size
-        if options.lm:
+        if lm is not None:
+            lm, tok = lm
+            projection = nn.Linear(hidden, lm.get_input_embeddings().embedding_dim)
+        elif options.lm:
             lm, projection, tok = load_blip2_language_model(options.lm, options.local_files_only)
             if projection.in_features != hidden:
                 raise ValueError(f"task_args.lm: its language_projection takes {projection.in_features} features, "
@@ -287,21 +307,33 @@ class VqaModel(L.LightningModule):
 
 
 class TextPretraining(L.LightningModule):
-    """Language-model pretraining of the tiny LM on text only (next-token loss on every token)."""
+    """Language-model pretraining of the tiny LM on text only: batches of ``(index, text before
+    the answer, answer)``; the sequence is ``text + " " + answer + EOS``, and the next-token loss
+    covers the answer and EOS (``loss="answer"``) or every token (``"all"``)."""
 
-    def __init__(self, lm, tokenizer, lr: float) -> None:
+    def __init__(self, lm, tokenizer, lr: float, loss: str = "answer") -> None:
         super().__init__()
-        self.lm, self.tokenizer, self.lr = lm, tokenizer, lr
+        if loss not in LM_LOSSES:
+            raise ValueError(f"loss must be one of {LM_LOSSES}, got {loss!r}")
+        self.lm, self.tokenizer, self.lr, self.loss_on = lm, tokenizer, lr, loss
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        _, texts = batch
-        rows = [r + [self.tokenizer.eos_token_id] for r in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-        ids, mask = _pad_left(rows, self.tokenizer.pad_token_id)
+    def batch_loss(self, contexts: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
+        eos = self.tokenizer.eos_token_id
+        heads = self.tokenizer(list(contexts), add_special_tokens=False)["input_ids"]
+        tails = [a + [eos] for a in self.tokenizer([" " + a for a in answers], add_special_tokens=False)["input_ids"]]
+        ids, mask = _pad_left([h + t for h, t in zip(heads, tails)], self.tokenizer.pad_token_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         labels = ids.masked_fill(~mask, -100)
-        loss = self.lm(input_ids=ids, attention_mask=mask.long(), position_ids=VqaModel._positions(mask),
-                       labels=labels).loss
-        self.log("lm/train_loss", loss, prog_bar=True, batch_size=len(texts))
+        if self.loss_on == "answer":
+            for i, t in enumerate(tails):
+                labels[i, : ids.shape[1] - len(t)] = -100
+        logits = self.lm(input_ids=ids, attention_mask=mask.long(), position_ids=VqaModel._positions(mask)).logits
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        _, contexts, answers = batch
+        loss = self.batch_loss(contexts, answers)
+        self.log("lm/train_loss", loss, prog_bar=True, batch_size=len(contexts))
         return loss
 
     def configure_optimizers(self):

@@ -133,7 +133,7 @@ def test_prefix_is_the_dynamic_queries_and_only_projection_and_qformer_learn(our
 def test_precomputed_prefixes_give_the_same_loss(ours):
     from benchmark.tasks.vqa_training import PrefixItems, precompute_prefixes
 
-    model = VqaModel.create(ours, VqaOptions(lm_hidden=32, lm_layers=1, lm_heads=2), TEXTS).eval()
+    model = VqaModel.create(ours, VqaOptions(lm_hidden=32, lm_layers=1, lm_heads=2, train_qformer=False), TEXTS).eval()
     assert not any(p.requires_grad for p in ours.parameters())  # train_qformer off: only the projection learns
     questions = [Question(i, q, a, "t") for i, (q, a) in enumerate(zip(QS, ["red", "two", "no"]))]
     tokens = _tokens(3)
@@ -156,6 +156,27 @@ def test_tiny_vqa_round_trip(ours, tmp_path):
     back = VqaModel.load(tmp_path / "vqa", ours).eval()
     assert torch.equal(back.projection.weight, model.projection.weight)
     assert back.generate(_tokens(3), QS) == before
+
+
+@pytest.mark.parametrize("loss_on", ["answer", "all"])
+def test_text_pretraining_loss_covers_the_answer_or_every_token(loss_on):
+    from lightning_modules.vqa import TextPretraining, tiny_language_model
+
+    lm, tok = tiny_language_model(TEXTS, VqaOptions(lm_hidden=32, lm_layers=1, lm_heads=2))
+    heads = [t.rsplit(" ", 1)[0] for t in TEXTS]
+    answers = [t.rsplit(" ", 1)[1] for t in TEXTS]
+    loss = TextPretraining(lm, tok, 1e-3, loss_on).batch_loss(heads, answers)
+    # brute force, one text at a time: next-token cross-entropy over the covered targets
+    total, n = 0.0, 0
+    for h, a in zip(heads, answers):
+        ids = tok(f"{h} {a}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        logp = torch.log_softmax(lm(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        first = len(ids) - 2 if loss_on == "answer" else 1  # the answer word and EOS, or every token but the first
+        for j in range(first, len(ids)):
+            total, n = total - logp[j - 1, ids[j]], n + 1
+    torch.testing.assert_close(loss, total / n)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        TextPretraining(lm, tok, 1e-3, "question")
 
 
 def _save_tiny_blip2_opt(path: Path, qformer_hidden: int) -> Path:
@@ -205,6 +226,10 @@ def test_vqa_options_are_validated():
 
     with pytest.raises(ValueError, match="task_args.prompt must contain"):
         VqaOptions(prompt="no placeholder")
+    with pytest.raises(ValueError, match="task_args.lm_loss must be one of answer, all"):
+        VqaOptions(lm_loss="everything")
+    with pytest.raises(ValueError, match="task_args.threads must be >= 1"):
+        VqaOptions(threads=0)
     with pytest.raises(ConfigError, match="size 'full' VQA needs task_args.lm"):
         vqa_options(build_run_config({"model": "ours"}, {"task": "vqa", "size": "full"}))
     with pytest.raises(ConfigError, match="unknown option 'task_args.epochz'"):
@@ -234,6 +259,7 @@ def test_bench_run_task_vqa_and_bench_vqa_on_a_tiny_trained_model(tmp_path):
     assert "majority" in res.output and "presence" in res.output
     r = json.loads((tmp_path / "results" / "ours__synthetic__vqa__default.json").read_text())
     assert r["task"] == "vqa" and r["provenance"]["vqa_model"]["trained_this_run"] is True
+    assert r["provenance"]["vqa_model"]["lm_trained_this_run"] is True
     for t in QUESTION_TYPES:
         assert 0 <= r["metrics"][f"vqa/{t}/accuracy"] <= 1 and 0 <= r["metrics"][f"vqa/{t}/majority_accuracy"] <= 1
     assert {row["type"] for row in r["vqa"]["per_type"]} == set(QUESTION_TYPES)
@@ -244,6 +270,13 @@ def test_bench_run_task_vqa_and_bench_vqa_on_a_tiny_trained_model(tmp_path):
     res = runner.invoke(app, ["vqa", *common, "--image", str(png), "--question", "How many objects are there?"])
     assert res.exit_code == 0, res.output
     assert res.stdout.strip() == r["per_query"]["vqa/prediction"][1]  # image 0's count question, alone on stdout
+    # another VQA training on the same data reuses the pretrained LM (text only: cached on its own)
+    res = runner.invoke(app, ["run", "--task", "vqa", "--no-progress", "--results-dir", str(tmp_path / "results"),
+                              *common, "--set", "task_args.epochs=2", "--set", "task_args.threads=2", "--tag", "again"])
+    assert res.exit_code == 0, res.output
+    again = json.loads((tmp_path / "results" / "ours__synthetic__vqa__again.json").read_text())["provenance"]["vqa_model"]
+    assert again["trained_this_run"] is True and again["lm_trained_this_run"] is False
+    assert again["lm_checkpoint"] == r["provenance"]["vqa_model"]["lm_checkpoint"]
     # no trained VQA model for another seed: a clear error, nothing trained
     res = runner.invoke(app, ["vqa", *common, "--seed", "7", "--image", str(png), "--question", "Is there a star?"])
     assert res.exit_code == 2 and "no trained" in res.output and "bench run" in res.output

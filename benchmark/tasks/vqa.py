@@ -48,15 +48,16 @@ class VqaTask:
 
     def evaluate(self, ctx: TaskContext) -> TaskEvaluation:
         from benchmark.metrics.vqa import majority_answers, vqa_scores
-        from benchmark.tasks.vqa_training import answer_questions, ensure_vqa_model, vqa_options
+        from benchmark.tasks.vqa_training import answer_questions, ensure_vqa_model, torch_threads, vqa_options
         from datamodules.qa import QA_SOURCES
 
         cfg = ctx.cfg
         options = vqa_options(cfg)
         qa = QA_SOURCES[cfg.dataset].read(ctx.dm, cfg.seed)
-        model, provenance = ensure_vqa_model(cfg, ctx.model, ctx.checkpoint, qa, progress=ctx.progress)
-        t = time.perf_counter()
-        predictions = answer_questions(model, qa.test, qa.test_items, options.batch_size)
+        with torch_threads(options.threads):
+            model, provenance = ensure_vqa_model(cfg, ctx.model, ctx.checkpoint, qa, progress=ctx.progress)
+            t = time.perf_counter()
+            predictions = answer_questions(model, qa.test, qa.test_items, options.batch_size)
         timings = provenance.pop("timings", {}) | {"vqa_answer_s": time.perf_counter() - t}
         reference = qa.train if qa.train is not None else qa.test
         majority = majority_answers(reference)

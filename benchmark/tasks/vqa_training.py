@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
 from benchmark.config import ConfigError, RunConfig, from_dict, stable_hash, to_dict
-from datamodules.base import IndexedTexts, collate_indexed
+from datamodules.base import collate_indexed
 from datamodules.qa import QAData
 from datamodules.synthetic.questions import Question
-from lightning_modules.vqa import TextPretraining, VqaModel, VqaOptions
+from lightning_modules.vqa import TextPretraining, VqaModel, VqaOptions, tiny_language_model
 
 
 class PrefixItems(Dataset):
@@ -85,8 +86,25 @@ def full_size_vqa(retrieval, options: VqaOptions) -> VqaModel:
                           f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
 
 
+#: VqaOptions fields that change how fast, not what, is trained: left out of the cache keys
+UNKEYED = ("threads",)
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """``torch.set_num_threads(n)`` inside the block (None: unchanged), restored after."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def vqa_checkpoint_dir(cfg: RunConfig, retrieval_checkpoint: Path, options: VqaOptions) -> Path:
-    key = stable_hash([to_dict(options), cfg.seed, cfg.data.options, cfg.dataset])
+    key = stable_hash([{k: v for k, v in to_dict(options).items() if k not in UNKEYED}, cfg.seed, cfg.data.options,
+                       cfg.dataset])
     return Path(cfg.cache_dir) / "checkpoints" / f"vqa__{Path(retrieval_checkpoint).name}__{key}"
 
 
@@ -105,25 +123,85 @@ def _loader(dataset, batch_size: int, shuffle: bool):
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_indexed)
 
 
-def train_vqa(cfg: RunConfig, retrieval, options: VqaOptions, qa: QAData, progress: bool = False) -> tuple[VqaModel, dict]:
-    """A new tiny VQA model: LM pretraining on the training QA text, then VQA training."""
-    import lightning as L
+class PretrainingTexts(Dataset):
+    """``(index, context + prompt, answer)`` per training question: the tiny LM's pretraining text."""
 
-    timings = {}
+    def __init__(self, heads: Sequence[str], answers: Sequence[str]) -> None:
+        self.heads, self.answers = list(heads), list(answers)
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def __getitem__(self, i: int):
+        return i, self.heads[i], self.answers[i]
+
+
+def pretraining_texts(qa: QAData, options: VqaOptions) -> tuple[list[str], list[str]]:
+    """``(text before the answer, answer)`` per training question: the image's content as words
+    (when the dataset knows it), then the prompt."""
     context = qa.train_context or [""] * (1 + max(q.image_index for q in qa.train))
-    texts = [f"{context[q.image_index]} {options.prompt.format(question=q.question)} {q.answer}".strip()
-             for q in qa.train]
+    heads = [f"{context[q.image_index]} {options.prompt.format(question=q.question)}".strip() for q in qa.train]
+    return heads, [q.answer for q in qa.train]
+
+
+#: VqaOptions fields that determine the pretrained tiny LM (with the seed and the data)
+LM_FIELDS = ("lm_hidden", "lm_layers", "lm_heads", "lm_epochs", "lm_lr", "lm_loss", "batch_size", "prompt")
+
+
+def lm_checkpoint_dir(cfg: RunConfig, options: VqaOptions) -> Path:
+    """The pretrained tiny LM, cached on its own: it sees text only, so it does not depend on the
+    retrieval checkpoint, and every VQA model of the same data, seed and LM options reuses it."""
+    key = stable_hash([{k: getattr(options, k) for k in LM_FIELDS}, cfg.seed, cfg.data.options, cfg.dataset])
+    return Path(cfg.cache_dir) / "checkpoints" / f"vqa_lm__{cfg.dataset}__{cfg.size}__{key}"
+
+
+def pretrained_language_model(cfg: RunConfig, options: VqaOptions, qa: QAData, progress: bool = False):
+    """``(lm, tokenizer, provenance)``: the cached pretrained tiny LM, or a new one pretrained now
+    (text only) and cached; provenance: its folder, whether it was pretrained now, the seconds."""
+    import lightning as L
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = lm_checkpoint_dir(cfg, options)
+    if path.exists():
+        lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        return lm, tok, {"lm_checkpoint": str(path), "lm_trained_this_run": False}
+    heads, answers = pretraining_texts(qa, options)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = VqaModel.create(retrieval, options, texts)
+    lm, tok = tiny_language_model([f"{h} {a}" for h, a in zip(heads, answers)], options)
     t = time.perf_counter()
     if options.lm_epochs:
-        model.lm.requires_grad_(True)
         _trainer(cfg, options.lm_epochs, progress).fit(
-            TextPretraining(model.lm, model.tokenizer, options.lm_lr),
-            train_dataloaders=_loader(IndexedTexts(texts), options.batch_size, True))
-    model.lm.requires_grad_(False)  # frozen from here on
-    model.lm.eval()
-    timings["vqa_lm_pretrain_s"] = time.perf_counter() - t
+            TextPretraining(lm, tok, options.lm_lr, options.lm_loss),
+            train_dataloaders=_loader(PretrainingTexts(heads, answers), options.batch_size, True))
+    seconds = time.perf_counter() - t
+    lm.eval()
+    from benchmark.runner import save_atomically
+
+    save_atomically(_SavedLM(lm, tok), path)
+    return lm, tok, {"lm_checkpoint": str(path), "lm_trained_this_run": True, "vqa_lm_pretrain_s": seconds}
+
+
+class _SavedLM:
+    """``save_checkpoint(directory)`` of an LM and its tokenizer (for ``save_atomically``)."""
+
+    def __init__(self, lm, tokenizer) -> None:
+        self.lm, self.tokenizer = lm, tokenizer
+
+    def save_checkpoint(self, directory: Path) -> None:
+        self.lm.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+
+def train_vqa(cfg: RunConfig, retrieval, options: VqaOptions, qa: QAData, progress: bool = False) -> tuple[VqaModel, dict]:
+    """A new tiny VQA model and its provenance (LM folder, ``timings``): the pretrained LM (cached
+    or pretrained now), frozen, then VQA training."""
+    import lightning as L
+
+    lm, tok, lm_provenance = pretrained_language_model(cfg, options, qa, progress)
+    timings = {k: lm_provenance.pop(k) for k in list(lm_provenance) if k.endswith("_s")}
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = VqaModel.create(retrieval, options, lm=(lm, tok))
     t = time.perf_counter()
     if options.epochs:
         if options.train_qformer:
@@ -134,7 +212,7 @@ def train_vqa(cfg: RunConfig, retrieval, options: VqaOptions, qa: QAData, progre
             timings["vqa_prefixes_s"] = time.perf_counter() - t
         _trainer(cfg, options.epochs, progress).fit(model, train_dataloaders=_loader(data, options.batch_size, True))
     timings["vqa_train_s"] = time.perf_counter() - t
-    return model, timings
+    return model, lm_provenance | {"timings": timings}
 
 
 def ensure_vqa_model(cfg: RunConfig, retrieval, checkpoint: Path | None, qa: QAData, *,
@@ -151,11 +229,11 @@ def ensure_vqa_model(cfg: RunConfig, retrieval, checkpoint: Path | None, qa: QAD
     path = vqa_checkpoint_dir(cfg, checkpoint, options)
     if path.exists() and not retrain:
         return VqaModel.load(path, retrieval), {"checkpoint": str(path), "trained_this_run": False}
-    model, timings = train_vqa(cfg, retrieval, options, qa, progress)
+    model, provenance = train_vqa(cfg, retrieval, options, qa, progress)
     from benchmark.runner import save_atomically
 
     save_atomically(model, path)
-    return model, {"checkpoint": str(path), "trained_this_run": True, "timings": timings}
+    return model, {"checkpoint": str(path), "trained_this_run": True} | provenance
 
 
 def answer_questions(model: VqaModel, questions: Sequence[Question], items, batch_size: int) -> list[str]:
