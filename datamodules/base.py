@@ -8,7 +8,10 @@ Nothing here knows about models. A dataset turns its on-disk annotations into
   retrieval directions (``t2i``, ``i2t``, ``i2i``), stored as CSR index arrays;
 * the torch datasets that the DataModule serves (training pairs, gallery images, query
   texts), each yielding its global index so that distributed evaluation can de-duplicate
-  the padding that distributed samplers add.
+  the padding that distributed samplers add. Training pairs also carry the split indices
+  of every image relevant to their caption (:class:`RelevantImages`: exact relevance where
+  the dataset knows it, else the pair's own image), so a model can tell true matches from
+  negatives among any images of the split it holds (batch or queue).
 
 Images are always read through :func:`load_image` (any mode -> RGB), the same path the
 real datasets use.
@@ -384,8 +387,26 @@ class IndexedTexts(Dataset):
         return i, self.texts[i]
 
 
+class RelevantImages(tuple):
+    """Split indices of the images relevant to one training caption (sorted, the caption's
+    own image included). :func:`collate_indexed` stacks a column of them into a LongTensor
+    ``[B, K]`` padded with -1."""
+
+
+def relevant_indices(records: Sequence[ImageRecord]) -> list[list[RelevantImages] | None]:
+    """Per record, per caption, the split indices of its relevant images (:class:`RelevantImages`);
+    ``None`` for a record without explicit relevance (its captions: the own image only).
+    Links to images not in ``records`` are dropped (they are not in the split)."""
+    index = {r.image_id: i for i, r in enumerate(records)}
+    return [
+        None if r.relevant_images is None
+        else [RelevantImages(sorted({index[i] for i in ids if i in index} | {j})) for ids in r.relevant_images]
+        for j, r in enumerate(records)
+    ]
+
+
 class TrainPairs(Dataset):
-    """Training pairs ``(image_index, pixel_tensor, instruction_text)``, one item per image.
+    """Training pairs ``(image_index, pixel_tensor, instruction_text, relevant)``, one item per image.
 
     Each access draws one of the image's captions and one instruction template from
     torch's global generator, which Lightning seeds (``seed_everything(workers=True)``), so
@@ -394,6 +415,9 @@ class TrainPairs(Dataset):
     memory after their first load (for small datasets with a deterministic transform).
     ``tolerant=True``: an image that fails to load (it passed the setup check and vanished
     since) is replaced, with a warning, by the next image of the split that loads.
+    ``relevant`` (:class:`RelevantImages`): the split indices of every image relevant to the
+    drawn caption -- the dataset's exact relevance (SynthScenes' scene graphs), else the
+    item's own image only (real datasets: "same image id").
     """
 
     def __init__(
@@ -411,6 +435,7 @@ class TrainPairs(Dataset):
         self.draft_size = draft_size_of(transform)
         self.failures: list[str] = []
         self._cache: dict[int, torch.Tensor] | None = {} if cache else None
+        self._relevant = relevant_indices(self.records)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -439,17 +464,24 @@ class TrainPairs(Dataset):
         else:
             raise DataError("no image of the training split could be loaded")
         rec = self.records[j]
-        caption = rec.captions[int(torch.randint(len(rec.captions), ()))].text
+        c = int(torch.randint(len(rec.captions), ()))
         template = self.templates.templates[int(torch.randint(len(self.templates.templates), ()))]
-        return j, pixels, format_instruction(template, caption, record_fields(rec))
+        relevant = RelevantImages((j,)) if self._relevant[j] is None else self._relevant[j][c]
+        return j, pixels, format_instruction(template, rec.captions[c].text, record_fields(rec)), relevant
 
 
 def collate_indexed(batch: list[tuple]) -> tuple:
-    """Collate ``(index, item, ...)`` tuples: indices and tensors stacked, strings listed."""
+    """Collate ``(index, item, ...)`` tuples: indices and tensors stacked, strings listed,
+    :class:`RelevantImages` padded with -1 into a LongTensor ``[B, K]``."""
     out = []
     for column in zip(*batch, strict=True):
         first = column[0]
-        if isinstance(first, torch.Tensor):
+        if isinstance(first, RelevantImages):
+            padded = torch.full((len(column), max(map(len, column))), -1, dtype=torch.long)
+            for row, ids in zip(padded, column):
+                row[: len(ids)] = torch.tensor(ids, dtype=torch.long)
+            out.append(padded)
+        elif isinstance(first, torch.Tensor):
             out.append(torch.stack(column))
         elif isinstance(first, int):
             out.append(torch.tensor(column, dtype=torch.long))

@@ -343,7 +343,7 @@ class Blip2Retrieval(L.LightningModule):
 
     # -- training ----------------------------------------------------------------------
     def _losses(self, batch) -> dict[str, torch.Tensor]:
-        index, images, texts = batch
+        index, images, texts = batch[:3]  # a 4th column: relevant images (ours only)
         index = index.to(self.device)
         tokens = self.vision_tokens(images)
         img = self.head.image_feats(self.head.query_outputs(self.head.query_tokens, tokens))

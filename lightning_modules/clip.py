@@ -158,7 +158,7 @@ class ClipRetrieval(L.LightningModule):
 
     # -- training ----------------------------------------------------------------------
     def _loss(self, batch) -> torch.Tensor:
-        index, pixels, texts = batch
+        index, pixels, texts = batch[:3]  # a 4th column: relevant images (unused)
         img = self.encode_images(pixels).emb
         txt = self.encode_texts(texts).emb
         logits = self.model.logit_scale.exp().clamp(max=100) * img @ txt.T

@@ -108,7 +108,7 @@ class CrossGETRetrieval(TokenReductionRetrieval):
         return self.config.finetune_qformer or self.config.cross_token_visible
 
     def _losses(self, batch) -> dict[str, torch.Tensor]:
-        index, images, texts = batch
+        index, images, texts = batch[:3]  # a 4th column: relevant images (ours only)
         index, images = index.to(self.device), images.to(self.device)
         cfg = self.config
         out = self.reducer.forward_train(images)

@@ -98,7 +98,7 @@ class DynamicViTRetrieval(TokenReductionRetrieval):
                                           "tokens_per_layer": self.reducer.tokens_per_layer()}
 
     def _losses(self, batch) -> dict[str, torch.Tensor]:
-        index, images, texts = batch
+        index, images, texts = batch[:3]  # a 4th column: relevant images (ours only)
         index, images = index.to(self.device), images.to(self.device)
         cfg = self.config
         out = self.reducer.forward_train(images, tau=cfg.gumbel_tau)

@@ -29,7 +29,10 @@ Training (on the BLIP2 checkpoint, Q-Former + bank + QScaler head trainable, tow
 BLIP-2's ITC, with the soft length mask of
 :mod:`~lightning_modules.components.dynamic_length` (L learnable end to end), + ITM (hard
 negatives, run at each text's integer L) + the length cost + the self-supervised oracle
-length target. ``qscaler: false`` gives the paper's "without QScaler" ablation (every text
+length target. The batch's relevance column (the split indices of each caption's relevant
+images) can tell the oracle (``oracle_relevant``) and the ITC / ITM (``train_positives``)
+which other images also satisfy a caption; both are off by default (measured: no gain, see
+docs/DESIGN.md). ``qscaler: false`` gives the paper's "without QScaler" ablation (every text
 L = ``l_init``, 32, and the gallery is encoded with ``l_init`` queries); ``attention:
 "full"`` keeps BLIP-2's full query self-attention, for comparison: then all ``L_max``
 queries always run and see each other (gallery and ITM pass alike) and L only selects the
@@ -67,11 +70,14 @@ from lightning_modules.components.dynamic_length import LengthConfig, dynamic_it
 from lightning_modules.components.qformer_head import QFormerHead
 from lightning_modules.components.qscaler import HFTextEncoder, QFormerTextEncoder, QScaler
 from lightning_modules.components.query_attention import ATTENTION_MODES, qformer_query_forward
+from lightning_modules.components.relevance import relevance_mask
 from lightning_modules.components.token_bank import TokenBank
 from lightning_modules.components.vision_tower import load_tower
 from lightning_modules.optim import OptimConfig, build_optimizer
 
 IDQ_WEIGHTS = "idq.safetensors"
+#: what ours' ITC / ITM count as a caption's positives in a batch (``IdqConfig.train_positives``)
+TRAIN_POSITIVES = ("image", "relevant")
 #: elements of the [q, chunk, L_max] similarity block scored at once by the ITC
 _MAX_SIM_BUDGET = 1 << 25
 
@@ -99,6 +105,17 @@ class IdqConfig(Blip2Config):
         to the queries (InstructBLIP style) -- or only to themselves.
     oracle_queue: images of recent batches (detached query outputs) kept as extra negatives
         when the oracle lengths are ranked (0: in-batch only; see ``dynamic_itc``).
+    oracle_relevant: what the oracle makes of images relevant to a text other than its paired
+        image, known from the training batch's relevance column (SynthScenes: exact; real
+        datasets: the paired image only, so the three agree): "negative" (ranked as negatives,
+        the behaviour before batches carried relevance), "ignore" (left out of the ranking) or
+        "positive" (the best relevant image counts, as in the evaluation's R@k / MRR). See
+        :mod:`~lightning_modules.components.dynamic_length`.
+    train_positives: the positives of ours' ITC and the pairs its ITM hard negatives avoid:
+        "image" (items of the same image, as BLIP2 trains) or "relevant" (every batch image
+        the relevance column marks relevant to a caption: false-negative-aware ITC / ITM; not
+        an option of BLIP2, so it gives ours supervision BLIP2 does not get). With "relevant"
+        the oracle's batch positives are these too.
     qscaler_lr_scale: the QScaler head's learning rate as a multiple of ``train.optim.lr``.
     qscaler_warmup: share of the training steps during which the QScaler head does not learn
         (every text keeps ``l_init``, r is detached): the nested-attention Q-Former first learns
@@ -127,6 +144,8 @@ class IdqConfig(Blip2Config):
     use_positions: bool = True
     text_sees_queries: bool = True
     oracle_queue: int = 1024
+    oracle_relevant: str = "negative"
+    train_positives: str = "image"
     qscaler_lr_scale: float = 1.0
     qscaler_warmup: float = 0.25
 
@@ -144,13 +163,16 @@ class IdqConfig(Blip2Config):
             raise ValueError("model_args.qscaler_lr_scale must be > 0")
         if not 0 <= self.qscaler_warmup < 1:
             raise ValueError("model_args.qscaler_warmup must be in [0, 1)")
+        if self.train_positives not in TRAIN_POSITIVES:
+            raise ValueError(f"model_args.train_positives must be one of {TRAIN_POSITIVES}, "
+                             f"got {self.train_positives!r}")
         if self.oracle_queue < 0:
             raise ValueError("model_args.oracle_queue must be >= 0")
         self.length_config()  # validates the length fields
 
     def length_config(self) -> LengthConfig:
         return LengthConfig(self.l_base, self.l_max, self.l_init, self.noise_std, self.mask_tau,
-                            self.length_weight, self.oracle_weight, self.lmax_itc_weight)
+                            self.length_weight, self.oracle_weight, self.lmax_itc_weight, self.oracle_relevant)
 
 
 class IdqFormerRetrieval(Blip2Retrieval):
@@ -299,29 +321,36 @@ class IdqFormerRetrieval(Blip2Retrieval):
 
     # -- training ----------------------------------------------------------------------
     def _losses(self, batch) -> dict[str, torch.Tensor]:
-        index, images, texts = batch
+        index, images, texts = batch[:3]
+        relevant = batch[3] if len(batch) > 3 else None  # split indices relevant to each caption, -1 padded
         index = index.to(self.device)
         tokens = self.vision_tokens(images)
         img = self.head.image_feats(self.query_outputs(tokens))  # [B, L_gallery, E]
         ids, mask = self.tokenize(texts)
         txt = self.head.text_feat(ids, mask)
-        positives = index[:, None] == index[None, :]
+        positives = index[:, None] == index[None, :]  # [texts, images]
+        if self.config.train_positives == "relevant":
+            positives = relevance_mask(relevant, index, index)
         with torch.no_grad():
             self.head.temp.clamp_(0.001, 0.5)
         ls = self.config.itc_label_smoothing
         if self.qscaler is not None:
             qs = self.qscaler(texts)
             r, soft = (qs.r.detach(), qs.soft_length.detach()) if self._warming_up() else (qs.r, qs.soft_length)
+            queued = self._oracle_negatives(index, img)
+            pool = index if queued is None else torch.cat([index, queued[0]])
             out, sim_t2i = dynamic_itc(txt, img, soft, r, positives, self.head.temp, self.length, ls,
-                                       oracle_negatives=self._oracle_negatives(index, img))
+                                       oracle_negatives=None if queued is None else queued[1],
+                                       oracle_relevant=None if self.length.oracle_relevant == "negative"
+                                       else relevance_mask(relevant, pool, index))
             sim_i2t, lengths = sim_t2i.T, qs.length
             out["query_length"], out["r"] = qs.length.float().mean(), qs.r.detach().mean()
         else:
             sim_i2t = itc_similarities(img, txt)
-            out = {"itc": itc_loss(sim_i2t, self.head.temp, positives, ls)}
+            out = {"itc": itc_loss(sim_i2t, self.head.temp, positives.T, ls)}
             lengths = torch.full((len(texts),), self.length.l_init, dtype=torch.long, device=self.device)
         if self.config.itm_weight > 0:
-            img_i, txt_i, labels = self.itm_training_pairs(sim_i2t, positives)
+            img_i, txt_i, labels = self.itm_training_pairs(sim_i2t, positives.T)
             logits = self.itm_logits(tokens[img_i], ids[txt_i], mask[txt_i], lengths[txt_i])
             out["itm"] = itm_loss(logits, labels)
         out["loss"] = (out["itc"] + self.config.itm_weight * out.get("itm", 0.0)
@@ -335,14 +364,17 @@ class IdqFormerRetrieval(Blip2Retrieval):
             return False
         return trainer.global_step < self.config.qscaler_warmup * trainer.estimated_stepping_batches
 
-    def _oracle_negatives(self, index: torch.Tensor, img: torch.Tensor) -> torch.Tensor | None:
-        """Queued images of earlier batches that are not in this one; then queue this batch."""
+    def _oracle_negatives(self, index: torch.Tensor,
+                          img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(split index, query outputs)`` of the queued images of earlier batches that are not
+        in this one (None: none queued); then queue this batch."""
         if not self.training or self.config.oracle_queue == 0 or self.length.oracle_weight == 0:
             return None
         negatives = None
         if self._queue is not None:
             q_index, q_img = self._queue
-            negatives = q_img[~torch.isin(q_index, index)]
+            keep = ~torch.isin(q_index, index)
+            negatives = (q_index[keep], q_img[keep])
             index, img = torch.cat([index, q_index]), torch.cat([img.detach(), q_img])
         n = self.config.oracle_queue
         self._queue = (index[:n].detach(), img[:n].detach())
@@ -352,7 +384,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
         losses = self._losses(batch)
         n = len(batch[0])
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n)
-        for k in ("itc", "itc_lmax", "itm", "length", "oracle", "query_length", "r"):
+        for k in ("itc", "itc_lmax", "itm", "length", "oracle", "oracle_length", "query_length", "r"):
             if k in losses:
                 self.log(f"train/{k}", losses[k], batch_size=n, prog_bar=k == "query_length")
         self.log("train/temperature", self.head.temp.detach(), batch_size=n)

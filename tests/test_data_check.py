@@ -166,5 +166,5 @@ def test_datasets_fall_back_only_when_tolerant(tmp_path):
         TrainPairs(records, to_tensor, templates)[1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        j, pixels, text = TrainPairs(records, to_tensor, templates, tolerant=True)[1]
-    assert (j, text) == (0, "c0") and pixels[..., 0].sum() == 255 * 100
+        j, pixels, text, relevant = TrainPairs(records, to_tensor, templates, tolerant=True)[1]
+    assert (j, text, relevant) == (0, "c0", (0,)) and pixels[..., 0].sum() == 255 * 100

@@ -122,12 +122,57 @@ def test_oracle_queue_holds_detached_earlier_images_and_never_a_positive(blip2_c
     m = _ours(blip2_checkpoint, oracle_queue=6).train()
     feats = torch.randn(4, m.gallery_length, 8, requires_grad=True)
     assert m._oracle_negatives(torch.tensor([0, 1, 2, 3]), feats) is None  # empty queue
-    neg = m._oracle_negatives(torch.tensor([3, 4, 5, 6]), feats + 1)
+    neg_index, neg = m._oracle_negatives(torch.tensor([3, 4, 5, 6]), feats + 1)
     torch.testing.assert_close(neg, feats[:3].detach())  # images 0, 1, 2 of the last batch; 3 is in this one
+    assert neg_index.tolist() == [0, 1, 2]  # with their split indices, for the relevance lookup
     q_index, q_img = m._queue
     assert q_index.tolist() == [3, 4, 5, 6, 0, 1] and not q_img.requires_grad  # newest first, capped at 6
     m.eval()
     assert m._oracle_negatives(torch.tensor([7]), feats[:1]) is None  # evaluation never queues
+
+
+def test_oracle_gets_the_batch_relevance_over_batch_and_queue(blip2_checkpoint, monkeypatch):
+    import lightning_modules.idq_former as idq
+
+    seen = []
+    real = idq.dynamic_itc
+    monkeypatch.setattr(idq, "dynamic_itc", lambda *a, **kw: seen.append(kw["oracle_relevant"]) or real(*a, **kw))
+    m = _ours(blip2_checkpoint, oracle_queue=8, oracle_relevant="ignore", itm_weight=0.0).train()
+    pad = -1
+    m._losses((torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS, torch.tensor([[0, 6], [1, pad], [2, pad], [3, pad]])))
+    assert seen[-1].tolist() == [[True, False, False, False], [False, True, False, False],
+                                 [False, False, True, False], [False, False, False, True]]
+    # next batch: images 4..7, then the queue (0..3); text 0 (image 4) also matches queued image 1
+    m._losses((torch.tensor([4, 5, 6, 7]), _pixels(4), TEXTS, torch.tensor([[4, 1], [5, pad], [6, pad], [7, pad]])))
+    assert seen[-1][0].tolist() == [True, False, False, False, False, True, False, False]
+    assert seen[-1][1:].sum().item() == 3  # the others: their own image only
+    m._losses((torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS))  # a batch without the column: same image
+    assert seen[-1].sum(1).tolist() == [1, 1, 1, 1]
+    m = _ours(blip2_checkpoint, oracle_relevant="negative", itm_weight=0.0).train()
+    m._losses((torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS, torch.tensor([[0, 1], [1, pad], [2, pad], [3, pad]])))
+    assert seen[-1] is None  # the former behaviour needs no relevance
+    with pytest.raises(ValueError, match="oracle_relevant"):
+        IdqConfig(oracle_relevant="always")
+
+
+def test_relevant_train_positives_reach_itc_and_itm(blip2_checkpoint, monkeypatch):
+    import lightning_modules.idq_former as idq
+
+    seen = {}
+    real_itc, real_itm = idq.dynamic_itc, idq.IdqFormerRetrieval.itm_training_pairs
+    monkeypatch.setattr(idq, "dynamic_itc", lambda *a, **kw: seen.setdefault("itc", a[4]) is None or real_itc(*a, **kw))
+    monkeypatch.setattr(idq.IdqFormerRetrieval, "itm_training_pairs",
+                        lambda self, sim, pos: seen.setdefault("itm", pos) is None or real_itm(self, sim, pos))
+    batch = (torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS, torch.tensor([[0, 2], [1, -1], [2, -1], [3, -1]]))
+    _ours(blip2_checkpoint, train_positives="relevant").train()._losses(batch)
+    expected = torch.eye(4, dtype=torch.bool)
+    expected[0, 2] = True  # text 0 (image 0) also matches image 2: [texts, images]
+    assert torch.equal(seen["itc"], expected) and torch.equal(seen["itm"], expected.T)  # ITM takes [images, texts]
+    seen.clear()
+    _ours(blip2_checkpoint).train()._losses(batch)  # default "image": as BLIP2, the pair's image only
+    assert torch.equal(seen["itc"], torch.eye(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="train_positives"):
+        IdqConfig(train_positives="all")
 
 
 def test_qscaler_head_does_not_learn_during_warmup(blip2_checkpoint):

@@ -261,8 +261,9 @@ def test_datamodule_serves_batches_and_eval_set(small_root):
     dm.prepare_data()
     dm.set_transform(to_tensor)
     dm.setup("fit")
-    idx, pixels, texts = next(iter(dm.train_dataloader()))
+    idx, pixels, texts, relevant = next(iter(dm.train_dataloader()))
     assert idx.dtype == torch.long and idx.shape == (8,)
+    assert relevant.dtype == torch.long and relevant.shape[0] == 8
     assert pixels.shape == (8, 3, 64, 64) and pixels.dtype == torch.float32
     assert len(texts) == 8 and all(isinstance(t, str) and t for t in texts)
 

@@ -39,6 +39,14 @@ no defaults and no supervision; the suite's choices (all in :class:`LengthConfig
   ``L_base``); ``r* = (L* - L_base) / (L_max - L_base)`` clipped to
   [0, 1] and a binary cross-entropy between r and r*. It only uses the model's own scores:
   neither the instruction's word count nor the dataset's complexity label is ever a target.
+  **Relevant images that are not the pair's** (``oracle_relevant``; SynthScenes: a generic
+  caption matches ~5 % of the images, so several per batch and dozens in the queue):
+  ``"negative"`` counts them as negatives (the pair's image is the only positive; before
+  the training batches carried relevance), ``"ignore"`` leaves them out of the ranking (the
+  rank of the pair's own image among true negatives), ``"positive"`` lets the best
+  relevant image count, as the evaluation's R@k and MRR do (rank of the first relevant
+  item). The relevance comes from the data (training items carry their caption's relevant
+  images); it decides only which images are compared, never the target length itself.
 * **Every prefix keeps learning** (``lmax_itc_weight``, default 0.5): beside the soft-masked
   ITC, the same InfoNCE over all ``L_max`` queries (``max_i s_i``, no mask). Without it the
   queries beyond the texts' current L get no gradient once L has shrunk, stay useless, and
@@ -59,6 +67,9 @@ import torch.nn.functional as F
 
 from lightning_modules.base import Encoded, max_sim
 
+#: how the length oracle treats images relevant to a text other than its paired image
+ORACLE_RELEVANT = ("negative", "ignore", "positive")
+
 
 @dataclass(frozen=True)
 class LengthConfig:
@@ -72,8 +83,11 @@ class LengthConfig:
     length_weight: float = 0.1
     oracle_weight: float = 0.5
     lmax_itc_weight: float = 0.5
+    oracle_relevant: str = "negative"  # relevant non-paired images in the oracle: ORACLE_RELEVANT
 
     def __post_init__(self) -> None:
+        if self.oracle_relevant not in ORACLE_RELEVANT:
+            raise ValueError(f"oracle_relevant must be one of {ORACLE_RELEVANT}, got {self.oracle_relevant!r}")
         if not 1 <= self.l_base <= self.l_max:
             raise ValueError(f"need 1 <= l_base <= l_max, got l_base={self.l_base}, l_max={self.l_max}")
         if not self.l_base <= self.l_init <= self.l_max:
@@ -171,19 +185,21 @@ def _text_vs_images(texts: torch.Tensor, lengths: torch.Tensor, images: torch.Te
 
 
 @torch.no_grad()
-def oracle_lengths(sims: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+def oracle_lengths(sims: torch.Tensor, positive: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
     """Per text, the smallest L whose in-batch rank of the positive equals the rank at L_max.
 
     ``sims`` ``[Q, B, L_max]`` per-query similarities of each text with each batch image,
     ``positive`` ``[Q, B]`` boolean (several positives allowed; the best one counts). Rank
     at L = 1 + number of negatives scoring >= the best positive with the first L outputs
-    (ties against the model). Returns ``[Q]`` long in ``1..L_max``; a text without a
-    positive gets ``L_max``.
+    (ties against the model). ``ignore`` ``[Q, B]`` boolean: images that are neither
+    positive nor negative (left out of the ranking). Returns ``[Q]`` long in ``1..L_max``;
+    a text without a positive gets ``L_max``.
     """
     prefix = sims.cummax(dim=-1).values  # [Q, B, L]: score with the first L+1 outputs
     neg_inf = torch.finfo(prefix.dtype).min
     pos_best = prefix.masked_fill(~positive[:, :, None], neg_inf).amax(1)  # [Q, L]
-    beats = (prefix >= pos_best[:, None, :]) & ~positive[:, :, None]
+    negative = ~positive if ignore is None else ~(positive | ignore)
+    beats = (prefix >= pos_best[:, None, :]) & negative[:, :, None]
     rank = 1 + beats.sum(1)  # [Q, L]
     good = rank <= rank[:, -1:]
     first = good.float().argmax(-1) + 1  # the last column is always good
@@ -206,11 +222,10 @@ def length_losses(r: torch.Tensor, soft_length: torch.Tensor, config: LengthConf
     return out
 
 
-
 def dynamic_itc(texts: torch.Tensor, image_queries: torch.Tensor, soft_length: torch.Tensor, r: torch.Tensor,
                 positives: torch.Tensor, temperature: torch.Tensor | float, config: LengthConfig,
-                label_smoothing: float = 0.0,
-                oracle_negatives: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                label_smoothing: float = 0.0, oracle_negatives: torch.Tensor | None = None,
+                oracle_relevant: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The in-batch training losses of IDQ-Former's ITC with a learnable L.
 
     ``texts`` ``[B_t, D]`` and ``image_queries`` ``[B_i, L_max, D]`` (normalised, nested
@@ -220,12 +235,16 @@ def dynamic_itc(texts: torch.Tensor, image_queries: torch.Tensor, soft_length: t
     ``itc`` (symmetric multi-positive InfoNCE over :func:`soft_masked_logits`), ``itc_lmax``
     (the same over all ``L_max`` queries, with ``lmax_itc_weight > 0``), ``length``
     and, with ``oracle_weight > 0``, ``oracle`` (their sum is the loss); and ``sim`` ``[B_t,
-    B_i]`` = ``T x logits`` = ``max_i (s_i + T log m_i)``, e.g. for ITM hard-negative mining.
+    B_i]`` = ``T x logits`` = ``max_i (s_i + T log m_i)``, e.g. for ITM hard-negative mining;
+    with the oracle also ``oracle_length``, the mean target L (a diagnostic, not a loss).
     ``oracle_negatives`` ``[N, L_max, D]``: extra images, none of them a positive of any text
     here (e.g. a queue of recent batches), that join the batch only when the oracle lengths
     are ranked (no gradient): an in-batch rank among ~100 images is too easy a criterion
     (the first few queries already rank most positives first), a pool of ~1000 is about the
-    difficulty of the test gallery.
+    difficulty of the test gallery. ``oracle_relevant`` ``[B_t, B_i + N]`` boolean: which
+    images of that pool (batch images, then ``oracle_negatives``) are relevant to each text
+    beside its positives; ``config.oracle_relevant`` says what the oracle makes of them
+    (``None``: none is).
     """
     sims = per_query_sims(texts, image_queries)  # [B_t, B_i, L_max]
     log_mask = soft_log_mask(soft_length, image_queries.shape[1], config.mask_tau)
@@ -248,5 +267,20 @@ def dynamic_itc(texts: torch.Tensor, image_queries: torch.Tensor, soft_length: t
             extra = per_query_sims(texts.detach(), oracle_negatives.to(texts.dtype))
             pool_sims = torch.cat([pool_sims, extra], dim=1)
             pool_pos = torch.cat([positives, positives.new_zeros(positives.shape[0], extra.shape[1])], dim=1)
-        oracle = oracle_lengths(pool_sims, pool_pos)
-    return {"itc": itc, **extra_terms, **length_losses(r, soft_length, config, oracle)}, logits * temperature
+        positive, ignore = _oracle_roles(pool_pos, oracle_relevant, config.oracle_relevant)
+        oracle = oracle_lengths(pool_sims, positive, ignore)
+    out = {"itc": itc, **extra_terms, **length_losses(r, soft_length, config, oracle)}
+    if oracle is not None:
+        out["oracle_length"] = oracle.float().mean()  # logged only, not a loss term
+    return out, logits * temperature
+
+
+def _oracle_roles(positives: torch.Tensor, relevant: torch.Tensor | None,
+                  mode: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The oracle's ``(positive, ignore)`` masks over its pool (``LengthConfig.oracle_relevant``)."""
+    if relevant is None or mode == "negative":
+        return positives, None
+    if relevant.shape != positives.shape:
+        raise ValueError(f"oracle_relevant has shape {tuple(relevant.shape)}, the pool {tuple(positives.shape)}")
+    relevant = relevant.to(positives.device)
+    return (positives | relevant, None) if mode == "positive" else (positives, relevant & ~positives)
