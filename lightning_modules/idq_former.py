@@ -328,9 +328,8 @@ class IdqFormerRetrieval(Blip2Retrieval):
         img = self.head.image_feats(self.query_outputs(tokens))  # [B, L_gallery, E]
         ids, mask = self.tokenize(texts)
         txt = self.head.text_feat(ids, mask)
-        positives = index[:, None] == index[None, :]  # [texts, images]
-        if self.config.train_positives == "relevant":
-            positives = relevance_mask(relevant, index, index)
+        # [texts, images]: the same image, or (train_positives="relevant") every relevant batch image
+        positives = relevance_mask(relevant if self.config.train_positives == "relevant" else None, index, index)
         with torch.no_grad():
             self.head.temp.clamp_(0.001, 0.5)
         ls = self.config.itc_label_smoothing

@@ -12,9 +12,9 @@ Pairs are independent, so the order in which they are batched does not change a 
 are batched in cost order and the scores put back in place, so that a batch holds texts of
 similar length: on the tiny benchmark ~25-33% fewer padded tokens per ITM pass. With
 ``pair_key`` (an integer per pair, equal exactly when two pairs have the same inputs, e.g.
-(identical text, same image)) each distinct pair is scored once and its score shared: on
-SynthScenes 5,000 test captions hold 3,321 distinct texts, and identical texts have
-identical top k.
+(identical text, same image)) each distinct pair among those of one call is scored once
+and its score shared (identical texts have identical top k; the evaluation calls it once
+per chunk of queries, so duplicates across chunks are scored again).
 """
 
 from __future__ import annotations
