@@ -42,6 +42,7 @@ class RetrievalEvaluator(L.LightningModule):
             ks=config.ks,
             chunk_size=config.chunk_size,
             score_variants=model.score_variants() if hasattr(model, "score_variants") else None,
+            variant_directions=getattr(model, "score_variant_directions", None),
         )
         self.results: dict[str, float] = {}
         self.per_query: dict[str, np.ndarray] = {}

@@ -81,7 +81,9 @@ class RetrievalModel(Protocol):
 
     Optional: ``score_variants()`` -> ``{name: score_fn}``, further scorings of the same
     embeddings (e.g. BLIP-2's ITC-only score beside its ITM re-ranked one); the evaluation
-    reports each under ``"{name}/{direction}/{metric}"`` beside the main keys.
+    reports each under ``"{name}/{direction}/{metric}"`` beside the main keys; and
+    ``score_variant_directions`` -> ``{name: directions}``, where a variant differs from
+    ``score`` (elsewhere the evaluation reuses the main results instead of rescoring).
     """
 
     def image_transform(self) -> Callable[[Image.Image], torch.Tensor]: ...
@@ -97,19 +99,23 @@ def max_sim(queries: Encoded, gallery: Encoded) -> torch.Tensor:
     """Late-interaction similarity: the max over all (query vector, gallery vector) pairs.
 
     Single-vector inputs reduce to the plain dot product. Where ``lengths`` are given,
-    only the first ``lengths[i]`` vectors of item ``i`` take part.
+    only the first ``lengths[i]`` vectors of item ``i`` take part. One matrix product of
+    every query vector with every gallery vector, ``[Q T, G S]``, viewed ``[Q, T, G, S]``
+    and reduced over ``S`` (contiguous) and then ``T``: about twice as fast on CPU as an
+    einsum into ``[Q, G, T, S]``, which must be permuted before it is reduced.
     """
     q, g = queries.emb, gallery.emb
     if q.ndim == 2 and g.ndim == 2:
         return q @ g.T
     q3 = q if q.ndim == 3 else q[:, None]
     g3 = g if g.ndim == 3 else g[:, None]
-    sims = torch.einsum("qtd,gsd->qgts", q3, g3)
+    (n_q, t, d), (n_g, s) = q3.shape, g3.shape[:2]
+    sims = (q3.reshape(n_q * t, d) @ g3.reshape(n_g * s, d).T).view(n_q, t, n_g, s)
     neg = torch.finfo(sims.dtype).min
     if queries.lengths is not None and q.ndim == 3:
-        valid = torch.arange(q3.shape[1], device=q.device)[None] < queries.lengths[:, None]
-        sims = sims.masked_fill(~valid[:, None, :, None], neg)
+        valid = torch.arange(t, device=q.device)[None] < queries.lengths.to(q.device)[:, None]
+        sims = sims.masked_fill(~valid[:, :, None, None], neg)
     if gallery.lengths is not None and g.ndim == 3:
-        valid = torch.arange(g3.shape[1], device=g.device)[None] < gallery.lengths[:, None]
-        sims = sims.masked_fill(~valid[None, :, None, :], neg)
-    return sims.flatten(2).amax(-1)
+        valid = torch.arange(s, device=g.device)[None] < gallery.lengths.to(g.device)[:, None]
+        sims = sims.masked_fill(~valid[None, None], neg)
+    return sims.amax(-1).amax(1)

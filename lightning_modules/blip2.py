@@ -337,6 +337,9 @@ class Blip2Retrieval(L.LightningModule):
     #: Sim is reported on the first-stage ITC score (the re-rank score is not a similarity)
     similarity_variant = "itc"
 
+    #: ``score`` re-ranks text <-> image only: image -> image *is* the ITC, so it is not rescored
+    score_variant_directions = {"itc": ("t2i", "i2t")}
+
     def score_variants(self) -> dict:
         """The ITC-only scores, reported beside the re-ranked ones as ``itc/...``."""
         return {"itc": self.itc_score}

@@ -117,6 +117,11 @@ class IdqConfig(Blip2Config):
         an option of BLIP2, so it gives ours supervision BLIP2 does not get). With "relevant"
         the oracle's batch positives are these too.
     qscaler_lr_scale: the QScaler head's learning rate as a multiple of ``train.optim.lr``.
+    qscaler_memo: in training, keep the QScaler's frozen features of up to this many distinct
+        instructions in memory (later epochs skip its encoder; 0: encode every batch).
+    prefix_itc: the ``itc_lmax`` term over all ``L_max`` queries ("all") or, per text, a random
+        prefix in ``[L_base, L_max]`` ("random", Matryoshka style); see
+        :class:`~lightning_modules.components.dynamic_length.LengthConfig`.
     qscaler_warmup: share of the training steps during which the QScaler head does not learn
         (every text keeps ``l_init``, r is detached): the nested-attention Q-Former first learns
         to use all its queries, then the lengths are fitted to what the queries can do. Without
@@ -148,6 +153,8 @@ class IdqConfig(Blip2Config):
     train_positives: str = "image"
     qscaler_lr_scale: float = 1.0
     qscaler_warmup: float = 0.25
+    prefix_itc: str = "all"
+    qscaler_memo: int = 100_000
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -159,6 +166,8 @@ class IdqConfig(Blip2Config):
             raise ValueError("model_args.qscaler_hidden must be >= 1")
         if self.qscaler_layers is not None and (self.qscaler_layers < 1 or self.qscaler_encoder != "qformer"):
             raise ValueError("model_args.qscaler_layers must be >= 1 and needs qscaler_encoder='qformer'")
+        if self.qscaler_memo < 0:
+            raise ValueError("model_args.qscaler_memo must be >= 0")
         if self.qscaler_lr_scale <= 0:
             raise ValueError("model_args.qscaler_lr_scale must be > 0")
         if not 0 <= self.qscaler_warmup < 1:
@@ -172,7 +181,8 @@ class IdqConfig(Blip2Config):
 
     def length_config(self) -> LengthConfig:
         return LengthConfig(self.l_base, self.l_max, self.l_init, self.noise_std, self.mask_tau,
-                            self.length_weight, self.oracle_weight, self.lmax_itc_weight, self.oracle_relevant)
+                            self.length_weight, self.oracle_weight, self.lmax_itc_weight, self.oracle_relevant,
+                            self.prefix_itc)
 
 
 class IdqFormerRetrieval(Blip2Retrieval):
@@ -220,7 +230,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
                                              layers=config.qscaler_layers)
             else:
                 encoder = HFTextEncoder.from_pretrained(config.qscaler_encoder, local_files_only=config.local_files_only)
-            qscaler = QScaler(encoder, config.length_config(), config.qscaler_hidden)
+            qscaler = QScaler(encoder, config.length_config(), config.qscaler_hidden, memo=config.qscaler_memo)
         return cls(tower, head, tok, config, bank, qscaler, optim)
 
     def save_checkpoint(self, directory: Path) -> None:

@@ -440,3 +440,41 @@ def test_metric_gathers_extra_in_index_order_and_reports_score_variants():
     assert "itc/t2i/rank" in metric.per_query and "t2i/rank" in metric.per_query
     with pytest.raises(ValueError, match="variant"):
         RetrievalMetric(es, max_sim, score_variants={"t2i": max_sim})
+
+
+def test_variant_directions_reuse_the_main_results_elsewhere():
+    from benchmark.metrics import RetrievalMetric
+    try:
+        from tests.test_metrics import embeddings, small_eval_set
+    except ImportError:  # tests/ not a package
+        from test_metrics import embeddings, small_eval_set
+
+    es = small_eval_set()
+    img, txt = Encoded(embeddings(es.n_images, 1, tokens=3)), Encoded(embeddings(es.n_queries, 2))
+    shapes = []
+
+    def variant(q: Encoded, g: Encoded) -> torch.Tensor:
+        shapes.append((q.emb.ndim, g.emb.ndim))
+        return -max_sim(q, g)
+
+    def compute(**kwargs) -> tuple[dict, dict]:
+        metric = RetrievalMetric(es, max_sim, chunk_size=4, score_variants={"v": variant}, **kwargs)
+        metric.update_images(torch.arange(es.n_images), img)
+        metric.update_texts(torch.arange(es.n_queries), txt)
+        return metric.compute(), metric.per_query
+
+    full, _ = compute()
+    assert (3, 3) in shapes  # without variant_directions the variant scores image -> image too
+    shapes.clear()
+    got, per_query = compute(variant_directions={"v": ("t2i", "i2t")})
+    assert (3, 3) not in shapes and shapes  # ... with them, only text <-> image
+    for k, v in got.items():
+        if k.startswith("v/i2i/"):
+            assert v == pytest.approx(got[k[2:]], nan_ok=True), k  # i2i: the main score's results
+        elif k.startswith("v/"):
+            assert v == pytest.approx(full[k], nan_ok=True), k  # the others: the variant's own
+    assert torch.equal(torch.as_tensor(per_query["v/i2i/rank"]), torch.as_tensor(per_query["i2i/rank"]))
+    with pytest.raises(ValueError, match="variant_directions"):
+        RetrievalMetric(es, max_sim, score_variants={"v": variant}, variant_directions={"w": ("t2i",)})
+    with pytest.raises(ValueError, match="variant_directions"):
+        RetrievalMetric(es, max_sim, score_variants={"v": variant}, variant_directions={"v": ("x2y",)})

@@ -262,6 +262,30 @@ def _retrieval_loss(sims: torch.Tensor, log_mask: torch.Tensor, temperature: flo
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
+def test_qscaler_memo_reuses_frozen_features_in_training_only(qformer_parts):
+    emb, qformer = qformer_parts
+    tok = build_word_tokenizer(TEXTS)
+    memo = QScaler(QFormerTextEncoder(emb, qformer, tok), LengthConfig(l_base=2, l_max=LMAX, l_init=8), memo=3)
+    encoded = []
+    encode = memo.encoder.encode
+    memo.encoder.encode = lambda texts: encoded.append(list(texts)) or encode(texts)
+    texts = [TEXTS[0], TEXTS[1], TEXTS[0]]
+    ref = encode(texts)
+    memo.train()
+    torch.testing.assert_close(memo.features(texts), ref, rtol=1e-5, atol=1e-6)
+    assert encoded == [[TEXTS[0], TEXTS[1]]]  # each distinct instruction once
+    torch.testing.assert_close(memo.features(texts[::-1]), ref.flip(0), rtol=1e-5, atol=1e-6)
+    assert len(encoded) == 1  # all known: no encoder call
+    full = memo.features([TEXTS[2], TEXTS[3], TEXTS[0]])  # 2 new, 1 slot left: served, not stored
+    torch.testing.assert_close(full, encode([TEXTS[2], TEXTS[3], TEXTS[0]]), rtol=1e-5, atol=1e-6)
+    assert set(memo._memo) == {TEXTS[0], TEXTS[1]}
+    memo.eval()
+    memo.features(texts)
+    assert encoded[-1] == texts  # evaluation always encodes
+    with pytest.raises(ValueError, match="memo"):
+        QScaler(memo.encoder, memo.length, memo=-1)
+
+
 def test_gradient_reaches_qscaler_head_through_the_soft_mask_only(qscaler):
     qscaler.train()
     out = qscaler(TEXTS)

@@ -175,6 +175,24 @@ def test_multi_vector_scoring_via_max_sim():
         np.testing.assert_array_equal(r.rank, reference_ranks(dense.astype(np.float32), rows))
 
 
+
+@pytest.mark.parametrize("q_multi,g_multi", [(True, True), (True, False), (False, True)])
+def test_max_sim_matches_bruteforce_with_lengths_on_both_sides(q_multi, g_multi):
+    gen = torch.Generator().manual_seed(3)
+    q_emb = torch.randn((9, 5, 6) if q_multi else (9, 6), generator=gen)
+    g_emb = torch.randn((7, 4, 6) if g_multi else (7, 6), generator=gen)
+    q_len = torch.randint(1, 6, (9,), generator=gen) if q_multi else None
+    g_len = torch.randint(1, 5, (7,), generator=gen) if g_multi else None
+    q3, g3 = (q_emb if q_multi else q_emb[:, None]), (g_emb if g_multi else g_emb[:, None])
+    expected = torch.full((9, 7), -torch.inf)
+    for a in range(9):
+        for b in range(7):
+            for t in range(int(q_len[a]) if q_multi else 1):
+                for s in range(int(g_len[b]) if g_multi else 1):
+                    expected[a, b] = max(expected[a, b], float(q3[a, t] @ g3[b, s]))
+    got = max_sim(Encoded(q_emb, q_len), Encoded(g_emb, g_len))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_agrees_with_torchmetrics_on_positive_scores_without_ties(seed):
     rng = np.random.default_rng(seed)

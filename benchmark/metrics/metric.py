@@ -74,6 +74,11 @@ class RetrievalMetric(Metric):
         chunk_size: queries scored at once (bounds memory to ``chunk_size x n_gallery``).
         score_variants: further named score functions over the same embeddings; each is
             evaluated too and reported as ``"{name}/{direction}/{metric}"``.
+        variant_directions: per variant name, the directions in which it differs from
+            ``score_fn`` (e.g. BLIP-2's ITC-only variant: t2i and i2t, where ``score_fn``
+            re-ranks; image -> image has no re-ranking). In the other directions the
+            variant's results are those of ``score_fn``, reused rather than recomputed.
+            Absent name: every direction is scored.
         kwargs: passed to :class:`torchmetrics.Metric` (``process_group``, ``compute_on_cpu``...).
 
     Feed it with :meth:`update_images` / :meth:`update_texts` (global indices + an
@@ -109,6 +114,7 @@ class RetrievalMetric(Metric):
         ks: Sequence[int] = (1, 5, 10),
         chunk_size: int = 1024,
         score_variants: Mapping[str, Callable[[Encoded, Encoded], torch.Tensor]] | None = None,
+        variant_directions: Mapping[str, Sequence[str]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -147,6 +153,11 @@ class RetrievalMetric(Metric):
         for name in self.score_variants:
             if not name or "/" in name or name in DIRECTIONS:
                 raise ValueError(f"score variant names must be non-empty, without '/', not a direction: {name!r}")
+        self.variant_directions = {name: tuple(ds) for name, ds in (variant_directions or {}).items()}
+        for name, ds in self.variant_directions.items():
+            if name not in self.score_variants or any(d not in DIRECTIONS for d in ds):
+                raise ValueError(f"variant_directions[{name!r}] = {ds}: needs a score variant of that name "
+                                 f"and directions from {DIRECTIONS}")
         self.directions = directions
         self.ks = tuple(int(k) for k in ks)
         self.chunk_size = int(chunk_size)
@@ -240,7 +251,7 @@ class RetrievalMetric(Metric):
         queries_gallery = {d: (collected[q][0], collected[g][0]) for d, (q, g) in self.sides.items()
                            if d in self.directions}
 
-        def specs(score_fn) -> dict[str, DirectionSpec]:
+        def specs(score_fn, directions: Sequence[str]) -> dict[str, DirectionSpec]:
             return {
                 d: DirectionSpec(
                     score_fn=encoded_score_fn(score_fn, *queries_gallery[d]),
@@ -248,16 +259,19 @@ class RetrievalMetric(Metric):
                     source=self.source.get(d),
                     exclude_self=self.sides[d] == ("image", "image"),
                 )
-                for d in self.directions
+                for d in directions
             }
 
         per_query: dict[str, np.ndarray] = {}
         metrics: dict[str, float] = {}
-        for prefix, score_fn in [("", self.score_fn), *((f"{n}/", f) for n, f in self.score_variants.items())]:
+        for name, score_fn in [("", self.score_fn), *self.score_variants.items()]:
+            prefix = f"{name}/" if name else ""
+            scored = [d for d in self.directions if d in self.variant_directions.get(name, self.directions)]
             with torch.no_grad():
-                results = evaluate_directions(specs(score_fn), chunk_size=self.chunk_size)
-            if not prefix:
+                results = evaluate_directions(specs(score_fn, scored), chunk_size=self.chunk_size)
+            if not name:
                 self.direction_results = results
+            results = {d: results[d] if d in results else self.direction_results[d] for d in self.directions}
             for d, r in results.items():
                 per_query[f"{prefix}{d}/rank"] = r.rank
                 if r.sim is not None:

@@ -69,6 +69,8 @@ from lightning_modules.base import Encoded, max_sim
 
 #: how the length oracle treats images relevant to a text other than its paired image
 ORACLE_RELEVANT = ("negative", "ignore", "positive")
+#: which query prefix the ``itc_lmax`` term scores each text with (``LengthConfig.prefix_itc``)
+PREFIX_ITC = ("all", "random")
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,11 @@ class LengthConfig:
     oracle_weight: float = 0.5
     lmax_itc_weight: float = 0.5
     oracle_relevant: str = "negative"  # relevant non-paired images in the oracle: ORACLE_RELEVANT
+    prefix_itc: str = "all"  # the itc_lmax term over all L_max queries or a random prefix: PREFIX_ITC
 
     def __post_init__(self) -> None:
+        if self.prefix_itc not in PREFIX_ITC:
+            raise ValueError(f"prefix_itc must be one of {PREFIX_ITC}, got {self.prefix_itc!r}")
         if self.oracle_relevant not in ORACLE_RELEVANT:
             raise ValueError(f"oracle_relevant must be one of {ORACLE_RELEVANT}, got {self.oracle_relevant!r}")
         if not 1 <= self.l_base <= self.l_max:
@@ -259,7 +264,12 @@ def dynamic_itc(texts: torch.Tensor, image_queries: torch.Tensor, soft_length: t
     itc = infonce(logits)
     extra_terms = {}
     if config.lmax_itc_weight > 0:
-        extra_terms["itc_lmax"] = config.lmax_itc_weight * infonce(sims.amax(-1) / temperature)
+        if config.prefix_itc == "random":  # Matryoshka: each text a random prefix in [L_base, L_max]
+            prefix = torch.randint(config.l_base, config.l_max + 1, (sims.shape[0],), device=sims.device)
+            lmax_logits = soft_masked_logits(sims, hard_log_mask(prefix, sims.shape[-1]), temperature)
+        else:
+            lmax_logits = sims.amax(-1) / temperature
+        extra_terms["itc_lmax"] = config.lmax_itc_weight * infonce(lmax_logits)
     oracle = None
     if config.oracle_weight > 0:
         pool_sims, pool_pos = sims.detach(), positives

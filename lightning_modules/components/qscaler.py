@@ -200,17 +200,39 @@ class QScalerHead(nn.Module):
 
 
 class QScaler(nn.Module):
-    """Frozen encoder + learnable head: instructions -> r, L (see the module docstring)."""
+    """Frozen encoder + learnable head: instructions -> r, L (see the module docstring).
 
-    def __init__(self, encoder: FrozenTextEncoder, length: LengthConfig | None = None, hidden: int = 256) -> None:
+    ``memo``: in training, the frozen features of up to this many distinct instructions are
+    kept in memory, so epochs after the first skip the encoder (it is frozen and in eval
+    mode: an instruction's feature never changes; 0 = encode every time). Evaluation always
+    encodes.
+    """
+
+    def __init__(self, encoder: FrozenTextEncoder, length: LengthConfig | None = None, hidden: int = 256,
+                 memo: int = 0) -> None:
         super().__init__()
+        if memo < 0:
+            raise ValueError(f"QScaler memo must be >= 0, got {memo}")
         self.encoder = encoder
         self.length = length or LengthConfig()
         self.head = QScalerHead(encoder.dim, hidden, r_init=self.length.r_init)
+        self.memo = memo
+        self._memo: dict[str, torch.Tensor] = {}
 
     def features(self, texts: Sequence[str]) -> torch.Tensor:
         """The frozen pooled features, on the head's device, outside any autograd graph."""
-        return self.encoder.encode(texts).detach().to(self.head.net[1].weight.device)
+        device = self.head.net[1].weight.device
+        if not (self.training and self.memo):
+            return self.encoder.encode(texts).detach().to(device)
+        missing = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        if missing:
+            encoded = self.encoder.encode(missing).detach().to(device)
+            if len(self._memo) + len(missing) <= self.memo:
+                self._memo.update(zip(missing, encoded))
+            else:
+                known = dict(zip(missing, encoded))
+                return torch.stack([self._memo[t] if t in self._memo else known[t] for t in texts])
+        return torch.stack([self._memo[t] for t in texts])
 
     def forward(self, texts: Sequence[str] | None = None, *, features: torch.Tensor | None = None) -> QScalerOutput:
         """From raw ``texts`` or precomputed ``features`` (e.g. cached frozen features)."""
