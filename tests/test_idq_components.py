@@ -374,6 +374,35 @@ def test_oracle_length_is_the_shortest_prefix_with_the_final_rank():
     assert set(losses) == {"length", "oracle"} and all(v > 0 for v in losses.values())
 
 
+def _oracle_by_definition(sims, positive, ignore=None):
+    """The oracle target spelled out: per text, the first L whose rank equals the rank at L_max."""
+    out = []
+    for q in range(sims.shape[0]):
+        if not positive[q].any():
+            out.append(sims.shape[-1])
+            continue
+        ranks = []
+        for n in range(1, sims.shape[-1] + 1):
+            score = sims[q, :, :n].amax(-1)
+            best = score[positive[q]].max()
+            negative = ~positive[q] if ignore is None else ~(positive[q] | ignore[q])
+            ranks.append(1 + int(((score >= best) & negative).sum()))
+        out.append(next(n + 1 for n, r in enumerate(ranks) if r <= ranks[-1]))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_oracle_lengths_match_the_definition_with_ties_ignore_and_no_positive(seed):
+    g = torch.Generator().manual_seed(seed)
+    sims = torch.randint(0, 6, (7, 9, 5), generator=g).float() / 5  # coarse values: many ties
+    positive = torch.rand(7, 9, generator=g) < 0.2
+    positive[0] = False  # a text without a positive
+    positive[1, :3] = True  # several positives
+    ignore = (torch.rand(7, 9, generator=g) < 0.2) & ~positive
+    assert oracle_lengths(sims, positive).tolist() == _oracle_by_definition(sims, positive)
+    assert oracle_lengths(sims, positive, ignore).tolist() == _oracle_by_definition(sims, positive, ignore)
+
+
 def test_oracle_negatives_make_the_target_longer_where_late_queries_are_needed():
     """Text 0's positive beats the in-batch negative from query 0 on, but a pooled
     negative only from query 3 on: with the pool the oracle asks for 4 queries, not 1."""
