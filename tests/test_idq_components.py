@@ -511,3 +511,27 @@ def test_qscaler_on_a_frozen_clip_text_encoder(tmp_path):
     torch.testing.assert_close(feats, ref)
     out = QScaler(enc, LengthConfig(l_base=2, l_max=LMAX, l_init=8)).eval()(TEXTS)
     assert (out.length == 8).all()
+
+
+def test_random_prefix_itc_scores_each_text_with_a_prefix_of_its_own():
+    """``prefix_itc="random"``: the itc_lmax term scores each text with a random prefix in
+    [L_base, L_max]; with L_base = L_max that is the full set, i.e. the default term."""
+    from lightning_modules.components.dynamic_length import dynamic_itc
+
+    g = torch.Generator().manual_seed(0)
+    texts = F.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    images = F.normalize(torch.randn(6, 5, 8, generator=g), dim=-1)
+    images[:, -1] = texts  # each text matches its image only through the last query
+    positives = torch.eye(6, dtype=torch.bool)
+    r = torch.full((6,), 0.5)
+
+    def term(**kw) -> torch.Tensor:
+        cfg = LengthConfig(l_max=5, l_init=5, oracle_weight=0.0, **kw)
+        torch.manual_seed(1)
+        return dynamic_itc(texts, images, cfg.soft_length(r), r, positives, 0.07, cfg)[0]["itc_lmax"]
+
+    full = term(l_base=1)
+    torch.testing.assert_close(term(l_base=5, prefix_itc="random"), term(l_base=5))
+    assert term(l_base=1, prefix_itc="random") > full + 0.1  # prefixes without the last query lose the match
+    with pytest.raises(ValueError, match="prefix_itc"):
+        LengthConfig(prefix_itc="sometimes")
