@@ -52,7 +52,9 @@ no defaults and no supervision; the suite's choices (all in :class:`LengthConfig
   queries beyond the texts' current L get no gradient once L has shrunk, stay useless, and
   the oracle below then never asks for them: short L is a self-fulfilling equilibrium
   (measured: mean L 9.6 with no link to complexity). With it, late queries are trained to
-  add what early ones miss, as in nested (Matryoshka) representations.
+  add what early ones miss, as in nested (Matryoshka) representations. ``prefix_itc="random"``
+  scores each text in this term with its own random prefix of ``L_base..L_max`` queries
+  instead of all of them (default ``"all"``; measured in docs/DESIGN.md: no gain).
 * **Noise** (Algorithm 1: "during training, apply Gaussian noise to r"): ``r + N(0,
   noise_std)`` in training only (default std 0.05, about 2 queries of the 40-query range),
   clipped to [0, 1] with a straight-through clip so the gradient survives at the bounds.
@@ -201,7 +203,8 @@ def oracle_lengths(sims: torch.Tensor, positive: torch.Tensor, ignore: torch.Ten
     a text without a positive gets ``L_max``.
     """
     n_len, n_text = sims.shape[-1], sims.shape[0]
-    # [L, Q, B] prefix maxima: a running max over contiguous [Q, B] slices (3-5x faster than cummax)
+    # [L, Q, B] prefix maxima by a running max over contiguous [Q, B] slices; with the sparse
+    # positives below, ~5x faster than cummax + masked maxima at the training pool's [128, 1152, 48]
     steps = sims.permute(2, 0, 1)
     prefix = torch.empty(steps.shape, dtype=sims.dtype, device=sims.device)
     prefix[0] = steps[0]
