@@ -173,3 +173,17 @@ def test_tiny_run_probes_memory_in_a_fresh_process(tmp_path):
     assert rec["memory"]["batch_size"] == 8 and rec["memory"]["peak_rss_mb"] == m["memory_mb"]
     assert rec["throughput"]["cold_call"].startswith("fresh process")
     assert m["throughput_cold_s"] == rec["memory"]["cold_first_call_s"] > 0
+
+
+def test_torch_threads_pins_and_restores_even_on_error():
+    from benchmark.threads import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before  # None: left as it is
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before

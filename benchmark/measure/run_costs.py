@@ -39,6 +39,7 @@ from benchmark.measure.component_flops import measure_component_flops
 from benchmark.measure.probe import ProbeResult, model_source, run_probe
 from benchmark.measure.settings import MeasureConfig
 from benchmark.measure.throughput import measure_throughput
+from benchmark.threads import torch_threads
 from lightning_modules.cost import CostModel, CostSample
 
 
@@ -127,67 +128,67 @@ def measure(model, eval_set, settings: MeasureConfig, *, model_name: str, source
     evaluation feeds them (e.g. cached vision features) for query-time scoring.
     """
     t0 = time.perf_counter()
-    was_training, threads_before = model.training, torch.get_num_threads()
-    threads = settings.threads or threads_before
-    torch.set_num_threads(threads)
-    model_device = next(model.parameters()).device
-    model.to(device).eval()
-    def rng(purpose: int) -> np.random.Generator:  # one stream per sample: each is the same whatever else runs
-        return np.random.default_rng([seed, purpose])
+    was_training, model_device = model.training, next(model.parameters()).device
+    with torch_threads(settings.threads):
+        threads = torch.get_num_threads()
+        model.to(device).eval()
+        def rng(purpose: int) -> np.random.Generator:  # one stream per sample: each is the same whatever else runs
+            return np.random.default_rng([seed, purpose])
 
-    transform = model.image_transform()
-    metrics: dict[str, float] = {}
-    seconds: dict[str, float] = {}
-    record: dict[str, Any] = {"device": device, "threads": threads, "interop_threads": torch.get_num_interop_threads(),
-                              "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__}}
-    try:
-        batch = _pixels(eval_set, transform, _pick(rng(0), eval_set.n_images, settings.batch_size))
-        texts = [eval_set.instructions[int(i)] for i in _pick(rng(1), eval_set.n_queries, settings.query_batch)]
-        probe = None
-        with tempfile.TemporaryDirectory(prefix="bench_probe_") as tmp:
-            if settings.memory and source is not None:
-                src = source(Path(tmp))
-                picked = _pick(rng(2), eval_set.n_queries, settings.batch_size)
-                probe_texts = [eval_set.instructions[int(i)] for i in picked]
-                probe = _Background(lambda: run_probe(model_name, src, batch, probe_texts, device=device,
-                                                      threads=threads, workdir=Path(tmp)))
-            t = time.perf_counter()
-            try:
-                flops, record["flops"] = _flops(model, eval_set, transform, settings, rng(3))
-                seconds["flops_s"] = time.perf_counter() - t
-            finally:  # the probe writes into tmp: let it finish first, whatever happened here
+        transform = model.image_transform()
+        metrics: dict[str, float] = {}
+        seconds: dict[str, float] = {}
+        record: dict[str, Any] = {"device": device, "threads": threads,
+                                  "interop_threads": torch.get_num_interop_threads(),
+                                  "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__}}
+        try:
+            batch = _pixels(eval_set, transform, _pick(rng(0), eval_set.n_images, settings.batch_size))
+            texts = [eval_set.instructions[int(i)] for i in _pick(rng(1), eval_set.n_queries, settings.query_batch)]
+            probe = None
+            with tempfile.TemporaryDirectory(prefix="bench_probe_") as tmp:
+                if settings.memory and source is not None:
+                    src = source(Path(tmp))
+                    picked = _pick(rng(2), eval_set.n_queries, settings.batch_size)
+                    probe_texts = [eval_set.instructions[int(i)] for i in picked]
+                    probe = _Background(lambda: run_probe(model_name, src, batch, probe_texts, device=device,
+                                                          threads=threads, workdir=Path(tmp)))
+                t = time.perf_counter()
+                try:
+                    flops, record["flops"] = _flops(model, eval_set, transform, settings, rng(3))
+                    seconds["flops_s"] = time.perf_counter() - t
+                finally:  # the probe writes into tmp: let it finish first, whatever happened here
+                    if probe is not None:
+                        probe.thread.join()
+                        seconds["probe_wait_s"] = time.perf_counter() - t - seconds.get("flops_s", 0.0)
+                metrics |= flops
                 if probe is not None:
-                    probe.thread.join()
-                    seconds["probe_wait_s"] = time.perf_counter() - t - seconds.get("flops_s", 0.0)
-            metrics |= flops
-            if probe is not None:
-                p = probe.join()
-                memory, record["memory"] = _memory(p)
-                metrics |= memory
+                    p = probe.join()
+                    memory, record["memory"] = _memory(p)
+                    metrics |= memory
 
-        t = time.perf_counter()
-        batch = batch.to(device)
-        tp = measure_throughput(lambda: model.encode_images(batch), settings.batch_size, device=device,
-                                warmup=settings.warmup, runs=settings.repeats, min_time_s=settings.min_time_s)
-        metrics["throughput_img_s"] = tp.items_per_s
-        metrics["throughput_cold_s"] = p.cold_first_call_s if probe is not None else tp.cold_first_call_s
-        record["throughput"] = tp.to_dict() | {
-            "cold_call": "fresh process (memory probe)" if probe is not None else "in process, after the evaluation"}
-        seconds["throughput_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            batch = batch.to(device)
+            tp = measure_throughput(lambda: model.encode_images(batch), settings.batch_size, device=device,
+                                    warmup=settings.warmup, runs=settings.repeats, min_time_s=settings.min_time_s)
+            metrics["throughput_img_s"] = tp.items_per_s
+            metrics["throughput_cold_s"] = p.cold_first_call_s if probe is not None else tp.cold_first_call_s
+            record["throughput"] = tp.to_dict() | {
+                "cold_call": ("fresh process (memory probe)" if probe is not None
+                              else "in process, after the evaluation")}
+            seconds["throughput_s"] = time.perf_counter() - t
 
-        t = time.perf_counter()
-        gallery, n_gallery = _encode_gallery(model, gallery_batches(), settings.query_gallery)
-        seconds["gallery_encode_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        qt = measure_throughput(lambda: model.score(model.encode_texts(texts), gallery), len(texts), device=device,
-                                warmup=settings.warmup, runs=settings.repeats, min_time_s=settings.min_time_s)
-        metrics["throughput_query_s"] = qt.items_per_s
-        record["query_throughput"] = qt.to_dict() | {"gallery_images": n_gallery,
-                                                     "step": "score(encode_texts(queries), encoded gallery)"}
-        seconds["query_throughput_s"] = time.perf_counter() - t
-    finally:
-        torch.set_num_threads(threads_before)
-        model.to(model_device).train(was_training)
+            t = time.perf_counter()
+            gallery, n_gallery = _encode_gallery(model, gallery_batches(), settings.query_gallery)
+            seconds["gallery_encode_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            qt = measure_throughput(lambda: model.score(model.encode_texts(texts), gallery), len(texts), device=device,
+                                    warmup=settings.warmup, runs=settings.repeats, min_time_s=settings.min_time_s)
+            metrics["throughput_query_s"] = qt.items_per_s
+            record["query_throughput"] = qt.to_dict() | {"gallery_images": n_gallery,
+                                                         "step": "score(encode_texts(queries), encoded gallery)"}
+            seconds["query_throughput_s"] = time.perf_counter() - t
+        finally:
+            model.to(model_device).train(was_training)
     seconds["total_s"] = time.perf_counter() - t0
     record["seconds"] = seconds
     return RunCosts(metrics, record)

@@ -48,7 +48,8 @@ class VqaTask:
 
     def evaluate(self, ctx: TaskContext) -> TaskEvaluation:
         from benchmark.metrics.vqa import majority_answers, vqa_scores
-        from benchmark.tasks.vqa_training import answer_questions, ensure_vqa_model, torch_threads, vqa_options
+        from benchmark.tasks.vqa_training import answer_questions, ensure_vqa_model, vqa_options
+        from benchmark.threads import torch_threads
         from datamodules.qa import QA_SOURCES
 
         cfg = ctx.cfg

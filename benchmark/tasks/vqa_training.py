@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -88,18 +87,6 @@ def full_size_vqa(retrieval, options: VqaOptions) -> VqaModel:
 
 #: VqaOptions fields that change how fast, not what, is trained: left out of the cache keys
 UNKEYED = ("threads",)
-
-
-@contextmanager
-def torch_threads(n: int | None):
-    """``torch.set_num_threads(n)`` inside the block (None: unchanged), restored after."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def vqa_checkpoint_dir(cfg: RunConfig, retrieval_checkpoint: Path, options: VqaOptions) -> Path:

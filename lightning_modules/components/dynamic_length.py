@@ -222,7 +222,7 @@ def oracle_lengths(sims: torch.Tensor, positive: torch.Tensor, ignore: torch.Ten
     good = rank <= rank[-1:]
     first = good.to(torch.uint8).argmax(0) + 1  # the last length is always good
     first[~positive.any(1)] = n_len
-    return first.long()
+    return first
 
 
 def length_losses(r: torch.Tensor, soft_length: torch.Tensor, config: LengthConfig,
