@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -113,7 +114,8 @@ def resolve_dependencies(cfg: RunConfig, model_cls, model_config, *, progress: b
             continue
         dep_cfg = dependency_config(cfg, dep_model, overrides.get(name))
         t = time.perf_counter()
-        ckpt, trained = ensure_checkpoint(dep_cfg, progress=progress, train=train)
+        ckpt, trained = ensure_checkpoint(dep_cfg, progress=progress, train=train,
+                                          announce=f"dependency {name} of {cfg.model}")
         model_config = replace(model_config, **{name: str(ckpt)})
         resolved[name] = {"model": dep_model, "checkpoint": str(ckpt), "given": False, "trained_this_run": trained,
                           "training_hash": ckpt.name.rsplit("__", 1)[-1], "config": to_dict(dep_cfg),
@@ -121,9 +123,22 @@ def resolve_dependencies(cfg: RunConfig, model_cls, model_config, *, progress: b
     return model_config, resolved
 
 
-def ensure_checkpoint(cfg: RunConfig, *, progress: bool = False, train: bool = True) -> tuple[Path, bool]:
+def inherited_settings_note(cfg: RunConfig) -> str:
+    """The training settings a dependency inherits from the run that differ from the defaults
+    (they are part of its training hash, so they select -- or train -- another checkpoint)."""
+    from benchmark.config import TrainConfig
+
+    default = TrainConfig()
+    changed = [f"train.{k}={getattr(cfg.train, k)}" for k in _INHERITED_TRAIN
+               if getattr(cfg.train, k) != getattr(default, k)]
+    return f"; inherited from this run: {', '.join(changed)}" if changed else ""
+
+
+def ensure_checkpoint(cfg: RunConfig, *, progress: bool = False, train: bool = True,
+                      announce: str | None = None) -> tuple[Path, bool]:
     """The cached checkpoint of ``cfg``'s training, trained (and cached) now if absent
-    (``train=False``: absent is a :class:`ConfigError` naming the run that trains it)."""
+    (``train=False``: absent is a :class:`ConfigError` naming the run that trains it).
+    ``announce``: before training, say on stderr what is trained and why (e.g. a dependency)."""
     import lightning as L
 
     if cfg.train.max_epochs < 1:
@@ -136,6 +151,9 @@ def ensure_checkpoint(cfg: RunConfig, *, progress: bool = False, train: bool = T
     if not train:
         raise ConfigError(f"no trained {cfg.model} checkpoint for this config in {Path(cfg.cache_dir) / 'checkpoints'} "
                           f"(run `bench run --model {cfg.model} --dataset {cfg.dataset} --seed {cfg.seed}` first)")
+    if announce:
+        print(f"training {cfg.model} ({announce}; seed {cfg.seed}{inherited_settings_note(cfg)}): no cached "
+              f"checkpoint {ckpt.name} in {ckpt.parent}", file=sys.stderr, flush=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm.prepare_data()
     model = model_cls.create(model_config, cfg.train.optim, dm.vocabulary_texts())

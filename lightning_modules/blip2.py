@@ -168,6 +168,27 @@ def load_pretrained_parts(path: str, local_files_only: bool = True, temp_init: f
     return Blip2VisionTower(hf.vision_model, transform), QFormerHead.from_hf_retrieval(hf, temp_init), tok
 
 
+def _same_items(queries: Encoded, gallery: Encoded) -> bool:
+    """The queries *are* the gallery (image -> image over the same encoded images): the same
+    storage, shape and lengths, so ``max_sim`` is symmetric."""
+    a, b = queries.emb, gallery.emb
+    return (a.shape == b.shape and a.data_ptr() == b.data_ptr() and a.stride() == b.stride()
+            and queries.lengths is None and gallery.lengths is None)
+
+
+def _symmetric_max_sim(items: Encoded, step: int) -> torch.Tensor:
+    """``max_sim(items, items)`` from the blocks on and above the diagonal only (half the
+    products); the block below the diagonal is the transpose of the one above."""
+    n = len(items)
+    out = items.emb.new_empty(n, n)
+    for s in range(0, n, step):
+        e = min(s + step, n)
+        block = max_sim(items[s:e], items[s:])  # rows s:e, columns s:n
+        out[s:e, s:] = block
+        out[e:, s:e] = block[:, e - s:].T
+    return out
+
+
 class Blip2Retrieval(L.LightningModule):
     """BLIP-2 (frozen tower + Q-Former, ITC + ITM re-ranking) honouring the RetrievalModel protocol."""
 
@@ -273,12 +294,15 @@ class Blip2Retrieval(L.LightningModule):
 
     def itc_score(self, queries: Encoded, gallery: Encoded) -> torch.Tensor:
         """ITC: max over query outputs (and, image vs image, over pairs of them), in bounded blocks."""
+        same = _same_items(queries, gallery)
         q = Encoded(queries.emb.to(self.device), queries.lengths)
         g = Encoded(gallery.emb.to(self.device), gallery.lengths)
         vectors = (q.emb.shape[1] if q.emb.ndim == 3 else 1) * (g.emb.shape[1] if g.emb.ndim == 3 else 1)
         step = max(1, _MAX_SIM_BUDGET // max(1, len(g) * vectors))
         if len(q) == 0:
             return torch.zeros(0, len(g), device=self.device)
+        if same:
+            return _symmetric_max_sim(q, step)
         return torch.cat([max_sim(q[s:s + step], g) for s in range(0, len(q), step)])
 
     def score(self, queries: Encoded, gallery: Encoded) -> torch.Tensor:

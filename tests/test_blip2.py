@@ -72,6 +72,30 @@ def test_honours_the_retrieval_protocol(clip_dir):
         assert torch.allclose(m.score(txt[1:3], img), t2i[1:3], atol=1e-5)
 
 
+def test_image_to_image_over_the_same_items_computes_half_the_blocks(clip_dir, monkeypatch):
+    """Queries that are the gallery (same storage): the blocks below the diagonal are the
+    transposes of those above; the result equals the plain blockwise max_sim exactly."""
+    from lightning_modules import blip2 as b2
+
+    g = torch.Generator().manual_seed(0)
+    items = Encoded(torch.nn.functional.normalize(torch.randn(11, 4, 8, generator=g), dim=-1))
+    plain = max_sim(items, items)
+    for step in (1, 3, 11, 20):
+        torch.testing.assert_close(b2._symmetric_max_sim(items, step), plain, rtol=0, atol=0)
+    assert b2._same_items(items[0:11], items) and not b2._same_items(items[1:11], items)
+    assert not b2._same_items(Encoded(items.emb.clone()), items)  # equal values, other storage
+    assert not b2._same_items(Encoded(items.emb, torch.full((11,), 2)), Encoded(items.emb, torch.full((11,), 2)))
+    calls = []
+    monkeypatch.setattr(b2, "max_sim", lambda q, gal: calls.append((len(q), len(gal))) or max_sim(q, gal))
+    monkeypatch.setattr(b2, "_MAX_SIM_BUDGET", 3 * 11 * 16)  # 3 query rows per block
+    m = _tiny(clip_dir).eval()
+    torch.testing.assert_close(m.itc_score(items, items), plain, rtol=0, atol=0)
+    assert calls == [(3, 11), (3, 8), (3, 5), (2, 2)]  # each block from the diagonal on
+    calls.clear()
+    m.itc_score(items, Encoded(items.emb.clone()))
+    assert calls == [(3, 11), (3, 11), (3, 11), (2, 11)]
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="k_test"):
         Blip2Config(k_test=-1)
@@ -371,7 +395,8 @@ def _run(tmp_path, *extra: str, model_args: dict | None = None):
 
 
 def test_bench_run_blip2_end_to_end(tmp_path):
-    _run(tmp_path)
+    first = _run(tmp_path)
+    assert "training clip (dependency vision_checkpoint of blip2; seed 0): no cached checkpoint" in first.output
     r = json.loads((tmp_path / "results" / "blip2__synthetic__default.json").read_text())
     m = r["metrics"]
     for prefix in ("", "itc/"):
@@ -391,7 +416,7 @@ def test_bench_run_blip2_end_to_end(tmp_path):
     assert r["timings"]["features_test_extract_s"] > 0 and r["timings"]["dependencies_s"] > 0
 
     # again: the CLIP dependency, the BLIP2 checkpoint and the features all come from the cache
-    _run(tmp_path, "--tag", "again")
+    assert "training clip" not in _run(tmp_path, "--tag", "again").output
     again = json.loads((tmp_path / "results" / "blip2__synthetic__again.json").read_text())
     assert again["provenance"]["trained_this_run"] is False
     assert again["provenance"]["dependencies"]["vision_checkpoint"]["trained_this_run"] is False

@@ -354,6 +354,8 @@ def test_length_limited_max_sim_matches_brute_force():
     torch.testing.assert_close(i2t, ref.T)
     full = length_limited_max_sim(Encoded(texts, torch.full((7,), LMAX)), Encoded(images))
     torch.testing.assert_close(full, max_sim(Encoded(texts), Encoded(images)))
+    beyond = length_limited_max_sim(Encoded(texts, torch.full((7,), LMAX + 3)), Encoded(images), chunk=2)
+    torch.testing.assert_close(beyond, full)  # a length past the outputs keeps them all
     torch.testing.assert_close(length_limited_max_sim(Encoded(images), Encoded(images)),
                                max_sim(Encoded(images), Encoded(images)))
 

