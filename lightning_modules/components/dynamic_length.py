@@ -20,9 +20,11 @@ no defaults and no supervision; the suite's choices (all in :class:`LengthConfig
   ``s / T``; subtracting ``log m`` from a raw cosine in [-1, 1] would swamp it. ``d logit / d
   L_soft = (1 - m_{i*}) / tau`` for the winning query ``i*``: when the best query of a
   *positive* pair lies beyond the current L, the InfoNCE loss pushes L up; when a *negative*
-  pair is won by a late query, it pushes L down. A specific (complex) caption is matched by
-  late, specialised queries, a generic one by early queries, so L should grow with
-  complexity; outputs beyond L contribute progressively less rather than being cut off.
+  pair is won by a late query, it pushes L down. The hope: a specific (complex) caption is
+  matched by late, specialised queries, a generic one by early queries, so L grows with
+  complexity. Measured on the tiny benchmark, L follows the caption's content (its colours
+  and background) more than its complexity (docs/DESIGN.md, "What sets ours' L"). Outputs
+  beyond L contribute progressively less rather than being cut off.
   Reach and bias: a query ``k`` queries beyond ``L_soft`` pays about ``k / tau`` nats, so
   the gradient only sees late queries whose advantage ``(s_late - s_best_inside) / T``
   exceeds that; and a needed query ``i`` counts fully only once ``L_soft`` is about
