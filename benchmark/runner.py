@@ -24,7 +24,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from benchmark.config import ConfigError, RunConfig, build_run_config, from_dict, model_defaults, stable_hash, to_dict
+from benchmark.config import (
+    ConfigError,
+    RunConfig,
+    TrainConfig,
+    build_run_config,
+    from_dict,
+    model_defaults,
+    stable_hash,
+    to_dict,
+)
 from benchmark.registry import DATASETS, MODELS, TASKS
 from benchmark.results import SCHEMA_VERSION, atomic_write_json, environment, load_result, ResultFileError
 from benchmark.tasks.base import TaskContext
@@ -126,8 +135,6 @@ def resolve_dependencies(cfg: RunConfig, model_cls, model_config, *, progress: b
 def inherited_settings_note(cfg: RunConfig) -> str:
     """The training settings a dependency inherits from the run that differ from the defaults
     (they are part of its training hash, so they select -- or train -- another checkpoint)."""
-    from benchmark.config import TrainConfig
-
     default = TrainConfig()
     changed = [f"train.{k}={getattr(cfg.train, k)}" for k in _INHERITED_TRAIN
                if getattr(cfg.train, k) != getattr(default, k)]
