@@ -47,6 +47,7 @@ resolved and trained if needed by the runner).
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,7 @@ from lightning_modules.blip2 import (
 from lightning_modules.components.blip2_losses import itc_loss, itc_similarities, itm_loss
 from lightning_modules.components.dynamic_length import LengthConfig, dynamic_itc, length_limited_max_sim
 from lightning_modules.components.qformer_head import QFormerHead
-from lightning_modules.components.qscaler import HFTextEncoder, QFormerTextEncoder, QScaler
+from lightning_modules.components.qscaler import POOLS, HFTextEncoder, QFormerTextEncoder, QScaler
 from lightning_modules.components.query_attention import ATTENTION_MODES, qformer_query_forward
 from lightning_modules.components.relevance import relevance_mask
 from lightning_modules.components.token_bank import TokenBank
@@ -76,10 +77,23 @@ from lightning_modules.components.vision_tower import load_tower
 from lightning_modules.optim import OptimConfig, build_optimizer
 
 IDQ_WEIGHTS = "idq.safetensors"
+#: a checkpoint's copy of the QScaler's frozen transformers encoder folder (not "qformer")
+QSCALER_ENCODER_DIR = "qscaler_encoder"
 #: what ours' ITC / ITM count as a caption's positives in a batch (``IdqConfig.train_positives``)
 TRAIN_POSITIVES = ("image", "relevant")
 #: elements of the [q, chunk, L_max] similarity block scored at once by the ITC
 _MAX_SIM_BUDGET = 1 << 25
+
+
+def _encoder_source(config: IdqConfig) -> str:
+    """The folder of the QScaler's frozen transformers encoder (``qscaler_encoder`` not "qformer")."""
+    if config.encoder_kind != "clip":
+        return config.qscaler_encoder
+    if not config.clip_checkpoint:
+        raise ValueError("model_args.qscaler_encoder='clip' (the tiny default) needs model_args.clip_checkpoint, a "
+                         "CLIP suite checkpoint (the runner resolves it to the tiny CLIP of the same dataset and "
+                         "seed); or set model_args.qscaler_encoder='qformer'")
+    return config.clip_checkpoint
 
 
 @dataclass(frozen=True)
@@ -93,12 +107,22 @@ class IdqConfig(Blip2Config):
         :class:`~lightning_modules.components.dynamic_length.LengthConfig`.
     attention: "nested" (query i attends to queries <= i) or "full" (BLIP-2).
     qscaler: False = the "without QScaler" ablation: every text gets ``l_init`` queries.
-    qscaler_encoder: "qformer" (a frozen copy of the checkpoint's Q-Former text encoder) or a
-        local transformers checkpoint (e.g. the tiny CLIP's folder, all-MiniLM-L6-v2).
+    qscaler_encoder: the QScaler's frozen language encoder: "qformer" (a frozen copy of the
+        checkpoint's Q-Former text encoder), "clip" (tiny only: the text tower of the tiny CLIP
+        checkpoint ``clip_checkpoint``), a local transformers checkpoint (e.g. all-MiniLM-L6-v2),
+        or "auto" (default): "qformer" at full size (``pretrained``), "clip" at tiny size
+        (measured over five seeds, docs/DESIGN.md "QScaler encoder").
+    clip_checkpoint: tiny, with ``qscaler_encoder`` "clip": the CLIP suite checkpoint whose text
+        tower the QScaler reads (None: the runner resolves it to the tiny CLIP of the same
+        dataset and seed, the one the BLIP2 checkpoint's vision tower comes from).
     qscaler_hidden: width of the QScaler MLP.
     qscaler_layers: with ``qscaler_encoder="qformer"``, the QScaler reads the [CLS] of the frozen
         text path after its first N layers (None: all of them). Fewer layers: a cheaper QScaler
         on the instruction path (it runs once per instruction before the Q-Former).
+    qscaler_pool: how the QScaler pools its frozen encoder's token features: "cls" (first
+        token), "mean" (over the instruction's tokens) or "pooler" (the model's pooler output,
+        e.g. CLIP's EOS); None: the encoder's own default ("cls" for "qformer", "pooler" for
+        a CLIP folder, "mean" otherwise).
     extra_init, init_std, learn_positions, use_positions: see
         :class:`~lightning_modules.components.token_bank.TokenBank`.
     text_sees_queries: in the instruction-conditioned (ITM) pass, instruction tokens attend
@@ -130,6 +154,7 @@ class IdqConfig(Blip2Config):
     """
 
     blip2_checkpoint: str | None = None
+    clip_checkpoint: str | None = None
     l_base: int = 2
     l_max: int = 48
     l_init: int = 32
@@ -140,9 +165,10 @@ class IdqConfig(Blip2Config):
     lmax_itc_weight: float = 0.5
     attention: str = "nested"
     qscaler: bool = True
-    qscaler_encoder: str = "qformer"
+    qscaler_encoder: str = "auto"
     qscaler_hidden: int = 256
     qscaler_layers: int | None = None
+    qscaler_pool: str | None = None
     extra_init: str = "copy_noise"
     init_std: float = 0.02
     learn_positions: bool = False
@@ -164,8 +190,15 @@ class IdqConfig(Blip2Config):
             raise ValueError("model_args.extra_init must be 'copy_noise' or 'normal'")
         if self.qscaler_hidden < 1:
             raise ValueError("model_args.qscaler_hidden must be >= 1")
-        if self.qscaler_layers is not None and (self.qscaler_layers < 1 or self.qscaler_encoder != "qformer"):
-            raise ValueError("model_args.qscaler_layers must be >= 1 and needs qscaler_encoder='qformer'")
+        if self.qscaler_encoder == "clip" and self.pretrained:
+            raise ValueError("model_args.qscaler_encoder='clip' is the tiny CLIP's text tower (tiny size only); at "
+                             "full size use 'qformer' or a local checkpoint folder")
+        if self.qscaler_layers is not None and (self.qscaler_layers < 1 or self.encoder_kind != "qformer"):
+            raise ValueError("model_args.qscaler_layers must be >= 1 and needs qscaler_encoder='qformer' "
+                             f"(here {self.encoder_kind!r})")
+        if self.qscaler_pool not in (None, *POOLS) or (self.qscaler_pool == "pooler" and self.encoder_kind == "qformer"):
+            raise ValueError(f"model_args.qscaler_pool must be null or one of {POOLS} ('pooler' only with another "
+                             f"qscaler_encoder than 'qformer'), got {self.qscaler_pool!r}")
         if self.qscaler_memo < 0:
             raise ValueError("model_args.qscaler_memo must be >= 0")
         if self.qscaler_lr_scale <= 0:
@@ -179,6 +212,13 @@ class IdqConfig(Blip2Config):
             raise ValueError("model_args.oracle_queue must be >= 0")
         self.length_config()  # validates the length fields
 
+    @property
+    def encoder_kind(self) -> str:
+        """``qscaler_encoder`` with "auto" resolved: "qformer" at full size, "clip" at tiny size."""
+        if self.qscaler_encoder == "auto":
+            return "qformer" if self.pretrained else "clip"
+        return self.qscaler_encoder
+
     def length_config(self) -> LengthConfig:
         return LengthConfig(self.l_base, self.l_max, self.l_init, self.noise_std, self.mask_tau,
                             self.length_weight, self.oracle_weight, self.lmax_itc_weight, self.oracle_relevant,
@@ -190,7 +230,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
 
     Config = IdqConfig
     #: config fields the runner fills with the checkpoint of another registered model (tiny size)
-    checkpoint_dependencies = {"blip2_checkpoint": "blip2"}
+    checkpoint_dependencies = {"blip2_checkpoint": "blip2", "clip_checkpoint": "clip"}
 
     def __init__(self, vision_tower, head: QFormerHead, tokenizer, config: IdqConfig, bank: TokenBank,
                  qscaler: QScaler | None, optim: OptimConfig | None = None) -> None:
@@ -216,7 +256,10 @@ class IdqFormerRetrieval(Blip2Retrieval):
         return cls._assemble(tower, head, tok, config, optim)
 
     @classmethod
-    def _assemble(cls, tower, head: QFormerHead, tok, config: IdqConfig, optim: OptimConfig | None):
+    def _assemble(cls, tower, head: QFormerHead, tok, config: IdqConfig, optim: OptimConfig | None,
+                  encoder_dir: Path | None = None):
+        """The model around its BLIP-2 parts; ``encoder_dir``: where a saved checkpoint keeps the
+        QScaler's frozen transformers encoder (instead of the folder the config names)."""
         if config.use_positions and head.embeddings.position_embeddings.num_embeddings < config.l_max:
             raise ValueError(f"model_args.l_max={config.l_max} exceeds the Q-Former's "
                              f"{head.embeddings.position_embeddings.num_embeddings} pretrained positions")
@@ -225,16 +268,22 @@ class IdqFormerRetrieval(Blip2Retrieval):
                                     use_positions=config.use_positions)
         qscaler = None
         if config.qscaler:
-            if config.qscaler_encoder == "qformer":
+            if config.encoder_kind == "qformer":
                 encoder = QFormerTextEncoder(head.embeddings, head.qformer, tok, max_length=config.text_length,
-                                             layers=config.qscaler_layers)
+                                             layers=config.qscaler_layers, pool=config.qscaler_pool or "cls")
             else:
-                encoder = HFTextEncoder.from_pretrained(config.qscaler_encoder, local_files_only=config.local_files_only)
+                encoder = HFTextEncoder.from_pretrained(str(encoder_dir or _encoder_source(config)),
+                                                        pool=config.qscaler_pool,
+                                                        local_files_only=config.local_files_only)
             qscaler = QScaler(encoder, config.length_config(), config.qscaler_hidden, memo=config.qscaler_memo)
         return cls(tower, head, tok, config, bank, qscaler, optim)
 
     def save_checkpoint(self, directory: Path) -> None:
         super().save_checkpoint(directory)  # tower, head, tokenizer, config
+        if self.qscaler is not None and self.config.encoder_kind != "qformer":
+            # the frozen encoder's own folder travels with the checkpoint, so it loads without
+            # the cache (or download) it came from; its weights are in IDQ_WEIGHTS too
+            shutil.copytree(_encoder_source(self.config), Path(directory) / QSCALER_ENCODER_DIR, dirs_exist_ok=True)
         state = {f"bank.{k}": v for k, v in self.bank.state_dict().items()}
         if self.qscaler is not None:
             state |= {f"qscaler.{k}": v for k, v in self.qscaler.state_dict().items()}
@@ -245,8 +294,9 @@ class IdqFormerRetrieval(Blip2Retrieval):
         directory = Path(directory)
         config = IdqConfig(**json.loads((directory / CONFIG_FILE).read_text()))
         tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        encoder_dir = directory / QSCALER_ENCODER_DIR
         model = cls._assemble(load_tower(directory / TOWER_DIR), QFormerHead.load(directory / HEAD_DIR), tok,
-                              config, None)
+                              config, None, encoder_dir if encoder_dir.is_dir() else None)
         state = load_file(directory / IDQ_WEIGHTS)
         model.bank.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("bank.")}, strict=True)
         if model.qscaler is not None:

@@ -209,8 +209,8 @@ def build_random(size: str, vocab_texts: Sequence[str], workdir: Path):
     blip2 = Blip2Retrieval(tower, head, tok, cfg)
     blip2_dir = workdir / "blip2_random"
     blip2.save_checkpoint(blip2_dir)
-    ours = IdqFormerRetrieval.create(IdqConfig(blip2_checkpoint=str(blip2_dir), cache_features=False, dropout=0.0),
-                                     OptimConfig())
+    ours = IdqFormerRetrieval.create(IdqConfig(blip2_checkpoint=str(blip2_dir), cache_features=False, dropout=0.0,
+                                               qscaler_encoder="qformer"), OptimConfig())
     with torch.no_grad():  # spread L around ~20 queries (the paper's mean is 17.8), as a trained QScaler might
         last = ours.qscaler.head.net[-1]
         last.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
@@ -301,8 +301,12 @@ class PolyFlops:
 
 
 def instruction_flops(blip2, ours, tokens1: torch.Tensor, ids_base: torch.Tensor, L: np.ndarray, T: np.ndarray,
-                      fallback_sample: int, seed: int = 0) -> dict:
-    """Per-instruction FLOPs of BLIP2's and ours' ITM pass and ours' QScaler, over all (L, T) given."""
+                      fallback_sample: int, seed: int = 0, qs_ids_base: torch.Tensor | None = None,
+                      Tq: np.ndarray | None = None) -> dict:
+    """Per-instruction FLOPs of BLIP2's and ours' ITM pass and ours' QScaler, over all (L, T) given;
+    the QScaler's encoder may have a tokenizer of its own (``qs_ids_base``, token counts ``Tq``)."""
+    qs_ids_base = ids_base if qs_ids_base is None else qs_ids_base
+    Tq = T if Tq is None else Tq
     def trace_blip2(_L: int, t: int) -> int:
         ids, mask = _ids(ids_base, t)
         return flops(lambda x, i, m: blip2.head.itm_logits(x, i, m), [blip2], (tokens1, ids, mask))
@@ -313,13 +317,11 @@ def instruction_flops(blip2, ours, tokens1: torch.Tensor, ids_base: torch.Tensor
         return flops(lambda x, i, m: ours.itm_logits(x, i, m, ln), [ours], (tokens1, ids, mask))
 
     def trace_qscaler(_L: int, t: int) -> int:
-        ids, mask = _ids(ids_base, t)
+        ids, mask = _ids(qs_ids_base, t)
         enc = ours.qscaler.encoder
 
         def fn(i, m):
-            h = enc.qformer(query_embeds=enc.embeddings(input_ids=i), query_length=0, attention_mask=m,
-                            return_dict=True).last_hidden_state
-            return ours.qscaler.head(h[:, 0])
+            return ours.qscaler.head(enc.encode_ids(i, m))
 
         return flops(fn, [ours.qscaler], (ids, mask))
 
@@ -334,7 +336,11 @@ def instruction_flops(blip2, ours, tokens1: torch.Tensor, ids_base: torch.Tensor
     nq = blip2.head.query_tokens.shape[1]
     f_b = PolyFlops(lambda _l, t: trace_blip2(nq, t), [(nq, t) for t in t_vals], [(nq, t) for _, t in check])
     f_o = PolyFlops(trace_ours, list(itertools.product(l_vals, t_vals)), check)
-    f_q = PolyFlops(lambda _l, t: trace_qscaler(0, t), [(0, t) for t in t_vals], [(0, t) for _, t in check])
+    tq_vals = sorted({int(Tq.min()), int(np.median(Tq)), int(Tq.max())})
+    while len(tq_vals) < 3:
+        tq_vals.append(tq_vals[-1] + 1)
+    tq_check = [(0, int(Tq[i])) for i in rng.choice(len(Tq), size=min(2, len(Tq)), replace=False)]
+    f_q = PolyFlops(lambda _l, t: trace_qscaler(0, t), [(0, t) for t in tq_vals], tq_check)
     idx = np.arange(len(L))
     exact = f_b.exact and f_o.exact and f_q.exact
     if not exact:
@@ -342,7 +348,7 @@ def instruction_flops(blip2, ours, tokens1: torch.Tensor, ids_base: torch.Tensor
         idx = rng.choice(len(L), size=min(fallback_sample, len(L)), replace=False)
     b = np.array([f_b(nq, int(T[i])) for i in idx], dtype=np.float64)
     o = np.array([f_o(int(L[i]), int(T[i])) for i in idx], dtype=np.float64)
-    q = np.array([f_q(0, int(T[i])) for i in idx], dtype=np.float64)
+    q = np.array([f_q(0, int(Tq[i])) for i in idx], dtype=np.float64)
     t_ref = int(np.median(T))
     curve = {int(n): f_o(int(n), t_ref) / GIGA for n in sorted({1, lo, 16, 24, nq, hi} & set(range(1, hi + 1)))}
     return {"index": idx, "blip2": b, "ours": o, "qscaler": q, "exact_polynomial": exact,
@@ -486,10 +492,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
         gallery = gallery_tokens(blip2, dm, args.cache_dir)
         tokens1 = gallery[:1]
         ids_base = torch.tensor([tok[int(np.argmax(T))]])
+        enc = ours.qscaler.encoder
+        qs_tok = enc.tokenizer(texts, truncation=True, **({"max_length": enc.max_length} if enc.max_length else {}))
+        Tq = np.array([len(x) for x in qs_tok["input_ids"]])
+        qs_ids_base = torch.tensor([qs_tok["input_ids"][int(np.argmax(Tq))]])
 
     # -- FLOPs ----------------------------------------------------------------------------
     t = time.perf_counter()
-    fl = instruction_flops(blip2, ours, tokens1, ids_base, L, T, args.fallback_sample, args.seed)
+    fl = instruction_flops(blip2, ours, tokens1, ids_base, L, T, args.fallback_sample, args.seed, qs_ids_base, Tq)
     b_f, o_f, q_f = fl["blip2"] / GIGA, fl["ours"] / GIGA, fl["qscaler"] / GIGA
     lvl = complexity[fl["index"]]
     by_level = {int(c): {"L": float(L[fl["index"]][lvl == c].mean()), "ours_gflops": float(o_f[lvl == c].mean()),

@@ -207,6 +207,31 @@ def test_qscaler_encoder_can_read_an_earlier_layer(qformer_parts):
         QFormerTextEncoder(emb, qformer, tok, layers=1, copy_modules=False)
 
 
+def test_lean_text_path_equals_the_transformers_forward(qformer_parts):
+    """The QScaler's lean forward (qformer_text.py) against transformers' Q-Former forward on
+    padded texts: every token's output, the [CLS]-only last layer, and both poolings."""
+    from lightning_modules.components.qformer_text import text_path_forward
+
+    emb, qformer = qformer_parts
+    qformer.eval()
+    tok = build_word_tokenizer(TEXTS)
+    b = tok(TEXTS, padding=True, return_tensors="pt")
+    mask = b["attention_mask"]
+    assert (mask == 0).any()  # the texts differ in length: padding is exercised
+    with torch.no_grad():
+        ref = qformer(query_embeds=emb(input_ids=b["input_ids"]), query_length=0, attention_mask=mask).last_hidden_state
+        lean = text_path_forward(emb, qformer, b["input_ids"], mask)
+        first = text_path_forward(emb, qformer, b["input_ids"], mask, first_token_only=True)
+    real = mask.bool()
+    torch.testing.assert_close(lean[real], ref[real], rtol=1e-5, atol=1e-5)  # padded rows are never read
+    assert first.shape == (len(TEXTS), 1, ref.shape[-1])
+    torch.testing.assert_close(first[:, 0], ref[:, 0], rtol=1e-5, atol=1e-5)
+    m = mask[..., None].float()
+    for pool, want in (("cls", ref[:, 0]), ("mean", (ref * m).sum(1) / m.sum(1))):
+        torch.testing.assert_close(QFormerTextEncoder(emb, qformer, tok, pool=pool).encode(TEXTS), want,
+                                   rtol=1e-5, atol=1e-5)
+
+
 def test_qscaler_copy_keeps_only_the_text_path(qformer_parts):
     """The frozen copy drops the weights only images use; its features equal the shared text
     path's, and a state dict that still holds the dropped weights (older checkpoints) loads."""

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
 from lightning_modules.base import Encoded, RetrievalModel
 from lightning_modules.blip2 import Blip2Retrieval
 from lightning_modules.components.word_tokenizer import build_word_tokenizer
-from lightning_modules.idq_former import IdqConfig, IdqFormerRetrieval
+from lightning_modules.idq_former import QSCALER_ENCODER_DIR, IdqConfig, IdqFormerRetrieval
 from lightning_modules.optim import OptimConfig
-from tests.tiny_blip2 import save_tiny_blip2
+from tests.tiny_blip2 import save_tiny_blip2, save_tiny_clip
 
 TEXTS = ["find images of a red circle", "find images of a small blue square left of a big green star",
          "show me a shape", "two yellow triangles above a purple circle on a striped background"]
@@ -19,11 +21,16 @@ NQ, LMAX = 8, 12
 
 @pytest.fixture(scope="module")
 def blip2_checkpoint(tmp_path_factory):
-    return save_tiny_blip2(tmp_path_factory.mktemp("blip2"), TEXTS, NQ)
+    """The tiny BLIP2 checkpoint, with a tiny CLIP beside it (``clip/``) for the default QScaler encoder."""
+    path = save_tiny_blip2(tmp_path_factory.mktemp("blip2"), TEXTS, NQ)
+    save_tiny_clip(path.parent / "clip", TEXTS)
+    return path
 
 
 def _ours(ckpt, **kw) -> IdqFormerRetrieval:
+    """Ours at tiny size on ``ckpt``; the QScaler reads the tiny CLIP beside it (the tiny default)."""
     torch.manual_seed(0)
+    kw.setdefault("clip_checkpoint", str(ckpt.parent / "clip"))
     cfg = IdqConfig(blip2_checkpoint=str(ckpt), l_base=2, l_max=LMAX, l_init=NQ, k_test=3, cache_features=False,
                     **kw)
     return IdqFormerRetrieval.create(cfg, OptimConfig())
@@ -74,19 +81,30 @@ def test_itm_at_per_text_lengths_equals_separate_l_query_passes(blip2_checkpoint
     torch.testing.assert_close(full[:, :5], five, atol=1e-5, rtol=0)
 
 
-def test_checkpoint_round_trip_keeps_scores_and_lengths(blip2_checkpoint, tmp_path):
-    m = _ours(blip2_checkpoint).eval()
+@pytest.mark.parametrize("encoder", ["qformer", "clip"])
+def test_checkpoint_round_trip_keeps_scores_and_lengths(blip2_checkpoint, tmp_path, encoder):
+    kw = {"qscaler_encoder": encoder}
+    if encoder == "clip":  # a CLIP folder that is gone by the time the checkpoint is loaded
+        kw["clip_checkpoint"] = str(shutil.copytree(blip2_checkpoint.parent / "clip", tmp_path / "clip"))
+    m = _ours(blip2_checkpoint, **kw).eval()
     with torch.no_grad():
         m.qscaler.head.net[-1].weight.normal_(0, 0.3)
         m.bank.tokens.add_(0.1)
         m.head.qformer.layernorm.weight.add_(1.0)  # "fine-tuned" Q-Former
     m.save_checkpoint(tmp_path / "ours")
+    if encoder == "clip":
+        shutil.rmtree(tmp_path / "clip")
     back = IdqFormerRetrieval.load_checkpoint(tmp_path / "ours").eval()
     with torch.no_grad():
         a_img, a_txt = m.encode_images(_pixels()), m.encode_texts(TEXTS)
         b_img, b_txt = back.encode_images(_pixels()), back.encode_texts(TEXTS)
         torch.testing.assert_close(back.score(b_txt, b_img), m.score(a_txt, a_img))
+        torch.testing.assert_close(back.qscaler(TEXTS).r, m.qscaler(TEXTS).r)
     assert torch.equal(a_txt.lengths, b_txt.lengths)
+    if encoder == "clip":  # the CLIP text tower travelled with the checkpoint
+        assert (tmp_path / "ours" / QSCALER_ENCODER_DIR / "config.json").is_file()
+        assert type(back.qscaler.encoder).__name__ == "HFTextEncoder"
+        return
     # the QScaler's frozen encoder is the *pretrained* text path, not the fine-tuned head's
     frozen = back.qscaler.encoder.qformer.layernorm.weight
     assert torch.equal(frozen, m.qscaler.encoder.qformer.layernorm.weight)
@@ -198,11 +216,34 @@ def test_config_validation():
     with pytest.raises(ValueError, match="blip2_checkpoint"):
         IdqFormerRetrieval.create(IdqConfig(), OptimConfig())
     for field, bad in (("qscaler_lr_scale", 0.0), ("qscaler_warmup", 1.0), ("oracle_queue", -1),
-                       ("lmax_itc_weight", -0.5), ("qscaler_layers", 0)):
+                       ("lmax_itc_weight", -0.5), ("qscaler_layers", 0), ("qscaler_pool", "sum")):
         with pytest.raises(ValueError, match=field):
             IdqConfig(**{field: bad})
-    with pytest.raises(ValueError, match="qscaler_layers"):
-        IdqConfig(qscaler_layers=1, qscaler_encoder="/some/clip/folder")
+    for bad in ({"qscaler_encoder": "/some/clip/folder"}, {}):  # tiny's "auto" is the CLIP text tower
+        with pytest.raises(ValueError, match="qscaler_layers"):
+            IdqConfig(qscaler_layers=1, **bad)
+    IdqConfig(qscaler_layers=1, qscaler_encoder="qformer")
+    IdqConfig(qscaler_layers=1, pretrained="/some/blip2")  # full size: "auto" is the Q-Former copy
+    with pytest.raises(ValueError, match="qscaler_pool"):  # a Q-Former copy has no pooler
+        IdqConfig(qscaler_pool="pooler", qscaler_encoder="qformer")
+    IdqConfig(qscaler_pool="pooler", qscaler_encoder="/some/clip/folder")  # valid there
+    with pytest.raises(ValueError, match="qscaler_encoder='clip'"):
+        IdqConfig(qscaler_encoder="clip", pretrained="/some/blip2")
+    assert (IdqConfig().encoder_kind, IdqConfig(pretrained="x").encoder_kind) == ("clip", "qformer")
+
+
+def test_tiny_default_encoder_needs_its_clip_checkpoint(blip2_checkpoint):
+    with pytest.raises(ValueError, match="clip_checkpoint"):
+        _ours(blip2_checkpoint, clip_checkpoint=None)
+    assert type(_ours(blip2_checkpoint).qscaler.encoder).__name__ == "HFTextEncoder"
+
+
+def test_qscaler_pool_reaches_the_frozen_encoder(blip2_checkpoint):
+    texts = ["find a red circle", "find a small blue square left of a big green star"]
+    cls = _ours(blip2_checkpoint, qscaler_encoder="qformer").eval()
+    mean = _ours(blip2_checkpoint, qscaler_encoder="qformer", qscaler_pool="mean").eval()
+    assert (cls.qscaler.encoder.pool, mean.qscaler.encoder.pool) == ("cls", "mean")
+    assert not torch.allclose(cls.qscaler.features(texts), mean.qscaler.features(texts))
 
 
 def test_text_encodings_carry_lengths_through_encoded_ops(blip2_checkpoint):

@@ -34,6 +34,7 @@ def blip2_dir(tmp_path_factory):
 
 def _ours(blip2_dir, lengths=(2, 5, 12, 7), **kw) -> IdqFormerRetrieval:
     torch.manual_seed(0)
+    kw.setdefault("qscaler_encoder", "qformer")
     m = IdqFormerRetrieval.create(IdqConfig(blip2_checkpoint=str(blip2_dir), l_base=2, l_max=LMAX, l_init=NQ,
                                             k_test=3, cache_features=False, **kw), OptimConfig()).eval()
     m.text_lengths = lambda texts: torch.tensor(lengths)[: len(texts)]  # lengths that differ, as a trained QScaler's

@@ -100,7 +100,8 @@ def test_scores_and_majority_baseline():
 def ours(tmp_path_factory) -> IdqFormerRetrieval:
     ckpt = save_tiny_blip2(tmp_path_factory.mktemp("blip2"), QS, 8)
     torch.manual_seed(0)
-    cfg = IdqConfig(blip2_checkpoint=str(ckpt), l_base=2, l_max=12, l_init=8, cache_features=False)
+    cfg = IdqConfig(blip2_checkpoint=str(ckpt), l_base=2, l_max=12, l_init=8, cache_features=False,
+                    qscaler_encoder="qformer")
     return IdqFormerRetrieval.create(cfg, OptimConfig())
 
 

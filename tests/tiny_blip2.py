@@ -1,7 +1,8 @@
-"""A tiny random BLIP2 suite checkpoint for tests: CLIP vision tower + 2-layer Q-Former.
+"""Tiny random suite checkpoints for tests: BLIP2 (CLIP vision tower + 2-layer Q-Former) and CLIP.
 
 The models that start from a BLIP2 checkpoint (ours, dynamicvit, crossget) and the cost
-tests build on it; each test module saves one in a module-scoped fixture.
+tests build on it; each test module saves one in a module-scoped fixture. Ours at tiny size
+also reads a CLIP checkpoint's text tower (its QScaler encoder): :func:`save_tiny_clip`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from lightning_modules.blip2 import Blip2Config, Blip2Retrieval
+from lightning_modules.clip import ClipConfig, ClipRetrieval
 from lightning_modules.components.image_transform import ImageTransform
 from lightning_modules.components.qformer_head import HeadShape, QFormerHead
 from lightning_modules.components.vision_tower import ClipVisionTower
 from lightning_modules.components.word_tokenizer import build_word_tokenizer
+from lightning_modules.optim import OptimConfig
 
 
 def save_tiny_blip2(path: Path, texts: Sequence[str], num_queries: int, *, vision_layers: int = 1,
@@ -33,4 +36,13 @@ def save_tiny_blip2(path: Path, texts: Sequence[str], num_queries: int, *, visio
     head = QFormerHead.random(cfg.qformer_config(len(tok), tok.pad_token_id, tower.hidden_size),
                               HeadShape(num_queries, 16, 0.07), seed=0)
     Blip2Retrieval(tower, head, tok, cfg).save_checkpoint(path)
+    return path
+
+
+def save_tiny_clip(path: Path, texts: Sequence[str]) -> Path:
+    """Seeded random tiny CLIP (text width 32, 1 layer) saved with ``ClipRetrieval.save_checkpoint``."""
+    torch.manual_seed(0)
+    clip = ClipRetrieval.create(ClipConfig(image_size=16, patch_size=8, vision_width=32, vision_layers=1,
+                                           text_width=32, text_layers=1, heads=2, embed_dim=16), OptimConfig(), texts)
+    clip.save_checkpoint(path)
     return path

@@ -13,7 +13,9 @@ head learns (the paper's table: "QScaler initialization: random").
   feature). A copy, so fine-tuning the Q-Former does not move the QScaler's input. In tiny
   size the checkpoint is the tiny BLIP-2 trained first, so the encoder is pretrained too.
   ``layers`` keeps only the copy's first N layers (``model_args.qscaler_layers``): a cheaper
-  QScaler, which matters on the instruction path where it runs before the Q-Former.
+  QScaler, which matters on the instruction path where it runs before the Q-Former. It runs
+  through the lean forward of :mod:`lightning_modules.components.qformer_text` (same result
+  as transformers' forward; the last layer computes only the pooled [CLS] row).
 * :class:`HFTextEncoder`: any transformers text model loaded from a directory, e.g. the tiny
   CLIP checkpoint of ``lightning_modules/clip.py`` (``CLIPModel`` -> its ``text_model``,
   pooled at EOS) or all-MiniLM-L6-v2 (mean pooling, as sentence-transformers does).
@@ -39,8 +41,10 @@ import torch
 from torch import nn
 
 from lightning_modules.components.dynamic_length import LengthConfig, add_length_noise
+from lightning_modules.components.qformer_text import text_path_forward
 
 Pool = Literal["cls", "mean", "pooler"]
+POOLS: tuple[str, ...] = ("cls", "mean", "pooler")
 
 
 class FrozenTextEncoder(Protocol):
@@ -49,6 +53,8 @@ class FrozenTextEncoder(Protocol):
     dim: int
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor: ...
+
+    def encode_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
 
 
 def _pool(hidden: torch.Tensor, mask: torch.Tensor, pool: Pool, pooler: torch.Tensor | None) -> torch.Tensor:
@@ -135,9 +141,14 @@ class QFormerTextEncoder(_Frozen):
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         kw = {"max_length": self.max_length} if self.max_length else {}
         batch = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt", **kw).to(self.device)
-        hidden = self.qformer(query_embeds=self.embeddings(input_ids=batch["input_ids"]), query_length=0,
-                              attention_mask=batch["attention_mask"], return_dict=True).last_hidden_state
-        return _pool(hidden, batch["attention_mask"], self.pool, None)
+        return self.encode_ids(batch["input_ids"], batch["attention_mask"])
+
+    @torch.no_grad()
+    def encode_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled features of tokenized texts (the lean text-path forward of ``qformer_text``)."""
+        hidden = text_path_forward(self.embeddings, self.qformer, input_ids, attention_mask,
+                                   first_token_only=self.pool == "cls")
+        return _pool(hidden, attention_mask, self.pool, None)
 
 
 class HFTextEncoder(_Frozen):
@@ -169,8 +180,13 @@ class HFTextEncoder(_Frozen):
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         kw = {"max_length": self.max_length} if self.max_length else {}
         batch = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt", **kw).to(self.device)
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], return_dict=True)
-        return _pool(out.last_hidden_state, batch["attention_mask"], self.pool, getattr(out, "pooler_output", None))
+        return self.encode_ids(batch["input_ids"], batch["attention_mask"])
+
+    @torch.no_grad()
+    def encode_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled features of tokenized texts."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        return _pool(out.last_hidden_state, attention_mask, self.pool, getattr(out, "pooler_output", None))
 
 
 @dataclass
