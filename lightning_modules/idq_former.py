@@ -7,8 +7,9 @@ tokenizer, ITC + ITM losses, ITM re-ranking) with three additions:
 * a **token bank** of ``L_max`` queries (the BLIP-2 checkpoint's 32 query tokens are its
   first rows) plus frozen rows of the Q-Former's pretrained text position table
   (:mod:`~lightning_modules.components.token_bank`);
-* **QScaler**: a frozen copy of the checkpoint's Q-Former text encoder (or another frozen
-  pretrained encoder, ``qscaler_encoder``) and an MLP give each instruction r in [0, 1] and
+* **QScaler**: a frozen pretrained language encoder (``qscaler_encoder``; full size: a copy of
+  the checkpoint's Q-Former text encoder, tiny: the tiny CLIP's text tower) and an MLP give
+  each instruction r in [0, 1] and
   ``L = L_base + round(r (L_max - L_base))`` (:mod:`~lightning_modules.components.qscaler`);
 * **nested query attention** in the Q-Former self-attention (query i sees queries <= i), so
   the gallery is encoded once with ``L_max`` queries and a text of length L is scored

@@ -242,6 +242,13 @@ def test_rerank_batches_pairs_in_cost_order_and_puts_scores_back():
     assert torch.equal(plain, ordered)  # the order of the batches never changes a score
     flat = torch.cat(seen)
     assert torch.equal(flat, flat.sort().values) and len(flat) == 18  # cheap pairs first
+    # a batch holds no pair costing more than (1 + max_padding) x its first, and at most batch_size pairs
+    sizes = [len(c) for c in seen]
+    assert all(int(c.max()) <= 1.25 * int(c[0]) for c in seen) and max(sizes) <= 4
+    assert [int(c[0]) for c in seen] == [1, 1, 2, 3, 4, 5] and sizes == [4, 2, 3, 3, 4, 2]  # 5 <= 1.25 x 4
+    seen.clear()
+    loose = rerank_topk(itc, 3, pair, batch_size=4, pair_cost=lambda qi, gi: cost_of_query[qi], max_padding=10.0)
+    assert torch.equal(plain, loose) and [len(c) for c in seen] == [4, 4, 4, 4, 2]  # batch_size alone
 
 
 def test_rerank_scores_each_distinct_pair_once():

@@ -7,7 +7,7 @@ head learns (the paper's table: "QScaler initialization: random").
 
 **Frozen encoders** (:class:`FrozenTextEncoder`; never a random one):
 
-* :class:`QFormerTextEncoder` (default for ``--model ours``, full and tiny): a frozen deep
+* :class:`QFormerTextEncoder` (default for ``--model ours`` at full size): a frozen deep
   copy of the BLIP-2 checkpoint's Q-Former *text* path (``embeddings`` + ``qformer`` run with
   ``query_length=0``), pooled at the first token (``[CLS]``/``[BOS]``, BLIP-2's text
   feature). A copy, so fine-tuning the Q-Former does not move the QScaler's input. In tiny
@@ -18,7 +18,8 @@ head learns (the paper's table: "QScaler initialization: random").
   as transformers' forward; the last layer computes only the pooled [CLS] row).
 * :class:`HFTextEncoder`: any transformers text model loaded from a directory, e.g. the tiny
   CLIP checkpoint of ``lightning_modules/clip.py`` (``CLIPModel`` -> its ``text_model``,
-  pooled at EOS) or all-MiniLM-L6-v2 (mean pooling, as sentence-transformers does).
+  pooled at EOS; the default at tiny size) or all-MiniLM-L6-v2 (mean pooling, as
+  sentence-transformers does).
 
 The encoder is kept in eval mode and runs under ``torch.no_grad``; it has no trainable
 parameters, so the QScaler's gradient stops at the pooled feature.

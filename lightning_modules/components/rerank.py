@@ -10,7 +10,11 @@ the lowest re-scored item, so that (a) every re-scored item outranks every other
 Pairs are independent, so the order in which they are batched does not change a score. With
 ``pair_cost`` (e.g. each pair's text length: a batch is padded to its longest text) the pairs
 are batched in cost order and the scores put back in place, so that a batch holds texts of
-similar length: on the tiny benchmark ~25-33% fewer padded tokens per ITM pass. With
+similar length: on the tiny benchmark ~25-33% fewer padded tokens per ITM pass. A batch also
+ends where a pair costs more than ``1 + max_padding`` times the batch's first (cheapest)
+pair, so no pair is padded by more than that share: with per-text query lengths (ours: L
+from 8 to 32 on the tiny benchmark) two batches of 256 sorted pairs would otherwise run the
+second one at the longest L. With
 ``pair_key`` (an integer per pair, equal exactly when two pairs have the same inputs, e.g.
 (identical text, same image)) each distinct pair among those of one call is scored once
 and its score shared (identical texts have identical top k; the evaluation calls it once
@@ -39,15 +43,32 @@ def _distinct(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return first.scatter_reduce_(0, inverse, positions, reduce="amin"), inverse
 
 
+def _batches(n: int, batch_size: int, costs: torch.Tensor | None, max_padding: float) -> list[tuple[int, int]]:
+    """``(start, end)`` of consecutive batches of at most ``batch_size`` pairs; with ascending
+    ``costs``, a batch also ends before a pair costing more than ``(1 + max_padding)`` times its first."""
+    if costs is None:
+        return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    c = costs.double().cpu()
+    out, start = [], 0
+    while start < n:
+        limit = float(c[start]) * (1 + max_padding)
+        end = min(start + batch_size, n)
+        end = start + max(1, int(torch.searchsorted(c[start:end], limit, right=True)))
+        out.append((start, end))
+        start = end
+    return out
+
+
 def rerank_topk(first_stage: torch.Tensor, k: int, pair_scorer: PairScorer, batch_size: int = 1024,
                 margin: float = 1.0, pair_cost: PairCost | None = None,
-                pair_key: PairKey | None = None) -> torch.Tensor:
+                pair_key: PairKey | None = None, max_padding: float = 0.25) -> torch.Tensor:
     """``[Q, G]`` scores: the top-``k`` of each row re-scored, the rest shifted below them.
 
     ``pair_scorer`` is called on at most ``batch_size`` pairs at a time with indices into
     the rows and columns of ``first_stage``; with ``pair_cost``, pairs of similar cost share
-    a batch (a stable sort, so equal costs keep their order); with ``pair_key``, only the
-    first pair of each key is scored and its score given to the others of that key.
+    a batch (a stable sort, so equal costs keep their order; a batch holds no pair costing
+    more than ``1 + max_padding`` times its cheapest); with ``pair_key``, only the first pair
+    of each key is scored and its score given to the others of that key.
     """
     q, g = first_stage.shape
     k = min(int(k), g)
@@ -60,12 +81,12 @@ def rerank_topk(first_stage: torch.Tensor, k: int, pair_scorer: PairScorer, batc
     if pair_key is not None:
         first, inverse = _distinct(pair_key(rows, cols).to(rows.device))
         rows, cols = rows[first], cols[first]
-    order = None
+    order = costs = None
     if pair_cost is not None:
-        order = torch.sort(pair_cost(rows, cols).to(rows.device), stable=True).indices
+        costs, order = torch.sort(pair_cost(rows, cols).to(rows.device), stable=True)
         rows, cols = rows[order], cols[order]
-    pair = torch.cat([pair_scorer(rows[s:s + batch_size], cols[s:s + batch_size]).to(first_stage.dtype)
-                      for s in range(0, len(rows), batch_size)])
+    pair = torch.cat([pair_scorer(rows[s:e], cols[s:e]).to(first_stage.dtype)
+                      for s, e in _batches(len(rows), batch_size, costs, max_padding)])
     if order is not None:
         pair = torch.empty_like(pair).scatter_(0, order.to(pair.device), pair)
     if inverse is not None:
