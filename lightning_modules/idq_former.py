@@ -86,15 +86,24 @@ TRAIN_POSITIVES = ("image", "relevant")
 _MAX_SIM_BUDGET = 1 << 25
 
 
-def _encoder_source(config: IdqConfig) -> str:
-    """The folder of the QScaler's frozen transformers encoder (``qscaler_encoder`` not "qformer")."""
-    if config.encoder_kind != "clip":
-        return config.qscaler_encoder
-    if not config.clip_checkpoint:
-        raise ValueError("model_args.qscaler_encoder='clip' (the tiny default) needs model_args.clip_checkpoint, a "
-                         "CLIP suite checkpoint (the runner resolves it to the tiny CLIP of the same dataset and "
-                         "seed); or set model_args.qscaler_encoder='qformer'")
-    return config.clip_checkpoint
+def _encoder_source(config: IdqConfig, vision_checkpoint: str | None = None) -> Path | None:
+    """The folder of the QScaler's frozen transformers encoder: None for "qformer"; for "clip"
+    ``clip_checkpoint``, else ``vision_checkpoint`` (the CLIP the BLIP2 checkpoint's tower comes from)."""
+    kind = config.encoder_kind
+    if not config.qscaler or kind == "qformer":
+        return None
+    if kind != "clip":
+        return Path(config.qscaler_encoder)
+    source = config.clip_checkpoint or vision_checkpoint
+    if not source:
+        raise ValueError("model_args.qscaler_encoder='clip' (the tiny default) reads the text tower of the CLIP "
+                         "checkpoint the BLIP2 checkpoint's vision tower comes from, but neither "
+                         "model_args.clip_checkpoint nor the BLIP2 checkpoint's vision_checkpoint names one; "
+                         "set one of them, or model_args.qscaler_encoder='qformer'")
+    if not Path(source).is_dir():
+        raise ValueError(f"model_args.qscaler_encoder='clip': CLIP checkpoint {source} (the QScaler's frozen text "
+                         f"encoder) is not a folder; set model_args.clip_checkpoint")
+    return Path(source)
 
 
 @dataclass(frozen=True)
@@ -114,8 +123,8 @@ class IdqConfig(Blip2Config):
         or "auto" (default): "qformer" at full size (``pretrained``), "clip" at tiny size
         (measured over five seeds, docs/DESIGN.md "QScaler encoder").
     clip_checkpoint: tiny, with ``qscaler_encoder`` "clip": the CLIP suite checkpoint whose text
-        tower the QScaler reads (None: the runner resolves it to the tiny CLIP of the same
-        dataset and seed, the one the BLIP2 checkpoint's vision tower comes from).
+        tower the QScaler reads (None: the one the BLIP2 checkpoint's vision tower comes from,
+        its ``vision_checkpoint``).
     qscaler_hidden: width of the QScaler MLP.
     qscaler_layers: with ``qscaler_encoder="qformer"``, the QScaler reads the [CLS] of the frozen
         text path after its first N layers (None: all of them). Fewer layers: a cheaper QScaler
@@ -231,7 +240,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
 
     Config = IdqConfig
     #: config fields the runner fills with the checkpoint of another registered model (tiny size)
-    checkpoint_dependencies = {"blip2_checkpoint": "blip2", "clip_checkpoint": "clip"}
+    checkpoint_dependencies = {"blip2_checkpoint": "blip2"}
 
     def __init__(self, vision_tower, head: QFormerHead, tokenizer, config: IdqConfig, bank: TokenBank,
                  qscaler: QScaler | None, optim: OptimConfig | None = None) -> None:
@@ -241,6 +250,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
         self.length = config.length_config()
         self.head.query_tokens.requires_grad_(False)  # superseded by the token bank
         self._queue: tuple[torch.Tensor, torch.Tensor] | None = None  # (image index, query outputs), oracle only
+        self._encoder_dir: Path | None = None  # the QScaler's transformers encoder folder (set by _assemble)
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -254,13 +264,15 @@ class IdqFormerRetrieval(Blip2Retrieval):
                                  "runner resolves it to the tiny BLIP2 of the same dataset and seed)")
             base = Blip2Retrieval.load_checkpoint(Path(config.blip2_checkpoint))
             tower, head, tok = base.vision_tower, base.head, base.tokenizer
-        return cls._assemble(tower, head, tok, config, optim)
+            encoder_dir = _encoder_source(config, base.config.vision_checkpoint)
+            return cls._assemble(tower, head, tok, config, optim, encoder_dir)
+        return cls._assemble(tower, head, tok, config, optim, _encoder_source(config))
 
     @classmethod
     def _assemble(cls, tower, head: QFormerHead, tok, config: IdqConfig, optim: OptimConfig | None,
                   encoder_dir: Path | None = None):
-        """The model around its BLIP-2 parts; ``encoder_dir``: where a saved checkpoint keeps the
-        QScaler's frozen transformers encoder (instead of the folder the config names)."""
+        """The model around its BLIP-2 parts; ``encoder_dir``: the folder of the QScaler's frozen
+        transformers encoder (:func:`_encoder_source`, or a saved checkpoint's copy of it)."""
         if config.use_positions and head.embeddings.position_embeddings.num_embeddings < config.l_max:
             raise ValueError(f"model_args.l_max={config.l_max} exceeds the Q-Former's "
                              f"{head.embeddings.position_embeddings.num_embeddings} pretrained positions")
@@ -273,18 +285,23 @@ class IdqFormerRetrieval(Blip2Retrieval):
                 encoder = QFormerTextEncoder(head.embeddings, head.qformer, tok, max_length=config.text_length,
                                              layers=config.qscaler_layers, pool=config.qscaler_pool or "cls")
             else:
-                encoder = HFTextEncoder.from_pretrained(str(encoder_dir or _encoder_source(config)),
-                                                        pool=config.qscaler_pool,
+                if encoder_dir is None:
+                    raise ValueError(f"the QScaler encoder {config.encoder_kind!r} needs its folder")
+                encoder = HFTextEncoder.from_pretrained(str(encoder_dir), pool=config.qscaler_pool,
                                                         local_files_only=config.local_files_only)
             qscaler = QScaler(encoder, config.length_config(), config.qscaler_hidden, memo=config.qscaler_memo)
-        return cls(tower, head, tok, config, bank, qscaler, optim)
+        model = cls(tower, head, tok, config, bank, qscaler, optim)
+        model._encoder_dir = encoder_dir if qscaler is not None else None
+        return model
 
     def save_checkpoint(self, directory: Path) -> None:
         super().save_checkpoint(directory)  # tower, head, tokenizer, config
-        if self.qscaler is not None and self.config.encoder_kind != "qformer":
+        if self._encoder_dir is not None:
             # the frozen encoder's own folder travels with the checkpoint, so it loads without
             # the cache (or download) it came from; its weights are in IDQ_WEIGHTS too
-            shutil.copytree(_encoder_source(self.config), Path(directory) / QSCALER_ENCODER_DIR, dirs_exist_ok=True)
+            target = Path(directory) / QSCALER_ENCODER_DIR
+            if Path(self._encoder_dir).resolve() != target.resolve():
+                shutil.copytree(self._encoder_dir, target, dirs_exist_ok=True)
         state = {f"bank.{k}": v for k, v in self.bank.state_dict().items()}
         if self.qscaler is not None:
             state |= {f"qscaler.{k}": v for k, v in self.qscaler.state_dict().items()}
@@ -297,7 +314,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
         tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         encoder_dir = directory / QSCALER_ENCODER_DIR
         model = cls._assemble(load_tower(directory / TOWER_DIR), QFormerHead.load(directory / HEAD_DIR), tok,
-                              config, None, encoder_dir if encoder_dir.is_dir() else None)
+                              config, None, encoder_dir if encoder_dir.is_dir() else _encoder_source(config))
         state = load_file(directory / IDQ_WEIGHTS)
         model.bank.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("bank.")}, strict=True)
         if model.qscaler is not None:

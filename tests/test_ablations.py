@@ -99,7 +99,8 @@ def test_unknown_ablation_exits_2_listing_the_valid_ones(tmp_path):
 def test_frozen_qformer_is_not_trained(blip2_dir, freeze):  # noqa: F811 - fixture
     torch.manual_seed(0)
     m = IdqFormerRetrieval.create(IdqConfig(blip2_checkpoint=str(blip2_dir), l_base=2, l_max=12, l_init=8,
-                                            cache_features=False, freeze_qformer=freeze, qscaler_encoder="qformer"), OptimConfig(lr=1e-2))
+                                            cache_features=False, freeze_qformer=freeze, qscaler_encoder="qformer"),
+                                  OptimConfig(lr=1e-2))
     head, bank = {k: v.clone() for k, v in m.head.state_dict().items()}, m.bank.tokens.detach().clone()
     tokens = torch.randn(8, 5, 32, generator=torch.Generator().manual_seed(0))  # frozen vision tokens
     data = [(i, tokens[i], TEXTS[i % len(TEXTS)]) for i in range(8)]

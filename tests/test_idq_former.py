@@ -21,16 +21,16 @@ NQ, LMAX = 8, 12
 
 @pytest.fixture(scope="module")
 def blip2_checkpoint(tmp_path_factory):
-    """The tiny BLIP2 checkpoint, with a tiny CLIP beside it (``clip/``) for the default QScaler encoder."""
-    path = save_tiny_blip2(tmp_path_factory.mktemp("blip2"), TEXTS, NQ)
-    save_tiny_clip(path.parent / "clip", TEXTS)
-    return path
+    """The tiny BLIP2 checkpoint; its config names a tiny CLIP (``clip/`` beside it) as its
+    tower's origin, whose text tower the default QScaler reads."""
+    root = tmp_path_factory.mktemp("blip2")
+    clip = save_tiny_clip(root / "clip", TEXTS)
+    return save_tiny_blip2(root / "blip2", TEXTS, NQ, vision_checkpoint=str(clip))
 
 
 def _ours(ckpt, **kw) -> IdqFormerRetrieval:
-    """Ours at tiny size on ``ckpt``; the QScaler reads the tiny CLIP beside it (the tiny default)."""
+    """Ours at tiny size on ``ckpt`` (the QScaler reads the text tower of its CLIP: the tiny default)."""
     torch.manual_seed(0)
-    kw.setdefault("clip_checkpoint", str(ckpt.parent / "clip"))
     cfg = IdqConfig(blip2_checkpoint=str(ckpt), l_base=2, l_max=LMAX, l_init=NQ, k_test=3, cache_features=False,
                     **kw)
     return IdqFormerRetrieval.create(cfg, OptimConfig())
@@ -232,10 +232,18 @@ def test_config_validation():
     assert (IdqConfig().encoder_kind, IdqConfig(pretrained="x").encoder_kind) == ("clip", "qformer")
 
 
-def test_tiny_default_encoder_needs_its_clip_checkpoint(blip2_checkpoint):
+def test_tiny_default_encoder_is_the_text_tower_of_the_blip2_checkpoints_clip(blip2_checkpoint, tmp_path):
+    m = _ours(blip2_checkpoint)
+    assert type(m.qscaler.encoder).__name__ == "HFTextEncoder"
+    assert m._encoder_dir == blip2_checkpoint.parent / "clip"
+    other = save_tiny_clip(tmp_path / "other_clip", TEXTS[:2])  # clip_checkpoint overrides it
+    assert _ours(blip2_checkpoint, clip_checkpoint=str(other))._encoder_dir == other
+    bare = save_tiny_blip2(tmp_path / "bare", TEXTS, NQ)  # a BLIP2 checkpoint that names no CLIP
     with pytest.raises(ValueError, match="clip_checkpoint"):
-        _ours(blip2_checkpoint, clip_checkpoint=None)
-    assert type(_ours(blip2_checkpoint).qscaler.encoder).__name__ == "HFTextEncoder"
+        _ours(bare)
+    with pytest.raises(ValueError, match="not a folder"):
+        _ours(blip2_checkpoint, clip_checkpoint=str(tmp_path / "missing"))
+    assert _ours(bare, qscaler_encoder="qformer")._encoder_dir is None
 
 
 def test_qscaler_pool_reaches_the_frozen_encoder(blip2_checkpoint):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -29,3 +30,9 @@ def test_bench_run_ours_records_query_lengths(tmp_path):
     assert abs(sum(v for k, v in m.items() if k.startswith("qlen/hist_")) - 1.0) < 1e-9
     assert len(r["per_query"]["text_lengths"]) == 24 * 5 and 0.0 <= m["t2i/R@5"] <= 1.0
     assert r["provenance"]["dependencies"]["blip2_checkpoint"]["model"] == "blip2"
+    # the QScaler reads the text tower of the CLIP under BLIP2's vision tower: no second CLIP is
+    # trained, and the checkpoint carries that encoder's folder
+    clips = sorted((tmp_path / "cache" / "checkpoints").glob("clip__*"))
+    assert len(clips) == 1
+    encoder = Path(r["provenance"]["checkpoint"]) / "qscaler_encoder"
+    assert (encoder / "model.safetensors").read_bytes() == (clips[0] / "model.safetensors").read_bytes()
