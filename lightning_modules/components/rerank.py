@@ -52,8 +52,8 @@ def _batches(n: int, batch_size: int, costs: torch.Tensor | None, max_padding: f
     out, start = [], 0
     while start < n:
         limit = float(c[start]) * (1 + max_padding)
-        end = min(start + batch_size, n)
-        end = start + max(1, int(torch.searchsorted(c[start:end], limit, right=True)))
+        window = c[start:min(start + batch_size, n)]
+        end = start + max(1, int(torch.searchsorted(window, limit, right=True)))
         out.append((start, end))
         start = end
     return out
