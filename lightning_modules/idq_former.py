@@ -291,7 +291,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
                                                         local_files_only=config.local_files_only)
             qscaler = QScaler(encoder, config.length_config(), config.qscaler_hidden, memo=config.qscaler_memo)
         model = cls(tower, head, tok, config, bank, qscaler, optim)
-        model._encoder_dir = encoder_dir if qscaler is not None else None
+        model._encoder_dir = encoder_dir  # None unless a transformers encoder was loaded from it
         return model
 
     def save_checkpoint(self, directory: Path) -> None:
@@ -499,9 +499,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
         def qscaler_tokens(text: str) -> int:
             if self.qscaler is None:
                 return 0
-            enc = self.qscaler.encoder
-            kw = {"max_length": enc.max_length} if enc.max_length else {}
-            return len(enc.tokenizer([text], truncation=True, **kw)["input_ids"][0])
+            return len(self.qscaler.encoder.tokenize([text])["input_ids"][0])
 
         def rerank_pass(n: int):
             return lambda tok, ids, mask: self.itm_scores(tok, ids, mask, torch.tensor([n], device=self.device))

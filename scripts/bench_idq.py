@@ -269,6 +269,14 @@ def _ids(base: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, torch.ones_like(ids)
 
 
+def _three_lengths(T: np.ndarray) -> list[int]:
+    """Three distinct token counts to trace (min, median, max; padded upwards): a quadratic needs three."""
+    vals = sorted({int(T.min()), int(np.median(T)), int(T.max())})
+    while len(vals) < 3:
+        vals.append(vals[-1] + 1)
+    return vals
+
+
 def _features(lt: np.ndarray) -> np.ndarray:
     L, T = lt[:, 0].astype(np.float64), lt[:, 1].astype(np.float64)
     return np.stack([np.ones_like(L), L, T, L * L, L * T, T * T], 1)
@@ -325,9 +333,7 @@ def instruction_flops(blip2, ours, tokens1: torch.Tensor, ids_base: torch.Tensor
 
         return flops(fn, [ours.qscaler], (ids, mask))
 
-    t_vals = sorted({int(T.min()), int(np.median(T)), int(T.max())})
-    while len(t_vals) < 3:  # a quadratic needs three distinct T
-        t_vals.append(t_vals[-1] + 1)
+    t_vals = _three_lengths(T)
     lo, hi = ours.length.l_base, ours.gallery_length
     l_vals = sorted({lo, (lo + hi) // 2, hi})
     rng = np.random.default_rng(seed)
@@ -336,9 +342,7 @@ def instruction_flops(blip2, ours, tokens1: torch.Tensor, ids_base: torch.Tensor
     nq = blip2.head.query_tokens.shape[1]
     f_b = PolyFlops(lambda _l, t: trace_blip2(nq, t), [(nq, t) for t in t_vals], [(nq, t) for _, t in check])
     f_o = PolyFlops(trace_ours, list(itertools.product(l_vals, t_vals)), check)
-    tq_vals = sorted({int(Tq.min()), int(np.median(Tq)), int(Tq.max())})
-    while len(tq_vals) < 3:
-        tq_vals.append(tq_vals[-1] + 1)
+    tq_vals = _three_lengths(Tq)
     tq_check = [(0, int(Tq[i])) for i in rng.choice(len(Tq), size=min(2, len(Tq)), replace=False)]
     f_q = PolyFlops(lambda _l, t: trace_qscaler(0, t), [(0, t) for t in tq_vals], tq_check)
     idx = np.arange(len(L))
@@ -492,8 +496,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         gallery = gallery_tokens(blip2, dm, args.cache_dir)
         tokens1 = gallery[:1]
         ids_base = torch.tensor([tok[int(np.argmax(T))]])
-        enc = ours.qscaler.encoder
-        qs_tok = enc.tokenizer(texts, truncation=True, **({"max_length": enc.max_length} if enc.max_length else {}))
+        qs_tok = ours.qscaler.encoder.tokenize(texts)
         Tq = np.array([len(x) for x in qs_tok["input_ids"]])
         qs_ids_base = torch.tensor([qs_tok["input_ids"][int(np.argmax(Tq))]])
 

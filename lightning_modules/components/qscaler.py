@@ -36,7 +36,7 @@ import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, get_args
 
 import torch
 from torch import nn
@@ -45,13 +45,15 @@ from lightning_modules.components.dynamic_length import LengthConfig, add_length
 from lightning_modules.components.qformer_text import text_path_forward
 
 Pool = Literal["cls", "mean", "pooler"]
-POOLS: tuple[str, ...] = ("cls", "mean", "pooler")
+POOLS: tuple[str, ...] = get_args(Pool)
 
 
 class FrozenTextEncoder(Protocol):
     """A frozen text encoder: raw texts -> one pooled feature per text, ``[B, dim]``."""
 
     dim: int
+
+    def tokenize(self, texts: Sequence[str], **kw): ...
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor: ...
 
@@ -70,7 +72,22 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor, pool: Pool, pooler: torch.Te
 
 
 class _Frozen(nn.Module):
-    """Base: frozen parameters, always in eval mode, no autograd graph."""
+    """Base: frozen parameters, always in eval mode, no autograd graph; raw texts are tokenized
+    here (``tokenizer``, ``max_length`` of the subclass) and encoded by the subclass's ``encode_ids``."""
+
+    tokenizer: object
+    max_length: int | None
+
+    def tokenize(self, texts: Sequence[str], **kw):
+        """The encoder's own tokenization of ``texts``, truncated (to ``max_length`` when set)."""
+        if self.max_length:
+            kw.setdefault("max_length", self.max_length)
+        return self.tokenizer(list(texts), truncation=True, **kw)
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        batch = self.tokenize(texts, padding=True, return_tensors="pt").to(self.device)
+        return self.encode_ids(batch["input_ids"], batch["attention_mask"])
 
     def _freeze(self) -> None:
         for p in self.parameters():
@@ -139,12 +156,6 @@ class QFormerTextEncoder(_Frozen):
         self.register_load_state_dict_pre_hook(_discard_image_side)
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        kw = {"max_length": self.max_length} if self.max_length else {}
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt", **kw).to(self.device)
-        return self.encode_ids(batch["input_ids"], batch["attention_mask"])
-
-    @torch.no_grad()
     def encode_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled features of tokenized texts (the lean text-path forward of ``qformer_text``)."""
         hidden = text_path_forward(self.embeddings, self.qformer, input_ids, attention_mask,
@@ -176,12 +187,6 @@ class HFTextEncoder(_Frozen):
             model = model.text_model
             pool = pool or "pooler"
         return cls(model, tokenizer, pool=pool or "mean", max_length=max_length)
-
-    @torch.no_grad()
-    def encode(self, texts: Sequence[str]) -> torch.Tensor:
-        kw = {"max_length": self.max_length} if self.max_length else {}
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt", **kw).to(self.device)
-        return self.encode_ids(batch["input_ids"], batch["attention_mask"])
 
     @torch.no_grad()
     def encode_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
