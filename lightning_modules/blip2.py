@@ -43,6 +43,7 @@ from lightning_modules.base import Encoded, max_sim
 from lightning_modules.components.blip2_losses import itc_loss, itc_similarities, itm_loss, itm_pairs
 from lightning_modules.components.feature_cache import FeatureCache
 from lightning_modules.components.image_transform import ImageTransform
+from lightning_modules.components.length_groups import by_length
 from lightning_modules.components.qformer_head import HeadShape, QFormerHead
 from lightning_modules.components.rerank import rerank_topk
 from lightning_modules.components.vision_tower import (
@@ -82,6 +83,10 @@ class Blip2Config:
         BLIP-2); the rest are drawn uniformly over the non-positives.
     max_text_length: None: 48 tiny (the word tokenizer's), 35 full (LAVIS retrieval).
     cache_features: read frozen vision features from the on-disk cache when training and evaluating.
+    text_group_padding: the Q-Former's text path (ITC text side) runs each batch in groups of
+        texts of similar token length, each padded by at most this share over its shortest
+        (None: one group padded to the longest; the same features up to float rounding, see
+        :mod:`~lightning_modules.components.length_groups`).
     freeze_qformer: the Q-Former layers (``head.qformer``, ``head.embeddings``) are not trained (the
         paper's "frozen Q-Former" ablation); projections, ITM head, queries and temperature are.
     The q-former fields describe the tiny Q-Former (ignored with ``pretrained``).
@@ -109,6 +114,7 @@ class Blip2Config:
     cache_features: bool = True
     freeze_qformer: bool = False
     local_files_only: bool = True
+    text_group_padding: float | None = 0.5
 
     def __post_init__(self) -> None:
         if self.qformer_hidden % self.qformer_heads:
@@ -127,6 +133,8 @@ class Blip2Config:
             raise ValueError("model_args.itc_label_smoothing and dropout must be in [0, 1)")
         if not 0 < self.temp_init <= 0.5:
             raise ValueError("model_args.temp_init must be in (0, 0.5]")
+        if self.text_group_padding is not None and self.text_group_padding < 0:
+            raise ValueError("model_args.text_group_padding must be >= 0 or null")
 
     @property
     def k(self) -> int:
@@ -258,6 +266,13 @@ class Blip2Retrieval(L.LightningModule):
                            return_tensors="pt")
         return b["input_ids"].to(self.device), b["attention_mask"].to(self.device)
 
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``head.text_feat`` ``[B, E]``, run in groups of similar length (``text_group_padding``)."""
+        def run(rows: torch.Tensor, width: int) -> torch.Tensor:
+            return self.head.text_feat(input_ids[rows, :width], attention_mask[rows, :width])
+
+        return by_length(attention_mask.sum(1), run, self.config.text_group_padding)
+
     def itm_scores(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Class-1 ITM logit (averaged over query outputs) of row-paired images and texts.
@@ -285,7 +300,7 @@ class Blip2Retrieval(L.LightningModule):
 
     def encode_texts(self, texts: Sequence[str]) -> Encoded:
         ids, mask = self.tokenize(texts)
-        feat = self.head.text_feat(ids, mask)
+        feat = self.text_features(ids, mask)
         pad = self.config.text_length - ids.shape[1]  # one width for every batch (the metric concatenates them)
         if pad > 0:
             ids = F.pad(ids, (0, pad), value=self.tokenizer.pad_token_id)
@@ -375,7 +390,7 @@ class Blip2Retrieval(L.LightningModule):
         tokens = self.vision_tokens(images)
         img = self.head.image_feats(self.head.query_outputs(self.head.query_tokens, tokens))
         ids, mask = self.tokenize(texts)
-        txt = self.head.text_feat(ids, mask)
+        txt = self.text_features(ids, mask)
         sim = itc_similarities(img, txt)
         positives = index[:, None] == index[None, :]
         with torch.no_grad():

@@ -29,6 +29,7 @@ from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPMode
 
 from lightning_modules.base import Encoded, max_sim
 from lightning_modules.components.image_transform import ImageTransform
+from lightning_modules.components.length_groups import by_length
 from lightning_modules.components.word_tokenizer import build_word_tokenizer
 from lightning_modules.cost import CostCall, CostSample, shape_key
 from lightning_modules.optim import OptimConfig, build_optimizer
@@ -40,6 +41,10 @@ CONFIG_FILE = "suite_config.json"
 class ClipConfig:
     """CLIP options. ``pretrained`` (hub id or local path) selects the full size.
 
+    text_group_padding: the text tower runs each batch in groups of texts of similar token
+        length, each padded by at most this share over its shortest text (None: one group
+        padded to the longest; the same embeddings up to float rounding, see
+        :mod:`~lightning_modules.components.length_groups`).
     The remaining fields describe the tiny architecture (ignored with ``pretrained``).
     """
 
@@ -55,8 +60,11 @@ class ClipConfig:
     embed_dim: int = 128
     max_text_length: int = 48
     local_files_only: bool = True
+    text_group_padding: float | None = 0.5
 
     def __post_init__(self) -> None:
+        if self.text_group_padding is not None and self.text_group_padding < 0:
+            raise ValueError("model_args.text_group_padding must be >= 0 or null")
         if self.image_size % self.patch_size:
             raise ValueError("model_args.image_size must be a multiple of model_args.patch_size")
         if self.vision_width % self.heads or self.text_width % self.heads:
@@ -149,9 +157,13 @@ class ClipRetrieval(L.LightningModule):
 
     def encode_texts(self, texts: Sequence[str]) -> Encoded:
         batch = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(self.device)
-        out = self.model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        emb = out if isinstance(out, torch.Tensor) else out.pooler_output
-        return Encoded(F.normalize(emb, dim=-1))
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+
+        def run(rows: torch.Tensor, width: int) -> torch.Tensor:
+            out = self.model.get_text_features(input_ids=ids[rows, :width], attention_mask=mask[rows, :width])
+            return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+        return Encoded(F.normalize(by_length(mask.sum(1), run, self.config.text_group_padding), dim=-1))
 
     def score(self, queries: Encoded, gallery: Encoded) -> torch.Tensor:
         return max_sim(queries, gallery)

@@ -112,7 +112,7 @@ class DynamicViTRetrieval(TokenReductionRetrieval):
         teacher_tokens, teacher_img = self.teacher_feats(images)
         ids, mask = self.tokenize(texts)
         with torch.set_grad_enabled(cfg.finetune_qformer and torch.is_grad_enabled()):
-            txt = self.head.text_feat(ids, mask)
+            txt = self.text_features(ids, mask)
         positives = index[:, None] == index[None, :]
         if cfg.finetune_qformer:
             with torch.no_grad():

@@ -405,7 +405,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
         tokens = self.vision_tokens(images)
         img = self.head.image_feats(self.query_outputs(tokens))  # [B, L_gallery, E]
         ids, mask = self.tokenize(texts)
-        txt = self.head.text_feat(ids, mask)
+        txt = self.text_features(ids, mask)
         # [texts, images]: the same image, or (train_positives="relevant") every relevant batch image
         positives = relevance_mask(relevant if self.config.train_positives == "relevant" else None, index, index)
         with torch.no_grad():

@@ -27,6 +27,8 @@ from collections.abc import Callable
 
 import torch
 
+from lightning_modules.components.length_groups import length_batches
+
 #: ``pair_scorer(query_index [P], gallery_index [P]) -> [P]`` for flat lists of pairs
 PairScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: ``pair_cost(query_index [P], gallery_index [P]) -> [P]``: a sort key, cheap pairs first
@@ -41,22 +43,6 @@ def _distinct(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     positions = torch.arange(len(keys), device=keys.device)
     first = torch.full((int(inverse.max()) + 1,), len(keys), dtype=torch.long, device=keys.device)
     return first.scatter_reduce_(0, inverse, positions, reduce="amin"), inverse
-
-
-def _batches(n: int, batch_size: int, costs: torch.Tensor | None, max_padding: float) -> list[tuple[int, int]]:
-    """``(start, end)`` of consecutive batches of at most ``batch_size`` pairs; with ascending
-    ``costs``, a batch also ends before a pair costing more than ``(1 + max_padding)`` times its first."""
-    if costs is None:
-        return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-    c = costs.double().cpu()
-    out, start = [], 0
-    while start < n:
-        limit = float(c[start]) * (1 + max_padding)
-        window = c[start:min(start + batch_size, n)]
-        end = start + max(1, int(torch.searchsorted(window, limit, right=True)))
-        out.append((start, end))
-        start = end
-    return out
 
 
 def rerank_topk(first_stage: torch.Tensor, k: int, pair_scorer: PairScorer, batch_size: int = 1024,
@@ -86,7 +72,7 @@ def rerank_topk(first_stage: torch.Tensor, k: int, pair_scorer: PairScorer, batc
         costs, order = torch.sort(pair_cost(rows, cols).to(rows.device), stable=True)
         rows, cols = rows[order], cols[order]
     pair = torch.cat([pair_scorer(rows[s:e], cols[s:e]).to(first_stage.dtype)
-                      for s, e in _batches(len(rows), batch_size, costs, max_padding)])
+                      for s, e in length_batches(len(rows), batch_size, costs, max_padding)])
     if order is not None:
         pair = torch.empty_like(pair).scatter_(0, order.to(pair.device), pair)
     if inverse is not None:
