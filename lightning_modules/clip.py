@@ -29,7 +29,7 @@ from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPMode
 
 from lightning_modules.base import Encoded, max_sim
 from lightning_modules.components.image_transform import ImageTransform
-from lightning_modules.components.length_groups import by_length
+from lightning_modules.components.length_groups import by_length, right_padded_lengths
 from lightning_modules.components.word_tokenizer import build_word_tokenizer
 from lightning_modules.cost import CostCall, CostSample, shape_key
 from lightning_modules.optim import OptimConfig, build_optimizer
@@ -163,7 +163,7 @@ class ClipRetrieval(L.LightningModule):
             out = self.model.get_text_features(input_ids=ids[rows, :width], attention_mask=mask[rows, :width])
             return out if isinstance(out, torch.Tensor) else out.pooler_output
 
-        return Encoded(F.normalize(by_length(mask.sum(1), run, self.config.text_group_padding), dim=-1))
+        return Encoded(F.normalize(by_length(right_padded_lengths(mask), run, self.config.text_group_padding), dim=-1))
 
     def score(self, queries: Encoded, gallery: Encoded) -> torch.Tensor:
         return max_sim(queries, gallery)

@@ -36,6 +36,15 @@ def length_batches(n: int, batch_size: int, costs: torch.Tensor | None, max_padd
     return out
 
 
+def right_padded_lengths(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``[B]`` token counts of a right-padded attention mask ``[B, T]`` (a group is trimmed from
+    the right, so a left-padded batch, e.g. a tokenizer with ``padding_side="left"``, is refused)."""
+    if attention_mask.shape[1] > 1 and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
+        raise ValueError("text length groups need right-padded token batches (tokenizer padding_side='right'); "
+                         "set model_args.text_group_padding=null for this tokenizer")
+    return attention_mask.sum(1)
+
+
 def by_length(lengths: torch.Tensor, run: GroupRun, max_padding: float | None) -> torch.Tensor:
     """``run`` over groups of rows of similar ``lengths`` (``[n]``, e.g. attention-mask sums);
     the outputs concatenated back in the input order (differentiable).
