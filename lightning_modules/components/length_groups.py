@@ -4,7 +4,7 @@ A text encoder pads a batch to its longest text; on the embedded benchmark capti
 ~5 to ~30 tokens, so a batch of 128 captions is ~2.1x its real token count. Rows of a text
 encoder are independent (padding is masked), so running them in groups of similar length and
 putting the outputs back in order gives the same rows up to float rounding, with fewer
-padded tokens (~1.3x at ``max_padding=0.5``). Each group is one more forward call, so a
+padded tokens (~1.2x at ``max_padding=0.5``, ~4 groups per batch of 128). Each group is one more forward call, so a
 tighter bound is not faster on small batches. Used by the text towers (``text_group_padding``
 of CLIP and the BLIP2 family) and, with pair costs, by the ITM re-ranking
 (:mod:`lightning_modules.components.rerank`).
