@@ -43,7 +43,7 @@ from lightning_modules.base import Encoded, max_sim
 from lightning_modules.components.blip2_losses import itc_loss, itc_similarities, itm_loss, itm_pairs
 from lightning_modules.components.feature_cache import FeatureCache
 from lightning_modules.components.image_transform import ImageTransform
-from lightning_modules.components.length_groups import by_length, right_padded_lengths
+from lightning_modules.components.length_groups import encode_in_groups
 from lightning_modules.components.qformer_head import HeadShape, QFormerHead
 from lightning_modules.components.rerank import rerank_topk
 from lightning_modules.components.vision_tower import (
@@ -268,10 +268,7 @@ class Blip2Retrieval(L.LightningModule):
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``head.text_feat`` ``[B, E]``, run in groups of similar length (``text_group_padding``)."""
-        def run(rows: torch.Tensor, width: int) -> torch.Tensor:
-            return self.head.text_feat(input_ids[rows, :width], attention_mask[rows, :width])
-
-        return by_length(right_padded_lengths(attention_mask), run, self.config.text_group_padding)
+        return encode_in_groups(self.head.text_feat, input_ids, attention_mask, self.config.text_group_padding)
 
     def itm_scores(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    lengths: torch.Tensor | None = None) -> torch.Tensor:

@@ -29,7 +29,7 @@ from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPMode
 
 from lightning_modules.base import Encoded, max_sim
 from lightning_modules.components.image_transform import ImageTransform
-from lightning_modules.components.length_groups import by_length, right_padded_lengths
+from lightning_modules.components.length_groups import encode_in_groups
 from lightning_modules.components.word_tokenizer import build_word_tokenizer
 from lightning_modules.cost import CostCall, CostSample, shape_key
 from lightning_modules.optim import OptimConfig, build_optimizer
@@ -157,13 +157,13 @@ class ClipRetrieval(L.LightningModule):
 
     def encode_texts(self, texts: Sequence[str]) -> Encoded:
         batch = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(self.device)
-        ids, mask = batch["input_ids"], batch["attention_mask"]
 
-        def run(rows: torch.Tensor, width: int) -> torch.Tensor:
-            out = self.model.get_text_features(input_ids=ids[rows, :width], attention_mask=mask[rows, :width])
+        def features(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            out = self.model.get_text_features(input_ids=ids, attention_mask=mask)
             return out if isinstance(out, torch.Tensor) else out.pooler_output
 
-        return Encoded(F.normalize(by_length(right_padded_lengths(mask), run, self.config.text_group_padding), dim=-1))
+        emb = encode_in_groups(features, batch["input_ids"], batch["attention_mask"], self.config.text_group_padding)
+        return Encoded(F.normalize(emb, dim=-1))
 
     def score(self, queries: Encoded, gallery: Encoded) -> torch.Tensor:
         return max_sim(queries, gallery)

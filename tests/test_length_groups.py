@@ -7,7 +7,7 @@ import torch
 
 from lightning_modules.blip2 import Blip2Config, Blip2Retrieval
 from lightning_modules.clip import ClipConfig, ClipRetrieval
-from lightning_modules.components.length_groups import by_length, length_batches, right_padded_lengths
+from lightning_modules.components.length_groups import by_length, encode_in_groups, length_batches, right_padded_lengths
 from lightning_modules.optim import OptimConfig
 
 TEXTS = ["a red circle", "a large blue square left of a green star on a pink background near a small cross",
@@ -87,5 +87,10 @@ def test_negative_group_padding_is_rejected_by_name(config):
 def test_a_left_padded_batch_is_refused_by_name():
     right = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
     assert right_padded_lengths(right).tolist() == [3, 4, 1]
+    left = torch.tensor([[0, 1, 1], [1, 1, 1]])
     with pytest.raises(ValueError, match="padding_side='right'.*text_group_padding"):
-        right_padded_lengths(torch.tensor([[0, 1, 1], [1, 1, 1]]))
+        right_padded_lengths(left)
+    with pytest.raises(ValueError, match="padding_side='right'"):
+        encode_in_groups(lambda ids, mask: ids.float(), left, left, 0.5)
+    # the way out the message names: no groups, one call on the left-padded batch as it is
+    assert torch.equal(encode_in_groups(lambda ids, mask: ids * mask, left + 5, left, None), (left + 5) * left)

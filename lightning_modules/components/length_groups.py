@@ -61,3 +61,16 @@ def by_length(lengths: torch.Tensor, run: GroupRun, max_padding: float | None) -
         return run(torch.arange(n, device=lengths.device), int(sorted_len[-1]))
     out = torch.cat([run(order[s:e], int(sorted_len[e - 1])) for s, e in groups])
     return out[torch.argsort(order)]
+
+
+def encode_in_groups(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor, max_padding: float | None) -> torch.Tensor:
+    """``encode(input_ids, attention_mask) -> [B, ...]`` of a right-padded token batch ``[B, T]``,
+    run by :func:`by_length` on groups of rows trimmed to their longest (``max_padding=None``:
+    one call on the whole batch, whatever its padding side)."""
+    def run(rows: torch.Tensor, width: int) -> torch.Tensor:
+        return encode(input_ids[rows, :width], attention_mask[rows, :width])
+
+    if max_padding is None:
+        return encode(input_ids, attention_mask)
+    return by_length(right_padded_lengths(attention_mask), run, max_padding)
