@@ -83,8 +83,8 @@ class Blip2Config:
         BLIP-2); the rest are drawn uniformly over the non-positives.
     max_text_length: None: 48 tiny (the word tokenizer's), 35 full (LAVIS retrieval).
     cache_features: read frozen vision features from the on-disk cache when training and evaluating.
-    text_group_padding: the Q-Former's text path (ITC text side) runs each batch in groups of
-        texts of similar token length, each padded by at most this share over its shortest
+    text_group_padding: the Q-Former's text path (ITC text side), and ours' QScaler encoder, run
+        each batch in groups of texts of similar token length, each padded by at most this share over its shortest
         (None: one group padded to the longest; the same features up to float rounding, see
         :mod:`~lightning_modules.components.length_groups`).
     freeze_qformer: the Q-Former layers (``head.qformer``, ``head.embeddings``) are not trained (the

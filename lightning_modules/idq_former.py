@@ -289,7 +289,8 @@ class IdqFormerRetrieval(Blip2Retrieval):
                     raise ValueError(f"the QScaler encoder {config.encoder_kind!r} needs its folder")
                 encoder = HFTextEncoder.from_pretrained(str(encoder_dir), pool=config.qscaler_pool,
                                                         local_files_only=config.local_files_only)
-            qscaler = QScaler(encoder, config.length_config(), config.qscaler_hidden, memo=config.qscaler_memo)
+            qscaler = QScaler(encoder, config.length_config(), config.qscaler_hidden, memo=config.qscaler_memo,
+                              group_padding=config.text_group_padding)
         model = cls(tower, head, tok, config, bank, qscaler, optim)
         model._encoder_dir = encoder_dir  # None unless a transformers encoder was loaded from it
         return model

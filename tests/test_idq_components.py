@@ -293,7 +293,7 @@ def test_qscaler_memo_reuses_frozen_features_in_training_only(qformer_parts):
     memo = QScaler(QFormerTextEncoder(emb, qformer, tok), LengthConfig(l_base=2, l_max=LMAX, l_init=8), memo=3)
     encoded = []
     encode = memo.encoder.encode
-    memo.encoder.encode = lambda texts: encoded.append(list(texts)) or encode(texts)
+    memo.encoder.encode = lambda texts, max_padding=None: encoded.append(list(texts)) or encode(texts, max_padding)
     texts = [TEXTS[0], TEXTS[1], TEXTS[0]]
     ref = encode(texts)
     memo.train()
@@ -538,6 +538,36 @@ def test_qscaler_on_a_frozen_clip_text_encoder(tmp_path):
     torch.testing.assert_close(feats, ref)
     out = QScaler(enc, LengthConfig(l_base=2, l_max=LMAX, l_init=8)).eval()(TEXTS)
     assert (out.length == 8).all()
+
+
+def test_qscaler_encoder_runs_in_length_groups(qformer_parts, tmp_path):
+    """``group_padding``: the frozen encoder runs short and long instructions in separate
+    calls, each trimmed to its longest, and the features equal one padded batch's."""
+    from lightning_modules.clip import ClipConfig, ClipRetrieval
+    from lightning_modules.components.qscaler import HFTextEncoder
+    from lightning_modules.optim import OptimConfig
+
+    texts = ["red", "a small red circle left of a large blue square on a green background", "blue",
+             "a large blue square above a small red circle on a gray background"]
+    torch.manual_seed(0)
+    clip = ClipRetrieval.create(ClipConfig(image_size=16, patch_size=8, vision_width=32, vision_layers=1,
+                                           text_width=32, text_layers=1, heads=2, embed_dim=16), OptimConfig(),
+                                texts + TEXTS)
+    clip.save_checkpoint(tmp_path / "clip")
+    emb, qformer = qformer_parts
+    encoders = [HFTextEncoder.from_pretrained(str(tmp_path / "clip")),
+                QFormerTextEncoder(emb, qformer, build_word_tokenizer(texts + TEXTS))]
+    for enc in encoders:
+        widths = []
+        encode_ids = enc.encode_ids
+        enc.encode_ids = lambda ids, mask: widths.append(tuple(ids.shape)) or encode_ids(ids, mask)
+        grouped = QScaler(enc, LengthConfig(l_base=2, l_max=LMAX, l_init=8), group_padding=0.5).eval()
+        feats = grouped.features(texts)
+        assert sorted(widths) == sorted([(2, widths[0][1]), (2, widths[1][1])]) and widths[0][1] < widths[1][1] / 2
+        widths.clear()
+        ref = QScaler(enc, grouped.length).eval().features(texts)
+        assert len(widths) == 1 and widths[0][0] == 4  # None: one padded batch
+        torch.testing.assert_close(feats, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_random_prefix_itc_scores_each_text_with_a_prefix_of_its_own():

@@ -29,6 +29,7 @@ from datamodules.synthetic import generation as generation_module
 from datamodules.synthetic.annotations import annotation_path, read_annotations
 from datamodules.synthetic.captions import make_captions
 from datamodules.synthetic.generation import ensure_generated
+from datamodules.synthetic.workers import MAX_WORKERS, fork_map, worker_count
 from datamodules.synthetic.relevance import SceneIndex, caption_relevance
 from datamodules.synthetic.scene import sample_scene
 from datamodules.synthetic.seeding import image_rng
@@ -113,6 +114,37 @@ def test_same_seed_gives_same_bytes(tmp_path, small_cache):
     assert len(first) == sum(SMALL.values()) + 3  # PNGs + 3 annotation files
     assert first.keys() == second.keys()
     assert [k for k in first if first[k] != second[k]] == []
+
+
+def test_bytes_do_not_depend_on_generation_workers(tmp_path, monkeypatch):
+    """Images rendered in several forked workers, in small chunks, and the relevance
+    split between them: the same files, byte for byte, as one process."""
+    monkeypatch.setattr(generation_module, "CHUNK", 7)
+    serial = all_bytes(generate(SyntheticOptions(**SMALL), tmp_path / "one", workers=1))
+    forked = all_bytes(generate(SyntheticOptions(**SMALL), tmp_path / "three", workers=3))
+    assert len(serial) == sum(SMALL.values()) + 3
+    assert serial.keys() == forked.keys()
+    assert [k for k in serial if serial[k] != forked[k]] == []
+
+
+def test_fork_map_keeps_order_and_runs_the_initializer_per_worker():
+    assert fork_map(_square_plus_offset, list(range(20)), 3, _set_offset, (100,)) == [i * i + 100 for i in range(20)]
+    assert fork_map(_square_plus_offset, [3], 3, _set_offset, (1,)) == [10]  # one task: in process
+    assert worker_count(5) == 5 and 1 <= worker_count() <= MAX_WORKERS
+    with pytest.raises(ValueError, match="generation workers must be >= 1"):
+        worker_count(0)
+
+
+_offset = 0
+
+
+def _set_offset(value: int) -> None:
+    global _offset
+    _offset = value
+
+
+def _square_plus_offset(i: int) -> int:
+    return i * i + _offset
 
 
 def test_different_seed_gives_different_data(tmp_path, small_cache):
@@ -335,6 +367,23 @@ def test_malformed_annotations_give_clear_errors(small_cache, tmp_path, edit, wo
     assert str(path) in message
     for w in words:
         assert w in message, message
+
+
+def test_annotations_are_parsed_once_per_content(small_cache, tmp_path):
+    """A second read of the same bytes returns the records parsed the first time (in a new
+    list); a file rewritten in place with other bytes of the same size is parsed again."""
+    path = tmp_path / "annotations" / "val.json"
+    path.parent.mkdir()
+    shutil.copy(annotation_path(small_cache, "val"), path)
+    first, second = read_annotations(path, "val"), read_annotations(path, "val")
+    assert first == second and first is not second and first[0] is second[0]
+    text = path.read_text()
+    assert '"format":"synthscenes"' in text
+    path.write_text(text.replace('"format":"synthscenes"', '"format":"synthscenez"', 1))  # same size
+    with pytest.raises(DataError, match="'format' is 'synthscenez'"):
+        read_annotations(path, "val")
+    path.write_text(text)
+    assert read_annotations(path, "val") == first
 
 
 def test_datamodule_reports_malformed_file(small_cache, tmp_path):

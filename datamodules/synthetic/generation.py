@@ -10,7 +10,9 @@ only once complete, so an interrupted run never leaves a folder that looks finis
 crash may leave a ``.synthscenes-...tmp-*`` sibling, which is never read). The same options
 always give the same bytes: each image depends only on (seed, split, index), PNGs are
 written by Pillow with fixed parameters and no metadata, and the JSON is written in a
-fixed order.
+fixed order. The images and the relevance lists are computed in forked worker processes
+(``workers``, default the CPUs available; ``datamodules/synthetic/workers.py``); as each
+piece depends only on its own inputs, the bytes do not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from pathlib import Path
 from datamodules.base import DataError
 from datamodules.synthetic.annotations import annotation_path, image_entry, image_file, write_annotations
 from datamodules.synthetic.captions import make_captions
+from datamodules.synthetic.constraints import CaptionConstraints
 from datamodules.synthetic.options import SyntheticOptions
-from datamodules.synthetic.relevance import caption_relevance, image_relevance
+from datamodules.synthetic.relevance import SceneIndex, caption_relevance, image_relevance
 from datamodules.synthetic.render import render_scene
-from datamodules.synthetic.scene import sample_scene
+from datamodules.synthetic.scene import Scene, sample_scene
 from datamodules.synthetic.seeding import SPLIT_CODES, image_rng
+from datamodules.synthetic.workers import fork_map, worker_count
 
 PNG_PARAMS = {"format": "PNG", "compress_level": 6, "optimize": False}
 
@@ -36,20 +40,64 @@ def image_id(split: str, index: int) -> str:
     return f"{split}_{index:06d}"
 
 
-def write_split(options: SyntheticOptions, split: str, dest: Path) -> None:
-    """Render every image of ``split`` under ``dest`` and write its annotation file."""
+#: images per rendering task (results come back per task, in order)
+CHUNK = 250
+
+
+def _render(task: tuple[SyntheticOptions, str, Path, int, int]) -> list[tuple[Scene, list[tuple[int, CaptionConstraints]]]]:
+    """Sample, draw and save images ``lo..hi-1`` of a split; their scenes and captions."""
+    options, split, dest, lo, hi = task
+    out = []
+    for i in range(lo, hi):
+        scene = sample_scene(image_rng(options.seed, split, i, "scene"), options.min_objects, options.max_objects)
+        image = render_scene(scene, options.image_size, image_rng(options.seed, split, i, "render"))
+        image.save(dest / image_file(split, image_id(split, i)), **PNG_PARAMS)
+        out.append((scene, make_captions(scene, image_rng(options.seed, split, i, "captions"))))
+    return out
+
+
+_relevance_job: tuple[SceneIndex, list] | None = None  # set in each worker by _set_relevance_job
+
+
+def _set_relevance_job(index: SceneIndex, captions: list) -> None:
+    global _relevance_job
+    _relevance_job = (index, captions)
+
+
+def _relevance(span: tuple[int, int]) -> list[list[int]]:
+    index, captions = _relevance_job
+    return caption_relevance(index, captions[span[0]:span[1]])
+
+
+def _split_relevance(scenes: list[Scene], captions: list[CaptionConstraints], workers: int) -> list[list[int]]:
+    """:func:`caption_relevance` over ``workers`` processes: each distinct constraint once."""
+    slot: dict[str, int] = {}
+    which = [slot.setdefault(c.key(), len(slot)) for c in captions]
+    distinct = [None] * len(slot)
+    for c, i in zip(captions, which):
+        distinct[i] = c
+    spans = _spans(len(distinct), max(1, -(-len(distinct) // workers)))
+    found = [r for part in fork_map(_relevance, spans, workers, _set_relevance_job, (SceneIndex(scenes), distinct))
+             for r in part]
+    return [found[i] for i in which]
+
+
+def _spans(n: int, size: int) -> list[tuple[int, int]]:
+    return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+
+
+def write_split(options: SyntheticOptions, split: str, dest: Path, workers: int = 1) -> None:
+    """Render every image of ``split`` under ``dest`` and write its annotation file, with
+    the per-image work and the relevance spread over ``workers`` processes (same bytes)."""
     n = options.n_images(split)
     ids = [image_id(split, i) for i in range(n)]
     (dest / "images" / split).mkdir(parents=True, exist_ok=True)
-    scenes, captions = [], []
-    for i in range(n):
-        scene = sample_scene(image_rng(options.seed, split, i, "scene"), options.min_objects, options.max_objects)
-        image = render_scene(scene, options.image_size, image_rng(options.seed, split, i, "render"))
-        image.save(dest / image_file(split, ids[i]), **PNG_PARAMS)
-        scenes.append(scene)
-        captions.append(make_captions(scene, image_rng(options.seed, split, i, "captions")))
+    rendered = [r for part in fork_map(_render, [(options, split, dest, lo, hi) for lo, hi in _spans(n, CHUNK)], workers)
+                for r in part]
+    scenes = [scene for scene, _ in rendered]
+    captions = [per_image for _, per_image in rendered]
     flat = [c for per_image in captions for _, c in per_image]
-    relevant = iter(caption_relevance(scenes, flat))
+    relevant = iter(_split_relevance(scenes, flat, workers))
     i2i = image_relevance(scenes)
     entries = [
         image_entry(
@@ -64,15 +112,17 @@ def write_split(options: SyntheticOptions, split: str, dest: Path) -> None:
     write_annotations(annotation_path(dest, split), options, split, entries)
 
 
-def generate(options: SyntheticOptions, root: str | Path) -> Path:
-    """Write the dataset into ``options.cache_dir(root)`` (which must not exist yet)."""
+def generate(options: SyntheticOptions, root: str | Path, workers: int | None = None) -> Path:
+    """Write the dataset into ``options.cache_dir(root)`` (which must not exist yet), over
+    ``workers`` processes (None: the CPUs available, see :func:`worker_count`)."""
+    workers = worker_count(workers)
     final = options.cache_dir(root)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
         for split in SPLIT_CODES:
-            write_split(options, split, tmp)
+            write_split(options, split, tmp, workers)
         try:
             os.replace(tmp, final)
         except OSError:
@@ -89,7 +139,7 @@ def is_complete(cache_dir: Path) -> bool:
     return all(annotation_path(cache_dir, split).is_file() for split in SPLIT_CODES)
 
 
-def ensure_generated(options: SyntheticOptions, root: str | Path) -> Path:
+def ensure_generated(options: SyntheticOptions, root: str | Path, workers: int | None = None) -> Path:
     """The cache folder for ``options``, generated first if it is missing."""
     final = options.cache_dir(root)
     if is_complete(final):
@@ -99,4 +149,4 @@ def ensure_generated(options: SyntheticOptions, root: str | Path) -> Path:
             f"{final}: exists but is not a complete SynthScenes folder (no annotations/<split>.json "
             "for every split); delete it to regenerate"
         )
-    return generate(options, root)
+    return generate(options, root, workers)

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from lightning_modules.components.dynamic_length import LengthConfig, add_length_noise
+from lightning_modules.components.length_groups import encode_in_groups
 from lightning_modules.components.qformer_text import text_path_forward
 
 Pool = Literal["cls", "mean", "pooler"]
@@ -55,7 +56,7 @@ class FrozenTextEncoder(Protocol):
 
     def tokenize(self, texts: Sequence[str], **kw): ...
 
-    def encode(self, texts: Sequence[str]) -> torch.Tensor: ...
+    def encode(self, texts: Sequence[str], max_padding: float | None = None) -> torch.Tensor: ...
 
     def encode_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
 
@@ -85,9 +86,11 @@ class _Frozen(nn.Module):
         return self.tokenizer(list(texts), truncation=True, **kw)
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+    def encode(self, texts: Sequence[str], max_padding: float | None = None) -> torch.Tensor:
+        """Pooled features of ``texts``; with ``max_padding``, encoded in groups of similar
+        token length (:func:`~lightning_modules.components.length_groups.encode_in_groups`)."""
         batch = self.tokenize(texts, padding=True, return_tensors="pt").to(self.device)
-        return self.encode_ids(batch["input_ids"], batch["attention_mask"])
+        return encode_in_groups(self.encode_ids, batch["input_ids"], batch["attention_mask"], max_padding)
 
     def _freeze(self) -> None:
         for p in self.parameters():
@@ -227,11 +230,12 @@ class QScaler(nn.Module):
     ``memo``: in training, the frozen features of up to this many distinct instructions are
     kept in memory, so epochs after the first skip the encoder (it is frozen and in eval
     mode: an instruction's feature never changes; 0 = encode every time). Evaluation always
-    encodes.
+    encodes. ``group_padding``: the encoder runs texts in groups of similar token length,
+    none padded by more than this share (None: one padded batch).
     """
 
     def __init__(self, encoder: FrozenTextEncoder, length: LengthConfig | None = None, hidden: int = 256,
-                 memo: int = 0) -> None:
+                 memo: int = 0, group_padding: float | None = None) -> None:
         super().__init__()
         if memo < 0:
             raise ValueError(f"QScaler memo must be >= 0, got {memo}")
@@ -239,16 +243,17 @@ class QScaler(nn.Module):
         self.length = length or LengthConfig()
         self.head = QScalerHead(encoder.dim, hidden, r_init=self.length.r_init)
         self.memo = memo
+        self.group_padding = group_padding
         self._memo: dict[str, torch.Tensor] = {}
 
     def features(self, texts: Sequence[str]) -> torch.Tensor:
         """The frozen pooled features, on the head's device, outside any autograd graph."""
         device = self.head.net[1].weight.device
         if not (self.training and self.memo):
-            return self.encoder.encode(texts).detach().to(device)
+            return self.encoder.encode(texts, self.group_padding).detach().to(device)
         missing = [t for t in dict.fromkeys(texts) if t not in self._memo]
         if missing:
-            encoded = self.encoder.encode(missing).detach().to(device)
+            encoded = self.encoder.encode(missing, self.group_padding).detach().to(device)
             if len(self._memo) + len(missing) <= self.memo:
                 self._memo.update(zip(missing, encoded))
             else:
