@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing as mp
 import shutil
 from pathlib import Path
 
@@ -130,6 +131,8 @@ def test_bytes_do_not_depend_on_generation_workers(tmp_path, monkeypatch):
 def test_fork_map_keeps_order_and_runs_the_initializer_per_worker():
     assert fork_map(_square_plus_offset, list(range(20)), 3, _set_offset, (100,)) == [i * i + 100 for i in range(20)]
     assert fork_map(_square_plus_offset, [3], 3, _set_offset, (1,)) == [10]  # one task: in process
+    with mp.get_context("fork").Pool(1) as pool:  # a daemonic worker may not fork: it runs in process
+        assert pool.apply(fork_map, (_square_plus_offset, [1, 2, 3], 2, _set_offset, (5,))) == [6, 9, 14]
     assert worker_count(5) == 5 and 1 <= worker_count() <= MAX_WORKERS
     with pytest.raises(ValueError, match="generation workers must be >= 1"):
         worker_count(0)

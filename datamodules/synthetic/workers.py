@@ -4,7 +4,8 @@ Generation is pure Python and numpy (scene sampling, Pillow drawing, PNG encodin
 relevance checks), so threads would serialise on the GIL; forked processes share the
 parent's memory without pickling it and start in milliseconds. Each task's result depends
 only on its inputs, so the output is the same whatever the number of workers.
-Where ``fork`` does not exist (Windows, macOS defaults aside) everything runs in process.
+Where ``fork`` does not exist (Windows), or in a daemonic process (e.g. a DataLoader worker,
+which may not have children), everything runs in process.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def fork_map(fn: Callable[[T], R], tasks: Sequence[T], workers: int,
     ``initializer(*initargs)`` runs once per worker before its first task (and once here
     when running in process); under fork its arguments are inherited, not pickled.
     """
-    if workers <= 1 or len(tasks) <= 1 or "fork" not in mp.get_all_start_methods():
+    if (workers <= 1 or len(tasks) <= 1 or "fork" not in mp.get_all_start_methods()
+            or mp.current_process().daemon):
         if initializer is not None:
             initializer(*initargs)
         return [fn(t) for t in tasks]
