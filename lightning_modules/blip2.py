@@ -84,9 +84,9 @@ class Blip2Config:
     max_text_length: None: 48 tiny (the word tokenizer's), 35 full (LAVIS retrieval).
     cache_features: read frozen vision features from the on-disk cache when training and evaluating.
     text_group_padding: the Q-Former's text path (ITC text side), and ours' QScaler encoder, run
-        each batch in groups of texts of similar token length, each padded by at most this share over its shortest
-        (None: one group padded to the longest; the same features up to float rounding, see
-        :mod:`~lightning_modules.components.length_groups`).
+        each batch in groups of texts of similar token length, each padded by at most this share
+        over its shortest (None: one group padded to the longest; the same features up to float
+        rounding, see :mod:`~lightning_modules.components.length_groups`).
     freeze_qformer: the Q-Former layers (``head.qformer``, ``head.embeddings``) are not trained (the
         paper's "frozen Q-Former" ablation); projections, ITM head, queries and temperature are.
     The q-former fields describe the tiny Q-Former (ignored with ``pretrained``).

@@ -563,7 +563,7 @@ def test_qscaler_encoder_runs_in_length_groups(qformer_parts, tmp_path):
         enc.encode_ids = lambda ids, mask: widths.append(tuple(ids.shape)) or encode_ids(ids, mask)
         grouped = QScaler(enc, LengthConfig(l_base=2, l_max=LMAX, l_init=8), group_padding=0.5).eval()
         feats = grouped.features(texts)
-        assert sorted(widths) == sorted([(2, widths[0][1]), (2, widths[1][1])]) and widths[0][1] < widths[1][1] / 2
+        assert [w[0] for w in widths] == [2, 2] and widths[0][1] < widths[1][1] / 2  # short pair, long pair
         widths.clear()
         ref = QScaler(enc, grouped.length).eval().features(texts)
         assert len(widths) == 1 and widths[0][0] == 4  # None: one padded batch

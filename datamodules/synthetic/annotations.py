@@ -36,9 +36,10 @@ constraints (sorted, always including the caption's own image).
 of (colour, shape) object types (sorted; may be empty).
 
 :func:`read_annotations` checks every field and raises :class:`~datamodules.base.DataError`
-naming the file, the record and the field. A process parses each file once: later calls for
-the same path with the same bytes (checked by SHA-256) get the records parsed the first time (a new list of the same records, which callers must treat as read-only):
-``bench run --model ours`` reads the training split for CLIP, BLIP2 and ours.
+naming the file, the record and the field. A process parses each file once: later calls
+for the same path with the same bytes (checked by SHA-256) get the records parsed the first
+time, in a new list (the records are shared: treat them as read-only). ``bench run --model
+ours`` reads the training split for CLIP, BLIP2 and ours.
 """
 
 from __future__ import annotations
