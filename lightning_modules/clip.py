@@ -95,6 +95,12 @@ class ClipConfig:
         )
 
 
+def _pooled(out) -> torch.Tensor:
+    """The embedding of ``get_image_features`` / ``get_text_features``: a tensor in older
+    transformers, a model output with ``pooler_output`` in newer ones."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
 class ClipRetrieval(L.LightningModule):
     """CLIP dual encoder honouring :class:`lightning_modules.base.RetrievalModel`."""
 
@@ -151,16 +157,14 @@ class ClipRetrieval(L.LightningModule):
         return self.transform
 
     def encode_images(self, pixel_values: torch.Tensor) -> Encoded:
-        out = self.model.get_image_features(pixel_values=pixel_values.to(self.device))
-        emb = out if isinstance(out, torch.Tensor) else out.pooler_output
+        emb = _pooled(self.model.get_image_features(pixel_values=pixel_values.to(self.device)))
         return Encoded(F.normalize(emb, dim=-1))
 
     def encode_texts(self, texts: Sequence[str]) -> Encoded:
         batch = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(self.device)
 
         def features(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            out = self.model.get_text_features(input_ids=ids, attention_mask=mask)
-            return out if isinstance(out, torch.Tensor) else out.pooler_output
+            return _pooled(self.model.get_text_features(input_ids=ids, attention_mask=mask))
 
         emb = encode_in_groups(features, batch["input_ids"], batch["attention_mask"], self.config.text_group_padding)
         return Encoded(F.normalize(emb, dim=-1))

@@ -27,7 +27,7 @@ from datamodules.synthetic.annotations import annotation_path, image_entry, imag
 from datamodules.synthetic.captions import make_captions
 from datamodules.synthetic.constraints import CaptionConstraints
 from datamodules.synthetic.options import SyntheticOptions
-from datamodules.synthetic.relevance import SceneIndex, caption_relevance, image_relevance
+from datamodules.synthetic.relevance import SceneIndex, image_relevance
 from datamodules.synthetic.render import render_scene
 from datamodules.synthetic.scene import Scene, sample_scene
 from datamodules.synthetic.seeding import SPLIT_CODES, image_rng
@@ -66,11 +66,12 @@ def _set_relevance_job(index: SceneIndex, captions: list) -> None:
 
 def _relevance(span: tuple[int, int]) -> list[list[int]]:
     index, captions = _relevance_job
-    return caption_relevance(index, captions[span[0]:span[1]])
+    return [index.relevant(c) for c in captions[span[0]:span[1]]]
 
 
 def _split_relevance(scenes: list[Scene], captions: list[CaptionConstraints], workers: int) -> list[list[int]]:
-    """:func:`caption_relevance` over ``workers`` processes: each distinct constraint once."""
+    """What :func:`~datamodules.synthetic.relevance.caption_relevance` gives, over ``workers``
+    processes: each distinct constraint (by ``key()``) checked once."""
     slot: dict[str, int] = {}
     which = [slot.setdefault(c.key(), len(slot)) for c in captions]
     distinct = [None] * len(slot)

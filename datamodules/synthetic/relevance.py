@@ -61,10 +61,9 @@ class SceneIndex:
         return sorted(i for i in self.candidates(constraints) if constraints.satisfied_by(self.scenes[i]))
 
 
-def caption_relevance(scenes: Sequence[Scene] | SceneIndex, captions: Sequence[CaptionConstraints]) -> list[list[int]]:
-    """For each caption, the sorted indices of the scenes that satisfy it (``scenes`` may
-    be a :class:`SceneIndex` already built over them)."""
-    index = scenes if isinstance(scenes, SceneIndex) else SceneIndex(scenes)
+def caption_relevance(scenes: Sequence[Scene], captions: Sequence[CaptionConstraints]) -> list[list[int]]:
+    """For each caption, the sorted indices of the scenes that satisfy it."""
+    index = SceneIndex(scenes)
     cache: dict[str, list[int]] = {}
     out = []
     for c in captions:
