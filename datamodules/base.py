@@ -269,9 +269,11 @@ def sha256_of_files(paths: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
-def read_json(path: Path) -> Any:
-    """Read a JSON annotation file; errors name the file."""
+def read_json(path: Path, data: bytes | None = None) -> Any:
+    """Read a JSON annotation file (or parse ``data``, its bytes already read); errors name the file."""
     try:
+        if data is not None:
+            return json.loads(data.decode("utf-8"))
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError as e:

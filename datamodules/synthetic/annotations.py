@@ -145,18 +145,19 @@ def read_annotations(path: Path, split: str) -> list[ImageRecord]:
     """Read and check one split's annotation file; image paths come back absolute."""
     path = Path(path)
     try:
-        key = (str(path.resolve()), split, hashlib.sha256(path.read_bytes()).hexdigest())
+        data = path.read_bytes()
     except OSError:  # unreadable: let the checked reader say why
         return _read_annotations(path, split)
+    key = (str(path.resolve()), split, hashlib.sha256(data).hexdigest())
     if key not in _PARSED:
         if len(_PARSED) >= _PARSED_MAX:
             _PARSED.pop(next(iter(_PARSED)))
-        _PARSED[key] = _read_annotations(path, split)
+        _PARSED[key] = _read_annotations(path, split, data)
     return list(_PARSED[key])
 
 
-def _read_annotations(path: Path, split: str) -> list[ImageRecord]:
-    doc = read_json(path)
+def _read_annotations(path: Path, split: str, data: bytes | None = None) -> list[ImageRecord]:
+    doc = read_json(path, data)
     _require(doc, TOP_FIELDS, "top level", path)
     expected = {"format": FORMAT_NAME, "version": GENERATOR_VERSION, "split": split}
     for key, value in expected.items():
