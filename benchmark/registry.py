@@ -92,3 +92,5 @@ TASKS.register("i2i", "benchmark.tasks.i2i:ImageToImageTask",
                "image-to-image retrieval: reference image against the gallery (relevance per dataset)")
 TASKS.register("vqa", "benchmark.tasks.vqa:VqaTask",
                "visual question answering: query outputs projected into a frozen causal LM, exact match")
+TASKS.register("speed", "benchmark.tasks.speed:SpeedTask",
+               "image-encoding throughput against a baseline model, measured side by side in one process")

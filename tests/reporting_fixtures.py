@@ -94,3 +94,24 @@ def write_feedback_result(results_dir: Path, *, tag: str = "default", model: str
     path = Path(results_dir) / f"feedback__{model}__synthetic__{tag}.json"
     atomic_write_json(path, result)
     return path
+
+
+def write_speed_result(results_dir: Path, *, rounds: list[tuple[float, float]], model: str = "ours",
+                       baseline: str = "blip2", tag: str = "default") -> Path:
+    """A ``--task speed`` result file: the task's own metrics and record of the given per-round
+    items/s of (model, baseline)."""
+    from benchmark.measure.paired import PairedThroughput
+    from benchmark.tasks.speed import speed_metrics
+
+    paired = PairedThroughput((model, baseline), tuple(rounds), 32, 5, 2, 2, "cpu")
+    cfg = build_run_config({"model": model, "dataset": "synthetic", "size": "tiny", "tag": tag, "seed": 0,
+                            "task": "speed", "task_args": {"baseline": baseline}, "results_dir": str(results_dir)})
+    result = {
+        "schema": SCHEMA_VERSION, "model": model, "dataset": "synthetic", "size": "tiny", "tag": tag, "task": "speed",
+        "seed": 0, "config": to_dict(cfg), "config_hash": cfg.config_hash(), "metrics": speed_metrics(paired),
+        "per_query": {}, "environment": dict(ENV), "provenance": {"split": "test"}, "data": {"skipped": []},
+        "timings": {"total_s": 1.0}, "speed": paired.to_dict() | {"baseline": baseline},
+    }
+    path = cfg.result_path()
+    atomic_write_json(path, result)
+    return path

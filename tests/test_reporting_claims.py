@@ -10,7 +10,7 @@ from benchmark.reporting.estimates import Estimator
 from benchmark.reporting.options import ReportOptions
 from benchmark.reporting.paper import load_paper_tables
 from benchmark.results import load_results
-from tests.reporting_fixtures import ENV, ranks_with_hit_rate, write_result
+from tests.reporting_fixtures import ENV, ranks_with_hit_rate, write_result, write_speed_result
 
 N = 500
 OPTIONS = ReportOptions(n_boot=300, seed=0)
@@ -116,6 +116,27 @@ def test_throughput_claim_needs_both_measurements_on_one_machine(tmp_path):
     assert _verdicts(tmp_path / "slow", "faster_than_blip2")[0].verdict == CONTRADICTED
     elsewhere = _verdicts(tmp_path / "elsewhere", "faster_than_blip2")[0]
     assert elsewhere.verdict == NOT_TESTED and "cpu_count" in elsewhere.evidence
+
+
+def test_throughput_claim_reads_a_side_by_side_speed_run_first(tmp_path):
+    from benchmark.reporting.claims import evaluate_claims
+
+    rng = np.random.default_rng(6)
+    ranks = ranks_with_hit_rate(rng, N, 0.3)
+    write_result(tmp_path, model="blip2", ranks=ranks, sims=rng.random(N), extra_metrics={"throughput_img_s": 40.0})
+    write_result(tmp_path, model="ours", ranks=ranks, sims=rng.random(N), extra_metrics={"throughput_img_s": 60.0})
+    assert _verdicts(tmp_path, "faster_than_blip2")[0].verdict == SUPPORTED  # the two runs' own figures
+    write_speed_result(tmp_path, rounds=[(30.0, 40.0), (36.0, 40.0), (32.0, 40.0)])  # side by side: 0.8 / 0.9 / 0.75
+    (v,) = _verdicts(tmp_path, "faster_than_blip2")
+    assert v.verdict == CONTRADICTED and "ours / BLIP2 = 0.80, the median of 3 alternating rounds" in v.evidence
+    assert "range 0.75-0.90" in v.evidence and "ours__synthetic__speed__default.json" in v.evidence
+    write_speed_result(tmp_path, rounds=[(41.0, 40.0), (39.0, 40.0)], tag="close")  # a default-tag run wins
+    assert _verdicts(tmp_path, "faster_than_blip2")[0].evidence == v.evidence
+    # the other claims never read the speed file: the report passes every result file to all claims
+    claims = dict((c.name, vs) for c, vs in evaluate_claims(load_results(tmp_path), Estimator(OPTIONS),
+                                                            load_paper_tables()))
+    assert claims["faster_than_blip2"][0].evidence == v.evidence
+    assert claims["r5_vs_blip2"][0].verdict != NOT_TESTED and "speed" not in claims["r5_vs_blip2"][0].evidence
 
 
 def test_qformer_claim_flips_with_the_data(tmp_path):

@@ -16,7 +16,7 @@ from benchmark.config import ConfigError, build_run_config, model_defaults
 from benchmark.registry import MODELS, Registry
 from benchmark.regression.suite import suite_configs
 from benchmark.reproduce.execute import execute_plan, failed, summary
-from benchmark.reproduce.plan import Plan, build_plan, dependency_order
+from benchmark.reproduce.plan import SPEED_PAIRS, Plan, build_plan, dependency_order
 from benchmark.reproduce.steps import (
     BrokenStep, ReportStep, RunSettings, RunStep, SharedStep, SkippedStep, Step, StepOutcome,
 )
@@ -49,9 +49,13 @@ def test_plan_covers_every_registered_model_and_every_ablation_arm(tmp_path):
     plan = _plan(tmp_path)
     steps = _by_title(plan)
     ablations = discover()
-    assert len(plan.steps) == len(MODELS.names()) + sum(len(a.arms) for a in ablations.values()) + 1
+    assert len(plan.steps) == len(MODELS.names()) + len(SPEED_PAIRS) + sum(len(a.arms) for a in ablations.values()) + 1
     assert set(MODELS.names()) <= set(steps) and isinstance(plan.steps[-1], ReportStep)
     order = [s.title for s in plan.steps]
+    speed = steps["ours (speed against blip2)"]  # the side-by-side timing the "faster" claim reads
+    assert isinstance(speed, RunStep) and order.index(speed.title) > order.index("ours") > order.index("blip2")
+    assert (speed.config.task, speed.config.task_args, speed.config.tag) == ("speed", {"baseline": "blip2"}, "default")
+    assert speed.config.training_hash() == steps["ours"].config.training_hash()  # ours' own checkpoint
     for name in MODELS.names():  # the run `bench run --model NAME` makes, after its dependencies
         step = steps[name]
         assert isinstance(step, RunStep) and step.config.tag == "default"
@@ -114,6 +118,7 @@ def test_only_selects_steps_and_the_default_arm_runs_when_the_model_is_not_selec
 @pytest.mark.parametrize(("args", "message"), [
     (["--only", "qscalr"], "--only: unknown step(s) qscalr"),
     (["--set", "tag=mine"], "tag is set by bench reproduce itself"),
+    (["--set", "task=i2i"], "task is set by bench reproduce itself"),
     (["--set", "model_args.no_such_option=1"], "model_args.no_such_option"),
 ])
 def test_bad_options_exit_2_before_anything_runs(tmp_path, args, message):

@@ -36,10 +36,10 @@ def roots(tmp_path_factory) -> dict[str, Path]:
 
 # -- the seam -------------------------------------------------------------------------------
 def test_task_option_is_validated_and_named():
-    with pytest.raises(ConfigError, match="task must be one of i2i, retrieval, vqa, got 'caption'"):
+    with pytest.raises(ConfigError, match="task must be one of i2i, retrieval, speed, vqa, got 'caption'"):
         build_run_config({"model": "clip"}, {"task": "caption"})
     res = runner.invoke(app, ["run", "--task", "caption"])
-    assert res.exit_code == 2 and "unknown task 'caption'; valid tasks: i2i, retrieval, vqa" in res.output
+    assert res.exit_code == 2 and "unknown task 'caption'; valid tasks: i2i, retrieval, speed, vqa" in res.output
 
 
 def test_result_name_and_hashes_per_task(tmp_path):

@@ -49,13 +49,14 @@ class RunCosts:
     record: dict[str, Any]
 
 
-def _pick(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+def pick(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     """``k`` indices of ``range(n)``: distinct where possible, cycled to exactly ``k`` otherwise."""
     idx = rng.permutation(n)
     return np.resize(idx, k)
 
 
-def _pixels(eval_set, transform, indices: np.ndarray) -> torch.Tensor:
+def pixel_batch(eval_set, transform, indices: np.ndarray) -> torch.Tensor:
+    """The test images at ``indices``, through ``transform``, stacked."""
     from datamodules.base import IndexedImages
 
     images = IndexedImages(eval_set.image_paths, transform)
@@ -104,7 +105,7 @@ def _flops(model, eval_set, transform, settings: MeasureConfig, rng) -> tuple[di
         return {}, {"skipped": f"{type(model).__name__} has no cost_components"}
     img = np.sort(rng.choice(eval_set.n_images, min(settings.flops_images, eval_set.n_images), replace=False))
     txt = np.sort(rng.choice(eval_set.n_queries, min(settings.flops_texts, eval_set.n_queries), replace=False))
-    sample = CostSample(_pixels(eval_set, transform, img), tuple(eval_set.instructions[int(i)] for i in txt))
+    sample = CostSample(pixel_batch(eval_set, transform, img), tuple(eval_set.instructions[int(i)] for i in txt))
     metrics, detail = measure_component_flops(model, sample)
     return metrics, detail | {"sample": {"images": img.tolist(), "queries": txt.tolist()}}
 
@@ -142,13 +143,13 @@ def measure(model, eval_set, settings: MeasureConfig, *, model_name: str, source
                                   "interop_threads": torch.get_num_interop_threads(),
                                   "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__}}
         try:
-            batch = _pixels(eval_set, transform, _pick(rng(0), eval_set.n_images, settings.batch_size))
-            texts = [eval_set.instructions[int(i)] for i in _pick(rng(1), eval_set.n_queries, settings.query_batch)]
+            batch = pixel_batch(eval_set, transform, pick(rng(0), eval_set.n_images, settings.batch_size))
+            texts = [eval_set.instructions[int(i)] for i in pick(rng(1), eval_set.n_queries, settings.query_batch)]
             probe = None
             with tempfile.TemporaryDirectory(prefix="bench_probe_") as tmp:
                 if settings.memory and source is not None:
                     src = source(Path(tmp))
-                    picked = _pick(rng(2), eval_set.n_queries, settings.batch_size)
+                    picked = pick(rng(2), eval_set.n_queries, settings.batch_size)
                     probe_texts = [eval_set.instructions[int(i)] for i in picked]
                     probe = _Background(lambda: run_probe(model_name, src, batch, probe_texts, device=device,
                                                           threads=threads, workdir=Path(tmp)))

@@ -4,12 +4,14 @@
    tag ``default``: the run ``bench run --model M`` makes. Models come in dependency order
    (a class's ``checkpoint_dependencies`` first, then by name), so every dependency's step
    trains the checkpoint the later ones load from the runner's cache.
-2. One step per arm of every ablation folder (:func:`benchmark.ablation_folders.discover`), tag
+2. One ``--task speed`` step per pair of :data:`SPEED_PAIRS` whose models both run: the
+   model timed against the baseline side by side (the "faster" claim reads it).
+3. One step per arm of every ablation folder (:func:`benchmark.ablation_folders.discover`), tag
    ``ablate-<ablation>-<arm>``: the run ``bench ablate`` makes. An arm whose config equals an
    earlier step's (``config_hash`` after :func:`benchmark.ablate.canonical`; tags and folders do
    not count) is a :class:`~benchmark.reproduce.steps.SharedStep`: the report groups runs by
    config, so the plain ``ours`` run *is* the ``qscaler: with`` arm.
-3. The report (:func:`benchmark.reporting.build.write_reports`).
+4. The report (:func:`benchmark.reporting.build.write_reports`).
 
 A model is skipped, with the reason, when its class declares ``sizes`` without ``"tiny"`` or
 depends on a model that is skipped, not registered or broken; an ablation on such a model
@@ -37,7 +39,9 @@ SIZE = "tiny"
 MODEL_TAG = "default"
 REPORT = "report"
 #: run-config keys the plan sets itself (per step); user overrides may not
-FIXED = ("model", "dataset", "size", "tag", "results_dir", "cache_dir")
+FIXED = ("model", "dataset", "size", "tag", "task", "results_dir", "cache_dir")
+#: (model, baseline) pairs timed side by side by ``bench run --model M --task speed``
+SPEED_PAIRS = (("ours", "blip2"),)
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,12 @@ def build_plan(overrides: Sequence[dict] = (), *, results_dir: Path = Path("resu
             steps.append(SkippedStep(name, (name,), reason))
         else:
             steps.append(_model_step(models, name, overrides, fixed))
+    ran = {s.title for s in steps if isinstance(s, RunStep)}
+    for model, baseline in SPEED_PAIRS:
+        if {model, baseline} <= ran:
+            own = {"model": model, "tag": MODEL_TAG, "task": "speed", "task_args": {"baseline": baseline}, **fixed}
+            steps.append(RunStep(f"{model} (speed against {baseline})", ("speed", f"speed:{model}"),
+                                 build_run_config(model_defaults(model), *overrides, own)))
     for ablation in discover(ablations_root).values():
         steps += _arm_steps(ablation, overrides, fixed, models, skipped)
     steps.append(ReportStep(REPORT, (REPORT,), Path(results_dir), Path(out_dir), report or ReportOptions()))
