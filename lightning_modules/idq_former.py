@@ -113,8 +113,8 @@ class IdqConfig(Blip2Config):
 
     blip2_checkpoint: tiny: the BLIP2 suite checkpoint to start from (None: the runner trains
         / finds the tiny BLIP2 of the same dataset and seed).
-    l_base, l_max, l_init, noise_std, mask_tau, length_weight, oracle_weight, lmax_itc_weight: see
-        :class:`~lightning_modules.components.dynamic_length.LengthConfig`.
+    l_base, l_max, l_init, noise_std, mask_tau, length_weight, oracle_weight, lmax_itc_weight,
+        itc_length_grad: see :class:`~lightning_modules.components.dynamic_length.LengthConfig`.
     attention: "nested" (query i attends to queries <= i) or "full" (BLIP-2).
     qscaler: False = the "without QScaler" ablation: every text gets ``l_init`` queries.
     qscaler_encoder: the QScaler's frozen language encoder: "qformer" (a frozen copy of the
@@ -141,9 +141,9 @@ class IdqConfig(Blip2Config):
         when the oracle lengths are ranked (0: in-batch only; see ``dynamic_itc``).
     oracle_relevant: what the oracle makes of images relevant to a text other than its paired
         image, known from the training batch's relevance column (SynthScenes: exact; real
-        datasets: the paired image only, so the three agree): "negative" (ranked as negatives,
-        the behaviour before batches carried relevance), "ignore" (left out of the ranking) or
-        "positive" (the best relevant image counts, as in the evaluation's R@k / MRR). See
+        datasets: the paired image only, so the three agree): "positive" (default: the best
+        relevant image counts, as in the evaluation's R@k / MRR), "negative" (ranked as
+        negatives, the behaviour before batches carried relevance) or "ignore" (left out). See
         :mod:`~lightning_modules.components.dynamic_length`.
     train_positives: the positives of ours' ITC and the pairs its ITM hard negatives avoid:
         "image" (items of the same image, as BLIP2 trains) or "relevant" (every batch image
@@ -185,12 +185,13 @@ class IdqConfig(Blip2Config):
     use_positions: bool = True
     text_sees_queries: bool = True
     oracle_queue: int = 1024
-    oracle_relevant: str = "negative"
+    oracle_relevant: str = "positive"
     train_positives: str = "image"
     qscaler_lr_scale: float = 1.0
     qscaler_warmup: float = 0.25
     prefix_itc: str = "all"
     qscaler_memo: int = 100_000
+    itc_length_grad: float = 0.2
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -232,7 +233,7 @@ class IdqConfig(Blip2Config):
     def length_config(self) -> LengthConfig:
         return LengthConfig(self.l_base, self.l_max, self.l_init, self.noise_std, self.mask_tau,
                             self.length_weight, self.oracle_weight, self.lmax_itc_weight, self.oracle_relevant,
-                            self.prefix_itc)
+                            self.prefix_itc, self.itc_length_grad)
 
 
 class IdqFormerRetrieval(Blip2Retrieval):

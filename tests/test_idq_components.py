@@ -470,6 +470,28 @@ def test_dynamic_itc_trains_the_qscaler_end_to_end(qscaler):
     assert texts.grad is not None and qscaler.head.net[1].weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("share", [0.0, 0.2])
+def test_itc_length_grad_scales_only_the_gradient_the_itc_sends_to_l(share):
+    from lightning_modules.components.dynamic_length import dynamic_itc
+
+    g = torch.Generator().manual_seed(1)
+    texts = F.normalize(torch.randn(4, 16, generator=g), dim=-1)
+    images = F.normalize(torch.randn(4, LMAX, 16, generator=g), dim=-1)
+    positives = torch.eye(4, dtype=torch.bool)
+    out, grads = {}, {}
+    for key in (1.0, share):
+        cfg = LengthConfig(l_max=LMAX, l_init=8, itc_length_grad=key)
+        r = torch.full((4,), 0.3, requires_grad=True)
+        losses, _ = dynamic_itc(texts, images, cfg.soft_length(r), r, positives, 0.07, cfg)
+        out[key] = {k: v.detach() for k, v in losses.items()}
+        (grads[key],) = torch.autograd.grad(losses["itc"], r)
+    assert all(torch.equal(out[1.0][k], out[share][k]) for k in out[1.0])  # the forward pass is the same
+    assert grads[1.0].abs().sum() > 0
+    torch.testing.assert_close(grads[share], share * grads[1.0])
+    with pytest.raises(ValueError, match="itc_length_grad must lie in"):
+        LengthConfig(itc_length_grad=1.5)
+
+
 def test_task_loss_asks_for_fewer_queries_when_a_negative_wins_late():
     sims = torch.full((4, 4, LMAX), -0.2)
     sims[torch.arange(4), torch.arange(4), 0] = 0.9  # every positive is matched by query 0
