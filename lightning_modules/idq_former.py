@@ -141,9 +141,9 @@ class IdqConfig(Blip2Config):
         when the oracle lengths are ranked (0: in-batch only; see ``dynamic_itc``).
     oracle_relevant: what the oracle makes of images relevant to a text other than its paired
         image, known from the training batch's relevance column (SynthScenes: exact; real
-        datasets: the paired image only, so the three agree): "positive" (default: the best
-        relevant image counts, as in the evaluation's R@k / MRR), "negative" (ranked as
-        negatives, the behaviour before batches carried relevance) or "ignore" (left out). See
+        datasets: the paired image only, so the three agree): "negative" (default: ranked as
+        negatives, the behaviour before batches carried relevance), "ignore" (left out of the
+        ranking) or "positive" (the best relevant image counts, as in the evaluation's R@k / MRR). See
         :mod:`~lightning_modules.components.dynamic_length`.
     train_positives: the positives of ours' ITC and the pairs its ITM hard negatives avoid:
         "image" (items of the same image, as BLIP2 trains) or "relevant" (every batch image
@@ -185,13 +185,13 @@ class IdqConfig(Blip2Config):
     use_positions: bool = True
     text_sees_queries: bool = True
     oracle_queue: int = 1024
-    oracle_relevant: str = "positive"
+    oracle_relevant: str = "negative"
     train_positives: str = "image"
     qscaler_lr_scale: float = 1.0
     qscaler_warmup: float = 0.25
     prefix_itc: str = "all"
     qscaler_memo: int = 100_000
-    itc_length_grad: float = 0.2
+    itc_length_grad: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
