@@ -42,15 +42,19 @@ class PairedThroughput:
     def ratio(self) -> float:
         return statistics.median(self.ratios)
 
+    @property
+    def ratio_range(self) -> tuple[float, float]:
+        return min(self.ratios), max(self.ratios)
+
     def to_dict(self) -> dict:
-        ratios = self.ratios
+        lo, hi = self.ratio_range
         return {
             "names": list(self.names),
             "items_per_s": {name: [r[i] for r in self.rounds] for i, name in enumerate(self.names)},
-            "ratio_per_round": ratios,
+            "ratio_per_round": self.ratios,
             "ratio_median": self.ratio,
-            "ratio_min": min(ratios),
-            "ratio_max": max(ratios),
+            "ratio_min": lo,
+            "ratio_max": hi,
             "batch_size": self.batch_size,
             "rounds": len(self.rounds),
             "timed_runs": self.timed_runs,

@@ -34,7 +34,7 @@ from benchmark.reporting.estimates import Cell, Estimator, metric_value, MEASURE
 from benchmark.reporting.paired import compare_runs, describe_difference
 from benchmark.reporting.paper import PaperTable, PaperTables
 from benchmark.reporting.per_query import PairingError, query_values, result_name
-from benchmark.reporting.selection import DEFAULT_TAG, main_run, scopes
+from benchmark.reporting.selection import main_run, run_order, scopes
 from benchmark.results import task_of
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED = "supported", "contradicted", "inconclusive", "not tested"
@@ -224,7 +224,7 @@ def speed_run(results: list[dict], model: str, baseline: str, dataset: str, size
     runs = sorted((r for r in results if task_of(r) == "speed" and r.get("model") == model
                    and (r.get("speed") or {}).get("baseline") == baseline
                    and (r.get("dataset"), r.get("size")) == (dataset, size)),
-                  key=lambda r: (r.get("tag") != DEFAULT_TAG, str(r.get("tag"))))
+                  key=run_order)
     return runs[0] if runs else None
 
 

@@ -204,7 +204,7 @@ def build_plan(overrides: Sequence[dict] = (), *, results_dir: Path = Path("resu
             steps.append(SkippedStep(name, (name,), reason))
         else:
             steps.append(_model_step(models, name, overrides, fixed))
-    ran = {s.title for s in steps if isinstance(s, RunStep)}
+    ran = {s.config.model for s in steps if isinstance(s, RunStep) and s.config is not None}
     for model, baseline in SPEED_PAIRS:
         if {model, baseline} <= ran:
             own = {"model": model, "tag": MODEL_TAG, "task": "speed", "task_args": {"baseline": baseline}, **fixed}
