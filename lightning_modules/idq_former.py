@@ -450,12 +450,13 @@ class IdqFormerRetrieval(Blip2Retrieval):
         if not self.training or self.config.oracle_queue == 0 or self.length.oracle_weight == 0:
             return None
         negatives = None
+        n = self.config.oracle_queue
         if self._queue is not None:
             q_index, q_img = self._queue
             keep = ~torch.isin(q_index, index)
-            negatives = (q_index[keep], q_img[keep])
-            index, img = torch.cat([index, q_index]), torch.cat([img.detach(), q_img])
-        n = self.config.oracle_queue
+            negatives = (q_index, q_img) if bool(keep.all()) else (q_index[keep], q_img[keep])
+            # the new queue: this batch, then the queued entries (newest first) that still fit; only those are copied
+            index, img = torch.cat([index, q_index]), torch.cat([img.detach(), q_img[:max(0, n - len(img))]])
         self._queue = (index[:n].detach(), img[:n].detach())
         return negatives
 

@@ -15,6 +15,7 @@ from lightning_modules.components.dynamic_length import (
     LengthConfig,
     length_limited_max_sim,
     length_losses,
+    length_major,
     oracle_lengths,
     per_query_sims,
     soft_log_mask,
@@ -428,6 +429,13 @@ def test_oracle_lengths_match_the_definition_with_ties_ignore_and_no_positive(se
     ignore = (torch.rand(7, 9, generator=g) < 0.2) & ~positive
     assert oracle_lengths(sims, positive).tolist() == _oracle_by_definition(sims, positive)
     assert oracle_lengths(sims, positive, ignore).tolist() == _oracle_by_definition(sims, positive, ignore)
+
+
+def test_length_major_lays_blocks_side_by_side_length_first():
+    a, b = torch.randn(3, 4, 5), torch.randn(3, 2, 5)
+    out = length_major(a, b)
+    assert out.shape == (5, 3, 6) and out.is_contiguous()
+    assert torch.equal(out, torch.cat([a, b], dim=1).permute(2, 0, 1))
 
 
 def test_oracle_negatives_make_the_target_longer_where_late_queries_are_needed():

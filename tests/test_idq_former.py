@@ -145,6 +145,11 @@ def test_oracle_queue_holds_detached_earlier_images_and_never_a_positive(blip2_c
     assert neg_index.tolist() == [0, 1, 2]  # with their split indices, for the relevance lookup
     q_index, q_img = m._queue
     assert q_index.tolist() == [3, 4, 5, 6, 0, 1] and not q_img.requires_grad  # newest first, capped at 6
+    torch.testing.assert_close(q_img, torch.cat([feats + 1, feats[:2]]).detach())
+    neg_index, neg = m._oracle_negatives(torch.tensor([7, 8, 9, 10, 11, 12, 13]), feats[:1].expand(7, -1, -1) + 2)
+    assert neg_index.tolist() == [3, 4, 5, 6, 0, 1]  # nothing in common with this batch: the whole queue
+    torch.testing.assert_close(neg, q_img)
+    assert m._queue[0].tolist() == [7, 8, 9, 10, 11, 12] and m._queue[1].shape[0] == 6  # a batch larger than the queue
     m.eval()
     assert m._oracle_negatives(torch.tensor([7]), feats[:1]) is None  # evaluation never queues
 

@@ -234,16 +234,34 @@ def oracle_lengths(sims: torch.Tensor, positive: torch.Tensor, ignore: torch.Ten
     positive nor negative (left out of the ranking). Returns ``[Q]`` long in ``1..L_max``;
     a text without a positive gets ``L_max``.
     """
-    n_len, n_text = sims.shape[-1], sims.shape[0]
-    # [L, Q, B] prefix maxima by a running max over contiguous [Q, B] slices; with the sparse
-    # positives below, ~5x faster than cummax + masked maxima at the training pool's [128, 1152, 48]
-    steps = sims.permute(2, 0, 1)
-    prefix = torch.empty(steps.shape, dtype=sims.dtype, device=sims.device)
-    prefix[0] = steps[0]
+    return _oracle_from_steps(length_major(sims), positive, ignore)
+
+
+def length_major(*parts: torch.Tensor) -> torch.Tensor:
+    """``[Q, B_k, L]`` blocks -> one contiguous ``[L, Q, sum B_k]`` tensor (the blocks side by
+    side along the image axis), built with one strided copy per block: the layout the oracle's
+    running maximum reads (each of its L steps then reads one contiguous ``[Q, B]`` slice
+    instead of every cache line of the whole tensor)."""
+    n_len, n_text = parts[0].shape[-1], parts[0].shape[0]
+    out = parts[0].new_empty(n_len, n_text, sum(p.shape[1] for p in parts))
+    start = 0
+    for part in parts:
+        out[:, :, start:start + part.shape[1]].copy_(part.permute(2, 0, 1))
+        start += part.shape[1]
+    return out
+
+
+def _oracle_from_steps(steps: torch.Tensor, positive: torch.Tensor, ignore: torch.Tensor | None) -> torch.Tensor:
+    """:func:`oracle_lengths` on ``steps`` = the similarities laid out ``[L_max, Q, B]``
+    (contiguous; overwritten with their prefix maxima)."""
+    n_len, n_text = steps.shape[0], steps.shape[1]
+    # [L, Q, B] prefix maxima by a running max over contiguous [Q, B] slices, in place; with the
+    # sparse positives below, ~5x faster than cummax + masked maxima at the training pool's size
+    prefix = steps
     for i in range(1, n_len):
-        torch.maximum(prefix[i - 1], steps[i], out=prefix[i])
+        torch.maximum(prefix[i - 1], prefix[i], out=prefix[i])
     q, b = positive.nonzero(as_tuple=True)  # sparse: the best positive by scatter, not a masked max
-    pos_best = torch.full((n_len, n_text), torch.finfo(sims.dtype).min, dtype=sims.dtype, device=sims.device)
+    pos_best = torch.full((n_len, n_text), torch.finfo(steps.dtype).min, dtype=steps.dtype, device=steps.device)
     pos_best.scatter_reduce_(1, q[None].expand(n_len, -1), prefix[:, q, b], reduce="amax")
     # rank = 1 + negatives >= the best positive = 1 + (all items >= it) - (non-negatives >= it)
     at_or_above = (prefix >= pos_best[:, :, None]).sum(2, dtype=torch.int32)  # [L, Q]
@@ -317,13 +335,12 @@ def dynamic_itc(texts: torch.Tensor, image_queries: torch.Tensor, soft_length: t
         extra_terms["itc_lmax"] = config.lmax_itc_weight * infonce(lmax_logits)
     oracle = None
     if config.oracle_weight > 0:
-        pool_sims, pool_pos = sims.detach(), positives
+        pool, pool_pos = [sims.detach()], positives
         if oracle_negatives is not None and len(oracle_negatives):
-            extra = per_query_sims(texts.detach(), oracle_negatives.to(texts.dtype))
-            pool_sims = torch.cat([pool_sims, extra], dim=1)
-            pool_pos = torch.cat([positives, positives.new_zeros(positives.shape[0], extra.shape[1])], dim=1)
+            pool.append(per_query_sims(texts.detach(), oracle_negatives.to(texts.dtype)))
+            pool_pos = torch.cat([positives, positives.new_zeros(positives.shape[0], pool[1].shape[1])], dim=1)
         positive, ignore = _oracle_roles(pool_pos, oracle_relevant, config.oracle_relevant)
-        oracle = oracle_lengths(pool_sims, positive, ignore)
+        oracle = _oracle_from_steps(length_major(*pool), positive, ignore)
     out = {"itc": itc, **extra_terms, **length_losses(r, soft_length, config, oracle)}
     if oracle is not None:
         out["oracle_length"] = oracle.float().mean()  # logged only, not a loss term
