@@ -24,21 +24,19 @@ import sys
 import numpy as np
 
 from benchmark.metrics.qlen import spearman
-from datamodules.datamodule import DataConfig
-from datamodules.synthetic.datamodule import SyntheticDataModule
+from study_data import test_split
 
 
-def test_split(root: str, seed: int):
-    dm = SyntheticDataModule(DataConfig(root=root), seed=seed)
-    dm.prepare_data()
-    es = dm.eval_set("test")
+def split_facts(root: str, seed: int):
+    """(annotation hash, level, names a background, n_relevant) per test caption."""
+    es = test_split(root, seed)
     names_background = np.array(["background" in c for c in es.captions])
     return es.annotations_sha256, np.asarray(es.complexity), names_background, es.relevance["t2i"].counts()
 
 
 def report(path: str, root: str) -> None:
     result = json.load(open(path))
-    sha, level, bg, n_relevant = test_split(root, int(result["seed"]))
+    sha, level, bg, n_relevant = split_facts(root, int(result["seed"]))
     length = np.asarray(result["per_query"]["text_lengths"], dtype=float)
     if result["provenance"]["annotations_sha256"] != sha:
         raise SystemExit(f"{path}: provenance.annotations_sha256 is not the test split in {root} (other data options?)")

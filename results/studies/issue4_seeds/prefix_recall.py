@@ -18,21 +18,15 @@ import numpy as np
 import torch
 
 from datamodules.base import load_image
-from datamodules.datamodule import DataConfig
-from datamodules.synthetic.datamodule import SyntheticDataModule
 from lightning_modules.base import Encoded
 from lightning_modules.components.dynamic_length import length_limited_max_sim
-from lightning_modules.idq_former import IdqFormerRetrieval
+from study_data import checkpoint_and_split
 
 LENGTHS = (2, 4, 6, 8, 10, 16, 24, 32, 48)
 
 
 def main(checkpoint: str, root: str, seed: int = 0) -> None:
-    torch.set_num_threads(2)
-    dm = SyntheticDataModule(DataConfig(root=root), seed=seed)
-    dm.prepare_data()
-    es = dm.eval_set("test")
-    model = IdqFormerRetrieval.load_checkpoint(checkpoint).eval()
+    model, es = checkpoint_and_split(checkpoint, root, seed)
     transform = model.image_transform()
     with torch.no_grad():
         gallery = torch.cat([

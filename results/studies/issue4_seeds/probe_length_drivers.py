@@ -19,9 +19,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from datamodules.datamodule import DataConfig
-from datamodules.synthetic.datamodule import SyntheticDataModule
-from lightning_modules.idq_former import IdqFormerRetrieval
+from study_data import checkpoint_and_split
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "gray", "pink", "cyan", "brown")
 
@@ -43,11 +41,7 @@ def r2(values: np.ndarray, groups: np.ndarray) -> float:
 
 
 def main(checkpoint: str, root: str, seed: int = 0) -> None:
-    torch.set_num_threads(2)
-    dm = SyntheticDataModule(DataConfig(root=root), seed=seed)
-    dm.prepare_data()
-    es = dm.eval_set("test")
-    model = IdqFormerRetrieval.load_checkpoint(checkpoint).eval()
+    model, es = checkpoint_and_split(checkpoint, root, seed)
     texts = list(es.instructions)
     with torch.no_grad():
         r = torch.cat([model.qscaler(texts[i:i + 500]).r.float() for i in range(0, len(texts), 500)])
