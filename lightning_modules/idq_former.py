@@ -5,7 +5,8 @@ InstructSee (Gu et al., Sensors 2025, 25(16), 5195), Algorithm 1, for retrieval.
 tokenizer, ITC + ITM losses, ITM re-ranking) with three additions:
 
 * a **token bank** of ``L_max`` queries (the BLIP-2 checkpoint's 32 query tokens are its
-  first rows) plus frozen rows of the Q-Former's pretrained text position table
+  first rows, as stored or, with ``bank_order="usage"``, most used first) plus frozen rows of
+  the Q-Former's pretrained text position table
   (:mod:`~lightning_modules.components.token_bank`);
 * **QScaler**: a frozen pretrained language encoder (``qscaler_encoder``; full size: a copy of
   the checkpoint's Q-Former text encoder, tiny: the tiny CLIP's text tower) and an MLP give
@@ -68,7 +69,12 @@ from lightning_modules.blip2 import (
     load_pretrained_parts,
 )
 from lightning_modules.components.blip2_losses import itc_loss, itc_similarities, itm_loss
-from lightning_modules.components.dynamic_length import LengthConfig, dynamic_itc, length_limited_max_sim
+from lightning_modules.components.dynamic_length import (
+    LengthConfig,
+    dynamic_itc,
+    length_limited_max_sim,
+    per_query_sims,
+)
 from lightning_modules.components.qformer_head import QFormerHead
 from lightning_modules.components.qscaler import POOLS, HFTextEncoder, QFormerTextEncoder, QScaler
 from lightning_modules.components.query_attention import ATTENTION_MODES, qformer_query_forward
@@ -82,6 +88,10 @@ IDQ_WEIGHTS = "idq.safetensors"
 QSCALER_ENCODER_DIR = "qscaler_encoder"
 #: what ours' ITC / ITM count as a caption's positives in a batch (``IdqConfig.train_positives``)
 TRAIN_POSITIVES = ("image", "relevant")
+#: the order of the checkpoint's query tokens in the token bank (``IdqConfig.bank_order``)
+BANK_ORDERS = ("checkpoint", "usage")
+#: a trained checkpoint's record of the usage order (``bank_order="usage"``)
+BANK_USAGE_FILE = "bank_usage.json"
 #: elements of the [q, chunk, L_max] similarity block scored at once by the ITC
 _MAX_SIM_BUDGET = 1 << 25
 
@@ -135,6 +145,14 @@ class IdqConfig(Blip2Config):
         a CLIP folder, "mean" otherwise).
     extra_init, init_std, learn_positions, use_positions: see
         :class:`~lightning_modules.components.token_bank.TokenBank`.
+    bank_order: the order of the checkpoint's query tokens in the bank: "checkpoint" (rows
+        0..31 as stored) or "usage" (default): at the first training step, before any update, the
+        checkpoint's queries are sorted by how many of the batch's (caption, image) ITC maxima
+        each wins in BLIP-2's own pass (full attention, no positions; summed over DDP ranks),
+        most used first. BLIP-2 attends over its queries without order, so this is the same
+        BLIP-2; with nested attention it puts the queries BLIP-2's ITC relies on into every
+        prefix (measured in docs/DESIGN.md, "What sets ours' L"). Recorded in the checkpoint
+        (``bank_usage.json``).
     text_sees_queries: in the instruction-conditioned (ITM) pass, instruction tokens attend
         to the queries (InstructBLIP style) -- or only to themselves.
     oracle_queue: images of recent batches (detached query outputs) kept as extra negatives
@@ -192,6 +210,7 @@ class IdqConfig(Blip2Config):
     prefix_itc: str = "all"
     qscaler_memo: int = 100_000
     itc_length_grad: float = 1.0
+    bank_order: str = "usage"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -221,6 +240,8 @@ class IdqConfig(Blip2Config):
                              f"got {self.train_positives!r}")
         if self.oracle_queue < 0:
             raise ValueError("model_args.oracle_queue must be >= 0")
+        if self.bank_order not in BANK_ORDERS:
+            raise ValueError(f"model_args.bank_order must be one of {BANK_ORDERS}, got {self.bank_order!r}")
         self.length_config()  # validates the length fields
 
     @property
@@ -252,6 +273,9 @@ class IdqFormerRetrieval(Blip2Retrieval):
         self.head.query_tokens.requires_grad_(False)  # superseded by the token bank
         self._queue: tuple[torch.Tensor, torch.Tensor] | None = None  # (image index, query outputs), oracle only
         self._encoder_dir: Path | None = None  # the QScaler's transformers encoder folder (set by _assemble)
+        #: bank_order="usage": the order is set at the first training step (never for a loaded checkpoint)
+        self._order_pending = config.bank_order == "usage" and bank.num_pretrained > 0
+        self.bank_usage: dict | None = None  # what that step measured
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -304,6 +328,8 @@ class IdqFormerRetrieval(Blip2Retrieval):
             target = Path(directory) / QSCALER_ENCODER_DIR
             if Path(self._encoder_dir).resolve() != target.resolve():
                 shutil.copytree(self._encoder_dir, target, dirs_exist_ok=True)
+        if self.bank_usage is not None:
+            (Path(directory) / BANK_USAGE_FILE).write_text(json.dumps(self.bank_usage, indent=1))
         state = {f"bank.{k}": v for k, v in self.bank.state_dict().items()}
         if self.qscaler is not None:
             state |= {f"qscaler.{k}": v for k, v in self.qscaler.state_dict().items()}
@@ -319,6 +345,9 @@ class IdqFormerRetrieval(Blip2Retrieval):
                               config, None, encoder_dir if encoder_dir.is_dir() else _encoder_source(config))
         state = load_file(directory / IDQ_WEIGHTS)
         model.bank.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("bank.")}, strict=True)
+        model._order_pending = False  # a trained bank keeps its order
+        if (directory / BANK_USAGE_FILE).is_file():
+            model.bank_usage = json.loads((directory / BANK_USAGE_FILE).read_text())
         if model.qscaler is not None:
             model.qscaler.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("qscaler.")},
                                           strict=True)
@@ -405,6 +434,8 @@ class IdqFormerRetrieval(Blip2Retrieval):
         relevant = batch[3] if len(batch) > 3 else None  # split indices relevant to each caption, -1 padded
         index = index.to(self.device)
         tokens = self.vision_tokens(images)
+        if self.training and self._order_pending:
+            self._order_bank_by_usage(tokens, texts)
         img = self.head.image_feats(self.query_outputs(tokens))  # [B, L_gallery, E]
         ids, mask = self.tokenize(texts)
         txt = self.text_features(ids, mask)
@@ -435,6 +466,23 @@ class IdqFormerRetrieval(Blip2Retrieval):
         out["loss"] = (out["itc"] + self.config.itm_weight * out.get("itm", 0.0)
                        + sum(out.get(k, 0.0) for k in ("itc_lmax", "length", "oracle")))
         return out
+
+    @torch.no_grad()
+    def _order_bank_by_usage(self, tokens: torch.Tensor, texts: Sequence[str]) -> None:
+        """``bank_order="usage"`` (see the config): sort the checkpoint's query tokens by their
+        share of BLIP-2's ITC maxima over this batch's (caption, image) pairs."""
+        queries = self.head.query_tokens  # the checkpoint's own tokens (frozen; the bank supersedes them)
+        img = self.head.image_feats(self.head.query_outputs(queries, tokens))  # BLIP-2's pass: [B, k, E]
+        txt = self.text_features(*self.tokenize(texts))
+        wins = per_query_sims(txt, img).argmax(-1).flatten()
+        counts = torch.bincount(wins, minlength=img.shape[1])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # one order on every DDP rank
+            torch.distributed.all_reduce(counts)
+        order = torch.sort(counts, descending=True, stable=True).indices
+        self.bank.reorder_pretrained(order.cpu())
+        self.bank_usage = {"order": order.tolist(), "wins": counts.tolist(), "pairs": int(counts.sum()),
+                           "measured_on": "the first training batch"}
+        self._order_pending = False
 
     def _warming_up(self) -> bool:
         """In the first ``qscaler_warmup`` share of the training steps (see the config)."""

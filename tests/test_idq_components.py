@@ -178,6 +178,23 @@ def test_token_bank_takes_checkpoint_queries_and_text_positions(tmp_path):
         bank(41)
 
 
+def test_reorder_pretrained_permutes_the_checkpoint_rows_and_keeps_each_copy_noise_offset():
+    pre = torch.randn(1, 4, H, generator=torch.Generator().manual_seed(3))
+    table = torch.randn(16, H)
+    bank = TokenBank(10, H, init_tokens=pre, position_table=table, generator=torch.Generator().manual_seed(4))
+    noise = bank.tokens[0, 4:] - pre[0, torch.arange(4, 10) % 4]
+    order = torch.tensor([2, 0, 3, 1])
+    bank.reorder_pretrained(order)
+    assert torch.equal(bank.tokens[0, :4], pre[0, order])  # new row i = old row order[i]
+    torch.testing.assert_close(bank.tokens[0, 4:], pre[0, order][torch.arange(4, 10) % 4] + noise)
+    assert torch.equal(bank.positions[0], table[:10])  # positions stay with their index
+    for bad in ([0, 1, 2], [0, 0, 1, 2]):
+        with pytest.raises(ValueError, match="permutation"):
+            bank.reorder_pretrained(torch.tensor(bad))
+    with pytest.raises(ValueError, match="permutation"):
+        TokenBank(4, H, position_table=table).reorder_pretrained(torch.tensor([0]))  # no pretrained rows
+
+
 # -- QScaler ------------------------------------------------------------------------------
 @pytest.fixture()
 def qscaler(qformer_parts):

@@ -136,6 +136,31 @@ def test_a_few_steps_train_the_qformer_bank_and_qscaler(blip2_checkpoint, qscale
     assert losses["loss"].item() < first
 
 
+def test_usage_bank_order_sorts_the_checkpoint_queries_by_their_blip2_itc_wins_at_the_first_step(
+        blip2_checkpoint, tmp_path):
+    batch = (torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS)
+    plain = _ours(blip2_checkpoint).train()
+    m = _ours(blip2_checkpoint, bank_order="usage").train()
+    assert torch.equal(m.bank.tokens, plain.bank.tokens)  # nothing moves before training
+    base = Blip2Retrieval.load_checkpoint(blip2_checkpoint).eval()  # BLIP-2 itself, by its public seams
+    with torch.no_grad():
+        img = base.encode_images(_pixels(4)).emb  # [4, NQ, E]
+        txt = base.encode_texts(TEXTS).emb
+    wins = torch.bincount(torch.einsum("td,bkd->tbk", txt, img).argmax(-1).flatten(), minlength=NQ)
+    m._losses(batch)
+    order = m.bank_usage["order"]
+    assert m.bank_usage["wins"] == wins.tolist() and m.bank_usage["pairs"] == 16
+    assert sorted(order) == list(range(NQ)) and wins[order].tolist() == sorted(wins.tolist(), reverse=True)
+    assert torch.equal(m.bank.tokens[:, :NQ], plain.bank.tokens[:, order])
+    after = m.bank.tokens.detach().clone()
+    m._losses(batch)  # the order is set once
+    assert torch.equal(m.bank.tokens, after)
+    m.save_checkpoint(tmp_path / "ours")
+    back = IdqFormerRetrieval.load_checkpoint(tmp_path / "ours").train()
+    back._losses(batch)  # a loaded (trained) bank is never reordered
+    assert torch.equal(back.bank.tokens, after) and back.bank_usage["order"] == order
+
+
 def test_oracle_queue_holds_detached_earlier_images_and_never_a_positive(blip2_checkpoint):
     m = _ours(blip2_checkpoint, oracle_queue=6).train()
     feats = torch.randn(4, m.gallery_length, 8, requires_grad=True)
@@ -221,7 +246,8 @@ def test_config_validation():
     with pytest.raises(ValueError, match="blip2_checkpoint"):
         IdqFormerRetrieval.create(IdqConfig(), OptimConfig())
     for field, bad in (("qscaler_lr_scale", 0.0), ("qscaler_warmup", 1.0), ("oracle_queue", -1),
-                       ("lmax_itc_weight", -0.5), ("qscaler_layers", 0), ("qscaler_pool", "sum")):
+                       ("lmax_itc_weight", -0.5), ("qscaler_layers", 0), ("qscaler_pool", "sum"),
+                       ("bank_order", "random")):
         with pytest.raises(ValueError, match=field):
             IdqConfig(**{field: bad})
     for bad in ({"qscaler_encoder": "/some/clip/folder"}, {}):  # tiny's "auto" is the CLIP text tower

@@ -24,6 +24,10 @@ the token bank; retrieve the first L positional encodings from a pretrained matr
 
 ``forward(L)`` returns ``tokens[:, :L] + positions[:, :L]``; query ``i`` gets the same
 vector for every L, which is what nested query attention needs for prefix consistency.
+
+``reorder_pretrained(order)`` permutes the checkpoint's rows (BLIP-2's queries have no order:
+its Q-Former attends over them fully and without positions, so any order is the same model
+for BLIP-2; with nested attention the order decides which queries every prefix holds).
 """
 
 from __future__ import annotations
@@ -94,6 +98,22 @@ class TokenBank(nn.Module):
         """From a BLIP-2 model's ``query_tokens`` and ``embeddings`` (``Blip2TextEmbeddings``)."""
         table = embeddings.position_embeddings.weight
         return cls(l_max, query_tokens.shape[-1], init_tokens=query_tokens, position_table=table, **kwargs)
+
+    @torch.no_grad()
+    def reorder_pretrained(self, order: torch.Tensor) -> None:
+        """Put the checkpoint's rows in ``order`` (a permutation of ``0..k-1``: new row ``i`` =
+        old row ``order[i]``). ``copy_noise`` rows keep their noise around their source row
+        ``k mod 32``, which is then the row now at that index."""
+        k = self.num_pretrained
+        order = torch.as_tensor(order, dtype=torch.long)
+        if k == 0 or sorted(order.tolist()) != list(range(k)):
+            raise ValueError(f"the order must be a permutation of the bank's {k} pretrained rows, got {order.tolist()}")
+        rows = self.tokens.data[0]
+        old = rows[:k].clone()
+        if self.extra_init == "copy_noise" and self.l_max > k:
+            src = torch.arange(k, self.l_max) % k
+            rows[k:] += old[order][src] - old[src]
+        rows[:k] = old[order]
 
     def forward(self, length: int | None = None) -> torch.Tensor:
         """The first ``length`` (default ``L_max``) queries with their positions, ``[1, L, H]``."""
