@@ -37,11 +37,13 @@ check fails it falls back to tracing each distinct (L, T) of a sample. Wall time
 warm-up, median of >= 5 timed runs), with the two models measured in alternating rounds
 (``--rounds``; median of the rounds) so background load hits both alike.
 
-Checkpoints: the newest ``ours__synthetic__tiny__*`` under ``<cache>/checkpoints`` and
-BLIP2 ``blip2__synthetic__tiny__*`` -- the BLIP2 checkpoint ours was fine-tuned from when it
-is there (the fair pair: same Q-Former architecture), else the newest. ``--train`` creates
-missing ones through the library (``benchmark.runner.run`` with the shipped base configs,
-through ``benchmark.runner.ensure_checkpoint``, see :func:`train_checkpoints`). ``--random-init`` builds tiny random
+Checkpoints: ours is the checkpoint of the shipped base config of ``bench run --model ours``
+in ``<cache>/checkpoints`` (found by its training hash through
+``benchmark.runner.ensure_checkpoint``, so an ablation's checkpoint in the same cache is never
+taken; ``--ours-checkpoint`` names another), and BLIP2 the BLIP2 checkpoint ours was fine-tuned
+from when it is there (the fair pair: same Q-Former architecture), else the newest
+``blip2__synthetic__tiny__*``. ``--train`` creates missing ones through the library (the same
+``ensure_checkpoint``, see :func:`default_ours_checkpoint`). ``--random-init`` builds tiny random
 models instead (no training; used by the smoke test).
 
     python scripts/bench_idq.py --out /tmp/bench_idq.json
@@ -124,35 +126,37 @@ def newest(root: Path, pattern: str) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def train_checkpoints(cache_dir: str, threads: int) -> None:
-    """Create the tiny checkpoints through the library, as ``bench run --model ours`` does.
+def default_ours_checkpoint(cache_dir: str, train: bool, threads: int) -> Path:
+    """The checkpoint ``bench run --model ours`` uses, with the shipped base config of ``ours``.
 
-    ``benchmark.runner.ensure_checkpoint`` with the shipped base config of ``ours``: it trains
-    (or finds) the tiny CLIP and BLIP2 it depends on, then ours, into the same cache folders
-    ``bench run`` uses -- without the evaluation pass, which a cost benchmark does not need.
-    The thread count is set on torch only (not in the run config), so the checkpoint hashes
-    stay those of the default runs.
+    ``benchmark.runner.ensure_checkpoint`` finds it by its training hash; with ``train`` it
+    trains what is missing (the tiny CLIP and BLIP2 it depends on, then ours) into the same
+    cache folders ``bench run`` uses -- without the evaluation pass, which a cost benchmark
+    does not need. The thread count is set on torch only (not in the run config), so the
+    checkpoint hashes stay those of the default runs.
     """
-    from benchmark.config import build_run_config, model_defaults
+    from benchmark.config import ConfigError, build_run_config, model_defaults
     from benchmark.runner import ensure_checkpoint
 
     torch.set_num_threads(threads)
     cfg = build_run_config(model_defaults("ours"), {"model": "ours", "dataset": "synthetic", "size": "tiny",
                                                    "cache_dir": cache_dir})
     t = time.perf_counter()
-    ckpt, trained = ensure_checkpoint(cfg, progress=False)
-    print(f"[train] ours (and its blip2 / clip dependencies): {ckpt} (trained now: {trained}, "
-          f"{time.perf_counter() - t:.0f} s, {threads} thread(s))", flush=True)
+    try:
+        ckpt, trained = ensure_checkpoint(cfg, progress=False, train=train)
+    except ConfigError as e:
+        raise SystemExit(f"{e}; or run this script with --train") from None
+    if trained:
+        print(f"[train] ours (and its blip2 / clip dependencies): {ckpt} ({time.perf_counter() - t:.0f} s, "
+              f"{threads} thread(s))", flush=True)
+    return ckpt
 
 
-def load_trained(cache_dir: str, blip2_path: str | None, ours_path: str | None):
+def load_trained(cache_dir: str, blip2_path: str | None, ours_dir: Path):
     from lightning_modules.blip2 import Blip2Retrieval
     from lightning_modules.idq_former import IdqFormerRetrieval
 
     root = Path(cache_dir) / "checkpoints"
-    ours_dir = Path(ours_path) if ours_path else newest(root, "ours__synthetic__tiny__*")
-    if ours_dir is None:
-        raise SystemExit(f"no ours__synthetic__tiny__* checkpoint under {root}: run with --train")
     base = json.loads((ours_dir / "suite_config.json").read_text()).get("blip2_checkpoint")
     if blip2_path:
         blip2_dir, why = Path(blip2_path), "given"
@@ -467,10 +471,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         workdir = tempfile.TemporaryDirectory(prefix="bench_idq_")
         blip2, ours, ckpts = build_random(args.random_size, dm.vocabulary_texts(), Path(workdir.name))
     else:
-        root = Path(args.cache_dir) / "checkpoints"
-        if args.train and not (newest(root, "ours__synthetic__tiny__*") and newest(root, "blip2__synthetic__tiny__*")):
-            train_checkpoints(args.cache_dir, args.train_threads)
-        blip2, ours, ckpts = load_trained(args.cache_dir, args.blip2_checkpoint, args.ours_checkpoint)
+        ours_dir = (Path(args.ours_checkpoint) if args.ours_checkpoint
+                    else default_ours_checkpoint(args.cache_dir, args.train, args.train_threads))
+        blip2, ours, ckpts = load_trained(args.cache_dir, args.blip2_checkpoint, ours_dir)
         dm, _ = datamodule(args.cache_dir, None)
     torch.set_num_threads(args.threads)  # training may have changed it
     if blip2.vision_tower.fingerprint() != ours.vision_tower.fingerprint():
