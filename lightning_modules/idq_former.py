@@ -338,7 +338,9 @@ class IdqFormerRetrieval(Blip2Retrieval):
     @classmethod
     def load_checkpoint(cls, directory: Path) -> IdqFormerRetrieval:
         directory = Path(directory)
-        config = IdqConfig(**json.loads((directory / CONFIG_FILE).read_text()))
+        stored = json.loads((directory / CONFIG_FILE).read_text())
+        stored.setdefault("bank_order", "checkpoint")  # saved before the option: trained in checkpoint order
+        config = IdqConfig(**stored)
         tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         encoder_dir = directory / QSCALER_ENCODER_DIR
         model = cls._assemble(load_tower(directory / TOWER_DIR), QFormerHead.load(directory / HEAD_DIR), tok,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -159,6 +160,10 @@ def test_usage_bank_order_sorts_the_checkpoint_queries_by_their_blip2_itc_wins_a
     back = IdqFormerRetrieval.load_checkpoint(tmp_path / "ours").train()
     back._losses(batch)  # a loaded (trained) bank is never reordered
     assert torch.equal(back.bank.tokens, after) and back.bank_usage["order"] == order
+    config_file = tmp_path / "ours" / "suite_config.json"  # a checkpoint saved before bank_order existed
+    config_file.write_text(json.dumps({k: v for k, v in json.loads(config_file.read_text()).items()
+                                       if k != "bank_order"}))
+    assert IdqFormerRetrieval.load_checkpoint(tmp_path / "ours").config.bank_order == "checkpoint"
 
 
 def test_oracle_queue_holds_detached_earlier_images_and_never_a_positive(blip2_checkpoint):

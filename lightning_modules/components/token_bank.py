@@ -101,9 +101,9 @@ class TokenBank(nn.Module):
 
     @torch.no_grad()
     def reorder_pretrained(self, order: torch.Tensor) -> None:
-        """Put the checkpoint's rows in ``order`` (a permutation of ``0..k-1``: new row ``i`` =
-        old row ``order[i]``). ``copy_noise`` rows keep their noise around their source row
-        ``k mod 32``, which is then the row now at that index."""
+        """Put the checkpoint's ``k`` rows in ``order`` (a permutation of ``0..k-1``: new row
+        ``i`` = old row ``order[i]``). A ``copy_noise`` row ``k + j`` keeps its noise, now
+        around the row that sits at its source index ``j mod k`` after the reorder."""
         k = self.num_pretrained
         order = torch.as_tensor(order, dtype=torch.long)
         if k == 0 or sorted(order.tolist()) != list(range(k)):
