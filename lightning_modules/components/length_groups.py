@@ -71,6 +71,6 @@ def encode_in_groups(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     def run(rows: torch.Tensor, width: int) -> torch.Tensor:
         return encode(input_ids[rows, :width], attention_mask[rows, :width])
 
-    if max_padding is None:
+    if max_padding is None or input_ids.shape[0] <= 1:  # one row: nothing to group, and it is trimmed already
         return encode(input_ids, attention_mask)
     return by_length(right_padded_lengths(attention_mask), run, max_padding)

@@ -19,7 +19,9 @@ head learns (the paper's table: "QScaler initialization: random").
 * :class:`HFTextEncoder`: any transformers text model loaded from a directory, e.g. the tiny
   CLIP checkpoint of ``lightning_modules/clip.py`` (``CLIPModel`` -> its ``text_model``,
   pooled at EOS; the default at tiny size) or all-MiniLM-L6-v2 (mean pooling, as
-  sentence-transformers does).
+  sentence-transformers does). A CLIP text tower runs through the lean forward of
+  :mod:`lightning_modules.components.clip_text` (same result; with EOS or first-token
+  pooling the last layer computes only that row).
 
 The encoder is kept in eval mode and runs under ``torch.no_grad``; it has no trainable
 parameters, so the QScaler's gradient stops at the pooled feature.
@@ -41,6 +43,7 @@ from typing import Literal, Protocol, get_args
 import torch
 from torch import nn
 
+from lightning_modules.components.clip_text import clip_text_forward, eos_positions
 from lightning_modules.components.dynamic_length import LengthConfig, add_length_noise
 from lightning_modules.components.length_groups import encode_in_groups
 from lightning_modules.components.qformer_text import text_path_forward
@@ -166,6 +169,13 @@ class QFormerTextEncoder(_Frozen):
         return _pool(hidden, attention_mask, self.pool, None)
 
 
+def _is_clip_text(model: nn.Module) -> bool:
+    """A transformers ``CLIPTextModel`` (the layout :func:`clip_text_forward` runs)."""
+    from transformers import CLIPTextModel
+
+    return isinstance(model, CLIPTextModel)
+
+
 class HFTextEncoder(_Frozen):
     """A frozen transformers text model (CLIP text tower, BERT/MiniLM, ...)."""
 
@@ -176,6 +186,7 @@ class HFTextEncoder(_Frozen):
         self.pool = pool
         self.max_length = max_length
         self.dim = int(model.config.hidden_size)
+        self.lean_clip = _is_clip_text(model)
         self._freeze()
 
     @classmethod
@@ -194,6 +205,11 @@ class HFTextEncoder(_Frozen):
     @torch.no_grad()
     def encode_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled features of tokenized texts."""
+        if self.lean_clip:
+            if self.pool == "mean":
+                return _pool(clip_text_forward(self.model, input_ids, attention_mask), attention_mask, "mean", None)
+            rows = eos_positions(self.model, input_ids) if self.pool == "pooler" else torch.zeros_like(input_ids[:, 0])
+            return clip_text_forward(self.model, input_ids, attention_mask, rows)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
         return _pool(out.last_hidden_state, attention_mask, self.pool, getattr(out, "pooler_output", None))
 
