@@ -19,8 +19,9 @@ Evaluation only (no dropout).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from lightning_modules.components.row_attention import rows_attention
 
 
 def eos_positions(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
@@ -33,16 +34,9 @@ def eos_positions(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def _attention(attn: nn.Module, normed: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``CLIPAttention`` of ``rows`` ``[B, R, H]`` over ``normed`` ``[B, T, H]`` (keys masked by
-    ``keep``, broadcastable to ``[B, heads, R, T]``, True = attend), after ``out_proj``."""
-    b, t, h = normed.shape
-    r = rows.shape[1]
-    heads, d = attn.num_heads, attn.head_dim
-    q = attn.q_proj(rows).view(b, r, heads, d).transpose(1, 2)
-    k = attn.k_proj(normed).view(b, t, heads, d).transpose(1, 2)
-    v = attn.v_proj(normed).view(b, t, heads, d).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=attn.scale)
-    return attn.out_proj(out.transpose(1, 2).reshape(b, r, h))
+    """``CLIPAttention`` of ``rows`` over ``normed`` (keys masked by ``keep``), after ``out_proj``."""
+    return attn.out_proj(rows_attention(attn.q_proj, attn.k_proj, attn.v_proj, normed, rows, attn.num_heads, keep,
+                                        attn.scale))
 
 
 def _layer(layer: nn.Module, hidden: torch.Tensor, keep: torch.Tensor, rows: torch.Tensor | None,

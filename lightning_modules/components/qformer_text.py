@@ -21,21 +21,14 @@ touched, so a copy may have dropped them. Evaluation only (no dropout).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from lightning_modules.components.row_attention import rows_attention
 
 
 def _self_attention(attn: nn.Module, hidden: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Multi-head self-attention of ``rows`` ``[B, R, H]`` over ``hidden`` ``[B, T, H]``,
-    keys masked by ``keep`` ``[B, 1, 1, T]`` (True = attend); ``[B, R, H]`` before the output dense."""
-    b, t, h = hidden.shape
-    heads = attn.num_attention_heads
-    d = attn.attention_head_size
-    q = attn.query(rows).view(b, rows.shape[1], heads, d).transpose(1, 2)
-    k = attn.key(hidden).view(b, t, heads, d).transpose(1, 2)
-    v = attn.value(hidden).view(b, t, heads, d).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=attn.scaling)
-    return out.transpose(1, 2).reshape(b, rows.shape[1], heads * d)
+    """The Q-Former's self-attention of ``rows`` over ``hidden`` (keys masked by ``keep``), before the output dense."""
+    return rows_attention(attn.query, attn.key, attn.value, hidden, rows, attn.num_attention_heads, keep, attn.scaling)
 
 
 def _layer(layer: nn.Module, hidden: torch.Tensor, keep: torch.Tensor, first_only: bool) -> torch.Tensor:
