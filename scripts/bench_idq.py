@@ -43,13 +43,17 @@ in ``<cache>/checkpoints`` (found by its training hash through
 taken; ``--ours-checkpoint`` names another), and BLIP2 the BLIP2 checkpoint ours was fine-tuned
 from when it is there (the fair pair: same Q-Former architecture), else the newest
 ``blip2__synthetic__tiny__*``. ``--train`` creates missing ones through the library (the same
-``ensure_checkpoint``, see :func:`default_ours_checkpoint`). ``--random-init`` builds tiny random
-models instead (no training; used by the smoke test).
+``ensure_checkpoint``, see :func:`default_ours_checkpoint`). ``--random-init`` builds random
+models instead (no training): ``--random-size small`` for the smoke test, ``tiny`` (the shipped
+tiny shapes) or ``base`` (the shapes of ``Salesforce/blip2-itm-vit-g``'s Q-Former over ViT-g
+tokens: what the cost rows become at the real model's size; random weights change no FLOP and
+no shape, so cost carries over while quality does not exist; results/studies/issue4_base_shape/).
 
     python scripts/bench_idq.py --out /tmp/bench_idq.json
     python scripts/bench_idq.py --train          # train the tiny checkpoints first if absent
     python scripts/bench_idq.py --threads 1      # on an oversubscribed machine (see the load warning)
     python scripts/bench_idq.py --random-init --random-size small --n-queries 16
+    python scripts/bench_idq.py --random-init --random-size base --n-instructions 8 --topk 8 --n-queries 16
 """
 
 from __future__ import annotations
@@ -178,12 +182,31 @@ def load_trained(cache_dir: str, blip2_path: str | None, ours_dir: Path):
     return blip2, ours, {"blip2": str(blip2_dir), "ours": str(ours_dir), "blip2_choice": why}
 
 
-def build_random(size: str, vocab_texts: Sequence[str], workdir: Path):
-    """Tiny random BLIP2 (on a random CLIP tower) and an IDQ-Former built on it, as the tests do.
+# --random-init architectures: (CLIP vision tower, Blip2Config Q-Former fields). "base" has the
+# shapes of Salesforce/blip2-itm-vit-g (BERT-base Q-Former, 12 layers, cross-attention every 2nd,
+# over 257 ViT-g tokens of width 1408) on a one-layer tower of ViT-g's width and token count
+# (the tower is shared and outside every timed path; only its output shape matters here).
+RANDOM_SIZES: dict[str, tuple[dict, dict]] = {
+    "tiny": (dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+                  image_size=48, patch_size=8), {}),
+    "small": (dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                   image_size=32, patch_size=8),
+              dict(qformer_hidden=32, qformer_layers=2, qformer_heads=4, qformer_intermediate=64, embed_dim=16)),
+    "base": (dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=1, num_attention_heads=16,
+                  image_size=224, patch_size=14),
+             dict(qformer_hidden=768, qformer_layers=12, qformer_heads=12, qformer_intermediate=3072,
+                  embed_dim=256)),
+}
 
-    ``size="tiny"``: the shipped tiny architecture (CLIP 48 px / width 128 / 4 layers; Q-Former
-    128 wide, 4 layers, 32 queries); ``"small"``: a smaller one for smoke tests. The QScaler's
-    last layer is re-drawn so that L varies between instructions (a fresh one gives ~32 to all).
+
+def build_random(size: str, vocab_texts: Sequence[str], workdir: Path, mean_length: float = 20.0,
+                 qscaler_layers: int | None = None):
+    """Random BLIP2 (on a random CLIP tower) and an IDQ-Former built on it, as the tests do.
+
+    ``size``: a key of :data:`RANDOM_SIZES`. The QScaler is the full-size default (a frozen
+    copy of the Q-Former's text encoder, read after ``qscaler_layers`` layers); its last layer is
+    re-drawn so that L varies between instructions around ``mean_length`` (a fresh one gives ~32
+    to all).
     """
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
@@ -196,14 +219,7 @@ def build_random(size: str, vocab_texts: Sequence[str], workdir: Path):
     from lightning_modules.optim import OptimConfig
 
     torch.manual_seed(0)
-    if size == "tiny":
-        vcfg = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                    image_size=48, patch_size=8)
-        qf = {}
-    else:
-        vcfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                    image_size=32, patch_size=8)
-        qf = dict(qformer_hidden=32, qformer_layers=2, qformer_heads=4, qformer_intermediate=64, embed_dim=16)
+    vcfg, qf = RANDOM_SIZES[size]
     tower = ClipVisionTower(CLIPVisionModel(CLIPVisionConfig(**vcfg)), ImageTransform(vcfg["image_size"],
                                                                                        vcfg["image_size"]))
     cfg = Blip2Config(cache_features=False, dropout=0.0, **qf)
@@ -214,13 +230,14 @@ def build_random(size: str, vocab_texts: Sequence[str], workdir: Path):
     blip2_dir = workdir / "blip2_random"
     blip2.save_checkpoint(blip2_dir)
     ours = IdqFormerRetrieval.create(IdqConfig(blip2_checkpoint=str(blip2_dir), cache_features=False, dropout=0.0,
-                                               qscaler_encoder="qformer"), OptimConfig())
-    with torch.no_grad():  # spread L around ~20 queries (the paper's mean is 17.8), as a trained QScaler might
+                                               qscaler_encoder="qformer", qscaler_layers=qscaler_layers),
+                                     OptimConfig())
+    with torch.no_grad():  # spread L around mean_length (the paper's mean is 17.8), as a trained QScaler might
         last = ours.qscaler.head.net[-1]
         last.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
         feats = ours.qscaler.features(list(vocab_texts)[:256])
         last.weight.div_(ours.qscaler.head(feats).std().clamp(min=1e-6))
-        target = torch.logit(ours.length.ratio(torch.tensor(20)))
+        target = torch.logit(ours.length.ratio(torch.tensor(mean_length)))
         last.bias.add_(target - ours.qscaler.head(feats).mean())
     return blip2.eval(), ours.eval(), {"blip2": f"random ({size})", "ours": f"random ({size}), QScaler re-drawn"}
 
@@ -429,7 +446,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=default_cache_dir(), help="suite cache (checkpoints, data, features)")
     p.add_argument("--train", action="store_true", help="train missing tiny checkpoints through the library first")
     p.add_argument("--random-init", action="store_true", help="tiny random models, no checkpoints (smoke test)")
-    p.add_argument("--random-size", choices=("tiny", "small"), default="tiny")
+    p.add_argument("--random-size", choices=tuple(RANDOM_SIZES), default="tiny",
+                   help="--random-init: architecture (tiny: the shipped tiny one; small: smoke tests; base: the "
+                        "shapes of Salesforce/blip2-itm-vit-g's Q-Former on ViT-g features)")
+    p.add_argument("--random-length", type=float, default=20.0,
+                   help="--random-init: mean L the re-drawn QScaler head gives the test instructions")
+    p.add_argument("--random-qscaler-layers", type=int, default=None,
+                   help="--random-init: the QScaler reads its frozen Q-Former text copy after this many layers "
+                        "(model_args.qscaler_layers; default: all)")
     p.add_argument("--random-n-test", type=int, default=32, help="--random-init: synthetic test images generated")
     p.add_argument("--blip2-checkpoint", default=None)
     p.add_argument("--ours-checkpoint", default=None)
@@ -469,7 +493,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         dm, _ = datamodule(args.cache_dir, {"n_train": 16, "n_val": 4, "n_test": args.random_n_test,
                                             "image_size": 32})
         workdir = tempfile.TemporaryDirectory(prefix="bench_idq_")
-        blip2, ours, ckpts = build_random(args.random_size, dm.vocabulary_texts(), Path(workdir.name))
+        blip2, ours, ckpts = build_random(args.random_size, dm.vocabulary_texts(), Path(workdir.name),
+                                           args.random_length, args.random_qscaler_layers)
     else:
         ours_dir = (Path(args.ours_checkpoint) if args.ours_checkpoint
                     else default_ours_checkpoint(args.cache_dir, args.train, args.train_threads))

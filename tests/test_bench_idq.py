@@ -41,3 +41,23 @@ def test_bench_idq_random_init_reports_every_metric(tmp_path):
     assert r["metrics"]["instr_qformer_gflops"]["ours"] < r["metrics"]["instr_qformer_gflops"]["blip2"]
     assert r["metrics"]["index_emb_bytes"]["ratio"] == 48 / 32  # ours indexes L_max = 48 queries
     assert json.loads(out.read_text())["metrics"].keys() == r["metrics"].keys()
+
+
+def test_random_base_size_has_blip2_itm_vit_g_shapes():
+    """``--random-size base`` measures at the shapes of Salesforce/blip2-itm-vit-g: the Q-Former
+    of transformers' default BLIP-2 config (its defaults are that checkpoint's), over ViT-g's
+    1408-wide, 257-token output, and the checkpoint's 256-d ITC projections."""
+    from transformers import Blip2Config as HfBlip2Config
+
+    from lightning_modules.blip2 import Blip2Config
+
+    vision, qformer = _load().RANDOM_SIZES["base"]
+    ours = Blip2Config(cache_features=False, **qformer).qformer_config(100, 0, vision["hidden_size"])
+    real = HfBlip2Config()
+    for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                  "cross_attention_frequency", "encoder_hidden_size"):
+        assert getattr(ours, field) == getattr(real.qformer_config, field), field
+    assert vision["hidden_size"] == real.vision_config.hidden_size
+    tokens = (vision["image_size"] // vision["patch_size"]) ** 2 + 1
+    assert tokens == (real.vision_config.image_size // real.vision_config.patch_size) ** 2 + 1 == 257
+    assert qformer["embed_dim"] == real.image_text_hidden_size
