@@ -445,7 +445,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cache-dir", default=default_cache_dir(), help="suite cache (checkpoints, data, features)")
     p.add_argument("--train", action="store_true", help="train missing tiny checkpoints through the library first")
-    p.add_argument("--random-init", action="store_true", help="tiny random models, no checkpoints (smoke test)")
+    p.add_argument("--random-init", action="store_true", help="random models, no checkpoints (see --random-size)")
     p.add_argument("--random-size", choices=tuple(RANDOM_SIZES), default="tiny",
                    help="--random-init: architecture (tiny: the shipped tiny one; small: smoke tests; base: the "
                         "shapes of Salesforce/blip2-itm-vit-g's Q-Former on ViT-g features)")
@@ -472,7 +472,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--fallback-sample", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the numbers as JSON here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.random_qscaler_layers is not None and not args.random_init:
+        p.error("--random-qscaler-layers needs --random-init (a trained checkpoint keeps its own QScaler)")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
