@@ -124,7 +124,7 @@ class IdqConfig(Blip2Config):
     blip2_checkpoint: tiny: the BLIP2 suite checkpoint to start from (None: the runner trains
         / finds the tiny BLIP2 of the same dataset and seed).
     l_base, l_max, l_init, noise_std, mask_tau, length_weight, oracle_weight, lmax_itc_weight,
-        itc_length_grad: see :class:`~lightning_modules.components.dynamic_length.LengthConfig`.
+        itc_length_grad, length_grad_from: see :class:`~lightning_modules.components.dynamic_length.LengthConfig`.
     attention: "nested" (query i attends to queries <= i) or "full" (BLIP-2).
     qscaler: False = the "without QScaler" ablation: every text gets ``l_init`` queries.
     qscaler_encoder: the QScaler's frozen language encoder: "qformer" (a frozen copy of the
@@ -210,6 +210,7 @@ class IdqConfig(Blip2Config):
     prefix_itc: str = "all"
     qscaler_memo: int = 100_000
     itc_length_grad: float = 1.0
+    length_grad_from: str = "both"
     bank_order: str = "usage"
 
     def __post_init__(self) -> None:
@@ -254,7 +255,7 @@ class IdqConfig(Blip2Config):
     def length_config(self) -> LengthConfig:
         return LengthConfig(self.l_base, self.l_max, self.l_init, self.noise_std, self.mask_tau,
                             self.length_weight, self.oracle_weight, self.lmax_itc_weight, self.oracle_relevant,
-                            self.prefix_itc, self.itc_length_grad)
+                            self.prefix_itc, self.itc_length_grad, self.length_grad_from)
 
 
 class IdqFormerRetrieval(Blip2Retrieval):

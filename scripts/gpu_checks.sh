@@ -6,22 +6,27 @@
 #      it: train.accelerator=auto), which trains the tiny CLIP, BLIP2 and ours there, then
 #      `bench run --model blip2` on the same cache; result files and logs go to OUT_DIR.
 #
-# Usage: scripts/gpu_checks.sh OUT_DIR   (from the repository root; `bench` on PATH, or the
-# repository on PYTHONPATH, which the script adds).
+# Usage: scripts/gpu_checks.sh OUT_DIR   (from the repository root; PYTHON names the interpreter,
+# default python3: the suite installed in it, or its dependencies, since the script puts the
+# repository on PYTHONPATH).
 set -uo pipefail
 out=${1:?usage: scripts/gpu_checks.sh OUT_DIR}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+py=${PYTHON:-python3}
+"$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' \
+    || { echo "gpu_checks.sh: $py sees no CUDA device (torch.cuda.is_available() is False)" >&2; exit 2; }
 cache=$(mktemp -d)
-bench() { python3 -c 'import sys; from benchmark.cli import main; sys.argv[0] = "bench"; sys.exit(main())' "$@"; }
+trap 'rm -rf "$cache"' EXIT
+bench() { "$py" -c 'import sys; from benchmark.cli import main; sys.argv[0] = "bench"; sys.exit(main())' "$@"; }
 status=0
 
 nvidia-smi > "$out/nvidia_smi.txt" 2>&1
-python3 -c 'import torch, lightning, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda,
+"$py" -c 'import torch, lightning, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda,
 "lightning", lightning.__version__, "transformers", transformers.__version__, torch.cuda.get_device_name(0))' \
     | tee "$out/versions.txt"
 
-python3 -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider 2>&1 | tee "$out/pytest_gpu.log" || status=1
+"$py" -m pytest tests/test_gpu.py -m gpu -q -p no:cacheprovider 2>&1 | tee "$out/pytest_gpu.log" || status=1
 
 for model in ours blip2; do
     start=$(date +%s.%N)
@@ -29,9 +34,8 @@ for model in ours blip2; do
         > "$out/bench_run_$model.log" 2>&1
     rc=$?
     [ $rc -eq 0 ] || status=1
-    echo "bench run --model $model: rc $rc, $(python3 -c "print(round($(date +%s.%N) - $start, 1))") s" \
+    echo "bench run --model $model: rc $rc, $("$py" -c "print(round($(date +%s.%N) - $start, 1))") s" \
         | tee -a "$out/bench_run_times.txt"
     tail -5 "$out/bench_run_$model.log"
 done
-rm -rf "$cache"
 exit $status

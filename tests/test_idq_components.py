@@ -517,6 +517,31 @@ def test_itc_length_grad_scales_only_the_gradient_the_itc_sends_to_l(share):
         LengthConfig(itc_length_grad=1.5)
 
 
+def test_length_grad_from_splits_the_itc_gradient_to_l_by_direction():
+    from lightning_modules.components.dynamic_length import dynamic_itc
+
+    g = torch.Generator().manual_seed(2)
+    texts = F.normalize(torch.randn(4, 16, generator=g), dim=-1)
+    images = F.normalize(torch.randn(4, LMAX, 16, generator=g), dim=-1)
+    positives = torch.eye(4, dtype=torch.bool)
+    out, grads, query_grads = {}, {}, {}
+    for key in ("both", "t2i", "i2t"):
+        cfg = LengthConfig(l_max=LMAX, l_init=8, length_grad_from=key)
+        r = torch.tensor([0.1, 0.3, 0.5, 0.7], requires_grad=True)
+        queries = images.clone().requires_grad_(True)
+        losses, _ = dynamic_itc(texts, queries, cfg.soft_length(r), r, positives, 0.07, cfg)
+        out[key] = {k: v.detach() for k, v in losses.items()}
+        grads[key], query_grads[key] = torch.autograd.grad(losses["itc"], (r, queries))
+    assert all(torch.equal(out["both"][k], out[key][k]) for key in ("t2i", "i2t") for k in out["both"])
+    assert grads["t2i"].abs().sum() > 0 and grads["i2t"].abs().sum() > 0
+    assert not torch.allclose(grads["t2i"], grads["i2t"])
+    torch.testing.assert_close(grads["t2i"] + grads["i2t"], grads["both"])  # the two directions' shares
+    for key in ("t2i", "i2t"):  # the queries learn from both directions in every mode
+        torch.testing.assert_close(query_grads[key], query_grads["both"])
+    with pytest.raises(ValueError, match="length_grad_from must be one of"):
+        LengthConfig(length_grad_from="text")
+
+
 def test_task_loss_asks_for_fewer_queries_when_a_negative_wins_late():
     sims = torch.full((4, 4, LMAX), -0.2)
     sims[torch.arange(4), torch.arange(4), 0] = 0.9  # every positive is matched by query 0
