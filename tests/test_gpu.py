@@ -18,24 +18,13 @@ import torch
 
 from lightning_modules.blip2 import Blip2Retrieval
 from lightning_modules.components.query_attention import qformer_query_forward
-from lightning_modules.idq_former import IdqConfig, IdqFormerRetrieval
-from lightning_modules.optim import OptimConfig
-from tests.tiny_blip2 import save_tiny_blip2, save_tiny_clip
+from tests.test_idq_former import LMAX, NQ, TEXTS, _ours, blip2_checkpoint  # noqa: F401 (a fixture)
+from tests.test_idq_former import _pixels as _tokens
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-TEXTS = ["find images of a red circle", "find images of a small blue square left of a big green star",
-         "show me a shape", "two yellow triangles above a purple circle on a striped background"]
-NQ, LMAX = 8, 12
 CUDA = torch.device("cuda")
-
-
-@pytest.fixture(scope="module")
-def blip2_checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("blip2")
-    clip = save_tiny_clip(root / "clip", TEXTS)
-    return save_tiny_blip2(root / "blip2", TEXTS, NQ, vision_checkpoint=str(clip))
 
 
 @pytest.fixture(autouse=True)
@@ -45,18 +34,6 @@ def _full_precision_matmuls():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
-
-
-def _ours(ckpt, **kw) -> IdqFormerRetrieval:
-    torch.manual_seed(0)
-    cfg = IdqConfig(blip2_checkpoint=str(ckpt), l_base=2, l_max=LMAX, l_init=NQ, k_test=3, cache_features=False,
-                    **kw)
-    return IdqFormerRetrieval.create(cfg, OptimConfig())
-
-
-def _tokens(n: int) -> torch.Tensor:
-    """Frozen vision tokens ``[n, 5, 32]`` (the BLIP2 family takes tokens wherever it takes pixels)."""
-    return torch.randn(n, 5, 32, generator=torch.Generator().manual_seed(1))
 
 
 @pytest.mark.parametrize("model", ["blip2", "ours"])
