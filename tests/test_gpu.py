@@ -9,6 +9,7 @@ negatives, usage-ordered bank) run and learn on CUDA.
 
 from __future__ import annotations
 
+import copy
 import os
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before any cuBLAS handle, as Lightning sets it
@@ -42,9 +43,7 @@ def test_scores_and_lengths_on_cuda_equal_the_cpu_models(blip2_checkpoint, model
     if model == "ours":
         with torch.no_grad():
             cpu.qscaler.head.net[-1].weight.normal_(0, 0.5)  # lengths that differ between the texts
-    gpu = (Blip2Retrieval.load_checkpoint(blip2_checkpoint) if model == "blip2" else _ours(blip2_checkpoint))
-    gpu.load_state_dict(cpu.state_dict())
-    gpu = gpu.to(CUDA).eval()
+    gpu = copy.deepcopy(cpu).to(CUDA)
     with torch.no_grad():
         c_img, c_txt = cpu.encode_images(_tokens(3)), cpu.encode_texts(TEXTS)
         g_img, g_txt = gpu.encode_images(_tokens(3).to(CUDA)), gpu.encode_texts(TEXTS)

@@ -338,8 +338,7 @@ def dynamic_itc(texts: torch.Tensor, image_queries: torch.Tensor, soft_length: t
     if config.length_grad_from == "both":
         itc = infonce(logits)
     else:  # the same values; L gets the gradient of one direction only
-        fixed = soft_masked_logits(sims, soft_log_mask(soft_length.detach(), image_queries.shape[1], config.mask_tau),
-                                   temperature)
+        fixed = soft_masked_logits(sims, log_mask.detach(), temperature)
         itc = infonce(logits, fixed) if config.length_grad_from == "t2i" else infonce(fixed, logits)
     extra_terms = {}
     if config.lmax_itc_weight > 0:
