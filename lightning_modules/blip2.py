@@ -50,8 +50,9 @@ from lightning_modules.components.vision_tower import (
     Blip2VisionTower,
     ClipVisionTower,
     VisionTower,
+    load_saved_tower,
     load_strict,
-    load_tower,
+    save_tower,
 )
 from lightning_modules.components.word_tokenizer import build_word_tokenizer
 from lightning_modules.cost import CostCall, CostSample, shape_key
@@ -173,7 +174,8 @@ def load_pretrained_parts(path: str, local_files_only: bool = True, temp_init: f
     tok = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
     transform = ImageTransform.from_hf_processor(AutoImageProcessor.from_pretrained(path,
                                                                                      local_files_only=local_files_only))
-    return Blip2VisionTower(hf.vision_model, transform), QFormerHead.from_hf_retrieval(hf, temp_init), tok
+    tower = Blip2VisionTower(hf.vision_model, transform, source=str(path))
+    return tower, QFormerHead.from_hf_retrieval(hf, temp_init), tok
 
 
 def _same_items(queries: Encoded, gallery: Encoded) -> bool:
@@ -239,7 +241,7 @@ class Blip2Retrieval(L.LightningModule):
 
     def save_checkpoint(self, directory: Path) -> None:
         directory = Path(directory)
-        self.vision_tower.save(directory / TOWER_DIR)
+        save_tower(self.vision_tower, directory, TOWER_DIR)  # a reference to the frozen base, or a copy
         self.head.save(directory / HEAD_DIR)
         self.tokenizer.save_pretrained(directory)
         (directory / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
@@ -249,7 +251,8 @@ class Blip2Retrieval(L.LightningModule):
         directory = Path(directory)
         config = Blip2Config(**json.loads((directory / CONFIG_FILE).read_text()))
         tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-        return cls(load_tower(directory / TOWER_DIR), QFormerHead.load(directory / HEAD_DIR), tok, config)
+        tower = load_saved_tower(directory, TOWER_DIR, config.local_files_only)
+        return cls(tower, QFormerHead.load(directory / HEAD_DIR), tok, config)
 
     def item_loader(self, cache_root: Path) -> FeatureCache | None:
         """The DataModule's item loader: frozen tower features from the on-disk cache."""

@@ -80,7 +80,7 @@ from lightning_modules.components.qscaler import POOLS, HFTextEncoder, QFormerTe
 from lightning_modules.components.query_attention import ATTENTION_MODES, qformer_query_forward
 from lightning_modules.components.relevance import relevance_mask
 from lightning_modules.components.token_bank import TokenBank
-from lightning_modules.components.vision_tower import load_tower
+from lightning_modules.components.vision_tower import load_saved_tower
 from lightning_modules.optim import OptimConfig, build_optimizer
 
 IDQ_WEIGHTS = "idq.safetensors"
@@ -344,7 +344,8 @@ class IdqFormerRetrieval(Blip2Retrieval):
         config = IdqConfig(**stored)
         tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         encoder_dir = directory / QSCALER_ENCODER_DIR
-        model = cls._assemble(load_tower(directory / TOWER_DIR), QFormerHead.load(directory / HEAD_DIR), tok,
+        model = cls._assemble(load_saved_tower(directory, TOWER_DIR, config.local_files_only),
+                              QFormerHead.load(directory / HEAD_DIR), tok,
                               config, None, encoder_dir if encoder_dir.is_dir() else _encoder_source(config))
         state = load_file(directory / IDQ_WEIGHTS)
         model.bank.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("bank.")}, strict=True)

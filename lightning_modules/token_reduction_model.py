@@ -50,7 +50,7 @@ from lightning_modules.blip2 import (
 )
 from lightning_modules.components import image_attention
 from lightning_modules.components.qformer_head import QFormerHead
-from lightning_modules.components.vision_tower import LoadingError, load_tower
+from lightning_modules.components.vision_tower import LoadingError, load_saved_tower
 from lightning_modules.optim import OptimConfig, build_optimizer
 
 
@@ -157,7 +157,8 @@ class TokenReductionRetrieval(Blip2Retrieval):
         directory = Path(directory)
         config = cls.Config(**json.loads((directory / CONFIG_FILE).read_text()))
         tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-        model = cls(load_tower(directory / TOWER_DIR), QFormerHead.load(directory / HEAD_DIR), tok, config)
+        model = cls(load_saved_tower(directory, TOWER_DIR, config.local_files_only), QFormerHead.load(directory / HEAD_DIR),
+                    tok, config)
         model.load_reduction_state_dict(load_file(directory / model.weights_file), str(directory / model.weights_file))
         return model
 

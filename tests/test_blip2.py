@@ -4,6 +4,7 @@ the feature cache, the suite checkpoint and ``bench run --model blip2`` end to e
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -190,6 +191,37 @@ def test_suite_checkpoint_round_trip(clip_dir, tmp_path):
         a_txt, b_txt = src.encode_texts(TEXTS), again.encode_texts(TEXTS)
         assert torch.equal(a_img.emb, b_img.emb) and torch.equal(a_txt.emb, b_txt.emb)
         assert torch.equal(src.score(a_txt, a_img), again.score(b_txt, b_img))
+    # the frozen tower is referenced (source and fingerprint), not copied into the checkpoint
+    assert not (tmp_path / "ckpt" / "vision_tower").exists()
+    reference = json.loads((tmp_path / "ckpt" / "vision_tower.json").read_text())
+    assert reference == {"kind": "clip", "source": str(clip_dir), "fingerprint": src.vision_tower.fingerprint()}
+
+
+def test_a_changed_or_missing_frozen_base_is_refused_on_load(clip_dir, tmp_path):
+    _tiny(clip_dir).save_checkpoint(tmp_path / "ckpt")
+    weights = load_file(clip_dir / "model.safetensors")
+    name = next(k for k in weights if "post_layernorm.bias" in k)
+    save_file(weights | {name: weights[name] + 0.1}, clip_dir / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(LoadingError, match="not the one this checkpoint was trained on"):
+        Blip2Retrieval.load_checkpoint(tmp_path / "ckpt")
+    shutil.rmtree(clip_dir)
+    with pytest.raises(LoadingError, match="cannot be loaded"):
+        Blip2Retrieval.load_checkpoint(tmp_path / "ckpt")
+
+
+def test_full_size_checkpoint_holds_what_was_trained(tmp_path):
+    """A checkpoint of a full-size model stores the Q-Former head and a reference to the pretrained
+    folder, not the frozen ViT (3.9 GB at ViT-g), and it loads back to the same model."""
+    _hub_style_checkpoint(tmp_path / "hub", None)
+    m = Blip2Retrieval.create(Blip2Config(pretrained=str(tmp_path / "hub")), OptimConfig()).eval()
+    m.save_checkpoint(tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / "vision_tower.json").read_text())["source"] == str(tmp_path / "hub")
+    saved = {k for f in (tmp_path / "ckpt").rglob("*.safetensors") for k in load_file(f)}
+    assert saved and not any("patch_embedding" in k or "encoder.layers." in k for k in saved)
+    again = Blip2Retrieval.load_checkpoint(tmp_path / "ckpt").eval()
+    px = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(again.encode_images(px).emb, m.encode_images(px).emb)
 
 
 # -- re-ranking --------------------------------------------------------------------------

@@ -75,10 +75,13 @@ class _HFTower(nn.Module):
     kind = ""
     model_cls: type = nn.Module
 
-    def __init__(self, model, transform: ImageTransform) -> None:
+    def __init__(self, model, transform: ImageTransform, source: str | None = None) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.transform = transform
+        #: the checkpoint (hub id or folder) the frozen weights were read from, if known: a
+        #: suite checkpoint then stores a reference to it instead of a copy (:func:`save_tower`)
+        self.source = source
         self._fingerprint: str | None = None
 
     @property
@@ -130,7 +133,11 @@ class ClipVisionTower(_HFTower):
         except OSError:  # suite checkpoints carry no processor file: CLIP's tiny transform
             size = model.config.image_size
             transform = ImageTransform(size, size)
-        return cls(model, transform)
+        return cls(model, transform, source=str(path))
+
+    @classmethod
+    def from_source(cls, source: str, local_files_only: bool = True) -> ClipVisionTower:
+        return cls.from_clip_checkpoint(source, local_files_only)
 
 
 class Blip2VisionTower(_HFTower):
@@ -143,6 +150,16 @@ class Blip2VisionTower(_HFTower):
         emb = self.model.embeddings.patch_embedding.weight
         return self.model(pixel_values=pixel_values.to(device=emb.device, dtype=emb.dtype)).last_hidden_state
 
+    @classmethod
+    def from_source(cls, source: str, local_files_only: bool = True) -> Blip2VisionTower:
+        """The vision model of a ``Blip2ForImageTextRetrieval`` checkpoint, with its image processor."""
+        from transformers import AutoImageProcessor, Blip2ForImageTextRetrieval
+
+        hf = load_strict(Blip2ForImageTextRetrieval, source, local_files_only=local_files_only)
+        transform = ImageTransform.from_hf_processor(AutoImageProcessor.from_pretrained(
+            source, local_files_only=local_files_only))
+        return cls(hf.vision_model, transform, source=source)
+
 
 #: tower kinds by name, for loading a saved tower (token-reduction towers register here too)
 TOWERS: dict[str, type] = {ClipVisionTower.kind: ClipVisionTower, Blip2VisionTower.kind: Blip2VisionTower}
@@ -153,6 +170,51 @@ def load_tower(directory: Path) -> VisionTower:
     if kind not in TOWERS:
         raise ValueError(f"{directory}: unknown vision tower kind {kind!r}; known: {', '.join(sorted(TOWERS))}")
     return TOWERS[kind].load(directory)
+
+
+# -- frozen towers by reference ------------------------------------------------------------
+#: a suite checkpoint's reference to its frozen tower (instead of a copy of its weights)
+TOWER_REFERENCE = "vision_tower.json"
+
+
+def save_tower(tower: VisionTower, checkpoint: Path, folder: str) -> None:
+    """Save ``tower`` with a suite checkpoint: a frozen tower read from a known checkpoint
+    (``tower.source``: a hub id or a folder) is stored as a reference to it -- its kind, source
+    and content fingerprint -- in ``checkpoint/vision_tower.json`` (the 3.9 GB ViT-g is not copied
+    into every trained checkpoint); any other tower is saved whole into ``checkpoint/folder``."""
+    source = getattr(tower, "source", None)
+    if source is None or tower.kind not in TOWERS or not hasattr(TOWERS[tower.kind], "from_source"):
+        tower.save(Path(checkpoint) / folder)
+        return
+    reference = {"kind": tower.kind, "source": source, "fingerprint": tower.fingerprint()}
+    Path(checkpoint).mkdir(parents=True, exist_ok=True)
+    (Path(checkpoint) / TOWER_REFERENCE).write_text(json.dumps(reference, indent=2))
+
+
+def load_saved_tower(checkpoint: Path, folder: str, local_files_only: bool = True) -> VisionTower:
+    """The tower :func:`save_tower` stored: loaded from ``checkpoint/folder``, or rebuilt from its
+    referenced source and checked against the recorded fingerprint (a changed or missing base is
+    an error that names it, never a silently different model)."""
+    checkpoint = Path(checkpoint)
+    if (checkpoint / folder).is_dir():
+        return load_tower(checkpoint / folder)
+    ref_file = checkpoint / TOWER_REFERENCE
+    if not ref_file.is_file():
+        raise LoadingError(f"{checkpoint}: holds neither a vision tower folder ({folder}/) nor a reference to one "
+                           f"({TOWER_REFERENCE})")
+    ref = json.loads(ref_file.read_text())
+    if ref.get("kind") not in TOWERS or not hasattr(TOWERS[ref["kind"]], "from_source"):
+        raise LoadingError(f"{ref_file}: unknown referenced tower kind {ref.get('kind')!r}")
+    try:
+        tower = TOWERS[ref["kind"]].from_source(ref["source"], local_files_only)
+    except (OSError, LoadingError, ValueError) as e:
+        raise LoadingError(f"{ref_file}: the frozen vision tower it references ({ref['source']}) cannot be loaded: "
+                           f"{e}") from e
+    if tower.fingerprint() != ref["fingerprint"]:
+        raise LoadingError(f"{ref_file}: the frozen vision tower at {ref['source']} is not the one this checkpoint "
+                           f"was trained on (fingerprint {tower.fingerprint()[:12]}..., recorded "
+                           f"{ref['fingerprint'][:12]}...)")
+    return tower
 
 
 class LoadingError(RuntimeError):
