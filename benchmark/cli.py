@@ -59,6 +59,7 @@ def run(
     strategy: Annotated[Optional[str], typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
     checkpoint: Annotated[Optional[Path], typer.Option(help="Evaluate this trained suite checkpoint folder (nothing is trained).")] = None,
     retrain: Annotated[bool, typer.Option(help="Train even if a checkpoint for this config is cached.")] = False,
+    resume: Annotated[Optional[str], typer.Option(help="auto: an interrupted training resumes from its last resume point in the cache (default); never: start over.")] = None,
     skip_existing: Annotated[bool, typer.Option(help="Skip when the result file already holds this config.")] = False,
     strict: Annotated[bool, typer.Option(help="A missing or unreadable image is an error (default: skipped, counted, listed in the result file).")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -77,6 +78,8 @@ def run(
         cli["cache_dir"] = str(cache_dir)
     if epochs is not None:
         cli["train"] = {"max_epochs": epochs}
+    if resume is not None:
+        cli.setdefault("train", {})["resume"] = resume
     if devices is not None or strategy is not None:
         cli.setdefault("train", {}).update({k: v for k, v in (("devices", devices), ("strategy", strategy)) if v is not None})
     if data_root is not None:

@@ -48,6 +48,9 @@ class TrainConfig:
     accelerator / devices / strategy: passed to ``lightning.Trainer``; ``strategy="ddp"``
     with several devices or nodes is how the suite scales out.
     num_threads: torch intra-op threads (None = torch's default); recorded in results.
+    resume: "auto" resumes an interrupted training from its last resume point in the cache
+        (``benchmark/resume.py``); "never" starts over.
+    checkpoint_every_n_steps: also save a resume point every N optimizer steps (None: at epoch ends only).
     """
 
     max_epochs: int = 12
@@ -62,6 +65,8 @@ class TrainConfig:
     deterministic: bool = True
     limit_train_batches: float = 1.0
     val_every_n_epochs: int = 5
+    resume: str = "auto"
+    checkpoint_every_n_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.val_every_n_epochs < 1:
@@ -74,6 +79,10 @@ class TrainConfig:
             raise ConfigError("train.num_threads must be >= 1 or null")
         if not 0 < self.limit_train_batches <= 1:
             raise ConfigError("train.limit_train_batches must be in (0, 1]")
+        if self.resume not in ("auto", "never"):
+            raise ConfigError(f"train.resume must be 'auto' (resume an interrupted training) or 'never', got {self.resume!r}")
+        if self.checkpoint_every_n_steps is not None and not 1 <= self.checkpoint_every_n_steps <= 10**9:
+            raise ConfigError("train.checkpoint_every_n_steps must be an integer >= 1 or null")
 
 
 #: ``eval.precision`` values: Lightning's precision flags (autocast for the "-mixed" ones)
@@ -174,6 +183,8 @@ class RunConfig:
         d["data"].pop("root")
         if d["checkpoint"] is None:  # left out when unset: the hashes of before it existed
             d.pop("checkpoint")
+        for k in ("resume", "checkpoint_every_n_steps"):  # how a training survives a crash, not what it computes
+            d["train"].pop(k)
         d["eval"].pop("memmap_min_mb")  # where the gallery lives, not what is computed
         for k in ("precision", "storage_dtype"):  # left out at their defaults: the hashes of before they existed
             if d["eval"][k] is None:

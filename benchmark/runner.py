@@ -35,6 +35,7 @@ from benchmark.config import (
     to_dict,
 )
 from benchmark.registry import DATASETS, MODELS, TASKS
+from benchmark.resume import ResumePoint, resume_dir, resume_from
 from benchmark.results import SCHEMA_VERSION, atomic_write_json, environment, load_result, ResultFileError
 from benchmark.tasks.base import TaskContext
 
@@ -165,10 +166,7 @@ def ensure_checkpoint(cfg: RunConfig, *, progress: bool = False, train: bool = T
     dm.prepare_data()
     model = model_cls.create(model_config, cfg.train.optim, dm.vocabulary_texts())
     _install_item_loader(cfg, model, dm, progress=progress)
-    trainer = _fit(cfg, model, dm, progress=progress)
-    if trainer.is_global_zero:
-        save_atomically(model, ckpt)
-    trainer.strategy.barrier()
+    _fit_and_save(cfg, model, dm, ckpt, progress=progress)
     return ckpt, True
 
 
@@ -192,11 +190,22 @@ def _install_item_loader(cfg: RunConfig, model, dm, *, progress: bool = False):
     return loader
 
 
-def _fit(cfg: RunConfig, model, dm, *, progress: bool):
+def _fit_and_save(cfg: RunConfig, model, dm, ckpt: Path, *, progress: bool):
+    """Train ``model`` (resuming an interrupted run of the same training from its resume point)
+    and save it atomically as the cached checkpoint ``ckpt``; the resume point is then removed."""
     for split in ("train", "val"):  # frozen features extracted (once, if not cached) before the fit loop starts
         dm.item_table(split)
-    trainer = _trainer(cfg, fit=True, progress=progress, name=f"{cfg.model}__{cfg.dataset}")
-    trainer.fit(model, datamodule=dm)
+    resume = resume_dir(cfg.cache_dir, ckpt)
+    trainer = _trainer(cfg, fit=True, progress=progress, name=f"{cfg.model}__{cfg.dataset}",
+                       callbacks=[ResumePoint(resume, cfg.train.checkpoint_every_n_steps)])
+    start = resume_from(resume, cfg.train.resume)
+    if start and trainer.is_global_zero:
+        print(f"resuming the training of {cfg.model} from {start}", file=sys.stderr, flush=True)
+    trainer.fit(model, datamodule=dm, ckpt_path=start)
+    if trainer.is_global_zero:
+        save_atomically(model, ckpt)
+        shutil.rmtree(resume, ignore_errors=True)
+    trainer.strategy.barrier("checkpoint-saved")
     return trainer
 
 
@@ -213,7 +222,7 @@ def _resolve(cfg: RunConfig):
     return model_cls, model_config, dm
 
 
-def _trainer(cfg: RunConfig, *, fit: bool, progress: bool, name: str):
+def _trainer(cfg: RunConfig, *, fit: bool, progress: bool, name: str, callbacks: list | None = None):
     import lightning as L
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -237,7 +246,8 @@ def _trainer(cfg: RunConfig, *, fit: bool, progress: bool, name: str):
         limit_train_batches=cfg.train.limit_train_batches,
         check_val_every_n_epoch=cfg.train.val_every_n_epochs,
         logger=logger,
-        enable_checkpointing=False,
+        enable_checkpointing=False,  # the resume point is benchmark.resume.ResumePoint, atomic
+        callbacks=callbacks,
         log_every_n_steps=10,
         num_sanity_val_steps=0,
         **common,
@@ -308,9 +318,7 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
         model = model_cls.create(model_config, cfg.train.optim, dm.vocabulary_texts())
         if cfg.train.max_epochs > 0:
             loader = _install_item_loader(cfg, model, dm, progress=progress)
-            trainer = _fit(cfg, model, dm, progress=progress)
-            if trainer.is_global_zero:
-                save_atomically(model, ckpt)
+            _fit_and_save(cfg, model, dm, ckpt, progress=progress)
             trained = True
             timings["train_s"] = time.perf_counter() - t
 

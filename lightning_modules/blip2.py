@@ -258,6 +258,27 @@ class Blip2Retrieval(L.LightningModule):
         """The DataModule's item loader: frozen tower features from the on-disk cache."""
         return FeatureCache(self.vision_tower, cache_root) if self.config.cache_features else None
 
+    # -- resume points (benchmark/resume.py): what was trained, not the frozen tower ----------
+    def _tower_frozen(self) -> bool:
+        return isinstance(self.vision_tower, torch.nn.Module) and not any(
+            p.requires_grad for p in self.vision_tower.parameters())
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """A Lightning checkpoint leaves the frozen tower out (3.9 GB at ViT-g) and records its fingerprint."""
+        if self._tower_frozen():
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                        if not k.startswith("vision_tower.")}
+            checkpoint["vision_tower_fingerprint"] = self.vision_tower.fingerprint()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        recorded = checkpoint.get("vision_tower_fingerprint")
+        if recorded is None:
+            return
+        if recorded != self.vision_tower.fingerprint():
+            raise ValueError("the resume checkpoint was trained on another frozen vision tower (fingerprint "
+                             f"{recorded[:12]}..., this model's {self.vision_tower.fingerprint()[:12]}...)")
+        checkpoint["state_dict"].update({f"vision_tower.{k}": v for k, v in self.vision_tower.state_dict().items()})
+
     # -- building blocks ---------------------------------------------------------------
     def vision_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen tower tokens ``[B, N, D]`` of pixels ``[B, 3, H, W]`` (or tokens passed through)."""

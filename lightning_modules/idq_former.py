@@ -357,6 +357,17 @@ class IdqFormerRetrieval(Blip2Retrieval):
                                           strict=True)
         return model
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["idq_state"] = {"order_pending": self._order_pending, "bank_usage": self.bank_usage}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A resumed training keeps the bank order its first step set (and what that step measured)."""
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("idq_state") or {}
+        self._order_pending = bool(state.get("order_pending", self._order_pending))
+        self.bank_usage = state.get("bank_usage", self.bank_usage)
+
     # -- building blocks ---------------------------------------------------------------
     @property
     def gallery_length(self) -> int:
