@@ -37,6 +37,7 @@ from benchmark.config import (
 from benchmark.registry import DATASETS, MODELS, TASKS
 from benchmark.results import SCHEMA_VERSION, atomic_write_json, environment, load_result, ResultFileError
 from benchmark.tasks.base import TaskContext
+from datamodules.loading import LoaderRuntime
 
 DATA_ROOT_ENV = "INSTRUCTSEE_DATA_ROOT"
 
@@ -182,6 +183,7 @@ def _install_item_loader(cfg: RunConfig, model, dm):
 
 def _fit(cfg: RunConfig, model, dm, *, progress: bool):
     trainer = _trainer(cfg, fit=True, progress=progress, name=f"{cfg.model}__{cfg.dataset}")
+    dm.set_runtime(LoaderRuntime.of_trainer(trainer))  # pinned memory on a GPU, auto workers per process
     trainer.fit(model, datamodule=dm)
     return trainer
 
@@ -196,6 +198,7 @@ def _resolve(cfg: RunConfig):
         raise ConfigError("model_args.pretrained is set: use --size full for pretrained checkpoints")
     dm_cls = DATASETS.get(cfg.dataset)
     dm = dm_cls(replace(cfg.data, root=data_root(cfg)), seed=cfg.seed)
+    dm.set_check_cache(Path(cfg.cache_dir) / "image_checks")  # image verdicts kept across runs and ranks
     return model_cls, model_config, dm
 
 
@@ -301,6 +304,7 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
         loader = _install_item_loader(cfg, model, dm)
     t = time.perf_counter()
     tester = _trainer(cfg, fit=False, progress=progress, name="")
+    dm.set_runtime(LoaderRuntime.of_trainer(tester))
     ctx = TaskContext(cfg, model, dm, tester, ckpt if cfg.train.max_epochs > 0 else None, progress)
     evaluation = task.evaluate(ctx)
     timings["evaluate_s"] = time.perf_counter() - t
@@ -336,7 +340,7 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
            "trained_this_run": trained}
         | ({"dependencies": dependencies} if dependencies else {})
         | ({"features": loader.provenance} if getattr(loader, "provenance", None) else {}),
-        "data": {"skipped": dm.skipped()},
+        "data": {"skipped": dm.skipped(), "loader": dm.loader_settings()},
         "timings": timings,
     } | evaluation.extra
     if costs is not None:
