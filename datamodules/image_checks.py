@@ -38,8 +38,9 @@ FORMAT = "instructsee-image-checks"
 #: threads decode in parallel (PIL releases the GIL) and overlap file-system latency;
 #: more than this gains nothing on one disk
 MAX_THREADS = 16
-#: below this many images the check runs in the calling thread
+#: below this many images the check runs in the calling thread; threads take chunks this long
 MIN_THREADED = 64
+CHUNK = 256
 
 Entry = tuple[int, int, "str | None"]  # size, mtime_ns, reason (None: readable)
 
@@ -61,9 +62,13 @@ class ImageCheckCache:
         self.dataset = dataset
         digest = hashlib.sha256(f"{self.root}\n{dataset}".encode()).hexdigest()[:16]
         self.path = Path(directory) / f"{digest}.json"
+        self._given_root = os.path.join(str(Path(root)), "")  # as the dataset builds its paths, with a final "/"
 
     def key(self, path: Path) -> str:
         """``path`` relative to the data root (POSIX form); its absolute form if outside it."""
+        text = str(path)
+        if text.startswith(self._given_root) and os.sep == "/":  # the common case, without pathlib's cost
+            return text[len(self._given_root):]
         path = Path(path)
         try:
             return path.relative_to(self.root).as_posix()
@@ -134,11 +139,16 @@ def check_images(paths: Sequence[Path], threads: int | None = None,
     known = cache.load() if cache is not None and reuse else {}
     keys = [cache.key(p) for p in paths] if cache is not None else [None] * len(paths)
     n_threads = check_threads(threads)
+
+    def run(lo: int, hi: int) -> list[tuple[str | None, Entry | None]]:
+        return [_verdict(paths[i], keys[i], known) for i in range(lo, hi)]
+
     if n_threads == 1 or len(paths) < MIN_THREADED:
-        out = [_verdict(Path(p), k, known) for p, k in zip(paths, keys, strict=True)]
+        out = run(0, len(paths))
     else:
         with ThreadPoolExecutor(n_threads) as pool:
-            out = list(pool.map(lambda pk: _verdict(Path(pk[0]), pk[1], known), zip(paths, keys, strict=True)))
+            chunks = pool.map(lambda lo: run(lo, min(lo + CHUNK, len(paths))), range(0, len(paths), CHUNK))
+            out = [v for chunk in chunks for v in chunk]
     if cache is not None:
         new = {k: entry for k, (_, entry) in zip(keys, out, strict=True) if entry is not None}
         if new:

@@ -4,11 +4,13 @@
 dataset (``RetrievalDataModule.parallel_loading``):
 
 * generated, in-memory data (SynthScenes): 0 workers. Its 64 px images are decoded once
-  and cached in memory, so workers have nothing to parallelise, and starting them costs
-  more than it saves (``scripts/bench_image_loading.py --synthetic``). Workers would also
-  change the training run: each training item draws its caption and template from the
-  global generator, which in a worker is the worker's own seeded generator
-  (``seed_everything(workers=True)``) instead of the main process's, so the tiny
+  and cached in memory, so workers have little to parallelise, each worker fills its own
+  copy of the cache, and every batch crosses a process boundary: on 2 cores 4 epochs of
+  the tiny training loader took 4.3-4.6 s in process, 5.2-6.5 s with 1 worker and 8.1-8.9 s
+  with 2 (``scripts/bench_image_loading.py --synthetic``; docs/experiments/data-loading.md).
+  Workers would also change the training run: each training item draws its caption and
+  template from the global generator, which in a worker is the worker's own seeded
+  generator instead of the main process's (tests/test_data_loading.py), so the tiny
   benchmark's metrics stay exactly those of 0 workers only with 0 workers.
 * real datasets read from disk: the CPUs this process may use, shared by the processes of
   the node (one per device under DDP), one left to the main process, at most
@@ -35,8 +37,9 @@ from typing import Any
 MAX_WORKERS = 64
 #: an explicit count above this many workers per usable CPU is refused when the DataModule is built
 WORKERS_PER_CPU = 4
-#: auto never starts more workers than this per process: 8 keep a GPU fed with 224 px JPEGs
-#: (~150-200 images/s per worker with draft decoding, scripts/bench_image_loading.py)
+#: auto never starts more workers than this per process: one worker decodes and transforms
+#: a COCO JPEG to 224 px in ~7.4 ms (draft decoding, scripts/bench_image_loading.py), so 8
+#: serve ~1,000 images/s, more than a ViT-g forward consumes on one GPU
 AUTO_WORKERS_CAP = 8
 #: batches each worker loads ahead (PyTorch's default, stated so that it is a decision)
 PREFETCH_FACTOR = 2

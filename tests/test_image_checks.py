@@ -195,3 +195,26 @@ def test_bench_data_check_uses_the_cache_and_keeps_its_exit_codes(pristine, tmp_
         res = runner.invoke(app, args)
         assert res.exit_code == 1, res.output
         assert "missing images (1):" in res.output and "unreadable images (1):" in res.output
+
+
+def test_bench_run_checks_once_across_runs_and_records_the_loader(pristine, tmp_path, opened):
+    from tests.real_helpers import bench_run, result
+
+    root = tmp_path / "coco"
+    shutil.copytree(pristine["coco"], root)
+    bad = make("coco", root, None).annotated_records("test")[0].path
+    bad.write_bytes(b"not a jpeg")
+    opened.clear()
+    bench_run(tmp_path, "coco", root)
+    first = result(tmp_path, "coco")
+    n_images = len({p for p in opened})
+    assert n_images == 17 and len(list((tmp_path / "cache" / "image_checks").iterdir())) == 1
+    opened.clear()
+    bench_run(tmp_path, "coco", root, "--tag", "again")  # the cached checkpoint, the cached verdicts
+    second = result(tmp_path, "coco", "again")
+    assert opened == []
+    # the test split's skipped image is listed by both runs (the second one trains nothing)
+    assert second["data"]["skipped"] == first["data"]["skipped"] and len(first["data"]["skipped"]) == 1
+    assert first["data"]["skipped"][0]["path"] == str(bad)
+    assert first["data"]["loader"]["pin_memory"] is False and first["data"]["loader"]["num_workers"] >= 0
+    assert second["metrics"] == first["metrics"]
