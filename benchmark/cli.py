@@ -57,6 +57,7 @@ def run(
     cache_dir: Annotated[Optional[Path], typer.Option(help="Cache for data, checkpoints, logs (default $INSTRUCTSEE_CACHE or ~/.cache/instructsee-bench).")] = None,
     devices: Annotated[Optional[int], typer.Option(help="Devices per node for Lightning.")] = None,
     strategy: Annotated[Optional[str], typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Evaluate this trained suite checkpoint folder (nothing is trained).")] = None,
     retrain: Annotated[bool, typer.Option(help="Train even if a checkpoint for this config is cached.")] = False,
     skip_existing: Annotated[bool, typer.Option(help="Skip when the result file already holds this config.")] = False,
     strict: Annotated[bool, typer.Option(help="A missing or unreadable image is an error (default: skipped, counted, listed in the result file).")] = False,
@@ -84,6 +85,8 @@ def run(
         cli.setdefault("data", {})["strict"] = True
     if pretrained is not None:
         cli["model_args"] = {"pretrained": pretrained}
+    if checkpoint is not None:
+        cli["checkpoint"] = str(checkpoint)
     try:
         overrides = [load_override_file(config)] if config else []
         cfg = build_run_config(model_defaults(model), *overrides, cli, parse_set(set_ or []))

@@ -76,16 +76,33 @@ class TrainConfig:
             raise ConfigError("train.limit_train_batches must be in (0, 1]")
 
 
+#: ``eval.precision`` values: Lightning's precision flags (autocast for the "-mixed" ones)
+EVAL_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+#: ``eval.storage_dtype`` values: the dtype gallery embeddings and cached vision tokens are kept in
+STORAGE_DTYPES = ("float32", "float16")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
-    """What is evaluated: directions, cut-offs, the query chunk size of the scorer, and whether
-    (and how) the run's cost is measured."""
+    """What is evaluated: directions, cut-offs, the query chunk size of the scorer, how
+    (precision, storage) and whether (and how) the run's cost is measured.
+
+    precision: Lightning precision of every evaluation loop (feature extraction, encoding,
+        scoring); None = "bf16-mixed" at full size on a GPU, "32-true" otherwise.
+    storage_dtype: dtype of the stored gallery (embeddings, cached vision tokens); None =
+        "float16" at full size, "float32" at tiny size.
+    memmap_min_mb: cached vision-token files larger than this are memory-mapped from disk
+        instead of read into memory.
+    """
 
     directions: tuple[str, ...] = DIRECTIONS
     ks: tuple[int, ...] = (1, 5, 10)
     chunk_size: int = 1024
     measure: bool = True  # FLOPs, memory and throughput after the evaluation (benchmark/measure/run_costs.py)
     measurement: MeasureConfig = field(default_factory=MeasureConfig)
+    precision: str | None = None
+    storage_dtype: str | None = None
+    memmap_min_mb: float = 1024.0
 
     def __post_init__(self) -> None:
         bad = [d for d in self.directions if d not in DIRECTIONS]
@@ -93,8 +110,20 @@ class EvalConfig:
             raise ConfigError(f"eval.directions must be a non-empty subset of {DIRECTIONS}, got {self.directions}")
         if not self.ks or any(k < 1 for k in self.ks):
             raise ConfigError("eval.ks must be positive integers")
-        if self.chunk_size < 1:
-            raise ConfigError("eval.chunk_size must be >= 1")
+        if not 1 <= self.chunk_size <= 1 << 20:
+            raise ConfigError(f"eval.chunk_size must be in [1, {1 << 20}], got {self.chunk_size}")
+        if self.precision is not None and self.precision not in EVAL_PRECISIONS:
+            raise ConfigError(f"eval.precision must be one of {', '.join(EVAL_PRECISIONS)} or null, got {self.precision!r}")
+        if self.storage_dtype is not None and self.storage_dtype not in STORAGE_DTYPES:
+            raise ConfigError(f"eval.storage_dtype must be one of {', '.join(STORAGE_DTYPES)} or null, "
+                              f"got {self.storage_dtype!r}")
+        if not 0 <= self.memmap_min_mb <= 1 << 30:  # NaN fails both comparisons
+            raise ConfigError(f"eval.memmap_min_mb must be a number in [0, {1 << 30}], got {self.memmap_min_mb}")
+
+    def resolved(self, size: str, on_gpu: bool) -> tuple[str, str]:
+        """``(precision, storage_dtype)`` with the size- and device-dependent defaults filled in."""
+        precision = self.precision or ("bf16-mixed" if size == "full" and on_gpu else "32-true")
+        return precision, self.storage_dtype or ("float16" if size == "full" else "float32")
 
 
 @dataclass(frozen=True)
@@ -114,6 +143,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     results_dir: str = "results"
     cache_dir: str = field(default_factory=default_cache_dir)
+    checkpoint: str | None = None  # a trained suite checkpoint folder to evaluate (no training, no dependencies)
 
     def __post_init__(self) -> None:
         if self.size not in SIZES:
@@ -142,10 +172,25 @@ class RunConfig:
         if not d["task_args"]:
             d.pop("task_args")
         d["data"] = data_identity(d["data"])
+        if d["checkpoint"] is None:  # left out when unset: the hashes of before it existed
+            d.pop("checkpoint")
+        d["eval"].pop("memmap_min_mb")  # where the gallery lives, not what is computed
+        for k in ("precision", "storage_dtype"):  # left out at their defaults: the hashes of before they existed
+            if d["eval"][k] is None:
+                d["eval"].pop(k)
         return d
 
     def config_hash(self) -> str:
         return stable_hash(self.identity())
+
+    def eval_settings(self) -> tuple[str, str]:
+        """``(precision, storage_dtype)`` of the run's evaluation (``eval.*``, defaults resolved for
+        the run's size and accelerator)."""
+        import torch
+
+        accel = self.train.accelerator
+        on_gpu = accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
+        return self.eval.resolved(self.size, on_gpu)
 
     def training_hash(self) -> str:
         """Determines a trained checkpoint: everything but evaluation settings."""

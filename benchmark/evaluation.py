@@ -2,15 +2,21 @@
 
 :class:`RetrievalEvaluator` wraps a model for ``Trainer.test``: the gallery images and the
 query texts come as two test dataloaders, each item with its global index; embeddings are
-accumulated in a :class:`~benchmark.metrics.RetrievalMetric`, which gathers them across
-processes (DDP), drops the duplicates that distributed samplers pad with, and scores the
-queries against the gallery in chunks with the model's own ``score`` (and with each of its
-optional ``score_variants()``, reported under ``"{variant}/{direction}/{metric}"``).
+accumulated in a :class:`~benchmark.metrics.RetrievalMetric` (host memory, in the run's
+storage dtype), which gathers them across processes (DDP), drops the duplicates that
+distributed samplers pad with, and scores the queries against the gallery in chunks with
+the model's own ``score`` (and with each of its optional ``score_variants()``, reported
+under ``"{variant}/{direction}/{metric}"``), each rank scoring its share of the chunks.
+Encoding runs in ``test_step`` and scoring in ``on_test_epoch_end``, both on the Trainer's
+device and under its precision (``eval.precision``). ``gallery_extra`` gives per-image fields
+whole (e.g. the cached vision tokens that re-ranking reads, memory-mapped), instead of
+accumulating and gathering them.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -28,7 +34,9 @@ class RetrievalEvaluator(L.LightningModule):
     e.g. augmented views; see :class:`~benchmark.metrics.RetrievalMetric`)."""
 
     def __init__(self, model: RetrievalModel, eval_set: EvalSet, config: EvalConfig,
-                 modalities: tuple[str, ...] = ("image", "text")) -> None:
+                 modalities: tuple[str, ...] = ("image", "text"), *, directions: Sequence[str] | None = None,
+                 storage_dtype: torch.dtype | None = None,
+                 gallery_extra: Mapping[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.modalities = tuple(modalities)
         if not isinstance(model, RetrievalModel):
@@ -38,11 +46,13 @@ class RetrievalEvaluator(L.LightningModule):
         self.metric = RetrievalMetric(
             eval_set,
             score_fn=model.score,
-            directions=config.directions,
+            directions=tuple(directions) if directions is not None else config.directions,
             ks=config.ks,
             chunk_size=config.chunk_size,
             score_variants=model.score_variants() if hasattr(model, "score_variants") else None,
             variant_directions=getattr(model, "score_variant_directions", None),
+            storage_dtype=storage_dtype,
+            gallery_extra={"image": dict(gallery_extra)} if gallery_extra else None,
         )
         self.results: dict[str, float] = {}
         self.per_query: dict[str, np.ndarray] = {}
@@ -70,7 +80,8 @@ class RetrievalEvaluator(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         start = time.perf_counter()
-        self.results = {k: float(v) for k, v in self.metric.compute().items()}
+        with self.trainer.precision_plugin.forward_context():  # scoring and re-ranking under the run's precision
+            self.results = {k: float(v) for k, v in self.metric.compute().items()}
         self.timings["score_and_rank_s"] = time.perf_counter() - start
         self.per_query = dict(self.metric.per_query)
         self._similarity_from_variant()

@@ -37,7 +37,7 @@ from benchmark.config import (
 from benchmark.registry import DATASETS, MODELS, TASKS
 from benchmark.results import SCHEMA_VERSION, atomic_write_json, environment, load_result, ResultFileError
 from benchmark.tasks.base import TaskContext
-from datamodules.loading import LoaderRuntime
+from datamodules.loading import LoaderRuntime, resolve_workers
 
 DATA_ROOT_ENV = "INSTRUCTSEE_DATA_ROOT"
 
@@ -165,7 +165,7 @@ def ensure_checkpoint(cfg: RunConfig, *, progress: bool = False, train: bool = T
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm.prepare_data()
     model = model_cls.create(model_config, cfg.train.optim, dm.vocabulary_texts())
-    _install_item_loader(cfg, model, dm)
+    _install_item_loader(cfg, model, dm, progress=progress)
     trainer = _fit(cfg, model, dm, progress=progress)
     if trainer.is_global_zero:
         save_atomically(model, ckpt)
@@ -173,15 +173,36 @@ def ensure_checkpoint(cfg: RunConfig, *, progress: bool = False, train: bool = T
     return ckpt, True
 
 
-def _install_item_loader(cfg: RunConfig, model, dm):
-    """The model's item loader (e.g. a frozen-feature cache) on the DataModule, if it has one."""
+def _install_item_loader(cfg: RunConfig, model, dm, *, progress: bool = False):
+    """The model's item loader (e.g. a frozen-feature cache) on the DataModule, if it has one;
+    a feature cache stores the run's storage dtype and extracts in a Lightning ``predict``
+    loop on the run's hardware (:mod:`benchmark.extraction`)."""
+    import torch
+
+    from benchmark.extraction import LightningExtractor
+
     loader = model.item_loader(Path(cfg.cache_dir) / "features") if hasattr(model, "item_loader") else None
+    if loader is not None and hasattr(loader, "configure"):
+        precision, storage = cfg.eval_settings()
+        t = cfg.train
+        loader.configure(dtype=getattr(torch, storage), memmap_min_bytes=int(cfg.eval.memmap_min_mb * 2**20),
+                         extractor=LightningExtractor(t.accelerator, t.devices, t.num_nodes, t.strategy, precision,
+                                                      _extraction_workers(cfg, dm), progress))
     dm.set_transform(model.image_transform())
     dm.set_item_loader(loader)
     return loader
 
 
+def _extraction_workers(cfg: RunConfig, dm) -> int:
+    """DataLoader workers of the feature extraction: ``data.num_workers``, auto resolved for the
+    dataset with one process per device of the node (datamodules/loading.py)."""
+    runtime = LoaderRuntime(processes_per_node=cfg.train.devices)
+    return resolve_workers(cfg.data.num_workers, dm.parallel_loading, runtime)
+
+
 def _fit(cfg: RunConfig, model, dm, *, progress: bool):
+    for split in ("train", "val"):  # frozen features extracted (once, if not cached) before the fit loop starts
+        dm.item_table(split)
     trainer = _trainer(cfg, fit=True, progress=progress, name=f"{cfg.model}__{cfg.dataset}")
     dm.set_runtime(LoaderRuntime.of_trainer(trainer))  # pinned memory on a GPU, auto workers per process
     trainer.fit(model, datamodule=dm)
@@ -215,8 +236,9 @@ def _trainer(cfg: RunConfig, *, fit: bool, progress: bool, name: str):
         enable_model_summary=False,
         deterministic=cfg.train.deterministic,
     )
-    if not fit:
-        return L.Trainer(logger=False, enable_checkpointing=False, **common)
+    if not fit:  # evaluation: the run's hardware and eval precision; batches dealt to ranks by the DataModule
+        return L.Trainer(logger=False, enable_checkpointing=False, precision=cfg.eval_settings()[0],
+                         use_distributed_sampler=False, **common)
     logger = TensorBoardLogger(save_dir=str(Path(cfg.cache_dir) / "tensorboard"), name=name, version=cfg.training_hash())
     return L.Trainer(
         max_epochs=cfg.train.max_epochs,
@@ -274,6 +296,8 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
+    if cfg.checkpoint:
+        return _evaluate(cfg, task, model_cls.load_checkpoint(_given_checkpoint(cfg)), dm, t0, progress=progress)
     model_config, dependencies = resolve_dependencies(cfg, model_cls, model_config, progress=progress)
     if dependencies:
         timings["dependencies_s"] = time.perf_counter() - t
@@ -293,19 +317,45 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
     else:
         model = model_cls.create(model_config, cfg.train.optim, dm.vocabulary_texts())
         if cfg.train.max_epochs > 0:
-            loader = _install_item_loader(cfg, model, dm)
+            loader = _install_item_loader(cfg, model, dm, progress=progress)
             trainer = _fit(cfg, model, dm, progress=progress)
             if trainer.is_global_zero:
                 save_atomically(model, ckpt)
             trained = True
             timings["train_s"] = time.perf_counter() - t
 
+    return _evaluate(cfg, task, model, dm, t0, progress=progress, model_config=model_config, loader=loader,
+                     checkpoint=ckpt if cfg.train.max_epochs > 0 else None, trained=trained,
+                     dependencies=dependencies, timings=timings)
+
+
+def _given_checkpoint(cfg: RunConfig) -> Path:
+    path = Path(cfg.checkpoint or "")
+    if not path.is_dir():
+        raise ConfigError(f"--checkpoint {cfg.checkpoint}: not a folder (expected a trained suite checkpoint, "
+                          f"e.g. {Path(cfg.cache_dir) / 'checkpoints'}/<model>__<dataset>__<size>__<hash>)")
+    return path
+
+
+def _evaluate(cfg: RunConfig, task, model, dm, t0: float, *, progress: bool, model_config: Any = None,
+              loader: Any = None, checkpoint: Path | None = None, trained: bool = False,
+              dependencies: dict | None = None, timings: dict[str, float] | None = None) -> RunOutcome:
+    """Evaluate ``model`` with the run's task, measure its cost, write the result file."""
+    path = cfg.result_path()
+    timings = dict(timings or {})
+    dependencies = dependencies or {}
+    if cfg.checkpoint:
+        checkpoint, model_config = Path(cfg.checkpoint), getattr(model, "config", model_config)
+        t = time.perf_counter()
+        dm.prepare_data()
+        timings["prepare_data_s"] = time.perf_counter() - t
     if loader is None:
-        loader = _install_item_loader(cfg, model, dm)
+        loader = _install_item_loader(cfg, model, dm, progress=progress)
+    ckpt = checkpoint
     t = time.perf_counter()
     tester = _trainer(cfg, fit=False, progress=progress, name="")
-    dm.set_runtime(LoaderRuntime.of_trainer(tester))
-    ctx = TaskContext(cfg, model, dm, tester, ckpt if cfg.train.max_epochs > 0 else None, progress)
+    dm.set_runtime(LoaderRuntime.of_trainer(tester))  # pinned memory on a GPU, auto workers per process
+    ctx = TaskContext(cfg, model, dm, tester, checkpoint, progress)
     evaluation = task.evaluate(ctx)
     timings["evaluate_s"] = time.perf_counter() - t
     timings.update(evaluation.timings)
@@ -316,7 +366,7 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
 
         t = time.perf_counter()
         costs = measure_run(cfg, model, model_config, dm, evaluation.eval_set, device=str(tester.strategy.root_device),
-                            checkpoint=ckpt if cfg.train.max_epochs > 0 and ckpt.is_dir() else None)
+                            checkpoint=ckpt if ckpt is not None and ckpt.is_dir() else None)
         timings["measure_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
@@ -334,9 +384,11 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
         "metrics": evaluation.metrics,
         "per_query": evaluation.per_query,
         "environment": environment(str(tester.strategy.root_device)),
+        "evaluation": dict(zip(("precision", "storage_dtype"), cfg.eval_settings(), strict=True))
+        | {"world_size": tester.world_size},
         "provenance": evaluation.provenance
         | dm.describe()
-        | {"data_root": dm.config.root, "checkpoint": str(ckpt) if cfg.train.max_epochs > 0 else None,
+        | {"data_root": dm.config.root, "checkpoint": str(ckpt) if ckpt is not None else None,
            "trained_this_run": trained}
         | ({"dependencies": dependencies} if dependencies else {})
         | ({"features": loader.provenance} if getattr(loader, "provenance", None) else {}),

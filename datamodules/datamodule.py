@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from datamodules.base import (
@@ -44,6 +45,7 @@ from datamodules.base import (
 )
 from datamodules.image_checks import ImageCheckCache, check_images
 from datamodules.loading import MAX_WORKERS, LoaderRuntime, loader_kwargs, resolve_workers
+from datamodules.sharding import RankBatches
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +234,15 @@ class RetrievalDataModule(L.LightningDataModule):
         # the annotations and the exact records kept (images skipped or cut off change it)
         checksum = hashlib.sha256("\n".join([sha256_of_files(self._files[split]), *(r.image_id for r in records)])
                                   .encode()).hexdigest()
-        return self._item_loader.for_split(split, len(records), checksum, lambda i: images[i][1])
+        return self._item_loader.for_split(split, len(records), checksum, images)
+
+    def item_table(self, split: str):
+        """The item loader's items of a whole split as one ``[n_images, ...]`` tensor (row ``i`` is
+        image ``i``; e.g. cached vision tokens, memory-mapped when large), computing them now if
+        they are not cached; None without an item loader (or one that serves no table)."""
+        item_fn = self._item_fn(split, self.records(split))
+        table = getattr(item_fn, "__self__", None)
+        return table if isinstance(table, torch.Tensor) else None
 
     @property
     def transform(self) -> Transform:
@@ -357,6 +367,16 @@ class RetrievalDataModule(L.LightningDataModule):
             **loader_kwargs(self.num_workers, self.runtime),
         )
 
+    def _eval_loader(self, dataset) -> DataLoader:
+        """An evaluation loader: consecutive batches, dealt whole to the ranks of a distributed run
+        (:class:`~datamodules.sharding.RankBatches`; the Trainer must not replace the sampler)."""
+        return DataLoader(
+            dataset,
+            batch_sampler=RankBatches(len(dataset), self.config.eval_batch_size),
+            collate_fn=collate_indexed,
+            **loader_kwargs(self.num_workers, self.runtime),
+        )
+
     def train_dataloader(self) -> DataLoader:
         pairs = self._item_pairs("train") or TrainPairs(
             self.records("train"), self.transform, self.templates, cache=self._cache_images, tolerant=self._tolerant
@@ -375,9 +395,9 @@ class RetrievalDataModule(L.LightningDataModule):
         if item_fn is not None:
             from datamodules.items import IndexedItems
 
-            return self._loader(IndexedItems(es.n_images, item_fn), self.config.eval_batch_size, False)
+            return self._eval_loader(IndexedItems(es.n_images, item_fn))
         images = IndexedImages(es.image_paths, self.transform, tolerant=self._tolerant)
-        return self._loader(images, self.config.eval_batch_size, False)
+        return self._eval_loader(images)
 
     def image_items(self, split: str):
         """``index -> tensor`` over the split's usable records: the item loader's items (e.g.
@@ -401,7 +421,7 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def query_dataloader(self, split: str | None = None) -> DataLoader:
         es = self.eval_set(split)
-        return self._loader(IndexedTexts(es.instructions), self.config.eval_batch_size, False)
+        return self._eval_loader(IndexedTexts(es.instructions))
 
     def test_dataloader(self) -> Sequence[DataLoader]:
         return [self.gallery_dataloader(), self.query_dataloader()]
@@ -413,5 +433,5 @@ class RetrievalDataModule(L.LightningDataModule):
             from datamodules.i2i import ViewImages
 
             views = ViewImages(eval_set.image_paths, eval_set.i2i_views, self.transform)
-            loaders.append(self._loader(views, self.config.eval_batch_size, False))
+            loaders.append(self._eval_loader(views))
         return loaders

@@ -18,7 +18,8 @@ gathered across processes together with ``emb``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -119,3 +120,38 @@ def max_sim(queries: Encoded, gallery: Encoded) -> torch.Tensor:
         valid = torch.arange(s, device=g.device)[None] < gallery.lengths.to(g.device)[:, None]
         sims = sims.masked_fill(~valid[None, None], neg)
     return sims.amax(-1).amax(1)
+
+
+#: gallery items moved to the scoring device at once: device memory for first-stage scores
+#: depends on this and on the query chunk, not on the gallery's size (a gallery that fits one
+#: block is scored exactly as a whole)
+GALLERY_BLOCK = 16384
+
+
+def on_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``t`` on ``device``; half-precision floats (a gallery stored in fp16) widened to float32."""
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return t.to(device=device, dtype=torch.float32)
+    return t.to(device)
+
+
+def scoring_view(items: Encoded, device: torch.device | str) -> Encoded:
+    """Embeddings and lengths of ``items`` on ``device`` in float32 (extras are left out)."""
+    return Encoded(on_device(items.emb, device), None if items.lengths is None else items.lengths.to(device))
+
+
+@contextlib.contextmanager
+def full_precision(device: torch.device | str) -> Iterator[None]:
+    """Autocast off: first-stage similarities are computed in float32 even in a bf16/fp16
+    evaluation (half-precision scores would tie near the top, and ties count against the model)."""
+    with torch.autocast(device_type=torch.device(device).type, enabled=False):
+        yield
+
+
+def blockwise_over_gallery(score: Callable[[Encoded, Encoded], torch.Tensor], queries: Encoded, gallery: Encoded,
+                           device: torch.device | str, block: int = GALLERY_BLOCK) -> torch.Tensor:
+    """``score`` of the queries against the gallery, the gallery moved to ``device`` (float32)
+    ``block`` items at a time; the ``[Q, G]`` result is concatenated along the gallery axis."""
+    q = scoring_view(queries, device)
+    parts = [score(q, scoring_view(gallery[s:s + block], device)) for s in range(0, max(len(gallery), 1), block)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

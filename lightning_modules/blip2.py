@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, Blip2ForImageTextRetrieval, Blip2QFormerConfig
 
-from lightning_modules.base import Encoded, max_sim
+from lightning_modules.base import Encoded, blockwise_over_gallery, full_precision, max_sim, on_device, scoring_view
 from lightning_modules.components.blip2_losses import itc_loss, itc_similarities, itm_loss, itm_pairs
 from lightning_modules.components.feature_cache import FeatureCache
 from lightning_modules.components.image_transform import ImageTransform
@@ -203,6 +203,9 @@ class Blip2Retrieval(L.LightningModule):
     Config = Blip2Config
     #: config fields the runner fills with the checkpoint of another registered model (tiny size)
     checkpoint_dependencies = {"vision_checkpoint": "clip"}
+    #: the field of ``encode_images``' extra that is the item loader's item (the cached frozen
+    #: tokens): the evaluation reads it from the cache, memory-mapped, instead of gathering it
+    item_extra = IMAGE_TOKENS
 
     def __init__(self, vision_tower: VisionTower, head: QFormerHead, tokenizer, config: Blip2Config,
                  optim: OptimConfig | None = None) -> None:
@@ -255,8 +258,8 @@ class Blip2Retrieval(L.LightningModule):
     # -- building blocks ---------------------------------------------------------------
     def vision_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Frozen tower tokens ``[B, N, D]`` of pixels ``[B, 3, H, W]`` (or tokens passed through)."""
-        if images.ndim == 3:
-            return images.to(self.device)
+        if images.ndim == 3:  # cached tokens (possibly stored in half precision)
+            return images.to(device=self.device, dtype=self.head.query_tokens.dtype)
         with torch.no_grad():
             return self.vision_tower(images.to(self.device))
 
@@ -277,8 +280,8 @@ class Blip2Retrieval(L.LightningModule):
         ``lengths`` (the texts' query lengths) is for subclasses with a per-text number of
         queries; BLIP-2's fixed queries ignore it."""
         n = int(attention_mask.sum(1).max())  # trailing padding is masked: drop it
-        return self.head.itm_logits(image_tokens.to(self.device), input_ids[:, :n].to(self.device),
-                                    attention_mask[:, :n].to(self.device))[:, 1]
+        return self.head.itm_logits(on_device(image_tokens, self.device), input_ids[:, :n].to(self.device),
+                                    attention_mask[:, :n].to(self.device))[:, 1].float()
 
     def vqa_queries(self, images: torch.Tensor, questions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """VQA prefix (``lightning_modules/vqa.py``): the 32 query outputs ``[B, 32, H]`` (BLIP-2's
@@ -305,17 +308,23 @@ class Blip2Retrieval(L.LightningModule):
         return Encoded(feat, extra={INPUT_IDS: ids, ATTENTION_MASK: mask})
 
     def itc_score(self, queries: Encoded, gallery: Encoded) -> torch.Tensor:
-        """ITC: max over query outputs (and, image vs image, over pairs of them), in bounded blocks."""
+        """ITC: max over query outputs (and, image vs image, over pairs of them), in bounded blocks
+        of queries and of the gallery (moved to the device block by block), in float32."""
+
+        def block(q: Encoded, g: Encoded) -> torch.Tensor:
+            vectors = (q.emb.shape[1] if q.emb.ndim == 3 else 1) * (g.emb.shape[1] if g.emb.ndim == 3 else 1)
+            step = max(1, _MAX_SIM_BUDGET // max(1, len(g) * vectors))
+            if same:
+                return _symmetric_max_sim(q, step)
+            return torch.cat([max_sim(q[s:s + step], g) for s in range(0, len(q), step)])
+
+        if len(queries) == 0:
+            return torch.zeros(0, len(gallery), device=self.device)
         same = _same_items(queries, gallery)
-        q = Encoded(queries.emb.to(self.device), queries.lengths)
-        g = Encoded(gallery.emb.to(self.device), gallery.lengths)
-        vectors = (q.emb.shape[1] if q.emb.ndim == 3 else 1) * (g.emb.shape[1] if g.emb.ndim == 3 else 1)
-        step = max(1, _MAX_SIM_BUDGET // max(1, len(g) * vectors))
-        if len(q) == 0:
-            return torch.zeros(0, len(g), device=self.device)
-        if same:
-            return _symmetric_max_sim(q, step)
-        return torch.cat([max_sim(q[s:s + step], g) for s in range(0, len(q), step)])
+        with full_precision(self.device):
+            if same:
+                return block(scoring_view(queries, self.device), scoring_view(gallery, self.device))
+            return blockwise_over_gallery(block, queries, gallery, self.device)
 
     def score(self, queries: Encoded, gallery: Encoded) -> torch.Tensor:
         """ITC, with the top ``k_test`` of each row re-scored by ITM + ITC (t2i and i2t)."""

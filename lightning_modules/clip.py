@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
-from lightning_modules.base import Encoded, max_sim
+from lightning_modules.base import Encoded, blockwise_over_gallery, full_precision, max_sim
 from lightning_modules.components.image_transform import ImageTransform
 from lightning_modules.components.length_groups import encode_in_groups
 from lightning_modules.components.word_tokenizer import build_word_tokenizer
@@ -170,7 +170,9 @@ class ClipRetrieval(L.LightningModule):
         return Encoded(F.normalize(emb, dim=-1))
 
     def score(self, queries: Encoded, gallery: Encoded) -> torch.Tensor:
-        return max_sim(queries, gallery)
+        """Cosine similarity, in float32 on the model's device, the gallery moved there block by block."""
+        with full_precision(self.device):
+            return blockwise_over_gallery(max_sim, queries, gallery, self.device)
 
     # -- training ----------------------------------------------------------------------
     def _loss(self, batch) -> torch.Tensor:

@@ -58,7 +58,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
-from lightning_modules.base import Encoded
+from lightning_modules.base import Encoded, blockwise_over_gallery, full_precision, on_device
 from lightning_modules.blip2 import (
     CONFIG_FILE,
     HEAD_DIR,
@@ -409,8 +409,8 @@ class IdqFormerRetrieval(Blip2Retrieval):
         if lengths is None:
             lengths = torch.full((input_ids.shape[0],), self.length.l_init, dtype=torch.long)
         n = int(attention_mask.sum(1).max())
-        return self.itm_logits(image_tokens.to(self.device), input_ids[:, :n].to(self.device),
-                               attention_mask[:, :n].to(self.device), lengths.to(self.device))[:, 1]
+        return self.itm_logits(on_device(image_tokens, self.device), input_ids[:, :n].to(self.device),
+                               attention_mask[:, :n].to(self.device), lengths.to(self.device))[:, 1].float()
 
     # -- retrieval protocol ------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> Encoded:
@@ -425,11 +425,14 @@ class IdqFormerRetrieval(Blip2Retrieval):
         """ITC with each text's L (text vs image, either way); image vs image over all outputs."""
         if queries.lengths is None and gallery.lengths is None:
             return super().itc_score(queries, gallery)
-        q = Encoded(queries.emb.to(self.device), None if queries.lengths is None else queries.lengths.to(self.device))
-        g = Encoded(gallery.emb.to(self.device), None if gallery.lengths is None else gallery.lengths.to(self.device))
-        images = g if g.emb.ndim == 3 else q
-        per_image = len(q if images is g else g) * images.emb.shape[1]
-        return length_limited_max_sim(q, g, chunk=max(1, _MAX_SIM_BUDGET // max(1, per_image)))
+
+        def block(q: Encoded, g: Encoded) -> torch.Tensor:
+            images = g if g.emb.ndim == 3 else q
+            per_image = len(q if images is g else g) * images.emb.shape[1]
+            return length_limited_max_sim(q, g, chunk=max(1, _MAX_SIM_BUDGET // max(1, per_image)))
+
+        with full_precision(self.device):
+            return blockwise_over_gallery(block, queries, gallery, self.device)
 
     # -- training ----------------------------------------------------------------------
     def _losses(self, batch) -> dict[str, torch.Tensor]:

@@ -365,7 +365,7 @@ def test_feature_cache_hit_miss_and_invalidation(clip_dir, tmp_path):
     assert len(calls) == 5 and cache.provenance["test"]["hit"] is False and "features_test_extract_s" in cache.timings
     with torch.no_grad():
         assert torch.allclose(get(3), tower(images[3:4])[0], atol=1e-6)
-    assert list((tmp_path / "features").glob("*.tmp")) == []  # written atomically
+    assert list((tmp_path / "features").glob(".*")) == []  # written atomically: no partial file left
     # a new cache object (another run) reads the file: no image is touched
     calls.clear()
     again = FeatureCache(ClipVisionTower.from_clip_checkpoint(clip_dir), tmp_path / "features")
@@ -379,7 +379,7 @@ def test_feature_cache_hit_miss_and_invalidation(clip_dir, tmp_path):
         changed.model.post_layernorm.bias.add_(0.1)
     assert changed.fingerprint() != tower.fingerprint()
     assert FeatureCache(changed, tmp_path / "features").path("test", 5, "sha-a") != cache.path("test", 5, "sha-a")
-    assert len(list((tmp_path / "features").glob("*.safetensors"))) == 2
+    assert len(list((tmp_path / "features").glob("*.npy"))) == 2  # no partial file left behind
 
 
 # -- bench run end to end ------------------------------------------------------------------

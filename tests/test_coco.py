@@ -214,6 +214,8 @@ def test_bench_run_on_coco_records_skipped_images(karpathy, tmp_path):
     assert r["provenance"]["n_gallery_images"] == 4 and r["provenance"]["dataset_layout"] == "karpathy"
     assert [s["image_id"] for s in r["data"]["skipped"]] == [str(bad["cocoid"])]
     assert r["metrics"]["t2i/n_queries"] == 29 - 5
+    # COCO defines no image-image relevance: i2i is skipped, and the run says so
+    assert r["provenance"]["skipped_directions"] == ["i2i"] and not any(k.startswith("i2i/") for k in r["metrics"])
     res = bench_run(tmp_path, "coco", root, "--strict", "--tag", "strict", expect=2)
     assert "strict" in res.output and bad["filename"] in res.output and "train_s" not in res.output
     shutil.copy(karpathy[0] / bad["filepath"] / bad["filename"], root / bad["filepath"] / bad["filename"])

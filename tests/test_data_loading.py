@@ -81,7 +81,8 @@ def test_real_data_loaders_get_auto_workers_and_pinned_memory_on_a_gpu(coco_root
     assert dm.num_workers == 8 and dm.loader_settings() == {"num_workers": 8, "pin_memory": False}
     dm.set_runtime(LoaderRuntime("cuda", processes_per_node=4))
     loader = dm.train_dataloader()
-    assert (loader.num_workers, loader.pin_memory, loader.persistent_workers, loader.prefetch_factor) == (3, True, True, 2)
+    settings = (loader.num_workers, loader.pin_memory, loader.persistent_workers, loader.prefetch_factor)
+    assert settings == (3, True, True, 2)
     for q in (dm.query_dataloader(), dm.gallery_dataloader()):
         assert (q.num_workers, q.pin_memory) == (3, True)
     explicit = CocoKarpathyDataModule(DataConfig(root=str(coco_root), num_workers=0))

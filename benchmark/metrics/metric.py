@@ -22,8 +22,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from benchmark.metrics.retrieval import (
     DirectionResult,
@@ -40,6 +42,28 @@ from lightning_modules.base import Encoded, max_sim
 _MODALITIES = ("image", "text", "query_image")
 #: the modalities (queries, gallery) each direction scores
 _SIDES = {"t2i": ("text", "image"), "i2t": ("image", "text"), "i2i": ("image", "image")}
+
+
+def collective_device() -> torch.device:
+    """Where tensors must be for a collective of the default process group (CUDA for NCCL)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gather_to_host(tensor: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
+    """torchmetrics ``dist_sync_fn``: every rank's tensor, gathered on the backend's device and
+    returned in host memory (the metric keeps its states there)."""
+    return [t.cpu() for t in gather_all_tensors(tensor.to(collective_device()), group)]
+
+
+def sum_over_ranks(array: np.ndarray) -> np.ndarray:
+    """Element-wise sum of one numpy array over all ranks (itself outside a distributed run)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return array
+    t = torch.from_numpy(np.ascontiguousarray(array)).to(collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.cpu().numpy()
 
 
 class EvalStructure(Protocol):
@@ -79,11 +103,23 @@ class RetrievalMetric(Metric):
             re-ranks; image -> image has no re-ranking). In the other directions the
             variant's results are those of ``score_fn``, reused rather than recomputed.
             Absent name: every direction is scored.
-        kwargs: passed to :class:`torchmetrics.Metric` (``process_group``, ``compute_on_cpu``...).
+        storage_dtype: floating-point states (embeddings, float extras) are stored in this
+            dtype (None: as encoded). States always live in host memory; the scorer moves
+            what one chunk needs to its device.
+        gallery_extra: per modality, extra fields given whole rather than accumulated: tensors
+            with one row per item in global-index order (e.g. the gallery's cached vision
+            tokens, memory-mapped from disk). Encoded batches' fields of those names are
+            dropped on update, so they are neither stored twice nor gathered across ranks.
+        kwargs: passed to :class:`torchmetrics.Metric` (``process_group``...).
 
     Feed it with :meth:`update_images` / :meth:`update_texts` (global indices + an
     :class:`~lightning_modules.base.Encoded`). Multi-vector embeddings (``[N, T, D]``) must
     keep one ``T`` for all batches of a modality (pad and pass ``lengths``).
+
+    Distributed: :meth:`compute` gathers the states of every rank, then each rank scores
+    every ``world``-th chunk of queries (chunks of exactly the queries a single process
+    scores together, so the arithmetic is the same) and the per-query results are summed
+    over ranks: scoring and ITM re-ranking take about 1/N of the time on N processes.
 
     After :meth:`compute`, ``per_query`` holds numpy arrays for bootstrap intervals:
     ``"{direction}/rank"`` (0 = skipped), ``"{direction}/sim"`` (t2i, i2t), ``"text_lengths"``
@@ -115,9 +151,14 @@ class RetrievalMetric(Metric):
         chunk_size: int = 1024,
         score_variants: Mapping[str, Callable[[Encoded, Encoded], torch.Tensor]] | None = None,
         variant_directions: Mapping[str, Sequence[str]] | None = None,
+        storage_dtype: torch.dtype | None = None,
+        gallery_extra: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("dist_sync_fn", gather_to_host)
         super().__init__(**kwargs)
+        self.storage_dtype = storage_dtype
+        self.gallery_extra = {m: dict(fields) for m, fields in (gallery_extra or {}).items()}
         directions = tuple(directions)
         bad = [d for d in directions if d not in DIRECTIONS]
         if bad or not directions:
@@ -185,7 +226,9 @@ class RetrievalMetric(Metric):
                 f"{tuple(emb.shape[1:])}; pad multi-vector embeddings to one T and pass lengths"
             )
         lengths = torch.full_like(index, -1) if enc.lengths is None else enc.lengths.detach().to(index)
-        extra = enc.extra or {}
+        emb, index, lengths = self._stored(emb), index.cpu(), lengths.cpu()
+        given = self.gallery_extra.get(modality, {})
+        extra = {k: self._stored(v.detach()) for k, v in (enc.extra or {}).items() if k not in given}
         keys = self._extra_keys[modality]
         if stored and sorted(extra) != keys:
             raise ValueError(f"{modality} batches changed their extra fields: {keys} then {sorted(extra)}")
@@ -193,11 +236,17 @@ class RetrievalMetric(Metric):
             name = f"{modality}_extra_{k}"
             if name not in self._defaults:  # extra fields are named by the model: states added on first sight
                 self.add_state(name, default=[], dist_reduce_fx="cat")
-            getattr(self, name).append(extra[k].detach())
+            getattr(self, name).append(extra[k])
         self._extra_keys[modality] = sorted(extra)
         getattr(self, f"{modality}_index").append(index)
         stored.append(emb)
         getattr(self, f"{modality}_lengths").append(lengths)
+
+    def _stored(self, t: torch.Tensor) -> torch.Tensor:
+        """A state tensor as kept: in host memory, floating point in the storage dtype."""
+        if self.storage_dtype is not None and t.is_floating_point():
+            t = t.to(self.storage_dtype)
+        return t.cpu()
 
     def update_images(self, index: torch.Tensor, enc: Encoded) -> None:
         self.update(index, enc, "image")
@@ -237,6 +286,10 @@ class RetrievalMetric(Metric):
             )
         emb, lengths = emb[keep], lengths[keep]
         extra = {k: dim_zero_cat(getattr(self, f"{modality}_extra_{k}"))[keep] for k in self._extra_keys[modality]}
+        for k, table in self.gallery_extra.get(modality, {}).items():
+            if len(table) != n:
+                raise ValueError(f"RetrievalMetric: gallery_extra[{modality!r}][{k!r}] has {len(table)} rows, expected {n}")
+            extra[k] = table
         has = lengths >= 0
         if bool(has.any()) and not bool(has.all()):
             raise ValueError(f"RetrievalMetric: some {modality} batches had lengths and others not")
@@ -264,11 +317,13 @@ class RetrievalMetric(Metric):
 
         per_query: dict[str, np.ndarray] = {}
         metrics: dict[str, float] = {}
+        shard = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
         for name, score_fn in [("", self.score_fn), *self.score_variants.items()]:
             prefix = f"{name}/" if name else ""
             scored = [d for d in self.directions if d in self.variant_directions.get(name, self.directions)]
             with torch.no_grad():
-                results = evaluate_directions(specs(score_fn, scored), chunk_size=self.chunk_size)
+                results = _summed_over_ranks(
+                    evaluate_directions(specs(score_fn, scored), chunk_size=self.chunk_size, shard=shard))
             if not name:
                 self.direction_results = results
             results = {d: results[d] if d in results else self.direction_results[d] for d in self.directions}
@@ -279,5 +334,16 @@ class RetrievalMetric(Metric):
             metrics.update({f"{prefix}{k}": v for k, v in flatten_metrics(results, self.ks).items()})
         for m in needed:
             per_query[f"{m}_lengths"] = collected[m][1]
+        if "image" in collected:  # what the gallery keeps per image: embeddings and the extras re-ranking reads
+            images = collected["image"][0]
+            stored = [images.emb, *(images.extra or {}).values()]
+            metrics["index/bytes"] = int(sum(t.element_size() * t.numel() for t in stored))
+            metrics["index/bytes_per_image"] = metrics["index/bytes"] / max(self.n_images, 1)
         self.per_query = per_query
         return metrics
+
+
+def _summed_over_ranks(results: dict[str, DirectionResult]) -> dict[str, DirectionResult]:
+    """Each rank's share of the per-query results (zeros elsewhere) summed into the whole."""
+    return {d: DirectionResult(rank=sum_over_ranks(r.rank), sim=None if r.sim is None else sum_over_ranks(r.sim),
+                               n_gallery=r.n_gallery) for d, r in results.items()}

@@ -228,13 +228,22 @@ def evaluate_direction(
     source: Relevance | None = None,
     exclude_self: bool = False,
     chunk_size: int = 1024,
+    shard: tuple[int, int] = (0, 1),
 ) -> DirectionResult:
     """Rank every query's relevant items against the whole gallery, chunk by chunk.
 
     ``score_fn(start, stop)`` must return ``[stop - start, relevance.n_gallery]`` scores
     (higher = better). See the module docstring for the exact definitions of rank, ties,
     skipped queries and Sim.
+
+    ``shard = (i, n)``: score only the chunks ``c`` with ``c mod n == i`` (one rank's share of
+    a distributed evaluation); the other queries get rank 0 and Sim 0.0, so that the
+    element-wise *sum* of the ``n`` shards' arrays is the whole result, bit for bit (every
+    chunk is the chunk a single process scores).
     """
+    part, parts = shard
+    if not 0 <= part < parts:
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
     if relevance.n_queries != n_queries:
         raise ValueError(f"relevance has {relevance.n_queries} query rows, expected n_queries={n_queries}")
     if chunk_size < 1:
@@ -251,7 +260,7 @@ def evaluate_direction(
 
     rank = np.zeros(n_queries, dtype=np.int64)
     sim = None if source is None else np.full(n_queries, np.nan)
-    for start in range(0, n_queries, chunk_size):
+    for start in range(part * chunk_size, n_queries, parts * chunk_size):
         stop = min(start + chunk_size, n_queries)
         scores = score_fn(start, stop)
         if tuple(scores.shape) != (stop - start, n_gallery):
@@ -265,6 +274,9 @@ def evaluate_direction(
             sim[start:stop] = _chunk_sim(scores, rows, cols).cpu().numpy()
         rows, cols = rel_pairs.chunk(start, stop, scores.device)
         rank[start:stop] = _chunk_rank(scores, rows, cols, start, exclude_self).cpu().numpy()
+    if sim is not None and parts > 1:
+        mine = (np.arange(n_queries) // chunk_size) % parts == part
+        sim[~mine] = 0.0
     return DirectionResult(rank=rank, sim=sim, n_gallery=n_gallery)
 
 
@@ -287,8 +299,9 @@ def summarize(result: DirectionResult, ks: Sequence[int] = (1, 5, 10)) -> dict[s
     return out
 
 
-def evaluate_directions(specs: Mapping[str, DirectionSpec], *, chunk_size: int = 1024) -> dict[str, DirectionResult]:
-    """:func:`evaluate_direction` for each named direction."""
+def evaluate_directions(specs: Mapping[str, DirectionSpec], *, chunk_size: int = 1024,
+                        shard: tuple[int, int] = (0, 1)) -> dict[str, DirectionResult]:
+    """:func:`evaluate_direction` for each named direction (``shard``: one rank's share of the chunks)."""
     return {
         name: evaluate_direction(
             s.score_fn,
@@ -297,6 +310,7 @@ def evaluate_directions(specs: Mapping[str, DirectionSpec], *, chunk_size: int =
             source=s.source,
             exclude_self=s.exclude_self,
             chunk_size=chunk_size,
+            shard=shard,
         )
         for name, s in specs.items()
     }

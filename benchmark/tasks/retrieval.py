@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from benchmark.config import ConfigError
@@ -25,12 +27,35 @@ def retrieval_summary(result: dict) -> list[str]:
     return ["  ".join(f"{k}={m[k]:.4f}" for k in keys if m[k] is not None)]
 
 
+def evaluated_directions(eval_set, requested: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(evaluated, skipped)``: a requested direction in which no query has a relevant item
+    (e.g. ``i2i`` on a dataset that defines no image-image relevance) is skipped, not scored."""
+    evaluated = tuple(d for d in requested if len(eval_set.relevance[d].indices) > 0)
+    skipped = tuple(d for d in requested if d not in evaluated)
+    if not evaluated:
+        raise ConfigError(f"eval.directions {list(requested)}: the evaluated split defines no relevant item in any "
+                          "of them")
+    if skipped:
+        print(f"skipped direction(s) {', '.join(skipped)}: the dataset defines no relevance there", file=sys.stderr)
+    return evaluated, skipped
+
+
 def run_evaluator(ctx: TaskContext, eval_set, eval_config, dataloaders, modalities=("image", "text")):
-    """``Trainer.test`` of a :class:`~benchmark.evaluation.RetrievalEvaluator`; the evaluator."""
+    """``Trainer.test`` of a :class:`~benchmark.evaluation.RetrievalEvaluator` in the run's storage
+    dtype, the gallery's cached item table (the model's ``item_extra``, e.g. vision tokens)
+    given whole rather than gathered; the evaluator (``skipped_directions`` set)."""
+    import torch
+
     from benchmark.evaluation import RetrievalEvaluator
 
-    evaluator = RetrievalEvaluator(ctx.model, eval_set, eval_config, modalities=modalities)
+    directions, skipped = evaluated_directions(eval_set, tuple(eval_config.directions))
+    key = getattr(ctx.model, "item_extra", None)
+    table = ctx.dm.item_table(eval_set.split) if key else None
+    evaluator = RetrievalEvaluator(ctx.model, eval_set, eval_config, modalities=modalities, directions=directions,
+                                   storage_dtype=getattr(torch, ctx.cfg.eval_settings()[1]),
+                                   gallery_extra={key: table} if table is not None else None)
     ctx.tester.test(evaluator, dataloaders=dataloaders, verbose=False)
+    evaluator.skipped_directions = skipped
     return evaluator
 
 
@@ -51,7 +76,8 @@ class RetrievalTask:
             metrics=evaluator.results | qlen_metrics(lengths, eval_set.complexity),
             per_query={k: jsonable(v) for k, v in evaluator.per_query.items()}
             | {"complexity": eval_set.complexity.tolist()},
-            provenance=eval_set.provenance(),
+            provenance=eval_set.provenance()
+            | ({"skipped_directions": list(evaluator.skipped_directions)} if evaluator.skipped_directions else {}),
             timings=dict(evaluator.timings),
             eval_set=eval_set,
         )

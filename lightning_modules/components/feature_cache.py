@@ -1,18 +1,30 @@
-"""On-disk cache of frozen vision features, per (vision tower, dataset split).
+"""On-disk cache of frozen vision features, per (vision tower, dataset split, storage dtype).
 
 A frozen tower gives the same tokens for the same image every time, so the BLIP2 family
 (and its ablations, and repeated runs) compute them once: the first use of a split runs
-the tower over every image of the split and writes one safetensors file,
-``<root>/<key>.safetensors`` holding ``features [n_images, N, D]``, where ``key`` is a
-hash of the tower's fingerprint (weights, token selection, transform -- see
+the tower over every image of the split and writes one ``.npy`` array,
+``<root>/<key>.npy`` holding ``[n_images, N, D]`` tokens in the storage dtype (float32 at
+tiny size, float16 at full size: ViT-g/14 gives 257 x 1408 tokens, 0.72 MB per image in
+fp16), where ``key`` hashes the tower's fingerprint (weights, token selection, transform --
 :func:`~lightning_modules.components.vision_tower.state_fingerprint`), the split's name,
-its number of images and its annotation checksum. Files are written to a temporary file in
-the same folder and renamed into place, so concurrent or interrupted runs never see a
-half-written file. Any change of the weights, the transform or the annotations gives a new
-key (old files are simply no longer used).
+its number of images, its annotation checksum and the dtype. Row ``i`` is image ``i`` of the
+split, so the file doubles as the gallery's store of vision tokens for ITM re-ranking.
+
+Writing streams: rows go into a preallocated temporary ``.npy`` (memory-mapped) batch by
+batch, so peak RAM is one batch whatever the split's size, and the file is renamed into
+place only when complete: concurrent or interrupted runs never see a half-written file.
+Who computes the rows is an :class:`Extractor`: in-process by default
+(:class:`LocalExtractor`); the runner installs one that runs the tower inside a Lightning
+``predict`` loop on the run's accelerator, devices and precision, with DataLoader workers,
+every rank writing its own rows (``benchmark/extraction.py``).
+
+Reading: a file up to ``memmap_min_bytes`` is loaded into memory; a bigger one is
+memory-mapped (copy-on-write, so the returned tensor is an ordinary writable tensor whose
+pages come from the page cache): a gallery far larger than RAM is read row by row as
+re-ranking asks for it.
 
 :class:`FeatureCache` is the DataModule's *item loader* (``RetrievalDataModule.
-set_item_loader``): ``for_split(split, n, checksum, pixels)`` returns ``i -> tokens [N, D]``
+set_item_loader``): ``for_split(split, n, checksum, images)`` returns ``i -> tokens [N, D]``
 in place of ``i -> pixels [3, H, W]``; the model recognises tokens by their rank (3 dims
 per batch instead of 4). It records how long each extraction took (``timings``) and
 which files it used (``provenance``).
@@ -23,34 +35,107 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset
 
 from lightning_modules.components.vision_tower import VisionTower
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: storage dtypes by name (``eval.storage_dtype``); numpy has no bfloat16, so it is not offered here
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+_NUMPY = {torch.float32: np.float32, torch.float16: np.float16}
+#: files above this size are memory-mapped instead of read into memory
+DEFAULT_MEMMAP_MIN_BYTES = 1 << 30
 
 
-def feature_key(tower_fingerprint: str, split: str, n_images: int, checksum: str) -> str:
-    payload = {"v": FORMAT_VERSION, "tower": tower_fingerprint, "split": split, "n": n_images, "annotations": checksum}
+def feature_key(tower_fingerprint: str, split: str, n_images: int, checksum: str,
+                dtype: torch.dtype = torch.float32) -> str:
+    payload = {"v": FORMAT_VERSION, "tower": tower_fingerprint, "split": split, "n": n_images, "annotations": checksum,
+               "dtype": str(dtype)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+class RowWriter:
+    """Rows of a preallocated ``.npy`` array at a temporary path, renamed into place by :meth:`commit`.
+
+    ``open`` creates the file (the shape is learnt from the first rows written, so the
+    tower never runs twice); ``attach`` maps one that another process created."""
+
+    def __init__(self, path: Path, n_rows: int, dtype: torch.dtype) -> None:
+        self.path = Path(path)
+        self.n_rows = n_rows
+        self.dtype = dtype
+        # one name for every rank of a distributed run (they share MASTER_PORT), another for
+        # any other run extracting the same split at the same time
+        run = os.environ.get("MASTER_PORT") or str(os.getpid())
+        self.tmp = self.path.with_name(f".{self.path.name}.{run}.partial.npy")
+        self.array: np.ndarray | None = None
+
+    def create(self, row_shape: tuple[int, ...]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=_NUMPY[self.dtype],
+                                               shape=(self.n_rows, *row_shape))
+
+    def attach(self) -> None:
+        self.array = np.load(self.tmp, mmap_mode="r+")
+
+    def write(self, index: torch.Tensor, rows: torch.Tensor) -> None:
+        if self.array is None:
+            self.create(tuple(rows.shape[1:]))
+        assert self.array is not None
+        idx = index.detach().cpu().numpy()
+        self.array[idx] = rows.detach().to(device="cpu", dtype=self.dtype).numpy()
+
+    def flush(self) -> None:
+        if self.array is not None:
+            self.array.flush()
+
+    def commit(self) -> None:
+        self.flush()
+        self.array = None
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.array = None
+        self.tmp.unlink(missing_ok=True)
+
+
+class Extractor(Protocol):
+    """Runs ``tower`` over every ``(index, pixels)`` item of ``images`` and writes the tokens with ``writer``."""
+
+    def __call__(self, tower: VisionTower, images: Dataset, writer: RowWriter, batch_size: int) -> None: ...
+
+
+class LocalExtractor:
+    """In this process, on the tower's device, batch after batch in index order."""
+
+    def __call__(self, tower: VisionTower, images: Dataset, writer: RowWriter, batch_size: int) -> None:
+        from datamodules.base import collate_indexed
+
+        device = next(iter(tower.parameters())).device if hasattr(tower, "parameters") else torch.device("cpu")
+        with torch.no_grad():
+            for index, pixels in DataLoader(images, batch_size=batch_size, collate_fn=collate_indexed):
+                writer.write(torch.as_tensor(index), tower(pixels.to(device)))
+        writer.commit()
+
+
+class _Pixels(Dataset):
+    """``(index, pixels)`` items from a plain ``index -> pixels`` function."""
+
+    def __init__(self, n: int, pixels: Callable[[int], torch.Tensor]) -> None:
+        self.n, self.pixels = n, pixels
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor]:
+        return i, self.pixels(i)
 
 
 class FeatureCache:
@@ -61,54 +146,83 @@ class FeatureCache:
         root: cache folder (e.g. ``<cache>/features``).
         batch_size: images per tower call while extracting.
         dtype: storage dtype (float32 default; float16 halves the disk and memory of big towers).
+        memmap_min_bytes: files larger than this are memory-mapped rather than read into memory.
+        extractor: computes missing files (default: :class:`LocalExtractor`).
     """
 
-    def __init__(self, tower: VisionTower, root: Path, batch_size: int = 256, dtype: torch.dtype = torch.float32):
+    def __init__(self, tower: VisionTower, root: Path, batch_size: int = 256, dtype: torch.dtype = torch.float32,
+                 memmap_min_bytes: int = DEFAULT_MEMMAP_MIN_BYTES, extractor: Extractor | None = None):
+        if dtype not in _NUMPY:
+            raise ValueError(f"feature cache dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype}")
         self.tower = tower
         self.root = Path(root)
         self.batch_size = batch_size
         self.dtype = dtype
+        self.memmap_min_bytes = memmap_min_bytes
+        self.extractor: Extractor = extractor or LocalExtractor()
         self.timings: dict[str, float] = {}
         self.provenance: dict[str, dict] = {}
         self._memory: dict[str, torch.Tensor] = {}
 
-    def path(self, split: str, n_images: int, checksum: str) -> Path:
-        return self.root / f"{feature_key(self.tower.fingerprint(), split, n_images, checksum)}.safetensors"
+    def configure(self, *, dtype: torch.dtype | None = None, memmap_min_bytes: int | None = None,
+                  extractor: Extractor | None = None, batch_size: int | None = None) -> FeatureCache:
+        """Set the run's storage dtype, memory-map threshold, extractor and batch size (the runner's seam)."""
+        if dtype is not None:
+            if dtype not in _NUMPY:
+                raise ValueError(f"feature cache dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype}")
+            self.dtype = dtype
+        if memmap_min_bytes is not None:
+            self.memmap_min_bytes = memmap_min_bytes
+        if extractor is not None:
+            self.extractor = extractor
+        if batch_size is not None:
+            self.batch_size = batch_size
+        return self
 
-    def features(self, split: str, n_images: int, checksum: str, pixels: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    def path(self, split: str, n_images: int, checksum: str) -> Path:
+        return self.root / f"{feature_key(self.tower.fingerprint(), split, n_images, checksum, self.dtype)}.npy"
+
+    def features(self, split: str, n_images: int, checksum: str, images: Dataset) -> torch.Tensor:
         """``[n_images, N, D]`` tokens of a split: from memory, from disk, or computed now and stored."""
         path = self.path(split, n_images, checksum)
         key = str(path)
         if key in self._memory:
             return self._memory[key]
-        if path.exists():
+        if not path.exists():
             t = time.perf_counter()
-            feats = load_file(path)["features"]
-            self.timings[f"features_{split}_load_s"] = time.perf_counter() - t
-            self.provenance[split] = {"file": str(path), "hit": True}
-        else:
-            t = time.perf_counter()
-            feats = self.extract(n_images, pixels)
+            writer = RowWriter(path, n_images, self.dtype)
+            try:
+                self.extractor(self.tower, images, writer, self.batch_size)
+            except BaseException:
+                writer.discard()
+                raise
             self.timings[f"features_{split}_extract_s"] = time.perf_counter() - t
-            _atomic_save({"features": feats.contiguous()}, path, {"split": split, "n_images": str(n_images),
-                                                                 "annotations_sha256": checksum,
-                                                                 "tower": self.tower.fingerprint()})
-            self.provenance[split] = {"file": str(path), "hit": False}
+            self.provenance[split] = {"file": path.name, "hit": False}
+        else:
+            self.provenance[split] = {"file": path.name, "hit": True}
+        t = time.perf_counter()
+        feats = self.read(path)
+        self.timings[f"features_{split}_load_s"] = time.perf_counter() - t
+        size = path.stat().st_size
+        self.provenance[split] |= {"bytes": size, "memory_mapped": size > self.memmap_min_bytes,
+                                   "dtype": str(self.dtype).removeprefix("torch.")}
         if feats.shape[0] != n_images:
             raise ValueError(f"{path}: holds {feats.shape[0]} items, expected {n_images}")
         self._memory[key] = feats
         return feats
 
-    @torch.no_grad()
-    def extract(self, n_images: int, pixels: Callable[[int], torch.Tensor]) -> torch.Tensor:
-        out = []
-        for start in range(0, n_images, self.batch_size):
-            batch = torch.stack([pixels(i) for i in range(start, min(start + self.batch_size, n_images))])
-            out.append(self.tower(batch).to(device="cpu", dtype=self.dtype))
-        return torch.cat(out)
+    def read(self, path: Path) -> torch.Tensor:
+        """The array at ``path``: in memory up to ``memmap_min_bytes``, else memory-mapped."""
+        if path.stat().st_size > self.memmap_min_bytes:
+            return torch.from_numpy(np.load(path, mmap_mode="c"))
+        return torch.from_numpy(np.load(path))
 
     # -- the DataModule's item-loader interface ------------------------------------------
     def for_split(self, split: str, n_images: int, checksum: str,
-                  pixels: Callable[[int], torch.Tensor]) -> Callable[[int], torch.Tensor]:
-        feats = self.features(split, n_images, checksum, pixels)
+                  images: Dataset | Callable[[int], torch.Tensor]) -> Callable[[int], torch.Tensor]:
+        """``index -> tokens``; ``images``: the split's ``(index, pixels)`` dataset (or an ``index -> pixels`` function)."""
+        if not isinstance(images, Dataset):
+            images = _Pixels(n_images, images)
+        feats = self.features(split, n_images, checksum, images)
         return feats.__getitem__
+

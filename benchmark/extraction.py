@@ -1,0 +1,81 @@
+"""Frozen-feature extraction inside a Lightning ``predict`` loop (the feature cache's extractor).
+
+The frozen-feature cache (:mod:`lightning_modules.components.feature_cache`) stores a split's
+vision tokens once. :class:`LightningExtractor` computes a missing file where the run's
+model computes: a ``Trainer.predict`` with the run's accelerator, devices, nodes, strategy and
+evaluation precision (autocast), over a DataLoader with the run's workers. The split's
+batches are dealt to the ranks whole (:class:`~datamodules.sharding.RankBatches`); rank 0
+creates the preallocated temporary array (its row shape from one probe image), every rank
+writes the rows of its own batches into it, and after a barrier rank 0 renames it into
+place: one extraction per (tower, split), shared by all ranks, streamed to disk batch by
+batch. The runner installs it before training and before evaluation, outside any other
+Lightning loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.base import collate_indexed
+from datamodules.sharding import RankBatches
+from lightning_modules.components.feature_cache import RowWriter
+from lightning_modules.components.vision_tower import VisionTower
+
+
+class _TowerPredictor(L.LightningModule):
+    """``predict_step``: the tower over one batch of pixels, its tokens written by index."""
+
+    def __init__(self, tower: VisionTower, writer: RowWriter, probe: torch.Tensor) -> None:
+        super().__init__()
+        assert isinstance(tower, nn.Module)
+        self.tower = tower
+        self.writer = writer
+        self.probe = probe
+
+    def on_predict_start(self) -> None:
+        if self.trainer.is_global_zero:
+            with torch.no_grad():
+                row_shape = tuple(self.tower(self.probe[None].to(self.device)).shape[1:])
+            self.writer.create(row_shape)
+        self.trainer.strategy.barrier("feature-file-created")
+        if not self.trainer.is_global_zero:
+            self.writer.attach()
+
+    def predict_step(self, batch, batch_idx: int) -> None:
+        index, pixels = batch
+        self.writer.write(torch.as_tensor(index), self.tower(pixels))
+
+    def on_predict_end(self) -> None:
+        self.writer.flush()
+        self.trainer.strategy.barrier("feature-rows-written")
+        if self.trainer.is_global_zero:
+            self.writer.commit()
+        self.trainer.strategy.barrier("feature-file-committed")
+
+
+@dataclass(frozen=True)
+class LightningExtractor:
+    """The run's hardware settings for extraction (``benchmark.runner`` fills them from the run config)."""
+
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_workers: int = 0
+    progress: bool = False
+
+    def __call__(self, tower: VisionTower, images: Dataset, writer: RowWriter, batch_size: int) -> None:
+        loader = DataLoader(images, batch_sampler=RankBatches(len(images), batch_size),  # type: ignore[arg-type]
+                            num_workers=self.num_workers, collate_fn=collate_indexed,
+                            persistent_workers=False, pin_memory=self.accelerator != "cpu" and torch.cuda.is_available())
+        trainer = L.Trainer(accelerator=self.accelerator, devices=self.devices, num_nodes=self.num_nodes,
+                            strategy=self.strategy, precision=self.precision, logger=False,  # type: ignore[arg-type]
+                            enable_checkpointing=False, enable_progress_bar=self.progress,
+                            enable_model_summary=False, use_distributed_sampler=False, inference_mode=True)
+        trainer.predict(_TowerPredictor(tower, writer, images[0][1]), dataloaders=loader, return_predictions=False)

@@ -1,0 +1,47 @@
+"""Evaluation batches split across the ranks of a distributed run, whole batches at a time.
+
+Evaluation (``Trainer.test``, feature extraction with ``Trainer.predict``) reads every item
+exactly once. Lightning's ``DistributedSampler`` would interleave items (rank ``r`` gets
+``r, r + N, ...``) and pad the last batch with repeats, so a rank's batches would hold other
+items than a single process's batches. :class:`RankBatches` instead cuts the index range into
+the same consecutive batches a single process reads and deals *whole batches* to the ranks
+(batch ``b`` to rank ``b mod N``): every item is encoded in exactly the batch, and so with
+exactly the arithmetic, of a one-process run, which is what makes N-process metrics equal
+one-process metrics bit for bit. The rank and world size are read when iterating (the
+process group exists by then, also in processes Lightning launches itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size (0, 1 outside a distributed run)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class RankBatches(Sampler[list[int]]):
+    """Consecutive batches of ``batch_size`` indices over ``range(n)``; this rank's share of them."""
+
+    def __init__(self, n: int, batch_size: int) -> None:
+        if n < 0 or batch_size < 1:
+            raise ValueError(f"RankBatches needs n >= 0 and batch_size >= 1, got {n}, {batch_size}")
+        self.n = n
+        self.batch_size = batch_size
+
+    def _batches(self) -> range:
+        rank, world = rank_and_world()
+        return range(rank, -(-self.n // self.batch_size), world)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for b in self._batches():
+            yield list(range(b * self.batch_size, min(self.n, (b + 1) * self.batch_size)))
+
+    def __len__(self) -> int:
+        return len(self._batches())
