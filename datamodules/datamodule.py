@@ -18,7 +18,6 @@ Without a loader, every image is decoded and transformed as usual.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path

@@ -38,8 +38,9 @@ MAX_WORKERS = 64
 #: an explicit count above this many workers per usable CPU is refused when the DataModule is built
 WORKERS_PER_CPU = 4
 #: auto never starts more workers than this per process: one worker decodes and transforms
-#: a COCO JPEG to 224 px in ~7.4 ms (draft decoding, scripts/bench_image_loading.py), so 8
-#: serve ~1,000 images/s, more than a ViT-g forward consumes on one GPU
+#: a 640x480 JPEG to 224 px in ~7.4 ms (draft decoding; scripts/bench_image_loading.py on a
+#: loaded 2-core machine), so 8 serve ~1,000 images/s -- above the ~600 images/s that a
+#: ViT-g/14 forward (0.52 TFLOP per image, scale.md) allows at 300 TFLOP/s
 AUTO_WORKERS_CAP = 8
 #: batches each worker loads ahead (PyTorch's default, stated so that it is a decision)
 PREFETCH_FACTOR = 2
