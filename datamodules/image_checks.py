@@ -5,8 +5,10 @@ missing, or not decodable to the end). Decoding all of COCO takes minutes on one
 the verdicts are kept in a small JSON file per dataset folder,
 ``<cache>/image_checks/<sha256(resolved data root, dataset)[:16]>.json``, keyed by the
 image's path relative to the data root, with its size and ``mtime_ns``: an image whose size
-or modification time changed is checked again; an unchanged one is not opened. A missing
-image is never cached (it has nothing to key on): it is reported on every check. The file
+or modification time changed is checked again; an unchanged one is not opened. Only
+readable images are cached: a missing or unreadable one is checked, and reported, on every
+run -- there are few, and a transient read error or a file restored with its old mtime
+must not stay "unreadable". The file
 is written atomically (temporary name + rename) after merging what another process wrote
 meanwhile, so concurrent runs and ranks can share it; an unreadable or foreign cache file is
 ignored (every image checked again) and replaced.
@@ -38,11 +40,12 @@ FORMAT = "instructsee-image-checks"
 #: threads decode in parallel (PIL releases the GIL) and overlap file-system latency;
 #: more than this gains nothing on one disk
 MAX_THREADS = 16
-#: below this many images the check runs in the calling thread; threads take chunks this long
+#: below this many images the check runs in the calling thread; threads take chunks of at
+#: most this many (fewer for short lists, so that every thread gets work)
 MIN_THREADED = 64
-CHUNK = 256
+MAX_CHUNK = 256
 
-Entry = tuple[int, int, "str | None"]  # size, mtime_ns, reason (None: readable)
+Entry = tuple[int, int]  # size, mtime_ns of an image that decoded
 
 
 def check_threads(requested: int | None = None) -> int:
@@ -96,9 +99,8 @@ class ImageCheckCache:
             return {}
         out: dict[str, Entry] = {}
         for key, value in doc["entries"].items():
-            if (isinstance(value, list) and len(value) == 3 and all(type(v) is int for v in value[:2])
-                    and (value[2] is None or isinstance(value[2], str))):
-                out[key] = (value[0], value[1], value[2])
+            if isinstance(value, list) and len(value) == 2 and all(type(v) is int for v in value):
+                out[key] = (value[0], value[1])
         return out
 
     def save(self, new: dict[str, Entry]) -> None:
@@ -113,8 +115,9 @@ class ImageCheckCache:
 
 
 def _verdict(path: Path, key: str | None, known: dict[str, Entry]) -> tuple[str | None, Entry | None]:
-    """``(reason, new cache entry or None)`` for one image: the cached verdict when its size and
-    mtime are unchanged, else a fresh :func:`~datamodules.base.check_image`."""
+    """``(reason, new cache entry or None)`` for one image: readable without opening it when the
+    cache knows it with the same size and mtime, else a fresh :func:`~datamodules.base.check_image`
+    (a cache entry if it decodes)."""
     try:
         st = os.stat(path)
     except OSError:
@@ -123,17 +126,17 @@ def _verdict(path: Path, key: str | None, known: dict[str, Entry]) -> tuple[str 
         return "missing", None  # as check_image: not a file
     if key is not None:
         cached = known.get(key)
-        if cached is not None and cached[0] == st.st_size and cached[1] == st.st_mtime_ns:
-            return cached[2], None
+        if cached is not None and cached == (st.st_size, st.st_mtime_ns):
+            return None, None
     reason = base.check_image(path)
-    return reason, (st.st_size, st.st_mtime_ns, reason)
+    return reason, (st.st_size, st.st_mtime_ns) if reason is None else None
 
 
 def check_images(paths: Sequence[Path], threads: int | None = None,
                  cache: ImageCheckCache | None = None, reuse: bool = True) -> list[str | None]:
     """:func:`~datamodules.base.check_image` over many paths, in threads; one reason or ``None``
-    per path, in order. With ``cache``, unchanged images keep their stored verdict (not opened)
-    unless ``reuse`` is False, and the new verdicts are stored."""
+    per path, in order. With ``cache``, unchanged images known to be readable are not opened
+    (unless ``reuse`` is False), and the images found readable now are stored."""
     if not paths:
         return []
     known = cache.load() if cache is not None and reuse else {}
@@ -146,12 +149,14 @@ def check_images(paths: Sequence[Path], threads: int | None = None,
     if n_threads == 1 or len(paths) < MIN_THREADED:
         out = run(0, len(paths))
     else:
+        chunk = max(1, min(MAX_CHUNK, len(paths) // (4 * n_threads)))
         with ThreadPoolExecutor(n_threads) as pool:
-            chunks = pool.map(lambda lo: run(lo, min(lo + CHUNK, len(paths))), range(0, len(paths), CHUNK))
+            chunks = pool.map(lambda lo: run(lo, min(lo + chunk, len(paths))), range(0, len(paths), chunk))
             out = [v for chunk in chunks for v in chunk]
     if cache is not None:
         new = {k: entry for k, (_, entry) in zip(keys, out, strict=True) if entry is not None}
         if new:
             cache.save(new)
-            log.info("checked %d of %d images (the others unchanged since %s)", len(new), len(paths), cache.path)
+            log.info("%d of %d images checked and readable (the others unchanged since %s, or not readable)",
+                     len(new), len(paths), cache.path)
     return [reason for reason, _ in out]

@@ -99,11 +99,12 @@ def test_changed_images_are_checked_again_and_missing_ones_always_reported(prist
     assert skipped[removed] == "missing" and skipped[corrupted].startswith("unreadable")
     assert touched not in skipped and len(kept) == len(test) - 2
     opened.clear()
-    d2 = make("coco", root, cache)  # the next run: the unreadable verdict comes from the cache
-    assert d2.records("test") == kept and d2.skipped() == d.skipped() and opened == []
+    d2 = make("coco", root, cache)  # the next run: only the unreadable image is opened again (never cached)
+    assert d2.records("test") == kept and d2.skipped() == d.skipped() and opened == [corrupted]
     with pytest.raises(DataError, match="2 of 5 images of split 'test' are missing or unreadable.*strict"):
         make("coco", root, cache, strict=True).records("test")
-    assert opened == []
+    corrupted.write_bytes(data)  # repaired: readable again on the next run
+    assert len(make("coco", root, cache).records("test")) == len(test) - 1
 
 
 def test_skipped_listing_is_the_same_with_and_without_the_cache(pristine, tmp_path):
@@ -161,9 +162,9 @@ def test_cache_writers_merge_and_keys_are_per_root_and_dataset(tmp_path):
     root.mkdir()
     a = ImageCheckCache(tmp_path / "c", root, "coco")
     b = ImageCheckCache(tmp_path / "c", root, "coco")
-    a.save({"x.jpg": (1, 2, None)})
-    b.save({"y.jpg": (3, 4, "unreadable (OSError: x)")})  # another process: both entries kept
-    assert a.load() == {"x.jpg": (1, 2, None), "y.jpg": (3, 4, "unreadable (OSError: x)")}
+    a.save({"x.jpg": (1, 2)})
+    b.save({"y.jpg": (3, 4)})  # another process: both entries kept
+    assert a.load() == {"x.jpg": (1, 2), "y.jpg": (3, 4)}
     assert ImageCheckCache(tmp_path / "c", root, "medpix").path != a.path
     assert ImageCheckCache(tmp_path / "c", tmp_path / "other", "coco").path != a.path
     assert a.key(root / "sub" / "x.jpg") == "sub/x.jpg" and a.key(tmp_path / "y.jpg") == str((tmp_path / "y.jpg"))
@@ -191,7 +192,7 @@ def test_bench_data_check_uses_the_cache_and_keeps_its_exit_codes(pristine, tmp_
     images = sorted((root / "images").iterdir())
     images[0].unlink()
     images[1].write_bytes(images[1].read_bytes()[:60])
-    for _ in range(2):  # the unreadable verdict is cached, the missing image found again: same report
+    for _ in range(2):  # the missing and the unreadable image found again: the same report
         res = runner.invoke(app, args)
         assert res.exit_code == 1, res.output
         assert "missing images (1):" in res.output and "unreadable images (1):" in res.output
@@ -212,7 +213,7 @@ def test_bench_run_checks_once_across_runs_and_records_the_loader(pristine, tmp_
     opened.clear()
     bench_run(tmp_path, "coco", root, "--tag", "again")  # the cached checkpoint, the cached verdicts
     second = result(tmp_path, "coco", "again")
-    assert opened == []
+    assert opened == [bad]  # only the unreadable image (never cached) is opened again
     # the test split's skipped image is listed by both runs (the second one trains nothing)
     assert second["data"]["skipped"] == first["data"]["skipped"] and len(first["data"]["skipped"]) == 1
     assert first["data"]["skipped"][0]["path"] == str(bad)
