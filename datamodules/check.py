@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from datamodules.datamodule import SPLITS, check_images
+from datamodules.datamodule import SPLITS
+from datamodules.image_checks import check_images
 from datamodules.local import LocalDataModule
 
 
