@@ -180,9 +180,13 @@ def data_check(
     dataset: Annotated[str, typer.Option(help="Dataset: coco, medpix or rsicap.")],
     data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: $INSTRUCTSEE_DATA_ROOT/<dataset>).")] = None,
     options: Annotated[Optional[str], typer.Option(help='Dataset options as JSON, e.g. \'{"train_split": "train_1"}\'.')] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache whose image_checks/ keeps the verdicts (default $INSTRUCTSEE_CACHE or ~/.cache/instructsee-bench).")] = None,
+    recheck: Annotated[bool, typer.Option(help="Open every image again, even those unchanged (size, mtime) since a cached check.")] = False,
 ) -> None:
     """Validate a dataset folder: counts per split, missing and unreadable images.
 
+    Verdicts are cached per image (path, size, mtime) under CACHE_DIR/image_checks, shared
+    with runs: an unchanged image is not opened again (--recheck opens every image).
     Exit code 0: all fine; 1: some images missing or unreadable (runs skip them);
     2: the folder or its annotations are not what the dataset expects.
     """
@@ -207,7 +211,11 @@ def data_check(
         opts = json.loads(options) if options else {}
         if not isinstance(opts, dict):
             raise DataError("--options must be a JSON object")
-        report = check_dataset(cls(DataConfig(root=str(data_root or ""), options=opts)))
+        from benchmark.config import default_cache_dir
+
+        dm = cls(DataConfig(root=str(data_root or ""), options=opts))
+        dm.set_check_cache(Path(cache_dir or default_cache_dir()) / "image_checks")
+        report = check_dataset(dm, recheck=recheck)
     except json.JSONDecodeError as e:
         raise _fail(f"--options is not valid JSON ({e.msg})") from None
     except DataError as e:

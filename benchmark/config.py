@@ -180,7 +180,7 @@ class RunConfig:
             d.pop("task")
         if not d["task_args"]:
             d.pop("task_args")
-        d["data"].pop("root")
+        d["data"] = data_identity(d["data"])
         if d["checkpoint"] is None:  # left out when unset: the hashes of before it existed
             d.pop("checkpoint")
         for k in ("resume", "checkpoint_every_n_steps"):  # how a training survives a crash, not what it computes
@@ -212,6 +212,17 @@ class RunConfig:
         for k in ("eval_batch_size", "eval_split", "max_eval_images", "num_workers", "cache_images", "strict"):
             d["data"].pop(k)
         return stable_hash(d)
+
+
+def data_identity(data: dict) -> dict:
+    """A run's ``data`` options as its identity holds them: without ``root`` (where the files
+    are says nothing about them), and ``num_workers`` auto (null) as 0, the default before auto
+    existed, so result files and baselines written then keep their hash (auto is 0 on
+    SynthScenes, the same run: datamodules/loading.py)."""
+    out = {k: v for k, v in data.items() if k != "root"}
+    if "num_workers" in out and out["num_workers"] is None:
+        out["num_workers"] = 0
+    return out
 
 
 def stable_hash(obj: Any) -> str:

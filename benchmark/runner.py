@@ -38,6 +38,7 @@ from benchmark.registry import DATASETS, MODELS, TASKS
 from benchmark.resume import ResumePoint, resume_dir, resume_from
 from benchmark.results import SCHEMA_VERSION, atomic_write_json, environment, load_result, ResultFileError
 from benchmark.tasks.base import TaskContext
+from datamodules.loading import LoaderRuntime, resolve_workers
 
 DATA_ROOT_ENV = "INSTRUCTSEE_DATA_ROOT"
 
@@ -184,10 +185,17 @@ def _install_item_loader(cfg: RunConfig, model, dm, *, progress: bool = False):
         t = cfg.train
         loader.configure(dtype=getattr(torch, storage), memmap_min_bytes=int(cfg.eval.memmap_min_mb * 2**20),
                          extractor=LightningExtractor(t.accelerator, t.devices, t.num_nodes, t.strategy, precision,
-                                                      cfg.data.num_workers, progress))
+                                                      _extraction_workers(cfg, dm), progress))
     dm.set_transform(model.image_transform())
     dm.set_item_loader(loader)
     return loader
+
+
+def _extraction_workers(cfg: RunConfig, dm) -> int:
+    """DataLoader workers of the feature extraction: ``data.num_workers``, auto resolved for the
+    dataset with one process per device of the node (datamodules/loading.py)."""
+    runtime = LoaderRuntime(processes_per_node=cfg.train.devices)
+    return resolve_workers(cfg.data.num_workers, dm.parallel_loading, runtime)
 
 
 def _fit_and_save(cfg: RunConfig, model, dm, ckpt: Path, *, progress: bool):
@@ -198,6 +206,7 @@ def _fit_and_save(cfg: RunConfig, model, dm, ckpt: Path, *, progress: bool):
     resume = resume_dir(cfg.cache_dir, ckpt)
     trainer = _trainer(cfg, fit=True, progress=progress, name=f"{cfg.model}__{cfg.dataset}",
                        callbacks=[ResumePoint(resume, cfg.train.checkpoint_every_n_steps)])
+    dm.set_runtime(LoaderRuntime.of_trainer(trainer))  # pinned memory on a GPU, auto workers per process
     start = resume_from(resume, cfg.train.resume)
     if start and trainer.is_global_zero:
         print(f"resuming the training of {cfg.model} from {start}", file=sys.stderr, flush=True)
@@ -219,6 +228,7 @@ def _resolve(cfg: RunConfig):
         raise ConfigError("model_args.pretrained is set: use --size full for pretrained checkpoints")
     dm_cls = DATASETS.get(cfg.dataset)
     dm = dm_cls(replace(cfg.data, root=data_root(cfg)), seed=cfg.seed)
+    dm.set_check_cache(Path(cfg.cache_dir) / "image_checks")  # image verdicts kept across runs and ranks
     return model_cls, model_config, dm
 
 
@@ -352,6 +362,7 @@ def _evaluate(cfg: RunConfig, task, model, dm, t0: float, *, progress: bool, mod
     ckpt = checkpoint
     t = time.perf_counter()
     tester = _trainer(cfg, fit=False, progress=progress, name="")
+    dm.set_runtime(LoaderRuntime.of_trainer(tester))  # pinned memory on a GPU, auto workers per process
     ctx = TaskContext(cfg, model, dm, tester, checkpoint, progress)
     evaluation = task.evaluate(ctx)
     timings["evaluate_s"] = time.perf_counter() - t
@@ -389,7 +400,7 @@ def _evaluate(cfg: RunConfig, task, model, dm, t0: float, *, progress: bool, mod
            "trained_this_run": trained}
         | ({"dependencies": dependencies} if dependencies else {})
         | ({"features": loader.provenance} if getattr(loader, "provenance", None) else {}),
-        "data": {"skipped": dm.skipped()},
+        "data": {"skipped": dm.skipped(), "loader": dm.loader_settings()},
         "timings": timings,
     } | evaluation.extra
     if costs is not None:

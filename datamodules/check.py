@@ -2,7 +2,8 @@
 
 :func:`check_dataset` reads every split's annotations through the same code as a run (so a
 layout or annotation problem raises the same :class:`~datamodules.base.DataError`), checks
-every image once (missing / unreadable), and returns counts per split plus dataset-specific
+every image once (missing / unreadable; verdicts cached like a run's, see
+``datamodules/image_checks.py``), and returns counts per split plus dataset-specific
 lines (MedPix's Descriptions.json and Case_topic.json, RSIEval's QA pairs).
 """
 
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from datamodules.datamodule import SPLITS, check_images
+from datamodules.datamodule import SPLITS
+from datamodules.image_checks import check_images
 from datamodules.local import LocalDataModule
 
 
@@ -58,13 +60,16 @@ class DatasetCheck:
         return out
 
 
-def check_dataset(dm: LocalDataModule) -> DatasetCheck:
+def check_dataset(dm: LocalDataModule, recheck: bool = False) -> DatasetCheck:
+    """Check every split of ``dm``'s folder. With the DataModule's image check cache
+    (``set_check_cache``) unchanged images keep their cached verdict unless ``recheck``."""
     layout = dm.layout()
     names = dm.check_split_names()
+    cache = dm.check_cache()
     splits = []
     for split in SPLITS:
         records = dm.annotated_records(split)
-        reasons = check_images([r.path for r in records])
+        reasons = check_images([r.path for r in records], cache=cache, reuse=not recheck)
         splits.append(
             SplitCheck(
                 split=split,

@@ -18,9 +18,7 @@ Without a loader, every image is decoded and transformed as usual.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,12 +37,13 @@ from datamodules.base import (
     TrainPairs,
     Transform,
     build_eval_set,
-    check_image,
     collate_indexed,
     format_instruction,
     record_fields,
     sha256_of_files,
 )
+from datamodules.image_checks import ImageCheckCache, check_images
+from datamodules.loading import MAX_WORKERS, LoaderRuntime, loader_kwargs, resolve_workers
 from datamodules.sharding import RankBatches
 
 log = logging.getLogger(__name__)
@@ -58,7 +57,10 @@ class DataConfig:
 
     root: folder that holds (or will hold, for generated data) the dataset.
     batch_size: training batch size; evaluation uses ``eval_batch_size``.
-    num_workers: DataLoader worker processes (0 = load in the main process).
+    num_workers: DataLoader worker processes per process (0 = load in the main process);
+      None = auto, decided by the dataset (``datamodules/loading.py``): 0 for the generated
+      in-memory SynthScenes, the usable CPUs (at most 8) for real data read from disk.
+      At most 64, and at most 4 per usable CPU (checked when the DataModule is built).
     eval_split: the split evaluated by ``bench run``.
     max_eval_images: evaluate on the first N images of the split only (None = all).
     cache_images: keep transformed training images in memory after their first load;
@@ -74,7 +76,7 @@ class DataConfig:
     root: str = ""
     batch_size: int = 128
     eval_batch_size: int = 256
-    num_workers: int = 0
+    num_workers: int | None = None
     eval_split: str = "test"
     max_eval_images: int | None = None
     cache_images: bool | None = None
@@ -85,8 +87,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("DataConfig.batch_size and eval_batch_size must be >= 1")
-        if self.num_workers < 0:
-            raise ValueError("DataConfig.num_workers must be >= 0")
+        if self.num_workers is not None and not 0 <= self.num_workers <= MAX_WORKERS:
+            raise ValueError(f"data.num_workers must be null (auto) or an integer in [0, {MAX_WORKERS}], "
+                             f"got {self.num_workers}")
         if self.eval_split not in SPLITS:
             raise ValueError(f"DataConfig.eval_split must be one of {SPLITS}, got {self.eval_split!r}")
         if self.max_eval_images is not None and self.max_eval_images < 1:
@@ -118,18 +121,6 @@ def _keep_first(records: list[ImageRecord], n: int) -> list[ImageRecord]:
     return _keep(records, records[:n])
 
 
-def check_images(paths: Sequence[Path], threads: int | None = None) -> list[str | None]:
-    """:func:`~datamodules.base.check_image` over many paths, in threads (PIL decodes
-    without the GIL). Returns one reason or ``None`` per path, in order."""
-    if not paths:
-        return []
-    threads = threads or min(8, os.cpu_count() or 1)
-    if threads == 1 or len(paths) < 64:
-        return [check_image(p) for p in paths]
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(check_image, paths, chunksize=64))
-
-
 class RetrievalDataModule(L.LightningDataModule):
     """Serves training pairs and the evaluation structures of one dataset."""
 
@@ -147,6 +138,9 @@ class RetrievalDataModule(L.LightningDataModule):
     #: the queries of ``--task i2i`` (datamodules/i2i.py QUERY_PROTOCOLS): "gallery" (the
     #: records' own ``i2i_relevant``) or "augmented_view" (same image, a seeded augmented view)
     i2i_queries: str = "gallery"
+    #: whether auto ``num_workers`` starts worker processes (datamodules/loading.py): real
+    #: datasets decode images from disk; the generated SynthScenes keeps them in memory
+    parallel_loading: bool = True
 
     def __init__(self, config: DataConfig, seed: int = 0) -> None:
         super().__init__()
@@ -167,6 +161,12 @@ class RetrievalDataModule(L.LightningDataModule):
         self._skipped: list[dict[str, Any]] = []
         self._files: dict[str, list[Path]] = {}
         self._eval_sets: dict[str, EvalSet] = {}
+        self._runtime: LoaderRuntime | None = None
+        self._check_cache_dir: Path | None = None
+        try:  # refuse a fork storm now, not when the first DataLoader starts
+            resolve_workers(config.num_workers, self.parallel_loading, LoaderRuntime())
+        except ValueError as e:
+            raise DataError(str(e)) from None
 
     # -- to implement ------------------------------------------------------------------
     def read_split(self, split: str) -> tuple[list[ImageRecord], list[Path]]:
@@ -188,6 +188,40 @@ class RetrievalDataModule(L.LightningDataModule):
     def set_item_loader(self, loader) -> None:
         """Serve ``loader.for_split(...)`` items instead of transformed images (None = images)."""
         self._item_loader = loader
+
+    def set_runtime(self, runtime: LoaderRuntime | None) -> None:
+        """Where batches go (pinned memory for a GPU) and how many processes of the node load
+        (auto ``num_workers``). Set by the runner from its Trainer; None: the attached
+        Lightning Trainer's, else the CPU in one process."""
+        self._runtime = runtime
+
+    @property
+    def runtime(self) -> LoaderRuntime:
+        if self._runtime is not None:
+            return self._runtime
+        trainer = getattr(self, "trainer", None)
+        return LoaderRuntime.of_trainer(trainer) if trainer is not None else LoaderRuntime()
+
+    @property
+    def num_workers(self) -> int:
+        """DataLoader worker processes: ``DataConfig.num_workers``, or auto (datamodules/loading.py)."""
+        return resolve_workers(self.config.num_workers, self.parallel_loading, self.runtime)
+
+    def loader_settings(self) -> dict[str, Any]:
+        """The DataLoader settings this process uses (recorded in the result file's ``data``)."""
+        kwargs = loader_kwargs(self.num_workers, self.runtime)
+        return {"num_workers": kwargs["num_workers"], "pin_memory": kwargs["pin_memory"]}
+
+    def set_check_cache(self, directory: Path | None) -> None:
+        """Keep the image check's verdicts in ``directory`` (``<cache>/image_checks``; set by the
+        runner and ``bench data check``); None: check every image on every run."""
+        self._check_cache_dir = None if directory is None else Path(directory)
+
+    def check_cache(self) -> ImageCheckCache | None:
+        """The image check cache of this dataset folder (None without ``set_check_cache``)."""
+        if self._check_cache_dir is None or not self.config.root:
+            return None
+        return ImageCheckCache(self._check_cache_dir, self.root, self.name)
 
     def _item_fn(self, split: str, records: Sequence[ImageRecord]):
         """The item loader's ``index -> tensor`` for a split; None without a loader."""
@@ -239,7 +273,7 @@ class RetrievalDataModule(L.LightningDataModule):
         return self._records[split]
 
     def _drop_unreadable(self, split: str, records: list[ImageRecord]) -> list[ImageRecord]:
-        reasons = check_images([r.path for r in records], self.config.num_workers or None)
+        reasons = check_images([r.path for r in records], cache=self.check_cache())
         bad = [(r, why) for r, why in zip(records, reasons, strict=True) if why is not None]
         if not bad:
             return records
@@ -294,6 +328,27 @@ class RetrievalDataModule(L.LightningDataModule):
     def _tolerant(self) -> bool:
         return self.check_images and not self.config.strict
 
+    def _stage_splits(self) -> tuple[str, ...]:
+        """The splits the attached Trainer's current stage uses (fit: train and val; validate:
+        val); otherwise -- no Trainer (the runner's own call), test, predict -- the evaluated split."""
+        trainer = getattr(self, "trainer", None)
+        fn = getattr(getattr(getattr(trainer, "state", None), "fn", None), "value", None)
+        return {"fit": ("train", "val"), "validate": ("val",)}.get(fn, (self.config.eval_split,))
+
+    def prepare_data(self) -> None:
+        """Check the images of the splits this stage uses (datasets with ``check_images``).
+
+        Lightning calls this once per node, on local rank 0 (every rank waits at a barrier),
+        before ``setup`` runs on every rank: the verdicts are written to the image check cache
+        here (``set_check_cache``), and ``setup`` on the other ranks reads them instead of
+        opening the images. Called outside Lightning (the runner, before training) it checks the
+        evaluated split, so a bad image fails a ``--strict`` run before any training. Without a
+        cache every process checks for itself, as it must.
+        """
+        if self.check_images:
+            for split in self._stage_splits():
+                self.records(split)
+
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
             self.records("train")
@@ -307,9 +362,8 @@ class RetrievalDataModule(L.LightningDataModule):
             batch_size=batch_size,
             shuffle=shuffle,
             drop_last=drop_last,
-            num_workers=self.config.num_workers,
-            persistent_workers=self.config.num_workers > 0,
             collate_fn=collate_indexed,
+            **loader_kwargs(self.num_workers, self.runtime),
         )
 
     def _eval_loader(self, dataset) -> DataLoader:
@@ -318,9 +372,8 @@ class RetrievalDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_sampler=RankBatches(len(dataset), self.config.eval_batch_size),
-            num_workers=self.config.num_workers,
-            persistent_workers=self.config.num_workers > 0,
             collate_fn=collate_indexed,
+            **loader_kwargs(self.num_workers, self.runtime),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -4,8 +4,9 @@ Users download these datasets themselves; nothing is downloaded at run time. A s
 declares its accepted on-disk layouts (``layouts``: name -> required relative paths) and a
 ``layout_help`` text saying what is expected and where to get it; an absent root, or one
 that matches no layout, gets a :class:`DataError` carrying that help. Images are checked
-once per split when first used (``check_images``): missing or unreadable ones are skipped
-and listed in the result file, or refused with ``--strict``.
+once per split (``check_images``; in ``prepare_data``, with the verdicts cached on disk by
+``datamodules/image_checks.py``): missing or unreadable ones are skipped and listed in the
+result file, or refused with ``--strict``.
 """
 
 from __future__ import annotations
@@ -65,8 +66,7 @@ class LocalDataModule(RetrievalDataModule):
 
     def prepare_data(self) -> None:
         self.layout()
-        if self.config.strict:  # fail before any training, not after it
-            self.records(self.config.eval_split)
+        super().prepare_data()  # checks the images of the stage's splits (a --strict run fails before training)
 
     def describe(self) -> dict[str, Any]:
         return {"dataset_layout": self.layout(), "dataset_options": asdict(self.options) if self.Options else {}}

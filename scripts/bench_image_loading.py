@@ -8,8 +8,21 @@ decoding (``ImageTransform.draft``). Also times the pieces in one thread (decode
 crop, to tensor) and the setup-time image check (``check_image``) against a header-only
 ``verify()``. Prints the load average, since other processes share the CPU.
 
+Two more measurements, each side by side in one run:
+
+* ``--check N``: the setup-time image check (``datamodules/image_checks.py``) of N small
+  JPEGs, first run (every image decoded, verdicts written to the cache) against the next
+  run (the cache read, every file stat-ed, none opened), and against no cache at all.
+* ``--synthetic ROOT``: one epoch of the tiny SynthScenes training loader (the default
+  4,000 training images of 64 px, cached in memory after their first load, batch 128) for
+  each ``--workers`` count, the workers' start included; ``--epochs`` epochs each (the first
+  fills the in-memory cache -- one per process: each worker fills its own -- the later ones
+  read it). The annotations are read before the clock starts. ROOT holds the generated data
+  (``$INSTRUCTSEE_CACHE/data``; generated there if absent).
+
     .venv/bin/python scripts/bench_image_loading.py            # ~1 minute on 2 cores
     .venv/bin/python scripts/bench_image_loading.py --n 200 --workers 0 2
+    .venv/bin/python scripts/bench_image_loading.py --n 0 --check 3000 --synthetic $INSTRUCTSEE_CACHE/data
 
 Target: >= 150 images/s at 224 px on a 2-core machine (the best DataLoader setting).
 Exit code 1 if the target is missed.
@@ -32,6 +45,7 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.base import IndexedImages, check_image, collate_indexed, load_image  # noqa: E402
+from datamodules.image_checks import ImageCheckCache, check_images  # noqa: E402
 from lightning_modules.components.image_transform import ImageTransform  # noqa: E402
 
 TARGET = 150.0
@@ -92,14 +106,72 @@ def header_only(path: Path) -> None:
         im.verify()
 
 
+def bench_check(n: int) -> None:
+    """First (cold) vs cached (warm) image check of ``n`` small JPEGs, and no cache."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_images(Path(tmp) / "images", n, size=(160, 120), distinct=50)
+        cache = ImageCheckCache(Path(tmp) / "cache", Path(tmp) / "images", "bench")
+        times = {}
+        for name, c in (("no cache", None), ("first run (cold cache)", cache), ("next run (cached)", cache)):
+            t = time.perf_counter()
+            reasons = check_images(paths, cache=c)
+            times[name] = time.perf_counter() - t
+            assert reasons == [None] * n
+        kb = cache.path.stat().st_size / 1024
+        print(f"image check of {n} JPEGs 160x120 (cache file {kb:.0f} KB):")
+        for name, sec in times.items():
+            print(f"  {name:<24} {sec:7.3f} s  ({1e6 * sec / n:6.1f} us per image)")
+        print(f"  speed-up of the cached run: {times['first run (cold cache)'] / times['next run (cached)']:.1f}x "
+              f"over the first run, {times['no cache'] / times['next run (cached)']:.1f}x over no cache")
+
+
+def bench_synthetic(root: Path, workers: list[int], n_epochs: int) -> None:
+    """Epoch times of the tiny SynthScenes training loader per worker count."""
+    import lightning as L
+
+    from datamodules.datamodule import DataConfig
+    from datamodules.synthetic.datamodule import SyntheticDataModule
+    from lightning_modules.components.image_transform import ImageTransform
+
+    print(f"SynthScenes training loader (default options, batch 128, 64 px, in-memory cache), root {root}:")
+    for w in workers:
+        dm = SyntheticDataModule(DataConfig(root=str(root), batch_size=128, num_workers=w))
+        dm.prepare_data()
+        dm.set_transform(ImageTransform(64, 64))
+        dm.records("train")  # annotations read, relevance built: not part of loading
+        L.seed_everything(0, workers=True, verbose=False)
+        t = time.perf_counter()
+        loader = dm.train_dataloader()
+        epochs = []
+        for _ in range(n_epochs):
+            e = time.perf_counter()
+            n = sum(len(batch[0]) for batch in loader)
+            epochs.append(time.perf_counter() - e)
+        total = time.perf_counter() - t
+        del loader
+        print(f"  workers={w}: epochs {' '.join(f'{e:5.2f}' for e in epochs)} s; all {n_epochs}: {total:6.2f} s "
+              f"({n} items per epoch)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=400, help="images per measurement")
     ap.add_argument("--size", type=int, default=224, help="output size (resize and crop)")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--check", type=int, default=0, metavar="N", help="also time the cached image check of N JPEGs")
+    ap.add_argument("--synthetic", type=Path, default=None, metavar="ROOT",
+                    help="also time the SynthScenes training loader (data generated under ROOT)")
+    ap.add_argument("--epochs", type=int, default=4, help="epochs of the SynthScenes loader per worker count")
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"cpus={os.cpu_count()}  load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.check:
+        bench_check(args.check)
+    if args.synthetic is not None:
+        bench_synthetic(args.synthetic, args.workers, args.epochs)
+    if args.n < 1:
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_images(Path(tmp), args.n)
         kb = np.mean([p.stat().st_size for p in paths[:50]]) / 1024

@@ -26,6 +26,7 @@ from functools import lru_cache
 from typing import Any
 
 from benchmark import ablation_folders
+from benchmark.config import data_identity
 from benchmark.reporting.per_query import result_name
 
 _VOLATILE_CONFIG = ("tag", "results_dir", "cache_dir")
@@ -150,7 +151,7 @@ def comparable_key(result: dict, ablated: str) -> str:
     for k in _VOLATILE_CONFIG:
         config.pop(k, None)
     if isinstance(config.get("data"), dict):
-        config["data"] = {k: v for k, v in config["data"].items() if k != "root"}
+        config["data"] = data_identity(config["data"])
     model_config = result.get("model_config")
     if isinstance(model_config, dict):
         config.pop("model_args", None)  # the resolved model_config decides

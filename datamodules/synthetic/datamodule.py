@@ -29,6 +29,9 @@ class SyntheticDataModule(RetrievalDataModule):
         "Search for {caption}.",
     )
     cache_images_default = True  # 5,500 images of 64 px: a few hundred MB at most
+    #: auto num_workers = 0: the images live in memory, and workers would draw the training
+    #: captions and templates from their own generators (another run) -- datamodules/loading.py
+    parallel_loading = False
 
     def __init__(self, config: DataConfig, seed: int = 0) -> None:
         super().__init__(config, seed)
