@@ -190,7 +190,7 @@ def summary(args: argparse.Namespace) -> dict:
              f"({_fmt(ck.get('bytes', 0) / 1e9, 2)} GB) in {_fmt(prep.get('model_save_s'))} s; ours loads the same folder.",
              "Stage wall times (process, s): " + (", ".join(f"{markdown_inline(s)} {v:.1f}" + ("" if rc == 0 else f" (rc {rc})")
                                                           for s, v, rc in stages) or "-") + ".",
-             f"Run options: {markdown_inline(args.sets or '(defaults)')}.",
+             f"Run options: {markdown_inline(args.sets.strip() or '(defaults)')}.",
              f"Target: the whole evaluation in at most {args.target_s:.0f} s per model (wall time of the `bench "
              f"run` process from interpreter start, model loading included): PASS / FAIL; CRASH: it did not complete.",
              "Peak memory: torch.cuda.max_memory_allocated (reserved in brackets) over the whole run, in process.",
