@@ -6,7 +6,8 @@ loading path: a ``Blip2ForImageTextRetrieval`` with BLIP-2's default config (EVA
 ``Salesforce/blip2-itm-vit-g``) and a ``CLIPModel`` at ViT-L/14 are written with
 ``save_pretrained`` (with a tokenizer and an image processor, as on the hub) and loaded by
 ``MODELS.get(name).create(Config(pretrained=folder))`` -- the code that loads the real
-checkpoints. Models: ``clip`` (ViT-L/14), ``blip2``, ``ours`` (BLIP2-IDQ-Former: gallery
+checkpoints (the writers are shared with ``scripts/gpu_eval.py``: ``scripts/random_checkpoints.py``).
+Models: ``clip`` (ViT-L/14), ``blip2``, ``ours`` (BLIP2-IDQ-Former: gallery
 at ``L_max``, every instruction pinned to ``--ours-length``, by default the mean L measured
 on the tiny benchmark, ``results/reference/ours__synthetic__default.json``), ``dynamicvit``
 (keep rate 0.7) and ``crossget`` (r = 5, its full-size default), all four BLIP-2 models
@@ -53,6 +54,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # its sibling modules, also when loaded by path (the tests)
 
 from benchmark.config import from_dict  # noqa: E402
 from benchmark.measure.memory import gpu_peak_memory_mb  # noqa: E402
@@ -61,55 +63,11 @@ from benchmark.registry import MODELS  # noqa: E402
 from benchmark.results import atomic_write_json, environment  # noqa: E402
 from benchmark.reporting.escape import markdown_inline  # noqa: E402
 from lightning_modules.optim import OptimConfig  # noqa: E402
+from random_checkpoints import INSTRUCTIONS, SCALES, write_blip2, write_clip  # noqa: E402
 
 #: the paper's Table (1x RTX 4090): memory (MB) and throughput (img/s)
 PAPER = {"blip2": {"memory_mb": 7213, "throughput_img_s": 52.63},
          "paper_idq_former": {"memory_mb": 15149, "throughput_img_s": 29.41}}
-INSTRUCTIONS = (
-    "a man riding a wave on top of a surfboard",
-    "two dogs playing with a red frisbee in a grassy park on a sunny afternoon",
-    "a plate of food",
-    "a kitchen with wooden cabinets, a white refrigerator and a window above the sink",
-    "a bus",
-    "a group of people standing around a table with laptops and coffee cups in an office",
-    "an x-ray of the chest showing a small nodule in the upper lobe of the right lung",
-    "an aerial image of a harbour with several ships docked next to storage tanks",
-)
-
-
-@dataclass(frozen=True)
-class Scale:
-    """Architectures of one scale: ``transformers`` config kwargs of BLIP-2 and CLIP."""
-
-    blip2: dict
-    clip_text: dict
-    clip_vision: dict
-    clip_projection: int
-    image_size: int
-    text_length: int = 35
-
-
-SCALES = {
-    # BLIP-2's defaults are EVA ViT-g/14 and the 12-layer Q-Former of blip2-itm-vit-g
-    "full": Scale(blip2=dict(qformer_config=dict(vocab_size=30523, use_qformer_text_input=True),
-                             num_query_tokens=32, image_text_hidden_size=256),
-                  clip_text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                                 max_position_embeddings=77),
-                  clip_vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                   num_attention_heads=16, image_size=224, patch_size=14),
-                  clip_projection=768, image_size=224),
-    "tiny": Scale(blip2=dict(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                                num_attention_heads=2, image_size=32, patch_size=8),
-                             qformer_config=dict(vocab_size=512, hidden_size=32, num_hidden_layers=2,
-                                                 num_attention_heads=2, intermediate_size=64,
-                                                 use_qformer_text_input=True, max_position_embeddings=64),
-                             num_query_tokens=8, image_text_hidden_size=16),
-                  clip_text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                 max_position_embeddings=40),
-                  clip_vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                   image_size=32, patch_size=8),
-                  clip_projection=16, image_size=32),
-}
 
 
 @dataclass(frozen=True)
@@ -125,57 +83,6 @@ SPECS = {
     "dynamicvit": ModelSpec("blip2"),
     "crossget": ModelSpec("blip2"),
 }
-
-
-# -- checkpoints -------------------------------------------------------------------------
-def _tokenizer(length: int):
-    from lightning_modules.components.word_tokenizer import build_word_tokenizer
-
-    return build_word_tokenizer(list(INSTRUCTIONS), length)
-
-
-def write_blip2(path: Path, scale: Scale, device: str) -> dict:
-    """A random ``Blip2ForImageTextRetrieval`` saved like a hub repo (fp32 safetensors)."""
-    from transformers import Blip2Config, Blip2ForImageTextRetrieval, BlipImageProcessor
-
-    tok = _tokenizer(scale.text_length)
-    cfg = Blip2Config(**scale.blip2)
-    cfg.qformer_config.pad_token_id = tok.pad_token_id
-    torch.manual_seed(0)
-    with torch.device(device):
-        hf = Blip2ForImageTextRetrieval(cfg).eval()
-        with torch.no_grad():  # transformers zero-initialises the queries: make them distinct
-            hf.query_tokens.normal_(0, 0.02)
-    hf.save_pretrained(path)
-    tok.save_pretrained(path)
-    BlipImageProcessor(size={"height": scale.image_size, "width": scale.image_size}).save_pretrained(path)
-    params = sum(p.numel() for p in hf.parameters())
-    del hf
-    return {"parameters": params, "vision_layers": cfg.vision_config.num_hidden_layers,
-            "vision_width": cfg.vision_config.hidden_size, "qformer_layers": cfg.qformer_config.num_hidden_layers,
-            "num_query_tokens": cfg.num_query_tokens, "image_size": cfg.vision_config.image_size,
-            "patch_size": cfg.vision_config.patch_size}
-
-
-def write_clip(path: Path, scale: Scale, device: str) -> dict:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    tok = _tokenizer(scale.clip_text["max_position_embeddings"])
-    text = dict(scale.clip_text, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id)
-    cfg = CLIPConfig(text_config=text, vision_config=scale.clip_vision, projection_dim=scale.clip_projection)
-    torch.manual_seed(0)
-    with torch.device(device):
-        hf = CLIPModel(cfg).eval()
-    hf.save_pretrained(path)
-    tok.save_pretrained(path)
-    size = scale.image_size
-    CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
-    params = sum(p.numel() for p in hf.parameters())
-    del hf
-    return {"parameters": params, "vision_layers": cfg.vision_config.num_hidden_layers,
-            "vision_width": cfg.vision_config.hidden_size, "image_size": size,
-            "patch_size": cfg.vision_config.patch_size}
 
 
 # -- models ------------------------------------------------------------------------------

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Full-size COCO-5k evaluation on one GPU, in one go (issue 24, item 6): is the whole evaluation,
+# k_test = 128 ITM re-ranking included, done in at most 15 minutes per model?
+#   1. `gpu_eval.py prepare`: a random-weight Blip2ForImageTextRetrieval at the layout of
+#      Salesforce/blip2-itm-vit-g (EVA ViT-g/14 224 px 39 layers, 12-layer Q-Former, 32 queries),
+#      with tokenizer and image processor, saved in float32 as the hub's file (4.7 GB);
+#      and a COCO-Karpathy stand-in in Karpathy's format (dataset_coco.json + val2014/): 5,000 test
+#      images (256 px JPEGs) x 5 captions, plus a few train/val entries;
+#   2. `bench run --model blip2` then `--model ours` (BLIP2-IDQ-Former, from the same folder) on it,
+#      --size full --epochs 0, each in its own process through `gpu_eval.py run`, which records the
+#      wall time and the CUDA allocator's peak memory of the run;
+#   3. OUT_DIR/summary.md (after each run, so a cut-off run leaves what was done): set-up stage times
+#      and one row per model with its time against the 900 s target (PASS/FAIL), its result file's
+#      stage timings (encode images/texts, score_and_rank, ...), peak memory and R@1.
+# Outputs under OUT_DIR: versions.txt, nvidia_smi.txt, stage_times.tsv, prepare.json, runs/*.json,
+# results/*.json (the result files), logs/*.log, summary.md, summary.json.
+#
+# Usage: scripts/gpu_eval_check.sh OUT_DIR [--cpu-smoke]   (from the repository root)
+#   --cpu-smoke (or GPU_EVAL_CPU_SMOKE=1): no CUDA needed; tiny shapes (a BLIP-2 of the same
+#   structure with 4 ViT layers of width 32 at 32 px, a 2-layer Q-Former, 8 queries; 16 test images)
+#   so the whole pipeline runs on a CPU in about a minute. Without it a machine without CUDA is
+#   refused (exit 2).
+# Environment:
+#   PYTHON      interpreter with the suite's dependencies (default python3; the repository is put on
+#               PYTHONPATH)
+#   EVAL_SETS   --set options of the evaluation's precision (default: "eval.precision=bf16-mixed
+#               eval.storage_dtype=float16"; set it to "" where the config does not know them yet)
+#   RUN_SETS    other --set options (default: "model_args.cache_features=false eval.measure=false
+#               data.num_workers=8", 0 with --cpu-smoke; see below)
+#   MODELS      models to run, in order (default "blip2 ours")
+#   N_TEST      test images (default 5000; 16 with --cpu-smoke)
+#   WORK_DIR    where the checkpoint and the data go (default: a temporary folder, removed at exit;
+#               4.7 GB checkpoint + 75 MB of JPEGs at full size)
+#   TARGET_S    the time target per model in seconds (default 900)
+# RUN_SETS defaults: cache_features=false because the runner builds the test dataloaders -- and the
+# feature cache then runs the ViT-g over the 5,000 images -- before Trainer.test moves the model to
+# the GPU, i.e. on the CPU; without the cache the tower runs inside Trainer.test on the GPU (same
+# features). eval.measure=false: the cost measurement after the evaluation (FLOPs, a fresh-process
+# memory probe, throughput) is not part of the evaluation the target is about.
+# Exit status: 0 when the script completed (whatever the times and runs gave), 2 without CUDA
+# (unless --cpu-smoke), 1 when the set-up crashed.
+set -uo pipefail
+
+out="" smoke=${GPU_EVAL_CPU_SMOKE:-0}
+for arg in "$@"; do
+    case $arg in
+        --cpu-smoke) smoke=1 ;;
+        -*) echo "gpu_eval_check.sh: unknown option $arg (usage: scripts/gpu_eval_check.sh OUT_DIR [--cpu-smoke])" >&2; exit 2 ;;
+        *) [ -z "$out" ] && out=$arg || { echo "gpu_eval_check.sh: one OUT_DIR only" >&2; exit 2; } ;;
+    esac
+done
+[ -n "$out" ] || { echo "usage: scripts/gpu_eval_check.sh OUT_DIR [--cpu-smoke]" >&2; exit 2; }
+
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+    TOKENIZERS_PARALLELISM=false
+py=${PYTHON:-python3}
+if [ "$smoke" = 1 ]; then
+    scale=tiny image_size=64 n_test=${N_TEST:-16} device=cpu workers=0
+else
+    "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' || {
+        echo "gpu_eval_check.sh: $py sees no CUDA device (torch.cuda.is_available() is False); this check needs" \
+             "one GPU. Use --cpu-smoke to run the pipeline at tiny shapes on the CPU." >&2
+        exit 2
+    }
+    scale=full image_size=256 n_test=${N_TEST:-5000} device=cuda workers=8
+fi
+eval_sets=${EVAL_SETS-eval.precision=bf16-mixed eval.storage_dtype=float16}
+run_sets=${RUN_SETS-model_args.cache_features=false eval.measure=false data.num_workers=$workers}
+models=${MODELS:-blip2 ours}
+target=${TARGET_S:-900}
+tag=gpueval
+
+mkdir -p "$out/logs" "$out/results" || exit 1
+: > "$out/stage_times.tsv"
+if [ -n "${WORK_DIR:-}" ]; then
+    work=$WORK_DIR; mkdir -p "$work" || exit 1
+else
+    work=$(mktemp -d) || exit 1
+    trap 'rm -rf "$work"' EXIT
+fi
+cache="$work/cache"
+now() { date +%s.%N; }
+elapsed() { "$py" -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
+stage() {  # stage NAME LOG COMMAND...: run, time, log; appends to stage_times.tsv
+    local name=$1 log=$2 start rc
+    shift 2
+    start=$(now)
+    "$@" > "$log" 2>&1
+    rc=$?
+    printf '%s\t%s\t%s\n' "$name" "$(elapsed "$start")" "$rc" >> "$out/stage_times.tsv"
+    tail -3 "$log"
+    return $rc
+}
+
+{ nvidia-smi || echo "nvidia-smi: not available"; } > "$out/nvidia_smi.txt" 2>&1
+"$py" -c 'import torch, lightning, transformers, platform
+print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda, "lightning",
+      lightning.__version__, "transformers", transformers.__version__,
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device")' > "$out/versions.txt" 2>&1
+cat "$out/versions.txt"
+device_label=$( [ "$smoke" = 1 ] && echo "CPU (--cpu-smoke, tiny shapes)" || "$py" -c 'import torch; print(torch.cuda.get_device_name(0))')
+
+stage prepare "$out/logs/prepare.log" "$py" scripts/gpu_eval.py prepare --scale "$scale" --work "$work" --out "$out" \
+    --n-test "$n_test" --image-size "$image_size" --device "$device" \
+    || { echo "gpu_eval_check.sh: the set-up failed, see $out/logs/prepare.log" >&2; exit 1; }
+
+sets=() shown=""
+for s in $eval_sets $run_sets; do sets+=(--set "$s"); shown+="$s "; done
+for model in $models; do
+    result="$out/results/${model}__coco__${tag}.json"
+    stage "bench run $model" "$out/logs/bench_run_$model.log" "$py" scripts/gpu_eval.py run --name "$model" \
+        --out "$out" --result-file "$result" -- \
+        run --model "$model" --dataset coco --size full --pretrained "$work/blip2" --epochs 0 \
+        --data-root "$work/coco" --tag "$tag" --results-dir "$out/results" --cache-dir "$cache" --no-progress \
+        "${sets[@]}"
+    "$py" scripts/gpu_eval.py summary --out "$out" --target-s "$target" --device-label "$device_label" \
+        --sets "$shown" --order "${models// /,}" > "$out/logs/summary.log" 2>&1 \
+        || echo "gpu_eval_check.sh: the summary failed, see $out/logs/summary.log" >&2
+done
+cat "$out/summary.md" 2>/dev/null
+exit 0
