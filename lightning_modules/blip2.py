@@ -170,7 +170,8 @@ def load_pretrained_parts(path: str, local_files_only: bool = True, temp_init: f
     """
     from transformers import AutoImageProcessor
 
-    hf = load_strict(Blip2ForImageTextRetrieval, path, local_files_only=local_files_only)
+    hf = load_strict(Blip2ForImageTextRetrieval, path, local_files_only=local_files_only,
+                     dtype=torch.float32)  # one dtype whatever the saved config says (mixed otherwise)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
     transform = ImageTransform.from_hf_processor(AutoImageProcessor.from_pretrained(path,
                                                                                      local_files_only=local_files_only))

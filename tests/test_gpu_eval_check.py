@@ -123,12 +123,14 @@ def test_prepare_run_and_summary_in_process(tmp_path, monkeypatch):
     record = gpu_eval.run_bench("blip2", ["run", "--model", "blip2", "--dataset", "coco", "--size", "full",
                                           "--pretrained", str(work / "blip2"), "--epochs", "0", "--data-root",
                                           str(work / "coco"), "--tag", "t", "--results-dir", str(out / "results"),
-                                          "--no-progress", "--set", "eval.measure=false",
-                                          "--set", "model_args.cache_features=false"], out, str(result))
+                                          "--no-progress", "--set", "eval.measure=false"], out, str(result))
     assert record["rc"] == 0 and record["error"] is None, record
     assert record["peak_allocated_mb"] is None  # no CUDA allocator on a CPU
     res = json.loads(result.read_text())
     assert res["provenance"]["n_gallery_images"] == 12 and res["provenance"]["n_queries"] == 60
+    # full size: the frozen features cached in fp16 and the gallery stored in fp16 (the CPU evaluates in fp32)
+    assert res["provenance"]["features"]["test"]["dtype"] == "float16"
+    assert res["evaluation"] == {"precision": "32-true", "storage_dtype": "float16", "world_size": 1}
     failed = gpu_eval.run_bench("nope", ["run", "--model", "nope"], out)  # recorded, not raised
     assert failed["rc"] == 2
     report = gpu_eval.summary(gpu_eval.parse_args(["summary", "--out", str(out), "--device-label", "cpu",

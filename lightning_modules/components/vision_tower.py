@@ -155,7 +155,8 @@ class Blip2VisionTower(_HFTower):
         """The vision model of a ``Blip2ForImageTextRetrieval`` checkpoint, with its image processor."""
         from transformers import AutoImageProcessor, Blip2ForImageTextRetrieval
 
-        hf = load_strict(Blip2ForImageTextRetrieval, source, local_files_only=local_files_only)
+        hf = load_strict(Blip2ForImageTextRetrieval, source, local_files_only=local_files_only,
+                         dtype=torch.float32)
         transform = ImageTransform.from_hf_processor(AutoImageProcessor.from_pretrained(
             source, local_files_only=local_files_only))
         return cls(hf.vision_model, transform, source=source)
