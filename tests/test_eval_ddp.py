@@ -4,7 +4,8 @@ ours on trained tiny checkpoints (ITM re-ranking included).
 
 Each rank encodes whole batches (``datamodules.sharding.RankBatches``) and scores every
 second chunk of queries; the per-query results are summed over the ranks. The checkpoints
-are trained once, in one process; the two-process runs evaluate them (``--checkpoint``).
+are trained once, in one process; the two-process runs evaluate them (``--checkpoint``) from
+a cache of their own, so they also extract the frozen features in two processes.
 """
 
 from __future__ import annotations
@@ -59,11 +60,15 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
         one = json.loads((tmp_path / "one" / f"{model}__synthetic__default.json").read_text())
         # the checkpoint the 1-process run trained, evaluated by 2 processes (trained under DDP, a
         # checkpoint would be another one: the device count is part of the training config)
-        _two_processes(_args(model, tmp_path / "two", cache) + ["--checkpoint", one["provenance"]["checkpoint"]],
-                       tmp_path)
+        # a cache of their own: the two processes also extract the frozen features themselves, each rank
+        # writing the rows of its batches into the one shared file
+        _two_processes(_args(model, tmp_path / "two", tmp_path / "cache2")
+                       + ["--checkpoint", one["provenance"]["checkpoint"]], tmp_path)
         two = json.loads((tmp_path / "two" / f"{model}__synthetic__default.json").read_text())
         assert one["evaluation"]["world_size"] == 1 and two["evaluation"]["world_size"] == 2
         assert two["provenance"]["trained_this_run"] is False
+        if model == "ours":  # the first 2-process run extracts the test split's features, blip2's reads them
+            assert two["provenance"]["features"]["test"]["hit"] is False
         assert two["metrics"] == one["metrics"], model
         assert two["per_query"] == one["per_query"], model
         assert 0.0 <= one["metrics"]["t2i/R@5"] <= 1.0 and one["metrics"]["t2i/n_queries"] == 120
