@@ -30,18 +30,19 @@ from lightning_modules.components.vision_tower import VisionTower
 class _TowerPredictor(L.LightningModule):
     """``predict_step``: the tower over one batch of pixels, its tokens written by index."""
 
-    def __init__(self, tower: VisionTower, writer: RowWriter, probe: torch.Tensor) -> None:
+    def __init__(self, tower: VisionTower, writer: RowWriter, probe: torch.Tensor, batch_size: int) -> None:
         super().__init__()
         assert isinstance(tower, nn.Module)
         self.tower = tower
         self.writer = writer
         self.probe = probe
+        self.batch_size = batch_size
 
     def on_predict_start(self) -> None:
         if self.trainer.is_global_zero:
             with torch.no_grad():
                 row_shape = tuple(self.tower(self.probe[None].to(self.device)).shape[1:])
-            self.writer.create(row_shape)
+            self.writer.prepare(row_shape)
         self.trainer.strategy.barrier("feature-file-created")
         if not self.trainer.is_global_zero:
             self.writer.attach()
@@ -49,12 +50,14 @@ class _TowerPredictor(L.LightningModule):
     def predict_step(self, batch, batch_idx: int) -> None:
         index, pixels = batch
         self.writer.write(torch.as_tensor(index), self.tower(pixels))
+        self.writer.mark_done(int(index[0]) // self.batch_size, self.global_rank)
 
     def on_predict_end(self) -> None:
         self.writer.flush()
         self.trainer.strategy.barrier("feature-rows-written")
         if self.trainer.is_global_zero:
             self.writer.commit()
+        self.writer.close()
         self.trainer.strategy.barrier("feature-file-committed")
 
 
@@ -71,11 +74,16 @@ class LightningExtractor:
     progress: bool = False
 
     def __call__(self, tower: VisionTower, images: Dataset, writer: RowWriter, batch_size: int) -> None:
-        loader = DataLoader(images, batch_sampler=RankBatches(len(images), batch_size),  # type: ignore[arg-type]
+        sampler = RankBatches(len(images), batch_size, skip=writer.completed_batches())  # resumed: done ones skipped
+        loader = DataLoader(images, batch_sampler=sampler,  # type: ignore[arg-type]
                             num_workers=self.num_workers, collate_fn=collate_indexed,
                             persistent_workers=False, pin_memory=self.accelerator != "cpu" and torch.cuda.is_available())
         trainer = L.Trainer(accelerator=self.accelerator, devices=self.devices, num_nodes=self.num_nodes,
                             strategy=self.strategy, precision=self.precision, logger=False,  # type: ignore[arg-type]
                             enable_checkpointing=False, enable_progress_bar=self.progress,
                             enable_model_summary=False, use_distributed_sampler=False, inference_mode=True)
-        trainer.predict(_TowerPredictor(tower, writer, images[0][1]), dataloaders=loader, return_predictions=False)
+        try:
+            trainer.predict(_TowerPredictor(tower, writer, images[0][1], batch_size), dataloaders=loader,
+                            return_predictions=False)
+        finally:
+            writer.close()  # on a crash the partial array and the logs stay, for a resume

@@ -13,7 +13,7 @@ process group exists by then, also in processes Lightning launches itself).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 import torch.distributed as dist
 from torch.utils.data import Sampler
@@ -29,19 +29,21 @@ def rank_and_world() -> tuple[int, int]:
 class RankBatches(Sampler[list[int]]):
     """Consecutive batches of ``batch_size`` indices over ``range(n)``; this rank's share of them."""
 
-    def __init__(self, n: int, batch_size: int) -> None:
+    def __init__(self, n: int, batch_size: int, skip: Collection[int] = ()) -> None:
         if n < 0 or batch_size < 1:
             raise ValueError(f"RankBatches needs n >= 0 and batch_size >= 1, got {n}, {batch_size}")
         self.n = n
         self.batch_size = batch_size
+        self.skip = frozenset(skip)  # batch ids already done (a resumed extraction)
 
-    def _batches(self) -> range:
+    def batch_ids(self) -> list[int]:
+        """This rank's batches, by global batch id (batch ``b`` holds items ``b * batch_size ...``)."""
         rank, world = rank_and_world()
-        return range(rank, -(-self.n // self.batch_size), world)
+        return [b for b in range(rank, -(-self.n // self.batch_size), world) if b not in self.skip]
 
     def __iter__(self) -> Iterator[list[int]]:
-        for b in self._batches():
+        for b in self.batch_ids():
             yield list(range(b * self.batch_size, min(self.n, (b + 1) * self.batch_size)))
 
     def __len__(self) -> int:
-        return len(self._batches())
+        return len(self.batch_ids())

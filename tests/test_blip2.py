@@ -397,7 +397,8 @@ def test_feature_cache_hit_miss_and_invalidation(clip_dir, tmp_path):
     assert len(calls) == 5 and cache.provenance["test"]["hit"] is False and "features_test_extract_s" in cache.timings
     with torch.no_grad():
         assert torch.allclose(get(3), tower(images[3:4])[0], atol=1e-6)
-    assert list((tmp_path / "features").glob(".*")) == []  # written atomically: no partial file left
+    # written atomically: no partial file left (the lock file that serialises extractions stays)
+    assert [p.suffix for p in (tmp_path / "features").glob(".*")] == [".lock"]
     # a new cache object (another run) reads the file: no image is touched
     calls.clear()
     again = FeatureCache(ClipVisionTower.from_clip_checkpoint(clip_dir), tmp_path / "features")
@@ -542,3 +543,38 @@ def test_variant_directions_reuse_the_main_results_elsewhere():
         RetrievalMetric(es, max_sim, score_variants={"v": variant}, variant_directions={"w": ("t2i",)})
     with pytest.raises(ValueError, match="variant_directions"):
         RetrievalMetric(es, max_sim, score_variants={"v": variant}, variant_directions={"v": ("x2y",)})
+
+
+def test_interrupted_feature_extraction_resumes_from_the_last_complete_batch(clip_dir, tmp_path):
+    tower = ClipVisionTower.from_clip_checkpoint(clip_dir)
+    images = torch.randn(7, 3, 32, 32)
+    seen: list[int] = []
+
+    def pixels(i):
+        seen.append(i)
+        return images[i]
+
+    class Crash(RuntimeError):
+        pass
+
+    def crashing(batch):  # the tower dies on its third batch
+        if len(seen) > 4:
+            raise Crash
+        return tower(batch)
+
+    crashing.parameters = tower.parameters  # type: ignore[attr-defined]
+    broken = FeatureCache(tower, tmp_path / "features", batch_size=2)
+    broken.tower = crashing  # type: ignore[assignment]
+    broken.tower.fingerprint = tower.fingerprint  # type: ignore[attr-defined]
+    with pytest.raises(Crash):
+        broken.for_split("test", 7, "sha", pixels)
+    assert not broken.path("test", 7, "sha").exists()  # nothing half-written in place
+    seen.clear()
+    cache = FeatureCache(tower, tmp_path / "features", batch_size=2)
+    feats = cache.for_split("test", 7, "sha", pixels)
+    assert seen == [4, 5, 6]  # batches 0 and 1 were complete: only batches 2 and 3 are computed
+    assert cache.provenance["test"]["resumed_batches"] == 2
+    fresh = FeatureCache(tower, tmp_path / "other", batch_size=2).for_split("test", 7, "sha", lambda i: images[i])
+    assert all(torch.equal(feats(i), fresh(i)) for i in range(7))
+    name = cache.path("test", 7, "sha").name  # the partial array and the batch logs are gone
+    assert sorted(p.name for p in (tmp_path / "features").iterdir()) == [f".{name}.lock", name]

@@ -12,7 +12,9 @@ split, so the file doubles as the gallery's store of vision tokens for ITM re-ra
 
 Writing streams: rows go into a preallocated temporary ``.npy`` (memory-mapped) batch by
 batch, so peak RAM is one batch whatever the split's size, and the file is renamed into
-place only when complete: concurrent or interrupted runs never see a half-written file.
+place only when complete: concurrent or interrupted runs never see a half-written file. An
+interrupted extraction resumes: the batches logged as flushed are not computed again
+(:class:`RowWriter`).
 Who computes the rows is an :class:`Extractor`: in-process by default
 (:class:`LocalExtractor`); the runner installs one that runs the tower inside a Lightning
 ``predict`` loop on the run's accelerator, devices and precision, with DataLoader workers,
@@ -64,46 +66,98 @@ def feature_key(tower_fingerprint: str, split: str, n_images: int, checksum: str
 class RowWriter:
     """Rows of a preallocated ``.npy`` array at a temporary path, renamed into place by :meth:`commit`.
 
-    ``open`` creates the file (the shape is learnt from the first rows written, so the
-    tower never runs twice); ``attach`` maps one that another process created."""
+    Resumable: the temporary array (``.<name>.partial.npy``) and, per rank, a log of the batches
+    whose rows are flushed to it (``.<name>.partial.done-<rank>``) survive a crash, so a rerun
+    computes only the batches no log lists (:meth:`completed_batches`). ``prepare`` (one process:
+    rank 0) creates the array -- or keeps a partial one of the same shape and dtype -- and holds a
+    lock file, so that two independent runs never write the same partial array;
+    ``attach`` maps it in the other ranks."""
 
     def __init__(self, path: Path, n_rows: int, dtype: torch.dtype) -> None:
         self.path = Path(path)
         self.n_rows = n_rows
         self.dtype = dtype
-        # one name for every rank of a distributed run (they share MASTER_PORT), another for
-        # any other run extracting the same split at the same time
-        run = os.environ.get("MASTER_PORT") or str(os.getpid())
-        self.tmp = self.path.with_name(f".{self.path.name}.{run}.partial.npy")
+        self.tmp = self.path.with_name(f".{self.path.name}.partial.npy")
         self.array: np.ndarray | None = None
+        self._lock: int | None = None
+        self._log = None
 
-    def create(self, row_shape: tuple[int, ...]) -> None:
+    def _done_files(self) -> list[Path]:
+        return sorted(self.path.parent.glob(f".{self.path.name}.partial.done-*"))
+
+    def completed_batches(self) -> set[int]:
+        """Batches of an interrupted extraction whose rows are in the partial array (empty without one)."""
+        if not self.tmp.exists():
+            return set()
+        done: set[int] = set()
+        for f in self._done_files():
+            done |= {int(line) for line in f.read_text().split() if line.isdigit()}
+        return done
+
+    def prepare(self, row_shape: tuple[int, ...]) -> bool:
+        """Take the lock, then keep a matching partial array or create a new one; True if resumed."""
+        import fcntl
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=_NUMPY[self.dtype],
-                                               shape=(self.n_rows, *row_shape))
+        self._lock = os.open(self.path.with_name(f".{self.path.name}.lock"), os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)  # another run extracting this split: wait for it
+        shape = (self.n_rows, *row_shape)
+        if self.tmp.exists():
+            try:
+                partial = np.load(self.tmp, mmap_mode="r+")
+                if partial.shape == shape and partial.dtype == _NUMPY[self.dtype]:
+                    self.array = partial
+                    return True
+            except (ValueError, OSError):
+                pass  # unreadable: start over
+        for f in self._done_files():
+            f.unlink()
+        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=_NUMPY[self.dtype], shape=shape)
+        return False
 
     def attach(self) -> None:
         self.array = np.load(self.tmp, mmap_mode="r+")
 
     def write(self, index: torch.Tensor, rows: torch.Tensor) -> None:
         if self.array is None:
-            self.create(tuple(rows.shape[1:]))
+            self.prepare(tuple(rows.shape[1:]))
         assert self.array is not None
         idx = index.detach().cpu().numpy()
         self.array[idx] = rows.detach().to(device="cpu", dtype=self.dtype).numpy()
+
+    def mark_done(self, batch: int, rank: int = 0) -> None:
+        """Flush the rows written so far and log ``batch`` as complete (after the rows: a crash in
+        between only recomputes the batch)."""
+        self.flush()
+        if self._log is None:
+            self._log = open(self.path.with_name(f".{self.path.name}.partial.done-{rank}"), "a", encoding="ascii")
+        self._log.write(f"{batch}\n")
+        self._log.flush()
+        os.fsync(self._log.fileno())
 
     def flush(self) -> None:
         if self.array is not None:
             self.array.flush()
 
+    def close(self) -> None:
+        """Release this process's handles (the partial files stay for a later resume)."""
+        self.flush()
+        self.array = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._lock is not None:
+            os.close(self._lock)  # releases the lock
+            self._lock = None
+
     def commit(self) -> None:
+        """Rename the complete array into place and remove the logs (one process: rank 0)."""
         self.flush()
         self.array = None
         os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        self.array = None
-        self.tmp.unlink(missing_ok=True)
+        for f in self._done_files():
+            f.unlink()
+        self.close()
 
 
 class Extractor(Protocol):
@@ -113,16 +167,25 @@ class Extractor(Protocol):
 
 
 class LocalExtractor:
-    """In this process, on the tower's device, batch after batch in index order."""
+    """In this process, on the tower's device, batch after batch in index order (the batches an
+    interrupted extraction completed are skipped)."""
 
     def __call__(self, tower: VisionTower, images: Dataset, writer: RowWriter, batch_size: int) -> None:
         from datamodules.base import collate_indexed
+        from datamodules.sharding import RankBatches
 
         device = next(iter(tower.parameters())).device if hasattr(tower, "parameters") else torch.device("cpu")
-        with torch.no_grad():
-            for index, pixels in DataLoader(images, batch_size=batch_size, collate_fn=collate_indexed):
-                writer.write(torch.as_tensor(index), tower(pixels.to(device)))
-        writer.commit()
+        done = writer.completed_batches()
+        try:
+            with torch.no_grad():  # the first write prepares the array (or keeps the partial one)
+                sampler = RankBatches(len(images), batch_size, skip=done)
+                for b, (index, pixels) in zip(sampler.batch_ids(), DataLoader(images, batch_sampler=sampler,
+                                                                              collate_fn=collate_indexed)):
+                    writer.write(torch.as_tensor(index), tower(pixels.to(device)))
+                    writer.mark_done(b)
+            writer.commit()
+        finally:
+            writer.close()
 
 
 class _Pixels(Dataset):
@@ -191,13 +254,10 @@ class FeatureCache:
         if not path.exists():
             t = time.perf_counter()
             writer = RowWriter(path, n_images, self.dtype)
-            try:
-                self.extractor(self.tower, images, writer, self.batch_size)
-            except BaseException:
-                writer.discard()
-                raise
+            resumed = len(writer.completed_batches())
+            self.extractor(self.tower, images, writer, self.batch_size)  # a crash keeps the partial file
             self.timings[f"features_{split}_extract_s"] = time.perf_counter() - t
-            self.provenance[split] = {"file": path.name, "hit": False}
+            self.provenance[split] = {"file": path.name, "hit": False, "resumed_batches": resumed}
         else:
             self.provenance[split] = {"file": path.name, "hit": True}
         t = time.perf_counter()
