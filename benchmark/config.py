@@ -48,6 +48,14 @@ class TrainConfig:
     accelerator / devices / strategy: passed to ``lightning.Trainer``; ``strategy="ddp"``
     with several devices or nodes is how the suite scales out.
     num_threads: torch intra-op threads (None = torch's default); recorded in results.
+    num_nodes: machines; Lightning reads the cluster environment (SLURM, torchrun's variables),
+        so ``--set train.num_nodes=2 train.devices=8 train.strategy=ddp`` under ``srun`` or
+        ``torchrun`` needs no launcher of the suite's.
+    gather_negatives: with more than one process, the contrastive losses (CLIP's InfoNCE, the
+        BLIP-2 family's ITC, ours' ITC and length terms, BLIP-2's ITM hard negatives) score each
+        process's rows against every process's items, gathered with gradient (open_clip /
+        LAVIS; ``lightning_modules/components/cross_rank.py``): the negatives are the global
+        batch. False: each process's own batch only. No effect in one process.
     """
 
     max_epochs: int = 12
@@ -62,6 +70,7 @@ class TrainConfig:
     deterministic: bool = True
     limit_train_batches: float = 1.0
     val_every_n_epochs: int = 5
+    gather_negatives: bool = True
 
     def __post_init__(self) -> None:
         if self.val_every_n_epochs < 1:
@@ -178,6 +187,9 @@ class RunConfig:
         for k in ("precision", "storage_dtype"):  # left out at their defaults: the hashes of before they existed
             if d["eval"][k] is None:
                 d["eval"].pop(k)
+        for section, name, default in _HASHED_UNLESS_DEFAULT:
+            if d[section][name] == default:
+                d[section].pop(name)
         return d
 
     def config_hash(self) -> str:
@@ -201,6 +213,12 @@ class RunConfig:
         for k in ("eval_batch_size", "eval_split", "max_eval_images", "num_workers", "cache_images", "strict"):
             d["data"].pop(k)
         return stable_hash(d)
+
+
+#: options added after results and checkpoints were hashed: at their default they are left out of
+#: the identity, so every earlier config keeps its hash (and its cached checkpoint); recorded in
+#: the result file's config all the same
+_HASHED_UNLESS_DEFAULT = (("train", "gather_negatives", True),)
 
 
 def stable_hash(obj: Any) -> str:
