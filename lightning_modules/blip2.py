@@ -13,7 +13,12 @@ a fixed number (32) of learned queries, vision and text projections, an ITM head
   ITC-only scores are reported too, as the score variant ``itc``.
 * **Training** (tiny): ITC (learnable temperature, init 0.07, same-image items positive)
   + ITM with hard negatives sampled from the ITC similarities
-  (:mod:`~lightning_modules.components.blip2_losses`).
+  (:mod:`~lightning_modules.components.blip2_losses`). Under DDP (LAVIS): the ITC scores
+  each process's rows against every process's items, gathered with gradient, and the ITM
+  hard negatives are drawn from those gathered similarities, their frozen image tokens and
+  token ids gathered without gradient (:mod:`~lightning_modules.components.cross_rank`;
+  ``train.gather_negatives``). With ``itm_weight = 0`` the ITM head is not trained (frozen
+  at ``setup("fit")``), so every trainable parameter takes part in every step.
 * **Sizes**: *full* loads ``Blip2ForImageTextRetrieval`` (``Salesforce/blip2-itm-vit-g`` or a
   local path) strictly -- every checkpoint weight is used, none is missing -- with its
   tokenizer and image processor; *tiny* puts a random small Q-Former on the frozen vision
@@ -80,7 +85,8 @@ class Blip2Config:
     itm_batch_size: (image, text) pairs per ITM forward pass when re-ranking.
     itm_weight: weight of the ITM loss beside ITC; itc_label_smoothing: LAVIS uses 0.1.
     itm_max_anchors: ITM trains on the positives and hard negatives of the first N items of
-        each (shuffled) batch only (None = all, as LAVIS; fewer bounds the CPU cost).
+        each (shuffled) batch only (None = all, as LAVIS; fewer bounds the CPU cost); per
+        process under DDP, like ``data.batch_size`` (the negatives still come from every process).
     itm_hard_fraction: share of ITM negatives drawn from the ITC similarities (hard, 1.0 as
         BLIP-2); the rest are drawn uniformly over the non-positives.
     max_text_length: None: 48 tiny (the word tokenizer's), 35 full (LAVIS retrieval).

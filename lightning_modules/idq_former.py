@@ -34,7 +34,13 @@ negatives, run at each text's integer L) + the length cost + the self-supervised
 length target. The batch's relevance column (the split indices of each caption's relevant
 images) can tell the oracle (``oracle_relevant``) and the ITC / ITM (``train_positives``)
 which other images also satisfy a caption; both are off by default (measured: no gain, see
-docs/DESIGN.md). ``qscaler: false`` gives the paper's "without QScaler" ablation (every text
+docs/DESIGN.md). Under DDP every ITC term (soft-masked and ``L_max``), the oracle's ranking
+(the global batch plus a queue of global batches) and the ITM hard negatives use the batches
+of every process, gathered with gradient (L and the QScaler head included;
+:mod:`~lightning_modules.components.cross_rank`), and in the ``qscaler_warmup`` the QScaler
+head takes part in the graph with an exactly zero gradient that is dropped before the
+optimizer step, so plain ``ddp`` trains ours and one process trains as it did before.
+``qscaler: false`` gives the paper's "without QScaler" ablation (every text
 L = ``l_init``, 32, and the gallery is encoded with ``l_init`` queries); ``attention:
 "full"`` keeps BLIP-2's full query self-attention, for comparison: then all ``L_max``
 queries always run and see each other (gallery and ITM pass alike) and L only selects the
