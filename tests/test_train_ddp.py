@@ -260,5 +260,5 @@ def test_the_runner_hands_the_option_to_the_model_and_to_dependencies(monkeypatc
     monkeypatch.setattr(runner, "_trainer", lambda *a, **kw: type("T", (), {"fit": lambda self, m, **k: fitted.append(m)})())
     model = _model("blip2", checkpoints)
     assert model.gather_negatives is True
-    runner._fit(cfg, model, None, progress=False)
+    runner._fit(cfg, model, type("DM", (), {"item_table": lambda self, split: None})(), progress=False)
     assert fitted == [model] and model.gather_negatives is False
