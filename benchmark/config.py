@@ -49,8 +49,10 @@ class TrainConfig:
     with several devices or nodes is how the suite scales out.
     num_threads: torch intra-op threads (None = torch's default); recorded in results.
     num_nodes: machines; Lightning reads the cluster environment (SLURM, torchrun's variables),
-        so ``--set train.num_nodes=2 train.devices=8 train.strategy=ddp`` under ``srun`` or
-        ``torchrun`` needs no launcher of the suite's.
+        so ``bench run --devices 8 --strategy ddp --set train.num_nodes=2`` started by ``srun``
+        (one task per device) or ``torchrun --nnodes 2 --nproc-per-node 8`` needs no launcher
+        of the suite's; the cache folder must be shared by the nodes (rank 0 saves the
+        checkpoints every process then loads).
     gather_negatives: with more than one process, the contrastive losses (CLIP's InfoNCE, the
         BLIP-2 family's ITC, ours' ITC and length terms, BLIP-2's ITM hard negatives) score each
         process's rows against every process's items, gathered with gradient (open_clip /
