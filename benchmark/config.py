@@ -51,6 +51,16 @@ class TrainConfig:
     resume: "auto" resumes an interrupted training from its last resume point in the cache
         (``benchmark/resume.py``); "never" starts over.
     checkpoint_every_n_steps: also save a resume point every N optimizer steps (None: at epoch ends only).
+    num_nodes: machines; Lightning reads the cluster environment (SLURM, torchrun's variables),
+        so ``bench run --devices 8 --strategy ddp --set train.num_nodes=2`` started by ``srun``
+        (one task per device) or ``torchrun --nnodes 2 --nproc-per-node 8`` needs no launcher
+        of the suite's; the cache folder must be shared by the nodes (rank 0 saves the
+        checkpoints every process then loads).
+    gather_negatives: with more than one process, the contrastive losses (CLIP's InfoNCE, the
+        BLIP-2 family's ITC, ours' ITC and length terms, BLIP-2's ITM hard negatives) score each
+        process's rows against every process's items, gathered with gradient (open_clip /
+        LAVIS; ``lightning_modules/components/cross_rank.py``): the negatives are the global
+        batch. False: each process's own batch only. No effect in one process.
     """
 
     max_epochs: int = 12
@@ -67,6 +77,7 @@ class TrainConfig:
     val_every_n_epochs: int = 5
     resume: str = "auto"
     checkpoint_every_n_steps: int | None = None
+    gather_negatives: bool = True
 
     def __post_init__(self) -> None:
         if self.val_every_n_epochs < 1:
@@ -181,14 +192,12 @@ class RunConfig:
         if not d["task_args"]:
             d.pop("task_args")
         d["data"] = data_identity(d["data"])
-        if d["checkpoint"] is None:  # left out when unset: the hashes of before it existed
-            d.pop("checkpoint")
-        for k in ("resume", "checkpoint_every_n_steps"):  # how a training survives a crash, not what it computes
-            d["train"].pop(k)
-        d["eval"].pop("memmap_min_mb")  # where the gallery lives, not what is computed
-        for k in ("precision", "storage_dtype"):  # left out at their defaults: the hashes of before they existed
-            if d["eval"][k] is None:
-                d["eval"].pop(k)
+        for section, name in _NOT_HASHED:
+            d[section].pop(name)
+        for section, name, default in _HASHED_UNLESS_DEFAULT:
+            node = d if section is None else d[section]
+            if node[name] == default:
+                node.pop(name)
         return d
 
     def config_hash(self) -> str:
@@ -223,6 +232,15 @@ def data_identity(data: dict) -> dict:
     if "num_workers" in out and out["num_workers"] is None:
         out["num_workers"] = 0
     return out
+
+
+#: options added after results and checkpoints were hashed: at their default they are left out of
+#: the identity, so every earlier config keeps its hash (and its cached checkpoint); recorded in
+#: the result file's config all the same
+_HASHED_UNLESS_DEFAULT = (("train", "gather_negatives", True), (None, "checkpoint", None), ("eval", "precision", None),
+                          ("eval", "storage_dtype", None))
+#: options that change how a run survives or where its data lives, never what it computes
+_NOT_HASHED = (("train", "resume"), ("train", "checkpoint_every_n_steps"), ("eval", "memmap_min_mb"))
 
 
 def stable_hash(obj: Any) -> str:

@@ -92,7 +92,8 @@ def checkpoint_dir(cfg: RunConfig, dependencies: dict[str, Any] | None = None, m
 # on the same dataset with the same seed (its shipped base config, the run's data options
 # and hardware settings, then ``model_args.dependency_overrides[field]``), trained through
 # this runner if it is not cached. E.g. BLIP2's frozen vision tower is the tiny CLIP's.
-_INHERITED_TRAIN = ("accelerator", "devices", "num_nodes", "strategy", "num_threads", "deterministic", "precision")
+_INHERITED_TRAIN = ("accelerator", "devices", "num_nodes", "strategy", "num_threads", "deterministic", "precision",
+                    "gather_negatives")
 
 
 def dependency_config(cfg: RunConfig, model: str, overrides: dict | None = None) -> RunConfig:
@@ -201,6 +202,10 @@ def _extraction_workers(cfg: RunConfig, dm) -> int:
 def _fit_and_save(cfg: RunConfig, model, dm, ckpt: Path, *, progress: bool):
     """Train ``model`` (resuming an interrupted run of the same training from its resume point)
     and save it atomically as the cached checkpoint ``ckpt``; the resume point is then removed."""
+    from lightning_modules.components.cross_rank import CrossRankNegatives
+
+    if isinstance(model, CrossRankNegatives):  # contrastive negatives from every DDP process (or not)
+        model.gather_negatives = cfg.train.gather_negatives
     for split in ("train", "val"):  # frozen features extracted (once, if not cached) before the fit loop starts
         dm.item_table(split)
     resume = resume_dir(cfg.cache_dir, ckpt)

@@ -37,9 +37,17 @@ class RankBatches(Sampler[list[int]]):
         self.skip = frozenset(skip)  # batch ids already done (a resumed extraction)
 
     def batch_ids(self) -> list[int]:
-        """This rank's batches, by global batch id (batch ``b`` holds items ``b * batch_size ...``)."""
+        """This rank's batches, by global batch id (batch ``b`` holds items ``b * batch_size ...``).
+
+        A rank never gets none: with fewer batches than ranks (or every batch of its share
+        skipped) it repeats batch ``rank mod n_batches`` -- an item encoded twice in the same
+        batch gives the same values, which the metric's de-duplication and an extraction's
+        row writes absorb -- because Lightning runs no hook of a loop without batches, so that
+        rank would miss the loop's collectives."""
         rank, world = rank_and_world()
-        return [b for b in range(rank, -(-self.n // self.batch_size), world) if b not in self.skip]
+        n_batches = -(-self.n // self.batch_size)
+        mine = [b for b in range(rank, n_batches, world) if b not in self.skip]
+        return mine or ([rank % n_batches] if n_batches else [])
 
     def __iter__(self) -> Iterator[list[int]]:
         for b in self.batch_ids():

@@ -13,7 +13,12 @@ a fixed number (32) of learned queries, vision and text projections, an ITM head
   ITC-only scores are reported too, as the score variant ``itc``.
 * **Training** (tiny): ITC (learnable temperature, init 0.07, same-image items positive)
   + ITM with hard negatives sampled from the ITC similarities
-  (:mod:`~lightning_modules.components.blip2_losses`).
+  (:mod:`~lightning_modules.components.blip2_losses`). Under DDP (LAVIS): the ITC scores
+  each process's rows against every process's items, gathered with gradient, and the ITM
+  hard negatives are drawn from those gathered similarities, their frozen image tokens and
+  token ids gathered without gradient (:mod:`~lightning_modules.components.cross_rank`;
+  ``train.gather_negatives``). With ``itm_weight = 0`` the ITM head is not trained (frozen
+  at ``setup("fit")``), so every trainable parameter takes part in every step.
 * **Sizes**: *full* loads ``Blip2ForImageTextRetrieval`` (``Salesforce/blip2-itm-vit-g`` or a
   local path) strictly -- every checkpoint weight is used, none is missing -- with its
   tokenizer and image processor; *tiny* puts a random small Q-Former on the frozen vision
@@ -40,7 +45,8 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, Blip2ForImageTextRetrieval, Blip2QFormerConfig
 
 from lightning_modules.base import Encoded, blockwise_over_gallery, full_precision, max_sim, on_device, scoring_view
-from lightning_modules.components.blip2_losses import itc_loss, itc_similarities, itm_loss, itm_pairs
+from lightning_modules.components.blip2_losses import ItcBlocks, batch_itc, itm_loss, itm_pairs_blocks
+from lightning_modules.components.cross_rank import CrossRankNegatives, GlobalBatch
 from lightning_modules.components.feature_cache import FeatureCache
 from lightning_modules.components.image_transform import ImageTransform
 from lightning_modules.components.length_groups import encode_in_groups
@@ -79,7 +85,8 @@ class Blip2Config:
     itm_batch_size: (image, text) pairs per ITM forward pass when re-ranking.
     itm_weight: weight of the ITM loss beside ITC; itc_label_smoothing: LAVIS uses 0.1.
     itm_max_anchors: ITM trains on the positives and hard negatives of the first N items of
-        each (shuffled) batch only (None = all, as LAVIS; fewer bounds the CPU cost).
+        each (shuffled) batch only (None = all, as LAVIS; fewer bounds the CPU cost); per
+        process under DDP, like ``data.batch_size`` (the negatives still come from every process).
     itm_hard_fraction: share of ITM negatives drawn from the ITC similarities (hard, 1.0 as
         BLIP-2); the rest are drawn uniformly over the non-positives.
     max_text_length: None: 48 tiny (the word tokenizer's), 35 full (LAVIS retrieval).
@@ -200,7 +207,7 @@ def _symmetric_max_sim(items: Encoded, step: int) -> torch.Tensor:
     return out
 
 
-class Blip2Retrieval(L.LightningModule):
+class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
     """BLIP-2 (frozen tower + Q-Former, ITC + ITM re-ranking) honouring the RetrievalModel protocol."""
 
     Config = Blip2Config
@@ -422,24 +429,50 @@ class Blip2Retrieval(L.LightningModule):
         img = self.head.image_feats(self.head.query_outputs(self.head.query_tokens, tokens))
         ids, mask = self.tokenize(texts)
         txt = self.text_features(ids, mask)
-        sim = itc_similarities(img, txt)
-        positives = index[:, None] == index[None, :]
         with torch.no_grad():
             self.head.temp.clamp_(0.001, 0.5)
-        loss_itc = itc_loss(sim, self.head.temp, positives, self.config.itc_label_smoothing)
+        everyone = self.global_batch(len(index))  # DDP: negatives from every process (cross_rank)
+        loss_itc, blocks = batch_itc(img, txt, index, self.head.temp, self.config.itc_label_smoothing, everyone)
         out = {"itc": loss_itc}
         if self.config.itm_weight > 0:
-            img_i, txt_i, labels = self.itm_training_pairs(sim, positives)
-            logits = self.head.itm_logits(tokens[img_i], ids[txt_i], mask[txt_i])
+            img_i, txt_i, labels = self.itm_training_pairs(blocks)
+            logits = self.head.itm_logits(*self.itm_inputs(everyone, img_i, txt_i, tokens, ids, mask))
             out["itm"] = itm_loss(logits, labels)
         out["loss"] = loss_itc + self.config.itm_weight * out.get("itm", 0.0)
         return out
 
-    def itm_training_pairs(self, sim_i2t: torch.Tensor, positives: torch.Tensor):
+    def itm_training_pairs(self, blocks: ItcBlocks):
         """The ITM batch of a training step, with the configured anchors and hard-negative share
-        (:func:`~lightning_modules.components.blip2_losses.itm_pairs`); shared by the family."""
-        return itm_pairs(sim_i2t.detach(), positives, max_anchors=self.config.itm_max_anchors,
-                         hard_fraction=self.config.itm_hard_fraction)
+        (:func:`~lightning_modules.components.blip2_losses.itm_pairs_blocks`: indices into the
+        global batch under DDP); shared by the family."""
+        return itm_pairs_blocks(blocks.sim_i2t.detach(), blocks.sim_t2i.detach(), blocks.positives_i2t,
+                                blocks.positives_t2i, blocks.offset, max_anchors=self.config.itm_max_anchors,
+                                hard_fraction=self.config.itm_hard_fraction)
+
+    def itm_inputs(self, everyone: GlobalBatch | None, img_i: torch.Tensor, txt_i: torch.Tensor,
+                   tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                   *per_text: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The ITM inputs of the pairs ``(img_i, txt_i)``: image tokens, token ids, mask and each
+        ``per_text`` tensor (e.g. ours' L) of the chosen rows. Under DDP (``everyone``) the indices
+        are global: the frozen tokens, ids and masks of every process are gathered without
+        gradient (LAVIS ``concat_all_gather``), the ids padded to the widest process's and then
+        cut to the widest chosen text."""
+        if everyone is None:
+            return tokens[img_i], ids[txt_i], mask[txt_i], *(t[txt_i] for t in per_text)
+        ids = everyone.padded_rows(ids, self.tokenizer.pad_token_id)[txt_i]
+        mask = everyone.padded_rows(mask, 0)[txt_i]
+        width = max(1, int(mask.sum(1).max()))
+        return (everyone.rows(tokens, grad=False)[img_i], ids[:, :width], mask[:, :width],
+                *(everyone.rows(t, grad=False)[txt_i] for t in per_text))
+
+    def setup(self, stage: str) -> None:
+        """Before fitting (and before DDP wraps the module): a part no training loss reaches is
+        not trainable -- the ITM head when ``itm_weight`` is 0 -- so that every trainable
+        parameter takes part in every step (plain ``ddp``, no ``find_unused_parameters``). The
+        same training in one process: a parameter without a gradient was skipped by AdamW and
+        by the gradient clipping before, and is left out of the optimizer now."""
+        if stage == "fit" and self.config.itm_weight == 0:
+            self.head.itm_head.requires_grad_(False)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         losses = self._losses(batch)

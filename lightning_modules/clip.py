@@ -8,6 +8,10 @@ A LightningModule over transformers' ``CLIPModel``:
 * **full**: a pretrained checkpoint by hub id or local path (e.g.
   ``openai/clip-vit-large-patch14``), evaluated zero-shot or fine-tuned.
 
+Under DDP the InfoNCE scores each process's rows against the features of every process,
+gathered with gradient (open_clip's ``gather_with_grad`` + ``local_loss``;
+:mod:`~lightning_modules.components.cross_rank`), so the negatives are the global batch.
+
 Both sizes are saved with ``save_pretrained`` and loaded with ``from_pretrained``, so the
 full-size loading path is the one the tiny checkpoints exercise. Scores are cosine
 similarities of the L2-normalized projected embeddings (no temperature), which is also
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from lightning_modules.base import Encoded, blockwise_over_gallery, full_precision, max_sim
+from lightning_modules.components.cross_rank import CrossRankNegatives, GlobalBatch
 from lightning_modules.components.image_transform import ImageTransform
 from lightning_modules.components.length_groups import encode_in_groups
 from lightning_modules.components.word_tokenizer import build_word_tokenizer
@@ -101,7 +106,18 @@ def _pooled(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-class ClipRetrieval(L.LightningModule):
+def _gathered_infonce(img: torch.Tensor, txt: torch.Tensor, index: torch.Tensor, scale: torch.Tensor,
+                      everyone: GlobalBatch) -> torch.Tensor:
+    """The symmetric InfoNCE of this process's images and texts against every process's (gathered
+    with gradient): the mean over the local rows of each direction."""
+    every = everyone.rows(index, grad=False)
+    same = (index[:, None] == every[None, :]).float()
+    target = same / same.sum(1, keepdim=True)
+    return 0.5 * (F.cross_entropy(scale * img @ everyone.rows(txt).T, target)
+                  + F.cross_entropy(scale * txt @ everyone.rows(img).T, target))
+
+
+class ClipRetrieval(CrossRankNegatives, L.LightningModule):
     """CLIP dual encoder honouring :class:`lightning_modules.base.RetrievalModel`."""
 
     Config = ClipConfig
@@ -179,7 +195,11 @@ class ClipRetrieval(L.LightningModule):
         index, pixels, texts = batch[:3]  # a 4th column: relevant images (unused)
         img = self.encode_images(pixels).emb
         txt = self.encode_texts(texts).emb
-        logits = self.model.logit_scale.exp().clamp(max=100) * img @ txt.T
+        scale = self.model.logit_scale.exp().clamp(max=100)
+        everyone = self.global_batch(len(index))
+        if everyone is not None:  # DDP: local rows against every process's items (cross_rank, open_clip local_loss)
+            return everyone.loss_scale * _gathered_infonce(img, txt, index.to(img.device), scale, everyone)
+        logits = scale * img @ txt.T
         # Items of a batch drawn from the same image are positives of each other.
         same = (index[:, None] == index[None, :]).float()
         target = same / same.sum(1, keepdim=True)

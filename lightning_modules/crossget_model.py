@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.components import image_attention
-from lightning_modules.components.blip2_losses import itc_loss, itc_similarities
+from lightning_modules.components.blip2_losses import batch_itc
 from lightning_modules.components.crossget import DEFAULT_R, CrossGETTower, cross_alignment_loss
 from lightning_modules.token_reduction_model import TokenReductionConfig, TokenReductionRetrieval
 
@@ -125,8 +125,8 @@ class CrossGETRetrieval(TokenReductionRetrieval):
             if cfg.finetune_qformer:
                 with torch.no_grad():
                     self.head.temp.clamp_(0.001, 0.5)
-            positives = index[:, None] == index[None, :]
-            losses["itc"] = itc_loss(itc_similarities(img, F.normalize(text, dim=-1)), self.head.temp, positives,
-                                     cfg.itc_label_smoothing)
+            everyone = self.global_batch(len(index))  # DDP: negatives from every process (cross_rank)
+            losses["itc"], _ = batch_itc(img, F.normalize(text, dim=-1), index, self.head.temp,
+                                         cfg.itc_label_smoothing, everyone)
             loss = loss + cfg.itc_weight * losses["itc"]
         return losses | {"loss": loss}

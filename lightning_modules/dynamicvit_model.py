@@ -14,7 +14,9 @@ modules before the layers at 1/4, 1/2 and 3/4 of the depth keep ``floor(rho^s P)
   cross-attention (a dropped token is attended by nobody). Loss = retrieval (ITC, + ITM with
   ``itm_weight``) + 0.5 * embedding distillation (cosine distance of each query output's
   image feature to the unpruned teacher's) + 0.5 * token distillation (MSE of the final kept
-  tokens) + 2 * ratio loss -- DynamicViT's ViT-S weights. The teacher is the checkpoint's
+  tokens) + 2 * ratio loss -- DynamicViT's ViT-S weights. Under DDP the ITC takes its
+  negatives from every process (:mod:`~lightning_modules.components.cross_rank`); the ITM
+  negatives (``itm_weight > 0``) stay within the process, whose pruned tokens they need. The teacher is the checkpoint's
   unpruned frozen tower and its Q-Former (a frozen copy of it when the Q-Former trains).
 """
 
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from lightning_modules.components import image_attention
-from lightning_modules.components.blip2_losses import itc_loss, itc_similarities, itm_loss
+from lightning_modules.components.blip2_losses import batch_itc, itm_loss
 from lightning_modules.components.dynamicvit import (
     DEFAULT_KEEP_RATE,
     NUM_STAGES,
@@ -113,15 +115,16 @@ class DynamicViTRetrieval(TokenReductionRetrieval):
         ids, mask = self.tokenize(texts)
         with torch.set_grad_enabled(cfg.finetune_qformer and torch.is_grad_enabled()):
             txt = self.text_features(ids, mask)
-        positives = index[:, None] == index[None, :]
         if cfg.finetune_qformer:
             with torch.no_grad():
                 self.head.temp.clamp_(0.001, 0.5)
-        sim = itc_similarities(img, txt)
-        parts = {"itc": itc_loss(sim, self.head.temp, positives, cfg.itc_label_smoothing)}
+        everyone = self.global_batch(len(index))  # DDP: ITC negatives from every process (cross_rank)
+        loss_itc, blocks = batch_itc(img, txt, index, self.head.temp, cfg.itc_label_smoothing, everyone)
+        parts = {"itc": loss_itc}
         task = parts["itc"]
         if cfg.itm_weight > 0:
-            img_i, txt_i, labels = self.itm_training_pairs(sim, positives)
+            # ITM negatives from this process's items: the pruned tokens and keep masks stay local
+            img_i, txt_i, labels = self.itm_training_pairs(blocks if everyone is None else blocks.local(everyone.local))
             if cfg.masked_cross_attention:
                 with image_attention.policy_cross_attention(self.head, out.keep_mask[img_i]):
                     logits = self.head.itm_logits(out.tokens[img_i], ids[txt_i], mask[txt_i])

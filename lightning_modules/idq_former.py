@@ -34,7 +34,13 @@ negatives, run at each text's integer L) + the length cost + the self-supervised
 length target. The batch's relevance column (the split indices of each caption's relevant
 images) can tell the oracle (``oracle_relevant``) and the ITC / ITM (``train_positives``)
 which other images also satisfy a caption; both are off by default (measured: no gain, see
-docs/DESIGN.md). ``qscaler: false`` gives the paper's "without QScaler" ablation (every text
+docs/DESIGN.md). Under DDP every ITC term (soft-masked and ``L_max``), the oracle's ranking
+(the global batch plus a queue of global batches) and the ITM hard negatives use the batches
+of every process, gathered with gradient (L and the QScaler head included;
+:mod:`~lightning_modules.components.cross_rank`), and in the ``qscaler_warmup`` the QScaler
+head takes part in the graph with an exactly zero gradient that is dropped before the
+optimizer step, so plain ``ddp`` trains ours and one process trains as it did before.
+``qscaler: false`` gives the paper's "without QScaler" ablation (every text
 L = ``l_init``, 32, and the gallery is encoded with ``l_init`` queries); ``attention:
 "full"`` keeps BLIP-2's full query self-attention, for comparison: then all ``L_max``
 queries always run and see each other (gallery and ITM pass alike) and L only selects the
@@ -68,12 +74,14 @@ from lightning_modules.blip2 import (
     Blip2Retrieval,
     load_pretrained_parts,
 )
-from lightning_modules.components.blip2_losses import itc_loss, itc_similarities, itm_loss
+from lightning_modules.components.blip2_losses import ItcBlocks, itc_loss, itc_loss_blocks, itc_similarities, itm_loss
 from lightning_modules.components.dynamic_length import (
+    GlobalColumns,
     LengthConfig,
     dynamic_itc,
     length_limited_max_sim,
     per_query_sims,
+    scale_grad,
 )
 from lightning_modules.components.qformer_head import QFormerHead
 from lightning_modules.components.qscaler import POOLS, HFTextEncoder, QFormerTextEncoder, QScaler
@@ -457,33 +465,67 @@ class IdqFormerRetrieval(Blip2Retrieval):
         img = self.head.image_feats(self.query_outputs(tokens))  # [B, L_gallery, E]
         ids, mask = self.tokenize(texts)
         txt = self.text_features(ids, mask)
+        everyone = self.global_batch(len(index))  # DDP: negatives from every process (cross_rank)
+        index_all = index if everyone is None else everyone.rows(index, grad=False)
+        train_relevant = relevant if self.config.train_positives == "relevant" else None
         # [texts, images]: the same image, or (train_positives="relevant") every relevant batch image
-        positives = relevance_mask(relevant if self.config.train_positives == "relevant" else None, index, index)
+        positives = relevance_mask(train_relevant, index_all, index)
+        positives_i2t = positives.T if everyone is None else relevance_mask(  # [images, every text]
+            None if train_relevant is None else everyone.padded_rows(train_relevant, -1), index, index_all).T
         with torch.no_grad():
             self.head.temp.clamp_(0.001, 0.5)
         ls = self.config.itc_label_smoothing
         if self.qscaler is not None:
             qs = self.qscaler(texts)
-            r, soft = (qs.r.detach(), qs.soft_length.detach()) if self._warming_up() else (qs.r, qs.soft_length)
-            queued = self._oracle_negatives(index, img)
-            pool = index if queued is None else torch.cat([index, queued[0]])
-            out, sim_t2i = dynamic_itc(txt, img, soft, r, positives, self.head.temp, self.length, ls,
-                                       oracle_negatives=None if queued is None else queued[1],
-                                       oracle_relevant=None if self.length.oracle_relevant == "negative"
-                                       else relevance_mask(relevant, pool, index))
-            sim_i2t, lengths = sim_t2i.T, qs.length
+            r, soft = self._length_inputs(qs)
+            columns = None if everyone is None else GlobalColumns(
+                everyone.rows(txt), everyone.rows(img), everyone.rows(soft), positives_i2t,
+                lambda x: everyone.rows(x, grad=False))
+            queued = self._oracle_negatives(index_all, img if columns is None else columns.image_queries)
+            pool = index_all if queued is None else torch.cat([index_all, queued[0]])
+            out, sim_t2i, sim_i2t = dynamic_itc(txt, img, soft, r, positives, self.head.temp, self.length, ls,
+                                                oracle_negatives=None if queued is None else queued[1],
+                                                oracle_relevant=None if self.length.oracle_relevant == "negative"
+                                                else relevance_mask(relevant, pool, index), columns=columns)
+            lengths = qs.length
             out["query_length"], out["r"] = qs.length.float().mean(), qs.r.detach().mean()
-        else:
+        elif everyone is None:
             sim_i2t = itc_similarities(img, txt)
+            sim_t2i = sim_i2t.T
             out = {"itc": itc_loss(sim_i2t, self.head.temp, positives.T, ls)}
             lengths = torch.full((len(texts),), self.length.l_init, dtype=torch.long, device=self.device)
+        else:
+            sim_i2t = itc_similarities(img, everyone.rows(txt))
+            sim_t2i = itc_similarities(everyone.rows(img), txt).T
+            out = {"itc": itc_loss_blocks(sim_i2t, sim_t2i, self.head.temp, positives_i2t, positives, ls)}
+            lengths = torch.full((len(texts),), self.length.l_init, dtype=torch.long, device=self.device)
+        if everyone is not None:  # each term is a mean over the local rows: weight it (cross_rank)
+            out |= {k: everyone.loss_scale * out[k] for k in ("itc", "itc_lmax", "length", "oracle") if k in out}
         if self.config.itm_weight > 0:
-            img_i, txt_i, labels = self.itm_training_pairs(sim_i2t, positives.T)
-            logits = self.itm_logits(tokens[img_i], ids[txt_i], mask[txt_i], lengths[txt_i])
+            blocks = ItcBlocks(sim_i2t, sim_t2i, positives_i2t, positives, 0 if everyone is None else everyone.start)
+            img_i, txt_i, labels = self.itm_training_pairs(blocks)
+            logits = self.itm_logits(*self.itm_inputs(everyone, img_i, txt_i, tokens, ids, mask, lengths))
             out["itm"] = itm_loss(logits, labels)
         out["loss"] = (out["itc"] + self.config.itm_weight * out.get("itm", 0.0)
                        + sum(out.get(k, 0.0) for k in ("itc_lmax", "length", "oracle")))
         return out
+
+    def _length_inputs(self, qs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(r, soft_length)`` for the losses. In the ``qscaler_warmup`` the head does not learn:
+        its outputs enter the losses with the same values and an exactly zero gradient (so under
+        DDP every trainable parameter takes part in every step), and
+        :meth:`on_before_optimizer_step` drops that gradient, so AdamW skips the head as it
+        skipped a head without gradient (weight decay and moments untouched)."""
+        if not self._warming_up():
+            return qs.r, qs.soft_length
+        return scale_grad(qs.r, 0.0), scale_grad(qs.soft_length, 0.0)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """In the warm-up, the QScaler head's (zero) gradient is dropped before clipping and the
+        optimizer step (see :meth:`_length_inputs`)."""
+        if self.qscaler is not None and self._warming_up():
+            for p in self.qscaler.head.parameters():
+                p.grad = None
 
     @torch.no_grad()
     def _order_bank_by_usage(self, tokens: torch.Tensor, texts: Sequence[str]) -> None:

@@ -470,8 +470,8 @@ def test_oracle_negatives_make_the_target_longer_where_late_queries_are_needed()
     positives = torch.eye(2, dtype=torch.bool)
     cfg = LengthConfig(l_base=1, l_max=4, l_init=2, oracle_weight=1.0)
     r = torch.tensor([0.0, 0.0])
-    alone, _ = dynamic_itc(texts, images, cfg.soft_length(r), r, positives, 0.07, cfg)
-    pooled, _ = dynamic_itc(texts, images, cfg.soft_length(r), r, positives, 0.07, cfg, oracle_negatives=pool)
+    alone, *_ = dynamic_itc(texts, images, cfg.soft_length(r), r, positives, 0.07, cfg)
+    pooled, *_ = dynamic_itc(texts, images, cfg.soft_length(r), r, positives, 0.07, cfg, oracle_negatives=pool)
     # text 0's target r* = 0 without the pool (L* = 1 = L_base: BCE(0, 0) ~ 0), r* = 1 with it (L* = 4)
     assert alone["oracle"].item() < 1e-4 < 1.0 < pooled["oracle"].item()
     torch.testing.assert_close(alone["itc"], pooled["itc"])  # the pool never enters the task loss
@@ -486,7 +486,7 @@ def test_dynamic_itc_trains_the_qscaler_end_to_end(qscaler):
     texts = F.normalize(torch.randn(4, 16, generator=g), dim=-1).requires_grad_()
     images = F.normalize(torch.randn(4, LMAX, 16, generator=g), dim=-1)
     index = torch.tensor([0, 1, 1, 2])
-    losses, sim = dynamic_itc(texts, images, out.soft_length, out.r, index[:, None] == index[None, :], 0.07,
+    losses, sim, _ = dynamic_itc(texts, images, out.soft_length, out.r, index[:, None] == index[None, :], 0.07,
                               qscaler.length, label_smoothing=0.1)
     assert set(losses) == {"itc", "itc_lmax", "length", "oracle", "oracle_length"} and sim.shape == (4, 4)
     plain = soft_masked_logits(per_query_sims(texts, images), soft_log_mask(out.soft_length, LMAX, 1.0), 0.07)
@@ -507,7 +507,7 @@ def test_itc_length_grad_scales_only_the_gradient_the_itc_sends_to_l(share):
     for key in (1.0, share):
         cfg = LengthConfig(l_max=LMAX, l_init=8, itc_length_grad=key)
         r = torch.full((4,), 0.3, requires_grad=True)
-        losses, _ = dynamic_itc(texts, images, cfg.soft_length(r), r, positives, 0.07, cfg)
+        losses, *_ = dynamic_itc(texts, images, cfg.soft_length(r), r, positives, 0.07, cfg)
         out[key] = {k: v.detach() for k, v in losses.items()}
         (grads[key],) = torch.autograd.grad(losses["itc"], r)
     assert all(torch.equal(out[1.0][k], out[share][k]) for k in out[1.0])  # the forward pass is the same
@@ -529,7 +529,7 @@ def test_length_grad_from_splits_the_itc_gradient_to_l_by_direction():
         cfg = LengthConfig(l_max=LMAX, l_init=8, length_grad_from=key)
         r = torch.tensor([0.1, 0.3, 0.5, 0.7], requires_grad=True)
         queries = images.clone().requires_grad_(True)
-        losses, _ = dynamic_itc(texts, queries, cfg.soft_length(r), r, positives, 0.07, cfg)
+        losses, *_ = dynamic_itc(texts, queries, cfg.soft_length(r), r, positives, 0.07, cfg)
         out[key] = {k: v.detach() for k, v in losses.items()}
         grads[key], query_grads[key] = torch.autograd.grad(losses["itc"], (r, queries))
     assert all(torch.equal(out["both"][k], out[key][k]) for key in ("t2i", "i2t") for k in out["both"])
@@ -582,7 +582,7 @@ def test_end_to_end_l_grows_only_for_texts_whose_positive_needs_late_queries():
     for _ in range(80):
         r = torch.sigmoid(head(feats))
         soft = cfg.soft_length(add_length_noise(r, cfg.noise_std, True))
-        losses, _ = dynamic_itc(texts, images, soft, r, eye, 0.07, cfg)
+        losses, *_ = dynamic_itc(texts, images, soft, r, eye, 0.07, cfg)
         opt.zero_grad()
         sum(losses.values()).backward()
         opt.step()

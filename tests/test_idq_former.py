@@ -215,7 +215,8 @@ def test_relevant_train_positives_reach_itc_and_itm(blip2_checkpoint, monkeypatc
     real_itc, real_itm = idq.dynamic_itc, idq.IdqFormerRetrieval.itm_training_pairs
     monkeypatch.setattr(idq, "dynamic_itc", lambda *a, **kw: seen.setdefault("itc", a[4]) is None or real_itc(*a, **kw))
     monkeypatch.setattr(idq.IdqFormerRetrieval, "itm_training_pairs",
-                        lambda self, sim, pos: seen.setdefault("itm", pos) is None or real_itm(self, sim, pos))
+                        lambda self, blocks: seen.setdefault("itm", blocks.positives_i2t) is None
+                        or real_itm(self, blocks))
     batch = (torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS, torch.tensor([[0, 2], [1, -1], [2, -1], [3, -1]]))
     _ours(blip2_checkpoint, train_positives="relevant").train()._losses(batch)
     expected = torch.eye(4, dtype=torch.bool)

@@ -79,6 +79,7 @@ no defaults and no supervision; the suite's choices (all in :class:`LengthConfig
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -300,20 +301,39 @@ def length_losses(r: torch.Tensor, soft_length: torch.Tensor, config: LengthConf
     return out
 
 
+@dataclass(frozen=True)
+class GlobalColumns:
+    """Under DDP, the global batch that one process's rows are scored against (every process's
+    items in rank order, this one's included; :mod:`~lightning_modules.components.cross_rank`).
+
+    ``texts`` ``[N_t, D]``, ``image_queries`` ``[N_i, L_max, D]`` and ``soft_length`` ``[N_t]``
+    are gathered with gradient; ``positives_i2t`` ``[n_i, N_t]`` (bool): the local images x
+    every text; ``gather``: every process's rows of a local tensor without gradient (e.g. the
+    random prefixes of ``prefix_itc="random"``)."""
+
+    texts: torch.Tensor
+    image_queries: torch.Tensor
+    soft_length: torch.Tensor
+    positives_i2t: torch.Tensor
+    gather: Callable[[torch.Tensor], torch.Tensor]
+
+
 def dynamic_itc(texts: torch.Tensor, image_queries: torch.Tensor, soft_length: torch.Tensor, r: torch.Tensor,
                 positives: torch.Tensor, temperature: torch.Tensor | float, config: LengthConfig,
                 label_smoothing: float = 0.0, oracle_negatives: torch.Tensor | None = None,
-                oracle_relevant: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+                oracle_relevant: torch.Tensor | None = None,
+                columns: GlobalColumns | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """The in-batch training losses of IDQ-Former's ITC with a learnable L.
 
     ``texts`` ``[B_t, D]`` and ``image_queries`` ``[B_i, L_max, D]`` (normalised, nested
     query outputs), ``soft_length`` ``[B_t]`` the texts' continuous L (noisy in training),
     ``r`` the QScaler output before noise, ``positives`` ``[B_t, B_i]`` boolean (items of the
-    same image are positives of each other). Returns ``(losses, sim)``: the weighted terms
+    same image are positives of each other). Returns ``(losses, sim_t2i, sim_i2t)``: the weighted terms
     ``itc`` (symmetric multi-positive InfoNCE over :func:`soft_masked_logits`), ``itc_lmax``
     (the same over all ``L_max`` queries, with ``lmax_itc_weight > 0``), ``length``
-    and, with ``oracle_weight > 0``, ``oracle`` (their sum is the loss); and ``sim`` ``[B_t,
-    B_i]`` = ``T x logits`` = ``max_i (s_i + T log m_i)``, e.g. for ITM hard-negative mining;
+    and, with ``oracle_weight > 0``, ``oracle`` (their sum is the loss); and ``sim_t2i`` ``[B_t,
+    B_i]`` = ``T x logits`` = ``max_i (s_i + T log m_i)``, e.g. for ITM hard-negative mining,
+    with ``sim_i2t`` its images' view (here ``sim_t2i.T``);
     with the oracle also ``oracle_length``, the mean target L (a diagnostic, not a loss).
     ``oracle_negatives`` ``[N, L_max, D]``: extra images, none of them a positive of any text
     here (e.g. a queue of recent batches), that join the batch only when the oracle lengths
@@ -323,31 +343,52 @@ def dynamic_itc(texts: torch.Tensor, image_queries: torch.Tensor, soft_length: t
     images of that pool (batch images, then ``oracle_negatives``) are relevant to each text
     beside its positives; ``config.oracle_relevant`` says what the oracle makes of them
     (``None``: none is).
+
+    ``columns`` (DDP, :class:`GlobalColumns`): the local texts are scored against every
+    process's images and the local images against every process's texts (each with that
+    text's own soft mask), ``positives`` and ``oracle_relevant`` then cover the local texts x
+    the global images (+ the pool), ``sim_t2i`` is ``[n_t, N_i]`` and ``sim_i2t`` ``[n_i, N_t]``;
+    every term is the mean over the local rows (the caller weights it, ``loss_scale``). The
+    oracle ranks the global batch (and the queue); ``length`` and ``oracle`` average the local
+    texts.
     """
-    sims = per_query_sims(texts, image_queries)  # [B_t, B_i, L_max]
+    images_all = image_queries if columns is None else columns.image_queries
+    sims = per_query_sims(texts, images_all)  # [B_t, B_i, L_max]: local texts x every image
     log_mask = soft_log_mask(scale_grad(soft_length, config.itc_length_grad), image_queries.shape[1], config.mask_tau)
     logits = soft_masked_logits(sims, log_mask, temperature)
+    if columns is None:  # one process: the images' view is the same matrix
+        sims_c, log_mask_c, logits_c = sims, log_mask, logits
+    else:  # [N_t, n_i, L_max]: every text (its own mask) x the local images
+        sims_c = per_query_sims(columns.texts, image_queries)
+        log_mask_c = soft_log_mask(scale_grad(columns.soft_length, config.itc_length_grad), image_queries.shape[1],
+                                   config.mask_tau)
+        logits_c = soft_masked_logits(sims_c, log_mask_c, temperature)
     target = positives.float()
+    target_c = target.T if columns is None else columns.positives_i2t.float()
 
     def infonce(lg: torch.Tensor, lg_i2t: torch.Tensor | None = None) -> torch.Tensor:
         lg_i2t = lg if lg_i2t is None else lg_i2t
         return 0.5 * (F.cross_entropy(lg, target / target.sum(1, keepdim=True), label_smoothing=label_smoothing)
-                      + F.cross_entropy(lg_i2t.T, target.T / target.T.sum(1, keepdim=True),
+                      + F.cross_entropy(lg_i2t.T, target_c / target_c.sum(1, keepdim=True),
                                         label_smoothing=label_smoothing))
 
     if config.length_grad_from == "both":
-        itc = infonce(logits)
+        itc = infonce(logits, None if columns is None else logits_c)
     else:  # the same values; L gets the gradient of one direction only
         fixed = soft_masked_logits(sims, log_mask.detach(), temperature)
-        itc = infonce(logits, fixed) if config.length_grad_from == "t2i" else infonce(fixed, logits)
+        fixed_c = fixed if columns is None else soft_masked_logits(sims_c, log_mask_c.detach(), temperature)
+        itc = infonce(logits, fixed_c) if config.length_grad_from == "t2i" else infonce(fixed, logits_c)
     extra_terms = {}
     if config.lmax_itc_weight > 0:
         if config.prefix_itc == "random":  # Matryoshka: each text a random prefix in [L_base, L_max]
             prefix = torch.randint(config.l_base, config.l_max + 1, (sims.shape[0],), device=sims.device)
             lmax_logits = soft_masked_logits(sims, hard_log_mask(prefix, sims.shape[-1]), temperature)
+            lmax_logits_c = None if columns is None else soft_masked_logits(
+                sims_c, hard_log_mask(columns.gather(prefix), sims.shape[-1]), temperature)
         else:
             lmax_logits = sims.amax(-1) / temperature
-        extra_terms["itc_lmax"] = config.lmax_itc_weight * infonce(lmax_logits)
+            lmax_logits_c = None if columns is None else sims_c.amax(-1) / temperature
+        extra_terms["itc_lmax"] = config.lmax_itc_weight * infonce(lmax_logits, lmax_logits_c)
     oracle = None
     if config.oracle_weight > 0:
         pool, pool_pos = [sims.detach()], positives
@@ -359,7 +400,8 @@ def dynamic_itc(texts: torch.Tensor, image_queries: torch.Tensor, soft_length: t
     out = {"itc": itc, **extra_terms, **length_losses(r, soft_length, config, oracle)}
     if oracle is not None:
         out["oracle_length"] = oracle.float().mean()  # logged only, not a loss term
-    return out, logits * temperature
+    sim_t2i = logits * temperature
+    return out, sim_t2i, sim_t2i.T if columns is None else logits_c.T * temperature
 
 
 def _oracle_roles(positives: torch.Tensor, relevant: torch.Tensor | None,
