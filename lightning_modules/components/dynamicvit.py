@@ -136,8 +136,8 @@ class _InferenceHooks(TokenHooks):
                 ones = x.new_ones(x.shape[0], patches.shape[1], 1)
                 score = self.tower.predictors[stage](patches, ones)[..., 0]
                 keep = score.topk(k, dim=1).indices.sort(dim=1).values  # original order
-                keep = F.pad(keep + 1, (1, 0))  # token indices, CLS (0) first: one gather, no concat
-                x = x.gather(1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+                patches = patches.gather(1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+                x = torch.cat([x[:, :1], patches], dim=1)
         self.tokens_per_layer.append(x.shape[1])
         return x
 
