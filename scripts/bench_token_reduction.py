@@ -254,7 +254,8 @@ def _positive(text: str) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--encoder", choices=sorted(ENCODERS), default="tiny")
-    ap.add_argument("--depth", type=_positive, default=None, help="number of layers (default: the preset's)")
+    ap.add_argument("--depth", type=_positive, default=None,
+                    help="number of layers of a randomly built encoder (default: the preset's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     ap.add_argument("--threads", type=_positive, default=1,
