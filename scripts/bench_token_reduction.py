@@ -29,13 +29,16 @@ round (so load from other processes and cache effects hit all models alike; CUDA
 synchronized around each call). Per model: median, min and max of the call time; images/s
 from the median; the time ratio to ``unpruned`` is taken within each round, reported as
 the median and the range over the rounds; beside it the ratio of the fastest calls and
-the per-round ratio of process CPU time (both less disturbed by other processes' load). ``--check`` first compares keep rate 1.0 / r = 0
-with the transformers forward in fp32. ``--json`` writes everything atomically.
+the per-round ratio of process CPU time (both less disturbed by other processes' load).
+``--check`` first compares keep rate 1.0 / r = 0 with the transformers forward in fp32.
+``--json`` writes everything atomically. On a loaded 2-core machine use ``--threads 1``:
+with 2 threads, OpenMP barriers waiting on a descheduled thread swamp the measurement.
 
     python scripts/bench_token_reduction.py --threads 2 --batch-sizes 32 128
-    python scripts/bench_token_reduction.py --encoder vit-b --threads 2 --batch-sizes 32 --repeats 7 --warmup 1
-    python scripts/bench_token_reduction.py --encoder vit-g --device cuda --dtype bfloat16 \
-        --no-flops --check --batch-sizes 32 128
+    python scripts/bench_token_reduction.py --encoder vit-b --threads 1 --batch-sizes 8 --repeats 6 \
+        --warmup 1 --flop-batches 1 --flop-batch-size 2 --json out.json
+    python scripts/bench_token_reduction.py --encoder vit-g --device cuda --dtype float16 \
+        --no-flops --check --batch-sizes 32 128 [--cuda-graphs]
 """
 
 from __future__ import annotations
