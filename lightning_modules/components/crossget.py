@@ -29,6 +29,14 @@ beside 0.5 * ITC) between the projected image cross tokens of every layer
 (:func:`project_cross_tokens`) and the text-side cross token. Untrained (``delta = 0``) the
 method degenerates to a self-guided merge: :attr:`CrossGETTower.guidance` says which ran.
 
+Implementation: every step of the matching and the merge is one batched tensor operation
+with shapes fixed by ``(B, t, r)`` (no per-image or per-token Python loop, no host
+synchronisation, constants such as the pair masks and row offsets cached per shape), so
+the forward can be captured as a CUDA graph. Its cost beside the FLOPs is the number of
+operators each layer dispatches: on a GPU at small per-layer work each one is a kernel
+launch issued by the host, which then bounds the forward (see
+scripts/bench_token_reduction.py, ``ops_per_forward``).
+
 Default ``r = 6`` is for the tiny 4-layer, 36-patch tower: 37 -> 31 -> 25 -> 19 tokens enter
 the layers and 13 leave (merging also in the last layer, as the official code does):
 0.716x the unpruned encoder's fvcore FLOPs, cross token and matching included (r = 5:
@@ -62,14 +70,55 @@ class Matching:
     weight: torch.Tensor
 
 
-@functools.lru_cache(maxsize=64)
-def _excluded_pairs(t: int, device: str) -> torch.Tensor:
-    """[t, t] True where a pair never matches: self pairs, and any pair with CLS (0) or the
-    cross token (t - 1)."""
-    mask = torch.eye(t, dtype=torch.bool, device=device)
-    mask[[0, -1], :] = True
-    mask[:, [0, -1]] = True
-    return mask
+NEG = float("-inf")
+
+
+def _constant(build):
+    """Cache a constant tensor builder by its (hashable) arguments. The tensor is built outside
+    inference mode (so a cached constant can also serve a later training forward) and is
+    never written to."""
+
+    @functools.lru_cache(maxsize=256)
+    def cached(*args):
+        with torch.inference_mode(False), torch.no_grad():
+            return build(*args)
+
+    return functools.wraps(build)(cached)
+
+
+@_constant
+def _pair_masks(t: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two [t, t] masks: ``excluded``, True where a pair never matches (self pairs, and any
+    pair with CLS (0) or the cross token (t - 1)); ``later``, True where b > a."""
+    excluded = torch.eye(t, dtype=torch.bool, device=device)
+    excluded[[0, -1], :] = True
+    excluded[:, [0, -1]] = True
+    return excluded, torch.ones(t, t, dtype=torch.bool, device=device).triu(1)
+
+
+@_constant
+def _hidden_cross_token(n: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """[n, n] additive bias: -inf where a token other than the cross token (n - 1) would attend to it."""
+    hide = torch.zeros(n, n, dtype=dtype, device=device)
+    hide[:-1, -1] = NEG
+    return hide
+
+
+@_constant
+def _row_offsets(b: int, t: int, device: str) -> torch.Tensor:
+    """[b, 1] offsets ``i * t`` that turn per-image token indices into rows of a [b * t] flattening."""
+    return torch.arange(b, device=device).unsqueeze(1) * t
+
+
+def _cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x.to(dtype)`` without dispatching an operator when it already has that dtype."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """``F.normalize(x, dim=-1)`` in fp32 (the same arithmetic, without its expand)."""
+    x = _cast(x, torch.float32)
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
 @torch.no_grad()
@@ -78,28 +127,28 @@ def complete_graph_match(metric: torch.Tensor, query: torch.Tensor, r: int) -> M
 
     ``metric`` [B, t, c] keys (token 0 = CLS and token t-1 = cross token are protected),
     ``query`` [B, c] the cross token's query. ``r`` must be <= (t - 2) // 2.
+
+    Batched throughout, fixed shapes, no host synchronisation: every step is one tensor
+    operation over the whole batch (few operations, as on a GPU each is a kernel launch).
     """
     b, t, _ = metric.shape
-    m = F.normalize(metric.float(), dim=-1)
-    neg = float("-inf")
-    sim = (m @ m.transpose(-1, -2)).masked_fill(_excluded_pairs(t, str(metric.device)), neg)
-    importance = (m @ F.normalize(query.float(), dim=-1).unsqueeze(-1)).squeeze(-1)  # [B, t]
+    excluded, later = _pair_masks(t, str(metric.device))
+    m = _unit(metric)
+    sim = (m @ m.transpose(-1, -2)).masked_fill(excluded, NEG)
+    importance = (m @ _unit(query).unsqueeze(-1)).squeeze(-1)  # [B, t]
     # Rank tokens by their best match (ties by position); a token may only count partners
-    # ranked after it. Pairwise comparisons instead of sorts: fewer, cheaper kernels.
+    # ranked after it: b is after a iff best_b < best_a, or best_b == best_a and b > a.
+    # Pairwise comparisons instead of sorts: fewer, cheaper kernels.
     best = sim.amax(dim=-1)
-    pos = torch.arange(t, device=metric.device)
     best_a, best_b = best.unsqueeze(2), best.unsqueeze(1)  # [B, a, 1], [B, 1, b]
-    after = (best_b < best_a) | ((best_b == best_a) & (pos.view(1, 1, t) > pos.view(1, t, 1)))
-    best_allowed = torch.where(after, sim, neg).amax(dim=-1)
+    not_after = torch.where(later, best_b > best_a, best_b >= best_a)
+    best_allowed = sim.masked_fill(not_after, NEG).amax(dim=-1)
     score = importance - best_allowed  # protected and last-ranked tokens: +inf, never sources
     src = score.topk(r, dim=1, largest=False).indices
-    # the other tokens, ascending: each kept token's slot is its running count; sources go to
-    # a spare last slot that is dropped (integer scatter_add: deterministic)
-    keep = torch.ones_like(score, dtype=torch.bool).scatter(1, src, torch.zeros_like(src, dtype=torch.bool))
-    slot = torch.where(keep, keep.cumsum(dim=1) - 1, t - r)
-    dst_all = torch.zeros(b, t - r + 1, dtype=torch.long, device=metric.device).scatter_add_(
-        1, slot, torch.where(keep, pos, 0).expand(b, t))[:, :-1]
-    sim_sd = sim.gather(1, src.unsqueeze(-1).expand(-1, -1, t)).gather(2, dst_all.unsqueeze(1).expand(-1, r, -1))
+    # the other tokens, ascending: a stable sort puts the kept (0) before the sources (1)
+    is_src = torch.zeros(b, t, dtype=torch.uint8, device=metric.device).scatter_(1, src, 1)
+    dst_all = is_src.argsort(dim=1, stable=True)[:, : t - r]
+    sim_sd = sim.gather(1, src.unsqueeze(-1).expand(b, r, t)).gather(2, dst_all.unsqueeze(1).expand(b, r, t - r))
     dst = sim_sd.argmax(dim=-1)
     imp_src = importance.gather(1, src)
     imp_dst = importance.gather(1, dst_all).gather(1, dst)
@@ -117,20 +166,24 @@ def merge_tokens(x: torch.Tensor, size: torch.Tensor, match: Matching) -> tuple[
     # update is written as a per-source delta: with S_d the destination's new size,
     # x_d' = (s_d x_d + sum_k [w0 s_k x_k + (w1 - 1) s_d x_d]) / S_d
     #      = x_d + sum_k (w0 s_k x_k + (w1 - 1) s_d x_d - s_k x_d) / S_d.
-    base = torch.arange(b, device=x.device).unsqueeze(1)
-    src = (match.src + base * t).flatten()
-    keep = (match.dst_all + base * t).flatten()
-    dst = (match.dst + base * (t - r)).flatten()  # rows of the kept tokens
+    device = str(x.device)
+    base = _row_offsets(b, t, device)
+    src = (match.src + base).view(-1)
+    keep = (match.dst_all + base).view(-1)
+    dst = (match.dst + _row_offsets(b, t - r, device)).view(-1)  # rows of the kept tokens
     flat_size = size.reshape(b * t)
     s_src = flat_size.index_select(0, src)
-    new_size = flat_size.index_select(0, keep).index_add(0, dst, s_src)
-    s_dst = flat_size.index_select(0, keep).index_select(0, dst)  # sizes before the merge
-    kept = x.reshape(b * t, d).index_select(0, keep)
-    x_src = x.reshape(b * t, d).index_select(0, src)
+    s_kept = flat_size.index_select(0, keep)
+    s_dst = s_kept.index_select(0, dst)  # sizes before the merge
+    new_size = s_kept.index_add(0, dst, s_src)
+    s_new = new_size.index_select(0, dst)
+    flat_x = x.reshape(b * t, d)
+    kept = flat_x.index_select(0, keep)
+    x_src = flat_x.index_select(0, src)
     x_dst = kept.index_select(0, dst)
-    w = match.weight.reshape(b * r, 2)
-    coef_src = (w[:, 0] * s_src / new_size.index_select(0, dst)).to(x.dtype).unsqueeze(1)
-    coef_dst = (((w[:, 1] - 1.0) * s_dst - s_src) / new_size.index_select(0, dst)).to(x.dtype).unsqueeze(1)
+    w_src, w_dst = match.weight.reshape(b * r, 2).unbind(1)
+    coef_src = _cast(w_src * s_src / s_new, x.dtype).unsqueeze(1)
+    coef_dst = _cast(((w_dst - 1.0) * s_dst - s_src) / s_new, x.dtype).unsqueeze(1)
     kept.index_add_(0, dst, coef_src * x_src + coef_dst * x_dst)
     return kept.view(b, t - r, d), new_size.view(b, t - r, 1)
 
@@ -149,27 +202,27 @@ class _Hooks(TokenHooks):
     def __init__(self, tower: CrossGETTower) -> None:
         self.tower = tower
         self.size: torch.Tensor | None = None
+        self.deltas: torch.Tensor | None = None
         self.cross: list[torch.Tensor] = []
         self.tokens_per_layer: list[int] = []
 
     def begin(self, x: torch.Tensor) -> torch.Tensor:
         self.size = torch.ones(x.shape[0], x.shape[1] + 1, 1, device=x.device)  # fp32: exact counts
+        self.deltas = _cast(self.tower.cross_delta, x.dtype)  # once per forward, not per layer
         return torch.cat([x, x[:, :1]], dim=1)  # cross token seeded from CLS
 
     def before_layer(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        cross = x[:, -1].detach() + self.tower.cross_delta[i].to(x.dtype)
+        cross = x[:, -1].detach() + self.deltas[i]
         self.cross.append(cross)
         self.tokens_per_layer.append(x.shape[1] - 1)
         x[:, -1] = cross  # in place: x is a fresh tensor (embedding concat or residual sum)
         return x
 
     def attention_bias(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[1]
-        bias = self.size.squeeze(-1).log().to(x.dtype)[:, None, None, :]  # proportional attention
+        b, n = x.shape[:2]
+        bias = _cast(self.size.log(), x.dtype).view(b, 1, 1, n)  # proportional attention
         if not self.tower.cross_token_visible:  # nobody but itself attends to the cross token
-            hide = torch.zeros(n, n, dtype=x.dtype, device=x.device)
-            hide[:-1, -1] = float("-inf")
-            bias = bias + hide
+            bias = bias + _hidden_cross_token(n, x.dtype, str(x.device))
         return bias
 
     def after_attention(self, i: int, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
