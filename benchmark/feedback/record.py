@@ -7,7 +7,9 @@ metrics, environment, provenance, timings) plus ``"task": "feedback"`` and:
 * ``protocol`` -- T (``rounds``), ``display``, ``ks``, ``success_k``, ``rank_base`` (1),
   ``direction`` (t2i), the arms, the question writer (``llm``: spec, label, ``is_llm``;
   the rules backend says "not an LLM"), the user's ground truth and seed, the feedback
-  config, query and gallery counts;
+  config, the resolved image-image similarity settings (``image_similarity``: what the
+  refresh kernel reads -- ``rows`` or ``neighbours`` --, ``top_k``, ``row_chunk``,
+  ``row_cache_mb``), query and gallery counts;
 * ``per_round`` -- ``{arm: {"round": [0..T], "Hits@K": [...], "R@K": [...], "MRR": [...],
   "median_rank": [...], "mean_rank": [...], "BRI": [...]}}``: one list entry per round,
   ready to plot (x = ``round``);
@@ -70,7 +72,8 @@ def build_result(cfg: RunConfig, fb: FeedbackConfig, res: ProtocolResult, task: 
             "rank_base": RANK_BASE, "direction": "t2i", "arms": list(fb.arms),
             "llm": llm, "user": {"ground_truth": task.truth_kind, "seed": user_seed,
                                  "unsure_rate": fb.user.unsure_rate},
-            "feedback_config": to_dict(fb), "n_queries": task.n_queries, "n_gallery": task.n_gallery,
+            "feedback_config": to_dict(fb), "image_similarity": fb.image_similarity(),
+            "n_queries": task.n_queries, "n_gallery": task.n_gallery,
         },
         "per_round": per_round,
         "summary": summary,
