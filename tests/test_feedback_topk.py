@@ -214,3 +214,17 @@ def test_resolved_settings_follow_the_kernel():
     fb = from_dict(FeedbackConfig, {"refresh": {"neighbours": 5}, "similarity": {"top_k": 16, "row_chunk": 100}},
                    "feedback")
     assert fb.image_similarity() == {"reads": "neighbours", "top_k": 16, "row_chunk": 100, "row_cache_mb": None}
+
+
+def test_result_file_records_the_options_and_still_reads_in_the_reports(tmp_path):
+    from benchmark.reporting.feedback_runs import feedback_run
+    from benchmark.results import load_result
+    from tests.reporting_fixtures import write_feedback_result
+
+    r = load_result(write_feedback_result(tmp_path))
+    assert r["protocol"]["image_similarity"] == {"reads": "neighbours", "top_k": 3, "row_chunk": 256,
+                                                 "row_cache_mb": None}
+    assert r["protocol"]["feedback_config"]["similarity"] == {"top_k": None, "row_chunk": None,
+                                                              "row_cache_mb": 1024.0}
+    run = feedback_run(r)
+    assert run.refresh == r["protocol"]["feedback_config"]["refresh"]  # the reports show refresh as before
