@@ -228,3 +228,42 @@ def test_result_file_records_the_options_and_still_reads_in_the_reports(tmp_path
                                                               "row_cache_mb": 1024.0}
     run = feedback_run(r)
     assert run.refresh == r["protocol"]["feedback_config"]["refresh"]  # the reports show refresh as before
+
+
+def test_similarity_options_leave_the_config_hash_alone():
+    from benchmark.config import build_run_config, stable_hash, to_dict
+    from benchmark.feedback.record import result_hash
+
+    cfg = build_run_config({"model": "clip", "dataset": "synthetic", "size": "tiny", "tag": "default", "seed": 0})
+    default = FeedbackConfig()
+    before = {k: v for k, v in to_dict(default).items() if k != "similarity"}  # a config from before the options
+    assert result_hash(cfg, default) == stable_hash([cfg.config_hash(), before])
+    tuned = from_dict(FeedbackConfig, {"similarity": {"top_k": 8, "row_chunk": 64, "row_cache_mb": 0}}, "feedback")
+    assert result_hash(cfg, tuned) == result_hash(cfg, default)
+    assert result_hash(cfg, from_dict(FeedbackConfig, {"refresh": {"neighbours": 4}}, "feedback")) != \
+        result_hash(cfg, default)
+
+
+@pytest.mark.parametrize("tag", ["default", "mean003"])
+def test_committed_reference_configs_keep_their_hash_and_settings(tag):
+    """The committed reference feedback runs read back into today's config with the same
+    hash, and resolve to the settings that reproduce the dense path (top_k = neighbours for
+    knn; row_chunk = chunk_size, every row cached for the whole-row kernels at G = 1000)."""
+    import json
+    from pathlib import Path
+
+    from benchmark.config import RunConfig
+    from benchmark.feedback.record import result_hash
+
+    ref = json.loads((Path(__file__).parents[1] / "results" / "reference"
+                      / f"feedback__ours__synthetic__{tag}.json").read_text())
+    cfg = from_dict(RunConfig, ref["config"], "config")
+    fb = from_dict(FeedbackConfig, ref["protocol"]["feedback_config"], "feedback")
+    assert result_hash(cfg, fb) == ref["config_hash"]
+    sim = fb.image_similarity()
+    assert sim["row_chunk"] == fb.chunk_size
+    if sim["reads"] == NEIGHBOURS:
+        assert sim["top_k"] == fb.refresh.neighbours
+    else:
+        n = ref["protocol"]["n_gallery"]
+        assert RowCache(n, sim["row_cache_mb"]).capacity >= n

@@ -41,6 +41,14 @@ def result_paths(cfg: RunConfig) -> tuple[Path, Path]:
     return stem.with_suffix(".json"), stem.with_suffix(".jsonl")
 
 
+def result_hash(cfg: RunConfig, fb: FeedbackConfig) -> str:
+    """The run config's hash with the feedback config's, less ``similarity``: those options
+    change how the image-image similarities are computed, not what they are, so a run that
+    only sets them has the hash of the same run without them (and of runs from before they
+    existed)."""
+    return stable_hash([cfg.config_hash(), {k: v for k, v in to_dict(fb).items() if k != "similarity"}])
+
+
 def flat_metrics(per_round: dict[str, dict[str, list]], summary: dict[str, dict]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for arm, table in per_round.items():
@@ -66,7 +74,7 @@ def build_result(cfg: RunConfig, fb: FeedbackConfig, res: ProtocolResult, task: 
         "tag": cfg.tag,
         "seed": cfg.seed,
         "config": to_dict(cfg),
-        "config_hash": stable_hash([cfg.config_hash(), to_dict(fb)]),
+        "config_hash": result_hash(cfg, fb),
         "protocol": {
             "rounds": fb.rounds, "display": fb.display, "ks": list(fb.ks), "success_k": fb.success_k,
             "rank_base": RANK_BASE, "direction": "t2i", "arms": list(fb.arms),
