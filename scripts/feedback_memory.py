@@ -4,7 +4,8 @@ dense gallery x gallery matrix it replaces (:mod:`benchmark.feedback.memcheck`).
     python scripts/feedback_memory.py --gallery 50000 --dim 64 --top-k 16 --row-chunk 256
 
 Each step runs in a fresh process; the script prints its peak RSS, the extra over that
-process's own peak just before the step (imports and gallery), the bound the tests enforce and the dense matrix's size. Not a timing.
+process's own peak just before the step (imports and gallery), the bound the tests
+enforce and the dense matrix's size. Not a timing.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def main() -> None:
     for s in STEPS[1:]:
         extra = peaks[s] - baselines[s]
         bound = bound_mb(s, a.gallery, a.top_k, a.row_chunk, a.queries, a.display)
-        print(f"  {s:<6} peak RSS {peaks[s]:8.1f} MiB  (before the step {baselines[s]:7.1f})  extra {extra:7.1f} MiB  bound {bound:7.1f} MiB  "
+        print(f"  {s:<6} peak RSS {peaks[s]:8.1f} MiB  (before the step {baselines[s]:7.1f})  "
+              f"extra {extra:7.1f} MiB  bound {bound:7.1f} MiB  "
               f"dense/extra {dense_mb(a.gallery) / max(extra, 1e-9):8.1f}x")
 
 

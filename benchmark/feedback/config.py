@@ -98,8 +98,8 @@ class SimilarityConfig:
             raise ConfigError(f"feedback.similarity.row_chunk must be null or an integer in [1, {MAX_ROW_CHUNK}], "
                               f"got {self.row_chunk}")
         if not 0.0 <= self.row_cache_mb <= MAX_ROW_CACHE_MB:  # NaN fails too
-            raise ConfigError(f"feedback.similarity.row_cache_mb must be a number of MB in [0, {MAX_ROW_CACHE_MB:.0f}], "
-                              f"got {self.row_cache_mb}")
+            raise ConfigError("feedback.similarity.row_cache_mb must be a number of MB in "
+                              f"[0, {MAX_ROW_CACHE_MB:.0f}], got {self.row_cache_mb}")
 
 
 @dataclass(frozen=True)

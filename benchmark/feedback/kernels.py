@@ -103,10 +103,10 @@ def _knn(shown: Shown, mask: torch.Tensor, neighbours: int, prev: torch.Tensor) 
     m = min(neighbours, shown.n_gallery)
     idx = shown.neighbours(m)  # [c, d, m]
     c = idx.shape[0]
-    member = mask.to(prev.dtype)[..., None].expand(idx.shape)
-    counts = torch.zeros(c, shown.n_gallery, dtype=prev.dtype).scatter_add_(1, idx.reshape(c, -1),
-                                                                            member.reshape(c, -1))
-    return counts / mask.to(prev.dtype).sum(1, keepdim=True).clamp(min=1)
+    member = mask.to(prev.dtype)[..., None].expand(idx.shape)  # 1 for each neighbour of a set member
+    counts = torch.zeros(c, shown.n_gallery, dtype=prev.dtype, device=idx.device)
+    counts.scatter_add_(1, idx.reshape(c, -1), member.to(idx.device).reshape(c, -1))
+    return counts / mask.to(counts).sum(1, keepdim=True).clamp(min=1)
 
 
 def _standardised(x: torch.Tensor) -> torch.Tensor:

@@ -67,7 +67,8 @@ def probe(step: str, n_gallery: int, dim: int = 64, top_k: int = 16, row_chunk: 
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(seed)
     gallery = Encoded(F.normalize(torch.randn(n_gallery, dim, generator=g), dim=-1))
-    scorer = GalleryScorer(None, gallery, max_sim, row_chunk=row_chunk, top_k=top_k, row_cache_mb=0.0)  # type: ignore[arg-type]
+    scorer = GalleryScorer(None, gallery, max_sim,  # type: ignore[arg-type]  # no model: scores only
+                           row_chunk=row_chunk, top_k=top_k, row_cache_mb=0.0)
     shown = torch.randint(0, n_gallery, (n_queries, display), generator=g)
     prev = torch.randn(n_queries, n_gallery, generator=g)
     ps = torch.rand(n_queries, display, generator=g) < 0.3
