@@ -20,6 +20,8 @@ SMALL_MODEL = 'model_args={"vision_layers": 1, "text_layers": 1, "vision_width":
     (["--llm", "gpt4"], "unknown backend 'gpt4'"),
     (["--llm", "openai:not-a-url"], "openai:<base url>"),
     (["--feedback-set", "refresh.w_nss=1"], "feedback.refresh.w_nss"),
+    (["--feedback-set", "similarity.top_k=0"], "feedback.similarity.top_k must be null or an integer in [1, 4096]"),
+    (["--feedback-set", "similarity.row_chunk=0"], "feedback.similarity.row_chunk"),
     (["--rounds", "0"], "--rounds"),
     (["--model", "clipp"], "unknown model 'clipp'"),
 ])
@@ -51,6 +53,10 @@ def test_feedback_end_to_end_on_a_tiny_clip(tmp_path):
     assert r["task"] == "feedback" and r["protocol"]["rounds"] == 2 and r["protocol"]["display"] == 3
     assert r["protocol"]["rank_base"] == 1 and r["protocol"]["llm"]["is_llm"] is False
     assert r["protocol"]["n_queries"] == 200 and r["protocol"]["n_gallery"] == 40
+    assert r["protocol"]["image_similarity"] == {"reads": "neighbours", "top_k": 3, "row_chunk": 256,
+                                                 "row_cache_mb": None}
+    assert r["protocol"]["feedback_config"]["similarity"] == {"top_k": None, "row_chunk": None, "row_cache_mb": 1024.0}
+    assert 0 < r["provenance"]["image_image_rows_computed"] <= 40
     assert set(r["per_round"]) == {"none", "exclude", "refresh", "llm"}
     for table in r["per_round"].values():
         assert table["round"] == [0, 1, 2] and len(table["Hits@5"]) == 3 and len(table["BRI"]) == 3

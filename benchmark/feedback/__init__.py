@@ -8,8 +8,10 @@ ranking: ``none`` (no feedback), ``exclude`` (drop shown non-relevant items), ``
 from the ground truth, a refined query). See docs/DESIGN.md, section "Feedback".
 
 Modules, one job each: ``config`` (validated options), ``ranking`` (ranks and display with
-exclusion), ``similarity`` (model scores, image-image rows cached), ``arms`` (the arm
-registry), ``scene_text`` (SynthScenes words in free text), ``user`` (the simulated user),
+exclusion), ``similarity`` (model scores; image-image similarities of shown items, never a
+gallery x gallery matrix), ``neighbours`` (the lazily filled top-k table), ``rowcache`` (the
+bounded cache of whole rows), ``kernels`` (refresh kernels and what each reads), ``arms``
+(the arm registry), ``memcheck`` (peak memory of the image-image path), ``scene_text`` (SynthScenes words in free text), ``user`` (the simulated user),
 ``prompts`` / ``schema`` / ``refine`` / ``llm/`` (the LLM-guided round), ``protocol``
 (the round loop), ``metrics`` (per-round metrics, BRI), ``transcript`` (JSON Lines),
 ``record`` (the result file), ``session`` (model + data + protocol for the CLI).

@@ -9,6 +9,9 @@ marks them (PS: relevant, NS: not); the arm then produces ranking t + 1:
 * ``refresh`` -- score refreshing, ``s_t = w0 s_{t-1} + w_ps K(g, PS_t) - w_ns K(g, NS_t)``
   with a kernel K over the model's own image-image score (:mod:`benchmark.feedback.kernels`:
   mean, max or the m nearest neighbours of each marked item); the query text is unchanged.
+  The kernel reads the shown items' similarities through
+  :meth:`~benchmark.feedback.similarity.GalleryScorer.shown` (whole rows or top-k
+  neighbours, never a gallery x gallery matrix).
 * ``llm`` -- LLM-guided refinement: questions, simulated answers, refined query q'_t,
   ``s_t = alpha score(q'_t, g) + (1 - alpha) s_{t-1}``; a round whose backend fails falls
   back to the ``refresh`` update for that query, with the reason counted.
@@ -27,7 +30,7 @@ from typing import Any
 import torch
 
 from benchmark.feedback.config import FeedbackConfig, RefreshConfig
-from benchmark.feedback.kernels import KERNELS, SIMILARITY
+from benchmark.feedback.kernels import KERNELS, SIMILARITY, DenseShown, Shown
 from benchmark.feedback.ranking import top_shown
 from benchmark.feedback.refine import Refiner
 from benchmark.feedback.similarity import GalleryScorer
@@ -75,17 +78,19 @@ def _spread(x: torch.Tensor) -> torch.Tensor:
     return torch.where(std > 0, std, torch.ones_like(std))
 
 
-def refreshed(prev: torch.Tensor, sims: torch.Tensor, ps: torch.Tensor, w: RefreshConfig) -> torch.Tensor:
-    """Score refreshing of ``[c, G]`` scores from ``[c, d, G]`` shown-item similarities and
+def refreshed(prev: torch.Tensor, sims: torch.Tensor | Shown, ps: torch.Tensor, w: RefreshConfig) -> torch.Tensor:
+    """Score refreshing of ``[c, G]`` scores from the shown items' similarities (a
+    :class:`~benchmark.feedback.kernels.Shown` source, or their rows ``[c, d, G]``) and
     ``[c, d]`` PS marks: ``w0 prev + w_ps K(PS) - w_ns K(NS)`` with the kernel ``w.kernel``
     (:mod:`benchmark.feedback.kernels`); an empty PS or NS set contributes nothing. With
     ``w.scale == "std"`` a similarity term is first rescaled to the spread (std over the
     gallery) of the query's current scores, and a share term multiplied by it, so the
     weights do not depend on the model's score scale."""
     kernel = KERNELS[w.kernel]
+    shown = DenseShown(sims) if isinstance(sims, torch.Tensor) else sims
 
     def term(mask: torch.Tensor) -> torch.Tensor:
-        out = kernel.fn(sims, mask, w.neighbours, prev)
+        out = kernel.fn(shown, mask, w.neighbours, prev)
         if w.scale != "std":
             return out
         return out * _spread(prev) / (_spread(out) if kernel.unit == SIMILARITY else 1.0)
@@ -144,8 +149,7 @@ class ScoreRefresh(Arm):
     name = "refresh"
 
     def update(self, chunk: Chunk, state: ArmState, shown: torch.Tensor, ps: torch.Tensor, t: int) -> None:
-        sims = chunk.scorer.image_rows(shown.reshape(-1)).view(*shown.shape, -1)
-        state.scores = refreshed(state.scores, sims, ps, chunk.config.refresh)
+        state.scores = refreshed(state.scores, chunk.scorer.shown(shown), ps, chunk.config.refresh)
 
 
 class LLMGuided(Arm):
@@ -189,8 +193,8 @@ class LLMGuided(Arm):
             state.scores[idx] = alpha * chunk.scorer.text_scores(texts) + (1 - alpha) * state.scores[idx]
         if failed:
             idx = torch.tensor(failed)
-            sims = chunk.scorer.image_rows(shown[idx].reshape(-1)).view(len(failed), shown.shape[1], -1)
-            state.scores[idx] = refreshed(state.scores[idx], sims, ps[idx], chunk.config.refresh)
+            state.scores[idx] = refreshed(state.scores[idx], chunk.scorer.shown(shown[idx]), ps[idx],
+                                          chunk.config.refresh)
 
 
 #: arm name -> implementation (every name of ``config.ARM_NAMES``)

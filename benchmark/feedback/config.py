@@ -2,8 +2,9 @@
 
 :class:`FeedbackConfig` holds the protocol (rounds T, display size, cut-offs, arms), the
 score-refreshing weights (:class:`RefreshConfig`), the LLM-guided round
-(:class:`LLMConfig`: backend spec, alpha, timeouts, retries, limits) and the simulated
-user (:class:`UserConfig`). It is built from plain dicts with
+(:class:`LLMConfig`: backend spec, alpha, timeouts, retries, limits), the simulated
+user (:class:`UserConfig`) and how the gallery's image-image similarities are computed
+(:class:`SimilarityConfig`: top-k neighbours, row chunk, row cache). It is built from plain dicts with
 :func:`benchmark.config.from_dict` (``--feedback-set key.path=value``), so an unknown key or
 a wrong type names the offending option; it is stored whole in the result file.
 """
@@ -26,6 +27,10 @@ MODES: dict[str, tuple[str, ...]] = {
 GALLERY_CAPTIONS = ("longest", "first")
 #: how score refreshing scales the PS / NS similarity terms (see RefreshConfig)
 REFRESH_SCALES = ("std", "none")
+#: upper bounds of the image-image similarity options (SimilarityConfig)
+MAX_TOP_K = 4096
+MAX_ROW_CHUNK = 65536
+MAX_ROW_CACHE_MB = float(1 << 20)  # 1 TiB
 
 
 @dataclass(frozen=True)
@@ -54,14 +59,47 @@ class RefreshConfig:
         from benchmark.feedback.kernels import KERNELS
 
         for name in ("w0", "w_ps", "w_ns"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"feedback.refresh.{name} must be >= 0, got {getattr(self, name)}")
+            if not getattr(self, name) >= 0:  # NaN fails too
+                raise ConfigError(f"feedback.refresh.{name} must be a number >= 0, got {getattr(self, name)}")
         if self.scale not in REFRESH_SCALES:
             raise ConfigError(f"feedback.refresh.scale must be one of {', '.join(REFRESH_SCALES)}, got {self.scale!r}")
         if self.kernel not in KERNELS:
             raise ConfigError(f"feedback.refresh.kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
         if self.neighbours < 1:
             raise ConfigError(f"feedback.refresh.neighbours must be >= 1, got {self.neighbours}")
+
+
+@dataclass(frozen=True)
+class SimilarityConfig:
+    """How score refreshing gets the gallery's image-image similarities (the model's own
+    image-image score), never as a dense gallery x gallery matrix
+    (:mod:`benchmark.feedback.similarity`, :mod:`benchmark.feedback.neighbours`).
+
+    top_k: neighbours kept per gallery item by a kernel that reads only each shown item's
+      nearest neighbours (``knn``): a lazily filled ``[G, top_k]`` table (indices + scores).
+      None = exactly what the kernel reads, ``refresh.neighbours`` (the default; then the
+      table holds what the dense code's ``topk`` picked). It must be >= ``refresh.neighbours``.
+    row_chunk: gallery items scored against the whole gallery per pass, the unit of peak
+      memory (``row_chunk x G`` scores). None = ``chunk_size`` (the batching of the dense code).
+    row_cache_mb: budget of the cache of full image-image rows of shown items, which the
+      kernels that read whole rows (``mean``, ``max``, ``residual``) reuse across rounds and
+      chunks; rows beyond it are scored again when next shown (same values). 0 = no cache.
+    """
+
+    top_k: int | None = None
+    row_chunk: int | None = None
+    row_cache_mb: float = 1024.0
+
+    def __post_init__(self) -> None:
+        if self.top_k is not None and not 1 <= self.top_k <= MAX_TOP_K:
+            raise ConfigError(f"feedback.similarity.top_k must be null or an integer in [1, {MAX_TOP_K}], "
+                              f"got {self.top_k}")
+        if self.row_chunk is not None and not 1 <= self.row_chunk <= MAX_ROW_CHUNK:
+            raise ConfigError(f"feedback.similarity.row_chunk must be null or an integer in [1, {MAX_ROW_CHUNK}], "
+                              f"got {self.row_chunk}")
+        if not 0.0 <= self.row_cache_mb <= MAX_ROW_CACHE_MB:  # NaN fails too
+            raise ConfigError("feedback.similarity.row_cache_mb must be a number of MB in "
+                              f"[0, {MAX_ROW_CACHE_MB:.0f}], got {self.row_cache_mb}")
 
 
 @dataclass(frozen=True)
@@ -142,11 +180,13 @@ class FeedbackConfig:
     exclude_shown: the refinement arms (refresh, llm) also drop shown non-relevant items,
       like the ``exclude`` arm, so that refinement is measured on top of elimination.
     max_queries: evaluate only the first N queries (None = every query).
-    chunk_size: queries processed together (bounds memory: chunk x gallery scores per arm).
+    chunk_size: queries processed together (bounds memory: chunk x gallery scores per arm,
+      and chunk x display x gallery image-image scores in a round of a whole-row kernel).
     score_variant: rank with one of the model's ``score_variants()`` (e.g. ``itc``)
       instead of its main score (None).
     gallery_caption: which stored caption describes a shown image to the question writer.
     seed: the simulated user's seed (None = the run's seed).
+    similarity: how the image-image similarities are computed (:class:`SimilarityConfig`).
     """
 
     rounds: int = 5
@@ -163,6 +203,7 @@ class FeedbackConfig:
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     user: UserConfig = field(default_factory=UserConfig)
+    similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -186,6 +227,27 @@ class FeedbackConfig:
         if self.gallery_caption not in GALLERY_CAPTIONS:
             raise ConfigError(f"feedback.gallery_caption must be one of {', '.join(GALLERY_CAPTIONS)}, "
                               f"got {self.gallery_caption!r}")
+        from benchmark.feedback.kernels import KERNELS, NEIGHBOURS
+
+        k = self.similarity.top_k
+        if KERNELS[self.refresh.kernel].reads == NEIGHBOURS and k is not None and k < self.refresh.neighbours:
+            raise ConfigError(f"feedback.similarity.top_k must be >= feedback.refresh.neighbours "
+                              f"({self.refresh.neighbours}): the {self.refresh.kernel} kernel reads that many "
+                              f"nearest neighbours of each shown item; got {k}")
+
+    def image_similarity(self) -> dict[str, object]:
+        """The resolved image-image similarity settings, as recorded in the result file:
+        what the refresh kernel reads (``rows``: whole rows of the shown items; ``neighbours``:
+        their ``top_k`` nearest), ``top_k`` (null when no table is used), ``row_chunk`` and
+        ``row_cache_mb`` (null when no row is cached)."""
+        from benchmark.feedback.kernels import KERNELS, NEIGHBOURS
+
+        reads = KERNELS[self.refresh.kernel].reads
+        s = self.similarity
+        return {"reads": reads,
+                "top_k": (s.top_k or self.refresh.neighbours) if reads == NEIGHBOURS else None,
+                "row_chunk": s.row_chunk or self.chunk_size,
+                "row_cache_mb": s.row_cache_mb if reads != NEIGHBOURS else None}
 
     def check_gallery(self, n_gallery: int) -> None:
         """Every round must be able to show ``display`` items not yet excluded."""

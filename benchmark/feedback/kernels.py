@@ -1,9 +1,16 @@
 """How score refreshing turns the shown items' image-image similarities into one row per query.
 
-Input: ``sims[c, d, G]`` (similarity of each of the d shown items to every gallery item,
-under the model's own image-image score) and ``mask[c, d]`` (the items of the set being
-aggregated: the PS or the NS of the round). Output: ``[c, G]``, 0 where the set is empty.
-A registry (``refresh.kernel``), each entry with the unit of what it returns:
+Input: the shown items' similarities, read through a :class:`Shown` source (their rows
+``sims[c, d, G]``: similarity of each of the d shown items to every gallery item under the
+model's own image-image score, or only the indices of each row's m largest entries), and
+``mask[c, d]`` (the items of the set being aggregated: the PS or the NS of the round).
+Output: ``[c, G]``, 0 where the set is empty. Each kernel declares what it reads
+(``reads``), so the gallery x gallery matrix is never formed
+(:mod:`benchmark.feedback.similarity`): ``rows`` (``mean``, ``max``, ``residual``: every
+entry of the shown items' rows, scored on demand) or ``neighbours`` (``knn``: the indices
+of the m = ``refresh.neighbours`` largest entries of each shown row and nothing else, read
+from the top-k neighbour table). A registry (``refresh.kernel``), each entry with the unit
+of what it returns:
 
 * ``mean`` (unit: similarity) -- ``mean_{n in set} sim(g, n)``: a global kernel; every
   gallery item moves by how much it resembles the set on average.
@@ -28,34 +35,78 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 SIMILARITY, SHARE = "similarity", "share"
+#: what a kernel reads of the shown items' image-image rows
+ROWS, NEIGHBOURS = "rows", "neighbours"
+
+
+class Shown(Protocol):
+    """The image-image similarities of a round's shown items ``[c, d]``, read lazily."""
+
+    n_gallery: int
+
+    def rows(self) -> torch.Tensor:
+        """``[c, d, G]`` float32: each shown item's row against the whole gallery."""
+        ...
+
+    def neighbours(self, m: int) -> torch.Tensor:
+        """``[c, d, m]`` int64: the gallery indices of each shown row's m largest entries
+        (``torch.topk``; m <= G)."""
+        ...
+
+
+class DenseShown:
+    """A :class:`Shown` over given rows ``[c, d, G]`` (hand-made examples; the reference
+    semantics the table-backed source reproduces)."""
+
+    def __init__(self, sims: torch.Tensor) -> None:
+        self.sims = sims
+        self.n_gallery = sims.shape[-1]
+
+    def rows(self) -> torch.Tensor:
+        return self.sims
+
+    def neighbours(self, m: int) -> torch.Tensor:
+        return self.sims.topk(m, dim=-1).indices
 
 
 @dataclass(frozen=True)
 class Kernel:
     name: str
     unit: str
-    fn: Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor], torch.Tensor]  # (sims, mask, neighbours, prev)
+    reads: str  # ROWS or NEIGHBOURS
+    fn: Callable[[Shown, torch.Tensor, int, torch.Tensor], torch.Tensor]  # (shown, mask, neighbours, prev)
 
 
-def _mean(sims: torch.Tensor, mask: torch.Tensor, neighbours: int, prev: torch.Tensor) -> torch.Tensor:
+def _mean_rows(sims: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.to(sims.dtype)
     return (sims * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
 
 
-def _max(sims: torch.Tensor, mask: torch.Tensor, neighbours: int, prev: torch.Tensor) -> torch.Tensor:
-    masked = sims.masked_fill(~mask[..., None], float("-inf")).amax(1)
+def _mean(shown: Shown, mask: torch.Tensor, neighbours: int, prev: torch.Tensor) -> torch.Tensor:
+    return _mean_rows(shown.rows(), mask)
+
+
+def _max(shown: Shown, mask: torch.Tensor, neighbours: int, prev: torch.Tensor) -> torch.Tensor:
+    masked = shown.rows().masked_fill(~mask[..., None], float("-inf")).amax(1)
     return torch.where(mask.any(1, keepdim=True), masked, torch.zeros_like(masked))
 
 
-def _knn(sims: torch.Tensor, mask: torch.Tensor, neighbours: int, prev: torch.Tensor) -> torch.Tensor:
-    m = min(neighbours, sims.shape[-1])
-    near = torch.zeros_like(sims)
-    near.scatter_(-1, sims.topk(m, dim=-1).indices, 1.0)
-    return _mean(near, mask, neighbours, prev)
+def _knn(shown: Shown, mask: torch.Tensor, neighbours: int, prev: torch.Tensor) -> torch.Tensor:
+    """The share of the set whose m nearest include g, from the neighbour indices alone: a
+    count per gallery item (``scatter_add`` of exact 0/1 terms, so the same floats as the
+    mean of dense 0/1 indicator rows) over the set's size."""
+    m = min(neighbours, shown.n_gallery)
+    idx = shown.neighbours(m)  # [c, d, m]
+    c = idx.shape[0]
+    member = mask.to(prev.dtype)[..., None].expand(idx.shape)  # 1 for each neighbour of a set member
+    counts = torch.zeros(c, shown.n_gallery, dtype=prev.dtype, device=idx.device)
+    counts.scatter_add_(1, idx.reshape(c, -1), member.to(idx.device).reshape(c, -1))
+    return counts / mask.to(counts).sum(1, keepdim=True).clamp(min=1)
 
 
 def _standardised(x: torch.Tensor) -> torch.Tensor:
@@ -70,16 +121,16 @@ def _standardised(x: torch.Tensor) -> torch.Tensor:
     return z / torch.where(std > 0, std, torch.ones_like(std))
 
 
-def _residual(sims: torch.Tensor, mask: torch.Tensor, neighbours: int, prev: torch.Tensor) -> torch.Tensor:
-    zs, zq = _standardised(sims), _standardised(prev)[:, None, :]
+def _residual(shown: Shown, mask: torch.Tensor, neighbours: int, prev: torch.Tensor) -> torch.Tensor:
+    zs, zq = _standardised(shown.rows()), _standardised(prev)[:, None, :]
     rho = (zs * zq).mean(-1, keepdim=True)  # correlation of each item's row with the query's scores
-    return _mean(zs - rho * zq, mask, neighbours, prev)
+    return _mean_rows(zs - rho * zq, mask)
 
 
 #: ``refresh.kernel`` -> implementation
 KERNELS: dict[str, Kernel] = {k.name: k for k in (
-    Kernel("mean", SIMILARITY, _mean),
-    Kernel("max", SIMILARITY, _max),
-    Kernel("knn", SHARE, _knn),
-    Kernel("residual", SIMILARITY, _residual),
+    Kernel("mean", SIMILARITY, ROWS, _mean),
+    Kernel("max", SIMILARITY, ROWS, _max),
+    Kernel("knn", SHARE, NEIGHBOURS, _knn),
+    Kernel("residual", SIMILARITY, ROWS, _residual),
 )}

@@ -7,7 +7,9 @@ metrics, environment, provenance, timings) plus ``"task": "feedback"`` and:
 * ``protocol`` -- T (``rounds``), ``display``, ``ks``, ``success_k``, ``rank_base`` (1),
   ``direction`` (t2i), the arms, the question writer (``llm``: spec, label, ``is_llm``;
   the rules backend says "not an LLM"), the user's ground truth and seed, the feedback
-  config, query and gallery counts;
+  config, the resolved image-image similarity settings (``image_similarity``: what the
+  refresh kernel reads -- ``rows`` or ``neighbours`` --, ``top_k``, ``row_chunk``,
+  ``row_cache_mb``), query and gallery counts;
 * ``per_round`` -- ``{arm: {"round": [0..T], "Hits@K": [...], "R@K": [...], "MRR": [...],
   "median_rank": [...], "mean_rank": [...], "BRI": [...]}}``: one list entry per round,
   ready to plot (x = ``round``);
@@ -39,6 +41,14 @@ def result_paths(cfg: RunConfig) -> tuple[Path, Path]:
     return stem.with_suffix(".json"), stem.with_suffix(".jsonl")
 
 
+def result_hash(cfg: RunConfig, fb: FeedbackConfig) -> str:
+    """The run config's hash with the feedback config's, less ``similarity``: those options
+    change how the image-image similarities are computed, not what they are, so a run that
+    only sets them has the hash of the same run without them (and of runs from before they
+    existed)."""
+    return stable_hash([cfg.config_hash(), {k: v for k, v in to_dict(fb).items() if k != "similarity"}])
+
+
 def flat_metrics(per_round: dict[str, dict[str, list]], summary: dict[str, dict]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for arm, table in per_round.items():
@@ -64,13 +74,14 @@ def build_result(cfg: RunConfig, fb: FeedbackConfig, res: ProtocolResult, task: 
         "tag": cfg.tag,
         "seed": cfg.seed,
         "config": to_dict(cfg),
-        "config_hash": stable_hash([cfg.config_hash(), to_dict(fb)]),
+        "config_hash": result_hash(cfg, fb),
         "protocol": {
             "rounds": fb.rounds, "display": fb.display, "ks": list(fb.ks), "success_k": fb.success_k,
             "rank_base": RANK_BASE, "direction": "t2i", "arms": list(fb.arms),
             "llm": llm, "user": {"ground_truth": task.truth_kind, "seed": user_seed,
                                  "unsure_rate": fb.user.unsure_rate},
-            "feedback_config": to_dict(fb), "n_queries": task.n_queries, "n_gallery": task.n_gallery,
+            "feedback_config": to_dict(fb), "image_similarity": fb.image_similarity(),
+            "n_queries": task.n_queries, "n_gallery": task.n_gallery,
         },
         "per_round": per_round,
         "summary": summary,

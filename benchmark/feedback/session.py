@@ -138,7 +138,9 @@ def run_feedback(cfg: RunConfig, fb: FeedbackConfig, *, progress: bool = False) 
     es = dm.eval_set()
     task = from_eval_set(es, dm.records(dm.config.eval_split), gallery_caption=fb.gallery_caption)
     task = task.limited(fb.max_queries)
-    scorer = GalleryScorer(model, gallery, score_function(model, fb.score_variant), batch_size=fb.chunk_size)
+    sim = fb.image_similarity()
+    scorer = GalleryScorer(model, gallery, score_function(model, fb.score_variant), batch_size=fb.chunk_size,
+                           row_chunk=sim["row_chunk"], top_k=sim["top_k"], row_cache_mb=fb.similarity.row_cache_mb)
     queries = scorer.encode_texts(task.queries)
     timings["encode_s"] = time.perf_counter() - t
 
