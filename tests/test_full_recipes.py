@@ -77,6 +77,7 @@ def test_every_full_recipe_builds_a_valid_full_run(model):
     assert (opt.lr, opt.weight_decay, opt.warmup_ratio) == (want["lr"], want["weight_decay"], want["warmup_ratio"])
     assert (cfg.train.max_epochs, cfg.data.batch_size) == (want["epochs"], want["batch"])
     assert getattr(model_cfg, "k", None) == want["k"]
+    assert opt.betas == (0.9, 0.999)  # torch's AdamW default, as LAVIS, CrossGET and DynamicViT (timm) use
     tiny = build_run_config(model_defaults(model), {"model": model})
     assert opt.lr < tiny.train.optim.lr  # the tiny learning rates are far too high for pretrained weights
 
