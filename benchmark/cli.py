@@ -33,11 +33,11 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(USAGE_ERROR)
 
 
-def model_defaults(model: str) -> dict:
-    """The shipped base config of a model (``benchmark/configs/models/<model>.json``)."""
+def model_defaults(model: str, size: str = "tiny") -> dict:
+    """The shipped base config of a model at ``size`` (``benchmark/configs/models/[full/]<model>.json``)."""
     from benchmark.config import model_defaults as defaults
 
-    return defaults(model)
+    return defaults(model, size) if size == "full" else defaults(model)
 
 
 @app.command()
@@ -92,7 +92,7 @@ def run(
         cli["checkpoint"] = str(checkpoint)
     try:
         overrides = [load_override_file(config)] if config else []
-        cfg = build_run_config(model_defaults(model), *overrides, cli, parse_set(set_ or []))
+        cfg = build_run_config(model_defaults(model, size), *overrides, cli, parse_set(set_ or []))
         outcome = run_one(cfg, retrain=retrain, skip_existing=skip_existing, progress=progress)
     except (ConfigError, DataError, UnknownNameError) as e:
         raise _fail(str(e)) from None
@@ -380,8 +380,15 @@ def reproduce(
     retrain: Annotated[bool, typer.Option(help="Train even if a checkpoint is cached.")] = False,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of the report.")] = 1000,
     progress: Annotated[bool, typer.Option(help="Show Lightning's progress bars.")] = False,
+    size: Annotated[str, typer.Option(help="tiny (every model trained here on SynthScenes) or full (the paper's rows on the real datasets under --data-root, from pretrained checkpoints, with the full-size recipes).")] = "tiny",
+    data_root: Annotated[Optional[Path], typer.Option(help="Size full: the folder holding coco/, medpix/ (or MedPix-2-0/) and rsicap/; absent ones are skipped.")] = None,
+    models: Annotated[Optional[list[str]], typer.Option(help="Size full: only these models (repeatable or comma-separated; default: every registered model).")] = None,
+    pretrained_blip2: Annotated[str, typer.Option(help="Size full: hub id or local path of the BLIP-2 checkpoint of blip2, ours, dynamicvit and crossget (local files / HF cache only).")] = "Salesforce/blip2-itm-vit-g",
+    pretrained_clip: Annotated[str, typer.Option(help="Size full: hub id or local path of the CLIP checkpoint (local files / HF cache only).")] = "openai/clip-vit-large-patch14",
+    gpu_costs: Annotated[Optional[Path], typer.Option(help="Size full: measured full-size throughputs for the GPU-hour estimates (default: results/gpu/gpu_costs.json of the suite).")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Print the plan (size full: with split sizes and GPU-hour estimates) and run nothing.")] = False,
 ) -> None:
-    """Every registered model and every ablation arm (tiny, SynthScenes), then the report; exit 1 if a step failed."""
+    """Every registered model and every ablation arm (tiny, SynthScenes; or full, real datasets), then the report; exit 1 if a step failed."""
     from benchmark.config import ConfigError, load_override_file, parse_set
     from benchmark.reporting.options import ReportOptions, ReportOptionsError
     from benchmark.reproduce.execute import execute_plan, failed, summary
@@ -390,11 +397,31 @@ def reproduce(
 
     try:
         overrides = [*([load_override_file(config)] if config else []), parse_set(set_ or [])]
-        plan = build_plan(overrides, results_dir=results_dir, out_dir=out_dir, cache_dir=cache_dir, only=only or [],
-                          report=ReportOptions(n_boot=bootstrap))
+        if size == "full":
+            from benchmark.reproduce.full_cli import full_plan
+
+            plan = full_plan(overrides, data_root=data_root, models=models or [], pretrained_blip2=pretrained_blip2,
+                             pretrained_clip=pretrained_clip, gpu_costs=gpu_costs, results_dir=results_dir,
+                             out_dir=out_dir, cache_dir=cache_dir, only=only or [],
+                             report=ReportOptions(n_boot=bootstrap))
+        elif size != "tiny":
+            raise ConfigError(f"--size must be tiny or full, got {size!r}")
+        else:
+            given = [flag for flag, value in (("--data-root", data_root), ("--models", models),
+                                              ("--gpu-costs", gpu_costs)) if value]
+            if given:
+                raise ConfigError(f"{', '.join(given)}: only with --size full")
+            plan = build_plan(overrides, results_dir=results_dir, out_dir=out_dir, cache_dir=cache_dir,
+                              only=only or [], report=ReportOptions(n_boot=bootstrap))
     except (ConfigError, ReportOptionsError, UnknownNameError) as e:
         raise _fail(str(e)) from None
     typer.echo(f"bench reproduce: {plan.describe()}")
+    if dry_run:
+        from benchmark.reproduce.full_cli import dry_run_lines
+
+        for line in dry_run_lines(plan):
+            typer.echo(line)
+        return
     records = execute_plan(plan, RunSettings(retrain=retrain, skip_existing=skip_existing, progress=progress),
                            echo=typer.echo)
     typer.echo(summary(records))

@@ -372,12 +372,19 @@ def load_override_file(path: Path) -> dict:
     return data
 
 
-def model_defaults(model: str) -> dict:
-    """The shipped base config of a model (``benchmark/configs/models/<model>.json``)."""
+def model_defaults(model: str, size: str = "tiny") -> dict:
+    """The shipped base config of a model: ``benchmark/configs/models/<model>.json`` (tiny), or
+    its full-size recipe ``benchmark/configs/models/full/<model>.json`` at size "full" (the tiny
+    file when it has none)."""
     from importlib import resources
 
-    ref = resources.files("benchmark") / "configs" / "models" / f"{model}.json"
-    return json.loads(ref.read_text()) if ref.is_file() else {"model": model}
+    if size not in SIZES:
+        raise ConfigError(f"size must be one of {SIZES}, got {size!r}")
+    folder = resources.files("benchmark") / "configs" / "models"
+    for ref in ((folder / "full" / f"{model}.json",) if size == "full" else ()) + (folder / f"{model}.json",):
+        if ref.is_file():
+            return json.loads(ref.read_text())
+    return {"model": model}
 
 
 def build_run_config(base: dict, *overrides: dict) -> RunConfig:

@@ -51,7 +51,8 @@ class Plan:
     def describe(self) -> str:
         kinds: dict[str, int] = {}
         for s in self.steps:
-            kinds[type(s).__name__] = kinds.get(type(s).__name__, 0) + 1
+            kind = "RunStep" if isinstance(s, RunStep) else type(s).__name__  # subclasses count as their base
+            kinds[kind] = kinds.get(kind, 0) + 1
         names = (("RunStep", "to run"), ("SharedStep", "shared with an earlier step"),
                  ("SkippedStep", "skipped"), ("BrokenStep", "broken"), ("ReportStep", "report"))
         return f"{len(self.steps)} steps: " + ", ".join(f"{kinds[k]} {label}" for k, label in names if k in kinds)
