@@ -45,7 +45,7 @@ class ResumePoint(L.Callback):
         tmp = self.directory / f".{LAST}.partial"
         if trainer.is_global_zero:
             self.directory.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(tmp)  # collective: rank 0 writes
+        trainer.save_checkpoint(tmp, weights_only=False)  # collective: rank 0 writes; optimizer and loops too
         if trainer.is_global_zero:
             os.replace(tmp, self.directory / LAST)
         trainer.strategy.barrier("resume-point-saved")
