@@ -51,6 +51,11 @@ class TrainConfig:
     resume: "auto" resumes an interrupted training from its last resume point in the cache
         (``benchmark/resume.py``); "never" starts over.
     checkpoint_every_n_steps: also save a resume point every N optimizer steps (None: at epoch ends only).
+    grad_checkpointing: activation (gradient) checkpointing of the trained layers -- the Q-Former and a
+        trained vision tower (CLIP's; DynamicViT's / CrossGET's token-reducing tower): their
+        activations are recomputed in the backward pass instead of kept (less memory, about one
+        more forward pass of them per step); through the model's ``enable_grad_checkpointing()``,
+        and a model without it refuses the option. Left out of the config hash when off.
     """
 
     max_epochs: int = 12
@@ -67,8 +72,11 @@ class TrainConfig:
     val_every_n_epochs: int = 5
     resume: str = "auto"
     checkpoint_every_n_steps: int | None = None
+    grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.grad_checkpointing, bool):
+            raise ConfigError(f"train.grad_checkpointing must be true or false, got {self.grad_checkpointing!r}")
         if self.val_every_n_epochs < 1:
             raise ConfigError("train.val_every_n_epochs must be >= 1")
         if self.max_epochs < 0:
@@ -186,6 +194,8 @@ class RunConfig:
         for k in ("resume", "checkpoint_every_n_steps"):  # how a training survives a crash, not what it computes
             d["train"].pop(k)
         d["eval"].pop("memmap_min_mb")  # where the gallery lives, not what is computed
+        if not d["train"]["grad_checkpointing"]:  # left out at its default: the hashes of before it existed
+            d["train"].pop("grad_checkpointing")
         for k in ("precision", "storage_dtype"):  # left out at their defaults: the hashes of before they existed
             if d["eval"][k] is None:
                 d["eval"].pop(k)

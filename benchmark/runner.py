@@ -201,6 +201,9 @@ def _extraction_workers(cfg: RunConfig, dm) -> int:
 def _fit_and_save(cfg: RunConfig, model, dm, ckpt: Path, *, progress: bool):
     """Train ``model`` (resuming an interrupted run of the same training from its resume point)
     and save it atomically as the cached checkpoint ``ckpt``; the resume point is then removed."""
+    if cfg.train.grad_checkpointing:  # activation checkpointing of the trained layers (the model's seam)
+        from lightning_modules.grad_checkpointing import enable_grad_checkpointing
+        enable_grad_checkpointing(model, cfg.model, error=ConfigError)
     for split in ("train", "val"):  # frozen features extracted (once, if not cached) before the fit loop starts
         dm.item_table(split)
     resume = resume_dir(cfg.cache_dir, ckpt)
