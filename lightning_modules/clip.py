@@ -31,8 +31,8 @@ from lightning_modules.base import Encoded, blockwise_over_gallery, full_precisi
 from lightning_modules.components.image_transform import ImageTransform
 from lightning_modules.components.length_groups import encode_in_groups
 from lightning_modules.components.word_tokenizer import build_word_tokenizer
-from lightning_modules.grad_checkpointing import enable_hf
 from lightning_modules.cost import CostCall, CostSample, shape_key
+from lightning_modules.grad_checkpointing import enable_hf
 from lightning_modules.optim import OptimConfig, build_optimizer
 
 CONFIG_FILE = "suite_config.json"

@@ -58,5 +58,5 @@ def enable_grad_checkpointing(model: Any, model_name: str | None = None,
     if not callable(seam):
         name = model_name or type(model).__name__
         raise error(f"{OPTION} is true but model {name!r} ({type(model).__name__}) does not support "
-                         f"activation checkpointing (it has no enable_grad_checkpointing()); set {OPTION} to false")
+                    f"activation checkpointing (it has no enable_grad_checkpointing()); set {OPTION} to false")
     seam()

@@ -152,3 +152,32 @@ def test_the_config_field_is_validated_and_left_out_of_the_hash_when_off():
     on = RunConfig(model="blip2", dataset="synthetic", train=TrainConfig(grad_checkpointing=True))
     assert "grad_checkpointing" not in off.identity()["train"]
     assert on.identity()["train"]["grad_checkpointing"] is True and on.config_hash() != off.config_hash()
+
+
+class _Stop(Exception):
+    pass
+
+
+class _StopAtData:
+    def item_table(self, split):
+        raise _Stop
+
+
+def test_the_runner_calls_the_seam_before_fitting_and_refuses_a_model_without_it(tmp_path):
+    from benchmark.runner import _fit_and_save
+
+    calls = []
+
+    class WithSeam(torch.nn.Module):
+        def enable_grad_checkpointing(self):
+            calls.append("on")
+
+    cfg = RunConfig(model="vqa", train=TrainConfig(grad_checkpointing=True))
+    with pytest.raises(ConfigError, match=rf"{OPTION} is true but model 'vqa'"):
+        _fit_and_save(cfg, torch.nn.Linear(2, 2), _StopAtData(), tmp_path / "ckpt", progress=False)
+    with pytest.raises(_Stop):  # the seam ran, then the fit went on (to the data)
+        _fit_and_save(cfg, WithSeam(), _StopAtData(), tmp_path / "ckpt", progress=False)
+    assert calls == ["on"]
+    with pytest.raises(_Stop):  # off: not called
+        _fit_and_save(RunConfig(model="vqa"), WithSeam(), _StopAtData(), tmp_path / "ckpt", progress=False)
+    assert calls == ["on"]
