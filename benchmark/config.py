@@ -61,6 +61,11 @@ class TrainConfig:
         process's rows against every process's items, gathered with gradient (open_clip /
         LAVIS; ``lightning_modules/components/cross_rank.py``): the negatives are the global
         batch. False: each process's own batch only. No effect in one process.
+    grad_checkpointing: activation (gradient) checkpointing of the trained layers -- the Q-Former and a
+        trained vision tower (CLIP's; DynamicViT's / CrossGET's token-reducing tower): their
+        activations are recomputed in the backward pass instead of kept (less memory, about one
+        more forward pass of them per step); through the model's ``enable_grad_checkpointing()``,
+        and a model without it refuses the option. Left out of the config hash when off.
     """
 
     max_epochs: int = 12
@@ -78,8 +83,11 @@ class TrainConfig:
     resume: str = "auto"
     checkpoint_every_n_steps: int | None = None
     gather_negatives: bool = True
+    grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.grad_checkpointing, bool):
+            raise ConfigError(f"train.grad_checkpointing must be true or false, got {self.grad_checkpointing!r}")
         if self.val_every_n_epochs < 1:
             raise ConfigError("train.val_every_n_epochs must be >= 1")
         if self.max_epochs < 0:
@@ -237,8 +245,8 @@ def data_identity(data: dict) -> dict:
 #: options added after results and checkpoints were hashed: at their default they are left out of
 #: the identity, so every earlier config keeps its hash (and its cached checkpoint); recorded in
 #: the result file's config all the same
-_HASHED_UNLESS_DEFAULT = (("train", "gather_negatives", True), (None, "checkpoint", None), ("eval", "precision", None),
-                          ("eval", "storage_dtype", None))
+_HASHED_UNLESS_DEFAULT = (("train", "gather_negatives", True), ("train", "grad_checkpointing", False),
+                          (None, "checkpoint", None), ("eval", "precision", None), ("eval", "storage_dtype", None))
 #: options that change how a run survives or where its data lives, never what it computes
 _NOT_HASHED = (("train", "resume"), ("train", "checkpoint_every_n_steps"), ("eval", "memmap_min_mb"))
 

@@ -206,6 +206,9 @@ def _fit_and_save(cfg: RunConfig, model, dm, ckpt: Path, *, progress: bool):
 
     if isinstance(model, CrossRankNegatives):  # contrastive negatives from every DDP process (or not)
         model.gather_negatives = cfg.train.gather_negatives
+    if cfg.train.grad_checkpointing:  # activation checkpointing of the trained layers (the model's seam)
+        from lightning_modules.grad_checkpointing import enable_grad_checkpointing
+        enable_grad_checkpointing(model, cfg.model, error=ConfigError)
     for split in ("train", "val"):  # frozen features extracted (once, if not cached) before the fit loop starts
         dm.item_table(split)
     resume = resume_dir(cfg.cache_dir, ckpt)

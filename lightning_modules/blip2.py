@@ -62,6 +62,7 @@ from lightning_modules.components.vision_tower import (
 )
 from lightning_modules.components.word_tokenizer import build_word_tokenizer
 from lightning_modules.cost import CostCall, CostSample, shape_key
+from lightning_modules.grad_checkpointing import enable_hf
 from lightning_modules.optim import OptimConfig, build_optimizer
 
 CONFIG_FILE = "suite_config.json"
@@ -286,6 +287,12 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
             raise ValueError("the resume checkpoint was trained on another frozen vision tower (fingerprint "
                              f"{recorded[:12]}..., this model's {self.vision_tower.fingerprint()[:12]}...)")
         checkpoint["state_dict"].update({f"vision_tower.{k}": v for k, v in self.vision_tower.state_dict().items()})
+
+    def enable_grad_checkpointing(self) -> None:
+        """``train.grad_checkpointing``: the Q-Former's layers recompute their activations in the backward
+        pass (every pass of the family goes through ``head.qformer``: BLIP-2's, ours' nested query
+        passes, the text and ITM paths). The vision tower is frozen and runs without gradients."""
+        enable_hf(self.head.qformer)
 
     # -- building blocks ---------------------------------------------------------------
     def vision_tokens(self, images: torch.Tensor) -> torch.Tensor:

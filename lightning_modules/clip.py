@@ -37,6 +37,7 @@ from lightning_modules.components.image_transform import ImageTransform
 from lightning_modules.components.length_groups import encode_in_groups
 from lightning_modules.components.word_tokenizer import build_word_tokenizer
 from lightning_modules.cost import CostCall, CostSample, shape_key
+from lightning_modules.grad_checkpointing import enable_hf
 from lightning_modules.optim import OptimConfig, build_optimizer
 
 CONFIG_FILE = "suite_config.json"
@@ -167,6 +168,10 @@ class ClipRetrieval(CrossRankNegatives, L.LightningModule):
     def load_checkpoint(cls, directory: Path) -> ClipRetrieval:
         config = ClipConfig(**json.loads((Path(directory) / CONFIG_FILE).read_text()))
         return cls._from_dir(str(directory), config, None)
+
+    def enable_grad_checkpointing(self) -> None:
+        """``train.grad_checkpointing``: both towers' layers recompute their activations in the backward pass."""
+        enable_hf(self.model)
 
     # -- retrieval protocol ------------------------------------------------------------
     def image_transform(self) -> ImageTransform:

@@ -99,6 +99,12 @@ class DynamicViTRetrieval(TokenReductionRetrieval):
                                           "pruning_layers": list(self.reducer.pruning_layers),
                                           "tokens_per_layer": self.reducer.tokens_per_layer()}
 
+    @property
+    def qformer_checkpointable(self) -> bool:
+        """Not with ``masked_cross_attention``: its keep mask is patched into the Q-Former's
+        cross-attention only for the duration of the forward (``image_attention.policy_cross_attention``)."""
+        return not self.config.masked_cross_attention
+
     def _losses(self, batch) -> dict[str, torch.Tensor]:
         index, images, texts = batch[:3]  # a 4th column: relevant images (ours only)
         index, images = index.to(self.device), images.to(self.device)

@@ -175,6 +175,18 @@ class TokenReductionRetrieval(Blip2Retrieval):
             module.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(f"{name}.")},
                                    strict=True)
 
+    #: whether the Q-Former's layers may be checkpointed (not where a method patches them for the
+    #: duration of its forward only: a recomputation in the backward pass would run without the patch)
+    qformer_checkpointable = True
+
+    def enable_grad_checkpointing(self) -> None:
+        """``train.grad_checkpointing``: the reducer's ViT layers (frozen, but the method's gradients flow
+        through them) and the Q-Former (when it trains, and ``qformer_checkpointable``) recompute their
+        activations in the backward pass."""
+        self.reducer.runner.grad_checkpointing = True
+        if self.qformer_checkpointable:
+            super().enable_grad_checkpointing()
+
     def item_loader(self, cache_root: Path) -> None:
         """No feature cache: the reduced tokens are not a frozen function of the image."""
         return None

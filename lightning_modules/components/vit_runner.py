@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_modules.grad_checkpointing import maybe_checkpoint
+
 
 class TokenHooks:
     """Identity hooks: subclass and override what a method needs."""
@@ -104,6 +106,7 @@ class ViTRunner(nn.Module):
         self.hidden_size = attn.embed_dim
         self.num_layers = len(self.vision.encoder.layers)
         self.num_patches = self.vision.embeddings.num_patches
+        self.grad_checkpointing = False  # train.grad_checkpointing (lightning_modules/grad_checkpointing.py)
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -155,14 +158,23 @@ class ViTRunner(nn.Module):
         return self.vision.post_layernorm(x)
 
     # -- forward -----------------------------------------------------------------------
-    def layer(self, i: int, x: torch.Tensor, hooks: TokenHooks, eps: float = 1e-6) -> torch.Tensor:
-        """One encoder layer (pre-norm attention, then pre-norm MLP) with the inside hooks."""
-        h = self.layers[i].layer_norm1(x)
-        q, k, v = self.qkv(i, h)
-        a = self.attend(q, k, v, hooks.attention_bias(i, x), hooks.attention_policy(i, x), eps)
-        x = x + self.out_proj(i, a)
-        x = hooks.after_attention(i, x, q, k)
+    def attention_block(self, i: int, x: torch.Tensor, bias: torch.Tensor | None, policy: torch.Tensor | None,
+                        eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Layer ``i``'s pre-norm attention with its residual, and its queries and keys (for the hooks)."""
+        q, k, v = self.qkv(i, self.layers[i].layer_norm1(x))
+        return x + self.out_proj(i, self.attend(q, k, v, bias, policy, eps)), q, k
+
+    def mlp_block(self, i: int, x: torch.Tensor) -> torch.Tensor:
         return x + self.mlp(i, x)
+
+    def layer(self, i: int, x: torch.Tensor, hooks: TokenHooks, eps: float = 1e-6) -> torch.Tensor:
+        """One encoder layer (pre-norm attention, then pre-norm MLP) with the inside hooks. With
+        ``grad_checkpointing`` the two blocks (not the hooks, which carry state across layers)
+        recompute their activations in the backward pass."""
+        bias, policy = hooks.attention_bias(i, x), hooks.attention_policy(i, x)
+        x, q, k = maybe_checkpoint(self.grad_checkpointing, self.attention_block, i, x, bias, policy, eps)
+        x = hooks.after_attention(i, x, q, k)
+        return maybe_checkpoint(self.grad_checkpointing, self.mlp_block, i, x)
 
     def forward(self, pixel_values: torch.Tensor, hooks: TokenHooks | None = None) -> torch.Tensor:
         """Tokens [B, N', D]: the last hidden state through the post-layernorm."""
