@@ -36,6 +36,8 @@ minutes (per model: extraction + evaluation; and everything for that size).
     python scripts/bench_scale.py --out results/reference/scripts/bench_scale.json
     python scripts/bench_scale.py --sizes 1000,10000 --queries 1000
     python scripts/bench_scale.py --train        # train the tiny checkpoints first if absent
+    python scripts/bench_scale.py --random-init  # untrained default tiny architectures (cost only)
+    python scripts/bench_scale.py --merge small.json large.json --out all.json
 """
 
 from __future__ import annotations
@@ -470,6 +472,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--full-generator-max", type=int, default=10000,
                    help="also time the suite's full generator (every annotation) up to this many images (0: never)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per child process")
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="combine the --out files of separate runs into one (targets checked over every size)")
     # internal: child processes
     p.add_argument("--child", choices=("eval",), default=None, help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
@@ -494,8 +498,32 @@ def common_argv(args) -> list[str]:
             "--data-root", args.data_root]
 
 
+def merge(paths: list[Path]) -> dict:
+    """One output from the outputs of separate runs (e.g. the small sizes, then the largest alone):
+    their results side by side and the targets checked again over every size. The runs must agree
+    on queries, models and threads."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    keys = ("queries", "models", "threads", "direction", "random_init")
+    for run in runs[1:]:
+        if any(run["config"].get(k) != runs[0]["config"].get(k) for k in keys):
+            raise SystemExit(f"--merge: runs differ in {', '.join(k for k in keys if run['config'].get(k) != runs[0]['config'].get(k))}")
+    results = {n: r for run in runs for n, r in run["results"].items()}
+    sizes = sorted(int(n) for n in results)
+    out = dict(runs[0])
+    out["config"] = runs[0]["config"] | {"sizes": sizes, "merged_from": [str(p) for p in paths],
+                                         "environments": [run["environment"] for run in runs]}
+    out["results"] = {str(n): results[str(n)] for n in sizes}
+    out["targets"] = check_targets(sizes, out["results"], runs[0]["config"]["models"])
+    print_targets(out["targets"])
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
+    if args.merge:
+        out = merge(args.merge)
+        write_json(out, args.out)
+        return out
     if args.child:
         Path(args.answer).write_text(json.dumps(child_eval(args)))
         return None
@@ -529,13 +557,19 @@ def main(argv: list[str] | None = None) -> dict | None:
         "results": results,
         "targets": targets,
     }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, args.out)
-        print(f"wrote {args.out}")
+    write_json(out, args.out)
     return out
+
+
+def write_json(out: dict, path: Path | None) -> None:
+    """``out`` as JSON at ``path`` (atomically: temp name, then rename); nothing without a path."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -124,6 +124,16 @@ def test_bench_scale_two_sizes_reports_every_field(tmp_path, checkpoints):
         assert row["size_ratio"] == 2 and math.isfinite(row["scoring_ratio"]) and row["ok"] == (row["scoring_ratio"] <= 2)
         assert set(t["rss"][model]) == {"40", "80"}
     assert t["time_largest"]["size"] == 80 and t["time_largest"]["everything_s"] > 0
+    # the outputs of separate runs (one size each) merge into the same targets
+    parts = []
+    for n in ("80", "40"):
+        part = json.loads(out.read_text())
+        part["results"] = {n: part["results"][n]}
+        parts.append(tmp_path / f"part{n}.json")
+        parts[-1].write_text(json.dumps(part))
+    merged = bench.main(["--merge", *map(str, parts), "--out", str(tmp_path / "merged.json")])
+    assert merged["targets"] == json.loads(json.dumps(r["targets"])) and merged["config"]["sizes"] == [40, 80]
+    assert json.loads((tmp_path / "merged.json").read_text())["targets"] == merged["targets"]
     # a second run reuses the scale folder and reports the time it took to write it
     again = bench.prepare_data(40, 20, cache / "scale", 1, 0)
     assert again["cached"] and again["data_s"] == r["results"]["40"]["data"]["data_s"]
