@@ -92,7 +92,9 @@ def model_list(text: str) -> list[str]:
 
 
 def peak_rss() -> dict[str, int]:
-    """Peak resident set size in bytes of this process and of its (waited-for) children."""
+    """Peak resident set size in bytes of this process and of its (waited-for) children. A forked
+    child's maxrss starts from the pages it shares with its parent at the fork, so a short helper
+    (e.g. ``git`` run by the result's environment record) reports about the parent's RSS then."""
     scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
     return {"self_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
             "children_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale}
