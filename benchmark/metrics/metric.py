@@ -303,8 +303,10 @@ class RetrievalMetric(Metric):
 
     def _concatenated(self, name: str) -> torch.Tensor:
         """State ``name`` as one tensor; a list state is replaced by ``[that tensor]`` (same content),
-        its batches freed one by one as they are copied in, so peak memory is about one copy of the
-        state rather than two (measured: 0.76 GiB of states peaked at 1.53 GiB with ``torch.cat``)."""
+        its batches released one by one as they are copied in. Whether that lowers the peak depends
+        on the allocator returning them to the OS: 1.01x of the states instead of 2x with batches
+        that were fresh ``mmap`` allocations, but a 100k evaluation still held the states twice
+        (heap-allocated batches; docs/experiments/scale.md)."""
         state = getattr(self, name)
         if not isinstance(state, list) or len(state) <= 1 or any(
                 t.ndim == 0 or t.dtype != state[0].dtype or t.shape[1:] != state[0].shape[1:] for t in state):
