@@ -265,7 +265,7 @@ class RetrievalMetric(Metric):
         if isinstance(index_state, list) and not index_state:
             raise RuntimeError(f"RetrievalMetric: no {modality}s were given (call update_{modality}s first)")
         index = dim_zero_cat(index_state).long()
-        emb = self._concatenated(f"{modality}_emb")
+        emb = dim_zero_cat(getattr(self, f"{modality}_emb"))
         lengths = dim_zero_cat(getattr(self, f"{modality}_lengths")).long()
         order = torch.argsort(index, stable=True)
         sorted_index = index[order]
@@ -290,7 +290,7 @@ class RetrievalMetric(Metric):
             return t if in_order else t[keep]
 
         emb, lengths = kept(emb), kept(lengths)
-        extra = {k: kept(self._concatenated(f"{modality}_extra_{k}")) for k in self._extra_keys[modality]}
+        extra = {k: kept(dim_zero_cat(getattr(self, f"{modality}_extra_{k}"))) for k in self._extra_keys[modality]}
         for k, table in self.gallery_extra.get(modality, {}).items():
             if len(table) != n:
                 raise ValueError(f"RetrievalMetric: gallery_extra[{modality!r}][{k!r}] has {len(table)} rows, expected {n}")
@@ -300,31 +300,6 @@ class RetrievalMetric(Metric):
             raise ValueError(f"RetrievalMetric: some {modality} batches had lengths and others not")
         lengths_np = lengths.cpu().numpy()
         return Encoded(emb, lengths if bool(has.all()) else None, extra or None), lengths_np
-
-    def _concatenated(self, name: str) -> torch.Tensor:
-        """State ``name`` as one tensor; a list state is replaced by ``[that tensor]`` (same content),
-        its batches released one by one as they are copied in. Whether that lowers the peak depends
-        on the allocator returning them to the OS: 1.01x of the states instead of 2x with batches
-        that were fresh ``mmap`` allocations, but a 100k evaluation still held the states twice
-        (heap-allocated batches; docs/experiments/scale.md)."""
-        state = getattr(self, name)
-        if not isinstance(state, list) or len(state) <= 1 or any(
-                t.ndim == 0 or t.dtype != state[0].dtype or t.shape[1:] != state[0].shape[1:] for t in state):
-            return dim_zero_cat(state)
-        # each batch copied into one preallocated tensor and released at once: the batches and their
-        # concatenation are never all resident together (a plain cat peaks at twice the state)
-        whole = torch.empty((sum(len(t) for t in state), *state[0].shape[1:]), dtype=state[0].dtype,
-                            device=state[0].device)
-        batches = state[::-1]
-        state.clear()
-        setattr(self, name, [whole])
-        start = 0
-        while batches:
-            batch = batches.pop()
-            whole[start:start + len(batch)] = batch
-            start += len(batch)
-            del batch
-        return whole
 
     def compute(self) -> dict[str, float]:  # type: ignore[override]
         """Flat metrics ``{"t2i/R@1": ..., "i2t/MRR": ..., ...}``; fills ``per_query``."""
