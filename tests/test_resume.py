@@ -1,5 +1,6 @@
 """Resume after a crash: a ``bench run`` killed (SIGKILL) mid-epoch and run again resumes from
-its last resume point and ends with exactly the metrics of an uninterrupted run."""
+its last resume point and ends with exactly the metrics of an uninterrupted run. The kill is
+deterministic (``tests/kill_midway_script.py``: in epoch 1, after its first batch), not timed."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +31,10 @@ def _command(model: str, results: Path, cache: Path, *extra: str) -> list[str]:
             "--results-dir", str(results), "--cache-dir", str(cache), *extra]
 
 
+#: the LightningModule class trained by each model's run (the kill script matches it)
+CLASSES = {"blip2": "Blip2Retrieval", "ours": "IdqFormerRetrieval"}
+
+
 def _env() -> dict:
     env = dict(os.environ)
     env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])), OMP_NUM_THREADS="1",
@@ -45,16 +49,11 @@ def test_killed_run_resumes_and_ends_as_an_uninterrupted_one(tmp_path, model):
                               capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr[-3000:]
     cache = tmp_path / "cache-b"
-    proc = subprocess.Popen(_command(model, tmp_path / "killed", cache), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    # wait until the model itself (not its CLIP dependency) has a resume point after >= 1 epoch, then kill it
-    deadline = time.monotonic() + 500
-    while not list((cache / "resume").glob(f"{model}__*/last.ckpt")):
-        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
-        time.sleep(0.2)
-    time.sleep(1.0)  # into the next epoch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    command = _command(model, tmp_path / "killed", cache)
+    killed = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_midway_script.py"), CLASSES[model],
+                             *command[command.index("run"):]], env=_env(), capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]  # killed in epoch 1, mid-epoch
+    assert list((cache / "resume").glob(f"{model}__*/last.ckpt"))  # the epoch-0 resume point
     assert not list((tmp_path / "killed").glob("*.json"))  # it died before writing a result
     again = subprocess.run(_command(model, tmp_path / "killed", cache), env=_env(), capture_output=True, text=True,
                            timeout=600)
