@@ -215,17 +215,13 @@ class FeatureCache:
 
     def __init__(self, tower: VisionTower, root: Path, batch_size: int = 256, dtype: torch.dtype = torch.float32,
                  memmap_min_bytes: int = DEFAULT_MEMMAP_MIN_BYTES, extractor: Extractor | None = None):
-        if dtype not in _NUMPY:
-            raise ValueError(f"feature cache dtype must be one of {sorted(STORAGE_DTYPES)}, got {dtype}")
         self.tower = tower
         self.root = Path(root)
-        self.batch_size = batch_size
-        self.dtype = dtype
-        self.memmap_min_bytes = memmap_min_bytes
-        self.extractor: Extractor = extractor or LocalExtractor()
+        self.extractor: Extractor = LocalExtractor()
         self.timings: dict[str, float] = {}
         self.provenance: dict[str, dict] = {}
         self._memory: dict[str, torch.Tensor] = {}
+        self.configure(dtype=dtype, memmap_min_bytes=memmap_min_bytes, extractor=extractor, batch_size=batch_size)
 
     def configure(self, *, dtype: torch.dtype | None = None, memmap_min_bytes: int | None = None,
                   extractor: Extractor | None = None, batch_size: int | None = None) -> FeatureCache:
