@@ -47,7 +47,7 @@ from when it is there (the fair pair: same Q-Former architecture), else the newe
 models instead (no training): ``--random-size small`` for the smoke test, ``tiny`` (the shipped
 tiny shapes) or ``base`` (the shapes of ``Salesforce/blip2-itm-vit-g``'s Q-Former over ViT-g
 tokens: what the cost rows become at the real model's size; random weights change no FLOP and
-no shape, so cost carries over while quality does not exist; results/studies/issue4_base_shape/).
+no shape, so cost carries over while quality does not exist; docs/experiments/tiny-speed.md).
 
     python scripts/bench_idq.py --out /tmp/bench_idq.json
     python scripts/bench_idq.py --train          # train the tiny checkpoints first if absent
