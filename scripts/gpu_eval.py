@@ -38,24 +38,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from gpu_records import read_json, write_json  # noqa: E402
+
 TARGET_S = 900.0
 #: per-stage timings of a result file shown in the summary (seconds), in this order
 STAGES = (("encode_images_s", "encode images"), ("encode_texts_s", "encode texts"),
           ("score_and_rank_s", "score + rank (ITM re-ranking)"), ("features_test_extract_s", "feature extraction"),
           ("prepare_data_s", "prepare data"), ("evaluate_s", "evaluate"), ("measure_s", "measure"))
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    from benchmark.atomic import atomic_write_json
-
-    atomic_write_json(path, obj)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 # -- prepare ------------------------------------------------------------------------------
@@ -84,7 +73,7 @@ def prepare(args: argparse.Namespace) -> dict:
     print(f"[gpu_eval] checkpoint: {record['checkpoint']['parameters'] / 1e6:.1f} M parameters, "
           f"{record['checkpoint']['bytes'] / 1e9:.2f} GB ({args.save_dtype}) in {record['model_save_s']:.1f} s",
           flush=True)
-    _write_json(Path(args.out) / "prepare.json", record)
+    write_json(Path(args.out) / "prepare.json", record)
     return record
 
 
@@ -120,7 +109,7 @@ def run_bench(name: str, bench_args: Sequence[str], out: Path, result_file: str 
               "peak_memory_method": "torch.cuda.max_memory_allocated / max_memory_reserved over the whole "
                                     "bench run in this process (PyTorch's caching allocator; without the "
                                     "CUDA context)"} | _peaks()
-    _write_json(out / "runs" / f"{name}.json", record)
+    write_json(out / "runs" / f"{name}.json", record)
     print(f"[gpu_eval] {name}: rc {rc}, {record['wall_s']:.1f} s, peak allocated {record['peak_allocated_mb']} MB",
           flush=True)
     return record
@@ -145,7 +134,7 @@ def _fmt(value, digits: int = 1) -> str:
 
 def run_row(run: dict, target_s: float) -> dict:
     """One table row: the run record and its result file's figures."""
-    result = _read_json(Path(run["result_file"])) if run.get("result_file") else None
+    result = read_json(Path(run["result_file"])) if run.get("result_file") else None
     ok = run["rc"] == 0 and result is not None
     timings = (result or {}).get("timings", {})
     metrics = (result or {}).get("metrics", {})
@@ -169,8 +158,8 @@ def summary(args: argparse.Namespace) -> dict:
     from benchmark.reporting.escape import markdown_inline
 
     out = Path(args.out)
-    prep = _read_json(out / "prepare.json") or {}
-    runs = [r for r in (_read_json(p) for p in sorted((out / "runs").glob("*.json"))) if r]
+    prep = read_json(out / "prepare.json") or {}
+    runs = [r for r in (read_json(p) for p in sorted((out / "runs").glob("*.json"))) if r]
     order = {n: i for i, n in enumerate(args.order.split(","))} if args.order else {}
     runs.sort(key=lambda r: (order.get(r["name"], len(order)), r["name"]))
     rows = [run_row(r, args.target_s) for r in runs]
@@ -212,7 +201,7 @@ def summary(args: argparse.Namespace) -> dict:
     text = "\n".join(lines) + "\n"
     atomic_write_text(out / "summary.md", text)
     report = {"target_s": args.target_s, "prepare": prep, "stages": [list(s) for s in stages], "runs": rows}
-    _write_json(out / "summary.json", report)
+    write_json(out / "summary.json", report)
     print(text, flush=True)
     return report
 

@@ -40,27 +40,11 @@
 # (unless --cpu-smoke), 1 when the set-up crashed.
 set -uo pipefail
 
-out="" smoke=${GPU_EVAL_CPU_SMOKE:-0}
-for arg in "$@"; do
-    case $arg in
-        --cpu-smoke) smoke=1 ;;
-        -*) echo "gpu_eval_check.sh: unknown option $arg (usage: scripts/gpu_eval_check.sh OUT_DIR [--cpu-smoke])" >&2; exit 2 ;;
-        *) [ -z "$out" ] && out=$arg || { echo "gpu_eval_check.sh: one OUT_DIR only" >&2; exit 2; } ;;
-    esac
-done
-[ -n "$out" ] || { echo "usage: scripts/gpu_eval_check.sh OUT_DIR [--cpu-smoke]" >&2; exit 2; }
-
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
-    TOKENIZERS_PARALLELISM=false
-py=${PYTHON:-python3}
+name=gpu_eval_check.sh out="" smoke=${GPU_EVAL_CPU_SMOKE:-0}
+source "$(dirname "$0")/gpu_common.sh"
 if [ "$smoke" = 1 ]; then
     scale=tiny image_size=64 n_test=${N_TEST:-16} device=cpu workers=0
 else
-    "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' || {
-        echo "gpu_eval_check.sh: $py sees no CUDA device (torch.cuda.is_available() is False); this check needs" \
-             "one GPU. Use --cpu-smoke to run the pipeline at tiny shapes on the CPU." >&2
-        exit 2
-    }
     scale=full image_size=256 n_test=${N_TEST:-5000} device=cuda workers=8
 fi
 eval_sets=${EVAL_SETS-eval.precision=bf16-mixed eval.storage_dtype=float16}
@@ -69,35 +53,9 @@ models=${MODELS:-blip2 ours}
 target=${TARGET_S:-900}
 tag=gpueval
 
-mkdir -p "$out/logs" "$out/results" || exit 1
-: > "$out/stage_times.tsv"
-if [ -n "${WORK_DIR:-}" ]; then
-    work=$WORK_DIR; mkdir -p "$work" || exit 1
-else
-    work=$(mktemp -d) || exit 1
-    trap 'rm -rf "$work"' EXIT
-fi
+gpu_prepare_out results
 cache="$work/cache"
-now() { date +%s.%N; }
-elapsed() { "$py" -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
-stage() {  # stage NAME LOG COMMAND...: run, time, log; appends to stage_times.tsv
-    local name=$1 log=$2 start rc
-    shift 2
-    start=$(now)
-    "$@" > "$log" 2>&1
-    rc=$?
-    printf '%s\t%s\t%s\n' "$name" "$(elapsed "$start")" "$rc" >> "$out/stage_times.tsv"
-    tail -3 "$log"
-    return $rc
-}
-
-{ nvidia-smi || echo "nvidia-smi: not available"; } > "$out/nvidia_smi.txt" 2>&1
-"$py" -c 'import torch, lightning, transformers, platform
-print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda, "lightning",
-      lightning.__version__, "transformers", transformers.__version__,
-      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device")' > "$out/versions.txt" 2>&1
-cat "$out/versions.txt"
-device_label=$( [ "$smoke" = 1 ] && echo "CPU (--cpu-smoke, tiny shapes)" || "$py" -c 'import torch; print(torch.cuda.get_device_name(0))')
+device_label=$(gpu_device_label)
 
 stage prepare "$out/logs/prepare.log" "$py" scripts/gpu_eval.py prepare --scale "$scale" --work "$work" --out "$out" \
     --n-test "$n_test" --image-size "$image_size" --device "$device" \

@@ -43,25 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from gpu_records import read_json, write_json  # noqa: E402
+
 #: models of the check, in order; which checkpoint each starts from and what its batches hold
 MODELS = {"clip": ("clip", "pixels"), "blip2": ("blip2", "tokens"), "ours": ("blip2", "tokens"),
           "dynamicvit": ("blip2", "pixels"), "crossget": ("blip2", "pixels")}
 SETTINGS = ((False, "off"), (True, "on"))
 LIMIT_GB = 80.0
 OURS_RATIO = 1.1
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    from benchmark.atomic import atomic_write_json
-
-    atomic_write_json(path, obj)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 # -- prepare ------------------------------------------------------------------------------
@@ -80,7 +69,7 @@ def prepare(args: argparse.Namespace) -> dict:
                                "write_s": time.perf_counter() - t}
         print(f"[gpu_train] {name}: {info['parameters'] / 1e6:.1f} M parameters, "
               f"{record[name]['bytes'] / 1e9:.2f} GB in {record[name]['write_s']:.1f} s", flush=True)
-    _write_json(Path(args.out) / "prepare.json", record)
+    write_json(Path(args.out) / "prepare.json", record)
     return record
 
 
@@ -237,7 +226,7 @@ def run_model(args: argparse.Namespace) -> dict:
     for checkpointing, label in SETTINGS:
         record = run_setting(args.name, checkpointing, args)
         doc["settings"].append(record)
-        _write_json(out / "runs" / f"{args.name}.json", doc)
+        write_json(out / "runs" / f"{args.name}.json", doc)
         peak = record["peak_allocated_mb"]
         print(f"[gpu_train] {args.name} grad_checkpointing={label}: {record['status']}, "
               f"{record.get('steps_per_s', float('nan')):.2f} steps/s, peak allocated "
@@ -257,7 +246,7 @@ def _fmt(value, digits: int = 2) -> str:
 def summary(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     order = [m for m in args.order.split(",") if m]
-    runs = {m: _read_json(out / "runs" / f"{m}.json") for m in order}
+    runs = {m: read_json(out / "runs" / f"{m}.json") for m in order}
     rows, per_model = [], {}
     for m in order:
         settings = (runs[m] or {}).get("settings", [])
@@ -291,7 +280,7 @@ def summary(args: argparse.Namespace) -> dict:
             ratio = ours["peak_allocated_mb"] / blip2["peak_allocated_mb"]
             targets[key] = f"{'PASS' if ratio <= args.ratio else 'FAIL'} ({ratio:.3f}x)"
     doc = {"device": args.device_label, "batch": args.batch, "precision": args.precision, "rows": rows,
-           "targets": targets, "measured_on_gpu": measured, "prepare": _read_json(out / "prepare.json")}
+           "targets": targets, "measured_on_gpu": measured, "prepare": read_json(out / "prepare.json")}
     lines = [f"# Full-shape training step per model ({args.device_label})", "",
              f"Batch {args.batch}, precision {args.precision} (autocast), AdamW over each model's trainable "
              "parameters through its own `configure_optimizers`; steps/s = 1 / median timed step; peak = "
@@ -309,7 +298,7 @@ def summary(args: argparse.Namespace) -> dict:
     from benchmark.atomic import atomic_write_text
 
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
-    _write_json(out / "summary.json", doc)
+    write_json(out / "summary.json", doc)
     return doc
 
 

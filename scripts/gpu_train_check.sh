@@ -33,63 +33,20 @@
 # --cpu-smoke), 1 when the set-up crashed.
 set -uo pipefail
 
-out="" smoke=${GPU_TRAIN_CPU_SMOKE:-0}
-for arg in "$@"; do
-    case $arg in
-        --cpu-smoke) smoke=1 ;;
-        -*) echo "gpu_train_check.sh: unknown option $arg (usage: scripts/gpu_train_check.sh OUT_DIR [--cpu-smoke])" >&2; exit 2 ;;
-        *) [ -z "$out" ] && out=$arg || { echo "gpu_train_check.sh: one OUT_DIR only" >&2; exit 2; } ;;
-    esac
-done
-[ -n "$out" ] || { echo "usage: scripts/gpu_train_check.sh OUT_DIR [--cpu-smoke]" >&2; exit 2; }
-
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
-    TOKENIZERS_PARALLELISM=false
-py=${PYTHON:-python3}
+name=gpu_train_check.sh out="" smoke=${GPU_TRAIN_CPU_SMOKE:-0}
+source "$(dirname "$0")/gpu_common.sh"
 if [ "$smoke" = 1 ]; then
     scale=tiny image_size=32 device=cpu warmup=${WARMUP:-1} steps=${STEPS:-2} batch=${BATCH:-8}
-    device_label="CPU (--cpu-smoke, tiny shapes)"
 else
-    "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' || {
-        echo "gpu_train_check.sh: $py sees no CUDA device (torch.cuda.is_available() is False); this check needs" \
-             "one GPU. Use --cpu-smoke to run the pipeline at tiny shapes on the CPU." >&2
-        exit 2
-    }
     scale=full image_size=224 device=cuda warmup=${WARMUP:-3} steps=${STEPS:-10}
-    device_label=$("$py" -c 'import torch; print(torch.cuda.get_device_name(0))')
 fi
 models=${MODELS:-clip blip2 ours dynamicvit crossget}
 batch=${batch:-${BATCH:-32}}
 limit=${LIMIT_GB:-80}
 ratio=${RATIO:-1.1}
 
-mkdir -p "$out/logs" "$out/runs" || exit 1
-: > "$out/stage_times.tsv"
-if [ -n "${WORK_DIR:-}" ]; then
-    work=$WORK_DIR; mkdir -p "$work" || exit 1
-else
-    work=$(mktemp -d) || exit 1
-    trap 'rm -rf "$work"' EXIT
-fi
-now() { date +%s.%N; }
-elapsed() { "$py" -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
-stage() {  # stage NAME LOG COMMAND...: run, time, log; appends to stage_times.tsv
-    local name=$1 log=$2 start rc
-    shift 2
-    start=$(now)
-    "$@" > "$log" 2>&1
-    rc=$?
-    printf '%s\t%s\t%s\n' "$name" "$(elapsed "$start")" "$rc" >> "$out/stage_times.tsv"
-    tail -3 "$log"
-    return $rc
-}
-
-{ nvidia-smi || echo "nvidia-smi: not available"; } > "$out/nvidia_smi.txt" 2>&1
-"$py" -c 'import torch, lightning, transformers, platform
-print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda, "lightning",
-      lightning.__version__, "transformers", transformers.__version__,
-      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device")' > "$out/versions.txt" 2>&1
-cat "$out/versions.txt"
+gpu_prepare_out runs
+device_label=$(gpu_device_label)
 
 stage prepare "$out/logs/prepare.log" "$py" scripts/gpu_train.py prepare --scale "$scale" --work "$work" \
     --out "$out" --device "$device" \

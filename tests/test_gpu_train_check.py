@@ -67,7 +67,7 @@ def test_summary_targets(tmp_path):
             "dynamicvit": [_setting("dynamicvit", False, 90 * gb, "oom"), _setting("dynamicvit", True, 79 * gb)],
             "crossget": [_setting("crossget", False, 85 * gb), _setting("crossget", True, 81 * gb)]}
     for name, settings in runs.items():
-        gpu_train._write_json(tmp_path / "runs" / f"{name}.json", {"model": name, "settings": settings})
+        gpu_train.write_json(tmp_path / "runs" / f"{name}.json", {"model": name, "settings": settings})
     args = gpu_train.parse_args(["summary", "--out", str(tmp_path), "--device-label", "NVIDIA H100",
                                  "--order", "clip,blip2,ours,dynamicvit,crossget"])
     doc = gpu_train.summary(args)
