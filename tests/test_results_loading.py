@@ -35,8 +35,9 @@ def test_load_results_is_one_tidy_row_per_run_and_metric(tmp_path):
     assert len(frame) == sum(len(r["metrics"]) for r in files.values())
     for name, r in files.items():
         rows = frame[frame["file"] == name]
-        assert set(rows["model"]) == {r["model"]} and set(rows["tag"]) == {r["tag"]} and set(rows["seed"]) == {r["seed"]}
-        assert set(rows["task"]) == {r.get("task", "retrieval")} and set(rows["size"]) == {r["size"]}
+        for column in ("model", "dataset", "size", "tag", "seed"):
+            assert set(rows[column]) == {r[column]}
+        assert set(rows["task"]) == {r.get("task", "retrieval")}
         stored = {k: (math.nan if v is None else float(v)) for k, v in r["metrics"].items()}
         got = dict(zip(rows["metric"], rows["value"], strict=True))
         assert got.keys() == stored.keys()
@@ -107,13 +108,13 @@ BAD_FILES = [
     (_metric("t2i/R@5", float("inf")), r"field metrics\.t2i/R@5 must be finite"),
     (_metric("t2i/MRR", float("nan")), r"field metrics\.t2i/MRR must be finite"),
     (_metric("t2i/R@5", "0.5"), r"field metrics\.t2i/R@5 must be a number or null, got '0\.5'"),
-    (_metric("t2i/Sim", -1.5), r"field metrics\.t2i/Sim = -1\.5 is out of range"),
+    (_metric("qlen/spearman_complexity", -1.5), r"field metrics\.qlen/spearman_complexity = -1\.5 is out of range"),
     (_metric("t2i/mean_rank", -3.0), r"field metrics\.t2i/mean_rank = -3\.0 is out of range \(expected >= 1\)"),
     (_metric("gflops/total", -0.1), r"field metrics\.gflops/total = -0\.1 is out of range"),
     (_metric("t2i/R@5", True), r"field metrics\.t2i/R@5 must be a number or null, got True"),
     (_per_query("t2i/rank", 3, -2), r"field per_query\.t2i/rank\[3\] = -2: expected integer ranks >= 0"),
     (_per_query("t2i/rank", 0, 1.5), r"field per_query\.t2i/rank\[0\] = 1\.5"),
-    (_per_query("t2i/sim", 1, 3.0), r"field per_query\.t2i/sim\[1\] = 3\.0: expected similarities in \[-1, 1\]"),
+    (_per_query("t2i/sim", 1, "x"), r"field per_query\.t2i/sim\[1\] = 'x': expected finite similarities or null"),
     (lambda p: _set(p, "seed", -1), "field seed must be an integer >= 0"),
     (lambda p: _set(p, "model", ""), "field model must be a non-empty string"),
     (lambda p: _set(p, "metrics", [1, 2]), "field metrics must be an object"),
@@ -192,3 +193,10 @@ def test_results_csv_is_the_tidy_frame(tmp_path):
     assert ((tmp_path / "out" / PARQUET_NAME) in paths) == parquet_available()
     if parquet_available():
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "out" / PARQUET_NAME), frame)
+
+
+def test_sim_is_the_models_raw_score_and_only_needs_to_be_finite(tmp_path):
+    """Sim is the mean raw score of the model's own scoring: a model with unbounded scores is valid."""
+    path = _result(tmp_path, model="clip", extra_metrics={"t2i/Sim": 3.5})
+    _per_query("t2i/sim", 0, -7.25)(path)
+    assert load_result(path)["metrics"]["t2i/Sim"] == 3.5

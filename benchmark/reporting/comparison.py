@@ -4,7 +4,8 @@
   paper's Sim per dataset, memory and throughput.
 * One table per dataset: Sim, R@5, MRR (with intervals), Q-Len, GFLOPs (gallery side,
   query side and their sum, :mod:`benchmark.reporting.cost_split`: ours' gallery pass counted
-  at L_max, with a note), memory and throughput of every compared run (see :mod:`benchmark.reporting.selection`), beside the
+  at L_max, with a note), memory and throughput of every compared run (see
+  :mod:`benchmark.reporting.selection`), beside the
   paper's Sim on that dataset (when the paper has it), memory and throughput.
 
 Models of the paper that have no run get a row with the paper's numbers only, so the table

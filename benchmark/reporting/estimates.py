@@ -85,7 +85,7 @@ class Cell:
 
 
 def metric_value(result: dict, measure: Measure, direction: str) -> float | None:
-    metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
+    metrics: dict[str, Any] = result["metrics"] if isinstance(result.get("metrics"), dict) else {}
     if measure.derive is not None and (value := measure.derive(metrics)) is not None:
         return value
     for key in measure.metric_keys:

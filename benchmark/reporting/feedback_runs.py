@@ -26,7 +26,8 @@ from benchmark.results import ResultFileError
 
 FEEDBACK_TASK = "feedback"
 RANK_BASE = 1
-#: the arms that ask the question writer (``benchmark.feedback.arms.LLMGuided``); their failed rounds fall back to refresh
+#: the arms that ask the question writer (``benchmark.feedback.arms.LLMGuided``); a failed round falls
+#: back to the refresh update
 LLM_ARMS = ("llm",)
 FALLBACK_ARM = "refresh"
 
@@ -175,14 +176,15 @@ def feedback_run(result: dict) -> FeedbackRun:
     n_gallery = result["protocol"].get("n_gallery")
     fb_config = result["protocol"].get("feedback_config")
     refresh = fb_config.get("refresh") if isinstance(fb_config, dict) else None
+    settings = ({k: v for k, v in refresh.items() if isinstance(v, (int, float, str))}
+                if isinstance(refresh, dict) else {})
     return FeedbackRun(path, str(result.get("model")), str(result.get("dataset")), str(result.get("size")),
                        str(result.get("tag")), rounds, display, success_k, rank_base,
                        llm["label"] if llm else None, llm["is_llm"] if llm else None,
                        user.get("ground_truth") if isinstance(user.get("ground_truth"), str) else None,
                        n_gallery if isinstance(n_gallery, int) else None, ranks,
                        {a: s for a, s in summary.items() if isinstance(s, dict)},
-                       {k: v for k, v in refresh.items() if isinstance(v, (int, float, str))} if isinstance(refresh, dict) else {},
-                       _fallbacks(result, arms))
+                       settings, _fallbacks(result, arms))
 
 
 def _fallbacks(result: dict, arms: list[str]) -> dict[str, Fallbacks]:

@@ -56,13 +56,14 @@ def feedback_tables(run: FeedbackRun, stats: FeedbackStats, options: ReportOptio
     tables = [hits, bri]
     if stats.differences:
         paired = "Paired bootstrap: both arms on the same resampled queries."
+        names = [f"{run.arm_label(d.arm)} - {d.baseline}" for d in stats.differences]
         tables.append(Table(f"ΔHits@{k} (arm - exclude) by round: {run.name}", ("Difference",),
                             _round_columns(rounds, None, "+.3f"),
-                            [Row((f"{run.arm_label(d.arm)} - {d.baseline}",), _cells(d.hits)) for d in stats.differences],
+                            [Row((n,), _cells(d.hits)) for n, d in zip(names, stats.differences, strict=True)],
                             [note, paired, _p_values(stats, f"Hits@{k}", lambda d: d.hits)]))
         tables.append(Table(f"ΔBRI (arm - exclude) by round: {run.name}", ("Difference",),
                             _round_columns(rounds, None, "+.3f"),
-                            [Row((f"{run.arm_label(d.arm)} - {d.baseline}",), _cells(d.bri)) for d in stats.differences],
+                            [Row((n,), _cells(d.bri)) for n, d in zip(names, stats.differences, strict=True)],
                             [note, paired + " Negative = the arm is better.",
                              _p_values(stats, "BRI", lambda d: d.bri)]))
     if run.summary:
