@@ -3,9 +3,10 @@
 Columns as the paper's ablation tables: Sim, R@5, MRR (with intervals), Q-Len, GFLOPs
 (gallery side, query side and their sum, :mod:`benchmark.reporting.cost_split`), throughput;
 then the paper's own columns (Sim, R@5, MRR, Q-Len, GFLOPs, throughput) for the ablations
-the paper has (QScaler and Q-Former; not the attention one, which is the suite's own). Rows are the arms, in the
-ablation's order. Under each table: the paired difference of every other arm against the
-first (reference) arm on the same queries, with its interval and p-value.
+the paper has (QScaler and Q-Former; not the attention one, which is the suite's own). Rows
+are the arms, in the ablation's order. Under each table: the paired difference of every
+other arm against the first (reference) arm on the same queries, with its interval and
+p-value.
 
 An ablation with no complete group (runs of both arms whose configs are otherwise equal) is
 shown with the paper's numbers only and a note saying which runs it needs.

@@ -3,9 +3,9 @@
 Each claim says whose it is (:class:`Origin`): the paper's, quoted verbatim with its section,
 or the suite's own (a target the suite sets, e.g. that fewer queries should make ours
 faster than BLIP2, which the paper does not claim: it reports ours slower), with what the
-paper says instead. Each claim (a registry, in report order) is judged per dataset and size from the runs
-present; a claim whose runs are absent is "not tested" and says which runs it needs. The
-verdicts come from the interval of a paired difference on the same queries (``m`` is
+paper says instead. Each claim (a registry, in report order) is judged per dataset and size
+from the runs present; a claim whose runs are absent is "not tested" and says which runs it
+needs. The verdicts come from the interval of a paired difference on the same queries (``m`` is
 ``ReportOptions.equal_margin``, 0.02 by default; ``[lo, hi]`` the interval of A - B):
 
 * "A at least as good as B": supported if lo >= -m; contradicted if hi < -m.
