@@ -8,6 +8,13 @@ environment (package versions, device, threads, git revision), provenance (what 
 actually evaluated, a checksum of the annotations) and timings. Files are written to a
 temporary file in the same folder and renamed into place, so an interrupted or failed run
 never leaves a truncated file nor replaces a good one.
+
+Reading: :func:`load_result` reads one file (the raw read is the one call :func:`read_json`)
+and validates it (:mod:`benchmark.result_checks`: schema version, field types, metric
+ranges, per-query arrays), raising :class:`ResultFileError` naming the file and the field;
+:func:`load_result_files` reads every ``*.json`` of a folder (a missing folder is an error);
+:func:`load_results` gives them as a tidy pandas DataFrame, one row per run and metric
+(:data:`FRAME_COLUMNS`), the table CLIP_benchmark users get.
 """
 
 from __future__ import annotations
@@ -21,17 +28,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmark.atomic import atomic_write_json as write_json
+import pandas as pd
 
-SCHEMA_VERSION = 1
-REQUIRED_KEYS = ("schema", "model", "dataset", "size", "tag", "config", "config_hash", "seed", "metrics",
-                 "environment", "provenance", "timings")
+from benchmark.atomic import atomic_write_json as write_json
+from benchmark.result_checks import SCHEMA_VERSION, ResultFileError, check_result
+
 PACKAGES = ("instructsee-bench", "torch", "lightning", "transformers", "torchmetrics", "tokenizers", "numpy",
             "pillow", "fvcore", "pandas")
 
-
-class ResultFileError(ValueError):
-    """A result file that cannot be read or lacks required fields."""
+#: the columns of :func:`load_results`: the run (``file``: the result file's name), then one metric
+RUN_COLUMNS = ("file", "model", "dataset", "size", "tag", "seed", "task")
+FRAME_COLUMNS = (*RUN_COLUMNS, "metric", "value")
+__all__ = ["SCHEMA_VERSION", "ResultFileError", "FRAME_COLUMNS", "load_result", "load_result_files", "load_results",
+           "results_frame", "read_json", "task_of", "atomic_write_json", "environment", "git_revision"]
 
 
 def _finite(obj: Any) -> Any:
@@ -50,16 +59,29 @@ def atomic_write_json(path: Path, data: Any) -> None:
     write_json(path, _finite(data))
 
 
-def load_result(path: Path) -> dict:
+def read_json(path: Path) -> Any:
+    """The raw read of a result file: parsed JSON, or :class:`ResultFileError` naming the file.
+
+    This one call is the seam for the shared safe JSON reader: every failure a hostile file
+    can cause (not UTF-8, nested too deep, a directory, a huge integer, bad JSON) becomes a
+    clear error here, never a traceback."""
+    path = Path(path)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ResultFileError(f"{path}: cannot read result file ({e})") from e
-    if not isinstance(data, dict):
-        raise ResultFileError(f"{path}: a result file holds a JSON object")
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        raise ResultFileError(f"{path}: missing field(s) {', '.join(missing)}")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except IsADirectoryError:
+        raise ResultFileError(f"{path}: is a directory, not a result file") from None
+    except UnicodeDecodeError as e:
+        raise ResultFileError(f"{path}: not UTF-8 text (byte {e.start}); a result file is UTF-8 JSON") from None
+    except RecursionError:
+        raise ResultFileError(f"{path}: JSON nested too deeply to read") from None
+    except (OSError, ValueError) as e:  # ValueError: bad JSON, or an integer too long to convert
+        raise ResultFileError(f"{path}: cannot read result file ({e})") from None
+
+
+def load_result(path: Path) -> dict:
+    """One result file, validated (:func:`benchmark.result_checks.check_result`)."""
+    data = read_json(path)
+    check_result(data, str(path))
     return data
 
 
@@ -68,12 +90,34 @@ def task_of(result: dict) -> str:
     return str(result.get("task", "retrieval"))
 
 
-def load_results(directory: Path, task: str | None = None) -> list[dict]:
-    """Every ``*.json`` directly in ``directory`` (sorted by name); bad files raise. With
-    ``task``, only the results of that task (``bench report`` tabulates retrieval runs only:
-    an i2i, VQA or feedback file has other metrics and must not enter a retrieval table)."""
-    results = [load_result(p) | {"_path": str(p)} for p in sorted(Path(directory).glob("*.json"))]
+def load_result_files(directory: Path, task: str | None = None) -> list[dict]:
+    """Every ``*.json`` directly in ``directory`` (sorted by name), each with its path under
+    ``"_path"``; a bad file or a missing folder raises :class:`ResultFileError`. With ``task``,
+    only the results of that task (``bench report`` tabulates retrieval runs only: an i2i,
+    VQA or feedback file has other metrics and must not enter a retrieval table)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        what = "is not a folder" if directory.exists() else "does not exist"
+        raise ResultFileError(f"{directory}: results folder {what} (run `bench run` first, or pass --results-dir)")
+    results = [load_result(p) | {"_path": str(p)} for p in sorted(directory.glob("*.json"))]
     return [r for r in results if task is None or task_of(r) == task]
+
+
+def results_frame(results: list[dict]) -> pd.DataFrame:
+    """Loaded result files as a tidy frame: one row per run and metric (:data:`FRAME_COLUMNS`);
+    ``value`` is a float (NaN where the file holds null), ``file`` the result file's name."""
+    rows = []
+    for r in results:
+        run = (Path(r.get("_path", "")).name, r["model"], r["dataset"], r["size"], r["tag"], r["seed"], task_of(r))
+        rows += [(*run, k, math.nan if v is None else float(v)) for k, v in r["metrics"].items()]
+    frame = pd.DataFrame(rows, columns=list(FRAME_COLUMNS))
+    return frame.astype({"seed": "int64", "value": "float64"})
+
+
+def load_results(directory: Path, task: str | None = None) -> pd.DataFrame:
+    """Every result file in ``directory`` (of ``task`` only, if given) as a tidy frame
+    (:func:`results_frame`); bad files and a missing folder raise :class:`ResultFileError`."""
+    return results_frame(load_result_files(directory, task))
 
 
 def _version(pkg: str) -> str | None:

@@ -64,10 +64,10 @@ def write_result(results_dir: Path, *, model: str, ranks: np.ndarray, sims: np.n
 
 def write_feedback_result(results_dir: Path, *, tag: str = "default", model: str = "clip", rounds: int = 3,
                           display: int = 3, arms: tuple[str, ...] = ("none", "exclude", "refresh", "llm"),
-                          n_scenes: int = 24) -> Path:
+                          n_scenes: int = 24, backend=None) -> Path:
     """A ``bench feedback`` result file from the real protocol (tiny SynthScenes split, the fake
-    attribute-vector model of ``tests.feedback_helpers``, the rules writer), written by the
-    real record builder."""
+    attribute-vector model of ``tests.feedback_helpers``, the rules writer unless ``backend``
+    is given), written by the real record builder."""
     from benchmark.config import from_dict
     from benchmark.feedback.config import FeedbackConfig
     from benchmark.feedback.llm.rules import RulesBackend
@@ -82,7 +82,7 @@ def write_feedback_result(results_dir: Path, *, tag: str = "default", model: str
     fb = from_dict(FeedbackConfig, {"rounds": rounds, "display": display, "arms": list(arms)}, "feedback")
     model_obj = FakeModel()
     scorer = GalleryScorer(model_obj, gallery, model_obj.score)
-    backend = RulesBackend()
+    backend = backend or RulesBackend()
     res = run_protocol(task, scorer, scorer.encode_texts(task.queries), fb, SimulatedUser(task.truths),
                        Refiner(backend, fb.llm))
     cfg = build_run_config({"model": model, "dataset": "synthetic", "size": "tiny", "tag": "default", "seed": 0,
@@ -115,3 +115,16 @@ def write_speed_result(results_dir: Path, *, rounds: list[tuple[float, float]], 
     path = cfg.result_path()
     atomic_write_json(path, result)
     return path
+
+
+class DownBackend:
+    """A question writer whose server is down: every round fails as ``unreachable``, so the
+    protocol falls back to score refreshing for every query and round."""
+
+    def generate(self, messages) -> str:
+        from benchmark.feedback.llm.base import LLMError
+
+        raise LLMError("unreachable", "connection refused (test)")
+
+    def describe(self) -> dict:
+        return {"spec": "openai:http://127.0.0.1:9", "label": "openai (test server, down)", "is_llm": True}

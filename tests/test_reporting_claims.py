@@ -1,15 +1,22 @@
 """Claim verdicts follow the data: each claim flips when its data flip, and is "not tested"
-when its runs are absent or do not share their queries."""
+when its runs are absent or do not share their queries. Each claim says whose it is: the
+paper's, quoted verbatim, or the suite's own."""
 
 from __future__ import annotations
 
-import numpy as np
+import re
+from pathlib import Path
 
-from benchmark.reporting.claims import CLAIMS, CONTRADICTED, NOT_TESTED, SUPPORTED
+import numpy as np
+import pytest
+
+from benchmark.reporting.claims import (CLAIMS, CONTRADICTED, NOT_TESTED, PAPER, SUITE, SUPPORTED, Origin,
+                                        evaluate_claims)
+from benchmark.reporting.claims_markdown import render_claims
 from benchmark.reporting.estimates import Estimator
 from benchmark.reporting.options import ReportOptions
 from benchmark.reporting.paper import load_paper_tables
-from benchmark.results import load_results
+from benchmark.results import load_result_files
 from tests.reporting_fixtures import ENV, ranks_with_hit_rate, write_result, write_speed_result
 
 N = 500
@@ -17,7 +24,7 @@ OPTIONS = ReportOptions(n_boot=300, seed=0)
 
 
 def _verdicts(tmp_path, claim: str) -> list:
-    return CLAIMS[claim].evaluate(load_results(tmp_path), Estimator(OPTIONS), load_paper_tables())
+    return CLAIMS[claim].evaluate(load_result_files(tmp_path), Estimator(OPTIONS), load_paper_tables())
 
 
 def _pair(tmp_path, hit_ours: float, hit_blip2: float, **ours_kw):
@@ -133,7 +140,7 @@ def test_throughput_claim_reads_a_side_by_side_speed_run_first(tmp_path):
     write_speed_result(tmp_path, rounds=[(41.0, 40.0), (39.0, 40.0)], tag="close")  # a default-tag run wins
     assert _verdicts(tmp_path, "faster_than_blip2")[0].evidence == v.evidence
     # the other claims never read the speed file: the report passes every result file to all claims
-    claims = dict((c.name, vs) for c, vs in evaluate_claims(load_results(tmp_path), Estimator(OPTIONS),
+    claims = dict((c.name, vs) for c, vs in evaluate_claims(load_result_files(tmp_path), Estimator(OPTIONS),
                                                             load_paper_tables()))
     assert claims["faster_than_blip2"][0].evidence == v.evidence
     assert claims["r5_vs_blip2"][0].verdict != NOT_TESTED and "speed" not in claims["r5_vs_blip2"][0].evidence
@@ -151,3 +158,68 @@ def test_qformer_claim_flips_with_the_data(tmp_path):
                      model_args={"freeze_qformer": True})
     assert _verdicts(tmp_path / "helps", "qformer_training")[0].verdict == SUPPORTED
     assert _verdicts(tmp_path / "same", "qformer_training")[0].verdict == CONTRADICTED
+
+
+# -- whose claim: the paper's, quoted, or the suite's own ----------------------------------------
+
+PAPER_TEXT = Path("/work/shared/reference/seed-instructsee-paper.txt")  # the stored paper text, where present
+ROW_MEASURES = ("sim", "r5", "mrr", "qlen", "gflops", "thr")  # the paper's ablation columns, in order
+
+
+def test_each_claim_says_whose_it_is():
+    assert {n for n, c in CLAIMS.items() if c.origin.kind == PAPER} == {"qscaler_shortens", "qlen_complexity",
+                                                                       "qformer_training"}
+    # the paper reports ours slower than BLIP2 and gives no R@5 for BLIP2: those two are the suite's
+    assert CLAIMS["faster_than_blip2"].origin.kind == SUITE and CLAIMS["r5_vs_blip2"].origin.kind == SUITE
+    with pytest.raises(ValueError, match="needs its quote"):
+        Origin(PAPER, "Section 1")
+    with pytest.raises(ValueError, match="needs a note"):
+        Origin(SUITE)
+
+
+def test_quoted_table_rows_are_the_paper_tables_figures():
+    """The quotes of the ablation rows carry the same figures as benchmark/reference/paper_tables.json."""
+    paper = load_paper_tables()
+    arms = {"With QScaler": ("qscaler", "true"), "Without QScaler": ("qscaler", "false"),
+            "Trainable Q-Former": ("qformer", "false"), "Frozen Q-Former": ("qformer", "true")}
+    seen = set()
+    for claim in CLAIMS.values():
+        for quote in claim.origin.quotes:
+            name, *cells = [c.strip() for c in quote.split("|")]
+            if name in arms:
+                table, arm = arms[name]
+                assert [float(c) for c in cells] == [paper.ablations[table].rows[arm].values[m] for m in ROW_MEASURES]
+                seen.add(name)
+    assert seen == set(arms)
+
+
+@pytest.mark.skipif(not PAPER_TEXT.exists(), reason="the stored paper text is not on this machine")
+def test_every_quote_is_verbatim_from_the_paper():
+    text = PAPER_TEXT.read_text(encoding="utf-8")
+    quotes = [q for c in CLAIMS.values() for q in c.origin.quotes]
+    assert quotes and all(q in text for q in quotes)
+    citation = load_paper_tables().paper
+    assert "Gu, G.; Xue, Y.; Wu, Z.; Song, L.; Liang, C. InstructSee" in text and citation.startswith(
+        "Gu, G.; Xue, Y.; Wu, Z.; Song, L.; Liang, C. InstructSee")
+
+
+def test_claims_report_labels_the_suites_claims_and_cites_the_paper(tmp_path):
+    write_speed_result(tmp_path, rounds=[(80.0, 100.0), (82.0, 100.0), (79.0, 100.0)])
+    paper = load_paper_tables()
+    text = render_claims(evaluate_claims(load_result_files(tmp_path), Estimator(OPTIONS), paper), OPTIONS, paper.paper)
+    assert "| Ours encodes more images per second than BLIP2 (fewer queries should cost less). | the suite's own |" \
+        in text
+    section = text[text.index("## Ours encodes more images"):]
+    assert section.split("\n\n")[1].startswith("The suite's own claim, not the paper's.")
+    assert "reports ours slower than BLIP2" in section and "Paper: ours 29.41 vs BLIP2 52.63 img/s" in section
+    assert "The paper's claim (Section 5.3.1" in text and "“Instruction-aware dynamic query generation" in text
+    assert "Sensors 2025" in text and "/work/" not in text
+
+
+def test_the_paper_is_named_by_citation_never_by_a_file_path():
+    paper = load_paper_tables()
+    texts = [paper.paper, paper.comparison.source, *paper.caveats, *(t.source for t in paper.ablations.values())]
+    for t in texts:
+        assert not re.search(r"(^|[\s(])(/|~/|[A-Za-z]:\\)\w", t), t  # no absolute path of any machine
+        assert ".txt" not in t and ".md" not in t, t
+    assert re.fullmatch(r"Gu, G\.; .*InstructSee: .* Sensors 2025, 25\(16\), 5195\. https://doi\.org/\S+", paper.paper)

@@ -4,6 +4,7 @@ to exclude, convergence plots, validation; and the per-query series the interval
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -146,3 +147,46 @@ def test_bench_report_exits_2_on_a_malformed_feedback_file_and_keeps_the_old_rep
     assert res.exit_code == 2, res.output
     assert feedback_file.name in res.output and "per_query.refresh" in res.output
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing lost or half-written
+
+
+# -- LLM fallbacks per arm ------------------------------------------------------------------------
+
+def test_the_report_states_the_llm_arms_fallbacks(tmp_path, feedback_file):
+    r = load_result(feedback_file)
+    run = feedback_run(r | {"_path": str(feedback_file)})
+    rounds, by_reason = r["fallbacks"]["llm_rounds"], r["fallbacks"]["by_reason"]
+    assert rounds == run.n_queries * run.rounds  # every query asks the writer after each ranking 0..T-1
+    assert run.fallbacks["llm"].rounds == rounds and run.fallbacks["llm"].by_reason == by_reason
+    out = tmp_path / "reports"
+    write_reports(feedback_file.parent, out, OPTIONS)
+    md = (out / "feedback.md").read_text()
+    fell = sum(by_reason.values())
+    assert f"arm llm: {fell:,} of {rounds:,} query-rounds" in md
+    assert "arms none, exclude, refresh ask no question writer" in md
+    assert ("all rounds fell back" in md) == (fell == rounds)
+
+
+def test_an_llm_arm_whose_rounds_all_fell_back_is_labelled_so(tmp_path):
+    from tests.reporting_fixtures import DownBackend
+
+    path = write_feedback_result(tmp_path / "results", n_scenes=30, backend=DownBackend())
+    r = load_result(path)
+    assert r["fallbacks"]["by_reason"] == {"unreachable": r["fallbacks"]["llm_rounds"]} and r["fallbacks"]["llm_rounds"]
+    # what the label claims: the arm ranked exactly as score refreshing did
+    assert r["per_query"]["llm"] == r["per_query"]["refresh"]
+    write_reports(tmp_path / "results", tmp_path / "reports", OPTIONS)
+    md = (tmp_path / "reports" / "feedback.md").read_text()
+    label = "llm (all rounds fell back to refresh)"
+    assert f"| {label} |" in md and f"| {label} - exclude |" in md
+    assert not re.search(r"^\| llm \|", md, re.M)  # never shown as a plain llm arm
+    n = r["fallbacks"]["llm_rounds"]
+    assert f"arm llm: {n:,} of {n:,} query-rounds (100.0%) fell back to refresh (unreachable: {n:,})" in md
+    assert "all rounds fell back to refresh" in (tmp_path / "reports" / "feedback.tex").read_text()
+
+
+@pytest.mark.parametrize("bad", [{"llm_rounds": -1, "by_reason": {}}, {"llm_rounds": 3, "by_reason": {"x": 4}},
+                                 {"llm_rounds": 3, "by_reason": []}, "many"])
+def test_a_malformed_fallbacks_record_is_refused(feedback_file, bad):
+    data = json.loads(feedback_file.read_text()) | {"_path": "dir/x.json", "fallbacks": bad}
+    with pytest.raises(ResultFileError, match=r"dir/x\.json: field fallbacks"):
+        feedback_run(data)

@@ -58,7 +58,7 @@ def test_report_writes_every_file_and_records_its_options(tmp_path):
         assert png.startswith(b"\x89PNG") and len(png) > 2000 and pdf.startswith(b"%PDF") and len(pdf) > 1000
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]  # atomic writes leave nothing behind
     claims = (out / "claims.md").read_text()
-    assert "| More complex instructions get more queries. | synthetic (tiny) | **supported** |" in claims
+    assert "| More complex instructions get more queries. | the paper's | synthetic (tiny) | **supported** |" in claims
     assert "ours\\_\\_synthetic\\_\\_no-qs.json" in (out / "ablations.md").read_text()
 
 

@@ -19,7 +19,7 @@ from benchmark.reporting.latex_table import render_latex
 from benchmark.reporting.markdown_table import render_markdown
 from benchmark.reporting.options import ReportOptions
 from benchmark.reporting.paper import PAPER_TABLES, load_paper_tables
-from benchmark.results import load_results
+from benchmark.results import load_result_files
 from tests.reporting_fixtures import ranks_with_hit_rate, write_result
 
 N = 300
@@ -33,7 +33,7 @@ def _runs(tmp_path, hit: dict[str, float], gflops: dict[str, float], tags: dict[
         lengths = rng.integers(8, 40, N) if model == "ours" else None
         write_result(tmp_path, model=model, tag=(tags or {}).get(model, "default"), ranks=ranks_with_hit_rate(rng, N, h),
                      sims=rng.random(N), lengths=lengths, extra_metrics={"gflops/total": gflops[model]})
-    return load_results(tmp_path)
+    return load_result_files(tmp_path)
 
 
 def _md_rows(text: str) -> list[list[str]]:
@@ -107,14 +107,14 @@ def test_ablation_arms_come_from_the_config_not_the_file_name(tmp_path):
     write_result(tmp_path, ranks=ranks_with_hit_rate(rng, N, 0.4), **common)
     # named like the ablation, but its config keeps QScaler on: not the "without" arm
     write_result(tmp_path, tag="no-qscaler", ranks=ranks_with_hit_rate(rng, N, 0.4), **common)
-    results = load_results(tmp_path)
+    results = load_result_files(tmp_path)
     assert not any(g.complete for g in arm_groups(results, report_ablations()["qscaler"]))
     write_result(tmp_path, tag="plain-name", ranks=ranks_with_hit_rate(rng, N, 0.4),
                  model_args={"qscaler": False}, **common)
     # the resolved model_config wins over the overrides
     write_result(tmp_path, tag="resolved", ranks=ranks_with_hit_rate(rng, N, 0.4), model_args={"qscaler": True},
                  model_config={"qscaler": True, "freeze_qformer": True}, **common)
-    results = load_results(tmp_path)
+    results = load_result_files(tmp_path)
     (group,) = [g for g in arm_groups(results, report_ablations()["qscaler"]) if g.complete]
     assert group.runs["false"]["tag"] == "plain-name" and group.runs["true"]["tag"] == "default"
     assert group.duplicates == ["ours__synthetic__no-qscaler.json"]
@@ -133,7 +133,7 @@ def test_runs_differing_only_in_their_tag_are_one_row(tmp_path):
     write_result(tmp_path, model="ours", tag="ablate-qscaler-with", ranks=ranks, sims=sims)
     write_result(tmp_path, model="ours", ranks=ranks, sims=sims)
     write_result(tmp_path, model="ours", tag="other-lr", ranks=ranks, sims=sims, model_args={"l_max": 40})
-    tags = [row.labels[2] for row in _dataset_table(load_results(tmp_path)).rows if row.labels[0] == "ours"]
+    tags = [row.labels[2] for row in _dataset_table(load_result_files(tmp_path)).rows if row.labels[0] == "ours"]
     assert tags == ["default", "other-lr"]
 
 

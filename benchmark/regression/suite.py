@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmark.config import ConfigError, RunConfig, build_run_config, model_defaults
 from benchmark.regression.tolerances import FILE, shipped_path
-from benchmark.results import atomic_write_json, load_results
+from benchmark.results import atomic_write_json, load_result_files
 
 DATASET = "synthetic"
 TAG = "regress"
@@ -56,7 +56,7 @@ def run_suite(models: Sequence[str], overrides: Sequence[dict] = (), *, cache_di
         for i, cfg in enumerate(configs, 1):  # every config is valid before the first run
             echo(f"[{i}/{len(configs)}] {cfg.model} ({cfg.size}, {cfg.dataset}, seed {cfg.seed})")
             run(cfg, progress=progress)
-        return {Path(r.pop("_path")).name: r for r in load_results(Path(tmp) / "results")}
+        return {Path(r.pop("_path")).name: r for r in load_result_files(Path(tmp) / "results")}
 
 
 def results_in(directory: Path, models: Sequence[str] | None = None) -> dict[str, dict]:

@@ -1,10 +1,12 @@
 """The ablation tables: one per complete group of each ablation, beside the paper's table.
 
-Columns as the paper's ablation tables: Sim, R@5, MRR (with intervals), Q-Len, GFLOPs,
-throughput; then the same columns from the paper (for the ablations the paper has: QScaler
-and Q-Former; not the attention one, which is the suite's own). Rows are the arms, in the
-ablation's order. Under each table: the paired difference of every other arm against the
-first (reference) arm on the same queries, with its interval and p-value.
+Columns as the paper's ablation tables: Sim, R@5, MRR (with intervals), Q-Len, GFLOPs
+(gallery side, query side and their sum, :mod:`benchmark.reporting.cost_split`), throughput;
+then the paper's own columns (Sim, R@5, MRR, Q-Len, GFLOPs, throughput) for the ablations
+the paper has (QScaler and Q-Former; not the attention one, which is the suite's own). Rows
+are the arms, in the ablation's order. Under each table: the paired difference of every
+other arm against the first (reference) arm on the same queries, with its interval and
+p-value.
 
 An ablation with no complete group (runs of both arms whose configs are otherwise equal) is
 shown with the paper's numbers only and a note saying which runs it needs.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from benchmark.reporting import cost_split
 from benchmark.reporting.ablation_arms import Ablation, ArmGroup, arm_groups, report_ablations
 from benchmark.reporting.comparison import legend
 from benchmark.reporting.estimates import MEASURES, Cell, Estimator
@@ -22,7 +25,8 @@ from benchmark.reporting.paper import PaperTable, PaperTables
 from benchmark.reporting.per_query import PairingError, result_name
 from benchmark.reporting.table_model import Column, Row, Table
 
-ABLATION_MEASURES = ("sim", "r5", "mrr", "qlen", "gflops", "thr")
+ABLATION_MEASURES = ("sim", "r5", "mrr", "qlen", "gflops_g", "gflops_q", "gflops", "thr")
+PAPER_MEASURES = ("sim", "r5", "mrr", "qlen", "gflops", "thr")  # the paper's ablation columns
 LABELS = ("Setting", "Tag")
 
 
@@ -36,13 +40,13 @@ class AblationSection:
 def _columns(paper_table: PaperTable | None, group: str) -> tuple[Column, ...]:
     cols = [Column(m, MEASURES[m].label, MEASURES[m].better, MEASURES[m].fmt) for m in ABLATION_MEASURES]
     if paper_table is not None:
-        cols += [Column(f"paper_{m}", MEASURES[m].label, MEASURES[m].better, ".2f", group) for m in ABLATION_MEASURES]
+        cols += [Column(f"paper_{m}", MEASURES[m].label, MEASURES[m].better, ".2f", group) for m in PAPER_MEASURES]
     return tuple(cols)
 
 
 def _paper_cells(paper_table: PaperTable | None, arm_key: str) -> dict[str, Cell]:
     row = paper_table.rows.get(arm_key) if paper_table else None
-    return {f"paper_{m}": Cell.of(row.values.get(m) if row else None) for m in ABLATION_MEASURES}
+    return {f"paper_{m}": Cell.of(row.values.get(m) if row else None) for m in PAPER_MEASURES}
 
 
 def paired_notes(group: ArmGroup, estimator: Estimator) -> list[str]:
@@ -83,6 +87,8 @@ def group_table(group: ArmGroup, paper: PaperTables, estimator: Estimator) -> Ta
     if group.duplicates:
         table.notes.append("Also found for an arm already shown (not used): " + ", ".join(group.duplicates) + ".")
     table.notes.append(legend(estimator.options))
+    if (cost := cost_split.note(list(group.runs.values()))) is not None:
+        table.notes.append(cost)
     if paper_table is not None:
         table.notes.append(f"{paper.label}: {paper_table.source}")
     return table

@@ -2,8 +2,10 @@
 
 * An overview in the paper's layout: Sim per dataset for every compared run, beside the
   paper's Sim per dataset, memory and throughput.
-* One table per dataset: Sim, R@5, MRR (with intervals), Q-Len, GFLOPs, memory and
-  throughput of every compared run (see :mod:`benchmark.reporting.selection`), beside the
+* One table per dataset: Sim, R@5, MRR (with intervals), Q-Len, GFLOPs (gallery side,
+  query side and their sum, :mod:`benchmark.reporting.cost_split`: ours' gallery pass counted
+  at L_max, with a note), memory and throughput of every compared run (see
+  :mod:`benchmark.reporting.selection`), beside the
   paper's Sim on that dataset (when the paper has it), memory and throughput.
 
 Models of the paper that have no run get a row with the paper's numbers only, so the table
@@ -12,13 +14,14 @@ shows what has not been run. Nothing missing is filled in.
 
 from __future__ import annotations
 
+from benchmark.reporting import cost_split
 from benchmark.reporting.estimates import MEASURES, Cell, Estimator
 from benchmark.reporting.options import ReportOptions
 from benchmark.reporting.paper import PaperTables
 from benchmark.reporting.selection import comparison_runs, datasets, model_rank
 from benchmark.reporting.table_model import Column, Row, Table
 
-OUR_MEASURES = ("sim", "r5", "mrr", "qlen", "gflops", "memory", "thr")
+OUR_MEASURES = ("sim", "r5", "mrr", "qlen", "gflops_g", "gflops_q", "gflops", "memory", "thr")
 PAPER_COST = ("memory", "thr")
 LABELS = ("Model", "Size", "Tag")
 NOT_RUN = ("not run", "")
@@ -68,6 +71,8 @@ def dataset_table(results: list[dict], dataset: str, paper: PaperTables, estimat
             cells["paper_sim"] = Cell.of(paper.comparison_value(model, "sim", dataset))
         table.rows.append(Row((model, *NOT_RUN), cells))
     table.notes.append(legend(estimator.options))
+    if (cost := cost_split.note(runs)) is not None:
+        table.notes.append(cost)
     if not in_paper:
         table.notes.append(f"The paper reports no numbers on {dataset}; its memory and throughput are per model.")
     table.notes.append(f"{group}: {paper.comparison.source}")

@@ -10,7 +10,10 @@ sim      Sim                   higher   per-query ``<dir>/sim`` (interval), else
 r5       R@5                   higher   per-query ranks (interval), else ``<dir>/R@5``
 mrr      MRR                   higher   per-query ranks (interval), else ``<dir>/MRR``
 qlen     Q-Len                 none     per-query ``text_lengths`` (interval), else ``qlen/mean``
-gflops   GFLOPs                lower    ``gflops/total`` (first present of GFLOPS_KEYS)
+gflops   GFLOPs                lower    gallery + query side (:mod:`~benchmark.reporting.cost_split`:
+                                        ours' gallery pass at L_max), else the first of GFLOPS_KEYS
+gflops_g GFLOPs gallery        lower    per image: vision + the Q-Former pass the index stores
+gflops_q GFLOPs query          lower    per instruction: text (+ QScaler) + one re-rank pair
 memory   Memory (MB)           lower    ``memory_mb``
 thr      Throughput (img/s)    higher   ``throughput_img_s``
 ======== ===================== ======== ===================================================
@@ -23,10 +26,13 @@ A value the result file does not hold stays missing (shown "–"), never filled 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from benchmark.reporting import cost_split
 from benchmark.reporting.bootstrap import mean_intervals
 from benchmark.reporting.options import ReportOptions
 from benchmark.reporting.per_query import MEASURES as PER_QUERY_MEASURES, query_values
@@ -43,6 +49,7 @@ class Measure:
     better: str | None
     fmt: str  # format spec of the shown value (and of the bold comparison)
     metric_keys: tuple[str, ...]  # "{d}" is the direction
+    derive: Callable[[Mapping[str, Any]], float | None] | None = None  # from the metrics; None -> the keys
 
 
 MEASURES: dict[str, Measure] = {m.name: m for m in (
@@ -50,7 +57,9 @@ MEASURES: dict[str, Measure] = {m.name: m for m in (
     Measure("r5", "R@5", HIGHER, ".4f", ("{d}/R@5",)),
     Measure("mrr", "MRR", HIGHER, ".4f", ("{d}/MRR",)),
     Measure("qlen", "Q-Len", None, ".2f", ("qlen/mean",)),
-    Measure("gflops", "GFLOPs", LOWER, ".4g", GFLOPS_KEYS),
+    Measure("gflops", "GFLOPs", LOWER, ".4g", GFLOPS_KEYS, cost_split.total_gflops),
+    Measure("gflops_g", "GFLOPs gallery", LOWER, ".4g", (), cost_split.gallery_gflops),
+    Measure("gflops_q", "GFLOPs query", LOWER, ".4g", (), cost_split.query_gflops),
     Measure("memory", "Memory (MB)", LOWER, ",.0f", ("memory_mb",)),
     Measure("thr", "Throughput (img/s)", HIGHER, ",.2f", ("throughput_img_s",)),
 )}
@@ -76,7 +85,9 @@ class Cell:
 
 
 def metric_value(result: dict, measure: Measure, direction: str) -> float | None:
-    metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
+    metrics: dict[str, Any] = result["metrics"] if isinstance(result.get("metrics"), dict) else {}
+    if measure.derive is not None and (value := measure.derive(metrics)) is not None:
+        return value
     for key in measure.metric_keys:
         cell = Cell.of(metrics.get(key.format(d=direction)))
         if not cell.missing:

@@ -22,7 +22,7 @@ def convergence(run: FeedbackRun, stats: FeedbackStats, options: ReportOptions):
     x = list(range(stats.rounds + 1))
     for arm, s in stats.series.items():
         for ax, ivs in ((ax_hits, s.hits), (ax_bri, s.bri)):
-            (line,) = ax.plot(x, [iv.value for iv in ivs], marker="o", label=arm)
+            (line,) = ax.plot(x, [iv.value for iv in ivs], marker="o", label=run.arm_label(arm))
             ax.fill_between(x, [iv.lo for iv in ivs], [iv.hi for iv in ivs], color=line.get_color(), alpha=0.2,
                             linewidth=0)
     for ax, label in ((ax_hits, f"cumulative Hits@{stats.k} (higher is better)"),

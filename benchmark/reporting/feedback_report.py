@@ -1,6 +1,7 @@
 """``feedback.md`` / ``feedback.tex`` and the convergence plots, from validated feedback runs.
 
-One section per run (:mod:`benchmark.reporting.feedback_runs`): its protocol, the per-round
+One section per run (:mod:`benchmark.reporting.feedback_runs`): its protocol, its LLM arm's
+fallbacks to score refreshing (an arm whose rounds all fell back is labelled so), the per-round
 tables with bootstrap intervals (:mod:`benchmark.reporting.feedback_tables`) and a link to
 its convergence plot (:mod:`benchmark.reporting.feedback_figures`). Without feedback runs
 the Markdown says so and the LaTeX file holds only its header: the report still builds.
@@ -45,6 +46,8 @@ def build_feedback_report(runs: list[FeedbackRun], options: ReportOptions, figur
         out.figures.append(fig)
         parts += [f"\n## {markdown_inline(run.name)}\n", f"File: `{markdown_inline(run.path)}`. "
                   "Every table's notes state the protocol.\n"]
+        if (fallbacks := run.fallback_text()) is not None:
+            parts.append(markdown_inline(fallbacks + ".") + "\n")
         parts += [render_markdown(t) for t in tables]
         if fig.skipped:
             parts.append(f"Convergence plot skipped: {markdown_inline(fig.skipped)}\n")

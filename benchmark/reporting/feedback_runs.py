@@ -7,7 +7,11 @@ no report file already on disk is touched. What is read: ``protocol`` (``rounds`
 ``display``, ``success_k`` K, ``rank_base``, ``arms``, ``llm`` -- the question writer's
 ``label`` and ``is_llm`` --, ``n_gallery``, ``feedback_config.refresh``: the score-refreshing
 settings, shown as recorded), ``per_query[arm]`` (ranks ``[T + 1][Q]``,
-1-based, 0 = the query has no relevant item) and ``summary`` (optional).
+1-based, 0 = the query has no relevant item), ``summary`` (optional) and ``fallbacks``
+(optional: ``llm_rounds``, the query-rounds the ``llm`` arm asked its question writer, and
+``by_reason``, those that fell back to score refreshing; :class:`Fallbacks`). An arm whose
+rounds all fell back is labelled so (``llm (all rounds fell back to refresh)``): it is the
+refresh arm under another name, never shown as an LLM result.
 """
 
 from __future__ import annotations
@@ -22,6 +26,33 @@ from benchmark.results import ResultFileError
 
 FEEDBACK_TASK = "feedback"
 RANK_BASE = 1
+#: the arms that ask the question writer (``benchmark.feedback.arms.LLMGuided``); a failed round falls
+#: back to the refresh update
+LLM_ARMS = ("llm",)
+FALLBACK_ARM = "refresh"
+
+
+@dataclass(frozen=True)
+class Fallbacks:
+    """The question-writer rounds of one arm: ``rounds`` asked, ``by_reason`` fell back to refresh."""
+
+    rounds: int
+    by_reason: dict[str, int]
+
+    @property
+    def fell_back(self) -> int:
+        return sum(self.by_reason.values())
+
+    @property
+    def all_fell_back(self) -> bool:
+        return self.rounds > 0 and self.fell_back == self.rounds
+
+    def describe(self) -> str:
+        if not self.rounds:
+            return "no question-writer rounds"
+        reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.by_reason.items()))
+        share = f"{self.fell_back:,} of {self.rounds:,} query-rounds ({self.fell_back / self.rounds:.1%})"
+        return f"{share} fell back to {FALLBACK_ARM}" + (f" ({reasons})" if reasons else "")
 
 
 @dataclass(frozen=True)
@@ -42,6 +73,7 @@ class FeedbackRun:
     ranks: dict[str, np.ndarray]  # arm -> [T + 1, Q] int64, in the file's arm order
     summary: dict[str, dict[str, Any]] = field(default_factory=dict)
     refresh: dict[str, Any] = field(default_factory=dict)  # the score-refreshing settings, as recorded
+    fallbacks: dict[str, Fallbacks] = field(default_factory=dict)  # LLM arm -> its fallbacks (absent: not recorded)
 
     @property
     def n_queries(self) -> int:
@@ -56,6 +88,22 @@ class FeedbackRun:
         """A file-name-safe stem for the run's figure."""
         raw = f"feedback__{self.model}__{self.dataset}__{self.size}__{self.tag}"
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)
+
+    def arm_label(self, arm: str) -> str:
+        """The arm's name as the tables show it: an LLM arm whose every round fell back says so."""
+        fb = self.fallbacks.get(arm)
+        return f"{arm} (all rounds fell back to {FALLBACK_ARM})" if fb is not None and fb.all_fell_back else arm
+
+    def fallback_text(self) -> str | None:
+        """One sentence on the LLM arms' fallbacks (None: the run has no LLM arm)."""
+        llm = [a for a in self.ranks if a in LLM_ARMS]
+        if not llm:
+            return None
+        parts = [f"arm {a}: " + (self.fallbacks[a].describe() if a in self.fallbacks else "not recorded in the file")
+                 for a in llm]
+        others = [a for a in self.ranks if a not in LLM_ARMS]
+        tail = f"; arms {', '.join(others)} ask no question writer" if others else ""
+        return "Question-writer fallbacks: " + "; ".join(parts) + tail
 
     def writer_text(self) -> str:
         if self.writer is None:
@@ -128,13 +176,35 @@ def feedback_run(result: dict) -> FeedbackRun:
     n_gallery = result["protocol"].get("n_gallery")
     fb_config = result["protocol"].get("feedback_config")
     refresh = fb_config.get("refresh") if isinstance(fb_config, dict) else None
+    settings = ({k: v for k, v in refresh.items() if isinstance(v, (int, float, str))}
+                if isinstance(refresh, dict) else {})
     return FeedbackRun(path, str(result.get("model")), str(result.get("dataset")), str(result.get("size")),
                        str(result.get("tag")), rounds, display, success_k, rank_base,
                        llm["label"] if llm else None, llm["is_llm"] if llm else None,
                        user.get("ground_truth") if isinstance(user.get("ground_truth"), str) else None,
                        n_gallery if isinstance(n_gallery, int) else None, ranks,
                        {a: s for a, s in summary.items() if isinstance(s, dict)},
-                       {k: v for k, v in refresh.items() if isinstance(v, (int, float, str))} if isinstance(refresh, dict) else {})
+                       settings, _fallbacks(result, arms))
+
+
+def _fallbacks(result: dict, arms: list[str]) -> dict[str, Fallbacks]:
+    """The ``fallbacks`` record, attributed to the run's LLM arm (absent: {})."""
+    raw = result.get("fallbacks")
+    llm = [a for a in arms if a in LLM_ARMS]
+    if raw is None or not llm:
+        return {}
+    where = f"{result.get('_path', '<result>')}: field fallbacks"
+    if not isinstance(raw, dict):
+        raise ResultFileError(f"{where} must be an object with llm_rounds and by_reason, got {raw!r}")
+    rounds, reasons = raw.get("llm_rounds"), raw.get("by_reason")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ResultFileError(f"{where}.llm_rounds must be an integer >= 0, got {rounds!r}")
+    if not isinstance(reasons, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                                and v >= 0 for k, v in reasons.items()):
+        raise ResultFileError(f"{where}.by_reason must map reasons to counts >= 0, got {reasons!r}")
+    if sum(reasons.values()) > rounds:
+        raise ResultFileError(f"{where}: {sum(reasons.values())} fallbacks exceed the {rounds} llm rounds")
+    return {llm[0]: Fallbacks(rounds, dict(reasons))}
 
 
 def split_results(results: list[dict]) -> tuple[list[dict], list[FeedbackRun]]:

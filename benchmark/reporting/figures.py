@@ -3,7 +3,8 @@
 * ``qlen_by_complexity``: mean query length per caption complexity level, one line per run
   with per-level lengths (error bars: the bootstrap interval of each level's mean when the
   run has per-query lengths);
-* ``r5_vs_gflops``: R@5 against GFLOPs of every run, one panel per dataset, the Pareto front
+* ``r5_vs_gflops``: R@5 against GFLOPs (gallery + query side, ours' gallery pass at L_max:
+  :mod:`benchmark.reporting.cost_split`) of every run, one panel per dataset, the Pareto front
   (higher R@5, fewer GFLOPs) marked;
 * ``throughput_vs_qlen``: throughput against mean query length of every run with both.
 
@@ -113,7 +114,7 @@ def r5_vs_gflops(results: list[dict], est: Estimator):
         fx = [pts[i][1] for i in front]
         fy = [pts[i][2] for i in front]
         ax.step(fx, fy, where="post", color="tab:red", linewidth=1, label="Pareto front")
-        ax.set_xlabel("GFLOPs (fvcore multiply-adds)")
+        ax.set_xlabel("GFLOPs: gallery + query side (fvcore multiply-adds)")
         ax.set_ylabel("T2I R@5")
         ax.set_title(f"R@5 vs GFLOPs: {dataset}")
         ax.legend(fontsize="small")

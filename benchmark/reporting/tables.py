@@ -1,7 +1,8 @@
 """The results table: one row per result file, built from ``results/*.json`` only.
 
-Columns are the headline retrieval metrics per direction. Text taken from result files
-(model, dataset, tag) is escaped, so a hostile or odd name cannot break the table.
+Columns are the headline retrieval metrics per direction, read from the tidy frame of
+:func:`benchmark.results.results_frame` (pivoted to one row per run). Text taken from result
+files (model, dataset, tag) is escaped, so a hostile or odd name cannot break the table.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
+
 from benchmark.atomic import atomic_write_text
 from benchmark.reporting.escape import markdown
-from benchmark.results import load_results
+from benchmark.results import load_result_files, results_frame
 
 COLUMNS = (
     ("t2i/R@1", "T2I R@1"), ("t2i/R@5", "T2I R@5"), ("t2i/R@10", "T2I R@10"), ("t2i/MRR", "T2I MRR"),
@@ -36,14 +39,23 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _runs(results: list[dict]) -> pd.DataFrame:
+    """One row per run: its file name, labels, query count and time (Python values, as stored)."""
+    rows = [(Path(r.get("_path", "")).name, r["model"], r["dataset"], r["size"], r["tag"],
+             r["provenance"].get("n_queries"), r["timings"].get("total_s")) for r in results]
+    return pd.DataFrame(rows, columns=["file", "model", "dataset", "size", "tag", "queries", "time"], dtype=object)
+
+
 def results_table(results: list[dict]) -> str:
     head = ["Model", "Dataset", "Size", "Tag", *[h for _, h in COLUMNS], "Queries", "Time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 4 + ["---:"] * (len(head) - 4)) + "|"]
-    for r in sorted(results, key=lambda r: (r["dataset"], r["model"], r["tag"])):
-        m = r["metrics"]
-        cells = [markdown(r["model"]), markdown(r["dataset"]), markdown(r["size"]), markdown(r["tag"])]
-        cells += [_fmt(m.get(k)) for k, _ in COLUMNS]
-        cells += [_fmt(r["provenance"].get("n_queries")), _fmt(r["timings"].get("total_s"))]
+    wide = results_frame(results).pivot(index="file", columns="metric", values="value")
+    wide = wide.reindex(columns=[k for k, _ in COLUMNS])
+    runs = _runs(results).join(wide, on="file").sort_values(["dataset", "model", "tag"], kind="stable")
+    for row in runs.to_dict("records"):
+        cells = [markdown(row[k]) for k in ("model", "dataset", "size", "tag")]
+        cells += [_fmt(row[k]) for k, _ in COLUMNS]
+        cells += [_fmt(row["queries"]), _fmt(row["time"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -57,5 +69,5 @@ def results_markdown(results: list[dict], results_dir: Path) -> str:
 
 
 def write_report(results_dir: Path, out_dir: Path) -> Path:
-    results = load_results(results_dir, task="retrieval")
+    results = load_result_files(results_dir, task="retrieval")
     return atomic_write_text(Path(out_dir) / "results.md", results_markdown(results, results_dir))
