@@ -97,8 +97,9 @@ def policy_softmax(logits: torch.Tensor, policy: torch.Tensor, eps: float = 1e-6
     return (weights + eps / n) / (weights.sum(dim=-1, keepdim=True) + eps)
 
 
-def _policy_forward(module: Blip2QFormerMultiHeadAttention, policy: torch.Tensor, hidden_states: torch.Tensor, attention_mask=None,
-                    encoder_hidden_states: torch.Tensor | None = None, encoder_attention_mask=None, **kwargs):
+def _policy_forward(module: Blip2QFormerMultiHeadAttention, policy: torch.Tensor, hidden_states: torch.Tensor,
+                    attention_mask=None, encoder_hidden_states: torch.Tensor | None = None,
+                    encoder_attention_mask=None, **kwargs):
     """transformers' ``Blip2QFormerMultiHeadAttention`` as cross-attention, with
     :func:`policy_softmax` over the image tokens (``encoder_attention_mask`` is not used)."""
     assert encoder_hidden_states is not None  # a cross-attention is always called with the image tokens

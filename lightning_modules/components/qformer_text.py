@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     )
 
 
-def _self_attention(attn: Blip2QFormerMultiHeadAttention, hidden: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def _self_attention(attn: Blip2QFormerMultiHeadAttention, hidden: torch.Tensor, rows: torch.Tensor,
+                    keep: torch.Tensor) -> torch.Tensor:
     """The Q-Former's self-attention of ``rows`` over ``hidden`` (keys masked by ``keep``), before the output dense."""
     return rows_attention(attn.query, attn.key, attn.value, hidden, rows, attn.num_attention_heads, keep, attn.scaling)
 

@@ -135,7 +135,8 @@ class ViTRunner(nn.Module):
         attn = self._layer(i).self_attn
         b, n, _ = h.shape
         if self.kind == "blip2":
-            mixed = cast("Blip2Attention", attn).qkv(h).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            fused = cast("Blip2Attention", attn).qkv(h)
+            mixed = fused.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             return mixed[0], mixed[1], mixed[2]
         shape = (b, n, self.num_heads, self.head_dim)
         attn = cast("CLIPAttention", attn)
