@@ -14,7 +14,9 @@ Lightning loop.
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass
+from typing import cast
 
 import lightning as L
 import torch
@@ -74,12 +76,14 @@ class LightningExtractor:
     progress: bool = False
 
     def __call__(self, tower: VisionTower, images: Dataset, writer: RowWriter, batch_size: int) -> None:
-        sampler = RankBatches(len(images), batch_size, skip=writer.completed_batches())  # resumed: done ones skipped
-        loader = DataLoader(images, batch_sampler=sampler,  # type: ignore[arg-type]
+        n = len(cast(Sized, images))  # a map-style dataset
+        sampler = RankBatches(n, batch_size, skip=writer.completed_batches())  # resumed: done ones skipped
+        loader = DataLoader(images, batch_sampler=sampler,
                             num_workers=self.num_workers, collate_fn=collate_indexed,
                             persistent_workers=False, pin_memory=self.accelerator != "cpu" and torch.cuda.is_available())
         trainer = L.Trainer(accelerator=self.accelerator, devices=self.devices, num_nodes=self.num_nodes,
-                            strategy=self.strategy, precision=self.precision, logger=False,  # type: ignore[arg-type]
+                            strategy=self.strategy, logger=False,
+                            precision=self.precision,  # type: ignore[arg-type]  # a str; Lightning types a Literal
                             enable_checkpointing=False, enable_progress_bar=self.progress,
                             enable_model_summary=False, use_distributed_sampler=False, inference_mode=True)
         try:

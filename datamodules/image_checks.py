@@ -154,7 +154,7 @@ def check_images(paths: Sequence[Path], threads: int | None = None,
             chunks = pool.map(lambda lo: run(lo, min(lo + chunk, len(paths))), range(0, len(paths), chunk))
             out = [v for chunk in chunks for v in chunk]
     if cache is not None:
-        new = {k: entry for k, (_, entry) in zip(keys, out, strict=True) if entry is not None}
+        new = {k: entry for k, (_, entry) in zip(keys, out, strict=True) if k is not None and entry is not None}
         if new:
             cache.save(new)
             log.info("%d of %d images checked and readable (the others unchanged since %s, or not readable)",

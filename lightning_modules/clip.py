@@ -25,6 +25,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
@@ -39,6 +40,9 @@ from lightning_modules.components.word_tokenizer import build_word_tokenizer
 from lightning_modules.cost import CostCall, CostSample, shape_key
 from lightning_modules.grad_checkpointing import enable_hf
 from lightning_modules.optim import OptimConfig, build_optimizer
+
+if TYPE_CHECKING:
+    from transformers import CLIPVisionConfig
 
 CONFIG_FILE = "suite_config.json"
 
@@ -148,13 +152,14 @@ class ClipRetrieval(CrossRankNegatives, L.LightningModule):
 
     @classmethod
     def _from_dir(cls, path: str, config: ClipConfig, optim: OptimConfig | None) -> ClipRetrieval:
-        kw = {"local_files_only": config.local_files_only}
+        kw: dict[str, Any] = {"local_files_only": config.local_files_only}
         model = CLIPModel.from_pretrained(path, **kw)
         tok = AutoTokenizer.from_pretrained(path, **kw)
         try:
             transform = ImageTransform.from_hf_processor(CLIPImageProcessor.from_pretrained(path, **kw))
         except OSError:  # checkpoints saved by the suite carry no processor file
-            size = model.config.vision_config.image_size
+            vision_config = cast("CLIPVisionConfig", model.config.vision_config)  # CLIPConfig builds it
+            size = cast(int, vision_config.image_size)  # CLIP's: one int (the field admits pairs)
             transform = ImageTransform(size, size)
         return cls(model, tok, transform, config, optim)
 

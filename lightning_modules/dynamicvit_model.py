@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -34,6 +35,7 @@ from lightning_modules.components.dynamicvit import (
     NUM_STAGES,
     DynamicViTLossWeights,
     DynamicViTTower,
+    PredictorLG,
     dynamicvit_loss,
 )
 from lightning_modules.token_reduction_model import TokenReductionConfig, TokenReductionRetrieval
@@ -78,16 +80,19 @@ class DynamicViTRetrieval(TokenReductionRetrieval):
     """BLIP-2 with DynamicViT token pruning in its vision tower (see the module docstring)."""
 
     Config = DynamicViTConfig
+    config: DynamicViTConfig
+    reducer: DynamicViTTower
     method = "dynamicvit"
 
+    # narrows the config to this model's own Config (the runner passes cls.Config): an override mypy flags
     @classmethod
-    def build_reducer(cls, vision_tower, config: DynamicViTConfig) -> DynamicViTTower:
+    def build_reducer(cls, vision_tower, config: DynamicViTConfig) -> DynamicViTTower:  # type: ignore[override]
         tower = DynamicViTTower(vision_tower.model, keep_rate=config.keep_rate, num_stages=config.num_stages)
         if config.init_keep_bias and config.keep_rate < 1.0:
             # each stage keeps a share rho of the tokens still kept: start every predictor there
             with torch.no_grad():
                 for predictor in tower.predictors:
-                    last = predictor.out_conv[-2]
+                    last = cast(torch.nn.Linear, cast(PredictorLG, predictor).out_conv[-2])
                     last.bias.copy_(torch.tensor([math.log(config.keep_rate), math.log(1.0 - config.keep_rate)]))
         return tower
 

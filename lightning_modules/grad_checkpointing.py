@@ -21,7 +21,7 @@ mask), so a step's loss and gradients equal those without checkpointing up to fl
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -30,6 +30,9 @@ OPTION = "train.grad_checkpointing"
 #: transformers' ``gradient_checkpointing_kwargs``: non-reentrant (inputs that need no gradient,
 #: e.g. frozen vision tokens, still give the parameters inside their gradients)
 HF_KWARGS = {"use_reentrant": False}
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def enable_hf(module: torch.nn.Module) -> None:
@@ -40,7 +43,7 @@ def enable_hf(module: torch.nn.Module) -> None:
     if enable is not None:
         enable(activation_checkpointing_kwargs=dict(HF_KWARGS))
     else:
-        module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(HF_KWARGS))
+        cast("PreTrainedModel", module).gradient_checkpointing_enable(gradient_checkpointing_kwargs=dict(HF_KWARGS))
 
 
 def maybe_checkpoint(enabled: bool, fn: Callable[..., Any], *args: Any) -> Any:

@@ -27,12 +27,13 @@ class OptimConfig:
             raise ValueError("optim.warmup_ratio must be in [0, 1)")
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, total_steps: int,
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, total_steps: int | float,
                     scaled: Iterable[torch.nn.Parameter] = (), lr_scale: float = 1.0) -> dict:
     """AdamW over ``params`` (no decay on biases and norms) with a per-step schedule;
     ``scaled`` parameters (also trained) get ``lr_scale`` times the learning rate.
 
-    Returns the dict Lightning's ``configure_optimizers`` expects.
+    ``total_steps``: the schedule's length, e.g. Lightning's ``estimated_stepping_batches`` (an
+    int, or ``inf`` for an unbounded fit). Returns the dict Lightning's ``configure_optimizers`` expects.
     """
     scaled = list(scaled)
     scaled_ids = {id(p) for p in scaled}

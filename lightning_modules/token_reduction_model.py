@@ -32,6 +32,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -51,6 +52,7 @@ from lightning_modules.blip2 import (
 from lightning_modules.components import image_attention
 from lightning_modules.components.qformer_head import QFormerHead
 from lightning_modules.components.vision_tower import LoadingError, load_saved_tower
+from lightning_modules.components.vit_runner import ViTRunner
 from lightning_modules.optim import OptimConfig, build_optimizer
 
 
@@ -85,10 +87,26 @@ class TokenReductionConfig(Blip2Config):
             raise ValueError("model_args.itm_weight must be >= 0")
 
 
+class TokenReducer(Protocol):
+    """What the base uses of a method's tower (an ``nn.Module``: ``DynamicViTTower``, ``CrossGETTower``)."""
+
+    runner: ViTRunner
+
+    def method_config(self) -> dict: ...
+
+    def reduction_parameters(self) -> list[nn.Parameter]: ...
+
+    def reduction_state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_reduction_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
 class TokenReductionRetrieval(Blip2Retrieval):
     """BLIP-2 with a token-reducing vision tower (see the module docstring)."""
 
     Config = TokenReductionConfig
+    config: TokenReductionConfig
+    reducer: TokenReducer
     #: config fields the runner fills with the checkpoint of another registered model (tiny size)
     checkpoint_dependencies = {"blip2_checkpoint": "blip2"}
     #: the method's name, and the file its own parameters are saved in
@@ -107,7 +125,7 @@ class TokenReductionRetrieval(Blip2Retrieval):
 
     # -- what a method provides ------------------------------------------------------------
     @classmethod
-    def build_reducer(cls, vision_tower, config: TokenReductionConfig) -> nn.Module:
+    def build_reducer(cls, vision_tower, config: TokenReductionConfig) -> TokenReducer:
         raise NotImplementedError
 
     def reduce(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -127,9 +145,11 @@ class TokenReductionRetrieval(Blip2Retrieval):
     def weights_file(self) -> str:
         return f"{self.method}.safetensors"
 
+    # narrows the config to this model's own Config (the runner passes cls.Config): an override mypy flags
     @classmethod
-    def create(cls, config: TokenReductionConfig, optim: OptimConfig,
-               vocab_texts: Sequence[str] = ()) -> TokenReductionRetrieval:
+    def create(  # type: ignore[override]
+        cls, config: TokenReductionConfig, optim: OptimConfig, vocab_texts: Sequence[str] = ()
+    ) -> TokenReductionRetrieval:
         """From a pretrained BLIP-2 checkpoint (full) or the tiny BLIP2 suite checkpoint (tiny)."""
         if config.pretrained:
             tower, head, tok = load_pretrained_parts(config.pretrained, config.local_files_only, config.temp_init)
@@ -175,9 +195,11 @@ class TokenReductionRetrieval(Blip2Retrieval):
             module.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(f"{name}.")},
                                    strict=True)
 
-    #: whether the Q-Former's layers may be checkpointed (not where a method patches them for the
-    #: duration of its forward only: a recomputation in the backward pass would run without the patch)
-    qformer_checkpointable = True
+    @property
+    def qformer_checkpointable(self) -> bool:
+        """Whether the Q-Former's layers may be checkpointed (not where a method patches them for the
+        duration of its forward only: a recomputation in the backward pass would run without the patch)."""
+        return True
 
     def enable_grad_checkpointing(self) -> None:
         """``train.grad_checkpointing``: the reducer's ViT layers (frozen, but the method's gradients flow
@@ -194,7 +216,7 @@ class TokenReductionRetrieval(Blip2Retrieval):
     def train(self, mode: bool = True) -> TokenReductionRetrieval:
         """The backbone (shared with the reducer), a frozen Q-Former and the teacher stay in eval mode."""
         super().train(mode)
-        self.vision_tower.eval()
+        cast(nn.Module, self.vision_tower).eval()  # every tower is a module (VisionTower does not say so)
         if not self.config.finetune_qformer:
             self.head.eval()
         if self.teacher_head is not None:

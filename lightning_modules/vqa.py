@@ -121,10 +121,13 @@ def tiny_language_model(texts: Sequence[str], options: VqaOptions):
     from lightning_modules.components.word_tokenizer import build_word_tokenizer
 
     tok = build_word_tokenizer(texts, 128)
-    cfg = OPTConfig(vocab_size=len(tok), hidden_size=options.lm_hidden, num_hidden_layers=options.lm_layers,
-                    ffn_dim=4 * options.lm_hidden, num_attention_heads=options.lm_heads, max_position_embeddings=256,
-                    word_embed_proj_dim=options.lm_hidden, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                    eos_token_id=tok.eos_token_id, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    # activation_dropout is no field of transformers v5's OPTConfig: the config keeps it as an extra
+    # attribute (saved in config.json), so the call stays as the saved tiny VQA checkpoints record it
+    cfg = OPTConfig(  # type: ignore[call-arg]
+        vocab_size=len(tok), hidden_size=options.lm_hidden, num_hidden_layers=options.lm_layers,
+        ffn_dim=4 * options.lm_hidden, num_attention_heads=options.lm_heads, max_position_embeddings=256,
+        word_embed_proj_dim=options.lm_hidden, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
     return OPTForCausalLM(cfg), tok
 
 
@@ -227,7 +230,9 @@ class VqaModel(L.LightningModule):
         eos = self.tokenizer.eos_token_id
         prompts = self._ids(self.prompts(questions))
         targets = [a + [eos] for a in self._ids([" " + a for a in answers])]
-        prefix = prefix if prefix is not None else self.prefix_queries(images, questions)
+        if prefix is None:
+            assert images is not None, "VqaModel.loss needs images or a prefix"
+            prefix = self.prefix_queries(images, questions)
         embeds, mask, positions = self._inputs(prefix, [p + t for p, t in zip(prompts, targets)])
         labels = torch.full(mask.shape, -100, dtype=torch.long, device=embeds.device)
         for i, t in enumerate(targets):

@@ -73,7 +73,7 @@ class _Background:
         def target() -> None:
             try:
                 self.value = fn()
-            except BaseException as e:  # re-raised in join()
+            except BaseException as e:  # noqa: BLE001 - re-raised in join()
                 self.error = e
 
         self.thread = threading.Thread(target=target, daemon=True)
@@ -112,8 +112,8 @@ def _flops(model, eval_set, transform, settings: MeasureConfig, rng) -> tuple[di
 
 def _memory(p: ProbeResult) -> tuple[dict[str, float], dict]:
     cuda = p.gpu_allocated_mb is not None
-    metrics = {"memory_mb": p.gpu_allocated_mb if cuda else p.peak_rss_mb}
-    if cuda:
+    metrics = {"memory_mb": p.gpu_allocated_mb if p.gpu_allocated_mb is not None else p.peak_rss_mb}
+    if cuda and p.gpu_reserved_mb is not None:  # the probe records both CUDA peaks together
         metrics["memory_mb_reserved"] = p.gpu_reserved_mb
     method = ("torch.cuda.max_memory_allocated / max_memory_reserved in a fresh process" if cuda
               else "peak RSS (VmHWM) of a fresh process, interpreter and libraries included")

@@ -66,7 +66,7 @@ def measure_throughput(
             _sync(device)
             times.append(time.perf_counter() - t)
     times.sort()
-    p90 = times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))]
+    p90 = times[min(len(times) - 1, round(0.9 * (len(times) - 1)))]
     return Throughput(
         items_per_s=batch_size / statistics.median(times),
         items_per_s_p90=batch_size / p90,

@@ -25,14 +25,14 @@ from pathlib import Path
 TRAIN_FACTOR = 3.0
 
 ASSUMPTIONS = (
-    "estimates, not measurements: throughputs are those of {source} ({device}, {dtype}, batch {batch}, "
-    "random-init weights at full shapes, inference)",
-    f"training: {TRAIN_FACTOR:g} x the measured forward retrieval step per image (forward + backward), "
-    "every training image every epoch; validation passes, data loading, feature caching and checkpoint "
-    "writes are not counted; frozen-feature caching (blip2, ours) would make training cheaper",
-    "evaluation: every test image encoded once (encode img/s), then (queries + images) x k_test pairs "
-    "re-ranked at the per-pair cost of the measured retrieval step (its cost beyond encoding), or every "
-    "query encoded (no re-ranking)",
+    ("estimates, not measurements: throughputs are those of {source} ({device}, {dtype}, batch {batch}, "
+     "random-init weights at full shapes, inference)"),
+    (f"training: {TRAIN_FACTOR:g} x the measured forward retrieval step per image (forward + backward), "
+     "every training image every epoch; validation passes, data loading, feature caching and checkpoint "
+     "writes are not counted; frozen-feature caching (blip2, ours) would make training cheaper"),
+    ("evaluation: every test image encoded once (encode img/s), then (queries + images) x k_test pairs "
+     "re-ranked at the per-pair cost of the measured retrieval step (its cost beyond encoding), or every "
+     "query encoded (no re-ranking)"),
     "one GPU of the measured kind; the recipe's precision and batch size are not those of the measurement",
 )
 

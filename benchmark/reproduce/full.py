@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from benchmark.ablate import canonical
 from benchmark.ablation_folders import discover
@@ -72,12 +73,12 @@ class FullPlan(Plan):
     costs: CostTable | None = None
 
 
-def _k_test(cls: type, cfg: RunConfig) -> int | None:
+def _k_test(cls: Any, cfg: RunConfig) -> int | None:
     model_config = from_dict(cls.Config, cfg.model_args, "model_args")
     return getattr(model_config, "k", None)
 
 
-def _detail(cfg: RunConfig, cls: type, arm: str, sizes: SplitSizes, costs: CostTable | None) -> StepDetail:
+def _detail(cfg: RunConfig, cls: Any, arm: str, sizes: SplitSizes, costs: CostTable | None) -> StepDetail:
     cost = costs.models.get(cfg.model) if costs else None
     est = None if cost is None else estimate(
         cost, epochs=cfg.train.max_epochs, train_images=sizes.train_images, test_images=sizes.test_images,
@@ -124,6 +125,7 @@ def build_full_plan(data_root: Path, overrides: Sequence[dict] = (), *, pretrain
     if cache_dir is not None:
         fixed["cache_dir"] = str(cache_dir)
     steps: list[Step] = []
+    selectors: tuple[str, ...]
     family: dict[str, str | None] = {}
     for name in (wanted or models.names()):
         family[name] = None if load_error(models, name) else checkpoint_family(models.get(name).Config)
@@ -133,13 +135,13 @@ def build_full_plan(data_root: Path, overrides: Sequence[dict] = (), *, pretrain
             if not found.usable:
                 steps.append(SkippedStep(title, selectors, f"dataset {found.name}: {found.problem}"))
                 continue
-            error = load_error(models, name)
-            if error or family[name] is None:
+            error, fam = load_error(models, name), family[name]
+            if error or fam is None:
                 steps.append(BrokenStep(title, selectors, error or f"{name}: no pretrained checkpoint family known "
                                         f"(its config class is none of {sorted(CHECKPOINT_FAMILIES)})"))
                 continue
             own = {"model": name, "dataset": found.name, "tag": MODEL_TAG, **fixed, "data": {"root": str(found.folder)},
-                   "model_args": {"pretrained": checkpoints[family[name]]}}  # type: ignore[index]
+                   "model_args": {"pretrained": checkpoints[fam]}}
             steps.append(_run_step(title, selectors, name, model_defaults(name, SIZE), "-", overrides, own, found,
                                    models, costs))
     ablation_data = next((d for d in datasets if d.name == ABLATION_DATASET), None)
@@ -177,6 +179,7 @@ def describe_full(plan: FullPlan) -> list[str]:
     for d in plan.datasets:
         if d.usable:
             s = d.sizes
+            assert s is not None  # usable: it has sizes
             lines.append(f"dataset {d.name}: {d.folder} (train {s.train_images} images; test {s.test_images} images, "
                          f"{s.test_queries} queries)")
         else:

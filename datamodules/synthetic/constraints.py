@@ -104,10 +104,7 @@ class ObjectConstraint:
         return dict(self.items)
 
     def matches(self, obj: SceneObject) -> bool:
-        for name, value in self.items:
-            if getattr(obj, name) != value:
-                return False
-        return True
+        return all(getattr(obj, name) == value for name, value in self.items)
 
     def phrase(self) -> str:
         words = [w for w in (self.size, self.colour, self.shape or "object") if w is not None]

@@ -21,6 +21,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
 from datamodules.base import DataError
 from datamodules.synthetic.annotations import annotation_path, image_entry, image_file, write_annotations
@@ -33,7 +34,7 @@ from datamodules.synthetic.scene import Scene, sample_scene
 from datamodules.synthetic.seeding import SPLIT_CODES, image_rng
 from datamodules.synthetic.workers import fork_map, worker_count
 
-PNG_PARAMS = {"format": "PNG", "compress_level": 6, "optimize": False}
+PNG_PARAMS: dict[str, Any] = {"format": "PNG", "compress_level": 6, "optimize": False}
 
 
 def image_id(split: str, index: int) -> str:
@@ -65,6 +66,7 @@ def _set_relevance_job(index: SceneIndex, captions: list) -> None:
 
 
 def _relevance(span: tuple[int, int]) -> list[list[int]]:
+    assert _relevance_job is not None, "fork_map runs _set_relevance_job in each worker first"
     index, captions = _relevance_job
     return [index.relevant(c) for c in captions[span[0]:span[1]]]
 
@@ -74,7 +76,7 @@ def _split_relevance(scenes: list[Scene], captions: list[CaptionConstraints], wo
     processes: each distinct constraint (by ``key()``) checked once."""
     slot: dict[str, int] = {}
     which = [slot.setdefault(c.key(), len(slot)) for c in captions]
-    distinct = [None] * len(slot)
+    distinct: list[CaptionConstraints | None] = [None] * len(slot)  # every slot is filled below
     for c, i in zip(captions, which):
         distinct[i] = c
     spans = _spans(len(distinct), max(1, -(-len(distinct) // workers)))

@@ -18,34 +18,41 @@ Evaluation only (no dropout).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 from torch import nn
 
 from lightning_modules.components.row_attention import rows_attention
+
+if TYPE_CHECKING:
+    from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer, CLIPTextModel
 
 
 def eos_positions(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """``[B]`` index of each row's pooled (EOS) token, chosen exactly as ``CLIPTextModel`` does:
     the largest id when the config's ``eos_token_id`` is the legacy 2, else the first EOS."""
     ids = input_ids.to(torch.int)
-    if model.eos_token_id == 2:
+    eos_token_id = cast(int, model.eos_token_id)  # CLIPTextConfig's: an int (typed int | list[int] | None)
+    if eos_token_id == 2:
         return ids.argmax(dim=-1)
-    return (ids == model.eos_token_id).int().argmax(dim=-1)
+    return (ids == eos_token_id).int().argmax(dim=-1)
 
 
-def _attention(attn: nn.Module, normed: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def _attention(attn: CLIPAttention, normed: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """``CLIPAttention`` of ``rows`` over ``normed`` (keys masked by ``keep``), after ``out_proj``."""
     return attn.out_proj(rows_attention(attn.q_proj, attn.k_proj, attn.v_proj, normed, rows, attn.num_heads, keep,
                                         attn.scale))
 
 
-def _layer(layer: nn.Module, hidden: torch.Tensor, keep: torch.Tensor, rows: torch.Tensor | None,
+def _layer(layer: CLIPEncoderLayer, hidden: torch.Tensor, keep: torch.Tensor, rows: torch.Tensor | None,
            row_keep: torch.Tensor | None) -> torch.Tensor:
     """One ``CLIPEncoderLayer``; with ``rows`` (``[B]`` token index per sample) only those rows' outputs ``[B, 1, H]``."""
     normed = layer.layer_norm1(hidden)
     if rows is None:
         residual, query, mask = hidden, normed, keep
     else:
+        assert row_keep is not None  # clip_text_forward passes both or neither
         pick = torch.arange(hidden.shape[0], device=hidden.device), rows
         residual, query, mask = hidden[pick][:, None], normed[pick][:, None], row_keep
     hidden = residual + _attention(layer.self_attn, normed, query, mask)
@@ -59,7 +66,8 @@ def clip_text_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     ``[B, H]``: transformers' ``model(input_ids, attention_mask)`` in eval mode, computed leanly.
 
     ``model``: a ``CLIPTextModel`` (``embeddings``, ``encoder.layers``, ``final_layer_norm``)."""
-    hidden = model.embeddings(input_ids=input_ids)
+    text = cast("CLIPTextModel", model)
+    hidden = text.embeddings(input_ids=input_ids)
     t = input_ids.shape[1]
     pad = attention_mask.bool()
     causal = torch.ones(t, t, dtype=torch.bool, device=input_ids.device).tril()
@@ -68,11 +76,11 @@ def clip_text_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     if rows is not None:  # the selected row's causal-and-padding keys, [B, 1, 1, T]
         row_keep = (torch.arange(t, device=input_ids.device)[None] <= rows[:, None]) & pad
         row_keep = row_keep[:, None, None, :]
-    layers = list(model.encoder.layers)
+    layers = cast("list[CLIPEncoderLayer]", list(text.encoder.layers))
     if not layers:
         raise ValueError("clip_text_forward needs a text tower with at least one layer")
     for i, layer in enumerate(layers):
         last = rows is not None and i == len(layers) - 1
         hidden = _layer(layer, hidden, keep, rows if last else None, row_keep if last else None)
-    hidden = model.final_layer_norm(hidden)
+    hidden = text.final_layer_norm(hidden)
     return hidden[:, 0] if rows is not None else hidden

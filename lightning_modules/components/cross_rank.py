@@ -29,6 +29,7 @@ before gathering existed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -122,6 +123,11 @@ class CrossRankNegatives:
 
     #: score local rows against every process's items (effective only with more than one process)
     gather_negatives: bool = True
+
+    if TYPE_CHECKING:  # provided by the LightningModule this is mixed into
+
+        @property
+        def device(self) -> torch.device: ...
 
     def global_batch(self, n_local: int) -> GlobalBatch | None:
         return global_batch(self.gather_negatives, n_local, self.device)

@@ -211,7 +211,9 @@ class _Hooks(TokenHooks):
         self.deltas = _cast(self.tower.cross_delta, x.dtype)  # once per forward, not per layer
         return torch.cat([x, x[:, :1]], dim=1)  # cross token seeded from CLS
 
+    # size and deltas are set by begin(), which the runner calls before any other hook
     def before_layer(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        assert self.deltas is not None
         cross = x[:, -1].detach() + self.deltas[i]
         self.cross.append(cross)
         self.tokens_per_layer.append(x.shape[1] - 1)
@@ -219,6 +221,7 @@ class _Hooks(TokenHooks):
         return x
 
     def attention_bias(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        assert self.size is not None
         b, n = x.shape[:2]
         bias = _cast(self.size.log(), x.dtype).view(b, 1, 1, n)  # proportional attention
         if not self.tower.cross_token_visible:  # nobody but itself attends to the cross token
@@ -229,11 +232,13 @@ class _Hooks(TokenHooks):
         r = min(self.tower.r, (x.shape[1] - 2) // 2)
         if r <= 0:
             return x
+        assert self.size is not None
         match = complete_graph_match(k.mean(dim=1), q[:, :, -1].mean(dim=1), r)  # keys, cross query
         x, self.size = merge_tokens(x, self.size, match)
         return x
 
     def end(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.size is not None
         self.size = self.size[:, :-1]
         return x[:, :-1]
 
@@ -280,6 +285,7 @@ class CrossGETTower(nn.Module):
         hooks = _Hooks(self)
         tokens = self.runner(pixel_values, hooks)
         self.last_tokens_per_layer = hooks.tokens_per_layer
+        assert hooks.size is not None  # set by the hooks' begin()
         self.last_sizes = hooks.size.squeeze(-1)
         return CrossGETOutput(tokens, self.last_sizes, torch.stack(hooks.cross))
 

@@ -54,7 +54,7 @@ def keep_counts(num_patches: int, keep_rate: float, num_stages: int = NUM_STAGES
     0.7 -> 137, 96, 67); a tiny tolerance guards against 0.7**2 * 100 = 48.999..."""
     if not 0.0 < keep_rate <= 1.0:
         raise ValueError(f"keep_rate must be in (0, 1], got {keep_rate}")
-    return [max(1, int(math.floor(num_patches * keep_rate**s + 1e-6))) for s in range(1, num_stages + 1)]
+    return [max(1, math.floor(num_patches * keep_rate**s + 1e-6)) for s in range(1, num_stages + 1)]
 
 
 class PredictorLG(nn.Module):

@@ -30,12 +30,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from lightning_modules.components.qformer_head import QFormerHead
+
+if TYPE_CHECKING:
+    from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerLayer, Blip2QFormerMultiHeadAttention
 
 
 def keep_bias(keep_mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -94,10 +97,12 @@ def policy_softmax(logits: torch.Tensor, policy: torch.Tensor, eps: float = 1e-6
     return (weights + eps / n) / (weights.sum(dim=-1, keepdim=True) + eps)
 
 
-def _policy_forward(module: nn.Module, policy: torch.Tensor, hidden_states: torch.Tensor, attention_mask=None,
-                    encoder_hidden_states: torch.Tensor | None = None, encoder_attention_mask=None, **kwargs):
+def _policy_forward(module: Blip2QFormerMultiHeadAttention, policy: torch.Tensor, hidden_states: torch.Tensor,
+                    attention_mask=None, encoder_hidden_states: torch.Tensor | None = None,
+                    encoder_attention_mask=None, **kwargs):
     """transformers' ``Blip2QFormerMultiHeadAttention`` as cross-attention, with
     :func:`policy_softmax` over the image tokens (``encoder_attention_mask`` is not used)."""
+    assert encoder_hidden_states is not None  # a cross-attention is always called with the image tokens
     b, n_q, _ = hidden_states.shape
     n, hd = encoder_hidden_states.shape[1], module.attention_head_size
     q = module.query(hidden_states).view(b, n_q, -1, hd).transpose(1, 2)
@@ -113,10 +118,11 @@ def policy_cross_attention(head: QFormerHead, policy: torch.Tensor) -> Iterator[
     """Within the block, the Q-Former's cross-attention weights to image token ``j`` are
     multiplied by ``policy[:, j]`` and renormalised (DynamicViT's masked softmax, fp32), so a
     straight-through ``policy`` carries a gradient from the Q-Former to the keep decisions."""
-    modules = [layer.crossattention.attention for layer in head.qformer.encoder.layer
-               if getattr(layer, "has_cross_attention", False)]
+    layers = cast("list[Blip2QFormerLayer]", list(head.qformer.encoder.layer))
+    modules = [layer.crossattention.attention for layer in layers if getattr(layer, "has_cross_attention", False)]
     for m in modules:
-        m.forward = lambda *a, _m=m, **kw: _policy_forward(_m, policy, *a, **kw)
+        # an instance attribute shadows the class's forward for the block (removed below)
+        m.forward = lambda *a, _m=m, **kw: _policy_forward(_m, policy, *a, **kw)  # type: ignore[method-assign]
     try:
         yield
     finally:

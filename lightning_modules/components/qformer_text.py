@@ -20,18 +20,28 @@ touched, so a copy may have dropped them. Evaluation only (no dropout).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 from torch import nn
 
 from lightning_modules.components.row_attention import rows_attention
 
+if TYPE_CHECKING:
+    from transformers.models.blip_2.modeling_blip_2 import (
+        Blip2QFormerLayer,
+        Blip2QFormerModel,
+        Blip2QFormerMultiHeadAttention,
+    )
 
-def _self_attention(attn: nn.Module, hidden: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+
+def _self_attention(attn: Blip2QFormerMultiHeadAttention, hidden: torch.Tensor, rows: torch.Tensor,
+                    keep: torch.Tensor) -> torch.Tensor:
     """The Q-Former's self-attention of ``rows`` over ``hidden`` (keys masked by ``keep``), before the output dense."""
     return rows_attention(attn.query, attn.key, attn.value, hidden, rows, attn.num_attention_heads, keep, attn.scaling)
 
 
-def _layer(layer: nn.Module, hidden: torch.Tensor, keep: torch.Tensor, first_only: bool) -> torch.Tensor:
+def _layer(layer: Blip2QFormerLayer, hidden: torch.Tensor, keep: torch.Tensor, first_only: bool) -> torch.Tensor:
     """One ``Blip2QFormerLayer`` with ``query_length=0``; ``first_only``: only token 0's output."""
     rows = hidden[:, :1] if first_only else hidden
     self_out = layer.attention.output
@@ -45,9 +55,10 @@ def text_path_forward(embeddings: nn.Module, qformer: nn.Module, input_ids: torc
     """Last hidden state of the Q-Former text path, ``[B, T, H]`` (``[B, 1, H]`` with
     ``first_token_only``): transformers' ``qformer(query_embeds=embeddings(input_ids),
     query_length=0, attention_mask=attention_mask)`` in eval mode, computed leanly."""
-    hidden = qformer.layernorm(embeddings(input_ids=input_ids).to(qformer.layernorm.weight.dtype))
+    model = cast("Blip2QFormerModel", qformer)
+    hidden = model.layernorm(embeddings(input_ids=input_ids).to(model.layernorm.weight.dtype))
     keep = attention_mask.bool()[:, None, None, :]
-    layers = list(qformer.encoder.layer)
+    layers = cast("list[Blip2QFormerLayer]", list(model.encoder.layer))
     for i, layer in enumerate(layers):
         hidden = _layer(layer, hidden, keep, first_only=first_token_only and i == len(layers) - 1)
     return hidden

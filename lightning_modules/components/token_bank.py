@@ -32,10 +32,13 @@ for BLIP-2; with nested attention the order decides which queries every prefix h
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers.models.blip_2.modeling_blip_2 import Blip2TextEmbeddings
 
 ExtraInit = Literal["copy_noise", "normal"]
 
@@ -96,7 +99,7 @@ class TokenBank(nn.Module):
     @classmethod
     def from_blip2(cls, query_tokens: torch.Tensor, embeddings: nn.Module, l_max: int, **kwargs) -> TokenBank:
         """From a BLIP-2 model's ``query_tokens`` and ``embeddings`` (``Blip2TextEmbeddings``)."""
-        table = embeddings.position_embeddings.weight
+        table = cast("Blip2TextEmbeddings", embeddings).position_embeddings.weight
         return cls(l_max, query_tokens.shape[-1], init_tokens=query_tokens, position_table=table, **kwargs)
 
     @torch.no_grad()

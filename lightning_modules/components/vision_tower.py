@@ -29,7 +29,7 @@ import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -43,8 +43,10 @@ TOWER_FILE = "tower.json"
 @runtime_checkable
 class VisionTower(Protocol):
     kind: str
-    hidden_size: int
     transform: ImageTransform
+
+    @property
+    def hidden_size(self) -> int: ...
 
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor: ...
 
@@ -104,7 +106,8 @@ class _HFTower(nn.Module):
     @classmethod
     def load(cls, directory: Path) -> _HFTower:
         meta = json.loads((Path(directory) / TOWER_FILE).read_text())
-        transform = ImageTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["transform"].items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["transform"].items()}
+        transform = ImageTransform(**fields)
         return cls(load_strict(cls.model_cls, directory), transform)
 
 
@@ -163,7 +166,8 @@ class Blip2VisionTower(_HFTower):
 
 
 #: tower kinds by name, for loading a saved tower (token-reduction towers register here too)
-TOWERS: dict[str, type] = {ClipVisionTower.kind: ClipVisionTower, Blip2VisionTower.kind: Blip2VisionTower}
+TOWERS: dict[str, type[ClipVisionTower | Blip2VisionTower]] = {
+    ClipVisionTower.kind: ClipVisionTower, Blip2VisionTower.kind: Blip2VisionTower}
 
 
 def load_tower(directory: Path) -> VisionTower:

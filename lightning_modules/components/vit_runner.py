@@ -24,11 +24,17 @@ the DynamicViT masked softmax in fp32 (:func:`masked_softmax`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.grad_checkpointing import maybe_checkpoint
+
+if TYPE_CHECKING:
+    from transformers.models.blip_2.modeling_blip_2 import Blip2Attention, Blip2EncoderLayer, Blip2VisionModel
+    from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer, CLIPVisionModel
 
 
 class TokenHooks:
@@ -97,8 +103,9 @@ class ViTRunner(nn.Module):
 
     def __init__(self, vision_model: nn.Module) -> None:
         super().__init__()
-        self.vision = unwrap_vision_model(vision_model)
-        attn = self.vision.encoder.layers[0].self_attn
+        # the two layouts this runner knows (unwrap_vision_model checks the common attributes)
+        self.vision = cast("CLIPVisionModel | Blip2VisionModel", unwrap_vision_model(vision_model))
+        attn = self._layer(0).self_attn
         self.kind = "blip2" if hasattr(attn, "qkv") else "clip"
         self.num_heads = attn.num_heads
         self.head_dim = attn.head_dim
@@ -112,6 +119,10 @@ class ViTRunner(nn.Module):
     def layers(self) -> nn.ModuleList:
         return self.vision.encoder.layers
 
+    def _layer(self, i: int) -> CLIPEncoderLayer | Blip2EncoderLayer:
+        """Encoder layer ``i``, typed (``nn.ModuleList`` items are plain modules to a type checker)."""
+        return cast("CLIPEncoderLayer | Blip2EncoderLayer", self.layers[i])
+
     # -- pieces ------------------------------------------------------------------------
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Patch + class + position embeddings, then the pre-layernorm where there is one."""
@@ -121,12 +132,14 @@ class ViTRunner(nn.Module):
 
     def qkv(self, i: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys, values of layer ``i`` for the normed input ``h``: each [B, H, N, hd]."""
-        attn = self.layers[i].self_attn
+        attn = self._layer(i).self_attn
         b, n, _ = h.shape
         if self.kind == "blip2":
-            mixed = attn.qkv(h).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            fused = cast("Blip2Attention", attn).qkv(h)
+            mixed = fused.reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             return mixed[0], mixed[1], mixed[2]
         shape = (b, n, self.num_heads, self.head_dim)
+        attn = cast("CLIPAttention", attn)
         q = attn.q_proj(h).view(shape).transpose(1, 2)
         k = attn.k_proj(h).view(shape).transpose(1, 2)
         v = attn.v_proj(h).view(shape).transpose(1, 2)
@@ -147,11 +160,13 @@ class ViTRunner(nn.Module):
         return out.transpose(1, 2).reshape(b, n, self.hidden_size)
 
     def out_proj(self, i: int, a: torch.Tensor) -> torch.Tensor:
-        attn = self.layers[i].self_attn
-        return attn.projection(a) if self.kind == "blip2" else attn.out_proj(a)
+        attn = self._layer(i).self_attn
+        if self.kind == "blip2":
+            return cast("Blip2Attention", attn).projection(a)
+        return cast("CLIPAttention", attn).out_proj(a)
 
     def mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        layer = self.layers[i]
+        layer = self._layer(i)
         return layer.mlp(layer.layer_norm2(x))
 
     def post(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,7 +176,7 @@ class ViTRunner(nn.Module):
     def attention_block(self, i: int, x: torch.Tensor, bias: torch.Tensor | None, policy: torch.Tensor | None,
                         eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Layer ``i``'s pre-norm attention with its residual, and its queries and keys (for the hooks)."""
-        q, k, v = self.qkv(i, self.layers[i].layer_norm1(x))
+        q, k, v = self.qkv(i, self._layer(i).layer_norm1(x))
         return x + self.out_proj(i, self.attend(q, k, v, bias, policy, eps)), q, k
 
     def mlp_block(self, i: int, x: torch.Tensor) -> torch.Tensor:
