@@ -3,8 +3,9 @@ llama.cpp, Ollama), over httpx.
 
 ``POST <base url>/chat/completions`` with ``{"model", "messages", "temperature": 0,
 "max_tokens", "seed"}`` (greedy); the answer is ``choices[0].message.content``. A bearer
-token is sent when the environment variable ``api_key_env`` is set; credentials in the base
-URL (``http://user:password@host/v1``) are sent as HTTP basic auth. Limits of one request:
+token is sent when the environment variable ``api_key_env`` is set; otherwise credentials in
+the base URL (``http://user:password@host/v1``) are sent as HTTP basic auth. Limits of one
+request:
 
 * ``timeout_s`` is a **total** deadline: connecting, sending and reading the whole reply
   (``asyncio.wait_for`` around the exchange cancels it where it is), so a server that
@@ -97,8 +98,9 @@ class OpenAICompatBackend:
     async def _exchange(self, body: bytes, headers: dict[str, str]) -> bytes:
         if self._ssl is None:
             self._ssl = ssl.create_default_context()  # the system's CAs, as urllib used
+        auth = None if self._api_key else self._auth  # a bearer token wins over the URL's basic auth
         async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, verify=self._ssl,
-                                     auth=self._auth) as client:
+                                     auth=auth) as client:
             async with client.stream("POST", self._url, content=body, headers=headers) as resp:
                 if resp.is_redirect:
                     raise _Redirect(resp.status_code, resp.headers.get("location", ""))

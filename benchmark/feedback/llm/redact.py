@@ -38,9 +38,15 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def _redact_match(m: re.Match) -> str:
+    url = m.group(0)
+    core = url.rstrip(".,:;!?)]}")  # punctuation after a URL in a sentence is not part of it
+    return redact_url(core) + url[len(core):]
+
+
 def redact_text(text: str) -> str:
     """``text`` with every URL in it redacted (:func:`redact_url`)."""
-    return _URL.sub(lambda m: redact_url(m.group(0)), text) if "://" in text else text
+    return _URL.sub(_redact_match, text) if "://" in text else text
 
 
 def redact_tree(obj: Any) -> Any:
