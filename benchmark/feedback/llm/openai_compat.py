@@ -32,13 +32,16 @@ import os
 import ssl
 import time
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from benchmark.feedback.llm.base import LLMError, Message
 from benchmark.feedback.llm.limits import DEFAULT_MAX_REPLY_BYTES, check_limits
 from benchmark.feedback.llm.redact import redact_text, redact_url
+
+if TYPE_CHECKING:
+    from benchmark.feedback.config import LLMConfig
 
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 
@@ -85,11 +88,11 @@ class OpenAICompatBackend:
         self._ssl: ssl.SSLContext | None = None  # made once (loading the CA store takes ~20 ms)
 
     @classmethod
-    def from_spec(cls, spec: str, config) -> OpenAICompatBackend:
+    def from_spec(cls, spec: str, config: LLMConfig) -> OpenAICompatBackend:
         return cls(spec.partition(":")[2], model=config.model, timeout_s=config.timeout_s, retries=config.retries,
                    retry_backoff_s=config.retry_backoff_s, max_tokens=config.max_new_tokens,
                    api_key=os.environ.get(config.api_key_env) or None,
-                   max_reply_bytes=getattr(config, "max_reply_bytes", DEFAULT_MAX_REPLY_BYTES))
+                   max_reply_bytes=config.max_reply_bytes)
 
     def describe(self) -> dict[str, Any]:
         return {"spec": f"openai:{self.base_url}", "label": f"OpenAI-compatible server {self.base_url} "
