@@ -1,5 +1,6 @@
 """Concurrent checkpoint saves on one cache (real processes), and temporaries left by killed
-runs removed by the next run (benchmark/atomic.py, datamodules/synthetic/generation.py)."""
+runs removed by the next run (benchmark/atomic.py, datamodules/synthetic/generation.py). The
+SIGKILLed generation itself is a probe in tests/test_probes_io.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.atomic import HOST, atomic_write_json, clean_stale_temps, save_atomically, temp_sibling
-from datamodules.synthetic.generation import ensure_generated, is_complete
+from datamodules.synthetic.generation import ensure_generated
 from tests.kill_generation_script import OPTIONS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,19 +90,6 @@ def test_only_dead_processes_temporaries_of_this_host_are_removed(tmp_path):
     assert sorted(clean_stale_temps(target)) == sorted(gone)
     assert not any(p.exists() for p in gone) and all(p.exists() for p in kept)
     assert temp_sibling(target).name.startswith(f".thing.tmp-{HOST}-{os.getpid()}-")
-
-
-def test_a_killed_generation_leaves_a_temporary_folder_that_the_next_run_removes(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tests.kill_generation_script", str(tmp_path)], cwd=REPO,
-                          env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -9, proc.stderr  # SIGKILL: no cleanup ran
-    final = OPTIONS.cache_dir(tmp_path)
-    left = [p for p in tmp_path.iterdir() if p.name.startswith(f".{final.name}.tmp-")]
-    assert len(left) == 1 and left[0].is_dir() and not final.exists()
-    legacy = _stale(final, dead_pid(), host=None)  # the name used before hosts were recorded
-    assert is_complete(ensure_generated(OPTIONS, tmp_path, workers=1))
-    assert not left[0].exists() and not legacy.exists()
-    assert [p.name for p in tmp_path.iterdir()] == [final.name]
 
 
 def test_stale_temporaries_of_complete_caches_and_files_are_removed_too(tmp_path):

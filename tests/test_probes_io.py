@@ -274,12 +274,20 @@ def test_probe_concurrent_save(tmp_path):
 def test_probe_stale_generation_temp(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tests.kill_generation_script", str(tmp_path)], cwd=REPO,
                           env=_env(), capture_output=True, timeout=300)
-    assert proc.returncode == -9
+    assert proc.returncode == -9  # SIGKILL: no cleanup ran
+    from benchmark.atomic import HOST
+    from datamodules.synthetic.generation import is_complete
     from tests.kill_generation_script import OPTIONS
 
-    assert any(p.name.startswith(".synthscenes-") for p in tmp_path.iterdir())
-    ensure_generated(OPTIONS, tmp_path, workers=1)
-    assert [p.name for p in tmp_path.iterdir()] == [OPTIONS.cache_dir(tmp_path).name]
+    final = OPTIONS.cache_dir(tmp_path)
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(f".{final.name}.tmp-{HOST}-")]
+    assert len(left) == 1 and left[0].is_dir() and not final.exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    legacy = tmp_path / f".{final.name}.tmp-{dead.pid}-deadbeef"  # the name used before hosts were recorded
+    legacy.mkdir()
+    assert is_complete(ensure_generated(OPTIONS, tmp_path, workers=1))
+    assert [p.name for p in tmp_path.iterdir()] == [final.name]
 
 
 @pytest.mark.slow
