@@ -17,8 +17,8 @@ is checked like any other part of the path: link the data root or the image fold
 
 The record keeps the joined path as written (``base / relative``), so records are unchanged
 for every path the check admits. Cost: one ``lstat`` per image (is it a link?) plus one
-``realpath`` per distinct folder (cached per :class:`InsideRoot`), so the 123k COCO images
-cost about as many system calls as listing them.
+``realpath`` per distinct folder (cached per :class:`InsideRoot`): 100k COCO-style paths took
+3.0 s against 0.74 s for the plain joins (docs/experiments/io-hardening.md), once per parse.
 """
 
 from __future__ import annotations
