@@ -18,12 +18,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from benchmark.atomic import save_atomically
 from benchmark.config import (
     ConfigError,
     RunConfig,
@@ -270,19 +270,6 @@ def _trainer(cfg: RunConfig, *, fit: bool, progress: bool, name: str, callbacks:
         num_sanity_val_steps=0,
         **common,
     )
-
-
-def save_atomically(model, directory: Path) -> None:
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        model.save_checkpoint(tmp)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _up_to_date(path: Path, cfg: RunConfig, model_cls, model_config) -> bool:

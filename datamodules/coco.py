@@ -25,6 +25,7 @@ from typing import Any
 
 from datamodules.base import CaptionRecord, DataError, ImageRecord, read_json
 from datamodules.local import LocalDataModule
+from datamodules.paths import InsideRoot
 from datamodules.validate import as_list, as_object, get, identifier, text
 
 KARPATHY_FILE = "dataset_coco.json"
@@ -63,12 +64,14 @@ def parse_karpathy(doc: Any, path: Path, image_base: Path) -> dict[str, list[Ima
     images = as_list(get(doc, "images", list, path, "top level"), path, "field 'images'")
     out: dict[str, list[ImageRecord]] = {"train": [], "val": [], "test": []}
     seen: dict[str, int] = {}
+    inside = InsideRoot(image_base)
     for i, raw in enumerate(images):
         where = f"images[{i}]"
         raw = as_object(raw, path, where)
         filepath = text(raw, "filepath", path, where)
         filename = text(raw, "filename", path, where)
         where = f"images[{i}] ({filename})"
+        image_path = inside(filepath, filename, source=path, where=where, field="filepath/filename")
         split = get(raw, "split", str, path, where)
         if split not in KARPATHY_SPLITS:
             raise DataError(f"{path}: {where}: field 'split' is {split!r}, expected one of {sorted(KARPATHY_SPLITS)}")
@@ -87,15 +90,14 @@ def parse_karpathy(doc: Any, path: Path, image_base: Path) -> dict[str, list[Ima
             s_where = f"{where}, sentences[{j}]"
             captions.append(CaptionRecord(text(as_object(s, path, s_where), "raw", path, s_where)))
         out[KARPATHY_SPLITS[split]].append(
-            ImageRecord(image_id, image_base / filepath / filename, tuple(captions), {"split": split})
+            ImageRecord(image_id, image_path, tuple(captions), {"split": split})
         )
     return out
 
 
-def _lavis_image(raw: dict, path: Path, where: str) -> str:
+def _lavis_image(raw: dict, path: Path, where: str, inside: InsideRoot) -> str:
     image = text(raw, "image", path, where)
-    if image.startswith("/") or ".." in Path(image).parts:
-        raise DataError(f"{path}: {where}: field 'image' must be a path relative to images/, got {image!r}")
+    inside(image, source=path, where=where, field="image")
     return image
 
 
@@ -104,10 +106,11 @@ def parse_lavis_train(doc: Any, path: Path, image_base: Path) -> list[ImageRecor
     its captions in file order."""
     entries = as_list(doc, path, "top level")
     by_image: dict[str, tuple[str, list[CaptionRecord]]] = {}
+    inside = InsideRoot(image_base)
     for i, raw in enumerate(entries):
         where = f"entry [{i}]"
         raw = as_object(raw, path, where)
-        image = _lavis_image(raw, path, where)
+        image = _lavis_image(raw, path, where, inside)
         where = f"entry [{i}] ({image})"
         caption = _caption(get(raw, "caption", str, path, where), path, f"{where}, field 'caption'")
         if image not in by_image:
@@ -122,10 +125,11 @@ def parse_lavis_eval(doc: Any, path: Path, image_base: Path) -> list[ImageRecord
     """LAVIS ``coco_karpathy_{val,test}.json`` (one entry per image, a caption list)."""
     entries = as_list(doc, path, "top level")
     by_image: dict[str, tuple[str, list[CaptionRecord]]] = {}
+    inside = InsideRoot(image_base)
     for i, raw in enumerate(entries):
         where = f"entry [{i}]"
         raw = as_object(raw, path, where)
-        image = _lavis_image(raw, path, where)
+        image = _lavis_image(raw, path, where, inside)
         where = f"entry [{i}] ({image})"
         if image in by_image:
             raise DataError(f"{path}: {where}: image listed twice")

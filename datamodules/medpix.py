@@ -34,6 +34,7 @@ from typing import Any
 
 from datamodules.base import CaptionRecord, DataError, ImageRecord, read_json
 from datamodules.local import LocalDataModule
+from datamodules.paths import InsideRoot
 from datamodules.validate import as_list, as_object, get, read_jsonl, text
 
 SPLIT_FILE = "splitted_dataset/descriptions_{split}.jsonl"
@@ -60,13 +61,13 @@ class MedPixOptions:
             raise ValueError(f"train_split must be one of {TRAIN_SPLITS}, got {self.train_split!r}")
 
 
-def parse_record(raw: Any, path: Path, where: str, images: Path) -> ImageRecord:
-    """One MedPix image record -> an :class:`ImageRecord` (caption + metadata)."""
+def parse_record(raw: Any, path: Path, where: str, images: Path | InsideRoot) -> ImageRecord:
+    """One MedPix image record -> an :class:`ImageRecord` (caption + metadata); its image
+    path checked to stay in ``images`` (a folder, or an :class:`InsideRoot` kept across records)."""
+    inside = images if isinstance(images, InsideRoot) else InsideRoot(images)
     raw = as_object(raw, path, where)
     image = text(raw, "image", path, where)
     where = f"{where} (image {image!r})"
-    if "/" in image or "\\" in image or image.startswith("."):
-        raise DataError(f"{path}: {where}: field 'image' must be a file name, got {image!r}")
     kind = text(raw, "Type", path, where)
     description = as_object(get(raw, "Description", dict, path, where), path, f"{where}, field 'Description'")
     d_where = f"{where}, Description"
@@ -81,7 +82,8 @@ def parse_record(raw: Any, path: Path, where: str, images: Path) -> ImageRecord:
         "case_id": text(raw, "U_id", path, where, optional=True),
     }
     file_name = image if image.lower().endswith(".png") else f"{image}.png"
-    return ImageRecord(image, images / file_name, (CaptionRecord(caption),), metadata)
+    image_path = inside(file_name, source=path, where=where, field="image")
+    return ImageRecord(image, image_path, (CaptionRecord(caption),), metadata)
 
 
 def parse_records(records: Any, path: Path, images: Path) -> list[ImageRecord]:
@@ -89,8 +91,9 @@ def parse_records(records: Any, path: Path, images: Path) -> list[ImageRecord]:
     appears twice keeps one record with both captions (unless they are the same text)."""
     records = as_list(records, path, "top level")
     by_id: dict[str, ImageRecord] = {}
+    inside = InsideRoot(images)
     for i, raw in enumerate(records):
-        rec = parse_record(raw, path, f"record {i + 1}", images)
+        rec = parse_record(raw, path, f"record {i + 1}", inside)
         if rec.image_id in by_id:
             old = by_id[rec.image_id]
             if rec.captions[0] not in old.captions:

@@ -33,6 +33,7 @@ from typing import Any
 
 from datamodules.base import CaptionRecord, DataError, ImageRecord, read_json
 from datamodules.local import LocalDataModule
+from datamodules.paths import InsideRoot
 from datamodules.validate import as_list, as_object, get, identifier, text
 
 SPLIT_METHOD = (
@@ -86,6 +87,7 @@ def parse_captions(doc: Any, path: Path, images: Path) -> list[ImageRecord]:
     entries = as_list(get(doc, "annotations", list, path, "top level"), path, "field 'annotations'")
     by_file: dict[str, tuple[str, list[CaptionRecord]]] = {}
     ids: dict[str, int] = {}
+    inside = InsideRoot(images)
     for i, raw in enumerate(entries):
         where = f"annotations[{i}]"
         raw = as_object(raw, path, where)
@@ -95,8 +97,7 @@ def parse_captions(doc: Any, path: Path, images: Path) -> list[ImageRecord]:
             raise DataError(f"{path}: {where}: image_id repeats annotations[{ids[image_id]}]")
         ids[image_id] = i
         filename = text(raw, "filename", path, where)
-        if "/" in filename or "\\" in filename or filename.startswith("."):
-            raise DataError(f"{path}: {where}: field 'filename' must be a file name, got {filename!r}")
+        inside(filename, source=path, where=where, field="filename")
         caption = CaptionRecord(text(raw, "text_output", path, where))
         get(raw, "text_input", str, path, where, optional=True)
         if filename in by_file:
@@ -145,11 +146,13 @@ def parse_rsieval(doc: Any, path: Path, images: Path) -> RSIEval:
     doc = as_object(doc, path, "top level")
     entries = as_list(get(doc, "annotations", list, path, "top level"), path, "field 'annotations'")
     out, skipped = [], 0
+    inside = InsideRoot(images)
     for i, raw in enumerate(entries):
         where = f"annotations[{i}]"
         raw = as_object(raw, path, where)
         filename = text(raw, "filename", path, where)
         where = f"annotations[{i}] ({filename})"
+        image_path = inside(filename, source=path, where=where, field="filename")
         caption = text(raw, "caption", path, where)
         pairs = []
         for j, qa in enumerate(get(raw, "qa_pairs", list, path, where)):
@@ -162,7 +165,7 @@ def parse_rsieval(doc: Any, path: Path, images: Path) -> RSIEval:
             answer = get(qa, "answer", str, path, q_where).strip()
             kind = get(qa, "type", str, path, q_where, optional=True, default="").strip()
             pairs.append(QAPair(question, answer, kind))
-        out.append(RSIEvalImage(filename, images / filename, caption, tuple(pairs)))
+        out.append(RSIEvalImage(filename, image_path, caption, tuple(pairs)))
     return RSIEval(tuple(out), skipped)
 
 

@@ -111,8 +111,10 @@ class LLMConfig:
       ``openai:<base url>`` (OpenAI-compatible chat completions, e.g. ``http://host:8000/v1``).
     alpha: ``s_t = alpha * score(q'_t, g) + (1 - alpha) * s_{t-1}``.
     model: the ``model`` field sent to an OpenAI-compatible server.
-    timeout_s / retries / retry_backoff_s: per HTTP request; a retry follows a timeout, an
-      unreachable server, HTTP 429 or 5xx, after ``retry_backoff_s * 2**attempt`` seconds.
+    timeout_s / retries / retry_backoff_s: per HTTP request; ``timeout_s`` is a total deadline
+      (connect, send, read the whole reply); a retry follows a timeout, an unreachable
+      server, HTTP 429 or 5xx, after ``retry_backoff_s * 2**attempt`` seconds.
+    max_reply_bytes: the largest reply body read from an OpenAI-compatible server.
     max_new_tokens: generation budget per call (hf and openai).
     min_questions / max_questions / max_options: what a valid question set looks like.
     max_query_chars: a refined query longer than this is refused (invalid output).
@@ -131,19 +133,25 @@ class LLMConfig:
     max_options: int = 6
     max_query_chars: int = 400
     api_key_env: str = "OPENAI_API_KEY"
+    max_reply_bytes: int = 1_000_000
 
     def __post_init__(self) -> None:
         prefix = self.backend.split(":", 1)[0]
+        from benchmark.feedback.llm.redact import redact_text
         from benchmark.feedback.llm.registry import BACKENDS
 
         if prefix not in BACKENDS:
-            raise ConfigError(f"--llm / feedback.llm.backend: unknown backend {self.backend!r}; expected "
+            raise ConfigError(f"--llm / feedback.llm.backend: unknown backend {redact_text(self.backend)!r}; expected "
                               + ", ".join(BACKENDS[k].usage for k in BACKENDS))
         BACKENDS[prefix].check_spec(self.backend)
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"feedback.llm.alpha must lie in [0, 1], got {self.alpha}")
-        if self.timeout_s <= 0:
-            raise ConfigError(f"feedback.llm.timeout_s must be > 0, got {self.timeout_s}")
+        from benchmark.feedback.llm.limits import check_limits
+
+        try:
+            check_limits(self.timeout_s, self.max_reply_bytes)  # NaN and infinities refused too
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.retries < 0 or self.retry_backoff_s < 0:
             raise ConfigError("feedback.llm.retries and feedback.llm.retry_backoff_s must be >= 0")
         if self.max_new_tokens < 1 or self.max_query_chars < 1:

@@ -29,6 +29,7 @@ from typing import Any
 from benchmark.config import RunConfig, stable_hash, to_dict
 from benchmark.feedback import metrics
 from benchmark.feedback.config import FeedbackConfig
+from benchmark.feedback.llm.redact import redact_tree
 from benchmark.feedback.protocol import ProtocolResult
 from benchmark.feedback.ranking import RANK_BASE
 from benchmark.feedback.task import FeedbackTask
@@ -41,12 +42,20 @@ def result_paths(cfg: RunConfig) -> tuple[Path, Path]:
     return stem.with_suffix(".json"), stem.with_suffix(".jsonl")
 
 
+def recorded_feedback_config(fb: FeedbackConfig) -> dict[str, Any]:
+    """The feedback config as recorded: credentials in the LLM's base URL redacted."""
+    return redact_tree(to_dict(fb))
+
+
 def result_hash(cfg: RunConfig, fb: FeedbackConfig) -> str:
-    """The run config's hash with the feedback config's, less ``similarity``: those options
-    change how the image-image similarities are computed, not what they are, so a run that
+    """The run config's hash with the feedback config's (as recorded: no credentials), less
+    ``similarity`` and ``llm.max_reply_bytes``: those options change how the image-image
+    similarities are computed or how much of a reply is read, not what they are, so a run that
     only sets them has the hash of the same run without them (and of runs from before they
     existed)."""
-    return stable_hash([cfg.config_hash(), {k: v for k, v in to_dict(fb).items() if k != "similarity"}])
+    recorded = recorded_feedback_config(fb)
+    recorded["llm"] = {k: v for k, v in recorded["llm"].items() if k != "max_reply_bytes"}
+    return stable_hash([cfg.config_hash(), {k: v for k, v in recorded.items() if k != "similarity"}])
 
 
 def flat_metrics(per_round: dict[str, dict[str, list]], summary: dict[str, dict]) -> dict[str, Any]:
@@ -80,7 +89,7 @@ def build_result(cfg: RunConfig, fb: FeedbackConfig, res: ProtocolResult, task: 
             "rank_base": RANK_BASE, "direction": "t2i", "arms": list(fb.arms),
             "llm": llm, "user": {"ground_truth": task.truth_kind, "seed": user_seed,
                                  "unsure_rate": fb.user.unsure_rate},
-            "feedback_config": to_dict(fb), "image_similarity": fb.image_similarity(),
+            "feedback_config": recorded_feedback_config(fb), "image_similarity": fb.image_similarity(),
             "n_queries": task.n_queries, "n_gallery": task.n_gallery,
         },
         "per_round": per_round,

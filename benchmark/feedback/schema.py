@@ -13,12 +13,12 @@ appended when absent: the user always has it); a non-empty refined query of at m
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from benchmark.feedback.llm.base import LLMError
+from benchmark.feedback.llm.extract import first_json_object  # bounded nesting and time
 
 UNSURE = "none / unsure"
 _UNSURE_WORDS = re.compile(r"\b(none|unsure|not sure|don'?t know|no idea|neither|cannot tell|can'?t tell)\b")
@@ -42,24 +42,6 @@ class Question:
         if self.about:
             out["about"] = self.about
         return out
-
-
-def first_json_object(text: str) -> dict:
-    """The first ``{...}`` in ``text`` that parses as a JSON object."""
-    decoder = json.JSONDecoder()
-    for m in re.finditer(r"\{", text):
-        try:
-            obj, _ = decoder.raw_decode(text, m.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            return obj
-    raise LLMError("invalid_output", f"no JSON object in the output ({_excerpt(text)})")
-
-
-def _excerpt(text: str, n: int = 80) -> str:
-    flat = " ".join(text.split())
-    return repr(flat[:n] + ("..." if len(flat) > n else ""))
 
 
 def _text(value: Any, where: str) -> str:

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.base import CaptionRecord, DataError, ImageRecord, read_json
+from datamodules.paths import InsideRoot
 from datamodules.synthetic.constraints import CaptionConstraints
 from datamodules.synthetic.options import FORMAT_NAME, GENERATOR_VERSION, SyntheticOptions
 from datamodules.synthetic.scene import Scene
@@ -171,6 +172,7 @@ def _read_annotations(path: Path, split: str, data: bytes | None = None) -> list
     if len(known) != len(images):
         raise DataError(f"{path}: field 'image_id' has duplicate values")
     records = []
+    inside = InsideRoot(base)
     for i, raw in enumerate(images):
         where = f"images[{i}] (image_id {raw['image_id']!r})"
         try:
@@ -190,7 +192,7 @@ def _read_annotations(path: Path, split: str, data: bytes | None = None) -> list
         records.append(
             ImageRecord(
                 image_id=raw["image_id"],
-                path=base / raw["file"],
+                path=inside(raw["file"], source=path, where=where, field="file"),
                 captions=tuple(captions),
                 metadata={"scene": raw["scene"]},
                 relevant_images=tuple(relevant),

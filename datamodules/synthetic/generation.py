@@ -6,8 +6,10 @@ Layout of ``<root>/synthscenes-v1-<options hash>/``::
     annotations/<split>.json          see datamodules/synthetic/annotations.py
 
 Everything is written into a hidden temporary sibling folder that is renamed into place
-only once complete, so an interrupted run never leaves a folder that looks finished (a
-crash may leave a ``.synthscenes-...tmp-*`` sibling, which is never read). The same options
+only once complete, so an interrupted run never leaves a folder that looks finished. The
+temporary folder is named by ``benchmark.atomic.temp_sibling``
+(``.synthscenes-...tmp-<host>-<pid>-<random>``); one left by a killed run (its process gone)
+is removed by the next generation (``benchmark.atomic.clean_stale_temps``). The same options
 always give the same bytes: each image depends only on (seed, split, index), PNGs are
 written by Pillow with fixed parameters and no metadata, and the JSON is written in a
 fixed order. The images and the relevance lists are computed in forked worker processes
@@ -19,10 +21,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
+from benchmark.atomic import clean_stale_temps, temp_sibling
 from datamodules.base import DataError
 from datamodules.synthetic.annotations import annotation_path, image_entry, image_file, write_annotations
 from datamodules.synthetic.captions import make_captions
@@ -121,7 +123,8 @@ def generate(options: SyntheticOptions, root: str | Path, workers: int | None = 
     workers = worker_count(workers)
     final = options.cache_dir(root)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    clean_stale_temps(final)  # left by killed runs
+    tmp = temp_sibling(final)
     try:
         tmp.mkdir()
         for split in SPLIT_CODES:
@@ -145,6 +148,7 @@ def is_complete(cache_dir: Path) -> bool:
 def ensure_generated(options: SyntheticOptions, root: str | Path, workers: int | None = None) -> Path:
     """The cache folder for ``options``, generated first if it is missing."""
     final = options.cache_dir(root)
+    clean_stale_temps(final)  # left by killed runs, even when another run has finished the folder since
     if is_complete(final):
         return final
     if final.exists() and any(final.iterdir()):

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from benchmark.feedback.llm.redact import redact_text
+
 Message = dict[str, str]
 
 #: why an LLM round fell back to score refreshing
@@ -27,11 +29,13 @@ REASONS = (
 
 
 class LLMError(RuntimeError):
-    """A backend failure with its counted ``reason`` (one of :data:`REASONS`) and a detail."""
+    """A backend failure with its counted ``reason`` (one of :data:`REASONS`) and a detail
+    (with any URL in it redacted: the detail is recorded in the transcript)."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         if reason not in REASONS:
             raise ValueError(f"unknown LLM failure reason {reason!r}; expected one of {REASONS}")
+        detail = redact_text(detail)
         self.reason, self.detail = reason, detail
         super().__init__(f"{reason}: {detail}" if detail else reason)
 

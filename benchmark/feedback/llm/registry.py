@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from benchmark.config import ConfigError
+from benchmark.feedback.llm.redact import redact_text
 
 if TYPE_CHECKING:
     from benchmark.feedback.config import LLMConfig
@@ -33,9 +34,14 @@ def _needs_path(spec: str) -> None:
 
 
 def _needs_url(spec: str) -> None:
-    url = urlparse(spec.partition(":")[2])
-    if url.scheme not in ("http", "https") or not url.netloc:
-        raise ConfigError(f"--llm {spec!r}: expected openai:<base url>, e.g. openai:http://127.0.0.1:8000/v1")
+    try:
+        url = urlparse(spec.partition(":")[2])
+        ok = url.scheme in ("http", "https") and bool(url.hostname) and (url.port is None or url.port > 0)
+    except ValueError:  # a bad port or IPv6 literal
+        ok = False
+    if not ok:
+        raise ConfigError(f"--llm {redact_text(spec)!r}: expected openai:<base url>, "
+                          "e.g. openai:http://127.0.0.1:8000/v1")
 
 
 @dataclass(frozen=True)
