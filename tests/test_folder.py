@@ -76,7 +76,7 @@ def test_hash_split_is_stable_and_independent_of_order_and_size(tmp_path):
 
 def test_split_by_group_keeps_a_group_in_one_split(tmp_path):
     write_folder(tmp_path, n_images=60, n_per_group=4)
-    by_image, by_group = dm_of(tmp_path), dm_of(tmp_path, options={"split_by": "group"})
+    by_image, by_group = dm_of(tmp_path, options={"split_by": "image"}), dm_of(tmp_path)  # group: the default
 
     def groups_per_split(dm):
         return {s: {dm.index().groups[r.image_id] for r in dm.annotated_records(s)} for s in ("train", "val", "test")}
@@ -227,7 +227,7 @@ def test_layout_errors_and_the_annotations_option(tmp_path):
 @pytest.mark.parametrize("options, message", [
     ({"train_fraction": 1.0}, "must lie in"), ({"val_fraction": 0}, "must lie in"),
     ({"train_fraction": math.nan}, "must lie in"), ({"train_fraction": 0.9, "val_fraction": 0.1}, "< 1"),
-    ({"split_seed": -1}, "split_seed"), ({"split_by": "caption"}, "split_by must be one of image, group"),
+    ({"split_seed": -1}, "split_seed"), ({"split_by": "caption"}, "split_by must be one of group, image"),
     ({"annotations": "data.json"}, "must end in .jsonl or .csv"), ({"annotations": "/abs.csv"}, "absolute"),
     ({"fractions": 0.5}, "unknown option 'data.options.fractions'"), ({"split_seed": "0"}, "data.options.split_seed"),
 ])

@@ -44,6 +44,7 @@ def test_data_check_counts_groups_and_corrupt_images(tmp_path):
     assert "annotations: annotations.csv (csv), 72 rows (captions) of 36 images" in res.output
     assert "split: given for 36 images, hash split for 0" in res.output
     assert "groups: 12 over 36 images (train 8, val 2, test 2)" in res.output
+    assert "i2i queries (images with another image of their group in the split): train 24, val 6, test 6" in res.output
     assert "instructions: 12 rows give their own instruction" in res.output
     write_folder(tmp_path / "bad", groups=False, corrupt=4)
     rows = folder_rows(36, groups=False)
