@@ -293,3 +293,19 @@ def test_relevance_of_cut_and_skipped_images_stays_consistent(grouped):
     rows = [es.relevance["t2i"].row(q) for q in range(es.n_queries)]
     assert all(len(r) and r.max() < 4 for r in rows)
     assert np.array_equal(es.relevance["i2t"].dense(), es.relevance["t2i"].dense().T)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.text(alphabet="ab./\\:\x00C", max_size=12))
+def test_path_check_agrees_with_pathlib_and_never_escapes(value):
+    from pathlib import PurePosixPath
+
+    try:
+        out = relative_inside_root(value)
+    except ValueError:
+        path = PurePosixPath(value)
+        assert (path.is_absolute() or ".." in path.parts or "\\" in value or "\x00" in value
+                or value[1:2] == ":" or not [p for p in path.parts if p != "."])
+    else:
+        assert out == "/".join(p for p in PurePosixPath(value).parts if p != ".")
+        assert not out.startswith("/") and ".." not in out.split("/") and out
