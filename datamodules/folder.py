@@ -58,8 +58,8 @@ from datamodules.folder_annotations import (
     OPTIONAL,
     REQUIRED,
     Annotations,
-    Row,
     Problems,
+    Row,
     read_annotations,
     relative_inside_root,
 )
@@ -278,29 +278,27 @@ class FolderDataModule(LocalDataModule):
     # -- bench data check -------------------------------------------------------------------
     def extra_checks(self) -> list[tuple[str, bool]]:
         index = self.index()
-        ann = index.annotations
+        ann, o = index.annotations, self.options
         n_images = sum(len(v) for v in index.records.values())
-        lines = [(f"annotations: {ann.path.name} ({ann.format}), {len(ann.rows)} rows (captions) of {n_images} images; "
-                  f"columns: {', '.join(ann.columns)}"
-                  + (f"; ignored columns: {', '.join(ann.ignored)}" if ann.ignored else ""), True)]
-        o = self.options
-        given = n_images - index.hashed
-        lines.append((f"split: given for {given} images, hash split for {index.hashed} (split_by {o.split_by}, seed "
-                      f"{o.split_seed}, fractions {o.train_fraction}/{o.val_fraction}/{o.test_fraction})", True))
+        ignored = f"; ignored columns: {', '.join(ann.ignored)}" if ann.ignored else ""
+        texts = [
+            (f"annotations: {ann.path.name} ({ann.format}), {len(ann.rows)} rows (captions) of {n_images} images; "
+             f"columns: {', '.join(ann.columns)}{ignored}"),
+            (f"split: given for {n_images - index.hashed} images, hash split for {index.hashed} (split_by "
+             f"{o.split_by}, seed {o.split_seed}, fractions {o.train_fraction}/{o.val_fraction}/{o.test_fraction})"),
+        ]
         if index.groups:
             per_split = ", ".join(f"{s} {index.n_groups(s)}" for s in SPLITS)
             queries = ", ".join(f"{s} {sum(bool(r.i2i_relevant) for r in index.records[s])}" for s in SPLITS)
-            lines.append((f"groups: {index.n_groups()} over {len(index.groups)} images ({per_split}); "
-                          f"i2i relevance through groups; i2i queries (images with another image of their group in "
-                          f"the split): {queries}", True))
+            texts.append(f"groups: {index.n_groups()} over {len(index.groups)} images ({per_split}); i2i relevance "
+                         f"through groups; i2i queries (images with another image of their group in the split): "
+                         f"{queries}")
         else:
-            lines.append(("groups: none (no group column or values): no i2i relevance; --task i2i uses augmented "
-                          "views of each image", True))
+            texts.append("groups: none (no group column or values): no i2i relevance; --task i2i uses augmented "
+                         "views of each image")
         with_instruction = sum(r.instruction is not None for r in ann.rows)
         if with_instruction:
-            lines.append((f"instructions: {with_instruction} rows give their own instruction", True))
-        for split in SPLITS:
-            if not index.records[split]:
-                lines.append((f"warning: split {split!r} is empty: a run that uses it fails (give rows "
-                              f"split={split}, or change the hash split's fractions or seed)", True))
-        return lines
+            texts.append(f"instructions: {with_instruction} rows give their own instruction")
+        texts += [f"warning: split {s!r} is empty: a run that uses it fails (give rows split={s}, or change the "
+                  "hash split's fractions or seed)" for s in SPLITS if not index.records[s]]
+        return [(t, True) for t in texts]

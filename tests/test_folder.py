@@ -3,7 +3,6 @@ that name the line and the field, paths kept inside the root, corrupt images ski
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 

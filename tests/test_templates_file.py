@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from benchmark.config import ConfigError, build_run_config, model_defaults, parse_set, to_dict
+from benchmark.config import (
+    ConfigError,
+    build_run_config,
+    model_defaults,
+    parse_set,
+    to_dict,
+)
 from datamodules.base import DataError
 from datamodules.datamodule import DataConfig
 from datamodules.folder import FolderDataModule
