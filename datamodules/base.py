@@ -191,8 +191,9 @@ class InstructionTemplates:
 
     Evaluation uses a deterministic template per query (chosen by a hash of the caption
     index and the seed); training samples one at random. A caption whose annotations give its
-    own instruction (``CaptionRecord.instruction``) is queried with that text instead. Besides ``{caption}`` a template
-    may use the per-record fields its dataset offers (``RetrievalDataModule.template_fields``).
+    own instruction (``CaptionRecord.instruction``) is queried with that text instead. Besides
+    ``{caption}`` a template may use the per-record fields its dataset offers
+    (``RetrievalDataModule.template_fields``).
     """
 
     templates: tuple[str, ...] = ("{caption}",)

@@ -166,8 +166,8 @@ def _read_jsonl(text: str, path: Path, problems: Problems) -> tuple[list[Row], s
         except json.JSONDecodeError as e:
             problems.add(number, f"not valid JSON ({e.msg}, column {e.colno})")
             continue
-        except RecursionError:
-            problems.add(number, "nested too deeply")
+        except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4,300 digits
+            problems.add(number, f"not readable as JSON ({type(e).__name__}: {str(e)[:80]})")
             continue
         if not isinstance(raw, dict):
             problems.add(number, f"expected a JSON object with fields {', '.join(REQUIRED)}, got {type(raw).__name__}")

@@ -44,8 +44,8 @@ def _from_json(data: str, path: Path) -> list[str]:
         doc = json.loads(data)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    except RecursionError:
-        raise DataError(f"{path}: nested too deeply") from None
+    except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4,300 digits
+        raise DataError(f"{path}: not readable as JSON ({type(e).__name__}: {str(e)[:80]})") from None
     if isinstance(doc, dict) and set(doc) == {"templates"}:
         doc = doc["templates"]
     if not isinstance(doc, list):

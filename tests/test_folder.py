@@ -183,6 +183,8 @@ def test_same_image_rows_share_one_record_and_normalized_paths(tmp_path):
     ("jsonl", '{"image": "a.png", "caption": "x", "group": 1}\n{"image": "a.png", "caption": "y", "group": "2"}\n',
      ["line 2: field 'group' is '2', but line 1"]),
     ("jsonl", "\n\n", ["no annotation rows"]),
+    ("jsonl", '{"image": "a.png", "caption": "x", "n": ' + "1" * 5000 + "}\n", ["line 1: not readable as JSON"]),
+    ("jsonl", "[" * 100_000 + "\n", ["line 1: not readable as JSON (RecursionError"]),
 ])
 def test_errors_name_the_line_and_the_field(tmp_path, fmt, content, messages):
     path = tmp_path / f"annotations.{fmt}"
