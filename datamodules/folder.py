@@ -152,20 +152,26 @@ def build_index(ann: Annotations, root: Path, options: FolderOptions) -> FolderI
     (a conflict is a DataError naming both lines); relevance through groups within a split."""
     images: dict[str, _Image] = {}
     problems = Problems(ann.path)
+
+    def conflict(row: Row, field: str, have: str, line: int) -> None:
+        problems.add(row.line, f"field {field!r} is {getattr(row, field)!r}, but line {line} gives image "
+                               f"{row.image!r} the {field} {have!r} (an image has one {field})")
+
     for row in ann.rows:
-        im = images.setdefault(row.image, _Image([]))
+        im = images.get(row.image)
+        if im is None:
+            im = images[row.image] = _Image([])
         im.rows.append(row)
-        for field in ("split", "group"):
-            value = getattr(row, field)
-            if value is None:
-                continue
-            have = getattr(im, field)
-            if have is None:
-                setattr(im, field, value)
-                setattr(im, f"{field}_line", row.line)
-            elif have != value:
-                problems.add(row.line, f"field {field!r} is {value!r}, but line {getattr(im, f'{field}_line')} "
-                                       f"gives image {row.image!r} the {field} {have!r} (an image has one {field})")
+        if row.split is not None:
+            if im.split is None:
+                im.split, im.split_line = row.split, row.line
+            elif im.split != row.split:
+                conflict(row, "split", im.split, im.split_line)
+        if row.group is not None:
+            if im.group is None:
+                im.group, im.group_line = row.group, row.line
+            elif im.group != row.group:
+                conflict(row, "group", im.group, im.group_line)
     problems.raise_if_any()
     split_of: dict[str, str] = {}
     hashed = 0
