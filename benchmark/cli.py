@@ -177,7 +177,7 @@ app.add_typer(data_app, name="data")
 
 @data_app.command(name="check")
 def data_check(
-    dataset: Annotated[str, typer.Option(help="Dataset: coco, medpix or rsicap.")],
+    dataset: Annotated[str, typer.Option(help="Dataset read from a folder: coco, medpix, rsicap or folder.")],
     data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: $INSTRUCTSEE_DATA_ROOT/<dataset>).")] = None,
     options: Annotated[Optional[str], typer.Option(help='Dataset options as JSON, e.g. \'{"train_split": "train_1"}\'.')] = None,
     cache_dir: Annotated[Optional[Path], typer.Option(help="Cache whose image_checks/ keeps the verdicts (default $INSTRUCTSEE_CACHE or ~/.cache/instructsee-bench).")] = None,

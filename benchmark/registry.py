@@ -82,6 +82,8 @@ DATASETS.register(
 DATASETS.register("coco", "datamodules.coco:CocoKarpathyDataModule", "COCO, Karpathy split (local folder)")
 DATASETS.register("medpix", "datamodules.medpix:MedPixDataModule", "MedPix 2.0, official case splits (local folder)")
 DATASETS.register("rsicap", "datamodules.rsicap:RSICapDataModule", "RSICap, the suite's hash split (local folder)")
+DATASETS.register("folder", "datamodules.folder:FolderDataModule",
+                  "a user's own image-text folder: images + annotations.jsonl or .csv (image, caption, ...)")
 
 #: what ``bench run --task`` evaluates (benchmark/tasks/): each entry is a class with
 #: ``evaluate(context) -> TaskEvaluation``; the runner builds, trains or loads the model once for all

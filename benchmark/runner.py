@@ -71,14 +71,18 @@ def model_identity(model_cls, model_config: Any) -> dict:
 
 
 def checkpoint_dir(cfg: RunConfig, dependencies: dict[str, Any] | None = None, model_config: Any = None,
-                   model_cls: Any = None) -> Path:
+                   model_cls: Any = None, content: dict[str, Any] | None = None) -> Path:
     """The cached checkpoint of a training config (and of the checkpoints it was built on).
 
     With ``model_config`` the key also covers the *resolved* model config (defaults
     included, the dependency fields of ``model_cls`` -- cache paths -- left out): a changed
     model default then trains a new checkpoint instead of loading one trained under the old
-    default."""
+    default. ``content``: the DataModule's ``content_identity()`` (the ``folder`` dataset's
+    annotations hash; {} for the fixed datasets, whose keys are then unchanged), so that two
+    user folders with the same options never share a checkpoint."""
     h = cfg.training_hash()
+    if content:
+        h = stable_hash([h, content])
     if dependencies:
         h = stable_hash([h, {k: v["training_hash"] for k, v in sorted(dependencies.items())}])
     if model_config is not None:
@@ -155,7 +159,7 @@ def ensure_checkpoint(cfg: RunConfig, *, progress: bool = False, train: bool = T
         raise ConfigError(f"a dependency ({cfg.model}) must be trained: train.max_epochs must be >= 1")
     model_cls, model_config, dm = _resolve(cfg)
     model_config, deps = resolve_dependencies(cfg, model_cls, model_config, progress=progress, train=train)
-    ckpt = checkpoint_dir(cfg, deps, model_config, model_cls)
+    ckpt = checkpoint_dir(cfg, deps, model_config, model_cls, dm.content_identity())
     if ckpt.exists():
         return ckpt, False
     if not train:
@@ -272,15 +276,19 @@ def _trainer(cfg: RunConfig, *, fit: bool, progress: bool, name: str, callbacks:
     )
 
 
-def _up_to_date(path: Path, cfg: RunConfig, model_cls, model_config) -> bool:
+def _up_to_date(path: Path, cfg: RunConfig, model_cls, model_config, content: dict[str, Any] | None = None) -> bool:
     """The result file holds this run: the same run config *and* the same resolved model
-    config (a changed model default changes the model even when the run config does not).
-    Dependency fields (checkpoint paths filled in by the runner) are not compared."""
+    config (a changed model default changes the model even when the run config does not),
+    and the same data content (``content``: the DataModule's ``content_identity()``, recorded
+    in the result's provenance; {} for the fixed datasets). Dependency fields (checkpoint
+    paths filled in by the runner) are not compared."""
     try:
         stored = load_result(path)
     except ResultFileError:
         return False  # unreadable: run again and replace it
     before = model_identity(model_cls, stored.get("model_config") or {})
+    if content and (stored.get("provenance") or {}).get("content_identity") != content:
+        return False
     return stored["config_hash"] == cfg.config_hash() and model_identity(model_cls, model_config) == before
 
 
@@ -293,7 +301,7 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
     task = TASKS.get(cfg.task)()
     task.check(cfg)  # before anything is trained
     model_cls, model_config, dm = _resolve(cfg)
-    if skip_existing and path.exists() and _up_to_date(path, cfg, model_cls, model_config):
+    if skip_existing and path.exists() and _up_to_date(path, cfg, model_cls, model_config, dm.content_identity()):
         return RunOutcome(path, None, skipped=True)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -312,7 +320,7 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
     dm.prepare_data()
     timings["prepare_data_s"] = time.perf_counter() - t
 
-    ckpt = checkpoint_dir(cfg, dependencies, model_config, model_cls)
+    ckpt = checkpoint_dir(cfg, dependencies, model_config, model_cls, dm.content_identity())
     trained = False
     loader = None
     t = time.perf_counter()

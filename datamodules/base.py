@@ -44,11 +44,14 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class CaptionRecord:
-    """One caption of an image, as stored in the annotations."""
+    """One caption of an image, as stored in the annotations. ``instruction``: the query text
+    the annotations give for this caption (the ``folder`` dataset's ``instruction`` column),
+    used as is instead of an instruction template; None: a template renders the caption."""
 
     text: str
     complexity: int = 0
     constraints: dict[str, Any] | None = None
+    instruction: str | None = None
 
 
 @dataclass(frozen=True)
@@ -187,8 +190,10 @@ class InstructionTemplates:
     """Templates that turn a caption into an instruction ("Find images of {caption}.").
 
     Evaluation uses a deterministic template per query (chosen by a hash of the caption
-    index and the seed); training samples one at random. Besides ``{caption}`` a template
-    may use the per-record fields its dataset offers (``RetrievalDataModule.template_fields``).
+    index and the seed); training samples one at random. A caption whose annotations give its
+    own instruction (``CaptionRecord.instruction``) is queried with that text instead. Besides
+    ``{caption}`` a template may use the per-record fields its dataset offers
+    (``RetrievalDataModule.template_fields``).
     """
 
     templates: tuple[str, ...] = ("{caption}",)
@@ -311,7 +316,8 @@ def build_eval_set(
         for c_index, cap in enumerate(rec.captions):
             q = len(captions)
             captions.append(cap.text)
-            instructions.append(templates.render(cap.text, q, seed, record_fields(rec)))
+            instructions.append(cap.instruction if cap.instruction is not None
+                                else templates.render(cap.text, q, seed, record_fields(rec)))
             complexity.append(cap.complexity)
             source.append(img_index)
             if rec.relevant_images is not None:
@@ -469,7 +475,10 @@ class TrainPairs(Dataset):
         c = int(torch.randint(len(rec.captions), ()))
         template = self.templates.templates[int(torch.randint(len(self.templates.templates), ()))]
         relevant = RelevantImages((j,)) if self._relevant[j] is None else self._relevant[j][c]
-        return j, pixels, format_instruction(template, rec.captions[c].text, record_fields(rec)), relevant
+        cap = rec.captions[c]  # the template is drawn even when unused: the same random stream either way
+        text = cap.instruction if cap.instruction is not None else format_instruction(template, cap.text,
+                                                                                      record_fields(rec))
+        return j, pixels, text, relevant
 
 
 def collate_indexed(batch: list[tuple]) -> tuple:

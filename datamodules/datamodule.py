@@ -65,7 +65,9 @@ class DataConfig:
     max_eval_images: evaluate on the first N images of the split only (None = all).
     cache_images: keep transformed training images in memory after their first load;
       None = the dataset's default (on for the small synthetic images, off for real data).
-    templates: instruction templates (each with ``{caption}``); empty = the dataset's own.
+    templates: instruction templates (each with ``{caption}``); empty = the dataset's own. A
+      string is the path of a templates file (``datamodules/templates_file.py``: one template
+      per line, or a JSON list), read here: the config then holds the templates themselves.
     options: dataset-specific options, validated by the dataset's own config class.
     strict: a missing or unreadable image is an error at load time (``bench run --strict``);
       by default such images are dropped from their split with their captions, counted
@@ -80,7 +82,7 @@ class DataConfig:
     eval_split: str = "test"
     max_eval_images: int | None = None
     cache_images: bool | None = None
-    templates: tuple[str, ...] = ()
+    templates: tuple[str, ...] | str = ()
     options: dict = field(default_factory=dict)
     strict: bool = False
 
@@ -94,6 +96,10 @@ class DataConfig:
             raise ValueError(f"DataConfig.eval_split must be one of {SPLITS}, got {self.eval_split!r}")
         if self.max_eval_images is not None and self.max_eval_images < 1:
             raise ValueError("DataConfig.max_eval_images must be >= 1 or None")
+        if isinstance(self.templates, str):
+            from datamodules.templates_file import read_templates
+
+            object.__setattr__(self, "templates", read_templates(self.templates) if self.templates else ())
         object.__setattr__(self, "templates", tuple(self.templates))
         if self.templates:
             InstructionTemplates(self.templates)  # validates them
@@ -305,6 +311,7 @@ class RetrievalDataModule(L.LightningDataModule):
         """Texts a tiny model builds its vocabulary from: training captions and templates."""
         records = self.annotated_records("train")
         texts = [c.text for r in records for c in r.captions]
+        texts += [c.instruction for r in records for c in r.captions if c.instruction is not None]
         field_sets: dict[tuple, dict[str, str]] = {}
         for r in records:
             fields = record_fields(r)
@@ -318,6 +325,13 @@ class RetrievalDataModule(L.LightningDataModule):
         """Images skipped as missing or unreadable (listed in the result file): split,
         image id, path, reason and how many captions went with it."""
         return list(self._skipped)
+
+    def content_identity(self) -> dict[str, Any]:
+        """What the data's content adds to the identity of a trained checkpoint and of a result
+        beyond the run config (which leaves out the data root): {} for the fixed datasets (their
+        content is what their name says); the ``folder`` dataset, whose content is whatever the
+        user's folder holds, returns its annotations' hash."""
+        return {}
 
     def describe(self) -> dict[str, Any]:
         """Dataset facts a result file should record beside the evaluated split (merged into
