@@ -94,7 +94,11 @@ def run_ablation(ablation: Ablation, overrides: Sequence[dict] = (), *, tag: str
     from benchmark.runner import run
 
     check_default(ablation)
+    from benchmark.preflight import check_run
+
     configs = [(arm, arm_config(ablation, arm, *overrides, {"tag": ablation.tag(arm, tag)})) for arm in ablation.arms]
+    for _, cfg in configs:
+        check_run(cfg)
     out = []
     for arm, cfg in configs:  # every arm's config is valid before the first one runs
         outcome = run(cfg, retrain=retrain, skip_existing=skip_existing, progress=progress)
