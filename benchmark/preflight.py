@@ -135,12 +135,15 @@ def check_writable_folder(path: Path, option: str) -> None:
                 pass
 
 
-def load_cached_checkpoint(model_cls, directory: Path):
-    """``model_cls.load_checkpoint(directory)`` for a checkpoint of the cache; one that cannot be
-    loaded (truncated or corrupt weights: ``SafetensorError``, a broken config file, ...) is a
-    :class:`ConfigError` naming the folder and the way out (``--retrain``) instead of a traceback."""
+def load_cached_checkpoint(model_cls, directory: Path, *, given: bool = False):
+    """``model_cls.load_checkpoint(directory)``; a checkpoint that cannot be loaded (truncated or
+    corrupt weights: ``SafetensorError``, a broken config file, ...) is a :class:`ConfigError`
+    naming the folder and the way out instead of a traceback: ``--retrain`` for a checkpoint of
+    the cache, another folder for one given with ``--checkpoint`` (``given=True``)."""
     try:
         return model_cls.load_checkpoint(directory)
     except Exception as e:  # noqa: BLE001 - any failure to load is reported with its type and message
-        raise ConfigError(f"cached checkpoint {directory} cannot be loaded ({type(e).__name__}: {str(e)[:300]}); it is "
-                          f"truncated or corrupt: run again with --retrain to train it anew (or delete the folder)") from e
+        what, fix = (("--checkpoint", "give a complete checkpoint folder saved by the suite") if given else
+                     ("cached checkpoint", "run again with --retrain to train it anew (or delete the folder)"))
+        raise ConfigError(f"{what} {directory} cannot be loaded ({type(e).__name__}: {str(e)[:300]}); it is "
+                          f"truncated, corrupt or not a {model_cls.__name__} checkpoint: {fix}") from e

@@ -11,7 +11,7 @@ Precedence, lowest first (a later layer overrides an earlier one, key by key):
 
 So a flag overrides the file only when it is given: ``--config f.json`` with ``{"seed": 5}``
 runs seed 5, and ``--config f.json --seed 7`` runs seed 7. Whether a flag was given is
-click's ``ParameterSource`` of the parameter (``COMMANDLINE`` or ``ENVIRONMENT``), so the
+the ``ParameterSource`` of the parameter (click's, as vendored by typer) (``COMMANDLINE`` or ``ENVIRONMENT``), so the
 help keeps showing the real defaults. The model (and the size, which picks the full-size
 recipe) whose base config is layer 1 is the one the other layers end up naming.
 """
@@ -51,9 +51,9 @@ def flag_overrides(values: dict[str, Any]) -> dict:
 
 
 def _given(ctx: Any, name: str) -> bool:
-    from click.core import ParameterSource
-
-    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    """Whether ``name`` was given (by name: typer vendors its own click, whose enum is not click's)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
 
 @dataclass(frozen=True)

@@ -317,7 +317,8 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
 
     t = time.perf_counter()
     if cfg.checkpoint:
-        return _evaluate(cfg, task, model_cls.load_checkpoint(_given_checkpoint(cfg)), dm, t0, progress=progress)
+        return _evaluate(cfg, task, load_cached_checkpoint(model_cls, _given_checkpoint(cfg), given=True), dm, t0,
+                         progress=progress)
     model_config, dependencies = resolve_dependencies(cfg, model_cls, model_config, progress=progress)
     if dependencies:
         timings["dependencies_s"] = time.perf_counter() - t

@@ -47,13 +47,16 @@ def nesting_depth_exceeds(text: str, max_depth: int = MAX_DEPTH) -> bool:
     deeper. Unbalanced brackets (malformed text) stop the loop early and are left to the
     parser to report."""
     brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    run = re.compile(r"[\[{]{%d}" % (max_depth + 1))  # more openers in a row than allowed: too deep at once
     for _ in range(max_depth):
         if not brackets:
             return False
+        if run.search(brackets):
+            return True
         brackets, removed = _EMPTY_PAIR.subn("", brackets)
-        if not removed:  # unbalanced (malformed): too deep only if it opens more than max_depth in a row
-            return re.search(r"[\[{]{%d}" % (max_depth + 1), brackets) is not None
-    return bool(_EMPTY_PAIR.search(brackets))
+        if not removed:
+            return False  # unbalanced (malformed) and not too deep: a syntax error the parser names
+    return bool(_EMPTY_PAIR.search(brackets) or run.search(brackets))
 
 
 def _finite_float(source: str):

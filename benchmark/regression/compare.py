@@ -122,7 +122,7 @@ def compare_results(new: Mapping[str, dict], baseline_dir: Path, tolerances: Tol
     out = Comparison()
     for name in sorted(new):
         path = Path(baseline_dir) / name
-        if not path.is_file():
+        if not path.exists():
             out.missing_baselines.append(name)
             continue
         old = read_result(path, "baseline result file")
