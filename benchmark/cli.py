@@ -11,7 +11,6 @@ and checked as a whole before any data is prepared (``benchmark/preflight.py``).
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -174,6 +173,7 @@ def data_check(
     """
     if dataset not in DATASETS:
         raise _fail(str(UnknownNameError("dataset", dataset, DATASETS.names())))
+    from benchmark.safe_json import JsonReadError, loads_json
     from datamodules.base import DataError
     from datamodules.check import check_dataset
     from datamodules.datamodule import DataConfig
@@ -190,7 +190,7 @@ def data_check(
         env = os.environ.get(DATA_ROOT_ENV)
         data_root = Path(env) / dataset if env else None
     try:
-        opts = json.loads(options) if options else {}
+        opts = loads_json(options, "--options") if options else {}
         if not isinstance(opts, dict):
             raise DataError("--options must be a JSON object")
         from benchmark.config import default_cache_dir
@@ -198,8 +198,8 @@ def data_check(
         dm = cls(DataConfig(root=str(data_root or ""), options=opts))
         dm.set_check_cache(Path(cache_dir or default_cache_dir()) / "image_checks")
         report = check_dataset(dm, recheck=recheck)
-    except json.JSONDecodeError as e:
-        raise _fail(f"--options is not valid JSON ({e.msg})") from None
+    except JsonReadError as e:
+        raise _fail(str(e)) from None
     except DataError as e:
         raise _fail(str(e)) from None
     for line in report.lines():
