@@ -2,13 +2,14 @@
 
 A run is described by one :class:`RunConfig`. It is built from defaults, then an optional
 JSON override file (``--config``), then the CLI flags given explicitly, then ``--set
-key.path=value`` overrides (``benchmark/run_flags.py``), and validated field by field: an
-unknown key, a wrong type or a non-finite number (NaN, inf: refused for every float option)
-names the offending key and what was expected. What needs the machine (Trainer flags, GPUs,
-writable output and cache folders, checkpoint paths) is checked as a whole before any data is
-prepared by ``benchmark/preflight.py``. Every JSON file is read with ``benchmark/safe_json.py``. ``to_dict`` / ``from_dict`` round-trip exactly, and the config is stored whole in
-every result file. Model-specific options (``model_args``) are validated by the model's
-own config class when the model is built.
+key.path=value`` overrides (the one builder: ``benchmark/run_flags.py``), and validated field
+by field: an unknown key, a wrong type or a non-finite number (NaN, inf: refused for every
+float option) names the offending key and what was expected. What needs the registries or the
+machine (Trainer flags, GPUs, writable output and cache folders, checkpoint paths) is checked
+as a whole before any data is prepared (``benchmark/preflight.py``). JSON files are read with
+``benchmark/safe_json.py``. ``to_dict`` / ``from_dict`` round-trip exactly, and the config is
+stored whole in every result file. Model-specific options (``model_args``) are validated by
+the model's own config class when the model is built.
 """
 
 from __future__ import annotations
