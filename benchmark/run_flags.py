@@ -13,7 +13,8 @@ So a flag overrides the file only when it is given: ``--config f.json`` with ``{
 runs seed 5, and ``--config f.json --seed 7`` runs seed 7. Whether a flag was given is
 the ``ParameterSource`` of the parameter (click's, as vendored by typer) (``COMMANDLINE`` or ``ENVIRONMENT``), so the
 help keeps showing the real defaults. The model (and the size, which picks the full-size
-recipe) whose base config is layer 1 is the one the other layers end up naming.
+recipe) whose base config is layer 1 is the one the other layers end up naming; an unknown
+model, dataset or task name is refused with the registered names listed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.config import RunConfig, build_run_config, deep_merge, load_override_file, model_defaults, parse_set
-from benchmark.registry import MODELS, UnknownNameError
+from benchmark.registry import DATASETS, MODELS, TASKS, UnknownNameError
 
 #: CLI flag (the command function's parameter name) -> the run-config key it sets
 FLAG_KEYS = {
@@ -85,8 +86,12 @@ class CliConfig:
         """The run config: the model's base config (of the model and size the layers name),
         then :meth:`layers`."""
         layers = self.layers(extra)
-        model, size = (next((layer[k] for layer in reversed(layers) if k in layer), None) for k in ("model", "size"))
-        if not isinstance(model, str) or model not in MODELS:
-            raise UnknownNameError("model", str(model), MODELS.names())
+        top = {k: next((layer[k] for layer in reversed(layers) if k in layer), None)
+               for k in ("model", "size", "dataset", "task")}
+        for kind, registry in (("model", MODELS), ("dataset", DATASETS), ("task", TASKS)):
+            name = top[kind]
+            if (kind == "model" or name is not None) and (not isinstance(name, str) or name not in registry):
+                raise UnknownNameError(kind, str(name), registry.names())
+        model, size = top["model"], top["size"]
         base = model_defaults(model, size) if size == "full" else model_defaults(model)
         return build_run_config(base, *layers)
