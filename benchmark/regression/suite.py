@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from benchmark.config import ConfigError, RunConfig, build_run_config, model_defaults
+from benchmark.preflight import check_run
 from benchmark.regression.tolerances import FILE, shipped_path
 from benchmark.results import atomic_write_json, load_results
 from benchmark.safe_json import loads_json
@@ -48,15 +49,14 @@ def suite_configs(models: Sequence[str], overrides: Sequence[dict], results_dir:
 def run_suite(models: Sequence[str], overrides: Sequence[dict] = (), *, cache_dir: Path | None = None,
               progress: bool = False, echo=print) -> dict[str, dict]:
     """Run the suite into a temporary results folder; result-file name -> result."""
-    from benchmark.preflight import check_run
     from benchmark.runner import run
 
     with tempfile.TemporaryDirectory(prefix="bench_regress_") as tmp:
         cache = Path(cache_dir) if cache_dir else Path(tmp) / "cache"
         configs = suite_configs(models, overrides, Path(tmp) / "results", cache)
-        for cfg in configs:
+        for cfg in configs:  # every config is valid, on this machine, before the first run
             check_run(cfg)
-        for i, cfg in enumerate(configs, 1):  # every config is valid before the first run
+        for i, cfg in enumerate(configs, 1):
             echo(f"[{i}/{len(configs)}] {cfg.model} ({cfg.size}, {cfg.dataset}, seed {cfg.seed})")
             run(cfg, progress=progress)
         return {Path(r.pop("_path")).name: r for r in load_results(Path(tmp) / "results")}
