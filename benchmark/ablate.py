@@ -28,6 +28,7 @@ from typing import Any
 
 from benchmark.ablation_folders import META, Ablation, Arm, ablations_root, discover, get  # noqa: F401 - re-exported
 from benchmark.config import ConfigError, RunConfig, build_run_config, model_defaults
+from benchmark.preflight import check_run
 from benchmark.text_table import text_table
 
 #: the ablation table's columns: (header, metric key of the result file)
@@ -95,8 +96,10 @@ def run_ablation(ablation: Ablation, overrides: Sequence[dict] = (), *, tag: str
 
     check_default(ablation)
     configs = [(arm, arm_config(ablation, arm, *overrides, {"tag": ablation.tag(arm, tag)})) for arm in ablation.arms]
+    for _, cfg in configs:  # every arm's config is valid, on this machine, before the first one runs
+        check_run(cfg)
     out = []
-    for arm, cfg in configs:  # every arm's config is valid before the first one runs
+    for arm, cfg in configs:
         outcome = run(cfg, retrain=retrain, skip_existing=skip_existing, progress=progress)
         out.append(ArmResult(arm, outcome.path, outcome.result or load_result(outcome.path), outcome.skipped))
     return out

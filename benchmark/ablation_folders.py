@@ -12,11 +12,12 @@ A folder holds ``_ablation.json`` (``model``, ``description``, ``arms`` in table
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+from benchmark.safe_json import JsonReadError, loads_json
 
 META = "_ablation.json"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,24}$")
@@ -70,9 +71,9 @@ def ablations_root():
 
 def _json_object(path, what: str) -> dict:
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise _error(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        data = loads_json(path.read_bytes(), str(path))
+    except JsonReadError as e:
+        raise _error(str(e)) from None
     if not isinstance(data, dict):
         raise _error(f"{path}: {what} must be a JSON object")
     return data

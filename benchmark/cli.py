@@ -3,12 +3,14 @@
 Heavy imports (torch, lightning, transformers) happen inside the commands, so ``bench
 --help`` answers at once. Every command is a plain function, callable in-process by the
 tests through ``typer.testing.CliRunner``. Bad input (unknown model or dataset, a bad
-option, an absent or malformed dataset) prints one clear message and exits with code 2.
+option, an absent or malformed dataset, an unusable output folder) prints one clear message
+and exits with code 2. Run configs are built from the flags by one builder
+(``benchmark/run_flags.py``: defaults < ``--config`` file < flags given explicitly < ``--set``)
+and checked as a whole before any data is prepared (``benchmark/preflight.py``).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -33,15 +35,9 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(USAGE_ERROR)
 
 
-def model_defaults(model: str, size: str = "tiny") -> dict:
-    """The shipped base config of a model at ``size`` (``benchmark/configs/models/[full/]<model>.json``)."""
-    from benchmark.config import model_defaults as defaults
-
-    return defaults(model, size) if size == "full" else defaults(model)
-
-
 @app.command()
 def run(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option(help=f"Model: {', '.join(MODELS.names())}.")] = "clip",
     dataset: Annotated[str, typer.Option(help=f"Dataset: {', '.join(DATASETS.names())}.")] = "synthetic",
     size: Annotated[str, typer.Option(help="tiny (trained here from scratch) or full (pretrained checkpoint).")] = "tiny",
@@ -65,41 +61,24 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train (tiny) or load (full) one model, evaluate it on one dataset and task, write one result file."""
-    for kind, reg, name in (("model", MODELS, model), ("dataset", DATASETS, dataset), ("task", TASKS, task)):
-        if name not in reg:
-            raise _fail(str(UnknownNameError(kind, name, reg.names())))
-    from benchmark.config import ConfigError, build_run_config, load_override_file, parse_set
+    from benchmark.config import ConfigError
+    from benchmark.run_flags import CliConfig
     from benchmark.runner import run as run_one
     from datamodules.base import DataError
 
-    cli: dict = {"model": model, "dataset": dataset, "size": size, "tag": tag, "task": task, "seed": seed,
-                 "results_dir": str(results_dir)}
-    if cache_dir is not None:
-        cli["cache_dir"] = str(cache_dir)
-    if epochs is not None:
-        cli["train"] = {"max_epochs": epochs}
-    if resume is not None:
-        cli.setdefault("train", {})["resume"] = resume
-    if devices is not None or strategy is not None:
-        cli.setdefault("train", {}).update({k: v for k, v in (("devices", devices), ("strategy", strategy)) if v is not None})
-    if data_root is not None:
-        cli["data"] = {"root": str(data_root)}
-    if strict:
-        cli.setdefault("data", {})["strict"] = True
-    if pretrained is not None:
-        cli["model_args"] = {"pretrained": pretrained}
-    if checkpoint is not None:
-        cli["checkpoint"] = str(checkpoint)
+    flags = CliConfig.from_context(
+        ctx, config=config, sets=set_, model=model, dataset=dataset, size=size, tag=tag, task=task, seed=seed,
+        epochs=epochs, data_root=data_root, pretrained=pretrained, results_dir=results_dir, cache_dir=cache_dir,
+        devices=devices, strategy=strategy, checkpoint=checkpoint, resume=resume, strict=strict)
     try:
-        overrides = [load_override_file(config)] if config else []
-        cfg = build_run_config(model_defaults(model, size), *overrides, cli, parse_set(set_ or []))
+        cfg = flags.build()
         outcome = run_one(cfg, retrain=retrain, skip_existing=skip_existing, progress=progress)
     except (ConfigError, DataError, UnknownNameError) as e:
         raise _fail(str(e)) from None
     if outcome.skipped:
         typer.echo(f"skipped: {outcome.path} already holds this config")
         return
-    for line in TASKS.get(task)().summary(outcome.result):
+    for line in TASKS.get(cfg.task)().summary(outcome.result):
         typer.echo(line)
     typer.echo(f"wrote {outcome.path} ({outcome.result['timings']['total_s']:.1f} s)")  # type: ignore[index]
 
@@ -128,6 +107,7 @@ def report(
 
 @app.command()
 def feedback(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option(help=f"Model: {', '.join(MODELS.names())}.")] = "ours",
     dataset: Annotated[str, typer.Option(help=f"Dataset: {', '.join(DATASETS.names())}.")] = "synthetic",
     rounds: Annotated[int, typer.Option(help="Feedback rounds T (rankings 0..T are measured).")] = 5,
@@ -150,20 +130,21 @@ def feedback(
     progress: Annotated[bool, typer.Option(help="Show progress bars (training).")] = False,
 ) -> None:
     """Interactive refinement with a simulated user: every arm, rounds 0..T, on the evaluated split."""
-    for kind, reg, name in (("model", MODELS, model), ("dataset", DATASETS, dataset)):
-        if name not in reg:
-            raise _fail(str(UnknownNameError(kind, name, reg.names())))
     from benchmark.config import ConfigError
-    from benchmark.feedback.options import feedback_config, run_config
+    from benchmark.feedback.options import feedback_config
     from benchmark.feedback.session import run_feedback
+    from benchmark.preflight import check_run
+    from benchmark.run_flags import CliConfig
     from datamodules.base import DataError
 
+    flags = CliConfig.from_context(
+        ctx, config=config, sets=set_, model=model, dataset=dataset, size=size, tag=tag, seed=seed, epochs=epochs,
+        data_root=data_root, pretrained=pretrained, results_dir=results_dir, cache_dir=cache_dir)
     try:
-        cfg = run_config(model=model, dataset=dataset, size=size, tag=tag, seed=seed, epochs=epochs,
-                         data_root=data_root, pretrained=pretrained, config=config, sets=set_ or [],
-                         results_dir=results_dir, cache_dir=cache_dir)
+        cfg = flags.build()
         fb = feedback_config(rounds=rounds, display=display, mode=mode, llm=llm, llm_model=llm_model,
                              max_queries=max_queries, sets=feedback_set or [])
+        check_run(cfg)
         outcome = run_feedback(cfg, fb, progress=progress)
     except (ConfigError, DataError, UnknownNameError) as e:
         raise _fail(str(e)) from None
@@ -192,6 +173,7 @@ def data_check(
     """
     if dataset not in DATASETS:
         raise _fail(str(UnknownNameError("dataset", dataset, DATASETS.names())))
+    from benchmark.safe_json import JsonReadError, loads_json
     from datamodules.base import DataError
     from datamodules.check import check_dataset
     from datamodules.datamodule import DataConfig
@@ -208,7 +190,7 @@ def data_check(
         env = os.environ.get(DATA_ROOT_ENV)
         data_root = Path(env) / dataset if env else None
     try:
-        opts = json.loads(options) if options else {}
+        opts = loads_json(options, "--options") if options else {}
         if not isinstance(opts, dict):
             raise DataError("--options must be a JSON object")
         from benchmark.config import default_cache_dir
@@ -216,8 +198,8 @@ def data_check(
         dm = cls(DataConfig(root=str(data_root or ""), options=opts))
         dm.set_check_cache(Path(cache_dir or default_cache_dir()) / "image_checks")
         report = check_dataset(dm, recheck=recheck)
-    except json.JSONDecodeError as e:
-        raise _fail(f"--options is not valid JSON ({e.msg})") from None
+    except JsonReadError as e:
+        raise _fail(str(e)) from None
     except DataError as e:
         raise _fail(str(e)) from None
     for line in report.lines():
@@ -226,19 +208,9 @@ def data_check(
         raise typer.Exit(1)
 
 
-def _options(**values) -> dict:
-    """Run-config overrides from CLI options (None = not given); ``epochs`` and ``data_root`` nest."""
-    out: dict = {k: str(v) if isinstance(v, Path) else v for k, v in values.items()
-                 if v is not None and k not in ("epochs", "data_root")}
-    if values.get("epochs") is not None:
-        out["train"] = {"max_epochs": values["epochs"]}
-    if values.get("data_root") is not None:
-        out["data"] = {"root": str(values["data_root"])}
-    return out
-
-
 @app.command()
 def ablate(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Ablation: a folder of benchmark/configs/ablations (qscaler, qformer, attention).")],
     dataset: Annotated[str, typer.Option(help=f"Dataset: {', '.join(DATASETS.names())}.")] = "synthetic",
     size: Annotated[str, typer.Option(help="tiny or full.")] = "tiny",
@@ -256,14 +228,15 @@ def ablate(
 ) -> None:
     """Run every arm of an ablation (one result file each), then print its table."""
     from benchmark.ablate import ablation_table, get, run_ablation
-    from benchmark.config import ConfigError, load_override_file, parse_set
+    from benchmark.config import ConfigError
+    from benchmark.run_flags import CliConfig
     from datamodules.base import DataError
 
+    flags = CliConfig.from_context(ctx, config=config, sets=set_, dataset=dataset, size=size, seed=seed,
+                                   epochs=epochs, data_root=data_root, results_dir=results_dir, cache_dir=cache_dir)
     try:
         ablation = get(name)
-        cli = _options(dataset=dataset, size=size, seed=seed, epochs=epochs, data_root=data_root,
-                       results_dir=results_dir, cache_dir=cache_dir)
-        overrides = [*([load_override_file(config)] if config else []), cli, parse_set(set_ or [])]
+        overrides = flags.layers()
         results = run_ablation(ablation, overrides, tag=tag, retrain=retrain, skip_existing=skip_existing,
                                progress=progress)
     except (ConfigError, DataError, UnknownNameError) as e:
@@ -274,6 +247,7 @@ def ablate(
 
 @app.command()
 def vqa(
+    ctx: typer.Context,
     image: Annotated[Path, typer.Option(help="The image file the question is about.")],
     question: Annotated[str, typer.Option(help='The question, e.g. "What colour is the circle?".')],
     model: Annotated[str, typer.Option(help=f"Model: {', '.join(MODELS.names())} (the BLIP2 family answers).")] = "ours",
@@ -288,24 +262,25 @@ def vqa(
     cache_dir: Annotated[Optional[Path], typer.Option(help="Cache holding the trained checkpoints.")] = None,
 ) -> None:
     """Answer one question about one image (tiny: never trains; run `bench run --task vqa` first)."""
-    for kind, reg, name in (("model", MODELS, model), ("dataset", DATASETS, dataset)):
-        if name not in reg:
-            raise _fail(str(UnknownNameError(kind, name, reg.names())))
     if not image.is_file():
         raise _fail(f"--image: {image}: image file not found")
     from transformers.utils import logging as hf_logging
 
-    from benchmark.config import ConfigError, build_run_config, load_override_file, parse_set
+    from benchmark.config import ConfigError
+    from benchmark.preflight import check_run
+    from benchmark.run_flags import CliConfig
     from benchmark.tasks.vqa_training import load_vqa_model
     from datamodules.base import DataError, load_image
 
     hf_logging.disable_progress_bar()  # the answer alone on the terminal
-    cli = _options(dataset=dataset, size=size, seed=seed, data_root=data_root, cache_dir=cache_dir) | {"task": "vqa"}
+    flags = CliConfig.from_context(ctx, config=config, sets=set_, model=model, dataset=dataset, size=size, seed=seed,
+                                   data_root=data_root, cache_dir=cache_dir)
+    fixed: dict = {"task": "vqa"}
     if size == "full":
-        cli |= {"model_args": {"pretrained": pretrained}, "task_args": {"lm": lm}, "train": {"max_epochs": 0}}
+        fixed |= {"model_args": {"pretrained": pretrained}, "task_args": {"lm": lm}, "train": {"max_epochs": 0}}
     try:
-        overrides = [*([load_override_file(config)] if config else []), cli, parse_set(set_ or [])]
-        cfg = build_run_config(model_defaults(model), *overrides)
+        cfg = flags.build(fixed)
+        check_run(cfg, writes_results=False)
         vqa_model = load_vqa_model(cfg)
         pixels = vqa_model.retrieval.image_transform()(load_image(image))[None]
     except (ConfigError, DataError, UnknownNameError) as e:
@@ -328,10 +303,11 @@ def regress(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = False,
 ) -> None:
     """Run the tiny suite and compare its metrics with the baselines; exit 1 on a regression beyond tolerance."""
-    from benchmark.config import ConfigError, load_override_file, parse_set
+    from benchmark.config import ConfigError
     from benchmark.regression.compare import compare_results
     from benchmark.regression.suite import results_in, run_suite, suite_models, update_baseline
     from benchmark.regression.tolerances import tolerances_for
+    from benchmark.run_flags import CliConfig
     from benchmark.results import ResultFileError
     from benchmark.text_table import text_table
     from datamodules.base import DataError
@@ -344,15 +320,15 @@ def regress(
             if not new:
                 raise ConfigError(f"--from-results: no result files{' of ' + subset if subset else ''} in {from_results}")
         else:
-            overrides = [*([load_override_file(config)] if config else []), parse_set(set_ or [])]
-            new = run_suite(models, overrides, cache_dir=cache_dir, progress=progress, echo=typer.echo)
+            new = run_suite(models, CliConfig(config=config, sets=tuple(set_ or ())).layers(), cache_dir=cache_dir,
+                            progress=progress, echo=typer.echo)
+        if update:
+            for path in update_baseline(new, baseline_dir):
+                typer.echo(f"wrote {path}")
+            return
+        comparison = compare_results(new, baseline_dir, tol)
     except (ConfigError, DataError, ResultFileError, UnknownNameError) as e:
         raise _fail(str(e)) from None
-    if update:
-        for path in update_baseline(new, baseline_dir):
-            typer.echo(f"wrote {path}")
-        return
-    comparison = compare_results(new, baseline_dir, tol)
     if comparison.missing_baselines:
         raise _fail(f"no baseline in {baseline_dir} for {', '.join(comparison.missing_baselines)}; create it from a "
                     f"quiet machine with `bench regress --update --baseline-dir {baseline_dir}` (same options) and commit it")
@@ -389,14 +365,15 @@ def reproduce(
     dry_run: Annotated[bool, typer.Option(help="Print the plan (size full: with split sizes and GPU-hour estimates) and run nothing.")] = False,
 ) -> None:
     """Every registered model and every ablation arm (tiny, SynthScenes; or full, real datasets), then the report; exit 1 if a step failed."""
-    from benchmark.config import ConfigError, load_override_file, parse_set
+    from benchmark.config import ConfigError
     from benchmark.reporting.options import ReportOptions, ReportOptionsError
     from benchmark.reproduce.execute import execute_plan, failed, summary
     from benchmark.reproduce.plan import build_plan
     from benchmark.reproduce.steps import RunSettings
+    from benchmark.run_flags import CliConfig
 
     try:
-        overrides = [*([load_override_file(config)] if config else []), parse_set(set_ or [])]
+        overrides = CliConfig(config=config, sets=tuple(set_ or ())).layers()
         if size == "full":
             from benchmark.reproduce.full_cli import full_plan
 

@@ -1,11 +1,15 @@
 """Typed run configuration: dataclasses validated on construction, to and from JSON.
 
 A run is described by one :class:`RunConfig`. It is built from defaults, then an optional
-JSON override file (``--config``), then ``--set key.path=value`` overrides, and validated
-field by field: an unknown key or a wrong type names the offending key and what was
-expected. ``to_dict`` / ``from_dict`` round-trip exactly, and the config is stored whole in
-every result file. Model-specific options (``model_args``) are validated by the model's
-own config class when the model is built.
+JSON override file (``--config``), then the CLI flags given explicitly, then ``--set
+key.path=value`` overrides (the one builder: ``benchmark/run_flags.py``), and validated field
+by field: an unknown key, a wrong type or a non-finite number (NaN, inf: refused for every
+float option) names the offending key and what was expected. What needs the registries or the
+machine (Trainer flags, GPUs, writable output and cache folders, checkpoint paths) is checked
+as a whole before any data is prepared (``benchmark/preflight.py``). JSON files are read with
+``benchmark/safe_json.py``. ``to_dict`` / ``from_dict`` round-trip exactly, and the config is
+stored whole in every result file. Model-specific options (``model_args``) are validated by
+the model's own config class when the model is built.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import types
@@ -23,11 +28,18 @@ from typing import Any
 
 from benchmark.measure.settings import MeasureConfig
 from benchmark.registry import TASKS
+from benchmark.safe_json import JsonReadError, loads_json, read_json
 from datamodules.base import DIRECTIONS
 from datamodules.datamodule import DataConfig
 from lightning_modules.optim import OptimConfig
 
 SIZES = ("tiny", "full")
+#: seeds numpy (and so ``lightning.seed_everything``) accepts
+MAX_SEED = 2**32 - 1
+#: ``train.precision`` values: Lightning's precision flags (``lightning.fabric.connector._PRECISION_INPUT_STR``
+#: and its aliases; tests/test_preflight.py checks the list against the installed Lightning)
+TRAIN_PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
+                    "bf16-mixed", "32-true", "64-true", "16", "32", "64", "bf16")
 DEFAULT_TASK = "retrieval"
 _TAG = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -96,6 +108,11 @@ class TrainConfig:
             raise ConfigError("train.devices and train.num_nodes must be >= 1")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError("train.num_threads must be >= 1 or null")
+        if not math.isfinite(self.gradient_clip_val) or self.gradient_clip_val < 0:
+            raise ConfigError(f"train.gradient_clip_val must be a finite number >= 0, got {self.gradient_clip_val}")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ConfigError(f"train.precision must be one of Lightning's precision flags "
+                              f"({', '.join(TRAIN_PRECISIONS)}), got {self.precision!r}")
         if not 0 < self.limit_train_batches <= 1:
             raise ConfigError("train.limit_train_batches must be in (0, 1]")
         if self.resume not in ("auto", "never"):
@@ -180,6 +197,8 @@ class RunConfig:
             raise ConfigError(f"tag must match {_TAG.pattern} (it becomes part of a file name), got {self.tag!r}")
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {', '.join(TASKS.names())}, got {self.task!r}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be an integer in [0, {MAX_SEED}] (numpy's seed range), got {self.seed}")
 
     # -- identity ----------------------------------------------------------------------
     def result_path(self) -> Path:
@@ -307,7 +326,13 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -349,34 +374,53 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def parse_set(assignments: list[str]) -> dict:
-    """``["train.max_epochs=3", "model_args.width=64"]`` -> nested dict (values parsed as JSON)."""
+_KEY_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_set(assignments: list[str], option: str = "--set") -> dict:
+    """``["train.max_epochs=3", "model_args.width=64"]`` -> nested dict. A value is parsed as
+    JSON (with :func:`benchmark.safe_json.loads_json`'s bounds) and taken as a plain string when
+    it is not JSON (``model_args.pretrained=/x/y``). A later assignment of the same key wins; a
+    key that is both given a value and used as a section (``train=3`` and ``train.max_epochs=2``)
+    is refused."""
     out: dict = {}
+    origin: dict[tuple[str, ...], str] = {}  # key path -> the assignment that set it (for messages)
     for a in assignments:
         key, sep, raw = a.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.max_epochs=3), got {a!r}")
+        parts = tuple(key.split("."))
+        if not sep or not key or not all(_KEY_PART.match(p) for p in parts):
+            raise ConfigError(f"{option} expects KEY=VALUE with KEY dot-separated option names "
+                              f"(e.g. train.max_epochs=3), got {a[:200]!r}")
         try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
+            value = loads_json(raw, f"{option} {key}")
+        except JsonReadError as e:
+            if not e.syntax:
+                raise ConfigError(str(e)) from None
             value = raw
         node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
+        for depth, p in enumerate(parts[:-1]):
+            if p in node and not isinstance(node[p], dict):
+                raise ConfigError(f"{option} {a[:200]!r}: {'.'.join(parts[:depth + 1])} was set to a value by "
+                                  f"{origin[parts[:depth + 1]]!r}, so it cannot also hold options")
             node = node.setdefault(p, {})
-        node[parts[-1]] = value
+        last = parts[-1]
+        if isinstance(node.get(last), dict) and node[last] and not isinstance(value, dict):
+            raise ConfigError(f"{option} {a[:200]!r}: {key} already holds options set by "
+                              f"{next(v for k, v in origin.items() if k[:len(parts)] == parts)!r}; "
+                              f"give either {key}=VALUE or {key}.OPTION=VALUE")
+        node[last] = value
+        origin[parts] = a[:200]
     return out
 
 
 def load_override_file(path: Path) -> dict:
+    """A ``--config`` file: a JSON object of run-config overrides, read safely."""
     try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"--config: file {path} not found") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--config: {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+        data = read_json(path, what="--config file")
+    except JsonReadError as e:
+        raise ConfigError(str(e)) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"--config: {path} must hold a JSON object")
+        raise ConfigError(f"--config file {path}: must hold a JSON object of options, got {type(data).__name__}")
     return data
 
 
@@ -391,7 +435,10 @@ def model_defaults(model: str, size: str = "tiny") -> dict:
     folder = resources.files("benchmark") / "configs" / "models"
     for ref in ((folder / "full" / f"{model}.json",) if size == "full" else ()) + (folder / f"{model}.json",):
         if ref.is_file():
-            return json.loads(ref.read_text())
+            try:
+                return loads_json(ref.read_bytes(), f"model config {ref}")
+            except JsonReadError as e:
+                raise ConfigError(str(e)) from None
     return {"model": model}
 
 

@@ -19,7 +19,6 @@ ranges, per-query arrays), raising :class:`ResultFileError` naming the file and 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -31,6 +30,8 @@ from typing import Any
 import pandas as pd
 
 from benchmark.atomic import atomic_write_json as write_json
+from benchmark.safe_json import JsonReadError
+from benchmark.safe_json import read_json as safe_read_json
 from benchmark.result_checks import SCHEMA_VERSION, ResultFileError, check_result
 
 PACKAGES = ("instructsee-bench", "torch", "lightning", "transformers", "torchmetrics", "tokenizers", "numpy",
@@ -60,22 +61,13 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    """The raw read of a result file: parsed JSON, or :class:`ResultFileError` naming the file.
-
-    This one call is the seam for the shared safe JSON reader: every failure a hostile file
-    can cause (not UTF-8, nested too deep, a directory, a huge integer, bad JSON) becomes a
-    clear error here, never a traceback."""
-    path = Path(path)
+    """The raw read of a result file through the suite's safe JSON reader
+    (:mod:`benchmark.safe_json`): parsed JSON, or :class:`ResultFileError` naming the file (not
+    UTF-8, nested too deep, a directory, a huge integer, bad JSON), never a traceback."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except IsADirectoryError:
-        raise ResultFileError(f"{path}: is a directory, not a result file") from None
-    except UnicodeDecodeError as e:
-        raise ResultFileError(f"{path}: not UTF-8 text (byte {e.start}); a result file is UTF-8 JSON") from None
-    except RecursionError:
-        raise ResultFileError(f"{path}: JSON nested too deeply to read") from None
-    except (OSError, ValueError) as e:  # ValueError: bad JSON, or an integer too long to convert
-        raise ResultFileError(f"{path}: cannot read result file ({e})") from None
+        return safe_read_json(Path(path), what="result file")
+    except JsonReadError as e:
+        raise ResultFileError(str(e)) from None
 
 
 def load_result(path: Path) -> dict:

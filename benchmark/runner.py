@@ -34,6 +34,7 @@ from benchmark.config import (
     stable_hash,
     to_dict,
 )
+from benchmark.preflight import check_run, load_cached_checkpoint
 from benchmark.registry import DATASETS, MODELS, TASKS
 from benchmark.resume import ResumePoint, resume_dir, resume_from
 from benchmark.results import SCHEMA_VERSION, atomic_write_json, environment, load_result, ResultFileError
@@ -300,6 +301,7 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
     t0 = time.perf_counter()
     task = TASKS.get(cfg.task)()
     task.check(cfg)  # before anything is trained
+    check_run(cfg)  # the config as a whole, on this machine, before any data is prepared
     model_cls, model_config, dm = _resolve(cfg)
     if skip_existing and path.exists() and _up_to_date(path, cfg, model_cls, model_config, dm.content_identity()):
         return RunOutcome(path, None, skipped=True)
@@ -310,7 +312,8 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
 
     t = time.perf_counter()
     if cfg.checkpoint:
-        return _evaluate(cfg, task, model_cls.load_checkpoint(_given_checkpoint(cfg)), dm, t0, progress=progress)
+        return _evaluate(cfg, task, load_cached_checkpoint(model_cls, _given_checkpoint(cfg), given=True), dm, t0,
+                         progress=progress)
     model_config, dependencies = resolve_dependencies(cfg, model_cls, model_config, progress=progress)
     if dependencies:
         timings["dependencies_s"] = time.perf_counter() - t
@@ -325,7 +328,7 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
     loader = None
     t = time.perf_counter()
     if cfg.train.max_epochs > 0 and ckpt.exists() and not retrain:
-        model = model_cls.load_checkpoint(ckpt)
+        model = load_cached_checkpoint(model_cls, ckpt)
         timings["load_checkpoint_s"] = time.perf_counter() - t
     else:
         model = model_cls.create(model_config, cfg.train.optim, dm.vocabulary_texts())

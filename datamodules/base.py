@@ -20,7 +20,6 @@ real datasets use.
 from __future__ import annotations
 
 import hashlib
-import json
 import string
 import warnings
 from collections.abc import Callable, Sequence
@@ -32,6 +31,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
+from benchmark.safe_json import JsonReadError, loads_json
+from benchmark.safe_json import read_json as read_safely
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -275,20 +277,13 @@ def sha256_of_files(paths: Sequence[Path]) -> str:
 
 
 def read_json(path: Path, data: bytes | None = None) -> Any:
-    """Read a JSON annotation file (or parse ``data``, its bytes already read); errors name the file."""
+    """Read a JSON annotation file (or parse ``data``, its bytes already read) with the suite's
+    safe JSON reader (``benchmark/safe_json.py``: non-UTF-8, a folder, deep nesting, huge
+    numbers refused); errors name the file."""
     try:
-        if data is not None:
-            return json.loads(data.decode("utf-8"))
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError as e:
-        raise DataError(f"{path}: annotation file not found") from e
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text, so not a JSON annotation file ({e.reason} at byte {e.start})") from e
-    except (OSError, RecursionError) as e:
-        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from e
+        return loads_json(data, str(path)) if data is not None else read_safely(path, what="annotation file")
+    except JsonReadError as e:
+        raise DataError(str(e)) from None
 
 
 def build_eval_set(

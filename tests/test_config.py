@@ -50,7 +50,7 @@ def test_parse_set_and_files(tmp_path):
         parse_set(["train.max_epochs"])
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(ConfigError, match="bad.json is not valid JSON"):
+    with pytest.raises(ConfigError, match="bad.json: not valid JSON"):
         load_override_file(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_override_file(tmp_path / "missing.json")

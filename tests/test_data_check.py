@@ -104,7 +104,7 @@ def test_fuzz_annotation_file_readers_on_any_bytes(tmp_path_factory, content):
             read(path)
         except DataError as e:
             assert str(path) in str(e)
-    with pytest.raises(DataError, match="cannot read"):
+    with pytest.raises(DataError, match="is a directory"):
         read_json(path.parent)  # a folder
 
 

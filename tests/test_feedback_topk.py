@@ -198,7 +198,8 @@ def test_row_cache_keeps_rows_within_its_budget():
     ({"similarity": {"row_cache_mb": float("nan")}}, "feedback.similarity.row_cache_mb"),
     ({"similarity": {"top_k": 1.5}}, "feedback.similarity.top_k: expected an integer"),
     ({"similarity": {"k": 3}}, "feedback.similarity.k"),
-    ({"refresh": {"w_ns": float("nan")}}, "feedback.refresh.w_ns must be a number >= 0"),
+    ({"refresh": {"w_ns": float("nan")}}, "feedback.refresh.w_ns: expected a finite number"),  # from_dict refuses NaN
+    ({"refresh": {"w_ns": -1.0}}, "feedback.refresh.w_ns must be a number >= 0"),
 ])
 def test_similarity_options_are_validated(override, message):
     with pytest.raises(ConfigError, match=message):

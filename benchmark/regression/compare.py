@@ -10,6 +10,8 @@ Runs are matched by result-file name (``<model>__<dataset>__<tag>.json``). Per m
 * ``MISSING`` -- in the baseline, absent from the new run (a failure);
 * ``new`` -- absent from the baseline (not a failure); ``ignored`` -- the rule ignores it.
 
+Both sides are checked first (``benchmark/regression/files.py``): a baseline that cannot be
+read, or a metric that is not a finite number or null, is an error naming the file and key.
 A new run without a baseline file is reported separately (:attr:`Comparison.missing_baselines`):
 it cannot be compared, and ``bench regress`` refuses to pass.
 """
@@ -20,8 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmark.regression.files import check_metrics, read_result
 from benchmark.regression.tolerances import Tolerances
-from benchmark.results import load_result
 
 FAILING = ("REGRESSION", "MISSING")
 HEADLINE = ("t2i/R@5", "t2i/MRR", "t2i/Sim", "i2t/R@5", "qlen/mean", "gflops/total", "memory_mb",
@@ -120,10 +122,11 @@ def compare_results(new: Mapping[str, dict], baseline_dir: Path, tolerances: Tol
     out = Comparison()
     for name in sorted(new):
         path = Path(baseline_dir) / name
-        if not path.is_file():
+        if not path.exists():
             out.missing_baselines.append(name)
             continue
-        old = load_result(path)
+        old = read_result(path, "baseline result file")
+        check_metrics(new[name], f"new result {name}")
         out.rows += compare_metrics(name, old["metrics"], new[name]["metrics"], tolerances)
         out.notes += _notes(name, old, new[name])
     return out

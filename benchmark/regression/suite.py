@@ -11,14 +11,15 @@ baseline folder (with the shipped tolerances, if the folder has none).
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from benchmark.config import ConfigError, RunConfig, build_run_config, model_defaults
+from benchmark.preflight import check_run
 from benchmark.regression.tolerances import FILE, shipped_path
 from benchmark.results import atomic_write_json, load_result_files
+from benchmark.safe_json import loads_json
 
 DATASET = "synthetic"
 TAG = "regress"
@@ -53,7 +54,9 @@ def run_suite(models: Sequence[str], overrides: Sequence[dict] = (), *, cache_di
     with tempfile.TemporaryDirectory(prefix="bench_regress_") as tmp:
         cache = Path(cache_dir) if cache_dir else Path(tmp) / "cache"
         configs = suite_configs(models, overrides, Path(tmp) / "results", cache)
-        for i, cfg in enumerate(configs, 1):  # every config is valid before the first run
+        for cfg in configs:  # every config is valid, on this machine, before the first run
+            check_run(cfg)
+        for i, cfg in enumerate(configs, 1):
             echo(f"[{i}/{len(configs)}] {cfg.model} ({cfg.size}, {cfg.dataset}, seed {cfg.seed})")
             run(cfg, progress=progress)
         return {Path(r.pop("_path")).name: r for r in load_result_files(Path(tmp) / "results")}
@@ -61,10 +64,12 @@ def run_suite(models: Sequence[str], overrides: Sequence[dict] = (), *, cache_di
 
 def results_in(directory: Path, models: Sequence[str] | None = None) -> dict[str, dict]:
     """Result files already in ``directory`` (those of ``models`` only, if given; not its tolerances file)."""
-    from benchmark.results import load_result
+    from benchmark.regression.files import read_result
 
-    found = {p.name: load_result(p) for p in sorted(Path(directory).glob("*.json")) if p.name != FILE}
-    return {k: v for k, v in found.items() if models is None or v["model"] in models}
+    if not Path(directory).is_dir():
+        raise ConfigError(f"--from-results {directory}: not a folder (expected a folder of result files)")
+    found = {p.name: read_result(p) for p in sorted(Path(directory).glob("*.json")) if p.name != FILE}
+    return {k: v for k, v in found.items() if models is None or v.get("model") in models}
 
 
 def update_baseline(results: dict[str, dict], baseline_dir: Path) -> list[Path]:
@@ -75,6 +80,6 @@ def update_baseline(results: dict[str, dict], baseline_dir: Path) -> list[Path]:
         atomic_write_json(baseline_dir / name, result)
         written.append(baseline_dir / name)
     if not (baseline_dir / FILE).exists():
-        atomic_write_json(baseline_dir / FILE, json.loads(shipped_path().read_text()))
+        atomic_write_json(baseline_dir / FILE, loads_json(shipped_path().read_bytes(), f"tolerances file {shipped_path()}"))
         written.append(baseline_dir / FILE)
     return written

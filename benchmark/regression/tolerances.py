@@ -16,12 +16,12 @@ counts exact, time and memory ignored).
 from __future__ import annotations
 
 import fnmatch
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from benchmark.config import ConfigError, from_dict
+from benchmark.safe_json import JsonReadError, loads_json, read_json
 
 BETTER = ("higher", "lower", "either")
 FILE = "tolerances.json"
@@ -73,11 +73,12 @@ def load_tolerances(path=None) -> Tolerances:
     """Read and validate a tolerances file (errors name the file, the rule and the field)."""
     path = shipped_path() if path is None else path
     try:
-        data = json.loads((Path(path) if isinstance(path, str) else path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"tolerances file {path} not found") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        if isinstance(path, (str, Path)):
+            data = read_json(Path(path), what="tolerances file")
+        else:  # the shipped file (a package resource)
+            data = loads_json(path.read_bytes(), f"tolerances file {path}")
+    except JsonReadError as e:
+        raise ConfigError(str(e)) from None
     rules = data.get("rules") if isinstance(data, dict) else None
     if not isinstance(rules, list) or not rules:
         raise ConfigError(f"{path}: expected an object with a non-empty list 'rules'")

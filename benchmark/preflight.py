@@ -1,0 +1,149 @@
+"""The validation layer of a run: :func:`check_run` checks a built :class:`RunConfig` as a whole
+*before* any data is prepared or any model trained, so a bad option fails in a second with
+exit 2 instead of after minutes of training.
+
+The config dataclasses already refuse what can be judged from the values alone (types,
+ranges, finite numbers, option names; ``benchmark/config.py``). This layer checks what needs
+the registries or the machine:
+
+* the model, dataset and task are registered, and ``model_args`` are valid for the model's
+  own config class;
+* the Trainer flags: ``train.strategy`` is ``auto`` or one of Lightning's registered
+  strategies, ``train.accelerator`` is ``auto``, ``gpu`` or a registered accelerator that is
+  available on this machine (``accelerator=gpu`` without a GPU fails here), and no more
+  devices than it has are asked for;
+* ``model_args.pretrained``: a local path must exist; anything else must be a hub id
+  (``name`` or ``namespace/name``);
+* ``--checkpoint`` is a folder;
+* the results and cache folders are writable: a probe file of 4 KiB is written, flushed to
+  disk (``fsync``: a full disk fails here) and removed, in the folder or, when it does not
+  exist yet, in its nearest existing ancestor (nothing is created). A path that is a file,
+  read-only or full fails with its option named.
+
+Every failure is a :class:`~benchmark.config.ConfigError` naming the option and what was
+expected (the CLI prints it and exits with code 2).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from benchmark.config import ConfigError, RunConfig, from_dict
+from benchmark.registry import DATASETS, MODELS, TASKS, UnknownNameError
+
+#: a Hugging Face hub id: ``name`` or ``namespace/name``
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+#: bytes the writability probe writes (one file-system block: a full disk refuses it)
+PROBE_BYTES = 4096
+
+
+def check_run(cfg: RunConfig, *, writes_results: bool = True) -> None:
+    """Refuse ``cfg`` with a :class:`ConfigError` if it cannot run on this machine.
+    ``writes_results=False``: a command that writes no result file (``bench vqa``)."""
+    for kind, registry, name in (("model", MODELS, cfg.model), ("dataset", DATASETS, cfg.dataset),
+                                 ("task", TASKS, cfg.task)):
+        if name not in registry:
+            raise ConfigError(str(UnknownNameError(kind, name, registry.names())))
+    model_config = from_dict(MODELS.get(cfg.model).Config, cfg.model_args, "model_args")
+    check_pretrained(getattr(model_config, "pretrained", None))
+    check_trainer_flags(cfg.train.accelerator, cfg.train.strategy, cfg.train.devices)
+    if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_dir():
+        raise ConfigError(f"--checkpoint {cfg.checkpoint}: not a folder (expected a trained suite checkpoint folder, "
+                          f"e.g. {Path(cfg.cache_dir) / 'checkpoints'}/<model>__<dataset>__<size>__<hash>)")
+    if writes_results:
+        check_writable_folder(Path(cfg.results_dir), "results_dir (--results-dir)")
+        target = cfg.result_path()
+        if target.exists() and not target.is_file():
+            raise ConfigError(f"result file {target}: exists and is not a regular file (expected a file the run "
+                              f"can replace, or nothing)")
+    check_writable_folder(Path(cfg.cache_dir), "cache_dir (--cache-dir / $INSTRUCTSEE_CACHE)")
+
+
+def check_pretrained(value: str | None) -> None:
+    """``model_args.pretrained``: an existing local path, or a hub id."""
+    if not value:
+        return
+    path = Path(value).expanduser()
+    if path.exists():
+        return
+    if value.startswith(("/", ".", "~")) or "\\" in value or not HUB_ID.match(value):
+        raise ConfigError(f"model_args.pretrained (--pretrained) {value!r}: no such file or folder; expected a local "
+                          f"checkpoint folder or a hub id (name or namespace/name)")
+
+
+def _accelerator_available(name: str) -> bool:
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    if name == "gpu":  # Lightning's alias: CUDA, else MPS
+        return any(AcceleratorRegistry[n]["accelerator"].is_available() for n in ("cuda", "mps"))
+    return AcceleratorRegistry[name]["accelerator"].is_available()
+
+
+def check_trainer_flags(accelerator: str, strategy: str, devices: int) -> None:
+    """The Lightning Trainer flags the run passes: names registered, the accelerator present."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    strategies = ["auto", *StrategyRegistry.available_strategies()]
+    if strategy not in strategies:
+        raise ConfigError(f"train.strategy (--strategy) must be one of Lightning's strategies ({', '.join(strategies)}), "
+                          f"got {strategy!r}")
+    accelerators = ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]
+    if accelerator not in accelerators:
+        raise ConfigError(f"train.accelerator must be one of {', '.join(accelerators)}, got {accelerator!r}")
+    if accelerator != "auto" and not _accelerator_available(accelerator):
+        raise ConfigError(f"train.accelerator={accelerator!r}: no such device on this machine "
+                          f"(use 'auto' or 'cpu')")
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        count = torch.cuda.device_count()
+        if count and devices > count:
+            raise ConfigError(f"train.devices (--devices) {devices}: this machine has {count} GPU(s)")
+
+
+def check_writable_folder(path: Path, option: str) -> None:
+    """``path`` is a folder (or can be created as one) where files can be written: a probe file
+    is written, fsynced and removed in it, or -- when it does not exist yet -- in its nearest
+    existing ancestor (nothing is created: a run that fails later leaves no empty folder)."""
+    probe_dir = path
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        where = "" if probe_dir == path else f" (its ancestor {probe_dir} is not a folder)"
+        raise ConfigError(f"{option} {path}: exists and is not a folder{where}; expected a writable folder")
+    probe = None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=probe_dir)
+        try:
+            os.write(fd, b"\0" * PROBE_BYTES)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        where = "" if probe_dir == path else f" (probed in {probe_dir}, where it would be created)"
+        raise ConfigError(f"{option} {path}: not writable{where}: {e.strerror or e}; expected a folder with room "
+                          f"for the run's files") from None
+    finally:
+        if probe is not None:
+            try:
+                os.unlink(probe)
+            except OSError:
+                pass
+
+
+def load_cached_checkpoint(model_cls, directory: Path, *, given: bool = False):
+    """``model_cls.load_checkpoint(directory)``; a checkpoint that cannot be loaded (truncated or
+    corrupt weights: ``SafetensorError``, a broken config file, ...) is a :class:`ConfigError`
+    naming the folder and the way out instead of a traceback: ``--retrain`` for a checkpoint of
+    the cache, another folder for one given with ``--checkpoint`` (``given=True``)."""
+    try:
+        return model_cls.load_checkpoint(directory)
+    except Exception as e:  # noqa: BLE001 - any failure to load is reported with its type and message
+        what, fix = (("--checkpoint", "give a complete checkpoint folder saved by the suite") if given else
+                     ("cached checkpoint", "run again with --retrain to train it anew (or delete the folder)"))
+        raise ConfigError(f"{what} {directory} cannot be loaded ({type(e).__name__}: {str(e)[:300]}); it is "
+                          f"truncated, corrupt or not a {model_cls.__name__} checkpoint: {fix}") from e
