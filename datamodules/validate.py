@@ -12,6 +12,7 @@ with hypothesis to keep it so). Optional keys that the real data omits are read 
 from __future__ import annotations
 
 import json
+from benchmark.safe_json import JsonReadError, loads_json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -104,11 +105,9 @@ def read_jsonl(path: Path) -> list[Any]:
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {number}: not valid JSON ({e.msg})") from e
-        except RecursionError as e:
-            raise DataError(f"{path}: line {number}: nested too deeply") from e
+            out.append(loads_json(line, f"{path}: line {number}"))
+        except JsonReadError as e:
+            raise DataError(str(e)) from None
     return out
 
 

@@ -10,6 +10,7 @@ and names the field when something is wrong.
 from __future__ import annotations
 
 import json
+from benchmark.safe_json import JsonReadError, read_json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,8 +96,8 @@ def _table(raw, where: str) -> PaperTable:
 
 def load_paper_tables(path: Path = PAPER_TABLES) -> PaperTables:
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+        raw = read_json(Path(path), what="paper tables file")
+    except JsonReadError as e:
         raise PaperTablesError(f"{path}: cannot read the paper's reference tables ({e})") from e
     ablations = _need(raw, "ablations", dict, "top")
     return PaperTables(

@@ -17,6 +17,7 @@ These are ESTIMATES, built on the assumptions of :data:`ASSUMPTIONS` (printed wi
 from __future__ import annotations
 
 import json
+from benchmark.safe_json import read_json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,14 +90,14 @@ class CostTable:
 
 def load_costs(path: Path) -> CostTable:
     """The per-model throughputs of a ``gpu_costs.json``."""
+    if not Path(path).exists():
+        raise CostError(f"--gpu-costs: {path}: file not found (written by scripts/bench_gpu.py)")
     try:
-        doc = json.loads(Path(path).read_text())
+        doc = read_json(Path(path), what="GPU cost file")
         settings, models = doc["settings"], doc["models"]
         batch = int(settings["batch_size"])
         costs = {name: ModelCost(float(m["throughput_img_s"]), float(m["step_img_s"]), batch, m.get("k_test"))
                  for name, m in models.items()}
-    except FileNotFoundError:
-        raise CostError(f"--gpu-costs: {path}: file not found (written by scripts/bench_gpu.py)") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CostError(f"--gpu-costs: {path}: not a gpu_costs.json of scripts/bench_gpu.py ({type(e).__name__}: {e})") from None
     device = (doc.get("environment") or {}).get("cuda_device_name") or "unknown device"
