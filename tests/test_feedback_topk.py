@@ -253,12 +253,13 @@ def test_committed_reference_configs_keep_their_hash_and_settings(tag):
     from pathlib import Path
 
     from benchmark.config import RunConfig
-    from benchmark.feedback.record import result_hash
+    from benchmark.feedback.record import recorded_feedback_config, result_hash
 
     ref = json.loads((Path(__file__).parents[1] / "results" / "reference"
                       / f"feedback__ours__synthetic__{tag}.json").read_text())
     cfg = from_dict(RunConfig, ref["config"], "config")
-    fb = from_dict(FeedbackConfig, ref["protocol"]["feedback_config"], "feedback")
+    fb = recorded_feedback_config(ref["protocol"]["feedback_config"])
+    assert "model" not in ref["protocol"]["feedback_config"]["user"] and fb.user.model == "binary"  # made before graded
     assert result_hash(cfg, fb) == ref["config_hash"]
     sim = fb.image_similarity()
     assert sim["row_chunk"] == fb.chunk_size
