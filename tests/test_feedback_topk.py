@@ -206,8 +206,10 @@ def test_similarity_options_are_validated(override, message):
 
 
 def test_resolved_settings_follow_the_kernel():
-    assert FeedbackConfig().image_similarity() == {"reads": "neighbours", "top_k": 3, "row_chunk": 256,
-                                                   "row_cache_mb": None}
+    assert FeedbackConfig().image_similarity() == {"reads": "rows", "top_k": None, "row_chunk": 256,
+                                                   "row_cache_mb": 1024.0}  # the default kernel: max
+    knn = from_dict(FeedbackConfig, {"refresh": {"kernel": "knn"}}, "feedback")
+    assert knn.image_similarity() == {"reads": "neighbours", "top_k": 3, "row_chunk": 256, "row_cache_mb": None}
     fb = from_dict(FeedbackConfig, {"chunk_size": 64, "refresh": {"kernel": "mean"},
                                     "similarity": {"top_k": 2, "row_cache_mb": 8}}, "feedback")
     assert fb.image_similarity() == {"reads": "rows", "top_k": None, "row_chunk": 64, "row_cache_mb": 8.0}
@@ -222,8 +224,8 @@ def test_result_file_records_the_options_and_still_reads_in_the_reports(tmp_path
     from tests.reporting_fixtures import write_feedback_result
 
     r = load_result(write_feedback_result(tmp_path))
-    assert r["protocol"]["image_similarity"] == {"reads": "neighbours", "top_k": 3, "row_chunk": 256,
-                                                 "row_cache_mb": None}
+    assert r["protocol"]["image_similarity"] == {"reads": "rows", "top_k": None, "row_chunk": 256,
+                                                 "row_cache_mb": 1024.0}
     assert r["protocol"]["feedback_config"]["similarity"] == {"top_k": None, "row_chunk": None,
                                                               "row_cache_mb": 1024.0}
     run = feedback_run(r)

@@ -49,10 +49,10 @@ class RefreshConfig:
     """
 
     w0: float = 1.0
-    w_ps: float = 0.5
+    w_ps: float = 0.25
     w_ns: float = 0.1
     scale: str = "std"
-    kernel: str = "knn"
+    kernel: str = "max"
     neighbours: int = 3
 
     def __post_init__(self) -> None:

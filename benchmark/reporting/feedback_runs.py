@@ -6,7 +6,8 @@ with a :class:`~benchmark.results.ResultFileError` that names the file and the f
 no report file already on disk is touched. What is read: ``protocol`` (``rounds`` T,
 ``display``, ``success_k`` K, ``rank_base``, ``arms``, ``llm`` -- the question writer's
 ``label`` and ``is_llm`` --, ``n_gallery``, ``feedback_config.refresh``: the score-refreshing
-settings, shown as recorded), ``per_query[arm]`` (ranks ``[T + 1][Q]``,
+settings, shown as recorded, ``user``: the simulated user model -- a file without
+``user.model`` is from before the user models, when the user was the binary one), ``per_query[arm]`` (ranks ``[T + 1][Q]``,
 1-based, 0 = the query has no relevant item) and ``summary`` (optional).
 """
 
@@ -42,6 +43,7 @@ class FeedbackRun:
     ranks: dict[str, np.ndarray]  # arm -> [T + 1, Q] int64, in the file's arm order
     summary: dict[str, dict[str, Any]] = field(default_factory=dict)
     refresh: dict[str, Any] = field(default_factory=dict)  # the score-refreshing settings, as recorded
+    user: dict[str, Any] = field(default_factory=lambda: {"model": "binary"})  # the simulated user, as recorded
 
     @property
     def n_queries(self) -> int:
@@ -56,6 +58,18 @@ class FeedbackRun:
         """A file-name-safe stem for the run's figure."""
         raw = f"feedback__{self.model}__{self.dataset}__{self.size}__{self.tag}"
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)
+
+    @property
+    def user_model(self) -> str:
+        return str(self.user.get("model", "binary"))
+
+    def user_text(self) -> str:
+        """The simulated user in words: its model and, for ``graded``, closeness, bands and noise."""
+        u = self.user
+        if self.user_model != "graded":
+            return f"{self.user_model} (PS = relevant, NS = the others)"
+        return (f"graded ({u.get('closeness', '?')}: PS if closeness >= {u.get('ps_threshold')}, NS if < "
+                f"{u.get('ns_threshold')}, unsure between; noise {u.get('noise')}, seed {u.get('seed')})")
 
     def writer_text(self) -> str:
         if self.writer is None:
@@ -134,7 +148,8 @@ def feedback_run(result: dict) -> FeedbackRun:
                        user.get("ground_truth") if isinstance(user.get("ground_truth"), str) else None,
                        n_gallery if isinstance(n_gallery, int) else None, ranks,
                        {a: s for a, s in summary.items() if isinstance(s, dict)},
-                       {k: v for k, v in refresh.items() if isinstance(v, (int, float, str))} if isinstance(refresh, dict) else {})
+                       {k: v for k, v in refresh.items() if isinstance(v, (int, float, str))} if isinstance(refresh, dict) else {},
+                       {"model": "binary"} | {k: v for k, v in user.items() if isinstance(v, (int, float, str))})
 
 
 def split_results(results: list[dict]) -> tuple[list[dict], list[FeedbackRun]]:
