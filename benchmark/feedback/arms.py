@@ -9,9 +9,9 @@ marks them (:mod:`benchmark.feedback.marks`: PS / NS / unsure, and which are rel
 * ``exclude`` -- shown items that are not relevant (not ``match``; with the binary user:
   the NS) are dropped; scores unchanged (elimination only).
 * ``refresh`` -- score refreshing, ``s_t = w0 s_{t-1} + w_ps K(g, PS_t) - w_ns K(g, NS_t)``
-  (unsure items are in neither set)
-  with a kernel K over the model's own image-image score (:mod:`benchmark.feedback.kernels`:
-  mean, max or the m nearest neighbours of each marked item); the query text is unchanged.
+  (unsure items in neither set), with a kernel K over the model's own image-image score
+  (:mod:`benchmark.feedback.kernels`: mean, max, residual or the m nearest neighbours of each
+  marked item); the query text is unchanged.
   The kernel reads the shown items' similarities through
   :meth:`~benchmark.feedback.similarity.GalleryScorer.shown` (whole rows or top-k
   neighbours, never a gallery x gallery matrix).

@@ -45,7 +45,9 @@ class RefreshConfig:
     scale: ``std`` rescales a similarity row to the spread (standard deviation over the
     gallery) of the query's current scores, and multiplies a ``knn`` share by it, so w_ps and
     w_ns are in units of that spread whatever the model's score scale; ``none`` adds the raw
-    rows. Defaults: chosen for ``ours`` on the SynthScenes val split (docs/DESIGN.md, "Feedback").
+    rows. Defaults: chosen for ``ours`` on the SynthScenes val split with the graded user
+    (``max``, w_ps 0.25, w_ns 0.1; docs/experiments/graded-feedback.md); the binary user's val
+    choice was ``knn``, m = 3, w_ps 0.5, w_ns 0.1 (docs/DESIGN.md, "Feedback").
     """
 
     w0: float = 1.0
