@@ -191,7 +191,7 @@ def test_row_cache_keeps_rows_within_its_budget():
 @pytest.mark.parametrize("override, message", [
     ({"similarity": {"top_k": 0}}, r"feedback.similarity.top_k must be null or an integer in \[1, 4096\], got 0"),
     ({"similarity": {"top_k": 5000}}, "feedback.similarity.top_k must be null or an integer"),
-    ({"similarity": {"top_k": 2}, "refresh": {"neighbours": 3}},
+    ({"similarity": {"top_k": 2}, "refresh": {"kernel": "knn", "neighbours": 3}},
      r"feedback.similarity.top_k must be >= feedback.refresh.neighbours \(3\)"),
     ({"similarity": {"row_chunk": 0}}, r"feedback.similarity.row_chunk must be null or an integer in \[1, 65536\]"),
     ({"similarity": {"row_cache_mb": -1}}, "feedback.similarity.row_cache_mb must be a number of MB"),
@@ -213,8 +213,8 @@ def test_resolved_settings_follow_the_kernel():
     fb = from_dict(FeedbackConfig, {"chunk_size": 64, "refresh": {"kernel": "mean"},
                                     "similarity": {"top_k": 2, "row_cache_mb": 8}}, "feedback")
     assert fb.image_similarity() == {"reads": "rows", "top_k": None, "row_chunk": 64, "row_cache_mb": 8.0}
-    fb = from_dict(FeedbackConfig, {"refresh": {"neighbours": 5}, "similarity": {"top_k": 16, "row_chunk": 100}},
-                   "feedback")
+    fb = from_dict(FeedbackConfig, {"refresh": {"kernel": "knn", "neighbours": 5},
+                                    "similarity": {"top_k": 16, "row_chunk": 100}}, "feedback")
     assert fb.image_similarity() == {"reads": "neighbours", "top_k": 16, "row_chunk": 100, "row_cache_mb": None}
 
 
