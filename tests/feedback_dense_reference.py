@@ -5,7 +5,9 @@
 shown items on first use; :func:`refreshed_dense` and the ``_*`` kernels are the old
 ``arms.refreshed`` and ``kernels`` over ``sims[c, d, G]``; :class:`DenseScoreRefresh` and
 :class:`DenseLLMGuided` are the old arms that read the dense rows. Tests only: the point of
-the new path is never to form this matrix.
+the new path is never to form this matrix. Since the user models (issue 30) the arms receive
+:class:`~benchmark.feedback.marks.Marks`; the old arms read their ``ps`` only (the binary
+user: NS = the rest), the one line added to each ``update``.
 """
 
 from __future__ import annotations
@@ -96,13 +98,15 @@ def refreshed_dense(prev: torch.Tensor, sims: torch.Tensor, ps: torch.Tensor, w:
 class DenseScoreRefresh(Arm):
     name = "refresh"
 
-    def update(self, chunk: Chunk, state: ArmState, shown: torch.Tensor, ps: torch.Tensor, t: int) -> None:
+    def update(self, chunk: Chunk, state: ArmState, shown: torch.Tensor, marks, t: int) -> None:
+        ps = marks.ps
         sims = chunk.scorer.image_rows(shown.reshape(-1)).view(*shown.shape, -1)
         state.scores = refreshed_dense(state.scores, sims, ps, chunk.config.refresh)
 
 
 class DenseLLMGuided(LLMGuided):
-    def update(self, chunk: Chunk, state: ArmState, shown: torch.Tensor, ps: torch.Tensor, t: int) -> None:
+    def update(self, chunk: Chunk, state: ArmState, shown: torch.Tensor, marks, t: int) -> None:
+        ps = marks.ps
         if chunk.refiner is None:
             raise RuntimeError("the llm arm needs a Refiner")
         task, user, caps = chunk.task, chunk.user, chunk.task.gallery_captions

@@ -64,10 +64,10 @@ def write_result(results_dir: Path, *, model: str, ranks: np.ndarray, sims: np.n
 
 def write_feedback_result(results_dir: Path, *, tag: str = "default", model: str = "clip", rounds: int = 3,
                           display: int = 3, arms: tuple[str, ...] = ("none", "exclude", "refresh", "llm"),
-                          n_scenes: int = 24, backend=None) -> Path:
+                          n_scenes: int = 24, backend=None, user: str = "graded") -> Path:
     """A ``bench feedback`` result file from the real protocol (tiny SynthScenes split, the fake
     attribute-vector model of ``tests.feedback_helpers``, the rules writer unless ``backend``
-    is given), written by the real record builder."""
+    is given, the simulated user model ``user``), written by the real record builder."""
     from benchmark.config import from_dict
     from benchmark.feedback.config import FeedbackConfig
     from benchmark.feedback.llm.rules import RulesBackend
@@ -79,12 +79,13 @@ def write_feedback_result(results_dir: Path, *, tag: str = "default", model: str
     from tests.feedback_helpers import FakeModel, tiny_task
 
     task, gallery = tiny_task(n_scenes)
-    fb = from_dict(FeedbackConfig, {"rounds": rounds, "display": display, "arms": list(arms)}, "feedback")
+    fb = from_dict(FeedbackConfig, {"rounds": rounds, "display": display, "arms": list(arms),
+                                    "user": {"model": user}}, "feedback")
     model_obj = FakeModel()
     scorer = GalleryScorer(model_obj, gallery, model_obj.score)
     backend = backend or RulesBackend()
-    res = run_protocol(task, scorer, scorer.encode_texts(task.queries), fb, SimulatedUser(task.truths),
-                       Refiner(backend, fb.llm))
+    res = run_protocol(task, scorer, scorer.encode_texts(task.queries), fb,
+                       SimulatedUser.from_config(task.truths, task.closeness, fb.user, 0), Refiner(backend, fb.llm))
     cfg = build_run_config({"model": model, "dataset": "synthetic", "size": "tiny", "tag": "default", "seed": 0,
                             "results_dir": str(results_dir)})
     result = build_result(cfg, fb, res, task, llm=backend.describe() if "llm" in arms else None, user_seed=0,

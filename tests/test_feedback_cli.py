@@ -53,8 +53,10 @@ def test_feedback_end_to_end_on_a_tiny_clip(tmp_path):
     assert r["task"] == "feedback" and r["protocol"]["rounds"] == 2 and r["protocol"]["display"] == 3
     assert r["protocol"]["rank_base"] == 1 and r["protocol"]["llm"]["is_llm"] is False
     assert r["protocol"]["n_queries"] == 200 and r["protocol"]["n_gallery"] == 40
-    assert r["protocol"]["image_similarity"] == {"reads": "neighbours", "top_k": 3, "row_chunk": 256,
-                                                 "row_cache_mb": None}
+    assert r["protocol"]["image_similarity"] == {"reads": "rows", "top_k": None, "row_chunk": 256,
+                                                 "row_cache_mb": 1024.0}
+    assert r["protocol"]["user"]["model"] == "graded" and r["protocol"]["user"]["closeness"] == "constraint_share"
+    assert set(r["user_marks"]["refresh"]) == {"ps", "ns", "unsure", "match"}
     assert r["protocol"]["feedback_config"]["similarity"] == {"top_k": None, "row_chunk": None, "row_cache_mb": 1024.0}
     assert 0 < r["provenance"]["image_image_rows_computed"] <= 40
     assert set(r["per_round"]) == {"none", "exclude", "refresh", "llm"}

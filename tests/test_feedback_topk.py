@@ -191,7 +191,7 @@ def test_row_cache_keeps_rows_within_its_budget():
 @pytest.mark.parametrize("override, message", [
     ({"similarity": {"top_k": 0}}, r"feedback.similarity.top_k must be null or an integer in \[1, 4096\], got 0"),
     ({"similarity": {"top_k": 5000}}, "feedback.similarity.top_k must be null or an integer"),
-    ({"similarity": {"top_k": 2}, "refresh": {"neighbours": 3}},
+    ({"similarity": {"top_k": 2}, "refresh": {"kernel": "knn", "neighbours": 3}},
      r"feedback.similarity.top_k must be >= feedback.refresh.neighbours \(3\)"),
     ({"similarity": {"row_chunk": 0}}, r"feedback.similarity.row_chunk must be null or an integer in \[1, 65536\]"),
     ({"similarity": {"row_cache_mb": -1}}, "feedback.similarity.row_cache_mb must be a number of MB"),
@@ -207,13 +207,15 @@ def test_similarity_options_are_validated(override, message):
 
 
 def test_resolved_settings_follow_the_kernel():
-    assert FeedbackConfig().image_similarity() == {"reads": "neighbours", "top_k": 3, "row_chunk": 256,
-                                                   "row_cache_mb": None}
+    assert FeedbackConfig().image_similarity() == {"reads": "rows", "top_k": None, "row_chunk": 256,
+                                                   "row_cache_mb": 1024.0}  # the default kernel: max
+    knn = from_dict(FeedbackConfig, {"refresh": {"kernel": "knn"}}, "feedback")
+    assert knn.image_similarity() == {"reads": "neighbours", "top_k": 3, "row_chunk": 256, "row_cache_mb": None}
     fb = from_dict(FeedbackConfig, {"chunk_size": 64, "refresh": {"kernel": "mean"},
                                     "similarity": {"top_k": 2, "row_cache_mb": 8}}, "feedback")
     assert fb.image_similarity() == {"reads": "rows", "top_k": None, "row_chunk": 64, "row_cache_mb": 8.0}
-    fb = from_dict(FeedbackConfig, {"refresh": {"neighbours": 5}, "similarity": {"top_k": 16, "row_chunk": 100}},
-                   "feedback")
+    fb = from_dict(FeedbackConfig, {"refresh": {"kernel": "knn", "neighbours": 5},
+                                    "similarity": {"top_k": 16, "row_chunk": 100}}, "feedback")
     assert fb.image_similarity() == {"reads": "neighbours", "top_k": 16, "row_chunk": 100, "row_cache_mb": None}
 
 
@@ -223,8 +225,8 @@ def test_result_file_records_the_options_and_still_reads_in_the_reports(tmp_path
     from tests.reporting_fixtures import write_feedback_result
 
     r = load_result(write_feedback_result(tmp_path))
-    assert r["protocol"]["image_similarity"] == {"reads": "neighbours", "top_k": 3, "row_chunk": 256,
-                                                 "row_cache_mb": None}
+    assert r["protocol"]["image_similarity"] == {"reads": "rows", "top_k": None, "row_chunk": 256,
+                                                 "row_cache_mb": 1024.0}
     assert r["protocol"]["feedback_config"]["similarity"] == {"top_k": None, "row_chunk": None,
                                                               "row_cache_mb": 1024.0}
     run = feedback_run(r)
@@ -255,12 +257,13 @@ def test_committed_reference_configs_keep_their_hash_and_settings(tag):
     from pathlib import Path
 
     from benchmark.config import RunConfig
-    from benchmark.feedback.record import result_hash
+    from benchmark.feedback.record import recorded_feedback_config, result_hash
 
     ref = json.loads((Path(__file__).parents[1] / "results" / "reference"
                       / f"feedback__ours__synthetic__{tag}.json").read_text())
     cfg = from_dict(RunConfig, ref["config"], "config")
-    fb = from_dict(FeedbackConfig, ref["protocol"]["feedback_config"], "feedback")
+    fb = recorded_feedback_config(ref["protocol"]["feedback_config"])
+    assert "model" not in ref["protocol"]["feedback_config"]["user"] and fb.user.model == "binary"  # made before graded
     assert result_hash(cfg, fb) == ref["config_hash"]
     sim = fb.image_similarity()
     assert sim["row_chunk"] == fb.chunk_size

@@ -73,7 +73,9 @@ def test_unsure_rate_is_seeded_and_marking_uses_relevance():
     again = [SimulatedUser(truths, seed=3, unsure_rate=0.5).answer(0, q, query=i, round_=1, index=0) for i in range(40)]
     assert half == again and 5 < half.count(UNSURE) < 35
     relevant = torch.tensor([[False, True, False, True]])
-    assert SimulatedUser.mark(relevant, torch.tensor([[3, 0, 1]])).tolist() == [[True, False, True]]
+    marks = SimulatedUser(truths).mark([0], torch.tensor([[3, 0, 1]]), relevant)  # the binary user by default
+    assert marks.ps.tolist() == [[True, False, True]] and marks.ns.tolist() == [[False, True, False]]
+    assert marks.match.tolist() == marks.ps.tolist() and marks.closeness is None
 
 
 def test_schema_parses_fenced_json_and_refuses_bad_output():

@@ -20,7 +20,7 @@ from benchmark.feedback.llm.base import LLMError
 from benchmark.feedback.llm.extract import MAX_DEPTH, first_json_object
 from benchmark.feedback.llm.redact import redact_text, redact_tree, redact_url
 from benchmark.feedback.llm.registry import make_backend
-from benchmark.feedback.record import recorded_feedback_config, result_hash
+from benchmark.feedback.record import redacted_feedback_config, result_hash
 from benchmark.feedback.schema import parse_query, parse_questions
 from tests.llm_servers import DRIP_S, completion, serve
 
@@ -135,8 +135,8 @@ def test_redact_url(url, shown):
 def test_recorded_config_and_hash_carry_no_credentials():
     plain = FeedbackConfig(llm=LLMConfig(backend="openai:http://host:8000/v1"))
     secret = FeedbackConfig(llm=LLMConfig(backend="openai:http://u:hunter2@host:8000/v1"))
-    assert "hunter2" not in json.dumps(recorded_feedback_config(secret))
-    assert recorded_feedback_config(plain) == to_dict(plain)  # no credentials: recorded as before
+    assert "hunter2" not in json.dumps(redacted_feedback_config(secret))
+    assert redacted_feedback_config(plain) == to_dict(plain)  # no credentials: recorded as before
     assert redact_tree({"a": ["http://u:p@h/x", 1]}) == {"a": ["http://***@h/x", 1]}
 
 

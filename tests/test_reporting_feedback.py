@@ -88,7 +88,7 @@ def test_report_writes_feedback_tables_and_convergence_plots(tmp_path, feedback_
     md = (out / "feedback.md").read_text()
     assert "K = 5" in md and "T = 3 feedback rounds" in md and "display 3 items" in md and "ranks 1-based" in md
     assert "not an LLM" in md and "B = 200" in md
-    assert "score refreshing: kernel = knn, neighbours = 3" in md  # the settings the file records
+    assert "score refreshing: kernel = max, neighbours = 3" in md  # the settings the file records
     assert "a\\_b&amp;c\\|d" in md and TAG not in md  # the tag is escaped
     # point estimates are the file's own per-round numbers; each lies in its interval
     hits = r["per_round"]["llm"]["Hits@5"]
@@ -105,6 +105,30 @@ def test_report_writes_feedback_tables_and_convergence_plots(tmp_path, feedback_
     assert out / "figures" / f"{stem}.png" in outcome.files
     # the retrieval tables hold only the retrieval run
     assert "feedback" not in (out / "results.md").read_text()
+
+
+def test_report_shows_both_user_models(tmp_path):
+    """A graded and a binary run side by side: each section's protocol notes and each figure
+    title name the run's user; a file from before the user models reads as binary."""
+    results = tmp_path / "results"
+    graded = write_feedback_result(results, tag="graded", n_scenes=20, arms=("none", "exclude", "refresh"))
+    binary = write_feedback_result(results, tag="binary", n_scenes=20, arms=("none", "exclude", "refresh"),
+                                   user="binary")
+    runs = {p.stem: feedback_run(load_result(p)) for p in (graded, binary)}
+    assert runs[graded.stem].user_model == "graded" and runs[binary.stem].user_model == "binary"
+    old = json.loads(binary.read_text())
+    old["protocol"]["user"] = {"ground_truth": "scene_graph", "seed": 0, "unsure_rate": 0.0}
+    assert feedback_run(old).user_model == "binary"
+    out = tmp_path / "reports"
+    write_reports(results, out, OPTIONS)
+    md = (out / "feedback.md").read_text()
+    assert ("simulated user: graded (constraint\\_share: PS if closeness &gt;= 0.6, NS if &lt; 0.4, unsure between; "
+            "noise 0.1, seed 0)") in md  # Markdown-escaped
+    assert "simulated user: binary (PS = relevant, NS = the others)" in md
+    from benchmark.reporting.feedback_figures import convergence
+
+    fig = convergence(runs[graded.stem], feedback_stats(runs[graded.stem].ranks, 5, OPTIONS), OPTIONS)
+    assert "graded user" in fig._suptitle.get_text()
 
 
 def test_report_without_feedback_files_still_builds(tmp_path):

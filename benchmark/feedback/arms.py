@@ -2,13 +2,16 @@
 
 Every arm keeps, per query of a chunk, a score row over the gallery and a mask of excluded
 items. After ranking t (t < T) the user sees the top ``display`` items not excluded and
-marks them (PS: relevant, NS: not); the arm then produces ranking t + 1:
+marks them (:mod:`benchmark.feedback.marks`: PS / NS / unsure, and which are relevant --
+``match``); the arm then produces ranking t + 1:
 
 * ``none`` -- nothing changes (no feedback).
-* ``exclude`` -- shown NS items are dropped; scores unchanged (elimination only).
+* ``exclude`` -- shown items that are not relevant (not ``match``; with the binary user:
+  the NS) are dropped; scores unchanged (elimination only).
 * ``refresh`` -- score refreshing, ``s_t = w0 s_{t-1} + w_ps K(g, PS_t) - w_ns K(g, NS_t)``
-  with a kernel K over the model's own image-image score (:mod:`benchmark.feedback.kernels`:
-  mean, max or the m nearest neighbours of each marked item); the query text is unchanged.
+  (unsure items in neither set), with a kernel K over the model's own image-image score
+  (:mod:`benchmark.feedback.kernels`: mean, max, residual or the m nearest neighbours of each
+  marked item); the query text is unchanged.
   The kernel reads the shown items' similarities through
   :meth:`~benchmark.feedback.similarity.GalleryScorer.shown` (whole rows or top-k
   neighbours, never a gallery x gallery matrix).
@@ -16,8 +19,8 @@ marks them (PS: relevant, NS: not); the arm then produces ranking t + 1:
   ``s_t = alpha score(q'_t, g) + (1 - alpha) s_{t-1}``; a round whose backend fails falls
   back to the ``refresh`` update for that query, with the reason counted.
 
-With ``exclude_shown`` (default) the refinement arms drop shown NS items too, so they are
-compared with ``exclude`` on equal terms. Each arm logs what happened per query and round
+With ``exclude_shown`` (default) the refinement arms drop the same shown items too, so they
+are compared with ``exclude`` on equal terms. Each arm logs what happened per query and round
 for the transcript.
 """
 
@@ -31,6 +34,7 @@ import torch
 
 from benchmark.feedback.config import FeedbackConfig, RefreshConfig
 from benchmark.feedback.kernels import KERNELS, SIMILARITY, DenseShown, Shown
+from benchmark.feedback.marks import Marks
 from benchmark.feedback.ranking import top_shown
 from benchmark.feedback.refine import Refiner
 from benchmark.feedback.similarity import GalleryScorer
@@ -51,7 +55,7 @@ class Chunk:
     user: SimulatedUser
     config: FeedbackConfig
     refiner: Refiner | None = None
-    counts: Counter = field(default_factory=Counter)  # "llm_rounds", "fallback/<reason>"
+    counts: Counter = field(default_factory=Counter)  # "llm_rounds", "fallback/<reason>", "marks/<arm>/<mark>"
 
     @property
     def queries(self) -> range:
@@ -78,10 +82,12 @@ def _spread(x: torch.Tensor) -> torch.Tensor:
     return torch.where(std > 0, std, torch.ones_like(std))
 
 
-def refreshed(prev: torch.Tensor, sims: torch.Tensor | Shown, ps: torch.Tensor, w: RefreshConfig) -> torch.Tensor:
+def refreshed(prev: torch.Tensor, sims: torch.Tensor | Shown, ps: torch.Tensor, w: RefreshConfig,
+              ns: torch.Tensor | None = None) -> torch.Tensor:
     """Score refreshing of ``[c, G]`` scores from the shown items' similarities (a
     :class:`~benchmark.feedback.kernels.Shown` source, or their rows ``[c, d, G]``) and
-    ``[c, d]`` PS marks: ``w0 prev + w_ps K(PS) - w_ns K(NS)`` with the kernel ``w.kernel``
+    ``[c, d]`` PS and NS marks (``ns`` None: every shown item not PS, the binary user):
+    ``w0 prev + w_ps K(PS) - w_ns K(NS)`` with the kernel ``w.kernel``
     (:mod:`benchmark.feedback.kernels`); an empty PS or NS set contributes nothing. With
     ``w.scale == "std"`` a similarity term is first rescaled to the spread (std over the
     gallery) of the query's current scores, and a share term multiplied by it, so the
@@ -95,7 +101,7 @@ def refreshed(prev: torch.Tensor, sims: torch.Tensor | Shown, ps: torch.Tensor, 
             return out
         return out * _spread(prev) / (_spread(out) if kernel.unit == SIMILARITY else 1.0)
 
-    return w.w0 * prev + w.w_ps * term(ps) - w.w_ns * term(~ps)
+    return w.w0 * prev + w.w_ps * term(ps) - w.w_ns * term(~ps if ns is None else ns)
 
 
 class Arm:
@@ -117,19 +123,30 @@ class Arm:
         if not self.uses_feedback:
             return
         shown = top_shown(state.scores, state.excluded, chunk.config.display)
-        ps = chunk.user.mark(chunk.relevant, shown)
-        ids = chunk.task.image_ids
-        for i in range(len(shown)):
-            row, marks = shown[i].tolist(), ps[i].tolist()
-            state.log[i].append({"round": t + 1, "shown": [ids[g] for g in row],
-                                 "ps": [ids[g] for g, m in zip(row, marks, strict=True) if m],
-                                 "ns": [ids[g] for g, m in zip(row, marks, strict=True) if not m]})
-        self.update(chunk, state, shown, ps, t)
+        marks = chunk.user.mark(chunk.queries, shown, chunk.relevant)
+        self.log(chunk, state, shown, marks, t)
+        self.update(chunk, state, shown, marks, t)
         if self.excludes(chunk.config):
             rows = torch.arange(len(shown))[:, None].expand_as(shown)
-            state.excluded[rows[~ps], shown[~ps]] = True
+            state.excluded[rows[~marks.match], shown[~marks.match]] = True
 
-    def update(self, chunk: Chunk, state: ArmState, shown: torch.Tensor, ps: torch.Tensor, t: int) -> None:
+    def log(self, chunk: Chunk, state: ArmState, shown: torch.Tensor, marks: Marks, t: int) -> None:
+        """The round's transcript entry per query (graded marks add ``unsure`` and each shown
+        item's ``closeness``) and the arm's mark counts."""
+        ids = chunk.task.image_ids
+        for kind, mask in (("ps", marks.ps), ("ns", marks.ns), ("unsure", marks.unsure), ("match", marks.match)):
+            chunk.counts[f"marks/{self.name}/{kind}"] += int(mask.sum())
+        for i in range(len(shown)):
+            row = shown[i].tolist()
+            entry = {"round": t + 1, "shown": [ids[g] for g in row],
+                     "ps": [ids[g] for g, m in zip(row, marks.ps[i].tolist(), strict=True) if m],
+                     "ns": [ids[g] for g, m in zip(row, marks.ns[i].tolist(), strict=True) if m]}
+            if marks.closeness is not None:
+                entry["unsure"] = [ids[g] for g, m in zip(row, marks.unsure[i].tolist(), strict=True) if m]
+                entry["closeness"] = [None if c != c else round(c, 4) for c in marks.closeness[i].tolist()]
+            state.log[i].append(entry)
+
+    def update(self, chunk: Chunk, state: ArmState, shown: torch.Tensor, marks: Marks, t: int) -> None:
         pass
 
 
@@ -148,8 +165,8 @@ class ExcludeShown(Arm):
 class ScoreRefresh(Arm):
     name = "refresh"
 
-    def update(self, chunk: Chunk, state: ArmState, shown: torch.Tensor, ps: torch.Tensor, t: int) -> None:
-        state.scores = refreshed(state.scores, chunk.scorer.shown(shown), ps, chunk.config.refresh)
+    def update(self, chunk: Chunk, state: ArmState, shown: torch.Tensor, marks: Marks, t: int) -> None:
+        state.scores = refreshed(state.scores, chunk.scorer.shown(shown), marks.ps, chunk.config.refresh, marks.ns)
 
 
 class LLMGuided(Arm):
@@ -161,18 +178,18 @@ class LLMGuided(Arm):
         state.history = [[] for _ in chunk.queries]
         return state
 
-    def update(self, chunk: Chunk, state: ArmState, shown: torch.Tensor, ps: torch.Tensor, t: int) -> None:
+    def update(self, chunk: Chunk, state: ArmState, shown: torch.Tensor, marks: Marks, t: int) -> None:
         if chunk.refiner is None:
             raise RuntimeError("the llm arm needs a Refiner")
         task, user, caps = chunk.task, chunk.user, chunk.task.gallery_captions
         ok, texts, failed = [], [], []
         for i, q in enumerate(chunk.queries):
-            row, marks = shown[i].tolist(), ps[i].tolist()
+            row = shown[i].tolist()
             target = int(task.targets[q])
             r = chunk.refiner.refine(
                 task.queries[q], state.current[i],
-                [caps[g] for g, m in zip(row, marks, strict=True) if m],
-                [caps[g] for g, m in zip(row, marks, strict=True) if not m],
+                [caps[g] for g, m in zip(row, marks.ps[i].tolist(), strict=True) if m],
+                [caps[g] for g, m in zip(row, marks.ns[i].tolist(), strict=True) if m],
                 state.history[i],
                 lambda k, question, q=q, target=target: user.answer(target, question, query=q, round_=t + 1, index=k),
             )
@@ -193,8 +210,8 @@ class LLMGuided(Arm):
             state.scores[idx] = alpha * chunk.scorer.text_scores(texts) + (1 - alpha) * state.scores[idx]
         if failed:
             idx = torch.tensor(failed)
-            state.scores[idx] = refreshed(state.scores[idx], chunk.scorer.shown(shown[idx]), ps[idx],
-                                          chunk.config.refresh)
+            state.scores[idx] = refreshed(state.scores[idx], chunk.scorer.shown(shown[idx]), marks.ps[idx],
+                                          chunk.config.refresh, marks.ns[idx])
 
 
 #: arm name -> implementation (every name of ``config.ARM_NAMES``)

@@ -45,14 +45,16 @@ class RefreshConfig:
     scale: ``std`` rescales a similarity row to the spread (standard deviation over the
     gallery) of the query's current scores, and multiplies a ``knn`` share by it, so w_ps and
     w_ns are in units of that spread whatever the model's score scale; ``none`` adds the raw
-    rows. Defaults: chosen for ``ours`` on the SynthScenes val split (docs/DESIGN.md, "Feedback").
+    rows. Defaults: chosen for ``ours`` on the SynthScenes val split with the graded user
+    (``max``, w_ps 0.25, w_ns 0.1; docs/experiments/graded-feedback.md); the binary user's val
+    choice was ``knn``, m = 3, w_ps 0.5, w_ns 0.1 (docs/DESIGN.md, "Feedback").
     """
 
     w0: float = 1.0
-    w_ps: float = 0.5
+    w_ps: float = 0.25
     w_ns: float = 0.1
     scale: str = "std"
-    kernel: str = "knn"
+    kernel: str = "max"
     neighbours: int = 3
 
     def __post_init__(self) -> None:
@@ -165,15 +167,53 @@ class LLMConfig:
 
 @dataclass(frozen=True)
 class UserConfig:
-    """The simulated user: greedy (first true option) unless ``unsure_rate`` > 0, in which
-    case each answer is "none / unsure" with that probability (seeded per query, round and
-    question)."""
+    """The simulated user (:mod:`benchmark.feedback.user`, :mod:`benchmark.feedback.marks`).
 
+    model: how shown items are marked (``benchmark.feedback.marks.USER_MODELS``): ``graded``
+      -- from the closeness of each shown image to the query (:mod:`benchmark.feedback.closeness`:
+      the share of the query's constraints it satisfies on SynthScenes, caption-word overlap on
+      real data): PS when closeness >= ``ps_threshold``, NS when closeness < ``ns_threshold``,
+      neither ("unsure") in between; each sure mark flipped with probability ``noise``
+      (seeded per user seed, query and image). ``binary`` -- PS = relevant, NS = the others
+      (the dataset's exact relevance of the shown items; the protocol before graded marks).
+      In both, a shown item that is relevant is recognised as what was asked for: it is never
+      dropped by exclusion.
+    ps_threshold / ns_threshold: the graded user's bands, ``0 <= ns_threshold <= ps_threshold
+      <= 1``, ``ps_threshold > 0`` (equal values: no unsure band). Defaults chosen for
+      ``ours`` on the SynthScenes val split (docs/experiments/graded-feedback.md).
+    noise: probability in [0, 0.5] that a sure mark is the opposite one (0.5: marks carry no
+      information; above it a user would be adversarial, hence the bound).
+    unsure_rate: questions of the llm arm: each answer is "none / unsure" with this
+      probability (seeded per query, round and question); otherwise greedy (first true option).
+    """
+
+    model: str = "graded"
+    ps_threshold: float = 0.6
+    ns_threshold: float = 0.4
+    noise: float = 0.1
     unsure_rate: float = 0.0
 
     def __post_init__(self) -> None:
+        from benchmark.feedback.marks import USER_MODELS
+
+        if self.model not in USER_MODELS:
+            raise ConfigError(f"feedback.user.model must be one of {', '.join(USER_MODELS)}, got {self.model!r}")
+        if not 0.0 < self.ps_threshold <= 1.0:  # NaN fails too
+            raise ConfigError(f"feedback.user.ps_threshold must lie in (0, 1], got {self.ps_threshold}")
+        if not 0.0 <= self.ns_threshold <= self.ps_threshold:
+            raise ConfigError(f"feedback.user.ns_threshold must lie in [0, ps_threshold = {self.ps_threshold}], "
+                              f"got {self.ns_threshold}")
+        if not 0.0 <= self.noise <= 0.5:
+            raise ConfigError(f"feedback.user.noise must lie in [0, 0.5], got {self.noise}")
         if not 0.0 <= self.unsure_rate <= 1.0:
             raise ConfigError(f"feedback.user.unsure_rate must lie in [0, 1], got {self.unsure_rate}")
+
+    def describe(self) -> dict[str, object]:
+        """What the result file records of the user (the graded settings only for ``graded``)."""
+        out: dict[str, object] = {"model": self.model}
+        if self.model == "graded":
+            out |= {"ps_threshold": self.ps_threshold, "ns_threshold": self.ns_threshold, "noise": self.noise}
+        return out | {"unsure_rate": self.unsure_rate}
 
 
 @dataclass(frozen=True)

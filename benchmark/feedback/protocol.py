@@ -38,6 +38,15 @@ class ProtocolResult:
     def fallbacks(self) -> dict[str, int]:
         return {k.split("/", 1)[1]: v for k, v in sorted(self.counts.items()) if k.startswith("fallback/")}
 
+    def marks(self) -> dict[str, dict[str, int]]:
+        """``{arm: {"ps": n, "ns": n, "unsure": n, "match": n}}`` over every query and round."""
+        out: dict[str, dict[str, int]] = {}
+        for key, v in sorted(self.counts.items()):
+            if key.startswith("marks/"):
+                _, arm, kind = key.split("/")
+                out.setdefault(arm, {})[kind] = int(v)
+        return out
+
 
 def run_protocol(task: FeedbackTask, scorer: GalleryScorer, queries: Encoded, config: FeedbackConfig,
                  user: SimulatedUser, refiner: Refiner | None = None,

@@ -46,6 +46,8 @@ class FeedbackOutcome:
                f"{p['n_queries']} queries x {p['n_gallery']} images"]
         if p["llm"]:
             out.append(f"question writer: {p['llm']['label']}")
+        user = p["user"]
+        out.append("simulated user: " + ", ".join(f"{k} {v}" for k, v in user.items()))
         for arm, table in r["per_round"].items():
             hits = " ".join(f"{h:.3f}" for h in table.get(f"Hits@{k}", []))
             out.append(f"  {arm:<8} Hits@{k} by round: {hits}  BRI(T)={table['BRI'][-1]:.3f}")
@@ -145,7 +147,7 @@ def run_feedback(cfg: RunConfig, fb: FeedbackConfig, *, progress: bool = False) 
     timings["encode_s"] = time.perf_counter() - t
 
     user_seed = cfg.seed if fb.seed is None else fb.seed
-    user = SimulatedUser(task.truths, seed=user_seed, unsure_rate=fb.user.unsure_rate)
+    user = SimulatedUser.from_config(task.truths, task.closeness, fb.user, user_seed)
     refiner = Refiner(backend, fb.llm) if backend is not None else None
     path, transcript = result_paths(cfg)
     t = time.perf_counter()

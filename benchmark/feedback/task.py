@@ -5,7 +5,10 @@ the queries are its instructions, each with its *target* (the image its caption 
 written for) and its exact relevance row; every gallery image is described to the
 question writer by one of its stored captions (``longest``, or ``first``); the simulated
 user's ground truth per image is its scene graph when the dataset records one (SynthScenes:
-``ImageRecord.metadata["scene"]``), else its reference captions.
+``ImageRecord.metadata["scene"]``), else its reference captions. The graded user's closeness
+(:mod:`benchmark.feedback.closeness`) follows: ``constraint_share`` of each query caption's
+structured constraints (``CaptionRecord.constraints``) against the scene graphs when both are
+recorded for every query and image, else ``caption_overlap`` with the reference captions.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from benchmark.feedback.closeness import CaptionOverlap, Closeness, SceneCloseness
 from benchmark.feedback.user import CaptionTruth, SceneTruth, Truth
 from datamodules.base import EvalSet, ImageRecord, Relevance
+from datamodules.synthetic.constraints import CaptionConstraints
 from datamodules.synthetic.scene import Scene
 
 
@@ -31,6 +36,7 @@ class FeedbackTask:
     gallery_captions: tuple[str, ...]
     truths: tuple[Truth, ...]
     truth_kind: str  # "scene_graph" or "reference_captions"
+    closeness: Closeness | None = None  # the graded user's (query, image) closeness
 
     def __post_init__(self) -> None:
         n_q, n_g = len(self.queries), len(self.image_ids)
@@ -64,7 +70,7 @@ class FeedbackTask:
         rel = Relevance(self.relevance.indptr[:n + 1].copy(),
                         self.relevance.indices[:self.relevance.indptr[n]].copy(), self.n_gallery)
         return FeedbackTask(self.queries[:n], self.query_captions[:n], self.targets[:n], rel, self.image_ids,
-                            self.gallery_captions, self.truths, self.truth_kind)
+                            self.gallery_captions, self.truths, self.truth_kind, self.closeness)
 
 
 def _gallery_captions(es: EvalSet, choice: str) -> list[str]:
@@ -76,20 +82,36 @@ def _gallery_captions(es: EvalSet, choice: str) -> list[str]:
     return [pick(cs) if cs else "" for cs in by_image]
 
 
+def _query_constraints(es: EvalSet, records: Sequence[ImageRecord]) -> list[CaptionConstraints] | None:
+    """Each query's caption constraints, in query order (the order of ``build_eval_set``:
+    records, then each record's captions); None unless every caption records them."""
+    caps = [c for r in records for c in r.captions]
+    if len(caps) != es.n_queries or any(c.constraints is None for c in caps):
+        return None
+    if any(c.text != text for c, text in zip(caps, es.captions, strict=True)):
+        return None
+    return [CaptionConstraints.from_json(c.constraints) for c in caps]
+
+
 def from_eval_set(es: EvalSet, records: Sequence[ImageRecord] | None = None, *,
                   gallery_caption: str = "longest") -> FeedbackTask:
-    """The t2i task of an evaluation set; ``records`` (in gallery order) give scene graphs."""
+    """The t2i task of an evaluation set; ``records`` (in gallery order) give scene graphs
+    and caption constraints."""
     scenes = None
     if records is not None and len(records) == es.n_images and all("scene" in r.metadata for r in records):
         scenes = [Scene.from_json(r.metadata["scene"]) for r in records]
+    own: list[list[str]] = [[] for _ in range(es.n_images)]
+    for img, text in zip(es.source, es.captions, strict=True):
+        own[int(img)].append(text)
+    caption_truths = [CaptionTruth(cs) for cs in own]
+    constraints = _query_constraints(es, records) if scenes is not None and records is not None else None
+    closeness: Closeness = (SceneCloseness(constraints, scenes) if scenes is not None and constraints is not None
+                            else CaptionOverlap(es.captions, [t.words for t in caption_truths]))
     if scenes is not None:
         truths: list[Truth] = [SceneTruth(s) for s in scenes]
         kind = "scene_graph"
     else:
-        own: list[list[str]] = [[] for _ in range(es.n_images)]
-        for img, text in zip(es.source, es.captions, strict=True):
-            own[int(img)].append(text)
-        truths = [CaptionTruth(cs) for cs in own]
+        truths = list(caption_truths)
         kind = "reference_captions"
     return FeedbackTask(es.instructions, es.captions, np.asarray(es.source, dtype=np.int64), es.relevance["t2i"],
-                        es.image_ids, tuple(_gallery_captions(es, gallery_caption)), tuple(truths), kind)
+                        es.image_ids, tuple(_gallery_captions(es, gallery_caption)), tuple(truths), kind, closeness)

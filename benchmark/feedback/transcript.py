@@ -5,7 +5,8 @@ thousands of queries); on success the file is flushed, synced and renamed into p
 failed or interrupted run never leaves a truncated transcript nor replaces a good one.
 Each line: ``query_index``, ``query``, ``caption``, ``target_image_id``, ``n_relevant``
 and ``arms``: ``{arm: {"ranks": [rank at round 0..T], "rounds": [{"round": r, "shown":
-[image ids], "ps": [...], "ns": [...]} ...]}}``; for the llm arm each round also holds
+[image ids], "ps": [...], "ns": [...]} ...]}}`` (the graded user adds ``unsure`` and each
+shown item's ``closeness``); for the llm arm each round also holds
 ``questions`` (question, options, answer), ``refined_query`` and ``fallback`` (the failure
 reason, or null).
 """

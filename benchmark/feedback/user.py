@@ -1,7 +1,9 @@
-"""The simulated user: marks shown items from ground truth, answers questions from the target.
+"""The simulated user: marks shown items, answers questions from the target.
 
-Marking: a shown item is a positive sample (PS) when it is relevant to the query (the
-dataset's exact relevance), otherwise a negative sample (NS).
+Marking is the user model's (:mod:`benchmark.feedback.marks`, ``feedback.user.model``):
+``graded`` marks a shown image close (PS), far (NS) or neither from its closeness to the
+query (:mod:`benchmark.feedback.closeness`); ``binary`` marks PS = relevant, NS = the others.
+Neither reads the relevance of an item that was not shown.
 
 Answering: the user has the *target* in mind -- the image the query caption was written
 for -- and knows only its ground truth: its scene graph on SynthScenes
@@ -30,6 +32,9 @@ import numpy as np
 import torch
 
 from benchmark.feedback import scene_text
+from benchmark.feedback.closeness import Closeness
+from benchmark.feedback.config import UserConfig
+from benchmark.feedback.marks import USER_MODELS, BinaryUser, GradedUser, Marks
 from benchmark.feedback.schema import UNSURE, Question, is_unsure
 from datamodules.synthetic.scene import Scene
 
@@ -61,7 +66,8 @@ class SceneTruth:
         return mention.holds_in(self.scene)
 
 
-def _content(text: str) -> set[str]:
+def content_words(text: str) -> set[str]:
+    """Content words: lower case, plural "s" dropped, stop words and one-letter words removed."""
     out = set()
     for w in re.findall(r"[a-z]+", text.lower()):
         if w in _STOP or len(w) < 2:
@@ -74,25 +80,37 @@ class CaptionTruth:
     """The target's reference captions (real datasets)."""
 
     def __init__(self, captions: Sequence[str]) -> None:
-        self.words = set().union(*(_content(c) for c in captions)) if captions else set()
+        self.words = set().union(*(content_words(c) for c in captions)) if captions else set()
 
     def supports(self, question: str, option: str, options: Sequence[str]) -> bool:
-        needed = _content(option)
+        needed = content_words(option)
         return bool(needed) and needed <= self.words
 
 
 class SimulatedUser:
-    """Frozen simulated user over the gallery's ground truths (one :class:`Truth` per image)."""
+    """Frozen simulated user over the gallery's ground truths (one :class:`Truth` per image)
+    and a user model that marks shown items (``binary`` unless ``marker`` is given)."""
 
-    def __init__(self, truths: Sequence[Truth], *, seed: int = 0, unsure_rate: float = 0.0) -> None:
+    def __init__(self, truths: Sequence[Truth], *, seed: int = 0, unsure_rate: float = 0.0,
+                 marker: BinaryUser | GradedUser | None = None) -> None:
         self.truths = list(truths)
         self.seed = seed
         self.unsure_rate = unsure_rate
+        self.marker = marker or BinaryUser()
 
-    @staticmethod
-    def mark(relevant: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
-        """``[Q, d]`` True where a shown item is relevant (PS), from ``[Q, G]`` relevance."""
-        return relevant.gather(1, shown)
+    @classmethod
+    def from_config(cls, truths: Sequence[Truth], closeness: Closeness | None, config: UserConfig,
+                    seed: int) -> SimulatedUser:
+        """The user of ``feedback.user`` (``closeness``: the task's, needed by ``graded``)."""
+        if config.model == GradedUser.name and closeness is None:
+            raise ValueError("the graded user needs the task's closeness (scene graphs or captions)")
+        marker = USER_MODELS[config.model](config, closeness, seed)
+        return cls(truths, seed=seed, unsure_rate=config.unsure_rate, marker=marker)
+
+    def mark(self, queries: Sequence[int], shown: torch.Tensor, relevant: torch.Tensor) -> Marks:
+        """The marks of the ``[c, d]`` items ``shown`` to queries ``queries[c]``; ``relevant``
+        (``[c, G]``) is read at the shown items only."""
+        return self.marker.mark(queries, shown, relevant)
 
     def answer(self, target: int, question: Question, *, query: int, round_: int, index: int) -> str:
         """One of ``question.options`` for the target image ``target``."""

@@ -3,7 +3,7 @@
 Two panels over rounds 0..T, one line per arm: cumulative Hits@K (higher is better) and
 BRI over the first t rounds (lower is better), each with its bootstrap band (the
 interval of :mod:`benchmark.reporting.feedback_stats`, shaded). The protocol (K, T,
-display, question writer) is in the title. Written through
+display, simulated user model, question writer) is in the title. Written through
 :func:`benchmark.reporting.figures.render_figure`: a failing plot is skipped with a note.
 """
 
@@ -33,7 +33,8 @@ def convergence(run: FeedbackRun, stats: FeedbackStats, options: ReportOptions):
         ax.grid(alpha=0.3)
     ax_hits.legend(fontsize="small")
     fig.suptitle(f"{run.model} on {run.dataset} ({run.size}, {run.tag}): K = {run.success_k}, "
-                 f"display {run.display}, writer {run.writer_text()}; bands: {options.percent} bootstrap",
+                 f"display {run.display}, {run.user_model} user, writer {run.writer_text()}; "
+                 f"bands: {options.percent} bootstrap",
                  fontsize="small")
     return fig
 

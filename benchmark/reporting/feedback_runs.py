@@ -6,12 +6,14 @@ with a :class:`~benchmark.results.ResultFileError` that names the file and the f
 no report file already on disk is touched. What is read: ``protocol`` (``rounds`` T,
 ``display``, ``success_k`` K, ``rank_base``, ``arms``, ``llm`` -- the question writer's
 ``label`` and ``is_llm`` --, ``n_gallery``, ``feedback_config.refresh``: the score-refreshing
-settings, shown as recorded), ``per_query[arm]`` (ranks ``[T + 1][Q]``,
-1-based, 0 = the query has no relevant item), ``summary`` (optional) and ``fallbacks``
-(optional: ``llm_rounds``, the query-rounds the ``llm`` arm asked its question writer, and
-``by_reason``, those that fell back to score refreshing; :class:`Fallbacks`). An arm whose
-rounds all fell back is labelled so (``llm (all rounds fell back to refresh)``): it is the
-refresh arm under another name, never shown as an LLM result.
+settings, shown as recorded, ``user``: the simulated user model -- a file without
+``user.model`` is from before the user models, when the user was the binary one),
+``per_query[arm]`` (ranks ``[T + 1][Q]``, 1-based, 0 = the query has no relevant item),
+``summary`` (optional) and ``fallbacks`` (optional: ``llm_rounds``, the query-rounds the
+``llm`` arm asked its question writer, and ``by_reason``, those that fell back to score
+refreshing; :class:`Fallbacks`). An arm whose rounds all fell back is labelled so (``llm (all
+rounds fell back to refresh)``): it is the refresh arm under another name, never shown as an
+LLM result.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class FeedbackRun:
     summary: dict[str, dict[str, Any]] = field(default_factory=dict)
     refresh: dict[str, Any] = field(default_factory=dict)  # the score-refreshing settings, as recorded
     fallbacks: dict[str, Fallbacks] = field(default_factory=dict)  # LLM arm -> its fallbacks (absent: not recorded)
+    user: dict[str, Any] = field(default_factory=lambda: {"model": "binary"})  # the simulated user, as recorded
 
     @property
     def n_queries(self) -> int:
@@ -104,6 +107,18 @@ class FeedbackRun:
         others = [a for a in self.ranks if a not in LLM_ARMS]
         tail = f"; arms {', '.join(others)} ask no question writer" if others else ""
         return "Question-writer fallbacks: " + "; ".join(parts) + tail
+
+    @property
+    def user_model(self) -> str:
+        return str(self.user.get("model", "binary"))
+
+    def user_text(self) -> str:
+        """The simulated user in words: its model and, for ``graded``, closeness, bands and noise."""
+        u = self.user
+        if self.user_model != "graded":
+            return f"{self.user_model} (PS = relevant, NS = the others)"
+        return (f"graded ({u.get('closeness', '?')}: PS if closeness >= {u.get('ps_threshold')}, NS if < "
+                f"{u.get('ns_threshold')}, unsure between; noise {u.get('noise')}, seed {u.get('seed')})")
 
     def writer_text(self) -> str:
         if self.writer is None:
@@ -184,7 +199,8 @@ def feedback_run(result: dict) -> FeedbackRun:
                        user.get("ground_truth") if isinstance(user.get("ground_truth"), str) else None,
                        n_gallery if isinstance(n_gallery, int) else None, ranks,
                        {a: s for a, s in summary.items() if isinstance(s, dict)},
-                       settings, _fallbacks(result, arms))
+                       settings, _fallbacks(result, arms),
+                       {"model": "binary"} | {k: v for k, v in user.items() if isinstance(v, (int, float, str))})
 
 
 def _fallbacks(result: dict, arms: list[str]) -> dict[str, Fallbacks]:

@@ -20,7 +20,8 @@ from benchmark.reporting.table_model import Column, Row, Table
 
 def protocol_line(run: FeedbackRun) -> str:
     gallery = f" x {run.n_gallery} images" if run.n_gallery else ""
-    truth = f"; simulated user's ground truth: {run.ground_truth}" if run.ground_truth else ""
+    truth = f"; simulated user: {run.user_text()}"
+    truth += f"; simulated user's ground truth: {run.ground_truth}" if run.ground_truth else ""
     if run.refresh and "refresh" in run.ranks:
         truth += "; score refreshing: " + ", ".join(f"{k} = {v}" for k, v in sorted(run.refresh.items()))
     return (f"Protocol: K = {run.success_k} (cumulative Hits@K: best rank so far <= K), T = {run.rounds} "

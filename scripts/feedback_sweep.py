@@ -1,0 +1,164 @@
+"""Compare feedback settings on one split with the model loaded and scored once.
+
+The settings of ``bench feedback`` (user model, thresholds, noise, refresh weights and
+kernel) are chosen on the **val** split; running the whole command per setting would encode
+the gallery and score round 0 every time. This script does both once, then runs the suite's
+own :func:`~benchmark.feedback.protocol.run_protocol` (arms ``exclude`` and ``refresh``;
+image-image rows and the top-k table shared by every setting) per setting of a grid, and
+prints Hits@K and BRI at round ``--at`` with the paired bootstrap interval of refresh -
+exclude (:mod:`benchmark.reporting.feedback_stats`, B = 1000, seed 0).
+
+Each setting is ``[TAG[@SEEDS]:]OVERRIDES``: ``--feedback-set`` style overrides separated by
+spaces, optionally after a tag (names the result file with ``--results-dir``) and the user
+seeds of that setting (else ``--seeds``), e.g.::
+
+    PYTHONPATH=$PWD python scripts/feedback_sweep.py --split val --max-queries 1000 --rounds 3 \\
+        "user.model=binary" "user.noise=0 refresh.kernel=mean refresh.w_ps=1" ...
+    PYTHONPATH=$PWD python scripts/feedback_sweep.py --split test --max-queries 2000 \\
+        --arms none,exclude,refresh,llm --results-dir results "graded@0,1,2:" "binary@0:user.model=binary"
+
+The model is the one ``bench feedback`` uses for the same run flags (``--set``,
+``--cache-dir``, ``--seed``): its cached checkpoint, trained first if absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from benchmark.config import deep_merge, from_dict, parse_set
+from benchmark.feedback.config import FeedbackConfig
+from benchmark.feedback.options import run_config
+from benchmark.feedback.llm.registry import make_backend
+from benchmark.feedback.protocol import run_protocol
+from benchmark.feedback.record import build_result, result_paths
+from benchmark.feedback.refine import Refiner
+from benchmark.feedback.session import encode_gallery, load_model
+from benchmark.feedback.similarity import GalleryScorer, score_function
+from benchmark.feedback.task import from_eval_set
+from benchmark.feedback.user import SimulatedUser
+from benchmark.reporting.feedback_stats import feedback_stats
+from benchmark.reporting.options import ReportOptions
+from benchmark.results import atomic_write_json, environment
+from lightning_modules.base import Encoded
+
+
+class Round0Scorer(GalleryScorer):
+    """A GalleryScorer whose ``scores`` reads precomputed round-0 rows when the "queries" it
+    is given are their indices (``Encoded([Q, 1])`` in float64, which no model encodes to);
+    new texts (the llm arm's refined queries) and image-image rows go to the model as usual."""
+
+    def __init__(self, *args, round0: torch.Tensor, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.round0 = round0
+
+    def scores(self, queries: Encoded) -> torch.Tensor:
+        if queries.emb.dtype == torch.float64 and queries.emb.shape[-1] == 1:
+            return self.round0[queries.emb[:, 0].long()]
+        return super().scores(queries)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("settings", nargs="+", help="space-separated feedback overrides per setting")
+    ap.add_argument("--model", default="ours")
+    ap.add_argument("--dataset", default="synthetic")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--max-queries", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--at", type=int, default=3, help="the round compared")
+    ap.add_argument("--seeds", default="0", help="comma-separated user seeds (feedback.seed)")
+    ap.add_argument("--cache-dir", type=Path, default=None)
+    ap.add_argument("--set", action="append", default=[], dest="sets")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument("--arms", default="exclude,refresh", help="comma-separated arms (llm: the rules writer)")
+    ap.add_argument("--round0-cache", type=Path, default=None,
+                    help="round-0 scores saved here on the first run and read back after (same split and queries)")
+    ap.add_argument("--results-dir", type=Path, default=None,
+                    help="write a result file per setting and seed (tag: the setting's 'TAG:' prefix, then -s<seed>)")
+    args = ap.parse_args()
+
+    cfg = run_config(model=args.model, dataset=args.dataset, size="tiny", tag="sweep", seed=0, epochs=None,
+                     data_root=None, pretrained=None, config=None,
+                     sets=[f"data.eval_split={args.split}", *args.sets], results_dir=Path("/tmp"),
+                     cache_dir=args.cache_dir)
+    t0 = time.perf_counter()
+    model, dm, _ = load_model(cfg)
+    model = model.eval()
+    gallery = encode_gallery(model, dm, "cpu", cfg.cache_dir)
+    es = dm.eval_set()
+    task = from_eval_set(es, dm.records(dm.config.eval_split)).limited(args.max_queries)
+    base = GalleryScorer(model, gallery, score_function(model, None), batch_size=256)
+    if args.round0_cache is not None and args.round0_cache.exists():
+        round0 = torch.load(args.round0_cache, weights_only=True)
+        if round0.shape != (task.n_queries, task.n_gallery):
+            raise SystemExit(f"{args.round0_cache}: round-0 scores of another task {tuple(round0.shape)}")
+    else:
+        round0 = base.scores(base.encode_texts(task.queries))
+        if args.round0_cache is not None:
+            tmp = args.round0_cache.with_suffix(".tmp")
+            torch.save(round0, tmp)
+            tmp.replace(args.round0_cache)
+    print(f"{task.n_queries} queries x {task.n_gallery} images ({args.split}); loaded and scored in "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    index = Encoded(torch.arange(task.n_queries, dtype=torch.float64)[:, None])
+    arms = args.arms.split(",")
+    scorers: dict[tuple, Round0Scorer] = {}  # one per similarity setting: rows and table reused
+    rows = []
+    options = ReportOptions()
+    for setting in args.settings:
+        head, _, overrides = setting.rpartition(":")
+        tag, _, seeds = head.partition("@")
+        for seed in (int(s) for s in (seeds or args.seeds).split(",")):
+            over = deep_merge({"rounds": args.rounds, "arms": arms, "seed": seed}, parse_set(overrides.split()))
+            fb = from_dict(FeedbackConfig, over, "feedback")
+            sim = fb.image_similarity()
+            key = (sim["reads"], sim["top_k"])
+            if key not in scorers:
+                scorers[key] = Round0Scorer(model, gallery, base.score_fn, batch_size=fb.chunk_size,
+                                            row_chunk=sim["row_chunk"], top_k=sim["top_k"],
+                                            row_cache_mb=fb.similarity.row_cache_mb, round0=round0)
+            user = SimulatedUser.from_config(task.truths, task.closeness, fb.user, seed)
+            backend = make_backend(fb.llm) if "llm" in fb.arms else None
+            t = time.perf_counter()
+            res = run_protocol(task, scorers[key], index, fb, user,
+                               Refiner(backend, fb.llm) if backend is not None else None)
+            if args.results_dir is not None:
+                run_cfg = replace(cfg, tag=f"{tag or 'sweep'}-s{seed}", results_dir=str(args.results_dir))
+                result = build_result(run_cfg, fb, res, task, llm=backend.describe() if backend else None,
+                                      user_seed=seed, environment=environment("cpu"),
+                                      provenance=es.provenance() | {"script": "scripts/feedback_sweep.py"},
+                                      timings={"protocol_s": time.perf_counter() - t}, transcript=Path("none"))
+                atomic_write_json(result_paths(run_cfg)[0], result)
+            stats = feedback_stats(res.ranks, fb.success_k, options)
+            d = next(x for x in stats.differences if x.arm == "refresh")
+            ex, rf = stats.series["exclude"], stats.series["refresh"]
+            at = args.at
+            row = {"setting": setting, "seed": seed, "hits_exclude": ex.hits[at].value, "hits_refresh": rf.hits[at].value,
+                   "d_hits": d.hits[at].diff, "d_hits_lo": d.hits[at].lo, "d_hits_hi": d.hits[at].hi,
+                   "bri_exclude": ex.bri[at].value, "bri_refresh": rf.bri[at].value,
+                   "d_bri": d.bri[at].diff, "d_bri_lo": d.bri[at].lo, "d_bri_hi": d.bri[at].hi,
+                   "marks": res.marks().get("refresh", {}), "seconds": time.perf_counter() - t}
+            rows.append(row)
+            print(f"[{setting}] seed {seed}: Hits@{fb.success_k} r{at} exclude {row['hits_exclude']:.4f} refresh "
+                  f"{row['hits_refresh']:.4f} Δ {row['d_hits']:+.4f} [{row['d_hits_lo']:+.4f}, {row['d_hits_hi']:+.4f}]"
+                  f" | BRI exclude {row['bri_exclude']:.4f} refresh {row['bri_refresh']:.4f} Δ {row['d_bri']:+.4f} "
+                  f"[{row['d_bri_lo']:+.4f}, {row['d_bri_hi']:+.4f}] | marks {row['marks']} ({row['seconds']:.0f} s)",
+                  flush=True)
+            if "llm" in res.ranks:
+                dl = next(x for x in stats.differences if x.arm == "llm")
+                print(f"    llm {stats.series['llm'].hits[at].value:.4f} Δ {dl.hits[at].diff:+.4f} "
+                      f"[{dl.hits[at].lo:+.4f}, {dl.hits[at].hi:+.4f}] | BRI {stats.series['llm'].bri[at].value:.4f} "
+                      f"Δ {dl.bri[at].diff:+.4f} [{dl.bri[at].lo:+.4f}, {dl.bri[at].hi:+.4f}] | "
+                      f"fallbacks {res.fallbacks()}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
