@@ -274,6 +274,7 @@ def evaluate_direction(
             sim[start:stop] = _chunk_sim(scores, rows, cols).cpu().numpy()
         rows, cols = rel_pairs.chunk(start, stop, scores.device)
         rank[start:stop] = _chunk_rank(scores, rows, cols, start, exclude_self).cpu().numpy()
+        del scores  # not held while the next chunk is scored
     if sim is not None and parts > 1:
         mine = (np.arange(n_queries) // chunk_size) % parts == part
         sim[~mine] = 0.0
