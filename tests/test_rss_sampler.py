@@ -39,3 +39,20 @@ def test_peak_is_attributed_to_the_stage_that_held_the_memory() -> None:
 def test_interval_must_be_positive(interval: float) -> None:
     with pytest.raises(ValueError, match="interval_s"):
         RssSampler(lambda: "x", interval_s=interval)
+
+
+@linux
+def test_release_freed_memory_returns_heap_pages() -> None:
+    from benchmark.host_memory import release_freed_memory
+
+    assert release_freed_memory() in (True, False)  # glibc or not: never raises
+    if not release_freed_memory():
+        pytest.skip("not glibc")
+    before = read_rss()["anon_bytes"]
+    keep, drop = [], []
+    for i in range(64):  # 64 KiB chunks interleaved with survivors: heap memory, not single mmaps
+        (keep if i % 8 == 0 else drop).append(bytearray(64 << 10) + bytearray(1))
+    grown = read_rss()["anon_bytes"]
+    drop.clear()
+    release_freed_memory()
+    assert read_rss()["anon_bytes"] <= grown and grown >= before

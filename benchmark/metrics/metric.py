@@ -27,6 +27,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from benchmark.host_memory import release_freed_memory
 from benchmark.metrics.retrieval import (
     DirectionResult,
     DirectionSpec,
@@ -263,6 +264,8 @@ class RetrievalMetric(Metric):
         getattr(self, f"{modality}_index").append(index)
         self._append(f"{modality}_emb", emb, modality)
         getattr(self, f"{modality}_lengths").append(lengths)
+        del emb, extra, enc
+        release_freed_memory()  # the batches just copied in: not kept mapped by the allocator
 
     def _stored_dtype(self, t: torch.Tensor) -> torch.dtype:
         """The dtype a state tensor is kept in: floating point in the storage dtype, else its own."""
