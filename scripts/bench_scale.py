@@ -28,7 +28,9 @@ What runs, per size ``N``:
 Recorded per (size, model): wall time per stage (data generation, feature extraction -- shared by
 both models: the same frozen tower, so the second model is a cache hit --, image encoding, text
 encoding, first stage, re-ranking, the ITC-only variant, metric bookkeeping), peak RSS
-(``ru_maxrss`` of the child and of its children), index bytes (total and per image, from the
+(``ru_maxrss`` of the child and of its children), the peak RSS of each stage (``rss_by_stage``:
+:class:`benchmark.rss_sampler.RssSampler`, labelled by the innermost of ``test_step``, ``compute``,
+``_collect``, ``score``, ``itc_score``, ``rerank_topk``, ``itm_scores``), index bytes (total and per image, from the
 result's metrics), t2i R@1/R@5. Targets checked: peak RSS <= index bytes + 2 GB; per-query
 scoring time ratio between consecutive sizes <= their size ratio; the largest size within 20
 minutes (per model: extraction + evaluation; and everything for that size).
