@@ -151,7 +151,18 @@ def full_precision(device: torch.device | str) -> Iterator[None]:
 def blockwise_over_gallery(score: Callable[[Encoded, Encoded], torch.Tensor], queries: Encoded, gallery: Encoded,
                            device: torch.device | str, block: int = GALLERY_BLOCK) -> torch.Tensor:
     """``score`` of the queries against the gallery, the gallery moved to ``device`` (float32)
-    ``block`` items at a time; the ``[Q, G]`` result is concatenated along the gallery axis."""
+    ``block`` items at a time; each block's scores are written into one ``[Q, G]`` result
+    (the same values as concatenating the blocks, without holding the blocks and their
+    concatenation at once). Only one block of the gallery is ever widened to float32."""
     q = scoring_view(queries, device)
-    parts = [score(q, scoring_view(gallery[s:s + block], device)) for s in range(0, max(len(gallery), 1), block)]
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    if len(gallery) <= block:
+        return score(q, scoring_view(gallery, device))
+    out: torch.Tensor | None = None
+    for s in range(0, len(gallery), block):
+        part = score(q, scoring_view(gallery[s:s + block], device))
+        if out is None:
+            out = part.new_empty((part.shape[0], len(gallery)))
+        out[:, s:s + part.shape[1]] = part
+        del part
+    assert out is not None
+    return out

@@ -395,8 +395,9 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
             ii, ti = (qi, gi) if image_side == 0 else (gi, qi)
             return text_ids.to(ti.device)[ti] * n_images + ii
 
+        # itc is this call's own matrix: re-ranked in place (one [Q, G] matrix, not two)
         return rerank_topk(itc, self.config.k, pairs, batch_size=self.config.itm_batch_size, pair_cost=cost,
-                           pair_key=key)
+                           pair_key=key, in_place=True)
 
     @staticmethod
     def text_identity(input_ids: torch.Tensor, attention_mask: torch.Tensor,

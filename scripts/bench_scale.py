@@ -28,7 +28,9 @@ What runs, per size ``N``:
 Recorded per (size, model): wall time per stage (data generation, feature extraction -- shared by
 both models: the same frozen tower, so the second model is a cache hit --, image encoding, text
 encoding, first stage, re-ranking, the ITC-only variant, metric bookkeeping), peak RSS
-(``ru_maxrss`` of the child and of its children), index bytes (total and per image, from the
+(``ru_maxrss`` of the child and of its children), the peak RSS of each stage (``rss_by_stage``:
+:class:`benchmark.rss_sampler.RssSampler`, labelled by the innermost of ``test_step``, ``compute``,
+``_collect``, ``score``, ``itc_score``, ``rerank_topk``, ``itm_scores``), index bytes (total and per image, from the
 result's metrics), t2i R@1/R@5. Targets checked: peak RSS <= index bytes + 2 GB; per-query
 scoring time ratio between consecutive sizes <= their size ratio; the largest size within 20
 minutes (per model: extraction + evaluation; and everything for that size).
@@ -228,19 +230,24 @@ def prepare_data(n_images: int, n_queries: int, data_root: Path, workers: int, f
     return out
 
 
-def _timed(obj, name: str, bucket: dict[str, float], inside: list[str]) -> None:
+def _timed(obj, name: str, bucket: dict[str, float], inside: list[str], probe=None) -> None:
     """Replace ``obj.name`` by a timer that adds its wall time to ``bucket[name]`` (and to
-    ``bucket[name + '@' + outer]`` when called inside another timed method ``outer``)."""
+    ``bucket[name + '@' + outer]`` when called inside another timed method ``outer``); ``probe()``
+    (e.g. an RSS sample) runs as the call starts and as it ends, inside it."""
     fn = getattr(obj, name)
 
     def timed(*a, **k):
         outer = inside[-1] if inside else None
         inside.append(name)
+        if probe is not None:
+            probe()
         t = time.perf_counter()
         try:
             return fn(*a, **k)
         finally:
             dt = time.perf_counter() - t
+            if probe is not None:
+                probe()
             inside.pop()
             bucket[name] = bucket.get(name, 0.0) + dt
             bucket[f"{name}_calls"] = bucket.get(f"{name}_calls", 0) + 1
@@ -256,7 +263,11 @@ def child_eval(args) -> dict:
     from benchmark import runner
     from benchmark.config import build_run_config, model_defaults
     from benchmark.registry import MODELS as REGISTRY
+    from benchmark.evaluation import RetrievalEvaluator
+    from benchmark.metrics.metric import RetrievalMetric
+    from benchmark.rss_sampler import RssSampler
     from benchmark.tasks.retrieval import RetrievalTask
+    from lightning_modules import blip2 as blip2_module
 
     torch.set_num_threads(args.threads)
     folder = scale_folder(Path(args.data_root), args.size, args.queries)
@@ -271,11 +282,19 @@ def child_eval(args) -> dict:
         load_s = time.perf_counter() - t0
         bucket: dict[str, float] = {}
         inside: list[str] = []
+        sampler = RssSampler(lambda: inside[-1] if inside else "outside (start-up, features, loaders)",
+                             interval_s=args.rss_interval)
         for name in ("score", "itc_score", "itm_scores"):
             if hasattr(model, name):
-                _timed(model, name, bucket, inside)
+                _timed(model, name, bucket, inside, sampler.sample)
+        # stages for the RSS sampler only (their times are not reported): encoding batches, the
+        # metric's gathering of its states, its scoring loop, and re-ranking inside ``score``
+        for owner, name in ((RetrievalEvaluator, "test_step"), (RetrievalMetric, "compute"),
+                            (RetrievalMetric, "_collect"), (blip2_module, "rerank_topk")):
+            _timed(owner, name, bucket, inside, sampler.sample)
         dm = scale_datamodule_class()(cfg.data, cfg.seed, folder)
-        outcome = runner._evaluate(cfg, RetrievalTask(), model, dm, t0, progress=False)
+        with sampler:
+            outcome = runner._evaluate(cfg, RetrievalTask(), model, dm, t0, progress=False)
         total_s = time.perf_counter() - t0
     result = outcome.result
     assert result is not None
@@ -316,6 +335,7 @@ def child_eval(args) -> dict:
         "t2i_R@5": float(m["t2i/R@5"]),
         "itc_t2i_R@1": float(m["itc/t2i/R@1"]) if "itc/t2i/R@1" in m else None,
         "rss": peak_rss(),
+        "rss_by_stage": sampler.report(),
     }
 
 
@@ -437,6 +457,11 @@ def print_run(n: int, model: str, r: dict) -> None:
           f"{r['scoring_ms_per_query']:.2f} ms/query | peak RSS {fmt_bytes(r['rss']['self_bytes'])} | index "
           f"{fmt_bytes(r['index_bytes'])} ({r['index_bytes_per_image']:.0f} B/image) | "
           f"t2i R@1 {r['t2i_R@1']:.4f} R@5 {r['t2i_R@5']:.4f}", flush=True)
+    stages = r.get("rss_by_stage", [])
+    if stages:
+        print("    peak RSS by stage: " + "; ".join(
+            f"{row['stage']} {fmt_bytes(row['rss_bytes'])} (anon {fmt_bytes(row.get('anon_bytes', 0))}, "
+            f"file {fmt_bytes(row.get('file_bytes', 0))})" for row in stages), flush=True)
 
 
 def print_targets(t: dict) -> None:
@@ -474,6 +499,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--full-generator-max", type=int, default=10000,
                    help="also time the suite's full generator (every annotation) up to this many images (0: never)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per child process")
+    p.add_argument("--rss-interval", type=float, default=0.1,
+                   help="seconds between the RSS samples that give the peak per stage")
     p.add_argument("--merge", type=Path, nargs="+", default=None,
                    help="combine the --out files of separate runs into one (targets checked over every size)")
     # internal: child processes
@@ -489,6 +516,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--threads must be >= 1")
     if args.timeout <= 0 or args.timeout != args.timeout:
         p.error("--timeout must be a positive number of seconds")
+    if not 0.001 <= args.rss_interval <= 60:  # also refuses NaN
+        p.error("--rss-interval must be a number of seconds in [0.001, 60]")
     if args.full_generator_max < 0:
         p.error("--full-generator-max must be >= 0")
     args.data_root = args.data_root or str(Path(args.cache_dir) / "scale")
@@ -497,7 +526,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def common_argv(args) -> list[str]:
     return ["--queries", str(args.queries), "--threads", str(args.threads), "--cache-dir", args.cache_dir,
-            "--data-root", args.data_root]
+            "--data-root", args.data_root, "--rss-interval", str(args.rss_interval)]
 
 
 def merge(paths: list[Path]) -> dict:

@@ -115,6 +115,10 @@ def test_bench_scale_two_sizes_reports_every_field(tmp_path, checkpoints):
             assert run["index_bytes"] == run["index_bytes_per_image"] * n > 0
             assert 0 <= run["t2i_R@1"] <= run["t2i_R@5"] <= 1
             assert run["rss"]["self_bytes"] > 0 and run["child_wall_s"] >= s["total_s"]
+            # the sampler saw the stages where the gallery is held: encoding, the metric, scoring
+            stages = {row["stage"]: row for row in run["rss_by_stage"]}
+            assert {"test_step", "score"} <= set(stages) or {"test_step", "itc_score"} <= set(stages), stages
+            assert all(row["rss_bytes"] >= row["anon_bytes"] > 0 for row in stages.values())
     # ours indexes more queries per image (L_max) than BLIP2's 8 over the same vision tokens
     per_image = {m: r["results"]["40"]["models"][m]["index_bytes_per_image"] for m in ("blip2", "ours")}
     assert per_image["ours"] > per_image["blip2"]

@@ -100,7 +100,11 @@ def assert_summary_close(got: dict, want: dict) -> None:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("chunk_size", [1, 7, 1024])
-def test_matches_bruteforce_with_ties_negatives_multi_positive(seed, chunk_size):
+@pytest.mark.parametrize("rank_block", [3, 16384])  # ranks counted over gallery blocks, or in one
+def test_matches_bruteforce_with_ties_negatives_multi_positive(seed, chunk_size, rank_block, monkeypatch):
+    import benchmark.metrics.retrieval as retrieval
+
+    monkeypatch.setattr(retrieval, "RANK_BLOCK", rank_block)
     scores, rows, sources = random_case(seed)
     rel = Relevance.from_lists(rows, scores.shape[1])
     src = Relevance.from_lists(sources, scores.shape[1])
@@ -116,7 +120,11 @@ def test_matches_bruteforce_with_ties_negatives_multi_positive(seed, chunk_size)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 5, 64])
-def test_exclude_self_matches_bruteforce(chunk_size):
+@pytest.mark.parametrize("rank_block", [4, 16384])
+def test_exclude_self_matches_bruteforce(chunk_size, rank_block, monkeypatch):
+    import benchmark.metrics.retrieval as retrieval
+
+    monkeypatch.setattr(retrieval, "RANK_BLOCK", rank_block)
     scores, rows, _ = random_case(3, n_q=31, n_g=31)
     rows[0] = [0]  # only itself: skipped once self is excluded
     rows[1] = sorted(set(rows[1]) | {1, 4})  # self listed as relevant: dropped, 4 still counts

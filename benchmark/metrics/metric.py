@@ -27,6 +27,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from benchmark.host_memory import release_freed_memory
 from benchmark.metrics.retrieval import (
     DirectionResult,
     DirectionSpec,
@@ -64,6 +65,24 @@ def sum_over_ranks(array: np.ndarray) -> np.ndarray:
     t = torch.from_numpy(np.ascontiguousarray(array)).to(collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.cpu().numpy()
+
+
+def joined(parts: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """A list state as one tensor: without a copy when its parts are consecutive rows of one
+    buffer (as :meth:`RetrievalMetric.update` writes them), else ``torch.cat`` (one copy)."""
+    if isinstance(parts, torch.Tensor):
+        return parts
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    storage, offset = first.untyped_storage().data_ptr(), first.storage_offset()
+    for p in parts:
+        if (not p.is_contiguous() or p.untyped_storage().data_ptr() != storage or p.storage_offset() != offset
+                or p.shape[1:] != first.shape[1:] or p.dtype != first.dtype):
+            return dim_zero_cat(list(parts))
+        offset += p.numel()
+    rows = sum(len(p) for p in parts)
+    return torch.as_strided(first, (rows, *first.shape[1:]), first.stride(), first.storage_offset())
 
 
 class EvalStructure(Protocol):
@@ -209,6 +228,10 @@ class RetrievalMetric(Metric):
         self.direction_results: dict[str, DirectionResult] = {}
         self.n_duplicates: dict[str, int] = {}
         self._extra_keys: dict[str, list[str]] = {m: [] for m in _MODALITIES}
+        #: per modality, the items it should receive: the row capacity of its first buffer
+        self._expected = {"image": self.n_images, "text": self.n_queries, "query_image": self.n_query_images}
+        #: per list state of per-item tensors: (buffer, rows written) -- see :meth:`_append`
+        self._state_buffers: dict[str, tuple[torch.Tensor, int]] = {}
 
     # -- accumulation -------------------------------------------------------------------
     def update(self, index: torch.Tensor, enc: Encoded, modality: str) -> None:  # type: ignore[override]
@@ -226,9 +249,9 @@ class RetrievalMetric(Metric):
                 f"{tuple(emb.shape[1:])}; pad multi-vector embeddings to one T and pass lengths"
             )
         lengths = torch.full_like(index, -1) if enc.lengths is None else enc.lengths.detach().to(index)
-        emb, index, lengths = self._stored(emb), index.cpu(), lengths.cpu()
+        index, lengths = index.cpu(), lengths.cpu()
         given = self.gallery_extra.get(modality, {})
-        extra = {k: self._stored(v.detach()) for k, v in (enc.extra or {}).items() if k not in given}
+        extra = {k: v.detach() for k, v in (enc.extra or {}).items() if k not in given}
         keys = self._extra_keys[modality]
         if stored and sorted(extra) != keys:
             raise ValueError(f"{modality} batches changed their extra fields: {keys} then {sorted(extra)}")
@@ -236,17 +259,44 @@ class RetrievalMetric(Metric):
             name = f"{modality}_extra_{k}"
             if name not in self._defaults:  # extra fields are named by the model: states added on first sight
                 self.add_state(name, default=[], dist_reduce_fx="cat")
-            getattr(self, name).append(extra[k])
+            self._append(name, extra[k], modality)
         self._extra_keys[modality] = sorted(extra)
         getattr(self, f"{modality}_index").append(index)
-        stored.append(emb)
+        self._append(f"{modality}_emb", emb, modality)
         getattr(self, f"{modality}_lengths").append(lengths)
+        del emb, extra, enc
+        release_freed_memory()  # the batches just copied in: not kept mapped by the allocator
 
-    def _stored(self, t: torch.Tensor) -> torch.Tensor:
-        """A state tensor as kept: in host memory, floating point in the storage dtype."""
-        if self.storage_dtype is not None and t.is_floating_point():
-            t = t.to(self.storage_dtype)
-        return t.cpu()
+    def _stored_dtype(self, t: torch.Tensor) -> torch.dtype:
+        """The dtype a state tensor is kept in: floating point in the storage dtype, else its own."""
+        return self.storage_dtype if self.storage_dtype is not None and t.is_floating_point() else t.dtype
+
+    def _append(self, name: str, batch: torch.Tensor, modality: str) -> None:
+        """Append a batch to the list state ``name`` as a view of rows of a preallocated host
+        buffer, in arrival order and in the storage dtype (the batch is converted as it is
+        copied in). The buffer has room for every item the modality should receive, so in one
+        process the states are one tensor at :meth:`compute` (:func:`joined`), never
+        concatenated: the gallery is held once. Under DDP a rank fills part of its buffer (the
+        untouched rest is never resident) and torchmetrics concatenates the parts to gather
+        them, as before. More rows than expected (padded repeats) start a new buffer twice as
+        large as everything so far; :func:`joined` then concatenates once."""
+        dtype = self._stored_dtype(batch)
+        rows = len(batch)
+        buffer, used = self._state_buffers.get(name, (None, 0))
+        if (buffer is None or used + rows > len(buffer) or buffer.shape[1:] != batch.shape[1:]
+                or buffer.dtype != dtype):
+            so_far = sum(len(p) for p in getattr(self, name))
+            capacity = max(rows, self._expected[modality] - so_far if so_far < self._expected[modality] else so_far)
+            buffer, used = torch.empty((capacity, *batch.shape[1:]), dtype=dtype), 0
+        view = buffer[used:used + rows]
+        view.copy_(batch)
+        self._state_buffers[name] = (buffer, used + rows)
+        getattr(self, name).append(view)
+
+    def reset(self) -> None:
+        """Clear the states and drop the buffers that held them."""
+        super().reset()
+        self._state_buffers = {}
 
     def update_images(self, index: torch.Tensor, enc: Encoded) -> None:
         self.update(index, enc, "image")
@@ -265,7 +315,7 @@ class RetrievalMetric(Metric):
         if isinstance(index_state, list) and not index_state:
             raise RuntimeError(f"RetrievalMetric: no {modality}s were given (call update_{modality}s first)")
         index = dim_zero_cat(index_state).long()
-        emb = dim_zero_cat(getattr(self, f"{modality}_emb"))
+        emb = joined(getattr(self, f"{modality}_emb"))
         lengths = dim_zero_cat(getattr(self, f"{modality}_lengths")).long()
         order = torch.argsort(index, stable=True)
         sorted_index = index[order]
@@ -290,7 +340,7 @@ class RetrievalMetric(Metric):
             return t if in_order else t[keep]
 
         emb, lengths = kept(emb), kept(lengths)
-        extra = {k: kept(dim_zero_cat(getattr(self, f"{modality}_extra_{k}"))) for k in self._extra_keys[modality]}
+        extra = {k: kept(joined(getattr(self, f"{modality}_extra_{k}"))) for k in self._extra_keys[modality]}
         for k, table in self.gallery_extra.get(modality, {}).items():
             if len(table) != n:
                 raise ValueError(f"RetrievalMetric: gallery_extra[{modality!r}][{k!r}] has {len(table)} rows, expected {n}")

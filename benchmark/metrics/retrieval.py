@@ -50,6 +50,9 @@ from datamodules.base import Relevance
 from lightning_modules.base import Encoded
 
 ScoreFn = Callable[[int, int], torch.Tensor]
+#: gallery columns compared with a query's best relevant score at once (bounds the rank count's
+#: temporaries; integer counts, so the block size never changes a rank)
+RANK_BLOCK = 16384
 
 __all__ = [
     "DirectionResult",
@@ -208,8 +211,13 @@ def _chunk_rank(
     best.scatter_reduce_(0, rows, vals, reduce="amax", include_self=True)
     has_pos = torch.bincount(rows, minlength=q) > 0
     # everything at or above the best relevant score, minus the relevant items among them
-    # (an int32 count is exact and much faster than the default int64 sum of a bool tensor)
-    at_or_above = (scores >= best[:, None]).sum(1, dtype=torch.int32).long()
+    # (an int32 count is exact and much faster than the default int64 sum of a bool tensor),
+    # counted over blocks of gallery columns: the comparison and its int32 cast are
+    # [q, RANK_BLOCK], not two more [q, n_gallery] arrays (500 MB at 1,000 x 100k)
+    at_or_above = torch.zeros(q, dtype=torch.int32, device=device)
+    for lo in range(0, n_gallery, RANK_BLOCK):
+        at_or_above += (scores[:, lo:lo + RANK_BLOCK] >= best[:, None]).sum(1, dtype=torch.int32)
+    at_or_above = at_or_above.long()
     at_or_above = torch.where(best == -math.inf, n_gallery, at_or_above)
     relevant_tied = torch.zeros(q, dtype=torch.int64, device=device)
     relevant_tied.scatter_add_(0, rows, (vals >= best[rows]).long())
@@ -274,6 +282,7 @@ def evaluate_direction(
             sim[start:stop] = _chunk_sim(scores, rows, cols).cpu().numpy()
         rows, cols = rel_pairs.chunk(start, stop, scores.device)
         rank[start:stop] = _chunk_rank(scores, rows, cols, start, exclude_self).cpu().numpy()
+        del scores  # not held while the next chunk is scored
     if sim is not None and parts > 1:
         mine = (np.arange(n_queries) // chunk_size) % parts == part
         sim[~mine] = 0.0

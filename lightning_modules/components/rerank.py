@@ -47,19 +47,27 @@ def _distinct(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def rerank_topk(first_stage: torch.Tensor, k: int, pair_scorer: PairScorer, batch_size: int = 1024,
                 margin: float = 1.0, pair_cost: PairCost | None = None,
-                pair_key: PairKey | None = None, max_padding: float = 0.25) -> torch.Tensor:
+                pair_key: PairKey | None = None, max_padding: float = 0.25, in_place: bool = False) -> torch.Tensor:
     """``[Q, G]`` scores: the top-``k`` of each row re-scored, the rest shifted below them.
 
     ``pair_scorer`` is called on at most ``batch_size`` pairs at a time with indices into
     the rows and columns of ``first_stage``; with ``pair_cost``, pairs of similar cost share
     a batch (a stable sort, so equal costs keep their order; a batch holds no pair costing
     more than ``1 + max_padding`` times its cheapest); with ``pair_key``, only the first pair
-    of each key is scored and its score given to the others of that key.
+    of each key is scored and its score given to the others of that key. ``in_place``: the
+    result is written into ``first_stage`` (for a caller that no longer needs it: no second
+    ``[Q, G]`` matrix); otherwise into one new matrix.
+
+    Memory: besides the result, ``[Q, k + 1]`` values and indices; no ``[Q, G]`` mask or
+    copy. The largest first-stage score outside a row's top k is the row's (k+1)-th largest
+    value (``topk(k + 1)``), the same number whichever tied items ``topk(k)`` picked (NaN,
+    which ``topk`` ranks first, is outside the top k only when more than k are NaN; then it
+    is the (k+1)-th value too, as the masked maximum was).
     """
     q, g = first_stage.shape
     k = min(int(k), g)
     if k <= 0 or q == 0:
-        return first_stage.clone()
+        return first_stage if in_place else first_stage.clone()
     top_val, top_idx = first_stage.topk(k, dim=1)
     rows = torch.arange(q, device=first_stage.device)[:, None].expand(q, k).reshape(-1)
     cols = top_idx.reshape(-1)
@@ -78,12 +86,12 @@ def rerank_topk(first_stage: torch.Tensor, k: int, pair_scorer: PairScorer, batc
     if inverse is not None:
         pair = pair[inverse.to(pair.device)]
     rescored = pair.view(q, k) + top_val
-    out = first_stage.clone()
     if k < g:
         # the others keep their order, below every re-scored item of the row
-        in_top = torch.zeros_like(first_stage, dtype=torch.bool).scatter_(1, top_idx, True)
-        rest_max = first_stage.masked_fill(in_top, float("-inf")).amax(1, keepdim=True)
+        rest_max = first_stage.topk(k + 1, dim=1).values[:, k:]
         shift = (rest_max - rescored.amin(1, keepdim=True) + margin).clamp(min=0)
-        out = out - shift
+        out = first_stage.sub_(shift) if in_place else first_stage - shift
+    else:
+        out = first_stage if in_place else first_stage.clone()
     out.scatter_(1, top_idx, rescored)
     return out
