@@ -128,7 +128,8 @@ class IdqConfig(Blip2Config):
 
     blip2_checkpoint: tiny: the BLIP2 suite checkpoint to start from (None: the runner trains
         / finds the tiny BLIP2 of the same dataset and seed).
-    l_base, l_max, l_init, noise_std, mask_tau, length_weight, oracle_weight, lmax_itc_weight: see :class:`~lightning_modules.components.dynamic_length.LengthConfig`.
+    l_base, l_max, l_init, noise_std, mask_tau, length_weight, oracle_weight, lmax_itc_weight:
+        see :class:`~lightning_modules.components.dynamic_length.LengthConfig`.
     attention: "nested" (query i attends to queries <= i) or "full" (BLIP-2).
     qscaler: False = the "without QScaler" ablation: every text gets ``l_init`` queries.
     qscaler_encoder: the QScaler's frozen language encoder: "qformer" (a frozen copy of the
