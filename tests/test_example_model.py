@@ -84,3 +84,15 @@ def test_the_registered_example_runs_through_bench_run(tmp_path, example_registe
     assert first["metrics"]["memory_mb"] > 0  # measured in a fresh process that imports the class by path
     loaded = MeanPoolRetrieval.load_checkpoint(ckpt)
     torch.testing.assert_close(loaded.encode_texts(["a red circle"]).emb.norm(dim=-1), torch.ones(1))
+
+
+def test_every_registered_model_honours_the_contract_and_declares_its_capabilities():
+    declared = {name: {c.__name__ for c in (VqaPrefix, MethodSettings, CostModel, ItemLoading)
+                       if issubclass(MODELS.get(name), c)} for name in MODELS.names()}
+    assert declared == {
+        "clip": {"CostModel"},
+        "blip2": {"VqaPrefix", "CostModel", "ItemLoading"},
+        "ours": {"VqaPrefix", "CostModel", "ItemLoading"},
+        "dynamicvit": {"VqaPrefix", "MethodSettings", "CostModel", "ItemLoading"},
+        "crossget": {"VqaPrefix", "MethodSettings", "CostModel", "ItemLoading"},
+    }
