@@ -27,9 +27,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from benchmark.config import ConfigError
 from benchmark.feedback.neighbours import NeighbourTable
 from benchmark.feedback.rowcache import RowCache
-from benchmark.config import ConfigError
 from lightning_modules.base import Encoded, RetrievalModel
 from lightning_modules.contract import ScoreVariants
 
