@@ -185,7 +185,7 @@ def data_check(
     if data_root is None:
         import os
 
-        from benchmark.runner import DATA_ROOT_ENV
+        from benchmark.store import DATA_ROOT_ENV
 
         env = os.environ.get(DATA_ROOT_ENV)
         data_root = Path(env) / dataset if env else None

@@ -26,6 +26,7 @@ from benchmark.config import EvalConfig
 from benchmark.metrics import RetrievalMetric
 from datamodules.base import EvalSet
 from lightning_modules.base import RetrievalModel
+from lightning_modules.contract import ScoreVariants
 
 
 class RetrievalEvaluator(L.LightningModule):
@@ -49,8 +50,8 @@ class RetrievalEvaluator(L.LightningModule):
             directions=tuple(directions) if directions is not None else config.directions,
             ks=config.ks,
             chunk_size=config.chunk_size,
-            score_variants=model.score_variants() if hasattr(model, "score_variants") else None,
-            variant_directions=getattr(model, "score_variant_directions", None),
+            score_variants=model.score_variants() if isinstance(model, ScoreVariants) else None,
+            variant_directions=model.score_variant_directions if isinstance(model, ScoreVariants) else None,
             storage_dtype=storage_dtype,
             gallery_extra={"image": dict(gallery_extra)} if gallery_extra else None,
         )
@@ -70,7 +71,7 @@ class RetrievalEvaluator(L.LightningModule):
         """Sim of a re-ranking model comes from its first-stage similarity (its
         ``similarity_variant``, e.g. ``"itc"``): a re-rank score (ITM logit + ITC) is not a
         similarity. The re-ranked score still decides every rank-based metric."""
-        variant = getattr(self.model, "similarity_variant", None)
+        variant = self.model.similarity_variant if isinstance(self.model, ScoreVariants) else None
         if not variant:
             return
         for key in [k for k in self.results if k.endswith("/Sim") and not k.startswith(f"{variant}/")]:

@@ -37,9 +37,14 @@ class Entry:
 
 
 class Registry:
-    def __init__(self, kind: str) -> None:
+    """Names -> lazily imported implementations. ``check`` (``"module:function"``, imported on the
+    first ``get``): called as ``check(implementation, name)`` on every implementation handed out,
+    it returns it or raises (models: :func:`lightning_modules.contract.check_model_class`)."""
+
+    def __init__(self, kind: str, check: str | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
+        self._check = None if check is None else Entry("check", check, "")
 
     def register(self, name: str, target: str, description: str = "") -> None:
         if name in self._entries:
@@ -58,13 +63,20 @@ class Registry:
             raise UnknownNameError(self.kind, name, self.names()) from None
 
     def get(self, name: str) -> Any:
-        return self.entry(name).load()
+        implementation = self.entry(name).load()
+        return implementation if self._check is None else self._check.load()(implementation, name)
+
+    def unregister(self, name: str) -> None:
+        """Remove a name (e.g. a model a test registered)."""
+        self.entry(name)
+        del self._entries[name]
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
 
-MODELS = Registry("model")
+#: every model honours lightning_modules/contract.py's SuiteModel (checked when it is loaded)
+MODELS = Registry("model", check="lightning_modules.contract:check_model_class")
 MODELS.register("clip", "lightning_modules.clip:ClipRetrieval", "CLIP dual encoder (transformers CLIPModel)")
 MODELS.register("blip2", "lightning_modules.blip2:Blip2Retrieval",
                 "BLIP-2: frozen vision tower + Q-Former (32 queries), ITC + ITM re-ranking")

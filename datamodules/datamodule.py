@@ -42,6 +42,7 @@ from datamodules.base import (
     record_fields,
     sha256_of_files,
 )
+from datamodules.batch import collate_train
 from datamodules.image_checks import ImageCheckCache, check_images
 from datamodules.loading import MAX_WORKERS, LoaderRuntime, loader_kwargs, resolve_workers
 from datamodules.sharding import RankBatches
@@ -371,12 +372,13 @@ class RetrievalDataModule(L.LightningDataModule):
             self.eval_set()
 
     def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool = False) -> DataLoader:
+        """A training or validation loader of :class:`~datamodules.batch.TrainBatch` es."""
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
             drop_last=drop_last,
-            collate_fn=collate_indexed,
+            collate_fn=collate_train,
             **loader_kwargs(self.num_workers, self.runtime),
         )
 

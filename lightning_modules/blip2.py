@@ -42,8 +42,9 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from transformers import AutoTokenizer, Blip2ForImageTextRetrieval, Blip2QFormerConfig
+from transformers import AutoImageProcessor, AutoTokenizer, Blip2ForImageTextRetrieval, Blip2QFormerConfig
 
+from datamodules.batch import TrainBatch
 from lightning_modules.base import Encoded, blockwise_over_gallery, full_precision, max_sim, on_device, scoring_view
 from lightning_modules.components.blip2_losses import ItcBlocks, batch_itc, itm_loss, itm_pairs_blocks
 from lightning_modules.components.cross_rank import CrossRankNegatives, GlobalBatch
@@ -176,8 +177,6 @@ def load_pretrained_parts(path: str, local_files_only: bool = True, temp_init: f
     The one loading path of the full size (hub id or local folder, as in the tests): the
     model, its tokenizer (``AutoTokenizer``) and its image processor (the tower's transform).
     """
-    from transformers import AutoImageProcessor
-
     hf = load_strict(Blip2ForImageTextRetrieval, path, local_files_only=local_files_only,
                      dtype=torch.float32)  # one dtype whatever the saved config says (mixed otherwise)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
@@ -430,8 +429,8 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
         return {"itc": self.itc_score}
 
     # -- training ----------------------------------------------------------------------
-    def _losses(self, batch) -> dict[str, torch.Tensor]:
-        index, images, texts = batch[:3]  # a 4th column: relevant images (ours only)
+    def _losses(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        index, images, texts = batch.index, batch.items, batch.texts
         index = index.to(self.device)
         tokens = self.vision_tokens(images)
         img = self.head.image_feats(self.head.query_outputs(self.head.query_tokens, tokens))
@@ -482,9 +481,9 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
         if stage == "fit" and self.config.itm_weight == 0:
             self.head.itm_head.requires_grad_(False)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> torch.Tensor:
         losses = self._losses(batch)
-        n = len(batch[0])
+        n = len(batch)
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n)
         for k in ("itc", "itm"):
             if k in losses:
@@ -492,8 +491,8 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
         self.log("train/temperature", self.head.temp.detach(), batch_size=n)
         return losses["loss"]
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self.log("val/loss", self._losses(batch)["loss"], prog_bar=True, batch_size=len(batch[0]), sync_dist=True)
+    def validation_step(self, batch: TrainBatch, batch_idx: int) -> None:
+        self.log("val/loss", self._losses(batch)["loss"], prog_bar=True, batch_size=len(batch), sync_dist=True)
 
     def configure_optimizers(self):
         return build_optimizer(self.head.parameters(), self.optim, self.trainer.estimated_stepping_batches)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
+from datamodules.batch import TrainBatch
 from lightning_modules.base import Encoded, blockwise_over_gallery, full_precision, max_sim
 from lightning_modules.components.cross_rank import CrossRankNegatives, GlobalBatch
 from lightning_modules.components.image_transform import ImageTransform
@@ -126,6 +127,7 @@ class ClipRetrieval(CrossRankNegatives, L.LightningModule):
     """CLIP dual encoder honouring :class:`lightning_modules.base.RetrievalModel`."""
 
     Config = ClipConfig
+    checkpoint_dependencies: dict[str, str] = {}  # trained from scratch (tiny) or loaded (full)
 
     def __init__(self, model: CLIPModel, tokenizer, transform: ImageTransform, config: ClipConfig,
                  optim: OptimConfig | None = None) -> None:
@@ -201,8 +203,8 @@ class ClipRetrieval(CrossRankNegatives, L.LightningModule):
             return blockwise_over_gallery(max_sim, queries, gallery, self.device)
 
     # -- training ----------------------------------------------------------------------
-    def _loss(self, batch) -> torch.Tensor:
-        index, pixels, texts = batch[:3]  # a 4th column: relevant images (unused)
+    def _loss(self, batch: TrainBatch) -> torch.Tensor:
+        index, pixels, texts = batch.index, batch.items, batch.texts
         img = self.encode_images(pixels).emb
         txt = self.encode_texts(texts).emb
         scale = self.model.logit_scale.exp().clamp(max=100)
@@ -215,14 +217,14 @@ class ClipRetrieval(CrossRankNegatives, L.LightningModule):
         target = same / same.sum(1, keepdim=True)
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch[0]))
-        self.log("train/temperature", 1 / self.model.logit_scale.exp(), batch_size=len(batch[0]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
+        self.log("train/temperature", 1 / self.model.logit_scale.exp(), batch_size=len(batch))
         return loss
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self.log("val/loss", self._loss(batch), prog_bar=True, batch_size=len(batch[0]), sync_dist=True)
+    def validation_step(self, batch: TrainBatch, batch_idx: int) -> None:
+        self.log("val/loss", self._loss(batch), prog_bar=True, batch_size=len(batch), sync_dist=True)
 
     def configure_optimizers(self):
         return build_optimizer(self.parameters(), self.optim, self.trainer.estimated_stepping_batches)

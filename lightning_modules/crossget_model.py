@@ -6,13 +6,12 @@ merges a constant ``r`` tokens by complete-graph soft matching guided by a learn
 token, with a cross-guided weighted ensemble, size tracking and proportional attention
 (:class:`~lightning_modules.components.crossget.CrossGETTower`). ``r`` defaults to 6 on the
 tiny 4-layer tower (37 -> 13 tokens, 0.716x its FLOPs) and to 5 on BLIP-2's ViT-g/14
-(62 tokens out of 257, 0.617x), the component's measured choices.
+(62 tokens out of 257, 0.617x).
 
 * **Q-Former**: sees the merged tokens, each once (default). With ``proportional_attention``
   its cross-attention adds ``log(size)`` to each merged token's logit, as the tower's own
   attention does, so a token standing for ``s`` patches weighs in as they would have -- in
-  the ITC pass and in ITM re-ranking alike. Off by default: on SynthScenes (tiny, r = 6,
-  self-guided, ITC) it gave t2i/R@5 0.285 against 0.292 without it.
+  the ITC pass and in ITM re-ranking alike. Off by default.
 * **Training**: ``0.5 * ITC + 0.5 *`` the cross-token alignment loss (Jensen-Shannon between
   the softmaxed projections of the image cross token of every layer and of the text). The
   adapter onto BLIP-2 is ours: the text side is the Q-Former's projected text CLS embedding
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from datamodules.batch import TrainBatch
 from lightning_modules.components import image_attention
 from lightning_modules.components.blip2_losses import batch_itc
 from lightning_modules.components.crossget import DEFAULT_R, CrossGETTower, cross_alignment_loss
@@ -110,8 +110,8 @@ class CrossGETRetrieval(TokenReductionRetrieval):
         """Whether ITC reaches any trainable parameter (else it is skipped)."""
         return self.config.finetune_qformer or self.config.cross_token_visible
 
-    def _losses(self, batch) -> dict[str, torch.Tensor]:
-        index, images, texts = batch[:3]  # a 4th column: relevant images (ours only)
+    def _losses(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        index, images, texts = batch.index, batch.items, batch.texts
         index, images = index.to(self.device), images.to(self.device)
         cfg = self.config
         out = self.reducer.forward_train(images)

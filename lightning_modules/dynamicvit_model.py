@@ -28,6 +28,7 @@ from typing import cast
 
 import torch
 
+from datamodules.batch import TrainBatch
 from lightning_modules.components import image_attention
 from lightning_modules.components.blip2_losses import batch_itc, itm_loss
 from lightning_modules.components.dynamicvit import (
@@ -110,8 +111,8 @@ class DynamicViTRetrieval(TokenReductionRetrieval):
         cross-attention only for the duration of the forward (``image_attention.policy_cross_attention``)."""
         return not self.config.masked_cross_attention
 
-    def _losses(self, batch) -> dict[str, torch.Tensor]:
-        index, images, texts = batch[:3]  # a 4th column: relevant images (ours only)
+    def _losses(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        index, images, texts = batch.index, batch.items, batch.texts
         index, images = index.to(self.device), images.to(self.device)
         cfg = self.config
         out = self.reducer.forward_train(images, tau=cfg.gumbel_tau)

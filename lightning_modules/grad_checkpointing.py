@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from lightning_modules.contract import GradCheckpointing
+
 OPTION = "train.grad_checkpointing"
 #: transformers' ``gradient_checkpointing_kwargs``: non-reentrant (inputs that need no gradient,
 #: e.g. frozen vision tokens, still give the parameters inside their gradients)
@@ -57,9 +59,8 @@ def enable_grad_checkpointing(model: Any, model_name: str | None = None,
                               error: type[Exception] = ValueError) -> None:
     """Turn checkpointing on in ``model`` (the runner calls it before ``fit`` when the option is on);
     a model without the seam raises ``error`` (the runner's: its ``ConfigError``)."""
-    seam = getattr(model, "enable_grad_checkpointing", None)
-    if not callable(seam):
+    if not isinstance(model, GradCheckpointing):
         name = model_name or type(model).__name__
         raise error(f"{OPTION} is true but model {name!r} ({type(model).__name__}) does not support "
                     f"activation checkpointing (it has no enable_grad_checkpointing()); set {OPTION} to false")
-    seam()
+    model.enable_grad_checkpointing()

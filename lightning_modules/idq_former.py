@@ -31,15 +31,13 @@ Training (on the BLIP2 checkpoint, Q-Former + bank + QScaler head trainable, tow
 BLIP-2's ITC, with the soft length mask of
 :mod:`~lightning_modules.components.dynamic_length` (L learnable end to end), + ITM (hard
 negatives, run at each text's integer L) + the length cost + the self-supervised oracle
-length target. The batch's relevance column (the split indices of each caption's relevant
-images) can tell the oracle (``oracle_relevant``) and the ITC / ITM (``train_positives``)
-which other images also satisfy a caption; both are off by default (measured: no gain, see
-docs/DESIGN.md). Under DDP every ITC term (soft-masked and ``L_max``), the oracle's ranking
-(the global batch plus a queue of global batches) and the ITM hard negatives use the batches
-of every process, gathered with gradient (L and the QScaler head included;
+length target; a caption's positives are the items of its own image, as in BLIP2. Under DDP
+every ITC term (soft-masked and ``L_max``), the oracle's ranking (the global batch plus a
+queue of global batches) and the ITM hard negatives use the batches of every process,
+gathered with gradient (L and the QScaler head included;
 :mod:`~lightning_modules.components.cross_rank`), and in the ``qscaler_warmup`` the QScaler
 head takes part in the graph with an exactly zero gradient that is dropped before the
-optimizer step, so plain ``ddp`` trains ours and one process trains as it did before.
+optimizer step, so plain ``ddp`` trains ours and one process trains as it does.
 ``qscaler: false`` gives the paper's "without QScaler" ablation (every text
 L = ``l_init``, 32, and the gallery is encoded with ``l_init`` queries); ``attention:
 "full"`` keeps BLIP-2's full query self-attention, for comparison: then all ``L_max``
@@ -64,6 +62,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
+from datamodules.batch import TrainBatch
 from lightning_modules.base import Encoded, blockwise_over_gallery, full_precision, on_device
 from lightning_modules.blip2 import (
     CONFIG_FILE,
@@ -86,16 +85,14 @@ from lightning_modules.components.dynamic_length import (
 from lightning_modules.components.qformer_head import QFormerHead
 from lightning_modules.components.qscaler import POOLS, HFTextEncoder, QFormerTextEncoder, QScaler
 from lightning_modules.components.query_attention import ATTENTION_MODES, qformer_query_forward
-from lightning_modules.components.relevance import relevance_mask
 from lightning_modules.components.token_bank import TokenBank
 from lightning_modules.components.vision_tower import load_saved_tower
+from lightning_modules.cost import CostCall, shape_key
 from lightning_modules.optim import OptimConfig, build_optimizer
 
 IDQ_WEIGHTS = "idq.safetensors"
 #: a checkpoint's copy of the QScaler's frozen transformers encoder folder (not "qformer")
 QSCALER_ENCODER_DIR = "qscaler_encoder"
-#: what ours' ITC / ITM count as a caption's positives in a batch (``IdqConfig.train_positives``)
-TRAIN_POSITIVES = ("image", "relevant")
 #: the order of the checkpoint's query tokens in the token bank (``IdqConfig.bank_order``)
 BANK_ORDERS = ("checkpoint", "usage")
 #: a trained checkpoint's record of the usage order (``bank_order="usage"``)
@@ -131,15 +128,14 @@ class IdqConfig(Blip2Config):
 
     blip2_checkpoint: tiny: the BLIP2 suite checkpoint to start from (None: the runner trains
         / finds the tiny BLIP2 of the same dataset and seed).
-    l_base, l_max, l_init, noise_std, mask_tau, length_weight, oracle_weight, lmax_itc_weight,
-        itc_length_grad, length_grad_from: see :class:`~lightning_modules.components.dynamic_length.LengthConfig`.
+    l_base, l_max, l_init, noise_std, mask_tau, length_weight, oracle_weight, lmax_itc_weight:
+        see :class:`~lightning_modules.components.dynamic_length.LengthConfig`.
     attention: "nested" (query i attends to queries <= i) or "full" (BLIP-2).
     qscaler: False = the "without QScaler" ablation: every text gets ``l_init`` queries.
     qscaler_encoder: the QScaler's frozen language encoder: "qformer" (a frozen copy of the
         checkpoint's Q-Former text encoder), "clip" (tiny only: the text tower of the tiny CLIP
         checkpoint ``clip_checkpoint``), a local transformers checkpoint (e.g. all-MiniLM-L6-v2),
-        or "auto" (default): "qformer" at full size (``pretrained``), "clip" at tiny size
-        (measured over five seeds, docs/DESIGN.md "QScaler encoder").
+        or "auto" (default): "qformer" at full size (``pretrained``), "clip" at tiny size.
     clip_checkpoint: tiny, with ``qscaler_encoder`` "clip": the CLIP suite checkpoint whose text
         tower the QScaler reads (None: the one the BLIP2 checkpoint's vision tower comes from,
         its ``vision_checkpoint``).
@@ -159,29 +155,14 @@ class IdqConfig(Blip2Config):
         each wins in BLIP-2's own pass (full attention, no positions; summed over DDP ranks),
         most used first. BLIP-2 attends over its queries without order, so this is the same
         BLIP-2; with nested attention it puts the queries BLIP-2's ITC relies on into every
-        prefix (measured in docs/DESIGN.md, "What sets ours' L"). Recorded in the checkpoint
-        (``bank_usage.json``).
+        prefix. Recorded in the checkpoint (``bank_usage.json``).
     text_sees_queries: in the instruction-conditioned (ITM) pass, instruction tokens attend
         to the queries (InstructBLIP style) -- or only to themselves.
     oracle_queue: images of recent batches (detached query outputs) kept as extra negatives
         when the oracle lengths are ranked (0: in-batch only; see ``dynamic_itc``).
-    oracle_relevant: what the oracle makes of images relevant to a text other than its paired
-        image, known from the training batch's relevance column (SynthScenes: exact; real
-        datasets: the paired image only, so the three agree): "negative" (default: ranked as
-        negatives, the behaviour before batches carried relevance), "ignore" (left out of the
-        ranking) or "positive" (the best relevant image counts, as in the evaluation's R@k / MRR). See
-        :mod:`~lightning_modules.components.dynamic_length`.
-    train_positives: the positives of ours' ITC and the pairs its ITM hard negatives avoid:
-        "image" (items of the same image, as BLIP2 trains) or "relevant" (every batch image
-        the relevance column marks relevant to a caption: false-negative-aware ITC / ITM; not
-        an option of BLIP2, so it gives ours supervision BLIP2 does not get). With "relevant"
-        the oracle's batch positives are these too.
     qscaler_lr_scale: the QScaler head's learning rate as a multiple of ``train.optim.lr``.
     qscaler_memo: in training, keep the QScaler's frozen features of up to this many distinct
         instructions in memory (later epochs skip its encoder; 0: encode every batch).
-    prefix_itc: the ``itc_lmax`` term over all ``L_max`` queries ("all") or, per text, a random
-        prefix in ``[L_base, L_max]`` ("random", Matryoshka style); see
-        :class:`~lightning_modules.components.dynamic_length.LengthConfig`.
     qscaler_warmup: share of the training steps during which the QScaler head does not learn
         (every text keeps ``l_init``, r is detached): the nested-attention Q-Former first learns
         to use all its queries, then the lengths are fitted to what the queries can do. Without
@@ -211,14 +192,9 @@ class IdqConfig(Blip2Config):
     use_positions: bool = True
     text_sees_queries: bool = True
     oracle_queue: int = 1024
-    oracle_relevant: str = "negative"
-    train_positives: str = "image"
     qscaler_lr_scale: float = 1.0
     qscaler_warmup: float = 0.25
-    prefix_itc: str = "all"
     qscaler_memo: int = 100_000
-    itc_length_grad: float = 1.0
-    length_grad_from: str = "both"
     bank_order: str = "usage"
 
     def __post_init__(self) -> None:
@@ -244,9 +220,6 @@ class IdqConfig(Blip2Config):
             raise ValueError("model_args.qscaler_lr_scale must be > 0")
         if not 0 <= self.qscaler_warmup < 1:
             raise ValueError("model_args.qscaler_warmup must be in [0, 1)")
-        if self.train_positives not in TRAIN_POSITIVES:
-            raise ValueError(f"model_args.train_positives must be one of {TRAIN_POSITIVES}, "
-                             f"got {self.train_positives!r}")
         if self.oracle_queue < 0:
             raise ValueError("model_args.oracle_queue must be >= 0")
         if self.bank_order not in BANK_ORDERS:
@@ -262,8 +235,7 @@ class IdqConfig(Blip2Config):
 
     def length_config(self) -> LengthConfig:
         return LengthConfig(self.l_base, self.l_max, self.l_init, self.noise_std, self.mask_tau,
-                            self.length_weight, self.oracle_weight, self.lmax_itc_weight, self.oracle_relevant,
-                            self.prefix_itc, self.itc_length_grad, self.length_grad_from)
+                            self.length_weight, self.oracle_weight, self.lmax_itc_weight)
 
 
 class IdqFormerRetrieval(Blip2Retrieval):
@@ -347,9 +319,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
     @classmethod
     def load_checkpoint(cls, directory: Path) -> IdqFormerRetrieval:
         directory = Path(directory)
-        stored = json.loads((directory / CONFIG_FILE).read_text())
-        stored.setdefault("bank_order", "checkpoint")  # saved before the option: trained in checkpoint order
-        config = IdqConfig(**stored)
+        config = IdqConfig(**json.loads((directory / CONFIG_FILE).read_text()))
         tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         encoder_dir = directory / QSCALER_ENCODER_DIR
         model = cls._assemble(load_saved_tower(directory, TOWER_DIR, config.local_files_only),
@@ -455,9 +425,8 @@ class IdqFormerRetrieval(Blip2Retrieval):
             return blockwise_over_gallery(block, queries, gallery, self.device)
 
     # -- training ----------------------------------------------------------------------
-    def _losses(self, batch) -> dict[str, torch.Tensor]:
-        index, images, texts = batch[:3]
-        relevant = batch[3] if len(batch) > 3 else None  # split indices relevant to each caption, -1 padded
+    def _losses(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        index, images, texts = batch.index, batch.items, batch.texts
         index = index.to(self.device)
         tokens = self.vision_tokens(images)
         if self.training and self._order_pending:
@@ -467,11 +436,9 @@ class IdqFormerRetrieval(Blip2Retrieval):
         txt = self.text_features(ids, mask)
         everyone = self.global_batch(len(index))  # DDP: negatives from every process (cross_rank)
         index_all = index if everyone is None else everyone.rows(index, grad=False)
-        train_relevant = relevant if self.config.train_positives == "relevant" else None
-        # [texts, images]: the same image, or (train_positives="relevant") every relevant batch image
-        positives = relevance_mask(train_relevant, index_all, index)
-        positives_i2t = positives.T if everyone is None else relevance_mask(  # [images, every text]
-            None if train_relevant is None else everyone.padded_rows(train_relevant, -1), index, index_all).T
+        positives = index[:, None] == index_all[None, :]  # [texts, images]: items of the same image
+        # [images, every text]
+        positives_i2t = positives.T if everyone is None else (index_all[:, None] == index[None, :]).T
         with torch.no_grad():
             self.head.temp.clamp_(0.001, 0.5)
         ls = self.config.itc_label_smoothing
@@ -479,14 +446,11 @@ class IdqFormerRetrieval(Blip2Retrieval):
             qs = self.qscaler(texts)
             r, soft = self._length_inputs(qs)
             columns = None if everyone is None else GlobalColumns(
-                everyone.rows(txt), everyone.rows(img), everyone.rows(soft), positives_i2t,
-                lambda x: everyone.rows(x, grad=False))
+                everyone.rows(txt), everyone.rows(img), everyone.rows(soft), positives_i2t)
             queued = self._oracle_negatives(index_all, img if columns is None else columns.image_queries)
-            pool = index_all if queued is None else torch.cat([index_all, queued[0]])
             out, sim_t2i, sim_i2t = dynamic_itc(txt, img, soft, r, positives, self.head.temp, self.length, ls,
                                                 oracle_negatives=None if queued is None else queued[1],
-                                                oracle_relevant=None if self.length.oracle_relevant == "negative"
-                                                else relevance_mask(relevant, pool, index), columns=columns)
+                                                columns=columns)
             lengths = qs.length
             out["query_length"], out["r"] = qs.length.float().mean(), qs.r.detach().mean()
         elif everyone is None:
@@ -568,9 +532,9 @@ class IdqFormerRetrieval(Blip2Retrieval):
         self._queue = (index[:n].detach(), img[:n].detach())
         return negatives
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> torch.Tensor:
         losses = self._losses(batch)
-        n = len(batch[0])
+        n = len(batch)
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n)
         for k in ("itc", "itc_lmax", "itm", "length", "oracle", "oracle_length", "query_length", "r"):
             if k in losses:
@@ -590,8 +554,6 @@ class IdqFormerRetrieval(Blip2Retrieval):
         gallery queries), ``text``, the Q-Former text path plus the QScaler, and ``rerank``, the
         instruction-conditioned ITM pass per pair; ``qformer_index``: the gallery pass per image
         (``gallery_length`` queries; reported, not part of the total)."""
-        from lightning_modules.cost import CostCall, shape_key
-
         parts = super().cost_components(sample)
         _, tokens, texts = self._cost_inputs(sample)
         with torch.no_grad():

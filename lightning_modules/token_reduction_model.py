@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer
 
+from datamodules.batch import TrainBatch
 from lightning_modules.base import Encoded
 from lightning_modules.blip2 import (
     CONFIG_FILE,
@@ -266,9 +267,9 @@ class TokenReductionRetrieval(Blip2Retrieval):
         return self.head.text_projection(out.last_hidden_state[:, 0, :])
 
     # -- training ----------------------------------------------------------------------
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: TrainBatch, batch_idx: int) -> torch.Tensor:
         losses = self._losses(batch)
-        n = len(batch[0])
+        n = len(batch)
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n)
         for k, v in losses.items():
             if k != "loss":

@@ -38,7 +38,10 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, Blip2ForConditionalGeneration, OPTConfig, OPTForCausalLM
 
+from lightning_modules.components.word_tokenizer import build_word_tokenizer
+from lightning_modules.contract import VqaPrefix
 from lightning_modules.optim import OptimConfig, build_optimizer
 
 OPTIONS_FILE = "vqa_options.json"
@@ -64,8 +67,7 @@ class VqaOptions:
         ``train_qformer``) on VQA.
     train_qformer: train the retrieval model's Q-Former side too, as BLIP-2's second stage
         (default; not its vision tower nor its QScaler). False: the projection only -- the
-        query outputs are then computed once, cheaper, but measured below the issue's target
-        (docs/DESIGN.md, "Tasks").
+        query outputs are then computed once per question, before training.
     max_new_tokens: greedy decoding stops there or at EOS.
     prompt: the text after the prefix; must contain ``{question}``.
     threads: torch CPU threads while the VQA model is pretrained, trained and answers (then
@@ -116,10 +118,6 @@ def normalize_answer(text: str) -> str:
 # -- the language models ---------------------------------------------------------------------
 def tiny_language_model(texts: Sequence[str], options: VqaOptions):
     """``(lm, tokenizer)``: a random small ``OPTForCausalLM`` over a word tokenizer of ``texts``."""
-    from transformers import OPTConfig, OPTForCausalLM
-
-    from lightning_modules.components.word_tokenizer import build_word_tokenizer
-
     tok = build_word_tokenizer(texts, 128)
     # activation_dropout is no field of transformers v5's OPTConfig: the config keeps it as an extra
     # attribute (saved in config.json), so the call stays as the saved tiny VQA checkpoints record it
@@ -133,8 +131,6 @@ def tiny_language_model(texts: Sequence[str], options: VqaOptions):
 
 def load_blip2_language_model(path: str, local_files_only: bool = True):
     """``(lm, language_projection, tokenizer)`` of a ``Blip2ForConditionalGeneration`` checkpoint."""
-    from transformers import AutoTokenizer, Blip2ForConditionalGeneration
-
     hf = Blip2ForConditionalGeneration.from_pretrained(path, local_files_only=local_files_only)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
     return hf.language_model, hf.language_projection, tok
@@ -156,7 +152,7 @@ class VqaModel(L.LightningModule):
 
     def __init__(self, retrieval, projection: nn.Linear, lm, tokenizer, options: VqaOptions) -> None:
         super().__init__()
-        if not hasattr(retrieval, "vqa_queries"):
+        if not isinstance(retrieval, VqaPrefix):
             raise ValueError(f"{type(retrieval).__name__} has no query outputs for VQA (vqa_queries)")
         width = lm.get_input_embeddings().embedding_dim
         if projection.out_features != width:
@@ -295,8 +291,6 @@ class VqaModel(L.LightningModule):
     @classmethod
     def load(cls, directory: Path, retrieval) -> VqaModel:
         """A saved tiny VQA model on ``retrieval`` (the retrieval checkpoint it was trained from)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         directory = Path(directory)
         options = VqaOptions(**json.loads((directory / OPTIONS_FILE).read_text()))
         lm = AutoModelForCausalLM.from_pretrained(directory / LM_DIR, local_files_only=True)

@@ -39,7 +39,7 @@ warm-up, median of >= 5 timed runs), with the two models measured in alternating
 
 Checkpoints: ours is the checkpoint of the shipped base config of ``bench run --model ours``
 in ``<cache>/checkpoints`` (found by its training hash through
-``benchmark.runner.ensure_checkpoint``, so an ablation's checkpoint in the same cache is never
+``benchmark.store.ensure_checkpoint``, so an ablation's checkpoint in the same cache is never
 taken; ``--ours-checkpoint`` names another), and BLIP2 the BLIP2 checkpoint ours was fine-tuned
 from when it is there (the fair pair: same Q-Former architecture), else the newest
 ``blip2__synthetic__tiny__*``. ``--train`` creates missing ones through the library (the same
@@ -133,14 +133,14 @@ def newest(root: Path, pattern: str) -> Path | None:
 def default_ours_checkpoint(cache_dir: str, train: bool, threads: int) -> Path:
     """The checkpoint ``bench run --model ours`` uses, with the shipped base config of ``ours``.
 
-    ``benchmark.runner.ensure_checkpoint`` finds it by its training hash; with ``train`` it
+    ``benchmark.store.ensure_checkpoint`` finds it by its training hash; with ``train`` it
     trains what is missing (the tiny CLIP and BLIP2 it depends on, then ours) into the same
     cache folders ``bench run`` uses -- without the evaluation pass, which a cost benchmark
     does not need. The thread count is set on torch only (not in the run config), so the
     checkpoint hashes stay those of the default runs.
     """
     from benchmark.config import ConfigError, build_run_config, model_defaults
-    from benchmark.runner import ensure_checkpoint
+    from benchmark.store import ensure_checkpoint
 
     torch.set_num_threads(threads)
     cfg = build_run_config(model_defaults("ours"), {"model": "ours", "dataset": "synthetic", "size": "tiny",
@@ -245,7 +245,7 @@ def build_random(size: str, vocab_texts: Sequence[str], workdir: Path, mean_leng
 def datamodule(cache_dir: str, options: dict | None):
     from benchmark.config import build_run_config, model_defaults
     from benchmark.registry import DATASETS
-    from benchmark.runner import data_root
+    from benchmark.store import data_root
 
     over = {"model": "blip2", "dataset": "synthetic", "size": "tiny", "cache_dir": cache_dir}
     if options:

@@ -145,7 +145,7 @@ def bench_synthetic(root: Path, workers: list[int], n_epochs: int) -> None:
         epochs = []
         for _ in range(n_epochs):
             e = time.perf_counter()
-            n = sum(len(batch[0]) for batch in loader)
+            n = sum(len(batch) for batch in loader)
             epochs.append(time.perf_counter() - e)
         total = time.perf_counter() - t
         del loader

@@ -17,7 +17,7 @@ What runs, per size ``N``:
   annotation size are measured beside, up to ``--full-generator-max`` images.
 * **Evaluation** (per model, in a fresh subprocess, so peak RSS is that of one size): the model's
   trained tiny checkpoint -- the checkpoint of its default ``bench run`` config, found by training
-  hash through ``benchmark.runner.ensure_checkpoint`` (``--train`` trains missing ones; or give
+  hash through ``benchmark.store.ensure_checkpoint`` (``--train`` trains missing ones; or give
   ``--blip2-checkpoint`` / ``--ours-checkpoint``) -- evaluated by the runner's own ``_evaluate``
   (feature cache installed as in ``bench run``, ``Trainer.test`` of a ``RetrievalEvaluator``) on
   a DataModule that serves the folder above (:class:`ScaleScenes`), direction ``t2i`` only (``i2t``
@@ -359,7 +359,7 @@ def run_child(argv: list[str], timeout: float | None) -> dict:
 def default_checkpoint(model: str, cache_dir: str, train: bool) -> str:
     """The checkpoint of ``bench run --model <model>``'s default tiny config (by training hash)."""
     from benchmark.config import ConfigError, build_run_config, model_defaults
-    from benchmark.runner import ensure_checkpoint
+    from benchmark.store import ensure_checkpoint
 
     cfg = build_run_config(model_defaults(model), {"model": model, "dataset": "synthetic", "size": "tiny",
                                                   "cache_dir": cache_dir})
@@ -380,7 +380,8 @@ def random_checkpoints(cache_dir: str, models: list[str]) -> dict[str, str]:
     import lightning as L
 
     from benchmark.config import build_run_config, model_defaults
-    from benchmark.runner import _resolve, save_atomically
+    from benchmark.store import resolve_run
+    from benchmark.training import save_atomically
 
     out: dict[str, str] = {}
     chain = [("clip", None), ("blip2", "vision_checkpoint"), ("ours", "blip2_checkpoint")]
@@ -392,7 +393,8 @@ def random_checkpoints(cache_dir: str, models: list[str]) -> dict[str, str]:
                                                       "cache_dir": cache_dir})
         folder = Path(cache_dir) / "scale" / "random" / f"{model}__{cfg.training_hash()}"
         if not folder.is_dir():
-            model_cls, model_config, dm = _resolve(cfg)
+            parts = resolve_run(cfg)
+            model_cls, model_config, dm = parts.model_cls, parts.model_config, parts.dm
             if dep_field:
                 model_config = dc_replace(model_config, **{dep_field: previous})
             dm.prepare_data()

@@ -83,7 +83,7 @@ def texts(batch: int) -> list[str]:
 
 
 class RandomBatches:
-    """``count`` training batches ``(index, images, texts, relevant)`` as ``collate_indexed`` gives them."""
+    """``count`` training batches (:class:`~datamodules.batch.TrainBatch`) as the DataModule's loader gives them."""
 
     def __init__(self, count: int, batch: int, image_shape: tuple[int, ...], dtype) -> None:
         self.count, self.batch, self.image_shape, self.dtype = count, batch, image_shape, dtype
@@ -94,12 +94,14 @@ class RandomBatches:
     def __getitem__(self, i: int):
         import torch
 
+        from datamodules.batch import TrainBatch
+
         if i >= self.count:
             raise IndexError(i)
         gen = torch.Generator().manual_seed(i)
         index = torch.arange(self.batch) + i * self.batch
         images = torch.randn((self.batch, *self.image_shape), generator=gen).to(self.dtype)
-        return index, images, texts(self.batch), index[:, None].clone()
+        return TrainBatch(index, images, texts(self.batch), index[:, None].clone())
 
 
 def build(name: str, work: Path):

@@ -30,6 +30,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import save_file
 
+from datamodules.batch import TrainBatch
 from lightning_modules.blip2 import Blip2Retrieval
 from lightning_modules.clip import ClipConfig, ClipRetrieval
 from lightning_modules.idq_former import IdqConfig, IdqFormerRetrieval
@@ -60,15 +61,13 @@ def build(name: str, ckpt: Path) -> torch.nn.Module:
         return Blip2Retrieval(base.vision_tower, base.head, base.tokenizer,
                               replace(base.config, itm_weight=itm, itm_max_anchors=3))
     extra = {"ours": {}, "ours_itm": {"itm_weight": 1.0, "itm_max_anchors": 3},
-             "ours_relevant": {"train_positives": "relevant", "oracle_relevant": "positive",
-                               "length_grad_from": "t2i", "prefix_itc": "all"},
              "ours_noqscaler": {"qscaler": False}}[name]
     cfg = IdqConfig(blip2_checkpoint=str(ckpt / "blip2"), l_base=2, l_max=LMAX, l_init=NQ, noise_std=0.0,
                     oracle_queue=16, cache_features=False, **({"itm_weight": 0.0} | extra))
     return IdqFormerRetrieval.create(cfg, OptimConfig())
 
 
-def batch(name: str, step: int, rows: slice) -> tuple:
+def batch(name: str, step: int, rows: slice) -> TrainBatch:
     g = torch.Generator().manual_seed(7)
     pixels = torch.randn(N_IMAGES, 3, 16, 16, generator=g)
     tokens = torch.randn(N_IMAGES, 5, 32, generator=g)  # the BLIP2 family takes frozen tokens for pixels
@@ -76,10 +75,10 @@ def batch(name: str, step: int, rows: slice) -> tuple:
     images = (pixels if name == "clip" else tokens)[index]
     relevant = RELEVANT[step][rows]
     relevant = relevant[:, :int((relevant >= 0).sum(1).max())]  # each process its own width, as collated
-    return index, images, TEXTS[rows], relevant
+    return TrainBatch(index, images, TEXTS[rows], relevant)
 
 
-MODELS = ("clip", "blip2", "ours", "ours_relevant", "ours_noqscaler", "blip2_itm", "ours_itm")
+MODELS = ("clip", "blip2", "ours", "ours_noqscaler", "blip2_itm", "ours_itm")
 COMPARED = MODELS[:5]
 
 

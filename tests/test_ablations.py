@@ -15,6 +15,7 @@ from benchmark.ablate import arm_config, canonical, discover, get
 from benchmark.cli import app
 from benchmark.config import ConfigError, build_run_config, from_dict, model_defaults
 from benchmark.registry import MODELS
+from datamodules.batch import collate_train
 from lightning_modules.idq_former import IdqConfig, IdqFormerRetrieval
 from lightning_modules.optim import OptimConfig
 from tests.test_run_costs import TEXTS, blip2_dir  # noqa: F401 - the tiny BLIP2 checkpoint fixture
@@ -105,7 +106,7 @@ def test_frozen_qformer_is_not_trained(blip2_dir, freeze):  # noqa: F811 - fixtu
     tokens = torch.randn(8, 5, 32, generator=torch.Generator().manual_seed(0))  # frozen vision tokens
     data = [(i, tokens[i], TEXTS[i % len(TEXTS)]) for i in range(8)]
     L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False).fit(m, DataLoader(data, batch_size=4))
+              enable_model_summary=False).fit(m, DataLoader(data, batch_size=4, collate_fn=collate_train))
     changed = {k for k, v in m.head.state_dict().items() if not torch.equal(v, head[k])}
     qformer = {k for k in head if k.startswith(("qformer.", "embeddings."))}
     assert not torch.equal(m.bank.tokens, bank) and "vision_projection.weight" in changed

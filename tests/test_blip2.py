@@ -15,6 +15,7 @@ from transformers import Blip2ForImageTextRetrieval, BlipImageProcessor
 from typer.testing import CliRunner
 
 from benchmark.cli import app
+from datamodules.batch import TrainBatch
 from lightning_modules.base import Encoded, RetrievalModel, max_sim
 from lightning_modules.blip2 import Blip2Config, Blip2Retrieval
 from lightning_modules.clip import ClipConfig, ClipRetrieval
@@ -371,7 +372,7 @@ def test_a_few_steps_reduce_the_losses(clip_dir):
     m = _tiny(clip_dir, dropout=0.0, itc_label_smoothing=0.0)
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3)
     torch.manual_seed(1)
-    batch = (torch.arange(3), torch.randn(3, 3, 32, 32), TEXTS)
+    batch = TrainBatch(torch.arange(3), torch.randn(3, 3, 32, 32), TEXTS)
     first = m._losses(batch)
     for _ in range(30):
         losses = m._losses(batch)

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPModel
 
+from datamodules.batch import TrainBatch
 from lightning_modules.base import Encoded, RetrievalModel
 from lightning_modules.clip import ClipConfig, ClipRetrieval
 from lightning_modules.components.word_tokenizer import build_word_tokenizer
@@ -68,7 +69,7 @@ def test_a_few_steps_reduce_the_contrastive_loss():
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     torch.manual_seed(1)
     px = torch.randn(3, 3, 32, 32)
-    batch = (torch.arange(3), px, TEXTS)
+    batch = TrainBatch(torch.arange(3), px, TEXTS)
     first = m._loss(batch).item()
     for _ in range(30):
         loss = m._loss(batch)

@@ -124,7 +124,7 @@ def test_image_vanishing_after_setup_does_not_crash(karpathy, tmp_path, workers)
     assert sum(len(b[0]) for b in batches) == es.n_images
     assert [int(i) for b in batches for i in b[0]] == list(range(es.n_images))
     pairs = list(d.train_dataloader())
-    assert sum(len(b[0]) for b in pairs) == len(d.records("train"))
+    assert sum(len(b) for b in pairs) == len(d.records("train"))
 
 
 EDITS = [

@@ -258,7 +258,7 @@ def test_an_empty_split_is_refused_when_used(tmp_path):
 
 def test_content_identity_keys_the_checkpoint(tmp_path):
     from benchmark.config import build_run_config, model_defaults
-    from benchmark.runner import checkpoint_dir
+    from benchmark.store import checkpoint_dir
 
     write_folder(tmp_path / "a", n_images=8)
     write_folder(tmp_path / "b", n_images=9)

@@ -17,6 +17,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before any cuBLAS
 import pytest
 import torch
 
+from datamodules.batch import TrainBatch
 from lightning_modules.blip2 import Blip2Retrieval
 from lightning_modules.components.query_attention import qformer_query_forward
 from tests.test_idq_former import LMAX, NQ, TEXTS, _ours, blip2_checkpoint  # noqa: F401 (a fixture)
@@ -82,10 +83,10 @@ def _train_a_few_steps(blip2_checkpoint) -> None:
     params = [p for p in [*m.head.parameters(), *m.bank.parameters(), *m.qscaler.head.parameters()]
               if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=3e-3)
-    batch = (torch.tensor([0, 1, 2, 3], device=CUDA), _tokens(4).to(CUDA), TEXTS)
+    batch = TrainBatch(torch.tensor([0, 1, 2, 3], device=CUDA), _tokens(4).to(CUDA), TEXTS)
     first = None
     for step in range(5):
-        losses = m._losses(batch if step % 2 == 0 else (batch[0] + 4, *batch[1:]))  # fresh indices fill the queue
+        losses = m._losses(batch if step % 2 == 0 else TrainBatch(batch.index + 4, batch.items, batch.texts))  # fresh indices fill the queue
         assert {"itc", "itm", "length", "oracle"} <= set(losses)
         opt.zero_grad()
         losses["loss"].backward()

@@ -44,12 +44,13 @@ def test_bad_arguments_are_refused(tmp_path):
                               "--image-size", "32", "--batch", "0"])
 
 
-def test_batches_have_the_collate_layout():
+def test_batches_have_the_training_layout():
     batches = gpu_train.RandomBatches(2, 4, (5, 8), torch.float16)
-    index, images, texts, relevant = batches[1]
+    b = batches[1]
+    index, images, texts, relevant = b.index, b.items, b.texts, b.relevant
     assert index.tolist() == [4, 5, 6, 7] and relevant.tolist() == [[4], [5], [6], [7]]
     assert images.shape == (4, 5, 8) and images.dtype == torch.float16 and len(texts) == 4 == len(set(texts))
-    assert torch.equal(batches[1][1], images) and not torch.equal(batches[0][1], images)
+    assert torch.equal(batches[1].items, images) and not torch.equal(batches[0].items, images)
     with pytest.raises(IndexError):
         batches[2]
 

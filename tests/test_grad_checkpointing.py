@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from benchmark.config import ConfigError, RunConfig, TrainConfig
+from datamodules.batch import TrainBatch
 from lightning_modules.blip2 import Blip2Retrieval
 from lightning_modules.clip import ClipConfig, ClipRetrieval
 from lightning_modules.crossget_model import CrossGETConfig, CrossGETRetrieval
@@ -71,7 +72,8 @@ BUILDERS = {
 
 def _batch():
     """Pixels for every model (the BLIP2 family's tower is frozen: pixels reach the same path as cached tokens)."""
-    return (torch.arange(4), torch.randn(4, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(3)), TEXTS)
+    return TrainBatch(torch.arange(4), torch.randn(4, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(3)),
+                      TEXTS)
 
 
 def _step(model, *, checkpointing: bool) -> tuple[float, dict[str, torch.Tensor], int]:
@@ -134,7 +136,7 @@ def test_evaluation_is_unchanged_by_the_option(checkpoints):
     torch.manual_seed(0)
     checked = _dynamicvit(checkpoints)
     enable_grad_checkpointing(checked)
-    px = _batch()[1]
+    px = _batch().items
     with torch.no_grad():
         assert torch.equal(plain.eval().encode_images(px).emb, checked.eval().encode_images(px).emb)
 
@@ -164,7 +166,7 @@ class _StopAtData:
 
 
 def test_the_runner_calls_the_seam_before_fitting_and_refuses_a_model_without_it(tmp_path):
-    from benchmark.runner import _fit_and_save
+    from benchmark.training import fit_and_save as _fit_and_save
 
     calls = []
 

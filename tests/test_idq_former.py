@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 import torch
 
+from datamodules.batch import TrainBatch
 from lightning_modules.base import Encoded, RetrievalModel
 from lightning_modules.blip2 import Blip2Retrieval
 from lightning_modules.components.word_tokenizer import build_word_tokenizer
@@ -118,7 +118,7 @@ def test_a_few_steps_train_the_qformer_bank_and_qscaler(blip2_checkpoint, qscale
     params = [p for p in [*m.head.parameters(), *m.bank.parameters(),
                           *(m.qscaler.head.parameters() if qscaler else [])] if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=3e-3)
-    batch = (torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS)
+    batch = TrainBatch(torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS)
     first = None
     for _ in range(4):
         losses = m._losses(batch)
@@ -139,7 +139,7 @@ def test_a_few_steps_train_the_qformer_bank_and_qscaler(blip2_checkpoint, qscale
 
 def test_usage_bank_order_sorts_the_checkpoint_queries_by_their_blip2_itc_wins_at_the_first_step(
         blip2_checkpoint, tmp_path):
-    batch = (torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS)
+    batch = TrainBatch(torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS)
     plain = _ours(blip2_checkpoint).train()
     m = _ours(blip2_checkpoint, bank_order="usage").train()
     assert torch.equal(m.bank.tokens, plain.bank.tokens)  # nothing moves before training
@@ -160,10 +160,6 @@ def test_usage_bank_order_sorts_the_checkpoint_queries_by_their_blip2_itc_wins_a
     back = IdqFormerRetrieval.load_checkpoint(tmp_path / "ours").train()
     back._losses(batch)  # a loaded (trained) bank is never reordered
     assert torch.equal(back.bank.tokens, after) and back.bank_usage["order"] == order
-    config_file = tmp_path / "ours" / "suite_config.json"  # a checkpoint saved before bank_order existed
-    config_file.write_text(json.dumps({k: v for k, v in json.loads(config_file.read_text()).items()
-                                       if k != "bank_order"}))
-    assert IdqFormerRetrieval.load_checkpoint(tmp_path / "ours").config.bank_order == "checkpoint"
 
 
 def test_oracle_queue_holds_detached_earlier_images_and_never_a_positive(blip2_checkpoint):
@@ -184,56 +180,11 @@ def test_oracle_queue_holds_detached_earlier_images_and_never_a_positive(blip2_c
     assert m._oracle_negatives(torch.tensor([7]), feats[:1]) is None  # evaluation never queues
 
 
-def test_oracle_gets_the_batch_relevance_over_batch_and_queue(blip2_checkpoint, monkeypatch):
-    import lightning_modules.idq_former as idq
-
-    seen = []
-    real = idq.dynamic_itc
-    monkeypatch.setattr(idq, "dynamic_itc", lambda *a, **kw: seen.append(kw["oracle_relevant"]) or real(*a, **kw))
-    m = _ours(blip2_checkpoint, oracle_queue=8, oracle_relevant="ignore", itm_weight=0.0).train()
-    pad = -1
-    m._losses((torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS, torch.tensor([[0, 6], [1, pad], [2, pad], [3, pad]])))
-    assert seen[-1].tolist() == [[True, False, False, False], [False, True, False, False],
-                                 [False, False, True, False], [False, False, False, True]]
-    # next batch: images 4..7, then the queue (0..3); text 0 (image 4) also matches queued image 1
-    m._losses((torch.tensor([4, 5, 6, 7]), _pixels(4), TEXTS, torch.tensor([[4, 1], [5, pad], [6, pad], [7, pad]])))
-    assert seen[-1][0].tolist() == [True, False, False, False, False, True, False, False]
-    assert seen[-1][1:].sum().item() == 3  # the others: their own image only
-    m._losses((torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS))  # a batch without the column: same image
-    assert seen[-1].sum(1).tolist() == [1, 1, 1, 1]
-    m = _ours(blip2_checkpoint, oracle_relevant="negative", itm_weight=0.0).train()
-    m._losses((torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS, torch.tensor([[0, 1], [1, pad], [2, pad], [3, pad]])))
-    assert seen[-1] is None  # the former behaviour needs no relevance
-    with pytest.raises(ValueError, match="oracle_relevant"):
-        IdqConfig(oracle_relevant="always")
-
-
-def test_relevant_train_positives_reach_itc_and_itm(blip2_checkpoint, monkeypatch):
-    import lightning_modules.idq_former as idq
-
-    seen = {}
-    real_itc, real_itm = idq.dynamic_itc, idq.IdqFormerRetrieval.itm_training_pairs
-    monkeypatch.setattr(idq, "dynamic_itc", lambda *a, **kw: seen.setdefault("itc", a[4]) is None or real_itc(*a, **kw))
-    monkeypatch.setattr(idq.IdqFormerRetrieval, "itm_training_pairs",
-                        lambda self, blocks: seen.setdefault("itm", blocks.positives_i2t) is None
-                        or real_itm(self, blocks))
-    batch = (torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS, torch.tensor([[0, 2], [1, -1], [2, -1], [3, -1]]))
-    _ours(blip2_checkpoint, train_positives="relevant").train()._losses(batch)
-    expected = torch.eye(4, dtype=torch.bool)
-    expected[0, 2] = True  # text 0 (image 0) also matches image 2: [texts, images]
-    assert torch.equal(seen["itc"], expected) and torch.equal(seen["itm"], expected.T)  # ITM takes [images, texts]
-    seen.clear()
-    _ours(blip2_checkpoint).train()._losses(batch)  # default "image": as BLIP2, the pair's image only
-    assert torch.equal(seen["itc"], torch.eye(4, dtype=torch.bool))
-    with pytest.raises(ValueError, match="train_positives"):
-        IdqConfig(train_positives="all")
-
-
 def test_qscaler_head_does_not_learn_during_warmup(blip2_checkpoint):
     from types import SimpleNamespace
 
     m = _ours(blip2_checkpoint, qscaler_warmup=0.5).train()
-    batch = (torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS)
+    batch = TrainBatch(torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS)
     for step, learns in ((4, False), (5, True)):  # warm-up: the first half of 10 steps
         m._trainer = SimpleNamespace(global_step=step, estimated_stepping_batches=10)
         m.zero_grad()

@@ -247,7 +247,7 @@ def test_truncated_cached_checkpoint_names_the_folder_and_retrain(tmp_path):
     from benchmark.config import from_dict
     from benchmark.registry import MODELS
     from benchmark.run_flags import CliConfig
-    from benchmark.runner import checkpoint_dir
+    from benchmark.store import checkpoint_dir
 
     cfg = CliConfig(given={"model": "clip", "results_dir": tmp_path / "r", "cache_dir": tmp_path / "cache"}).build()
     model_cls = MODELS.get("clip")

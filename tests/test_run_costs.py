@@ -154,7 +154,7 @@ def test_probe_loads_the_model_and_times_its_first_call(tmp_path):
     clip = ClipRetrieval.create(ClipConfig(image_size=16, patch_size=8, vision_width=32, vision_layers=1, text_width=32,
                                            text_layers=1, heads=2, embed_dim=16), OptimConfig(), TEXTS)
     source = model_source(clip, clip.config, None, tmp_path)  # no checkpoint: saved for the probe
-    assert source == {"checkpoint": str(tmp_path / "model")}
+    assert source == {"checkpoint": str(tmp_path / "model"), "class": "lightning_modules.clip:ClipRetrieval"}
     torch.save({"pixels": torch.randn(3, 3, 16, 16), "texts": list(TEXTS[:3])}, tmp_path / "in.pt")
     threads = torch.get_num_threads()
     try:

@@ -87,7 +87,7 @@ def test_checkpoint_key_covers_model_defaults_but_not_dependency_paths(tmp_path)
     from dataclasses import replace
 
     from benchmark.config import build_run_config, model_defaults
-    from benchmark.runner import checkpoint_dir
+    from benchmark.store import checkpoint_dir
     from lightning_modules.idq_former import IdqConfig, IdqFormerRetrieval
 
     cfg = build_run_config(model_defaults("ours"), {"cache_dir": str(tmp_path)})
@@ -103,7 +103,7 @@ def test_dependency_note_names_the_inherited_settings_that_select_another_checkp
     """``--set train.num_threads=1`` is inherited by the dependencies (part of their training
     hash), so the note that announces their training names it; defaults are not listed."""
     from benchmark.config import build_run_config, model_defaults
-    from benchmark.runner import dependency_config, inherited_settings_note
+    from benchmark.store import dependency_config, inherited_settings_note
 
     plain = build_run_config(model_defaults("ours"), {})
     one = build_run_config(model_defaults("ours"), {"train": {"num_threads": 1}})

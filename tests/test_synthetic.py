@@ -296,7 +296,8 @@ def test_datamodule_serves_batches_and_eval_set(small_root):
     dm.prepare_data()
     dm.set_transform(to_tensor)
     dm.setup("fit")
-    idx, pixels, texts, relevant = next(iter(dm.train_dataloader()))
+    batch = next(iter(dm.train_dataloader()))
+    idx, pixels, texts, relevant = batch.index, batch.items, batch.texts, batch.relevant
     assert idx.dtype == torch.long and idx.shape == (8,)
     assert relevant.dtype == torch.long and relevant.shape[0] == 8
     assert pixels.shape == (8, 3, 64, 64) and pixels.dtype == torch.float32

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from benchmark.cli import app
+from datamodules.batch import TrainBatch
 from lightning_modules.base import RetrievalModel
 from lightning_modules.blip2 import Blip2Retrieval
 from lightning_modules.components import image_attention
@@ -135,7 +136,7 @@ def test_dynamicvit_training_mask_hides_dropped_tokens_from_the_qformer(blip2_ch
 def _train(m, steps: int = 3) -> dict:
     m.train()
     opt = torch.optim.AdamW(m.trainable_parameters(), lr=1e-2)
-    batch = (torch.tensor([0, 1, 2, 3]), _pixels(4, seed=2), TEXTS)
+    batch = TrainBatch(torch.tensor([0, 1, 2, 3]), _pixels(4, seed=2), TEXTS)
     for _ in range(steps):
         losses = m._losses(batch)
         opt.zero_grad()

@@ -20,6 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from datamodules.batch import TrainBatch
+
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 
@@ -41,7 +43,7 @@ def ddp_run(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("model", ["clip", "blip2", "ours", "ours_relevant", "ours_noqscaler"])
+@pytest.mark.parametrize("model", ["clip", "blip2", "ours", "ours_noqscaler"])
 def test_two_processes_with_gathered_negatives_give_the_one_process_step(ddp_run, model):
     one, two = load_file(ddp_run / "one.safetensors"), load_file(ddp_run / "two.safetensors")
     keys = sorted(k for k in one if k.startswith(f"{model}/"))
@@ -127,7 +129,7 @@ def _step(model, images, warming_up: bool | None = None):
         model._warming_up = lambda: warming_up
     model.zero_grad(set_to_none=True)
     torch.manual_seed(1)
-    loss = model._losses((torch.tensor([0, 1, 2, 0]), images, TEXTS))["loss"]
+    loss = model._losses(TrainBatch(torch.tensor([0, 1, 2, 0]), images, TEXTS))["loss"]
     loss.backward()
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
@@ -251,23 +253,23 @@ def test_gather_negatives_is_recorded_and_leaves_existing_hashes_alone():
 
 
 def test_the_runner_hands_the_option_to_the_model_and_to_dependencies(monkeypatch, checkpoints):
-    from benchmark import runner
+    from benchmark import store, training
     from benchmark.config import build_run_config, model_defaults, parse_set
 
     cfg = build_run_config(model_defaults("ours"), parse_set(["train.gather_negatives=false"]))
-    assert runner.dependency_config(cfg, "blip2").train.gather_negatives is False
+    assert store.dependency_config(cfg, "blip2").train.gather_negatives is False
     fitted = []
 
-    class Trainer:  # what _fit_and_save asks of a Trainer; not rank 0, so nothing is saved
+    class Trainer:  # what fit_and_save asks of a Trainer; not rank 0, so nothing is saved
         is_global_zero, num_devices = False, 1
         strategy = type("S", (), {"root_device": torch.device("cpu"), "barrier": lambda self, name=None: None})()
 
         def fit(self, m, **kw):
             fitted.append(m)
 
-    monkeypatch.setattr(runner, "_trainer", lambda *a, **kw: Trainer())
+    monkeypatch.setattr(training, "trainer", lambda *a, **kw: Trainer())
     model = _model("blip2", checkpoints)
     assert model.gather_negatives is True
     dm = type("DM", (), {"item_table": lambda self, split: None, "set_runtime": lambda self, r: None})()
-    runner._fit_and_save(cfg, model, dm, checkpoints.parent / "never-written", progress=False)
+    training.fit_and_save(cfg, model, dm, checkpoints.parent / "never-written", progress=False)
     assert fitted == [model] and model.gather_negatives is False

@@ -2,7 +2,7 @@
 
 The model is the one ``bench run`` evaluates for the same config: at tiny size the cached
 checkpoint of its training config (trained and cached now through
-:func:`benchmark.runner.ensure_checkpoint` if absent, dependencies included); with
+:func:`benchmark.store.ensure_checkpoint` if absent, dependencies included); with
 ``train.max_epochs = 0`` the model as configured (e.g. a pretrained full-size checkpoint).
 The gallery of the evaluated split is encoded once (through the model's item loader when
 it has one, e.g. BLIP2's frozen-feature cache), the queries once; then
@@ -30,6 +30,8 @@ from benchmark.feedback.transcript import JsonlWriter
 from benchmark.feedback.user import SimulatedUser
 from benchmark.registry import DATASETS, MODELS
 from benchmark.results import atomic_write_json, environment
+from benchmark.store import data_root, ensure_checkpoint, pretrained_of, resolve_dependencies
+from lightning_modules.contract import ItemLoading
 
 
 @dataclass
@@ -80,8 +82,6 @@ def _device(cfg: RunConfig) -> str:
 def load_model(cfg: RunConfig, *, progress: bool = False):
     """``(model, datamodule, provenance)``: the cached or newly trained checkpoint, or the
     model as configured when ``train.max_epochs`` is 0."""
-    from benchmark.runner import data_root, ensure_checkpoint, resolve_dependencies
-
     model_cls = MODELS.get(cfg.model)
     dm = DATASETS.get(cfg.dataset)(replace(cfg.data, root=data_root(cfg)), seed=cfg.seed)
     if cfg.train.max_epochs > 0:
@@ -89,7 +89,7 @@ def load_model(cfg: RunConfig, *, progress: bool = False):
         dm.prepare_data()
         return model_cls.load_checkpoint(ckpt), dm, {"checkpoint": str(ckpt), "trained_this_run": trained}
     model_config = from_dict(model_cls.Config, cfg.model_args, "model_args")
-    pretrained = getattr(model_config, "pretrained", None)
+    pretrained = pretrained_of(model_config)
     if cfg.size == "full" and not pretrained:
         raise ConfigError("size 'full' needs model_args.pretrained: a hub id or a local checkpoint path")
     model_config, _ = resolve_dependencies(cfg, model_cls, model_config, progress=progress)
@@ -106,7 +106,7 @@ def encode_gallery(model, dm, device: str, cache_dir: str):
     from lightning_modules.base import Encoded
 
     dm.set_transform(model.image_transform())
-    dm.set_item_loader(model.item_loader(Path(cache_dir) / "features") if hasattr(model, "item_loader") else None)
+    dm.set_item_loader(model.item_loader(Path(cache_dir) / "features") if isinstance(model, ItemLoading) else None)
     parts, seen = [], []
     with torch.no_grad():
         for index, items in dm.gallery_dataloader():

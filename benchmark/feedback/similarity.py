@@ -27,9 +27,11 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from benchmark.config import ConfigError
 from benchmark.feedback.neighbours import NeighbourTable
 from benchmark.feedback.rowcache import RowCache
 from lightning_modules.base import Encoded, RetrievalModel
+from lightning_modules.contract import ScoreVariants
 
 ScoreFn = Callable[[Encoded, Encoded], torch.Tensor]
 
@@ -38,10 +40,8 @@ def score_function(model: RetrievalModel, variant: str | None) -> ScoreFn:
     """``model.score`` or the named entry of ``model.score_variants()``."""
     if variant is None:
         return model.score
-    variants = model.score_variants() if hasattr(model, "score_variants") else {}
+    variants = model.score_variants() if isinstance(model, ScoreVariants) else {}
     if variant not in variants:
-        from benchmark.config import ConfigError
-
         raise ConfigError(f"feedback.score_variant: the model has no score variant {variant!r} "
                           f"(it has: {', '.join(sorted(variants)) or 'none'})")
     return variants[variant]

@@ -19,6 +19,7 @@ measured the same way only.
 
 from __future__ import annotations
 
+import importlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -43,24 +44,32 @@ class ProbeResult:
 
 
 def model_source(model, model_config, checkpoint: Path | None, workdir: Path) -> dict[str, Any]:
-    """How the child gets the model: a checkpoint folder, a pretrained config, or a fresh save."""
+    """How the child gets the model: a checkpoint folder, a pretrained config, or a fresh save; and
+    its class by import path (``module:Class``), so a model registered at run time (a plugin, a
+    test) loads in the child without its registration."""
     from benchmark.config import to_dict
 
+    cls = {"class": f"{type(model).__module__}:{type(model).__qualname__}"}
     if checkpoint is not None and Path(checkpoint).is_dir():
-        return {"checkpoint": str(checkpoint)}
+        return {"checkpoint": str(checkpoint)} | cls
     if getattr(model_config, "pretrained", None):
-        return {"config": to_dict(model_config)}
+        return {"config": to_dict(model_config)} | cls
     path = Path(workdir) / "model"
     model.save_checkpoint(path)
-    return {"checkpoint": str(path)}
+    return {"checkpoint": str(path)} | cls
 
 
 def _load(model: str, source: dict[str, Any]):
     from benchmark.config import from_dict
     from benchmark.registry import MODELS
+    from lightning_modules.contract import check_model_class
     from lightning_modules.optim import OptimConfig
 
-    cls = MODELS.get(model)
+    if "class" in source:
+        module, _, attr = source["class"].partition(":")
+        cls = check_model_class(getattr(importlib.import_module(module), attr), model)
+    else:
+        cls = MODELS.get(model)
     if "checkpoint" in source:
         return cls.load_checkpoint(Path(source["checkpoint"]))
     return cls.create(from_dict(cls.Config, source["config"], "model_args"), OptimConfig(), ())

@@ -6,9 +6,13 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import torch
 
 from benchmark.config import ConfigError
+from benchmark.evaluation import RetrievalEvaluator
+from benchmark.metrics.qlen import qlen_metrics
 from benchmark.tasks.base import TaskContext, TaskEvaluation
+from lightning_modules.contract import ItemExtra
 
 HEADLINE = ("R@1", "R@5", "R@10", "MRR", "Sim")
 
@@ -44,12 +48,8 @@ def run_evaluator(ctx: TaskContext, eval_set, eval_config, dataloaders, modaliti
     """``Trainer.test`` of a :class:`~benchmark.evaluation.RetrievalEvaluator` in the run's storage
     dtype, the gallery's cached item table (the model's ``item_extra``, e.g. vision tokens)
     given whole rather than gathered; the evaluator (``skipped_directions`` set)."""
-    import torch
-
-    from benchmark.evaluation import RetrievalEvaluator
-
     directions, skipped = evaluated_directions(eval_set, tuple(eval_config.directions))
-    key = getattr(ctx.model, "item_extra", None)
+    key = ctx.model.item_extra if isinstance(ctx.model, ItemExtra) else None
     table = ctx.dm.item_table(eval_set.split) if key else None
     evaluator = RetrievalEvaluator(ctx.model, eval_set, eval_config, modalities=modalities, directions=directions,
                                    storage_dtype=getattr(torch, ctx.cfg.eval_settings()[1]),
@@ -67,8 +67,6 @@ class RetrievalTask:
             raise ConfigError(f"task retrieval takes no task_args, got {sorted(cfg.task_args)}")
 
     def evaluate(self, ctx: TaskContext) -> TaskEvaluation:
-        from benchmark.metrics.qlen import qlen_metrics
-
         eval_set = ctx.dm.eval_set()
         evaluator = run_evaluator(ctx, eval_set, ctx.cfg.eval, ctx.dm.test_dataloader())
         lengths = evaluator.per_query.get("text_lengths", np.zeros(0))

@@ -22,8 +22,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from benchmark.config import ConfigError, from_dict
+import numpy as np
+
+from benchmark.config import ConfigError, build_run_config, from_dict, model_defaults
+from benchmark.measure.paired import paired_throughput
+from benchmark.measure.run_costs import pick, pixel_batch
+from benchmark.registry import MODELS
+from benchmark.store import dependency_config, ensure_checkpoint, pretrained_of, resolve_run
 from benchmark.tasks.base import TaskContext, TaskEvaluation
+from benchmark.threads import torch_threads
 
 
 @dataclass(frozen=True)
@@ -68,8 +75,6 @@ class SpeedOptions:
 
 def speed_options(cfg) -> SpeedOptions:
     """The run's :class:`SpeedOptions`, checked against the registry and the run's size."""
-    from benchmark.registry import MODELS
-
     options = from_dict(SpeedOptions, cfg.task_args, "task_args")
     if options.baseline not in MODELS:
         raise ConfigError(f"task_args.baseline: unknown model {options.baseline!r}; valid models: "
@@ -84,9 +89,6 @@ def speed_options(cfg) -> SpeedOptions:
 
 def baseline_config(cfg, options: SpeedOptions):
     """The baseline's run config: a dependency's (tiny) or the pretrained model as is (full)."""
-    from benchmark.config import build_run_config, model_defaults
-    from benchmark.runner import dependency_config
-
     if cfg.size == "tiny":
         return dependency_config(cfg, options.baseline, options.baseline_overrides)
     own = {"model": options.baseline, "dataset": cfg.dataset, "size": cfg.size, "seed": cfg.seed,
@@ -96,17 +98,14 @@ def baseline_config(cfg, options: SpeedOptions):
 
 def load_baseline(cfg, options: SpeedOptions, dm, progress: bool):
     """``(baseline model, provenance)``; a tiny baseline not yet cached is trained now."""
-    from benchmark.registry import MODELS
-    from benchmark.runner import _resolve, ensure_checkpoint
-
     bcfg = baseline_config(cfg, options)
     if bcfg.train.max_epochs > 0:
         ckpt, trained = ensure_checkpoint(bcfg, progress=progress, announce=f"baseline of --task speed for {cfg.model}")
         return MODELS.get(options.baseline).load_checkpoint(ckpt), {
             "model": options.baseline, "checkpoint": str(ckpt), "trained_this_run": trained}
-    model_cls, model_config, _ = _resolve(bcfg)
-    model = model_cls.create(model_config, bcfg.train.optim, dm.vocabulary_texts())
-    return model, {"model": options.baseline, "pretrained": getattr(model_config, "pretrained", None)}
+    parts = resolve_run(bcfg)
+    model = parts.model_cls.create(parts.model_config, bcfg.train.optim, dm.vocabulary_texts())
+    return model, {"model": options.baseline, "pretrained": pretrained_of(parts.model_config)}
 
 
 def speed_metrics(paired) -> dict[str, float]:
@@ -124,12 +123,6 @@ class SpeedTask:
         speed_options(cfg)
 
     def evaluate(self, ctx: TaskContext) -> TaskEvaluation:
-        import numpy as np
-
-        from benchmark.measure.paired import paired_throughput
-        from benchmark.measure.run_costs import pick, pixel_batch
-        from benchmark.threads import torch_threads
-
         cfg = ctx.cfg
         options = speed_options(cfg)
         baseline, provenance = load_baseline(cfg, options, ctx.dm, ctx.progress)

@@ -16,13 +16,18 @@ from __future__ import annotations
 import time
 
 from benchmark.config import ConfigError, to_dict
+from benchmark.metrics.vqa import majority_answers, vqa_scores
+from benchmark.registry import MODELS
 from benchmark.tasks.base import TaskContext, TaskEvaluation
+from benchmark.tasks.vqa_training import answer_questions, ensure_vqa_model, vqa_options
+from benchmark.text_table import text_table
+from benchmark.threads import torch_threads
+from datamodules.qa import QA_SOURCES
+from lightning_modules.contract import VqaPrefix
 
 
 def vqa_table(rows: list[dict]) -> list[str]:
     """The per-type table ``bench run --task vqa`` prints."""
-    from benchmark.text_table import text_table
-
     body = [[r["type"], r["n"], r["accuracy"], r["majority_accuracy"], r["majority_answer"]] for r in rows]
     return text_table(["type", "n", "accuracy", "majority", "majority answer"], body).splitlines()
 
@@ -31,14 +36,10 @@ class VqaTask:
     measures_cost = False
 
     def check(self, cfg) -> None:
-        from benchmark.registry import MODELS
-        from benchmark.tasks.vqa_training import vqa_options
-        from datamodules.qa import QA_SOURCES
-
         if cfg.dataset not in QA_SOURCES:
             raise ConfigError(f"task vqa: dataset {cfg.dataset!r} has no question-answer pairs "
                               f"(datasets with QA: {', '.join(sorted(QA_SOURCES))})")
-        if not hasattr(MODELS.get(cfg.model), "vqa_queries"):
+        if not issubclass(MODELS.get(cfg.model), VqaPrefix):
             raise ConfigError(f"task vqa: model {cfg.model!r} has no query outputs to feed a language model "
                               "(the BLIP2 family has: ours, blip2)")
         if cfg.size == "tiny" and not QA_SOURCES[cfg.dataset].trains:
@@ -47,11 +48,6 @@ class VqaTask:
         vqa_options(cfg)
 
     def evaluate(self, ctx: TaskContext) -> TaskEvaluation:
-        from benchmark.metrics.vqa import majority_answers, vqa_scores
-        from benchmark.tasks.vqa_training import answer_questions, ensure_vqa_model, vqa_options
-        from benchmark.threads import torch_threads
-        from datamodules.qa import QA_SOURCES
-
         cfg = ctx.cfg
         options = vqa_options(cfg)
         qa = QA_SOURCES[cfg.dataset].read(ctx.dm, cfg.seed)

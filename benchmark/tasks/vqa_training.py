@@ -14,10 +14,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import lightning as L
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from benchmark.config import ConfigError, RunConfig, from_dict, stable_hash, to_dict
+from benchmark.registry import MODELS
+from benchmark.store import ensure_checkpoint, resolve_run
+from benchmark.training import save_atomically
 from datamodules.base import collate_indexed
 from datamodules.qa import QAData
 from datamodules.synthetic.questions import Question
@@ -95,18 +100,14 @@ def vqa_checkpoint_dir(cfg: RunConfig, retrieval_checkpoint: Path, options: VqaO
     return Path(cfg.cache_dir) / "checkpoints" / f"vqa__{Path(retrieval_checkpoint).name}__{key}"
 
 
-def _trainer(cfg: RunConfig, epochs: int, progress: bool):
-    import lightning as L
-
+def _trainer(cfg: RunConfig, epochs: int, progress: bool) -> L.Trainer:
     return L.Trainer(max_epochs=epochs, accelerator=cfg.train.accelerator, devices=1, logger=False,
                      enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
                      deterministic=cfg.train.deterministic, gradient_clip_val=cfg.train.gradient_clip_val,
                      num_sanity_val_steps=0)
 
 
-def _loader(dataset, batch_size: int, shuffle: bool):
-    from torch.utils.data import DataLoader
-
+def _loader(dataset, batch_size: int, shuffle: bool) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_indexed)
 
 
@@ -145,9 +146,6 @@ def lm_checkpoint_dir(cfg: RunConfig, options: VqaOptions) -> Path:
 def pretrained_language_model(cfg: RunConfig, options: VqaOptions, qa: QAData, progress: bool = False):
     """``(lm, tokenizer, provenance)``: the cached pretrained tiny LM, or a new one pretrained now
     (text only) and cached; provenance: its folder, whether it was pretrained now, the seconds."""
-    import lightning as L
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = lm_checkpoint_dir(cfg, options)
     if path.exists():
         lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
@@ -163,8 +161,6 @@ def pretrained_language_model(cfg: RunConfig, options: VqaOptions, qa: QAData, p
             train_dataloaders=_loader(PretrainingTexts(heads, answers), options.batch_size, True))
     seconds = time.perf_counter() - t
     lm.eval()
-    from benchmark.runner import save_atomically
-
     save_atomically(_SavedLM(lm, tok), path)
     return lm, tok, {"lm_checkpoint": str(path), "lm_trained_this_run": True, "vqa_lm_pretrain_s": seconds}
 
@@ -183,8 +179,6 @@ class _SavedLM:
 def train_vqa(cfg: RunConfig, retrieval, options: VqaOptions, qa: QAData, progress: bool = False) -> tuple[VqaModel, dict]:
     """A new tiny VQA model and its provenance (LM folder, ``timings``): the pretrained LM (cached
     or pretrained now), frozen, then VQA training."""
-    import lightning as L
-
     lm, tok, lm_provenance = pretrained_language_model(cfg, options, qa, progress)
     timings = {k: lm_provenance.pop(k) for k in list(lm_provenance) if k.endswith("_s")}
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -217,8 +211,6 @@ def ensure_vqa_model(cfg: RunConfig, retrieval, checkpoint: Path | None, qa: QAD
     if path.exists() and not retrain:
         return VqaModel.load(path, retrieval), {"checkpoint": str(path), "trained_this_run": False}
     model, provenance = train_vqa(cfg, retrieval, options, qa, progress)
-    from benchmark.runner import save_atomically
-
     save_atomically(model, path)
     return model, {"checkpoint": str(path), "trained_this_run": True} | provenance
 
@@ -233,13 +225,10 @@ def answer_questions(model: VqaModel, questions: Sequence[Question], items, batc
 
 def load_vqa_model(cfg: RunConfig) -> VqaModel:
     """``bench vqa``: the run's VQA model -- full: loaded; tiny: the cached one, never trained here."""
-    from benchmark.registry import MODELS
-    from benchmark.runner import _resolve, ensure_checkpoint
-
     options = vqa_options(cfg)
-    model_cls, model_config, _ = _resolve(cfg)
+    parts = resolve_run(cfg)
     if cfg.size == "full":
-        return full_size_vqa(model_cls.create(model_config, cfg.train.optim), options)
+        return full_size_vqa(parts.model_cls.create(parts.model_config, cfg.train.optim), options)
     ckpt, _ = ensure_checkpoint(cfg, train=False)
     path = vqa_checkpoint_dir(cfg, ckpt, options)
     if not path.exists():

@@ -1,85 +1,34 @@
 """Dynamic query length for BLIP2-IDQ-Former: r -> L, the soft mask, scoring and the length losses.
 
-Algorithm 1 (InstructSee, Sensors 2025), step 2 maps the QScaler's complexity score r in
-[0, 1] to a query length between a base and a maximum length. The paper gives no formula,
-no defaults and no supervision; the suite's choices (all in :class:`LengthConfig`):
+Algorithm 1 (InstructSee, Sensors 2025), step 2, maps the QScaler's complexity score r in
+[0, 1] to a query length between a base and a maximum length. The pieces, configured by
+:class:`LengthConfig`:
 
-* **Length** ``L_soft = L_base + r (L_max - L_base)`` (continuous, for training) and
-  ``L = L_base + round(r (L_max - L_base))`` (integer, for evaluation and the reported
-  query length). Defaults ``L_base = 2``, ``L_max = 48`` (> BLIP-2's 32: the paper's "32 is
-  too few for complex instructions"), QScaler initialised at ``L_init = 32``.
-* **Scoring** (ITC, as BLIP-2): ``s(text, image) = max_{i < L_text} <t, z_i>`` over the first
-  L query outputs ``z_i`` of the image (nested query attention makes those the outputs of an
-  L-query pass; :func:`length_limited_max_sim`, the ``score`` of ``--model ours``).
-* **Soft mask, end-to-end learnable L** (training): query ``i`` gets the weight
-  ``m_i = sigmoid((L_soft - i - 0.5) / tau)`` (``tau`` = ``mask_tau``, default 1 query; ``m_i >
-  0.5`` exactly for the queries the rounded L keeps) and the contrastive *logit* is
-  ``max_i (s_i / T + log m_i)`` with ``T`` the ITC temperature (:func:`soft_masked_logits`).
-  The mask acts in logit space on purpose: ``exp(logit) = m_i exp(s_i / T)``, so it scales the
-  pair's unnormalised probability, and ``log m`` (units of a few nats) is commensurate with
-  ``s / T``; subtracting ``log m`` from a raw cosine in [-1, 1] would swamp it. ``d logit / d
-  L_soft = (1 - m_{i*}) / tau`` for the winning query ``i*``: when the best query of a
-  *positive* pair lies beyond the current L, the InfoNCE loss pushes L up; when a *negative*
-  pair is won by a late query, it pushes L down. The hope: a specific (complex) caption is
-  matched by late, specialised queries, a generic one by early queries, so L grows with
-  complexity. Measured on the tiny benchmark, L follows the caption's content (its colours
-  and background) more than its complexity (docs/DESIGN.md, "What sets ours' L"). Outputs
-  beyond L contribute progressively less rather than being cut off.
-  Reach and bias: a query ``k`` queries beyond ``L_soft`` pays about ``k / tau`` nats, so
-  the gradient only sees late queries whose advantage ``(s_late - s_best_inside) / T``
-  exceeds that; and a needed query ``i`` counts fully only once ``L_soft`` is about
-  ``i + 2 tau``, so L keeps a margin of ~2 ``tau`` queries (the cost trims what is unused).
-  Starting at ``L_init = 32`` (near the top) most motion is downwards, where the signal is
-  strongest; the oracle target below reaches any distance.
-* **Cost** ``length_weight * mean(L_soft) / L_max`` (default weight 0.1): rewards short query
-  sets; without a task reason to be long, L shrinks to ``L_base``.
-* **Self-supervised target** (optional, ``oracle_weight``, default 0.5): per text, the
-  smallest L at which its positive's rank is already as good as with ``L_max`` queries
-  (:func:`oracle_lengths`, computed without gradient from the current similarities, ties
-  counted against the model), ranked among the batch *and* a queue of recent batches'
-  images (``oracle_negatives``: in-batch ranks alone are too easy and drive every L to
-  ``L_base``); ``r* = (L* - L_base) / (L_max - L_base)`` clipped to
-  [0, 1] and a binary cross-entropy between r and r*. It only uses the model's own scores:
-  neither the instruction's word count nor the dataset's complexity label is ever a target.
-  **Relevant images that are not the pair's** (``oracle_relevant``; SynthScenes: a generic
-  caption matches ~5 % of the images, so several per batch and dozens in the queue):
-  ``"negative"`` (default) counts them as negatives (the pair's image is the only positive;
-  the behaviour before the training batches carried relevance), ``"ignore"`` leaves them out
-  of the ranking (the rank of the pair's own image among true negatives), ``"positive"``
-  lets the best relevant image count, as the evaluation's R@k and MRR do (rank of the first
-  relevant item): a caption that many images match keeps its rank with few queries, one
-  that few images match needs finer ones, so the targets grow with how much the caption
-  pins down. The relevance comes from the data (training items carry their caption's
-  relevant images); it decides only which images are compared, never the target length.
-* **How much the ITC moves L** (``itc_length_grad``, default 1): the share of the
-  soft-masked ITC's gradient that reaches ``L_soft`` (the forward pass is unchanged; the
-  queries get all of it). At 1 the ITC's push dominates the oracle's pull and L follows
-  which scenes are hard to tell apart (a caption's colours and background) more than the
-  oracle's targets; at 0.2 (with ``oracle_relevant="positive"``) L is still trained end to
-  end but mostly follows the targets: over five seeds Spearman(complexity, L) 0.415-0.559
-  instead of 0.097-0.556, at the price of shorter L and a weaker VQA prefix (measured in
-  docs/DESIGN.md, "How much the ITC moves L"; not the default). ``length_grad_from``
-  (default ``"both"``): which half of the symmetric InfoNCE sends its gradient to ``L_soft``
-  (``"t2i"``: only the text's ranking of the images; ``"i2t"``: only the images' ranking of the
-  texts, where a late query that raises one text's scores against every image acts as a
-  per-text offset); the loss values and the queries' gradients are the same. Measured over
-  ten seeds: either half alone behaves like ``itc_length_grad=0.5``, not the default.
-* **Every prefix keeps learning** (``lmax_itc_weight``, default 0.5): beside the soft-masked
-  ITC, the same InfoNCE over all ``L_max`` queries (``max_i s_i``, no mask). Without it the
-  queries beyond the texts' current L get no gradient once L has shrunk, stay useless, and
-  the oracle below then never asks for them: short L is a self-fulfilling equilibrium
-  (measured: mean L 9.6 with no link to complexity). With it, late queries are trained to
-  add what early ones miss, as in nested (Matryoshka) representations. ``prefix_itc="random"``
-  scores each text in this term with its own random prefix of ``L_base..L_max`` queries
-  instead of all of them (default ``"all"``; measured in docs/DESIGN.md: no gain).
-* **Noise** (Algorithm 1: "during training, apply Gaussian noise to r"): ``r + N(0,
-  noise_std)`` in training only (default std 0.05, about 2 queries of the 40-query range),
-  clipped to [0, 1] with a straight-through clip so the gradient survives at the bounds.
+* **Length**: ``L_soft = L_base + r (L_max - L_base)`` (continuous, training) and
+  ``L = L_base + round(r (L_max - L_base))`` (integer, evaluation and the reported query
+  length); the QScaler starts at ``L_init``.
+* **Scoring** (ITC): ``s(text, image) = max_{i < L_text} <t, z_i>`` over the first L query
+  outputs of the image (:func:`length_limited_max_sim`, the ``score`` of ``--model ours``).
+* **Soft mask** (training): query ``i`` gets the weight ``m_i = sigmoid((L_soft - i - 0.5) /
+  tau)`` (``m_i > 0.5`` exactly for the queries the rounded L keeps) and the contrastive
+  logit is ``max_i (s_i / T + log m_i)`` with ``T`` the ITC temperature
+  (:func:`soft_masked_logits`), so L receives the InfoNCE gradient: a positive whose best
+  query lies beyond L pushes L up, a negative won by a late query pushes it down.
+* **Cost**: ``length_weight * mean(L_soft) / L_max``.
+* **Self-supervised target** (``oracle_weight``): per text, the smallest L at which its
+  positive ranks as well as with ``L_max`` queries (:func:`oracle_lengths`, no gradient,
+  ties counted against the model), among the batch and a queue of recent batches' images
+  (``oracle_negatives``); ``r* = (L* - L_base) / (L_max - L_base)`` clipped to [0, 1] and a
+  binary cross-entropy between r and r*.
+* **All-query ITC** (``lmax_itc_weight``): beside the soft-masked ITC, the same InfoNCE over
+  all ``L_max`` queries (``max_i s_i``, no mask), so the queries beyond the texts' current L
+  keep receiving gradient.
+* **Noise** (Algorithm 1): ``r + N(0, noise_std)`` in training only, clipped to [0, 1] with a
+  straight-through gradient.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -87,17 +36,10 @@ import torch.nn.functional as F
 
 from lightning_modules.base import Encoded, max_sim
 
-#: how the length oracle treats images relevant to a text other than its paired image
-ORACLE_RELEVANT = ("negative", "ignore", "positive")
-#: which query prefix the ``itc_lmax`` term scores each text with (``LengthConfig.prefix_itc``)
-PREFIX_ITC = ("all", "random")
-#: which directions of the soft-masked ITC move L (``LengthConfig.length_grad_from``)
-LENGTH_GRAD_FROM = ("both", "t2i", "i2t")
-
 
 @dataclass(frozen=True)
 class LengthConfig:
-    """How r maps to L and how L is trained (see the module docstring for each default)."""
+    """How r maps to L and how L is trained (see the module docstring for each term)."""
 
     l_base: int = 2
     l_max: int = 48
@@ -107,24 +49,12 @@ class LengthConfig:
     length_weight: float = 0.1
     oracle_weight: float = 0.5
     lmax_itc_weight: float = 0.5
-    oracle_relevant: str = "negative"  # relevant non-paired images in the oracle: ORACLE_RELEVANT
-    prefix_itc: str = "all"  # the itc_lmax term over all L_max queries or a random prefix: PREFIX_ITC
-    itc_length_grad: float = 1.0  # share of the soft-masked ITC's gradient that reaches L (and r)
-    length_grad_from: str = "both"  # the InfoNCE directions whose gradient reaches L: LENGTH_GRAD_FROM
 
     def __post_init__(self) -> None:
-        if self.length_grad_from not in LENGTH_GRAD_FROM:
-            raise ValueError(f"length_grad_from must be one of {LENGTH_GRAD_FROM}, got {self.length_grad_from!r}")
-        if self.prefix_itc not in PREFIX_ITC:
-            raise ValueError(f"prefix_itc must be one of {PREFIX_ITC}, got {self.prefix_itc!r}")
-        if self.oracle_relevant not in ORACLE_RELEVANT:
-            raise ValueError(f"oracle_relevant must be one of {ORACLE_RELEVANT}, got {self.oracle_relevant!r}")
         if not 1 <= self.l_base <= self.l_max:
             raise ValueError(f"need 1 <= l_base <= l_max, got l_base={self.l_base}, l_max={self.l_max}")
         if not self.l_base <= self.l_init <= self.l_max:
             raise ValueError(f"l_init={self.l_init} must lie in [l_base, l_max]")
-        if not 0.0 <= self.itc_length_grad <= 1.0:
-            raise ValueError(f"itc_length_grad must lie in [0, 1], got {self.itc_length_grad}")
         if (self.noise_std < 0 or self.mask_tau <= 0 or self.length_weight < 0 or self.oracle_weight < 0
                 or self.lmax_itc_weight < 0):
             raise ValueError("noise_std, length_weight, oracle_weight, lmax_itc_weight must be >= 0 and mask_tau > 0")
@@ -173,13 +103,6 @@ def soft_log_mask(soft_length: torch.Tensor, l_max: int, tau: float) -> torch.Te
     return F.logsigmoid((soft_length[:, None] - i[None] - 0.5) / tau)
 
 
-def hard_log_mask(lengths: torch.Tensor, l_max: int) -> torch.Tensor:
-    """0 for the first ``lengths[b]`` queries, ``-inf`` after, ``[B, l_max]``."""
-    i = torch.arange(l_max, device=lengths.device)
-    return torch.zeros(lengths.shape[0], l_max, device=lengths.device).masked_fill(
-        i[None] >= lengths[:, None], float("-inf"))
-
-
 def per_query_sims(texts: torch.Tensor, image_queries: torch.Tensor) -> torch.Tensor:
     """``[Q, D]`` x ``[G, L, D]`` -> ``[Q, G, L]`` dot products (cosines for unit vectors)."""
     return torch.einsum("qd,gld->qgl", texts, image_queries)
@@ -216,8 +139,8 @@ def length_limited_max_sim(queries: Encoded, gallery: Encoded, chunk: int = 4096
 
 def _text_vs_images(texts: torch.Tensor, lengths: torch.Tensor, images: torch.Tensor, chunk: int) -> torch.Tensor:
     """Texts grouped by their L: each group is one matrix product with the first L outputs of
-    the images, so no product beyond a text's L is computed or masked (about 6x faster than
-    scoring all ``L_max`` outputs and masking: mean L ~10 of 48 in the tiny reference run).
+    the images, so no product beyond a text's L is computed or masked (rather than scoring all
+    ``L_max`` outputs and masking).
     Each gallery chunk is laid out query-major once (``[L_max, chunk, D]``), so every group's
     prefix is a contiguous view, not a copy (with many distinct L, e.g. 8-32, the per-group
     copies cost more than the products)."""
@@ -235,17 +158,16 @@ def _text_vs_images(texts: torch.Tensor, lengths: torch.Tensor, images: torch.Te
 
 
 @torch.no_grad()
-def oracle_lengths(sims: torch.Tensor, positive: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
+def oracle_lengths(sims: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """Per text, the smallest L whose in-batch rank of the positive equals the rank at L_max.
 
     ``sims`` ``[Q, B, L_max]`` per-query similarities of each text with each batch image,
     ``positive`` ``[Q, B]`` boolean (several positives allowed; the best one counts). Rank
     at L = 1 + number of negatives scoring >= the best positive with the first L outputs
-    (ties against the model). ``ignore`` ``[Q, B]`` boolean: images that are neither
-    positive nor negative (left out of the ranking). Returns ``[Q]`` long in ``1..L_max``;
-    a text without a positive gets ``L_max``.
+    (ties against the model). Returns ``[Q]`` long in ``1..L_max``; a text without a positive
+    gets ``L_max``.
     """
-    return _oracle_from_steps(length_major(sims), positive, ignore)
+    return _oracle_from_steps(length_major(sims), positive)
 
 
 def length_major(*parts: torch.Tensor) -> torch.Tensor:
@@ -262,7 +184,7 @@ def length_major(*parts: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _oracle_from_steps(steps: torch.Tensor, positive: torch.Tensor, ignore: torch.Tensor | None) -> torch.Tensor:
+def _oracle_from_steps(steps: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     """:func:`oracle_lengths` on ``steps`` = the similarities laid out ``[L_max, Q, B]``
     (contiguous; overwritten with their prefix maxima)."""
     n_len, n_text = steps.shape[0], steps.shape[1]
@@ -276,7 +198,7 @@ def _oracle_from_steps(steps: torch.Tensor, positive: torch.Tensor, ignore: torc
     pos_best.scatter_reduce_(1, q[None].expand(n_len, -1), prefix[:, q, b], reduce="amax")
     # rank = 1 + negatives >= the best positive = 1 + (all items >= it) - (non-negatives >= it)
     at_or_above = (prefix >= pos_best[:, :, None]).sum(2, dtype=torch.int32)  # [L, Q]
-    oq, ob = (positive if ignore is None else positive | ignore).nonzero(as_tuple=True)
+    oq, ob = positive.nonzero(as_tuple=True)
     not_negative = torch.zeros_like(at_or_above)
     not_negative.index_add_(1, oq, (prefix[:, oq, ob] >= pos_best[:, oq]).to(torch.int32))
     rank = 1 + at_or_above - not_negative
@@ -308,20 +230,17 @@ class GlobalColumns:
 
     ``texts`` ``[N_t, D]``, ``image_queries`` ``[N_i, L_max, D]`` and ``soft_length`` ``[N_t]``
     are gathered with gradient; ``positives_i2t`` ``[n_i, N_t]`` (bool): the local images x
-    every text; ``gather``: every process's rows of a local tensor without gradient (e.g. the
-    random prefixes of ``prefix_itc="random"``)."""
+    every text."""
 
     texts: torch.Tensor
     image_queries: torch.Tensor
     soft_length: torch.Tensor
     positives_i2t: torch.Tensor
-    gather: Callable[[torch.Tensor], torch.Tensor]
 
 
 def dynamic_itc(texts: torch.Tensor, image_queries: torch.Tensor, soft_length: torch.Tensor, r: torch.Tensor,
                 positives: torch.Tensor, temperature: torch.Tensor | float, config: LengthConfig,
                 label_smoothing: float = 0.0, oracle_negatives: torch.Tensor | None = None,
-                oracle_relevant: torch.Tensor | None = None,
                 columns: GlobalColumns | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """The in-batch training losses of IDQ-Former's ITC with a learnable L.
 
@@ -339,29 +258,24 @@ def dynamic_itc(texts: torch.Tensor, image_queries: torch.Tensor, soft_length: t
     here (e.g. a queue of recent batches), that join the batch only when the oracle lengths
     are ranked (no gradient): an in-batch rank among ~100 images is too easy a criterion
     (the first few queries already rank most positives first), a pool of ~1000 is about the
-    difficulty of the test gallery. ``oracle_relevant`` ``[B_t, B_i + N]`` boolean: which
-    images of that pool (batch images, then ``oracle_negatives``) are relevant to each text
-    beside its positives; ``config.oracle_relevant`` says what the oracle makes of them
-    (``None``: none is).
+    difficulty of the test gallery.
 
     ``columns`` (DDP, :class:`GlobalColumns`): the local texts are scored against every
     process's images and the local images against every process's texts (each with that
-    text's own soft mask), ``positives`` and ``oracle_relevant`` then cover the local texts x
-    the global images (+ the pool), ``sim_t2i`` is ``[n_t, N_i]`` and ``sim_i2t`` ``[n_i, N_t]``;
+    text's own soft mask), ``positives`` then covers the local texts x the global images, ``sim_t2i`` is ``[n_t, N_i]`` and ``sim_i2t`` ``[n_i, N_t]``;
     every term is the mean over the local rows (the caller weights it, ``loss_scale``). The
     oracle ranks the global batch (and the queue); ``length`` and ``oracle`` average the local
     texts.
     """
     images_all = image_queries if columns is None else columns.image_queries
     sims = per_query_sims(texts, images_all)  # [B_t, B_i, L_max]: local texts x every image
-    log_mask = soft_log_mask(scale_grad(soft_length, config.itc_length_grad), image_queries.shape[1], config.mask_tau)
+    log_mask = soft_log_mask(soft_length, image_queries.shape[1], config.mask_tau)
     logits = soft_masked_logits(sims, log_mask, temperature)
     if columns is None:  # one process: the images' view is the same matrix
         sims_c, log_mask_c, logits_c = sims, log_mask, logits
     else:  # [N_t, n_i, L_max]: every text (its own mask) x the local images
         sims_c = per_query_sims(columns.texts, image_queries)
-        log_mask_c = soft_log_mask(scale_grad(columns.soft_length, config.itc_length_grad), image_queries.shape[1],
-                                   config.mask_tau)
+        log_mask_c = soft_log_mask(columns.soft_length, image_queries.shape[1], config.mask_tau)
         logits_c = soft_masked_logits(sims_c, log_mask_c, temperature)
     target = positives.float()
     target_c = target.T if columns is None else columns.positives_i2t.float()
@@ -372,22 +286,11 @@ def dynamic_itc(texts: torch.Tensor, image_queries: torch.Tensor, soft_length: t
                       + F.cross_entropy(lg_i2t.T, target_c / target_c.sum(1, keepdim=True),
                                         label_smoothing=label_smoothing))
 
-    if config.length_grad_from == "both":
-        itc = infonce(logits, None if columns is None else logits_c)
-    else:  # the same values; L gets the gradient of one direction only
-        fixed = soft_masked_logits(sims, log_mask.detach(), temperature)
-        fixed_c = fixed if columns is None else soft_masked_logits(sims_c, log_mask_c.detach(), temperature)
-        itc = infonce(logits, fixed_c) if config.length_grad_from == "t2i" else infonce(fixed, logits_c)
+    itc = infonce(logits, None if columns is None else logits_c)
     extra_terms = {}
     if config.lmax_itc_weight > 0:
-        if config.prefix_itc == "random":  # Matryoshka: each text a random prefix in [L_base, L_max]
-            prefix = torch.randint(config.l_base, config.l_max + 1, (sims.shape[0],), device=sims.device)
-            lmax_logits = soft_masked_logits(sims, hard_log_mask(prefix, sims.shape[-1]), temperature)
-            lmax_logits_c = None if columns is None else soft_masked_logits(
-                sims_c, hard_log_mask(columns.gather(prefix), sims.shape[-1]), temperature)
-        else:
-            lmax_logits = sims.amax(-1) / temperature
-            lmax_logits_c = None if columns is None else sims_c.amax(-1) / temperature
+        lmax_logits = sims.amax(-1) / temperature
+        lmax_logits_c = None if columns is None else sims_c.amax(-1) / temperature
         extra_terms["itc_lmax"] = config.lmax_itc_weight * infonce(lmax_logits, lmax_logits_c)
     oracle = None
     if config.oracle_weight > 0:
@@ -395,21 +298,10 @@ def dynamic_itc(texts: torch.Tensor, image_queries: torch.Tensor, soft_length: t
         if oracle_negatives is not None and len(oracle_negatives):
             pool.append(per_query_sims(texts.detach(), oracle_negatives.to(texts.dtype)))
             pool_pos = torch.cat([positives, positives.new_zeros(positives.shape[0], pool[1].shape[1])], dim=1)
-        positive, ignore = _oracle_roles(pool_pos, oracle_relevant, config.oracle_relevant)
-        oracle = _oracle_from_steps(length_major(*pool), positive, ignore)
+        oracle = _oracle_from_steps(length_major(*pool), pool_pos)
     out = {"itc": itc, **extra_terms, **length_losses(r, soft_length, config, oracle)}
     if oracle is not None:
         out["oracle_length"] = oracle.float().mean()  # logged only, not a loss term
     sim_t2i = logits * temperature
     return out, sim_t2i, sim_t2i.T if columns is None else logits_c.T * temperature
 
-
-def _oracle_roles(positives: torch.Tensor, relevant: torch.Tensor | None,
-                  mode: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The oracle's ``(positive, ignore)`` masks over its pool (``LengthConfig.oracle_relevant``)."""
-    if relevant is None or mode == "negative":
-        return positives, None
-    if relevant.shape != positives.shape:
-        raise ValueError(f"oracle_relevant has shape {tuple(relevant.shape)}, the pool {tuple(positives.shape)}")
-    relevant = relevant.to(positives.device)
-    return (positives | relevant, None) if mode == "positive" else (positives, relevant & ~positives)

@@ -34,6 +34,7 @@ which files it used (``provenance``).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -46,6 +47,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.base import collate_indexed
+from datamodules.sharding import RankBatches
 from lightning_modules.components.vision_tower import VisionTower
 
 FORMAT_VERSION = 2
@@ -96,8 +99,6 @@ class RowWriter:
 
     def prepare(self, row_shape: tuple[int, ...]) -> bool:
         """Take the lock, then keep a matching partial array or create a new one; True if resumed."""
-        import fcntl
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = os.open(self.path.with_name(f".{self.path.name}.lock"), os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(self._lock, fcntl.LOCK_EX)  # another run extracting this split: wait for it
@@ -171,9 +172,6 @@ class LocalExtractor:
     interrupted extraction completed are skipped)."""
 
     def __call__(self, tower: VisionTower, images: Dataset, writer: RowWriter, batch_size: int) -> None:
-        from datamodules.base import collate_indexed
-        from datamodules.sharding import RankBatches
-
         device = next(iter(tower.parameters())).device if hasattr(tower, "parameters") else torch.device("cpu")
         done = writer.completed_batches()
         try:

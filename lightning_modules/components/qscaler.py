@@ -42,6 +42,7 @@ from typing import Literal, Protocol, get_args
 
 import torch
 from torch import nn
+from transformers import AutoModel, AutoTokenizer, CLIPTextModel
 
 from lightning_modules.components.clip_text import clip_text_forward, eos_positions
 from lightning_modules.components.dynamic_length import LengthConfig, add_length_noise
@@ -112,14 +113,6 @@ class _Frozen(nn.Module):
 IMAGE_SIDE = ("crossattention", "intermediate_query", "output_query")
 
 
-def _discard_image_side(_module, state_dict, prefix, *_args) -> None:
-    """Load pre-hook: drop a text-only copy's image-side weights from an older checkpoint."""
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        parts = key[len(prefix):].split(".")
-        if len(parts) > 4 and parts[:3] == ["qformer", "encoder", "layer"] and parts[4] in IMAGE_SIDE:
-            del state_dict[key]
-
-
 class QFormerTextEncoder(_Frozen):
     """A frozen copy of a BLIP-2 Q-Former's text path (``Blip2TextEmbeddings`` + ``Blip2QFormerModel``)."""
 
@@ -153,13 +146,11 @@ class QFormerTextEncoder(_Frozen):
     def _drop_image_side(self) -> None:
         """The copy only runs text (``query_length=0``), which never reaches a layer's
         cross-attention or query feed-forward: drop those weights (at full size 77 M of the
-        copy's 186 M parameters). Checkpoints saved with them still load: the load hook below
-        discards exactly these keys."""
+        copy's 186 M parameters)."""
         for layer in self.qformer.encoder.layer:
             for name in IMAGE_SIDE:
                 if hasattr(layer, name):
                     delattr(layer, name)
-        self.register_load_state_dict_pre_hook(_discard_image_side)
 
     @torch.no_grad()
     def encode_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -171,8 +162,6 @@ class QFormerTextEncoder(_Frozen):
 
 def _is_clip_text(model: nn.Module) -> bool:
     """A transformers ``CLIPTextModel`` (the layout :func:`clip_text_forward` runs)."""
-    from transformers import CLIPTextModel
-
     return isinstance(model, CLIPTextModel)
 
 
@@ -193,8 +182,6 @@ class HFTextEncoder(_Frozen):
     def from_pretrained(cls, path: str, *, pool: Pool | None = None, local_files_only: bool = True,
                         max_length: int | None = None) -> HFTextEncoder:
         """Load a directory; a ``CLIPModel`` contributes its ``text_model`` (pooled at EOS by default)."""
-        from transformers import AutoModel, AutoTokenizer
-
         model = AutoModel.from_pretrained(path, local_files_only=local_files_only)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
         if hasattr(model, "text_model"):  # CLIPModel and friends

@@ -33,7 +33,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
-from transformers import Blip2VisionModel, CLIPVisionModel
+from transformers import (
+    AutoImageProcessor,
+    Blip2ForImageTextRetrieval,
+    Blip2VisionModel,
+    CLIPImageProcessor,
+    CLIPVisionModel,
+)
+from transformers.utils import logging as hf_logging
 
 from lightning_modules.components.image_transform import ImageTransform
 
@@ -125,8 +132,6 @@ class ClipVisionTower(_HFTower):
     @classmethod
     def from_clip_checkpoint(cls, path: str | Path, local_files_only: bool = True) -> ClipVisionTower:
         """The vision half of a CLIP checkpoint (a suite CLIP checkpoint or a hub-style folder)."""
-        from transformers import CLIPImageProcessor
-
         model = load_strict(CLIPVisionModel, path, ignore_prefixes=("text_model.", "text_projection.", "logit_scale",
                                                                      "visual_projection."),
                             local_files_only=local_files_only)
@@ -156,8 +161,6 @@ class Blip2VisionTower(_HFTower):
     @classmethod
     def from_source(cls, source: str, local_files_only: bool = True) -> Blip2VisionTower:
         """The vision model of a ``Blip2ForImageTextRetrieval`` checkpoint, with its image processor."""
-        from transformers import AutoImageProcessor, Blip2ForImageTextRetrieval
-
         hf = load_strict(Blip2ForImageTextRetrieval, source, local_files_only=local_files_only,
                          dtype=torch.float32)
         transform = ImageTransform.from_hf_processor(AutoImageProcessor.from_pretrained(
@@ -232,8 +235,6 @@ def load_strict(model_cls, path: str | Path, ignore_prefixes: tuple[str, ...] = 
     ``ignore_prefixes`` names checkpoint weights that are deliberately left out (e.g. the
     text half of a CLIP checkpoint when only its vision tower is wanted).
     """
-    from transformers.utils import logging as hf_logging
-
     kwargs.setdefault("local_files_only", True)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its load report is replaced by the check below

@@ -1,0 +1,203 @@
+"""The checkpoint store: where a run's trained model lives in the cache, and getting it there.
+
+Trained checkpoints are cached under ``<cache_dir>/checkpoints/<model>__<dataset>__<size>__<hash>``
+where the hash covers everything that determines training (model options with their
+defaults, data options, training settings, seed, the checkpoints it was built on).
+
+* :func:`resolve_run` -- a run config's registered model class (checked against
+  :class:`~lightning_modules.contract.SuiteModel`), its typed model config and its DataModule;
+* :func:`checkpoint_dir` -- the cached checkpoint folder of a training config;
+* :func:`resolve_dependencies` -- a model's ``checkpoint_dependencies`` filled with the cached
+  checkpoints of the models it is built on (trained now if absent);
+* :func:`ensure_checkpoint` -- the cached checkpoint of a run config, trained now if absent
+  (through :func:`benchmark.training.create_fit_save`).
+
+The runner, the tasks (``--task speed``'s baseline, ``bench vqa``) and the feedback session
+all reach trained models through this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from benchmark.config import (
+    ConfigError,
+    RunConfig,
+    TrainConfig,
+    build_run_config,
+    from_dict,
+    model_defaults,
+    stable_hash,
+    to_dict,
+)
+from benchmark.preflight import load_cached_checkpoint
+from benchmark.registry import DATASETS, MODELS
+from benchmark.training import create_fit_save
+from lightning_modules.contract import DependencyConfig, PretrainedConfig, dependencies_of
+
+DATA_ROOT_ENV = "INSTRUCTSEE_DATA_ROOT"
+
+
+@dataclass
+class RunParts:
+    """A run config resolved: the model class, its typed config (``model_args``) and the DataModule."""
+
+    model_cls: Any
+    model_config: Any
+    dm: Any
+
+
+def data_root(cfg: RunConfig) -> str:
+    """``--data-root``; else generated data in the cache (synthetic) or ``$INSTRUCTSEE_DATA_ROOT/<dataset>``."""
+    if cfg.data.root:
+        return cfg.data.root
+    if cfg.dataset == "synthetic":
+        return str(Path(cfg.cache_dir) / "data")
+    if os.environ.get(DATA_ROOT_ENV):
+        return str(Path(os.environ[DATA_ROOT_ENV]) / cfg.dataset)
+    return ""
+
+
+def pretrained_of(model_config: Any) -> str | None:
+    """The pretrained checkpoint a model config names (None: none, or a config without the field)."""
+    return model_config.pretrained if isinstance(model_config, PretrainedConfig) else None
+
+
+def resolve_run(cfg: RunConfig) -> RunParts:
+    """The registered model class, its config from ``model_args`` (size-checked) and the DataModule."""
+    model_cls = MODELS.get(cfg.model)
+    model_config = from_dict(model_cls.Config, cfg.model_args, "model_args")
+    pretrained = pretrained_of(model_config)
+    if cfg.size == "full" and not pretrained:
+        raise ConfigError("size 'full' needs model_args.pretrained: a hub id or a local checkpoint path")
+    if cfg.size == "tiny" and pretrained:
+        raise ConfigError("model_args.pretrained is set: use --size full for pretrained checkpoints")
+    dm = DATASETS.get(cfg.dataset)(replace(cfg.data, root=data_root(cfg)), seed=cfg.seed)
+    dm.set_check_cache(Path(cfg.cache_dir) / "image_checks")  # image verdicts kept across runs and ranks
+    return RunParts(model_cls, model_config, dm)
+
+
+def model_identity(model_cls: Any, model_config: Any) -> dict:
+    """The resolved model config (a config object or the dict a result file stores; defaults
+    included) in JSON form, without the fields the runner fills with dependency checkpoints
+    (``checkpoint_dependencies``: cache paths, which say nothing about the model)."""
+    deps = set(dependencies_of(model_cls))
+    return {k: v for k, v in json.loads(json.dumps(to_dict(model_config))).items() if k not in deps}
+
+
+def checkpoint_dir(cfg: RunConfig, dependencies: dict[str, Any] | None = None, model_config: Any = None,
+                   model_cls: Any = None, content: dict[str, Any] | None = None) -> Path:
+    """The cached checkpoint of a training config (and of the checkpoints it was built on).
+
+    With ``model_config`` the key also covers the *resolved* model config (defaults
+    included, the dependency fields of ``model_cls`` -- cache paths -- left out): a changed
+    model default then trains a new checkpoint instead of loading one trained under the old
+    default. ``content``: the DataModule's ``content_identity()`` (the ``folder`` dataset's
+    annotations hash; {} for the fixed datasets, whose keys are then unchanged), so that two
+    user folders with the same options never share a checkpoint."""
+    h = cfg.training_hash()
+    if content:
+        h = stable_hash([h, content])
+    if dependencies:
+        h = stable_hash([h, {k: v["training_hash"] for k, v in sorted(dependencies.items())}])
+    if model_config is not None:
+        h = stable_hash([h, model_identity(model_cls, model_config)])
+    return Path(cfg.cache_dir) / "checkpoints" / f"{cfg.model}__{cfg.dataset}__{cfg.size}__{h}"
+
+
+# -- checkpoint dependencies --------------------------------------------------------------
+# A model class declares ``checkpoint_dependencies = {config_field: registered_model}``: at
+# tiny size, a field left empty is filled with the checkpoint of that other model trained on
+# the same dataset with the same seed (its shipped base config, the run's data options and
+# hardware settings, then ``model_args.dependency_overrides[field]``), trained through this
+# store if it is not cached. E.g. BLIP2's frozen vision tower is the tiny CLIP's.
+INHERITED_TRAIN = ("accelerator", "devices", "num_nodes", "strategy", "num_threads", "deterministic", "precision",
+                   "gather_negatives")
+
+
+def dependency_config(cfg: RunConfig, model: str, overrides: dict | None = None) -> RunConfig:
+    """The run config of a dependency of ``cfg``: ``model``'s base config on the same data and seed."""
+    data = to_dict(cfg.data)
+    data.pop("batch_size")  # the dependency trains with its own batch size
+    inherited = {"model": model, "dataset": cfg.dataset, "size": "tiny", "seed": cfg.seed,
+                 "cache_dir": cfg.cache_dir, "results_dir": cfg.results_dir, "data": data,
+                 "train": {k: getattr(cfg.train, k) for k in INHERITED_TRAIN}}
+    return build_run_config(model_defaults(model), inherited, overrides or {})
+
+
+def resolve_dependencies(cfg: RunConfig, model_cls: Any, model_config: Any, *, progress: bool = False,
+                         train: bool = True) -> tuple[Any, dict[str, Any]]:
+    """``(model_config with its dependency fields filled, {field: provenance})``; ``train=False``:
+    a dependency that is not cached is an error instead of being trained."""
+    deps = dependencies_of(model_cls)
+    if cfg.size != "tiny" or not deps:
+        return model_config, {}
+    overrides = (model_config.dependency_overrides if isinstance(model_config, DependencyConfig) else None) or {}
+    unknown = sorted(set(overrides) - set(deps))
+    if unknown:
+        raise ConfigError(f"model_args.dependency_overrides: {unknown[0]!r} is not a dependency "
+                          f"(dependencies: {', '.join(sorted(deps))})")
+    resolved: dict[str, Any] = {}
+    for name, dep_model in sorted(deps.items()):
+        given = getattr(model_config, name)
+        if given:
+            resolved[name] = {"model": dep_model, "checkpoint": str(given), "given": True,
+                              "training_hash": stable_hash(str(given))}
+            continue
+        dep_cfg = dependency_config(cfg, dep_model, overrides.get(name))
+        t = time.perf_counter()
+        ckpt, trained = ensure_checkpoint(dep_cfg, progress=progress, train=train,
+                                          announce=f"dependency {name} of {cfg.model}")
+        model_config = replace(model_config, **{name: str(ckpt)})
+        resolved[name] = {"model": dep_model, "checkpoint": str(ckpt), "given": False, "trained_this_run": trained,
+                          "training_hash": ckpt.name.rsplit("__", 1)[-1], "config": to_dict(dep_cfg),
+                          "seconds": time.perf_counter() - t}
+    return model_config, resolved
+
+
+def inherited_settings_note(cfg: RunConfig) -> str:
+    """The training settings a dependency inherits from the run that differ from the defaults
+    (they are part of its training hash, so they select -- or train -- another checkpoint)."""
+    default = TrainConfig()
+    changed = [f"train.{k}={getattr(cfg.train, k)}" for k in INHERITED_TRAIN
+               if getattr(cfg.train, k) != getattr(default, k)]
+    return f"; inherited from this run: {', '.join(changed)}" if changed else ""
+
+
+def ensure_checkpoint(cfg: RunConfig, *, progress: bool = False, train: bool = True,
+                      announce: str | None = None) -> tuple[Path, bool]:
+    """The cached checkpoint of ``cfg``'s training, trained (and cached) now if absent
+    (``train=False``: absent is a :class:`ConfigError` naming the run that trains it).
+    ``announce``: before training, say on stderr what is trained and why (e.g. a dependency)."""
+    if cfg.train.max_epochs < 1:
+        raise ConfigError(f"a dependency ({cfg.model}) must be trained: train.max_epochs must be >= 1")
+    parts = resolve_run(cfg)
+    model_config, deps = resolve_dependencies(cfg, parts.model_cls, parts.model_config, progress=progress, train=train)
+    ckpt = checkpoint_dir(cfg, deps, model_config, parts.model_cls, parts.dm.content_identity())
+    if ckpt.exists():
+        return ckpt, False
+    if not train:
+        raise ConfigError(f"no trained {cfg.model} checkpoint for this config in {Path(cfg.cache_dir) / 'checkpoints'} "
+                          f"(run `bench run --model {cfg.model} --dataset {cfg.dataset} --seed {cfg.seed}` first)")
+    if announce:
+        print(f"training {cfg.model} ({announce}; seed {cfg.seed}{inherited_settings_note(cfg)}): no cached "
+              f"checkpoint {ckpt.name} in {ckpt.parent}", file=sys.stderr, flush=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    parts.dm.prepare_data()
+    create_fit_save(cfg, parts.model_cls, model_config, parts.dm, ckpt, progress=progress)
+    return ckpt, True
+
+
+def load_trained(cfg: RunConfig, *, progress: bool = False, train: bool = True) -> tuple[Any, Path, bool]:
+    """``(model, checkpoint folder, trained_this_run)``: the run's cached model (trained now if
+    absent and ``train``), loaded."""
+    ckpt, trained = ensure_checkpoint(cfg, progress=progress, train=train)
+    return load_cached_checkpoint(MODELS.get(cfg.model), ckpt), ckpt, trained
