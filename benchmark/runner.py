@@ -25,7 +25,8 @@ from benchmark.measure.run_costs import measure_run
 from benchmark.preflight import check_run, load_cached_checkpoint
 from benchmark.registry import TASKS
 from benchmark.results import SCHEMA_VERSION, ResultFileError, atomic_write_json, environment, load_result
-from benchmark.store import checkpoint_dir, model_identity, resolve_dependencies, resolve_run
+from benchmark.portable import portable
+from benchmark.store import checkpoint_dir, path_roots, model_identity, resolve_dependencies, resolve_run
 from benchmark.tasks.base import TaskContext
 from benchmark.training import create_fit_save, install_item_loader, trainer
 from datamodules.loading import LoaderRuntime
@@ -173,6 +174,6 @@ def _evaluate(cfg: RunConfig, task, model, dm, t0: float, *, progress: bool, mod
     if isinstance(model, MethodSettings):  # e.g. token reduction: the settings and mode that ran
         result["method"] = model.method_config()
     if tester.is_global_zero:
-        atomic_write_json(path, result)
+        atomic_write_json(path, portable(result, path_roots(cfg)))  # no machine paths in the file
     return RunOutcome(path, result, trained=trained)
 

@@ -113,6 +113,12 @@ def checkpoint_dir(cfg: RunConfig, dependencies: dict[str, Any] | None = None, m
     return Path(cfg.cache_dir) / "checkpoints" / f"{cfg.model}__{cfg.dataset}__{cfg.size}__{h}"
 
 
+def path_roots(cfg: RunConfig) -> dict[str, str | None]:
+    """The folders a recorded path is written relative to (:mod:`benchmark.portable`): the data
+    root, the cache and the results folder of the run."""
+    return {"data": data_root(cfg) or None, "cache": cfg.cache_dir, "results": cfg.results_dir}
+
+
 # -- checkpoint dependencies --------------------------------------------------------------
 # A model class declares ``checkpoint_dependencies = {config_field: registered_model}``: at
 # tiny size, a field left empty is filled with the checkpoint of that other model trained on

@@ -15,6 +15,7 @@ from transformers import Blip2ForImageTextRetrieval, BlipImageProcessor
 from typer.testing import CliRunner
 
 from benchmark.cli import app
+from benchmark.portable import resolve
 from datamodules.batch import TrainBatch
 from lightning_modules.base import Encoded, RetrievalModel, max_sim
 from lightning_modules.blip2 import Blip2Config, Blip2Retrieval
@@ -465,7 +466,9 @@ def test_bench_run_blip2_end_to_end(tmp_path):
     assert again["metrics"] == r["metrics"]
 
     # an explicit vision checkpoint (here: the one resolved above) is used as given
-    _run(tmp_path, "--tag", "given", model_args=TINY_QFORMER | {"vision_checkpoint": dep["checkpoint"]})
+    assert dep["checkpoint"].startswith("<cache>/checkpoints/")  # recorded relative to the cache: no machine path
+    given_path = str(resolve(dep["checkpoint"], {"cache": tmp_path / "cache"}))
+    _run(tmp_path, "--tag", "given", model_args=TINY_QFORMER | {"vision_checkpoint": given_path})
     given = json.loads((tmp_path / "results" / "blip2__synthetic__given.json").read_text())
     assert given["provenance"]["dependencies"]["vision_checkpoint"]["given"] is True
     assert given["model_config"]["vision_checkpoint"] == dep["checkpoint"]

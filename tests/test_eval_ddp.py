@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from benchmark.cli import app
+from benchmark.portable import resolve
 from tests.test_blip2 import BLIP2_ARGS, SMALL, TINY_QFORMER
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,7 +64,7 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
         # a cache of their own: the two processes also extract the frozen features themselves, each rank
         # writing the rows of its batches into the one shared file
         _two_processes(_args(model, tmp_path / "two", tmp_path / "cache2")
-                       + ["--checkpoint", one["provenance"]["checkpoint"]], tmp_path)
+                       + ["--checkpoint", str(resolve(one["provenance"]["checkpoint"], {"cache": cache}))], tmp_path)
         two = json.loads((tmp_path / "two" / f"{model}__synthetic__default.json").read_text())
         assert one["evaluation"]["world_size"] == 1 and two["evaluation"]["world_size"] == 2
         assert two["provenance"]["trained_this_run"] is False

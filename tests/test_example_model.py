@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from benchmark.cli import app
+from benchmark.portable import resolve
 from benchmark.registry import MODELS
 from lightning_modules.contract import (
     CostModel,
@@ -66,7 +67,9 @@ def test_a_class_without_a_contract_member_is_refused_by_name():
 
 def test_the_registered_example_runs_through_bench_run(tmp_path, example_registered):
     _run(tmp_path)
-    first = json.loads((tmp_path / "results" / "example__synthetic__default.json").read_text())
+    text = (tmp_path / "results" / "example__synthetic__default.json").read_text()
+    assert str(tmp_path) not in text  # no machine path in a result file: <cache>/..., <data>/..., <results>/...
+    first = json.loads(text)
     assert first["model"] == "example" and first["provenance"]["trained_this_run"] is True
     assert first["model_config"] == {"image_size": 32, "patch": 16, "embed_dim": 16}
     for d in ("t2i", "i2t"):
@@ -75,14 +78,15 @@ def test_the_registered_example_runs_through_bench_run(tmp_path, example_registe
     assert first["metrics"]["t2i/n_queries"] == 24 * 5
     assert "gflops/total" not in first["metrics"]  # no cost_components: FLOPs are not measured
     ckpt = first["provenance"]["checkpoint"]
-    assert sorted(p.name for p in (tmp_path / "cache" / "checkpoints").iterdir()) == [ckpt.rsplit("/", 1)[-1]]
+    checkpoints = (tmp_path / "cache" / "checkpoints").iterdir()  # hidden: the save lock beside each checkpoint
+    assert sorted(p.name for p in checkpoints if not p.name.startswith(".")) == [ckpt.rsplit("/", 1)[-1]]
     _run(tmp_path, "--tag", "again")  # the cached checkpoint is loaded (load_checkpoint), not trained again
     again = json.loads((tmp_path / "results" / "example__synthetic__again.json").read_text())
     retrieval = {k for k in first["metrics"] if k.split("/")[0] in ("t2i", "i2t")}  # cost figures are timings
     assert again["provenance"]["trained_this_run"] is False
     assert {k: again["metrics"][k] for k in retrieval} == {k: first["metrics"][k] for k in retrieval}
     assert first["metrics"]["memory_mb"] > 0  # measured in a fresh process that imports the class by path
-    loaded = MeanPoolRetrieval.load_checkpoint(ckpt)
+    loaded = MeanPoolRetrieval.load_checkpoint(resolve(ckpt, {"cache": tmp_path / "cache"}))
     torch.testing.assert_close(loaded.encode_texts(["a red circle"]).emb.norm(dim=-1), torch.ones(1))
 
 

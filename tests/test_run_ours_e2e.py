@@ -8,6 +8,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from benchmark.cli import app
+from benchmark.portable import resolve
 from tests.test_blip2 import BLIP2_ARGS, SMALL, TINY_QFORMER
 
 runner = CliRunner()
@@ -34,5 +35,5 @@ def test_bench_run_ours_records_query_lengths(tmp_path):
     # trained, and the checkpoint carries that encoder's folder
     clips = sorted((tmp_path / "cache" / "checkpoints").glob("clip__*"))
     assert len(clips) == 1
-    encoder = Path(r["provenance"]["checkpoint"]) / "qscaler_encoder"
+    encoder = resolve(r["provenance"]["checkpoint"], {"cache": tmp_path / "cache"}) / "qscaler_encoder"
     assert (encoder / "model.safetensors").read_bytes() == (clips[0] / "model.safetensors").read_bytes()

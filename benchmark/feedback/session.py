@@ -30,7 +30,8 @@ from benchmark.feedback.transcript import JsonlWriter
 from benchmark.feedback.user import SimulatedUser
 from benchmark.registry import DATASETS, MODELS
 from benchmark.results import atomic_write_json, environment
-from benchmark.store import data_root, ensure_checkpoint, pretrained_of, resolve_dependencies
+from benchmark.portable import portable
+from benchmark.store import data_root, ensure_checkpoint, path_roots, pretrained_of, resolve_dependencies
 from lightning_modules.contract import ItemLoading
 
 
@@ -162,5 +163,5 @@ def run_feedback(cfg: RunConfig, fb: FeedbackConfig, *, progress: bool = False) 
     result = build_result(cfg, fb, res, task, llm=backend.describe() if backend is not None else None,
                           user_seed=user_seed, environment=environment(device), provenance=provenance,
                           timings=timings, transcript=transcript)
-    atomic_write_json(path, result)
+    atomic_write_json(path, portable(result, path_roots(cfg)))  # no machine paths in the file
     return FeedbackOutcome(path, transcript, result)
