@@ -32,8 +32,14 @@ from benchmark.preflight import check_run
 from benchmark.text_table import text_table
 
 #: the ablation table's columns: (header, metric key of the result file)
-COLUMNS = (("Sim", "t2i/Sim"), ("R@5", "t2i/R@5"), ("MRR", "t2i/MRR"), ("Q-Len", "qlen/mean"),
-           ("GFLOPs", "gflops/total"), ("Thr (img/s)", "throughput_img_s"))
+COLUMNS = (
+    ("Sim", "t2i/Sim"),
+    ("R@5", "t2i/R@5"),
+    ("MRR", "t2i/MRR"),
+    ("Q-Len", "qlen/mean"),
+    ("GFLOPs", "gflops/total"),
+    ("Thr (img/s)", "throughput_img_s"),
+)
 
 
 def _defaults(config_cls) -> dict[str, Any]:
@@ -54,8 +60,11 @@ def canonical(cfg: RunConfig) -> RunConfig:
     config_cls = MODELS.get(cfg.model).Config
     from_dict(config_cls, cfg.model_args, "model_args")  # validates every given field first
     defaults = _defaults(config_cls)
-    kept = {k: v for k, v in cfg.model_args.items()
-            if not (k in defaults and v == defaults[k] and type(v) is type(defaults[k]))}
+    kept = {
+        k: v
+        for k, v in cfg.model_args.items()
+        if not (k in defaults and v == defaults[k] and type(v) is type(defaults[k]))
+    }
     return dataclasses.replace(cfg, model_args=kept)
 
 
@@ -63,8 +72,9 @@ def arm_config(ablation: Ablation, arm: Arm, *overrides: dict) -> RunConfig:
     """The run config of one arm: base config, arm file, then ``overrides`` (later wins)."""
     cfg = build_run_config(model_defaults(ablation.model), arm.overrides, *overrides)
     if cfg.model != ablation.model:
-        raise ConfigError(f"ablation {ablation.name!r} is defined on model {ablation.model!r}; "
-                          f"the overrides make it {cfg.model!r}")
+        raise ConfigError(
+            f"ablation {ablation.name!r} is defined on model {ablation.model!r}; the overrides make it {cfg.model!r}"
+        )
     return canonical(cfg)
 
 
@@ -76,8 +86,10 @@ def check_default(ablation: Ablation) -> None:
     own = arm_config(ablation, arm).model_args
     changed = sorted(k for k in set(own) | set(plain) if own.get(k) != plain.get(k))
     if changed:
-        raise ConfigError(f"{ablation.meta_path}: 'default' names arm {arm.name!r}, but its overrides "
-                          f"change {changed} of the model's plain run; name the arm whose file states defaults only")
+        raise ConfigError(
+            f"{ablation.meta_path}: 'default' names arm {arm.name!r}, but its overrides "
+            f"change {changed} of the model's plain run; name the arm whose file states defaults only"
+        )
 
 
 @dataclass
@@ -88,8 +100,15 @@ class ArmResult:
     skipped: bool
 
 
-def run_ablation(ablation: Ablation, overrides: Sequence[dict] = (), *, tag: str = "ablate", retrain: bool = False,
-                 skip_existing: bool = False, progress: bool = True) -> list[ArmResult]:
+def run_ablation(
+    ablation: Ablation,
+    overrides: Sequence[dict] = (),
+    *,
+    tag: str = "ablate",
+    retrain: bool = False,
+    skip_existing: bool = False,
+    progress: bool = True,
+) -> list[ArmResult]:
     """Run every arm through :func:`benchmark.runner.run`; one result file per arm."""
     from benchmark.results import load_result
     from benchmark.runner import run

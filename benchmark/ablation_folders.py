@@ -90,8 +90,9 @@ def _load(folder) -> Ablation:
     files = {p.name[:-5]: p for p in folder.iterdir() if p.name.endswith(".json") and p.name != META}
     declared = meta["arms"]
     if sorted(declared) != sorted(files) or len(set(declared)) != len(declared):
-        raise _error(f"{meta_path}: 'arms' {declared} must name the arm files of the folder exactly, "
-                     f"found {sorted(files)}")
+        raise _error(
+            f"{meta_path}: 'arms' {declared} must name the arm files of the folder exactly, found {sorted(files)}"
+        )
     bad = [a for a in declared if not _NAME.match(a)]
     if bad or not declared:
         raise _error(f"{meta_path}: arm names must match {_NAME.pattern} (they become tags), got {bad or '[]'}")
@@ -100,8 +101,10 @@ def _load(folder) -> Ablation:
     if not isinstance(title, str):
         raise _error(f"{meta_path}: field 'title' must be a str")
     if default not in declared:
-        raise _error(f"{meta_path}: 'default' must name the arm that is the model's plain run, one of "
-                     f"{declared}, got {default!r}")
+        raise _error(
+            f"{meta_path}: 'default' must name the arm that is the model's plain run, one of "
+            f"{declared}, got {default!r}"
+        )
     if not isinstance(labels, dict) or any(k not in declared or not isinstance(v, str) for k, v in labels.items()):
         raise _error(f"{meta_path}: 'labels' must map arm names {declared} to strings, got {labels!r}")
     return Ablation(folder.name, meta["model"], meta["description"], arms, title, default, tuple(labels.items()))

@@ -54,7 +54,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _owner_pid(name: str, prefix: str) -> int | None:
     """The pid in a temporary name of this host (also the older ``<pid>-<hex8>`` form, no host)."""
-    rest = name[len(prefix):]
+    rest = name[len(prefix) :]
     m = re.fullmatch(rf"(?:{re.escape(HOST)}-)?(\d+)-[0-9a-f]{{8}}", rest)
     return int(m.group(1)) if m else None
 

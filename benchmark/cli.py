@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -40,24 +40,50 @@ def run(
     ctx: typer.Context,
     model: Annotated[str, typer.Option(help=f"Model: {', '.join(MODELS.names())}.")] = "clip",
     dataset: Annotated[str, typer.Option(help=f"Dataset: {', '.join(DATASETS.names())}.")] = "synthetic",
-    size: Annotated[str, typer.Option(help="tiny (trained here from scratch) or full (pretrained checkpoint).")] = "tiny",
-    tag: Annotated[str, typer.Option(help="Names the result file results/<model>__<dataset>__<tag>.json (other tasks: <model>__<dataset>__<task>__<tag>.json).")] = "default",
+    size: Annotated[
+        str, typer.Option(help="tiny (trained here from scratch) or full (pretrained checkpoint).")
+    ] = "tiny",
+    tag: Annotated[
+        str,
+        typer.Option(
+            help="Names the result file results/<model>__<dataset>__<tag>.json (other tasks: <model>__<dataset>__<task>__<tag>.json)."
+        ),
+    ] = "default",
     task: Annotated[str, typer.Option(help=f"Task: {', '.join(TASKS.names())}.")] = "retrieval",
     seed: Annotated[int, typer.Option(help="Seed for data generation, training and evaluation.")] = 0,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (0 = evaluate as is).")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: $INSTRUCTSEE_DATA_ROOT/<dataset>).")] = None,
-    pretrained: Annotated[Optional[str], typer.Option(help="Hub id or local path of a checkpoint (size full).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="JSON file of config overrides.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY.PATH=VALUE (repeatable).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (0 = evaluate as is).")] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Dataset folder (default: $INSTRUCTSEE_DATA_ROOT/<dataset>).")
+    ] = None,
+    pretrained: Annotated[str | None, typer.Option(help="Hub id or local path of a checkpoint (size full).")] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON file of config overrides.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override KEY.PATH=VALUE (repeatable).")] = None,
     results_dir: Annotated[Path, typer.Option(help="Where result files go.")] = Path("results"),
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache for data, checkpoints, logs (default $INSTRUCTSEE_CACHE or ~/.cache/instructsee-bench).")] = None,
-    devices: Annotated[Optional[int], typer.Option(help="Devices per node for Lightning.")] = None,
-    strategy: Annotated[Optional[str], typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Evaluate this trained suite checkpoint folder (nothing is trained).")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Cache for data, checkpoints, logs (default $INSTRUCTSEE_CACHE or ~/.cache/instructsee-bench)."
+        ),
+    ] = None,
+    devices: Annotated[int | None, typer.Option(help="Devices per node for Lightning.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="Lightning strategy, e.g. ddp.")] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Evaluate this trained suite checkpoint folder (nothing is trained).")
+    ] = None,
     retrain: Annotated[bool, typer.Option(help="Train even if a checkpoint for this config is cached.")] = False,
-    resume: Annotated[Optional[str], typer.Option(help="auto: an interrupted training resumes from its last resume point in the cache (default); never: start over.")] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="auto: an interrupted training resumes from its last resume point in the cache (default); never: start over."
+        ),
+    ] = None,
     skip_existing: Annotated[bool, typer.Option(help="Skip when the result file already holds this config.")] = False,
-    strict: Annotated[bool, typer.Option(help="A missing or unreadable image is an error (default: skipped, counted, listed in the result file).")] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            help="A missing or unreadable image is an error (default: skipped, counted, listed in the result file)."
+        ),
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train (tiny) or load (full) one model, evaluate it on one dataset and task, write one result file."""
@@ -67,9 +93,26 @@ def run(
     from datamodules.base import DataError
 
     flags = CliConfig.from_context(
-        ctx, config=config, sets=set_, model=model, dataset=dataset, size=size, tag=tag, task=task, seed=seed,
-        epochs=epochs, data_root=data_root, pretrained=pretrained, results_dir=results_dir, cache_dir=cache_dir,
-        devices=devices, strategy=strategy, checkpoint=checkpoint, resume=resume, strict=strict)
+        ctx,
+        config=config,
+        sets=set_,
+        model=model,
+        dataset=dataset,
+        size=size,
+        tag=tag,
+        task=task,
+        seed=seed,
+        epochs=epochs,
+        data_root=data_root,
+        pretrained=pretrained,
+        results_dir=results_dir,
+        cache_dir=cache_dir,
+        devices=devices,
+        strategy=strategy,
+        checkpoint=checkpoint,
+        resume=resume,
+        strict=strict,
+    )
     try:
         cfg = flags.build()
         outcome = run_one(cfg, retrain=retrain, skip_existing=skip_existing, progress=progress)
@@ -87,7 +130,9 @@ def run(
 def report(
     results_dir: Annotated[Path, typer.Option(help="Folder of result files.")] = Path("results"),
     out_dir: Annotated[Path, typer.Option(help="Where the report goes.")] = Path("reports"),
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of the queries for intervals and paired tests.")] = 1000,
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples of the queries for intervals and paired tests.")
+    ] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples.")] = 0,
 ) -> None:
     """Build the reports (results, comparison, ablations, claims, feedback, figures) from RESULTS_DIR only."""
@@ -112,21 +157,28 @@ def feedback(
     dataset: Annotated[str, typer.Option(help=f"Dataset: {', '.join(DATASETS.names())}.")] = "synthetic",
     rounds: Annotated[int, typer.Option(help="Feedback rounds T (rankings 0..T are measured).")] = 5,
     mode: Annotated[str, typer.Option(help="Arms besides the controls (none, exclude): all, refresh or llm.")] = "all",
-    llm: Annotated[str, typer.Option(help="Question writer: rules (not an LLM), hf:<hub id or path>, openai:<base url>.")] = "rules",
-    llm_model: Annotated[Optional[str], typer.Option(help="The model name sent to an openai: server.")] = None,
+    llm: Annotated[
+        str, typer.Option(help="Question writer: rules (not an LLM), hf:<hub id or path>, openai:<base url>.")
+    ] = "rules",
+    llm_model: Annotated[str | None, typer.Option(help="The model name sent to an openai: server.")] = None,
     display: Annotated[int, typer.Option(help="Items the simulated user sees per round.")] = 5,
-    max_queries: Annotated[Optional[int], typer.Option(help="Only the first N queries (default: all).")] = None,
+    max_queries: Annotated[int | None, typer.Option(help="Only the first N queries (default: all).")] = None,
     size: Annotated[str, typer.Option(help="tiny (trained here) or full (pretrained checkpoint).")] = "tiny",
-    tag: Annotated[str, typer.Option(help="Names results/feedback__<model>__<dataset>__<tag>.json and .jsonl.")] = "default",
+    tag: Annotated[
+        str, typer.Option(help="Names results/feedback__<model>__<dataset>__<tag>.json and .jsonl.")
+    ] = "default",
     seed: Annotated[int, typer.Option(help="Seed of data, training and the simulated user.")] = 0,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs of the model (0 = as is).")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder.")] = None,
-    pretrained: Annotated[Optional[str], typer.Option(help="Hub id or local path of a checkpoint (size full).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="JSON file of run-config overrides.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Run-config override KEY.PATH=VALUE.")] = None,
-    feedback_set: Annotated[Optional[list[str]], typer.Option("--feedback-set", help="Feedback override, e.g. refresh.w_ns=0.5, llm.alpha=0.3.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs of the model (0 = as is).")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
+    pretrained: Annotated[str | None, typer.Option(help="Hub id or local path of a checkpoint (size full).")] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON file of run-config overrides.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Run-config override KEY.PATH=VALUE.")] = None,
+    feedback_set: Annotated[
+        list[str] | None,
+        typer.Option("--feedback-set", help="Feedback override, e.g. refresh.w_ns=0.5, llm.alpha=0.3."),
+    ] = None,
     results_dir: Annotated[Path, typer.Option(help="Where result files go.")] = Path("results"),
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache for data and checkpoints.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache for data and checkpoints.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars (training).")] = False,
 ) -> None:
     """Interactive refinement with a simulated user: every arm, rounds 0..T, on the evaluated split."""
@@ -138,12 +190,31 @@ def feedback(
     from datamodules.base import DataError
 
     flags = CliConfig.from_context(
-        ctx, config=config, sets=set_, model=model, dataset=dataset, size=size, tag=tag, seed=seed, epochs=epochs,
-        data_root=data_root, pretrained=pretrained, results_dir=results_dir, cache_dir=cache_dir)
+        ctx,
+        config=config,
+        sets=set_,
+        model=model,
+        dataset=dataset,
+        size=size,
+        tag=tag,
+        seed=seed,
+        epochs=epochs,
+        data_root=data_root,
+        pretrained=pretrained,
+        results_dir=results_dir,
+        cache_dir=cache_dir,
+    )
     try:
         cfg = flags.build()
-        fb = feedback_config(rounds=rounds, display=display, mode=mode, llm=llm, llm_model=llm_model,
-                             max_queries=max_queries, sets=feedback_set or [])
+        fb = feedback_config(
+            rounds=rounds,
+            display=display,
+            mode=mode,
+            llm=llm,
+            llm_model=llm_model,
+            max_queries=max_queries,
+            sets=feedback_set or [],
+        )
         check_run(cfg)
         outcome = run_feedback(cfg, fb, progress=progress)
     except (ConfigError, DataError, UnknownNameError) as e:
@@ -159,10 +230,21 @@ app.add_typer(data_app, name="data")
 @data_app.command(name="check")
 def data_check(
     dataset: Annotated[str, typer.Option(help="Dataset read from a folder: coco, medpix, rsicap or folder.")],
-    data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder (default: $INSTRUCTSEE_DATA_ROOT/<dataset>).")] = None,
-    options: Annotated[Optional[str], typer.Option(help='Dataset options as JSON, e.g. \'{"train_split": "train_1"}\'.')] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache whose image_checks/ keeps the verdicts (default $INSTRUCTSEE_CACHE or ~/.cache/instructsee-bench).")] = None,
-    recheck: Annotated[bool, typer.Option(help="Open every image again, even those unchanged (size, mtime) since a cached check.")] = False,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Dataset folder (default: $INSTRUCTSEE_DATA_ROOT/<dataset>).")
+    ] = None,
+    options: Annotated[
+        str | None, typer.Option(help='Dataset options as JSON, e.g. \'{"train_split": "train_1"}\'.')
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Cache whose image_checks/ keeps the verdicts (default $INSTRUCTSEE_CACHE or ~/.cache/instructsee-bench)."
+        ),
+    ] = None,
+    recheck: Annotated[
+        bool, typer.Option(help="Open every image again, even those unchanged (size, mtime) since a cached check.")
+    ] = False,
 ) -> None:
     """Validate a dataset folder: counts per split, missing and unreadable images.
 
@@ -211,19 +293,23 @@ def data_check(
 @app.command()
 def ablate(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Ablation: a folder of benchmark/configs/ablations (qscaler, qformer, attention).")],
+    name: Annotated[
+        str, typer.Argument(help="Ablation: a folder of benchmark/configs/ablations (qscaler, qformer, attention).")
+    ],
     dataset: Annotated[str, typer.Option(help=f"Dataset: {', '.join(DATASETS.names())}.")] = "synthetic",
     size: Annotated[str, typer.Option(help="tiny or full.")] = "tiny",
     tag: Annotated[str, typer.Option(help="Prefix of the arms' tags: <tag>-<ablation>-<arm>.")] = "ablate",
     seed: Annotated[int, typer.Option(help="Seed for data generation, training and evaluation.")] = 0,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs of every arm.")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="JSON file of config overrides, applied on every arm.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY.PATH=VALUE on every arm.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs of every arm.")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON file of config overrides, applied on every arm.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override KEY.PATH=VALUE on every arm.")] = None,
     results_dir: Annotated[Path, typer.Option(help="Where result files go.")] = Path("results"),
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache for data, checkpoints, logs.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache for data, checkpoints, logs.")] = None,
     retrain: Annotated[bool, typer.Option(help="Train even if a checkpoint for an arm is cached.")] = False,
-    skip_existing: Annotated[bool, typer.Option(help="Skip an arm whose result file already holds its config.")] = False,
+    skip_existing: Annotated[
+        bool, typer.Option(help="Skip an arm whose result file already holds its config.")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run every arm of an ablation (one result file each), then print its table."""
@@ -232,13 +318,24 @@ def ablate(
     from benchmark.run_flags import CliConfig
     from datamodules.base import DataError
 
-    flags = CliConfig.from_context(ctx, config=config, sets=set_, dataset=dataset, size=size, seed=seed,
-                                   epochs=epochs, data_root=data_root, results_dir=results_dir, cache_dir=cache_dir)
+    flags = CliConfig.from_context(
+        ctx,
+        config=config,
+        sets=set_,
+        dataset=dataset,
+        size=size,
+        seed=seed,
+        epochs=epochs,
+        data_root=data_root,
+        results_dir=results_dir,
+        cache_dir=cache_dir,
+    )
     try:
         ablation = get(name)
         overrides = flags.layers()
-        results = run_ablation(ablation, overrides, tag=tag, retrain=retrain, skip_existing=skip_existing,
-                               progress=progress)
+        results = run_ablation(
+            ablation, overrides, tag=tag, retrain=retrain, skip_existing=skip_existing, progress=progress
+        )
     except (ConfigError, DataError, UnknownNameError) as e:
         raise _fail(str(e)) from None
     typer.echo(f"{ablation.name} on {ablation.model}: {ablation.description}")
@@ -250,16 +347,26 @@ def vqa(
     ctx: typer.Context,
     image: Annotated[Path, typer.Option(help="The image file the question is about.")],
     question: Annotated[str, typer.Option(help='The question, e.g. "What colour is the circle?".')],
-    model: Annotated[str, typer.Option(help=f"Model: {', '.join(MODELS.names())} (the BLIP2 family answers).")] = "ours",
+    model: Annotated[
+        str, typer.Option(help=f"Model: {', '.join(MODELS.names())} (the BLIP2 family answers).")
+    ] = "ours",
     dataset: Annotated[str, typer.Option(help="The dataset the tiny VQA model was trained on.")] = "synthetic",
     size: Annotated[str, typer.Option(help="tiny (the cached model of `bench run --task vqa`) or full.")] = "tiny",
     seed: Annotated[int, typer.Option(help="The seed of the run that trained it.")] = 0,
-    pretrained: Annotated[Optional[str], typer.Option(help="Size full: the retrieval checkpoint (hub id or local path).")] = None,
-    lm: Annotated[Optional[str], typer.Option(help="Size full: the Blip2ForConditionalGeneration checkpoint whose LM answers.")] = "Salesforce/blip2-opt-2.7b",
-    data_root: Annotated[Optional[Path], typer.Option(help="Dataset folder.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="JSON file of run-config overrides (as given to `bench run`).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Run-config override KEY.PATH=VALUE (as given to `bench run`).")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache holding the trained checkpoints.")] = None,
+    pretrained: Annotated[
+        str | None, typer.Option(help="Size full: the retrieval checkpoint (hub id or local path).")
+    ] = None,
+    lm: Annotated[
+        str | None, typer.Option(help="Size full: the Blip2ForConditionalGeneration checkpoint whose LM answers.")
+    ] = "Salesforce/blip2-opt-2.7b",
+    data_root: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="JSON file of run-config overrides (as given to `bench run`).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Run-config override KEY.PATH=VALUE (as given to `bench run`).")
+    ] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache holding the trained checkpoints.")] = None,
 ) -> None:
     """Answer one question about one image (tiny: never trains; run `bench run --task vqa` first)."""
     if not image.is_file():
@@ -273,8 +380,17 @@ def vqa(
     from datamodules.base import DataError, load_image
 
     hf_logging.disable_progress_bar()  # the answer alone on the terminal
-    flags = CliConfig.from_context(ctx, config=config, sets=set_, model=model, dataset=dataset, size=size, seed=seed,
-                                   data_root=data_root, cache_dir=cache_dir)
+    flags = CliConfig.from_context(
+        ctx,
+        config=config,
+        sets=set_,
+        model=model,
+        dataset=dataset,
+        size=size,
+        seed=seed,
+        data_root=data_root,
+        cache_dir=cache_dir,
+    )
     fixed: dict = {"task": "vqa"}
     if size == "full":
         fixed |= {"model_args": {"pretrained": pretrained}, "task_args": {"lm": lm}, "train": {"max_epochs": 0}}
@@ -291,15 +407,28 @@ def vqa(
 
 @app.command()
 def regress(
-    subset: Annotated[Optional[str], typer.Option(help="Comma-separated models (default: every registered model).")] = None,
-    baseline_dir: Annotated[Path, typer.Option(help="Baseline result files and tolerances.json.")] = Path("results/baseline"),
-    tolerances: Annotated[Optional[Path], typer.Option(help="Tolerances file (default: <baseline-dir>/tolerances.json, else the shipped one).")] = None,
+    subset: Annotated[
+        str | None, typer.Option(help="Comma-separated models (default: every registered model).")
+    ] = None,
+    baseline_dir: Annotated[Path, typer.Option(help="Baseline result files and tolerances.json.")] = Path(
+        "results/baseline"
+    ),
+    tolerances: Annotated[
+        Path | None,
+        typer.Option(help="Tolerances file (default: <baseline-dir>/tolerances.json, else the shipped one)."),
+    ] = None,
     update: Annotated[bool, typer.Option(help="Write the new results as the baseline instead of comparing.")] = False,
-    from_results: Annotated[Optional[Path], typer.Option(help="Compare the result files in this folder instead of running the suite.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="JSON file of config overrides, applied on every run.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY.PATH=VALUE on every run.")] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Reuse this cache (default: a fresh one: everything is trained).")] = None,
-    show_all: Annotated[bool, typer.Option("--all", help="Print every metric (default: headline metrics and every change).")] = False,
+    from_results: Annotated[
+        Path | None, typer.Option(help="Compare the result files in this folder instead of running the suite.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON file of config overrides, applied on every run.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override KEY.PATH=VALUE on every run.")] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Reuse this cache (default: a fresh one: everything is trained).")
+    ] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Print every metric (default: headline metrics and every change).")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = False,
 ) -> None:
     """Run the tiny suite and compare its metrics with the baselines; exit 1 on a regression beyond tolerance."""
@@ -307,8 +436,8 @@ def regress(
     from benchmark.regression.compare import compare_results
     from benchmark.regression.suite import results_in, run_suite, suite_models, update_baseline
     from benchmark.regression.tolerances import tolerances_for
-    from benchmark.run_flags import CliConfig
     from benchmark.results import ResultFileError
+    from benchmark.run_flags import CliConfig
     from benchmark.text_table import text_table
     from datamodules.base import DataError
 
@@ -318,10 +447,17 @@ def regress(
         if from_results is not None:
             new = results_in(from_results, models if subset else None)
             if not new:
-                raise ConfigError(f"--from-results: no result files{' of ' + subset if subset else ''} in {from_results}")
+                raise ConfigError(
+                    f"--from-results: no result files{' of ' + subset if subset else ''} in {from_results}"
+                )
         else:
-            new = run_suite(models, CliConfig(config=config, sets=tuple(set_ or ())).layers(), cache_dir=cache_dir,
-                            progress=progress, echo=typer.echo)
+            new = run_suite(
+                models,
+                CliConfig(config=config, sets=tuple(set_ or ())).layers(),
+                cache_dir=cache_dir,
+                progress=progress,
+                echo=typer.echo,
+            )
         if update:
             for path in update_baseline(new, baseline_dir):
                 typer.echo(f"wrote {path}")
@@ -330,39 +466,88 @@ def regress(
     except (ConfigError, DataError, ResultFileError, UnknownNameError) as e:
         raise _fail(str(e)) from None
     if comparison.missing_baselines:
-        raise _fail(f"no baseline in {baseline_dir} for {', '.join(comparison.missing_baselines)}; create it from a "
-                    f"quiet machine with `bench regress --update --baseline-dir {baseline_dir}` (same options) and commit it")
-    rows = [[r.run.removesuffix(".json"), r.key, r.old, r.new, r.delta, r.tolerance, r.status]
-            for r in comparison.shown(show_all)]
+        raise _fail(
+            f"no baseline in {baseline_dir} for {', '.join(comparison.missing_baselines)}; create it from a "
+            f"quiet machine with `bench regress --update --baseline-dir {baseline_dir}` (same options) and commit it"
+        )
+    rows = [
+        [r.run.removesuffix(".json"), r.key, r.old, r.new, r.delta, r.tolerance, r.status]
+        for r in comparison.shown(show_all)
+    ]
     typer.echo(text_table(["Run", "Metric", "Old", "New", "Delta", "Tolerance", "Status"], rows))
     for note in comparison.notes:
         typer.echo(f"note: {note}")
     bad = comparison.regressions
-    typer.echo(f"{len(comparison.rows)} metrics of {len(new)} run(s) compared with {baseline_dir} "
-               f"(tolerances: {tol.source}): {len(bad)} regression(s)")
+    typer.echo(
+        f"{len(comparison.rows)} metrics of {len(new)} run(s) compared with {baseline_dir} "
+        f"(tolerances: {tol.source}): {len(bad)} regression(s)"
+    )
     if bad:
         raise typer.Exit(1)
 
 
 @app.command()
 def reproduce(
-    results_dir: Annotated[Path, typer.Option(help="Where result files go (and what the report reads).")] = Path("results"),
+    results_dir: Annotated[Path, typer.Option(help="Where result files go (and what the report reads).")] = Path(
+        "results"
+    ),
     out_dir: Annotated[Path, typer.Option(help="Where the report goes.")] = Path("reports"),
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache for data, checkpoints, logs (default $INSTRUCTSEE_CACHE or ~/.cache/instructsee-bench).")] = None,
-    skip_existing: Annotated[bool, typer.Option(help="Keep a result file that already holds its step's config.")] = True,
-    only: Annotated[Optional[list[str]], typer.Option(help="Only these steps: model names, ablation names, <ablation>:<arm>, report (repeatable or comma-separated).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="JSON file of config overrides, applied on every run.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override KEY.PATH=VALUE on every run.")] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Cache for data, checkpoints, logs (default $INSTRUCTSEE_CACHE or ~/.cache/instructsee-bench)."
+        ),
+    ] = None,
+    skip_existing: Annotated[
+        bool, typer.Option(help="Keep a result file that already holds its step's config.")
+    ] = True,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only these steps: model names, ablation names, <ablation>:<arm>, report (repeatable or comma-separated)."
+        ),
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON file of config overrides, applied on every run.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override KEY.PATH=VALUE on every run.")] = None,
     retrain: Annotated[bool, typer.Option(help="Train even if a checkpoint is cached.")] = False,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of the report.")] = 1000,
     progress: Annotated[bool, typer.Option(help="Show Lightning's progress bars.")] = False,
-    size: Annotated[str, typer.Option(help="tiny (every model trained here on SynthScenes) or full (the paper's rows on the real datasets under --data-root, from pretrained checkpoints, with the full-size recipes).")] = "tiny",
-    data_root: Annotated[Optional[Path], typer.Option(help="Size full: the folder holding coco/, medpix/ (or MedPix-2-0/) and rsicap/; absent ones are skipped.")] = None,
-    models: Annotated[Optional[list[str]], typer.Option(help="Size full: only these models (repeatable or comma-separated; default: every registered model).")] = None,
-    pretrained_blip2: Annotated[str, typer.Option(help="Size full: hub id or local path of the BLIP-2 checkpoint of blip2, ours, dynamicvit and crossget (local files / HF cache only).")] = "Salesforce/blip2-itm-vit-g",
-    pretrained_clip: Annotated[str, typer.Option(help="Size full: hub id or local path of the CLIP checkpoint (local files / HF cache only).")] = "openai/clip-vit-large-patch14",
-    gpu_costs: Annotated[Optional[Path], typer.Option(help="Size full: measured full-size throughputs for the GPU-hour estimates (default: results/gpu/gpu_costs.json of the suite).")] = None,
-    dry_run: Annotated[bool, typer.Option(help="Print the plan (size full: with split sizes and GPU-hour estimates) and run nothing.")] = False,
+    size: Annotated[
+        str,
+        typer.Option(
+            help="tiny (every model trained here on SynthScenes) or full (the paper's rows on the real datasets under --data-root, from pretrained checkpoints, with the full-size recipes)."
+        ),
+    ] = "tiny",
+    data_root: Annotated[
+        Path | None,
+        typer.Option(
+            help="Size full: the folder holding coco/, medpix/ (or MedPix-2-0/) and rsicap/; absent ones are skipped."
+        ),
+    ] = None,
+    models: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Size full: only these models (repeatable or comma-separated; default: every registered model)."
+        ),
+    ] = None,
+    pretrained_blip2: Annotated[
+        str,
+        typer.Option(
+            help="Size full: hub id or local path of the BLIP-2 checkpoint of blip2, ours, dynamicvit and crossget (local files / HF cache only)."
+        ),
+    ] = "Salesforce/blip2-itm-vit-g",
+    pretrained_clip: Annotated[
+        str, typer.Option(help="Size full: hub id or local path of the CLIP checkpoint (local files / HF cache only).")
+    ] = "openai/clip-vit-large-patch14",
+    gpu_costs: Annotated[
+        Path | None,
+        typer.Option(
+            help="Size full: measured full-size throughputs for the GPU-hour estimates (default: results/gpu/gpu_costs.json of the suite)."
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option(help="Print the plan (size full: with split sizes and GPU-hour estimates) and run nothing.")
+    ] = False,
 ) -> None:
     """Every registered model and every ablation arm (tiny, SynthScenes; or full, real datasets), then the report; exit 1 if a step failed."""
     from benchmark.config import ConfigError
@@ -377,19 +562,37 @@ def reproduce(
         if size == "full":
             from benchmark.reproduce.full_cli import full_plan
 
-            plan = full_plan(overrides, data_root=data_root, models=models or [], pretrained_blip2=pretrained_blip2,
-                             pretrained_clip=pretrained_clip, gpu_costs=gpu_costs, results_dir=results_dir,
-                             out_dir=out_dir, cache_dir=cache_dir, only=only or [],
-                             report=ReportOptions(n_boot=bootstrap))
+            plan = full_plan(
+                overrides,
+                data_root=data_root,
+                models=models or [],
+                pretrained_blip2=pretrained_blip2,
+                pretrained_clip=pretrained_clip,
+                gpu_costs=gpu_costs,
+                results_dir=results_dir,
+                out_dir=out_dir,
+                cache_dir=cache_dir,
+                only=only or [],
+                report=ReportOptions(n_boot=bootstrap),
+            )
         elif size != "tiny":
             raise ConfigError(f"--size must be tiny or full, got {size!r}")
         else:
-            given = [flag for flag, value in (("--data-root", data_root), ("--models", models),
-                                              ("--gpu-costs", gpu_costs)) if value]
+            given = [
+                flag
+                for flag, value in (("--data-root", data_root), ("--models", models), ("--gpu-costs", gpu_costs))
+                if value
+            ]
             if given:
                 raise ConfigError(f"{', '.join(given)}: only with --size full")
-            plan = build_plan(overrides, results_dir=results_dir, out_dir=out_dir, cache_dir=cache_dir,
-                              only=only or [], report=ReportOptions(n_boot=bootstrap))
+            plan = build_plan(
+                overrides,
+                results_dir=results_dir,
+                out_dir=out_dir,
+                cache_dir=cache_dir,
+                only=only or [],
+                report=ReportOptions(n_boot=bootstrap),
+            )
     except (ConfigError, ReportOptionsError, UnknownNameError) as e:
         raise _fail(str(e)) from None
     typer.echo(f"bench reproduce: {plan.describe()}")
@@ -399,8 +602,9 @@ def reproduce(
         for line in dry_run_lines(plan):
             typer.echo(line)
         return
-    records = execute_plan(plan, RunSettings(retrain=retrain, skip_existing=skip_existing, progress=progress),
-                           echo=typer.echo)
+    records = execute_plan(
+        plan, RunSettings(retrain=retrain, skip_existing=skip_existing, progress=progress), echo=typer.echo
+    )
     typer.echo(summary(records))
     if failed(records):
         raise typer.Exit(1)

@@ -38,8 +38,20 @@ SIZES = ("tiny", "full")
 MAX_SEED = 2**32 - 1
 #: ``train.precision`` values: Lightning's precision flags (``lightning.fabric.connector._PRECISION_INPUT_STR``
 #: and its aliases; tests/test_preflight.py checks the list against the installed Lightning)
-TRAIN_PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
-                    "bf16-mixed", "32-true", "64-true", "16", "32", "64", "bf16")
+TRAIN_PRECISIONS = (
+    "transformer-engine",
+    "transformer-engine-float16",
+    "16-true",
+    "16-mixed",
+    "bf16-true",
+    "bf16-mixed",
+    "32-true",
+    "64-true",
+    "16",
+    "32",
+    "64",
+    "bf16",
+)
 DEFAULT_TASK = "retrieval"
 _TAG = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -111,12 +123,16 @@ class TrainConfig:
         if not math.isfinite(self.gradient_clip_val) or self.gradient_clip_val < 0:
             raise ConfigError(f"train.gradient_clip_val must be a finite number >= 0, got {self.gradient_clip_val}")
         if self.precision not in TRAIN_PRECISIONS:
-            raise ConfigError(f"train.precision must be one of Lightning's precision flags "
-                              f"({', '.join(TRAIN_PRECISIONS)}), got {self.precision!r}")
+            raise ConfigError(
+                f"train.precision must be one of Lightning's precision flags "
+                f"({', '.join(TRAIN_PRECISIONS)}), got {self.precision!r}"
+            )
         if not 0 < self.limit_train_batches <= 1:
             raise ConfigError("train.limit_train_batches must be in (0, 1]")
         if self.resume not in ("auto", "never"):
-            raise ConfigError(f"train.resume must be 'auto' (resume an interrupted training) or 'never', got {self.resume!r}")
+            raise ConfigError(
+                f"train.resume must be 'auto' (resume an interrupted training) or 'never', got {self.resume!r}"
+            )
         if self.checkpoint_every_n_steps is not None and not 1 <= self.checkpoint_every_n_steps <= 10**9:
             raise ConfigError("train.checkpoint_every_n_steps must be an integer >= 1 or null")
 
@@ -158,10 +174,13 @@ class EvalConfig:
         if not 1 <= self.chunk_size <= 1 << 20:
             raise ConfigError(f"eval.chunk_size must be in [1, {1 << 20}], got {self.chunk_size}")
         if self.precision is not None and self.precision not in EVAL_PRECISIONS:
-            raise ConfigError(f"eval.precision must be one of {', '.join(EVAL_PRECISIONS)} or null, got {self.precision!r}")
+            raise ConfigError(
+                f"eval.precision must be one of {', '.join(EVAL_PRECISIONS)} or null, got {self.precision!r}"
+            )
         if self.storage_dtype is not None and self.storage_dtype not in STORAGE_DTYPES:
-            raise ConfigError(f"eval.storage_dtype must be one of {', '.join(STORAGE_DTYPES)} or null, "
-                              f"got {self.storage_dtype!r}")
+            raise ConfigError(
+                f"eval.storage_dtype must be one of {', '.join(STORAGE_DTYPES)} or null, got {self.storage_dtype!r}"
+            )
         if not 0 <= self.memmap_min_mb <= 1 << 30:  # NaN fails both comparisons
             raise ConfigError(f"eval.memmap_min_mb must be a number in [0, {1 << 30}], got {self.memmap_min_mb}")
 
@@ -264,8 +283,13 @@ def data_identity(data: dict) -> dict:
 #: options added after results and checkpoints were hashed: at their default they are left out of
 #: the identity, so every earlier config keeps its hash (and its cached checkpoint); recorded in
 #: the result file's config all the same
-_HASHED_UNLESS_DEFAULT = (("train", "gather_negatives", True), ("train", "grad_checkpointing", False),
-                          (None, "checkpoint", None), ("eval", "precision", None), ("eval", "storage_dtype", None))
+_HASHED_UNLESS_DEFAULT = (
+    ("train", "gather_negatives", True),
+    ("train", "grad_checkpointing", False),
+    (None, "checkpoint", None),
+    ("eval", "precision", None),
+    ("eval", "storage_dtype", None),
+)
 #: options that change how a run survives or where its data lives, never what it computes
 _NOT_HASHED = (("train", "resume"), ("train", "checkpoint_every_n_steps"), ("eval", "memmap_min_mb"))
 
@@ -389,8 +413,10 @@ def parse_set(assignments: list[str], option: str = "--set") -> dict:
         key, sep, raw = a.partition("=")
         parts = tuple(key.split("."))
         if not sep or not key or not all(_KEY_PART.match(p) for p in parts):
-            raise ConfigError(f"{option} expects KEY=VALUE with KEY dot-separated option names "
-                              f"(e.g. train.max_epochs=3), got {a[:200]!r}")
+            raise ConfigError(
+                f"{option} expects KEY=VALUE with KEY dot-separated option names "
+                f"(e.g. train.max_epochs=3), got {a[:200]!r}"
+            )
         try:
             value = loads_json(raw, f"{option} {key}")
         except JsonReadError as e:
@@ -400,14 +426,18 @@ def parse_set(assignments: list[str], option: str = "--set") -> dict:
         node = out
         for depth, p in enumerate(parts[:-1]):
             if p in node and not isinstance(node[p], dict):
-                raise ConfigError(f"{option} {a[:200]!r}: {'.'.join(parts[:depth + 1])} was set to a value by "
-                                  f"{origin[parts[:depth + 1]]!r}, so it cannot also hold options")
+                raise ConfigError(
+                    f"{option} {a[:200]!r}: {'.'.join(parts[: depth + 1])} was set to a value by "
+                    f"{origin[parts[: depth + 1]]!r}, so it cannot also hold options"
+                )
             node = node.setdefault(p, {})
         last = parts[-1]
         if isinstance(node.get(last), dict) and node[last] and not isinstance(value, dict):
-            raise ConfigError(f"{option} {a[:200]!r}: {key} already holds options set by "
-                              f"{next(v for k, v in origin.items() if k[:len(parts)] == parts)!r}; "
-                              f"give either {key}=VALUE or {key}.OPTION=VALUE")
+            raise ConfigError(
+                f"{option} {a[:200]!r}: {key} already holds options set by "
+                f"{next(v for k, v in origin.items() if k[: len(parts)] == parts)!r}; "
+                f"give either {key}=VALUE or {key}.OPTION=VALUE"
+            )
         node[last] = value
         origin[parts] = a[:200]
     return out

@@ -34,10 +34,17 @@ class RetrievalEvaluator(L.LightningModule):
     ``"text"``: the query instructions, ``"query_image"``: separate image queries of ``i2i``,
     e.g. augmented views; see :class:`~benchmark.metrics.RetrievalMetric`)."""
 
-    def __init__(self, model: RetrievalModel, eval_set: EvalSet, config: EvalConfig,
-                 modalities: tuple[str, ...] = ("image", "text"), *, directions: Sequence[str] | None = None,
-                 storage_dtype: torch.dtype | None = None,
-                 gallery_extra: Mapping[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        model: RetrievalModel,
+        eval_set: EvalSet,
+        config: EvalConfig,
+        modalities: tuple[str, ...] = ("image", "text"),
+        *,
+        directions: Sequence[str] | None = None,
+        storage_dtype: torch.dtype | None = None,
+        gallery_extra: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
         self.modalities = tuple(modalities)
         if not isinstance(model, RetrievalModel):

@@ -78,16 +78,30 @@ class LightningExtractor:
     def __call__(self, tower: VisionTower, images: Dataset, writer: RowWriter, batch_size: int) -> None:
         n = len(cast(Sized, images))  # a map-style dataset
         sampler = RankBatches(n, batch_size, skip=writer.completed_batches())  # resumed: done ones skipped
-        loader = DataLoader(images, batch_sampler=sampler,
-                            num_workers=self.num_workers, collate_fn=collate_indexed,
-                            persistent_workers=False, pin_memory=self.accelerator != "cpu" and torch.cuda.is_available())
-        trainer = L.Trainer(accelerator=self.accelerator, devices=self.devices, num_nodes=self.num_nodes,
-                            strategy=self.strategy, logger=False,
-                            precision=self.precision,  # type: ignore[arg-type]  # a str; Lightning types a Literal
-                            enable_checkpointing=False, enable_progress_bar=self.progress,
-                            enable_model_summary=False, use_distributed_sampler=False, inference_mode=True)
+        loader = DataLoader(
+            images,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_indexed,
+            persistent_workers=False,
+            pin_memory=self.accelerator != "cpu" and torch.cuda.is_available(),
+        )
+        trainer = L.Trainer(
+            accelerator=self.accelerator,
+            devices=self.devices,
+            num_nodes=self.num_nodes,
+            strategy=self.strategy,
+            logger=False,
+            precision=self.precision,  # type: ignore[arg-type]  # a str; Lightning types a Literal
+            enable_checkpointing=False,
+            enable_progress_bar=self.progress,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+            inference_mode=True,
+        )
         try:
-            trainer.predict(_TowerPredictor(tower, writer, images[0][1], batch_size), dataloaders=loader,
-                            return_predictions=False)
+            trainer.predict(
+                _TowerPredictor(tower, writer, images[0][1], batch_size), dataloaders=loader, return_predictions=False
+            )
         finally:
             writer.close()  # on a crash the partial array and the logs stay, for a resume

@@ -6,6 +6,7 @@ roots (the cache, the data root, the results folder) it becomes ``<name>/path/in
 ``<external>/<file name>#<sha256 of the path, 12 hex>``, which still tells two paths apart.
 ``resolve`` maps a ``<name>/...`` string back onto the roots of the machine that reads it.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -43,22 +43,29 @@ PROBE_BYTES = 4096
 def check_run(cfg: RunConfig, *, writes_results: bool = True) -> None:
     """Refuse ``cfg`` with a :class:`ConfigError` if it cannot run on this machine.
     ``writes_results=False``: a command that writes no result file (``bench vqa``)."""
-    for kind, registry, name in (("model", MODELS, cfg.model), ("dataset", DATASETS, cfg.dataset),
-                                 ("task", TASKS, cfg.task)):
+    for kind, registry, name in (
+        ("model", MODELS, cfg.model),
+        ("dataset", DATASETS, cfg.dataset),
+        ("task", TASKS, cfg.task),
+    ):
         if name not in registry:
             raise ConfigError(str(UnknownNameError(kind, name, registry.names())))
     model_config = from_dict(MODELS.get(cfg.model).Config, cfg.model_args, "model_args")
     check_pretrained(getattr(model_config, "pretrained", None))
     check_trainer_flags(cfg.train.accelerator, cfg.train.strategy, cfg.train.devices)
     if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_dir():
-        raise ConfigError(f"--checkpoint {cfg.checkpoint}: not a folder (expected a trained suite checkpoint folder, "
-                          f"e.g. {Path(cfg.cache_dir) / 'checkpoints'}/<model>__<dataset>__<size>__<hash>)")
+        raise ConfigError(
+            f"--checkpoint {cfg.checkpoint}: not a folder (expected a trained suite checkpoint folder, "
+            f"e.g. {Path(cfg.cache_dir) / 'checkpoints'}/<model>__<dataset>__<size>__<hash>)"
+        )
     if writes_results:
         check_writable_folder(Path(cfg.results_dir), "results_dir (--results-dir)")
         target = cfg.result_path()
         if target.exists() and not target.is_file():
-            raise ConfigError(f"result file {target}: exists and is not a regular file (expected a file the run "
-                              f"can replace, or nothing)")
+            raise ConfigError(
+                f"result file {target}: exists and is not a regular file (expected a file the run "
+                f"can replace, or nothing)"
+            )
     check_writable_folder(Path(cfg.cache_dir), "cache_dir (--cache-dir / $INSTRUCTSEE_CACHE)")
 
 
@@ -70,8 +77,10 @@ def check_pretrained(value: str | None) -> None:
     if path.exists():
         return
     if value.startswith(("/", ".", "~")) or "\\" in value or not HUB_ID.match(value):
-        raise ConfigError(f"model_args.pretrained (--pretrained) {value!r}: no such file or folder; expected a local "
-                          f"checkpoint folder or a hub id (name or namespace/name)")
+        raise ConfigError(
+            f"model_args.pretrained (--pretrained) {value!r}: no such file or folder; expected a local "
+            f"checkpoint folder or a hub id (name or namespace/name)"
+        )
 
 
 def _accelerator_available(name: str) -> bool:
@@ -89,14 +98,15 @@ def check_trainer_flags(accelerator: str, strategy: str, devices: int) -> None:
 
     strategies = ["auto", *StrategyRegistry.available_strategies()]
     if strategy not in strategies:
-        raise ConfigError(f"train.strategy (--strategy) must be one of Lightning's strategies ({', '.join(strategies)}), "
-                          f"got {strategy!r}")
+        raise ConfigError(
+            f"train.strategy (--strategy) must be one of Lightning's strategies ({', '.join(strategies)}), "
+            f"got {strategy!r}"
+        )
     accelerators = ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]
     if accelerator not in accelerators:
         raise ConfigError(f"train.accelerator must be one of {', '.join(accelerators)}, got {accelerator!r}")
     if accelerator != "auto" and not _accelerator_available(accelerator):
-        raise ConfigError(f"train.accelerator={accelerator!r}: no such device on this machine "
-                          f"(use 'auto' or 'cpu')")
+        raise ConfigError(f"train.accelerator={accelerator!r}: no such device on this machine (use 'auto' or 'cpu')")
     if accelerator in ("gpu", "cuda"):
         import torch
 
@@ -125,8 +135,9 @@ def check_writable_folder(path: Path, option: str) -> None:
             os.close(fd)
     except OSError as e:
         where = "" if probe_dir == path else f" (probed in {probe_dir}, where it would be created)"
-        raise ConfigError(f"{option} {path}: not writable{where}: {e.strerror or e}; expected a folder with room "
-                          f"for the run's files") from None
+        raise ConfigError(
+            f"{option} {path}: not writable{where}: {e.strerror or e}; expected a folder with room for the run's files"
+        ) from None
     finally:
         if probe is not None:
             try:
@@ -142,8 +153,13 @@ def load_cached_checkpoint(model_cls, directory: Path, *, given: bool = False):
     the cache, another folder for one given with ``--checkpoint`` (``given=True``)."""
     try:
         return model_cls.load_checkpoint(directory)
-    except Exception as e:  # noqa: BLE001 - any failure to load is reported with its type and message
-        what, fix = (("--checkpoint", "give a complete checkpoint folder saved by the suite") if given else
-                     ("cached checkpoint", "run again with --retrain to train it anew (or delete the folder)"))
-        raise ConfigError(f"{what} {directory} cannot be loaded ({type(e).__name__}: {str(e)[:300]}); it is "
-                          f"truncated, corrupt or not a {model_cls.__name__} checkpoint: {fix}") from e
+    except Exception as e:
+        what, fix = (
+            ("--checkpoint", "give a complete checkpoint folder saved by the suite")
+            if given
+            else ("cached checkpoint", "run again with --retrain to train it anew (or delete the folder)")
+        )
+        raise ConfigError(
+            f"{what} {directory} cannot be loaded ({type(e).__name__}: {str(e)[:300]}); it is "
+            f"truncated, corrupt or not a {model_cls.__name__} checkpoint: {fix}"
+        ) from e

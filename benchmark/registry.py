@@ -78,14 +78,26 @@ class Registry:
 #: every model honours lightning_modules/contract.py's SuiteModel (checked when it is loaded)
 MODELS = Registry("model", check="lightning_modules.contract:check_model_class")
 MODELS.register("clip", "lightning_modules.clip:ClipRetrieval", "CLIP dual encoder (transformers CLIPModel)")
-MODELS.register("blip2", "lightning_modules.blip2:Blip2Retrieval",
-                "BLIP-2: frozen vision tower + Q-Former (32 queries), ITC + ITM re-ranking")
-MODELS.register("ours", "lightning_modules.idq_former:IdqFormerRetrieval",
-                "BLIP2-IDQ-Former: BLIP-2 with an instruction-dependent number of queries (QScaler, nested queries)")
-MODELS.register("dynamicvit", "lightning_modules.dynamicvit_model:DynamicViTRetrieval",
-                "DynamicViT token pruning (rho = 0.7) in BLIP-2's vision tower, from the BLIP2 checkpoint")
-MODELS.register("crossget", "lightning_modules.crossget_model:CrossGETRetrieval",
-                "CrossGET cross-guided token merging in BLIP-2's vision tower, from the BLIP2 checkpoint")
+MODELS.register(
+    "blip2",
+    "lightning_modules.blip2:Blip2Retrieval",
+    "BLIP-2: frozen vision tower + Q-Former (32 queries), ITC + ITM re-ranking",
+)
+MODELS.register(
+    "ours",
+    "lightning_modules.idq_former:IdqFormerRetrieval",
+    "BLIP2-IDQ-Former: BLIP-2 with an instruction-dependent number of queries (QScaler, nested queries)",
+)
+MODELS.register(
+    "dynamicvit",
+    "lightning_modules.dynamicvit_model:DynamicViTRetrieval",
+    "DynamicViT token pruning (rho = 0.7) in BLIP-2's vision tower, from the BLIP2 checkpoint",
+)
+MODELS.register(
+    "crossget",
+    "lightning_modules.crossget_model:CrossGETRetrieval",
+    "CrossGET cross-guided token merging in BLIP-2's vision tower, from the BLIP2 checkpoint",
+)
 
 DATASETS = Registry("dataset")
 DATASETS.register(
@@ -94,17 +106,32 @@ DATASETS.register(
 DATASETS.register("coco", "datamodules.coco:CocoKarpathyDataModule", "COCO, Karpathy split (local folder)")
 DATASETS.register("medpix", "datamodules.medpix:MedPixDataModule", "MedPix 2.0, official case splits (local folder)")
 DATASETS.register("rsicap", "datamodules.rsicap:RSICapDataModule", "RSICap, the suite's hash split (local folder)")
-DATASETS.register("folder", "datamodules.folder:FolderDataModule",
-                  "a user's own image-text folder: images + annotations.jsonl or .csv (image, caption, ...)")
+DATASETS.register(
+    "folder",
+    "datamodules.folder:FolderDataModule",
+    "a user's own image-text folder: images + annotations.jsonl or .csv (image, caption, ...)",
+)
 
 #: what ``bench run --task`` evaluates (benchmark/tasks/): each entry is a class with
 #: ``evaluate(context) -> TaskEvaluation``; the runner builds, trains or loads the model once for all
 TASKS = Registry("task")
-TASKS.register("retrieval", "benchmark.tasks.retrieval:RetrievalTask",
-               "instruction-to-image and image-to-caption retrieval (t2i, i2t, i2i directions)")
-TASKS.register("i2i", "benchmark.tasks.i2i:ImageToImageTask",
-               "image-to-image retrieval: reference image against the gallery (relevance per dataset)")
-TASKS.register("vqa", "benchmark.tasks.vqa:VqaTask",
-               "visual question answering: query outputs projected into a frozen causal LM, exact match")
-TASKS.register("speed", "benchmark.tasks.speed:SpeedTask",
-               "image-encoding throughput against a baseline model, measured side by side in one process")
+TASKS.register(
+    "retrieval",
+    "benchmark.tasks.retrieval:RetrievalTask",
+    "instruction-to-image and image-to-caption retrieval (t2i, i2t, i2i directions)",
+)
+TASKS.register(
+    "i2i",
+    "benchmark.tasks.i2i:ImageToImageTask",
+    "image-to-image retrieval: reference image against the gallery (relevance per dataset)",
+)
+TASKS.register(
+    "vqa",
+    "benchmark.tasks.vqa:VqaTask",
+    "visual question answering: query outputs projected into a frozen causal LM, exact match",
+)
+TASKS.register(
+    "speed",
+    "benchmark.tasks.speed:SpeedTask",
+    "image-encoding throughput against a baseline model, measured side by side in one process",
+)

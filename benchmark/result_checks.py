@@ -32,8 +32,20 @@ from typing import Any
 SCHEMA_VERSION = 1
 #: schema versions this suite reads
 KNOWN_SCHEMAS = (1,)
-REQUIRED_KEYS = ("schema", "model", "dataset", "size", "tag", "config", "config_hash", "seed", "metrics",
-                 "environment", "provenance", "timings")
+REQUIRED_KEYS = (
+    "schema",
+    "model",
+    "dataset",
+    "size",
+    "tag",
+    "config",
+    "config_hash",
+    "seed",
+    "metrics",
+    "environment",
+    "provenance",
+    "timings",
+)
 LABEL_KEYS = ("model", "dataset", "size", "tag")
 RHO_SLACK = 1e-9  # rounding of a correlation coefficient
 
@@ -145,8 +157,11 @@ def check_result(data: Any, name: str) -> None:
         raise _fail(name, f"missing field(s) {', '.join(missing)}")
     schema = data["schema"]
     if not _is_int(schema) or schema not in KNOWN_SCHEMAS:
-        raise _fail(name, f"field schema: unknown schema version {schema!r} (this suite reads "
-                          f"{', '.join(map(str, KNOWN_SCHEMAS))}); rerun with this version of the suite")
+        raise _fail(
+            name,
+            f"field schema: unknown schema version {schema!r} (this suite reads "
+            f"{', '.join(map(str, KNOWN_SCHEMAS))}); rerun with this version of the suite",
+        )
     for key in LABEL_KEYS:
         if not isinstance(data[key], str) or not data[key]:
             raise _fail(name, f"field {key} must be a non-empty string, got {data[key]!r}")

@@ -30,18 +30,40 @@ from typing import Any
 import pandas as pd
 
 from benchmark.atomic import atomic_write_json as write_json
+from benchmark.result_checks import SCHEMA_VERSION, ResultFileError, check_result
 from benchmark.safe_json import JsonReadError
 from benchmark.safe_json import read_json as safe_read_json
-from benchmark.result_checks import SCHEMA_VERSION, ResultFileError, check_result
 
-PACKAGES = ("instructsee-bench", "torch", "lightning", "transformers", "torchmetrics", "tokenizers", "numpy",
-            "pillow", "fvcore", "pandas")
+PACKAGES = (
+    "instructsee-bench",
+    "torch",
+    "lightning",
+    "transformers",
+    "torchmetrics",
+    "tokenizers",
+    "numpy",
+    "pillow",
+    "fvcore",
+    "pandas",
+)
 
 #: the columns of :func:`load_results`: the run (``file``: the result file's name), then one metric
 RUN_COLUMNS = ("file", "model", "dataset", "size", "tag", "seed", "task")
 FRAME_COLUMNS = (*RUN_COLUMNS, "metric", "value")
-__all__ = ["SCHEMA_VERSION", "ResultFileError", "FRAME_COLUMNS", "load_result", "load_result_files", "load_results",
-           "results_frame", "read_json", "task_of", "atomic_write_json", "environment", "git_revision"]
+__all__ = [
+    "FRAME_COLUMNS",
+    "SCHEMA_VERSION",
+    "ResultFileError",
+    "atomic_write_json",
+    "environment",
+    "git_revision",
+    "load_result",
+    "load_result_files",
+    "load_results",
+    "read_json",
+    "results_frame",
+    "task_of",
+]
 
 
 def _finite(obj: Any) -> Any:
@@ -123,8 +145,13 @@ def git_revision() -> dict[str, Any]:
     here = Path(__file__).resolve().parent
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return {"revision": None, "dirty": None}
     if rev.returncode != 0:

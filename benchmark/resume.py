@@ -53,8 +53,9 @@ class ResumePoint(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save(trainer)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and not trainer.is_last_batch:
             self._save(trainer)
 
@@ -70,8 +71,13 @@ def _portable(states: dict[str, Any]) -> dict[str, Any]:
     out = dict(states)
     if "numpy" in out:
         kind, keys, pos, has_gauss, cached = out["numpy"]
-        out["numpy"] = [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss),
-                        float(cached)]
+        out["numpy"] = [
+            kind,
+            torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            int(pos),
+            int(has_gauss),
+            float(cached),
+        ]
     if "python" in out:
         version, internal, gauss = out["python"]
         out["python"] = [int(version), list(internal), gauss]

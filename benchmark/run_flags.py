@@ -29,10 +29,21 @@ from benchmark.registry import DATASETS, MODELS, TASKS, UnknownNameError
 
 #: CLI flag (the command function's parameter name) -> the run-config key it sets
 FLAG_KEYS = {
-    "model": "model", "dataset": "dataset", "size": "size", "tag": "tag", "task": "task", "seed": "seed",
-    "results_dir": "results_dir", "cache_dir": "cache_dir", "checkpoint": "checkpoint",
-    "epochs": "train.max_epochs", "devices": "train.devices", "strategy": "train.strategy",
-    "resume": "train.resume", "data_root": "data.root", "strict": "data.strict",
+    "model": "model",
+    "dataset": "dataset",
+    "size": "size",
+    "tag": "tag",
+    "task": "task",
+    "seed": "seed",
+    "results_dir": "results_dir",
+    "cache_dir": "cache_dir",
+    "checkpoint": "checkpoint",
+    "epochs": "train.max_epochs",
+    "devices": "train.devices",
+    "strategy": "train.strategy",
+    "resume": "train.resume",
+    "data_root": "data.root",
+    "strict": "data.strict",
     "pretrained": "model_args.pretrained",
 }
 
@@ -68,8 +79,9 @@ class CliConfig:
     sets: tuple[str, ...] = ()
 
     @classmethod
-    def from_context(cls, ctx: Any, *, config: Path | None = None, sets: Sequence[str] | None = None,
-                     **flags: Any) -> CliConfig:
+    def from_context(
+        cls, ctx: Any, *, config: Path | None = None, sets: Sequence[str] | None = None, **flags: Any
+    ) -> CliConfig:
         """``flags`` are the command's run-config flags (names of :data:`FLAG_KEYS`) with their
         values; ``ctx`` (the click/typer context) tells which were given on the command line."""
         given = {k: v for k, v in flags.items() if ctx is not None and _given(ctx, k)}
@@ -86,8 +98,10 @@ class CliConfig:
         """The run config: the model's base config (of the model and size the layers name),
         then :meth:`layers`."""
         layers = self.layers(extra)
-        top = {k: next((layer[k] for layer in reversed(layers) if k in layer), None)
-               for k in ("model", "size", "dataset", "task")}
+        top = {
+            k: next((layer[k] for layer in reversed(layers) if k in layer), None)
+            for k in ("model", "size", "dataset", "task")
+        }
         for kind, registry in (("model", MODELS), ("dataset", DATASETS), ("task", TASKS)):
             name = top[kind]
             if (kind == "model" or name is not None) and (not isinstance(name, str) or name not in registry):

@@ -22,11 +22,11 @@ import torch
 
 from benchmark.config import ConfigError, RunConfig, to_dict
 from benchmark.measure.run_costs import measure_run
+from benchmark.portable import portable
 from benchmark.preflight import check_run, load_cached_checkpoint
 from benchmark.registry import TASKS
 from benchmark.results import SCHEMA_VERSION, ResultFileError, atomic_write_json, environment, load_result
-from benchmark.portable import portable
-from benchmark.store import checkpoint_dir, path_roots, model_identity, resolve_dependencies, resolve_run
+from benchmark.store import checkpoint_dir, model_identity, path_roots, resolve_dependencies, resolve_run
 from benchmark.tasks.base import TaskContext
 from benchmark.training import create_fit_save, install_item_loader, trainer
 from datamodules.loading import LoaderRuntime
@@ -74,8 +74,9 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
 
     t = time.perf_counter()
     if cfg.checkpoint:
-        return _evaluate(cfg, task, load_cached_checkpoint(model_cls, _given_checkpoint(cfg), given=True), dm, t0,
-                         progress=progress)
+        return _evaluate(
+            cfg, task, load_cached_checkpoint(model_cls, _given_checkpoint(cfg), given=True), dm, t0, progress=progress
+        )
     model_config, dependencies = resolve_dependencies(cfg, model_cls, model_config, progress=progress)
     if dependencies:
         timings["dependencies_s"] = time.perf_counter() - t
@@ -99,22 +100,47 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
     else:
         model = model_cls.create(model_config, cfg.train.optim, dm.vocabulary_texts())
 
-    return _evaluate(cfg, task, model, dm, t0, progress=progress, model_config=model_config, loader=loader,
-                     checkpoint=ckpt if cfg.train.max_epochs > 0 else None, trained=trained,
-                     dependencies=dependencies, timings=timings)
+    return _evaluate(
+        cfg,
+        task,
+        model,
+        dm,
+        t0,
+        progress=progress,
+        model_config=model_config,
+        loader=loader,
+        checkpoint=ckpt if cfg.train.max_epochs > 0 else None,
+        trained=trained,
+        dependencies=dependencies,
+        timings=timings,
+    )
 
 
 def _given_checkpoint(cfg: RunConfig) -> Path:
     path = Path(cfg.checkpoint or "")
     if not path.is_dir():
-        raise ConfigError(f"--checkpoint {cfg.checkpoint}: not a folder (expected a trained suite checkpoint, "
-                          f"e.g. {Path(cfg.cache_dir) / 'checkpoints'}/<model>__<dataset>__<size>__<hash>)")
+        raise ConfigError(
+            f"--checkpoint {cfg.checkpoint}: not a folder (expected a trained suite checkpoint, "
+            f"e.g. {Path(cfg.cache_dir) / 'checkpoints'}/<model>__<dataset>__<size>__<hash>)"
+        )
     return path
 
 
-def _evaluate(cfg: RunConfig, task, model, dm, t0: float, *, progress: bool, model_config: Any = None,
-              loader: Any = None, checkpoint: Path | None = None, trained: bool = False,
-              dependencies: dict | None = None, timings: dict[str, float] | None = None) -> RunOutcome:
+def _evaluate(
+    cfg: RunConfig,
+    task,
+    model,
+    dm,
+    t0: float,
+    *,
+    progress: bool,
+    model_config: Any = None,
+    loader: Any = None,
+    checkpoint: Path | None = None,
+    trained: bool = False,
+    dependencies: dict | None = None,
+    timings: dict[str, float] | None = None,
+) -> RunOutcome:
     """Evaluate ``model`` with the run's task, measure its cost, write the result file."""
     path = cfg.result_path()
     timings = dict(timings or {})
@@ -138,8 +164,15 @@ def _evaluate(cfg: RunConfig, task, model, dm, t0: float, *, progress: bool, mod
     costs = None
     if cfg.eval.measure and task.measures_cost and tester.is_global_zero:  # benchmark/measure/run_costs.py
         t = time.perf_counter()
-        costs = measure_run(cfg, model, model_config, dm, evaluation.eval_set, device=str(tester.strategy.root_device),
-                            checkpoint=ckpt if ckpt is not None and ckpt.is_dir() else None)
+        costs = measure_run(
+            cfg,
+            model,
+            model_config,
+            dm,
+            evaluation.eval_set,
+            device=str(tester.strategy.root_device),
+            checkpoint=ckpt if ckpt is not None and ckpt.is_dir() else None,
+        )
         timings["measure_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
@@ -161,8 +194,11 @@ def _evaluate(cfg: RunConfig, task, model, dm, t0: float, *, progress: bool, mod
         | {"world_size": tester.world_size},
         "provenance": evaluation.provenance
         | dm.describe()
-        | {"data_root": dm.config.root, "checkpoint": str(ckpt) if ckpt is not None else None,
-           "trained_this_run": trained}
+        | {
+            "data_root": dm.config.root,
+            "checkpoint": str(ckpt) if ckpt is not None else None,
+            "trained_this_run": trained,
+        }
         | ({"dependencies": dependencies} if dependencies else {})
         | ({"features": loader.provenance} if getattr(loader, "provenance", None) else {}),
         "data": {"skipped": dm.skipped(), "loader": dm.loader_settings()},
@@ -176,4 +212,3 @@ def _evaluate(cfg: RunConfig, task, model, dm, t0: float, *, progress: bool, mod
     if tester.is_global_zero:
         atomic_write_json(path, portable(result, path_roots(cfg)))  # no machine paths in the file
     return RunOutcome(path, result, trained=trained)
-

@@ -82,7 +82,9 @@ def loads_json(text: str | bytes, source: str, *, max_depth: int = MAX_DEPTH) ->
         try:
             text = bytes(text).decode("utf-8")
         except UnicodeDecodeError as e:
-            raise JsonReadError(f"{source}: not UTF-8 text (byte {e.start}: {e.reason}); expected a UTF-8 JSON file") from None
+            raise JsonReadError(
+                f"{source}: not UTF-8 text (byte {e.start}: {e.reason}); expected a UTF-8 JSON file"
+            ) from None
     if nesting_depth_exceeds(text, max_depth):
         raise JsonReadError(f"{source}: arrays/objects nested deeper than {max_depth} levels")
     try:
@@ -90,16 +92,18 @@ def loads_json(text: str | bytes, source: str, *, max_depth: int = MAX_DEPTH) ->
     except JsonReadError:
         raise
     except json.JSONDecodeError as e:
-        raise JsonReadError(f"{source}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})",
-                            syntax=True) from None
+        raise JsonReadError(
+            f"{source}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})", syntax=True
+        ) from None
     except RecursionError:  # the pre-check bounds nesting; kept for a parser that recurses deeper than expected
         raise JsonReadError(f"{source}: arrays/objects nested too deep") from None
     except ValueError as e:  # Python's int_max_str_digits limit: an integer of thousands of digits
         raise JsonReadError(f"{source}: a number too large to read ({str(e).split(';')[0]})") from None
 
 
-def read_json(path: str | Path, *, what: str = "JSON file", max_depth: int = MAX_DEPTH,
-              max_bytes: int = MAX_BYTES) -> Any:
+def read_json(
+    path: str | Path, *, what: str = "JSON file", max_depth: int = MAX_DEPTH, max_bytes: int = MAX_BYTES
+) -> Any:
     """Read the JSON file ``path``; ``what`` says what the file is in error messages
     (e.g. "result file", "--config file"). Refuses an absent path, a directory or other
     non-regular file, a file over ``max_bytes``, non-UTF-8 bytes, nesting deeper than

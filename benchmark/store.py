@@ -93,8 +93,13 @@ def model_identity(model_cls: Any, model_config: Any) -> dict:
     return {k: v for k, v in json.loads(json.dumps(to_dict(model_config))).items() if k not in deps}
 
 
-def checkpoint_dir(cfg: RunConfig, dependencies: dict[str, Any] | None = None, model_config: Any = None,
-                   model_cls: Any = None, content: dict[str, Any] | None = None) -> Path:
+def checkpoint_dir(
+    cfg: RunConfig,
+    dependencies: dict[str, Any] | None = None,
+    model_config: Any = None,
+    model_cls: Any = None,
+    content: dict[str, Any] | None = None,
+) -> Path:
     """The cached checkpoint of a training config (and of the checkpoints it was built on).
 
     With ``model_config`` the key also covers the *resolved* model config (defaults
@@ -125,22 +130,38 @@ def path_roots(cfg: RunConfig) -> dict[str, str | None]:
 # the same dataset with the same seed (its shipped base config, the run's data options and
 # hardware settings, then ``model_args.dependency_overrides[field]``), trained through this
 # store if it is not cached. E.g. BLIP2's frozen vision tower is the tiny CLIP's.
-INHERITED_TRAIN = ("accelerator", "devices", "num_nodes", "strategy", "num_threads", "deterministic", "precision",
-                   "gather_negatives")
+INHERITED_TRAIN = (
+    "accelerator",
+    "devices",
+    "num_nodes",
+    "strategy",
+    "num_threads",
+    "deterministic",
+    "precision",
+    "gather_negatives",
+)
 
 
 def dependency_config(cfg: RunConfig, model: str, overrides: dict | None = None) -> RunConfig:
     """The run config of a dependency of ``cfg``: ``model``'s base config on the same data and seed."""
     data = to_dict(cfg.data)
     data.pop("batch_size")  # the dependency trains with its own batch size
-    inherited = {"model": model, "dataset": cfg.dataset, "size": "tiny", "seed": cfg.seed,
-                 "cache_dir": cfg.cache_dir, "results_dir": cfg.results_dir, "data": data,
-                 "train": {k: getattr(cfg.train, k) for k in INHERITED_TRAIN}}
+    inherited = {
+        "model": model,
+        "dataset": cfg.dataset,
+        "size": "tiny",
+        "seed": cfg.seed,
+        "cache_dir": cfg.cache_dir,
+        "results_dir": cfg.results_dir,
+        "data": data,
+        "train": {k: getattr(cfg.train, k) for k in INHERITED_TRAIN},
+    }
     return build_run_config(model_defaults(model), inherited, overrides or {})
 
 
-def resolve_dependencies(cfg: RunConfig, model_cls: Any, model_config: Any, *, progress: bool = False,
-                         train: bool = True) -> tuple[Any, dict[str, Any]]:
+def resolve_dependencies(
+    cfg: RunConfig, model_cls: Any, model_config: Any, *, progress: bool = False, train: bool = True
+) -> tuple[Any, dict[str, Any]]:
     """``(model_config with its dependency fields filled, {field: provenance})``; ``train=False``:
     a dependency that is not cached is an error instead of being trained."""
     deps = dependencies_of(model_cls)
@@ -149,23 +170,36 @@ def resolve_dependencies(cfg: RunConfig, model_cls: Any, model_config: Any, *, p
     overrides = (model_config.dependency_overrides if isinstance(model_config, DependencyConfig) else None) or {}
     unknown = sorted(set(overrides) - set(deps))
     if unknown:
-        raise ConfigError(f"model_args.dependency_overrides: {unknown[0]!r} is not a dependency "
-                          f"(dependencies: {', '.join(sorted(deps))})")
+        raise ConfigError(
+            f"model_args.dependency_overrides: {unknown[0]!r} is not a dependency "
+            f"(dependencies: {', '.join(sorted(deps))})"
+        )
     resolved: dict[str, Any] = {}
     for name, dep_model in sorted(deps.items()):
         given = getattr(model_config, name)
         if given:
-            resolved[name] = {"model": dep_model, "checkpoint": str(given), "given": True,
-                              "training_hash": stable_hash(str(given))}
+            resolved[name] = {
+                "model": dep_model,
+                "checkpoint": str(given),
+                "given": True,
+                "training_hash": stable_hash(str(given)),
+            }
             continue
         dep_cfg = dependency_config(cfg, dep_model, overrides.get(name))
         t = time.perf_counter()
-        ckpt, trained = ensure_checkpoint(dep_cfg, progress=progress, train=train,
-                                          announce=f"dependency {name} of {cfg.model}")
+        ckpt, trained = ensure_checkpoint(
+            dep_cfg, progress=progress, train=train, announce=f"dependency {name} of {cfg.model}"
+        )
         model_config = replace(model_config, **{name: str(ckpt)})
-        resolved[name] = {"model": dep_model, "checkpoint": str(ckpt), "given": False, "trained_this_run": trained,
-                          "training_hash": ckpt.name.rsplit("__", 1)[-1], "config": to_dict(dep_cfg),
-                          "seconds": time.perf_counter() - t}
+        resolved[name] = {
+            "model": dep_model,
+            "checkpoint": str(ckpt),
+            "given": False,
+            "trained_this_run": trained,
+            "training_hash": ckpt.name.rsplit("__", 1)[-1],
+            "config": to_dict(dep_cfg),
+            "seconds": time.perf_counter() - t,
+        }
     return model_config, resolved
 
 
@@ -173,13 +207,15 @@ def inherited_settings_note(cfg: RunConfig) -> str:
     """The training settings a dependency inherits from the run that differ from the defaults
     (they are part of its training hash, so they select -- or train -- another checkpoint)."""
     default = TrainConfig()
-    changed = [f"train.{k}={getattr(cfg.train, k)}" for k in INHERITED_TRAIN
-               if getattr(cfg.train, k) != getattr(default, k)]
+    changed = [
+        f"train.{k}={getattr(cfg.train, k)}" for k in INHERITED_TRAIN if getattr(cfg.train, k) != getattr(default, k)
+    ]
     return f"; inherited from this run: {', '.join(changed)}" if changed else ""
 
 
-def ensure_checkpoint(cfg: RunConfig, *, progress: bool = False, train: bool = True,
-                      announce: str | None = None) -> tuple[Path, bool]:
+def ensure_checkpoint(
+    cfg: RunConfig, *, progress: bool = False, train: bool = True, announce: str | None = None
+) -> tuple[Path, bool]:
     """The cached checkpoint of ``cfg``'s training, trained (and cached) now if absent
     (``train=False``: absent is a :class:`ConfigError` naming the run that trains it).
     ``announce``: before training, say on stderr what is trained and why (e.g. a dependency)."""
@@ -191,11 +227,17 @@ def ensure_checkpoint(cfg: RunConfig, *, progress: bool = False, train: bool = T
     if ckpt.exists():
         return ckpt, False
     if not train:
-        raise ConfigError(f"no trained {cfg.model} checkpoint for this config in {Path(cfg.cache_dir) / 'checkpoints'} "
-                          f"(run `bench run --model {cfg.model} --dataset {cfg.dataset} --seed {cfg.seed}` first)")
+        raise ConfigError(
+            f"no trained {cfg.model} checkpoint for this config in {Path(cfg.cache_dir) / 'checkpoints'} "
+            f"(run `bench run --model {cfg.model} --dataset {cfg.dataset} --seed {cfg.seed}` first)"
+        )
     if announce:
-        print(f"training {cfg.model} ({announce}; seed {cfg.seed}{inherited_settings_note(cfg)}): no cached "
-              f"checkpoint {ckpt.name} in {ckpt.parent}", file=sys.stderr, flush=True)
+        print(
+            f"training {cfg.model} ({announce}; seed {cfg.seed}{inherited_settings_note(cfg)}): no cached "
+            f"checkpoint {ckpt.name} in {ckpt.parent}",
+            file=sys.stderr,
+            flush=True,
+        )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     parts.dm.prepare_data()
     create_fit_save(cfg, parts.model_cls, model_config, parts.dm, ckpt, progress=progress)

@@ -27,8 +27,9 @@ def fmt(value: object, digits: int = 4) -> str:
 def text_table(header: Sequence[str], rows: Sequence[Sequence[object]], digits: int = 4) -> str:
     """``header`` and ``rows`` as aligned columns separated by two spaces, a rule under the header."""
     cells = [[fmt(c, digits) for c in row] for row in rows]
-    numeric = [all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) if rows else False
-               for i in range(len(header))]
+    numeric = [
+        all(isinstance(r[i], (int, float)) or r[i] is None for r in rows) if rows else False for i in range(len(header))
+    ]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
 
     def line(values: Sequence[str]) -> str:

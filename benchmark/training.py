@@ -43,9 +43,16 @@ def trainer(cfg: RunConfig, *, fit: bool, progress: bool, name: str, callbacks: 
         deterministic=cfg.train.deterministic,
     )
     if not fit:  # evaluation: the run's hardware and eval precision; batches dealt to ranks by the DataModule
-        return L.Trainer(logger=False, enable_checkpointing=False, precision=cfg.eval_settings()[0],
-                         use_distributed_sampler=False, **common)
-    logger = TensorBoardLogger(save_dir=str(Path(cfg.cache_dir) / "tensorboard"), name=name, version=cfg.training_hash())
+        return L.Trainer(
+            logger=False,
+            enable_checkpointing=False,
+            precision=cfg.eval_settings()[0],
+            use_distributed_sampler=False,
+            **common,
+        )
+    logger = TensorBoardLogger(
+        save_dir=str(Path(cfg.cache_dir) / "tensorboard"), name=name, version=cfg.training_hash()
+    )
     return L.Trainer(
         max_epochs=cfg.train.max_epochs,
         precision=cfg.train.precision,
@@ -70,9 +77,13 @@ def install_item_loader(cfg: RunConfig, model: Any, dm: Any, *, progress: bool =
     if loader is not None and hasattr(loader, "configure"):
         precision, storage = cfg.eval_settings()
         t = cfg.train
-        loader.configure(dtype=getattr(torch, storage), memmap_min_bytes=int(cfg.eval.memmap_min_mb * 2**20),
-                         extractor=LightningExtractor(t.accelerator, t.devices, t.num_nodes, t.strategy, precision,
-                                                      extraction_workers(cfg, dm), progress))
+        loader.configure(
+            dtype=getattr(torch, storage),
+            memmap_min_bytes=int(cfg.eval.memmap_min_mb * 2**20),
+            extractor=LightningExtractor(
+                t.accelerator, t.devices, t.num_nodes, t.strategy, precision, extraction_workers(cfg, dm), progress
+            ),
+        )
     dm.set_transform(model.image_transform())
     dm.set_item_loader(loader)
     return loader
@@ -95,8 +106,13 @@ def fit_and_save(cfg: RunConfig, model: Any, dm: Any, ckpt: Path, *, progress: b
     for split in ("train", "val"):  # frozen features extracted (once, if not cached) before the fit loop starts
         dm.item_table(split)
     resume = resume_dir(cfg.cache_dir, ckpt)
-    fitter = trainer(cfg, fit=True, progress=progress, name=f"{cfg.model}__{cfg.dataset}",
-                     callbacks=[ResumePoint(resume, cfg.train.checkpoint_every_n_steps)])
+    fitter = trainer(
+        cfg,
+        fit=True,
+        progress=progress,
+        name=f"{cfg.model}__{cfg.dataset}",
+        callbacks=[ResumePoint(resume, cfg.train.checkpoint_every_n_steps)],
+    )
     dm.set_runtime(LoaderRuntime.of_trainer(fitter))  # pinned memory on a GPU, auto workers per process
     start = resume_from(resume, cfg.train.resume)
     if start and fitter.is_global_zero:
@@ -109,8 +125,9 @@ def fit_and_save(cfg: RunConfig, model: Any, dm: Any, ckpt: Path, *, progress: b
     return fitter
 
 
-def create_fit_save(cfg: RunConfig, model_cls: Any, model_config: Any, dm: Any, ckpt: Path, *,
-                    progress: bool = False) -> tuple[Any, Any]:
+def create_fit_save(
+    cfg: RunConfig, model_cls: Any, model_config: Any, dm: Any, ckpt: Path, *, progress: bool = False
+) -> tuple[Any, Any]:
     """``(model, item loader)``: a new model of ``model_config`` (on the prepared DataModule's
     vocabulary), its item loader installed, trained and saved as ``ckpt``."""
     model = model_cls.create(model_config, cfg.train.optim, dm.vocabulary_texts())

@@ -311,8 +311,11 @@ def build_eval_set(
         for c_index, cap in enumerate(rec.captions):
             q = len(captions)
             captions.append(cap.text)
-            instructions.append(cap.instruction if cap.instruction is not None
-                                else templates.render(cap.text, q, seed, record_fields(rec)))
+            instructions.append(
+                cap.instruction
+                if cap.instruction is not None
+                else templates.render(cap.text, q, seed, record_fields(rec))
+            )
             complexity.append(cap.complexity)
             source.append(img_index)
             if rec.relevant_images is not None:
@@ -402,7 +405,8 @@ def relevant_indices(records: Sequence[ImageRecord]) -> list[list[RelevantImages
     Links to images not in ``records`` are dropped (they are not in the split)."""
     index = {r.image_id: i for i, r in enumerate(records)}
     return [
-        None if r.relevant_images is None
+        None
+        if r.relevant_images is None
         else [RelevantImages(sorted({index[i] for i in ids if i in index} | {j})) for ids in r.relevant_images]
         for j, r in enumerate(records)
     ]
@@ -471,8 +475,11 @@ class TrainPairs(Dataset):
         template = self.templates.templates[int(torch.randint(len(self.templates.templates), ()))]
         relevant = RelevantImages((j,)) if self._relevant[j] is None else self._relevant[j][c]
         cap = rec.captions[c]  # the template is drawn even when unused: the same random stream either way
-        text = cap.instruction if cap.instruction is not None else format_instruction(template, cap.text,
-                                                                                      record_fields(rec))
+        text = (
+            cap.instruction
+            if cap.instruction is not None
+            else format_instruction(template, cap.text, record_fields(rec))
+        )
         return j, pixels, text, relevant
 
 

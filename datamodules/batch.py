@@ -38,18 +38,26 @@ class TrainBatch:
 
     def __post_init__(self) -> None:
         n = self.index.shape[0]
-        if self.items.shape[0] != n or len(self.texts) != n or (self.relevant is not None
-                                                                 and self.relevant.shape[0] != n):
-            raise ValueError(f"TrainBatch: index has {n} rows, items {self.items.shape[0]}, texts "
-                             f"{len(self.texts)}" + ("" if self.relevant is None
-                                                     else f", relevant {self.relevant.shape[0]}"))
+        if (
+            self.items.shape[0] != n
+            or len(self.texts) != n
+            or (self.relevant is not None and self.relevant.shape[0] != n)
+        ):
+            raise ValueError(
+                f"TrainBatch: index has {n} rows, items {self.items.shape[0]}, texts "
+                f"{len(self.texts)}" + ("" if self.relevant is None else f", relevant {self.relevant.shape[0]}")
+            )
 
     def __len__(self) -> int:
         return self.index.shape[0]
 
     def pin_memory(self) -> TrainBatch:
-        return TrainBatch(self.index.pin_memory(), self.items.pin_memory(), self.texts,
-                          None if self.relevant is None else self.relevant.pin_memory())
+        return TrainBatch(
+            self.index.pin_memory(),
+            self.items.pin_memory(),
+            self.texts,
+            None if self.relevant is None else self.relevant.pin_memory(),
+        )
 
 
 def collate_train(rows: Sequence[tuple]) -> TrainBatch:

@@ -89,9 +89,7 @@ def parse_karpathy(doc: Any, path: Path, image_base: Path) -> dict[str, list[Ima
         for j, s in enumerate(sentences):
             s_where = f"{where}, sentences[{j}]"
             captions.append(CaptionRecord(text(as_object(s, path, s_where), "raw", path, s_where)))
-        out[KARPATHY_SPLITS[split]].append(
-            ImageRecord(image_id, image_path, tuple(captions), {"split": split})
-        )
+        out[KARPATHY_SPLITS[split]].append(ImageRecord(image_id, image_path, tuple(captions), {"split": split}))
     return out
 
 

@@ -91,8 +91,9 @@ class DataConfig:
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("DataConfig.batch_size and eval_batch_size must be >= 1")
         if self.num_workers is not None and not 0 <= self.num_workers <= MAX_WORKERS:
-            raise ValueError(f"data.num_workers must be null (auto) or an integer in [0, {MAX_WORKERS}], "
-                             f"got {self.num_workers}")
+            raise ValueError(
+                f"data.num_workers must be null (auto) or an integer in [0, {MAX_WORKERS}], got {self.num_workers}"
+            )
         if self.eval_split not in SPLITS:
             raise ValueError(f"DataConfig.eval_split must be one of {SPLITS}, got {self.eval_split!r}")
         if self.max_eval_images is not None and self.max_eval_images < 1:
@@ -158,8 +159,7 @@ class RetrievalDataModule(L.LightningDataModule):
         if unknown:
             offered = ", ".join(f"{{{f}}}" for f in ("caption", *self.template_fields))
             raise DataError(
-                f"data.templates: field {{{unknown[0]}}} is not offered by dataset {self.name!r} "
-                f"(it offers {offered})"
+                f"data.templates: field {{{unknown[0]}}} is not offered by dataset {self.name!r} (it offers {offered})"
             )
         self._transform: Transform | None = None
         self._item_loader = None
@@ -238,8 +238,9 @@ class RetrievalDataModule(L.LightningDataModule):
 
         images = IndexedImages([r.path for r in records], self.transform, tolerant=self._tolerant)
         # the annotations and the exact records kept (images skipped or cut off change it)
-        checksum = hashlib.sha256("\n".join([sha256_of_files(self._files[split]), *(r.image_id for r in records)])
-                                  .encode()).hexdigest()
+        checksum = hashlib.sha256(
+            "\n".join([sha256_of_files(self._files[split]), *(r.image_id for r in records)]).encode()
+        ).hexdigest()
         return self._item_loader.for_split(split, len(records), checksum, images)
 
     def item_table(self, split: str):
@@ -318,7 +319,9 @@ class RetrievalDataModule(L.LightningDataModule):
             fields = record_fields(r)
             field_sets.setdefault(tuple(sorted(fields.items())), fields)
         rendered = dict.fromkeys(
-            format_instruction(t, "", fields) for t in self.templates.templates for fields in field_sets.values() or [{}]
+            format_instruction(t, "", fields)
+            for t in self.templates.templates
+            for fields in field_sets.values() or [{}]
         )
         return texts + list(rendered)
 

@@ -76,7 +76,7 @@ SPLIT_METHOD = (
 
 LAYOUT_HELP = (
     "Expected a folder of images with ONE annotation file at its top:\n"
-    "  <root>/annotations.jsonl   one JSON object per line: {\"image\": \"photos/a.jpg\", \"caption\": \"...\"}\n"
+    '  <root>/annotations.jsonl   one JSON object per line: {"image": "photos/a.jpg", "caption": "..."}\n'
     "  <root>/annotations.csv     a header line with the columns image,caption, then one row per caption\n"
     f"(or data.options.annotations=<path inside the root>). Columns: {', '.join(REQUIRED)} (required), "
     f"{', '.join(OPTIONAL)} (optional); image paths are relative to the root."
@@ -102,8 +102,9 @@ class FolderOptions:
             if Path(self.annotations).suffix.lower() not in FORMATS:
                 raise ValueError(f"annotations must end in {' or '.join(FORMATS)}, got {self.annotations!r}")
         if not (0 < self.train_fraction < 1 and 0 < self.val_fraction < 1):
-            raise ValueError(f"train_fraction and val_fraction must lie in (0, 1), got {self.train_fraction} "
-                             f"and {self.val_fraction}")
+            raise ValueError(
+                f"train_fraction and val_fraction must lie in (0, 1), got {self.train_fraction} and {self.val_fraction}"
+            )
         if self.train_fraction + self.val_fraction >= 1:
             raise ValueError("train_fraction + val_fraction must be < 1 (the test split gets the rest)")
         if not 0 <= self.split_seed < 2**63:
@@ -155,8 +156,11 @@ def build_index(ann: Annotations, root: Path, options: FolderOptions) -> FolderI
     problems = Problems(ann.path)
 
     def conflict(row: Row, field: str, have: str, line: int) -> None:
-        problems.add(row.line, f"field {field!r} is {getattr(row, field)!r}, but line {line} gives image "
-                               f"{row.image!r} the {field} {have!r} (an image has one {field})")
+        problems.add(
+            row.line,
+            f"field {field!r} is {getattr(row, field)!r}, but line {line} gives image "
+            f"{row.image!r} the {field} {have!r} (an image has one {field})",
+        )
 
     for row in ann.rows:
         im = images.get(row.image)
@@ -220,8 +224,11 @@ class FolderDataModule(LocalDataModule):
     def __init__(self, config, seed: int = 0) -> None:
         super().__init__(config, seed)
         name = self.options.annotations
-        self.layouts = ({FORMATS[Path(name).suffix.lower()]: (name,)} if name
-                        else {FORMATS[Path(f).suffix]: (f,) for f in DEFAULT_FILES})
+        self.layouts = (
+            {FORMATS[Path(name).suffix.lower()]: (name,)}
+            if name
+            else {FORMATS[Path(f).suffix]: (f,) for f in DEFAULT_FILES}
+        )
         self._index: FolderIndex | None = None
 
     # -- the folder ----------------------------------------------------------------------
@@ -231,8 +238,10 @@ class FolderDataModule(LocalDataModule):
         if self._layout is None and not self.options.annotations and self.config.root:
             both = [f for f in DEFAULT_FILES if (self.root / f).exists()]
             if len(both) > 1:
-                raise DataError(f"{self.name}: {self.root} holds both {' and '.join(both)}: keep one, or name the one "
-                                "to read with --set data.options.annotations=FILE")
+                raise DataError(
+                    f"{self.name}: {self.root} holds both {' and '.join(both)}: keep one, or name the one "
+                    "to read with --set data.options.annotations=FILE"
+                )
         return super().layout()
 
     def annotation_path(self) -> Path:
@@ -291,23 +300,35 @@ class FolderDataModule(LocalDataModule):
         n_images = sum(len(v) for v in index.records.values())
         ignored = f"; ignored columns: {', '.join(ann.ignored)}" if ann.ignored else ""
         texts = [
-            (f"annotations: {ann.path.name} ({ann.format}), {len(ann.rows)} rows (captions) of {n_images} images; "
-             f"columns: {', '.join(ann.columns)}{ignored}"),
-            (f"split: given for {n_images - index.hashed} images, hash split for {index.hashed} (split_by "
-             f"{o.split_by}, seed {o.split_seed}, fractions {o.train_fraction}/{o.val_fraction}/{o.test_fraction})"),
+            (
+                f"annotations: {ann.path.name} ({ann.format}), {len(ann.rows)} rows (captions) of {n_images} images; "
+                f"columns: {', '.join(ann.columns)}{ignored}"
+            ),
+            (
+                f"split: given for {n_images - index.hashed} images, hash split for {index.hashed} (split_by "
+                f"{o.split_by}, seed {o.split_seed}, fractions {o.train_fraction}/{o.val_fraction}/{o.test_fraction})"
+            ),
         ]
         if index.groups:
             per_split = ", ".join(f"{s} {index.n_groups(s)}" for s in SPLITS)
             queries = ", ".join(f"{s} {sum(bool(r.i2i_relevant) for r in index.records[s])}" for s in SPLITS)
-            texts.append(f"groups: {index.n_groups()} over {len(index.groups)} images ({per_split}); i2i relevance "
-                         f"through groups; i2i queries (images with another image of their group in the split): "
-                         f"{queries}")
+            texts.append(
+                f"groups: {index.n_groups()} over {len(index.groups)} images ({per_split}); i2i relevance "
+                f"through groups; i2i queries (images with another image of their group in the split): "
+                f"{queries}"
+            )
         else:
-            texts.append("groups: none (no group column or values): no i2i relevance; --task i2i uses augmented "
-                         "views of each image")
+            texts.append(
+                "groups: none (no group column or values): no i2i relevance; --task i2i uses augmented "
+                "views of each image"
+            )
         with_instruction = sum(r.instruction is not None for r in ann.rows)
         if with_instruction:
             texts.append(f"instructions: {with_instruction} rows give their own instruction")
-        texts += [f"warning: split {s!r} is empty: a run that uses it fails (give rows split={s}, or change the "
-                  "hash split's fractions or seed)" for s in SPLITS if not index.records[s]]
+        texts += [
+            f"warning: split {s!r} is empty: a run that uses it fails (give rows split={s}, or change the "
+            "hash split's fractions or seed)"
+            for s in SPLITS
+            if not index.records[s]
+        ]
         return [(t, True) for t in texts]

@@ -139,8 +139,9 @@ def _row(raw: dict, line: int, problems: Problems) -> Row | None:
             problems.add(line, f"field 'image' must be a path inside the data root, got {fields['image']!r}: {e}")
     split = fields["split"]
     if split is not None and split not in SPLIT_VALUES:
-        problems.add(line, f"field 'split' is {split!r}, expected one of {', '.join(SPLIT_VALUES)} "
-                           "(or empty for the hash split)")
+        problems.add(
+            line, f"field 'split' is {split!r}, expected one of {', '.join(SPLIT_VALUES)} (or empty for the hash split)"
+        )
     if len(problems.items) > before:
         return None
     return Row(line, image, fields["caption"], split, fields["instruction"], fields["group"])
@@ -203,9 +204,11 @@ def _read_csv(text: str, path: Path, problems: Problems) -> tuple[list[Row], set
                 raise DataError(f"{path}: line {start} (header): column {duplicates[0]!r} appears more than once")
             missing = [c for c in REQUIRED if c not in header]
             if missing:
-                raise DataError(f"{path}: line {start} (header): missing column {missing[0]!r} "
-                                f"(the header has: {', '.join(header) or 'nothing'}; required: {', '.join(REQUIRED)}; "
-                                f"optional: {', '.join(OPTIONAL)})")
+                raise DataError(
+                    f"{path}: line {start} (header): missing column {missing[0]!r} "
+                    f"(the header has: {', '.join(header) or 'nothing'}; required: {', '.join(REQUIRED)}; "
+                    f"optional: {', '.join(OPTIONAL)})"
+                )
             continue
         if len(record) != len(header):
             problems.add(start, f"{len(record)} fields, but the header (line 1) has {len(header)} columns")
@@ -235,7 +238,14 @@ def read_annotations(path: Path) -> Annotations:
     rows, columns, ignored = (_read_jsonl if fmt == "jsonl" else _read_csv)(text, path, problems)
     problems.raise_if_any()
     if not rows:
-        raise DataError(f"{path}: no annotation rows (expected one row per caption with the fields "
-                        f"{', '.join(REQUIRED)})")
-    return Annotations(path, fmt, tuple(rows), tuple(c for c in COLUMNS if c in columns), tuple(sorted(ignored)),
-                       hashlib.sha256(data).hexdigest())
+        raise DataError(
+            f"{path}: no annotation rows (expected one row per caption with the fields {', '.join(REQUIRED)})"
+        )
+    return Annotations(
+        path,
+        fmt,
+        tuple(rows),
+        tuple(c for c in COLUMNS if c in columns),
+        tuple(sorted(ignored)),
+        hashlib.sha256(data).hexdigest(),
+    )

@@ -61,8 +61,12 @@ class ImageView:
     def apply(self, image: Image.Image) -> Image.Image:
         w, h = image.size
         left, top, right, bottom = self.box
-        px = (round(left * w), round(top * h), max(round(left * w) + 1, round(right * w)),
-              max(round(top * h) + 1, round(bottom * h)))
+        px = (
+            round(left * w),
+            round(top * h),
+            max(round(left * w) + 1, round(right * w)),
+            max(round(top * h) + 1, round(bottom * h)),
+        )
         out = image.crop(px)
         return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if self.flip else out
 
@@ -74,8 +78,9 @@ def draw_view(source: int, image_id: str, seed: int, options: ViewOptions) -> Im
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
     sw, sh = rng.uniform(*options.crop, size=2)
     left, top = rng.uniform(0, 1 - sw), rng.uniform(0, 1 - sh)
-    return ImageView(source, (float(left), float(top), float(left + sw), float(top + sh)),
-                     bool(rng.random() < options.flip))
+    return ImageView(
+        source, (float(left), float(top), float(left + sw), float(top + sh)), bool(rng.random() < options.flip)
+    )
 
 
 def gallery_queries(eval_set: EvalSet, seed: int, options: ViewOptions) -> EvalSet:

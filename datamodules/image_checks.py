@@ -71,7 +71,7 @@ class ImageCheckCache:
         """``path`` relative to the data root (POSIX form); its absolute form if outside it."""
         text = str(path)
         if text.startswith(self._given_root) and os.sep == "/":  # the common case, without pathlib's cost
-            return text[len(self._given_root):]
+            return text[len(self._given_root) :]
         path = Path(path)
         try:
             return path.relative_to(self.root).as_posix()
@@ -92,10 +92,15 @@ class ImageCheckCache:
         except (OSError, ValueError) as e:
             log.warning("image check cache %s is unreadable (%s): checking every image again", self.path, e)
             return {}
-        if (not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != CHECK_VERSION
-                or not isinstance(doc.get("entries"), dict)):
-            log.warning("image check cache %s is not a version %d cache: checking every image again",
-                        self.path, CHECK_VERSION)
+        if (
+            not isinstance(doc, dict)
+            or doc.get("format") != FORMAT
+            or doc.get("version") != CHECK_VERSION
+            or not isinstance(doc.get("entries"), dict)
+        ):
+            log.warning(
+                "image check cache %s is not a version %d cache: checking every image again", self.path, CHECK_VERSION
+            )
             return {}
         out: dict[str, Entry] = {}
         for key, value in doc["entries"].items():
@@ -108,10 +113,16 @@ class ImageCheckCache:
         if not new:
             return
         entries = self.load() | new
-        atomic_write_json(self.path, {
-            "format": FORMAT, "version": CHECK_VERSION, "root": str(self.root), "dataset": self.dataset,
-            "entries": {k: list(v) for k, v in sorted(entries.items())},
-        })
+        atomic_write_json(
+            self.path,
+            {
+                "format": FORMAT,
+                "version": CHECK_VERSION,
+                "root": str(self.root),
+                "dataset": self.dataset,
+                "entries": {k: list(v) for k, v in sorted(entries.items())},
+            },
+        )
 
 
 def _verdict(path: Path, key: str | None, known: dict[str, Entry]) -> tuple[str | None, Entry | None]:
@@ -132,8 +143,9 @@ def _verdict(path: Path, key: str | None, known: dict[str, Entry]) -> tuple[str 
     return reason, (st.st_size, st.st_mtime_ns) if reason is None else None
 
 
-def check_images(paths: Sequence[Path], threads: int | None = None,
-                 cache: ImageCheckCache | None = None, reuse: bool = True) -> list[str | None]:
+def check_images(
+    paths: Sequence[Path], threads: int | None = None, cache: ImageCheckCache | None = None, reuse: bool = True
+) -> list[str | None]:
     """:func:`~datamodules.base.check_image` over many paths, in threads; one reason or ``None``
     per path, in order. With ``cache``, unchanged images known to be readable are not opened
     (unless ``reuse`` is False), and the images found readable now are stored."""
@@ -157,6 +169,10 @@ def check_images(paths: Sequence[Path], threads: int | None = None,
         new = {k: entry for k, (_, entry) in zip(keys, out, strict=True) if k is not None and entry is not None}
         if new:
             cache.save(new)
-            log.info("%d of %d images checked and readable (the others unchanged since %s, or not readable)",
-                     len(new), len(paths), cache.path)
+            log.info(
+                "%d of %d images checked and readable (the others unchanged since %s, or not readable)",
+                len(new),
+                len(paths),
+                cache.path,
+            )
     return [reason for reason, _ in out]

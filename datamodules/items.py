@@ -36,8 +36,9 @@ class IndexedItems(Dataset):
 class ItemPairs(TrainPairs):
     """Training pairs ``(image_index, item_fn(image_index), instruction_text)``."""
 
-    def __init__(self, records: Sequence[ImageRecord], transform: Transform, templates: InstructionTemplates,
-                 item_fn: ItemFn) -> None:
+    def __init__(
+        self, records: Sequence[ImageRecord], transform: Transform, templates: InstructionTemplates, item_fn: ItemFn
+    ) -> None:
         super().__init__(records, transform, templates, cache=False)
         self.item_fn = item_fn
 

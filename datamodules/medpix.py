@@ -133,8 +133,10 @@ def same_case_relevance(records: list[ImageRecord]) -> list[ImageRecord]:
     for r in records:
         if r.metadata.get("case_id"):
             by_case.setdefault(r.metadata["case_id"], []).append(r.image_id)
-    return [replace(r, i2i_relevant=tuple(i for i in by_case.get(r.metadata.get("case_id") or "", [])
-                                          if i != r.image_id)) for r in records]
+    return [
+        replace(r, i2i_relevant=tuple(i for i in by_case.get(r.metadata.get("case_id") or "", []) if i != r.image_id))
+        for r in records
+    ]
 
 
 class MedPixDataModule(LocalDataModule):

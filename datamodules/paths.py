@@ -54,8 +54,10 @@ class InsideRoot:
         shown = "/".join(p if isinstance(p, str) else repr(p) for p in parts)
 
         def refuse(why: str) -> DataError:
-            return DataError(f"{source}: {where}: field {field!r} must be a path inside {self.base} "
-                             f"(relative, staying in the data root), got {shown!r}: {why}")
+            return DataError(
+                f"{source}: {where}: field {field!r} must be a path inside {self.base} "
+                f"(relative, staying in the data root), got {shown!r}: {why}"
+            )
 
         for part in parts:
             if not isinstance(part, str) or not part:

@@ -36,26 +36,45 @@ class QAData:
 
 def synthetic_qa(dm, seed: int) -> QAData:
     split = dm.config.eval_split
-    questions = {s: split_questions([(r.image_id, r.metadata["scene"]) for r in dm.records(s)], seed)
-                 for s in ("train", split)}
-    return QAData(test=questions[split], test_items=dm.image_items(split), train=questions["train"],
-                  train_items=dm.image_items("train"),
-                  train_context=[scene_text(r.metadata["scene"]) for r in dm.records("train")],
-                  provenance={"source": "synthetic scene-graph questions", "split": split, "question_seed": seed,
-                              "n_train_questions": len(questions["train"])})
+    questions = {
+        s: split_questions([(r.image_id, r.metadata["scene"]) for r in dm.records(s)], seed) for s in ("train", split)
+    }
+    return QAData(
+        test=questions[split],
+        test_items=dm.image_items(split),
+        train=questions["train"],
+        train_items=dm.image_items("train"),
+        train_context=[scene_text(r.metadata["scene"]) for r in dm.records("train")],
+        provenance={
+            "source": "synthetic scene-graph questions",
+            "split": split,
+            "question_seed": seed,
+            "n_train_questions": len(questions["train"]),
+        },
+    )
 
 
 def rsieval_qa(dm, seed: int) -> QAData:
     ev = dm.rsieval()
     if ev is None:
-        raise DataError(f"rsicap: VQA needs RSIEval: {dm.root / 'RSIEval' / 'annotations.json'} not found "
-                        "(the 'rsgpt dataset/' layout, with RSIEval/ beside RSICap/)")
+        raise DataError(
+            f"rsicap: VQA needs RSIEval: {dm.root / 'RSIEval' / 'annotations.json'} not found "
+            "(the 'rsgpt dataset/' layout, with RSIEval/ beside RSICap/)"
+        )
     questions = [Question(i, qa.question, qa.answer, qa.type) for i, im in enumerate(ev.images) for qa in im.qa_pairs]
     images = IndexedImages([im.path for im in ev.images], dm.transform, tolerant=False)
     path = dm.root / "RSIEval" / "annotations.json"
-    return QAData(test=questions, test_items=lambda i: images[i][1],
-                  provenance={"source": "RSIEval", "annotations": str(path), "annotations_sha256": sha256_of_files([path]),
-                              "n_images": len(ev.images), "n_skipped_empty_questions": ev.n_skipped_questions})
+    return QAData(
+        test=questions,
+        test_items=lambda i: images[i][1],
+        provenance={
+            "source": "RSIEval",
+            "annotations": str(path),
+            "annotations_sha256": sha256_of_files([path]),
+            "n_images": len(ev.images),
+            "n_skipped_empty_questions": ev.n_skipped_questions,
+        },
+    )
 
 
 @dataclass(frozen=True)

@@ -220,7 +220,9 @@ class RSICapDataModule(LocalDataModule):
             **asdict(self.options),
             "test_fraction": self.options.test_fraction,
             "counts": {s: len(v) for s, v in by_split.items()},
-            "image_ids_sha256": {s: hashlib.sha256("\n".join(sorted(v)).encode()).hexdigest() for s, v in by_split.items()},
+            "image_ids_sha256": {
+                s: hashlib.sha256("\n".join(sorted(v)).encode()).hexdigest() for s, v in by_split.items()
+            },
         }
         return super().describe() | {"split_definition": definition}
 
@@ -231,16 +233,23 @@ class RSICapDataModule(LocalDataModule):
 
     def extra_checks(self) -> list[tuple[str, bool]]:
         d = self.describe()["split_definition"]
-        lines = [(f"split: the suite's hash split of image_id (seed {d['split_seed']}; fractions "
-                  f"{d['train_fraction']}/{d['val_fraction']}/{d['test_fraction']})", True)]
+        lines = [
+            (
+                f"split: the suite's hash split of image_id (seed {d['split_seed']}; fractions "
+                f"{d['train_fraction']}/{d['val_fraction']}/{d['test_fraction']})",
+                True,
+            )
+        ]
         ev = self.rsieval()
         if ev is None:
             return lines + [("RSIEval: absent (optional, for VQA)", True)]
         missing = [im.filename for im in ev.images if not im.path.is_file()]
-        lines.append((
-            f"RSIEval: {len(ev.images)} images, {ev.n_qa_pairs} QA pairs "
-            f"({ev.n_skipped_questions} empty questions skipped), {len(missing)} images missing"
-            + (f": {', '.join(missing[:10])}" if missing else ""),
-            not missing,
-        ))
+        lines.append(
+            (
+                f"RSIEval: {len(ev.images)} images, {ev.n_qa_pairs} QA pairs "
+                f"({ev.n_skipped_questions} empty questions skipped), {len(missing)} images missing"
+                + (f": {', '.join(missing[:10])}" if missing else ""),
+                not missing,
+            )
+        )
         return lines

@@ -76,8 +76,10 @@ def read_templates(path: Path | str) -> tuple[str, ...]:
             raise DataError(f"{path}: templates file is larger than {MAX_BYTES} bytes")
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise DataError(f"{path}: templates file not found (data.templates names a file, relative to the "
-                        "current directory, or a list of templates)") from None
+        raise DataError(
+            f"{path}: templates file not found (data.templates names a file, relative to the "
+            "current directory, or a list of templates)"
+        ) from None
     except OSError as e:
         raise DataError(f"{path}: cannot read the templates file ({type(e).__name__}: {e})") from None
     try:

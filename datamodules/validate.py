@@ -11,12 +11,11 @@ with hypothesis to keep it so). Optional keys that the real data omits are read 
 
 from __future__ import annotations
 
-import json
-from benchmark.safe_json import JsonReadError, loads_json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from benchmark.safe_json import JsonReadError, loads_json
 from datamodules.base import DataError
 
 _MISSING = object()
@@ -31,8 +30,14 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 def _json_type(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "a boolean", str: "a string", int: "an integer", float: "a number", list: "a list",
-            dict: "an object"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        list: "a list",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
 
 
 def as_object(value: Any, path: Path, where: str) -> dict:
@@ -65,7 +70,7 @@ def get(
             return default
         raise DataError(f"{path}: {where}: missing field {key!r}")
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
         raise DataError(f"{path}: {where}: field {key!r} must be {_type_name(kind)}, got {_json_type(value)}")
     return value
 

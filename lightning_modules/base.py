@@ -43,8 +43,10 @@ class Encoded:
             raise ValueError("Encoded.lengths must have shape [N]")
         for name, t in (self.extra or {}).items():
             if t.ndim < 1 or t.shape[0] != self.emb.shape[0]:
-                raise ValueError(f"Encoded.extra[{name!r}] must have the {self.emb.shape[0]} items on its first axis, "
-                                 f"got shape {tuple(t.shape)}")
+                raise ValueError(
+                    f"Encoded.extra[{name!r}] must have the {self.emb.shape[0]} items on its first axis, "
+                    f"got shape {tuple(t.shape)}"
+                )
 
     def __len__(self) -> int:
         return self.emb.shape[0]
@@ -148,8 +150,13 @@ def full_precision(device: torch.device | str) -> Iterator[None]:
         yield
 
 
-def blockwise_over_gallery(score: Callable[[Encoded, Encoded], torch.Tensor], queries: Encoded, gallery: Encoded,
-                           device: torch.device | str, block: int = GALLERY_BLOCK) -> torch.Tensor:
+def blockwise_over_gallery(
+    score: Callable[[Encoded, Encoded], torch.Tensor],
+    queries: Encoded,
+    gallery: Encoded,
+    device: torch.device | str,
+    block: int = GALLERY_BLOCK,
+) -> torch.Tensor:
     """``score`` of the queries against the gallery, the gallery moved to ``device`` (float32)
     ``block`` items at a time; each block's scores are written into one ``[Q, G]`` result
     (the same values as concatenating the blocks, without holding the blocks and their
@@ -159,10 +166,10 @@ def blockwise_over_gallery(score: Callable[[Encoded, Encoded], torch.Tensor], qu
         return score(q, scoring_view(gallery, device))
     out: torch.Tensor | None = None
     for s in range(0, len(gallery), block):
-        part = score(q, scoring_view(gallery[s:s + block], device))
+        part = score(q, scoring_view(gallery[s : s + block], device))
         if out is None:
             out = part.new_empty((part.shape[0], len(gallery)))
-        out[:, s:s + part.shape[1]] = part
+        out[:, s : s + part.shape[1]] = part
         del part
     assert out is not None
     return out

@@ -177,11 +177,13 @@ def load_pretrained_parts(path: str, local_files_only: bool = True, temp_init: f
     The one loading path of the full size (hub id or local folder, as in the tests): the
     model, its tokenizer (``AutoTokenizer``) and its image processor (the tower's transform).
     """
-    hf = load_strict(Blip2ForImageTextRetrieval, path, local_files_only=local_files_only,
-                     dtype=torch.float32)  # one dtype whatever the saved config says (mixed otherwise)
+    hf = load_strict(
+        Blip2ForImageTextRetrieval, path, local_files_only=local_files_only, dtype=torch.float32
+    )  # one dtype whatever the saved config says (mixed otherwise)
     tok = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
-    transform = ImageTransform.from_hf_processor(AutoImageProcessor.from_pretrained(path,
-                                                                                     local_files_only=local_files_only))
+    transform = ImageTransform.from_hf_processor(
+        AutoImageProcessor.from_pretrained(path, local_files_only=local_files_only)
+    )
     tower = Blip2VisionTower(hf.vision_model, transform, source=str(path))
     return tower, QFormerHead.from_hf_retrieval(hf, temp_init), tok
 
@@ -190,8 +192,13 @@ def _same_items(queries: Encoded, gallery: Encoded) -> bool:
     """The queries *are* the gallery (image -> image over the same encoded images): the same
     storage, shape and lengths, so ``max_sim`` is symmetric."""
     a, b = queries.emb, gallery.emb
-    return (a.shape == b.shape and a.data_ptr() == b.data_ptr() and a.stride() == b.stride()
-            and queries.lengths is None and gallery.lengths is None)
+    return (
+        a.shape == b.shape
+        and a.data_ptr() == b.data_ptr()
+        and a.stride() == b.stride()
+        and queries.lengths is None
+        and gallery.lengths is None
+    )
 
 
 def _symmetric_max_sim(items: Encoded, step: int) -> torch.Tensor:
@@ -203,7 +210,7 @@ def _symmetric_max_sim(items: Encoded, step: int) -> torch.Tensor:
         e = min(s + step, n)
         block = max_sim(items[s:e], items[s:])  # rows s:e, columns s:n
         out[s:e, s:] = block
-        out[e:, s:e] = block[:, e - s:].T
+        out[e:, s:e] = block[:, e - s :].T
     return out
 
 
@@ -217,8 +224,14 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
     #: tokens): the evaluation reads it from the cache, memory-mapped, instead of gathering it
     item_extra = IMAGE_TOKENS
 
-    def __init__(self, vision_tower: VisionTower, head: QFormerHead, tokenizer, config: Blip2Config,
-                 optim: OptimConfig | None = None) -> None:
+    def __init__(
+        self,
+        vision_tower: VisionTower,
+        head: QFormerHead,
+        tokenizer,
+        config: Blip2Config,
+        optim: OptimConfig | None = None,
+    ) -> None:
         super().__init__()
         self.vision_tower = vision_tower
         self.head = head
@@ -237,8 +250,10 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
             tower, head, tok = load_pretrained_parts(config.pretrained, config.local_files_only, config.temp_init)
             return cls(tower, head, tok, config, optim)
         if not config.vision_checkpoint:
-            raise ValueError("a tiny BLIP2 needs model_args.vision_checkpoint (a CLIP checkpoint; the runner "
-                             "resolves it to the tiny CLIP of the same dataset and seed)")
+            raise ValueError(
+                "a tiny BLIP2 needs model_args.vision_checkpoint (a CLIP checkpoint; the runner "
+                "resolves it to the tiny CLIP of the same dataset and seed)"
+            )
         if not vocab_texts:
             raise ValueError("a tiny BLIP2 needs the training texts to build its vocabulary")
         tower = ClipVisionTower.from_clip_checkpoint(config.vision_checkpoint, config.local_files_only)
@@ -269,13 +284,15 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
     # -- resume points (benchmark/resume.py): what was trained, not the frozen tower ----------
     def _tower_frozen(self) -> bool:
         return isinstance(self.vision_tower, torch.nn.Module) and not any(
-            p.requires_grad for p in self.vision_tower.parameters())
+            p.requires_grad for p in self.vision_tower.parameters()
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """A Lightning checkpoint leaves the frozen tower out (3.9 GB at ViT-g) and records its fingerprint."""
         if self._tower_frozen():
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
-                                        if not k.startswith("vision_tower.")}
+            checkpoint["state_dict"] = {
+                k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("vision_tower.")
+            }
             checkpoint["vision_tower_fingerprint"] = self.vision_tower.fingerprint()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -283,8 +300,10 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
         if recorded is None:
             return
         if recorded != self.vision_tower.fingerprint():
-            raise ValueError("the resume checkpoint was trained on another frozen vision tower (fingerprint "
-                             f"{recorded[:12]}..., this model's {self.vision_tower.fingerprint()[:12]}...)")
+            raise ValueError(
+                "the resume checkpoint was trained on another frozen vision tower (fingerprint "
+                f"{recorded[:12]}..., this model's {self.vision_tower.fingerprint()[:12]}...)"
+            )
         checkpoint["state_dict"].update({f"vision_tower.{k}": v for k, v in self.vision_tower.state_dict().items()})
 
     def enable_grad_checkpointing(self) -> None:
@@ -303,23 +322,32 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and attention mask ``[B, T]``, padded to the longest text (at most ``text_length``)."""
-        b = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.text_length,
-                           return_tensors="pt")
+        b = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.config.text_length, return_tensors="pt"
+        )
         return b["input_ids"].to(self.device), b["attention_mask"].to(self.device)
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``head.text_feat`` ``[B, E]``, run in groups of similar length (``text_group_padding``)."""
         return encode_in_groups(self.head.text_feat, input_ids, attention_mask, self.config.text_group_padding)
 
-    def itm_scores(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def itm_scores(
+        self,
+        image_tokens: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Class-1 ITM logit (averaged over query outputs) of row-paired images and texts.
 
         ``lengths`` (the texts' query lengths) is for subclasses with a per-text number of
         queries; BLIP-2's fixed queries ignore it."""
         n = int(attention_mask.sum(1).max())  # trailing padding is masked: drop it
-        return self.head.itm_logits(on_device(image_tokens, self.device), input_ids[:, :n].to(self.device),
-                                    attention_mask[:, :n].to(self.device))[:, 1].float()
+        return self.head.itm_logits(
+            on_device(image_tokens, self.device),
+            input_ids[:, :n].to(self.device),
+            attention_mask[:, :n].to(self.device),
+        )[:, 1].float()
 
     def vqa_queries(self, images: torch.Tensor, questions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """VQA prefix (``lightning_modules/vqa.py``): the 32 query outputs ``[B, 32, H]`` (BLIP-2's
@@ -354,7 +382,7 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
             step = max(1, _MAX_SIM_BUDGET // max(1, len(g) * vectors))
             if same:
                 return _symmetric_max_sim(q, step)
-            return torch.cat([max_sim(q[s:s + step], g) for s in range(0, len(q), step)])
+            return torch.cat([max_sim(q[s : s + step], g) for s in range(0, len(q), step)])
 
         if len(queries) == 0:
             return torch.zeros(0, len(gallery), device=self.device)
@@ -381,8 +409,12 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
             ii, ti = (qi, gi) if image_side == 0 else (gi, qi)
             tok = images[IMAGE_TOKENS]
             ids, mask, lengths = texts[INPUT_IDS], texts[ATTENTION_MASK], text_enc.lengths
-            return self.itm_scores(tok[ii.to(tok.device)], ids[ti.to(ids.device)], mask[ti.to(mask.device)],
-                                   None if lengths is None else lengths[ti.to(lengths.device)])
+            return self.itm_scores(
+                tok[ii.to(tok.device)],
+                ids[ti.to(ids.device)],
+                mask[ti.to(mask.device)],
+                None if lengths is None else lengths[ti.to(lengths.device)],
+            )
 
         def cost(qi: torch.Tensor, gi: torch.Tensor) -> torch.Tensor:
             return self.itm_pair_cost(texts[ATTENTION_MASK], text_enc.lengths, gi if image_side == 0 else qi)
@@ -395,12 +427,20 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
             return text_ids.to(ti.device)[ti] * n_images + ii
 
         # itc is this call's own matrix: re-ranked in place (one [Q, G] matrix, not two)
-        return rerank_topk(itc, self.config.k, pairs, batch_size=self.config.itm_batch_size, pair_cost=cost,
-                           pair_key=key, in_place=True)
+        return rerank_topk(
+            itc,
+            self.config.k,
+            pairs,
+            batch_size=self.config.itm_batch_size,
+            pair_cost=cost,
+            pair_key=key,
+            in_place=True,
+        )
 
     @staticmethod
-    def text_identity(input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      lengths: torch.Tensor | None) -> torch.Tensor:
+    def text_identity(
+        input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: torch.Tensor | None
+    ) -> torch.Tensor:
         """``[N]`` ints, equal exactly for texts whose ITM inputs are equal (ids, mask, and L
         when the model has one): re-ranking scores an (identical text, image) pair once."""
         rows = [input_ids.long(), attention_mask.long().to(input_ids.device)]
@@ -409,7 +449,9 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
         return torch.unique(torch.cat(rows, dim=1), dim=0, return_inverse=True)[1]
 
     @staticmethod
-    def itm_pair_cost(attention_mask: torch.Tensor, lengths: torch.Tensor | None, text_index: torch.Tensor) -> torch.Tensor:
+    def itm_pair_cost(
+        attention_mask: torch.Tensor, lengths: torch.Tensor | None, text_index: torch.Tensor
+    ) -> torch.Tensor:
         """Tokens of an ITM pass per pair (its text's tokens plus its number of queries, when it
         has its own): the sort key that batches pairs of similar length when re-ranking."""
         text_index = text_index.to(attention_mask.device)
@@ -452,13 +494,26 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
         """The ITM batch of a training step, with the configured anchors and hard-negative share
         (:func:`~lightning_modules.components.blip2_losses.itm_pairs_blocks`: indices into the
         global batch under DDP); shared by the family."""
-        return itm_pairs_blocks(blocks.sim_i2t.detach(), blocks.sim_t2i.detach(), blocks.positives_i2t,
-                                blocks.positives_t2i, blocks.offset, max_anchors=self.config.itm_max_anchors,
-                                hard_fraction=self.config.itm_hard_fraction)
+        return itm_pairs_blocks(
+            blocks.sim_i2t.detach(),
+            blocks.sim_t2i.detach(),
+            blocks.positives_i2t,
+            blocks.positives_t2i,
+            blocks.offset,
+            max_anchors=self.config.itm_max_anchors,
+            hard_fraction=self.config.itm_hard_fraction,
+        )
 
-    def itm_inputs(self, everyone: GlobalBatch | None, img_i: torch.Tensor, txt_i: torch.Tensor,
-                   tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
-                   *per_text: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def itm_inputs(
+        self,
+        everyone: GlobalBatch | None,
+        img_i: torch.Tensor,
+        txt_i: torch.Tensor,
+        tokens: torch.Tensor,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        *per_text: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
         """The ITM inputs of the pairs ``(img_i, txt_i)``: image tokens, token ids, mask and each
         ``per_text`` tensor (e.g. ours' L) of the chosen rows. Under DDP (``everyone``) the indices
         are global: the frozen tokens, ids and masks of every process are gathered without
@@ -469,8 +524,12 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
         ids = everyone.padded_rows(ids, self.tokenizer.pad_token_id)[txt_i]
         mask = everyone.padded_rows(mask, 0)[txt_i]
         width = max(1, int(mask.sum(1).max()))
-        return (everyone.rows(tokens, grad=False)[img_i], ids[:, :width], mask[:, :width],
-                *(everyone.rows(t, grad=False)[txt_i] for t in per_text))
+        return (
+            everyone.rows(tokens, grad=False)[img_i],
+            ids[:, :width],
+            mask[:, :width],
+            *(everyone.rows(t, grad=False)[txt_i] for t in per_text),
+        )
 
     def setup(self, stage: str) -> None:
         """Before fitting (and before DDP wraps the module): a part no training loss reaches is
@@ -501,7 +560,7 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
     def _cost_inputs(self, sample: CostSample):
         """Per image its pixels ``[1, 3, H, W]`` and image tokens; per instruction (tokenized alone) ids and mask."""
         px = sample.pixels.to(self.device)
-        pixels = [px[i:i + 1] for i in range(len(px))]
+        pixels = [px[i : i + 1] for i in range(len(px))]
         with torch.no_grad():
             tokens = [self.vision_tokens(p) for p in pixels]
         return pixels, tokens, [self.tokenize([t]) for t in sample.texts]
@@ -517,5 +576,9 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
         qformer = [CostCall(lambda x: self.encode_images(x).emb, (p,), minus=v) for p, v in zip(pixels, vision)]
         pairs = [(tokens[i % len(tokens)], ids, mask) for i, (ids, mask) in enumerate(texts)]
         rerank = [CostCall(self.itm_scores, (tok, ids, mask), key=shape_key(tok, ids)) for tok, ids, mask in pairs]
-        return {"vision": vision, "qformer": qformer, "rerank": rerank,
-                "text": [CostCall(self.head.text_feat, (ids, mask), key=shape_key(ids)) for ids, mask in texts]}
+        return {
+            "vision": vision,
+            "qformer": qformer,
+            "rerank": rerank,
+            "text": [CostCall(self.head.text_feat, (ids, mask), key=shape_key(ids)) for ids, mask in texts],
+        }

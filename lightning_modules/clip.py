@@ -112,15 +112,18 @@ def _pooled(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-def _gathered_infonce(img: torch.Tensor, txt: torch.Tensor, index: torch.Tensor, scale: torch.Tensor,
-                      everyone: GlobalBatch) -> torch.Tensor:
+def _gathered_infonce(
+    img: torch.Tensor, txt: torch.Tensor, index: torch.Tensor, scale: torch.Tensor, everyone: GlobalBatch
+) -> torch.Tensor:
     """The symmetric InfoNCE of this process's images and texts against every process's (gathered
     with gradient): the mean over the local rows of each direction."""
     every = everyone.rows(index, grad=False)
     same = (index[:, None] == every[None, :]).float()
     target = same / same.sum(1, keepdim=True)
-    return 0.5 * (F.cross_entropy(scale * img @ everyone.rows(txt).T, target)
-                  + F.cross_entropy(scale * txt @ everyone.rows(img).T, target))
+    return 0.5 * (
+        F.cross_entropy(scale * img @ everyone.rows(txt).T, target)
+        + F.cross_entropy(scale * txt @ everyone.rows(img).T, target)
+    )
 
 
 class ClipRetrieval(CrossRankNegatives, L.LightningModule):
@@ -129,8 +132,14 @@ class ClipRetrieval(CrossRankNegatives, L.LightningModule):
     Config = ClipConfig
     checkpoint_dependencies: dict[str, str] = {}  # trained from scratch (tiny) or loaded (full)
 
-    def __init__(self, model: CLIPModel, tokenizer, transform: ImageTransform, config: ClipConfig,
-                 optim: OptimConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: CLIPModel,
+        tokenizer,
+        transform: ImageTransform,
+        config: ClipConfig,
+        optim: OptimConfig | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -234,12 +243,21 @@ class ClipRetrieval(CrossRankNegatives, L.LightningModule):
         """``vision``: image tower + projection per image; ``text``: text tower + projection
         per instruction (tokenized alone, no padding)."""
         px = sample.pixels.to(self.device)
-        vision = [CostCall(lambda x: self.model.get_image_features(pixel_values=x), (px[i:i + 1],),
-                           key=shape_key(px[i:i + 1])) for i in range(len(px))]
+        vision = [
+            CostCall(
+                lambda x: self.model.get_image_features(pixel_values=x), (px[i : i + 1],), key=shape_key(px[i : i + 1])
+            )
+            for i in range(len(px))
+        ]
         text = []
         for t in sample.texts:
             b = self.tokenizer([t], truncation=True, return_tensors="pt").to(self.device)
             ids, mask = b["input_ids"], b["attention_mask"]
-            text.append(CostCall(lambda i, m: self.model.get_text_features(input_ids=i, attention_mask=m),
-                                 (ids, mask), key=shape_key(ids)))
+            text.append(
+                CostCall(
+                    lambda i, m: self.model.get_text_features(input_ids=i, attention_mask=m),
+                    (ids, mask),
+                    key=shape_key(ids),
+                )
+            )
         return {"vision": vision, "text": text}

@@ -34,8 +34,20 @@ import torch
 from lightning_modules.base import Encoded, RetrievalModel
 from lightning_modules.cost import CostModel
 
-__all__ = ["SuiteModel", "ScoreVariants", "ItemLoading", "ItemExtra", "CostModel", "VqaPrefix", "MethodSettings",
-           "GradCheckpointing", "PretrainedConfig", "DependencyConfig", "check_model_class", "dependencies_of"]
+__all__ = [
+    "CostModel",
+    "DependencyConfig",
+    "GradCheckpointing",
+    "ItemExtra",
+    "ItemLoading",
+    "MethodSettings",
+    "PretrainedConfig",
+    "ScoreVariants",
+    "SuiteModel",
+    "VqaPrefix",
+    "check_model_class",
+    "dependencies_of",
+]
 
 
 @runtime_checkable
@@ -68,8 +80,17 @@ class SuiteModel(RetrievalModel, Protocol):
 
 
 #: the members of :class:`SuiteModel`, checked on a model *class* by :func:`check_model_class`
-SUITE_MODEL_MEMBERS = ("Config", "checkpoint_dependencies", "create", "load_checkpoint", "save_checkpoint",
-                       "image_transform", "encode_images", "encode_texts", "score")
+SUITE_MODEL_MEMBERS = (
+    "Config",
+    "checkpoint_dependencies",
+    "create",
+    "load_checkpoint",
+    "save_checkpoint",
+    "image_transform",
+    "encode_images",
+    "encode_texts",
+    "score",
+)
 
 
 def check_model_class(cls: type, name: str) -> type:
@@ -77,8 +98,10 @@ def check_model_class(cls: type, name: str) -> type:
     is built, so its members are looked up on the class); else a TypeError naming what is missing."""
     missing = [m for m in SUITE_MODEL_MEMBERS if getattr(cls, m, None) is None]
     if missing:
-        raise TypeError(f"model {name!r} ({cls.__module__}.{cls.__qualname__}) does not honour the SuiteModel "
-                        f"contract (lightning_modules/contract.py): missing {', '.join(missing)}")
+        raise TypeError(
+            f"model {name!r} ({cls.__module__}.{cls.__qualname__}) does not honour the SuiteModel "
+            f"contract (lightning_modules/contract.py): missing {', '.join(missing)}"
+        )
     return cls
 
 

@@ -67,8 +67,10 @@ class CrossGETConfig(TokenReductionConfig):
         if self.itc_weight < 0 or self.alignment_weight < 0:
             raise ValueError("model_args.itc_weight and alignment_weight must be >= 0")
         if self.itm_weight != 0:
-            raise ValueError("model_args.itm_weight must be 0: CrossGET trains with ITC + the alignment loss "
-                             "(evaluation still re-ranks with ITM, see k_test)")
+            raise ValueError(
+                "model_args.itm_weight must be 0: CrossGET trains with ITC + the alignment loss "
+                "(evaluation still re-ranks with ITM, see k_test)"
+            )
 
     @property
     def merge_r(self) -> int:
@@ -100,10 +102,12 @@ class CrossGETRetrieval(TokenReductionRetrieval):
         return out.tokens, image_attention.size_bias(out.sizes) if self.config.proportional_attention else None
 
     def method_config(self) -> dict:
-        return super().method_config() | {"guidance": self.reducer.guidance,
-                                          "proportional_attention": self.config.proportional_attention,
-                                          "tokens_per_layer": self.reducer.tokens_per_layer(),
-                                          "output_tokens": self.reducer.output_tokens()}
+        return super().method_config() | {
+            "guidance": self.reducer.guidance,
+            "proportional_attention": self.config.proportional_attention,
+            "tokens_per_layer": self.reducer.tokens_per_layer(),
+            "output_tokens": self.reducer.output_tokens(),
+        }
 
     @property
     def itc_trains(self) -> bool:
@@ -123,13 +127,15 @@ class CrossGETRetrieval(TokenReductionRetrieval):
         loss = cfg.alignment_weight * losses["alignment"]
         if self.itc_trains and cfg.itc_weight > 0:
             bias = image_attention.size_bias(out.sizes) if cfg.proportional_attention else None
-            img = self.head.image_feats(image_attention.query_outputs(self.head, self.head.query_tokens,
-                                                                      out.tokens, bias))
+            img = self.head.image_feats(
+                image_attention.query_outputs(self.head, self.head.query_tokens, out.tokens, bias)
+            )
             if cfg.finetune_qformer:
                 with torch.no_grad():
                     self.head.temp.clamp_(0.001, 0.5)
             everyone = self.global_batch(len(index))  # DDP: negatives from every process (cross_rank)
-            losses["itc"], _ = batch_itc(img, F.normalize(text, dim=-1), index, self.head.temp,
-                                         cfg.itc_label_smoothing, everyone)
+            losses["itc"], _ = batch_itc(
+                img, F.normalize(text, dim=-1), index, self.head.temp, cfg.itc_label_smoothing, everyone
+            )
             loss = loss + cfg.itc_weight * losses["itc"]
         return losses | {"loss": loss}

@@ -101,9 +101,11 @@ class DynamicViTRetrieval(TokenReductionRetrieval):
         return self.reducer(pixel_values), None
 
     def method_config(self) -> dict:
-        return super().method_config() | {"keep_counts": list(self.reducer.keep_counts),
-                                          "pruning_layers": list(self.reducer.pruning_layers),
-                                          "tokens_per_layer": self.reducer.tokens_per_layer()}
+        return super().method_config() | {
+            "keep_counts": list(self.reducer.keep_counts),
+            "pruning_layers": list(self.reducer.pruning_layers),
+            "tokens_per_layer": self.reducer.tokens_per_layer(),
+        }
 
     @property
     def qformer_checkpointable(self) -> bool:
@@ -121,8 +123,9 @@ class DynamicViTRetrieval(TokenReductionRetrieval):
             with image_attention.policy_cross_attention(self.head, out.keep_mask):
                 img = self.head.image_feats(self.head.query_outputs(self.head.query_tokens, out.tokens))
         else:
-            img = self.head.image_feats(image_attention.query_outputs(self.head, self.head.query_tokens, out.tokens,
-                                                                      bias))
+            img = self.head.image_feats(
+                image_attention.query_outputs(self.head, self.head.query_tokens, out.tokens, bias)
+            )
         teacher_tokens, teacher_img = self.teacher_feats(images)
         ids, mask = self.tokenize(texts)
         with torch.set_grad_enabled(cfg.finetune_qformer and torch.is_grad_enabled()):
@@ -141,11 +144,11 @@ class DynamicViTRetrieval(TokenReductionRetrieval):
                 with image_attention.policy_cross_attention(self.head, out.keep_mask[img_i]):
                     logits = self.head.itm_logits(out.tokens[img_i], ids[txt_i], mask[txt_i])
             else:
-                logits = image_attention.itm_logits(self.head, out.tokens[img_i], ids[txt_i], mask[txt_i],
-                                                    bias[img_i])
+                logits = image_attention.itm_logits(self.head, out.tokens[img_i], ids[txt_i], mask[txt_i], bias[img_i])
             parts["itm"] = itm_loss(logits, labels)
             task = task + cfg.itm_weight * parts["itm"]
-        losses = dynamicvit_loss(task, out, teacher_tokens, img, teacher_img, self.reducer.keep_ratios,
-                                 cfg.loss_weights())
+        losses = dynamicvit_loss(
+            task, out, teacher_tokens, img, teacher_img, self.reducer.keep_ratios, cfg.loss_weights()
+        )
         kept = [d.mean().detach() for d in out.stage_decisions]
         return losses | parts | {f"keep_ratio_{s}": k for s, k in enumerate(kept)}

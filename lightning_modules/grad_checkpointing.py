@@ -55,12 +55,13 @@ def maybe_checkpoint(enabled: bool, fn: Callable[..., Any], *args: Any) -> Any:
     return fn(*args)
 
 
-def enable_grad_checkpointing(model: Any, model_name: str | None = None,
-                              error: type[Exception] = ValueError) -> None:
+def enable_grad_checkpointing(model: Any, model_name: str | None = None, error: type[Exception] = ValueError) -> None:
     """Turn checkpointing on in ``model`` (the runner calls it before ``fit`` when the option is on);
     a model without the seam raises ``error`` (the runner's: its ``ConfigError``)."""
     if not isinstance(model, GradCheckpointing):
         name = model_name or type(model).__name__
-        raise error(f"{OPTION} is true but model {name!r} ({type(model).__name__}) does not support "
-                    f"activation checkpointing (it has no enable_grad_checkpointing()); set {OPTION} to false")
+        raise error(
+            f"{OPTION} is true but model {name!r} ({type(model).__name__}) does not support "
+            f"activation checkpointing (it has no enable_grad_checkpointing()); set {OPTION} to false"
+        )
     model.enable_grad_checkpointing()

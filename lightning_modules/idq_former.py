@@ -111,13 +111,17 @@ def _encoder_source(config: IdqConfig, vision_checkpoint: str | None = None) -> 
         return Path(config.qscaler_encoder)
     source = config.clip_checkpoint or vision_checkpoint
     if not source:
-        raise ValueError("model_args.qscaler_encoder='clip' (the tiny default) reads the text tower of the CLIP "
-                         "checkpoint the BLIP2 checkpoint's vision tower comes from, but neither "
-                         "model_args.clip_checkpoint nor the BLIP2 checkpoint's vision_checkpoint names one; "
-                         "set one of them, or model_args.qscaler_encoder='qformer'")
+        raise ValueError(
+            "model_args.qscaler_encoder='clip' (the tiny default) reads the text tower of the CLIP "
+            "checkpoint the BLIP2 checkpoint's vision tower comes from, but neither "
+            "model_args.clip_checkpoint nor the BLIP2 checkpoint's vision_checkpoint names one; "
+            "set one of them, or model_args.qscaler_encoder='qformer'"
+        )
     if not Path(source).is_dir():
-        raise ValueError(f"model_args.qscaler_encoder='clip': CLIP checkpoint {source} (the QScaler's frozen text "
-                         f"encoder) is not a folder; set model_args.clip_checkpoint")
+        raise ValueError(
+            f"model_args.qscaler_encoder='clip': CLIP checkpoint {source} (the QScaler's frozen text "
+            f"encoder) is not a folder; set model_args.clip_checkpoint"
+        )
     return Path(source)
 
 
@@ -206,14 +210,22 @@ class IdqConfig(Blip2Config):
         if self.qscaler_hidden < 1:
             raise ValueError("model_args.qscaler_hidden must be >= 1")
         if self.qscaler_encoder == "clip" and self.pretrained:
-            raise ValueError("model_args.qscaler_encoder='clip' is the tiny CLIP's text tower (tiny size only); at "
-                             "full size use 'qformer' or a local checkpoint folder")
+            raise ValueError(
+                "model_args.qscaler_encoder='clip' is the tiny CLIP's text tower (tiny size only); at "
+                "full size use 'qformer' or a local checkpoint folder"
+            )
         if self.qscaler_layers is not None and (self.qscaler_layers < 1 or self.encoder_kind != "qformer"):
-            raise ValueError("model_args.qscaler_layers must be >= 1 and needs qscaler_encoder='qformer' "
-                             f"(here {self.encoder_kind!r})")
-        if self.qscaler_pool not in (None, *POOLS) or (self.qscaler_pool == "pooler" and self.encoder_kind == "qformer"):
-            raise ValueError(f"model_args.qscaler_pool must be null or one of {POOLS} ('pooler' only with another "
-                             f"qscaler_encoder than 'qformer'), got {self.qscaler_pool!r}")
+            raise ValueError(
+                "model_args.qscaler_layers must be >= 1 and needs qscaler_encoder='qformer' "
+                f"(here {self.encoder_kind!r})"
+            )
+        if self.qscaler_pool not in (None, *POOLS) or (
+            self.qscaler_pool == "pooler" and self.encoder_kind == "qformer"
+        ):
+            raise ValueError(
+                f"model_args.qscaler_pool must be null or one of {POOLS} ('pooler' only with another "
+                f"qscaler_encoder than 'qformer'), got {self.qscaler_pool!r}"
+            )
         if self.qscaler_memo < 0:
             raise ValueError("model_args.qscaler_memo must be >= 0")
         if self.qscaler_lr_scale <= 0:
@@ -234,8 +246,16 @@ class IdqConfig(Blip2Config):
         return self.qscaler_encoder
 
     def length_config(self) -> LengthConfig:
-        return LengthConfig(self.l_base, self.l_max, self.l_init, self.noise_std, self.mask_tau,
-                            self.length_weight, self.oracle_weight, self.lmax_itc_weight)
+        return LengthConfig(
+            self.l_base,
+            self.l_max,
+            self.l_init,
+            self.noise_std,
+            self.mask_tau,
+            self.length_weight,
+            self.oracle_weight,
+            self.lmax_itc_weight,
+        )
 
 
 class IdqFormerRetrieval(Blip2Retrieval):
@@ -245,8 +265,16 @@ class IdqFormerRetrieval(Blip2Retrieval):
     #: config fields the runner fills with the checkpoint of another registered model (tiny size)
     checkpoint_dependencies = {"blip2_checkpoint": "blip2"}
 
-    def __init__(self, vision_tower, head: QFormerHead, tokenizer, config: IdqConfig, bank: TokenBank,
-                 qscaler: QScaler | None, optim: OptimConfig | None = None) -> None:
+    def __init__(
+        self,
+        vision_tower,
+        head: QFormerHead,
+        tokenizer,
+        config: IdqConfig,
+        bank: TokenBank,
+        qscaler: QScaler | None,
+        optim: OptimConfig | None = None,
+    ) -> None:
         super().__init__(vision_tower, head, tokenizer, config, optim)
         self.bank = bank
         self.qscaler = qscaler
@@ -266,8 +294,10 @@ class IdqFormerRetrieval(Blip2Retrieval):
             tower, head, tok = load_pretrained_parts(config.pretrained, config.local_files_only, config.temp_init)
         else:
             if not config.blip2_checkpoint:
-                raise ValueError("a tiny IDQ-Former needs model_args.blip2_checkpoint (a BLIP2 checkpoint; the "
-                                 "runner resolves it to the tiny BLIP2 of the same dataset and seed)")
+                raise ValueError(
+                    "a tiny IDQ-Former needs model_args.blip2_checkpoint (a BLIP2 checkpoint; the "
+                    "runner resolves it to the tiny BLIP2 of the same dataset and seed)"
+                )
             base = Blip2Retrieval.load_checkpoint(Path(config.blip2_checkpoint))
             tower, head, tok = base.vision_tower, base.head, base.tokenizer
             encoder_dir = _encoder_source(config, base.config.vision_checkpoint)
@@ -275,28 +305,55 @@ class IdqFormerRetrieval(Blip2Retrieval):
         return cls._assemble(tower, head, tok, config, optim, _encoder_source(config))
 
     @classmethod
-    def _assemble(cls, tower, head: QFormerHead, tok, config: IdqConfig, optim: OptimConfig | None,
-                  encoder_dir: Path | None = None):
+    def _assemble(
+        cls,
+        tower,
+        head: QFormerHead,
+        tok,
+        config: IdqConfig,
+        optim: OptimConfig | None,
+        encoder_dir: Path | None = None,
+    ):
         """The model around its BLIP-2 parts; ``encoder_dir``: the folder of the QScaler's frozen
         transformers encoder (:func:`_encoder_source`, or a saved checkpoint's copy of it)."""
         if config.use_positions and head.embeddings.position_embeddings.num_embeddings < config.l_max:
-            raise ValueError(f"model_args.l_max={config.l_max} exceeds the Q-Former's "
-                             f"{head.embeddings.position_embeddings.num_embeddings} pretrained positions")
-        bank = TokenBank.from_blip2(head.query_tokens, head.embeddings, config.l_max, extra_init=config.extra_init,
-                                    init_std=config.init_std, learn_positions=config.learn_positions,
-                                    use_positions=config.use_positions)
+            raise ValueError(
+                f"model_args.l_max={config.l_max} exceeds the Q-Former's "
+                f"{head.embeddings.position_embeddings.num_embeddings} pretrained positions"
+            )
+        bank = TokenBank.from_blip2(
+            head.query_tokens,
+            head.embeddings,
+            config.l_max,
+            extra_init=config.extra_init,
+            init_std=config.init_std,
+            learn_positions=config.learn_positions,
+            use_positions=config.use_positions,
+        )
         qscaler = None
         if config.qscaler:
             if config.encoder_kind == "qformer":
-                encoder = QFormerTextEncoder(head.embeddings, head.qformer, tok, max_length=config.text_length,
-                                             layers=config.qscaler_layers, pool=config.qscaler_pool or "cls")
+                encoder = QFormerTextEncoder(
+                    head.embeddings,
+                    head.qformer,
+                    tok,
+                    max_length=config.text_length,
+                    layers=config.qscaler_layers,
+                    pool=config.qscaler_pool or "cls",
+                )
             else:
                 if encoder_dir is None:
                     raise ValueError(f"the QScaler encoder {config.encoder_kind!r} needs its folder")
-                encoder = HFTextEncoder.from_pretrained(str(encoder_dir), pool=config.qscaler_pool,
-                                                        local_files_only=config.local_files_only)
-            qscaler = QScaler(encoder, config.length_config(), config.qscaler_hidden, memo=config.qscaler_memo,
-                              group_padding=config.text_group_padding)
+                encoder = HFTextEncoder.from_pretrained(
+                    str(encoder_dir), pool=config.qscaler_pool, local_files_only=config.local_files_only
+                )
+            qscaler = QScaler(
+                encoder,
+                config.length_config(),
+                config.qscaler_hidden,
+                memo=config.qscaler_memo,
+                group_padding=config.text_group_padding,
+            )
         model = cls(tower, head, tok, config, bank, qscaler, optim)
         model._encoder_dir = encoder_dir  # None unless a transformers encoder was loaded from it
         return model
@@ -322,17 +379,21 @@ class IdqFormerRetrieval(Blip2Retrieval):
         config = IdqConfig(**json.loads((directory / CONFIG_FILE).read_text()))
         tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         encoder_dir = directory / QSCALER_ENCODER_DIR
-        model = cls._assemble(load_saved_tower(directory, TOWER_DIR, config.local_files_only),
-                              QFormerHead.load(directory / HEAD_DIR), tok,
-                              config, None, encoder_dir if encoder_dir.is_dir() else _encoder_source(config))
+        model = cls._assemble(
+            load_saved_tower(directory, TOWER_DIR, config.local_files_only),
+            QFormerHead.load(directory / HEAD_DIR),
+            tok,
+            config,
+            None,
+            encoder_dir if encoder_dir.is_dir() else _encoder_source(config),
+        )
         state = load_file(directory / IDQ_WEIGHTS)
         model.bank.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("bank.")}, strict=True)
         model._order_pending = False  # a trained bank keeps its order
         if (directory / BANK_USAGE_FILE).is_file():
             model.bank_usage = json.loads((directory / BANK_USAGE_FILE).read_text())
         if model.qscaler is not None:
-            model.qscaler.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("qscaler.")},
-                                          strict=True)
+            model.qscaler.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("qscaler.")}, strict=True)
         return model
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -354,8 +415,12 @@ class IdqFormerRetrieval(Blip2Retrieval):
 
     def query_outputs(self, tokens: torch.Tensor) -> torch.Tensor:
         """Q-Former outputs ``[B, gallery_length, H]`` of the bank's queries over vision tokens."""
-        return qformer_query_forward(self.head.qformer, self.bank(self.gallery_length),
-                                     tokens.to(self.bank.tokens.dtype), mode=self.config.attention)
+        return qformer_query_forward(
+            self.head.qformer,
+            self.bank(self.gallery_length),
+            tokens.to(self.bank.tokens.dtype),
+            mode=self.config.attention,
+        )
 
     def text_lengths(self, texts: Sequence[str]) -> torch.Tensor:
         """L per instruction (QScaler in eval mode: no noise), ``[B]`` long."""
@@ -363,22 +428,30 @@ class IdqFormerRetrieval(Blip2Retrieval):
             return torch.full((len(texts),), self.length.l_init, dtype=torch.long, device=self.device)
         return self.qscaler(texts).length.to(self.device)
 
-    def instructed_query_outputs(self, image_tokens: torch.Tensor, input_ids: torch.Tensor,
-                                 attention_mask: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def instructed_query_outputs(
+        self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The instruction-conditioned pass (module docstring): query outputs ``[B, n, H]`` of
         row-paired (image, instruction) and the mask ``[B, n]`` of each row's first L."""
         lengths = lengths.to(image_tokens.device)
         nested = self.config.attention == "nested"
         n = int(lengths.max()) if nested else self.gallery_length
         text = self.head.embeddings(input_ids=input_ids)
-        out = qformer_query_forward(self.head.qformer, self.bank(n), image_tokens.to(self.bank.tokens.dtype),
-                                    mode=self.config.attention, text_embeds=text, text_mask=attention_mask,
-                                    lengths=lengths if nested else None,
-                                    text_sees_queries=self.config.text_sees_queries)
+        out = qformer_query_forward(
+            self.head.qformer,
+            self.bank(n),
+            image_tokens.to(self.bank.tokens.dtype),
+            mode=self.config.attention,
+            text_embeds=text,
+            text_mask=attention_mask,
+            lengths=lengths if nested else None,
+            text_sees_queries=self.config.text_sees_queries,
+        )
         return out[:, :n], torch.arange(n, device=lengths.device)[None] < lengths[:, None]
 
-    def itm_logits(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   lengths: torch.Tensor) -> torch.Tensor:
+    def itm_logits(
+        self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, lengths: torch.Tensor
+    ) -> torch.Tensor:
         """ITM logits ``[B, 2]`` of row-paired (image, instruction) at each row's L (module docstring)."""
         out, mask = self.instructed_query_outputs(image_tokens, input_ids, attention_mask, lengths)
         logits = self.head.itm_head(out)  # [B, n, 2]
@@ -393,14 +466,23 @@ class IdqFormerRetrieval(Blip2Retrieval):
             lengths = self.text_lengths(questions)
         return self.instructed_query_outputs(self.vision_tokens(images), ids, mask, lengths)
 
-    def itm_scores(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def itm_scores(
+        self,
+        image_tokens: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Class-1 ITM logit of row-paired images and instructions (``lengths``: the texts' L)."""
         if lengths is None:
             lengths = torch.full((input_ids.shape[0],), self.length.l_init, dtype=torch.long)
         n = int(attention_mask.sum(1).max())
-        return self.itm_logits(on_device(image_tokens, self.device), input_ids[:, :n].to(self.device),
-                               attention_mask[:, :n].to(self.device), lengths.to(self.device))[:, 1].float()
+        return self.itm_logits(
+            on_device(image_tokens, self.device),
+            input_ids[:, :n].to(self.device),
+            attention_mask[:, :n].to(self.device),
+            lengths.to(self.device),
+        )[:, 1].float()
 
     # -- retrieval protocol ------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor) -> Encoded:
@@ -445,12 +527,24 @@ class IdqFormerRetrieval(Blip2Retrieval):
         if self.qscaler is not None:
             qs = self.qscaler(texts)
             r, soft = self._length_inputs(qs)
-            columns = None if everyone is None else GlobalColumns(
-                everyone.rows(txt), everyone.rows(img), everyone.rows(soft), positives_i2t)
+            columns = (
+                None
+                if everyone is None
+                else GlobalColumns(everyone.rows(txt), everyone.rows(img), everyone.rows(soft), positives_i2t)
+            )
             queued = self._oracle_negatives(index_all, img if columns is None else columns.image_queries)
-            out, sim_t2i, sim_i2t = dynamic_itc(txt, img, soft, r, positives, self.head.temp, self.length, ls,
-                                                oracle_negatives=None if queued is None else queued[1],
-                                                columns=columns)
+            out, sim_t2i, sim_i2t = dynamic_itc(
+                txt,
+                img,
+                soft,
+                r,
+                positives,
+                self.head.temp,
+                self.length,
+                ls,
+                oracle_negatives=None if queued is None else queued[1],
+                columns=columns,
+            )
             lengths = qs.length
             out["query_length"], out["r"] = qs.length.float().mean(), qs.r.detach().mean()
         elif everyone is None:
@@ -470,8 +564,11 @@ class IdqFormerRetrieval(Blip2Retrieval):
             img_i, txt_i, labels = self.itm_training_pairs(blocks)
             logits = self.itm_logits(*self.itm_inputs(everyone, img_i, txt_i, tokens, ids, mask, lengths))
             out["itm"] = itm_loss(logits, labels)
-        out["loss"] = (out["itc"] + self.config.itm_weight * out.get("itm", 0.0)
-                       + sum(out.get(k, 0.0) for k in ("itc_lmax", "length", "oracle")))
+        out["loss"] = (
+            out["itc"]
+            + self.config.itm_weight * out.get("itm", 0.0)
+            + sum(out.get(k, 0.0) for k in ("itc_lmax", "length", "oracle"))
+        )
         return out
 
     def _length_inputs(self, qs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -504,8 +601,12 @@ class IdqFormerRetrieval(Blip2Retrieval):
             torch.distributed.all_reduce(counts)
         order = torch.sort(counts, descending=True, stable=True).indices
         self.bank.reorder_pretrained(order.cpu())
-        self.bank_usage = {"order": order.tolist(), "wins": counts.tolist(), "pairs": int(counts.sum()),
-                           "measured_on": "the first training batch"}
+        self.bank_usage = {
+            "order": order.tolist(),
+            "wins": counts.tolist(),
+            "pairs": int(counts.sum()),
+            "measured_on": "the first training batch",
+        }
         self._order_pending = False
 
     def _warming_up(self) -> bool:
@@ -515,8 +616,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
             return False
         return trainer.global_step < self.config.qscaler_warmup * trainer.estimated_stepping_batches
 
-    def _oracle_negatives(self, index: torch.Tensor,
-                          img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _oracle_negatives(self, index: torch.Tensor, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(split index, query outputs)`` of the queued images of earlier batches that are not
         in this one (None: none queued); then queue this batch."""
         if not self.training or self.config.oracle_queue == 0 or self.length.oracle_weight == 0:
@@ -528,7 +628,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
             keep = ~torch.isin(q_index, index)
             negatives = (q_index, q_img) if bool(keep.all()) else (q_index[keep], q_img[keep])
             # the new queue: this batch, then the queued entries (newest first) that still fit; only those are copied
-            index, img = torch.cat([index, q_index]), torch.cat([img.detach(), q_img[:max(0, n - len(img))]])
+            index, img = torch.cat([index, q_index]), torch.cat([img.detach(), q_img[: max(0, n - len(img))]])
         self._queue = (index[:n].detach(), img[:n].detach())
         return negatives
 
@@ -544,8 +644,13 @@ class IdqFormerRetrieval(Blip2Retrieval):
 
     def configure_optimizers(self):
         scaled = list(self.qscaler.head.parameters()) if self.qscaler is not None else []
-        return build_optimizer([*self.head.parameters(), *self.bank.parameters()], self.optim,
-                               self.trainer.estimated_stepping_batches, scaled, self.config.qscaler_lr_scale)
+        return build_optimizer(
+            [*self.head.parameters(), *self.bank.parameters()],
+            self.optim,
+            self.trainer.estimated_stepping_batches,
+            scaled,
+            self.config.qscaler_lr_scale,
+        )
 
     # -- cost (lightning_modules/cost.py) ----------------------------------------------
     def cost_components(self, sample) -> dict:
@@ -561,8 +666,11 @@ class IdqFormerRetrieval(Blip2Retrieval):
         nested = self.config.attention == "nested"
 
         def image_pass(n: int):
-            return lambda tok: self.head.image_feats(qformer_query_forward(
-                self.head.qformer, self.bank(n), tok.to(self.bank.tokens.dtype), mode=self.config.attention))
+            return lambda tok: self.head.image_feats(
+                qformer_query_forward(
+                    self.head.qformer, self.bank(n), tok.to(self.bank.tokens.dtype), mode=self.config.attention
+                )
+            )
 
         def text_pass(text: str):
             if self.qscaler is None:
@@ -577,15 +685,24 @@ class IdqFormerRetrieval(Blip2Retrieval):
         def rerank_pass(n: int):
             return lambda tok, ids, mask: self.itm_scores(tok, ids, mask, torch.tensor([n], device=self.device))
 
-        rows = [(tokens[i % len(tokens)], ids, mask, n, t)
-                for i, ((ids, mask), n, t) in enumerate(zip(texts, lengths, sample.texts))]
+        rows = [
+            (tokens[i % len(tokens)], ids, mask, n, t)
+            for i, ((ids, mask), n, t) in enumerate(zip(texts, lengths, sample.texts))
+        ]
         run = lambda n: n if nested else self.gallery_length  # noqa: E731 - queries the image pass runs
-        parts["qformer"] = [CostCall(image_pass(run(n)), (tok,), key=shape_key(tok, extra=run(n)))
-                            for tok, _, _, n, _ in rows]
-        parts["text"] = [CostCall(text_pass(t), (ids, mask), key=shape_key(ids, extra=qscaler_tokens(t)))
-                         for _, ids, mask, _, t in rows]
-        parts["rerank"] = [CostCall(rerank_pass(n), (tok, ids, mask), key=shape_key(tok, ids, extra=n))
-                           for tok, ids, mask, n, _ in rows]
-        parts["qformer_index"] = [CostCall(lambda tok: self.head.image_feats(self.query_outputs(tok)), (tok,),
-                                           key=shape_key(tok)) for tok in tokens]
+        parts["qformer"] = [
+            CostCall(image_pass(run(n)), (tok,), key=shape_key(tok, extra=run(n))) for tok, _, _, n, _ in rows
+        ]
+        parts["text"] = [
+            CostCall(text_pass(t), (ids, mask), key=shape_key(ids, extra=qscaler_tokens(t)))
+            for _, ids, mask, _, t in rows
+        ]
+        parts["rerank"] = [
+            CostCall(rerank_pass(n), (tok, ids, mask), key=shape_key(tok, ids, extra=n))
+            for tok, ids, mask, n, _ in rows
+        ]
+        parts["qformer_index"] = [
+            CostCall(lambda tok: self.head.image_feats(self.query_outputs(tok)), (tok,), key=shape_key(tok))
+            for tok in tokens
+        ]
         return parts

@@ -27,8 +27,13 @@ class OptimConfig:
             raise ValueError("optim.warmup_ratio must be in [0, 1)")
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, total_steps: int | float,
-                    scaled: Iterable[torch.nn.Parameter] = (), lr_scale: float = 1.0) -> dict:
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter],
+    cfg: OptimConfig,
+    total_steps: int | float,
+    scaled: Iterable[torch.nn.Parameter] = (),
+    lr_scale: float = 1.0,
+) -> dict:
     """AdamW over ``params`` (no decay on biases and norms) with a per-step schedule;
     ``scaled`` parameters (also trained) get ``lr_scale`` times the learning rate.
 
@@ -40,8 +45,10 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, tota
     params = [p for p in params if p.requires_grad and id(p) not in scaled_ids]
     groups = []
     for members, lr in ((params, cfg.lr), ([p for p in scaled if p.requires_grad], cfg.lr * lr_scale)):
-        groups += [{"params": [p for p in members if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr},
-                   {"params": [p for p in members if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
+        groups += [
+            {"params": [p for p in members if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr},
+            {"params": [p for p in members if p.ndim < 2], "weight_decay": 0.0, "lr": lr},
+        ]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
     total = max(1, total_steps)
     warmup = int(cfg.warmup_ratio * total)

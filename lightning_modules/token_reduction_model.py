@@ -82,8 +82,10 @@ class TokenReductionConfig(Blip2Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.cache_features:
-            raise ValueError("model_args.cache_features must be false for a token-reduction model: its vision "
-                             "tokens depend on trained parameters, so the frozen-feature cache does not apply")
+            raise ValueError(
+                "model_args.cache_features must be false for a token-reduction model: its vision "
+                "tokens depend on trained parameters, so the frozen-feature cache does not apply"
+            )
         if self.itm_weight < 0:
             raise ValueError("model_args.itm_weight must be >= 0")
 
@@ -113,8 +115,9 @@ class TokenReductionRetrieval(Blip2Retrieval):
     #: the method's name, and the file its own parameters are saved in
     method = ""
 
-    def __init__(self, vision_tower, head: QFormerHead, tokenizer, config: TokenReductionConfig,
-                 optim: OptimConfig | None = None) -> None:
+    def __init__(
+        self, vision_tower, head: QFormerHead, tokenizer, config: TokenReductionConfig, optim: OptimConfig | None = None
+    ) -> None:
         super().__init__(vision_tower, head, tokenizer, config, optim)
         self.head.requires_grad_(config.finetune_qformer)
         if config.finetune_qformer and getattr(config, "freeze_qformer", False):  # BLIP2's partial freeze
@@ -156,8 +159,10 @@ class TokenReductionRetrieval(Blip2Retrieval):
             tower, head, tok = load_pretrained_parts(config.pretrained, config.local_files_only, config.temp_init)
         else:
             if not config.blip2_checkpoint:
-                raise ValueError(f"a tiny {cls.method} model needs model_args.blip2_checkpoint (a BLIP2 checkpoint; "
-                                 "the runner resolves it to the tiny BLIP2 of the same dataset and seed)")
+                raise ValueError(
+                    f"a tiny {cls.method} model needs model_args.blip2_checkpoint (a BLIP2 checkpoint; "
+                    "the runner resolves it to the tiny BLIP2 of the same dataset and seed)"
+                )
             base = Blip2Retrieval.load_checkpoint(Path(config.blip2_checkpoint))
             tower, head, tok = base.vision_tower, base.head, base.tokenizer
         return cls(tower, head, tok, config, optim)
@@ -170,16 +175,22 @@ class TokenReductionRetrieval(Blip2Retrieval):
 
     def save_checkpoint(self, directory: Path) -> None:
         super().save_checkpoint(directory)  # unpruned tower, head, tokenizer, config
-        save_file({k: v.detach().contiguous() for k, v in self.reduction_state_dict().items()},
-                  Path(directory) / self.weights_file)
+        save_file(
+            {k: v.detach().contiguous() for k, v in self.reduction_state_dict().items()},
+            Path(directory) / self.weights_file,
+        )
 
     @classmethod
     def load_checkpoint(cls, directory: Path) -> TokenReductionRetrieval:
         directory = Path(directory)
         config = cls.Config(**json.loads((directory / CONFIG_FILE).read_text()))
         tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-        model = cls(load_saved_tower(directory, TOWER_DIR, config.local_files_only), QFormerHead.load(directory / HEAD_DIR),
-                    tok, config)
+        model = cls(
+            load_saved_tower(directory, TOWER_DIR, config.local_files_only),
+            QFormerHead.load(directory / HEAD_DIR),
+            tok,
+            config,
+        )
         model.load_reduction_state_dict(load_file(directory / model.weights_file), str(directory / model.weights_file))
         return model
 
@@ -189,12 +200,15 @@ class TokenReductionRetrieval(Blip2Retrieval):
         missing, unused = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         mismatched = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
         if missing or unused or mismatched:
-            raise LoadingError(f"{where}: {self.method} weights do not match the model: missing {missing}, "
-                               f"unused {unused}, mis-shaped {mismatched}")
+            raise LoadingError(
+                f"{where}: {self.method} weights do not match the model: missing {missing}, "
+                f"unused {unused}, mis-shaped {mismatched}"
+            )
         self.reducer.load_reduction_state_dict({k[8:]: v for k, v in state.items() if k.startswith("reducer.")})
         for name, module in self.extra_modules().items():
-            module.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(f"{name}.")},
-                                   strict=True)
+            module.load_state_dict(
+                {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(f"{name}.")}, strict=True
+            )
 
     @property
     def qformer_checkpointable(self) -> bool:
@@ -228,8 +242,10 @@ class TokenReductionRetrieval(Blip2Retrieval):
     def vision_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Reduced tokens of pixels ``[B, 3, H, W]``, their bias packed as a last channel if any."""
         if images.ndim != 4:
-            raise ValueError(f"{self.method} reduces tokens inside the vision tower: it needs pixels [B, 3, H, W], "
-                             f"got a tensor of shape {tuple(images.shape)}")
+            raise ValueError(
+                f"{self.method} reduces tokens inside the vision tower: it needs pixels [B, 3, H, W], "
+                f"got a tensor of shape {tuple(images.shape)}"
+            )
         with torch.no_grad():
             tokens, bias = self.reduce(images.to(self.device))
         return tokens if bias is None else image_attention.pack(tokens, bias)
@@ -239,13 +255,19 @@ class TokenReductionRetrieval(Blip2Retrieval):
             return image_attention.unpack(image_tokens)
         return image_tokens, None
 
-    def itm_scores(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def itm_scores(
+        self,
+        image_tokens: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Class-1 ITM logit of row-paired images and texts, with the image tokens' bias."""
         tokens, bias = self._split(image_tokens.to(self.device))
         n = int(attention_mask.sum(1).max())
-        return image_attention.itm_logits(self.head, tokens, input_ids[:, :n].to(self.device),
-                                          attention_mask[:, :n].to(self.device), bias)[:, 1]
+        return image_attention.itm_logits(
+            self.head, tokens, input_ids[:, :n].to(self.device), attention_mask[:, :n].to(self.device), bias
+        )[:, 1]
 
     def encode_images(self, pixel_values: torch.Tensor) -> Encoded:
         packed = self.vision_tokens(pixel_values)

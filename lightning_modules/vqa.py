@@ -122,10 +122,20 @@ def tiny_language_model(texts: Sequence[str], options: VqaOptions):
     # activation_dropout is no field of transformers v5's OPTConfig: the config keeps it as an extra
     # attribute (saved in config.json), so the call stays as the saved tiny VQA checkpoints record it
     cfg = OPTConfig(  # type: ignore[call-arg]
-        vocab_size=len(tok), hidden_size=options.lm_hidden, num_hidden_layers=options.lm_layers,
-        ffn_dim=4 * options.lm_hidden, num_attention_heads=options.lm_heads, max_position_embeddings=256,
-        word_embed_proj_dim=options.lm_hidden, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+        vocab_size=len(tok),
+        hidden_size=options.lm_hidden,
+        num_hidden_layers=options.lm_layers,
+        ffn_dim=4 * options.lm_hidden,
+        num_attention_heads=options.lm_heads,
+        max_position_embeddings=256,
+        word_embed_proj_dim=options.lm_hidden,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+    )
     return OPTForCausalLM(cfg), tok
 
 
@@ -142,8 +152,8 @@ def _pad_left(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, to
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
     for i, r in enumerate(rows):
         if r:
-            ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
-            mask[i, width - len(r):] = True
+            ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r) :] = True
     return ids, mask
 
 
@@ -157,7 +167,13 @@ class VqaModel(L.LightningModule):
         width = lm.get_input_embeddings().embedding_dim
         if projection.out_features != width:
             raise ValueError(f"the projection gives {projection.out_features} features, the LM takes {width}")
-        self.retrieval, self.projection, self.lm, self.tokenizer, self.options = retrieval, projection, lm, tokenizer, options
+        self.retrieval, self.projection, self.lm, self.tokenizer, self.options = (
+            retrieval,
+            projection,
+            lm,
+            tokenizer,
+            options,
+        )
         self.lm.requires_grad_(False)
         self.retrieval.requires_grad_(False)
         self.train(self.training)  # the LM and the retrieval model run in eval mode (see train)
@@ -178,8 +194,10 @@ class VqaModel(L.LightningModule):
         elif options.lm:
             lm, projection, tok = load_blip2_language_model(options.lm, options.local_files_only)
             if projection.in_features != hidden:
-                raise ValueError(f"task_args.lm: its language_projection takes {projection.in_features} features, "
-                                 f"the {type(retrieval).__name__} Q-Former gives {hidden}")
+                raise ValueError(
+                    f"task_args.lm: its language_projection takes {projection.in_features} features, "
+                    f"the {type(retrieval).__name__} Q-Former gives {hidden}"
+                )
         else:
             lm, tok = tiny_language_model(texts, options)
             projection = nn.Linear(hidden, lm.get_input_embeddings().embedding_dim)
@@ -219,8 +237,13 @@ class VqaModel(L.LightningModule):
     def _logits(self, embeds, mask, positions) -> torch.Tensor:
         return self.lm(inputs_embeds=embeds, attention_mask=mask.long(), position_ids=positions).logits
 
-    def loss(self, images: torch.Tensor | None, questions: Sequence[str], answers: Sequence[str],
-             prefix: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        images: torch.Tensor | None,
+        questions: Sequence[str],
+        answers: Sequence[str],
+        prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Mean cross-entropy of the answer tokens (and EOS) given prefix and prompt; ``prefix``:
         query outputs computed beforehand (then ``images`` is not used)."""
         eos = self.tokenizer.eos_token_id
@@ -232,7 +255,7 @@ class VqaModel(L.LightningModule):
         embeds, mask, positions = self._inputs(prefix, [p + t for p, t in zip(prompts, targets)])
         labels = torch.full(mask.shape, -100, dtype=torch.long, device=embeds.device)
         for i, t in enumerate(targets):
-            labels[i, mask.shape[1] - len(t):] = torch.tensor(t, device=embeds.device)
+            labels[i, mask.shape[1] - len(t) :] = torch.tensor(t, device=embeds.device)
         logits = self._logits(embeds, mask, positions)
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
 
@@ -254,7 +277,7 @@ class VqaModel(L.LightningModule):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
         answers = []
         for row in out.tolist():
-            row = row[:row.index(eos)] if eos in row else row
+            row = row[: row.index(eos)] if eos in row else row
             answers.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
         return answers
 
@@ -270,13 +293,16 @@ class VqaModel(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return build_optimizer(self.parameters(), OptimConfig(lr=self.options.lr), self.trainer.estimated_stepping_batches)
+        return build_optimizer(
+            self.parameters(), OptimConfig(lr=self.options.lr), self.trainer.estimated_stepping_batches
+        )
 
     # -- checkpoint --------------------------------------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Projection and, with ``train_qformer``, the trained retrieval weights."""
         names = {n for n, p in self.named_parameters() if p.requires_grad} | {
-            f"projection.{k}" for k in self.projection.state_dict()}
+            f"projection.{k}" for k in self.projection.state_dict()
+        }
         return {k: v.detach().contiguous() for k, v in self.state_dict().items() if k in names}
 
     def save_checkpoint(self, directory: Path) -> None:

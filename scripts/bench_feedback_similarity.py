@@ -22,23 +22,31 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark.feedback.arms import refreshed  # noqa: E402
-from benchmark.feedback.config import RefreshConfig  # noqa: E402
-from benchmark.feedback.kernels import KERNELS  # noqa: E402
-from benchmark.feedback.ranking import top_shown  # noqa: E402
-from benchmark.feedback.similarity import GalleryScorer  # noqa: E402
-from lightning_modules.base import Encoded, max_sim  # noqa: E402
-from tests.feedback_dense_reference import DenseGalleryScorer, refreshed_dense  # noqa: E402
+from benchmark.feedback.arms import refreshed
+from benchmark.feedback.config import RefreshConfig
+from benchmark.feedback.kernels import KERNELS
+from benchmark.feedback.ranking import top_shown
+from benchmark.feedback.similarity import GalleryScorer
+from lightning_modules.base import Encoded, max_sim
+from tests.feedback_dense_reference import DenseGalleryScorer, refreshed_dense
 
 
-def run(dense: bool, gallery: Encoded, s0: torch.Tensor, relevant: torch.Tensor, w: RefreshConfig,
-        rounds: int, display: int, chunk: int) -> tuple[float, torch.Tensor]:
+def run(
+    dense: bool,
+    gallery: Encoded,
+    s0: torch.Tensor,
+    relevant: torch.Tensor,
+    w: RefreshConfig,
+    rounds: int,
+    display: int,
+    chunk: int,
+) -> tuple[float, torch.Tensor]:
     cls = DenseGalleryScorer if dense else GalleryScorer
     scorer = cls(None, gallery, max_sim, batch_size=chunk)
     outs = []
     t = time.perf_counter()
     for start in range(0, len(s0), chunk):
-        prev, rel = s0[start:start + chunk], relevant[start:start + chunk]
+        prev, rel = s0[start : start + chunk], relevant[start : start + chunk]
         excluded = torch.zeros_like(rel)
         for _ in range(rounds):
             shown = top_shown(prev, excluded, display)
@@ -68,8 +76,10 @@ def main() -> None:
     gallery = Encoded(F.normalize(torch.randn(*shape, generator=g), dim=-1))
     s0 = torch.randn(a.queries, a.gallery, generator=g)
     relevant = torch.rand(a.queries, a.gallery, generator=g) < 0.01
-    print(f"G={a.gallery} vectors={a.vectors} dim={a.dim} Q={a.queries} chunk={a.chunk} T={a.rounds} "
-          f"display={a.display} threads={torch.get_num_threads()}, median of {a.repeats}")
+    print(
+        f"G={a.gallery} vectors={a.vectors} dim={a.dim} Q={a.queries} chunk={a.chunk} T={a.rounds} "
+        f"display={a.display} threads={torch.get_num_threads()}, median of {a.repeats}"
+    )
     for kernel in KERNELS:
         w = RefreshConfig(kernel=kernel)
         times: dict[bool, list[float]] = {True: [], False: []}

@@ -56,18 +56,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))  # its sibling modules, also when loaded by path (the tests)
 
+from random_checkpoints import INSTRUCTIONS, SCALES, write_blip2, write_clip  # noqa: E402
+
 from benchmark.config import from_dict  # noqa: E402
 from benchmark.measure.memory import gpu_peak_memory_mb  # noqa: E402
 from benchmark.measure.throughput import measure_throughput  # noqa: E402
 from benchmark.registry import MODELS  # noqa: E402
-from benchmark.results import atomic_write_json, environment  # noqa: E402
 from benchmark.reporting.escape import markdown_inline  # noqa: E402
+from benchmark.results import atomic_write_json, environment  # noqa: E402
 from lightning_modules.optim import OptimConfig  # noqa: E402
-from random_checkpoints import INSTRUCTIONS, SCALES, write_blip2, write_clip  # noqa: E402
 
 #: the paper's Table (1x RTX 4090): memory (MB) and throughput (img/s)
-PAPER = {"blip2": {"memory_mb": 7213, "throughput_img_s": 52.63},
-         "paper_idq_former": {"memory_mb": 15149, "throughput_img_s": 29.41}}
+PAPER = {
+    "blip2": {"memory_mb": 7213, "throughput_img_s": 52.63},
+    "paper_idq_former": {"memory_mb": 15149, "throughput_img_s": 29.41},
+}
 
 
 @dataclass(frozen=True)
@@ -124,8 +127,11 @@ def measure(model, pixels: torch.Tensor, texts: list[str], args: argparse.Namesp
     with torch.inference_mode():
         txt = model.encode_texts(texts)
     lengths = None if txt.lengths is None else [int(x) for x in txt.lengths.tolist()]
-    out = {"query_lengths": None if lengths is None else {"mean": statistics.fmean(lengths), "min": min(lengths),
-                                                          "max": max(lengths)}}
+    out = {
+        "query_lengths": None
+        if lengths is None
+        else {"mean": statistics.fmean(lengths), "min": min(lengths), "max": max(lengths)}
+    }
     kw = dict(device=device, warmup=args.warmup, runs=args.repeats, min_time_s=args.min_time)
     out["encode_images"] = measure_throughput(encode, batch, **kw).to_dict()
     out["retrieval_step"] = measure_throughput(step, batch, **kw).to_dict()
@@ -141,8 +147,9 @@ def measure(model, pixels: torch.Tensor, texts: list[str], args: argparse.Namesp
     return out
 
 
-def run_model(name: str, checkpoint: Path, pixels_cpu: torch.Tensor, texts: list[str],
-              args: argparse.Namespace) -> dict:
+def run_model(
+    name: str, checkpoint: Path, pixels_cpu: torch.Tensor, texts: list[str], args: argparse.Namespace
+) -> dict:
     dtype = getattr(torch, args.dtype)
     t = time.perf_counter()
     model = build(name, checkpoint)
@@ -183,31 +190,49 @@ def summary_rows(models: dict) -> list[tuple]:
     base = models.get("blip2")
     rows = []
     for name, m in models.items():
-        ratio = (lambda k: f"{m[k] / base[k]:.2f}" if base and base.get(k) else "-")  # noqa: E731
+        ratio = lambda k: f"{m[k] / base[k]:.2f}" if base and base.get(k) else "-"  # noqa: E731
         mem = "-" if m["memory_mb"] is None else f"{m['memory_mb']:.0f}"
-        rows.append((name, f"{m['throughput_img_s']:.1f}", ratio("throughput_img_s"), f"{m['step_img_s']:.1f}",
-                     ratio("step_img_s"), mem, "-" if m["memory_mb"] is None else ratio("memory_mb")))
+        rows.append(
+            (
+                name,
+                f"{m['throughput_img_s']:.1f}",
+                ratio("throughput_img_s"),
+                f"{m['step_img_s']:.1f}",
+                ratio("step_img_s"),
+                mem,
+                "-" if m["memory_mb"] is None else ratio("memory_mb"),
+            )
+        )
     return rows
 
 
 def md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     cells = [[markdown_inline(str(c)) for c in r] for r in (head, *rows)]
-    return "\n".join(["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(head),
-                      *("| " + " | ".join(r) + " |" for r in cells[1:])])
+    return "\n".join(
+        [
+            "| " + " | ".join(cells[0]) + " |",
+            "|" + "---|" * len(head),
+            *("| " + " | ".join(r) + " |" for r in cells[1:]),
+        ]
+    )
 
 
 def markdown(report: dict) -> str:
     env, s = report["environment"], report["settings"]
     head = ("model", "img/s (encode)", "x blip2", "img/s (retrieval step)", "x blip2", "memory MB (step)", "x blip2")
     lines = [
-        "# Full-size cost on the GPU (random-init weights)", "",
+        "# Full-size cost on the GPU (random-init weights)",
+        "",
         f"Device: {env['cuda_device_name'] or env['device']}; dtype {s['dtype']}; batch {s['batch_size']}; "
         f"torch {env['packages'].get('torch')}, transformers {env['packages'].get('transformers')}; seed {s['seed']}; "
         f"img/s: median of {s['rounds']} rounds (every model once per round).",
         f"ours: gallery at L_max, every instruction pinned to L = {s['ours_length']} ({s['ours_length_source']}).",
-        "", md_table(head, summary_rows(report["models"])), "",
+        "",
+        md_table(head, summary_rows(report["models"])),
+        "",
         "Paper (1x RTX 4090, another card and protocol): BLIP2 52.63 img/s, 7213 MB; the paper's "
-        "IDQ-Former 29.41 img/s, 15149 MB.", "",
+        "IDQ-Former 29.41 img/s, 15149 MB.",
+        "",
     ]
     return "\n".join(lines)
 
@@ -219,8 +244,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--models", default=",".join(SPECS))
-    p.add_argument("--ours-length", type=int, default=None,
-                   help="L of every instruction for ours (default: the rounded mean L of the reference run)")
+    p.add_argument(
+        "--ours-length",
+        type=int,
+        default=None,
+        help="L of every instruction for ours (default: the rounded mean L of the reference run)",
+    )
     p.add_argument("--reference", type=Path, default=ROOT / "results/reference/ours__synthetic__default.json")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
@@ -268,18 +297,32 @@ def main(argv: Sequence[str] | None = None) -> dict:
             for name in names:
                 m = run_model(name, folders[SPECS[name].checkpoint], pixels, texts, args)
                 rounds[name].append(m)
-                print(f"[bench_gpu] round {r + 1}/{args.rounds} {name}: {m['throughput_img_s']:.1f} img/s encode, "
-                      f"{m['step_img_s']:.1f} img/s step, memory {m['memory_mb']} MB, load {m['load_s']:.1f} s",
-                      flush=True)
+                print(
+                    f"[bench_gpu] round {r + 1}/{args.rounds} {name}: {m['throughput_img_s']:.1f} img/s encode, "
+                    f"{m['step_img_s']:.1f} img/s step, memory {m['memory_mb']} MB, load {m['load_s']:.1f} s",
+                    flush=True,
+                )
         models = {name: combine(per) for name, per in rounds.items()}
     report = {
-        "settings": {"scale": args.scale, "dtype": args.dtype, "batch_size": args.batch_size, "seed": args.seed,
-                     "warmup": args.warmup, "repeats": args.repeats, "min_time_s": args.min_time,
-                     "rounds": args.rounds,
-                     "ours_length": args.ours_length, "ours_length_source": source, "revision": args.revision,
-                     "weights": "random init (seed 0), written with save_pretrained and loaded through the "
-                                "models' full-size path"},
-        "checkpoints": info, "environment": environment(args.device), "paper_rtx4090": PAPER, "models": models,
+        "settings": {
+            "scale": args.scale,
+            "dtype": args.dtype,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "min_time_s": args.min_time,
+            "rounds": args.rounds,
+            "ours_length": args.ours_length,
+            "ours_length_source": source,
+            "revision": args.revision,
+            "weights": "random init (seed 0), written with save_pretrained and loaded through the "
+            "models' full-size path",
+        },
+        "checkpoints": info,
+        "environment": environment(args.device),
+        "paper_rtx4090": PAPER,
+        "models": models,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out_dir / "gpu_costs.json", report)

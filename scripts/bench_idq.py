@@ -143,16 +143,20 @@ def default_ours_checkpoint(cache_dir: str, train: bool, threads: int) -> Path:
     from benchmark.store import ensure_checkpoint
 
     torch.set_num_threads(threads)
-    cfg = build_run_config(model_defaults("ours"), {"model": "ours", "dataset": "synthetic", "size": "tiny",
-                                                   "cache_dir": cache_dir})
+    cfg = build_run_config(
+        model_defaults("ours"), {"model": "ours", "dataset": "synthetic", "size": "tiny", "cache_dir": cache_dir}
+    )
     t = time.perf_counter()
     try:
         ckpt, trained = ensure_checkpoint(cfg, progress=False, train=train)
     except ConfigError as e:
         raise SystemExit(f"{e}; or run this script with --train") from None
     if trained:
-        print(f"[train] ours (and its blip2 / clip dependencies): {ckpt} ({time.perf_counter() - t:.0f} s, "
-              f"{threads} thread(s))", flush=True)
+        print(
+            f"[train] ours (and its blip2 / clip dependencies): {ckpt} ({time.perf_counter() - t:.0f} s, "
+            f"{threads} thread(s))",
+            flush=True,
+        )
     return ckpt
 
 
@@ -187,20 +191,45 @@ def load_trained(cache_dir: str, blip2_path: str | None, ours_dir: Path):
 # over 257 ViT-g tokens of width 1408) on a one-layer tower of ViT-g's width and token count
 # (the tower is shared and outside every timed path; only its output shape matters here).
 RANDOM_SIZES: dict[str, tuple[dict, dict]] = {
-    "tiny": (dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-                  image_size=48, patch_size=8), {}),
-    "small": (dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                   image_size=32, patch_size=8),
-              dict(qformer_hidden=32, qformer_layers=2, qformer_heads=4, qformer_intermediate=64, embed_dim=16)),
-    "base": (dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=1, num_attention_heads=16,
-                  image_size=224, patch_size=14),
-             dict(qformer_hidden=768, qformer_layers=12, qformer_heads=12, qformer_intermediate=3072,
-                  embed_dim=256)),
+    "tiny": (
+        dict(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            image_size=48,
+            patch_size=8,
+        ),
+        {},
+    ),
+    "small": (
+        dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        dict(qformer_hidden=32, qformer_layers=2, qformer_heads=4, qformer_intermediate=64, embed_dim=16),
+    ),
+    "base": (
+        dict(
+            hidden_size=1408,
+            intermediate_size=6144,
+            num_hidden_layers=1,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+        ),
+        dict(qformer_hidden=768, qformer_layers=12, qformer_heads=12, qformer_intermediate=3072, embed_dim=256),
+    ),
 }
 
 
-def build_random(size: str, vocab_texts: Sequence[str], workdir: Path, mean_length: float = 20.0,
-                 qscaler_layers: int | None = None):
+def build_random(
+    size: str, vocab_texts: Sequence[str], workdir: Path, mean_length: float = 20.0, qscaler_layers: int | None = None
+):
     """Random BLIP2 (on a random CLIP tower) and an IDQ-Former built on it, as the tests do.
 
     ``size``: a key of :data:`RANDOM_SIZES`. The QScaler is the full-size default (a frozen
@@ -220,18 +249,29 @@ def build_random(size: str, vocab_texts: Sequence[str], workdir: Path, mean_leng
 
     torch.manual_seed(0)
     vcfg, qf = RANDOM_SIZES[size]
-    tower = ClipVisionTower(CLIPVisionModel(CLIPVisionConfig(**vcfg)), ImageTransform(vcfg["image_size"],
-                                                                                       vcfg["image_size"]))
+    tower = ClipVisionTower(
+        CLIPVisionModel(CLIPVisionConfig(**vcfg)), ImageTransform(vcfg["image_size"], vcfg["image_size"])
+    )
     cfg = Blip2Config(cache_features=False, dropout=0.0, **qf)
     tok = build_word_tokenizer(list(vocab_texts), cfg.text_length)
-    head = QFormerHead.random(cfg.qformer_config(len(tok), tok.pad_token_id, tower.hidden_size),
-                              HeadShape(cfg.num_query_tokens, cfg.embed_dim, cfg.temp_init), seed=0)
+    head = QFormerHead.random(
+        cfg.qformer_config(len(tok), tok.pad_token_id, tower.hidden_size),
+        HeadShape(cfg.num_query_tokens, cfg.embed_dim, cfg.temp_init),
+        seed=0,
+    )
     blip2 = Blip2Retrieval(tower, head, tok, cfg)
     blip2_dir = workdir / "blip2_random"
     blip2.save_checkpoint(blip2_dir)
-    ours = IdqFormerRetrieval.create(IdqConfig(blip2_checkpoint=str(blip2_dir), cache_features=False, dropout=0.0,
-                                               qscaler_encoder="qformer", qscaler_layers=qscaler_layers),
-                                     OptimConfig())
+    ours = IdqFormerRetrieval.create(
+        IdqConfig(
+            blip2_checkpoint=str(blip2_dir),
+            cache_features=False,
+            dropout=0.0,
+            qscaler_encoder="qformer",
+            qscaler_layers=qscaler_layers,
+        ),
+        OptimConfig(),
+    )
     with torch.no_grad():  # spread L around mean_length (the paper's mean is 17.8), as a trained QScaler might
         last = ours.qscaler.head.net[-1]
         last.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
@@ -306,8 +346,9 @@ def _features(lt: np.ndarray) -> np.ndarray:
 class PolyFlops:
     """FLOPs(L, T) of a Q-Former call, exact: quadratic in (L, T), fitted on traces, checked on others."""
 
-    def __init__(self, trace: Callable[[int, int], int], grid: Sequence[tuple[int, int]],
-                 check: Sequence[tuple[int, int]]) -> None:
+    def __init__(
+        self, trace: Callable[[int, int], int], grid: Sequence[tuple[int, int]], check: Sequence[tuple[int, int]]
+    ) -> None:
         self.trace = trace
         self.traced: dict[tuple[int, int], int] = {}
         pts = np.array(sorted(set(grid)))
@@ -315,7 +356,8 @@ class PolyFlops:
         # least squares (minimum norm where L is fixed); exactness is what the checks decide
         self.coef = np.linalg.lstsq(_features(pts), y, rcond=None)[0]
         self.exact = all(abs(self._poly(int(a), int(b)) - v) < 0.5 for (a, b), v in zip(pts, y)) and all(
-            abs(self._poly(a, b) - self._get(a, b)) < 0.5 for a, b in set(check))
+            abs(self._poly(a, b) - self._get(a, b)) < 0.5 for a, b in set(check)
+        )
 
     def _get(self, L: int, T: int) -> int:
         if (L, T) not in self.traced:
@@ -329,13 +371,23 @@ class PolyFlops:
         return int(self._poly(L, T)) if self.exact else self._get(L, T)
 
 
-def instruction_flops(blip2, ours, tokens1: torch.Tensor, ids_base: torch.Tensor, L: np.ndarray, T: np.ndarray,
-                      fallback_sample: int, seed: int = 0, qs_ids_base: torch.Tensor | None = None,
-                      Tq: np.ndarray | None = None) -> dict:
+def instruction_flops(
+    blip2,
+    ours,
+    tokens1: torch.Tensor,
+    ids_base: torch.Tensor,
+    L: np.ndarray,
+    T: np.ndarray,
+    fallback_sample: int,
+    seed: int = 0,
+    qs_ids_base: torch.Tensor | None = None,
+    Tq: np.ndarray | None = None,
+) -> dict:
     """Per-instruction FLOPs of BLIP2's and ours' ITM pass and ours' QScaler, over all (L, T) given;
     the QScaler's encoder may have a tokenizer of its own (``qs_ids_base``, token counts ``Tq``)."""
     qs_ids_base = ids_base if qs_ids_base is None else qs_ids_base
     Tq = T if Tq is None else Tq
+
     def trace_blip2(_L: int, t: int) -> int:
         ids, mask = _ids(ids_base, t)
         return flops(lambda x, i, m: blip2.head.itm_logits(x, i, m), [blip2], (tokens1, ids, mask))
@@ -376,26 +428,36 @@ def instruction_flops(blip2, ours, tokens1: torch.Tensor, ids_base: torch.Tensor
     q = np.array([f_q(0, int(Tq[i])) for i in idx], dtype=np.float64)
     t_ref = int(np.median(T))
     curve = {int(n): f_o(int(n), t_ref) / GIGA for n in sorted({1, lo, 16, 24, nq, hi} & set(range(1, hi + 1)))}
-    return {"index": idx, "blip2": b, "ours": o, "qscaler": q, "exact_polynomial": exact,
-            "traces": len(f_b.traced) + len(f_o.traced) + len(f_q.traced),
-            "ours_gflops_by_L_at_median_T": curve, "blip2_gflops_at_median_T": f_b(nq, t_ref) / GIGA,
-            "median_T": t_ref}
+    return {
+        "index": idx,
+        "blip2": b,
+        "ours": o,
+        "qscaler": q,
+        "exact_polynomial": exact,
+        "traces": len(f_b.traced) + len(f_o.traced) + len(f_q.traced),
+        "ours_gflops_by_L_at_median_T": curve,
+        "blip2_gflops_at_median_T": f_b(nq, t_ref) / GIGA,
+        "median_T": t_ref,
+    }
 
 
 # -- wall time --------------------------------------------------------------------------
-def timed(steps: dict[str, Callable[[], object]], items: int, rounds: int, warmup: int, runs: int,
-          min_time_s: float) -> dict[str, dict]:
+def timed(
+    steps: dict[str, Callable[[], object]], items: int, rounds: int, warmup: int, runs: int, min_time_s: float
+) -> dict[str, dict]:
     """``measure_throughput`` of each step, the models alternating over ``rounds`` (ABBA order)."""
     names = list(steps)
     per: dict[str, list[float]] = {n: [] for n in names}
     first: dict[str, float] = {}
     for r in range(rounds):
-        for n in (names if r % 2 == 0 else names[::-1]):
+        for n in names if r % 2 == 0 else names[::-1]:
             tp = measure_throughput(steps[n], items, warmup=warmup, runs=runs, min_time_s=min_time_s)
             per[n].append(1e3 / tp.items_per_s)
             first.setdefault(n, tp.cold_first_call_s)
-    return {n: {"ms": statistics.median(v), "rounds_ms": v, "cold_first_call_s": first[n], "items_per_call": items}
-            for n, v in per.items()}
+    return {
+        n: {"ms": statistics.median(v), "rounds_ms": v, "cold_first_call_s": first[n], "items_per_call": items}
+        for n, v in per.items()
+    }
 
 
 # -- report -----------------------------------------------------------------------------
@@ -408,10 +470,17 @@ def environment() -> dict:
         except PackageNotFoundError:
             return None
 
-    return {"torch": torch.__version__, "transformers": v("transformers"), "fvcore": v("fvcore"),
-            "python": platform.python_version(), "torch_threads": torch.get_num_threads(),
-            "interop_threads": torch.get_num_interop_threads(), "cpu_count": os.cpu_count(), "device": "cpu",
-            "loadavg_start": list(os.getloadavg())}
+    return {
+        "torch": torch.__version__,
+        "transformers": v("transformers"),
+        "fvcore": v("fvcore"),
+        "python": platform.python_version(),
+        "torch_threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "cpu_count": os.cpu_count(),
+        "device": "cpu",
+        "loadavg_start": list(os.getloadavg()),
+    }
 
 
 def table(metrics: dict) -> str:
@@ -419,8 +488,15 @@ def table(metrics: dict) -> str:
     rows = []
     for k in METRICS:
         m = metrics[k]
-        fmt = (lambda x: f"{x:.4f}") if "gflops" in k else (lambda x: f"{x:.0f}") if "bytes" in k else \
-            (lambda x: f"{x:.3f}") if k.endswith("_ms") or "ms_" in k else (lambda x: f"{x:.2f}")
+        fmt = (
+            (lambda x: f"{x:.4f}")
+            if "gflops" in k
+            else (lambda x: f"{x:.0f}")
+            if "bytes" in k
+            else (lambda x: f"{x:.3f}")
+            if k.endswith("_ms") or "ms_" in k
+            else (lambda x: f"{x:.2f}")
+        )
         target = "-" if m["target"] is None else f"<= {m['target']:.2f}"
         verdict = "-" if m["pass"] is None else ("PASS" if m["pass"] else "FAIL")
         rows.append((LABELS[k], fmt(m["blip2"]), fmt(m["ours"]), f"{m['ratio']:.3f}", target, verdict))
@@ -432,8 +508,13 @@ def table(metrics: dict) -> str:
 def metric(blip2: float, ours: float, key: str) -> dict:
     target = TARGETS.get(key)
     ratio = ours / blip2 if blip2 else float("nan")
-    return {"blip2": float(blip2), "ours": float(ours), "ratio": float(ratio), "target": target,
-            "pass": None if target is None else bool(ratio <= target)}
+    return {
+        "blip2": float(blip2),
+        "ours": float(ours),
+        "ratio": float(ratio),
+        "target": target,
+        "pass": None if target is None else bool(ratio <= target),
+    }
 
 
 def _stats(x: np.ndarray) -> dict:
@@ -446,23 +527,43 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=default_cache_dir(), help="suite cache (checkpoints, data, features)")
     p.add_argument("--train", action="store_true", help="train missing tiny checkpoints through the library first")
     p.add_argument("--random-init", action="store_true", help="random models, no checkpoints (see --random-size)")
-    p.add_argument("--random-size", choices=tuple(RANDOM_SIZES), default="tiny",
-                   help="--random-init: architecture (tiny: the shipped tiny one; small: smoke tests; base: the "
-                        "shapes of Salesforce/blip2-itm-vit-g's Q-Former on ViT-g features)")
-    p.add_argument("--random-length", type=float, default=20.0,
-                   help="--random-init: mean L the re-drawn QScaler head gives the test instructions")
-    p.add_argument("--random-qscaler-layers", type=int, default=None,
-                   help="--random-init: the QScaler reads its frozen Q-Former text copy after this many layers "
-                        "(model_args.qscaler_layers; default: all)")
+    p.add_argument(
+        "--random-size",
+        choices=tuple(RANDOM_SIZES),
+        default="tiny",
+        help="--random-init: architecture (tiny: the shipped tiny one; small: smoke tests; base: the "
+        "shapes of Salesforce/blip2-itm-vit-g's Q-Former on ViT-g features)",
+    )
+    p.add_argument(
+        "--random-length",
+        type=float,
+        default=20.0,
+        help="--random-init: mean L the re-drawn QScaler head gives the test instructions",
+    )
+    p.add_argument(
+        "--random-qscaler-layers",
+        type=int,
+        default=None,
+        help="--random-init: the QScaler reads its frozen Q-Former text copy after this many layers "
+        "(model_args.qscaler_layers; default: all)",
+    )
     p.add_argument("--random-n-test", type=int, default=32, help="--random-init: synthetic test images generated")
     p.add_argument("--blip2-checkpoint", default=None)
     p.add_argument("--ours-checkpoint", default=None)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads for the measurements")
-    p.add_argument("--train-threads", type=int, default=1,
-                   help="--train: torch threads while training (1 avoids OpenMP stalls on a loaded machine)")
+    p.add_argument(
+        "--train-threads",
+        type=int,
+        default=1,
+        help="--train: torch threads while training (1 avoids OpenMP stalls on a loaded machine)",
+    )
     p.add_argument("--n-instructions", type=int, default=16, help="(image, instruction) pairs timed at batch 1")
-    p.add_argument("--topk", type=int, default=16,
-                   help="images per instruction when timing the instruction path as re-ranking runs it")
+    p.add_argument(
+        "--topk",
+        type=int,
+        default=16,
+        help="images per instruction when timing the instruction path as re-ranking runs it",
+    )
     p.add_argument("--n-queries", type=int, default=128, help="test queries timed against the whole gallery")
     p.add_argument("--index-batch", type=int, default=64, help="images per encode_images call when timing indexing")
     p.add_argument("--rounds", type=int, default=2, help="alternating measurement rounds per model")
@@ -483,24 +584,31 @@ def main(argv: Sequence[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     env = environment()
-    print(f"environment: torch {env['torch']}, transformers {env['transformers']}, fvcore {env['fvcore']}, "
-          f"python {env['python']}, threads {env['torch_threads']} (interop {env['interop_threads']}), "
-          f"{env['cpu_count']} CPUs, load average {' '.join(f'{x:.2f}' for x in env['loadavg_start'])}")
+    print(
+        f"environment: torch {env['torch']}, transformers {env['transformers']}, fvcore {env['fvcore']}, "
+        f"python {env['python']}, threads {env['torch_threads']} (interop {env['interop_threads']}), "
+        f"{env['cpu_count']} CPUs, load average {' '.join(f'{x:.2f}' for x in env['loadavg_start'])}"
+    )
 
     if env["loadavg_start"][0] > (env["cpu_count"] or 1) and args.threads > 1:
-        print(f"  WARNING: load average {env['loadavg_start'][0]:.1f} > {env['cpu_count']} CPUs: with {args.threads} "
-              "threads, small ops wait on descheduled OpenMP threads and timings are dominated by that; "
-              "compare with --threads 1")
+        print(
+            f"  WARNING: load average {env['loadavg_start'][0]:.1f} > {env['cpu_count']} CPUs: with {args.threads} "
+            "threads, small ops wait on descheduled OpenMP threads and timings are dominated by that; "
+            "compare with --threads 1"
+        )
     workdir = None
     if args.random_init:
-        dm, _ = datamodule(args.cache_dir, {"n_train": 16, "n_val": 4, "n_test": args.random_n_test,
-                                            "image_size": 32})
+        dm, _ = datamodule(args.cache_dir, {"n_train": 16, "n_val": 4, "n_test": args.random_n_test, "image_size": 32})
         workdir = tempfile.TemporaryDirectory(prefix="bench_idq_")
-        blip2, ours, ckpts = build_random(args.random_size, dm.vocabulary_texts(), Path(workdir.name),
-                                           args.random_length, args.random_qscaler_layers)
+        blip2, ours, ckpts = build_random(
+            args.random_size, dm.vocabulary_texts(), Path(workdir.name), args.random_length, args.random_qscaler_layers
+        )
     else:
-        ours_dir = (Path(args.ours_checkpoint) if args.ours_checkpoint
-                    else default_ours_checkpoint(args.cache_dir, args.train, args.train_threads))
+        ours_dir = (
+            Path(args.ours_checkpoint)
+            if args.ours_checkpoint
+            else default_ours_checkpoint(args.cache_dir, args.train, args.train_threads)
+        )
         blip2, ours, ckpts = load_trained(args.cache_dir, args.blip2_checkpoint, ours_dir)
         dm, _ = datamodule(args.cache_dir, None)
     torch.set_num_threads(args.threads)  # training may have changed it
@@ -513,16 +621,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     with torch.no_grad():
         # -- lengths on the real test instructions ------------------------------------------
-        L = torch.cat([ours.text_lengths(texts[s:s + 512]).cpu() for s in range(0, len(texts), 512)]).numpy()
+        L = torch.cat([ours.text_lengths(texts[s : s + 512]).cpu() for s in range(0, len(texts), 512)]).numpy()
         tok = blip2.tokenizer(texts, truncation=True, max_length=blip2.config.text_length)["input_ids"]
         T = np.array([len(x) for x in tok])
         per_level = {int(c): float(L[complexity == c].mean()) for c in np.unique(complexity)}
         nq = blip2.head.query_tokens.shape[1]
-        print(f"test set: {es.n_images} gallery images, {len(texts)} instructions; instruction tokens T "
-              f"mean {T.mean():.1f} (min {T.min()}, max {T.max()})")
-        print(f"ours' L on the test instructions: mean {L.mean():.2f} (std {L.std():.2f}, min {L.min()}, max "
-              f"{L.max()}); by complexity level: " + ", ".join(f"{c}: {v:.2f}" for c, v in per_level.items())
-              + f"; blip2: {nq}; gallery length (ours): {ours.gallery_length}")
+        print(
+            f"test set: {es.n_images} gallery images, {len(texts)} instructions; instruction tokens T "
+            f"mean {T.mean():.1f} (min {T.min()}, max {T.max()})"
+        )
+        print(
+            f"ours' L on the test instructions: mean {L.mean():.2f} (std {L.std():.2f}, min {L.min()}, max "
+            f"{L.max()}); by complexity level: "
+            + ", ".join(f"{c}: {v:.2f}" for c, v in per_level.items())
+            + f"; blip2: {nq}; gallery length (ours): {ours.gallery_length}"
+        )
 
         gallery = gallery_tokens(blip2, dm, args.cache_dir)
         tokens1 = gallery[:1]
@@ -536,21 +649,36 @@ def main(argv: Sequence[str] | None = None) -> dict:
     fl = instruction_flops(blip2, ours, tokens1, ids_base, L, T, args.fallback_sample, args.seed, qs_ids_base, Tq)
     b_f, o_f, q_f = fl["blip2"] / GIGA, fl["ours"] / GIGA, fl["qscaler"] / GIGA
     lvl = complexity[fl["index"]]
-    by_level = {int(c): {"L": float(L[fl["index"]][lvl == c].mean()), "ours_gflops": float(o_f[lvl == c].mean()),
-                         "blip2_gflops": float(b_f[lvl == c].mean())} for c in np.unique(lvl)}
-    print(f"instruction-path FLOPs over {len(fl['index'])} test instructions ({fl['traces']} fvcore traces, "
-          f"exact polynomial: {fl['exact_polynomial']}, {time.perf_counter() - t:.1f} s):")
-    print(f"  blip2 (32 queries): mean {b_f.mean():.5f} G (std {b_f.std():.5f}); ours at its L: mean "
-          f"{o_f.mean():.5f} G (std {o_f.std():.5f}, min {o_f.min():.5f}, max {o_f.max():.5f}); "
-          f"QScaler: mean {q_f.mean():.5f} G")
-    print("  by complexity level (mean L, ours G, blip2 G): " + "; ".join(
-        f"{c}: {v['L']:.1f}, {v['ours_gflops']:.5f}, {v['blip2_gflops']:.5f}" for c, v in by_level.items()))
-    print(f"  ours at T={fl['median_T']} by L: " + ", ".join(
-        f"L={k}: {v:.5f}" for k, v in fl["ours_gflops_by_L_at_median_T"].items())
-        + f" (blip2 at 32: {fl['blip2_gflops_at_median_T']:.5f})")
+    by_level = {
+        int(c): {
+            "L": float(L[fl["index"]][lvl == c].mean()),
+            "ours_gflops": float(o_f[lvl == c].mean()),
+            "blip2_gflops": float(b_f[lvl == c].mean()),
+        }
+        for c in np.unique(lvl)
+    }
+    print(
+        f"instruction-path FLOPs over {len(fl['index'])} test instructions ({fl['traces']} fvcore traces, "
+        f"exact polynomial: {fl['exact_polynomial']}, {time.perf_counter() - t:.1f} s):"
+    )
+    print(
+        f"  blip2 (32 queries): mean {b_f.mean():.5f} G (std {b_f.std():.5f}); ours at its L: mean "
+        f"{o_f.mean():.5f} G (std {o_f.std():.5f}, min {o_f.min():.5f}, max {o_f.max():.5f}); "
+        f"QScaler: mean {q_f.mean():.5f} G"
+    )
+    print(
+        "  by complexity level (mean L, ours G, blip2 G): "
+        + "; ".join(f"{c}: {v['L']:.1f}, {v['ours_gflops']:.5f}, {v['blip2_gflops']:.5f}" for c, v in by_level.items())
+    )
+    print(
+        f"  ours at T={fl['median_T']} by L: "
+        + ", ".join(f"L={k}: {v:.5f}" for k, v in fl["ours_gflops_by_L_at_median_T"].items())
+        + f" (blip2 at 32: {fl['blip2_gflops_at_median_T']:.5f})"
+    )
     with torch.no_grad():
-        idx_b = flops(lambda x: blip2.head.image_feats(blip2.head.query_outputs(blip2.head.query_tokens, x)),
-                      [blip2], (tokens1,))
+        idx_b = flops(
+            lambda x: blip2.head.image_feats(blip2.head.query_outputs(blip2.head.query_tokens, x)), [blip2], (tokens1,)
+        )
         idx_o = flops(lambda x: ours.head.image_feats(ours.query_outputs(x)), [ours], (tokens1,))
         size = blip2.image_transform().crop
         tower = flops(lambda px: blip2.vision_tower(px), [blip2.vision_tower], (torch.randn(1, 3, size, size),))
@@ -586,8 +714,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # re-ranking runs the instruction path on one instruction and its top k images at once:
     # tokenization and (ours) the QScaler once per instruction, the Q-Former on k pairs
     k = args.topk
-    topk = [(gallery[torch.from_numpy(rng.choice(len(gallery), size=k, replace=len(gallery) < k))], text)
-            for _, _, _, _, text in pairs]
+    topk = [
+        (gallery[torch.from_numpy(rng.choice(len(gallery), size=k, replace=len(gallery) < k))], text)
+        for _, _, _, _, text in pairs
+    ]
 
     def topk_b():
         for x, text in topk:
@@ -604,11 +734,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     w_itm = timed({"blip2": itm_b, "ours": itm_o}, len(pairs), **kw)
     w_e2e = timed({"blip2": e2e_b, "ours": e2e_o}, len(pairs), **kw)
     w_topk = timed({"blip2": topk_b, "ours": topk_o}, len(topk) * k, **kw)
-    print(f"instruction path timed on {len(pairs)} test pairs at batch 1 and on {len(topk)} instructions x {k} "
-          f"images ({time.perf_counter() - t:.1f} s)")
+    print(
+        f"instruction path timed on {len(pairs)} test pairs at batch 1 and on {len(topk)} instructions x {k} "
+        f"images ({time.perf_counter() - t:.1f} s)"
+    )
     extra = {n: w_e2e[n]["ms"] - w_itm[n]["ms"] for n in ("blip2", "ours")}
-    print(f"  batch 1, end to end minus the ITM pass: blip2 {extra['blip2']:.3f} ms (tokenizer), ours "
-          f"{extra['ours']:.3f} ms (tokenizer and QScaler)")
+    print(
+        f"  batch 1, end to end minus the ITM pass: blip2 {extra['blip2']:.3f} ms (tokenizer), ours "
+        f"{extra['ours']:.3f} ms (tokenizer and QScaler)"
+    )
 
     t = time.perf_counter()
     with torch.no_grad():
@@ -616,22 +750,36 @@ def main(argv: Sequence[str] | None = None) -> dict:
         for name, m in (("blip2", blip2), ("ours", ours)):
             enc[name] = m.encode_images(gallery)
     qsel = [texts[i] for i in rng.choice(len(texts), size=min(args.n_queries, len(texts)), replace=False)]
-    w_rr = timed({n: (lambda m=m, g=enc[n]: m.score(m.encode_texts(qsel), g)) for n, m in
-                  (("blip2", blip2), ("ours", ours))}, len(qsel), **kw)
-    w_itc = timed({n: (lambda m=m, g=enc[n]: m.itc_score(m.encode_texts(qsel), g)) for n, m in
-                   (("blip2", blip2), ("ours", ours))}, len(qsel), **kw)
-    print(f"query time: {len(qsel)} test queries vs {len(gallery)} encoded gallery images, k_test "
-          f"blip2 {blip2.config.k} / ours {ours.config.k} ({time.perf_counter() - t:.1f} s)")
+    w_rr = timed(
+        {n: (lambda m=m, g=enc[n]: m.score(m.encode_texts(qsel), g)) for n, m in (("blip2", blip2), ("ours", ours))},
+        len(qsel),
+        **kw,
+    )
+    w_itc = timed(
+        {
+            n: (lambda m=m, g=enc[n]: m.itc_score(m.encode_texts(qsel), g))
+            for n, m in (("blip2", blip2), ("ours", ours))
+        },
+        len(qsel),
+        **kw,
+    )
+    print(
+        f"query time: {len(qsel)} test queries vs {len(gallery)} encoded gallery images, k_test "
+        f"blip2 {blip2.config.k} / ours {ours.config.k} ({time.perf_counter() - t:.1f} s)"
+    )
 
     t = time.perf_counter()
     batch = gallery[: args.index_batch]
-    w_idx = timed({n: (lambda m=m: m.encode_images(batch)) for n, m in (("blip2", blip2), ("ours", ours))},
-                  len(batch), **kw)
+    w_idx = timed(
+        {n: (lambda m=m: m.encode_images(batch)) for n, m in (("blip2", blip2), ("ours", ours))}, len(batch), **kw
+    )
     emb_bytes = {n: e.emb[0].numel() * e.emb.element_size() for n, e in enc.items()}
     tok_bytes = {n: e.extra["image_tokens"][0].numel() * e.extra["image_tokens"].element_size() for n, e in enc.items()}
-    print(f"indexing timed at batch {len(batch)} ({time.perf_counter() - t:.1f} s); query embeddings per image: "
-          f"blip2 {tuple(enc['blip2'].emb.shape[1:])}, ours {tuple(enc['ours'].emb.shape[1:])} "
-          f"({enc['ours'].emb.dtype}); vision tokens {tuple(enc['ours'].extra['image_tokens'].shape[1:])}")
+    print(
+        f"indexing timed at batch {len(batch)} ({time.perf_counter() - t:.1f} s); query embeddings per image: "
+        f"blip2 {tuple(enc['blip2'].emb.shape[1:])}, ours {tuple(enc['ours'].emb.shape[1:])} "
+        f"({enc['ours'].emb.dtype}); vision tokens {tuple(enc['ours'].extra['image_tokens'].shape[1:])}"
+    )
 
     metrics = {
         "instr_qformer_gflops": metric(b_f.mean(), o_f.mean(), "instr_qformer_gflops"),
@@ -644,30 +792,52 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "index_qformer_gflops": metric(idx_b / GIGA, idx_o / GIGA, "index_qformer_gflops"),
         "index_ms_per_image": metric(w_idx["blip2"]["ms"], w_idx["ours"]["ms"], "index_ms_per_image"),
         "index_emb_bytes": metric(emb_bytes["blip2"], emb_bytes["ours"], "index_emb_bytes"),
-        "index_total_bytes": metric(emb_bytes["blip2"] + tok_bytes["blip2"], emb_bytes["ours"] + tok_bytes["ours"],
-                                    "index_total_bytes"),
+        "index_total_bytes": metric(
+            emb_bytes["blip2"] + tok_bytes["blip2"], emb_bytes["ours"] + tok_bytes["ours"], "index_total_bytes"
+        ),
         "queries_per_instruction": metric(nq, float(L.mean()), "queries_per_instruction"),
     }
     env["loadavg_end"] = list(os.getloadavg())
     print()
     print(table(metrics))
-    print(f"ratio = ours / blip2. GFLOPs = fvcore multiply-adds. Load average at the end: "
-          f"{' '.join(f'{x:.2f}' for x in env['loadavg_end'])}; {time.perf_counter() - t_start:.0f} s in all.")
+    print(
+        f"ratio = ours / blip2. GFLOPs = fvcore multiply-adds. Load average at the end: "
+        f"{' '.join(f'{x:.2f}' for x in env['loadavg_end'])}; {time.perf_counter() - t_start:.0f} s in all."
+    )
 
     result = {
         "environment": env,
         "checkpoints": ckpts,
         "settings": {k: v for k, v in vars(args).items()},
         "test_set": {"n_images": es.n_images, "n_instructions": len(texts)},
-        "lengths": {"ours": _stats(L.astype(float)), "ours_by_complexity": per_level, "blip2": nq,
-                    "ours_gallery_length": ours.gallery_length, "instruction_tokens": _stats(T.astype(float))},
-        "flops": {"instruction_blip2_gflops": _stats(b_f), "instruction_ours_gflops": _stats(o_f),
-                  "instruction_qscaler_gflops": _stats(q_f), "instruction_by_complexity": by_level,
-                  "n_instructions": len(fl["index"]), "exact_polynomial": fl["exact_polynomial"],
-                  "ours_gflops_by_L_at_median_T": fl["ours_gflops_by_L_at_median_T"],
-                  "blip2_gflops_at_median_T": fl["blip2_gflops_at_median_T"], "median_T": fl["median_T"],
-                  "vision_tower_gflops_per_image": tower / GIGA, "convention": "fvcore multiply-adds"},
-        "wall": {"instr_itm": w_itm, "instr_e2e": w_e2e, "instr_topk": w_topk, "query_rerank": w_rr, "query_itc": w_itc, "index": w_idx},
+        "lengths": {
+            "ours": _stats(L.astype(float)),
+            "ours_by_complexity": per_level,
+            "blip2": nq,
+            "ours_gallery_length": ours.gallery_length,
+            "instruction_tokens": _stats(T.astype(float)),
+        },
+        "flops": {
+            "instruction_blip2_gflops": _stats(b_f),
+            "instruction_ours_gflops": _stats(o_f),
+            "instruction_qscaler_gflops": _stats(q_f),
+            "instruction_by_complexity": by_level,
+            "n_instructions": len(fl["index"]),
+            "exact_polynomial": fl["exact_polynomial"],
+            "ours_gflops_by_L_at_median_T": fl["ours_gflops_by_L_at_median_T"],
+            "blip2_gflops_at_median_T": fl["blip2_gflops_at_median_T"],
+            "median_T": fl["median_T"],
+            "vision_tower_gflops_per_image": tower / GIGA,
+            "convention": "fvcore multiply-adds",
+        },
+        "wall": {
+            "instr_itm": w_itm,
+            "instr_e2e": w_e2e,
+            "instr_topk": w_topk,
+            "query_rerank": w_rr,
+            "query_itc": w_itc,
+            "index": w_idx,
+        },
         "metrics": metrics,
         "seconds": time.perf_counter() - t_start,
     }

@@ -44,9 +44,9 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.base import IndexedImages, check_image, collate_indexed, load_image  # noqa: E402
-from datamodules.image_checks import ImageCheckCache, check_images  # noqa: E402
-from lightning_modules.components.image_transform import ImageTransform  # noqa: E402
+from datamodules.base import IndexedImages, check_image, collate_indexed, load_image
+from datamodules.image_checks import ImageCheckCache, check_images
+from lightning_modules.components.image_transform import ImageTransform
 
 TARGET = 150.0
 
@@ -56,9 +56,14 @@ def photo_like(w: int, h: int, seed: int) -> np.ndarray:
     to ~60-90 KB at quality 90 like a COCO photo, unlike flat colours or white noise."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = np.stack([(x / w) * rng.uniform(80, 200) + rng.uniform(0, 50),
-                    (y / h) * rng.uniform(80, 200) + rng.uniform(0, 50),
-                    ((x + y) / (w + h)) * rng.uniform(80, 200) + rng.uniform(0, 50)], axis=-1)
+    img = np.stack(
+        [
+            (x / w) * rng.uniform(80, 200) + rng.uniform(0, 50),
+            (y / h) * rng.uniform(80, 200) + rng.uniform(0, 50),
+            ((x + y) / (w + h)) * rng.uniform(80, 200) + rng.uniform(0, 50),
+        ],
+        axis=-1,
+    )
     for _ in range(12):
         cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(20, 120)
         blob = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r))[..., None]
@@ -121,8 +126,10 @@ def bench_check(n: int) -> None:
         print(f"image check of {n} JPEGs 160x120 (cache file {kb:.0f} KB):")
         for name, sec in times.items():
             print(f"  {name:<24} {sec:7.3f} s  ({1e6 * sec / n:6.1f} us per image)")
-        print(f"  speed-up of the cached run: {times['first run (cold cache)'] / times['next run (cached)']:.1f}x "
-              f"over the first run, {times['no cache'] / times['next run (cached)']:.1f}x over no cache")
+        print(
+            f"  speed-up of the cached run: {times['first run (cold cache)'] / times['next run (cached)']:.1f}x "
+            f"over the first run, {times['no cache'] / times['next run (cached)']:.1f}x over no cache"
+        )
 
 
 def bench_synthetic(root: Path, workers: list[int], n_epochs: int) -> None:
@@ -149,8 +156,10 @@ def bench_synthetic(root: Path, workers: list[int], n_epochs: int) -> None:
             epochs.append(time.perf_counter() - e)
         total = time.perf_counter() - t
         del loader
-        print(f"  workers={w}: epochs {' '.join(f'{e:5.2f}' for e in epochs)} s; all {n_epochs}: {total:6.2f} s "
-              f"({n} items per epoch)")
+        print(
+            f"  workers={w}: epochs {' '.join(f'{e:5.2f}' for e in epochs)} s; all {n_epochs}: {total:6.2f} s "
+            f"({n} items per epoch)"
+        )
 
 
 def main() -> int:
@@ -159,8 +168,13 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=224, help="output size (resize and crop)")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--check", type=int, default=0, metavar="N", help="also time the cached image check of N JPEGs")
-    ap.add_argument("--synthetic", type=Path, default=None, metavar="ROOT",
-                    help="also time the SynthScenes training loader (data generated under ROOT)")
+    ap.add_argument(
+        "--synthetic",
+        type=Path,
+        default=None,
+        metavar="ROOT",
+        help="also time the SynthScenes training loader (data generated under ROOT)",
+    )
     ap.add_argument("--epochs", type=int, default=4, help="epochs of the SynthScenes loader per worker count")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -184,8 +198,10 @@ def main() -> int:
             ims = [load_image(p, t.draft_size()) for p in sample[:50]]
             tf = per_image_ms(lambda im, t=t: t(im), ims)
             print(f"  {name:<12} one thread: decode {dec:.2f} ms + transform {tf:.2f} ms per image")
-        print(f"  setup check: header verify() {per_image_ms(header_only, sample):.2f} ms, "
-              f"check_image (1/8-scale decode) {per_image_ms(check_image, sample):.2f} ms per image")
+        print(
+            f"  setup check: header verify() {per_image_ms(header_only, sample):.2f} ms, "
+            f"check_image (1/8-scale decode) {per_image_ms(check_image, sample):.2f} ms per image"
+        )
         best = 0.0
         for name, t in (("full decode", full), ("draft", draft)):
             for w in args.workers:

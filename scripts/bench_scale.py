@@ -98,8 +98,10 @@ def peak_rss() -> dict[str, int]:
     child's maxrss starts from the pages it shares with its parent at the fork, so a short helper
     (e.g. ``git`` run by the result's environment record) reports about the parent's RSS then."""
     scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
-    return {"self_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
-            "children_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale}
+    return {
+        "self_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
+        "children_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale,
+    }
 
 
 # -- the scale folder -------------------------------------------------------------------------
@@ -138,11 +140,17 @@ def write_scale_data(folder: Path, n_images: int, n_queries: int, workers: int) 
             raise ValueError(f"--queries {n_queries}: the first {n_images} images have only {len(flat)} captions")
         relevant = caption_relevance(scenes, [c for _, _, c in flat])
         timings["relevance_s"] = time.perf_counter() - t
-        doc = {"format": "synthscenes-scale", "version": SCALE_FORMAT, "options": options.to_dict(),
-               "n_images": n_images,
-               "scenes": [scene.to_json() for scene in scenes[: flat[-1][0] + 1]],
-               "queries": [{"image": i, "text": c.text(), "complexity": level, "constraints": c.to_json(),
-                            "relevant": rel} for (i, level, c), rel in zip(flat, relevant, strict=True)]}
+        doc = {
+            "format": "synthscenes-scale",
+            "version": SCALE_FORMAT,
+            "options": options.to_dict(),
+            "n_images": n_images,
+            "scenes": [scene.to_json() for scene in scenes[: flat[-1][0] + 1]],
+            "queries": [
+                {"image": i, "text": c.text(), "complexity": level, "constraints": c.to_json(), "relevant": rel}
+                for (i, level, c), rel in zip(flat, relevant, strict=True)
+            ],
+        }
         (tmp / "queries.json").write_text(json.dumps(doc, sort_keys=True))
         timings["workers"] = workers
         (tmp / "timings.json").write_text(json.dumps(timings, sort_keys=True))  # what writing it cost, for reruns
@@ -190,8 +198,9 @@ def scale_datamodule_class():
                 ImageRecord(
                     image_id=ids[i],
                     path=self.folder / image_file("test", ids[i]),
-                    captions=tuple(CaptionRecord(q["text"], q["complexity"], q["constraints"])
-                                   for q in captions.get(i, [])),
+                    captions=tuple(
+                        CaptionRecord(q["text"], q["complexity"], q["constraints"]) for q in captions.get(i, [])
+                    ),
                     metadata={"scene": doc["scenes"][i]} if i < len(doc["scenes"]) else {},
                     relevant_images=tuple(tuple(ids[j] for j in q["relevant"]) for q in captions.get(i, [])),
                 )
@@ -262,9 +271,9 @@ def child_eval(args) -> dict:
 
     from benchmark import runner
     from benchmark.config import build_run_config, model_defaults
-    from benchmark.registry import MODELS as REGISTRY
     from benchmark.evaluation import RetrievalEvaluator
     from benchmark.metrics.metric import RetrievalMetric
+    from benchmark.registry import MODELS as REGISTRY
     from benchmark.rss_sampler import RssSampler
     from benchmark.tasks.retrieval import RetrievalTask
     from lightning_modules import blip2 as blip2_module
@@ -272,25 +281,39 @@ def child_eval(args) -> dict:
     torch.set_num_threads(args.threads)
     folder = scale_folder(Path(args.data_root), args.size, args.queries)
     with tempfile.TemporaryDirectory() as results_dir:
-        cfg = build_run_config(model_defaults(args.model), {
-            "model": args.model, "dataset": "synthetic", "size": "tiny", "cache_dir": args.cache_dir,
-            "results_dir": results_dir, "checkpoint": args.checkpoint, "tag": f"scale{args.size}",
-            "data": {"options": {"n_test": args.size}},
-            "eval": {"directions": ["t2i"], "measure": False}})
+        cfg = build_run_config(
+            model_defaults(args.model),
+            {
+                "model": args.model,
+                "dataset": "synthetic",
+                "size": "tiny",
+                "cache_dir": args.cache_dir,
+                "results_dir": results_dir,
+                "checkpoint": args.checkpoint,
+                "tag": f"scale{args.size}",
+                "data": {"options": {"n_test": args.size}},
+                "eval": {"directions": ["t2i"], "measure": False},
+            },
+        )
         t0 = time.perf_counter()
         model = REGISTRY.get(args.model).load_checkpoint(Path(args.checkpoint))
         load_s = time.perf_counter() - t0
         bucket: dict[str, float] = {}
         inside: list[str] = []
-        sampler = RssSampler(lambda: inside[-1] if inside else "outside (start-up, features, loaders)",
-                             interval_s=args.rss_interval)
+        sampler = RssSampler(
+            lambda: inside[-1] if inside else "outside (start-up, features, loaders)", interval_s=args.rss_interval
+        )
         for name in ("score", "itc_score", "itm_scores"):
             if hasattr(model, name):
                 _timed(model, name, bucket, inside, sampler.sample)
         # stages for the RSS sampler only (their times are not reported): encoding batches, the
         # metric's gathering of its states, its scoring loop, and re-ranking inside ``score``
-        for owner, name in ((RetrievalEvaluator, "test_step"), (RetrievalMetric, "compute"),
-                            (RetrievalMetric, "_collect"), (blip2_module, "rerank_topk")):
+        for owner, name in (
+            (RetrievalEvaluator, "test_step"),
+            (RetrievalMetric, "compute"),
+            (RetrievalMetric, "_collect"),
+            (blip2_module, "rerank_topk"),
+        ):
             _timed(owner, name, bucket, inside, sampler.sample)
         dm = scale_datamodule_class()(cfg.data, cfg.seed, folder)
         with sampler:
@@ -344,9 +367,13 @@ def run_child(argv: list[str], timeout: float | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "answer.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--answer", str(out)]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        )
         t = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, timeout=timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(
+            cmd, env=env, timeout=timeout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         wall = time.perf_counter() - t
         if proc.returncode != 0 or not out.is_file():
             raise RuntimeError(f"child {' '.join(argv)} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")
@@ -361,8 +388,9 @@ def default_checkpoint(model: str, cache_dir: str, train: bool) -> str:
     from benchmark.config import ConfigError, build_run_config, model_defaults
     from benchmark.store import ensure_checkpoint
 
-    cfg = build_run_config(model_defaults(model), {"model": model, "dataset": "synthetic", "size": "tiny",
-                                                  "cache_dir": cache_dir})
+    cfg = build_run_config(
+        model_defaults(model), {"model": model, "dataset": "synthetic", "size": "tiny", "cache_dir": cache_dir}
+    )
     try:
         return str(ensure_checkpoint(cfg, progress=False, train=train)[0])
     except ConfigError as e:
@@ -389,8 +417,9 @@ def random_checkpoints(cache_dir: str, models: list[str]) -> dict[str, str]:
     for model, dep_field in chain:
         if model != "clip" and model not in models and not (model == "blip2" and "ours" in models):
             continue
-        cfg = build_run_config(model_defaults(model), {"model": model, "dataset": "synthetic", "size": "tiny",
-                                                      "cache_dir": cache_dir})
+        cfg = build_run_config(
+            model_defaults(model), {"model": model, "dataset": "synthetic", "size": "tiny", "cache_dir": cache_dir}
+        )
         folder = Path(cache_dir) / "scale" / "random" / f"{model}__{cfg.training_hash()}"
         if not folder.is_dir():
             parts = resolve_run(cfg)
@@ -419,9 +448,11 @@ def check_targets(sizes: list[int], results: dict, models: list[str]) -> dict:
         for a, b in zip(sizes, sizes[1:]):
             ra, rb = results[str(a)]["models"][model], results[str(b)]["models"][model]
             row = {"from": a, "to": b, "size_ratio": b / a}
-            for key, get in (("scoring", lambda r: r["scoring_ms_per_query"]),
-                             ("first_stage", lambda r: r["stages"]["first_stage_s"]),
-                             ("rerank", lambda r: r["stages"]["rerank_s"])):
+            for key, get in (
+                ("scoring", lambda r: r["scoring_ms_per_query"]),
+                ("first_stage", lambda r: r["stages"]["first_stage_s"]),
+                ("rerank", lambda r: r["stages"]["rerank_s"]),
+            ):
                 row[f"{key}_ratio"] = get(rb) / max(get(ra), 1e-12)
             row["ok"] = row["scoring_ratio"] <= row["size_ratio"]
             ratios.append(row)
@@ -431,15 +462,16 @@ def check_targets(sizes: list[int], results: dict, models: list[str]) -> dict:
     per_model = {m: results[largest]["models"][m]["child_wall_s"] for m in models}
     total = data["data_s"] + sum(per_model.values())
     targets["time_largest"] = {
-        "size": sizes[-1], "limit_s": TIME_LIMIT_S,
+        "size": sizes[-1],
+        "limit_s": TIME_LIMIT_S,
         "per_model_s": per_model,
         "per_model_ok": {m: s <= TIME_LIMIT_S for m, s in per_model.items()},
         "data_s": data["data_s"],
         "everything_s": total,
         "everything_ok": total <= TIME_LIMIT_S,
         "note": "per model: the child's wall time (start-up, checkpoint load, feature extraction or cache hit, "
-                "encoding, scoring, re-ranking); everything: data generation (as timed when the folder was "
-                "written) plus every model's child (the full-generator comparison excluded)",
+        "encoding, scoring, re-ranking); everything: data generation (as timed when the folder was "
+        "written) plus every model's child (the full-generator comparison excluded)",
     }
     return targets
 
@@ -451,41 +483,60 @@ def fmt_bytes(b: float) -> str:
 def print_run(n: int, model: str, r: dict) -> None:
     s = r["stages"]
     hit = "cache hit" if r["feature_cache_hit"] else "extracted"
-    print(f"  {model:6s} N={n}: wall {r['child_wall_s']:.1f} s | features {hit} {s['feature_extract_s']:.1f} s "
-          f"(load {s['feature_load_s']:.2f} s{', memory-mapped' if r['features_memory_mapped'] else ''}) | "
-          f"encode images {s['encode_images_s']:.1f} s, texts {s['encode_texts_s']:.1f} s | first stage "
-          f"{s['first_stage_s']:.2f} s, re-rank {s['rerank_s']:.2f} s (ITM passes {s['itm_passes_s']:.2f} s), "
-          f"ITC variant {s['itc_variant_s']:.2f} s, bookkeeping {s['metrics_bookkeeping_s']:.2f} s | "
-          f"{r['scoring_ms_per_query']:.2f} ms/query | peak RSS {fmt_bytes(r['rss']['self_bytes'])} | index "
-          f"{fmt_bytes(r['index_bytes'])} ({r['index_bytes_per_image']:.0f} B/image) | "
-          f"t2i R@1 {r['t2i_R@1']:.4f} R@5 {r['t2i_R@5']:.4f}", flush=True)
+    print(
+        f"  {model:6s} N={n}: wall {r['child_wall_s']:.1f} s | features {hit} {s['feature_extract_s']:.1f} s "
+        f"(load {s['feature_load_s']:.2f} s{', memory-mapped' if r['features_memory_mapped'] else ''}) | "
+        f"encode images {s['encode_images_s']:.1f} s, texts {s['encode_texts_s']:.1f} s | first stage "
+        f"{s['first_stage_s']:.2f} s, re-rank {s['rerank_s']:.2f} s (ITM passes {s['itm_passes_s']:.2f} s), "
+        f"ITC variant {s['itc_variant_s']:.2f} s, bookkeeping {s['metrics_bookkeeping_s']:.2f} s | "
+        f"{r['scoring_ms_per_query']:.2f} ms/query | peak RSS {fmt_bytes(r['rss']['self_bytes'])} | index "
+        f"{fmt_bytes(r['index_bytes'])} ({r['index_bytes_per_image']:.0f} B/image) | "
+        f"t2i R@1 {r['t2i_R@1']:.4f} R@5 {r['t2i_R@5']:.4f}",
+        flush=True,
+    )
     stages = r.get("rss_by_stage", [])
     if stages:
-        print("    peak RSS by stage: " + "; ".join(
-            f"{row['stage']} {fmt_bytes(row['rss_bytes'])} (anon {fmt_bytes(row.get('anon_bytes', 0))}, "
-            f"file {fmt_bytes(row.get('file_bytes', 0))})" for row in stages), flush=True)
+        print(
+            "    peak RSS by stage: "
+            + "; ".join(
+                f"{row['stage']} {fmt_bytes(row['rss_bytes'])} (anon {fmt_bytes(row.get('anon_bytes', 0))}, "
+                f"file {fmt_bytes(row.get('file_bytes', 0))})"
+                for row in stages
+            ),
+            flush=True,
+        )
 
 
 def print_targets(t: dict) -> None:
     print("targets:")
     for model, rows in t["rss"].items():
         for n, row in rows.items():
-            print(f"  RSS {model} N={n}: peak {fmt_bytes(row['peak_rss_bytes'])} <= index + 2 GiB "
-                  f"{fmt_bytes(row['limit_bytes'])}: {'OK' if row['ok'] else 'FAIL'}")
+            print(
+                f"  RSS {model} N={n}: peak {fmt_bytes(row['peak_rss_bytes'])} <= index + 2 GiB "
+                f"{fmt_bytes(row['limit_bytes'])}: {'OK' if row['ok'] else 'FAIL'}"
+            )
     for model, rows in t["per_query_scaling"].items():
         for row in rows:
-            print(f"  per-query scoring {model} {row['from']}->{row['to']}: x{row['scoring_ratio']:.2f} "
-                  f"(first stage x{row['first_stage_ratio']:.2f}, re-rank x{row['rerank_ratio']:.2f}) "
-                  f"<= size x{row['size_ratio']:.0f}: {'OK' if row['ok'] else 'FAIL'}")
+            print(
+                f"  per-query scoring {model} {row['from']}->{row['to']}: x{row['scoring_ratio']:.2f} "
+                f"(first stage x{row['first_stage_ratio']:.2f}, re-rank x{row['rerank_ratio']:.2f}) "
+                f"<= size x{row['size_ratio']:.0f}: {'OK' if row['ok'] else 'FAIL'}"
+            )
     tl = t["time_largest"]
     for model, s in tl["per_model_s"].items():
-        print(f"  N={tl['size']} {model}: {s:.0f} s <= {tl['limit_s']} s: {'OK' if tl['per_model_ok'][model] else 'FAIL'}")
-    print(f"  N={tl['size']} everything (data {tl['data_s']:.0f} s + models): {tl['everything_s']:.0f} s <= "
-          f"{tl['limit_s']} s: {'OK' if tl['everything_ok'] else 'FAIL'}")
+        print(
+            f"  N={tl['size']} {model}: {s:.0f} s <= {tl['limit_s']} s: {'OK' if tl['per_model_ok'][model] else 'FAIL'}"
+        )
+    print(
+        f"  N={tl['size']} everything (data {tl['data_s']:.0f} s + models): {tl['everything_s']:.0f} s <= "
+        f"{tl['limit_s']} s: {'OK' if tl['everything_ok'] else 'FAIL'}"
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--sizes", type=int_list, default=[1000, 10000, 100000], help="gallery sizes (test images)")
     p.add_argument("--queries", type=int, default=1000, help="text queries: the first captions of the split")
     p.add_argument("--models", type=model_list, default=list(MODELS), help="comma-separated: blip2,ours")
@@ -494,17 +545,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=default_cache_dir(), help="suite cache (checkpoints, feature cache)")
     p.add_argument("--data-root", default=None, help="where the scale folders go (default <cache>/scale)")
     p.add_argument("--train", action="store_true", help="train the default tiny checkpoints if absent")
-    p.add_argument("--random-init", action="store_true",
-                   help="untrained checkpoints of the default tiny architectures (cost only: quality is chance)")
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="untrained checkpoints of the default tiny architectures (cost only: quality is chance)",
+    )
     p.add_argument("--blip2-checkpoint", default=None)
     p.add_argument("--ours-checkpoint", default=None)
-    p.add_argument("--full-generator-max", type=int, default=10000,
-                   help="also time the suite's full generator (every annotation) up to this many images (0: never)")
+    p.add_argument(
+        "--full-generator-max",
+        type=int,
+        default=10000,
+        help="also time the suite's full generator (every annotation) up to this many images (0: never)",
+    )
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per child process")
-    p.add_argument("--rss-interval", type=float, default=0.1,
-                   help="seconds between the RSS samples that give the peak per stage")
-    p.add_argument("--merge", type=Path, nargs="+", default=None,
-                   help="combine the --out files of separate runs into one (targets checked over every size)")
+    p.add_argument(
+        "--rss-interval", type=float, default=0.1, help="seconds between the RSS samples that give the peak per stage"
+    )
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="combine the --out files of separate runs into one (targets checked over every size)",
+    )
     # internal: child processes
     p.add_argument("--child", choices=("eval",), default=None, help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
@@ -527,8 +591,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def common_argv(args) -> list[str]:
-    return ["--queries", str(args.queries), "--threads", str(args.threads), "--cache-dir", args.cache_dir,
-            "--data-root", args.data_root, "--rss-interval", str(args.rss_interval)]
+    return [
+        "--queries",
+        str(args.queries),
+        "--threads",
+        str(args.threads),
+        "--cache-dir",
+        args.cache_dir,
+        "--data-root",
+        args.data_root,
+        "--rss-interval",
+        str(args.rss_interval),
+    ]
 
 
 def merge(paths: list[Path]) -> dict:
@@ -539,12 +613,17 @@ def merge(paths: list[Path]) -> dict:
     keys = ("queries", "models", "threads", "direction", "random_init")
     for run in runs[1:]:
         if any(run["config"].get(k) != runs[0]["config"].get(k) for k in keys):
-            raise SystemExit(f"--merge: runs differ in {', '.join(k for k in keys if run['config'].get(k) != runs[0]['config'].get(k))}")
+            raise SystemExit(
+                f"--merge: runs differ in {', '.join(k for k in keys if run['config'].get(k) != runs[0]['config'].get(k))}"
+            )
     results = {n: r for run in runs for n, r in run["results"].items()}
     sizes = sorted(int(n) for n in results)
     out = dict(runs[0])
-    out["config"] = runs[0]["config"] | {"sizes": sizes, "merged_from": [str(p) for p in paths],
-                                         "environments": [run["environment"] for run in runs]}
+    out["config"] = runs[0]["config"] | {
+        "sizes": sizes,
+        "merged_from": [str(p) for p in paths],
+        "environments": [run["environment"] for run in runs],
+    }
     out["results"] = {str(n): results[str(n)] for n in sizes}
     out["targets"] = check_targets(sizes, out["results"], runs[0]["config"]["models"])
     print_targets(out["targets"])
@@ -561,20 +640,38 @@ def main(argv: list[str] | None = None) -> dict | None:
         Path(args.answer).write_text(json.dumps(child_eval(args)))
         return None
     randoms = random_checkpoints(args.cache_dir, args.models) if args.random_init else {}
-    checkpoints = {m: getattr(args, f"{m}_checkpoint") or randoms.get(m) or default_checkpoint(m, args.cache_dir, args.train)
-                   for m in args.models}
+    checkpoints = {
+        m: getattr(args, f"{m}_checkpoint") or randoms.get(m) or default_checkpoint(m, args.cache_dir, args.train)
+        for m in args.models
+    }
     print(f"checkpoints: {checkpoints}", flush=True)
     results: dict = {}
     for n in args.sizes:
         print(f"N={n}: data ...", flush=True)
         data = prepare_data(n, args.queries, Path(args.data_root), args.threads, args.full_generator_max)
-        gen = (f", full generator {data['full_generator_s']:.1f} s ({fmt_bytes(data['full_generator_annotation_bytes'])} "
-               "of test annotations)" if "full_generator_s" in data else "")
+        gen = (
+            f", full generator {data['full_generator_s']:.1f} s ({fmt_bytes(data['full_generator_annotation_bytes'])} "
+            "of test annotations)"
+            if "full_generator_s" in data
+            else ""
+        )
         print(f"  data N={n}: {'cached' if data['cached'] else 'written'} in {data['data_s']:.1f} s{gen}", flush=True)
         results[str(n)] = {"data": data, "models": {}}
         for model in args.models:
-            r = run_child(["--child", "eval", "--size", str(n), "--model", model, "--checkpoint", checkpoints[model],
-                           *common_argv(args)], args.timeout)
+            r = run_child(
+                [
+                    "--child",
+                    "eval",
+                    "--size",
+                    str(n),
+                    "--model",
+                    model,
+                    "--checkpoint",
+                    checkpoints[model],
+                    *common_argv(args),
+                ],
+                args.timeout,
+            )
             results[str(n)]["models"][model] = r
             print_run(n, model, r)
     targets = check_targets(args.sizes, results, args.models)
@@ -583,10 +680,22 @@ def main(argv: list[str] | None = None) -> dict | None:
 
     out = {
         "script": "scripts/bench_scale.py",
-        "config": {"sizes": args.sizes, "queries": args.queries, "models": args.models, "threads": args.threads,
-                   "direction": "t2i", "checkpoints": checkpoints, "random_init": args.random_init},
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine(),
-                        "cpus": os.cpu_count(), "load_average_at_end": list(os.getloadavg())},
+        "config": {
+            "sizes": args.sizes,
+            "queries": args.queries,
+            "models": args.models,
+            "threads": args.threads,
+            "direction": "t2i",
+            "checkpoints": checkpoints,
+            "random_init": args.random_init,
+        },
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "load_average_at_end": list(os.getloadavg()),
+        },
         "results": results,
         "targets": targets,
     }

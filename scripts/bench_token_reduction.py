@@ -61,10 +61,10 @@ from transformers import Blip2VisionConfig, Blip2VisionModel, CLIPVisionConfig, 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark.atomic import atomic_write_json  # noqa: E402
-from lightning_modules.components.crossget import DEFAULT_R, CrossGETTower  # noqa: E402
-from lightning_modules.components.dynamicvit import DEFAULT_KEEP_RATE, DynamicViTTower  # noqa: E402
-from lightning_modules.components.vit_runner import ViTRunner  # noqa: E402
+from benchmark.atomic import atomic_write_json
+from lightning_modules.components.crossget import DEFAULT_R, CrossGETTower
+from lightning_modules.components.dynamicvit import DEFAULT_KEEP_RATE, DynamicViTTower
+from lightning_modules.components.vit_runner import ViTRunner
 
 #: CrossGET's full-size r on BLIP-2's ViT-g/14 (lightning_modules.crossget_model.FULL_R)
 VIT_G_R = 5
@@ -86,8 +86,14 @@ def _tiny(device: str, depth: int | None, checkpoint: str | None) -> tuple[torch
         from transformers import CLIPModel
 
         return CLIPModel.from_pretrained(checkpoint, local_files_only=True).vision_model.to(device).eval(), checkpoint
-    cfg = CLIPVisionConfig(image_size=48, patch_size=8, hidden_size=128, intermediate_size=256,
-                           num_hidden_layers=depth or 4, num_attention_heads=4)
+    cfg = CLIPVisionConfig(
+        image_size=48,
+        patch_size=8,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=depth or 4,
+        num_attention_heads=4,
+    )
     return CLIPVisionModel(cfg).to(device).eval(), f"tiny CLIP vision, {cfg.num_hidden_layers} layers, random weights"
 
 
@@ -98,8 +104,15 @@ def _blip2_vision(cfg: Blip2VisionConfig, device: str, what: str) -> tuple[torch
 
 
 def _vit_b(device: str, depth: int | None, checkpoint: str | None) -> tuple[torch.nn.Module, str]:
-    cfg = Blip2VisionConfig(image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072,
-                            num_hidden_layers=depth or 12, num_attention_heads=12, initializer_range=0.02)
+    cfg = Blip2VisionConfig(
+        image_size=224,
+        patch_size=16,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=depth or 12,
+        num_attention_heads=12,
+        initializer_range=0.02,
+    )
     return _blip2_vision(cfg, device, "ViT-B/16 shapes")
 
 
@@ -190,12 +203,12 @@ def _timed(model, x: torch.Tensor) -> tuple[float, float]:
 
 def _ratio_stats(times: list[float], base: list[float], prefix: str) -> dict[str, float]:
     ratios = [t / b for t, b in zip(times, base, strict=True)]
-    return {f"{prefix}_median": statistics.median(ratios), f"{prefix}_min": min(ratios),
-            f"{prefix}_max": max(ratios)}
+    return {f"{prefix}_median": statistics.median(ratios), f"{prefix}_min": min(ratios), f"{prefix}_max": max(ratios)}
 
 
-def time_models(models: dict[str, torch.nn.Module], x: torch.Tensor, warmup: int, repeats: int,
-                baseline: str = "unpruned") -> dict[str, dict]:
+def time_models(
+    models: dict[str, torch.nn.Module], x: torch.Tensor, warmup: int, repeats: int, baseline: str = "unpruned"
+) -> dict[str, dict]:
     """Cold call, ``warmup`` untimed rounds, then ``repeats`` rounds of one call per model, the
     order rotating by one model per round; per-round time ratios to ``baseline`` (wall time,
     and process CPU time, which load from other processes disturbs less), and the ratio of
@@ -219,13 +232,16 @@ def time_models(models: dict[str, torch.nn.Module], x: torch.Tensor, warmup: int
     for name in names:
         ts = wall[name]
         out[name] |= {
-            "median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
+            "median_s": statistics.median(ts),
+            "min_s": min(ts),
+            "max_s": max(ts),
             "images_per_s": batch / statistics.median(ts),
             **_ratio_stats(ts, wall[baseline], "time_ratio"),
             "fastest_ratio": min(ts) / min(wall[baseline]),
             "cpu_median_s": statistics.median(cpu[name]),
             **_ratio_stats(cpu[name], cpu[baseline], "cpu_ratio"),
-            "times_s": ts, "cpu_times_s": cpu[name],
+            "times_s": ts,
+            "cpu_times_s": cpu[name],
         }
     return out
 
@@ -257,12 +273,20 @@ def _positive(text: str) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--encoder", choices=sorted(ENCODERS), default="tiny")
-    ap.add_argument("--depth", type=_positive, default=None,
-                    help="number of layers of a randomly built encoder (default: the preset's)")
+    ap.add_argument(
+        "--depth",
+        type=_positive,
+        default=None,
+        help="number of layers of a randomly built encoder (default: the preset's)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    ap.add_argument("--threads", type=_positive, default=1,
-                    help="fixed intra-op threads (1: on a shared 2-core box, 2 threads spin on each other)")
+    ap.add_argument(
+        "--threads",
+        type=_positive,
+        default=1,
+        help="fixed intra-op threads (1: on a shared 2-core box, 2 threads spin on each other)",
+    )
     ap.add_argument("--batch-sizes", type=_positive, nargs="*", default=[32, 128], help="none: FLOPs only")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=_positive, default=30, help="timed rounds (every model once per round)")
@@ -301,14 +325,26 @@ def main(argv: list[str] | None = None) -> dict:
     import transformers
 
     print(f"encoder: {source}; {args.device}, {args.dtype}")
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()}")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()}"
+    )
     if args.device.startswith("cuda"):
         print(f"gpu: {torch.cuda.get_device_name()}")
-    result: dict = {"encoder": args.encoder, "source": source, "device": args.device, "dtype": args.dtype,
-                    "threads": args.threads, "torch": torch.__version__, "keep_rate": args.keep_rate, "r": r,
-                    "r_source": preset.r_source if args.r is None else "--r", "cuda_graphs": args.cuda_graphs,
-                    "warmup": args.warmup, "repeats": args.repeats}
+    result: dict = {
+        "encoder": args.encoder,
+        "source": source,
+        "device": args.device,
+        "dtype": args.dtype,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "keep_rate": args.keep_rate,
+        "r": r,
+        "r_source": preset.r_source if args.r is None else "--r",
+        "cuda_graphs": args.cuda_graphs,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+    }
     if args.check:
         torch.manual_seed(7)
         result["check_max_abs_diff"] = check_equal(encoder, torch.randn(2, 3, size, size, device=args.device))
@@ -318,16 +354,22 @@ def main(argv: list[str] | None = None) -> dict:
     dvit = DynamicViTTower(encoder, keep_rate=args.keep_rate).to(args.device, dtype).eval()
     cget = CrossGETTower(encoder, r=r).to(args.device, dtype).eval()
     models = {"unpruned": ViTRunner(encoder).eval(), "dynamicvit": dvit, "crossget": cget}
-    print(f"dynamicvit: keep_rate {args.keep_rate}, pruning before layers {dvit.pruning_layers}, "
-          f"patches kept {dvit.keep_counts}, tokens per layer {dvit.tokens_per_layer()}")
-    print(f"crossget:   r {r} ({result['r_source']}), guidance {cget.guidance}, tokens per layer "
-          f"{cget.tokens_per_layer()} (+1 cross token), output tokens {cget.output_tokens()}")
+    print(
+        f"dynamicvit: keep_rate {args.keep_rate}, pruning before layers {dvit.pruning_layers}, "
+        f"patches kept {dvit.keep_counts}, tokens per layer {dvit.tokens_per_layer()}"
+    )
+    print(
+        f"crossget:   r {r} ({result['r_source']}), guidance {cget.guidance}, tokens per layer "
+        f"{cget.tokens_per_layer()} (+1 cross token), output tokens {cget.output_tokens()}"
+    )
     result["tokens_per_layer"] = {"dynamicvit": dvit.tokens_per_layer(), "crossget": cget.tokens_per_layer()}
 
     x = torch.randn(1, 3, size, size, device=args.device, dtype=dtype)
     result["ops_per_forward"] = {name: count_ops(model, x) for name, model in models.items()}
-    print("operator dispatches per forward (kernels: not views): " + ", ".join(
-        f"{k} {v['ops']} ({v['kernels']})" for k, v in result["ops_per_forward"].items()))
+    print(
+        "operator dispatches per forward (kernels: not views): "
+        + ", ".join(f"{k} {v['ops']} ({v['kernels']})" for k, v in result["ops_per_forward"].items())
+    )
 
     flops: dict[str, dict] = {}
     if not args.no_flops:
@@ -343,8 +385,10 @@ def main(argv: list[str] | None = None) -> dict:
         base = flops["unpruned"]["gflops_mean"]
         for f in flops.values():
             f["ratio"] = f["gflops_mean"] / base
-        print(f"\nFLOPs per image (fvcore, multiply-adds), mean +- std over {args.flop_batches} random batches "
-              f"of {args.flop_batch_size}")
+        print(
+            f"\nFLOPs per image (fvcore, multiply-adds), mean +- std over {args.flop_batches} random batches "
+            f"of {args.flop_batch_size}"
+        )
         for name, f in flops.items():
             print(f"  {name:<11} {f['gflops_mean']:10.4f} GFLOPs +- {f['gflops_std']:.4f}   ratio {f['ratio']:.3f}")
         result["flops"] = flops
@@ -356,18 +400,24 @@ def main(argv: list[str] | None = None) -> dict:
         timed = {k: CudaGraphed(m, x) for k, m in models.items()} if args.cuda_graphs else models
         load = os.getloadavg()
         timing[batch] = time_models(timed, x, args.warmup, args.repeats)
-        print(f"\nwall time{' (CUDA graphs)' if args.cuda_graphs else ''}, batch {batch}, threads {args.threads}, "
-              f"{args.repeats} rotating rounds after {args.warmup} warm-up (load average before {load}, "
-              f"after {os.getloadavg()})")
-        print(f"  {'model':<11} {'cold ms':>8} {'median ms':>10} {'min-max ms':>17} {'img/s':>7} "
-              f"{'time ratio [range]':>22} {'fastest':>8} {'CPU-time ratio [range]':>23} {'FLOP ratio':>10}")
+        print(
+            f"\nwall time{' (CUDA graphs)' if args.cuda_graphs else ''}, batch {batch}, threads {args.threads}, "
+            f"{args.repeats} rotating rounds after {args.warmup} warm-up (load average before {load}, "
+            f"after {os.getloadavg()})"
+        )
+        print(
+            f"  {'model':<11} {'cold ms':>8} {'median ms':>10} {'min-max ms':>17} {'img/s':>7} "
+            f"{'time ratio [range]':>22} {'fastest':>8} {'CPU-time ratio [range]':>23} {'FLOP ratio':>10}"
+        )
         for name, t in timing[batch].items():
             ratio = f"{flops[name]['ratio']:10.3f}" if flops else f"{'-':>10}"
             spread = f"{t['min_s'] * 1e3:.1f}-{t['max_s'] * 1e3:.1f}"
             tr = f"{t['time_ratio_median']:.3f} [{t['time_ratio_min']:.3f}, {t['time_ratio_max']:.3f}]"
             cr = f"{t['cpu_ratio_median']:.3f} [{t['cpu_ratio_min']:.3f}, {t['cpu_ratio_max']:.3f}]"
-            print(f"  {name:<11} {t['cold_s'] * 1e3:8.1f} {t['median_s'] * 1e3:10.2f} {spread:>17} "
-                  f"{t['images_per_s']:7.1f} {tr:>22} {t['fastest_ratio']:8.3f} {cr:>23} {ratio}")
+            print(
+                f"  {name:<11} {t['cold_s'] * 1e3:8.1f} {t['median_s'] * 1e3:10.2f} {spread:>17} "
+                f"{t['images_per_s']:7.1f} {tr:>22} {t['fastest_ratio']:8.3f} {cr:>23} {ratio}"
+            )
     result["timing"] = {str(b): t for b, t in timing.items()}
     if args.json:
         atomic_write_json(args.json, result)

@@ -28,22 +28,32 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=64)
     ap.add_argument("--display", type=int, default=5)
     a = ap.parse_args()
-    kw = {"n_gallery": a.gallery, "dim": a.dim, "top_k": a.top_k, "row_chunk": a.row_chunk,
-          "n_queries": a.queries, "display": a.display}
+    kw = {
+        "n_gallery": a.gallery,
+        "dim": a.dim,
+        "top_k": a.top_k,
+        "row_chunk": a.row_chunk,
+        "n_queries": a.queries,
+        "display": a.display,
+    }
     peaks, baselines = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for s in STEPS[1:]:
             out = Path(tmp) / f"{s}.json"
             peaks[s] = peak_rss_mb_in_fresh_process("benchmark.feedback.memcheck:probe", step=s, out=str(out), **kw)
             baselines[s] = json.loads(out.read_text())["baseline_mb"]
-    print(f"G={a.gallery} dim={a.dim} top_k={a.top_k} row_chunk={a.row_chunk} queries={a.queries} "
-          f"display={a.display}; dense G x G float32 = {dense_mb(a.gallery):.0f} MiB")
+    print(
+        f"G={a.gallery} dim={a.dim} top_k={a.top_k} row_chunk={a.row_chunk} queries={a.queries} "
+        f"display={a.display}; dense G x G float32 = {dense_mb(a.gallery):.0f} MiB"
+    )
     for s in STEPS[1:]:
         extra = peaks[s] - baselines[s]
         bound = bound_mb(s, a.gallery, a.top_k, a.row_chunk, a.queries, a.display)
-        print(f"  {s:<6} peak RSS {peaks[s]:8.1f} MiB  (before the step {baselines[s]:7.1f})  "
-              f"extra {extra:7.1f} MiB  bound {bound:7.1f} MiB  "
-              f"dense/extra {dense_mb(a.gallery) / max(extra, 1e-9):8.1f}x")
+        print(
+            f"  {s:<6} peak RSS {peaks[s]:8.1f} MiB  (before the step {baselines[s]:7.1f})  "
+            f"extra {extra:7.1f} MiB  bound {bound:7.1f} MiB  "
+            f"dense/extra {dense_mb(a.gallery) / max(extra, 1e-9):8.1f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ import torch
 
 from benchmark.config import deep_merge, from_dict, parse_set
 from benchmark.feedback.config import FeedbackConfig
-from benchmark.feedback.options import run_config
 from benchmark.feedback.llm.registry import make_backend
+from benchmark.feedback.options import run_config
 from benchmark.feedback.protocol import run_protocol
 from benchmark.feedback.record import build_result, result_paths
 from benchmark.feedback.refine import Refiner
@@ -77,16 +77,34 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], dest="sets")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     ap.add_argument("--arms", default="exclude,refresh", help="comma-separated arms (llm: the rules writer)")
-    ap.add_argument("--round0-cache", type=Path, default=None,
-                    help="round-0 scores saved here on the first run and read back after (same split and queries)")
-    ap.add_argument("--results-dir", type=Path, default=None,
-                    help="write a result file per setting and seed (tag: the setting's 'TAG:' prefix, then -s<seed>)")
+    ap.add_argument(
+        "--round0-cache",
+        type=Path,
+        default=None,
+        help="round-0 scores saved here on the first run and read back after (same split and queries)",
+    )
+    ap.add_argument(
+        "--results-dir",
+        type=Path,
+        default=None,
+        help="write a result file per setting and seed (tag: the setting's 'TAG:' prefix, then -s<seed>)",
+    )
     args = ap.parse_args()
 
-    cfg = run_config(model=args.model, dataset=args.dataset, size="tiny", tag="sweep", seed=0, epochs=None,
-                     data_root=None, pretrained=None, config=None,
-                     sets=[f"data.eval_split={args.split}", *args.sets], results_dir=Path("/tmp"),
-                     cache_dir=args.cache_dir)
+    cfg = run_config(
+        model=args.model,
+        dataset=args.dataset,
+        size="tiny",
+        tag="sweep",
+        seed=0,
+        epochs=None,
+        data_root=None,
+        pretrained=None,
+        config=None,
+        sets=[f"data.eval_split={args.split}", *args.sets],
+        results_dir=Path("/tmp"),
+        cache_dir=args.cache_dir,
+    )
     t0 = time.perf_counter()
     model, dm, _ = load_model(cfg)
     model = model.eval()
@@ -104,8 +122,11 @@ def main() -> None:
             tmp = args.round0_cache.with_suffix(".tmp")
             torch.save(round0, tmp)
             tmp.replace(args.round0_cache)
-    print(f"{task.n_queries} queries x {task.n_gallery} images ({args.split}); loaded and scored in "
-          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    print(
+        f"{task.n_queries} queries x {task.n_gallery} images ({args.split}); loaded and scored in "
+        f"{time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
     index = Encoded(torch.arange(task.n_queries, dtype=torch.float64)[:, None])
     arms = args.arms.split(",")
     scorers: dict[tuple, Round0Scorer] = {}  # one per similarity setting: rows and table reused
@@ -120,42 +141,74 @@ def main() -> None:
             sim = fb.image_similarity()
             key = (sim["reads"], sim["top_k"])
             if key not in scorers:
-                scorers[key] = Round0Scorer(model, gallery, base.score_fn, batch_size=fb.chunk_size,
-                                            row_chunk=sim["row_chunk"], top_k=sim["top_k"],
-                                            row_cache_mb=fb.similarity.row_cache_mb, round0=round0)
+                scorers[key] = Round0Scorer(
+                    model,
+                    gallery,
+                    base.score_fn,
+                    batch_size=fb.chunk_size,
+                    row_chunk=sim["row_chunk"],
+                    top_k=sim["top_k"],
+                    row_cache_mb=fb.similarity.row_cache_mb,
+                    round0=round0,
+                )
             user = SimulatedUser.from_config(task.truths, task.closeness, fb.user, seed)
             backend = make_backend(fb.llm) if "llm" in fb.arms else None
             t = time.perf_counter()
-            res = run_protocol(task, scorers[key], index, fb, user,
-                               Refiner(backend, fb.llm) if backend is not None else None)
+            res = run_protocol(
+                task, scorers[key], index, fb, user, Refiner(backend, fb.llm) if backend is not None else None
+            )
             if args.results_dir is not None:
                 run_cfg = replace(cfg, tag=f"{tag or 'sweep'}-s{seed}", results_dir=str(args.results_dir))
-                result = build_result(run_cfg, fb, res, task, llm=backend.describe() if backend else None,
-                                      user_seed=seed, environment=environment("cpu"),
-                                      provenance=es.provenance() | {"script": "scripts/feedback_sweep.py"},
-                                      timings={"protocol_s": time.perf_counter() - t}, transcript=Path("none"))
+                result = build_result(
+                    run_cfg,
+                    fb,
+                    res,
+                    task,
+                    llm=backend.describe() if backend else None,
+                    user_seed=seed,
+                    environment=environment("cpu"),
+                    provenance=es.provenance() | {"script": "scripts/feedback_sweep.py"},
+                    timings={"protocol_s": time.perf_counter() - t},
+                    transcript=Path("none"),
+                )
                 atomic_write_json(result_paths(run_cfg)[0], result)
             stats = feedback_stats(res.ranks, fb.success_k, options)
             d = next(x for x in stats.differences if x.arm == "refresh")
             ex, rf = stats.series["exclude"], stats.series["refresh"]
             at = args.at
-            row = {"setting": setting, "seed": seed, "hits_exclude": ex.hits[at].value, "hits_refresh": rf.hits[at].value,
-                   "d_hits": d.hits[at].diff, "d_hits_lo": d.hits[at].lo, "d_hits_hi": d.hits[at].hi,
-                   "bri_exclude": ex.bri[at].value, "bri_refresh": rf.bri[at].value,
-                   "d_bri": d.bri[at].diff, "d_bri_lo": d.bri[at].lo, "d_bri_hi": d.bri[at].hi,
-                   "marks": res.marks().get("refresh", {}), "seconds": time.perf_counter() - t}
+            row = {
+                "setting": setting,
+                "seed": seed,
+                "hits_exclude": ex.hits[at].value,
+                "hits_refresh": rf.hits[at].value,
+                "d_hits": d.hits[at].diff,
+                "d_hits_lo": d.hits[at].lo,
+                "d_hits_hi": d.hits[at].hi,
+                "bri_exclude": ex.bri[at].value,
+                "bri_refresh": rf.bri[at].value,
+                "d_bri": d.bri[at].diff,
+                "d_bri_lo": d.bri[at].lo,
+                "d_bri_hi": d.bri[at].hi,
+                "marks": res.marks().get("refresh", {}),
+                "seconds": time.perf_counter() - t,
+            }
             rows.append(row)
-            print(f"[{setting}] seed {seed}: Hits@{fb.success_k} r{at} exclude {row['hits_exclude']:.4f} refresh "
-                  f"{row['hits_refresh']:.4f} Δ {row['d_hits']:+.4f} [{row['d_hits_lo']:+.4f}, {row['d_hits_hi']:+.4f}]"
-                  f" | BRI exclude {row['bri_exclude']:.4f} refresh {row['bri_refresh']:.4f} Δ {row['d_bri']:+.4f} "
-                  f"[{row['d_bri_lo']:+.4f}, {row['d_bri_hi']:+.4f}] | marks {row['marks']} ({row['seconds']:.0f} s)",
-                  flush=True)
+            print(
+                f"[{setting}] seed {seed}: Hits@{fb.success_k} r{at} exclude {row['hits_exclude']:.4f} refresh "
+                f"{row['hits_refresh']:.4f} Δ {row['d_hits']:+.4f} [{row['d_hits_lo']:+.4f}, {row['d_hits_hi']:+.4f}]"
+                f" | BRI exclude {row['bri_exclude']:.4f} refresh {row['bri_refresh']:.4f} Δ {row['d_bri']:+.4f} "
+                f"[{row['d_bri_lo']:+.4f}, {row['d_bri_hi']:+.4f}] | marks {row['marks']} ({row['seconds']:.0f} s)",
+                flush=True,
+            )
             if "llm" in res.ranks:
                 dl = next(x for x in stats.differences if x.arm == "llm")
-                print(f"    llm {stats.series['llm'].hits[at].value:.4f} Δ {dl.hits[at].diff:+.4f} "
-                      f"[{dl.hits[at].lo:+.4f}, {dl.hits[at].hi:+.4f}] | BRI {stats.series['llm'].bri[at].value:.4f} "
-                      f"Δ {dl.bri[at].diff:+.4f} [{dl.bri[at].lo:+.4f}, {dl.bri[at].hi:+.4f}] | "
-                      f"fallbacks {res.fallbacks()}", flush=True)
+                print(
+                    f"    llm {stats.series['llm'].hits[at].value:.4f} Δ {dl.hits[at].diff:+.4f} "
+                    f"[{dl.hits[at].lo:+.4f}, {dl.hits[at].hi:+.4f}] | BRI {stats.series['llm'].bri[at].value:.4f} "
+                    f"Δ {dl.bri[at].diff:+.4f} [{dl.bri[at].lo:+.4f}, {dl.bri[at].hi:+.4f}] | "
+                    f"fallbacks {res.fallbacks()}",
+                    flush=True,
+                )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -28,7 +28,6 @@ import time
 _START = time.perf_counter()  # before torch and the suite are imported: a run's wall time includes them
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
@@ -42,15 +41,20 @@ from gpu_records import read_json, write_json  # noqa: E402
 
 TARGET_S = 900.0
 #: per-stage timings of a result file shown in the summary (seconds), in this order
-STAGES = (("encode_images_s", "encode images"), ("encode_texts_s", "encode texts"),
-          ("score_and_rank_s", "score + rank (ITM re-ranking)"), ("features_test_extract_s", "feature extraction"),
-          ("prepare_data_s", "prepare data"), ("evaluate_s", "evaluate"), ("measure_s", "measure"))
+STAGES = (
+    ("encode_images_s", "encode images"),
+    ("encode_texts_s", "encode texts"),
+    ("score_and_rank_s", "score + rank (ITM re-ranking)"),
+    ("features_test_extract_s", "feature extraction"),
+    ("prepare_data_s", "prepare data"),
+    ("evaluate_s", "evaluate"),
+    ("measure_s", "measure"),
+)
 
 
 # -- prepare ------------------------------------------------------------------------------
 def prepare(args: argparse.Namespace) -> dict:
     import torch
-
     from random_checkpoints import SCALES, folder_bytes, write_blip2
     from random_coco import CocoSpec, vocabulary, write_coco
 
@@ -62,17 +66,23 @@ def prepare(args: argparse.Namespace) -> dict:
     record["dataset"] = write_coco(work / "coco", spec, workers=args.workers)
     record["dataset"]["path"] = str(work / "coco")
     record["generate_s"] = time.perf_counter() - t
-    print(f"[gpu_eval] dataset: {record['dataset']['images']} images, {record['dataset']['test_captions']} test "
-          f"captions, {record['dataset']['bytes'] / 1e6:.1f} MB in {record['generate_s']:.1f} s "
-          f"({record['dataset']['workers']} workers)", flush=True)
+    print(
+        f"[gpu_eval] dataset: {record['dataset']['images']} images, {record['dataset']['test_captions']} test "
+        f"captions, {record['dataset']['bytes'] / 1e6:.1f} MB in {record['generate_s']:.1f} s "
+        f"({record['dataset']['workers']} workers)",
+        flush=True,
+    )
     t = time.perf_counter()
-    record["checkpoint"] = write_blip2(work / "blip2", SCALES[args.scale], device, save_dtype=args.save_dtype,
-                                       vocab_texts=vocabulary())
+    record["checkpoint"] = write_blip2(
+        work / "blip2", SCALES[args.scale], device, save_dtype=args.save_dtype, vocab_texts=vocabulary()
+    )
     record["model_save_s"] = time.perf_counter() - t
     record["checkpoint"] |= {"path": str(work / "blip2"), "bytes": folder_bytes(work / "blip2")}
-    print(f"[gpu_eval] checkpoint: {record['checkpoint']['parameters'] / 1e6:.1f} M parameters, "
-          f"{record['checkpoint']['bytes'] / 1e9:.2f} GB ({args.save_dtype}) in {record['model_save_s']:.1f} s",
-          flush=True)
+    print(
+        f"[gpu_eval] checkpoint: {record['checkpoint']['parameters'] / 1e6:.1f} M parameters, "
+        f"{record['checkpoint']['bytes'] / 1e9:.2f} GB ({args.save_dtype}) in {record['model_save_s']:.1f} s",
+        flush=True,
+    )
     write_json(Path(args.out) / "prepare.json", record)
     return record
 
@@ -83,9 +93,11 @@ def _peaks() -> dict:
 
     if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
         return {"peak_allocated_mb": None, "peak_reserved_mb": None}
-    return {"peak_allocated_mb": torch.cuda.max_memory_allocated() / 2**20,
-            "peak_reserved_mb": torch.cuda.max_memory_reserved() / 2**20,
-            "device_name": torch.cuda.get_device_name()}
+    return {
+        "peak_allocated_mb": torch.cuda.max_memory_allocated() / 2**20,
+        "peak_reserved_mb": torch.cuda.max_memory_reserved() / 2**20,
+        "device_name": torch.cuda.get_device_name(),
+    }
 
 
 def run_bench(name: str, bench_args: Sequence[str], out: Path, result_file: str | None = None) -> dict:
@@ -104,14 +116,23 @@ def run_bench(name: str, bench_args: Sequence[str], out: Path, result_file: str 
         traceback.print_exc()
     finally:
         sys.argv = saved
-    record = {"name": name, "argv": argv, "rc": rc, "error": error, "wall_s": time.perf_counter() - _START,
-              "wall_from": "interpreter start of this helper, before torch is imported", "result_file": result_file,
-              "peak_memory_method": "torch.cuda.max_memory_allocated / max_memory_reserved over the whole "
-                                    "bench run in this process (PyTorch's caching allocator; without the "
-                                    "CUDA context)"} | _peaks()
+    record = {
+        "name": name,
+        "argv": argv,
+        "rc": rc,
+        "error": error,
+        "wall_s": time.perf_counter() - _START,
+        "wall_from": "interpreter start of this helper, before torch is imported",
+        "result_file": result_file,
+        "peak_memory_method": "torch.cuda.max_memory_allocated / max_memory_reserved over the whole "
+        "bench run in this process (PyTorch's caching allocator; without the "
+        "CUDA context)",
+    } | _peaks()
     write_json(out / "runs" / f"{name}.json", record)
-    print(f"[gpu_eval] {name}: rc {rc}, {record['wall_s']:.1f} s, peak allocated {record['peak_allocated_mb']} MB",
-          flush=True)
+    print(
+        f"[gpu_eval] {name}: rc {rc}, {record['wall_s']:.1f} s, peak allocated {record['peak_allocated_mb']} MB",
+        flush=True,
+    )
     return record
 
 
@@ -140,15 +161,22 @@ def run_row(run: dict, target_s: float) -> dict:
     metrics = (result or {}).get("metrics", {})
     cfg = (result or {}).get("config", {})
     row = {
-        "model": run["name"], "rc": run["rc"], "completed": ok, "wall_s": run["wall_s"],
+        "model": run["name"],
+        "rc": run["rc"],
+        "completed": ok,
+        "wall_s": run["wall_s"],
         "verdict": ("PASS" if run["wall_s"] <= target_s else "FAIL") if ok else "CRASH",
-        "total_s": timings.get("total_s"), "stages": {k: timings.get(k) for k, _ in STAGES},
-        "peak_allocated_mb": run.get("peak_allocated_mb"), "peak_reserved_mb": run.get("peak_reserved_mb"),
-        "t2i_R@1": metrics.get("t2i/R@1"), "i2t_R@1": metrics.get("i2t/R@1"),
+        "total_s": timings.get("total_s"),
+        "stages": {k: timings.get(k) for k, _ in STAGES},
+        "peak_allocated_mb": run.get("peak_allocated_mb"),
+        "peak_reserved_mb": run.get("peak_reserved_mb"),
+        "t2i_R@1": metrics.get("t2i/R@1"),
+        "i2t_R@1": metrics.get("i2t/R@1"),
         "k_test": _k_test(result) if result else None,
         "n_images": ((result or {}).get("provenance") or {}).get("n_gallery_images"),
         "n_queries": ((result or {}).get("provenance") or {}).get("n_queries"),
-        "eval": cfg.get("eval"), "error": run.get("error"),
+        "eval": cfg.get("eval"),
+        "error": run.get("error"),
     }
     return row
 
@@ -166,35 +194,66 @@ def summary(args: argparse.Namespace) -> dict:
     stages = _read_stage_times(out / "stage_times.tsv")
     versions = (out / "versions.txt").read_text().strip() if (out / "versions.txt").is_file() else "-"
     ds, ck = prep.get("dataset") or {}, prep.get("checkpoint") or {}
-    lines = [f"# Full-size COCO-5k evaluation on {markdown_inline(args.device_label or '-')}", "",
-             f"Versions: {markdown_inline(versions)}.",
-             f"Data: random COCO-Karpathy stand-in, {ds.get('per_split', {}).get('test', '-')} test images x "
-             f"{(ds.get('spec') or {}).get('captions_per_image', '-')} captions "
-             f"({(ds.get('spec') or {}).get('image_size', '-')} px JPEGs, {_fmt(ds.get('bytes', 0) / 1e6)} MB), "
-             f"written in {_fmt(prep.get('generate_s'))} s by {ds.get('workers', '-')} processes.",
-             f"Model: random-weight Blip2ForImageTextRetrieval, scale {prep.get('scale', '-')} "
-             f"({_fmt(ck.get('parameters', 0) / 1e6)} M parameters, ViT {ck.get('vision_layers', '-')} layers x "
-             f"{ck.get('vision_width', '-')}, {ck.get('image_size', '-')} px; Q-Former {ck.get('qformer_layers', '-')} "
-             f"layers, {ck.get('num_query_tokens', '-')} queries), saved as {ck.get('save_dtype', '-')} "
-             f"({_fmt(ck.get('bytes', 0) / 1e9, 2)} GB) in {_fmt(prep.get('model_save_s'))} s; ours loads the same folder.",
-             "Stage wall times (process, s): " + (", ".join(f"{markdown_inline(s)} {v:.1f}" + ("" if rc == 0 else f" (rc {rc})")
-                                                          for s, v, rc in stages) or "-") + ".",
-             f"Run options: {markdown_inline(args.sets.strip() or '(defaults)')}.",
-             f"Target: the whole evaluation in at most {args.target_s:.0f} s per model (wall time of the `bench "
-             f"run` process from interpreter start, model loading included): PASS / FAIL; CRASH: it did not complete.",
-             "Peak memory: torch.cuda.max_memory_allocated (reserved in brackets) over the whole run, in process.",
-             ""]
-    head = ("model", "wall s", f"target {args.target_s:.0f} s", "total s", *(label for _, label in STAGES),
-            "peak GPU MB", "k_test", "images / queries", "t2i R@1", "i2t R@1")
+    lines = [
+        f"# Full-size COCO-5k evaluation on {markdown_inline(args.device_label or '-')}",
+        "",
+        f"Versions: {markdown_inline(versions)}.",
+        f"Data: random COCO-Karpathy stand-in, {ds.get('per_split', {}).get('test', '-')} test images x "
+        f"{(ds.get('spec') or {}).get('captions_per_image', '-')} captions "
+        f"({(ds.get('spec') or {}).get('image_size', '-')} px JPEGs, {_fmt(ds.get('bytes', 0) / 1e6)} MB), "
+        f"written in {_fmt(prep.get('generate_s'))} s by {ds.get('workers', '-')} processes.",
+        f"Model: random-weight Blip2ForImageTextRetrieval, scale {prep.get('scale', '-')} "
+        f"({_fmt(ck.get('parameters', 0) / 1e6)} M parameters, ViT {ck.get('vision_layers', '-')} layers x "
+        f"{ck.get('vision_width', '-')}, {ck.get('image_size', '-')} px; Q-Former {ck.get('qformer_layers', '-')} "
+        f"layers, {ck.get('num_query_tokens', '-')} queries), saved as {ck.get('save_dtype', '-')} "
+        f"({_fmt(ck.get('bytes', 0) / 1e9, 2)} GB) in {_fmt(prep.get('model_save_s'))} s; ours loads the same folder.",
+        "Stage wall times (process, s): "
+        + (
+            ", ".join(f"{markdown_inline(s)} {v:.1f}" + ("" if rc == 0 else f" (rc {rc})") for s, v, rc in stages)
+            or "-"
+        )
+        + ".",
+        f"Run options: {markdown_inline(args.sets.strip() or '(defaults)')}.",
+        f"Target: the whole evaluation in at most {args.target_s:.0f} s per model (wall time of the `bench "
+        f"run` process from interpreter start, model loading included): PASS / FAIL; CRASH: it did not complete.",
+        "Peak memory: torch.cuda.max_memory_allocated (reserved in brackets) over the whole run, in process.",
+        "",
+    ]
+    head = (
+        "model",
+        "wall s",
+        f"target {args.target_s:.0f} s",
+        "total s",
+        *(label for _, label in STAGES),
+        "peak GPU MB",
+        "k_test",
+        "images / queries",
+        "t2i R@1",
+        "i2t R@1",
+    )
     table = [head]
     for r in rows:
         mem = "-" if r["peak_allocated_mb"] is None else f"{r['peak_allocated_mb']:.0f} ({r['peak_reserved_mb']:.0f})"
-        table.append((r["model"], _fmt(r["wall_s"]), r["verdict"], _fmt(r["total_s"]),
-                      *(_fmt(r["stages"][k]) for k, _ in STAGES), mem, str(r["k_test"] or "-"),
-                      f"{r['n_images'] or '-'} / {r['n_queries'] or '-'}", _fmt(r["t2i_R@1"], 4),
-                      _fmt(r["i2t_R@1"], 4)))
+        table.append(
+            (
+                r["model"],
+                _fmt(r["wall_s"]),
+                r["verdict"],
+                _fmt(r["total_s"]),
+                *(_fmt(r["stages"][k]) for k, _ in STAGES),
+                mem,
+                str(r["k_test"] or "-"),
+                f"{r['n_images'] or '-'} / {r['n_queries'] or '-'}",
+                _fmt(r["t2i_R@1"], 4),
+                _fmt(r["i2t_R@1"], 4),
+            )
+        )
     cells = [[markdown_inline(str(c)) for c in row] for row in table]
-    lines += ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(head), *("| " + " | ".join(c) + " |" for c in cells[1:])]
+    lines += [
+        "| " + " | ".join(cells[0]) + " |",
+        "|" + "---|" * len(head),
+        *("| " + " | ".join(c) + " |" for c in cells[1:]),
+    ]
     for r in rows:
         if r["error"]:
             lines.append(f"\n{markdown_inline(r['model'])} failed: {markdown_inline(r['error'])}")
@@ -226,7 +285,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     bench_args: list[str] = []
     if "--" in argv:
         i = argv.index("--")
-        argv, bench_args = argv[:i], argv[i + 1:]
+        argv, bench_args = argv[:i], argv[i + 1 :]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     pp = sub.add_parser("prepare", help="write the random checkpoint and the COCO-Karpathy stand-in")
@@ -237,8 +296,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     pp.add_argument("--captions", type=int, default=5)
     pp.add_argument("--image-size", type=int, default=256)
     pp.add_argument("--workers", type=int, default=None, help="image-writing processes (default: all CPUs)")
-    pp.add_argument("--save-dtype", choices=("float32", "float16", "bfloat16"), default="float32",
-                    help="stored weight dtype (float32, as the hub file: measured faster to write and load)")
+    pp.add_argument(
+        "--save-dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+        help="stored weight dtype (float32, as the hub file: measured faster to write and load)",
+    )
     pp.add_argument("--device", default=None, help="where the random model is initialised (default: cuda if any)")
     pp.add_argument("--seed", type=int, default=0)
     pr = sub.add_parser("run", help="one bench run in this process (its arguments after --)")

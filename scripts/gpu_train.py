@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import time
@@ -46,8 +45,13 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from gpu_records import read_json, write_json  # noqa: E402
 
 #: models of the check, in order; which checkpoint each starts from and what its batches hold
-MODELS = {"clip": ("clip", "pixels"), "blip2": ("blip2", "tokens"), "ours": ("blip2", "tokens"),
-          "dynamicvit": ("blip2", "pixels"), "crossget": ("blip2", "pixels")}
+MODELS = {
+    "clip": ("clip", "pixels"),
+    "blip2": ("blip2", "tokens"),
+    "ours": ("blip2", "tokens"),
+    "dynamicvit": ("blip2", "pixels"),
+    "crossget": ("blip2", "pixels"),
+}
 SETTINGS = ((False, "off"), (True, "on"))
 LIMIT_GB = 80.0
 OURS_RATIO = 1.1
@@ -56,7 +60,6 @@ OURS_RATIO = 1.1
 # -- prepare ------------------------------------------------------------------------------
 def prepare(args: argparse.Namespace) -> dict:
     import torch
-
     from random_checkpoints import SCALES, folder_bytes, write_blip2, write_clip
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -65,10 +68,16 @@ def prepare(args: argparse.Namespace) -> dict:
     for name, write in (("blip2", write_blip2), ("clip", write_clip)):
         t = time.perf_counter()
         info = write(work / name, scale, device)
-        record[name] = info | {"path": str(work / name), "bytes": folder_bytes(work / name),
-                               "write_s": time.perf_counter() - t}
-        print(f"[gpu_train] {name}: {info['parameters'] / 1e6:.1f} M parameters, "
-              f"{record[name]['bytes'] / 1e9:.2f} GB in {record[name]['write_s']:.1f} s", flush=True)
+        record[name] = info | {
+            "path": str(work / name),
+            "bytes": folder_bytes(work / name),
+            "write_s": time.perf_counter() - t,
+        }
+        print(
+            f"[gpu_train] {name}: {info['parameters'] / 1e6:.1f} M parameters, "
+            f"{record[name]['bytes'] / 1e9:.2f} GB in {record[name]['write_s']:.1f} s",
+            flush=True,
+        )
     write_json(Path(args.out) / "prepare.json", record)
     return record
 
@@ -105,10 +114,11 @@ class RandomBatches:
 
 
 def build(name: str, work: Path):
+    from random_checkpoints import INSTRUCTIONS
+
     from benchmark.config import from_dict
     from benchmark.registry import MODELS as REGISTRY
     from lightning_modules.optim import OptimConfig
-    from random_checkpoints import INSTRUCTIONS
 
     cls = REGISTRY.get(name)
     config = from_dict(cls.Config, {"pretrained": str(work / MODELS[name][0])}, "model_args")
@@ -161,8 +171,15 @@ def run_setting(name: str, checkpointing: bool, args: argparse.Namespace) -> dic
 
     cuda = args.device == "cuda"
     kind = MODELS[name][1]
-    record: dict = {"model": name, "grad_checkpointing": checkpointing, "batch": args.batch, "inputs": kind,
-                    "precision": args.precision, "status": "ok", "error": None}
+    record: dict = {
+        "model": name,
+        "grad_checkpointing": checkpointing,
+        "batch": args.batch,
+        "inputs": kind,
+        "precision": args.precision,
+        "status": "ok",
+        "error": None,
+    }
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
@@ -183,14 +200,24 @@ def run_setting(name: str, checkpointing: bool, args: argparse.Namespace) -> dic
         timer = _timer()
         steps = args.warmup + args.steps
         loader = DataLoader(RandomBatches(steps, args.batch, shape, dtype), batch_size=None, shuffle=False)
-        trainer = L.Trainer(accelerator="gpu" if cuda else "cpu", devices=1, precision=args.precision,
-                            max_steps=steps, gradient_clip_val=1.0, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                            limit_val_batches=0, callbacks=[timer])
+        trainer = L.Trainer(
+            accelerator="gpu" if cuda else "cpu",
+            devices=1,
+            precision=args.precision,
+            max_steps=steps,
+            gradient_clip_val=1.0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            callbacks=[timer],
+        )
         t = time.perf_counter()
         trainer.fit(model, train_dataloaders=loader)
         record["fit_s"] = time.perf_counter() - t
-        timed = timer.times[args.warmup:]
+        timed = timer.times[args.warmup :]
         record["step_times_s"] = timer.times
         if len(timer.times) != steps or not timed:
             raise RuntimeError(f"{len(timer.times)} training steps ran, {steps} expected")
@@ -217,22 +244,28 @@ def run_setting(name: str, checkpointing: bool, args: argparse.Namespace) -> dic
 
 def run_model(args: argparse.Namespace) -> dict:
     out = Path(args.out)
-    doc: dict = {"model": args.name, "settings": [],
-                 "peak_memory_method": "torch.cuda.max_memory_allocated over the case (model built, moved to the "
-                                       "GPU, warm-up and timed steps, optimizer state included), reset after the "
-                                       "previous case's model was freed; PyTorch's caching allocator, without the "
-                                       "CUDA context",
-                 "timing_method": f"median of {args.steps} timed training steps after {args.warmup} warm-up steps, "
-                                  "each from on_train_batch_start to on_train_batch_end (forward, backward, "
-                                  "gradient clipping, optimizer step), torch.cuda.synchronize() at both ends"}
+    doc: dict = {
+        "model": args.name,
+        "settings": [],
+        "peak_memory_method": "torch.cuda.max_memory_allocated over the case (model built, moved to the "
+        "GPU, warm-up and timed steps, optimizer state included), reset after the "
+        "previous case's model was freed; PyTorch's caching allocator, without the "
+        "CUDA context",
+        "timing_method": f"median of {args.steps} timed training steps after {args.warmup} warm-up steps, "
+        "each from on_train_batch_start to on_train_batch_end (forward, backward, "
+        "gradient clipping, optimizer step), torch.cuda.synchronize() at both ends",
+    }
     for checkpointing, label in SETTINGS:
         record = run_setting(args.name, checkpointing, args)
         doc["settings"].append(record)
         write_json(out / "runs" / f"{args.name}.json", doc)
         peak = record["peak_allocated_mb"]
-        print(f"[gpu_train] {args.name} grad_checkpointing={label}: {record['status']}, "
-              f"{record.get('steps_per_s', float('nan')):.2f} steps/s, peak allocated "
-              f"{'n/a' if peak is None else f'{peak / 1024:.2f} GiB'}", flush=True)
+        print(
+            f"[gpu_train] {args.name} grad_checkpointing={label}: {record['status']}, "
+            f"{record.get('steps_per_s', float('nan')):.2f} steps/s, peak allocated "
+            f"{'n/a' if peak is None else f'{peak / 1024:.2f} GiB'}",
+            flush=True,
+        )
     return doc
 
 
@@ -253,10 +286,18 @@ def summary(args: argparse.Namespace) -> dict:
     for m in order:
         settings = (runs[m] or {}).get("settings", [])
         for s in settings:
-            rows.append({"model": m, "grad_checkpointing": "on" if s["grad_checkpointing"] else "off",
-                         "status": s["status"], "inputs": f"{s.get('input_dtype', '?')} {s.get('input_shape', '?')}",
-                         "peak_gb": _gb(s.get("peak_allocated_mb")), "steps_per_s": s.get("steps_per_s"),
-                         "median_step_s": s.get("median_step_s"), "error": s.get("error")})
+            rows.append(
+                {
+                    "model": m,
+                    "grad_checkpointing": "on" if s["grad_checkpointing"] else "off",
+                    "status": s["status"],
+                    "inputs": f"{s.get('input_dtype', '?')} {s.get('input_shape', '?')}",
+                    "peak_gb": _gb(s.get("peak_allocated_mb")),
+                    "steps_per_s": s.get("steps_per_s"),
+                    "median_step_s": s.get("median_step_s"),
+                    "error": s.get("error"),
+                }
+            )
         per_model[m] = {s["grad_checkpointing"]: s for s in settings}
     measured = args.device_label is not None and "CPU" not in args.device_label
 
@@ -281,22 +322,36 @@ def summary(args: argparse.Namespace) -> dict:
         else:
             ratio = ours["peak_allocated_mb"] / blip2["peak_allocated_mb"]
             targets[key] = f"{'PASS' if ratio <= args.ratio else 'FAIL'} ({ratio:.3f}x)"
-    doc = {"device": args.device_label, "batch": args.batch, "precision": args.precision, "rows": rows,
-           "targets": targets, "measured_on_gpu": measured, "prepare": read_json(out / "prepare.json")}
-    lines = [f"# Full-shape training step per model ({args.device_label})", "",
-             f"Batch {args.batch}, precision {args.precision} (autocast), AdamW over each model's trainable "
-             "parameters through its own `configure_optimizers`; steps/s = 1 / median timed step; peak = "
-             "`torch.cuda.max_memory_allocated` per case (GB = 1e9 bytes).", "",
-             "| model | grad checkpointing | inputs | status | peak GB | steps/s | median step s |",
-             "|---|---|---|---|---|---|---|"]
+    doc = {
+        "device": args.device_label,
+        "batch": args.batch,
+        "precision": args.precision,
+        "rows": rows,
+        "targets": targets,
+        "measured_on_gpu": measured,
+        "prepare": read_json(out / "prepare.json"),
+    }
+    lines = [
+        f"# Full-shape training step per model ({args.device_label})",
+        "",
+        f"Batch {args.batch}, precision {args.precision} (autocast), AdamW over each model's trainable "
+        "parameters through its own `configure_optimizers`; steps/s = 1 / median timed step; peak = "
+        "`torch.cuda.max_memory_allocated` per case (GB = 1e9 bytes).",
+        "",
+        "| model | grad checkpointing | inputs | status | peak GB | steps/s | median step s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['grad_checkpointing']} | {r['inputs']} | {r['status']} | "
-                     f"{_fmt(r['peak_gb'])} | {_fmt(r['steps_per_s'])} | {_fmt(r['median_step_s'], 3)} |")
+        lines.append(
+            f"| {r['model']} | {r['grad_checkpointing']} | {r['inputs']} | {r['status']} | "
+            f"{_fmt(r['peak_gb'])} | {_fmt(r['steps_per_s'])} | {_fmt(r['median_step_s'], 3)} |"
+        )
     lines += ["", "## Targets", ""] + [f"- {k}: **{v}**" for k, v in targets.items()]
     errors = [r for r in rows if r["error"]]
     if errors:
-        lines += ["", "## Errors", ""] + [f"- {r['model']} ({r['grad_checkpointing']}): `{r['error'][:300]}`"
-                                          for r in errors]
+        lines += ["", "## Errors", ""] + [
+            f"- {r['model']} ({r['grad_checkpointing']}): `{r['error'][:300]}`" for r in errors
+        ]
     from benchmark.atomic import atomic_write_text
 
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")

@@ -41,9 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=256, help="gallery items per update, as an encoding batch")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--interval", type=float, default=0.05, help="seconds between RSS samples")
-    p.add_argument("--read-table", action="store_true",
-                   help="read every row of the mapped vision tokens while feeding (as the evaluation's gallery "
-                        "loader does: the file's pages then count in RSS)")
+    p.add_argument(
+        "--read-table",
+        action="store_true",
+        help="read every row of the mapped vision tokens while feeding (as the evaluation's gallery "
+        "loader does: the file's pages then count in RSS)",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON output")
     args = p.parse_args(argv)
     for name in ("n", "batch", "threads"):
@@ -106,13 +109,22 @@ def main(argv: list[str] | None = None) -> dict:
         probe = model.encode_images(table[:2].clone())  # shapes of the gallery embeddings
     # the model's methods before the metric takes ``model.score``; the metric's ``update`` and
     # ``compute`` on the instance (torchmetrics wraps them there)
-    for owner, name in ((model, "score"), (model, "itc_score"), (model, "itm_scores"),
-                        (blip2_module, "rerank_topk"), (metric_module.RetrievalMetric, "_collect")):
+    for owner, name in (
+        (model, "score"),
+        (model, "itc_score"),
+        (model, "itm_scores"),
+        (blip2_module, "rerank_topk"),
+        (metric_module.RetrievalMetric, "_collect"),
+    ):
         wrap(owner, name)
-    metric = RetrievalMetric(ProbeSet(), score_fn=model.score, directions=("t2i",),
-                             score_variants=model.score_variants() if hasattr(model, "score_variants") else None,
-                             variant_directions=getattr(model, "score_variant_directions", None),
-                             gallery_extra={"image": {model.item_extra: table}})
+    metric = RetrievalMetric(
+        ProbeSet(),
+        score_fn=model.score,
+        directions=("t2i",),
+        score_variants=model.score_variants() if hasattr(model, "score_variants") else None,
+        variant_directions=getattr(model, "score_variant_directions", None),
+        gallery_extra={"image": {model.item_extra: table}},
+    )
     wrap(metric, "update")
     wrap(metric, "compute")
     gen = torch.Generator().manual_seed(0)
@@ -123,24 +135,35 @@ def main(argv: list[str] | None = None) -> dict:
             emb = torch.randn((rows, *probe.emb.shape[1:]), generator=gen, dtype=probe.emb.dtype)
             lengths = None if probe.lengths is None else torch.full((rows,), int(probe.lengths[0]))
             if args.read_table:  # the gallery loader reads every row of the mapped table once
-                float(table[s:s + rows].sum())
+                float(table[s : s + rows].sum())
             metric.update(torch.arange(s, s + rows), Encoded(emb, lengths), "image")
         metric.update(torch.arange(len(texts)), txt, "text")
         stack.append("after update")
         sampler.sample()
         stack.pop()
         metrics = metric.compute()
-    out = {"n": args.n, "model": args.model, "queries": len(texts), "index_bytes": int(metrics["index/bytes"]),
-           "gallery_emb_bytes": int(args.n * probe.emb[0].numel() * probe.emb.element_size()),
-           "start": start_rss, "by_stage": sampler.report(), "times_s": times,
-           "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    out = {
+        "n": args.n,
+        "model": args.model,
+        "queries": len(texts),
+        "index_bytes": int(metrics["index/bytes"]),
+        "gallery_emb_bytes": int(args.n * probe.emb[0].numel() * probe.emb.element_size()),
+        "start": start_rss,
+        "by_stage": sampler.report(),
+        "times_s": times,
+        "ru_maxrss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
     gib = 2**30
-    print(f"{args.model} N={args.n}: gallery embeddings {out['gallery_emb_bytes'] / gib:.2f} GiB, index "
-          f"{out['index_bytes'] / gib:.2f} GiB, start RSS {start_rss.get('rss_bytes', 0) / gib:.2f} GiB, "
-          f"peak (ru_maxrss) {out['ru_maxrss_bytes'] / gib:.2f} GiB")
+    print(
+        f"{args.model} N={args.n}: gallery embeddings {out['gallery_emb_bytes'] / gib:.2f} GiB, index "
+        f"{out['index_bytes'] / gib:.2f} GiB, start RSS {start_rss.get('rss_bytes', 0) / gib:.2f} GiB, "
+        f"peak (ru_maxrss) {out['ru_maxrss_bytes'] / gib:.2f} GiB"
+    )
     for row in out["by_stage"]:
-        print(f"  {row['stage']:12s} peak RSS {row['rss_bytes'] / gib:.2f} GiB (anon {row['anon_bytes'] / gib:.2f}, "
-              f"file {row['file_bytes'] / gib:.2f}); {times.get(row['stage'], 0.0):.1f} s")
+        print(
+            f"  {row['stage']:12s} peak RSS {row['rss_bytes'] / gib:.2f} GiB (anon {row['anon_bytes'] / gib:.2f}, "
+            f"file {row['file_bytes'] / gib:.2f}); {times.get(row['stage'], 0.0):.1f} s"
+        )
     if args.out:
         tmp = args.out.with_name(f".{args.out.name}.tmp")
         tmp.write_text(json.dumps(out, indent=1))

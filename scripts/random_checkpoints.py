@@ -56,24 +56,66 @@ class Scale:
 
 SCALES = {
     # BLIP-2's defaults are EVA ViT-g/14 and the 12-layer Q-Former of blip2-itm-vit-g
-    "full": Scale(blip2=dict(qformer_config=dict(vocab_size=30523, use_qformer_text_input=True),
-                             num_query_tokens=32, image_text_hidden_size=256),
-                  clip_text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                                 max_position_embeddings=77),
-                  clip_vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                   num_attention_heads=16, image_size=224, patch_size=14),
-                  clip_projection=768, image_size=224),
-    "tiny": Scale(blip2=dict(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                                num_attention_heads=2, image_size=32, patch_size=8),
-                             qformer_config=dict(vocab_size=512, hidden_size=32, num_hidden_layers=2,
-                                                 num_attention_heads=2, intermediate_size=64,
-                                                 use_qformer_text_input=True, max_position_embeddings=64),
-                             num_query_tokens=8, image_text_hidden_size=16),
-                  clip_text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                 max_position_embeddings=40),
-                  clip_vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                   image_size=32, patch_size=8),
-                  clip_projection=16, image_size=32),
+    "full": Scale(
+        blip2=dict(
+            qformer_config=dict(vocab_size=30523, use_qformer_text_input=True),
+            num_query_tokens=32,
+            image_text_hidden_size=256,
+        ),
+        clip_text=dict(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+        ),
+        clip_vision=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+        ),
+        clip_projection=768,
+        image_size=224,
+    ),
+    "tiny": Scale(
+        blip2=dict(
+            vision_config=dict(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=4,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=8,
+            ),
+            qformer_config=dict(
+                vocab_size=512,
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+                use_qformer_text_input=True,
+                max_position_embeddings=64,
+            ),
+            num_query_tokens=8,
+            image_text_hidden_size=16,
+        ),
+        clip_text=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=40
+        ),
+        clip_vision=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        clip_projection=16,
+        image_size=32,
+    ),
 }
 
 
@@ -89,8 +131,9 @@ def _save_dtype(name: str) -> torch.dtype:
     return SAVE_DTYPES[name]
 
 
-def write_blip2(path: Path, scale: Scale, device: str, *, save_dtype: str = "float32",
-                vocab_texts: Iterable[str] = INSTRUCTIONS) -> dict:
+def write_blip2(
+    path: Path, scale: Scale, device: str, *, save_dtype: str = "float32", vocab_texts: Iterable[str] = INSTRUCTIONS
+) -> dict:
     """A random ``Blip2ForImageTextRetrieval`` (seed 0) saved like a hub repo (safetensors).
 
     ``save_dtype``: the stored weights' dtype. The config still declares float32, the dtype of
@@ -105,8 +148,10 @@ def write_blip2(path: Path, scale: Scale, device: str, *, save_dtype: str = "flo
     cfg = Blip2Config(**scale.blip2)
     cfg.qformer_config.pad_token_id = tok.pad_token_id
     if len(tok) > cfg.qformer_config.vocab_size:
-        raise ValueError(f"the tokenizer has {len(tok)} words but the Q-Former's vocabulary holds "
-                         f"{cfg.qformer_config.vocab_size}: use fewer vocab_texts")
+        raise ValueError(
+            f"the tokenizer has {len(tok)} words but the Q-Former's vocabulary holds "
+            f"{cfg.qformer_config.vocab_size}: use fewer vocab_texts"
+        )
     torch.manual_seed(0)
     with torch.device(device):
         hf = Blip2ForImageTextRetrieval(cfg).eval()
@@ -121,10 +166,17 @@ def write_blip2(path: Path, scale: Scale, device: str, *, save_dtype: str = "flo
     tok.save_pretrained(path)
     BlipImageProcessor(size={"height": scale.image_size, "width": scale.image_size}).save_pretrained(path)
     del hf
-    return {"parameters": params, "vision_layers": cfg.vision_config.num_hidden_layers,
-            "vision_width": cfg.vision_config.hidden_size, "qformer_layers": cfg.qformer_config.num_hidden_layers,
-            "num_query_tokens": cfg.num_query_tokens, "image_size": cfg.vision_config.image_size,
-            "patch_size": cfg.vision_config.patch_size, "save_dtype": save_dtype, "vocabulary": len(tok)}
+    return {
+        "parameters": params,
+        "vision_layers": cfg.vision_config.num_hidden_layers,
+        "vision_width": cfg.vision_config.hidden_size,
+        "qformer_layers": cfg.qformer_config.num_hidden_layers,
+        "num_query_tokens": cfg.num_query_tokens,
+        "image_size": cfg.vision_config.image_size,
+        "patch_size": cfg.vision_config.patch_size,
+        "save_dtype": save_dtype,
+        "vocabulary": len(tok),
+    }
 
 
 def _declare_float32(config_file: Path) -> None:
@@ -143,8 +195,13 @@ def write_clip(path: Path, scale: Scale, device: str) -> dict:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     tok = word_tokenizer(scale.clip_text["max_position_embeddings"])
-    text = dict(scale.clip_text, vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id)
+    text = dict(
+        scale.clip_text,
+        vocab_size=len(tok),
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     cfg = CLIPConfig(text_config=text, vision_config=scale.clip_vision, projection_dim=scale.clip_projection)
     torch.manual_seed(0)
     with torch.device(device):
@@ -155,9 +212,13 @@ def write_clip(path: Path, scale: Scale, device: str) -> dict:
     CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size}).save_pretrained(path)
     params = sum(p.numel() for p in hf.parameters())
     del hf
-    return {"parameters": params, "vision_layers": cfg.vision_config.num_hidden_layers,
-            "vision_width": cfg.vision_config.hidden_size, "image_size": size,
-            "patch_size": cfg.vision_config.patch_size}
+    return {
+        "parameters": params,
+        "vision_layers": cfg.vision_config.num_hidden_layers,
+        "vision_width": cfg.vision_config.hidden_size,
+        "image_size": size,
+        "patch_size": cfg.vision_config.patch_size,
+    }
 
 
 def folder_bytes(path: Path) -> int:

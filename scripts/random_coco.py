@@ -31,18 +31,87 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 DETERMINERS = ("a", "the", "one", "two", "some", "an old", "a young", "several")
-ADJECTIVES = ("large", "small", "red", "blue", "green", "white", "black", "wooden", "yellow", "shiny", "tall",
-              "striped", "empty", "crowded", "brown", "tiny", "colorful", "metal", "old", "new")
-NOUNS = ("dog", "cat", "man", "woman", "child", "bus", "train", "bicycle", "horse", "plate", "table", "kitchen",
-         "pizza", "surfboard", "elephant", "giraffe", "umbrella", "bench", "clock", "boat", "car", "bird", "sofa",
-         "laptop", "vase", "street", "field", "beach", "skateboard", "bear", "truck", "sandwich", "kite", "sheep")
+ADJECTIVES = (
+    "large",
+    "small",
+    "red",
+    "blue",
+    "green",
+    "white",
+    "black",
+    "wooden",
+    "yellow",
+    "shiny",
+    "tall",
+    "striped",
+    "empty",
+    "crowded",
+    "brown",
+    "tiny",
+    "colorful",
+    "metal",
+    "old",
+    "new",
+)
+NOUNS = (
+    "dog",
+    "cat",
+    "man",
+    "woman",
+    "child",
+    "bus",
+    "train",
+    "bicycle",
+    "horse",
+    "plate",
+    "table",
+    "kitchen",
+    "pizza",
+    "surfboard",
+    "elephant",
+    "giraffe",
+    "umbrella",
+    "bench",
+    "clock",
+    "boat",
+    "car",
+    "bird",
+    "sofa",
+    "laptop",
+    "vase",
+    "street",
+    "field",
+    "beach",
+    "skateboard",
+    "bear",
+    "truck",
+    "sandwich",
+    "kite",
+    "sheep",
+)
 VERBS = ("sitting", "standing", "walking", "parked", "riding", "lying", "running", "resting", "playing", "waiting")
 PREPOSITIONS = ("next to", "on top of", "in front of", "near", "behind", "under", "beside", "across from", "inside")
-PLACES = ("in a park", "on a busy street", "at the beach", "in a kitchen", "on a sunny day", "in the snow",
-          "near the water", "in a living room", "at night", "in a field")
+PLACES = (
+    "in a park",
+    "on a busy street",
+    "at the beach",
+    "in a kitchen",
+    "on a sunny day",
+    "in the snow",
+    "near the water",
+    "in a living room",
+    "at night",
+    "in a field",
+)
 #: every word a caption can hold (a tokenizer built from them knows them all)
-WORDS = tuple(dict.fromkeys(w for group in (DETERMINERS, ADJECTIVES, NOUNS, VERBS, PREPOSITIONS, PLACES)
-                            for phrase in group for w in phrase.split()))
+WORDS = tuple(
+    dict.fromkeys(
+        w
+        for group in (DETERMINERS, ADJECTIVES, NOUNS, VERBS, PREPOSITIONS, PLACES)
+        for phrase in group
+        for w in phrase.split()
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -75,6 +144,7 @@ class CocoSpec:
 
 def caption(rng: np.random.Generator) -> str:
     """One sentence of 7 to 17 words (11.2 on average)."""
+
     def pick(options: tuple[str, ...]) -> str:
         return options[int(rng.integers(len(options)))]
 
@@ -129,8 +199,17 @@ def _entries(spec: CocoSpec) -> list[dict]:
                 raw = text + " " if sentid % 2 == 0 else text  # Karpathy's raw often ends in a space
                 sentences.append({"tokens": text.split(), "raw": raw, "imgid": imgid, "sentid": sentid})
                 sentid += 1
-            images.append({"filepath": filepath, "sentids": [s["sentid"] for s in sentences], "filename": filename,
-                           "imgid": imgid, "split": split, "sentences": sentences, "cocoid": cocoid})
+            images.append(
+                {
+                    "filepath": filepath,
+                    "sentids": [s["sentid"] for s in sentences],
+                    "filename": filename,
+                    "imgid": imgid,
+                    "split": split,
+                    "sentences": sentences,
+                    "cocoid": cocoid,
+                }
+            )
             imgid += 1
     return images
 
@@ -157,7 +236,7 @@ def write_coco(root: Path, spec: CocoSpec = CocoSpec(), workers: int | None = No
     t = time.perf_counter()
     items = [(f"{e['filepath']}/{e['filename']}", spec.seed * 1_000_003 + e["cocoid"]) for e in entries]
     chunk = max(1, -(-len(items) // (4 * workers)))
-    jobs = [(str(root), items[i:i + chunk], spec.image_size, spec.quality) for i in range(0, len(items), chunk)]
+    jobs = [(str(root), items[i : i + chunk], spec.image_size, spec.quality) for i in range(0, len(items), chunk)]
     if workers == 1:
         written = sum(map(_write_images, jobs))
     else:
@@ -171,10 +250,16 @@ def write_coco(root: Path, spec: CocoSpec = CocoSpec(), workers: int | None = No
     os.replace(tmp, root / "dataset_coco.json")  # written last: its presence means the folder is complete
     annotations_s += time.perf_counter() - t
     per_split = {s: sum(1 for e in entries if e["split"] == s) for s in spec.splits()}
-    return {"spec": asdict(spec), "workers": workers, "images": written, "per_split": per_split,
-            "test_captions": spec.n_test * spec.captions_per_image, "images_s": images_s,
-            "annotations_s": annotations_s,
-            "bytes": sum(p.stat().st_size for p in root.rglob("*") if p.is_file())}
+    return {
+        "spec": asdict(spec),
+        "workers": workers,
+        "images": written,
+        "per_split": per_split,
+        "test_captions": spec.n_test * spec.captions_per_image,
+        "images_s": images_s,
+        "annotations_s": annotations_s,
+        "bytes": sum(p.stat().st_size for p in root.rglob("*") if p.is_file()),
+    }
 
 
 def vocabulary() -> list[str]:

@@ -21,8 +21,12 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_modules.idq_former import IdqConfig, IdqFormerRetrieval
 from lightning_modules.optim import OptimConfig
 
-TEXTS = ["find images of a red circle", "a large blue square left of a green star", "show me a yellow cross",
-         "two purple triangles on a striped background"]
+TEXTS = [
+    "find images of a red circle",
+    "a large blue square left of a green star",
+    "show me a yellow cross",
+    "two purple triangles on a striped background",
+]
 
 
 class Items(Dataset):
@@ -53,17 +57,42 @@ def main() -> None:
     ckpt, out = Path(sys.argv[1]), Path(sys.argv[2])
     torch.set_num_threads(1)
     L.seed_everything(0, verbose=False)
-    cfg = IdqConfig(blip2_checkpoint=str(ckpt / "blip2"), l_base=2, l_max=12, l_init=8, qscaler_warmup=0.5,
-                    oracle_queue=16, itm_max_anchors=2, cache_features=False)
+    cfg = IdqConfig(
+        blip2_checkpoint=str(ckpt / "blip2"),
+        l_base=2,
+        l_max=12,
+        l_init=8,
+        qscaler_warmup=0.5,
+        oracle_queue=16,
+        itm_max_anchors=2,
+        cache_features=False,
+    )
     model = IdqFormerRetrieval.create(cfg, OptimConfig())
     record = Record(model)
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[record], deterministic=True)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[record],
+        deterministic=True,
+    )
     trainer.fit(model, DataLoader(Items(), batch_size=4, shuffle=True))
     if trainer.is_global_zero:
-        out.write_text(json.dumps({"world_size": trainer.world_size, "steps": trainer.global_step,
-                                   "warm": record.warm, "head_moved": record.head_moved}))
+        out.write_text(
+            json.dumps(
+                {
+                    "world_size": trainer.world_size,
+                    "steps": trainer.global_step,
+                    "warm": record.warm,
+                    "head_moved": record.head_moved,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -37,13 +37,22 @@ from lightning_modules.idq_former import IdqConfig, IdqFormerRetrieval
 from lightning_modules.optim import OptimConfig
 from tests.tiny_blip2 import save_tiny_blip2, save_tiny_clip
 
-TEXTS = ["find images of a red circle", "a large blue square left of a green star", "show me a yellow cross",
-         "two purple triangles on a striped background", "a small green circle", "find a red square",
-         "three stars above a blue circle", "a shape on a plain background"]
+TEXTS = [
+    "find images of a red circle",
+    "a large blue square left of a green star",
+    "show me a yellow cross",
+    "two purple triangles on a striped background",
+    "a small green circle",
+    "find a red square",
+    "three stars above a blue circle",
+    "a shape on a plain background",
+]
 #: the global batches (split indices; same-image items on both halves) and their relevance columns
 STEPS = [torch.tensor([0, 1, 2, 3, 4, 1, 5, 0]), torch.tensor([6, 7, 2, 8, 9, 6, 3, 10])]
-RELEVANT = [torch.tensor([[0, 4], [1, -1], [2, 5], [3, -1], [4, -1], [1, -1], [5, -1], [0, -1]]),
-            torch.tensor([[6, 2], [7, -1], [2, -1], [8, 9], [9, -1], [6, -1], [3, -1], [10, -1]])]
+RELEVANT = [
+    torch.tensor([[0, 4], [1, -1], [2, 5], [3, -1], [4, -1], [1, -1], [5, -1], [0, -1]]),
+    torch.tensor([[6, 2], [7, -1], [2, -1], [8, 9], [9, -1], [6, -1], [3, -1], [10, -1]]),
+]
 N_IMAGES, NQ, LMAX = 11, 8, 12
 WORLD = 2
 
@@ -52,18 +61,39 @@ def build(name: str, ckpt: Path) -> torch.nn.Module:
     """A tiny model, the same on every process (seeded)."""
     torch.manual_seed(0)
     if name == "clip":
-        return ClipRetrieval.create(ClipConfig(image_size=16, patch_size=8, vision_width=32, vision_layers=1,
-                                               text_width=32, text_layers=1, heads=2, embed_dim=16), OptimConfig(),
-                                    TEXTS)
+        return ClipRetrieval.create(
+            ClipConfig(
+                image_size=16,
+                patch_size=8,
+                vision_width=32,
+                vision_layers=1,
+                text_width=32,
+                text_layers=1,
+                heads=2,
+                embed_dim=16,
+            ),
+            OptimConfig(),
+            TEXTS,
+        )
     if name.startswith("blip2"):
         base = Blip2Retrieval.load_checkpoint(ckpt / "blip2")
         itm = 1.0 if name.endswith("_itm") else 0.0
-        return Blip2Retrieval(base.vision_tower, base.head, base.tokenizer,
-                              replace(base.config, itm_weight=itm, itm_max_anchors=3))
-    extra = {"ours": {}, "ours_itm": {"itm_weight": 1.0, "itm_max_anchors": 3},
-             "ours_noqscaler": {"qscaler": False}}[name]
-    cfg = IdqConfig(blip2_checkpoint=str(ckpt / "blip2"), l_base=2, l_max=LMAX, l_init=NQ, noise_std=0.0,
-                    oracle_queue=16, cache_features=False, **({"itm_weight": 0.0} | extra))
+        return Blip2Retrieval(
+            base.vision_tower, base.head, base.tokenizer, replace(base.config, itm_weight=itm, itm_max_anchors=3)
+        )
+    extra = {"ours": {}, "ours_itm": {"itm_weight": 1.0, "itm_max_anchors": 3}, "ours_noqscaler": {"qscaler": False}}[
+        name
+    ]
+    cfg = IdqConfig(
+        blip2_checkpoint=str(ckpt / "blip2"),
+        l_base=2,
+        l_max=LMAX,
+        l_init=NQ,
+        noise_std=0.0,
+        oracle_queue=16,
+        cache_features=False,
+        **({"itm_weight": 0.0} | extra),
+    )
     return IdqFormerRetrieval.create(cfg, OptimConfig())
 
 
@@ -74,7 +104,7 @@ def batch(name: str, step: int, rows: slice) -> TrainBatch:
     index = STEPS[step][rows]
     images = (pixels if name == "clip" else tokens)[index]
     relevant = RELEVANT[step][rows]
-    relevant = relevant[:, :int((relevant >= 0).sum(1).max())]  # each process its own width, as collated
+    relevant = relevant[:, : int((relevant >= 0).sum(1).max())]  # each process its own width, as collated
     return TrainBatch(index, images, TEXTS[rows], relevant)
 
 

@@ -34,9 +34,10 @@ class DenseGalleryScorer(GalleryScorer):
             self._image_rows = torch.zeros(self.n_gallery, self.n_gallery)
         missing = torch.unique(index[~self._have[index]])
         for s in range(0, len(missing), self.batch_size):
-            rows = missing[s:s + self.batch_size]
-            self._image_rows[rows] = self.score_fn(self.gallery[rows.to(self.gallery.emb.device)],
-                                                   self.gallery).float().cpu()
+            rows = missing[s : s + self.batch_size]
+            self._image_rows[rows] = (
+                self.score_fn(self.gallery[rows.to(self.gallery.emb.device)], self.gallery).float().cpu()
+            )
             self._have[rows] = True
         return self._image_rows[index]
 
@@ -79,8 +80,12 @@ def _residual(sims, mask, neighbours, prev):
 
 
 #: kernel name -> (unit, fn) as the old registry had them
-DENSE_KERNELS = {"mean": ("similarity", _mean), "max": ("similarity", _max), "knn": ("share", _knn),
-                 "residual": ("similarity", _residual)}
+DENSE_KERNELS = {
+    "mean": ("similarity", _mean),
+    "max": ("similarity", _max),
+    "knn": ("share", _knn),
+    "residual": ("similarity", _residual),
+}
 
 
 def refreshed_dense(prev: torch.Tensor, sims: torch.Tensor, ps: torch.Tensor, w: RefreshConfig) -> torch.Tensor:
@@ -115,7 +120,8 @@ class DenseLLMGuided(LLMGuided):
             row, marks = shown[i].tolist(), ps[i].tolist()
             target = int(task.targets[q])
             r = chunk.refiner.refine(
-                task.queries[q], state.current[i],
+                task.queries[q],
+                state.current[i],
                 [caps[g] for g, m in zip(row, marks, strict=True) if m],
                 [caps[g] for g, m in zip(row, marks, strict=True) if not m],
                 state.history[i],
@@ -123,8 +129,12 @@ class DenseLLMGuided(LLMGuided):
             )
             chunk.counts["llm_rounds"] += 1
             state.history[i].extend(r.qa())
-            state.log[i][-1].update(questions=r.qa(), refined_query=r.refined_query, fallback=r.failure,
-                                    **({"detail": r.detail} if r.detail else {}))
+            state.log[i][-1].update(
+                questions=r.qa(),
+                refined_query=r.refined_query,
+                fallback=r.failure,
+                **({"detail": r.detail} if r.detail else {}),
+            )
             if r.failure is None:
                 ok.append(i)
                 texts.append(r.refined_query)

@@ -24,9 +24,15 @@ from datamodules.synthetic.scene import Scene, sample_scene
 from datamodules.synthetic.vocabulary import BACKGROUND_COLOURS, BACKGROUND_PATTERNS, OBJECT_COLOURS, SHAPES, SIZES
 from lightning_modules.base import Encoded, max_sim
 
-FEATURES = ([f"c:{c}" for c in OBJECT_COLOURS] + [f"s:{s}" for s in SHAPES] + [f"z:{z}" for z in SIZES]
-            + [f"k:{c}:{s}" for c in OBJECT_COLOURS for s in SHAPES]
-            + [f"p:{p}" for p in BACKGROUND_PATTERNS] + [f"b:{b}" for b in BACKGROUND_COLOURS] + ["bias"])
+FEATURES = (
+    [f"c:{c}" for c in OBJECT_COLOURS]
+    + [f"s:{s}" for s in SHAPES]
+    + [f"z:{z}" for z in SIZES]
+    + [f"k:{c}:{s}" for c in OBJECT_COLOURS for s in SHAPES]
+    + [f"p:{p}" for p in BACKGROUND_PATTERNS]
+    + [f"b:{b}" for b in BACKGROUND_COLOURS]
+    + ["bias"]
+)
 INDEX = {f: i for i, f in enumerate(FEATURES)}
 
 
@@ -82,11 +88,15 @@ def tiny_split(n: int = 40, seed: int = 0) -> tuple[EvalSet, list[ImageRecord], 
     ids = [f"img_{i:03d}" for i in range(n)]
     records = []
     for i, (scene, caps) in enumerate(zip(scenes, captions, strict=True)):
-        records.append(ImageRecord(
-            image_id=ids[i], path=Path(f"/nonexistent/{ids[i]}.png"),
-            captions=tuple(CaptionRecord(c.text(), level, c.to_json()) for level, c in caps),
-            metadata={"scene": scene.to_json()},
-            relevant_images=tuple(tuple(ids[j] for j in relevant[5 * i + k]) for k in range(len(caps)))))
+        records.append(
+            ImageRecord(
+                image_id=ids[i],
+                path=Path(f"/nonexistent/{ids[i]}.png"),
+                captions=tuple(CaptionRecord(c.text(), level, c.to_json()) for level, c in caps),
+                metadata={"scene": scene.to_json()},
+                relevant_images=tuple(tuple(ids[j] for j in relevant[5 * i + k]) for k in range(len(caps))),
+            )
+        )
     es = build_eval_set("test", records, InstructionTemplates(("Find images of {caption}.",)), "0" * 64)
     return es, records, scenes
 

@@ -17,16 +17,30 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-WORDS = ("a man riding a horse", "two dogs on a beach", "a red bus in the street", "a bowl of fruit",
-         "people playing frisbee", "a cat sleeping on a sofa", "a plane in the blue sky", "a boat on a lake")
+WORDS = (
+    "a man riding a horse",
+    "two dogs on a beach",
+    "a red bus in the street",
+    "a bowl of fruit",
+    "people playing frisbee",
+    "a cat sleeping on a sofa",
+    "a plane in the blue sky",
+    "a boat on a lake",
+)
 
 
 def natural_image(w: int, h: int, seed: int) -> np.ndarray:
     """Smooth gradients plus noise and a few blocks: compresses like a photo, not like noise."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = np.stack([(x / w) * 200 + rng.uniform(0, 55), (y / h) * 180 + rng.uniform(0, 75),
-                     ((x + y) / (w + h)) * 160 + rng.uniform(0, 95)], axis=-1)
+    base = np.stack(
+        [
+            (x / w) * 200 + rng.uniform(0, 55),
+            (y / h) * 180 + rng.uniform(0, 75),
+            ((x + y) / (w + h)) * 160 + rng.uniform(0, 95),
+        ],
+        axis=-1,
+    )
     for _ in range(4):
         x0, y0 = int(rng.integers(0, w)), int(rng.integers(0, h))
         base[y0 : y0 + h // 4, x0 : x0 + w // 4] = rng.uniform(0, 255, size=3)
@@ -85,8 +99,17 @@ def write_coco_karpathy(root: Path, image_size: tuple[int, int] = (40, 30)) -> d
             raw = text + " " if sentid % 2 == 0 else text  # raw often ends in a space
             sentences.append({"tokens": text.split(), "raw": raw, "imgid": imgid, "sentid": sentid})
             sentid += 1
-        images.append({"filepath": folder, "sentids": [s["sentid"] for s in sentences], "filename": name,
-                       "imgid": imgid, "split": split, "sentences": sentences, "cocoid": cid})
+        images.append(
+            {
+                "filepath": folder,
+                "sentids": [s["sentid"] for s in sentences],
+                "filename": name,
+                "imgid": imgid,
+                "split": split,
+                "sentences": sentences,
+                "cocoid": cid,
+            }
+        )
     (root / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
     return _coco_counts()
 
@@ -126,22 +149,38 @@ MEDPIX_CASES = {  # split -> case ids
     "dev": ["MPX1006", "MPX1007"],
     "test": ["MPX1008", "MPX1009", "MPX1010"],
 }
-LOCATIONS = [("Genitourinary", "Reproductive and Urinary System"), ("Brain and Neuro", "Head"),
-             ("Chest, Pulmonary", "Thorax"), ("Gastrointestinal", "Abdomen"), ("Musculoskeletal", "Spine and Muscles")]
+LOCATIONS = [
+    ("Genitourinary", "Reproductive and Urinary System"),
+    ("Brain and Neuro", "Head"),
+    ("Chest, Pulmonary", "Thorax"),
+    ("Gastrointestinal", "Abdomen"),
+    ("Musculoskeletal", "Spine and Muscles"),
+]
 
 
 def _medpix_record(case: str, k: int, n: int) -> dict:
     kind = "MR" if n % 3 == 1 else "CT"
     location, category = LOCATIONS[n % len(LOCATIONS)]
     caption = "Hydrocephalus" if n % 5 == 3 else f"Finding {n} in the {location.lower()} seen on {kind} image {k}.  "
-    description = {"ACR Codes": "8.-1", "Age": str(30 + n), "Caption": caption,
-                   "Figure Part": None if n % 3 else "1A",
-                   "Modality": "CT - noncontrast" if kind == "CT" else "MR - T2 weighted",
-                   "Plane": "Axial" if k == 0 else "Coronal", "Sex": "male" if n % 2 else "female"}
+    description = {
+        "ACR Codes": "8.-1",
+        "Age": str(30 + n),
+        "Caption": caption,
+        "Figure Part": None if n % 3 else "1A",
+        "Modality": "CT - noncontrast" if kind == "CT" else "MR - T2 weighted",
+        "Plane": "Axial" if k == 0 else "Coronal",
+        "Sex": "male" if n % 2 else "female",
+    }
     if n % 4 == 1:
         description.pop("Plane")  # optional keys may be absent
-    return {"Type": kind, "U_id": case, "image": f"{case}_synpic{40000 + 10 * n + k}",
-            "Description": description, "Location": location, "Location Category": category}
+    return {
+        "Type": kind,
+        "U_id": case,
+        "image": f"{case}_synpic{40000 + 10 * n + k}",
+        "Description": description,
+        "Location": location,
+        "Location Category": category,
+    }
 
 
 def write_medpix(root: Path) -> dict[str, tuple[int, int]]:
@@ -154,14 +193,22 @@ def write_medpix(root: Path) -> dict[str, tuple[int, int]]:
             recs = [_medpix_record(uid, k, n + k) for k in range(1 + n % 2)]
             n += len(recs)
             by_split.setdefault(split, []).extend(recs)
-            cases.append({
-                "U_id": uid,
-                "TAC": [r["image"] for r in recs if r["Type"] == "CT"],
-                "MRI": [r["image"] for r in recs if r["Type"] == "MR"],
-                "Case": {"Title": f"Case {uid}", "History": "h", "Findings": "f", "Differential Diagnosis": "d",
-                         "Case Diagnosis": "x"} | ({"Exam": "e"} if n % 2 else {}),
-                "Topic": {"Title": "t", "Disease Discussion": "d", "ACR Code": "8.-1", "Category": "c"},
-            })
+            cases.append(
+                {
+                    "U_id": uid,
+                    "TAC": [r["image"] for r in recs if r["Type"] == "CT"],
+                    "MRI": [r["image"] for r in recs if r["Type"] == "MR"],
+                    "Case": {
+                        "Title": f"Case {uid}",
+                        "History": "h",
+                        "Findings": "f",
+                        "Differential Diagnosis": "d",
+                        "Case Diagnosis": "x",
+                    }
+                    | ({"Exam": "e"} if n % 2 else {}),
+                    "Topic": {"Title": "t", "Disease Discussion": "d", "ACR Code": "8.-1", "Category": "c"},
+                }
+            )
     by_split["train"] = by_split["train_1"] + by_split["train_2"]
     all_records = [r for s in ("train", "dev", "test") for r in by_split[s]]
     for i, rec in enumerate(all_records):
@@ -190,16 +237,23 @@ def write_rsicap(root: Path) -> int:
     for i in range(N_RSICAP):
         filename = f"P{1000 + i:04d}_{i % 7:04d}.png"
         write_png(root / "RSICap" / "images" / filename, (32 + 8 * (i % 3), 32), i, "L" if i % 4 == 0 else "RGB")
-        annotations.append({"image_id": str(i), "filename": filename,
-                            "text_input": "Take a look at this image and describe what you notice.",
-                            "text_output": f"This is an aerial image {i} showing {WORDS[i % len(WORDS)]}."})
+        annotations.append(
+            {
+                "image_id": str(i),
+                "filename": filename,
+                "text_input": "Take a look at this image and describe what you notice.",
+                "text_output": f"This is an aerial image {i} showing {WORDS[i % len(WORDS)]}.",
+            }
+        )
     (root / "RSICap" / "captions.json").write_text(json.dumps({"annotations": annotations}, indent=4))
     evals = []
     for i in range(3):
         filename = f"P2{i:03d}_0001.png"
         write_png(root / "RSIEval" / "images" / filename, (32, 32), 100 + i)
-        qa = [{"question": "Does this image contains trees?", "answer": "Yes.", "type": "presence"},
-              {"question": "How many planes are there in this image?", "answer": "Two.", "type": "quantity"}]
+        qa = [
+            {"question": "Does this image contains trees?", "answer": "Yes.", "type": "presence"},
+            {"question": "How many planes are there in this image?", "answer": "Two.", "type": "quantity"},
+        ]
         if i == 1:
             qa.append({"question": "", "answer": "", "type": "reasoning"})  # empty questions exist: skipped
         evals.append({"filename": filename, "caption": f"A satellite image {i}.", "qa_pairs": qa})

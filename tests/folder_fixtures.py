@@ -50,8 +50,17 @@ def write_annotations(root: Path, rows: list[dict], fmt: str = "jsonl", name: st
     return path
 
 
-def write_folder(root: Path, n_images: int = 36, *, fmt: str = "jsonl", groups: bool = True, split: bool = False,
-                 corrupt: int | None = None, n_per_group: int = 3, size: tuple[int, int] = (24, 20)) -> list[dict]:
+def write_folder(
+    root: Path,
+    n_images: int = 36,
+    *,
+    fmt: str = "jsonl",
+    groups: bool = True,
+    split: bool = False,
+    corrupt: int | None = None,
+    n_per_group: int = 3,
+    size: tuple[int, int] = (24, 20),
+) -> list[dict]:
     """Write the folder (see the module docstring); ``corrupt``: index of the image written truncated."""
     rows = folder_rows(n_images, groups=groups, split=split, n_per_group=n_per_group)
     for i, image in enumerate(dict.fromkeys(r["image"] for r in rows)):

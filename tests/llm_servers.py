@@ -27,9 +27,13 @@ DEEP = 100_000
 
 
 def completion(content: str) -> bytes:
-    return json.dumps({"id": "x", "object": "chat.completion",
-                       "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                    "finish_reason": "stop"}]}).encode()
+    return json.dumps(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        }
+    ).encode()
 
 
 def make_handler(redirect_to: str = ""):
@@ -48,7 +52,7 @@ def make_handler(redirect_to: str = ""):
             self.end_headers()
             self.wfile.write(body)
 
-        def do_POST(self) -> None:  # noqa: N802 -- http.server's name
+        def do_POST(self) -> None:
             n = int(self.headers.get("Content-Length") or 0)
             self.rfile.read(n)
             Handler.seen.append((self.path, dict(self.headers.items())))
@@ -82,8 +86,9 @@ def make_handler(redirect_to: str = ""):
                 elif mode == "deep":
                     self._send(200, completion('{"query": ' * DEEP + '"x"' + "}" * DEEP))
                 else:
-                    self._send(200, completion(json.dumps({"query": "a red circle"})),
-                               {"Content-Type": "application/json"})
+                    self._send(
+                        200, completion(json.dumps({"query": "a red circle"})), {"Content-Type": "application/json"}
+                    )
             except (BrokenPipeError, ConnectionResetError):  # the client gave up: what is tested
                 pass
 

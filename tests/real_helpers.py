@@ -17,9 +17,29 @@ runner = CliRunner()
 
 def bench_run(tmp_path: Path, dataset: str, root: Path, *extra: str, expect: int = 0):
     """``bench run --model clip --dataset DATASET --data-root ROOT`` at a tiny size, 1 epoch."""
-    args = ["run", "--model", "clip", "--dataset", dataset, "--data-root", str(root), "--epochs", "1",
-            "--no-progress", "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
-            "--set", SMALL_MODEL, "--set", "data.batch_size=4", "--set", "eval.measure=false", *extra]
+    args = [
+        "run",
+        "--model",
+        "clip",
+        "--dataset",
+        dataset,
+        "--data-root",
+        str(root),
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--set",
+        SMALL_MODEL,
+        "--set",
+        "data.batch_size=4",
+        "--set",
+        "eval.measure=false",
+        *extra,
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == expect, res.output
     return res

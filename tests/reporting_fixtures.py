@@ -28,30 +28,70 @@ def ranks_with_hit_rate(rng: np.random.Generator, n: int, hit: float) -> np.ndar
     return np.where(good, rng.integers(1, 6, n), rng.integers(6, N_GALLERY + 1, n)).astype(np.int64)
 
 
-def write_result(results_dir: Path, *, model: str, ranks: np.ndarray, sims: np.ndarray, tag: str = "default",
-                 dataset: str = "synthetic", size: str = "tiny", seed: int = 0, lengths: np.ndarray | None = None,
-                 complexity: np.ndarray | None = None, model_args: dict | None = None,
-                 model_config: dict | None = None, extra_metrics: dict | None = None,
-                 annotations: str = "a" * 64, environment: dict | None = None, file_tag: str | None = None) -> Path:
+def write_result(
+    results_dir: Path,
+    *,
+    model: str,
+    ranks: np.ndarray,
+    sims: np.ndarray,
+    tag: str = "default",
+    dataset: str = "synthetic",
+    size: str = "tiny",
+    seed: int = 0,
+    lengths: np.ndarray | None = None,
+    complexity: np.ndarray | None = None,
+    model_args: dict | None = None,
+    model_config: dict | None = None,
+    extra_metrics: dict | None = None,
+    annotations: str = "a" * 64,
+    environment: dict | None = None,
+    file_tag: str | None = None,
+) -> Path:
     ranks, sims = np.asarray(ranks, dtype=np.int64), np.asarray(sims, dtype=np.float64)
     n = ranks.size
     complexity = np.asarray(complexity if complexity is not None else np.arange(n) % 5 + 1, dtype=np.int64)
-    cfg = build_run_config({"model": model, "dataset": dataset, "size": size, "tag": "default", "seed": seed,
-                            "results_dir": str(results_dir), "model_args": model_args or {},
-                            "data": {"options": {"n_test": n // 5}}})
+    cfg = build_run_config(
+        {
+            "model": model,
+            "dataset": dataset,
+            "size": size,
+            "tag": "default",
+            "seed": seed,
+            "results_dir": str(results_dir),
+            "model_args": model_args or {},
+            "data": {"options": {"n_test": n // 5}},
+        }
+    )
     config = to_dict(cfg) | {"tag": tag}
     metrics = flatten_metrics({"t2i": DirectionResult(ranks, sims, N_GALLERY)})
     text_lengths = np.full(n, -1) if lengths is None else np.asarray(lengths)
     metrics |= qlen_metrics(text_lengths, complexity)
     metrics |= extra_metrics or {}
     result = {
-        "schema": SCHEMA_VERSION, "model": model, "dataset": dataset, "size": size, "tag": tag, "task": "retrieval",
-        "seed": seed, "config": config, "config_hash": cfg.config_hash(), "metrics": metrics,
-        "per_query": {"t2i/rank": ranks.tolist(), "t2i/sim": [round(float(s), 6) for s in sims],
-                      "text_lengths": text_lengths.tolist(), "complexity": complexity.tolist()},
+        "schema": SCHEMA_VERSION,
+        "model": model,
+        "dataset": dataset,
+        "size": size,
+        "tag": tag,
+        "task": "retrieval",
+        "seed": seed,
+        "config": config,
+        "config_hash": cfg.config_hash(),
+        "metrics": metrics,
+        "per_query": {
+            "t2i/rank": ranks.tolist(),
+            "t2i/sim": [round(float(s), 6) for s in sims],
+            "text_lengths": text_lengths.tolist(),
+            "complexity": complexity.tolist(),
+        },
         "environment": environment or dict(ENV),
-        "provenance": {"split": "test", "n_gallery_images": N_GALLERY, "n_queries": n,
-                       "annotations_sha256": annotations, "complexity_levels": sorted(set(complexity.tolist()))},
+        "provenance": {
+            "split": "test",
+            "n_gallery_images": N_GALLERY,
+            "n_queries": n,
+            "annotations_sha256": annotations,
+            "complexity_levels": sorted(set(complexity.tolist())),
+        },
         "data": {"skipped": []},
         "timings": {"total_s": 1.0},
     }
@@ -62,9 +102,18 @@ def write_result(results_dir: Path, *, model: str, ranks: np.ndarray, sims: np.n
     return path
 
 
-def write_feedback_result(results_dir: Path, *, tag: str = "default", model: str = "clip", rounds: int = 3,
-                          display: int = 3, arms: tuple[str, ...] = ("none", "exclude", "refresh", "llm"),
-                          n_scenes: int = 24, backend=None, user: str = "graded") -> Path:
+def write_feedback_result(
+    results_dir: Path,
+    *,
+    tag: str = "default",
+    model: str = "clip",
+    rounds: int = 3,
+    display: int = 3,
+    arms: tuple[str, ...] = ("none", "exclude", "refresh", "llm"),
+    n_scenes: int = 24,
+    backend=None,
+    user: str = "graded",
+) -> Path:
     """A ``bench feedback`` result file from the real protocol (tiny SynthScenes split, the fake
     attribute-vector model of ``tests.feedback_helpers``, the rules writer unless ``backend``
     is given, the simulated user model ``user``), written by the real record builder."""
@@ -79,39 +128,91 @@ def write_feedback_result(results_dir: Path, *, tag: str = "default", model: str
     from tests.feedback_helpers import FakeModel, tiny_task
 
     task, gallery = tiny_task(n_scenes)
-    fb = from_dict(FeedbackConfig, {"rounds": rounds, "display": display, "arms": list(arms),
-                                    "user": {"model": user}}, "feedback")
+    fb = from_dict(
+        FeedbackConfig, {"rounds": rounds, "display": display, "arms": list(arms), "user": {"model": user}}, "feedback"
+    )
     model_obj = FakeModel()
     scorer = GalleryScorer(model_obj, gallery, model_obj.score)
     backend = backend or RulesBackend()
-    res = run_protocol(task, scorer, scorer.encode_texts(task.queries), fb,
-                       SimulatedUser.from_config(task.truths, task.closeness, fb.user, 0), Refiner(backend, fb.llm))
-    cfg = build_run_config({"model": model, "dataset": "synthetic", "size": "tiny", "tag": "default", "seed": 0,
-                            "results_dir": str(results_dir)})
-    result = build_result(cfg, fb, res, task, llm=backend.describe() if "llm" in arms else None, user_seed=0,
-                          environment=dict(ENV), provenance={"split": "test"}, timings={"total_s": 1.0},
-                          transcript=Path(results_dir) / "t.jsonl")
+    res = run_protocol(
+        task,
+        scorer,
+        scorer.encode_texts(task.queries),
+        fb,
+        SimulatedUser.from_config(task.truths, task.closeness, fb.user, 0),
+        Refiner(backend, fb.llm),
+    )
+    cfg = build_run_config(
+        {
+            "model": model,
+            "dataset": "synthetic",
+            "size": "tiny",
+            "tag": "default",
+            "seed": 0,
+            "results_dir": str(results_dir),
+        }
+    )
+    result = build_result(
+        cfg,
+        fb,
+        res,
+        task,
+        llm=backend.describe() if "llm" in arms else None,
+        user_seed=0,
+        environment=dict(ENV),
+        provenance={"split": "test"},
+        timings={"total_s": 1.0},
+        transcript=Path(results_dir) / "t.jsonl",
+    )
     result["tag"] = tag
     path = Path(results_dir) / f"feedback__{model}__synthetic__{tag}.json"
     atomic_write_json(path, result)
     return path
 
 
-def write_speed_result(results_dir: Path, *, rounds: list[tuple[float, float]], model: str = "ours",
-                       baseline: str = "blip2", tag: str = "default") -> Path:
+def write_speed_result(
+    results_dir: Path,
+    *,
+    rounds: list[tuple[float, float]],
+    model: str = "ours",
+    baseline: str = "blip2",
+    tag: str = "default",
+) -> Path:
     """A ``--task speed`` result file: the task's own metrics and record of the given per-round
     items/s of (model, baseline)."""
     from benchmark.measure.paired import PairedThroughput
     from benchmark.tasks.speed import speed_metrics
 
     paired = PairedThroughput((model, baseline), tuple(rounds), 32, 5, 2, 2, "cpu")
-    cfg = build_run_config({"model": model, "dataset": "synthetic", "size": "tiny", "tag": tag, "seed": 0,
-                            "task": "speed", "task_args": {"baseline": baseline}, "results_dir": str(results_dir)})
+    cfg = build_run_config(
+        {
+            "model": model,
+            "dataset": "synthetic",
+            "size": "tiny",
+            "tag": tag,
+            "seed": 0,
+            "task": "speed",
+            "task_args": {"baseline": baseline},
+            "results_dir": str(results_dir),
+        }
+    )
     result = {
-        "schema": SCHEMA_VERSION, "model": model, "dataset": "synthetic", "size": "tiny", "tag": tag, "task": "speed",
-        "seed": 0, "config": to_dict(cfg), "config_hash": cfg.config_hash(), "metrics": speed_metrics(paired),
-        "per_query": {}, "environment": dict(ENV), "provenance": {"split": "test"}, "data": {"skipped": []},
-        "timings": {"total_s": 1.0}, "speed": paired.to_dict() | {"baseline": baseline},
+        "schema": SCHEMA_VERSION,
+        "model": model,
+        "dataset": "synthetic",
+        "size": "tiny",
+        "tag": tag,
+        "task": "speed",
+        "seed": 0,
+        "config": to_dict(cfg),
+        "config_hash": cfg.config_hash(),
+        "metrics": speed_metrics(paired),
+        "per_query": {},
+        "environment": dict(ENV),
+        "provenance": {"split": "test"},
+        "data": {"skipped": []},
+        "timings": {"total_s": 1.0},
+        "speed": paired.to_dict() | {"baseline": baseline},
     }
     path = cfg.result_path()
     atomic_write_json(path, result)

@@ -41,12 +41,15 @@ def test_a_default_arm_that_changes_the_model_is_refused(tmp_path):
     check_default(discover(_folder(tmp_path, {"default": "on"}, arms))["demo"])
 
 
-@pytest.mark.parametrize(("meta", "message"), [
-    ({"default": "maybe"}, "'default' must name the arm that is the model's plain run"),
-    ({"labels": {"nosuch": "x"}}, "'labels' must map arm names"),
-    ({"labels": {"on": 1}}, "'labels' must map arm names"),
-    ({"title": 3}, "field 'title' must be a str"),
-])
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"default": "maybe"}, "'default' must name the arm that is the model's plain run"),
+        ({"labels": {"nosuch": "x"}}, "'labels' must map arm names"),
+        ({"labels": {"on": 1}}, "'labels' must map arm names"),
+        ({"title": 3}, "field 'title' must be a str"),
+    ],
+)
 def test_bad_optional_fields_are_refused(tmp_path, meta, message):
     _folder(tmp_path, meta, {"on": {"model_args": {"qscaler": True}}, "off": {"model_args": {"qscaler": False}}})
     with pytest.raises(ConfigError, match=message):

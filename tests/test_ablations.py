@@ -21,8 +21,9 @@ from lightning_modules.optim import OptimConfig
 from tests.test_run_costs import TEXTS, blip2_dir  # noqa: F401 - the tiny BLIP2 checkpoint fixture
 
 runner = CliRunner()
-MODEL_CONFIGS = sorted(p.name[:-5] for p in (resources.files("benchmark") / "configs" / "models").iterdir()
-                       if p.name.endswith(".json"))
+MODEL_CONFIGS = sorted(
+    p.name[:-5] for p in (resources.files("benchmark") / "configs" / "models").iterdir() if p.name.endswith(".json")
+)
 ARMS = [(a.name, arm.name) for a in discover().values() for arm in a.arms]
 
 
@@ -90,8 +91,9 @@ def test_inconsistent_ablation_folders_are_refused(tmp_path):
 def test_unknown_ablation_exits_2_listing_the_valid_ones(tmp_path):
     res = runner.invoke(app, ["ablate", "qscalr", "--results-dir", str(tmp_path)])
     assert res.exit_code == 2 and "unknown ablation 'qscalr'" in res.output and "qscaler" in res.output
-    res = runner.invoke(app, ["ablate", "qscaler", "--set", "model_args.attention=sideways",
-                              "--results-dir", str(tmp_path)])
+    res = runner.invoke(
+        app, ["ablate", "qscaler", "--set", "model_args.attention=sideways", "--results-dir", str(tmp_path)]
+    )
     assert res.exit_code == 2 and "model_args.attention" in res.output
     assert not list(tmp_path.iterdir())  # nothing ran
 
@@ -99,14 +101,29 @@ def test_unknown_ablation_exits_2_listing_the_valid_ones(tmp_path):
 @pytest.mark.parametrize("freeze", [True, False])
 def test_frozen_qformer_is_not_trained(blip2_dir, freeze):  # noqa: F811 - fixture
     torch.manual_seed(0)
-    m = IdqFormerRetrieval.create(IdqConfig(blip2_checkpoint=str(blip2_dir), l_base=2, l_max=12, l_init=8,
-                                            cache_features=False, freeze_qformer=freeze, qscaler_encoder="qformer"),
-                                  OptimConfig(lr=1e-2))
+    m = IdqFormerRetrieval.create(
+        IdqConfig(
+            blip2_checkpoint=str(blip2_dir),
+            l_base=2,
+            l_max=12,
+            l_init=8,
+            cache_features=False,
+            freeze_qformer=freeze,
+            qscaler_encoder="qformer",
+        ),
+        OptimConfig(lr=1e-2),
+    )
     head, bank = {k: v.clone() for k, v in m.head.state_dict().items()}, m.bank.tokens.detach().clone()
     tokens = torch.randn(8, 5, 32, generator=torch.Generator().manual_seed(0))  # frozen vision tokens
     data = [(i, tokens[i], TEXTS[i % len(TEXTS)]) for i in range(8)]
-    L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-              enable_model_summary=False).fit(m, DataLoader(data, batch_size=4, collate_fn=collate_train))
+    L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(m, DataLoader(data, batch_size=4, collate_fn=collate_train))
     changed = {k for k, v in m.head.state_dict().items() if not torch.equal(v, head[k])}
     qformer = {k for k in head if k.startswith(("qformer.", "embeddings."))}
     assert not torch.equal(m.bank.tokens, bank) and "vision_projection.weight" in changed
@@ -119,19 +136,43 @@ def test_bench_ablate_runs_every_arm_and_prints_the_table(tmp_path):
     from tests.test_blip2 import BLIP2_ARGS, SMALL, TINY_QFORMER
 
     deps = {"blip2_checkpoint": {"train": {"max_epochs": 1}, "model_args": BLIP2_ARGS}}
-    ours = TINY_QFORMER | {"l_base": 2, "l_max": 12, "l_init": 8, "qscaler_hidden": 16, "itm_max_anchors": 8,
-                           "dependency_overrides": deps}
-    res = runner.invoke(app, [
-        "ablate", "qformer", "--epochs", "1", "--no-progress", "--results-dir", str(tmp_path / "results"),
-        "--cache-dir", str(tmp_path / "cache"), "--set", f"data.options={SMALL}", "--set", "data.batch_size=32",
-        "--set", f"model_args={json.dumps(ours)}"])
+    ours = TINY_QFORMER | {
+        "l_base": 2,
+        "l_max": 12,
+        "l_init": 8,
+        "qscaler_hidden": 16,
+        "itm_max_anchors": 8,
+        "dependency_overrides": deps,
+    }
+    res = runner.invoke(
+        app,
+        [
+            "ablate",
+            "qformer",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--set",
+            f"data.options={SMALL}",
+            "--set",
+            "data.batch_size=32",
+            "--set",
+            f"model_args={json.dumps(ours)}",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    runs = {arm: json.loads((tmp_path / "results" / f"ours__synthetic__ablate-qformer-{arm}.json").read_text())
-            for arm in ("trainable", "frozen")}
+    runs = {
+        arm: json.loads((tmp_path / "results" / f"ours__synthetic__ablate-qformer-{arm}.json").read_text())
+        for arm in ("trainable", "frozen")
+    }
     assert [r["model_config"]["freeze_qformer"] for r in runs.values()] == [False, True]
     for r in runs.values():
         assert {"t2i/Sim", "t2i/R@5", "t2i/MRR", "qlen/mean", "gflops/total", "throughput_img_s"} <= set(r["metrics"])
-    table = res.output[res.output.index("Arm "):]
+    table = res.output[res.output.index("Arm ") :]
     assert "trainable" in table and "frozen" in table and "GFLOPs" in table and "Q-Len" in table
     # the frozen arm's Q-Former is the BLIP2 checkpoint's, unchanged
     from safetensors.torch import load_file

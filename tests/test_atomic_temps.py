@@ -33,9 +33,17 @@ def _env() -> dict[str, str]:
 def test_concurrent_saves_from_several_processes_never_fail(tmp_path):
     folder = tmp_path / "ckpt" / "model"
     n_proc, n_saves = 4, 40
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.concurrent_save_script", str(folder), f"w{k}",
-                               str(n_saves)], cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for k in range(n_proc)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.concurrent_save_script", str(folder), f"w{k}", str(n_saves)],
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(n_proc)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * n_proc, outs
     assert [int(out.strip()) for out, _ in outs] == [0] * n_proc, outs  # no save failed (8 of 400 did before)
@@ -84,8 +92,11 @@ def _stale(target: Path, pid: int, host: str | None = HOST, folder: bool = True,
 def test_only_dead_processes_temporaries_of_this_host_are_removed(tmp_path):
     target, dead = tmp_path / "thing", dead_pid()
     gone = [_stale(target, dead), _stale(target, dead, host=None), _stale(target, dead, folder=False, tag="0123abcd")]
-    kept = [_stale(target, os.getpid()), _stale(target, dead, host="otherhost"),
-            tmp_path / f".{target.name}.tmp-notmine"]
+    kept = [
+        _stale(target, os.getpid()),
+        _stale(target, dead, host="otherhost"),
+        tmp_path / f".{target.name}.tmp-notmine",
+    ]
     kept[-1].mkdir()
     assert sorted(clean_stale_temps(target)) == sorted(gone)
     assert not any(p.exists() for p in gone) and all(p.exists() for p in kept)

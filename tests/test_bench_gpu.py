@@ -25,14 +25,42 @@ def bench_gpu():
         sys.modules.pop(spec.name, None)
 
 
-@pytest.mark.parametrize("models", [
-    "clip,ours",
-    pytest.param("clip,blip2,ours,dynamicvit,crossget", marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "models",
+    [
+        "clip,ours",
+        pytest.param("clip,blip2,ours,dynamicvit,crossget", marks=pytest.mark.slow),
+    ],
+)
 def test_tiny_scale_runs_the_models_through_the_full_size_path(bench_gpu, tmp_path, models):
-    report = bench_gpu.main(["--scale", "tiny", "--device", "cpu", "--dtype", "float32", "--batch-size", "2",
-                             "--warmup", "0", "--repeats", "5", "--min-time", "0", "--ours-length", "5", "--rounds", "2",
-                             "--models", models, "--out-dir", str(tmp_path / "out"), "--workdir", str(tmp_path)])
+    report = bench_gpu.main(
+        [
+            "--scale",
+            "tiny",
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--batch-size",
+            "2",
+            "--warmup",
+            "0",
+            "--repeats",
+            "5",
+            "--min-time",
+            "0",
+            "--ours-length",
+            "5",
+            "--rounds",
+            "2",
+            "--models",
+            models,
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--workdir",
+            str(tmp_path),
+        ]
+    )
     assert list(report["models"]) == models.split(",")
     for name, m in report["models"].items():
         assert m["throughput_img_s"] > 0 and m["step_img_s"] > 0, name

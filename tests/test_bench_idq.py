@@ -21,9 +21,35 @@ def _load():
 def test_bench_idq_random_init_reports_every_metric(tmp_path):
     bench = _load()
     out = tmp_path / "bench.json"
-    r = bench.main(["--random-init", "--random-size", "small", "--random-n-test", "8", "--cache-dir",
-                    str(tmp_path / "cache"), "--n-instructions", "2", "--topk", "3", "--n-queries", "4", "--index-batch", "4",
-                    "--rounds", "1", "--threads", "1", "--warmup", "0", "--min-time", "0", "--out", str(out)])
+    r = bench.main(
+        [
+            "--random-init",
+            "--random-size",
+            "small",
+            "--random-n-test",
+            "8",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--n-instructions",
+            "2",
+            "--topk",
+            "3",
+            "--n-queries",
+            "4",
+            "--index-batch",
+            "4",
+            "--rounds",
+            "1",
+            "--threads",
+            "1",
+            "--warmup",
+            "0",
+            "--min-time",
+            "0",
+            "--out",
+            str(out),
+        ]
+    )
     assert set(r["metrics"]) == set(bench.METRICS)
     for key, m in r["metrics"].items():
         assert m["blip2"] > 0 and m["ours"] > 0 and math.isfinite(m["ratio"]), key
@@ -54,8 +80,14 @@ def test_random_base_size_has_blip2_itm_vit_g_shapes():
     vision, qformer = _load().RANDOM_SIZES["base"]
     ours = Blip2Config(cache_features=False, **qformer).qformer_config(100, 0, vision["hidden_size"])
     real = HfBlip2Config()
-    for field in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                  "cross_attention_frequency", "encoder_hidden_size"):
+    for field in (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "cross_attention_frequency",
+        "encoder_hidden_size",
+    ):
         assert getattr(ours, field) == getattr(real.qformer_config, field), field
     assert vision["hidden_size"] == real.vision_config.hidden_size
     tokens = (vision["image_size"] // vision["patch_size"]) ** 2 + 1

@@ -14,8 +14,12 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_scale.py"
-TEXTS = ["Find images of a red circle.", "Show me a small blue square on a black background.",
-         "a green triangle left of a yellow star", "Search for a large purple ring at the top."]
+TEXTS = [
+    "Find images of a red circle.",
+    "Show me a small blue square on a black background.",
+    "a green triangle left of a yellow star",
+    "Search for a large purple ring at the top.",
+]
 
 
 def _load():
@@ -40,18 +44,42 @@ def checkpoints(tmp_path_factory) -> dict[str, str]:
 
     root = tmp_path_factory.mktemp("scale_ckpt")
     torch.manual_seed(0)
-    tower = ClipVisionTower(CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                                             num_attention_heads=2, image_size=16, patch_size=8)),
-                            ImageTransform(16, 16))
-    cfg = Blip2Config(qformer_hidden=32, qformer_layers=1, qformer_heads=4, qformer_intermediate=64, embed_dim=16,
-                      num_query_tokens=8, dropout=0.0, k_test=3, cache_features=True)
+    tower = ClipVisionTower(
+        CLIPVisionModel(
+            CLIPVisionConfig(
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=16,
+                patch_size=8,
+            )
+        ),
+        ImageTransform(16, 16),
+    )
+    cfg = Blip2Config(
+        qformer_hidden=32,
+        qformer_layers=1,
+        qformer_heads=4,
+        qformer_intermediate=64,
+        embed_dim=16,
+        num_query_tokens=8,
+        dropout=0.0,
+        k_test=3,
+        cache_features=True,
+    )
     tok = build_word_tokenizer(TEXTS, cfg.text_length)
-    head = QFormerHead.random(cfg.qformer_config(len(tok), tok.pad_token_id, tower.hidden_size),
-                              HeadShape(cfg.num_query_tokens, cfg.embed_dim, cfg.temp_init), seed=0)
+    head = QFormerHead.random(
+        cfg.qformer_config(len(tok), tok.pad_token_id, tower.hidden_size),
+        HeadShape(cfg.num_query_tokens, cfg.embed_dim, cfg.temp_init),
+        seed=0,
+    )
     blip2_dir = root / "blip2"
     Blip2Retrieval(tower, head, tok, cfg).save_checkpoint(blip2_dir)
-    ours = IdqFormerRetrieval.create(IdqConfig(blip2_checkpoint=str(blip2_dir), cache_features=True, dropout=0.0,
-                                               qscaler_encoder="qformer"), OptimConfig())
+    ours = IdqFormerRetrieval.create(
+        IdqConfig(blip2_checkpoint=str(blip2_dir), cache_features=True, dropout=0.0, qscaler_encoder="qformer"),
+        OptimConfig(),
+    )
     ours_dir = root / "ours"
     ours.save_checkpoint(ours_dir)
     return {"blip2": str(blip2_dir), "ours": str(ours_dir)}
@@ -77,12 +105,17 @@ def test_scale_folder_matches_the_generator(tmp_path):
     expected = [(i, c) for i, img in enumerate(reference) for c in img["captions"]][:q]
     assert len(doc["queries"]) == q
     for got, (i, c) in zip(doc["queries"], expected, strict=True):
-        assert (got["image"], got["text"], got["complexity"], got["constraints"]) == (i, c["text"], c["complexity"],
-                                                                                       c["constraints"])
+        assert (got["image"], got["text"], got["complexity"], got["constraints"]) == (
+            i,
+            c["text"],
+            c["complexity"],
+            c["constraints"],
+        )
         assert [f"test_{j:06d}" for j in got["relevant"]] == c["relevant_image_ids"]
     # the DataModule serves N gallery images and exactly the q queries, relevance as written
-    dm = bench.scale_datamodule_class()(__import__("datamodules.datamodule", fromlist=["DataConfig"]).DataConfig(
-        options={"n_test": n}), 0, folder)
+    dm = bench.scale_datamodule_class()(
+        __import__("datamodules.datamodule", fromlist=["DataConfig"]).DataConfig(options={"n_test": n}), 0, folder
+    )
     es = dm.eval_set("test")
     assert (es.n_images, es.n_queries) == (n, q)
     assert [es.relevance["t2i"].row(k).tolist() for k in range(q)] == [d["relevant"] for d in doc["queries"]]
@@ -92,9 +125,26 @@ def test_bench_scale_two_sizes_reports_every_field(tmp_path, checkpoints):
     bench = _load()
     out = tmp_path / "scale.json"
     cache = tmp_path / "cache"
-    r = bench.main(["--sizes", "40,80", "--queries", "20", "--threads", "1", "--cache-dir", str(cache),
-                    "--blip2-checkpoint", checkpoints["blip2"], "--ours-checkpoint", checkpoints["ours"],
-                    "--full-generator-max", "40", "--out", str(out)])
+    r = bench.main(
+        [
+            "--sizes",
+            "40,80",
+            "--queries",
+            "20",
+            "--threads",
+            "1",
+            "--cache-dir",
+            str(cache),
+            "--blip2-checkpoint",
+            checkpoints["blip2"],
+            "--ours-checkpoint",
+            checkpoints["ours"],
+            "--full-generator-max",
+            "40",
+            "--out",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text())["targets"] == json.loads(json.dumps(r["targets"]))
     for n in (40, 80):
         data = r["results"][str(n)]["data"]
@@ -104,8 +154,15 @@ def test_bench_scale_two_sizes_reports_every_field(tmp_path, checkpoints):
             run = r["results"][str(n)]["models"][model]
             assert (run["n_gallery"], run["n_queries"]) == (n, 20)
             s = run["stages"]
-            for key in ("encode_images_s", "encode_texts_s", "first_stage_s", "rerank_s", "itm_passes_s",
-                        "score_and_rank_s", "total_s"):
+            for key in (
+                "encode_images_s",
+                "encode_texts_s",
+                "first_stage_s",
+                "rerank_s",
+                "itm_passes_s",
+                "score_and_rank_s",
+                "total_s",
+            ):
                 assert s[key] > 0, (n, model, key)
             assert s["rerank_s"] >= s["itm_passes_s"] and s["itc_variant_s"] > 0
             assert run["calls"]["itm_scores_calls"] >= 1 and run["calls"]["score_calls"] == 1
@@ -125,7 +182,9 @@ def test_bench_scale_two_sizes_reports_every_field(tmp_path, checkpoints):
     t = r["targets"]
     for model in ("blip2", "ours"):
         (row,) = t["per_query_scaling"][model]
-        assert row["size_ratio"] == 2 and math.isfinite(row["scoring_ratio"]) and row["ok"] == (row["scoring_ratio"] <= 2)
+        assert (
+            row["size_ratio"] == 2 and math.isfinite(row["scoring_ratio"]) and row["ok"] == (row["scoring_ratio"] <= 2)
+        )
         assert set(t["rss"][model]) == {"40", "80"}
     assert t["time_largest"]["size"] == 80 and t["time_largest"]["everything_s"] > 0
     # the outputs of separate runs (one size each) merge into the same targets
@@ -145,7 +204,13 @@ def test_bench_scale_two_sizes_reports_every_field(tmp_path, checkpoints):
 
 def test_bench_scale_refuses_bad_options():
     bench = _load()
-    for argv in (["--sizes", "0"], ["--sizes", "a,b"], ["--models", "clip"], ["--queries", "0"], ["--threads", "0"],
-                 ["--timeout", "nan"]):
+    for argv in (
+        ["--sizes", "0"],
+        ["--sizes", "a,b"],
+        ["--models", "clip"],
+        ["--queries", "0"],
+        ["--threads", "0"],
+        ["--timeout", "nan"],
+    ):
         with pytest.raises(SystemExit):
             bench.parse_args(argv)

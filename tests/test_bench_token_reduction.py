@@ -26,8 +26,28 @@ def _load():
 def test_bench_token_reduction_reports_side_by_side_ratios(tmp_path):
     bench = _load()
     out = tmp_path / "bench.json"
-    r = bench.main(["--random", "--depth", "4", "--batch-sizes", "2", "--repeats", "3", "--warmup", "0",
-                    "--flop-batches", "1", "--flop-batch-size", "1", "--threads", "1", "--check", "--json", str(out)])
+    r = bench.main(
+        [
+            "--random",
+            "--depth",
+            "4",
+            "--batch-sizes",
+            "2",
+            "--repeats",
+            "3",
+            "--warmup",
+            "0",
+            "--flop-batches",
+            "1",
+            "--flop-batch-size",
+            "1",
+            "--threads",
+            "1",
+            "--check",
+            "--json",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text()) == json.loads(json.dumps(r))
     assert r["r"] == bench.DEFAULT_R and r["encoder"] == "tiny"
     assert all(v < 1e-4 for k, v in r["check_max_abs_diff"].items() if k != "reference max |x|")
@@ -59,8 +79,17 @@ def test_encoder_presets_state_their_crossget_r():
     assert model.embeddings.num_patches == 196
 
 
-@pytest.mark.parametrize("argv", [["--keep-rate", "nan"], ["--keep-rate", "1.5"], ["--r", "-1"],
-                                  ["--repeats", "0"], ["--warmup", "-1"], ["--depth", "0"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--keep-rate", "nan"],
+        ["--keep-rate", "1.5"],
+        ["--r", "-1"],
+        ["--repeats", "0"],
+        ["--warmup", "-1"],
+        ["--depth", "0"],
+    ],
+)
 def test_bad_options_are_refused(argv):
     with pytest.raises(SystemExit):
         _load().parse_args(argv)

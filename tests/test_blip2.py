@@ -29,10 +29,18 @@ from lightning_modules.components.word_tokenizer import build_word_tokenizer
 from lightning_modules.optim import OptimConfig
 
 TEXTS = ["find images of a red circle", "a large blue square left of a green star", "show me a yellow cross"]
-TINY_CLIP = dict(image_size=32, patch_size=8, vision_width=32, vision_layers=1, text_width=32, text_layers=1, heads=2,
-                 embed_dim=16)
-TINY_QFORMER = dict(qformer_hidden=32, qformer_layers=2, qformer_heads=2, qformer_intermediate=64, embed_dim=16,
-                    num_query_tokens=8, k_test=2)
+TINY_CLIP = dict(
+    image_size=32, patch_size=8, vision_width=32, vision_layers=1, text_width=32, text_layers=1, heads=2, embed_dim=16
+)
+TINY_QFORMER = dict(
+    qformer_hidden=32,
+    qformer_layers=2,
+    qformer_heads=2,
+    qformer_intermediate=64,
+    embed_dim=16,
+    num_query_tokens=8,
+    k_test=2,
+)
 
 
 @pytest.fixture
@@ -111,12 +119,28 @@ def _hub_style_checkpoint(path, image_token_index):
     tok = build_word_tokenizer(TEXTS, 48)
     torch.manual_seed(0)
     cfg = HFBlip2Config(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        qformer_config=dict(vocab_size=len(tok) + 1, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, cross_attention_frequency=2, use_qformer_text_input=True,
-                            max_position_embeddings=48, pad_token_id=tok.pad_token_id),
-        num_query_tokens=8, image_text_hidden_size=16, image_token_index=image_token_index,
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        qformer_config=dict(
+            vocab_size=len(tok) + 1,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            cross_attention_frequency=2,
+            use_qformer_text_input=True,
+            max_position_embeddings=48,
+            pad_token_id=tok.pad_token_id,
+        ),
+        num_query_tokens=8,
+        image_text_hidden_size=16,
+        image_token_index=image_token_index,
     )
     hf = Blip2ForImageTextRetrieval(cfg).eval()
     with torch.no_grad():  # transformers zero-initialises the queries: make them distinct
@@ -152,8 +176,11 @@ def test_full_size_path_matches_transformers(tmp_path, image_token_index):
         ref_itm = hf(pixel_values=pairs, input_ids=ids, attention_mask=mask, use_image_text_matching_head=True)
         ours = m.head.itm_logits(m.vision_tokens(pairs), txt.extra["input_ids"], txt.extra["attention_mask"])
         assert torch.allclose(ours, ref_itm.logits_per_image, atol=1e-5)
-        assert torch.allclose(m.itm_scores(m.vision_tokens(pairs), txt.extra["input_ids"], txt.extra["attention_mask"]),
-                              ref_itm.logits_per_image[:, 1], atol=1e-5)
+        assert torch.allclose(
+            m.itm_scores(m.vision_tokens(pairs), txt.extra["input_ids"], txt.extra["attention_mask"]),
+            ref_itm.logits_per_image[:, 1],
+            atol=1e-5,
+        )
 
 
 def test_full_size_path_uses_every_weight_and_misses_none(tmp_path):
@@ -161,15 +188,18 @@ def test_full_size_path_uses_every_weight_and_misses_none(tmp_path):
     m = Blip2Retrieval.create(Blip2Config(pretrained=str(tmp_path)), OptimConfig())
     checkpoint = set(load_file(tmp_path / "model.safetensors"))
     module = set(m.state_dict())
-    expected = {f"vision_tower.model.{k[len('vision_model.'):]}" if k.startswith("vision_model.") else f"head.{k}"
-                for k in checkpoint}
+    expected = {
+        f"vision_tower.model.{k[len('vision_model.') :]}" if k.startswith("vision_model.") else f"head.{k}"
+        for k in checkpoint
+    }
     extras = {f"head.{k}" for k in EXTRA_PARAMETERS}  # the only parameters the checkpoint does not hold
     assert module - expected == extras, "parameters not loaded from the checkpoint"
     assert expected - module == set(), "checkpoint weights left unused"
     # a weight the model does not know is refused, and so is a missing one
     weights = load_file(tmp_path / "model.safetensors")
-    save_file(weights | {"qformer.stray.weight": torch.zeros(2)}, tmp_path / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        weights | {"qformer.stray.weight": torch.zeros(2)}, tmp_path / "model.safetensors", metadata={"format": "pt"}
+    )
     with pytest.raises(LoadingError, match="unused"):
         Blip2Retrieval.create(Blip2Config(pretrained=str(tmp_path)), OptimConfig())
     weights.pop("itm_head.weight")
@@ -301,8 +331,9 @@ def test_rerank_scores_each_distinct_pair_once():
         return score[qi, gi]
 
     plain = rerank_topk(itc, 3, lambda qi, gi: score[qi, gi], batch_size=4)
-    shared = rerank_topk(itc, 3, pair, batch_size=4, pair_cost=lambda qi, gi: same[qi],
-                         pair_key=lambda qi, gi: same[qi] * 6 + gi)
+    shared = rerank_topk(
+        itc, 3, pair, batch_size=4, pair_cost=lambda qi, gi: same[qi], pair_key=lambda qi, gi: same[qi] * 6 + gi
+    )
     assert torch.equal(plain, shared)
     assert len(scored) == 9 and len(set(scored)) == 9  # 3 distinct queries x k, nothing twice
 
@@ -420,17 +451,39 @@ def test_feature_cache_hit_miss_and_invalidation(clip_dir, tmp_path):
 # -- bench run end to end ------------------------------------------------------------------
 runner = CliRunner()
 SMALL = '{"n_train": 64, "n_val": 16, "n_test": 24}'
-CLIP_DEP = {"vision_checkpoint": {"train": {"max_epochs": 1},
-                                  "model_args": {"vision_layers": 1, "text_layers": 1, "vision_width": 32,
-                                                 "text_width": 32, "embed_dim": 16}}}
+CLIP_DEP = {
+    "vision_checkpoint": {
+        "train": {"max_epochs": 1},
+        "model_args": {"vision_layers": 1, "text_layers": 1, "vision_width": 32, "text_width": 32, "embed_dim": 16},
+    }
+}
 BLIP2_ARGS = TINY_QFORMER | {"itm_max_anchors": 8, "dependency_overrides": CLIP_DEP}
 
 
 def _run(tmp_path, *extra: str, model_args: dict | None = None):
-    args = ["run", "--model", "blip2", "--dataset", "synthetic", "--epochs", "1", "--no-progress",
-            "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
-            "--set", f"data.options={SMALL}", "--set", "data.batch_size=32",
-            "--set", f"model_args={json.dumps(model_args or BLIP2_ARGS)}", "--set", "eval.measure=false", *extra]
+    args = [
+        "run",
+        "--model",
+        "blip2",
+        "--dataset",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--set",
+        f"data.options={SMALL}",
+        "--set",
+        "data.batch_size=32",
+        "--set",
+        f"model_args={json.dumps(model_args or BLIP2_ARGS)}",
+        "--set",
+        "eval.measure=false",
+        *extra,
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     return res
@@ -479,6 +532,7 @@ def test_metric_gathers_extra_in_index_order_and_reports_score_variants():
     import numpy as np
 
     from benchmark.metrics import RetrievalMetric
+
     try:
         from tests.test_metrics import embeddings, reference_metrics, small_eval_set
     except ImportError:  # tests/ not a package
@@ -495,8 +549,10 @@ def test_metric_gathers_extra_in_index_order_and_reports_score_variants():
 
     metric = RetrievalMetric(es, reranked, chunk_size=4, score_variants={"itc": max_sim})
     rng = np.random.default_rng(1)
-    for order, update, enc in ((rng.permutation(es.n_images), metric.update_images, img),
-                               (rng.permutation(es.n_queries), metric.update_texts, txt)):
+    for order, update, enc in (
+        (rng.permutation(es.n_images), metric.update_images, img),
+        (rng.permutation(es.n_queries), metric.update_texts, txt),
+    ):
         for part in np.array_split(np.concatenate([order, order[:2]]), 3):  # shuffled, with padded repeats
             idx = torch.from_numpy(part)
             update(idx, enc[idx])
@@ -513,6 +569,7 @@ def test_metric_gathers_extra_in_index_order_and_reports_score_variants():
 
 def test_variant_directions_reuse_the_main_results_elsewhere():
     from benchmark.metrics import RetrievalMetric
+
     try:
         from tests.test_metrics import embeddings, small_eval_set
     except ImportError:  # tests/ not a package

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -16,8 +15,10 @@ runner = CliRunner()
 
 
 def test_help_is_fast_and_imports_nothing_heavy():
-    code = ("import sys, time; t = time.perf_counter(); from benchmark.cli import app; "
-            "assert 'torch' not in sys.modules, 'torch imported at CLI start-up'; print(time.perf_counter() - t)")
+    code = (
+        "import sys, time; t = time.perf_counter(); from benchmark.cli import app; "
+        "assert 'torch' not in sys.modules, 'torch imported at CLI start-up'; print(time.perf_counter() - t)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(out.stdout) < 1.0
     t = time.perf_counter()
@@ -35,8 +36,19 @@ def test_unknown_model_and_dataset_exit_2_listing_valid_names():
 
 
 def test_absent_real_dataset_names_layout_and_source(tmp_path):
-    res = runner.invoke(app, ["run", "--dataset", "coco", "--data-root", str(tmp_path / "nowhere"),
-                              "--results-dir", str(tmp_path / "r"), "--no-progress"])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--dataset",
+            "coco",
+            "--data-root",
+            str(tmp_path / "nowhere"),
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 2
     assert "dataset_coco.json" in res.output and "coco_karpathy" in res.output and "cocodataset.org" in res.output
     res = runner.invoke(app, ["run", "--dataset", "medpix", "--results-dir", str(tmp_path / "r"), "--no-progress"])
@@ -59,9 +71,20 @@ def test_list_names_every_registered_entry():
 
 
 def _result(model: str, tag: str, r5: float) -> dict:
-    return {"schema": 1, "model": model, "dataset": "synthetic", "size": "tiny", "tag": tag, "config": {},
-            "config_hash": "x", "seed": 0, "metrics": {"t2i/R@5": r5, "t2i/MRR": 0.25},
-            "environment": {}, "provenance": {"n_queries": 10}, "timings": {"total_s": 1.5}}
+    return {
+        "schema": 1,
+        "model": model,
+        "dataset": "synthetic",
+        "size": "tiny",
+        "tag": tag,
+        "config": {},
+        "config_hash": "x",
+        "seed": 0,
+        "metrics": {"t2i/R@5": r5, "t2i/MRR": 0.25},
+        "environment": {},
+        "provenance": {"n_queries": 10},
+        "timings": {"total_s": 1.5},
+    }
 
 
 def test_report_table_escapes_text(tmp_path):

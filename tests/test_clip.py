@@ -9,7 +9,6 @@ from transformers import CLIPImageProcessor, CLIPModel
 from datamodules.batch import TrainBatch
 from lightning_modules.base import Encoded, RetrievalModel
 from lightning_modules.clip import ClipConfig, ClipRetrieval
-from lightning_modules.components.word_tokenizer import build_word_tokenizer
 from lightning_modules.optim import OptimConfig
 
 TEXTS = ["find images of a red circle", "a large blue square left of a green star", "show me a yellow cross"]
@@ -17,8 +16,20 @@ TEXTS = ["find images of a red circle", "a large blue square left of a green sta
 
 def _tiny() -> ClipRetrieval:
     torch.manual_seed(0)
-    return ClipRetrieval.create(ClipConfig(image_size=32, patch_size=8, vision_width=32, vision_layers=1,
-                                           text_width=32, text_layers=1, heads=2, embed_dim=16), OptimConfig(), TEXTS)
+    return ClipRetrieval.create(
+        ClipConfig(
+            image_size=32,
+            patch_size=8,
+            vision_width=32,
+            vision_layers=1,
+            text_width=32,
+            text_layers=1,
+            heads=2,
+            embed_dim=16,
+        ),
+        OptimConfig(),
+        TEXTS,
+    )
 
 
 def test_honours_the_retrieval_protocol():

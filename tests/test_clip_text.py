@@ -10,15 +10,28 @@ from lightning_modules.components.clip_text import clip_text_forward, eos_positi
 from lightning_modules.components.qscaler import HFTextEncoder
 from lightning_modules.components.word_tokenizer import build_word_tokenizer
 
-TEXTS = ["find images of a red circle", "a small blue square left of a big green star on a gray background",
-         "red", "a large blue square above a small red circle"]
+TEXTS = [
+    "find images of a red circle",
+    "a small blue square left of a big green star on a gray background",
+    "red",
+    "a large blue square above a small red circle",
+]
 
 
 def _tower(tok, eos_token_id: int) -> CLIPTextModel:
     torch.manual_seed(0)
-    config = CLIPTextConfig(vocab_size=tok.vocab_size + 8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                            num_attention_heads=4, max_position_embeddings=32, hidden_act="quick_gelu",
-                            pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=eos_token_id)
+    config = CLIPTextConfig(
+        vocab_size=tok.vocab_size + 8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+        hidden_act="quick_gelu",
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=eos_token_id,
+    )
     return CLIPTextModel(config).eval()
 
 
@@ -43,8 +56,11 @@ def test_lean_clip_text_forward_equals_transformers(legacy_eos):
     torch.testing.assert_close(lean[real], ref.last_hidden_state[real], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(pooled, ref.pooler_output, rtol=1e-5, atol=1e-5)
     m = mask[..., None].float()
-    wants = {"pooler": ref.pooler_output, "cls": ref.last_hidden_state[:, 0],
-             "mean": (ref.last_hidden_state * m).sum(1) / m.sum(1)}
+    wants = {
+        "pooler": ref.pooler_output,
+        "cls": ref.last_hidden_state[:, 0],
+        "mean": (ref.last_hidden_state * m).sum(1) / m.sum(1),
+    }
     for pool, want in wants.items():
         enc = HFTextEncoder(model, tok, pool=pool)
         assert enc.lean_clip

@@ -180,8 +180,11 @@ def _only_data_error(parse, doc, path):
 @FUZZ
 @given(doc=json_values)
 def test_fuzz_parsers_on_any_json(doc):
-    for parse, name in ((parse_karpathy, "dataset_coco.json"), (parse_lavis_train, "coco_karpathy_train.json"),
-                        (parse_lavis_eval, "coco_karpathy_test.json")):
+    for parse, name in (
+        (parse_karpathy, "dataset_coco.json"),
+        (parse_lavis_train, "coco_karpathy_train.json"),
+        (parse_lavis_eval, "coco_karpathy_test.json"),
+    ):
         _only_data_error(parse, doc, Path(name))
 
 

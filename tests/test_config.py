@@ -18,7 +18,9 @@ from benchmark.config import (
 
 
 def test_round_trip_is_exact():
-    cfg = build_run_config({"model": "clip"}, {"train": {"max_epochs": 3, "optim": {"lr": 0.01}}, "eval": {"ks": [1, 2]}})
+    cfg = build_run_config(
+        {"model": "clip"}, {"train": {"max_epochs": 3, "optim": {"lr": 0.01}}, "eval": {"ks": [1, 2]}}
+    )
     again = from_dict(RunConfig, json.loads(json.dumps(to_dict(cfg))))
     assert again == cfg
     assert cfg.eval.ks == (1, 2) and cfg.train.optim.lr == 0.01
@@ -45,7 +47,10 @@ def test_bad_options_are_named(override, needle):
 
 def test_parse_set_and_files(tmp_path):
     assert parse_set(["train.max_epochs=3", "model_args.pretrained=/x/y", "eval.ks=[1,5]"]) == {
-        "train": {"max_epochs": 3}, "model_args": {"pretrained": "/x/y"}, "eval": {"ks": [1, 5]}}
+        "train": {"max_epochs": 3},
+        "model_args": {"pretrained": "/x/y"},
+        "eval": {"ks": [1, 5]},
+    }
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_set(["train.max_epochs"])
     bad = tmp_path / "bad.json"

@@ -11,21 +11,63 @@ from hypothesis import strategies as st
 
 from benchmark.config import ConfigError, RunConfig, build_run_config, load_override_file, parse_set, to_dict
 
-FUZZ = settings(max_examples=200, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 
 #: option paths, valid and not: the fuzzer mixes them with arbitrary values
-PATHS = ["seed", "tag", "size", "task", "model", "dataset", "results_dir", "checkpoint", "train", "train.max_epochs",
-         "train.optim.lr", "train.optim", "train.gradient_clip_val", "train.precision", "train.devices",
-         "train.strategy", "train.accelerator", "train.limit_train_batches", "train.num_threads", "data",
-         "data.num_workers", "data.batch_size", "data.eval_split", "eval.ks", "eval.directions", "eval.chunk_size",
-         "eval.memmap_min_mb", "eval.measurement", "model_args", "model_args.width", "task_args", "bogus", "train.bogus"]
+PATHS = [
+    "seed",
+    "tag",
+    "size",
+    "task",
+    "model",
+    "dataset",
+    "results_dir",
+    "checkpoint",
+    "train",
+    "train.max_epochs",
+    "train.optim.lr",
+    "train.optim",
+    "train.gradient_clip_val",
+    "train.precision",
+    "train.devices",
+    "train.strategy",
+    "train.accelerator",
+    "train.limit_train_batches",
+    "train.num_threads",
+    "data",
+    "data.num_workers",
+    "data.batch_size",
+    "data.eval_split",
+    "eval.ks",
+    "eval.directions",
+    "eval.chunk_size",
+    "eval.memmap_min_mb",
+    "eval.measurement",
+    "model_args",
+    "model_args.width",
+    "task_args",
+    "bogus",
+    "train.bogus",
+]
 
-scalars = (st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats() | st.text(max_size=12)
-           | st.sampled_from(["32-true", "auto", "ddp", "clip", "tiny", "full", "test", "t2i"]))
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
-                      | st.dictionaries(st.sampled_from(["lr", "max_epochs", "x", "k"]), inner, max_size=3),
-                      max_leaves=12)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**20), 10**20)
+    | st.floats()
+    | st.text(max_size=12)
+    | st.sampled_from(["32-true", "auto", "ddp", "clip", "tiny", "full", "test", "t2i"])
+)
+values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["lr", "max_epochs", "x", "k"]), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
 big_raw = st.one_of(
     st.integers(4301, 30_000).map(lambda n: "7" * n),  # past int_max_str_digits
     st.integers(201, 30_000).map(lambda n: "[" * n + "]" * n),  # past the nesting bound
@@ -51,7 +93,7 @@ def test_set_assignments_give_a_config_or_a_config_error(pairs):
 
 
 @FUZZ
-@given(st.lists(st.text(alphabet="ab.=[]{}\"1e-:,NaIfty ", max_size=30), max_size=5))
+@given(st.lists(st.text(alphabet='ab.=[]{}"1e-:,NaIfty ', max_size=30), max_size=5))
 def test_arbitrary_set_strings_never_escape(raw):
     _build(raw)
 

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
 from benchmark.cli import app
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from datamodules.base import (
     DataError,
     IndexedImages,

@@ -55,16 +55,21 @@ def test_auto_rule():
 
 def test_loader_kwargs_pin_memory_on_cuda_only_and_prefetch_with_workers():
     assert loader_kwargs(0, LoaderRuntime()) == {"num_workers": 0, "pin_memory": False, "persistent_workers": False}
-    assert loader_kwargs(4, LoaderRuntime("cuda")) == {"num_workers": 4, "pin_memory": True,
-                                                      "persistent_workers": True, "prefetch_factor": 2}
+    assert loader_kwargs(4, LoaderRuntime("cuda")) == {
+        "num_workers": 4,
+        "pin_memory": True,
+        "persistent_workers": True,
+        "prefetch_factor": 2,
+    }
     assert loader_kwargs(2, LoaderRuntime("mps"))["pin_memory"] is False
     with pytest.raises(ValueError, match="processes_per_node"):
         LoaderRuntime("cuda", 0)
 
 
 def test_synthetic_loads_in_process_as_before(tmp_path):
-    dm = SyntheticDataModule(DataConfig(root=str(tmp_path), batch_size=4,
-                                        options={"n_train": 12, "n_val": 4, "n_test": 8}))
+    dm = SyntheticDataModule(
+        DataConfig(root=str(tmp_path), batch_size=4, options={"n_train": 12, "n_val": 4, "n_test": 8})
+    )
     dm.set_transform(lambda im: torch.zeros(3, 4, 4))
     dm.set_runtime(LoaderRuntime("cuda", 1))
     assert dm.num_workers == 0
@@ -95,8 +100,14 @@ def test_real_data_loaders_get_auto_workers_and_pinned_memory_on_a_gpu(coco_root
 def test_runtime_comes_from_the_attached_trainer_when_not_set(coco_root):
     dm = CocoKarpathyDataModule(DataConfig(root=str(coco_root)))
     assert dm.runtime == LoaderRuntime()
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     assert LoaderRuntime.of_trainer(trainer) == LoaderRuntime("cpu", 1)
     dm.trainer = trainer
     assert dm.runtime == LoaderRuntime("cpu", 1)
@@ -117,8 +128,7 @@ def test_auto_keeps_the_config_hashes_of_the_former_default():
 def test_workers_would_change_the_training_draws():
     """Why auto is 0 on SynthScenes: in a worker, TrainPairs draws captions and templates from
     the worker's generator, not the main process's, so the run is another one."""
-    records = [ImageRecord(str(i), f"{i}.png", tuple(CaptionRecord(f"c{i}-{k}") for k in range(5)))
-               for i in range(32)]
+    records = [ImageRecord(str(i), f"{i}.png", tuple(CaptionRecord(f"c{i}-{k}") for k in range(5))) for i in range(32)]
     templates = InstructionTemplates(("A {caption}", "B {caption}", "C {caption}"))
 
     class InMemory(TrainPairs):
@@ -127,8 +137,13 @@ def test_workers_would_change_the_training_draws():
 
     def texts(workers: int) -> list[str]:
         L.seed_everything(0, workers=True, verbose=False)
-        loader = DataLoader(InMemory(records, lambda im: im, templates), batch_size=8, shuffle=True,
-                            num_workers=workers, collate_fn=collate_indexed)
+        loader = DataLoader(
+            InMemory(records, lambda im: im, templates),
+            batch_size=8,
+            shuffle=True,
+            num_workers=workers,
+            collate_fn=collate_indexed,
+        )
         return [t for batch in loader for t in batch[2]]
 
     assert texts(0) == texts(0)  # reproducible in process

@@ -39,8 +39,10 @@ def test_paths_inside_are_joined_as_written(tmp_path):
     assert resolve_inside(tmp_path / "img", "missing.png", source="f", where="r", field="f").name == "missing.png"
 
 
-@pytest.mark.parametrize("bad, why", [("../x.png", "'..'"), ("/etc/passwd", "absolute"), ("a/../../x", "'..'"),
-                                      ("", "empty"), ("a\x00b", "NUL")])
+@pytest.mark.parametrize(
+    "bad, why",
+    [("../x.png", "'..'"), ("/etc/passwd", "absolute"), ("a/../../x", "'..'"), ("", "empty"), ("a\x00b", "NUL")],
+)
 def test_escaping_paths_are_refused_with_file_record_field(tmp_path, bad, why):
     with pytest.raises(DataError) as e:
         InsideRoot(tmp_path)(bad, source="ann.json", where="images[3]", field="filename")
@@ -107,8 +109,12 @@ def _link_out(image: Path, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory) -> dict[str, Path]:
     out = {}
-    for name, write in (("karpathy", write_coco_karpathy), ("lavis", write_coco_lavis), ("medpix", write_medpix),
-                        ("rsicap", write_rsicap)):
+    for name, write in (
+        ("karpathy", write_coco_karpathy),
+        ("lavis", write_coco_lavis),
+        ("medpix", write_medpix),
+        ("rsicap", write_rsicap),
+    ):
         out[name] = tmp_path_factory.mktemp(name)
         write(out[name])
     return out
@@ -161,8 +167,12 @@ def test_rsicap_captions_filename(fixtures, tmp_path, bad):
     root = _copy(fixtures, "rsicap", tmp_path)
     ann = root / "RSICap" / "captions.json"
     _edit_json(ann, lambda d: d["annotations"][0].update(filename=bad))
-    _refused(lambda: RSICapDataModule(DataConfig(root=str(root))).records("test"), ann,
-             "annotations[0] (image_id '0')", "filename")
+    _refused(
+        lambda: RSICapDataModule(DataConfig(root=str(root))).records("test"),
+        ann,
+        "annotations[0] (image_id '0')",
+        "filename",
+    )
 
 
 def test_rsicap_link_out(fixtures, tmp_path):

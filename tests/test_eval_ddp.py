@@ -25,29 +25,71 @@ from tests.test_blip2 import BLIP2_ARGS, SMALL, TINY_QFORMER
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
-OURS_ARGS = TINY_QFORMER | {"l_base": 2, "l_max": 12, "l_init": 8, "qscaler_hidden": 16, "itm_max_anchors": 8,
-                            "dependency_overrides": {"blip2_checkpoint": {"train": {"max_epochs": 1},
-                                                                          "model_args": BLIP2_ARGS}}}
+OURS_ARGS = TINY_QFORMER | {
+    "l_base": 2,
+    "l_max": 12,
+    "l_init": 8,
+    "qscaler_hidden": 16,
+    "itm_max_anchors": 8,
+    "dependency_overrides": {"blip2_checkpoint": {"train": {"max_epochs": 1}, "model_args": BLIP2_ARGS}},
+}
 # k_test 6 of 24 images: re-ranking changes ranks; chunks of 32 queries: 120 captions make 4 chunks,
 # two per rank; batches of 16: the ranks encode different, whole batches
-COMMON = ["--dataset", "synthetic", "--epochs", "1", "--no-progress", "--set", f"data.options={SMALL}",
-          "--set", "data.batch_size=32", "--set", "data.eval_batch_size=16", "--set", "eval.measure=false",
-          "--set", "eval.chunk_size=32", "--set", "train.accelerator=cpu"]
+COMMON = [
+    "--dataset",
+    "synthetic",
+    "--epochs",
+    "1",
+    "--no-progress",
+    "--set",
+    f"data.options={SMALL}",
+    "--set",
+    "data.batch_size=32",
+    "--set",
+    "data.eval_batch_size=16",
+    "--set",
+    "eval.measure=false",
+    "--set",
+    "eval.chunk_size=32",
+    "--set",
+    "train.accelerator=cpu",
+]
 
 
 def _args(model: str, results: Path, cache: Path) -> list[str]:
     model_args = (OURS_ARGS if model == "ours" else BLIP2_ARGS) | {"k_test": 6}
-    return ["run", "--model", model, *COMMON, "--results-dir", str(results), "--cache-dir", str(cache),
-            "--set", f"model_args={json.dumps(model_args)}"]
+    return [
+        "run",
+        "--model",
+        model,
+        *COMMON,
+        "--results-dir",
+        str(results),
+        "--cache-dir",
+        str(cache),
+        "--set",
+        f"model_args={json.dumps(model_args)}",
+    ]
 
 
 def _two_processes(args: list[str], cwd: Path) -> None:
     env = dict(os.environ)
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])), OMP_NUM_THREADS="1",
-               MASTER_ADDR="127.0.0.1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+        OMP_NUM_THREADS="1",
+        MASTER_ADDR="127.0.0.1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
     env.pop("MASTER_PORT", None)  # Lightning picks a free port
-    proc = subprocess.run([sys.executable, "-m", "benchmark.cli", *args, "--devices", "2", "--strategy", "ddp"],
-                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmark.cli", *args, "--devices", "2", "--strategy", "ddp"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
 
@@ -63,8 +105,11 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
         # checkpoint would be another one: the device count is part of the training config)
         # a cache of their own: the two processes also extract the frozen features themselves, each rank
         # writing the rows of its batches into the one shared file
-        _two_processes(_args(model, tmp_path / "two", tmp_path / "cache2")
-                       + ["--checkpoint", str(resolve(one["provenance"]["checkpoint"], {"cache": cache}))], tmp_path)
+        _two_processes(
+            _args(model, tmp_path / "two", tmp_path / "cache2")
+            + ["--checkpoint", str(resolve(one["provenance"]["checkpoint"], {"cache": cache}))],
+            tmp_path,
+        )
         two = json.loads((tmp_path / "two" / f"{model}__synthetic__default.json").read_text())
         assert one["evaluation"]["world_size"] == 1 and two["evaluation"]["world_size"] == 2
         assert two["provenance"]["trained_this_run"] is False

@@ -37,10 +37,28 @@ def example_registered():
 
 
 def _run(tmp_path, *extra: str):
-    res = runner.invoke(app, ["run", "--model", "example", "--epochs", "1", "--no-progress",
-                              "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
-                              "--set", f"data.options={SMALL}", "--set", "data.batch_size=16",
-                              "--set", 'model_args={"image_size": 32, "patch": 16, "embed_dim": 16}', *extra])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--model",
+            "example",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--set",
+            f"data.options={SMALL}",
+            "--set",
+            "data.batch_size=16",
+            "--set",
+            'model_args={"image_size": 32, "patch": 16, "embed_dim": 16}',
+            *extra,
+        ],
+    )
     assert res.exit_code == 0, res.output
     return res
 
@@ -91,8 +109,12 @@ def test_the_registered_example_runs_through_bench_run(tmp_path, example_registe
 
 
 def test_every_registered_model_honours_the_contract_and_declares_its_capabilities():
-    declared = {name: {c.__name__ for c in (VqaPrefix, MethodSettings, CostModel, ItemLoading)
-                       if issubclass(MODELS.get(name), c)} for name in MODELS.names()}
+    declared = {
+        name: {
+            c.__name__ for c in (VqaPrefix, MethodSettings, CostModel, ItemLoading) if issubclass(MODELS.get(name), c)
+        }
+        for name in MODELS.names()
+    }
     assert declared == {
         "clip": {"CostModel"},
         "blip2": {"VqaPrefix", "CostModel", "ItemLoading"},

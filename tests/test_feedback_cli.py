@@ -15,16 +15,19 @@ SMALL = '{"n_train": 96, "n_val": 16, "n_test": 40}'
 SMALL_MODEL = 'model_args={"vision_layers": 1, "text_layers": 1, "vision_width": 32, "text_width": 32, "embed_dim": 16}'
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--mode", "everything"], "--mode must be one of all, refresh, llm"),
-    (["--llm", "gpt4"], "unknown backend 'gpt4'"),
-    (["--llm", "openai:not-a-url"], "openai:<base url>"),
-    (["--feedback-set", "refresh.w_nss=1"], "feedback.refresh.w_nss"),
-    (["--feedback-set", "similarity.top_k=0"], "feedback.similarity.top_k must be null or an integer in [1, 4096]"),
-    (["--feedback-set", "similarity.row_chunk=0"], "feedback.similarity.row_chunk"),
-    (["--rounds", "0"], "--rounds"),
-    (["--model", "clipp"], "unknown model 'clipp'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--mode", "everything"], "--mode must be one of all, refresh, llm"),
+        (["--llm", "gpt4"], "unknown backend 'gpt4'"),
+        (["--llm", "openai:not-a-url"], "openai:<base url>"),
+        (["--feedback-set", "refresh.w_nss=1"], "feedback.refresh.w_nss"),
+        (["--feedback-set", "similarity.top_k=0"], "feedback.similarity.top_k must be null or an integer in [1, 4096]"),
+        (["--feedback-set", "similarity.row_chunk=0"], "feedback.similarity.row_chunk"),
+        (["--rounds", "0"], "--rounds"),
+        (["--model", "clipp"], "unknown model 'clipp'"),
+    ],
+)
 def test_bad_input_exits_2_naming_the_option(tmp_path, args, message):
     res = runner.invoke(app, ["feedback", "--results-dir", str(tmp_path / "r"), *args])
     assert res.exit_code == 2, res.output
@@ -33,17 +36,49 @@ def test_bad_input_exits_2_naming_the_option(tmp_path, args, message):
 
 
 def test_missing_hf_model_exits_2_before_any_work(tmp_path):
-    res = runner.invoke(app, ["feedback", "--model", "clip", "--llm", f"hf:{tmp_path / 'nothing'}",
-                              "--results-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "cache")])
+    res = runner.invoke(
+        app,
+        [
+            "feedback",
+            "--model",
+            "clip",
+            "--llm",
+            f"hf:{tmp_path / 'nothing'}",
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
     assert res.exit_code == 2 and "--llm" in res.output and "local files only" in res.output
     assert not (tmp_path / "cache").exists()  # nothing generated or trained
 
 
 @pytest.mark.slow
 def test_feedback_end_to_end_on_a_tiny_clip(tmp_path):
-    args = ["feedback", "--model", "clip", "--dataset", "synthetic", "--epochs", "1", "--rounds", "2",
-            "--display", "3", "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
-            "--set", f"data.options={SMALL}", "--set", "data.batch_size=32", "--set", SMALL_MODEL]
+    args = [
+        "feedback",
+        "--model",
+        "clip",
+        "--dataset",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--rounds",
+        "2",
+        "--display",
+        "3",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--set",
+        f"data.options={SMALL}",
+        "--set",
+        "data.batch_size=32",
+        "--set",
+        SMALL_MODEL,
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "not an LLM" in res.output and "Hits@5 by round" in res.output
@@ -53,8 +88,12 @@ def test_feedback_end_to_end_on_a_tiny_clip(tmp_path):
     assert r["task"] == "feedback" and r["protocol"]["rounds"] == 2 and r["protocol"]["display"] == 3
     assert r["protocol"]["rank_base"] == 1 and r["protocol"]["llm"]["is_llm"] is False
     assert r["protocol"]["n_queries"] == 200 and r["protocol"]["n_gallery"] == 40
-    assert r["protocol"]["image_similarity"] == {"reads": "rows", "top_k": None, "row_chunk": 256,
-                                                 "row_cache_mb": 1024.0}
+    assert r["protocol"]["image_similarity"] == {
+        "reads": "rows",
+        "top_k": None,
+        "row_chunk": 256,
+        "row_cache_mb": 1024.0,
+    }
     assert r["protocol"]["user"]["model"] == "graded" and r["protocol"]["user"]["closeness"] == "constraint_share"
     assert set(r["user_marks"]["refresh"]) == {"ps", "ns", "unsure", "match"}
     assert r["protocol"]["feedback_config"]["similarity"] == {"top_k": None, "row_chunk": None, "row_cache_mb": 1024.0}
@@ -68,9 +107,27 @@ def test_feedback_end_to_end_on_a_tiny_clip(tmp_path):
     lines = (tmp_path / "results" / "feedback__clip__synthetic__default.jsonl").read_text().splitlines()
     assert len(lines) == 200 and json.loads(lines[0])["arms"]["llm"]["rounds"][0]["round"] == 1
     # round 0 equals what `bench run` reports for the same cached model
-    res = runner.invoke(app, ["run", "--model", "clip", "--epochs", "1", "--no-progress",
-                              "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
-                              "--set", f"data.options={SMALL}", "--set", "data.batch_size=32", "--set", SMALL_MODEL])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--model",
+            "clip",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--set",
+            f"data.options={SMALL}",
+            "--set",
+            "data.batch_size=32",
+            "--set",
+            SMALL_MODEL,
+        ],
+    )
     assert res.exit_code == 0, res.output
     run = load_result(tmp_path / "results" / "clip__synthetic__default.json")
     assert run["provenance"]["trained_this_run"] is False

@@ -27,8 +27,15 @@ from tests.feedback_helpers import FakeModel, tiny_task
 
 def _obj(shape, colour, size, row, column):
     rows, cols = ("top", "middle", "bottom"), ("left", "center", "right")
-    return {"shape": shape, "colour": colour, "size": size, "row": row, "column": column,
-            "x": (cols.index(column) + 0.5) / 3, "y": (rows.index(row) + 0.5) / 3}
+    return {
+        "shape": shape,
+        "colour": colour,
+        "size": size,
+        "row": row,
+        "column": column,
+        "x": (cols.index(column) + 0.5) / 3,
+        "y": (rows.index(row) + 0.5) / 3,
+    }
 
 
 def _scene(*objects, pattern="striped", colour="gray"):
@@ -36,27 +43,41 @@ def _scene(*objects, pattern="striped", colour="gray"):
 
 
 # "a large red circle to the left of a small blue square, on a striped background": 8 atoms
-CAPTION = CaptionConstraints.from_json({
-    "objects": [{"shape": "circle", "colour": "red", "size": "large"},
-                {"shape": "square", "colour": "blue", "size": "small"}],
-    "relations": [{"subject": 0, "relation": "left_of", "object": 1}],
-    "background": {"pattern": "striped"},
-})
+CAPTION = CaptionConstraints.from_json(
+    {
+        "objects": [
+            {"shape": "circle", "colour": "red", "size": "large"},
+            {"shape": "square", "colour": "blue", "size": "small"},
+        ],
+        "relations": [{"subject": 0, "relation": "left_of", "object": 1}],
+        "background": {"pattern": "striped"},
+    }
+)
 CIRCLE = _obj("circle", "red", "large", "top", "left")
 SQUARE = _obj("square", "blue", "small", "bottom", "right")
 
 
-@pytest.mark.parametrize("scene, expected", [
-    (_scene(CIRCLE, SQUARE), 8),  # everything
-    (_scene(CIRCLE, SQUARE, pattern="plain"), 7),  # wrong background
-    (_scene(CIRCLE | {"colour": "green"}, SQUARE), 7),  # wrong colour ("close, but the wrong colour")
-    (_scene(CIRCLE | {"column": "right", "x": 5 / 6}, SQUARE | {"column": "left", "x": 1 / 6}), 7),  # relation
-    (_scene(CIRCLE), 4),  # no square: 3 circle atoms + background; the relation needs both objects
-    (_scene(SQUARE | {"colour": "red"}, pattern="plain"), 2),  # one object: best used as the square (small square)
-    (_scene(_obj("star", "white", "small", "top", "left"), pattern="noisy"), 1),  # only "small" (as the square)
-    (_scene(_obj("star", "white", "large", "top", "left"), _obj("ring", "black", "large", "top", "right"),
-            pattern="noisy", colour="pink"), 2),  # both large, only one can be the circle; + the relation
-])
+@pytest.mark.parametrize(
+    "scene, expected",
+    [
+        (_scene(CIRCLE, SQUARE), 8),  # everything
+        (_scene(CIRCLE, SQUARE, pattern="plain"), 7),  # wrong background
+        (_scene(CIRCLE | {"colour": "green"}, SQUARE), 7),  # wrong colour ("close, but the wrong colour")
+        (_scene(CIRCLE | {"column": "right", "x": 5 / 6}, SQUARE | {"column": "left", "x": 1 / 6}), 7),  # relation
+        (_scene(CIRCLE), 4),  # no square: 3 circle atoms + background; the relation needs both objects
+        (_scene(SQUARE | {"colour": "red"}, pattern="plain"), 2),  # one object: best used as the square (small square)
+        (_scene(_obj("star", "white", "small", "top", "left"), pattern="noisy"), 1),  # only "small" (as the square)
+        (
+            _scene(
+                _obj("star", "white", "large", "top", "left"),
+                _obj("ring", "black", "large", "top", "right"),
+                pattern="noisy",
+                colour="pink",
+            ),
+            2,
+        ),  # both large, only one can be the circle; + the relation
+    ],
+)
 def test_closeness_is_the_share_of_the_query_constraints_met(scene, expected):
     assert CAPTION.n_atoms() == 8
     assert constraint_share(CAPTION, scene) == expected / 8
@@ -64,8 +85,9 @@ def test_closeness_is_the_share_of_the_query_constraints_met(scene, expected):
 
 
 def test_distinct_objects_are_needed_for_two_constraints():
-    two_circles = CaptionConstraints.from_json({"objects": [{"shape": "circle", "colour": "red"},
-                                                            {"shape": "circle", "colour": "red"}]})
+    two_circles = CaptionConstraints.from_json(
+        {"objects": [{"shape": "circle", "colour": "red"}, {"shape": "circle", "colour": "red"}]}
+    )
     assert constraint_share(two_circles, _scene(CIRCLE)) == 0.5
     assert constraint_share(two_circles, _scene(CIRCLE, SQUARE | {"shape": "circle", "colour": "red"})) == 1.0
 
@@ -81,8 +103,9 @@ def test_closeness_one_is_exactly_relevance_on_a_split():
 
 
 def test_caption_overlap_on_real_captions():
-    overlap = CaptionOverlap(["A man riding a horse on the beach.", "the of a"],
-                             [{"man", "horse", "beach", "ride"}, {"dog", "beach"}])
+    overlap = CaptionOverlap(
+        ["A man riding a horse on the beach.", "the of a"], [{"man", "horse", "beach", "ride"}, {"dog", "beach"}]
+    )
     assert overlap.wanted[0] == {"man", "riding", "horse", "beach"}
     assert overlap(0, 0) == 3 / 4  # "riding" is not "ride": words, not meanings
     assert overlap(0, 1) == 1 / 4
@@ -174,9 +197,15 @@ def test_the_users_never_read_labels_of_unshown_items(arm):
 
 def test_refresh_formula_with_ps_ns_and_unsure():
     prev = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
-    sims = torch.tensor([[[1.0, 0.0, 0.0, 0.0],   # shown item 0: PS
-                          [0.0, 1.0, 0.0, 0.0],   # shown item 1: unsure
-                          [0.0, 0.0, 2.0, 0.0]]])  # shown item 2: NS
+    sims = torch.tensor(
+        [
+            [
+                [1.0, 0.0, 0.0, 0.0],  # shown item 0: PS
+                [0.0, 1.0, 0.0, 0.0],  # shown item 1: unsure
+                [0.0, 0.0, 2.0, 0.0],
+            ]
+        ]
+    )  # shown item 2: NS
     ps = torch.tensor([[True, False, False]])
     ns = torch.tensor([[False, False, True]])
     w = RefreshConfig(w0=1.0, w_ps=0.5, w_ns=0.25, scale="none", kernel="mean")
@@ -190,8 +219,11 @@ def test_refresh_formula_with_ps_ns_and_unsure():
 
 
 def _protocol(task, gallery, user_config, arms=("none", "exclude", "refresh")):
-    fb = from_dict(FeedbackConfig, {"rounds": 3, "display": 3, "chunk_size": 32, "arms": list(arms),
-                                    "user": user_config}, "feedback")
+    fb = from_dict(
+        FeedbackConfig,
+        {"rounds": 3, "display": 3, "chunk_size": 32, "arms": list(arms), "user": user_config},
+        "feedback",
+    )
     model = FakeModel()
     scorer = GalleryScorer(model, gallery, model.score, batch_size=16)
     user = SimulatedUser.from_config(task.truths, task.closeness, fb.user, 0)
@@ -214,11 +246,28 @@ def test_graded_protocol_marks_close_items_excludes_non_matches_and_records_itse
                 assert g in r[kind]
     ex = res.ranks["exclude"]
     assert (np.diff(ex, axis=0) <= 0).all()  # dropping shown non-relevant items never worsens a rank
-    result = build_result(_cfg(), fb, res, task, llm=None, user_seed=0, environment={}, provenance={},
-                          timings={}, transcript=Path("t.jsonl"))
-    assert result["protocol"]["user"] == {"model": "graded", "ps_threshold": 0.6, "ns_threshold": 0.4,
-                                          "noise": 0.0, "unsure_rate": 0.0, "ground_truth": "scene_graph",
-                                          "seed": 0, "closeness": "constraint_share"}
+    result = build_result(
+        _cfg(),
+        fb,
+        res,
+        task,
+        llm=None,
+        user_seed=0,
+        environment={},
+        provenance={},
+        timings={},
+        transcript=Path("t.jsonl"),
+    )
+    assert result["protocol"]["user"] == {
+        "model": "graded",
+        "ps_threshold": 0.6,
+        "ns_threshold": 0.4,
+        "noise": 0.0,
+        "unsure_rate": 0.0,
+        "ground_truth": "scene_graph",
+        "seed": 0,
+        "closeness": "constraint_share",
+    }
     assert result["user_marks"] == marks
     assert recorded_feedback_config(result["protocol"]["feedback_config"]) == fb
 
@@ -229,18 +278,34 @@ def test_binary_user_is_the_protocol_before_graded_marks():
     model = FakeModel()
     scorer = GalleryScorer(model, gallery, model.score, batch_size=16)
     before = []
-    res_0 = run_protocol(task, scorer, scorer.encode_texts(task.queries), fb_b, SimulatedUser(task.truths),
-                         on_query=before.append)
+    res_0 = run_protocol(
+        task, scorer, scorer.encode_texts(task.queries), fb_b, SimulatedUser(task.truths), on_query=before.append
+    )
     for arm in res_b.ranks:
         assert np.array_equal(res_b.ranks[arm], res_0.ranks[arm])
     assert rec_b == before and "closeness" not in rec_b[0]["arms"]["refresh"]["rounds"][0]
-    result = build_result(_cfg(), fb_b, res_b, task, llm=None, user_seed=0, environment={}, provenance={},
-                          timings={}, transcript=Path("t.jsonl"))
-    assert result["protocol"]["user"] == {"model": "binary", "unsure_rate": 0.0, "ground_truth": "scene_graph",
-                                          "seed": 0}
+    result = build_result(
+        _cfg(),
+        fb_b,
+        res_b,
+        task,
+        llm=None,
+        user_seed=0,
+        environment={},
+        provenance={},
+        timings={},
+        transcript=Path("t.jsonl"),
+    )
+    assert result["protocol"]["user"] == {
+        "model": "binary",
+        "unsure_rate": 0.0,
+        "ground_truth": "scene_graph",
+        "seed": 0,
+    }
     # a binary run hashes as the same run did before the user models existed (user: unsure_rate only)
-    old = recorded_feedback_config({k: v for k, v in result["protocol"]["feedback_config"].items()}
-                                   | {"user": {"unsure_rate": 0.0}})
+    old = recorded_feedback_config(
+        {k: v for k, v in result["protocol"]["feedback_config"].items()} | {"user": {"unsure_rate": 0.0}}
+    )
     assert old == fb_b and result_hash(_cfg(), old) == result["config_hash"]
     assert result_hash(_cfg(), FeedbackConfig()) != result["config_hash"]  # graded is another protocol
     _, res_g, _ = _protocol(task, gallery, {"model": "graded"})
@@ -253,17 +318,20 @@ def _cfg():
     return build_run_config({"model": "clip", "dataset": "synthetic", "size": "tiny", "tag": "default", "seed": 0})
 
 
-@pytest.mark.parametrize("user, message", [
-    ({"model": "gradual"}, "feedback.user.model must be one of binary, graded"),
-    ({"ps_threshold": 0.0}, "feedback.user.ps_threshold must lie in (0, 1]"),
-    ({"ps_threshold": float("nan")}, "feedback.user.ps_threshold"),
-    ({"ps_threshold": 1.5}, "feedback.user.ps_threshold"),
-    ({"ps_threshold": 0.5, "ns_threshold": 0.6}, "feedback.user.ns_threshold must lie in [0, ps_threshold = 0.5]"),
-    ({"ns_threshold": -0.1}, "feedback.user.ns_threshold"),
-    ({"noise": 0.6}, "feedback.user.noise must lie in [0, 0.5]"),
-    ({"noise": float("nan")}, "feedback.user.noise"),
-    ({"unsure_rate": 2.0}, "feedback.user.unsure_rate"),
-])
+@pytest.mark.parametrize(
+    "user, message",
+    [
+        ({"model": "gradual"}, "feedback.user.model must be one of binary, graded"),
+        ({"ps_threshold": 0.0}, "feedback.user.ps_threshold must lie in (0, 1]"),
+        ({"ps_threshold": float("nan")}, "feedback.user.ps_threshold"),
+        ({"ps_threshold": 1.5}, "feedback.user.ps_threshold"),
+        ({"ps_threshold": 0.5, "ns_threshold": 0.6}, "feedback.user.ns_threshold must lie in [0, ps_threshold = 0.5]"),
+        ({"ns_threshold": -0.1}, "feedback.user.ns_threshold"),
+        ({"noise": 0.6}, "feedback.user.noise must lie in [0, 0.5]"),
+        ({"noise": float("nan")}, "feedback.user.noise"),
+        ({"unsure_rate": 2.0}, "feedback.user.unsure_rate"),
+    ],
+)
 def test_user_options_are_validated(user, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         from_dict(UserConfig, user, "feedback.user")

@@ -19,18 +19,26 @@ from benchmark.feedback.prompts import read_input
 from tests.feedback_helpers import tiny_task
 from tests.test_feedback_protocol import _run
 
-QUESTIONS = {"questions": [
-    {"question": "What colour is the background?", "options": ["a pink background", "a gray background",
-                                                               "a teal background"]},
-    {"question": "Which background pattern?", "options": ["a striped background", "a plain background"]},
-]}
+QUESTIONS = {
+    "questions": [
+        {
+            "question": "What colour is the background?",
+            "options": ["a pink background", "a gray background", "a teal background"],
+        },
+        {"question": "Which background pattern?", "options": ["a striped background", "a plain background"]},
+    ]
+}
 REFINED = "a shape on a background chosen by the server"
 
 
 def _completion(content: str) -> bytes:
-    return json.dumps({"id": "x", "object": "chat.completion",
-                       "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                                    "finish_reason": "stop"}]}).encode()
+    return json.dumps(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        }
+    ).encode()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -41,7 +49,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # keep the test output clean
         pass
 
-    def do_POST(self) -> None:  # noqa: N802 -- http.server's name
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _Handler.requests.append((self.path, body))
         mode = self.path.split("/")[1]
@@ -56,8 +64,9 @@ class _Handler(BaseHTTPRequestHandler):
             payload = b'{"choices": [ this is not json'
         else:
             task = read_input(body["messages"])["task"]
-            content = "```json\n" + json.dumps(QUESTIONS) + "\n```" if task == "questions" \
-                else json.dumps({"query": REFINED})
+            content = (
+                "```json\n" + json.dumps(QUESTIONS) + "\n```" if task == "questions" else json.dumps({"query": REFINED})
+            )
             payload = _completion(content)
         try:
             self.send_response(200)
@@ -81,12 +90,22 @@ def server():
 
 
 def _backend(url: str, **kw):
-    return make_backend(LLMConfig(backend=f"openai:{url}", timeout_s=kw.pop("timeout_s", 5.0),
-                                  retries=kw.pop("retries", 1), retry_backoff_s=0.0, model="tiny-test", **kw))
+    return make_backend(
+        LLMConfig(
+            backend=f"openai:{url}",
+            timeout_s=kw.pop("timeout_s", 5.0),
+            retries=kw.pop("retries", 1),
+            retry_backoff_s=0.0,
+            model="tiny-test",
+            **kw,
+        )
+    )
 
 
-MESSAGES = [{"role": "system", "content": "s"},
-            {"role": "user", "content": 'INPUT JSON:\n{"task": "update", "query": "q"}'}]
+MESSAGES = [
+    {"role": "system", "content": "s"},
+    {"role": "user", "content": 'INPUT JSON:\n{"task": "update", "query": "q"}'},
+]
 
 
 def test_openai_valid_answer(server):
@@ -98,8 +117,10 @@ def test_openai_valid_answer(server):
     assert body["messages"] == MESSAGES and backend.describe()["is_llm"] is True
 
 
-@pytest.mark.parametrize("mode, reason, attempts", [("slow", "timeout", 2), ("err500", "http_error", 2),
-                                                    ("malformed", "malformed_response", 1)])
+@pytest.mark.parametrize(
+    "mode, reason, attempts",
+    [("slow", "timeout", 2), ("err500", "http_error", 2), ("malformed", "malformed_response", 1)],
+)
 def test_openai_failures_raise_the_counted_reason(server, mode, reason, attempts):
     _Handler.requests.clear()
     with pytest.raises(LLMError) as e:
@@ -125,8 +146,9 @@ def test_protocol_uses_the_servers_answers_and_counts_its_failures(server):
     assert res.fallbacks() == {} and res.counts["llm_rounds"] == 12
     rounds = [r for rec in records for r in rec["arms"]["llm"]["rounds"]]
     assert all(r["refined_query"] == REFINED and r["fallback"] is None for r in rounds)
-    assert all([q["question"] for q in r["questions"]] == [q["question"] for q in QUESTIONS["questions"]]
-               for r in rounds)
+    assert all(
+        [q["question"] for q in r["questions"]] == [q["question"] for q in QUESTIONS["questions"]] for r in rounds
+    )
     # the refined query is embedded and scored: the llm arm's ranking differs from score refreshing
     assert res.ranks["llm"][1:].tolist() != res.ranks["refresh"][1:].tolist()
 
@@ -142,16 +164,39 @@ def tiny_causal_lm(tmp_path_factory):
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
     path = tmp_path_factory.mktemp("tiny-lm")
-    words = ["<unk>", "<eos>", "{", "}", "[", "]", '"', ":", ",", "questions", "question", "options", "query",
-             "a", "red", "circle", "background", "system", "user", "assistant"]
+    words = [
+        "<unk>",
+        "<eos>",
+        "{",
+        "}",
+        "[",
+        "]",
+        '"',
+        ":",
+        ",",
+        "questions",
+        "question",
+        "options",
+        "query",
+        "a",
+        "red",
+        "circle",
+        "background",
+        "system",
+        "user",
+        "assistant",
+    ]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>", pad_token="<eos>")
-    hf_tok.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }}\n{% endfor %}"
-                            "{% if add_generation_prompt %}assistant :{% endif %}")
+    hf_tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant :{% endif %}"
+    )
     hf_tok.save_pretrained(path)
-    config = GPT2Config(vocab_size=len(words), n_positions=64, n_embd=16, n_layer=2, n_head=2,
-                        bos_token_id=1, eos_token_id=1)
+    config = GPT2Config(
+        vocab_size=len(words), n_positions=64, n_embd=16, n_layer=2, n_head=2, bos_token_id=1, eos_token_id=1
+    )
     GPT2LMHeadModel(config).save_pretrained(path)
     return path
 

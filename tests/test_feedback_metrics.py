@@ -14,9 +14,7 @@ from benchmark.metrics.retrieval import dense_score_fn, evaluate_direction
 from datamodules.base import Relevance
 
 # rounds x queries, 1-based ranks (T = 2, three queries)
-RANKS = np.array([[3, 1, 10],
-                  [2, 4, 10],
-                  [5, 1, 1]])
+RANKS = np.array([[3, 1, 10], [2, 4, 10], [5, 1, 1]])
 
 
 def test_per_round_table_by_hand():
@@ -64,10 +62,8 @@ def test_queries_without_relevant_items_are_left_out_and_counted():
 
 
 def test_ranks_with_ties_nan_and_exclusion_by_hand():
-    scores = torch.tensor([[0.5, 0.9, 0.5, 0.1, float("nan")],
-                           [0.2, 0.2, 0.2, 0.2, 0.2]])
-    relevant = torch.tensor([[False, False, True, False, False],
-                             [False, False, False, False, False]])
+    scores = torch.tensor([[0.5, 0.9, 0.5, 0.1, float("nan")], [0.2, 0.2, 0.2, 0.2, 0.2]])
+    relevant = torch.tensor([[False, False, True, False, False], [False, False, False, False, False]])
     excluded = torch.zeros_like(relevant)
     assert ranks(scores, relevant, excluded).tolist() == [3, 0]  # the tie at 0.5 counts against the model
     excluded[0, 1] = True

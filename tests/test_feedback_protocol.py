@@ -32,8 +32,9 @@ def _run(task, gallery, backend=None, **overrides):
     queries = scorer.encode_texts(task.queries)
     backend = backend or RulesBackend()
     records = []
-    res = run_protocol(task, scorer, queries, fb, SimulatedUser(task.truths), Refiner(backend, fb.llm),
-                       on_query=records.append)
+    res = run_protocol(
+        task, scorer, queries, fb, SimulatedUser(task.truths), Refiner(backend, fb.llm), on_query=records.append
+    )
     return res, records, scorer
 
 
@@ -112,11 +113,13 @@ def test_refresh_kernels_by_hand():
     assert torch.allclose(refreshed(prev, sims, ps, RefreshConfig(kernel="max", **raw)), -sims[:, 0])
     assert refreshed(prev, sims, ps, RefreshConfig(kernel="knn", neighbours=2, **raw)).tolist() == [[-1, 0, -1, 0]]
     both_ns = torch.tensor([[False, False]])
-    assert torch.allclose(refreshed(prev, sims, both_ns, RefreshConfig(kernel="max", **raw)),
-                          -torch.tensor([[1.0, 1.0, 0.9, 0.1]]))
+    assert torch.allclose(
+        refreshed(prev, sims, both_ns, RefreshConfig(kernel="max", **raw)), -torch.tensor([[1.0, 1.0, 0.9, 0.1]])
+    )
     # knn share over two NS: item 0 is near both, item 1 only NS 1, item 2 only NS 0, item 3 neither
-    assert refreshed(prev, sims, both_ns, RefreshConfig(kernel="knn", neighbours=2, **raw)).tolist() == \
-        [[-1.0, -0.5, -0.5, 0.0]]
+    assert refreshed(prev, sims, both_ns, RefreshConfig(kernel="knn", neighbours=2, **raw)).tolist() == [
+        [-1.0, -0.5, -0.5, 0.0]
+    ]
     # an empty set contributes nothing, whatever the kernel
     for kernel in ("mean", "max", "knn"):
         all_ps = refreshed(prev, sims, torch.tensor([[True, True]]), RefreshConfig(kernel=kernel, **raw))
@@ -138,10 +141,13 @@ def test_residual_kernel_penalises_only_what_the_query_scores_do_not_explain():
     assert torch.allclose(refreshed(prev, other, ns, raw), prev - other[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"kernel": "gauss"}, "feedback.refresh.kernel must be one of mean, max, knn, residual"),
-    ({"neighbours": 0}, "feedback.refresh.neighbours must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"kernel": "gauss"}, "feedback.refresh.kernel must be one of mean, max, knn, residual"),
+        ({"neighbours": 0}, "feedback.refresh.neighbours must be >= 1"),
+    ],
+)
 def test_refresh_kernel_options_are_validated(override, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(FeedbackConfig, {"refresh": override}, "feedback")
@@ -165,8 +171,11 @@ def test_backend_failures_fall_back_to_score_refreshing_with_the_reason_counted(
     assert res.fallbacks() == {"timeout": 3 * task.n_queries}
     # a failed llm round is exactly a refresh round: the arms coincide
     assert res.ranks["llm"].tolist() == res.ranks["refresh"].tolist()
-    assert all(r["fallback"] == "timeout" and r["refined_query"] is None
-               for rec in records for r in rec["arms"]["llm"]["rounds"])
+    assert all(
+        r["fallback"] == "timeout" and r["refined_query"] is None
+        for rec in records
+        for r in rec["arms"]["llm"]["rounds"]
+    )
 
 
 class _Recording(RulesBackend):

@@ -48,8 +48,10 @@ def _random_gallery(kind: str, n: int = 60, dim: int = 12, seed: int = 0) -> Enc
 
 def _scorers(gallery: Encoded, **options):
     model = FakeModel()
-    return (GalleryScorer(model, gallery, model.score, batch_size=8, **options),
-            DenseGalleryScorer(model, gallery, model.score, batch_size=8))
+    return (
+        GalleryScorer(model, gallery, model.score, batch_size=8, **options),
+        DenseGalleryScorer(model, gallery, model.score, batch_size=8),
+    )
 
 
 @pytest.mark.parametrize("kind", ["single", "multi", "duplicates"])
@@ -94,8 +96,15 @@ class _Failing:
 
 def _protocol(task, scorer, fb, backend, monkeypatch=None):
     records = []
-    res = run_protocol(task, scorer, scorer.encode_texts(task.queries), fb, SimulatedUser(task.truths),
-                       Refiner(backend, fb.llm), on_query=records.append)
+    res = run_protocol(
+        task,
+        scorer,
+        scorer.encode_texts(task.queries),
+        fb,
+        SimulatedUser(task.truths),
+        Refiner(backend, fb.llm),
+        on_query=records.append,
+    )
     return res, records
 
 
@@ -113,12 +122,22 @@ def test_whole_protocol_equals_the_dense_path(monkeypatch, kernel, gallery_kind,
     """Every arm of a whole run (200 queries in 4 chunks, 3 rounds): identical ranks per round,
     identical transcripts and fallback counts, the same image-image rows scored."""
     task, gallery = tiny_task(40) if gallery_kind == "single" else _multi_vector_tiny(40)
-    fb = from_dict(FeedbackConfig, {"rounds": 3, "display": 3, "chunk_size": 64,
-                                    "refresh": {"kernel": kernel, "w_ns": 0.5}}, "feedback")
+    fb = from_dict(
+        FeedbackConfig,
+        {"rounds": 3, "display": 3, "chunk_size": 64, "refresh": {"kernel": kernel, "w_ns": 0.5}},
+        "feedback",
+    )
     sim = fb.image_similarity()
     model = FakeModel()
-    new = GalleryScorer(model, gallery, model.score, batch_size=fb.chunk_size, row_chunk=sim["row_chunk"],
-                        top_k=sim["top_k"], row_cache_mb=fb.similarity.row_cache_mb)
+    new = GalleryScorer(
+        model,
+        gallery,
+        model.score,
+        batch_size=fb.chunk_size,
+        row_chunk=sim["row_chunk"],
+        top_k=sim["top_k"],
+        row_cache_mb=fb.similarity.row_cache_mb,
+    )
     old = DenseGalleryScorer(model, gallery, model.score, batch_size=fb.chunk_size)
     make = RulesBackend if backend == "rules" else _Failing
     res_new, rec_new = _protocol(task, new, fb, make())
@@ -144,8 +163,13 @@ def test_options_do_not_change_the_scores(kernel):
     prev0 = torch.randn(6, 50, generator=g)
     relevant = torch.rand(6, 50, generator=g) < 0.3
     outs = {}
-    for name, options in {"default": {}, "chunk1": {"row_chunk": 1}, "chunk7": {"row_chunk": 7},
-                          "top_k9": {"top_k": 9}, "no_cache": {"row_cache_mb": 0.0}}.items():
+    for name, options in {
+        "default": {},
+        "chunk1": {"row_chunk": 1},
+        "chunk7": {"row_chunk": 7},
+        "top_k9": {"top_k": 9},
+        "no_cache": {"row_cache_mb": 0.0},
+    }.items():
         scorer, _ = _scorers(gallery, **options)
         prev, excluded = prev0, torch.zeros_like(relevant)
         for _ in range(4):
@@ -188,34 +212,52 @@ def test_row_cache_keeps_rows_within_its_budget():
     assert RowCache(10, 0.0).capacity == 0
 
 
-@pytest.mark.parametrize("override, message", [
-    ({"similarity": {"top_k": 0}}, r"feedback.similarity.top_k must be null or an integer in \[1, 4096\], got 0"),
-    ({"similarity": {"top_k": 5000}}, "feedback.similarity.top_k must be null or an integer"),
-    ({"similarity": {"top_k": 2}, "refresh": {"kernel": "knn", "neighbours": 3}},
-     r"feedback.similarity.top_k must be >= feedback.refresh.neighbours \(3\)"),
-    ({"similarity": {"row_chunk": 0}}, r"feedback.similarity.row_chunk must be null or an integer in \[1, 65536\]"),
-    ({"similarity": {"row_cache_mb": -1}}, "feedback.similarity.row_cache_mb must be a number of MB"),
-    ({"similarity": {"row_cache_mb": float("nan")}}, "feedback.similarity.row_cache_mb"),
-    ({"similarity": {"top_k": 1.5}}, "feedback.similarity.top_k: expected an integer"),
-    ({"similarity": {"k": 3}}, "feedback.similarity.k"),
-    ({"refresh": {"w_ns": float("nan")}}, "feedback.refresh.w_ns: expected a finite number"),  # from_dict refuses NaN
-    ({"refresh": {"w_ns": -1.0}}, "feedback.refresh.w_ns must be a number >= 0"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"similarity": {"top_k": 0}}, r"feedback.similarity.top_k must be null or an integer in \[1, 4096\], got 0"),
+        ({"similarity": {"top_k": 5000}}, "feedback.similarity.top_k must be null or an integer"),
+        (
+            {"similarity": {"top_k": 2}, "refresh": {"kernel": "knn", "neighbours": 3}},
+            r"feedback.similarity.top_k must be >= feedback.refresh.neighbours \(3\)",
+        ),
+        ({"similarity": {"row_chunk": 0}}, r"feedback.similarity.row_chunk must be null or an integer in \[1, 65536\]"),
+        ({"similarity": {"row_cache_mb": -1}}, "feedback.similarity.row_cache_mb must be a number of MB"),
+        ({"similarity": {"row_cache_mb": float("nan")}}, "feedback.similarity.row_cache_mb"),
+        ({"similarity": {"top_k": 1.5}}, "feedback.similarity.top_k: expected an integer"),
+        ({"similarity": {"k": 3}}, "feedback.similarity.k"),
+        (
+            {"refresh": {"w_ns": float("nan")}},
+            "feedback.refresh.w_ns: expected a finite number",
+        ),  # from_dict refuses NaN
+        ({"refresh": {"w_ns": -1.0}}, "feedback.refresh.w_ns must be a number >= 0"),
+    ],
+)
 def test_similarity_options_are_validated(override, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(FeedbackConfig, override, "feedback")
 
 
 def test_resolved_settings_follow_the_kernel():
-    assert FeedbackConfig().image_similarity() == {"reads": "rows", "top_k": None, "row_chunk": 256,
-                                                   "row_cache_mb": 1024.0}  # the default kernel: max
+    assert FeedbackConfig().image_similarity() == {
+        "reads": "rows",
+        "top_k": None,
+        "row_chunk": 256,
+        "row_cache_mb": 1024.0,
+    }  # the default kernel: max
     knn = from_dict(FeedbackConfig, {"refresh": {"kernel": "knn"}}, "feedback")
     assert knn.image_similarity() == {"reads": "neighbours", "top_k": 3, "row_chunk": 256, "row_cache_mb": None}
-    fb = from_dict(FeedbackConfig, {"chunk_size": 64, "refresh": {"kernel": "mean"},
-                                    "similarity": {"top_k": 2, "row_cache_mb": 8}}, "feedback")
+    fb = from_dict(
+        FeedbackConfig,
+        {"chunk_size": 64, "refresh": {"kernel": "mean"}, "similarity": {"top_k": 2, "row_cache_mb": 8}},
+        "feedback",
+    )
     assert fb.image_similarity() == {"reads": "rows", "top_k": None, "row_chunk": 64, "row_cache_mb": 8.0}
-    fb = from_dict(FeedbackConfig, {"refresh": {"kernel": "knn", "neighbours": 5},
-                                    "similarity": {"top_k": 16, "row_chunk": 100}}, "feedback")
+    fb = from_dict(
+        FeedbackConfig,
+        {"refresh": {"kernel": "knn", "neighbours": 5}, "similarity": {"top_k": 16, "row_chunk": 100}},
+        "feedback",
+    )
     assert fb.image_similarity() == {"reads": "neighbours", "top_k": 16, "row_chunk": 100, "row_cache_mb": None}
 
 
@@ -225,10 +267,13 @@ def test_result_file_records_the_options_and_still_reads_in_the_reports(tmp_path
     from tests.reporting_fixtures import write_feedback_result
 
     r = load_result(write_feedback_result(tmp_path))
-    assert r["protocol"]["image_similarity"] == {"reads": "rows", "top_k": None, "row_chunk": 256,
-                                                 "row_cache_mb": 1024.0}
-    assert r["protocol"]["feedback_config"]["similarity"] == {"top_k": None, "row_chunk": None,
-                                                              "row_cache_mb": 1024.0}
+    assert r["protocol"]["image_similarity"] == {
+        "reads": "rows",
+        "top_k": None,
+        "row_chunk": 256,
+        "row_cache_mb": 1024.0,
+    }
+    assert r["protocol"]["feedback_config"]["similarity"] == {"top_k": None, "row_chunk": None, "row_cache_mb": 1024.0}
     run = feedback_run(r)
     assert run.refresh == r["protocol"]["feedback_config"]["refresh"]  # the reports show refresh as before
 
@@ -244,8 +289,9 @@ def test_similarity_options_leave_the_config_hash_alone():
     assert result_hash(cfg, default) == stable_hash([cfg.config_hash(), before])
     tuned = from_dict(FeedbackConfig, {"similarity": {"top_k": 8, "row_chunk": 64, "row_cache_mb": 0}}, "feedback")
     assert result_hash(cfg, tuned) == result_hash(cfg, default)
-    assert result_hash(cfg, from_dict(FeedbackConfig, {"refresh": {"neighbours": 4}}, "feedback")) != \
-        result_hash(cfg, default)
+    assert result_hash(cfg, from_dict(FeedbackConfig, {"refresh": {"neighbours": 4}}, "feedback")) != result_hash(
+        cfg, default
+    )
 
 
 @pytest.mark.parametrize("tag", ["default", "mean003"])
@@ -259,8 +305,9 @@ def test_committed_reference_configs_keep_their_hash_and_settings(tag):
     from benchmark.config import RunConfig
     from benchmark.feedback.record import recorded_feedback_config, result_hash
 
-    ref = json.loads((Path(__file__).parents[1] / "results" / "reference"
-                      / f"feedback__ours__synthetic__{tag}.json").read_text())
+    ref = json.loads(
+        (Path(__file__).parents[1] / "results" / "reference" / f"feedback__ours__synthetic__{tag}.json").read_text()
+    )
     cfg = from_dict(RunConfig, ref["config"], "config")
     fb = recorded_feedback_config(ref["protocol"]["feedback_config"])
     assert "model" not in ref["protocol"]["feedback_config"]["user"] and fb.user.model == "binary"  # made before graded

@@ -45,8 +45,9 @@ def test_jsonl_and_csv_give_the_same_records(tmp_path):
     assert (j.layout(), c.layout()) == ("jsonl", "csv")
     for split in ("train", "val", "test"):
         rj, rc = j.annotated_records(split), c.annotated_records(split)
-        assert [(r.image_id, r.captions, r.relevant_images, r.i2i_relevant) for r in rj] == \
-               [(r.image_id, r.captions, r.relevant_images, r.i2i_relevant) for r in rc]
+        assert [(r.image_id, r.captions, r.relevant_images, r.i2i_relevant) for r in rj] == [
+            (r.image_id, r.captions, r.relevant_images, r.i2i_relevant) for r in rc
+        ]
     records = [r for s in ("train", "val", "test") for r in j.annotated_records(s)]
     assert len(records) == 36 and sum(len(r.captions) for r in records) == len(rows) == 72
     assert all(r.path == tmp_path / "j" / r.image_id for r in records)
@@ -140,8 +141,14 @@ def test_instruction_column_is_the_query_text(grouped):
 
 
 def test_paths_must_stay_inside_the_root(tmp_path):
-    for bad, why in [("../outside.png", "leaves the data root"), ("/etc/passwd", "absolute"),
-                     ("photos\\a.png", "'/'"), ("C:/x.png", "absolute"), ("a/../../b.png", "leaves"), (".", "no file")]:
+    for bad, why in [
+        ("../outside.png", "leaves the data root"),
+        ("/etc/passwd", "absolute"),
+        ("photos\\a.png", "'/'"),
+        ("C:/x.png", "absolute"),
+        ("a/../../b.png", "leaves"),
+        (".", "no file"),
+    ]:
         with pytest.raises(ValueError, match=why):
             relative_inside_root(bad)
     assert relative_inside_root("./photos/./a.png") == "photos/a.png"
@@ -156,36 +163,70 @@ def test_paths_must_stay_inside_the_root(tmp_path):
 
 
 def test_same_image_rows_share_one_record_and_normalized_paths(tmp_path):
-    write_annotations(tmp_path, [{"image": "a.png", "caption": "one"}, {"image": "./a.png", "caption": "two"},
-                                 {"image": "b.png", "caption": "three", "split": "test"}])
+    write_annotations(
+        tmp_path,
+        [
+            {"image": "a.png", "caption": "one"},
+            {"image": "./a.png", "caption": "two"},
+            {"image": "b.png", "caption": "three", "split": "test"},
+        ],
+    )
     dm = dm_of(tmp_path, options={"train_fraction": 0.5, "val_fraction": 0.25})
     records = [r for s in ("train", "val", "test") for r in dm.annotated_records(s)]
-    assert [(r.image_id, [c.text for c in r.captions]) for r in records if r.image_id == "a.png"] == \
-           [("a.png", ["one", "two"])]
+    assert [(r.image_id, [c.text for c in r.captions]) for r in records if r.image_id == "a.png"] == [
+        ("a.png", ["one", "two"])
+    ]
 
 
-@pytest.mark.parametrize("fmt, content, messages", [
-    ("csv", "image,caption\na.png,a cat\nb.png,\nc.png,a dog,extra\n",
-     ["2 problems", "line 3: field 'caption' is empty", "line 4: 3 fields, but the header (line 1) has 2 columns"]),
-    ("csv", "image,text\na.png,a cat\n", ["line 1 (header): missing column 'caption'"]),
-    ("csv", "image,caption,split\na.png,a cat,training\n", ["line 2: field 'split' is 'training', expected one of"]),
-    ("csv", "image,caption\n\"a.png,a cat\n", ["line 2: not readable as CSV"]),
-    ("csv", "", ["empty CSV file"]),
-    ("csv", "image,caption,caption\na,b,c\n", ["column 'caption' appears more than once"]),
-    ("jsonl", '{"image": "a.png", "caption": "x"}\n{"image": "b.png", "caption": \n',
-     ["line 2: not valid JSON"]),
-    ("jsonl", '{"image": "a.png"}\n[1, 2]\n{"image": 3, "caption": "x"}\n{"image": "c.png", "caption": " "}\n',
-     ["4 problems", "line 1: missing field 'caption'", "line 2: expected a JSON object",
-      "line 3: field 'image' must be a string, got int 3", "line 4: field 'caption' is empty"]),
-    ("jsonl", '{"image": "a.png", "caption": "x", "group": true}\n', ["line 1: field 'group' must be a string or"]),
-    ("jsonl", '{"image": "a.png", "caption": "x", "split": "train"}\n{"image": "a.png", "caption": "y", "split": "test"}\n',
-     ["line 2: field 'split' is 'test', but line 1 gives image 'a.png' the split 'train'"]),
-    ("jsonl", '{"image": "a.png", "caption": "x", "group": 1}\n{"image": "a.png", "caption": "y", "group": "2"}\n',
-     ["line 2: field 'group' is '2', but line 1"]),
-    ("jsonl", "\n\n", ["no annotation rows"]),
-    ("jsonl", '{"image": "a.png", "caption": "x", "n": ' + "1" * 5000 + "}\n", ["line 1: not readable as JSON"]),
-    ("jsonl", "[" * 100_000 + "\n", ["line 1: not readable as JSON (RecursionError"]),
-])
+@pytest.mark.parametrize(
+    "fmt, content, messages",
+    [
+        (
+            "csv",
+            "image,caption\na.png,a cat\nb.png,\nc.png,a dog,extra\n",
+            [
+                "2 problems",
+                "line 3: field 'caption' is empty",
+                "line 4: 3 fields, but the header (line 1) has 2 columns",
+            ],
+        ),
+        ("csv", "image,text\na.png,a cat\n", ["line 1 (header): missing column 'caption'"]),
+        (
+            "csv",
+            "image,caption,split\na.png,a cat,training\n",
+            ["line 2: field 'split' is 'training', expected one of"],
+        ),
+        ("csv", 'image,caption\n"a.png,a cat\n', ["line 2: not readable as CSV"]),
+        ("csv", "", ["empty CSV file"]),
+        ("csv", "image,caption,caption\na,b,c\n", ["column 'caption' appears more than once"]),
+        ("jsonl", '{"image": "a.png", "caption": "x"}\n{"image": "b.png", "caption": \n', ["line 2: not valid JSON"]),
+        (
+            "jsonl",
+            '{"image": "a.png"}\n[1, 2]\n{"image": 3, "caption": "x"}\n{"image": "c.png", "caption": " "}\n',
+            [
+                "4 problems",
+                "line 1: missing field 'caption'",
+                "line 2: expected a JSON object",
+                "line 3: field 'image' must be a string, got int 3",
+                "line 4: field 'caption' is empty",
+            ],
+        ),
+        ("jsonl", '{"image": "a.png", "caption": "x", "group": true}\n', ["line 1: field 'group' must be a string or"]),
+        (
+            "jsonl",
+            '{"image": "a.png", "caption": "x", "split": "train"}\n{"image": "a.png", "caption": "y", "split": "test"}\n',
+            ["line 2: field 'split' is 'test', but line 1 gives image 'a.png' the split 'train'"],
+        ),
+        (
+            "jsonl",
+            '{"image": "a.png", "caption": "x", "group": 1}\n{"image": "a.png", "caption": "y", "group": "2"}\n',
+            ["line 2: field 'group' is '2', but line 1"],
+        ),
+        ("jsonl", "\n\n", ["no annotation rows"]),
+        ("jsonl", '{"image": "a.png", "caption": "x", "n": ' + "1" * 5000 + "}\n", ["line 1: not readable as JSON"]),
+        ("jsonl", "[" * 100_000 + "\n", ["line 1: not readable as JSON (RecursionError"]),
+    ],
+)
 def test_errors_name_the_line_and_the_field(tmp_path, fmt, content, messages):
     path = tmp_path / f"annotations.{fmt}"
     path.write_text(content, encoding="utf-8")
@@ -206,7 +247,10 @@ def test_non_utf8_and_many_problems(tmp_path):
         read_annotations(path)
     assert "30 problems" in str(e.value) and "... and 10 more" in str(e.value)
     path.write_bytes(b"\xef\xbb\xbfimage,caption\r\na.png,x\r\n")  # a spreadsheet's BOM and CRLF
-    assert read_annotations(path).rows == (read_annotations(path).rows[0],) and read_annotations(path).rows[0].image == "a.png"
+    assert (
+        read_annotations(path).rows == (read_annotations(path).rows[0],)
+        and read_annotations(path).rows[0].image == "a.png"
+    )
 
 
 def test_layout_errors_and_the_annotations_option(tmp_path):
@@ -225,13 +269,21 @@ def test_layout_errors_and_the_annotations_option(tmp_path):
     assert dm.index().records["train"][0].path.parent.parent.parent == tmp_path
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"train_fraction": 1.0}, "must lie in"), ({"val_fraction": 0}, "must lie in"),
-    ({"train_fraction": math.nan}, "must lie in"), ({"train_fraction": 0.9, "val_fraction": 0.1}, "< 1"),
-    ({"split_seed": -1}, "split_seed"), ({"split_by": "caption"}, "split_by must be one of group, image"),
-    ({"annotations": "data.json"}, "must end in .jsonl or .csv"), ({"annotations": "/abs.csv"}, "absolute"),
-    ({"fractions": 0.5}, "unknown option 'data.options.fractions'"), ({"split_seed": "0"}, "data.options.split_seed"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"train_fraction": 1.0}, "must lie in"),
+        ({"val_fraction": 0}, "must lie in"),
+        ({"train_fraction": math.nan}, "must lie in"),
+        ({"train_fraction": 0.9, "val_fraction": 0.1}, "< 1"),
+        ({"split_seed": -1}, "split_seed"),
+        ({"split_by": "caption"}, "split_by must be one of group, image"),
+        ({"annotations": "data.json"}, "must end in .jsonl or .csv"),
+        ({"annotations": "/abs.csv"}, "absolute"),
+        ({"fractions": 0.5}, "unknown option 'data.options.fractions'"),
+        ({"split_seed": "0"}, "data.options.split_seed"),
+    ],
+)
 def test_options_are_validated(tmp_path, options, message):
     with pytest.raises(DataError, match=message):
         FolderDataModule(DataConfig(root=str(tmp_path), options=options))
@@ -305,8 +357,14 @@ def test_path_check_agrees_with_pathlib_and_never_escapes(value):
         out = relative_inside_root(value)
     except ValueError:
         path = PurePosixPath(value)
-        assert (path.is_absolute() or ".." in path.parts or "\\" in value or "\x00" in value
-                or value[1:2] == ":" or not [p for p in path.parts if p != "."])
+        assert (
+            path.is_absolute()
+            or ".." in path.parts
+            or "\\" in value
+            or "\x00" in value
+            or value[1:2] == ":"
+            or not [p for p in path.parts if p != "."]
+        )
     else:
         assert out == "/".join(p for p in PurePosixPath(value).parts if p != ".")
         assert not out.startswith("/") and ".." not in out.split("/") and out

@@ -21,8 +21,22 @@ def check(root: Path, *extra: str):
 
 
 def bench(tmp_path: Path, root: Path, *extra: str, command: str = "run", model_args: str = SMALL_MODEL):
-    args = [command, "--dataset", "folder", "--data-root", str(root), "--results-dir", str(tmp_path / "results"),
-            "--cache-dir", str(tmp_path / "cache"), "--set", model_args, "--set", "data.batch_size=4", *extra]
+    args = [
+        command,
+        "--dataset",
+        "folder",
+        "--data-root",
+        str(root),
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--set",
+        model_args,
+        "--set",
+        "data.batch_size=4",
+        *extra,
+    ]
     if command == "run":
         args += ["--no-progress", "--set", "eval.measure=false"]
     res = runner.invoke(app, args)
@@ -52,13 +66,17 @@ def test_data_check_counts_groups_and_corrupt_images(tmp_path):
     res = check(tmp_path / "bad")
     assert res.exit_code == 1, res.output
     assert "unreadable images (1):" in res.output and "img_004.png" in res.output and "PROBLEMS FOUND" in res.output
-    assert "hash split for 36" in res.output and "groups: none" in res.output and "ignored columns: source" in res.output
+    assert (
+        "hash split for 36" in res.output and "groups: none" in res.output and "ignored columns: source" in res.output
+    )
 
 
 def test_data_check_errors_name_the_line_and_field_exit_2(tmp_path):
-    (tmp_path / "annotations.jsonl").write_text('{"image": "a.png", "caption": "x"}\n'
-                                                '{"image": "b.png", "caption": "y", "split": "dev"}\n'
-                                                '{"image": "../c.png", "caption": "z"}\n')
+    (tmp_path / "annotations.jsonl").write_text(
+        '{"image": "a.png", "caption": "x"}\n'
+        '{"image": "b.png", "caption": "y", "split": "dev"}\n'
+        '{"image": "../c.png", "caption": "z"}\n'
+    )
     res = check(tmp_path)
     assert res.exit_code == 2
     assert "2 problems" in res.output and "line 2: field 'split' is 'dev'" in res.output
@@ -107,8 +125,21 @@ def test_bench_feedback_and_a_templates_file(tmp_path):
     write_folder(tmp_path / "f", n_images=45, split=True)
     templates = tmp_path / "templates.txt"
     templates.write_text("# mine\nI want {caption}\n")
-    res = bench(tmp_path, tmp_path / "f", "--model", "clip", "--epochs", "0", "--rounds", "1", "--display", "2",
-                "--set", f"data.templates={templates}", command="feedback")
+    res = bench(
+        tmp_path,
+        tmp_path / "f",
+        "--model",
+        "clip",
+        "--epochs",
+        "0",
+        "--rounds",
+        "1",
+        "--display",
+        "2",
+        "--set",
+        f"data.templates={templates}",
+        command="feedback",
+    )
     assert "wrote" in res.output
     r = result(tmp_path, "feedback__clip__folder__default.json")
     assert r["protocol"]["n_gallery"] == 9 and r["protocol"]["n_queries"] == 18
@@ -124,22 +155,49 @@ def test_every_model_on_a_folder(tmp_path):
     from tests.test_blip2 import TINY_QFORMER
 
     write_folder(tmp_path / "f", n_images=45, split=True)
-    clip_dep = {"vision_checkpoint": {"train": {"max_epochs": 1}, "model_args": {
-        "vision_layers": 4, "text_layers": 1, "vision_width": 32, "text_width": 32, "embed_dim": 16}}}
+    clip_dep = {
+        "vision_checkpoint": {
+            "train": {"max_epochs": 1},
+            "model_args": {"vision_layers": 4, "text_layers": 1, "vision_width": 32, "text_width": 32, "embed_dim": 16},
+        }
+    }
     blip2_args = TINY_QFORMER | {"itm_max_anchors": 8, "dependency_overrides": clip_dep}
     blip2_dep = {"blip2_checkpoint": {"train": {"max_epochs": 1}, "model_args": blip2_args}}
     args = {
         "blip2": blip2_args,
-        "ours": TINY_QFORMER | {"l_base": 2, "l_max": 8, "l_init": 4, "qscaler_hidden": 16, "itm_max_anchors": 8,
-                                "dependency_overrides": blip2_dep},
+        "ours": TINY_QFORMER
+        | {
+            "l_base": 2,
+            "l_max": 8,
+            "l_init": 4,
+            "qscaler_hidden": 16,
+            "itm_max_anchors": 8,
+            "dependency_overrides": blip2_dep,
+        },
         "dynamicvit": {"k_test": 2, "dependency_overrides": blip2_dep},
         "crossget": {"k_test": 2, "dependency_overrides": blip2_dep},
     }
     for model, model_args in args.items():
-        bench(tmp_path, tmp_path / "f", "--model", model, "--epochs", "1",
-              model_args=f"model_args={json.dumps(model_args)}")
+        bench(
+            tmp_path,
+            tmp_path / "f",
+            "--model",
+            model,
+            "--epochs",
+            "1",
+            model_args=f"model_args={json.dumps(model_args)}",
+        )
         r = result(tmp_path, f"{model}__folder__default.json")
         assert 0 <= r["metrics"]["t2i/R@5"] <= 1 and r["provenance"]["n_gallery_images"] == 9, model
-        bench(tmp_path, tmp_path / "f", "--model", model, "--epochs", "1", "--task", "i2i",
-              model_args=f"model_args={json.dumps(model_args)}")
+        bench(
+            tmp_path,
+            tmp_path / "f",
+            "--model",
+            model,
+            "--epochs",
+            "1",
+            "--task",
+            "i2i",
+            model_args=f"model_args={json.dumps(model_args)}",
+        )
         assert result(tmp_path, f"{model}__folder__i2i__default.json")["provenance"]["i2i"]["protocol"] == "gallery"

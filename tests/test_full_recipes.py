@@ -35,8 +35,11 @@ RECIPES = {
 
 
 def _full(model: str, **own) -> RunConfig:
-    return build_run_config(model_defaults(model, "full"),
-                            {"model": model, "size": "full", "model_args": {"pretrained": "/ckpt/somewhere"}}, own)
+    return build_run_config(
+        model_defaults(model, "full"),
+        {"model": model, "size": "full", "model_args": {"pretrained": "/ckpt/somewhere"}},
+        own,
+    )
 
 
 def test_tiny_defaults_are_the_tiny_files_and_give_the_reference_hashes():
@@ -50,8 +53,9 @@ def test_tiny_defaults_are_the_tiny_files_and_give_the_reference_hashes():
         if ref.is_file():
             stored = json.loads(ref.read_text())
             old = from_dict(RunConfig, stored["config"])
-            mine = build_run_config(model_defaults(model), {"model": model, "results_dir": old.results_dir,
-                                                             "cache_dir": old.cache_dir})
+            mine = build_run_config(
+                model_defaults(model), {"model": model, "results_dir": old.results_dir, "cache_dir": old.cache_dir}
+            )
             assert mine.config_hash() == stored["config_hash"]
 
 
@@ -95,9 +99,22 @@ def test_bench_run_size_full_uses_the_full_recipe(tmp_path):
 
     ckpt = tmp_path / "hub"
     _hub_style_checkpoint(ckpt, None)
-    common = ["run", "--model", "blip2", "--epochs", "0", "--results-dir", str(tmp_path / "res"),
-              "--cache-dir", str(tmp_path / "cache"), "--no-progress",
-              "--set", "data.max_eval_images=4", "--set", "eval.measure=false"]
+    common = [
+        "run",
+        "--model",
+        "blip2",
+        "--epochs",
+        "0",
+        "--results-dir",
+        str(tmp_path / "res"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-progress",
+        "--set",
+        "data.max_eval_images=4",
+        "--set",
+        "eval.measure=false",
+    ]
     res = runner.invoke(app, [*common, "--size", "full", "--pretrained", str(ckpt), "--tag", "full"])
     assert res.exit_code == 0, res.output
     stored = json.loads((tmp_path / "res" / "blip2__synthetic__full.json").read_text())["config"]

@@ -26,7 +26,7 @@ from tests.test_metrics import embeddings, small_eval_set
 # -- the former code, as references -------------------------------------------------------------
 def former_blockwise(score, queries: Encoded, gallery: Encoded, block: int) -> torch.Tensor:
     q = scoring_view(queries, "cpu")
-    parts = [score(q, scoring_view(gallery[s:s + block], "cpu")) for s in range(0, max(len(gallery), 1), block)]
+    parts = [score(q, scoring_view(gallery[s : s + block], "cpu")) for s in range(0, max(len(gallery), 1), block)]
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
@@ -98,8 +98,10 @@ def test_blockwise_writes_the_concatenated_blocks(block):
     assert torch.equal(got, want)
     # fp16 storage: each block is widened to float32 as it is scored, the same numbers
     half = Encoded(g.half(), gallery.lengths)
-    assert torch.equal(blockwise_over_gallery(max_sim, queries, half, "cpu", block=block),
-                       former_blockwise(max_sim, queries, half, block))
+    assert torch.equal(
+        blockwise_over_gallery(max_sim, queries, half, "cpu", block=block),
+        former_blockwise(max_sim, queries, half, block),
+    )
 
 
 # -- the metric's states ----------------------------------------------------------------------
@@ -115,8 +117,11 @@ def _feed(metric: RetrievalMetric, img: Encoded, txt: Encoded, img_order, txt_or
 @pytest.mark.parametrize("storage", [None, torch.float16])
 def test_states_are_one_buffer_written_in_place(storage):
     es = small_eval_set()
-    img = Encoded(embeddings(es.n_images, 1, tokens=3), torch.full((es.n_images,), 2),
-                  extra={"tokens": embeddings(es.n_images, 3, tokens=2)})
+    img = Encoded(
+        embeddings(es.n_images, 1, tokens=3),
+        torch.full((es.n_images,), 2),
+        extra={"tokens": embeddings(es.n_images, 3, tokens=2)},
+    )
     txt = Encoded(embeddings(es.n_queries, 2), torch.arange(es.n_queries) % 4 + 1)
     metric = RetrievalMetric(es, max_sim, chunk_size=4, storage_dtype=storage)
     _feed(metric, img, txt, np.arange(es.n_images), np.arange(es.n_queries))
@@ -124,7 +129,10 @@ def test_states_are_one_buffer_written_in_place(storage):
     assert len(parts) == 3 and len({p.untyped_storage().data_ptr() for p in parts}) == 1
     enc, _ = metric._collect("image", es.n_images)
     # the collected gallery is the buffer itself: no concatenation, no re-indexing copy
-    assert enc.emb.data_ptr() == parts[0].data_ptr() and enc.extra["tokens"].data_ptr() == metric.image_extra_tokens[0].data_ptr()
+    assert (
+        enc.emb.data_ptr() == parts[0].data_ptr()
+        and enc.extra["tokens"].data_ptr() == metric.image_extra_tokens[0].data_ptr()
+    )
     dtype = storage or torch.float32
     assert enc.emb.dtype == enc.extra["tokens"].dtype == dtype
     assert torch.equal(enc.emb, img.emb.to(dtype)) and torch.equal(enc.extra["tokens"], img.extra["tokens"].to(dtype))
@@ -182,8 +190,9 @@ def test_per_query_ranks_are_those_of_the_former_path(storage, ties):
     # the former path: every state concatenated from its batches, in the storage dtype
     dtype = storage or torch.float32
     old_q, old_g = Encoded(txt.to(dtype)), Encoded(img.to(dtype))
-    spec = {"t2i": DirectionSpec(encoded_score_fn(old_score, old_q, old_g), es.relevance["t2i"],
-                                 metric.source.get("t2i"))}
+    spec = {
+        "t2i": DirectionSpec(encoded_score_fn(old_score, old_q, old_g), es.relevance["t2i"], metric.source.get("t2i"))
+    }
     got = metric.compute()
     want = evaluate_directions(spec, chunk_size=4)["t2i"]
     np.testing.assert_array_equal(metric.per_query["t2i/rank"], want.rank)

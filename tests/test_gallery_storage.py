@@ -37,17 +37,36 @@ FP16_SCORE_BOUND = 2 * U + U * U
 @pytest.fixture(scope="module")
 def cached_blip2(tmp_path_factory) -> Path:
     """A tiny random BLIP2 checkpoint that reads its vision tokens from the feature cache."""
-    path = save_tiny_blip2(tmp_path_factory.mktemp("blip2") / "ckpt",
-                           ["a red circle on a blue background", "two small green squares"], 8, k_test=4)
+    path = save_tiny_blip2(
+        tmp_path_factory.mktemp("blip2") / "ckpt",
+        ["a red circle on a blue background", "two small green squares"],
+        8,
+        k_test=4,
+    )
     config = json.loads((path / "suite_config.json").read_text())
     (path / "suite_config.json").write_text(json.dumps(config | {"cache_features": True}))
     return path
 
 
 def _run(tmp_path: Path, checkpoint: Path, tag: str, *sets: str) -> dict:
-    args = ["run", "--model", "blip2", "--checkpoint", str(checkpoint), "--no-progress", "--tag", tag,
-            "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
-            "--set", f"data.options={SMALL}", "--set", "eval.measure=false"]
+    args = [
+        "run",
+        "--model",
+        "blip2",
+        "--checkpoint",
+        str(checkpoint),
+        "--no-progress",
+        "--tag",
+        tag,
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--set",
+        f"data.options={SMALL}",
+        "--set",
+        "eval.measure=false",
+    ]
     for s in sets:
         args += ["--set", s]
     res = runner.invoke(app, args)
@@ -72,18 +91,27 @@ def test_memory_mapped_gallery_gives_the_in_memory_ranks(cached_blip2, tmp_path)
 def test_fp16_storage_halves_the_index(cached_blip2, tmp_path):
     full = _run(tmp_path, cached_blip2, "fp32")
     half = _run(tmp_path, cached_blip2, "fp16", "eval.storage_dtype=float16")
-    assert half["evaluation"]["storage_dtype"] == "float16" and half["provenance"]["features"]["test"]["dtype"] == "float16"
+    assert (
+        half["evaluation"]["storage_dtype"] == "float16"
+        and half["provenance"]["features"]["test"]["dtype"] == "float16"
+    )
     assert half["metrics"]["index/bytes_per_image"] * 2 == full["metrics"]["index/bytes_per_image"]
     assert half["metrics"]["t2i/n_queries"] == full["metrics"]["t2i/n_queries"] > 0
 
 
 def _eval_set(relevance: Relevance, n_images: int, n_queries: int) -> EvalSet:
     empty = Relevance.from_lists([[] for _ in range(n_images)], n_images)
-    return EvalSet(split="test", image_ids=tuple(str(i) for i in range(n_images)),
-                   image_paths=tuple(Path(f"{i}.png") for i in range(n_images)), instructions=("q",) * n_queries,
-                   captions=("q",) * n_queries, complexity=np.ones(n_queries, dtype=np.int64),
-                   source=np.full(n_queries, -1, dtype=np.int64),
-                   relevance={"t2i": relevance, "i2t": relevance.transpose(), "i2i": empty}, annotations_sha256="x")
+    return EvalSet(
+        split="test",
+        image_ids=tuple(str(i) for i in range(n_images)),
+        image_paths=tuple(Path(f"{i}.png") for i in range(n_images)),
+        instructions=("q",) * n_queries,
+        captions=("q",) * n_queries,
+        complexity=np.ones(n_queries, dtype=np.int64),
+        source=np.full(n_queries, -1, dtype=np.int64),
+        relevance={"t2i": relevance, "i2t": relevance.transpose(), "i2i": empty},
+        annotations_sha256="x",
+    )
 
 
 def test_fp16_ranks_change_only_at_near_ties():
@@ -110,7 +138,7 @@ def test_fp16_ranks_change_only_at_near_ties():
     exact = score(Encoded(queries), Encoded(gallery)).double()
     for q in changed:
         best = exact[q, q % n_g]
-        others = torch.cat([exact[q, : q % n_g], exact[q, q % n_g + 1:]])
+        others = torch.cat([exact[q, : q % n_g], exact[q, q % n_g + 1 :]])
         assert float((others - best).abs().min()) <= 2 * FP16_SCORE_BOUND, int(q)
 
 

@@ -23,8 +23,7 @@ from lightning_modules.components.query_attention import qformer_query_forward
 from tests.test_idq_former import LMAX, NQ, TEXTS, _ours, blip2_checkpoint  # noqa: F401 (a fixture)
 from tests.test_idq_former import _pixels as _tokens
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 CUDA = torch.device("cuda")
 
@@ -80,13 +79,14 @@ def test_a_few_training_steps_run_and_learn_on_cuda(blip2_checkpoint, determinis
 
 def _train_a_few_steps(blip2_checkpoint) -> None:
     m = _ours(blip2_checkpoint, bank_order="usage", oracle_queue=6).to(CUDA).train()
-    params = [p for p in [*m.head.parameters(), *m.bank.parameters(), *m.qscaler.head.parameters()]
-              if p.requires_grad]
+    params = [p for p in [*m.head.parameters(), *m.bank.parameters(), *m.qscaler.head.parameters()] if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=3e-3)
     batch = TrainBatch(torch.tensor([0, 1, 2, 3], device=CUDA), _tokens(4).to(CUDA), TEXTS)
     first = None
     for step in range(5):
-        losses = m._losses(batch if step % 2 == 0 else TrainBatch(batch.index + 4, batch.items, batch.texts))  # fresh indices fill the queue
+        losses = m._losses(
+            batch if step % 2 == 0 else TrainBatch(batch.index + 4, batch.items, batch.texts)
+        )  # fresh indices fill the queue
         assert {"itc", "itm", "length", "oracle"} <= set(losses)
         opt.zero_grad()
         losses["loss"].backward()

@@ -70,14 +70,24 @@ def test_random_coco_depends_on_the_seed_only(tmp_path):
 
     random_coco.write_coco(tmp_path / "a", spec, workers=1)
     random_coco.write_coco(tmp_path / "b", spec, workers=3)
-    random_coco.write_coco(tmp_path / "c", random_coco.CocoSpec(n_test=5, n_val=1, n_train=1, n_restval=0,
-                                                                image_size=32, seed=1), workers=1)
+    random_coco.write_coco(
+        tmp_path / "c",
+        random_coco.CocoSpec(n_test=5, n_val=1, n_train=1, n_restval=0, image_size=32, seed=1),
+        workers=1,
+    )
     assert digest(tmp_path / "a") == digest(tmp_path / "b") != digest(tmp_path / "c")
     assert not list((tmp_path / "a").rglob(".*.tmp"))
 
 
-@pytest.mark.parametrize("bad, match", [({"n_test": 0}, "n_test"), ({"image_size": 8}, "image_size"),
-                                        ({"quality": 100}, "quality"), ({"n_restval": -1}, "n_restval")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"n_test": 0}, "n_test"),
+        ({"image_size": 8}, "image_size"),
+        ({"quality": 100}, "quality"),
+        ({"n_restval": -1}, "n_restval"),
+    ],
+)
 def test_coco_spec_is_validated(bad, match):
     with pytest.raises(ValueError, match=match):
         random_coco.CocoSpec(**bad)
@@ -90,14 +100,15 @@ def test_half_precision_checkpoint_loads_as_float32_like_the_hub_file(tmp_path):
     from lightning_modules.blip2 import load_pretrained_parts
 
     scale = random_checkpoints.SCALES["tiny"]
-    info = random_checkpoints.write_blip2(tmp_path / "half", scale, "cpu", save_dtype="float16",
-                                          vocab_texts=random_coco.vocabulary())
+    info = random_checkpoints.write_blip2(
+        tmp_path / "half", scale, "cpu", save_dtype="float16", vocab_texts=random_coco.vocabulary()
+    )
     random_checkpoints.write_blip2(tmp_path / "full", scale, "cpu", vocab_texts=random_coco.vocabulary())
     stored = load_file(tmp_path / "half" / "model.safetensors")
     assert {t.dtype for t in stored.values()} == {torch.float16}
     assert json.loads((tmp_path / "half" / "config.json").read_text())["dtype"] == "float32"
     assert info["save_dtype"] == "float16" and info["vocabulary"] > len(random_coco.WORDS)
-    assert (random_checkpoints.folder_bytes(tmp_path / "half") < random_checkpoints.folder_bytes(tmp_path / "full"))
+    assert random_checkpoints.folder_bytes(tmp_path / "half") < random_checkpoints.folder_bytes(tmp_path / "full")
     tower, head, tok = load_pretrained_parts(str(tmp_path / "half"))
     assert {p.dtype for m in (tower, head) for p in m.parameters()} == {torch.float32}
     full = load_file(tmp_path / "full" / "model.safetensors")
@@ -114,16 +125,56 @@ def test_prepare_run_and_summary_in_process(tmp_path, monkeypatch):
     random checkpoint and the stand-in, recorded, then summarised."""
     monkeypatch.setenv("INSTRUCTSEE_CACHE", str(tmp_path / "cache"))
     out, work = tmp_path / "out", tmp_path / "work"
-    gpu_eval.main(["prepare", "--scale", "tiny", "--work", str(work), "--out", str(out), "--n-test", "12",
-                   "--image-size", "40", "--workers", "1", "--device", "cpu"])
+    gpu_eval.main(
+        [
+            "prepare",
+            "--scale",
+            "tiny",
+            "--work",
+            str(work),
+            "--out",
+            str(out),
+            "--n-test",
+            "12",
+            "--image-size",
+            "40",
+            "--workers",
+            "1",
+            "--device",
+            "cpu",
+        ]
+    )
     prep = json.loads((out / "prepare.json").read_text())
     assert prep["dataset"]["per_split"]["test"] == 12 and prep["checkpoint"]["save_dtype"] == "float32"
     assert prep["generate_s"] > 0 and prep["model_save_s"] > 0 and prep["checkpoint"]["bytes"] > 0
     result = out / "results" / "blip2__coco__t.json"
-    record = gpu_eval.run_bench("blip2", ["run", "--model", "blip2", "--dataset", "coco", "--size", "full",
-                                          "--pretrained", str(work / "blip2"), "--epochs", "0", "--data-root",
-                                          str(work / "coco"), "--tag", "t", "--results-dir", str(out / "results"),
-                                          "--no-progress", "--set", "eval.measure=false"], out, str(result))
+    record = gpu_eval.run_bench(
+        "blip2",
+        [
+            "run",
+            "--model",
+            "blip2",
+            "--dataset",
+            "coco",
+            "--size",
+            "full",
+            "--pretrained",
+            str(work / "blip2"),
+            "--epochs",
+            "0",
+            "--data-root",
+            str(work / "coco"),
+            "--tag",
+            "t",
+            "--results-dir",
+            str(out / "results"),
+            "--no-progress",
+            "--set",
+            "eval.measure=false",
+        ],
+        out,
+        str(result),
+    )
     assert record["rc"] == 0 and record["error"] is None, record
     assert record["peak_allocated_mb"] is None  # no CUDA allocator on a CPU
     res = json.loads(result.read_text())
@@ -133,8 +184,9 @@ def test_prepare_run_and_summary_in_process(tmp_path, monkeypatch):
     assert res["evaluation"] == {"precision": "32-true", "storage_dtype": "float16", "world_size": 1}
     failed = gpu_eval.run_bench("nope", ["run", "--model", "nope"], out)  # recorded, not raised
     assert failed["rc"] == 2
-    report = gpu_eval.summary(gpu_eval.parse_args(["summary", "--out", str(out), "--device-label", "cpu",
-                                                   "--order", "nope,blip2"])[0])
+    report = gpu_eval.summary(
+        gpu_eval.parse_args(["summary", "--out", str(out), "--device-label", "cpu", "--order", "nope,blip2"])[0]
+    )
     rows = {r["model"]: r for r in report["runs"]}
     assert [r["model"] for r in report["runs"]] == ["nope", "blip2"]
     assert rows["nope"]["verdict"] == "CRASH" and rows["blip2"]["verdict"] == "PASS"
@@ -147,8 +199,17 @@ def test_prepare_run_and_summary_in_process(tmp_path, monkeypatch):
 
 def test_summary_verdict_follows_the_target(tmp_path):
     result = tmp_path / "r.json"
-    result.write_text(json.dumps({"model": "blip2", "metrics": {"t2i/R@1": 0.25}, "timings": {"total_s": 50.0},
-                                  "model_config": {"pretrained": "x"}, "provenance": {}}))
+    result.write_text(
+        json.dumps(
+            {
+                "model": "blip2",
+                "metrics": {"t2i/R@1": 0.25},
+                "timings": {"total_s": 50.0},
+                "model_config": {"pretrained": "x"},
+                "provenance": {},
+            }
+        )
+    )
     run = {"name": "blip2", "rc": 0, "wall_s": 60.0, "result_file": str(result)}
     assert gpu_eval.run_row(run, target_s=60.0)["verdict"] == "PASS"
     assert gpu_eval.run_row(run, target_s=59.9)["verdict"] == "FAIL"
@@ -160,24 +221,36 @@ def test_summary_verdict_follows_the_target(tmp_path):
 # -- the shell script ----------------------------------------------------------------------
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_script_refuses_a_machine_without_cuda(tmp_path):
-    proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "out")], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr and "--cpu-smoke" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
 def test_script_refuses_unknown_options(tmp_path):
-    proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out"), "--fast"], cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "out"), "--fast"],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "unknown option --fast" in proc.stderr
 
 
 @pytest.mark.slow
 def test_cpu_smoke_end_to_end(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run(["bash", str(SCRIPT), str(out), "--cpu-smoke"], cwd=ROOT, capture_output=True, text=True,
-                          env=_env(EVAL_SETS="", N_TEST="12", WORK_DIR=str(tmp_path / "work"),
-                                   INSTRUCTSEE_CACHE=str(tmp_path / "cache")), timeout=900)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), str(out), "--cpu-smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=_env(EVAL_SETS="", N_TEST="12", WORK_DIR=str(tmp_path / "work"), INSTRUCTSEE_CACHE=str(tmp_path / "cache")),
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("versions.txt", "nvidia_smi.txt", "prepare.json", "summary.md", "summary.json"):
         assert (out / name).is_file(), name

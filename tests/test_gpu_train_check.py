@@ -29,19 +29,41 @@ def _env(**extra: str) -> dict:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_a_machine_without_cuda_is_refused(tmp_path):
-    proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
-                          env=_env(), timeout=300)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, env=_env(), timeout=300
+    )
     assert proc.returncode == 2 and "--cpu-smoke" in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
 def test_bad_arguments_are_refused(tmp_path):
-    proc = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "a"), "--fast"], cwd=ROOT, capture_output=True,
-                          text=True, env=_env(), timeout=60)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), str(tmp_path / "a"), "--fast"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=60,
+    )
     assert proc.returncode == 2 and "unknown option --fast" in proc.stderr
     with pytest.raises(SystemExit):
-        gpu_train.parse_args(["model", "--name", "ours", "--work", "w", "--out", "o", "--device", "cpu",
-                              "--image-size", "32", "--batch", "0"])
+        gpu_train.parse_args(
+            [
+                "model",
+                "--name",
+                "ours",
+                "--work",
+                "w",
+                "--out",
+                "o",
+                "--device",
+                "cpu",
+                "--image-size",
+                "32",
+                "--batch",
+                "0",
+            ]
+        )
 
 
 def test_batches_have_the_training_layout():
@@ -56,21 +78,40 @@ def test_batches_have_the_training_layout():
 
 
 def _setting(model: str, on: bool, peak_mb: float | None, status: str = "ok") -> dict:
-    return {"model": model, "grad_checkpointing": on, "status": status, "peak_allocated_mb": peak_mb,
-            "steps_per_s": 2.0, "median_step_s": 0.5, "input_shape": [32, 257, 1408], "input_dtype": "float16",
-            "error": None if status == "ok" else "CUDA out of memory"}
+    return {
+        "model": model,
+        "grad_checkpointing": on,
+        "status": status,
+        "peak_allocated_mb": peak_mb,
+        "steps_per_s": 2.0,
+        "median_step_s": 0.5,
+        "input_shape": [32, 257, 1408],
+        "input_dtype": "float16",
+        "error": None if status == "ok" else "CUDA out of memory",
+    }
 
 
 def test_summary_targets(tmp_path):
     gb = 1e9 / 2**20  # MB per GB
-    runs = {"blip2": [_setting("blip2", False, 20 * gb), _setting("blip2", True, 10 * gb)],
-            "ours": [_setting("ours", False, 21 * gb), _setting("ours", True, 12 * gb)],
-            "dynamicvit": [_setting("dynamicvit", False, 90 * gb, "oom"), _setting("dynamicvit", True, 79 * gb)],
-            "crossget": [_setting("crossget", False, 85 * gb), _setting("crossget", True, 81 * gb)]}
+    runs = {
+        "blip2": [_setting("blip2", False, 20 * gb), _setting("blip2", True, 10 * gb)],
+        "ours": [_setting("ours", False, 21 * gb), _setting("ours", True, 12 * gb)],
+        "dynamicvit": [_setting("dynamicvit", False, 90 * gb, "oom"), _setting("dynamicvit", True, 79 * gb)],
+        "crossget": [_setting("crossget", False, 85 * gb), _setting("crossget", True, 81 * gb)],
+    }
     for name, settings in runs.items():
         gpu_train.write_json(tmp_path / "runs" / f"{name}.json", {"model": name, "settings": settings})
-    args = gpu_train.parse_args(["summary", "--out", str(tmp_path), "--device-label", "NVIDIA H100",
-                                 "--order", "clip,blip2,ours,dynamicvit,crossget"])
+    args = gpu_train.parse_args(
+        [
+            "summary",
+            "--out",
+            str(tmp_path),
+            "--device-label",
+            "NVIDIA H100",
+            "--order",
+            "clip,blip2,ours,dynamicvit,crossget",
+        ]
+    )
     doc = gpu_train.summary(args)
     t = doc["targets"]
     assert t["blip2 trains at batch 32 within 80 GB"].startswith("PASS (10.0 GB")
@@ -86,9 +127,14 @@ def test_summary_targets(tmp_path):
 @pytest.mark.slow
 def test_cpu_smoke_end_to_end(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run(["bash", str(SCRIPT), str(out), "--cpu-smoke"], cwd=ROOT, capture_output=True, text=True,
-                          env=_env(WORK_DIR=str(tmp_path / "work"), INSTRUCTSEE_CACHE=str(tmp_path / "cache")),
-                          timeout=1200)
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), str(out), "--cpu-smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=_env(WORK_DIR=str(tmp_path / "work"), INSTRUCTSEE_CACHE=str(tmp_path / "cache")),
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("versions.txt", "nvidia_smi.txt", "prepare.json", "summary.md", "summary.json"):
         assert (out / name).is_file(), name

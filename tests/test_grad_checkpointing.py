@@ -23,8 +23,12 @@ from lightning_modules.idq_former import IdqConfig, IdqFormerRetrieval
 from lightning_modules.optim import OptimConfig
 from tests.tiny_blip2 import save_tiny_blip2, save_tiny_clip
 
-TEXTS = ["find images of a red circle", "a large blue square left of a green star on a striped background",
-         "show me a yellow cross", "two purple triangles above a small circle"]
+TEXTS = [
+    "find images of a red circle",
+    "a large blue square left of a green star on a striped background",
+    "show me a yellow cross",
+    "two purple triangles above a small circle",
+]
 IMAGE = 32
 
 
@@ -37,8 +41,20 @@ def checkpoints(tmp_path_factory):
 
 
 def _clip(ckpts):
-    return ClipRetrieval.create(ClipConfig(image_size=IMAGE, patch_size=8, vision_width=32, vision_layers=3,
-                                           text_width=32, text_layers=2, heads=2, embed_dim=16), OptimConfig(), TEXTS)
+    return ClipRetrieval.create(
+        ClipConfig(
+            image_size=IMAGE,
+            patch_size=8,
+            vision_width=32,
+            vision_layers=3,
+            text_width=32,
+            text_layers=2,
+            heads=2,
+            embed_dim=16,
+        ),
+        OptimConfig(),
+        TEXTS,
+    )
 
 
 def _blip2(ckpts):
@@ -46,8 +62,10 @@ def _blip2(ckpts):
 
 
 def _ours(ckpts):
-    return IdqFormerRetrieval.create(IdqConfig(blip2_checkpoint=str(ckpts["blip2"]), l_base=2, l_max=12, l_init=8,
-                                               cache_features=False), OptimConfig())
+    return IdqFormerRetrieval.create(
+        IdqConfig(blip2_checkpoint=str(ckpts["blip2"]), l_base=2, l_max=12, l_init=8, cache_features=False),
+        OptimConfig(),
+    )
 
 
 def _dynamicvit(ckpts, **kw):
@@ -55,8 +73,9 @@ def _dynamicvit(ckpts, **kw):
 
 
 def _crossget(ckpts, **kw):
-    return CrossGETRetrieval.create(CrossGETConfig(blip2_checkpoint=str(ckpts["blip2"]), r=2, cross_token_visible=True,
-                                                   **kw), OptimConfig())
+    return CrossGETRetrieval.create(
+        CrossGETConfig(blip2_checkpoint=str(ckpts["blip2"]), r=2, cross_token_visible=True, **kw), OptimConfig()
+    )
 
 
 BUILDERS = {
@@ -72,8 +91,9 @@ BUILDERS = {
 
 def _batch():
     """Pixels for every model (the BLIP2 family's tower is frozen: pixels reach the same path as cached tokens)."""
-    return TrainBatch(torch.arange(4), torch.randn(4, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(3)),
-                      TEXTS)
+    return TrainBatch(
+        torch.arange(4), torch.randn(4, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(3)), TEXTS
+    )
 
 
 def _step(model, *, checkpointing: bool) -> tuple[float, dict[str, torch.Tensor], int]:

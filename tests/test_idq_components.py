@@ -22,19 +22,32 @@ from lightning_modules.components.dynamic_length import (
     soft_masked_logits,
 )
 from lightning_modules.components.qscaler import QFormerTextEncoder, QScaler
-from lightning_modules.components.query_attention import query_allowed, query_attention_mask, qformer_query_forward
+from lightning_modules.components.query_attention import qformer_query_forward, query_allowed, query_attention_mask
 from lightning_modules.components.token_bank import TokenBank
 from lightning_modules.components.word_tokenizer import build_word_tokenizer
 
 H, VIS, LMAX = 32, 24, 12
-TEXTS = ["find images of a red circle", "find images of a small blue square left of a big green star",
-         "a shape", "two yellow triangles above a purple circle on a striped background"]
+TEXTS = [
+    "find images of a red circle",
+    "find images of a small blue square left of a big green star",
+    "a shape",
+    "two yellow triangles above a purple circle on a striped background",
+]
 
 
 def tiny_qformer_config(attn: str = "eager") -> Blip2QFormerConfig:
-    cfg = Blip2QFormerConfig(vocab_size=64, hidden_size=H, num_hidden_layers=3, num_attention_heads=4,
-                             intermediate_size=48, max_position_embeddings=64, encoder_hidden_size=VIS,
-                             cross_attention_frequency=2, use_qformer_text_input=True, pad_token_id=0)
+    cfg = Blip2QFormerConfig(
+        vocab_size=64,
+        hidden_size=H,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        encoder_hidden_size=VIS,
+        cross_attention_frequency=2,
+        use_qformer_text_input=True,
+        pad_token_id=0,
+    )
     cfg._attn_implementation = attn
     return cfg
 
@@ -66,10 +79,12 @@ def test_full_4d_mask_reproduces_transformers_own_forward(attn):
     with torch.no_grad():
         hidden = emb(input_ids=ids, query_embeds=queries.expand(3, -1, -1))
         mask2d = torch.cat([torch.ones(3, LMAX, dtype=torch.long), mask], dim=1)
-        ref = qformer(query_embeds=hidden, query_length=LMAX, attention_mask=mask2d,
-                      encoder_hidden_states=image).last_hidden_state
-        ours = qformer_query_forward(qformer, queries, image, mode="full", text_embeds=emb(input_ids=ids),
-                                     text_mask=mask)
+        ref = qformer(
+            query_embeds=hidden, query_length=LMAX, attention_mask=mask2d, encoder_hidden_states=image
+        ).last_hidden_state
+        ours = qformer_query_forward(
+            qformer, queries, image, mode="full", text_embeds=emb(input_ids=ids), text_mask=mask
+        )
         ref_q = qformer(query_embeds=queries.expand(3, -1, -1), encoder_hidden_states=image).last_hidden_state
         ours_q = qformer_query_forward(qformer, queries, image, mode="full")
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
@@ -100,12 +115,14 @@ def test_per_sample_lengths_with_instruction_equal_separate_passes(qformer_parts
     lengths = torch.tensor([2, 7, LMAX])
     with torch.no_grad():
         text = emb(input_ids=ids)
-        big = qformer_query_forward(qformer, queries, image, mode=mode, text_embeds=text, text_mask=mask,
-                                    lengths=lengths)
+        big = qformer_query_forward(
+            qformer, queries, image, mode=mode, text_embeds=text, text_mask=mask, lengths=lengths
+        )
         for b, length in enumerate(lengths.tolist()):
             sl = slice(b, b + 1)
-            small = qformer_query_forward(qformer, queries[:, :length], image[sl], mode=mode, text_embeds=text[sl],
-                                          text_mask=mask[sl])
+            small = qformer_query_forward(
+                qformer, queries[:, :length], image[sl], mode=mode, text_embeds=text[sl], text_mask=mask[sl]
+            )
             valid = torch.cat([torch.ones(length, dtype=torch.bool), mask[b].bool()])
             got = torch.cat([big[b, :length], big[b, LMAX:]])
             assert (got[valid] - small[0][valid]).abs().max().item() < 1e-5, (mode, length)
@@ -150,9 +167,19 @@ def test_token_bank_takes_checkpoint_queries_and_text_positions(tmp_path):
     torch.manual_seed(0)
     qcfg = tiny_qformer_config().to_dict()
     qcfg["encoder_hidden_size"] = 16
-    cfg = Blip2Config(vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, image_size=16, patch_size=8),
-                      qformer_config=qcfg, num_query_tokens=32, image_text_hidden_size=16)
+    cfg = Blip2Config(
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=8,
+        ),
+        qformer_config=qcfg,
+        num_query_tokens=32,
+        image_text_hidden_size=16,
+    )
     Blip2ForImageTextRetrieval(cfg).save_pretrained(tmp_path)
     model = Blip2ForImageTextRetrieval.from_pretrained(tmp_path)
     bank = TokenBank.from_blip2(model.query_tokens, model.embeddings, l_max=40)
@@ -166,8 +193,9 @@ def test_token_bank_takes_checkpoint_queries_and_text_positions(tmp_path):
     assert [n for n, _ in bank.named_parameters()] == ["tokens"]
     torch.testing.assert_close(bank(5), bank.tokens[:, :5] + bank.positions[:, :5])
     # learned positions are a copy: training them leaves the text path alone
-    learn = TokenBank.from_blip2(model.query_tokens, model.embeddings, l_max=40, learn_positions=True,
-                                 extra_init="normal")
+    learn = TokenBank.from_blip2(
+        model.query_tokens, model.embeddings, l_max=40, learn_positions=True, extra_init="normal"
+    )
     assert "positions" in dict(learn.named_parameters())
     with torch.no_grad():
         learn.positions.add_(1.0)
@@ -201,8 +229,7 @@ def qscaler(qformer_parts):
     emb, qformer = qformer_parts
     torch.manual_seed(0)
     tok = build_word_tokenizer(TEXTS)
-    return QScaler(QFormerTextEncoder(emb, qformer, tok), LengthConfig(l_base=2, l_max=LMAX, l_init=8,
-                                                                      noise_std=0.1))
+    return QScaler(QFormerTextEncoder(emb, qformer, tok), LengthConfig(l_base=2, l_max=LMAX, l_init=8, noise_std=0.1))
 
 
 def test_qscaler_encoder_can_read_an_earlier_layer(qformer_parts):
@@ -214,8 +241,12 @@ def test_qscaler_encoder_can_read_an_earlier_layer(qformer_parts):
     assert qformer.config.num_hidden_layers == 3
     b = tok(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
-        ref = qformer(query_embeds=emb(input_ids=b["input_ids"]), query_length=0, attention_mask=b["attention_mask"],
-                      output_hidden_states=True).hidden_states[1][:, 0]
+        ref = qformer(
+            query_embeds=emb(input_ids=b["input_ids"]),
+            query_length=0,
+            attention_mask=b["attention_mask"],
+            output_hidden_states=True,
+        ).hidden_states[1][:, 0]
     torch.testing.assert_close(one.encode(TEXTS), ref)  # the [CLS] after the first layer
     assert not torch.allclose(full.encode(TEXTS), one.encode(TEXTS))
     for bad in (0, 4):
@@ -246,8 +277,9 @@ def test_lean_text_path_equals_the_transformers_forward(qformer_parts):
     torch.testing.assert_close(first[:, 0], ref[:, 0], rtol=1e-5, atol=1e-5)
     m = mask[..., None].float()
     for pool, want in (("cls", ref[:, 0]), ("mean", (ref * m).sum(1) / m.sum(1))):
-        torch.testing.assert_close(QFormerTextEncoder(emb, qformer, tok, pool=pool).encode(TEXTS), want,
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            QFormerTextEncoder(emb, qformer, tok, pool=pool).encode(TEXTS), want, rtol=1e-5, atol=1e-5
+        )
 
 
 def test_qscaler_copy_keeps_only_the_text_path(qformer_parts):
@@ -399,8 +431,9 @@ def test_length_limited_max_sim_matches_brute_force():
     torch.testing.assert_close(full, max_sim(Encoded(texts), Encoded(images)))
     beyond = length_limited_max_sim(Encoded(texts, torch.full((7,), LMAX + 3)), Encoded(images), chunk=2)
     torch.testing.assert_close(beyond, full)  # a length past the outputs keeps them all
-    torch.testing.assert_close(length_limited_max_sim(Encoded(images), Encoded(images)),
-                               max_sim(Encoded(images), Encoded(images)))
+    torch.testing.assert_close(
+        length_limited_max_sim(Encoded(images), Encoded(images)), max_sim(Encoded(images), Encoded(images))
+    )
 
 
 def test_oracle_length_is_the_shortest_prefix_with_the_final_rank():
@@ -414,8 +447,9 @@ def test_oracle_length_is_the_shortest_prefix_with_the_final_rank():
     positive = torch.tensor([[True, False, False], [False, True, False]])
     assert oracle_lengths(sims, positive).tolist() == [4, 1]
     cfg = LengthConfig(l_base=2, l_max=6, l_init=4)
-    losses = length_losses(torch.tensor([0.5, 0.5]), torch.tensor([4.0, 4.0]), cfg,
-                           oracle=oracle_lengths(sims, positive))
+    losses = length_losses(
+        torch.tensor([0.5, 0.5]), torch.tensor([4.0, 4.0]), cfg, oracle=oracle_lengths(sims, positive)
+    )
     assert set(losses) == {"length", "oracle"} and all(v > 0 for v in losses.values())
 
 
@@ -484,8 +518,16 @@ def test_dynamic_itc_trains_the_qscaler_end_to_end(qscaler):
     texts = F.normalize(torch.randn(4, 16, generator=g), dim=-1).requires_grad_()
     images = F.normalize(torch.randn(4, LMAX, 16, generator=g), dim=-1)
     index = torch.tensor([0, 1, 1, 2])
-    losses, sim, _ = dynamic_itc(texts, images, out.soft_length, out.r, index[:, None] == index[None, :], 0.07,
-                              qscaler.length, label_smoothing=0.1)
+    losses, sim, _ = dynamic_itc(
+        texts,
+        images,
+        out.soft_length,
+        out.r,
+        index[:, None] == index[None, :],
+        0.07,
+        qscaler.length,
+        label_smoothing=0.1,
+    )
     assert set(losses) == {"itc", "itc_lmax", "length", "oracle", "oracle_length"} and sim.shape == (4, 4)
     plain = soft_masked_logits(per_query_sims(texts, images), soft_log_mask(out.soft_length, LMAX, 1.0), 0.07)
     torch.testing.assert_close(sim, plain * 0.07)
@@ -524,8 +566,8 @@ def test_end_to_end_l_grows_only_for_texts_whose_positive_needs_late_queries():
             texts[i] = basis[i]
     feats = torch.stack([complex_.float(), 1 - complex_.float()], 1) + 0.01 * torch.randn(b, 2)
     cfg = LengthConfig(l_base=2, l_max=LMAX, l_init=6, noise_std=0.05, length_weight=0.1, oracle_weight=0.0)
-    from lightning_modules.components.qscaler import QScalerHead
     from lightning_modules.components.dynamic_length import add_length_noise, dynamic_itc
+    from lightning_modules.components.qscaler import QScalerHead
 
     head = QScalerHead(2, 16, r_init=cfg.r_init)
     opt = torch.optim.Adam(head.parameters(), lr=0.05)
@@ -549,8 +591,20 @@ def test_qscaler_on_a_frozen_clip_text_encoder(tmp_path):
     from lightning_modules.optim import OptimConfig
 
     torch.manual_seed(0)
-    clip = ClipRetrieval.create(ClipConfig(image_size=16, patch_size=8, vision_width=32, vision_layers=1,
-                                           text_width=32, text_layers=1, heads=2, embed_dim=16), OptimConfig(), TEXTS)
+    clip = ClipRetrieval.create(
+        ClipConfig(
+            image_size=16,
+            patch_size=8,
+            vision_width=32,
+            vision_layers=1,
+            text_width=32,
+            text_layers=1,
+            heads=2,
+            embed_dim=16,
+        ),
+        OptimConfig(),
+        TEXTS,
+    )
     clip.save_checkpoint(tmp_path / "clip")
     enc = HFTextEncoder.from_pretrained(str(tmp_path / "clip"))
     assert enc.pool == "pooler" and enc.dim == 32
@@ -570,16 +624,33 @@ def test_qscaler_encoder_runs_in_length_groups(qformer_parts, tmp_path):
     from lightning_modules.components.qscaler import HFTextEncoder
     from lightning_modules.optim import OptimConfig
 
-    texts = ["red", "a small red circle left of a large blue square on a green background", "blue",
-             "a large blue square above a small red circle on a gray background"]
+    texts = [
+        "red",
+        "a small red circle left of a large blue square on a green background",
+        "blue",
+        "a large blue square above a small red circle on a gray background",
+    ]
     torch.manual_seed(0)
-    clip = ClipRetrieval.create(ClipConfig(image_size=16, patch_size=8, vision_width=32, vision_layers=1,
-                                           text_width=32, text_layers=1, heads=2, embed_dim=16), OptimConfig(),
-                                texts + TEXTS)
+    clip = ClipRetrieval.create(
+        ClipConfig(
+            image_size=16,
+            patch_size=8,
+            vision_width=32,
+            vision_layers=1,
+            text_width=32,
+            text_layers=1,
+            heads=2,
+            embed_dim=16,
+        ),
+        OptimConfig(),
+        texts + TEXTS,
+    )
     clip.save_checkpoint(tmp_path / "clip")
     emb, qformer = qformer_parts
-    encoders = [HFTextEncoder.from_pretrained(str(tmp_path / "clip")),
-                QFormerTextEncoder(emb, qformer, build_word_tokenizer(texts + TEXTS))]
+    encoders = [
+        HFTextEncoder.from_pretrained(str(tmp_path / "clip")),
+        QFormerTextEncoder(emb, qformer, build_word_tokenizer(texts + TEXTS)),
+    ]
     for enc in encoders:
         widths = []
         encode_ids = enc.encode_ids

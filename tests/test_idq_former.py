@@ -15,8 +15,12 @@ from lightning_modules.idq_former import QSCALER_ENCODER_DIR, IdqConfig, IdqForm
 from lightning_modules.optim import OptimConfig
 from tests.tiny_blip2 import save_tiny_blip2, save_tiny_clip
 
-TEXTS = ["find images of a red circle", "find images of a small blue square left of a big green star",
-         "show me a shape", "two yellow triangles above a purple circle on a striped background"]
+TEXTS = [
+    "find images of a red circle",
+    "find images of a small blue square left of a big green star",
+    "show me a shape",
+    "two yellow triangles above a purple circle on a striped background",
+]
 NQ, LMAX = 8, 12
 
 
@@ -32,8 +36,7 @@ def blip2_checkpoint(tmp_path_factory):
 def _ours(ckpt, **kw) -> IdqFormerRetrieval:
     """Ours at tiny size on ``ckpt`` (the QScaler reads the text tower of its CLIP: the tiny default)."""
     torch.manual_seed(0)
-    cfg = IdqConfig(blip2_checkpoint=str(ckpt), l_base=2, l_max=LMAX, l_init=NQ, k_test=3, cache_features=False,
-                    **kw)
+    cfg = IdqConfig(blip2_checkpoint=str(ckpt), l_base=2, l_max=LMAX, l_init=NQ, k_test=3, cache_features=False, **kw)
     return IdqFormerRetrieval.create(cfg, OptimConfig())
 
 
@@ -57,8 +60,9 @@ def test_builds_on_the_blip2_checkpoint_and_honours_the_protocol(blip2_checkpoin
     assert img.emb.shape == (3, LMAX, 16) and txt.emb.shape == (4, 16)
     assert txt.lengths.tolist() == [2, 5, 12, 7]
     assert t2i.shape == (4, 3) and i2t.shape == (3, 4) and i2i.shape == (3, 3)
-    ref = torch.stack([torch.stack([(img.emb[g, : txt.lengths[q]] @ txt.emb[q]).max() for g in range(3)])
-                       for q in range(4)])
+    ref = torch.stack(
+        [torch.stack([(img.emb[g, : txt.lengths[q]] @ txt.emb[q]).max() for g in range(3)]) for q in range(4)]
+    )
     torch.testing.assert_close(itc, ref)
     torch.testing.assert_close(m.itc_score(img, txt), ref.T)
     assert set(m.score_variants()) == {"itc"}
@@ -72,8 +76,8 @@ def test_itm_at_per_text_lengths_equals_separate_l_query_passes(blip2_checkpoint
         lengths = torch.tensor([2, 5, 12, 7])
         batched = m.itm_logits(tokens, ids, mask, lengths)
         for b, n in enumerate(lengths.tolist()):
-            one = m.itm_logits(tokens[b:b + 1], ids[b:b + 1], mask[b:b + 1], torch.tensor([n]))
-            torch.testing.assert_close(batched[b:b + 1], one, atol=1e-5, rtol=0)
+            one = m.itm_logits(tokens[b : b + 1], ids[b : b + 1], mask[b : b + 1], torch.tensor([n]))
+            torch.testing.assert_close(batched[b : b + 1], one, atol=1e-5, rtol=0)
         # and the gallery path: the first L outputs of the L_max pass are an L-query pass
         full = m.query_outputs(tokens)
         from lightning_modules.components.query_attention import qformer_query_forward
@@ -115,8 +119,11 @@ def test_checkpoint_round_trip_keeps_scores_and_lengths(blip2_checkpoint, tmp_pa
 @pytest.mark.parametrize("qscaler", [True, False])
 def test_a_few_steps_train_the_qformer_bank_and_qscaler(blip2_checkpoint, qscaler):
     m = _ours(blip2_checkpoint, qscaler=qscaler).train()
-    params = [p for p in [*m.head.parameters(), *m.bank.parameters(),
-                          *(m.qscaler.head.parameters() if qscaler else [])] if p.requires_grad]
+    params = [
+        p
+        for p in [*m.head.parameters(), *m.bank.parameters(), *(m.qscaler.head.parameters() if qscaler else [])]
+        if p.requires_grad
+    ]
     opt = torch.optim.AdamW(params, lr=3e-3)
     batch = TrainBatch(torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS)
     first = None
@@ -138,7 +145,8 @@ def test_a_few_steps_train_the_qformer_bank_and_qscaler(blip2_checkpoint, qscale
 
 
 def test_usage_bank_order_sorts_the_checkpoint_queries_by_their_blip2_itc_wins_at_the_first_step(
-        blip2_checkpoint, tmp_path):
+    blip2_checkpoint, tmp_path
+):
     batch = TrainBatch(torch.tensor([0, 1, 2, 3]), _pixels(4), TEXTS)
     plain = _ours(blip2_checkpoint).train()
     m = _ours(blip2_checkpoint, bank_order="usage").train()
@@ -202,9 +210,15 @@ def test_config_validation():
         IdqConfig(l_base=40, l_max=32)
     with pytest.raises(ValueError, match="blip2_checkpoint"):
         IdqFormerRetrieval.create(IdqConfig(), OptimConfig())
-    for field, bad in (("qscaler_lr_scale", 0.0), ("qscaler_warmup", 1.0), ("oracle_queue", -1),
-                       ("lmax_itc_weight", -0.5), ("qscaler_layers", 0), ("qscaler_pool", "sum"),
-                       ("bank_order", "random")):
+    for field, bad in (
+        ("qscaler_lr_scale", 0.0),
+        ("qscaler_warmup", 1.0),
+        ("oracle_queue", -1),
+        ("lmax_itc_weight", -0.5),
+        ("qscaler_layers", 0),
+        ("qscaler_pool", "sum"),
+        ("bank_order", "random"),
+    ):
         with pytest.raises(ValueError, match=field):
             IdqConfig(**{field: bad})
     for bad in ({"qscaler_encoder": "/some/clip/folder"}, {}):  # tiny's "auto" is the CLIP text tower
@@ -256,20 +270,40 @@ def test_full_size_path_takes_a_hub_style_blip2_checkpoint(tmp_path):
 
     torch.manual_seed(0)
     tok = build_word_tokenizer(TEXTS, 48)
-    qcfg = dict(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                intermediate_size=64, max_position_embeddings=64, encoder_hidden_size=16,
-                use_qformer_text_input=True, pad_token_id=tok.pad_token_id)
-    hf = Blip2ForImageTextRetrieval(HFBlip2Config(
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=16, patch_size=8),
-        qformer_config=qcfg, num_query_tokens=32, image_text_hidden_size=16))
+    qcfg = dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        encoder_hidden_size=16,
+        use_qformer_text_input=True,
+        pad_token_id=tok.pad_token_id,
+    )
+    hf = Blip2ForImageTextRetrieval(
+        HFBlip2Config(
+            vision_config=dict(
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=16,
+                patch_size=8,
+            ),
+            qformer_config=qcfg,
+            num_query_tokens=32,
+            image_text_hidden_size=16,
+        )
+    )
     with torch.no_grad():
         hf.query_tokens.normal_(0, 0.02)
     hf.save_pretrained(tmp_path / "hub")
     tok.save_pretrained(tmp_path / "hub")
     BlipImageProcessor(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "hub")
-    m = IdqFormerRetrieval.create(IdqConfig(pretrained=str(tmp_path / "hub"), l_max=40, k_test=2,
-                                            cache_features=False), OptimConfig()).eval()
+    m = IdqFormerRetrieval.create(
+        IdqConfig(pretrained=str(tmp_path / "hub"), l_max=40, k_test=2, cache_features=False), OptimConfig()
+    ).eval()
     assert torch.equal(m.bank.tokens[:, :32], hf.query_tokens)
     assert torch.equal(m.bank.positions[0], hf.embeddings.position_embeddings.weight[:40])
     with torch.no_grad():
@@ -288,11 +322,20 @@ def test_rerank_runs_itm_at_each_texts_own_length(blip2_checkpoint):
     with torch.no_grad():
         img, txt = m.encode_images(_pixels()), m.encode_texts(TEXTS)
         tok, ids, mask = img.extra["image_tokens"], txt.extra["input_ids"], txt.extra["attention_mask"]
-        ref = rerank_topk(m.itc_score(txt, img), 3,
-                          lambda q, g: m.itm_scores(tok[g], ids[q], mask[q], txt.lengths[q]), batch_size=64)
-        at_l_init = rerank_topk(m.itc_score(txt, img), 3, lambda q, g: m.itm_scores(tok[g], ids[q], mask[q]),
-                                batch_size=64)
+        ref = rerank_topk(
+            m.itc_score(txt, img), 3, lambda q, g: m.itm_scores(tok[g], ids[q], mask[q], txt.lengths[q]), batch_size=64
+        )
+        at_l_init = rerank_topk(
+            m.itc_score(txt, img), 3, lambda q, g: m.itm_scores(tok[g], ids[q], mask[q]), batch_size=64
+        )
         torch.testing.assert_close(m.score(txt, img), ref)
-        torch.testing.assert_close(m.score(img, txt), rerank_topk(
-            m.itc_score(img, txt), 3, lambda q, g: m.itm_scores(tok[q], ids[g], mask[g], txt.lengths[g]), batch_size=64))
+        torch.testing.assert_close(
+            m.score(img, txt),
+            rerank_topk(
+                m.itc_score(img, txt),
+                3,
+                lambda q, g: m.itm_scores(tok[q], ids[g], mask[g], txt.lengths[g]),
+                batch_size=64,
+            ),
+        )
     assert not torch.allclose(ref, at_l_init)  # the lengths really matter

@@ -24,8 +24,11 @@ from datamodules.medpix import MedPixDataModule
 from datamodules.rsicap import RSICapDataModule
 from tests.fixtures_real import write_coco_karpathy, write_medpix, write_rsicap
 
-WRITERS = {"coco": (write_coco_karpathy, CocoKarpathyDataModule), "medpix": (write_medpix, MedPixDataModule),
-           "rsicap": (write_rsicap, RSICapDataModule)}
+WRITERS = {
+    "coco": (write_coco_karpathy, CocoKarpathyDataModule),
+    "medpix": (write_medpix, MedPixDataModule),
+    "rsicap": (write_rsicap, RSICapDataModule),
+}
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +150,11 @@ def test_a_damaged_or_foreign_cache_file_is_ignored_and_replaced(pristine, tmp_p
     first = all_records(make("rsicap", root, cache_dir))
     (path,) = cache_dir.iterdir()
     n = len(opened)
-    for damage in ("{not json", json.dumps({"format": "other", "entries": {}}),
-                   json.dumps({"format": "instructsee-image-checks", "version": CHECK_VERSION + 1, "entries": {}})):
+    for damage in (
+        "{not json",
+        json.dumps({"format": "other", "entries": {}}),
+        json.dumps({"format": "instructsee-image-checks", "version": CHECK_VERSION + 1, "entries": {}}),
+    ):
         path.write_text(damage)
         opened.clear()
         assert all_records(make("rsicap", root, cache_dir)) == first and len(opened) == n
@@ -167,7 +173,7 @@ def test_cache_writers_merge_and_keys_are_per_root_and_dataset(tmp_path):
     assert a.load() == {"x.jpg": (1, 2), "y.jpg": (3, 4)}
     assert ImageCheckCache(tmp_path / "c", root, "medpix").path != a.path
     assert ImageCheckCache(tmp_path / "c", tmp_path / "other", "coco").path != a.path
-    assert a.key(root / "sub" / "x.jpg") == "sub/x.jpg" and a.key(tmp_path / "y.jpg") == str((tmp_path / "y.jpg"))
+    assert a.key(root / "sub" / "x.jpg") == "sub/x.jpg" and a.key(tmp_path / "y.jpg") == str(tmp_path / "y.jpg")
 
 
 def test_check_threads_are_bounded(tmp_path):

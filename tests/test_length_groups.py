@@ -10,11 +10,17 @@ from lightning_modules.clip import ClipConfig, ClipRetrieval
 from lightning_modules.components.length_groups import by_length, encode_in_groups, length_batches, right_padded_lengths
 from lightning_modules.optim import OptimConfig
 
-TEXTS = ["a red circle", "a large blue square left of a green star on a pink background near a small cross",
-         "show me a yellow cross", "star", "a small green circle above a large red square on a grey background",
-         "a blue star"]
-TINY_CLIP = dict(image_size=16, patch_size=8, vision_width=32, vision_layers=1, text_width=32, text_layers=2, heads=2,
-                 embed_dim=16)
+TEXTS = [
+    "a red circle",
+    "a large blue square left of a green star on a pink background near a small cross",
+    "show me a yellow cross",
+    "star",
+    "a small green circle above a large red square on a grey background",
+    "a blue star",
+]
+TINY_CLIP = dict(
+    image_size=16, patch_size=8, vision_width=32, vision_layers=1, text_width=32, text_layers=2, heads=2, embed_dim=16
+)
 
 
 def test_length_batches_bound_the_padding_of_every_group():
@@ -51,8 +57,9 @@ def _clip(padding):
 def test_clip_text_groups_give_the_padded_batch_embeddings_and_gradients():
     grouped, padded = _clip(0.25), _clip(None)
     calls = []
-    grouped.model.text_model.register_forward_hook(lambda _m, args, kw, _out: calls.append(kw["input_ids"].shape),
-                                                   with_kwargs=True)
+    grouped.model.text_model.register_forward_hook(
+        lambda _m, args, kw, _out: calls.append(kw["input_ids"].shape), with_kwargs=True
+    )
     a, b = grouped.encode_texts(TEXTS).emb, padded.encode_texts(TEXTS).emb
     assert len(calls) > 2 and sum(n * t for n, t in calls) < len(TEXTS) * max(t for _, t in calls)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -70,9 +77,16 @@ def test_qformer_text_groups_give_the_padded_batch_features(tmp_path):
     feats = []
     for padding in (0.25, None):
         torch.manual_seed(0)
-        cfg = Blip2Config(vision_checkpoint=str(tmp_path / "clip"), qformer_hidden=32, qformer_layers=2,
-                          qformer_heads=2, qformer_intermediate=64, embed_dim=16, num_query_tokens=4,
-                          text_group_padding=padding)
+        cfg = Blip2Config(
+            vision_checkpoint=str(tmp_path / "clip"),
+            qformer_hidden=32,
+            qformer_layers=2,
+            qformer_heads=2,
+            qformer_intermediate=64,
+            embed_dim=16,
+            num_query_tokens=4,
+            text_group_padding=padding,
+        )
         model = Blip2Retrieval.create(cfg, OptimConfig(), TEXTS).eval()
         feats.append(model.encode_texts(TEXTS).emb)
     torch.testing.assert_close(feats[0], feats[1], atol=1e-5, rtol=1e-5)

@@ -107,13 +107,19 @@ def test_works_inside_a_running_event_loop(servers):
     assert json.loads(asyncio.run(inner())) == {"query": "a red circle"}
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"timeout_s": float("nan")}, "timeout_s"), ({"timeout_s": float("inf")}, "timeout_s"),
-    ({"timeout_s": 0}, "timeout_s"), ({"timeout_s": 1e9}, "timeout_s"),
-    ({"max_reply_bytes": 10}, "max_reply_bytes"), ({"max_reply_bytes": 10**12}, "max_reply_bytes"),
-    ({"backend": "openai:http://u:hunter2@host:99999/v1"}, "openai:<base url>"),
-    ({"backend": "opneai:http://u:hunter2@host/v1"}, "unknown backend"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"timeout_s": float("nan")}, "timeout_s"),
+        ({"timeout_s": float("inf")}, "timeout_s"),
+        ({"timeout_s": 0}, "timeout_s"),
+        ({"timeout_s": 1e9}, "timeout_s"),
+        ({"max_reply_bytes": 10}, "max_reply_bytes"),
+        ({"max_reply_bytes": 10**12}, "max_reply_bytes"),
+        ({"backend": "openai:http://u:hunter2@host:99999/v1"}, "openai:<base url>"),
+        ({"backend": "opneai:http://u:hunter2@host/v1"}, "unknown backend"),
+    ],
+)
 def test_limits_are_bounded_and_errors_redact(options, message):
     with pytest.raises(ConfigError) as e:
         LLMConfig(**options)
@@ -121,12 +127,15 @@ def test_limits_are_bounded_and_errors_redact(options, message):
 
 
 # -- redaction and the recorded config -----------------------------------------------------------
-@pytest.mark.parametrize("url, shown", [
-    ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
-    ("http://user:pw@host:8000/v1", "http://***@host:8000/v1"),
-    ("https://tok@host/v1?api-key=abc&x=1", "https://***@host/v1?api-key=***&x=***"),
-    ("http://[::1", "http://***"),
-])
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+        ("http://user:pw@host:8000/v1", "http://***@host:8000/v1"),
+        ("https://tok@host/v1?api-key=abc&x=1", "https://***@host/v1?api-key=***&x=***"),
+        ("http://[::1", "http://***"),
+    ],
+)
 def test_redact_url(url, shown):
     assert redact_url(url) == shown
     assert redact_text(f"error at {url}: refused") == f"error at {shown}: refused"
@@ -151,23 +160,34 @@ def test_result_hash_is_unchanged_by_the_new_option():
 
 # -- the JSON extraction, bounded and fuzzed --------------------------------------------------
 def test_extraction_keeps_its_behaviour_on_ordinary_replies():
-    q = {"questions": [{"question": "Which colour?", "options": ["a red one", "a blue one"]},
-                       {"question": "Which shape?", "options": ["a circle", "a square"]}]}
-    for text in (json.dumps(q), f"Sure! Here you go:\n```json\n{json.dumps(q)}\n```", "{ not json } " + json.dumps(q),
-                 '{"a": "}{" ' + json.dumps(q)):
+    q = {
+        "questions": [
+            {"question": "Which colour?", "options": ["a red one", "a blue one"]},
+            {"question": "Which shape?", "options": ["a circle", "a square"]},
+        ]
+    }
+    for text in (
+        json.dumps(q),
+        f"Sure! Here you go:\n```json\n{json.dumps(q)}\n```",
+        "{ not json } " + json.dumps(q),
+        '{"a": "}{" ' + json.dumps(q),
+    ):
         assert len(parse_questions(text)) == 2
     assert first_json_object('x {"a": {"b": [1, {"c": "}"}]}} y') == {"a": {"b": [1, {"c": "}"}]}}
     assert first_json_object('[1, 2] {"a": 1}') == {"a": 1}
 
 
-@pytest.mark.parametrize("text", [
-    '{"a":' * 100_000 + "1" + "}" * 100_000,
-    '{"a":[' * 100_000,
-    "{" * 500_000,
-    '{"' * 300_000,
-    '{"query": ' + "9" * 5000 + "}",
-    "[" * 200_000 + "]" * 200_000,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a":' * 100_000 + "1" + "}" * 100_000,
+        '{"a":[' * 100_000,
+        "{" * 500_000,
+        '{"' * 300_000,
+        '{"query": ' + "9" * 5000 + "}",
+        "[" * 200_000 + "]" * 200_000,
+    ],
+)
 def test_pathological_replies_are_invalid_output_in_bounded_time(text):
     t = time.perf_counter()
     with pytest.raises(LLMError) as e:
@@ -186,17 +206,28 @@ def test_depth_limit_is_where_stated():
 
 
 _json = st.recursive(
-    st.none() | st.booleans() | st.integers(min_value=-10**30, max_value=10**30) | st.floats() | st.text(max_size=10),
-    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4), max_leaves=30)
+    st.none() | st.booleans() | st.integers(min_value=-(10**30), max_value=10**30) | st.floats() | st.text(max_size=10),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
+    max_leaves=30,
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(prefix=st.text(max_size=40), value=_json, suffix=st.text(max_size=40),
-       depth=st.integers(0, 2000), digits=st.integers(1, 6000))
+@given(
+    prefix=st.text(max_size=40),
+    value=_json,
+    suffix=st.text(max_size=40),
+    depth=st.integers(0, 2000),
+    digits=st.integers(1, 6000),
+)
 def test_fuzz_reply_parsing_never_crashes(prefix, value, suffix, depth, digits):
     nested = '{"k": ' * depth + json.dumps(value) + "}" * depth
-    for text in (prefix + json.dumps(value) + suffix, prefix + nested + suffix,
-                 prefix + '{"query": ' + "7" * digits + "}" + suffix, prefix + "[" * depth + suffix):
+    for text in (
+        prefix + json.dumps(value) + suffix,
+        prefix + nested + suffix,
+        prefix + '{"query": ' + "7" * digits + "}" + suffix,
+        prefix + "[" * depth + suffix,
+    ):
         for parse in (parse_query, parse_questions):
             try:
                 parse(text)

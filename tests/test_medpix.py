@@ -33,7 +33,10 @@ def test_official_splits_with_val_as_dev(medpix):
     root, counts = medpix
     d = dm(root)
     assert {s: len(d.records(s)) for s in ("train", "val", "test")} == {
-        "train": counts["train"][0], "val": counts["dev"][0], "test": counts["test"][0]}
+        "train": counts["train"][0],
+        "val": counts["dev"][0],
+        "test": counts["test"][0],
+    }
     for part in ("train_1", "train_2"):
         assert len(dm(root, options={"train_split": part}).records("train")) == counts[part][0]
     dev_ids = {json.loads(line)["image"] for line in (root / "splitted_dataset/descriptions_dev.jsonl").open()}
@@ -45,7 +48,11 @@ def test_records_captions_metadata_and_images(medpix):
     root, _ = medpix
     records = dm(root).records("train") + dm(root).records("test")
     by_id = {r.image_id: r for r in records}
-    raw = [json.loads(line) for s in ("train", "test") for line in (root / f"splitted_dataset/descriptions_{s}.jsonl").open()]
+    raw = [
+        json.loads(line)
+        for s in ("train", "test")
+        for line in (root / f"splitted_dataset/descriptions_{s}.jsonl").open()
+    ]
     for rec in raw:
         r = by_id[rec["image"]]
         assert r.path == root / "images" / f"{rec['image']}.png"  # names carry no extension

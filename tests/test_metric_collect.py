@@ -23,8 +23,11 @@ def _fill(metric: RetrievalMetric, es, img: Encoded, txt: Encoded, img_order, tx
 
 def test_in_order_items_are_not_copied_again():
     es = small_eval_set()
-    img = Encoded(embeddings(es.n_images, 1, tokens=3), torch.full((es.n_images,), 2),
-                  extra={"tokens": embeddings(es.n_images, 3, tokens=2)})
+    img = Encoded(
+        embeddings(es.n_images, 1, tokens=3),
+        torch.full((es.n_images,), 2),
+        extra={"tokens": embeddings(es.n_images, 3, tokens=2)},
+    )
     txt = Encoded(embeddings(es.n_queries, 2), torch.arange(es.n_queries) % 4 + 1)
     metric = RetrievalMetric(es, max_sim, chunk_size=4)
     _fill(metric, es, img, txt, np.arange(es.n_images), np.arange(es.n_queries))
@@ -44,8 +47,7 @@ def test_in_order_and_shuffled_arrivals_give_identical_results():
     _fill(ordered, es, img, txt, np.arange(es.n_images), np.arange(es.n_queries))
     rng = np.random.default_rng(7)
     shuffled = RetrievalMetric(es, max_sim, chunk_size=4)
-    _fill(shuffled, es, img, txt, np.concatenate([rng.permutation(es.n_images), [2, 2]]),
-          rng.permutation(es.n_queries))
+    _fill(shuffled, es, img, txt, np.concatenate([rng.permutation(es.n_images), [2, 2]]), rng.permutation(es.n_queries))
     a, b = ordered.compute(), shuffled.compute()
     assert a.keys() == b.keys() == reference_metrics(es, img, txt).keys() | {"index/bytes", "index/bytes_per_image"}
     for k in a:

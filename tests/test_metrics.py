@@ -183,7 +183,6 @@ def test_multi_vector_scoring_via_max_sim():
         np.testing.assert_array_equal(r.rank, reference_ranks(dense.astype(np.float32), rows))
 
 
-
 @pytest.mark.parametrize("q_multi,g_multi", [(True, True), (True, False), (False, True)])
 def test_max_sim_matches_bruteforce_with_lengths_on_both_sides(q_multi, g_multi):
     gen = torch.Generator().manual_seed(3)
@@ -200,6 +199,7 @@ def test_max_sim_matches_bruteforce_with_lengths_on_both_sides(q_multi, g_multi)
                     expected[a, b] = max(expected[a, b], float(q3[a, t] @ g3[b, s]))
     got = max_sim(Encoded(q_emb, q_len), Encoded(g_emb, g_len))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_agrees_with_torchmetrics_on_positive_scores_without_ties(seed):
@@ -344,7 +344,9 @@ def test_metric_deduplicates_and_sorts_by_index():
     got = metric.compute()
     want = reference_metrics(es, img, txt)
     # the index: the gallery's embeddings as stored (float32 here), once per image despite the duplicates
-    assert got.pop("index/bytes") == es.n_images * img.emb[0].numel() * 4 == es.n_images * got.pop("index/bytes_per_image")
+    assert (
+        got.pop("index/bytes") == es.n_images * img.emb[0].numel() * 4 == es.n_images * got.pop("index/bytes_per_image")
+    )
     assert got.keys() == want.keys()
     for k in want:
         assert got[k] == pytest.approx(want[k], nan_ok=True), k

@@ -16,8 +16,9 @@ def test_scaled_parameters_get_their_own_learning_rate_and_keep_the_schedule():
     body, head = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)
     frozen = torch.nn.Linear(2, 2).requires_grad_(False)
     cfg = OptimConfig(lr=1e-3, weight_decay=0.1, warmup_ratio=0.0)
-    out = build_optimizer([*body.parameters(), *head.parameters(), *frozen.parameters()], cfg, 10,
-                          scaled=head.parameters(), lr_scale=10.0)
+    out = build_optimizer(
+        [*body.parameters(), *head.parameters(), *frozen.parameters()], cfg, 10, scaled=head.parameters(), lr_scale=10.0
+    )
     opt, sched = out["optimizer"], out["lr_scheduler"]["scheduler"]
     # body: weight (decay) + bias (no decay) at lr; head: the same at 10 x lr; frozen: nowhere
     assert _groups(opt) == [(1, 1e-3, 0.1), (1, 1e-3, 0.0), (1, 1e-2, 0.1), (1, 1e-2, 0.0)]

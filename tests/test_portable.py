@@ -1,4 +1,5 @@
 """Machine paths leave recorded files: benchmark/portable.py."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,9 +16,11 @@ def test_paths_under_roots_become_relative_and_resolve_back(tmp_path: Path) -> N
     roots = {"cache": cache, "data": cache / "data", "results": tmp_path / "out"}
     record = {
         "config": {"cache_dir": str(cache), "results_dir": str(tmp_path / "out"), "seed": 3},
-        "provenance": {"checkpoint": str(cache / "checkpoints" / "ours__x"),
-                       "data_root": str(cache / "data"),
-                       "files": [str(cache / "data" / "a.png"), "relative/b.png"]},
+        "provenance": {
+            "checkpoint": str(cache / "checkpoints" / "ours__x"),
+            "data_root": str(cache / "data"),
+            "files": [str(cache / "data" / "a.png"), "relative/b.png"],
+        },
         "model": "ours",
     }
     out = portable(record, roots)
@@ -50,9 +53,13 @@ def test_resolve_refuses_escapes_and_unknown_roots(tmp_path: Path) -> None:
     assert resolve("plain/relative", {}) == Path("plain/relative")
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
-                    max_leaves=20))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+        max_leaves=20,
+    )
+)
 def test_non_path_values_are_unchanged(obj: object) -> None:
     def has_abs(o: object) -> bool:
         if isinstance(o, str):
@@ -62,5 +69,6 @@ def test_non_path_values_are_unchanged(obj: object) -> None:
         if isinstance(o, list):
             return any(has_abs(v) for v in o)
         return False
+
     if not has_abs(obj):
         assert portable(obj, {"cache": "/tmp/x"}) == obj

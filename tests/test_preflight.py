@@ -22,27 +22,34 @@ def test_train_precisions_are_lightnings():
     from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 
     assert set(TRAIN_PRECISIONS) == set(typing.get_args(_PRECISION_INPUT_STR)) | set(
-        typing.get_args(_PRECISION_INPUT_STR_ALIAS))
+        typing.get_args(_PRECISION_INPUT_STR_ALIAS)
+    )
 
 
-@pytest.mark.parametrize("field,value,needle", [
-    ("precision", "banana", "train.precision must be one of"),
-    ("gradient_clip_val", float("nan"), "train.gradient_clip_val must be a finite number"),
-    ("gradient_clip_val", float("inf"), "train.gradient_clip_val must be a finite number"),
-    ("limit_train_batches", float("nan"), "train.limit_train_batches"),
-])
+@pytest.mark.parametrize(
+    "field,value,needle",
+    [
+        ("precision", "banana", "train.precision must be one of"),
+        ("gradient_clip_val", float("nan"), "train.gradient_clip_val must be a finite number"),
+        ("gradient_clip_val", float("inf"), "train.gradient_clip_val must be a finite number"),
+        ("limit_train_batches", float("nan"), "train.limit_train_batches"),
+    ],
+)
 def test_train_config_refuses_on_construction(field, value, needle):
     with pytest.raises(ConfigError, match=needle):
         TrainConfig(**{field: value})
 
 
-@pytest.mark.parametrize("override,needle", [
-    ({"train": {"optim": {"lr": float("nan")}}}, "train.optim.lr: expected a finite number"),
-    ({"eval": {"memmap_min_mb": float("inf")}}, "eval.memmap_min_mb: expected a finite number"),
-    ({"train": {"gradient_clip_val": 10**400}}, "train.gradient_clip_val: expected a finite number"),
-    ({"seed": -1}, "seed must be an integer in"),
-    ({"seed": 2**32}, "seed must be an integer in"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ({"train": {"optim": {"lr": float("nan")}}}, "train.optim.lr: expected a finite number"),
+        ({"eval": {"memmap_min_mb": float("inf")}}, "eval.memmap_min_mb: expected a finite number"),
+        ({"train": {"gradient_clip_val": 10**400}}, "train.gradient_clip_val: expected a finite number"),
+        ({"seed": -1}, "seed must be an integer in"),
+        ({"seed": 2**32}, "seed must be an integer in"),
+    ],
+)
 def test_from_dict_refuses_non_finite_numbers_and_bad_seeds(override, needle):
     with pytest.raises(ConfigError, match=needle):
         build_run_config({"model": "clip"}, override)
@@ -96,9 +103,20 @@ def test_truncated_checkpoint_names_the_folder_and_retrain(tmp_path):
     from lightning_modules.clip import ClipConfig, ClipRetrieval
     from lightning_modules.optim import OptimConfig
 
-    model = ClipRetrieval.create(ClipConfig(image_size=32, patch_size=8, vision_width=32, vision_layers=1,
-                                            text_width=32, text_layers=1, heads=2, embed_dim=16),
-                                 OptimConfig(), ["a red circle", "a blue square"])
+    model = ClipRetrieval.create(
+        ClipConfig(
+            image_size=32,
+            patch_size=8,
+            vision_width=32,
+            vision_layers=1,
+            text_width=32,
+            text_layers=1,
+            heads=2,
+            embed_dim=16,
+        ),
+        OptimConfig(),
+        ["a red circle", "a blue square"],
+    )
     ckpt = tmp_path / "clip__synthetic__tiny__0123"
     model.save_checkpoint(ckpt)
     assert load_cached_checkpoint(ClipRetrieval, ckpt) is not None

@@ -35,9 +35,23 @@ def test_probe_runs_the_metric_and_the_models_score(tmp_path):
     np.save(tmp_path / "tokens.npy", tokens.numpy())
     queries = [{"text": TEXTS[i % 3], "image": i, "relevant": [i, (i + 5) % n]} for i in range(6)]
     (tmp_path / "queries.json").write_text(json.dumps({"queries": queries}))
-    out = _probe_module().main(["--checkpoint", str(ckpt), "--features", str(tmp_path / "tokens.npy"),
-                                "--queries-json", str(tmp_path / "queries.json"), "--n", str(n), "--batch", "4",
-                                "--read-table", "--out", str(tmp_path / "probe.json")])
+    out = _probe_module().main(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--features",
+            str(tmp_path / "tokens.npy"),
+            "--queries-json",
+            str(tmp_path / "queries.json"),
+            "--n",
+            str(n),
+            "--batch",
+            "4",
+            "--read-table",
+            "--out",
+            str(tmp_path / "probe.json"),
+        ]
+    )
     stages = {row["stage"] for row in out["by_stage"]}
     assert {"update", "_collect", "score", "itc_score", "rerank_topk", "itm_scores"} <= stages, stages
     assert out["queries"] == 6 and out["gallery_emb_bytes"] == n * 8 * 16 * 4  # 8 queries x embed 16, fp32

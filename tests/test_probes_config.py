@@ -27,6 +27,8 @@ def _import_models_outside_the_runner():
 
     for name in MODELS.names():
         MODELS.get(name)
+
+
 BASELINE = Path(__file__).resolve().parents[1] / "results" / "baseline" / "clip__synthetic__regress.json"
 
 
@@ -60,10 +62,16 @@ RUN_PROBES = [
     ("clip-nan", ["--epochs", "0", "--set", "train.gradient_clip_val=NaN"], "train.gradient_clip_val: NaN"),
     ("clip-negative", ["--set", "train.gradient_clip_val=-1"], "train.gradient_clip_val must be a finite number >= 0"),
     ("memmap-nan", ["--set", "eval.memmap_min_mb=NaN"], "eval.memmap_min_mb: NaN"),
-    ("set-value-then-section", ["--set", "train=3", "--set", "train.max_epochs=2"],
-     "train was set to a value by 'train=3', so it cannot also hold options"),
-    ("set-section-then-value", ["--set", "train.max_epochs=2", "--set", "train=3"],
-     "train already holds options set by 'train.max_epochs=2'"),
+    (
+        "set-value-then-section",
+        ["--set", "train=3", "--set", "train.max_epochs=2"],
+        "train was set to a value by 'train=3', so it cannot also hold options",
+    ),
+    (
+        "set-section-then-value",
+        ["--set", "train.max_epochs=2", "--set", "train=3"],
+        "train already holds options set by 'train.max_epochs=2'",
+    ),
     ("set-empty-key-part", ["--set", "train..max_epochs=2"], "--set expects KEY=VALUE"),
     ("set-huge-int", ["--set", "seed=" + "9" * 5000], "--set seed: a number too large to read"),
     ("set-deep", ["--set", "model_args.x=" + "[" * 50_000 + "]" * 50_000], "nested deeper than 200"),
@@ -72,9 +80,16 @@ RUN_PROBES = [
     ("strategy-bogus", ["--strategy", "bogus"], "train.strategy (--strategy) must be one of Lightning's strategies"),
     ("precision-banana", ["--set", "train.precision=banana"], "train.precision must be one of Lightning's precision"),
     ("accelerator-bogus", ["--set", "train.accelerator=abacus"], "train.accelerator must be one of"),
-    ("num-workers-huge", ["--set", "data.num_workers=100000"], "data.num_workers must be null (auto) or an integer in [0, 64]"),
-    ("pretrained-missing", ["--size", "full", "--pretrained", "/nonexistent"],
-     "model_args.pretrained (--pretrained) '/nonexistent': no such file or folder"),
+    (
+        "num-workers-huge",
+        ["--set", "data.num_workers=100000"],
+        "data.num_workers must be null (auto) or an integer in [0, 64]",
+    ),
+    (
+        "pretrained-missing",
+        ["--size", "full", "--pretrained", "/nonexistent"],
+        "model_args.pretrained (--pretrained) '/nonexistent': no such file or folder",
+    ),
     ("checkpoint-missing", ["--checkpoint", "/nonexistent/ckpt"], "--checkpoint /nonexistent/ckpt: not a folder"),
     ("config-non-utf8", ["--config", "{latin1}"], "latin1.json: not UTF-8"),
     ("config-deep-array", ["--config", "{deep}"], "deep.json: arrays/objects nested deeper than 200"),
@@ -95,8 +110,20 @@ RUN_PROBES = [
 def _run(tmp_path: Path, args: list[str]):
     files = _files(tmp_path)
     args = [a.format(**{k: str(v) for k, v in files.items()}) if "{" in a and len(a) < 200 else a for a in args]
-    res = runner.invoke(app, ["run", "--model", "clip", "--results-dir", str(tmp_path / "r"),
-                              "--cache-dir", str(tmp_path / "cache"), "--no-progress", *args])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--model",
+            "clip",
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-progress",
+            *args,
+        ],
+    )
     return res
 
 
@@ -121,8 +148,11 @@ def test_accelerator_gpu_without_a_gpu(tmp_path):
 
     if torch.cuda.is_available() or torch.backends.mps.is_available():
         pytest.skip("this machine has a GPU")
-    _assert_clear_error(_run(tmp_path, ["--set", "train.accelerator=gpu"]),
-                        "train.accelerator='gpu': no such device on this machine", tmp_path)
+    _assert_clear_error(
+        _run(tmp_path, ["--set", "train.accelerator=gpu"]),
+        "train.accelerator='gpu': no such device on this machine",
+        tmp_path,
+    )
 
 
 def test_read_only_results_and_cache_dirs(tmp_path):
@@ -131,11 +161,12 @@ def test_read_only_results_and_cache_dirs(tmp_path):
         ro = tmp_path / "ro"
         ro.mkdir()
         ro.chmod(0o555)
-    elif not ro.is_dir() or os.access(ro, os.W_OK) and _writable(ro):
+    elif not ro.is_dir() or (os.access(ro, os.W_OK) and _writable(ro)):
         pytest.skip("no read-only folder on this machine")
     _assert_clear_error(_run(tmp_path, ["--results-dir", str(ro / "results")]), "not writable")
-    _assert_clear_error(_run(tmp_path, ["--cache-dir", str(ro / "cache")]),
-                        "cache_dir (--cache-dir / $INSTRUCTSEE_CACHE)")
+    _assert_clear_error(
+        _run(tmp_path, ["--cache-dir", str(ro / "cache")]), "cache_dir (--cache-dir / $INSTRUCTSEE_CACHE)"
+    )
 
 
 def _writable(folder: Path) -> bool:
@@ -151,6 +182,7 @@ def _writable(folder: Path) -> bool:
 def test_full_disk_fails_at_start(tmp_path, monkeypatch, option):
     """A full disk refuses the probe's 4 KiB (ENOSPC at write or fsync); simulated here, checked on a
     full 64 KiB tmpfs by hand."""
+
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -162,8 +194,20 @@ def test_full_disk_fails_at_start(tmp_path, monkeypatch, option):
 
 def test_nan_timeout_of_the_llm_client(tmp_path):
     for value in ("NaN", "Infinity", "1e999"):
-        res = runner.invoke(app, ["feedback", "--model", "clip", "--results-dir", str(tmp_path / "r"),
-                                  "--cache-dir", str(tmp_path / "cache"), "--feedback-set", f"llm.timeout_s={value}"])
+        res = runner.invoke(
+            app,
+            [
+                "feedback",
+                "--model",
+                "clip",
+                "--results-dir",
+                str(tmp_path / "r"),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--feedback-set",
+                f"llm.timeout_s={value}",
+            ],
+        )
         _assert_clear_error(res, "llm.timeout_s", tmp_path)
 
 
@@ -177,8 +221,20 @@ def test_bad_flags_of_feedback_ablate_and_vqa(tmp_path):
     _assert_clear_error(res, "train.strategy (--strategy)", tmp_path)
     image = tmp_path / "x.png"
     image.write_bytes(b"not read")
-    res = runner.invoke(app, ["vqa", "--image", str(image), "--question", "q", "--cache-dir", str(tmp_path / "cache"),
-                              "--set", "train.optim.lr=NaN"])
+    res = runner.invoke(
+        app,
+        [
+            "vqa",
+            "--image",
+            str(image),
+            "--question",
+            "q",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--set",
+            "train.optim.lr=NaN",
+        ],
+    )
     _assert_clear_error(res, "train.optim.lr: NaN", tmp_path)
 
 
@@ -194,8 +250,9 @@ def _regress(tmp_path: Path, baseline: dict | bytes | None, new: dict | None = N
         target.write_bytes(baseline)
     else:
         target.write_text(json.dumps(baseline if baseline is not None else good))
-    return runner.invoke(app, ["regress", "--subset", "clip", "--from-results", str(new_dir),
-                               "--baseline-dir", str(base_dir)])
+    return runner.invoke(
+        app, ["regress", "--subset", "clip", "--from-results", str(new_dir), "--baseline-dir", str(base_dir)]
+    )
 
 
 def _with_metric(key: str, value) -> dict:
@@ -208,13 +265,25 @@ REGRESS_PROBES = [
     ("baseline-truncated", lambda: BASELINE.read_bytes()[:500], None, "baseline result file"),
     ("baseline-non-utf8", lambda: b'{"metrics": {"t2i/R@5": 0.5}, "tag": "caf\xe9"}', None, "not UTF-8"),
     ("baseline-deep", lambda: ("[" * 100_000 + "]" * 100_000).encode(), None, "nested deeper than 200"),
-    ("baseline-huge-int", lambda: ('{"metrics": {"t2i/R@5": ' + "1" * 5000 + "}}").encode(), None,
-     "a number too large to read"),
+    (
+        "baseline-huge-int",
+        lambda: ('{"metrics": {"t2i/R@5": ' + "1" * 5000 + "}}").encode(),
+        None,
+        "a number too large to read",
+    ),
     ("baseline-not-a-result", lambda: b"[1]", None, "expected a result file"),
-    ("baseline-string-metric", lambda: _with_metric("t2i/R@5", "0.5"), None,
-     "metric 't2i/R@5' is '0.5' (str); expected a finite number or null"),
-    ("new-string-metric", lambda: None, lambda: _with_metric("t2i/R@5", "0.5"),
-     "metric 't2i/R@5' is '0.5' (str); expected a finite number or null"),
+    (
+        "baseline-string-metric",
+        lambda: _with_metric("t2i/R@5", "0.5"),
+        None,
+        "metric 't2i/R@5' is '0.5' (str); expected a finite number or null",
+    ),
+    (
+        "new-string-metric",
+        lambda: None,
+        lambda: _with_metric("t2i/R@5", "0.5"),
+        "metric 't2i/R@5' is '0.5' (str); expected a finite number or null",
+    ),
     ("new-bool-metric", lambda: None, lambda: _with_metric("t2i/MRR", True), "metric 't2i/MRR' is True"),
 ]
 
@@ -232,13 +301,39 @@ def test_regress_baseline_is_a_directory_or_tolerances_broken(tmp_path):
     target = tmp_path / "baseline" / BASELINE.name
     target.unlink()
     target.mkdir()
-    _assert_clear_error(runner.invoke(app, ["regress", "--subset", "clip", "--from-results", str(tmp_path / "new"),
-                                            "--baseline-dir", str(tmp_path / "baseline")]), "is a directory")
+    _assert_clear_error(
+        runner.invoke(
+            app,
+            [
+                "regress",
+                "--subset",
+                "clip",
+                "--from-results",
+                str(tmp_path / "new"),
+                "--baseline-dir",
+                str(tmp_path / "baseline"),
+            ],
+        ),
+        "is a directory",
+    )
     shutil.rmtree(target)
     _regress(tmp_path, None)
     (tmp_path / "baseline" / "tolerances.json").write_bytes(b'{"rules": [{"pattern": "*", "abs": NaN}]}')
-    _assert_clear_error(runner.invoke(app, ["regress", "--subset", "clip", "--from-results", str(tmp_path / "new"),
-                                            "--baseline-dir", str(tmp_path / "baseline")]), "tolerances file")
+    _assert_clear_error(
+        runner.invoke(
+            app,
+            [
+                "regress",
+                "--subset",
+                "clip",
+                "--from-results",
+                str(tmp_path / "new"),
+                "--baseline-dir",
+                str(tmp_path / "baseline"),
+            ],
+        ),
+        "tolerances file",
+    )
 
 
 # -- a truncated cached checkpoint --------------------------------------------------------------
@@ -256,8 +351,19 @@ def test_truncated_cached_checkpoint_names_the_folder_and_retrain(tmp_path):
     model_cls.create(model_config, cfg.train.optim, ["a red circle", "a blue square"]).save_checkpoint(ckpt)
     weights = next(ckpt.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    res = runner.invoke(app, ["run", "--model", "clip", "--results-dir", str(tmp_path / "r"),
-                              "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--model",
+            "clip",
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 2, res.output
     assert f"cached checkpoint {ckpt} cannot be loaded" in res.output and "--retrain" in res.output
     assert "Traceback" not in res.output

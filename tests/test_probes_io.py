@@ -45,12 +45,15 @@ Outcome = tuple[str, str]
 @pytest.fixture(scope="module")
 def real(tmp_path_factory) -> dict[str, Path]:
     out = {}
-    for name, write in (("coco_k", write_coco_karpathy), ("coco_l", write_coco_lavis), ("medpix", write_medpix),
-                        ("rsicap", write_rsicap)):
+    for name, write in (
+        ("coco_k", write_coco_karpathy),
+        ("coco_l", write_coco_lavis),
+        ("medpix", write_medpix),
+        ("rsicap", write_rsicap),
+    ):
         out[name] = tmp_path_factory.mktemp(name)
         write(out[name])
-    out["synth"] = generate(SyntheticOptions(n_train=4, n_val=2, n_test=3), tmp_path_factory.mktemp("synth"),
-                            workers=1)
+    out["synth"] = generate(SyntheticOptions(n_train=4, n_val=2, n_test=3), tmp_path_factory.mktemp("synth"), workers=1)
     return out
 
 
@@ -74,8 +77,9 @@ def _link_out(image: Path, outside: Path) -> None:
 
 
 def _data_check(dataset: str, root: Path, tmp: Path, *needles: str) -> Outcome:
-    res = runner.invoke(app, ["data", "check", "--dataset", dataset, "--data-root", str(root),
-                              "--cache-dir", str(tmp / "cache")])
+    res = runner.invoke(
+        app, ["data", "check", "--dataset", dataset, "--data-root", str(root), "--cache-dir", str(tmp / "cache")]
+    )
     if res.exception and not isinstance(res.exception, SystemExit):
         return "crash", "".join(traceback.format_exception(res.exception))
     if res.exit_code == 2 and all(n in res.output for n in needles):
@@ -89,6 +93,7 @@ def _karpathy(bad):
         ann = root / "dataset_coco.json"
         _json_edit(ann, lambda d: d["images"][0].update(filename=bad))
         return ann, "images[0]", "'filepath/filename'"
+
     return edit
 
 
@@ -103,6 +108,7 @@ def _lavis(bad):
         ann = root / "annotations" / "coco_karpathy_test.json"
         _json_edit(ann, lambda d: d[0].update(image=bad))
         return ann, "entry [0]", "'image'"
+
     return edit
 
 
@@ -117,13 +123,15 @@ def _rsicap(bad):
         ann = root / "RSICap" / "captions.json"
         _json_edit(ann, lambda d: d["annotations"][0].update(filename=bad))
         return ann, "annotations[0]", "'filename'"
+
     return edit
 
 
 def _rsicap_link(root, tmp):
     ann = root / "RSICap" / "captions.json"
-    _link_out(root / "RSICap" / "images" / json.loads(ann.read_text())["annotations"][0]["filename"],
-              tmp / "outside.png")
+    _link_out(
+        root / "RSICap" / "images" / json.loads(ann.read_text())["annotations"][0]["filename"], tmp / "outside.png"
+    )
     return ann, "annotations[0]", "'filename'"
 
 
@@ -132,6 +140,7 @@ def _rsieval(bad):
         ann = root / "RSIEval" / "annotations.json"
         _json_edit(ann, lambda d: d["annotations"][0].update(filename=bad))
         return ann, "annotations[0]", "'filename'"
+
     return edit
 
 
@@ -140,6 +149,7 @@ def _medpix(bad):
         ann = root / "splitted_dataset" / "descriptions_test.jsonl"
         _jsonl_edit_first(ann, "image", bad)
         return ann, "record 1", "'image'"
+
     return edit
 
 
@@ -238,20 +248,29 @@ def test_probe_credentials_in_the_url_never_shown(servers):
 
 
 def test_probe_cli_llm_spec_with_credentials(tmp_path):
-    res = runner.invoke(app, ["feedback", "--results-dir", str(tmp_path / "r"),
-                              "--llm", "openai:http://u:probe-pw@127.0.0.1:99999/v1"])
+    res = runner.invoke(
+        app, ["feedback", "--results-dir", str(tmp_path / "r"), "--llm", "openai:http://u:probe-pw@127.0.0.1:99999/v1"]
+    )
     assert res.exit_code == 2 and "--llm" in res.output and "probe-pw" not in res.output, res.output
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "0", "-1"])
 def test_probe_cli_llm_timeout(tmp_path, value):
-    res = runner.invoke(app, ["feedback", "--results-dir", str(tmp_path / "r"), "--feedback-set",
-                              f"llm.timeout_s={value}"])
+    res = runner.invoke(
+        app, ["feedback", "--results-dir", str(tmp_path / "r"), "--feedback-set", f"llm.timeout_s={value}"]
+    )
     assert res.exit_code == 2 and "timeout_s" in res.output, res.output
 
 
-@pytest.mark.parametrize("text", ['{"query": ' * 100_000 + '"x"' + "}" * 100_000,
-                                  '{"query": ' + "9" * 5000 + "}", "{" * 300_000, "\x00\xff garbage"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"query": ' * 100_000 + '"x"' + "}" * 100_000,
+        '{"query": ' + "9" * 5000 + "}",
+        "{" * 300_000,
+        "\x00\xff garbage",
+    ],
+)
 def test_probe_llm_reply_parsing(text):
     for parse in (parse_query, parse_questions):
         with pytest.raises(LLMError) as e:
@@ -265,15 +284,28 @@ def _env() -> dict[str, str]:
 
 
 def test_probe_concurrent_save(tmp_path):
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.concurrent_save_script", str(tmp_path / "m"), f"w{k}",
-                               "25"], cwd=REPO, env=_env(), stdout=subprocess.PIPE, text=True) for k in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.concurrent_save_script", str(tmp_path / "m"), f"w{k}", "25"],
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(4)
+    ]
     failures = [int(p.communicate(timeout=300)[0].strip()) for p in procs]
     assert failures == [0, 0, 0, 0]
 
 
 def test_probe_stale_generation_temp(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "tests.kill_generation_script", str(tmp_path)], cwd=REPO,
-                          env=_env(), capture_output=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.kill_generation_script", str(tmp_path)],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        timeout=300,
+    )
     assert proc.returncode == -9  # SIGKILL: no cleanup ran
     from benchmark.atomic import HOST
     from datamodules.synthetic.generation import is_complete
@@ -295,12 +327,37 @@ def test_probe_feedback_run_with_credentials_records_none(tmp_path, servers):
     """``bench feedback`` against a local server whose URL carries credentials: the run works and
     neither the result file, the transcript nor stdout shows them."""
     url = servers[0].replace("//", "//probe-user:probe-pw@") + "/err500/v1?api-key=probe-key"
-    args = ["feedback", "--model", "clip", "--dataset", "synthetic", "--epochs", "1", "--rounds", "1",
-            "--display", "3", "--max-queries", "4", "--llm", f"openai:{url}",
-            "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
-            "--set", 'data.options={"n_train": 96, "n_val": 16, "n_test": 40}', "--set", "data.batch_size=32",
-            "--set", 'model_args={"vision_layers": 1, "text_layers": 1, "vision_width": 32, "text_width": 32, '
-                     '"embed_dim": 16}', "--feedback-set", "llm.retries=0", "--feedback-set", "llm.retry_backoff_s=0"]
+    args = [
+        "feedback",
+        "--model",
+        "clip",
+        "--dataset",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--rounds",
+        "1",
+        "--display",
+        "3",
+        "--max-queries",
+        "4",
+        "--llm",
+        f"openai:{url}",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--set",
+        'data.options={"n_train": 96, "n_val": 16, "n_test": 40}',
+        "--set",
+        "data.batch_size=32",
+        "--set",
+        'model_args={"vision_layers": 1, "text_layers": 1, "vision_width": 32, "text_width": 32, "embed_dim": 16}',
+        "--feedback-set",
+        "llm.retries=0",
+        "--feedback-set",
+        "llm.retry_backoff_s=0",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     written = res.output + "".join(p.read_text() for p in (tmp_path / "results").iterdir())

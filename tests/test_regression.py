@@ -15,16 +15,36 @@ from benchmark.results import SCHEMA_VERSION, atomic_write_json, load_result
 
 runner = CliRunner()
 NAME = "clip__synthetic__regress.json"
-METRICS = {"t2i/R@5": 0.40, "t2i/MRR": 0.25, "t2i/Sim": 0.30, "t2i/mean_rank": 12.0, "t2i/n_queries": 5000,
-           "gflops/total": 0.0123, "qlen/mean": 17.8, "throughput_img_s": 900.0, "memory_mb": 512.0,
-           "qlen/spearman_complexity": None}
+METRICS = {
+    "t2i/R@5": 0.40,
+    "t2i/MRR": 0.25,
+    "t2i/Sim": 0.30,
+    "t2i/mean_rank": 12.0,
+    "t2i/n_queries": 5000,
+    "gflops/total": 0.0123,
+    "qlen/mean": 17.8,
+    "throughput_img_s": 900.0,
+    "memory_mb": 512.0,
+    "qlen/spearman_complexity": None,
+}
 
 
 def _result(metrics: dict, model: str = "clip") -> dict:
-    return {"schema": SCHEMA_VERSION, "model": model, "dataset": "synthetic", "size": "tiny", "tag": "regress",
-            "task": "retrieval", "seed": 0, "config": {"model": model}, "config_hash": "abc", "metrics": metrics,
-            "environment": {"packages": {"torch": "2.13.0"}, "platform": "linux", "device": "cpu"},
-            "provenance": {}, "timings": {}}
+    return {
+        "schema": SCHEMA_VERSION,
+        "model": model,
+        "dataset": "synthetic",
+        "size": "tiny",
+        "tag": "regress",
+        "task": "retrieval",
+        "seed": 0,
+        "config": {"model": model},
+        "config_hash": "abc",
+        "metrics": metrics,
+        "environment": {"packages": {"torch": "2.13.0"}, "platform": "linux", "device": "cpu"},
+        "provenance": {},
+        "timings": {},
+    }
 
 
 def _dirs(tmp_path, new_metrics: dict, old_metrics: dict | None = None):
@@ -114,10 +134,15 @@ def load_tolerances_from(tmp_path, data: dict):
 
 
 def test_first_matching_rule_decides(tmp_path):
-    tol = load_tolerances_from(tmp_path, {"rules": [{"pattern": "t2i/R@*", "abs": 0.5, "better": "higher"},
-                                                     {"pattern": "*", "abs": 0.0}]})
-    rows = {r.key: r.status for r in compare_metrics("x", {"t2i/R@5": 0.5, "i2t/R@5": 0.5, "z": 1.0},
-                                                     {"t2i/R@5": 0.1, "i2t/R@5": 0.6, "z": 1.0}, tol)}
+    tol = load_tolerances_from(
+        tmp_path, {"rules": [{"pattern": "t2i/R@*", "abs": 0.5, "better": "higher"}, {"pattern": "*", "abs": 0.0}]}
+    )
+    rows = {
+        r.key: r.status
+        for r in compare_metrics(
+            "x", {"t2i/R@5": 0.5, "i2t/R@5": 0.5, "z": 1.0}, {"t2i/R@5": 0.1, "i2t/R@5": 0.6, "z": 1.0}, tol
+        )
+    }
     assert rows == {"t2i/R@5": "ok", "i2t/R@5": "REGRESSION", "z": "ok"}
 
 
@@ -125,8 +150,20 @@ def test_tiny_suite_is_deterministic_and_passes_against_itself(tmp_path):
     """Two runs of the same tiny config from fresh caches give identical metrics (seeded, deterministic training)."""
     small = '{"n_train": 64, "n_val": 16, "n_test": 24}'
     model = '{"vision_layers": 1, "text_layers": 1, "vision_width": 32, "text_width": 32, "embed_dim": 16}'
-    opts = ["--subset", "clip", "--set", f"data.options={small}", "--set", "data.batch_size=32", "--set",
-            "train.max_epochs=2", "--set", f"model_args={model}", "--set", "eval.measure=false"]
+    opts = [
+        "--subset",
+        "clip",
+        "--set",
+        f"data.options={small}",
+        "--set",
+        "data.batch_size=32",
+        "--set",
+        "train.max_epochs=2",
+        "--set",
+        f"model_args={model}",
+        "--set",
+        "eval.measure=false",
+    ]
     for name in ("first", "second"):
         res = runner.invoke(app, ["regress", "--update", "--baseline-dir", str(tmp_path / name), *opts])
         assert res.exit_code == 0, res.output

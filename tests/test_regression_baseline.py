@@ -30,8 +30,14 @@ def test_shipped_tolerances_allow_float_drift_on_quality_and_ignore_costs(tmp_pa
     for key in ("throughput_img_s", "throughput_cold_s", "throughput_query_s", "memory_mb", "memory_mb_reserved"):
         assert tol.rule(key).ignore, key
     rng = np.random.default_rng(0)
-    path = write_result(tmp_path, model="ours", ranks=ranks_with_hit_rate(rng, 100, 0.4), sims=rng.random(100),
-                        lengths=rng.integers(8, 33, 100), extra_metrics={"gflops/total": 2.5, "memory_mb": 300.0})
+    path = write_result(
+        tmp_path,
+        model="ours",
+        ranks=ranks_with_hit_rate(rng, 100, 0.4),
+        sims=rng.random(100),
+        lengths=rng.integers(8, 33, 100),
+        extra_metrics={"gflops/total": 2.5, "memory_mb": 300.0},
+    )
     uncovered = [k for k in load_result(path)["metrics"] if tol.rule(k) is EXACT]
     assert uncovered == []  # no metric of a real result file falls back to "must not change"
 
@@ -39,8 +45,9 @@ def test_shipped_tolerances_allow_float_drift_on_quality_and_ignore_costs(tmp_pa
 def test_update_writes_exactly_what_the_comparison_reads(tmp_path):
     (cfg,) = suite_configs(["clip"], [], tmp_path / "runs", tmp_path / "cache")
     rng = np.random.default_rng(1)
-    write_result(tmp_path / "runs", model="clip", tag="regress", ranks=ranks_with_hit_rate(rng, 100, 0.4),
-                 sims=rng.random(100))
+    write_result(
+        tmp_path / "runs", model="clip", tag="regress", ranks=ranks_with_hit_rate(rng, 100, 0.4), sims=rng.random(100)
+    )
     assert (tmp_path / "runs" / cfg.result_path().name).is_file()  # the name the suite's run gets
     base = tmp_path / "baseline"
     common = ["regress", "--subset", "clip", "--baseline-dir", str(base), "--from-results", str(tmp_path / "runs")]
@@ -54,8 +61,10 @@ def test_update_writes_exactly_what_the_comparison_reads(tmp_path):
 def test_committed_clip_baseline_matches_the_suite_and_implies_the_target(tmp_path):
     path = BASELINE / "clip__synthetic__regress.json"
     if not path.is_file():
-        pytest.skip("no CLIP baseline committed yet (the lead writes it on a quiet machine: "
-                    "bench regress --update --subset clip)")
+        pytest.skip(
+            "no CLIP baseline committed yet (the lead writes it on a quiet machine: "
+            "bench regress --update --subset clip)"
+        )
     baseline = load_result(path)
     (cfg,) = suite_configs(["clip"], [], tmp_path, tmp_path)
     assert baseline["config_hash"] == cfg.config_hash(), "the baseline is of another config: regenerate it"

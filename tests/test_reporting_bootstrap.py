@@ -34,8 +34,9 @@ def test_intervals_are_seeded_and_independent_of_chunking(monkeypatch):
     assert first[1].value == pytest.approx(np.nanmean(x[:, 1])) and first[1].n == 300 - len(range(0, 300, 7))
     monkeypatch.setattr(bs, "_MAX_CELLS", 1000)  # many small chunks, same resamples
     chunked = bs.mean_intervals(x, n_boot=500, seed=5)
-    assert [v for i in chunked for v in (i.lo, i.hi)] == pytest.approx([v for i in first for v in (i.lo, i.hi)],
-                                                                       abs=1e-12)
+    assert [v for i in chunked for v in (i.lo, i.hi)] == pytest.approx(
+        [v for i in first for v in (i.lo, i.hi)], abs=1e-12
+    )
 
 
 def test_paired_test_detects_a_real_difference():
@@ -79,7 +80,8 @@ def test_spearman_matches_scipy_in_both_resampling_paths(monkeypatch):
     assert rows.lo == pytest.approx(cells.lo, abs=0.02) and rows.hi == pytest.approx(cells.hi, abs=0.02)
     idx = rng.integers(0, 500, 500)
     assert bs.spearman_rows(level[idx][None], length[idx][None])[0] == pytest.approx(
-        stats.spearmanr(level[idx], length[idx]).statistic)
+        stats.spearmanr(level[idx], length[idx]).statistic
+    )
 
 
 def test_report_options_are_validated():
@@ -95,8 +97,9 @@ def test_per_query_values_reproduce_the_stored_metrics(tmp_path):
     rng = np.random.default_rng(6)
     ranks = ranks_with_hit_rate(rng, 200, 0.4)
     ranks[:10] = 0  # skipped queries
-    r = load_result(write_result(tmp_path, model="ours", ranks=ranks, sims=rng.random(200),
-                                 lengths=rng.integers(8, 48, 200)))
+    r = load_result(
+        write_result(tmp_path, model="ours", ranks=ranks, sims=rng.random(200), lengths=rng.integers(8, 48, 200))
+    )
     q = query_values(r)
     m = r["metrics"]
     assert np.nanmean(q.columns["r5"]) == pytest.approx(m["t2i/R@5"])
@@ -109,12 +112,16 @@ def test_pairing_refuses_runs_on_different_queries(tmp_path):
     rng = np.random.default_rng(7)
     sims = rng.random(100)
     a = load_result(write_result(tmp_path / "a", model="ours", ranks=ranks_with_hit_rate(rng, 100, 0.3), sims=sims))
-    other_data = load_result(write_result(tmp_path / "b", model="blip2", ranks=ranks_with_hit_rate(rng, 100, 0.3),
-                                          sims=sims, annotations="b" * 64))
+    other_data = load_result(
+        write_result(
+            tmp_path / "b", model="blip2", ranks=ranks_with_hit_rate(rng, 100, 0.3), sims=sims, annotations="b" * 64
+        )
+    )
     with pytest.raises(PairingError, match="annotations_sha256 differs"):
         check_same_queries(a, other_data)
-    fewer = load_result(write_result(tmp_path / "c", model="blip2", ranks=ranks_with_hit_rate(rng, 95, 0.3),
-                                     sims=sims[:95]))
+    fewer = load_result(
+        write_result(tmp_path / "c", model="blip2", ranks=ranks_with_hit_rate(rng, 95, 0.3), sims=sims[:95])
+    )
     with pytest.raises(PairingError, match="n_queries differs"):
         check_same_queries(a, fewer)
     same = load_result(write_result(tmp_path / "d", model="blip2", ranks=ranks_with_hit_rate(rng, 100, 0.3), sims=sims))

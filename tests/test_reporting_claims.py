@@ -10,8 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.reporting.claims import (CLAIMS, CONTRADICTED, NOT_TESTED, PAPER, SUITE, SUPPORTED, Origin,
-                                        evaluate_claims)
+from benchmark.reporting.claims import (
+    CLAIMS,
+    CONTRADICTED,
+    NOT_TESTED,
+    PAPER,
+    SUITE,
+    SUPPORTED,
+    Origin,
+    evaluate_claims,
+)
 from benchmark.reporting.claims_markdown import render_claims
 from benchmark.reporting.estimates import Estimator
 from benchmark.reporting.options import ReportOptions
@@ -52,8 +60,13 @@ def test_r5_claim_flips_with_the_data(tmp_path):
 
 def test_claims_without_their_runs_are_not_tested(tmp_path):
     rng = np.random.default_rng(1)
-    write_result(tmp_path, model="ours", ranks=ranks_with_hit_rate(rng, N, 0.3), sims=rng.random(N),
-                 lengths=rng.integers(8, 40, N))
+    write_result(
+        tmp_path,
+        model="ours",
+        ranks=ranks_with_hit_rate(rng, N, 0.3),
+        sims=rng.random(N),
+        lengths=rng.integers(8, 40, N),
+    )
     for name in ("r5_vs_blip2", "qscaler_shortens", "qformer_training", "faster_than_blip2"):
         verdicts = _verdicts(tmp_path, name)
         assert {v.verdict for v in verdicts} == {NOT_TESTED}, name
@@ -76,8 +89,15 @@ def _qscaler(tmp_path, with_lengths: np.ndarray, with_hit_drop: float):
     worse[(rng.random(N) < with_hit_drop) & (ranks <= 5)] = 60
     sims = rng.random(N)
     write_result(tmp_path, model="ours", ranks=worse, sims=sims, lengths=with_lengths)
-    write_result(tmp_path, model="ours", tag="fixed", ranks=ranks, sims=sims, lengths=np.full(N, 32),
-                 model_args={"qscaler": False})
+    write_result(
+        tmp_path,
+        model="ours",
+        tag="fixed",
+        ranks=ranks,
+        sims=sims,
+        lengths=np.full(N, 32),
+        model_args={"qscaler": False},
+    )
 
 
 def test_qscaler_claim_flips_with_the_data(tmp_path):
@@ -95,11 +115,28 @@ def test_qscaler_claim_flips_with_the_data(tmp_path):
 def test_complexity_claim_flips_with_the_data(tmp_path):
     rng = np.random.default_rng(5)
     complexity = np.arange(N) % 5 + 1
-    for name, lengths in (("grows", 8 + 6 * complexity), ("shrinks", 48 - 6 * complexity), ("constant", np.full(N, 32))):
-        write_result(tmp_path / name, model="ours", ranks=ranks_with_hit_rate(rng, N, 0.3), sims=rng.random(N),
-                     lengths=lengths + rng.integers(0, 3, N) * (name != "constant"), complexity=complexity)
-    write_result(tmp_path / "flat", model="ours", ranks=ranks_with_hit_rate(rng, N, 0.3), sims=rng.random(N),
-                 lengths=rng.integers(8, 40, N), complexity=np.zeros(N, dtype=int), dataset="coco")
+    for name, lengths in (
+        ("grows", 8 + 6 * complexity),
+        ("shrinks", 48 - 6 * complexity),
+        ("constant", np.full(N, 32)),
+    ):
+        write_result(
+            tmp_path / name,
+            model="ours",
+            ranks=ranks_with_hit_rate(rng, N, 0.3),
+            sims=rng.random(N),
+            lengths=lengths + rng.integers(0, 3, N) * (name != "constant"),
+            complexity=complexity,
+        )
+    write_result(
+        tmp_path / "flat",
+        model="ours",
+        ranks=ranks_with_hit_rate(rng, N, 0.3),
+        sims=rng.random(N),
+        lengths=rng.integers(8, 40, N),
+        complexity=np.zeros(N, dtype=int),
+        dataset="coco",
+    )
     assert _verdicts(tmp_path / "grows", "qlen_complexity")[0].verdict == SUPPORTED
     assert _verdicts(tmp_path / "shrinks", "qlen_complexity")[0].verdict == CONTRADICTED
     constant = _verdicts(tmp_path / "constant", "qlen_complexity")[0]
@@ -109,14 +146,24 @@ def test_complexity_claim_flips_with_the_data(tmp_path):
 
 
 def test_throughput_claim_needs_both_measurements_on_one_machine(tmp_path):
-    for name, (t_ours, t_blip2), env in (("fast", (60.0, 40.0), None), ("slow", (30.0, 50.0), None),
-                                          ("elsewhere", (60.0, 40.0), ENV | {"cpu_count": 64})):
+    for name, (t_ours, t_blip2), env in (
+        ("fast", (60.0, 40.0), None),
+        ("slow", (30.0, 50.0), None),
+        ("elsewhere", (60.0, 40.0), ENV | {"cpu_count": 64}),
+    ):
         rng = np.random.default_rng(6)
         ranks = ranks_with_hit_rate(rng, N, 0.3)
-        write_result(tmp_path / name, model="blip2", ranks=ranks, sims=rng.random(N),
-                     extra_metrics={"throughput_img_s": t_blip2})
-        write_result(tmp_path / name, model="ours", ranks=ranks, sims=rng.random(N), environment=env,
-                     extra_metrics={"throughput_img_s": t_ours})
+        write_result(
+            tmp_path / name, model="blip2", ranks=ranks, sims=rng.random(N), extra_metrics={"throughput_img_s": t_blip2}
+        )
+        write_result(
+            tmp_path / name,
+            model="ours",
+            ranks=ranks,
+            sims=rng.random(N),
+            environment=env,
+            extra_metrics={"throughput_img_s": t_ours},
+        )
     fast = _verdicts(tmp_path / "fast", "faster_than_blip2")[0]
     paper = load_paper_tables().comparison.rows
     assert fast.verdict == SUPPORTED and f"Paper: ours {paper['ours'].values['thr']:g} vs BLIP2" in fast.evidence
@@ -140,8 +187,9 @@ def test_throughput_claim_reads_a_side_by_side_speed_run_first(tmp_path):
     write_speed_result(tmp_path, rounds=[(41.0, 40.0), (39.0, 40.0)], tag="close")  # a default-tag run wins
     assert _verdicts(tmp_path, "faster_than_blip2")[0].evidence == v.evidence
     # the other claims never read the speed file: the report passes every result file to all claims
-    claims = dict((c.name, vs) for c, vs in evaluate_claims(load_result_files(tmp_path), Estimator(OPTIONS),
-                                                            load_paper_tables()))
+    claims = dict(
+        (c.name, vs) for c, vs in evaluate_claims(load_result_files(tmp_path), Estimator(OPTIONS), load_paper_tables())
+    )
     assert claims["faster_than_blip2"][0].evidence == v.evidence
     assert claims["r5_vs_blip2"][0].verdict != NOT_TESTED and "speed" not in claims["r5_vs_blip2"][0].evidence
 
@@ -154,8 +202,9 @@ def test_qformer_claim_flips_with_the_data(tmp_path):
         frozen[(rng.random(N) < frozen_drop) & (ranks <= 5)] = 70
         sims = rng.random(N)
         write_result(tmp_path / name, model="ours", ranks=ranks, sims=sims)
-        write_result(tmp_path / name, model="ours", tag="frozen", ranks=frozen, sims=sims,
-                     model_args={"freeze_qformer": True})
+        write_result(
+            tmp_path / name, model="ours", tag="frozen", ranks=frozen, sims=sims, model_args={"freeze_qformer": True}
+        )
     assert _verdicts(tmp_path / "helps", "qformer_training")[0].verdict == SUPPORTED
     assert _verdicts(tmp_path / "same", "qformer_training")[0].verdict == CONTRADICTED
 
@@ -167,8 +216,11 @@ ROW_MEASURES = ("sim", "r5", "mrr", "qlen", "gflops", "thr")  # the paper's abla
 
 
 def test_each_claim_says_whose_it_is():
-    assert {n for n, c in CLAIMS.items() if c.origin.kind == PAPER} == {"qscaler_shortens", "qlen_complexity",
-                                                                       "qformer_training"}
+    assert {n for n, c in CLAIMS.items() if c.origin.kind == PAPER} == {
+        "qscaler_shortens",
+        "qlen_complexity",
+        "qformer_training",
+    }
     # the paper reports ours slower than BLIP2 and gives no R@5 for BLIP2: those two are the suite's
     assert CLAIMS["faster_than_blip2"].origin.kind == SUITE and CLAIMS["r5_vs_blip2"].origin.kind == SUITE
     with pytest.raises(ValueError, match="needs its quote"):
@@ -180,8 +232,12 @@ def test_each_claim_says_whose_it_is():
 def test_quoted_table_rows_are_the_paper_tables_figures():
     """The quotes of the ablation rows carry the same figures as benchmark/reference/paper_tables.json."""
     paper = load_paper_tables()
-    arms = {"With QScaler": ("qscaler", "true"), "Without QScaler": ("qscaler", "false"),
-            "Trainable Q-Former": ("qformer", "false"), "Frozen Q-Former": ("qformer", "true")}
+    arms = {
+        "With QScaler": ("qscaler", "true"),
+        "Without QScaler": ("qscaler", "false"),
+        "Trainable Q-Former": ("qformer", "false"),
+        "Frozen Q-Former": ("qformer", "true"),
+    }
     seen = set()
     for claim in CLAIMS.values():
         for quote in claim.origin.quotes:
@@ -200,16 +256,18 @@ def test_every_quote_is_verbatim_from_the_paper():
     assert quotes and all(q in text for q in quotes)
     citation = load_paper_tables().paper
     assert "Gu, G.; Xue, Y.; Wu, Z.; Song, L.; Liang, C. InstructSee" in text and citation.startswith(
-        "Gu, G.; Xue, Y.; Wu, Z.; Song, L.; Liang, C. InstructSee")
+        "Gu, G.; Xue, Y.; Wu, Z.; Song, L.; Liang, C. InstructSee"
+    )
 
 
 def test_claims_report_labels_the_suites_claims_and_cites_the_paper(tmp_path):
     write_speed_result(tmp_path, rounds=[(80.0, 100.0), (82.0, 100.0), (79.0, 100.0)])
     paper = load_paper_tables()
     text = render_claims(evaluate_claims(load_result_files(tmp_path), Estimator(OPTIONS), paper), OPTIONS, paper.paper)
-    assert "| Ours encodes more images per second than BLIP2 (fewer queries should cost less). | the suite's own |" \
-        in text
-    section = text[text.index("## Ours encodes more images"):]
+    assert (
+        "| Ours encodes more images per second than BLIP2 (fewer queries should cost less). | the suite's own |" in text
+    )
+    section = text[text.index("## Ours encodes more images") :]
     assert section.split("\n\n")[1].startswith("The suite's own claim, not the paper's.")
     assert "reports ours slower than BLIP2" in section and "Paper: ours 29.41 vs BLIP2 52.63 img/s" in section
     assert "The paper's claim (Section 5.3.1" in text and "“Instruction-aware dynamic query generation" in text

@@ -22,8 +22,13 @@ REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
 OPTIONS = ReportOptions(n_boot=200, seed=0)
 N = 60
 BLIP2 = {"gflops/vision": 0.02, "gflops/qformer": 0.024, "gflops/text": 0.007, "gflops/rerank": 0.031}
-OURS = {"gflops/vision": 0.02, "gflops/qformer": 0.006, "gflops/qformer_index": 0.035, "gflops/text": 0.011,
-        "gflops/rerank": 0.013}
+OURS = {
+    "gflops/vision": 0.02,
+    "gflops/qformer": 0.006,
+    "gflops/qformer_index": 0.035,
+    "gflops/text": 0.011,
+    "gflops/rerank": 0.013,
+}
 
 
 def _with_total(parts: dict[str, float]) -> dict[str, float]:
@@ -53,8 +58,9 @@ def test_a_run_without_components_keeps_its_recorded_total_and_no_split():
 
 
 def _cells(md: str, model: str) -> dict[str, str]:
-    rows = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in md.splitlines()
-            if line.startswith("| ")]
+    rows = [
+        [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in md.splitlines() if line.startswith("| ")
+    ]
     head = rows[0]
     row = next(r for r in rows[1:] if r[0] == model)
     return dict(zip(head, row, strict=True))
@@ -63,8 +69,14 @@ def _cells(md: str, model: str) -> dict[str, str]:
 def test_comparison_table_shows_both_sides_and_counts_the_gallery_pass_at_l_max(tmp_path):
     rng = np.random.default_rng(0)
     for model, parts, config in (("blip2", BLIP2, None), ("ours", OURS, {"l_max": 48})):
-        write_result(tmp_path, model=model, ranks=ranks_with_hit_rate(rng, N, 0.3), sims=rng.random(N),
-                     extra_metrics=_with_total(parts), model_config=config)
+        write_result(
+            tmp_path,
+            model=model,
+            ranks=ranks_with_hit_rate(rng, N, 0.3),
+            sims=rng.random(N),
+            extra_metrics=_with_total(parts),
+            model_config=config,
+        )
     tables = comparison_tables(load_result_files(tmp_path), load_paper_tables(), Estimator(OPTIONS))
     table = next(t for t in tables if t.title == "Model comparison on synthetic")
     md = render_markdown(table)
@@ -82,8 +94,13 @@ def test_comparison_table_shows_both_sides_and_counts_the_gallery_pass_at_l_max(
 
 def test_no_cost_note_without_a_gallery_index(tmp_path):
     rng = np.random.default_rng(1)
-    write_result(tmp_path, model="blip2", ranks=ranks_with_hit_rate(rng, N, 0.3), sims=rng.random(N),
-                 extra_metrics=_with_total(BLIP2))
+    write_result(
+        tmp_path,
+        model="blip2",
+        ranks=ranks_with_hit_rate(rng, N, 0.3),
+        sims=rng.random(N),
+        extra_metrics=_with_total(BLIP2),
+    )
     tables = comparison_tables(load_result_files(tmp_path), load_paper_tables(), Estimator(OPTIONS))
     md = render_markdown(next(t for t in tables if t.title == "Model comparison on synthetic"))
     assert "L\\_max" not in md and _cells(md, "blip2")["GFLOPs gallery ↓"] == format(0.044, ".4g")

@@ -56,8 +56,9 @@ def test_stats_reuse_the_suite_bootstrap_and_pair_the_same_queries():
     assert (got.value, got.lo, got.hi) == pytest.approx((expected.value, expected.lo, expected.hi))
     assert [d.arm for d in stats.differences] == ["refresh", "llm"]  # controls are not compared
     refresh, llm = stats.differences
-    direct = paired_difference(metrics.bri_by_query(better)[2], metrics.bri_by_query(base)[2],
-                               OPTIONS.n_boot, OPTIONS.seed, OPTIONS.level)
+    direct = paired_difference(
+        metrics.bri_by_query(better)[2], metrics.bri_by_query(base)[2], OPTIONS.n_boot, OPTIONS.seed, OPTIONS.level
+    )
     assert refresh.bri[2].diff == pytest.approx(direct.diff) and refresh.bri[2].hi == pytest.approx(direct.hi)
     assert refresh.hits[2].diff > 0 and refresh.hits[2].lo > 0 and refresh.bri[2].hi < 0
     assert llm.hits[2].diff == 0 and (llm.hits[2].lo, llm.hits[2].hi) == (0, 0)  # identical arms
@@ -73,7 +74,10 @@ def test_bench_feedback_console_lines_carry_the_intervals(feedback_file):
     text = "\n".join(lines)
     assert "question writer: rules" in text and "B = 1000, seed 0" in text
     llm = next(line for line in lines if line.startswith("  round 3 llm "))
-    assert f"Hits@5 {r['per_round']['llm']['Hits@5'][3]:.3f} [" in llm and f"BRI {r['per_round']['llm']['BRI'][3]:.3f} [" in llm
+    assert (
+        f"Hits@5 {r['per_round']['llm']['Hits@5'][3]:.3f} [" in llm
+        and f"BRI {r['per_round']['llm']['BRI'][3]:.3f} [" in llm
+    )
     assert any(line.startswith("  round 3 refresh - exclude: ΔHits@5 = ") for line in lines)
 
 
@@ -112,8 +116,9 @@ def test_report_shows_both_user_models(tmp_path):
     title name the run's user; a file from before the user models reads as binary."""
     results = tmp_path / "results"
     graded = write_feedback_result(results, tag="graded", n_scenes=20, arms=("none", "exclude", "refresh"))
-    binary = write_feedback_result(results, tag="binary", n_scenes=20, arms=("none", "exclude", "refresh"),
-                                   user="binary")
+    binary = write_feedback_result(
+        results, tag="binary", n_scenes=20, arms=("none", "exclude", "refresh"), user="binary"
+    )
     runs = {p.stem: feedback_run(load_result(p)) for p in (graded, binary)}
     assert runs[graded.stem].user_model == "graded" and runs[binary.stem].user_model == "binary"
     old = json.loads(binary.read_text())
@@ -122,8 +127,10 @@ def test_report_shows_both_user_models(tmp_path):
     out = tmp_path / "reports"
     write_reports(results, out, OPTIONS)
     md = (out / "feedback.md").read_text()
-    assert ("simulated user: graded (constraint\\_share: PS if closeness &gt;= 0.6, NS if &lt; 0.4, unsure between; "
-            "noise 0.1, seed 0)") in md  # Markdown-escaped
+    assert (
+        "simulated user: graded (constraint\\_share: PS if closeness &gt;= 0.6, NS if &lt; 0.4, unsure between; "
+        "noise 0.1, seed 0)"
+    ) in md  # Markdown-escaped
     assert "simulated user: binary (PS = relevant, NS = the others)" in md
     from benchmark.reporting.feedback_figures import convergence
 
@@ -139,15 +146,18 @@ def test_report_without_feedback_files_still_builds(tmp_path):
     assert (tmp_path / "reports" / "feedback.tex").exists()
 
 
-@pytest.mark.parametrize("mutate, field", [
-    (lambda r: r["per_query"]["refresh"].pop(), "per_query.refresh"),
-    (lambda r: r["per_query"]["exclude"][1].__setitem__(0, -2), "per_query.exclude"),
-    (lambda r: r["per_query"].pop("llm"), "per_query.llm"),
-    (lambda r: r["protocol"].__setitem__("rounds", "3"), "protocol.rounds"),
-    (lambda r: r["protocol"].__setitem__("rank_base", 0), "protocol.rank_base"),
-    (lambda r: r["protocol"].pop("display"), "protocol.display"),
-    (lambda r: r["protocol"].__setitem__("llm", {"label": 3}), "protocol.llm"),
-])
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda r: r["per_query"]["refresh"].pop(), "per_query.refresh"),
+        (lambda r: r["per_query"]["exclude"][1].__setitem__(0, -2), "per_query.exclude"),
+        (lambda r: r["per_query"].pop("llm"), "per_query.llm"),
+        (lambda r: r["protocol"].__setitem__("rounds", "3"), "protocol.rounds"),
+        (lambda r: r["protocol"].__setitem__("rank_base", 0), "protocol.rank_base"),
+        (lambda r: r["protocol"].pop("display"), "protocol.display"),
+        (lambda r: r["protocol"].__setitem__("llm", {"label": 3}), "protocol.llm"),
+    ],
+)
 def test_a_malformed_feedback_file_is_refused_naming_file_and_field(feedback_file, mutate, field):
     data = json.loads(feedback_file.read_text()) | {"_path": "dir/x.json"}
     feedback_run(data)  # the file as written is valid
@@ -174,6 +184,7 @@ def test_bench_report_exits_2_on_a_malformed_feedback_file_and_keeps_the_old_rep
 
 
 # -- LLM fallbacks per arm ------------------------------------------------------------------------
+
 
 def test_the_report_states_the_llm_arms_fallbacks(tmp_path, feedback_file):
     r = load_result(feedback_file)
@@ -208,8 +219,15 @@ def test_an_llm_arm_whose_rounds_all_fell_back_is_labelled_so(tmp_path):
     assert "all rounds fell back to refresh" in (tmp_path / "reports" / "feedback.tex").read_text()
 
 
-@pytest.mark.parametrize("bad", [{"llm_rounds": -1, "by_reason": {}}, {"llm_rounds": 3, "by_reason": {"x": 4}},
-                                 {"llm_rounds": 3, "by_reason": []}, "many"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"llm_rounds": -1, "by_reason": {}},
+        {"llm_rounds": 3, "by_reason": {"x": 4}},
+        {"llm_rounds": 3, "by_reason": []},
+        "many",
+    ],
+)
 def test_a_malformed_fallbacks_record_is_refused(feedback_file, bad):
     data = json.loads(feedback_file.read_text()) | {"_path": "dir/x.json", "fallbacks": bad}
     with pytest.raises(ResultFileError, match=r"dir/x\.json: field fallbacks"):

@@ -31,12 +31,26 @@ def _full_set(results_dir):
     cost = {"clip": (1.0, 300.0), "blip2": (3.0, 50.0), "ours": (2.5, 60.0)}
     for model, (gflops, thr) in cost.items():
         lengths = 8 + 4 * complexity + rng.integers(0, 3, N) if model == "ours" else None
-        write_result(results_dir, model=model, ranks=np.maximum(1, ranks - rng.integers(0, 3, N)), sims=rng.random(N),
-                     lengths=lengths, complexity=complexity,
-                     extra_metrics={"gflops/total": gflops, "throughput_img_s": thr, "memory_mb": 100 * gflops})
-    write_result(results_dir, model="ours", tag="no-qs", ranks=ranks, sims=rng.random(N), lengths=np.full(N, 32),
-                 complexity=complexity, model_args={"qscaler": False},
-                 extra_metrics={"gflops/total": 2.9, "throughput_img_s": 55.0})
+        write_result(
+            results_dir,
+            model=model,
+            ranks=np.maximum(1, ranks - rng.integers(0, 3, N)),
+            sims=rng.random(N),
+            lengths=lengths,
+            complexity=complexity,
+            extra_metrics={"gflops/total": gflops, "throughput_img_s": thr, "memory_mb": 100 * gflops},
+        )
+    write_result(
+        results_dir,
+        model="ours",
+        tag="no-qs",
+        ranks=ranks,
+        sims=rng.random(N),
+        lengths=np.full(N, 32),
+        complexity=complexity,
+        model_args={"qscaler": False},
+        extra_metrics={"gflops/total": 2.9, "throughput_img_s": 55.0},
+    )
 
 
 def _report(results_dir, out_dir, *extra: str):
@@ -100,17 +114,39 @@ def test_pareto_front_keeps_the_undominated_points():
 
 
 def test_report_from_a_real_run(tmp_path):
-    res = runner.invoke(app, ["run", "--model", "clip", "--dataset", "synthetic", "--epochs", "0", "--no-progress",
-                              "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
-                              "--set", f"data.options={SMALL}", "--set", "data.batch_size=32", "--set", SMALL_MODEL[0],
-                              *NO_MEASURE])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--model",
+            "clip",
+            "--dataset",
+            "synthetic",
+            "--epochs",
+            "0",
+            "--no-progress",
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--set",
+            f"data.options={SMALL}",
+            "--set",
+            "data.batch_size=32",
+            "--set",
+            SMALL_MODEL[0],
+            *NO_MEASURE,
+        ],
+    )
     assert res.exit_code == 0, res.output
     res = _report(tmp_path / "results", tmp_path / "rep", "--bootstrap", "200")
     assert res.exit_code == 0, res.output
     r5 = load_result(tmp_path / "results" / "clip__synthetic__default.json")["metrics"]["t2i/R@5"]
     text = (tmp_path / "rep" / "comparison.md").read_text()
-    section = text[text.index("### Model comparison on synthetic"):]
+    section = text[text.index("### Model comparison on synthetic") :]
     row = next(line for line in section.splitlines() if line.startswith("| clip | tiny | default | "))
     cell = row.split(" | ")[4]  # Model, Size, Tag, Sim, R@5
-    value, lo, hi = (float(x) for x in cell.replace("**", "").replace("[", "").replace("]", "").replace(",", "").split())
+    value, lo, hi = (
+        float(x) for x in cell.replace("**", "").replace("[", "").replace("]", "").replace(",", "").split()
+    )
     assert value == round(r5, 4) and lo <= value <= hi

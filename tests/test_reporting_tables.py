@@ -31,8 +31,15 @@ def _runs(tmp_path, hit: dict[str, float], gflops: dict[str, float], tags: dict[
     rng = np.random.default_rng(0)
     for model, h in hit.items():
         lengths = rng.integers(8, 40, N) if model == "ours" else None
-        write_result(tmp_path, model=model, tag=(tags or {}).get(model, "default"), ranks=ranks_with_hit_rate(rng, N, h),
-                     sims=rng.random(N), lengths=lengths, extra_metrics={"gflops/total": gflops[model]})
+        write_result(
+            tmp_path,
+            model=model,
+            tag=(tags or {}).get(model, "default"),
+            ranks=ranks_with_hit_rate(rng, N, h),
+            sims=rng.random(N),
+            lengths=lengths,
+            extra_metrics={"gflops/total": gflops[model]},
+        )
     return load_result_files(tmp_path)
 
 
@@ -92,9 +99,11 @@ def test_hostile_tags_are_escaped_in_markdown_and_latex(tmp_path):
     assert len({len(r) for r in rows}) == 1  # the pipe did not add a column
     assert "evil\\|tag\\_&lt;b&gt;&amp;$%#{x}\\~^\\\\\\[1\\]" in md and HOSTILE not in md
     tex = render_latex(table)
-    assert (r"evil\textbar{}tag\_\textless{}b\textgreater{}\&\$\%\#\{x\}\textasciitilde{}\textasciicircum{}"
-            r"\textbackslash{}{[}1{]}") in tex
-    body = tex[tex.index(r"\midrule"):tex.index(r"\bottomrule")]
+    assert (
+        r"evil\textbar{}tag\_\textless{}b\textgreater{}\&\$\%\#\{x\}\textasciitilde{}\textasciicircum{}"
+        r"\textbackslash{}{[}1{]}"
+    ) in tex
+    body = tex[tex.index(r"\midrule") : tex.index(r"\bottomrule")]
     amps = [len(re.findall(r"(?<!\\)&", line)) for line in body.splitlines()[1:]]
     assert len(set(amps)) == 1 and amps[0] == len(table.label_headers) + len(table.columns) - 1
     for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\multicolumn{2}{c}{paper (RTX 4090, real data)}"):
@@ -109,11 +118,18 @@ def test_ablation_arms_come_from_the_config_not_the_file_name(tmp_path):
     write_result(tmp_path, tag="no-qscaler", ranks=ranks_with_hit_rate(rng, N, 0.4), **common)
     results = load_result_files(tmp_path)
     assert not any(g.complete for g in arm_groups(results, report_ablations()["qscaler"]))
-    write_result(tmp_path, tag="plain-name", ranks=ranks_with_hit_rate(rng, N, 0.4),
-                 model_args={"qscaler": False}, **common)
+    write_result(
+        tmp_path, tag="plain-name", ranks=ranks_with_hit_rate(rng, N, 0.4), model_args={"qscaler": False}, **common
+    )
     # the resolved model_config wins over the overrides
-    write_result(tmp_path, tag="resolved", ranks=ranks_with_hit_rate(rng, N, 0.4), model_args={"qscaler": True},
-                 model_config={"qscaler": True, "freeze_qformer": True}, **common)
+    write_result(
+        tmp_path,
+        tag="resolved",
+        ranks=ranks_with_hit_rate(rng, N, 0.4),
+        model_args={"qscaler": True},
+        model_config={"qscaler": True, "freeze_qformer": True},
+        **common,
+    )
     results = load_result_files(tmp_path)
     (group,) = [g for g in arm_groups(results, report_ablations()["qscaler"]) if g.complete]
     assert group.runs["false"]["tag"] == "plain-name" and group.runs["true"]["tag"] == "default"
@@ -152,15 +168,21 @@ def test_report_ablations_are_derived_from_the_ablation_folders():
 
 def _folder(root: Path, name: str, arms: dict[str, dict], **meta) -> None:
     (root / name).mkdir(parents=True)
-    (root / name / "_ablation.json").write_text(json.dumps({"model": "ours", "description": "d", "arms": list(arms)}
-                                                           | meta))
+    (root / name / "_ablation.json").write_text(
+        json.dumps({"model": "ours", "description": "d", "arms": list(arms)} | meta)
+    )
     for arm, overrides in arms.items():
         (root / name / f"{arm}.json").write_text(json.dumps(overrides))
 
 
 def test_a_new_ablation_folder_reaches_the_report_and_unusable_ones_are_noted(tmp_path):
-    _folder(tmp_path, "lmax", {"short": {"model_args": {"l_max": 16}}, "long": {"model_args": {"l_max": 48}}},
-            default="long", labels={"short": "L_max = 16"})
+    _folder(
+        tmp_path,
+        "lmax",
+        {"short": {"model_args": {"l_max": 16}}, "long": {"model_args": {"l_max": 48}}},
+        default="long",
+        labels={"short": "L_max = 16"},
+    )
     _folder(tmp_path, "mixed", {"a": {"model_args": {"l_max": 16}}, "b": {"train": {"max_epochs": 1}}})
     _folder(tmp_path, "typo", {"a": {"model_args": {"l_max": 16}}}, default="b")
     (lmax,) = report_ablations(tmp_path).values()

@@ -18,7 +18,14 @@ from benchmark.regression.suite import suite_configs
 from benchmark.reproduce.execute import execute_plan, failed, summary
 from benchmark.reproduce.plan import SPEED_PAIRS, Plan, build_plan, dependency_order
 from benchmark.reproduce.steps import (
-    BrokenStep, ReportStep, RunSettings, RunStep, SharedStep, SkippedStep, Step, StepOutcome,
+    BrokenStep,
+    ReportStep,
+    RunSettings,
+    RunStep,
+    SharedStep,
+    SkippedStep,
+    Step,
+    StepOutcome,
 )
 from lightning_modules.clip import ClipRetrieval
 from tests.reporting_fixtures import ranks_with_hit_rate, write_result
@@ -37,8 +44,13 @@ class NeedsFullOnly(ClipRetrieval):
 
 
 def _plan(tmp_path, *overrides: dict, **kw) -> Plan:
-    return build_plan(list(overrides), results_dir=tmp_path / "results", out_dir=tmp_path / "reports",
-                      cache_dir=tmp_path / "cache", **kw)
+    return build_plan(
+        list(overrides),
+        results_dir=tmp_path / "results",
+        out_dir=tmp_path / "reports",
+        cache_dir=tmp_path / "cache",
+        **kw,
+    )
 
 
 def _by_title(plan: Plan) -> dict[str, Step]:
@@ -59,8 +71,10 @@ def test_plan_covers_every_registered_model_and_every_ablation_arm(tmp_path):
     for name in MODELS.names():  # the run `bench run --model NAME` makes, after its dependencies
         step = steps[name]
         assert isinstance(step, RunStep) and step.config.tag == "default"
-        plain = build_run_config(model_defaults(name), {"model": name, "dataset": "synthetic", "size": "tiny",
-                                                        "tag": "default", "seed": 0, "results_dir": "x"})
+        plain = build_run_config(
+            model_defaults(name),
+            {"model": name, "dataset": "synthetic", "size": "tiny", "tag": "default", "seed": 0, "results_dir": "x"},
+        )
         assert step.config.config_hash() == plain.config_hash()
         for dep in (getattr(MODELS.get(name), "checkpoint_dependencies", None) or {}).values():
             assert order.index(dep) < order.index(name)
@@ -87,15 +101,18 @@ def test_a_new_model_or_ablation_joins_the_plan_and_unrunnable_ones_are_skipped(
     root = tmp_path / "ablations"
     for name, model in (("width", "clip"), ("onfull", "fullonly")):
         (root / name).mkdir(parents=True)
-        (root / name / "_ablation.json").write_text(json.dumps({"model": model, "description": "d",
-                                                                "arms": ["wide", "narrow"]}))
+        (root / name / "_ablation.json").write_text(
+            json.dumps({"model": model, "description": "d", "arms": ["wide", "narrow"]})
+        )
         (root / name / "wide.json").write_text('{"model_args": {"embed_dim": 128}}')
         (root / name / "narrow.json").write_text('{"model_args": {"embed_dim": 64}}')
     plan = _plan(tmp_path, models=models, ablations_root=root)
     steps = _by_title(plan)
     assert [s.title for s in plan.steps][:5] == ["broken", "clip", "clip2", "fullonly", "needsfull"]
-    assert isinstance(steps["broken"], BrokenStep) and "cannot import tests.test_reproduce:NoSuchClass" in \
-        steps["broken"].error
+    assert (
+        isinstance(steps["broken"], BrokenStep)
+        and "cannot import tests.test_reproduce:NoSuchClass" in steps["broken"].error
+    )
     assert isinstance(steps["clip2"], RunStep) and steps["clip2"].config.model == "clip2"
     assert "no tiny variant" in steps["fullonly"].reason
     assert steps["needsfull"].reason.startswith("needsfull starts from fullonly, which is not run (fullonly has no")
@@ -115,15 +132,19 @@ def test_only_selects_steps_and_the_default_arm_runs_when_the_model_is_not_selec
         _plan(tmp_path, only=["nosuch"])
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--only", "qscalr"], "--only: unknown step(s) qscalr"),
-    (["--set", "tag=mine"], "tag is set by bench reproduce itself"),
-    (["--set", "task=i2i"], "task is set by bench reproduce itself"),
-    (["--set", "model_args.no_such_option=1"], "model_args.no_such_option"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--only", "qscalr"], "--only: unknown step(s) qscalr"),
+        (["--set", "tag=mine"], "tag is set by bench reproduce itself"),
+        (["--set", "task=i2i"], "task is set by bench reproduce itself"),
+        (["--set", "model_args.no_such_option=1"], "model_args.no_such_option"),
+    ],
+)
 def test_bad_options_exit_2_before_anything_runs(tmp_path, args, message):
-    res = runner.invoke(app, ["reproduce", "--results-dir", str(tmp_path / "results"),
-                              "--out-dir", str(tmp_path / "reports"), *args])
+    res = runner.invoke(
+        app, ["reproduce", "--results-dir", str(tmp_path / "results"), "--out-dir", str(tmp_path / "reports"), *args]
+    )
     assert res.exit_code == 2 and message in res.output, res.output
     assert not (tmp_path / "results").exists() and not (tmp_path / "reports").exists()
 
@@ -134,11 +155,21 @@ class Explodes(Step):
 
 
 def test_a_failing_step_is_reported_and_the_others_continue(tmp_path):
-    write_result(tmp_path / "results", model="clip", ranks=ranks_with_hit_rate(np.random.default_rng(0), 50, 0.5),
-                 sims=np.full(50, 0.5))
-    plan = Plan((Explodes("ours", ("ours",)), SharedStep("ours (ablation a: x)", ("a",), same_as=0, same_title="ours"),
-                 BrokenStep("blip2", ("blip2",), "shipped config broken"), SkippedStep("x", ("x",), "no tiny variant"),
-                 ReportStep("report", ("report",), tmp_path / "results", tmp_path / "reports")))
+    write_result(
+        tmp_path / "results",
+        model="clip",
+        ranks=ranks_with_hit_rate(np.random.default_rng(0), 50, 0.5),
+        sims=np.full(50, 0.5),
+    )
+    plan = Plan(
+        (
+            Explodes("ours", ("ours",)),
+            SharedStep("ours (ablation a: x)", ("a",), same_as=0, same_title="ours"),
+            BrokenStep("blip2", ("blip2",), "shipped config broken"),
+            SkippedStep("x", ("x",), "no tiny variant"),
+            ReportStep("report", ("report",), tmp_path / "results", tmp_path / "reports"),
+        )
+    )
     lines: list[str] = []
     records = execute_plan(plan, RunSettings(), echo=lambda m="", err=False: lines.append(m))
     assert [r.status for r in records] == ["failed", "failed", "failed", "skipped", "ok"]
@@ -154,11 +185,27 @@ def test_a_failing_step_is_reported_and_the_others_continue(tmp_path):
 
 def test_a_failing_run_keeps_existing_results_and_exits_1(tmp_path):
     rng = np.random.default_rng(0)
-    path = write_result(tmp_path / "results", model="clip", ranks=ranks_with_hit_rate(rng, 50, 0.5), sims=np.full(50, 0.5))
+    path = write_result(
+        tmp_path / "results", model="clip", ranks=ranks_with_hit_rate(rng, 50, 0.5), sims=np.full(50, 0.5)
+    )
     before = path.read_bytes()
-    res = runner.invoke(app, ["reproduce", "--only", "clip,report", "--no-skip-existing", "--bootstrap", "200",
-                              "--results-dir", str(tmp_path / "results"), "--out-dir", str(tmp_path / "reports"),
-                              "--set", 'data.options={"n_train": 0}'])
+    res = runner.invoke(
+        app,
+        [
+            "reproduce",
+            "--only",
+            "clip,report",
+            "--no-skip-existing",
+            "--bootstrap",
+            "200",
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--out-dir",
+            str(tmp_path / "reports"),
+            "--set",
+            'data.options={"n_train": 0}',
+        ],
+    )
     assert res.exit_code == 1, res.output
     assert "[1/2] clip: failed" in res.output and "n_train must be >= 1" in res.output
     assert "[2/2] report: ok" in res.output and "2 steps in" in res.output
@@ -168,10 +215,25 @@ def test_a_failing_run_keeps_existing_results_and_exits_1(tmp_path):
 @pytest.mark.slow
 def test_reproduce_end_to_end_on_a_small_synthscenes(tmp_path):
     """Every model, every arm and the report, on 64 training images, 1 epoch, no cost measurement."""
-    args = ["reproduce", "--results-dir", str(tmp_path / "results"), "--out-dir", str(tmp_path / "reports"),
-            "--cache-dir", str(tmp_path / "cache"), "--bootstrap", "200",
-            "--set", 'data.options={"n_train": 64, "n_val": 16, "n_test": 24}', "--set", "data.batch_size=32",
-            "--set", "train.max_epochs=1", "--set", "eval.measure=false"]
+    args = [
+        "reproduce",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--out-dir",
+        str(tmp_path / "reports"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--bootstrap",
+        "200",
+        "--set",
+        'data.options={"n_train": 64, "n_val": 16, "n_test": 24}',
+        "--set",
+        "data.batch_size=32",
+        "--set",
+        "train.max_epochs=1",
+        "--set",
+        "eval.measure=false",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     plan = _plan(tmp_path)

@@ -30,8 +30,15 @@ def data_root(tmp_path_factory):
 
 
 def _plan(root, tmp_path, *overrides, **kw):
-    return build_full_plan(root, list(overrides), results_dir=tmp_path / "results", out_dir=tmp_path / "reports",
-                           cache_dir=tmp_path / "cache", costs=load_costs(DEFAULT_GPU_COSTS), **kw)
+    return build_full_plan(
+        root,
+        list(overrides),
+        results_dir=tmp_path / "results",
+        out_dir=tmp_path / "reports",
+        cache_dir=tmp_path / "cache",
+        costs=load_costs(DEFAULT_GPU_COSTS),
+        **kw,
+    )
 
 
 def test_full_plan_lists_every_model_on_every_dataset_found(data_root, tmp_path):
@@ -45,8 +52,11 @@ def test_full_plan_lists_every_model_on_every_dataset_found(data_root, tmp_path)
         assert cfg.size == "full" and cfg.data.root == str(root / d.dataset)
         family = "clip" if d.model == "clip" else "blip2"
         assert cfg.model_args["pretrained"] == DEFAULT_CHECKPOINTS[family]
-        want = (coco["train"][0], coco["test"][0], coco["test"][1]) if d.dataset == "coco" else \
-            (medpix["train"][0], medpix["test"][0], medpix["test"][1])
+        want = (
+            (coco["train"][0], coco["test"][0], coco["test"][1])
+            if d.dataset == "coco"
+            else (medpix["train"][0], medpix["test"][0], medpix["test"][1])
+        )
         assert (d.sizes.train_images, d.sizes.test_images, d.sizes.test_queries) == want
         assert d.epochs == cfg.train.max_epochs > 0
         assert d.estimate is not None and d.estimate.train_h > 0 and d.estimate.eval_h > 0
@@ -100,8 +110,21 @@ def test_bad_plan_options(data_root, tmp_path):
 
 def test_cli_dry_run_prints_the_plan_with_estimates(data_root, tmp_path):
     root, _, _ = data_root
-    res = runner.invoke(app, ["reproduce", "--size", "full", "--data-root", str(root), "--dry-run",
-                              "--results-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c")])
+    res = runner.invoke(
+        app,
+        [
+            "reproduce",
+            "--size",
+            "full",
+            "--data-root",
+            str(root),
+            "--dry-run",
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = res.output
     assert "dataset rsicap: skipped (not found" in out
@@ -112,13 +135,16 @@ def test_cli_dry_run_prints_the_plan_with_estimates(data_root, tmp_path):
     assert not (tmp_path / "r").exists()  # nothing ran
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--data-root", "{missing}"], "does not exist"),
-    ([], "needs --data-root"),
-    (["--data-root", "{root}", "--models", "nope"], "nope"),
-    (["--data-root", "{root}", "--gpu-costs", "{missing}"], "file not found"),
-    (["--data-root", "{root}", "--pretrained-blip2", " "], "--pretrained-blip2"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data-root", "{missing}"], "does not exist"),
+        ([], "needs --data-root"),
+        (["--data-root", "{root}", "--models", "nope"], "nope"),
+        (["--data-root", "{root}", "--gpu-costs", "{missing}"], "file not found"),
+        (["--data-root", "{root}", "--pretrained-blip2", " "], "--pretrained-blip2"),
+    ],
+)
 def test_cli_bad_full_options_exit_2(data_root, tmp_path, args, message):
     root, _, _ = data_root
     args = [a.format(root=root, missing=tmp_path / "missing") for a in args]
@@ -135,8 +161,9 @@ def test_cli_tiny_refuses_full_options_and_bad_sizes(tmp_path):
 
 
 def test_cli_tiny_dry_run_lists_the_tiny_plan(tmp_path):
-    res = runner.invoke(app, ["reproduce", "--dry-run", "--results-dir", str(tmp_path / "r"),
-                              "--cache-dir", str(tmp_path / "c")])
+    res = runner.invoke(
+        app, ["reproduce", "--dry-run", "--results-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c")]
+    )
     assert res.exit_code == 0, res.output
     assert "[1] " in res.output and "report: report" in res.output
     assert not (tmp_path / "r").exists()
@@ -154,8 +181,7 @@ def test_estimate_arithmetic():
     assert e.train_h == 0 and e.eval_h * 3600 == pytest.approx(20 / 100 + 100 * 0.01)
 
 
-@pytest.mark.parametrize("bad", [dict(encode_img_s=0.0), dict(step_img_s=float("nan")), dict(batch=0),
-                                 dict(k_test=-1)])
+@pytest.mark.parametrize("bad", [dict(encode_img_s=0.0), dict(step_img_s=float("nan")), dict(batch=0), dict(k_test=-1)])
 def test_model_cost_refuses_bad_values(bad):
     with pytest.raises(CostError):
         ModelCost(**{**dict(encode_img_s=1.0, step_img_s=1.0, batch=1, k_test=None), **bad})

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmark.results import atomic_write_json, environment, load_result, ResultFileError
+from benchmark.results import ResultFileError, atomic_write_json, environment, load_result
 
 
 def test_atomic_write_keeps_the_old_file_when_serialisation_fails(tmp_path):

@@ -12,8 +12,14 @@ import pytest
 from typer.testing import CliRunner
 
 from benchmark.cli import app
-from benchmark.results import (FRAME_COLUMNS, ResultFileError, load_result, load_result_files, load_results,
-                               results_frame)
+from benchmark.results import (
+    FRAME_COLUMNS,
+    ResultFileError,
+    load_result,
+    load_result_files,
+    load_results,
+    results_frame,
+)
 from tests.reporting_fixtures import ranks_with_hit_rate, write_result, write_speed_result
 
 runner = CliRunner()
@@ -90,6 +96,7 @@ def _raw(text_or_bytes):
             path.write_bytes(text_or_bytes)
         else:
             path.write_text(text_or_bytes)
+
     return write
 
 
@@ -98,6 +105,7 @@ def _per_query(key, index, value):
         data = json.loads(path.read_text())
         data["per_query"][key][index] = value
         path.write_text(json.dumps(data))
+
     return mutate
 
 
@@ -147,8 +155,12 @@ def test_every_committed_result_file_passes_the_checks():
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent / "results"
-    files = [p for d in ("reference", "reference/tasks", "baseline") for p in sorted((root / d).glob("*.json"))
-             if p.name != "tolerances.json"]
+    files = [
+        p
+        for d in ("reference", "reference/tasks", "baseline")
+        for p in sorted((root / d).glob("*.json"))
+        if p.name != "tolerances.json"
+    ]
     assert len(files) >= 10
     for p in files:
         load_result(p)
@@ -165,8 +177,10 @@ def test_bench_report_on_a_missing_folder_exits_2_and_writes_nothing(tmp_path):
     assert not (tmp_path / "rep").exists()
 
 
-@pytest.mark.parametrize("mutate, message", [BAD_FILES[0], BAD_FILES[2], BAD_FILES[3], BAD_FILES[10], BAD_FILES[16],
-                                             BAD_FILES[17], BAD_FILES[18]])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [BAD_FILES[0], BAD_FILES[2], BAD_FILES[3], BAD_FILES[10], BAD_FILES[16], BAD_FILES[17], BAD_FILES[18]],
+)
 def test_bench_report_exits_2_on_a_bad_file_naming_it(tmp_path, mutate, message):
     path = _result(tmp_path / "results", model="clip")
     mutate(path)
@@ -180,7 +194,7 @@ def test_results_csv_is_the_tidy_frame(tmp_path):
     from benchmark.reporting.export import PARQUET_NAME, parquet_available, write_frame
 
     _result(tmp_path / "results", model="clip", extra_metrics={"i2i/MRR": None})
-    _result(tmp_path / "results", model="blip2", tag="a,b\"c")
+    _result(tmp_path / "results", model="blip2", tag='a,b"c')
     res = _report(tmp_path / "results", tmp_path / "rep")
     assert res.exit_code == 0, res.output
     frame = load_results(tmp_path / "results")

@@ -18,17 +18,44 @@ from tests.test_blip2 import BLIP2_ARGS, SMALL, TINY_QFORMER
 ROOT = Path(__file__).resolve().parent.parent
 
 
-OURS_ARGS = TINY_QFORMER | {"l_base": 2, "l_max": 12, "l_init": 8, "qscaler_hidden": 16, "itm_max_anchors": 8,
-                            "dependency_overrides": {"blip2_checkpoint": {"train": {"max_epochs": 1},
-                                                                          "model_args": BLIP2_ARGS}}}
+OURS_ARGS = TINY_QFORMER | {
+    "l_base": 2,
+    "l_max": 12,
+    "l_init": 8,
+    "qscaler_hidden": 16,
+    "itm_max_anchors": 8,
+    "dependency_overrides": {"blip2_checkpoint": {"train": {"max_epochs": 1}, "model_args": BLIP2_ARGS}},
+}
 
 
 def _command(model: str, results: Path, cache: Path, *extra: str) -> list[str]:
     model_args = BLIP2_ARGS if model == "blip2" else OURS_ARGS
-    return [sys.executable, "-m", "benchmark.cli", "run", "--model", model, "--dataset", "synthetic", "--epochs", "4",
-            "--no-progress", "--set", f"data.options={SMALL}", "--set", "data.batch_size=8",
-            "--set", "eval.measure=false", "--set", f"model_args={json.dumps(model_args)}",
-            "--results-dir", str(results), "--cache-dir", str(cache), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "benchmark.cli",
+        "run",
+        "--model",
+        model,
+        "--dataset",
+        "synthetic",
+        "--epochs",
+        "4",
+        "--no-progress",
+        "--set",
+        f"data.options={SMALL}",
+        "--set",
+        "data.batch_size=8",
+        "--set",
+        "eval.measure=false",
+        "--set",
+        f"model_args={json.dumps(model_args)}",
+        "--results-dir",
+        str(results),
+        "--cache-dir",
+        str(cache),
+        *extra,
+    ]
 
 
 #: the LightningModule class trained by each model's run (the kill script matches it)
@@ -37,26 +64,46 @@ CLASSES = {"blip2": "Blip2Retrieval", "ours": "IdqFormerRetrieval"}
 
 def _env() -> dict:
     env = dict(os.environ)
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])), OMP_NUM_THREADS="1",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
     return env
 
 
 @pytest.mark.slow  # ~1.5 min per model: the model trained three times over (and its dependencies twice)
 @pytest.mark.parametrize("model", ["blip2", "ours"])  # ours: its bank order (set at step 1) survives a resume
 def test_killed_run_resumes_and_ends_as_an_uninterrupted_one(tmp_path, model):
-    straight = subprocess.run(_command(model, tmp_path / "straight", tmp_path / "cache-a"), env=_env(),
-                              capture_output=True, text=True, timeout=600)
+    straight = subprocess.run(
+        _command(model, tmp_path / "straight", tmp_path / "cache-a"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert straight.returncode == 0, straight.stderr[-3000:]
     cache = tmp_path / "cache-b"
     command = _command(model, tmp_path / "killed", cache)
-    killed = subprocess.run([sys.executable, str(ROOT / "tests" / "kill_midway_script.py"), CLASSES[model],
-                             *command[command.index("run"):]], env=_env(), capture_output=True, text=True, timeout=600)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "kill_midway_script.py"),
+            CLASSES[model],
+            *command[command.index("run") :],
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]  # killed in epoch 1, mid-epoch
     assert list((cache / "resume").glob(f"{model}__*/last.ckpt"))  # the epoch-0 resume point
     assert not list((tmp_path / "killed").glob("*.json"))  # it died before writing a result
-    again = subprocess.run(_command(model, tmp_path / "killed", cache), env=_env(), capture_output=True, text=True,
-                           timeout=600)
+    again = subprocess.run(
+        _command(model, tmp_path / "killed", cache), env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming the training of {model}" in again.stderr
     a = json.loads((tmp_path / "straight" / f"{model}__synthetic__default.json").read_text())

@@ -21,8 +21,12 @@ from lightning_modules.idq_former import IdqConfig, IdqFormerRetrieval
 from lightning_modules.optim import OptimConfig
 from tests.tiny_blip2 import save_tiny_blip2
 
-TEXTS = ("find images of a red circle", "find images of a small blue square left of a big green star",
-         "show me a shape", "two yellow triangles above a purple circle on a striped background")
+TEXTS = (
+    "find images of a red circle",
+    "find images of a small blue square left of a big green star",
+    "show me a shape",
+    "two yellow triangles above a purple circle on a striped background",
+)
 NQ, LMAX = 8, 12
 runner = CliRunner()
 
@@ -35,16 +39,32 @@ def blip2_dir(tmp_path_factory):
 def _ours(blip2_dir, lengths=(2, 5, 12, 7), **kw) -> IdqFormerRetrieval:
     torch.manual_seed(0)
     kw.setdefault("qscaler_encoder", "qformer")
-    m = IdqFormerRetrieval.create(IdqConfig(blip2_checkpoint=str(blip2_dir), l_base=2, l_max=LMAX, l_init=NQ,
-                                            k_test=3, cache_features=False, **kw), OptimConfig()).eval()
+    m = IdqFormerRetrieval.create(
+        IdqConfig(
+            blip2_checkpoint=str(blip2_dir), l_base=2, l_max=LMAX, l_init=NQ, k_test=3, cache_features=False, **kw
+        ),
+        OptimConfig(),
+    ).eval()
     m.text_lengths = lambda texts: torch.tensor(lengths)[: len(texts)]  # lengths that differ, as a trained QScaler's
     return m
 
 
 def _models(blip2_dir):
     torch.manual_seed(0)
-    clip = ClipRetrieval.create(ClipConfig(image_size=16, patch_size=8, vision_width=32, vision_layers=1, text_width=32,
-                                           text_layers=1, heads=2, embed_dim=16), OptimConfig(), TEXTS).eval()
+    clip = ClipRetrieval.create(
+        ClipConfig(
+            image_size=16,
+            patch_size=8,
+            vision_width=32,
+            vision_layers=1,
+            text_width=32,
+            text_layers=1,
+            heads=2,
+            embed_dim=16,
+        ),
+        OptimConfig(),
+        TEXTS,
+    ).eval()
     return {"clip": clip, "blip2": Blip2Retrieval.load_checkpoint(blip2_dir).eval(), "ours": _ours(blip2_dir)}
 
 
@@ -54,8 +74,11 @@ def _sample() -> CostSample:
 
 def _torch_flops(call: CostCall) -> int:
     """torch.utils.flop_counter (eager; 2 FLOPs per multiply-add), with the CPU sdpa kernel mapped."""
-    cpu_sdpa = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
-                lambda q, k, v, *a, out_shape=None, **kw: sdpa_flop_count(q, k, v)}
+    cpu_sdpa = {
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, out_shape=None, **kw: (
+            sdpa_flop_count(q, k, v)
+        )
+    }
     with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:  # no no_grad: BLIP-2 breaks under it
         call.fn(*call.inputs)
     return counter.get_total_flops() - (_torch_flops(call.minus) if call.minus is not None else 0)
@@ -67,8 +90,11 @@ def test_fvcore_counts_half_of_torch_flop_counter(blip2_dir, name):
     model = _models(blip2_dir)[name]
     assert isinstance(model, CostModel)
     components = model.cost_components(_sample())
-    expected = {"clip": {"vision", "text"}, "blip2": {"vision", "qformer", "text", "rerank"},
-                "ours": {"vision", "qformer", "text", "rerank", "qformer_index"}}[name]
+    expected = {
+        "clip": {"vision", "text"},
+        "blip2": {"vision", "qformer", "text", "rerank"},
+        "ours": {"vision", "qformer", "text", "rerank", "qformer_index"},
+    }[name]
     assert set(components) == expected
     for component, calls in components.items():
         call = calls[-1]
@@ -121,11 +147,34 @@ SMALL_CLIP = '{"vision_layers": 1, "text_layers": 1, "vision_width": 32, "text_w
 
 
 def _run_clip(tmp_path, *extra: str) -> dict:
-    res = runner.invoke(app, [
-        "run", "--model", "clip", "--epochs", "1", "--no-progress", "--results-dir", str(tmp_path / "results"),
-        "--cache-dir", str(tmp_path / "cache"), "--set", f"data.options={SMALL}", "--set", "data.batch_size=32",
-        "--set", f"model_args={SMALL_CLIP}", "--set", "eval.measurement.batch_size=8",
-        "--set", "eval.measurement.flops_texts=4", "--set", "eval.measurement.query_batch=8", *extra])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--model",
+            "clip",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--set",
+            f"data.options={SMALL}",
+            "--set",
+            "data.batch_size=32",
+            "--set",
+            f"model_args={SMALL_CLIP}",
+            "--set",
+            "eval.measurement.batch_size=8",
+            "--set",
+            "eval.measurement.flops_texts=4",
+            "--set",
+            "eval.measurement.query_batch=8",
+            *extra,
+        ],
+    )
     assert res.exit_code == 0, res.output
     return json.loads((tmp_path / "results" / "clip__synthetic__default.json").read_text())
 
@@ -134,8 +183,14 @@ def test_tiny_run_records_its_costs(tmp_path):
     """The in-process part of the measurement (the fresh-process probe is off here; slow test below)."""
     r = _run_clip(tmp_path, "--set", "eval.measurement.memory=false")
     m, rec = r["metrics"], r["measurement"]
-    for key in ("gflops/vision", "gflops/text", "gflops/total", "throughput_img_s", "throughput_cold_s",
-                "throughput_query_s"):
+    for key in (
+        "gflops/vision",
+        "gflops/text",
+        "gflops/total",
+        "throughput_img_s",
+        "throughput_cold_s",
+        "throughput_query_s",
+    ):
         assert m[key] > 0, key
     assert m["gflops/text_min"] <= m["gflops/text"] <= m["gflops/text_max"] and m["gflops/vision_std"] == 0
     assert m["gflops/total"] == pytest.approx(m["gflops/vision"] + m["gflops/text"])
@@ -151,8 +206,20 @@ def test_tiny_run_records_its_costs(tmp_path):
 def test_probe_loads_the_model_and_times_its_first_call(tmp_path):
     """The probe's work, run here in-process (the fresh interpreter around it: tests/test_measure.py)."""
     torch.manual_seed(0)
-    clip = ClipRetrieval.create(ClipConfig(image_size=16, patch_size=8, vision_width=32, vision_layers=1, text_width=32,
-                                           text_layers=1, heads=2, embed_dim=16), OptimConfig(), TEXTS)
+    clip = ClipRetrieval.create(
+        ClipConfig(
+            image_size=16,
+            patch_size=8,
+            vision_width=32,
+            vision_layers=1,
+            text_width=32,
+            text_layers=1,
+            heads=2,
+            embed_dim=16,
+        ),
+        OptimConfig(),
+        TEXTS,
+    )
     source = model_source(clip, clip.config, None, tmp_path)  # no checkpoint: saved for the probe
     assert source == {"checkpoint": str(tmp_path / "model"), "class": "lightning_modules.clip:ClipRetrieval"}
     torch.save({"pixels": torch.randn(3, 3, 16, 16), "texts": list(TEXTS[:3])}, tmp_path / "in.pt")

@@ -11,14 +11,35 @@ from benchmark.cli import app
 
 runner = CliRunner()
 SMALL = '{"n_train": 96, "n_val": 16, "n_test": 40}'
-SMALL_MODEL = ['model_args={"vision_layers": 1, "text_layers": 1, "vision_width": 32, "text_width": 32, "embed_dim": 16}']
+SMALL_MODEL = [
+    'model_args={"vision_layers": 1, "text_layers": 1, "vision_width": 32, "text_width": 32, "embed_dim": 16}'
+]
 
 
 def _run(tmp_path, *extra: str):
-    args = ["run", "--model", "clip", "--dataset", "synthetic", "--epochs", "1", "--no-progress",
-            "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
-            "--set", f"data.options={SMALL}", "--set", "data.batch_size=32", "--set", SMALL_MODEL[0],
-            "--set", "eval.measure=false", *extra]
+    args = [
+        "run",
+        "--model",
+        "clip",
+        "--dataset",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--set",
+        f"data.options={SMALL}",
+        "--set",
+        "data.batch_size=32",
+        "--set",
+        SMALL_MODEL[0],
+        "--set",
+        "eval.measure=false",
+        *extra,
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     return res
@@ -76,8 +97,21 @@ def test_failed_run_leaves_existing_result_untouched(tmp_path):
 @pytest.mark.slow
 def test_default_run_reaches_the_target(tmp_path):
     """The README's main job at default size: t2i/R@5 >= 0.3 (takes ~2-3 minutes)."""
-    res = runner.invoke(app, ["run", "--model", "clip", "--dataset", "synthetic", "--no-progress",
-                              "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache")])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--model",
+            "clip",
+            "--dataset",
+            "synthetic",
+            "--no-progress",
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "results" / "clip__synthetic__default.json").read_text())
     assert r["metrics"]["t2i/R@5"] >= 0.3, r["metrics"]

@@ -39,8 +39,16 @@ def _file(tmp_path: Path, data: dict) -> str:
     return str(path)
 
 
-FILE = {"seed": 5, "tag": "x", "size": "tiny", "task": "i2i", "model": "ours", "dataset": "synthetic",
-        "results_dir": "from-file", "train": {"max_epochs": 2}}
+FILE = {
+    "seed": 5,
+    "tag": "x",
+    "size": "tiny",
+    "task": "i2i",
+    "model": "ours",
+    "dataset": "synthetic",
+    "results_dir": "from-file",
+    "train": {"max_epochs": 2},
+}
 
 
 def test_the_file_overrides_the_flag_defaults(tmp_path, recorded):
@@ -48,14 +56,39 @@ def test_the_file_overrides_the_flag_defaults(tmp_path, recorded):
     assert res.exit_code == 0, res.output
     cfg = recorded[-1]
     assert (cfg.seed, cfg.tag, cfg.task, cfg.model, cfg.results_dir, cfg.train.max_epochs) == (
-        5, "x", "i2i", "ours", "from-file", 2)
+        5,
+        "x",
+        "i2i",
+        "ours",
+        "from-file",
+        2,
+    )
     assert cfg.model_args == model_defaults("ours")["model_args"]  # the base config of the file's model
 
 
 def test_explicit_flags_override_the_file_and_set_overrides_both(tmp_path, recorded):
-    res = runner.invoke(app, ["run", "--config", _file(tmp_path, FILE), "--seed", "7", "--tag", "y", "--epochs", "3",
-                              "--model", "clip", "--results-dir", str(tmp_path / "r"), "--task", "retrieval",
-                              "--set", "seed=9"])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--config",
+            _file(tmp_path, FILE),
+            "--seed",
+            "7",
+            "--tag",
+            "y",
+            "--epochs",
+            "3",
+            "--model",
+            "clip",
+            "--results-dir",
+            str(tmp_path / "r"),
+            "--task",
+            "retrieval",
+            "--set",
+            "seed=9",
+        ],
+    )
     assert res.exit_code == 0, res.output
     cfg = recorded[-1]
     assert (cfg.seed, cfg.tag, cfg.task, cfg.model, cfg.train.max_epochs) == (9, "y", "retrieval", "clip", 3)
@@ -72,22 +105,34 @@ def test_without_a_file_the_config_and_its_hash_are_unchanged(tmp_path, recorded
     """The former ``bench run`` built base < CLI (every flag, defaults included) < --set."""
     res = runner.invoke(app, ["run", "--model", "blip2", "--epochs", "1", "--seed", "3", "--set", "eval.ks=[1,5]"])
     assert res.exit_code == 0, res.output
-    before = build_run_config(model_defaults("blip2"), {"model": "blip2", "dataset": "synthetic", "size": "tiny",
-                                                        "tag": "default", "task": "retrieval", "seed": 3,
-                                                        "results_dir": "results", "train": {"max_epochs": 1}},
-                              {"eval": {"ks": [1, 5]}})
+    before = build_run_config(
+        model_defaults("blip2"),
+        {
+            "model": "blip2",
+            "dataset": "synthetic",
+            "size": "tiny",
+            "tag": "default",
+            "task": "retrieval",
+            "seed": 3,
+            "results_dir": "results",
+            "train": {"max_epochs": 1},
+        },
+        {"eval": {"ks": [1, 5]}},
+    )
     assert recorded[-1] == before and recorded[-1].config_hash() == before.config_hash()
     assert recorded[-1].training_hash() == before.training_hash()
 
 
 def test_the_full_size_recipe_comes_from_the_size_the_layers_name(tmp_path, recorded):
-    res = runner.invoke(app, ["run", "--config", _file(tmp_path, {"model": "clip", "size": "full"}),
-                              "--pretrained", str(tmp_path)])
+    res = runner.invoke(
+        app, ["run", "--config", _file(tmp_path, {"model": "clip", "size": "full"}), "--pretrained", str(tmp_path)]
+    )
     assert res.exit_code == 0, res.output
     full = model_defaults("clip", "full")
     assert recorded[-1].size == "full"
-    assert {k: v for k, v in recorded[-1].model_args.items() if k != "pretrained"} == \
-        {k: v for k, v in full.get("model_args", {}).items() if k != "pretrained"}
+    assert {k: v for k, v in recorded[-1].model_args.items() if k != "pretrained"} == {
+        k: v for k, v in full.get("model_args", {}).items() if k != "pretrained"
+    }
 
 
 def test_feedback_and_ablate_share_the_precedence(tmp_path, monkeypatch):
@@ -121,15 +166,32 @@ def test_feedback_and_ablate_share_the_precedence(tmp_path, monkeypatch):
 
 
 def test_flag_overrides_nest_every_flag():
-    out = flag_overrides({"epochs": 2, "data_root": Path("/d"), "pretrained": "a/b", "strict": True, "devices": 2,
-                          "strategy": "ddp", "resume": "never", "seed": None})
-    assert out == {"train": {"max_epochs": 2, "devices": 2, "strategy": "ddp", "resume": "never"},
-                   "data": {"root": "/d", "strict": True}, "model_args": {"pretrained": "a/b"}}
+    out = flag_overrides(
+        {
+            "epochs": 2,
+            "data_root": Path("/d"),
+            "pretrained": "a/b",
+            "strict": True,
+            "devices": 2,
+            "strategy": "ddp",
+            "resume": "never",
+            "seed": None,
+        }
+    )
+    assert out == {
+        "train": {"max_epochs": 2, "devices": 2, "strategy": "ddp", "resume": "never"},
+        "data": {"root": "/d", "strict": True},
+        "model_args": {"pretrained": "a/b"},
+    }
 
 
 def test_layers_order(tmp_path):
-    flags = CliConfig(given={"seed": 7}, defaults={"seed": 0, "tag": "default"}, config=Path(_file(tmp_path, {"seed": 5})),
-                      sets=("tag=z",))
+    flags = CliConfig(
+        given={"seed": 7},
+        defaults={"seed": 0, "tag": "default"},
+        config=Path(_file(tmp_path, {"seed": 5})),
+        sets=("tag=z",),
+    )
     assert flags.layers() == [{"seed": 0, "tag": "default"}, {"seed": 5}, {"seed": 7}, {"tag": "z"}]
     cfg = flags.build({"model": "clip"})
     assert (cfg.seed, cfg.tag) == (7, "z")

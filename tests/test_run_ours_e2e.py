@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -16,13 +15,39 @@ runner = CliRunner()
 
 def test_bench_run_ours_records_query_lengths(tmp_path):
     blip2_dep = {"blip2_checkpoint": {"train": {"max_epochs": 1}, "model_args": BLIP2_ARGS}}
-    ours_args = TINY_QFORMER | {"l_base": 2, "l_max": 12, "l_init": 8, "qscaler_hidden": 16,
-                                "itm_max_anchors": 8, "dependency_overrides": blip2_dep}
-    res = runner.invoke(app, [
-        "run", "--model", "ours", "--dataset", "synthetic", "--epochs", "1", "--no-progress",
-        "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
-        "--set", f"data.options={SMALL}", "--set", "data.batch_size=32",
-        "--set", f"model_args={json.dumps(ours_args)}", "--set", "eval.measure=false"])
+    ours_args = TINY_QFORMER | {
+        "l_base": 2,
+        "l_max": 12,
+        "l_init": 8,
+        "qscaler_hidden": 16,
+        "itm_max_anchors": 8,
+        "dependency_overrides": blip2_dep,
+    }
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--model",
+            "ours",
+            "--dataset",
+            "synthetic",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--set",
+            f"data.options={SMALL}",
+            "--set",
+            "data.batch_size=32",
+            "--set",
+            f"model_args={json.dumps(ours_args)}",
+            "--set",
+            "eval.measure=false",
+        ],
+    )
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "results" / "ours__synthetic__default.json").read_text())
     m = r["metrics"]

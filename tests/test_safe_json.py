@@ -19,7 +19,7 @@ BIG = settings(max_examples=30, deadline=None, suppress_health_check=[HealthChec
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**30, 10**30) | finite | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-(10**30), 10**30) | finite | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=40,
 )
@@ -44,7 +44,7 @@ def test_valid_json_reads_as_json_loads_reads_it(value):
 
 
 @BIG
-@given(depth=st.integers(MAX_DEPTH + 1, 120_000), opener=st.sampled_from(['[', '{"k":']), closed=st.booleans())
+@given(depth=st.integers(MAX_DEPTH + 1, 120_000), opener=st.sampled_from(["[", '{"k":']), closed=st.booleans())
 def test_deep_nesting_is_refused_before_parsing(depth, opener, closed):
     closer = "]" if opener == "[" else "}"
     text = opener * depth + "1" + (closer * depth if closed else "")
@@ -59,7 +59,7 @@ def test_nesting_up_to_the_bound_is_read(depth):
 
 
 @FUZZ
-@given(st.text(alphabet="[]{}\"\\:,1 ", max_size=400))
+@given(st.text(alphabet='[]{}"\\:,1 ', max_size=400))
 def test_any_bracket_soup_is_a_value_or_a_json_read_error(text):
     try:
         value = loads_json(text, "soup")

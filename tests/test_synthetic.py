@@ -30,7 +30,6 @@ from datamodules.synthetic import generation as generation_module
 from datamodules.synthetic.annotations import annotation_path, read_annotations
 from datamodules.synthetic.captions import make_captions
 from datamodules.synthetic.generation import ensure_generated
-from datamodules.synthetic.workers import MAX_WORKERS, fork_map, worker_count
 from datamodules.synthetic.relevance import SceneIndex, caption_relevance
 from datamodules.synthetic.scene import sample_scene
 from datamodules.synthetic.seeding import image_rng
@@ -39,6 +38,7 @@ from datamodules.synthetic.vocabulary import (
     OBJECT_ATTRIBUTES,
     OBJECT_COLOURS,
 )
+from datamodules.synthetic.workers import MAX_WORKERS, fork_map, worker_count
 
 SMALL = {"n_train": 40, "n_val": 10, "n_test": 30}
 SPLITS = ("train", "val", "test")

@@ -95,7 +95,7 @@ def test_same_image_views_on_coco_and_rsicap(roots, dataset, cls):
     assert again.i2i_views == es.i2i_views != other.i2i_views  # deterministic per seed
     for v in es.i2i_views:
         left, top, right, bottom = v.box
-        assert 0.7 - 1e-9 <= right - left <= 0.9 + 1e-9 and 0 <= left and right <= 1 and 0 <= top and bottom <= 1
+        assert 0.7 - 1e-9 <= right - left <= 0.9 + 1e-9 and left >= 0 and right <= 1 and top >= 0 and bottom <= 1
     dm.set_transform(lambda im: __import__("torch").from_numpy(np.asarray(im.resize((8, 8)))))
     loaders = dm.i2i_dataloaders(es)
     assert len(loaders) == 2 and len(loaders[1].dataset) == n
@@ -108,7 +108,7 @@ def test_a_view_is_a_crop_then_a_flip(tmp_path):
     view = ImageView(0, (0.25, 0.2, 0.75, 0.8), flip=True)
     got = np.asarray(view.apply(load_image(path)))
     assert np.array_equal(got, arr[2:8, 5:15][:, ::-1])
-    (index, item), = [ViewImages([path], [view], lambda im: np.asarray(im))[0]]
+    ((index, item),) = [ViewImages([path], [view], lambda im: np.asarray(im))[0]]
     assert index == 0 and np.array_equal(item, got)
     assert draw_view(0, "x", 0, ViewOptions(flip=0.0)).flip is False
     assert draw_view(0, "x", 0, ViewOptions(flip=1.0)).flip is True

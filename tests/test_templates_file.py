@@ -34,16 +34,19 @@ def test_json_list_or_object(tmp_path):
     assert read_templates(path) == ("A photo of {caption}",)
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("t.txt", "Find {caption}\nno field here\n", "t.txt: line 2: .*must contain '{caption}'"),
-    ("t.txt", "Find {caption} {x\n", "line 1: .*malformed"),
-    ("t.txt", "Find {caption} {0}\n", "line 1: .*plain names"),
-    ("t.txt", "# only a comment\n\n", "holds no template"),
-    ("t.txt", "x{caption}" + "y" * MAX_LENGTH + "\n", f"at most {MAX_LENGTH}"),
-    ("t.json", '["Find {caption}", 3]', r"templates\[1\]: expected a string"),
-    ("t.json", '{"templates": "Find {caption}"}', "expected a JSON list"),
-    ("t.json", '["Find {caption}",', "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("t.txt", "Find {caption}\nno field here\n", "t.txt: line 2: .*must contain '{caption}'"),
+        ("t.txt", "Find {caption} {x\n", "line 1: .*malformed"),
+        ("t.txt", "Find {caption} {0}\n", "line 1: .*plain names"),
+        ("t.txt", "# only a comment\n\n", "holds no template"),
+        ("t.txt", "x{caption}" + "y" * MAX_LENGTH + "\n", f"at most {MAX_LENGTH}"),
+        ("t.json", '["Find {caption}", 3]', r"templates\[1\]: expected a string"),
+        ("t.json", '{"templates": "Find {caption}"}', "expected a JSON list"),
+        ("t.json", '["Find {caption}",', "not valid JSON"),
+    ],
+)
 def test_bad_files_name_the_line(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_text(content)
@@ -73,8 +76,9 @@ def test_run_config_holds_the_templates_not_the_path(tmp_path):
     with pytest.raises(ConfigError, match="templates.txt: line 1"):
         build_run_config(model_defaults("clip"), parse_set([f"data.templates={path}"]))
     # a list keeps working as before
-    assert build_run_config(model_defaults("clip"), parse_set(['data.templates=["A {caption}"]'])).data.templates \
-        == ("A {caption}",)
+    assert build_run_config(model_defaults("clip"), parse_set(['data.templates=["A {caption}"]'])).data.templates == (
+        "A {caption}",
+    )
 
 
 def test_fields_the_folder_dataset_does_not_offer_are_refused(tmp_path):

@@ -43,16 +43,24 @@ ATOL = 1e-5
 
 def _clip(attn: str = "sdpa") -> CLIPVisionModel:
     torch.manual_seed(0)
-    cfg = CLIPVisionConfig(image_size=48, patch_size=8, hidden_size=128, intermediate_size=256,
-                           num_hidden_layers=4, num_attention_heads=4)
+    cfg = CLIPVisionConfig(
+        image_size=48, patch_size=8, hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4
+    )
     cfg._attn_implementation = attn
     return CLIPVisionModel(cfg).eval()
 
 
 def _blip2() -> Blip2VisionModel:
     torch.manual_seed(0)
-    cfg = Blip2VisionConfig(image_size=48, patch_size=8, hidden_size=64, intermediate_size=128,
-                            num_hidden_layers=4, num_attention_heads=4, initializer_range=0.02)
+    cfg = Blip2VisionConfig(
+        image_size=48,
+        patch_size=8,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        initializer_range=0.02,
+    )
     model = Blip2VisionModel(cfg).eval()
     with torch.no_grad():  # non-zero q/v biases, so the fused-qkv bias layout is exercised
         for layer in model.encoder.layers:
@@ -87,11 +95,26 @@ def test_runner_equals_transformers_forward(encoder):
 
 def test_runner_unwraps_clip_model_and_shares_parameters():
     torch.manual_seed(0)
-    model = CLIPModel(CLIPConfig(
-        text_config=dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=8),
-        vision_config=dict(image_size=48, patch_size=8, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=4, num_attention_heads=2))).eval()
+    model = CLIPModel(
+        CLIPConfig(
+            text_config=dict(
+                vocab_size=50,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                max_position_embeddings=8,
+            ),
+            vision_config=dict(
+                image_size=48,
+                patch_size=8,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=4,
+                num_attention_heads=2,
+            ),
+        )
+    ).eval()
     runner = ViTRunner(model)
     assert runner.vision is model.vision_model and runner.kind == "clip"
     assert {id(p) for p in runner.parameters()} <= {id(p) for p in model.parameters()}
@@ -204,8 +227,7 @@ def test_dynamicvit_losses():
     tower = DynamicViTTower(_clip()).train()
     out = tower.forward_train(PIXELS)
     emb = out.tokens[:, 0]
-    parts = dynamicvit_loss(torch.tensor(1.0), out, tower.teacher_forward(PIXELS), emb, emb.detach(),
-                            tower.keep_ratios)
+    parts = dynamicvit_loss(torch.tensor(1.0), out, tower.teacher_forward(PIXELS), emb, emb.detach(), tower.keep_ratios)
     assert set(parts) == {"loss", "task", "ratio", "embedding_distill", "token_distill"}
     expected = 1.0 + 2.0 * parts["ratio"] + 0.5 * parts["embedding_distill"] + 0.5 * parts["token_distill"]
     torch.testing.assert_close(parts["loss"], expected)
@@ -274,7 +296,7 @@ def _reference_match(metric: torch.Tensor, query: torch.Tensor, r: int):
         imp = (m @ torch.nn.functional.normalize(qb, dim=0)).tolist()
         score = {}
         for rank, i in enumerate(order):
-            later = order[rank + 1:]
+            later = order[rank + 1 :]
             score[i] = imp[i] - max(sim[i, j].item() for j in later) if later else float("inf")
         src = sorted(usable, key=lambda i: score[i])[:r]
         rest = [j for j in range(t) if j not in src]
@@ -288,8 +310,10 @@ def test_complete_graph_match_equals_a_brute_force_reference():
     metric, query = torch.randn(4, 15, 8), torch.randn(4, 8)
     for r in (1, 3, 6):
         m = complete_graph_match(metric, query, r)
-        got = [{s: dst_all[d] for s, d in zip(src.tolist(), dst.tolist())}
-               for src, dst_all, dst in zip(m.src, m.dst_all.tolist(), m.dst)]
+        got = [
+            {s: dst_all[d] for s, d in zip(src.tolist(), dst.tolist())}
+            for src, dst_all, dst in zip(m.src, m.dst_all.tolist(), m.dst)
+        ]
         assert got == _reference_match(metric, query, r)
 
 
@@ -308,8 +332,9 @@ def test_complete_graph_match_merges_duplicates_first():
 def test_merge_tokens_is_size_weighted_average_with_equal_importance():
     x = torch.tensor([[[0.0], [1.0], [4.0], [10.0]]])
     size = torch.tensor([[[1.0], [1.0], [3.0], [1.0]]])
-    match = Matching(src=torch.tensor([[1]]), dst_all=torch.tensor([[0, 2, 3]]), dst=torch.tensor([[1]]),
-                     weight=torch.ones(1, 1, 2))
+    match = Matching(
+        src=torch.tensor([[1]]), dst_all=torch.tensor([[0, 2, 3]]), dst=torch.tensor([[1]]), weight=torch.ones(1, 1, 2)
+    )
     merged, new_size = merge_tokens(x, size, match)
     torch.testing.assert_close(new_size, torch.tensor([[[1.0], [4.0], [1.0]]]))
     torch.testing.assert_close(merged, torch.tensor([[[0.0], [(1 + 12) / 4], [10.0]]]))
@@ -338,9 +363,12 @@ def test_merge_tokens_equals_the_reference_values_and_gradients():
     x = torch.randn(2, 7, 5, requires_grad=True)
     size = torch.randint(1, 4, (2, 7, 1)).float()
     w0 = torch.rand(2, 3, 1) * 2
-    match = Matching(src=torch.tensor([[2, 4, 5], [1, 3, 6]]), dst_all=torch.tensor([[0, 1, 3, 6], [0, 2, 4, 5]]),
-                     dst=torch.tensor([[1, 1, 2], [3, 3, 3]]),  # several sources into one destination
-                     weight=torch.cat([w0, 2 - w0], dim=-1))
+    match = Matching(
+        src=torch.tensor([[2, 4, 5], [1, 3, 6]]),
+        dst_all=torch.tensor([[0, 1, 3, 6], [0, 2, 4, 5]]),
+        dst=torch.tensor([[1, 1, 2], [3, 3, 3]]),  # several sources into one destination
+        weight=torch.cat([w0, 2 - w0], dim=-1),
+    )
     got, got_size = merge_tokens(x, size, match)
     ref, ref_size = _reference_merge(x, size, match)
     torch.testing.assert_close(got, ref)

@@ -61,7 +61,8 @@ def _old_complete_graph_match(metric: torch.Tensor, query: torch.Tensor, r: int)
     keep = torch.ones_like(score, dtype=torch.bool).scatter(1, src, torch.zeros_like(src, dtype=torch.bool))
     slot = torch.where(keep, keep.cumsum(dim=1) - 1, t - r)
     dst_all = torch.zeros(b, t - r + 1, dtype=torch.long, device=metric.device).scatter_add_(
-        1, slot, torch.where(keep, pos, 0).expand(b, t))[:, :-1]
+        1, slot, torch.where(keep, pos, 0).expand(b, t)
+    )[:, :-1]
     sim_sd = sim.gather(1, src.unsqueeze(-1).expand(-1, -1, t)).gather(2, dst_all.unsqueeze(1).expand(-1, r, -1))
     dst = sim_sd.argmax(dim=-1)
     imp_src = importance.gather(1, src)
@@ -192,8 +193,12 @@ def test_merge_tokens_takes_a_hand_made_matching():
     """The public :class:`Matching` still drives the merge (as the reference tests build it)."""
     x = torch.randn(1, 5, 3)
     size = torch.ones(1, 5, 1)
-    match = Matching(src=torch.tensor([[3]]), dst_all=torch.tensor([[0, 1, 2, 4]]), dst=torch.tensor([[1]]),
-                     weight=torch.ones(1, 1, 2))
+    match = Matching(
+        src=torch.tensor([[3]]),
+        dst_all=torch.tensor([[0, 1, 2, 4]]),
+        dst=torch.tensor([[1]]),
+        weight=torch.ones(1, 1, 2),
+    )
     new, new_size = merge_tokens(x, size, match)
     old, old_size = _old_merge_tokens(x, size, match)
     _equal(new, old)
@@ -250,8 +255,20 @@ def test_crossget_constants_built_in_inference_mode_serve_training():
 
 # -- no host synchronisation -------------------------------------------------------------
 #: operators that wait for the device (a value or a data-dependent shape comes back to the host)
-SYNCING = {"_local_scalar_dense", "nonzero", "nonzero_static", "masked_select", "unique", "_unique2",
-           "unique_consecutive", "unique_dim", "item", "equal", "is_nonzero", "allclose"}
+SYNCING = {
+    "_local_scalar_dense",
+    "nonzero",
+    "nonzero_static",
+    "masked_select",
+    "unique",
+    "_unique2",
+    "unique_consecutive",
+    "unique_dim",
+    "item",
+    "equal",
+    "is_nonzero",
+    "allclose",
+}
 
 
 class _Dispatched(TorchDispatchMode):

@@ -26,8 +26,12 @@ from lightning_modules.dynamicvit_model import DynamicViTConfig, DynamicViTRetri
 from lightning_modules.optim import OptimConfig
 from tests.tiny_blip2 import save_tiny_blip2
 
-TEXTS = ["find images of a red circle", "a large blue square left of a green star", "show me a yellow cross",
-         "two purple triangles on a striped background"]
+TEXTS = [
+    "find images of a red circle",
+    "a large blue square left of a green star",
+    "show me a yellow cross",
+    "two purple triangles on a striped background",
+]
 NQ, PATCHES = 8, 16
 MODELS = {"dynamicvit": (DynamicViTRetrieval, DynamicViTConfig), "crossget": (CrossGETRetrieval, CrossGETConfig)}
 #: what reduces nothing, per method
@@ -53,8 +57,13 @@ def _scores(m, px=None):
     m.eval()
     with torch.no_grad():
         img, txt = m.encode_images(_pixels() if px is None else px), m.encode_texts(TEXTS)
-        return {"emb": img.emb, "t2i": m.score(txt, img), "i2t": m.score(img, txt), "i2i": m.score(img, img),
-                "itc": m.score_variants()["itc"](txt, img)}
+        return {
+            "emb": img.emb,
+            "t2i": m.score(txt, img),
+            "i2t": m.score(img, txt),
+            "i2i": m.score(img, img),
+            "itc": m.score_variants()["itc"](txt, img),
+        }
 
 
 def _cross_attention_inputs(m) -> list[tuple[int, ...]]:
@@ -66,8 +75,9 @@ def _cross_attention_inputs(m) -> list[tuple[int, ...]]:
 
 
 # -- faithfulness ------------------------------------------------------------------------
-@pytest.mark.parametrize("name,extra", [("dynamicvit", {}), ("crossget", {}),
-                                        ("crossget", {"proportional_attention": True})])
+@pytest.mark.parametrize(
+    "name,extra", [("dynamicvit", {}), ("crossget", {}), ("crossget", {"proportional_attention": True})]
+)
 def test_reducing_nothing_gives_the_blip2_scores(blip2_checkpoint, name, extra):
     m = _model(name, blip2_checkpoint, **IDENTITY[name], **extra)
     assert isinstance(m, RetrievalModel)
@@ -119,8 +129,9 @@ def test_dynamicvit_training_mask_hides_dropped_tokens_from_the_qformer(blip2_ch
     with image_attention.policy_cross_attention(m.head, out.keep_mask):
         soft = m.head.query_outputs(m.head.query_tokens, out.tokens)
     with torch.no_grad():
-        hard = image_attention.query_outputs(m.head, m.head.query_tokens, out.tokens,
-                                             image_attention.keep_bias(out.keep_mask))
+        hard = image_attention.query_outputs(
+            m.head, m.head.query_tokens, out.tokens, image_attention.keep_bias(out.keep_mask)
+        )
         plain = m.head.query_outputs(m.head.query_tokens, out.tokens)
         with image_attention.policy_cross_attention(m.head, torch.ones_like(out.keep_mask)):
             ones = m.head.query_outputs(m.head.query_tokens, out.tokens)
@@ -222,23 +233,59 @@ def test_config_validation(blip2_checkpoint):
 
 # -- end to end --------------------------------------------------------------------------
 SMALL = '{"n_train": 64, "n_val": 16, "n_test": 24}'
-CLIP_DEP = {"vision_checkpoint": {"train": {"max_epochs": 1},
-                                  "model_args": {"vision_layers": 4, "text_layers": 1, "vision_width": 32,
-                                                 "text_width": 32, "embed_dim": 16}}}
-BLIP2_DEP = {"blip2_checkpoint": {"train": {"max_epochs": 1}, "model_args": {
-    "qformer_hidden": 32, "qformer_layers": 2, "qformer_heads": 2, "qformer_intermediate": 64, "embed_dim": 16,
-    "num_query_tokens": 8, "itm_max_anchors": 8, "dependency_overrides": CLIP_DEP}}}
+CLIP_DEP = {
+    "vision_checkpoint": {
+        "train": {"max_epochs": 1},
+        "model_args": {"vision_layers": 4, "text_layers": 1, "vision_width": 32, "text_width": 32, "embed_dim": 16},
+    }
+}
+BLIP2_DEP = {
+    "blip2_checkpoint": {
+        "train": {"max_epochs": 1},
+        "model_args": {
+            "qformer_hidden": 32,
+            "qformer_layers": 2,
+            "qformer_heads": 2,
+            "qformer_intermediate": 64,
+            "embed_dim": 16,
+            "num_query_tokens": 8,
+            "itm_max_anchors": 8,
+            "dependency_overrides": CLIP_DEP,
+        },
+    }
+}
 
 
 def test_bench_run_records_the_method_and_the_crossget_mode(tmp_path):
     runner = CliRunner()
 
     def run(model: str, epochs: int, tag: str, *extra: str) -> dict:
-        res = runner.invoke(app, [
-            "run", "--model", model, "--dataset", "synthetic", "--epochs", str(epochs), "--tag", tag, "--no-progress",
-            "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache"),
-            "--set", f"data.options={SMALL}", "--set", "data.batch_size=32",
-            "--set", f"model_args={json.dumps({'k_test': 2, 'dependency_overrides': BLIP2_DEP})}", *extra])
+        res = runner.invoke(
+            app,
+            [
+                "run",
+                "--model",
+                model,
+                "--dataset",
+                "synthetic",
+                "--epochs",
+                str(epochs),
+                "--tag",
+                tag,
+                "--no-progress",
+                "--results-dir",
+                str(tmp_path / "results"),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--set",
+                f"data.options={SMALL}",
+                "--set",
+                "data.batch_size=32",
+                "--set",
+                f"model_args={json.dumps({'k_test': 2, 'dependency_overrides': BLIP2_DEP})}",
+                *extra,
+            ],
+        )
         assert res.exit_code == 0, res.output
         return json.loads((tmp_path / "results" / f"{model}__synthetic__{tag}.json").read_text())
 

@@ -12,8 +12,10 @@ from datamodules.batch import TrainBatch, collate_train
 
 
 def _rows(relevant: bool) -> list[tuple]:
-    rows = [(3, torch.zeros(2, 2), "a red circle", RelevantImages((3, 5))),
-            (5, torch.ones(2, 2), "a blue square", RelevantImages((5,)))]
+    rows = [
+        (3, torch.zeros(2, 2), "a red circle", RelevantImages((3, 5))),
+        (5, torch.ones(2, 2), "a blue square", RelevantImages((5,))),
+    ]
     return rows if relevant else [r[:3] for r in rows]
 
 

@@ -28,8 +28,13 @@ ROOT = TESTS.parent
 
 def _env() -> dict:
     env = dict(os.environ)
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])), OMP_NUM_THREADS="1",
-               MASTER_ADDR="127.0.0.1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
+        OMP_NUM_THREADS="1",
+        MASTER_ADDR="127.0.0.1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
     env.pop("MASTER_PORT", None)
     return env
 
@@ -37,8 +42,14 @@ def _env() -> dict:
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp_train")
-    proc = subprocess.run([sys.executable, str(TESTS / "ddp_train_script.py"), str(out)], cwd=out, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(TESTS / "ddp_train_script.py"), str(out)],
+        cwd=out,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return out
 
@@ -67,15 +78,24 @@ def test_every_trainable_parameter_gets_a_gradient_on_every_process(ddp_run):
 def _fit_ours(tmp_path, root: Path) -> subprocess.CompletedProcess:
     from tests.tiny_blip2 import save_tiny_blip2, save_tiny_clip
 
-    texts = ["find images of a red circle", "a large blue square left of a green star", "show me a yellow cross",
-             "two purple triangles on a striped background"]
+    texts = [
+        "find images of a red circle",
+        "a large blue square left of a green star",
+        "show me a yellow cross",
+        "two purple triangles on a striped background",
+    ]
     clip = save_tiny_clip(tmp_path / "clip", texts)
     save_tiny_blip2(tmp_path / "blip2", texts, 8, vision_checkpoint=str(clip))
     env = _env()
     env["PYTHONPATH"] = os.pathsep.join([str(root), env["PYTHONPATH"]])
-    return subprocess.run([sys.executable, str(root / "tests" / "ddp_fit_script.py"), str(tmp_path),
-                           str(tmp_path / "fit.json")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, str(root / "tests" / "ddp_fit_script.py"), str(tmp_path), str(tmp_path / "fit.json")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.slow
@@ -91,8 +111,12 @@ def test_plain_ddp_fits_ours_through_the_qscaler_warmup(tmp_path):
 
 
 # -- one process: what plain DDP needs, and the training numerics of before --------------------------
-TEXTS = ["find images of a red circle", "a large blue square left of a green star", "show me a yellow cross",
-         "two purple triangles on a striped background"]
+TEXTS = [
+    "find images of a red circle",
+    "a large blue square left of a green star",
+    "show me a yellow cross",
+    "two purple triangles on a striped background",
+]
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +126,9 @@ def checkpoints(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ckpt")
     clip = save_tiny_clip(root / "clip", TEXTS)
-    return save_tiny_blip2(root / "blip2", TEXTS, 8, vision_layers=4, image_size=32, k_test=2,
-                           vision_checkpoint=str(clip))
+    return save_tiny_blip2(
+        root / "blip2", TEXTS, 8, vision_layers=4, image_size=32, k_test=2, vision_checkpoint=str(clip)
+    )
 
 
 def _model(name: str, ckpt: Path, **kw):
@@ -134,13 +159,23 @@ def _step(model, images, warming_up: bool | None = None):
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize(("name", "kw", "warming_up"), [
-    ("blip2", {}, None), ("blip2", {"itm_weight": 0.0}, None), ("blip2", {"freeze_qformer": True}, None),
-    ("ours", {}, True), ("ours", {}, False), ("ours", {"itm_weight": 0.0}, True), ("ours", {"qscaler": False}, None),
-    ("dynamicvit", {}, None), ("dynamicvit", {"finetune_qformer": True}, None),
-    ("dynamicvit", {"finetune_qformer": True, "itm_weight": 1.0}, None),
-    ("crossget", {}, None), ("crossget", {"finetune_qformer": True}, None),
-])
+@pytest.mark.parametrize(
+    ("name", "kw", "warming_up"),
+    [
+        ("blip2", {}, None),
+        ("blip2", {"itm_weight": 0.0}, None),
+        ("blip2", {"freeze_qformer": True}, None),
+        ("ours", {}, True),
+        ("ours", {}, False),
+        ("ours", {"itm_weight": 0.0}, True),
+        ("ours", {"qscaler": False}, None),
+        ("dynamicvit", {}, None),
+        ("dynamicvit", {"finetune_qformer": True}, None),
+        ("dynamicvit", {"finetune_qformer": True, "itm_weight": 1.0}, None),
+        ("crossget", {}, None),
+        ("crossget", {"finetune_qformer": True}, None),
+    ],
+)
 def test_every_trainable_parameter_takes_part_in_every_step(checkpoints, name, kw, warming_up):
     """What ``strategy="ddp"`` (no unused-parameter search) needs, in the configurations that
     used to leave some out: ours' QScaler warm-up, the ITM head with ``itm_weight=0``."""
@@ -204,8 +239,14 @@ def test_one_process_blocks_are_the_former_itc_and_itm_pairs():
     pairs = itm_pairs(sim, positives, torch.Generator().manual_seed(5), max_anchors=4)
     from lightning_modules.components.blip2_losses import itm_pairs_blocks
 
-    same = itm_pairs_blocks(blocks.sim_i2t, blocks.sim_t2i, blocks.positives_i2t, blocks.positives_t2i,
-                            generator=torch.Generator().manual_seed(5), max_anchors=4)
+    same = itm_pairs_blocks(
+        blocks.sim_i2t,
+        blocks.sim_t2i,
+        blocks.positives_i2t,
+        blocks.positives_t2i,
+        generator=torch.Generator().manual_seed(5),
+        max_anchors=4,
+    )
     assert all(torch.equal(a, b) for a, b in zip(pairs, same))
 
 

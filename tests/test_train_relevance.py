@@ -44,7 +44,7 @@ def test_synthetic_batches_carry_each_captions_exact_relevant_images(tmp_path):
         assert relevant.dtype == torch.long and relevant.shape[0] == len(idx)
         for j, text, row in zip(idx.tolist(), texts, relevant.tolist()):
             ids = [i for i in row if i >= 0]
-            assert row[len(ids):] == [-1] * (len(row) - len(ids))  # -1 padding at the end only
+            assert row[len(ids) :] == [-1] * (len(row) - len(ids))  # -1 padding at the end only
             assert ids in expected[(j, text)] and j in ids
             seen += 1
     assert seen == len(records)
@@ -61,9 +61,11 @@ def test_real_format_datasets_fall_back_to_the_same_image(tmp_path):
 
 
 def test_train_pairs_and_collate_keep_relevance_inside_the_split():
-    recs = [ImageRecord("a", "a.png", (CaptionRecord("x"),), relevant_images=(("a", "c", "gone"),)),
-            ImageRecord("b", "b.png", (CaptionRecord("y"),)),
-            ImageRecord("c", "c.png", (CaptionRecord("x"),), relevant_images=(("a", "c"),))]
+    recs = [
+        ImageRecord("a", "a.png", (CaptionRecord("x"),), relevant_images=(("a", "c", "gone"),)),
+        ImageRecord("b", "b.png", (CaptionRecord("y"),)),
+        ImageRecord("c", "c.png", (CaptionRecord("x"),), relevant_images=(("a", "c"),)),
+    ]
     pairs = TrainPairs(recs, _zeros, InstructionTemplates(), cache=True)
     pairs._cache = {i: torch.zeros(3, 2, 2) for i in range(3)}  # no image files needed
     items = [pairs[i] for i in range(3)]

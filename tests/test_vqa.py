@@ -100,8 +100,9 @@ def test_scores_and_majority_baseline():
 def ours(tmp_path_factory) -> IdqFormerRetrieval:
     ckpt = save_tiny_blip2(tmp_path_factory.mktemp("blip2"), QS, 8)
     torch.manual_seed(0)
-    cfg = IdqConfig(blip2_checkpoint=str(ckpt), l_base=2, l_max=12, l_init=8, cache_features=False,
-                    qscaler_encoder="qformer")
+    cfg = IdqConfig(
+        blip2_checkpoint=str(ckpt), l_base=2, l_max=12, l_init=8, cache_features=False, qscaler_encoder="qformer"
+    )
     return IdqFormerRetrieval.create(cfg, OptimConfig())
 
 
@@ -182,20 +183,48 @@ def test_text_pretraining_loss_covers_the_answer_or_every_token(loss_on):
 
 def _save_tiny_blip2_opt(path: Path, qformer_hidden: int) -> Path:
     """A random tiny Blip2ForConditionalGeneration (OPT language model) and a tokenizer, saved."""
-    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2QFormerConfig, Blip2VisionConfig, OPTConfig
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2QFormerConfig,
+        Blip2VisionConfig,
+        OPTConfig,
+    )
 
     from lightning_modules.components.word_tokenizer import build_word_tokenizer
 
     tok = build_word_tokenizer(TEXTS, 64)
-    text = OPTConfig(vocab_size=len(tok), hidden_size=24, num_hidden_layers=1, ffn_dim=48, num_attention_heads=2,
-                     word_embed_proj_dim=24, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    cfg = Blip2Config(vision_config=Blip2VisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                                      num_attention_heads=2, image_size=16, patch_size=8).to_dict(),
-                      qformer_config=Blip2QFormerConfig(hidden_size=qformer_hidden, num_hidden_layers=1,
-                                                        num_attention_heads=2, intermediate_size=32,
-                                                        encoder_hidden_size=16).to_dict(),
-                      text_config=text.to_dict(), num_query_tokens=4)
+    text = OPTConfig(
+        vocab_size=len(tok),
+        hidden_size=24,
+        num_hidden_layers=1,
+        ffn_dim=48,
+        num_attention_heads=2,
+        word_embed_proj_dim=24,
+        max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    cfg = Blip2Config(
+        vision_config=Blip2VisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=8,
+        ).to_dict(),
+        qformer_config=Blip2QFormerConfig(
+            hidden_size=qformer_hidden,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            encoder_hidden_size=16,
+        ).to_dict(),
+        text_config=text.to_dict(),
+        num_query_tokens=4,
+    )
     torch.manual_seed(0)
     Blip2ForConditionalGeneration(cfg).save_pretrained(path)
     tok.save_pretrained(path)
@@ -242,11 +271,29 @@ def _small_ours_args() -> list[str]:
     from tests.test_blip2 import BLIP2_ARGS, SMALL, TINY_QFORMER
 
     deps = {"blip2_checkpoint": {"train": {"max_epochs": 1}, "model_args": BLIP2_ARGS}}
-    ours = TINY_QFORMER | {"l_base": 2, "l_max": 12, "l_init": 8, "qscaler_hidden": 16, "itm_max_anchors": 8,
-                           "dependency_overrides": deps}
+    ours = TINY_QFORMER | {
+        "l_base": 2,
+        "l_max": 12,
+        "l_init": 8,
+        "qscaler_hidden": 16,
+        "itm_max_anchors": 8,
+        "dependency_overrides": deps,
+    }
     task = {"lm_hidden": 32, "lm_layers": 1, "lm_heads": 2, "lm_epochs": 1, "epochs": 1, "batch_size": 32}
-    return ["--set", "train.max_epochs=1", "--set", f"data.options={SMALL}", "--set", "data.batch_size=32", "--set", f"model_args={json.dumps(ours)}",
-            "--set", f"task_args={json.dumps(task)}", "--set", "eval.measure=false"]
+    return [
+        "--set",
+        "train.max_epochs=1",
+        "--set",
+        f"data.options={SMALL}",
+        "--set",
+        "data.batch_size=32",
+        "--set",
+        f"model_args={json.dumps(ours)}",
+        "--set",
+        f"task_args={json.dumps(task)}",
+        "--set",
+        "eval.measure=false",
+    ]
 
 
 def test_bench_run_task_vqa_and_bench_vqa_on_a_tiny_trained_model(tmp_path):
@@ -254,8 +301,9 @@ def test_bench_run_task_vqa_and_bench_vqa_on_a_tiny_trained_model(tmp_path):
     image = tmp_path / "cache" / "data"
     res = runner.invoke(app, ["vqa", *common, "--image", str(tmp_path / "none.png"), "--question", "Is there a star?"])
     assert res.exit_code == 2 and "--image" in res.output and "image file not found" in res.output
-    res = runner.invoke(app, ["run", "--task", "vqa", "--no-progress",
-                              "--results-dir", str(tmp_path / "results"), *common])
+    res = runner.invoke(
+        app, ["run", "--task", "vqa", "--no-progress", "--results-dir", str(tmp_path / "results"), *common]
+    )
     assert res.exit_code == 0, res.output
     assert "majority" in res.output and "presence" in res.output
     r = json.loads((tmp_path / "results" / "ours__synthetic__vqa__default.json").read_text())
@@ -264,18 +312,39 @@ def test_bench_run_task_vqa_and_bench_vqa_on_a_tiny_trained_model(tmp_path):
     for t in QUESTION_TYPES:
         assert 0 <= r["metrics"][f"vqa/{t}/accuracy"] <= 1 and 0 <= r["metrics"][f"vqa/{t}/majority_accuracy"] <= 1
     assert {row["type"] for row in r["vqa"]["per_type"]} == set(QUESTION_TYPES)
-    assert len(r["per_query"]["vqa/prediction"]) == r["provenance"]["n_questions"] == sum(
-        row["n"] for row in r["vqa"]["per_type"])
+    assert (
+        len(r["per_query"]["vqa/prediction"])
+        == r["provenance"]["n_questions"]
+        == sum(row["n"] for row in r["vqa"]["per_type"])
+    )
     assert r["environment"]["torch_num_threads"] >= 1 and r["vqa"]["majority_reference"] == "train answers"
     png = next(image.rglob("test_000000.png"))
     res = runner.invoke(app, ["vqa", *common, "--image", str(png), "--question", "How many objects are there?"])
     assert res.exit_code == 0, res.output
     assert res.stdout.strip() == r["per_query"]["vqa/prediction"][1]  # image 0's count question, alone on stdout
     # another VQA training on the same data reuses the pretrained LM (text only: cached on its own)
-    res = runner.invoke(app, ["run", "--task", "vqa", "--no-progress", "--results-dir", str(tmp_path / "results"),
-                              *common, "--set", "task_args.epochs=2", "--set", "task_args.threads=2", "--tag", "again"])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--task",
+            "vqa",
+            "--no-progress",
+            "--results-dir",
+            str(tmp_path / "results"),
+            *common,
+            "--set",
+            "task_args.epochs=2",
+            "--set",
+            "task_args.threads=2",
+            "--tag",
+            "again",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    again = json.loads((tmp_path / "results" / "ours__synthetic__vqa__again.json").read_text())["provenance"]["vqa_model"]
+    again = json.loads((tmp_path / "results" / "ours__synthetic__vqa__again.json").read_text())["provenance"][
+        "vqa_model"
+    ]
     assert again["trained_this_run"] is True and again["lm_trained_this_run"] is False
     assert again["lm_checkpoint"] == r["provenance"]["vqa_model"]["lm_checkpoint"]
     # no trained VQA model for another seed: a clear error, nothing trained
@@ -290,10 +359,32 @@ def test_bench_run_task_vqa_on_rsieval_with_a_full_size_model(tmp_path):
     write_rsicap(root)
     _hub_style_checkpoint(tmp_path / "itm", None)
     lm = _save_tiny_blip2_opt(tmp_path / "blip2-opt", qformer_hidden=32)
-    args = ["run", "--task", "vqa", "--model", "ours", "--dataset", "rsicap", "--data-root", str(root), "--size", "full",
-            "--pretrained", str(tmp_path / "itm"), "--epochs", "0", "--no-progress", "--cache-dir", str(tmp_path / "c"),
-            "--results-dir", str(tmp_path / "results"), "--set", "eval.measure=false",
-            "--set", f'task_args={{"lm": "{lm}", "max_new_tokens": 2}}']
+    args = [
+        "run",
+        "--task",
+        "vqa",
+        "--model",
+        "ours",
+        "--dataset",
+        "rsicap",
+        "--data-root",
+        str(root),
+        "--size",
+        "full",
+        "--pretrained",
+        str(tmp_path / "itm"),
+        "--epochs",
+        "0",
+        "--no-progress",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--set",
+        "eval.measure=false",
+        "--set",
+        f'task_args={{"lm": "{lm}", "max_new_tokens": 2}}',
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "results" / "ours__rsicap__vqa__default.json").read_text())
@@ -311,12 +402,15 @@ def test_bench_run_task_vqa_on_rsieval_with_a_full_size_model(tmp_path):
     assert res.exit_code == 2 and str(path) in res.output and "'answer'" in res.output
 
 
-@pytest.mark.parametrize("extra, needle", [
-    (["--dataset", "coco"], "dataset 'coco' has no question-answer pairs"),
-    (["--model", "clip"], "model 'clip' has no query outputs"),
-    (["--dataset", "rsicap"], "evaluation only"),
-    (["--set", "task_args.epochs=-1"], "task_args.epochs must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--dataset", "coco"], "dataset 'coco' has no question-answer pairs"),
+        (["--model", "clip"], "model 'clip' has no query outputs"),
+        (["--dataset", "rsicap"], "evaluation only"),
+        (["--set", "task_args.epochs=-1"], "task_args.epochs must be >= 0"),
+    ],
+)
 def test_vqa_configs_refused_before_training(tmp_path, extra, needle):
     res = runner.invoke(app, ["run", "--task", "vqa", "--model", "ours", "--cache-dir", str(tmp_path / "c"), *extra])
     assert res.exit_code == 2 and needle in res.output, res.output
@@ -327,8 +421,21 @@ def test_vqa_configs_refused_before_training(tmp_path, extra, needle):
 def test_synthetic_vqa_beats_the_majority_baseline_per_type(tmp_path):
     """The issue's target at default size: accuracy well above the majority answer, per type
     (trains CLIP -> BLIP2 -> ours -> the VQA model in a fresh cache: long on a CPU)."""
-    res = runner.invoke(app, ["run", "--task", "vqa", "--model", "ours", "--no-progress",
-                              "--results-dir", str(tmp_path / "results"), "--cache-dir", str(tmp_path / "cache")])
+    res = runner.invoke(
+        app,
+        [
+            "run",
+            "--task",
+            "vqa",
+            "--model",
+            "ours",
+            "--no-progress",
+            "--results-dir",
+            str(tmp_path / "results"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "results" / "ours__synthetic__vqa__default.json").read_text())
     for row in r["vqa"]["per_type"]:

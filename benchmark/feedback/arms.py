@@ -82,8 +82,9 @@ def _spread(x: torch.Tensor) -> torch.Tensor:
     return torch.where(std > 0, std, torch.ones_like(std))
 
 
-def refreshed(prev: torch.Tensor, sims: torch.Tensor | Shown, ps: torch.Tensor, w: RefreshConfig,
-              ns: torch.Tensor | None = None) -> torch.Tensor:
+def refreshed(
+    prev: torch.Tensor, sims: torch.Tensor | Shown, ps: torch.Tensor, w: RefreshConfig, ns: torch.Tensor | None = None
+) -> torch.Tensor:
     """Score refreshing of ``[c, G]`` scores from the shown items' similarities (a
     :class:`~benchmark.feedback.kernels.Shown` source, or their rows ``[c, d, G]``) and
     ``[c, d]`` PS and NS marks (``ns`` None: every shown item not PS, the binary user):
@@ -138,9 +139,12 @@ class Arm:
             chunk.counts[f"marks/{self.name}/{kind}"] += int(mask.sum())
         for i in range(len(shown)):
             row = shown[i].tolist()
-            entry = {"round": t + 1, "shown": [ids[g] for g in row],
-                     "ps": [ids[g] for g, m in zip(row, marks.ps[i].tolist(), strict=True) if m],
-                     "ns": [ids[g] for g, m in zip(row, marks.ns[i].tolist(), strict=True) if m]}
+            entry = {
+                "round": t + 1,
+                "shown": [ids[g] for g in row],
+                "ps": [ids[g] for g, m in zip(row, marks.ps[i].tolist(), strict=True) if m],
+                "ns": [ids[g] for g, m in zip(row, marks.ns[i].tolist(), strict=True) if m],
+            }
             if marks.closeness is not None:
                 entry["unsure"] = [ids[g] for g, m in zip(row, marks.unsure[i].tolist(), strict=True) if m]
                 entry["closeness"] = [None if c != c else round(c, 4) for c in marks.closeness[i].tolist()]
@@ -187,7 +191,8 @@ class LLMGuided(Arm):
             row = shown[i].tolist()
             target = int(task.targets[q])
             r = chunk.refiner.refine(
-                task.queries[q], state.current[i],
+                task.queries[q],
+                state.current[i],
                 [caps[g] for g, m in zip(row, marks.ps[i].tolist(), strict=True) if m],
                 [caps[g] for g, m in zip(row, marks.ns[i].tolist(), strict=True) if m],
                 state.history[i],
@@ -195,8 +200,12 @@ class LLMGuided(Arm):
             )
             chunk.counts["llm_rounds"] += 1
             state.history[i].extend(r.qa())
-            state.log[i][-1].update(questions=r.qa(), refined_query=r.refined_query, fallback=r.failure,
-                                    **({"detail": r.detail} if r.detail else {}))
+            state.log[i][-1].update(
+                questions=r.qa(),
+                refined_query=r.refined_query,
+                fallback=r.failure,
+                **({"detail": r.detail} if r.detail else {}),
+            )
             if r.failure is None:
                 ok.append(i)
                 texts.append(r.refined_query)
@@ -210,8 +219,9 @@ class LLMGuided(Arm):
             state.scores[idx] = alpha * chunk.scorer.text_scores(texts) + (1 - alpha) * state.scores[idx]
         if failed:
             idx = torch.tensor(failed)
-            state.scores[idx] = refreshed(state.scores[idx], chunk.scorer.shown(shown[idx]), marks.ps[idx],
-                                          chunk.config.refresh, marks.ns[idx])
+            state.scores[idx] = refreshed(
+                state.scores[idx], chunk.scorer.shown(shown[idx]), marks.ps[idx], chunk.config.refresh, marks.ns[idx]
+            )
 
 
 #: arm name -> implementation (every name of ``config.ARM_NAMES``)

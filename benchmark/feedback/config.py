@@ -94,14 +94,19 @@ class SimilarityConfig:
 
     def __post_init__(self) -> None:
         if self.top_k is not None and not 1 <= self.top_k <= MAX_TOP_K:
-            raise ConfigError(f"feedback.similarity.top_k must be null or an integer in [1, {MAX_TOP_K}], "
-                              f"got {self.top_k}")
+            raise ConfigError(
+                f"feedback.similarity.top_k must be null or an integer in [1, {MAX_TOP_K}], got {self.top_k}"
+            )
         if self.row_chunk is not None and not 1 <= self.row_chunk <= MAX_ROW_CHUNK:
-            raise ConfigError(f"feedback.similarity.row_chunk must be null or an integer in [1, {MAX_ROW_CHUNK}], "
-                              f"got {self.row_chunk}")
+            raise ConfigError(
+                f"feedback.similarity.row_chunk must be null or an integer in [1, {MAX_ROW_CHUNK}], "
+                f"got {self.row_chunk}"
+            )
         if not 0.0 <= self.row_cache_mb <= MAX_ROW_CACHE_MB:  # NaN fails too
-            raise ConfigError("feedback.similarity.row_cache_mb must be a number of MB in "
-                              f"[0, {MAX_ROW_CACHE_MB:.0f}], got {self.row_cache_mb}")
+            raise ConfigError(
+                "feedback.similarity.row_cache_mb must be a number of MB in "
+                f"[0, {MAX_ROW_CACHE_MB:.0f}], got {self.row_cache_mb}"
+            )
 
 
 @dataclass(frozen=True)
@@ -143,8 +148,10 @@ class LLMConfig:
         from benchmark.feedback.llm.registry import BACKENDS
 
         if prefix not in BACKENDS:
-            raise ConfigError(f"--llm / feedback.llm.backend: unknown backend {redact_text(self.backend)!r}; expected "
-                              + ", ".join(BACKENDS[k].usage for k in BACKENDS))
+            raise ConfigError(
+                f"--llm / feedback.llm.backend: unknown backend {redact_text(self.backend)!r}; expected "
+                + ", ".join(BACKENDS[k].usage for k in BACKENDS)
+            )
         BACKENDS[prefix].check_spec(self.backend)
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"feedback.llm.alpha must lie in [0, 1], got {self.alpha}")
@@ -159,8 +166,10 @@ class LLMConfig:
         if self.max_new_tokens < 1 or self.max_query_chars < 1:
             raise ConfigError("feedback.llm.max_new_tokens and feedback.llm.max_query_chars must be >= 1")
         if not 1 <= self.min_questions <= self.max_questions:
-            raise ConfigError("feedback.llm needs 1 <= min_questions <= max_questions, got "
-                              f"{self.min_questions} and {self.max_questions}")
+            raise ConfigError(
+                "feedback.llm needs 1 <= min_questions <= max_questions, got "
+                f"{self.min_questions} and {self.max_questions}"
+            )
         if self.max_options < 2:
             raise ConfigError(f"feedback.llm.max_options must be >= 2, got {self.max_options}")
 
@@ -201,8 +210,10 @@ class UserConfig:
         if not 0.0 < self.ps_threshold <= 1.0:  # NaN fails too
             raise ConfigError(f"feedback.user.ps_threshold must lie in (0, 1], got {self.ps_threshold}")
         if not 0.0 <= self.ns_threshold <= self.ps_threshold:
-            raise ConfigError(f"feedback.user.ns_threshold must lie in [0, ps_threshold = {self.ps_threshold}], "
-                              f"got {self.ns_threshold}")
+            raise ConfigError(
+                f"feedback.user.ns_threshold must lie in [0, ps_threshold = {self.ps_threshold}], "
+                f"got {self.ns_threshold}"
+            )
         if not 0.0 <= self.noise <= 0.5:
             raise ConfigError(f"feedback.user.noise must lie in [0, 0.5], got {self.noise}")
         if not 0.0 <= self.unsure_rate <= 1.0:
@@ -265,23 +276,29 @@ class FeedbackConfig:
             raise ConfigError(f"feedback.success_k must be >= 1, got {self.success_k}")
         unknown = [a for a in self.arms if a not in ARM_NAMES]
         if unknown or not self.arms:
-            raise ConfigError(f"feedback.arms: unknown arm {unknown[0]!r}; valid arms: {', '.join(ARM_NAMES)}"
-                              if unknown else "feedback.arms must name at least one arm")
+            raise ConfigError(
+                f"feedback.arms: unknown arm {unknown[0]!r}; valid arms: {', '.join(ARM_NAMES)}"
+                if unknown
+                else "feedback.arms must name at least one arm"
+            )
         object.__setattr__(self, "arms", tuple(a for a in ARM_NAMES if a in self.arms))
         if self.max_queries is not None and self.max_queries < 1:
             raise ConfigError(f"--max-queries / feedback.max_queries must be >= 1, got {self.max_queries}")
         if self.chunk_size < 1:
             raise ConfigError(f"feedback.chunk_size must be >= 1, got {self.chunk_size}")
         if self.gallery_caption not in GALLERY_CAPTIONS:
-            raise ConfigError(f"feedback.gallery_caption must be one of {', '.join(GALLERY_CAPTIONS)}, "
-                              f"got {self.gallery_caption!r}")
+            raise ConfigError(
+                f"feedback.gallery_caption must be one of {', '.join(GALLERY_CAPTIONS)}, got {self.gallery_caption!r}"
+            )
         from benchmark.feedback.kernels import KERNELS, NEIGHBOURS
 
         k = self.similarity.top_k
         if KERNELS[self.refresh.kernel].reads == NEIGHBOURS and k is not None and k < self.refresh.neighbours:
-            raise ConfigError(f"feedback.similarity.top_k must be >= feedback.refresh.neighbours "
-                              f"({self.refresh.neighbours}): the {self.refresh.kernel} kernel reads that many "
-                              f"nearest neighbours of each shown item; got {k}")
+            raise ConfigError(
+                f"feedback.similarity.top_k must be >= feedback.refresh.neighbours "
+                f"({self.refresh.neighbours}): the {self.refresh.kernel} kernel reads that many "
+                f"nearest neighbours of each shown item; got {k}"
+            )
 
     def image_similarity(self) -> dict[str, object]:
         """The resolved image-image similarity settings, as recorded in the result file:
@@ -292,14 +309,18 @@ class FeedbackConfig:
 
         reads = KERNELS[self.refresh.kernel].reads
         s = self.similarity
-        return {"reads": reads,
-                "top_k": (s.top_k or self.refresh.neighbours) if reads == NEIGHBOURS else None,
-                "row_chunk": s.row_chunk or self.chunk_size,
-                "row_cache_mb": s.row_cache_mb if reads != NEIGHBOURS else None}
+        return {
+            "reads": reads,
+            "top_k": (s.top_k or self.refresh.neighbours) if reads == NEIGHBOURS else None,
+            "row_chunk": s.row_chunk or self.chunk_size,
+            "row_cache_mb": s.row_cache_mb if reads != NEIGHBOURS else None,
+        }
 
     def check_gallery(self, n_gallery: int) -> None:
         """Every round must be able to show ``display`` items not yet excluded."""
         need = (self.rounds + 1) * self.display
         if n_gallery < need:
-            raise ConfigError(f"the gallery holds {n_gallery} images, but {self.rounds} rounds showing "
-                              f"{self.display} each need at least {need}: lower --rounds or --display")
+            raise ConfigError(
+                f"the gallery holds {n_gallery} images, but {self.rounds} rounds showing "
+                f"{self.display} each need at least {need}: lower --rounds or --display"
+            )

@@ -128,9 +128,12 @@ def _residual(shown: Shown, mask: torch.Tensor, neighbours: int, prev: torch.Ten
 
 
 #: ``refresh.kernel`` -> implementation
-KERNELS: dict[str, Kernel] = {k.name: k for k in (
-    Kernel("mean", SIMILARITY, ROWS, _mean),
-    Kernel("max", SIMILARITY, ROWS, _max),
-    Kernel("knn", SHARE, NEIGHBOURS, _knn),
-    Kernel("residual", SIMILARITY, ROWS, _residual),
-)}
+KERNELS: dict[str, Kernel] = {
+    k.name: k
+    for k in (
+        Kernel("mean", SIMILARITY, ROWS, _mean),
+        Kernel("max", SIMILARITY, ROWS, _max),
+        Kernel("knn", SHARE, NEIGHBOURS, _knn),
+        Kernel("residual", SIMILARITY, ROWS, _residual),
+    )
+}

@@ -62,7 +62,7 @@ def uniform(seed: int, queries: np.ndarray, images: np.ndarray) -> np.ndarray:
         x = _mix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) + _GOLDEN)
         x = _mix(x ^ (np.asarray(queries, dtype=np.uint64) + _GOLDEN))
         x = _mix(x ^ (np.asarray(images, dtype=np.uint64) + _GOLDEN))
-    return (x >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 class BinaryUser:
@@ -80,8 +80,9 @@ class GradedUser:
 
     name = "graded"
 
-    def __init__(self, closeness: Closeness, *, ps_threshold: float, ns_threshold: float, noise: float,
-                 seed: int) -> None:
+    def __init__(
+        self, closeness: Closeness, *, ps_threshold: float, ns_threshold: float, noise: float, seed: int
+    ) -> None:
         self.closeness = closeness
         self.ps_threshold, self.ns_threshold, self.noise, self.seed = ps_threshold, ns_threshold, noise, seed
 
@@ -105,5 +106,6 @@ class GradedUser:
 USER_MODELS: dict[str, Callable[..., BinaryUser | GradedUser]] = {
     "binary": lambda config, closeness, seed: BinaryUser(),
     "graded": lambda config, closeness, seed: GradedUser(
-        closeness, ps_threshold=config.ps_threshold, ns_threshold=config.ns_threshold, noise=config.noise, seed=seed),
+        closeness, ps_threshold=config.ps_threshold, ns_threshold=config.ns_threshold, noise=config.noise, seed=seed
+    ),
 }

@@ -52,8 +52,18 @@ def bound_mb(step: str, n_gallery: int, top_k: int, row_chunk: int, n_queries: i
     raise ValueError(f"step must be one of {', '.join(STEPS)}, got {step!r}")
 
 
-def probe(step: str, n_gallery: int, dim: int = 64, top_k: int = 16, row_chunk: int = 256,
-          n_queries: int = 64, display: int = 5, threads: int = 1, seed: int = 0, out: str | None = None) -> None:
+def probe(
+    step: str,
+    n_gallery: int,
+    dim: int = 64,
+    top_k: int = 16,
+    row_chunk: int = 256,
+    n_queries: int = 64,
+    display: int = 5,
+    threads: int = 1,
+    seed: int = 0,
+    out: str | None = None,
+) -> None:
     import torch
     import torch.nn.functional as F
 
@@ -67,8 +77,14 @@ def probe(step: str, n_gallery: int, dim: int = 64, top_k: int = 16, row_chunk: 
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(seed)
     gallery = Encoded(F.normalize(torch.randn(n_gallery, dim, generator=g), dim=-1))
-    scorer = GalleryScorer(None, gallery, max_sim,  # type: ignore[arg-type]  # no model: scores only
-                           row_chunk=row_chunk, top_k=top_k, row_cache_mb=0.0)
+    scorer = GalleryScorer(
+        None,
+        gallery,
+        max_sim,  # type: ignore[arg-type]  # no model: scores only
+        row_chunk=row_chunk,
+        top_k=top_k,
+        row_cache_mb=0.0,
+    )
     shown = torch.randint(0, n_gallery, (n_queries, display), generator=g)
     prev = torch.randn(n_queries, n_gallery, generator=g)
     ps = torch.rand(n_queries, display, generator=g) < 0.3

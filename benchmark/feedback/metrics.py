@@ -23,7 +23,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["best_so_far", "bri", "bri_by_query", "bri_series", "hits_by_query", "per_round", "rounds_to_success", "summary"]
+__all__ = [
+    "best_so_far",
+    "bri",
+    "bri_by_query",
+    "bri_series",
+    "hits_by_query",
+    "per_round",
+    "rounds_to_success",
+    "summary",
+]
 
 
 def _evaluated(ranks: np.ndarray) -> np.ndarray:

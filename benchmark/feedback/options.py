@@ -16,12 +16,18 @@ from benchmark.config import ConfigError, deep_merge, from_dict, parse_set
 from benchmark.feedback.config import MODES, FeedbackConfig
 
 
-def feedback_config(*, rounds: int, display: int, mode: str, llm: str, llm_model: str | None,
-                    max_queries: int | None, sets: list[str]) -> FeedbackConfig:
+def feedback_config(
+    *, rounds: int, display: int, mode: str, llm: str, llm_model: str | None, max_queries: int | None, sets: list[str]
+) -> FeedbackConfig:
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    flags: dict[str, Any] = {"rounds": rounds, "display": display, "arms": list(MODES[mode]),
-                             "max_queries": max_queries, "llm": {"backend": llm}}
+    flags: dict[str, Any] = {
+        "rounds": rounds,
+        "display": display,
+        "arms": list(MODES[mode]),
+        "max_queries": max_queries,
+        "llm": {"backend": llm},
+    }
     if llm_model is not None:
         flags["llm"]["model"] = llm_model
     extra = parse_set(sets, "--feedback-set")

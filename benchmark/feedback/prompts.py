@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from string import Template
 from typing import Any
@@ -26,7 +26,7 @@ INPUT_MARKER = "INPUT JSON:"
 TASK_QUESTIONS, TASK_UPDATE = "questions", "update"
 
 
-@lru_cache(maxsize=None)
+@cache
 def template(name: str) -> Template:
     """The template file ``prompts/<name>.txt`` shipped with the package."""
     ref = resources.files("benchmark.feedback") / "prompts" / f"{name}.txt"
@@ -41,25 +41,37 @@ class Limits:
 
 
 def _messages(task: str, payload: dict[str, Any], limits: Limits) -> list[Message]:
-    fields = {"input": json.dumps({"task": task, **payload}, ensure_ascii=False, indent=1),
-              "min_questions": limits.min_questions, "max_questions": limits.max_questions,
-              "max_options": limits.max_options}
-    return [{"role": "system", "content": template(f"{task}.system").substitute(fields).strip()},
-            {"role": "user", "content": template(f"{task}.user").substitute(fields).strip()}]
+    fields = {
+        "input": json.dumps({"task": task, **payload}, ensure_ascii=False, indent=1),
+        "min_questions": limits.min_questions,
+        "max_questions": limits.max_questions,
+        "max_options": limits.max_options,
+    }
+    return [
+        {"role": "system", "content": template(f"{task}.system").substitute(fields).strip()},
+        {"role": "user", "content": template(f"{task}.user").substitute(fields).strip()},
+    ]
 
 
-def question_messages(query: str, positive: list[str], negative: list[str], history: list[dict],
-                      limits: Limits) -> list[Message]:
+def question_messages(
+    query: str, positive: list[str], negative: list[str], history: list[dict], limits: Limits
+) -> list[Message]:
     """Question generation: original query, PS / NS captions, earlier questions and answers."""
     payload = {"query": query, "positive_captions": positive, "negative_captions": negative, "history": history}
     return _messages(TASK_QUESTIONS, payload, limits)
 
 
-def update_messages(query: str, current_query: str, answered: list[dict], positive: list[str],
-                    negative: list[str], limits: Limits) -> list[Message]:
+def update_messages(
+    query: str, current_query: str, answered: list[dict], positive: list[str], negative: list[str], limits: Limits
+) -> list[Message]:
     """Query update: original and current query, this round's questions with answers, captions."""
-    payload = {"query": query, "current_query": current_query, "answers": answered,
-               "positive_captions": positive, "negative_captions": negative}
+    payload = {
+        "query": query,
+        "current_query": current_query,
+        "answers": answered,
+        "positive_captions": positive,
+        "negative_captions": negative,
+    }
     return _messages(TASK_UPDATE, payload, limits)
 
 

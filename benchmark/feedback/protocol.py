@@ -48,9 +48,15 @@ class ProtocolResult:
         return out
 
 
-def run_protocol(task: FeedbackTask, scorer: GalleryScorer, queries: Encoded, config: FeedbackConfig,
-                 user: SimulatedUser, refiner: Refiner | None = None,
-                 on_query: Callable[[dict[str, Any]], None] | None = None) -> ProtocolResult:
+def run_protocol(
+    task: FeedbackTask,
+    scorer: GalleryScorer,
+    queries: Encoded,
+    config: FeedbackConfig,
+    user: SimulatedUser,
+    refiner: Refiner | None = None,
+    on_query: Callable[[dict[str, Any]], None] | None = None,
+) -> ProtocolResult:
     """Run every arm of ``config.arms`` over every query of ``task`` (``queries``: their encodings)."""
     if len(queries) != task.n_queries:
         raise ValueError(f"{len(queries)} query encodings for {task.n_queries} queries")
@@ -63,8 +69,18 @@ def run_protocol(task: FeedbackTask, scorer: GalleryScorer, queries: Encoded, co
     for start in range(0, task.n_queries, config.chunk_size):
         stop = min(start + config.chunk_size, task.n_queries)
         t0 = time.perf_counter()
-        chunk = Chunk(start, stop, scorer.scores(queries[start:stop]), task.relevant_dense(start, stop), task,
-                      scorer, user, config, refiner, result.counts)
+        chunk = Chunk(
+            start,
+            stop,
+            scorer.scores(queries[start:stop]),
+            task.relevant_dense(start, stop),
+            task,
+            scorer,
+            user,
+            config,
+            refiner,
+            result.counts,
+        )
         timings["round0_scores_s"] += time.perf_counter() - t0
         states = {a: ARMS[a].init(chunk) for a in config.arms}
         for t in range(n_rounds):

@@ -95,9 +95,19 @@ def user_protocol(fb: FeedbackConfig, task: FeedbackTask, user_seed: int) -> dic
     return out
 
 
-def build_result(cfg: RunConfig, fb: FeedbackConfig, res: ProtocolResult, task: FeedbackTask, *,
-                 llm: dict[str, Any] | None, user_seed: int, environment: dict, provenance: dict,
-                 timings: dict[str, float], transcript: Path) -> dict[str, Any]:
+def build_result(
+    cfg: RunConfig,
+    fb: FeedbackConfig,
+    res: ProtocolResult,
+    task: FeedbackTask,
+    *,
+    llm: dict[str, Any] | None,
+    user_seed: int,
+    environment: dict,
+    provenance: dict,
+    timings: dict[str, float],
+    transcript: Path,
+) -> dict[str, Any]:
     ks = sorted(set(fb.ks) | {fb.success_k})
     per_round = {a: metrics.per_round(r, ks) for a, r in res.ranks.items()}
     summary = {a: metrics.summary(r, fb.success_k) for a, r in res.ranks.items()}
@@ -112,11 +122,19 @@ def build_result(cfg: RunConfig, fb: FeedbackConfig, res: ProtocolResult, task: 
         "config": to_dict(cfg),
         "config_hash": result_hash(cfg, fb),
         "protocol": {
-            "rounds": fb.rounds, "display": fb.display, "ks": list(fb.ks), "success_k": fb.success_k,
-            "rank_base": RANK_BASE, "direction": "t2i", "arms": list(fb.arms),
-            "llm": llm, "user": user_protocol(fb, task, user_seed),
-            "feedback_config": redacted_feedback_config(fb), "image_similarity": fb.image_similarity(),
-            "n_queries": task.n_queries, "n_gallery": task.n_gallery,
+            "rounds": fb.rounds,
+            "display": fb.display,
+            "ks": list(fb.ks),
+            "success_k": fb.success_k,
+            "rank_base": RANK_BASE,
+            "direction": "t2i",
+            "arms": list(fb.arms),
+            "llm": llm,
+            "user": user_protocol(fb, task, user_seed),
+            "feedback_config": redacted_feedback_config(fb),
+            "image_similarity": fb.image_similarity(),
+            "n_queries": task.n_queries,
+            "n_gallery": task.n_gallery,
         },
         "per_round": per_round,
         "summary": summary,

@@ -46,20 +46,29 @@ class Refiner:
             return self.backend.generate(messages)
         except LLMError:
             raise
-        except Exception as e:  # noqa: BLE001 -- a backend must never crash the run
+        except Exception as e:
             raise LLMError("backend_error", f"{type(e).__name__}: {e}") from e
 
-    def refine(self, query: str, current_query: str, positive: list[str], negative: list[str],
-               history: list[dict[str, Any]], answer: Answerer) -> Refinement:
+    def refine(
+        self,
+        query: str,
+        current_query: str,
+        positive: list[str],
+        negative: list[str],
+        history: list[dict[str, Any]],
+        answer: Answerer,
+    ) -> Refinement:
         out = Refinement()
         c = self.config
         try:
             text = self._generate(prompts.question_messages(query, positive, negative, history, self.limits))
-            out.questions = parse_questions(text, min_questions=c.min_questions, max_questions=c.max_questions,
-                                            max_options=c.max_options)
+            out.questions = parse_questions(
+                text, min_questions=c.min_questions, max_questions=c.max_questions, max_options=c.max_options
+            )
             out.answers = [answer(i, q) for i, q in enumerate(out.questions)]
-            text = self._generate(prompts.update_messages(query, current_query, out.qa(), positive, negative,
-                                                          self.limits))
+            text = self._generate(
+                prompts.update_messages(query, current_query, out.qa(), positive, negative, self.limits)
+            )
             out.refined_query = parse_query(text, max_chars=c.max_query_chars)
         except LLMError as e:
             out.failure, out.detail = e.reason, e.detail[:300]

@@ -83,16 +83,16 @@ def words(text: str) -> list[str]:
 def _positions(tokens: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for i, w in enumerate(tokens):
-        if w in ("top", "bottom") or (w == "middle" and "center" not in tokens[i + 1:i + 2]):
+        if w in ("top", "bottom") or (w == "middle" and "center" not in tokens[i + 1 : i + 2]):
             out["row"] = w
         elif w in ("left", "right"):
             out["column"] = w
         elif w == "center":
             out["column"] = "center"
-            after, before = tokens[i + 1:i + 2], tokens[i - 1:i]
+            after, before = tokens[i + 1 : i + 2], tokens[i - 1 : i]
             if after != ["column"] and not (before and before[0] in ROWS):
                 out.setdefault("row", "middle")  # "in the center" is the middle cell
-        elif w == "middle" and "center" in tokens[i + 1:i + 2]:
+        elif w == "middle" and "center" in tokens[i + 1 : i + 2]:
             out["row"] = "middle"
     return {k: v for k, v in out.items() if v in (ROWS if k == "row" else COLUMNS)}
 

@@ -50,8 +50,9 @@ def _text(value: Any, where: str) -> str:
     return " ".join(value.split())
 
 
-def parse_questions(text: str, *, min_questions: int = 2, max_questions: int = 3, max_options: int = 6
-                    ) -> list[Question]:
+def parse_questions(
+    text: str, *, min_questions: int = 2, max_questions: int = 3, max_options: int = 6
+) -> list[Question]:
     data = first_json_object(text)
     raw = data.get("questions")
     if not isinstance(raw, list):
@@ -72,8 +73,9 @@ def parse_questions(text: str, *, min_questions: int = 2, max_questions: int = 3
             raise LLMError("invalid_output", f"{where}.options has duplicates")
         real = [o for o in opts if not is_unsure(o)]
         if not 2 <= len(real) <= max_options:
-            raise LLMError("invalid_output", f"{where} needs 2 to {max_options} options besides 'none / unsure', "
-                                             f"got {len(real)}")
+            raise LLMError(
+                "invalid_output", f"{where} needs 2 to {max_options} options besides 'none / unsure', got {len(real)}"
+            )
         about = q.get("about", "")
         out.append(Question(question, (*real, UNSURE), about if isinstance(about, str) else ""))
     return out

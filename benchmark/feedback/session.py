@@ -28,9 +28,9 @@ from benchmark.feedback.similarity import GalleryScorer, score_function
 from benchmark.feedback.task import from_eval_set
 from benchmark.feedback.transcript import JsonlWriter
 from benchmark.feedback.user import SimulatedUser
+from benchmark.portable import portable
 from benchmark.registry import DATASETS, MODELS
 from benchmark.results import atomic_write_json, environment
-from benchmark.portable import portable
 from benchmark.store import data_root, ensure_checkpoint, path_roots, pretrained_of, resolve_dependencies
 from lightning_modules.contract import ItemLoading
 
@@ -45,8 +45,10 @@ class FeedbackOutcome:
         """A short console summary: cumulative Hits@success_k per round and final BRI per arm."""
         r, p = self.result, self.result["protocol"]
         k = p["success_k"]
-        out = [f"T={p['rounds']} display={p['display']} K={k} ranks {p['rank_base']}-based, "
-               f"{p['n_queries']} queries x {p['n_gallery']} images"]
+        out = [
+            f"T={p['rounds']} display={p['display']} K={k} ranks {p['rank_base']}-based, "
+            f"{p['n_queries']} queries x {p['n_gallery']} images"
+        ]
         if p["llm"]:
             out.append(f"question writer: {p['llm']['label']}")
         user = p["user"]
@@ -56,8 +58,10 @@ class FeedbackOutcome:
             out.append(f"  {arm:<8} Hits@{k} by round: {hits}  BRI(T)={table['BRI'][-1]:.3f}")
         out += self.interval_lines()
         if r["fallbacks"]["llm_rounds"]:
-            out.append(f"llm rounds: {r['fallbacks']['llm_rounds']}, fallbacks to refresh: "
-                       f"{r['fallbacks']['by_reason'] or 'none'}")
+            out.append(
+                f"llm rounds: {r['fallbacks']['llm_rounds']}, fallbacks to refresh: "
+                f"{r['fallbacks']['by_reason'] or 'none'}"
+            )
         out.append(f"wrote {self.path} and {self.transcript} ({r['timings']['total_s']:.1f} s)")
         return out
 
@@ -142,8 +146,15 @@ def run_feedback(cfg: RunConfig, fb: FeedbackConfig, *, progress: bool = False) 
     task = from_eval_set(es, dm.records(dm.config.eval_split), gallery_caption=fb.gallery_caption)
     task = task.limited(fb.max_queries)
     sim = fb.image_similarity()
-    scorer = GalleryScorer(model, gallery, score_function(model, fb.score_variant), batch_size=fb.chunk_size,
-                           row_chunk=sim["row_chunk"], top_k=sim["top_k"], row_cache_mb=fb.similarity.row_cache_mb)
+    scorer = GalleryScorer(
+        model,
+        gallery,
+        score_function(model, fb.score_variant),
+        batch_size=fb.chunk_size,
+        row_chunk=sim["row_chunk"],
+        top_k=sim["top_k"],
+        row_cache_mb=fb.similarity.row_cache_mb,
+    )
     queries = scorer.encode_texts(task.queries)
     timings["encode_s"] = time.perf_counter() - t
 
@@ -158,10 +169,23 @@ def run_feedback(cfg: RunConfig, fb: FeedbackConfig, *, progress: bool = False) 
     timings.update(res.timings)
     timings["total_s"] = time.perf_counter() - t_start
 
-    provenance = es.provenance() | dm.describe() | provenance | {
-        "data_root": dm.config.root, "image_image_rows_computed": scorer.n_image_rows}
-    result = build_result(cfg, fb, res, task, llm=backend.describe() if backend is not None else None,
-                          user_seed=user_seed, environment=environment(device), provenance=provenance,
-                          timings=timings, transcript=transcript)
+    provenance = (
+        es.provenance()
+        | dm.describe()
+        | provenance
+        | {"data_root": dm.config.root, "image_image_rows_computed": scorer.n_image_rows}
+    )
+    result = build_result(
+        cfg,
+        fb,
+        res,
+        task,
+        llm=backend.describe() if backend is not None else None,
+        user_seed=user_seed,
+        environment=environment(device),
+        provenance=provenance,
+        timings=timings,
+        transcript=transcript,
+    )
     atomic_write_json(path, portable(result, path_roots(cfg)))  # no machine paths in the file
     return FeedbackOutcome(path, transcript, result)

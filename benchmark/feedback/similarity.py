@@ -42,8 +42,10 @@ def score_function(model: RetrievalModel, variant: str | None) -> ScoreFn:
         return model.score
     variants = model.score_variants() if isinstance(model, ScoreVariants) else {}
     if variant not in variants:
-        raise ConfigError(f"feedback.score_variant: the model has no score variant {variant!r} "
-                          f"(it has: {', '.join(sorted(variants)) or 'none'})")
+        raise ConfigError(
+            f"feedback.score_variant: the model has no score variant {variant!r} "
+            f"(it has: {', '.join(sorted(variants)) or 'none'})"
+        )
     return variants[variant]
 
 
@@ -56,8 +58,17 @@ class GalleryScorer:
     the cache of whole image-image rows.
     """
 
-    def __init__(self, model: RetrievalModel, gallery: Encoded, score_fn: ScoreFn, *, batch_size: int = 256,
-                 row_chunk: int | None = None, top_k: int | None = None, row_cache_mb: float = 1024.0) -> None:
+    def __init__(
+        self,
+        model: RetrievalModel,
+        gallery: Encoded,
+        score_fn: ScoreFn,
+        *,
+        batch_size: int = 256,
+        row_chunk: int | None = None,
+        top_k: int | None = None,
+        row_cache_mb: float = 1024.0,
+    ) -> None:
         self.model = model
         self.gallery = gallery
         self.score_fn = score_fn
@@ -72,14 +83,17 @@ class GalleryScorer:
     @torch.no_grad()
     def scores(self, queries: Encoded) -> torch.Tensor:
         """``[len(queries), G]`` scores of encoded queries."""
-        parts = [self.score_fn(queries[s:s + self.batch_size], self.gallery).float().cpu()
-                 for s in range(0, len(queries), self.batch_size)]
+        parts = [
+            self.score_fn(queries[s : s + self.batch_size], self.gallery).float().cpu()
+            for s in range(0, len(queries), self.batch_size)
+        ]
         return torch.cat(parts) if parts else torch.zeros(0, self.n_gallery)
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> Encoded:
-        parts = [self.model.encode_texts(list(texts[s:s + self.batch_size]))
-                 for s in range(0, len(texts), self.batch_size)]
+        parts = [
+            self.model.encode_texts(list(texts[s : s + self.batch_size])) for s in range(0, len(texts), self.batch_size)
+        ]
         return Encoded.cat(parts)
 
     def text_scores(self, texts: Sequence[str]) -> torch.Tensor:
@@ -93,7 +107,7 @@ class GalleryScorer:
         """``(items of the chunk, [chunk, G] float32 rows on the model's device)`` per chunk of
         ``row_chunk`` items, each scored against the whole gallery."""
         for s in range(0, len(items), self.row_chunk):
-            part = items[s:s + self.row_chunk]
+            part = items[s : s + self.row_chunk]
             self.n_image_rows += len(part)
             yield part, self.score_fn(self.gallery[part.to(self.gallery.emb.device)], self.gallery).float()
 
@@ -109,7 +123,7 @@ class GalleryScorer:
         done = 0
         for items, part in self._score_rows(uniq[todo]):
             part = part.cpu()
-            rows[todo[done:done + len(items)]] = part
+            rows[todo[done : done + len(items)]] = part
             self.row_cache.put(items, part)
             done += len(items)
         return rows[inverse]

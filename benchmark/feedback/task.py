@@ -41,8 +41,9 @@ class FeedbackTask:
     def __post_init__(self) -> None:
         n_q, n_g = len(self.queries), len(self.image_ids)
         if (self.relevance.n_queries, self.relevance.n_gallery) != (n_q, n_g):
-            raise ValueError(f"relevance is {self.relevance.n_queries} x {self.relevance.n_gallery}, "
-                             f"expected {n_q} x {n_g}")
+            raise ValueError(
+                f"relevance is {self.relevance.n_queries} x {self.relevance.n_gallery}, expected {n_q} x {n_g}"
+            )
         if len(self.targets) != n_q or len(self.query_captions) != n_q:
             raise ValueError("one target and one caption per query expected")
         if len(self.gallery_captions) != n_g or len(self.truths) != n_g:
@@ -67,18 +68,31 @@ class FeedbackTask:
         """The first ``n`` queries (all when ``n`` is None or larger)."""
         if n is None or n >= self.n_queries:
             return self
-        rel = Relevance(self.relevance.indptr[:n + 1].copy(),
-                        self.relevance.indices[:self.relevance.indptr[n]].copy(), self.n_gallery)
-        return FeedbackTask(self.queries[:n], self.query_captions[:n], self.targets[:n], rel, self.image_ids,
-                            self.gallery_captions, self.truths, self.truth_kind, self.closeness)
+        rel = Relevance(
+            self.relevance.indptr[: n + 1].copy(),
+            self.relevance.indices[: self.relevance.indptr[n]].copy(),
+            self.n_gallery,
+        )
+        return FeedbackTask(
+            self.queries[:n],
+            self.query_captions[:n],
+            self.targets[:n],
+            rel,
+            self.image_ids,
+            self.gallery_captions,
+            self.truths,
+            self.truth_kind,
+            self.closeness,
+        )
 
 
 def _gallery_captions(es: EvalSet, choice: str) -> list[str]:
     by_image: list[list[tuple[int, int, str]]] = [[] for _ in range(es.n_images)]
     for q, (img, text) in enumerate(zip(es.source, es.captions, strict=True)):
         by_image[int(img)].append((int(es.complexity[q]), q, text))
-    pick = {"longest": lambda cs: max(cs, key=lambda c: (c[0], len(c[2]), -c[1]))[2],
-            "first": lambda cs: cs[0][2]}[choice]
+    pick = {"longest": lambda cs: max(cs, key=lambda c: (c[0], len(c[2]), -c[1]))[2], "first": lambda cs: cs[0][2]}[
+        choice
+    ]
     return [pick(cs) if cs else "" for cs in by_image]
 
 
@@ -93,8 +107,9 @@ def _query_constraints(es: EvalSet, records: Sequence[ImageRecord]) -> list[Capt
     return [CaptionConstraints.from_json(c.constraints) for c in caps]
 
 
-def from_eval_set(es: EvalSet, records: Sequence[ImageRecord] | None = None, *,
-                  gallery_caption: str = "longest") -> FeedbackTask:
+def from_eval_set(
+    es: EvalSet, records: Sequence[ImageRecord] | None = None, *, gallery_caption: str = "longest"
+) -> FeedbackTask:
     """The t2i task of an evaluation set; ``records`` (in gallery order) give scene graphs
     and caption constraints."""
     scenes = None
@@ -105,13 +120,25 @@ def from_eval_set(es: EvalSet, records: Sequence[ImageRecord] | None = None, *,
         own[int(img)].append(text)
     caption_truths = [CaptionTruth(cs) for cs in own]
     constraints = _query_constraints(es, records) if scenes is not None and records is not None else None
-    closeness: Closeness = (SceneCloseness(constraints, scenes) if scenes is not None and constraints is not None
-                            else CaptionOverlap(es.captions, [t.words for t in caption_truths]))
+    closeness: Closeness = (
+        SceneCloseness(constraints, scenes)
+        if scenes is not None and constraints is not None
+        else CaptionOverlap(es.captions, [t.words for t in caption_truths])
+    )
     if scenes is not None:
         truths: list[Truth] = [SceneTruth(s) for s in scenes]
         kind = "scene_graph"
     else:
         truths = list(caption_truths)
         kind = "reference_captions"
-    return FeedbackTask(es.instructions, es.captions, np.asarray(es.source, dtype=np.int64), es.relevance["t2i"],
-                        es.image_ids, tuple(_gallery_captions(es, gallery_caption)), tuple(truths), kind, closeness)
+    return FeedbackTask(
+        es.instructions,
+        es.captions,
+        np.asarray(es.source, dtype=np.int64),
+        es.relevance["t2i"],
+        es.image_ids,
+        tuple(_gallery_captions(es, gallery_caption)),
+        tuple(truths),
+        kind,
+        closeness,
+    )

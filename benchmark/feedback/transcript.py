@@ -41,8 +41,9 @@ class JsonlWriter:
         self._file.write(json.dumps(obj, ensure_ascii=False, allow_nan=False) + "\n")
         self.count += 1
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         assert self._file is not None and self._tmp is not None
         try:
             if exc_type is None:

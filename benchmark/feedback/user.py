@@ -38,9 +38,55 @@ from benchmark.feedback.marks import USER_MODELS, BinaryUser, GradedUser, Marks
 from benchmark.feedback.schema import UNSURE, Question, is_unsure
 from datamodules.synthetic.scene import Scene
 
-_STOP = frozenset("""a an the of on in at to with and or is are be there this that these those it its image
-picture photo one some any which what who whose where how do does it's has have show showing shows
-you your want wanted""".split())
+_STOP = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "on",
+        "in",
+        "at",
+        "to",
+        "with",
+        "and",
+        "or",
+        "is",
+        "are",
+        "be",
+        "there",
+        "this",
+        "that",
+        "these",
+        "those",
+        "it",
+        "its",
+        "image",
+        "picture",
+        "photo",
+        "one",
+        "some",
+        "any",
+        "which",
+        "what",
+        "who",
+        "whose",
+        "where",
+        "how",
+        "do",
+        "does",
+        "it's",
+        "has",
+        "have",
+        "show",
+        "showing",
+        "shows",
+        "you",
+        "your",
+        "want",
+        "wanted",
+    ]
+)
 
 
 class Truth(Protocol):
@@ -91,16 +137,23 @@ class SimulatedUser:
     """Frozen simulated user over the gallery's ground truths (one :class:`Truth` per image)
     and a user model that marks shown items (``binary`` unless ``marker`` is given)."""
 
-    def __init__(self, truths: Sequence[Truth], *, seed: int = 0, unsure_rate: float = 0.0,
-                 marker: BinaryUser | GradedUser | None = None) -> None:
+    def __init__(
+        self,
+        truths: Sequence[Truth],
+        *,
+        seed: int = 0,
+        unsure_rate: float = 0.0,
+        marker: BinaryUser | GradedUser | None = None,
+    ) -> None:
         self.truths = list(truths)
         self.seed = seed
         self.unsure_rate = unsure_rate
         self.marker = marker or BinaryUser()
 
     @classmethod
-    def from_config(cls, truths: Sequence[Truth], closeness: Closeness | None, config: UserConfig,
-                    seed: int) -> SimulatedUser:
+    def from_config(
+        cls, truths: Sequence[Truth], closeness: Closeness | None, config: UserConfig, seed: int
+    ) -> SimulatedUser:
         """The user of ``feedback.user`` (``closeness``: the task's, needed by ``graded``)."""
         if config.model == GradedUser.name and closeness is None:
             raise ValueError("the graded user needs the task's closeness (scene graphs or captions)")

@@ -92,8 +92,9 @@ def count_call(call: CostCall, owner: nn.Module | None = None) -> int:
     return total - (count_call(call.minus, owner) if call.minus is not None else 0)
 
 
-def component_flops(components: Mapping[str, Sequence[CostCall]],
-                    owner: nn.Module | None = None) -> dict[str, ComponentFlops]:
+def component_flops(
+    components: Mapping[str, Sequence[CostCall]], owner: nn.Module | None = None
+) -> dict[str, ComponentFlops]:
     """Count every component's calls (see the module docstring)."""
     out: dict[str, ComponentFlops] = {}
     for name, calls in components.items():

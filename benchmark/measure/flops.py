@@ -102,8 +102,9 @@ class FlopCount:
     skipped: dict[str, int]
 
 
-def count_flops(module: nn.Module, inputs: tuple[torch.Tensor, ...] | torch.Tensor,
-                method: str = "forward") -> FlopCount:
+def count_flops(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...] | torch.Tensor, method: str = "forward"
+) -> FlopCount:
     """Trace ``module.<method>(*inputs)`` once and count its FLOPs (MACs) with fvcore.
 
     Raises :class:`UnsupportedOpError` when a matmul- or attention-like op has no handle.

@@ -49,7 +49,9 @@ def peak_rss_mb_in_fresh_process(target: str, timeout_s: float = 600, **kwargs) 
         raise ValueError(f"target must be 'module:function', got {target!r}")
     proc = subprocess.run(
         [sys.executable, "-c", _PROBE, target, json.dumps(kwargs)],
-        capture_output=True, text=True, timeout=timeout_s,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"memory probe {target} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")

@@ -65,9 +65,16 @@ class PairedThroughput:
         }
 
 
-def paired_throughput(steps: tuple[tuple[str, Callable[[], object]], tuple[str, Callable[[], object]]],
-                      batch_size: int, *, rounds: int, device: str = "cpu", warmup: int = 2, repeats: int = 5,
-                      min_time_s: float = 0.0) -> PairedThroughput:
+def paired_throughput(
+    steps: tuple[tuple[str, Callable[[], object]], tuple[str, Callable[[], object]]],
+    batch_size: int,
+    *,
+    rounds: int,
+    device: str = "cpu",
+    warmup: int = 2,
+    repeats: int = 5,
+    min_time_s: float = 0.0,
+) -> PairedThroughput:
     """Time two ``(name, step)`` pairs, each ``step()`` processing ``batch_size`` items, in
     ``rounds`` alternating rounds (see the module docstring)."""
     if rounds < 2:
@@ -79,8 +86,7 @@ def paired_throughput(steps: tuple[tuple[str, Callable[[], object]], tuple[str, 
         order = ((0, step_a), (1, step_b)) if r % 2 == 0 else ((1, step_b), (0, step_a))
         rates = [0.0, 0.0]
         for i, step in order:
-            tp = measure_throughput(step, batch_size, device=device, warmup=warmup, runs=repeats,
-                                    min_time_s=min_time_s)
+            tp = measure_throughput(step, batch_size, device=device, warmup=warmup, runs=repeats, min_time_s=min_time_s)
             rates[i] = tp.items_per_s
             timed = tp.timed_runs if not timed else min(timed, tp.timed_runs)
             threads = tp.torch_threads

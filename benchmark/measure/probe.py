@@ -105,15 +105,30 @@ def probe(model: str, source: dict[str, Any], inputs: str, device: str, threads:
     gpu = gpu_peak_memory_mb(step, device) if cuda else None
     if not cuda:
         step()
-    Path(out).write_text(json.dumps({
-        "cold_first_call_s": cold, "batch_size": len(pixels), "threads": torch.get_num_threads(),
-        "gpu_allocated_mb": (gpu or {}).get("max_memory_allocated_mb"),
-        "gpu_reserved_mb": (gpu or {}).get("max_memory_reserved_mb"),
-    }))
+    Path(out).write_text(
+        json.dumps(
+            {
+                "cold_first_call_s": cold,
+                "batch_size": len(pixels),
+                "threads": torch.get_num_threads(),
+                "gpu_allocated_mb": (gpu or {}).get("max_memory_allocated_mb"),
+                "gpu_reserved_mb": (gpu or {}).get("max_memory_reserved_mb"),
+            }
+        )
+    )
 
 
-def run_probe(model: str, source: dict[str, Any], pixels, texts: list[str], *, device: str, threads: int,
-              workdir: Path, timeout_s: float = 900) -> ProbeResult:
+def run_probe(
+    model: str,
+    source: dict[str, Any],
+    pixels,
+    texts: list[str],
+    *,
+    device: str,
+    threads: int,
+    workdir: Path,
+    timeout_s: float = 900,
+) -> ProbeResult:
     """Run :func:`probe` in a fresh interpreter; its peak RSS and figures."""
     import torch
 
@@ -122,10 +137,23 @@ def run_probe(model: str, source: dict[str, Any], pixels, texts: list[str], *, d
     workdir = Path(workdir)
     inputs, out = workdir / "probe_inputs.pt", workdir / "probe_out.json"
     torch.save({"pixels": pixels.detach().cpu(), "texts": list(texts)}, inputs)
-    rss = peak_rss_mb_in_fresh_process(TARGET, timeout_s=timeout_s, model=model, source=source, inputs=str(inputs),
-                                       device=device, threads=threads, out=str(out))
+    rss = peak_rss_mb_in_fresh_process(
+        TARGET,
+        timeout_s=timeout_s,
+        model=model,
+        source=source,
+        inputs=str(inputs),
+        device=device,
+        threads=threads,
+        out=str(out),
+    )
     d = json.loads(out.read_text())
-    return ProbeResult(peak_rss_mb=rss, cold_first_call_s=d["cold_first_call_s"],
-                       gpu_allocated_mb=d["gpu_allocated_mb"],
-                       gpu_reserved_mb=d["gpu_reserved_mb"], batch_size=d["batch_size"], device=device,
-                       threads=d["threads"])
+    return ProbeResult(
+        peak_rss_mb=rss,
+        cold_first_call_s=d["cold_first_call_s"],
+        gpu_allocated_mb=d["gpu_allocated_mb"],
+        gpu_reserved_mb=d["gpu_reserved_mb"],
+        batch_size=d["batch_size"],
+        device=device,
+        threads=d["threads"],
+    )

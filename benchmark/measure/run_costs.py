@@ -115,13 +115,25 @@ def _memory(p: ProbeResult) -> tuple[dict[str, float], dict]:
     metrics = {"memory_mb": p.gpu_allocated_mb if p.gpu_allocated_mb is not None else p.peak_rss_mb}
     if cuda and p.gpu_reserved_mb is not None:  # the probe records both CUDA peaks together
         metrics["memory_mb_reserved"] = p.gpu_reserved_mb
-    method = ("torch.cuda.max_memory_allocated / max_memory_reserved in a fresh process" if cuda
-              else "peak RSS (VmHWM) of a fresh process, interpreter and libraries included")
+    method = (
+        "torch.cuda.max_memory_allocated / max_memory_reserved in a fresh process"
+        if cuda
+        else "peak RSS (VmHWM) of a fresh process, interpreter and libraries included"
+    )
     return metrics, p.to_dict() | {"method": method, "step": "encode_images + encode_texts + score at batch_size"}
 
 
-def measure(model, eval_set, settings: MeasureConfig, *, model_name: str, source: Callable[[Path], dict] | None,
-            gallery_batches: Callable[[], Iterable], device: str, seed: int) -> RunCosts:
+def measure(
+    model,
+    eval_set,
+    settings: MeasureConfig,
+    *,
+    model_name: str,
+    source: Callable[[Path], dict] | None,
+    gallery_batches: Callable[[], Iterable],
+    device: str,
+    seed: int,
+) -> RunCosts:
     """Measure ``model`` on ``eval_set`` (see the module docstring).
 
     ``source(workdir)`` tells the probe how to load the model (None: no probe);
@@ -133,15 +145,19 @@ def measure(model, eval_set, settings: MeasureConfig, *, model_name: str, source
     with torch_threads(settings.threads):
         threads = torch.get_num_threads()
         model.to(device).eval()
+
         def rng(purpose: int) -> np.random.Generator:  # one stream per sample: each is the same whatever else runs
             return np.random.default_rng([seed, purpose])
 
         transform = model.image_transform()
         metrics: dict[str, float] = {}
         seconds: dict[str, float] = {}
-        record: dict[str, Any] = {"device": device, "threads": threads,
-                                  "interop_threads": torch.get_num_interop_threads(),
-                                  "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__}}
+        record: dict[str, Any] = {
+            "device": device,
+            "threads": threads,
+            "interop_threads": torch.get_num_interop_threads(),
+            "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
+        }
         try:
             batch = pixel_batch(eval_set, transform, pick(rng(0), eval_set.n_images, settings.batch_size))
             texts = [eval_set.instructions[int(i)] for i in pick(rng(1), eval_set.n_queries, settings.query_batch)]
@@ -151,8 +167,11 @@ def measure(model, eval_set, settings: MeasureConfig, *, model_name: str, source
                     src = source(Path(tmp))
                     picked = pick(rng(2), eval_set.n_queries, settings.batch_size)
                     probe_texts = [eval_set.instructions[int(i)] for i in picked]
-                    probe = _Background(lambda: run_probe(model_name, src, batch, probe_texts, device=device,
-                                                          threads=threads, workdir=Path(tmp)))
+                    probe = _Background(
+                        lambda: run_probe(
+                            model_name, src, batch, probe_texts, device=device, threads=threads, workdir=Path(tmp)
+                        )
+                    )
                 t = time.perf_counter()
                 try:
                     flops, record["flops"] = _flops(model, eval_set, transform, settings, rng(3))
@@ -169,24 +188,40 @@ def measure(model, eval_set, settings: MeasureConfig, *, model_name: str, source
 
             t = time.perf_counter()
             batch = batch.to(device)
-            tp = measure_throughput(lambda: model.encode_images(batch), settings.batch_size, device=device,
-                                    warmup=settings.warmup, runs=settings.repeats, min_time_s=settings.min_time_s)
+            tp = measure_throughput(
+                lambda: model.encode_images(batch),
+                settings.batch_size,
+                device=device,
+                warmup=settings.warmup,
+                runs=settings.repeats,
+                min_time_s=settings.min_time_s,
+            )
             metrics["throughput_img_s"] = tp.items_per_s
             metrics["throughput_cold_s"] = p.cold_first_call_s if probe is not None else tp.cold_first_call_s
             record["throughput"] = tp.to_dict() | {
-                "cold_call": ("fresh process (memory probe)" if probe is not None
-                              else "in process, after the evaluation")}
+                "cold_call": (
+                    "fresh process (memory probe)" if probe is not None else "in process, after the evaluation"
+                )
+            }
             seconds["throughput_s"] = time.perf_counter() - t
 
             t = time.perf_counter()
             gallery, n_gallery = _encode_gallery(model, gallery_batches(), settings.query_gallery)
             seconds["gallery_encode_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            qt = measure_throughput(lambda: model.score(model.encode_texts(texts), gallery), len(texts), device=device,
-                                    warmup=settings.warmup, runs=settings.repeats, min_time_s=settings.min_time_s)
+            qt = measure_throughput(
+                lambda: model.score(model.encode_texts(texts), gallery),
+                len(texts),
+                device=device,
+                warmup=settings.warmup,
+                runs=settings.repeats,
+                min_time_s=settings.min_time_s,
+            )
             metrics["throughput_query_s"] = qt.items_per_s
-            record["query_throughput"] = qt.to_dict() | {"gallery_images": n_gallery,
-                                                         "step": "score(encode_texts(queries), encoded gallery)"}
+            record["query_throughput"] = qt.to_dict() | {
+                "gallery_images": n_gallery,
+                "step": "score(encode_texts(queries), encoded gallery)",
+            }
             seconds["query_throughput_s"] = time.perf_counter() - t
         finally:
             model.to(model_device).train(was_training)
@@ -197,6 +232,13 @@ def measure(model, eval_set, settings: MeasureConfig, *, model_name: str, source
 
 def measure_run(cfg, model, model_config, dm, eval_set, *, checkpoint: Path | None, device: str) -> RunCosts:
     """:func:`measure` for one ``bench run`` (the runner's model, data and checkpoint)."""
-    return measure(model, eval_set, cfg.eval.measurement, model_name=cfg.model,
-                   source=lambda workdir: model_source(model, model_config, checkpoint, workdir),
-                   gallery_batches=dm.gallery_dataloader, device=device, seed=cfg.seed)
+    return measure(
+        model,
+        eval_set,
+        cfg.eval.measurement,
+        model_name=cfg.model,
+        source=lambda workdir: model_source(model, model_config, checkpoint, workdir),
+        gallery_batches=dm.gallery_dataloader,
+        device=device,
+        seed=cfg.seed,
+    )

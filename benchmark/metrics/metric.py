@@ -77,8 +77,13 @@ def joined(parts: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
     first = parts[0]
     storage, offset = first.untyped_storage().data_ptr(), first.storage_offset()
     for p in parts:
-        if (not p.is_contiguous() or p.untyped_storage().data_ptr() != storage or p.storage_offset() != offset
-                or p.shape[1:] != first.shape[1:] or p.dtype != first.dtype):
+        if (
+            not p.is_contiguous()
+            or p.untyped_storage().data_ptr() != storage
+            or p.storage_offset() != offset
+            or p.shape[1:] != first.shape[1:]
+            or p.dtype != first.dtype
+        ):
             return dim_zero_cat(list(parts))
         offset += p.numel()
     rows = sum(len(p) for p in parts)
@@ -216,8 +221,10 @@ class RetrievalMetric(Metric):
         self.variant_directions = {name: tuple(ds) for name, ds in (variant_directions or {}).items()}
         for name, ds in self.variant_directions.items():
             if name not in self.score_variants or any(d not in DIRECTIONS for d in ds):
-                raise ValueError(f"variant_directions[{name!r}] = {ds}: needs a score variant of that name "
-                                 f"and directions from {DIRECTIONS}")
+                raise ValueError(
+                    f"variant_directions[{name!r}] = {ds}: needs a score variant of that name "
+                    f"and directions from {DIRECTIONS}"
+                )
         self.directions = directions
         self.ks = tuple(int(k) for k in ks)
         self.chunk_size = int(chunk_size)
@@ -283,12 +290,11 @@ class RetrievalMetric(Metric):
         dtype = self._stored_dtype(batch)
         rows = len(batch)
         buffer, used = self._state_buffers.get(name, (None, 0))
-        if (buffer is None or used + rows > len(buffer) or buffer.shape[1:] != batch.shape[1:]
-                or buffer.dtype != dtype):
+        if buffer is None or used + rows > len(buffer) or buffer.shape[1:] != batch.shape[1:] or buffer.dtype != dtype:
             so_far = sum(len(p) for p in getattr(self, name))
             capacity = max(rows, self._expected[modality] - so_far if so_far < self._expected[modality] else so_far)
             buffer, used = torch.empty((capacity, *batch.shape[1:]), dtype=dtype), 0
-        view = buffer[used:used + rows]
+        view = buffer[used : used + rows]
         view.copy_(batch)
         self._state_buffers[name] = (buffer, used + rows)
         getattr(self, name).append(view)
@@ -343,7 +349,9 @@ class RetrievalMetric(Metric):
         extra = {k: kept(joined(getattr(self, f"{modality}_extra_{k}"))) for k in self._extra_keys[modality]}
         for k, table in self.gallery_extra.get(modality, {}).items():
             if len(table) != n:
-                raise ValueError(f"RetrievalMetric: gallery_extra[{modality!r}][{k!r}] has {len(table)} rows, expected {n}")
+                raise ValueError(
+                    f"RetrievalMetric: gallery_extra[{modality!r}][{k!r}] has {len(table)} rows, expected {n}"
+                )
             extra[k] = table
         has = lengths >= 0
         if bool(has.any()) and not bool(has.all()):
@@ -356,8 +364,9 @@ class RetrievalMetric(Metric):
         counts = {"image": self.n_images, "text": self.n_queries, "query_image": self.n_query_images}
         needed = sorted({m for d in self.directions for m in self.sides[d]})
         collected = {m: self._collect(m, counts[m]) for m in needed}
-        queries_gallery = {d: (collected[q][0], collected[g][0]) for d, (q, g) in self.sides.items()
-                           if d in self.directions}
+        queries_gallery = {
+            d: (collected[q][0], collected[g][0]) for d, (q, g) in self.sides.items() if d in self.directions
+        }
 
         def specs(score_fn, directions: Sequence[str]) -> dict[str, DirectionSpec]:
             return {
@@ -378,7 +387,8 @@ class RetrievalMetric(Metric):
             scored = [d for d in self.directions if d in self.variant_directions.get(name, self.directions)]
             with torch.no_grad():
                 results = _summed_over_ranks(
-                    evaluate_directions(specs(score_fn, scored), chunk_size=self.chunk_size, shard=shard))
+                    evaluate_directions(specs(score_fn, scored), chunk_size=self.chunk_size, shard=shard)
+                )
             if not name:
                 self.direction_results = results
             results = {d: results[d] if d in results else self.direction_results[d] for d in self.directions}
@@ -400,5 +410,9 @@ class RetrievalMetric(Metric):
 
 def _summed_over_ranks(results: dict[str, DirectionResult]) -> dict[str, DirectionResult]:
     """Each rank's share of the per-query results (zeros elsewhere) summed into the whole."""
-    return {d: DirectionResult(rank=sum_over_ranks(r.rank), sim=None if r.sim is None else sum_over_ranks(r.sim),
-                               n_gallery=r.n_gallery) for d, r in results.items()}
+    return {
+        d: DirectionResult(
+            rank=sum_over_ranks(r.rank), sim=None if r.sim is None else sum_over_ranks(r.sim), n_gallery=r.n_gallery
+        )
+        for d, r in results.items()
+    }

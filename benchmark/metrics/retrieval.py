@@ -155,9 +155,7 @@ def dense_score_fn(scores: torch.Tensor) -> ScoreFn:
     return lambda start, stop: scores[start:stop]
 
 
-def encoded_score_fn(
-    score: Callable[[Encoded, Encoded], torch.Tensor], queries: Encoded, gallery: Encoded
-) -> ScoreFn:
+def encoded_score_fn(score: Callable[[Encoded, Encoded], torch.Tensor], queries: Encoded, gallery: Encoded) -> ScoreFn:
     """Score function that scores query chunks of ``queries`` against all of ``gallery``."""
     return lambda start, stop: score(queries[start:stop], gallery)
 
@@ -216,7 +214,7 @@ def _chunk_rank(
     # [q, RANK_BLOCK], not two more [q, n_gallery] arrays (500 MB at 1,000 x 100k)
     at_or_above = torch.zeros(q, dtype=torch.int32, device=device)
     for lo in range(0, n_gallery, RANK_BLOCK):
-        at_or_above += (scores[:, lo:lo + RANK_BLOCK] >= best[:, None]).sum(1, dtype=torch.int32)
+        at_or_above += (scores[:, lo : lo + RANK_BLOCK] >= best[:, None]).sum(1, dtype=torch.int32)
     at_or_above = at_or_above.long()
     at_or_above = torch.where(best == -math.inf, n_gallery, at_or_above)
     relevant_tied = torch.zeros(q, dtype=torch.int64, device=device)
@@ -308,8 +306,9 @@ def summarize(result: DirectionResult, ks: Sequence[int] = (1, 5, 10)) -> dict[s
     return out
 
 
-def evaluate_directions(specs: Mapping[str, DirectionSpec], *, chunk_size: int = 1024,
-                        shard: tuple[int, int] = (0, 1)) -> dict[str, DirectionResult]:
+def evaluate_directions(
+    specs: Mapping[str, DirectionSpec], *, chunk_size: int = 1024, shard: tuple[int, int] = (0, 1)
+) -> dict[str, DirectionResult]:
     """:func:`evaluate_direction` for each named direction (``shard``: one rank's share of the chunks)."""
     return {
         name: evaluate_direction(

@@ -28,8 +28,9 @@ def majority_answers(reference: Sequence[Question]) -> dict[str, str]:
     return {t: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for t, c in sorted(counts.items())}
 
 
-def vqa_scores(questions: Sequence[Question], predictions: Sequence[str],
-               majority: dict[str, str]) -> tuple[dict[str, float], list[dict], list[bool]]:
+def vqa_scores(
+    questions: Sequence[Question], predictions: Sequence[str], majority: dict[str, str]
+) -> tuple[dict[str, float], list[dict], list[bool]]:
     """``(flat metrics, per-type table rows, per-question correctness)``."""
     if len(questions) != len(predictions):
         raise ValueError(f"{len(predictions)} predictions for {len(questions)} questions")
@@ -42,8 +43,9 @@ def vqa_scores(questions: Sequence[Question], predictions: Sequence[str],
         acc = sum(correct[i] for i in idx) / len(idx)
         base = sum(by_majority[i] for i in idx) / len(idx)
         metrics |= {f"vqa/{t}/accuracy": acc, f"vqa/{t}/majority_accuracy": base, f"vqa/{t}/n": float(len(idx))}
-        rows.append({"type": t, "n": len(idx), "accuracy": acc, "majority_accuracy": base,
-                     "majority_answer": majority.get(t)})
+        rows.append(
+            {"type": t, "n": len(idx), "accuracy": acc, "majority_accuracy": base, "majority_answer": majority.get(t)}
+        )
     n = max(1, len(questions))
     metrics |= {"vqa/accuracy": sum(correct) / n, "vqa/majority_accuracy": sum(by_majority) / n}
     return metrics, rows, correct

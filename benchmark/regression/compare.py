@@ -26,8 +26,17 @@ from benchmark.regression.files import check_metrics, read_result
 from benchmark.regression.tolerances import Tolerances
 
 FAILING = ("REGRESSION", "MISSING")
-HEADLINE = ("t2i/R@5", "t2i/MRR", "t2i/Sim", "i2t/R@5", "qlen/mean", "gflops/total", "memory_mb",
-            "throughput_img_s", "throughput_query_s")
+HEADLINE = (
+    "t2i/R@5",
+    "t2i/MRR",
+    "t2i/Sim",
+    "i2t/R@5",
+    "qlen/mean",
+    "gflops/total",
+    "memory_mb",
+    "throughput_img_s",
+    "throughput_query_s",
+)
 _EPS = 1e-12  # float noise of the subtraction itself
 
 
@@ -84,8 +93,9 @@ def _status(old: float | None, new: float | None, rule) -> tuple[float | None, s
     return delta, "REGRESSION"
 
 
-def compare_metrics(run: str, old: Mapping[str, float | None], new: Mapping[str, float | None],
-                    tolerances: Tolerances) -> list[Row]:
+def compare_metrics(
+    run: str, old: Mapping[str, float | None], new: Mapping[str, float | None], tolerances: Tolerances
+) -> list[Row]:
     rows = []
     for key in sorted(set(old) | set(new)):
         rule = tolerances.rule(key)
@@ -106,8 +116,10 @@ def compare_metrics(run: str, old: Mapping[str, float | None], new: Mapping[str,
 def _notes(name: str, old: dict, new: dict) -> list[str]:
     notes = []
     if old.get("config_hash") != new.get("config_hash"):
-        notes.append(f"{name}: the config differs from the baseline's (config_hash {old.get('config_hash')} -> "
-                     f"{new.get('config_hash')}): differences may come from the config")
+        notes.append(
+            f"{name}: the config differs from the baseline's (config_hash {old.get('config_hash')} -> "
+            f"{new.get('config_hash')}): differences may come from the config"
+        )
     eo, en = old.get("environment") or {}, new.get("environment") or {}
     pairs = [("torch", (eo.get("packages") or {}).get("torch"), (en.get("packages") or {}).get("torch"))]
     pairs += [(k, eo.get(k), en.get(k)) for k in ("platform", "device", "cuda_device_name")]

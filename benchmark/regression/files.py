@@ -25,8 +25,9 @@ def check_metrics(result: dict, source: str) -> dict[str, float | None]:
     for key, value in metrics.items():
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if value is not None and not (number and math.isfinite(value)):
-            raise ConfigError(f"{source}: metric {key!r} is {value!r} ({type(value).__name__}); "
-                              f"expected a finite number or null")
+            raise ConfigError(
+                f"{source}: metric {key!r} is {value!r} ({type(value).__name__}); expected a finite number or null"
+            )
     return metrics
 
 

@@ -34,20 +34,33 @@ def suite_models(subset: str | None) -> list[str]:
     names = [s.strip() for s in subset.split(",") if s.strip()]
     unknown = [n for n in names if n not in MODELS]
     if unknown or not names:
-        raise ConfigError(f"--subset: unknown model(s) {unknown or subset!r}; "
-                          f"valid models: {', '.join(MODELS.names())}")
+        raise ConfigError(
+            f"--subset: unknown model(s) {unknown or subset!r}; valid models: {', '.join(MODELS.names())}"
+        )
     return list(dict.fromkeys(names))
 
 
-def suite_configs(models: Sequence[str], overrides: Sequence[dict], results_dir: Path,
-                  cache_dir: Path) -> list[RunConfig]:
-    fixed = {"dataset": DATASET, "size": "tiny", "tag": TAG, "results_dir": str(results_dir),
-             "cache_dir": str(cache_dir)}
+def suite_configs(
+    models: Sequence[str], overrides: Sequence[dict], results_dir: Path, cache_dir: Path
+) -> list[RunConfig]:
+    fixed = {
+        "dataset": DATASET,
+        "size": "tiny",
+        "tag": TAG,
+        "results_dir": str(results_dir),
+        "cache_dir": str(cache_dir),
+    }
     return [build_run_config(model_defaults(m), {"model": m, **fixed}, *overrides) for m in models]
 
 
-def run_suite(models: Sequence[str], overrides: Sequence[dict] = (), *, cache_dir: Path | None = None,
-              progress: bool = False, echo=print) -> dict[str, dict]:
+def run_suite(
+    models: Sequence[str],
+    overrides: Sequence[dict] = (),
+    *,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+    echo=print,
+) -> dict[str, dict]:
     """Run the suite into a temporary results folder; result-file name -> result."""
     from benchmark.runner import run
 
@@ -80,6 +93,8 @@ def update_baseline(results: dict[str, dict], baseline_dir: Path) -> list[Path]:
         atomic_write_json(baseline_dir / name, result)
         written.append(baseline_dir / name)
     if not (baseline_dir / FILE).exists():
-        atomic_write_json(baseline_dir / FILE, loads_json(shipped_path().read_bytes(), f"tolerances file {shipped_path()}"))
+        atomic_write_json(
+            baseline_dir / FILE, loads_json(shipped_path().read_bytes(), f"tolerances file {shipped_path()}")
+        )
         written.append(baseline_dir / FILE)
     return written

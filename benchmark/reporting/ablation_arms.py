@@ -80,18 +80,22 @@ def from_folder(spec: ablation_folders.Ablation) -> Ablation:
     for arm in spec.arms:
         args = arm.overrides.get("model_args")
         if set(arm.overrides) != {"model_args"} or not isinstance(args, dict) or len(args) != 1:
-            raise UnsupportedAblation(f"{arm.path}: the report tabulates arms that set exactly one model_args "
-                                      f"field (e.g. {{'model_args': {{'qscaler': false}}}}), got {arm.overrides}")
+            raise UnsupportedAblation(
+                f"{arm.path}: the report tabulates arms that set exactly one model_args "
+                f"field (e.g. {{'model_args': {{'qscaler': false}}}}), got {arm.overrides}"
+            )
         ((name, value),) = args.items()
         if not isinstance(value, (bool, int, float, str)):
-            raise UnsupportedAblation(f"{arm.path}: model_args.{name} must be a JSON scalar for the report, "
-                                      f"got {value!r}")
+            raise UnsupportedAblation(
+                f"{arm.path}: model_args.{name} must be a JSON scalar for the report, got {value!r}"
+            )
         fields.add(name)
         values[arm.name] = value
     keys = [Arm(v, "").key for v in values.values()]
     if len(fields) != 1 or len(set(keys)) != len(keys):
-        raise UnsupportedAblation(f"{spec.meta_path}: the arms must set one and the same model_args field to "
-                                  f"distinct values, got {values}")
+        raise UnsupportedAblation(
+            f"{spec.meta_path}: the arms must set one and the same model_args field to distinct values, got {values}"
+        )
     arms = tuple(Arm(values[a.name], spec.label(a), a.name) for a in spec.arms)
     return Ablation(spec.name, spec.heading, spec.model, fields.pop(), values[spec.default_arm.name], arms)
 
@@ -140,7 +144,7 @@ def _without_cache(value: Any, cache_dir: str | None) -> Any:
     if isinstance(value, list):
         return [_without_cache(v, cache_dir) for v in value]
     if isinstance(value, str) and cache_dir and value.startswith(cache_dir):
-        return "<cache>" + value[len(cache_dir):]
+        return "<cache>" + value[len(cache_dir) :]
     return value
 
 
@@ -159,9 +163,15 @@ def comparable_key(result: dict, ablated: str) -> str:
     elif isinstance(config.get("model_args"), dict):
         config["model_args"] = {k: v for k, v in config["model_args"].items() if k != ablated}
     prov = result.get("provenance") or {}
-    payload = {"model": result.get("model"), "dataset": result.get("dataset"), "size": result.get("size"),
-               "seed": result.get("seed"), "config": config, "model_config": model_config,
-               "data": [prov.get("split"), prov.get("annotations_sha256")]}
+    payload = {
+        "model": result.get("model"),
+        "dataset": result.get("dataset"),
+        "size": result.get("size"),
+        "seed": result.get("seed"),
+        "config": config,
+        "model_config": model_config,
+        "data": [prov.get("split"), prov.get("annotations_sha256")],
+    }
     text = json.dumps(_without_cache(payload, cache_dir), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -183,8 +193,9 @@ class ArmGroup:
     def context(self) -> str:
         """The other ablations' settings of this group, e.g. ``freeze_qformer=false, attention=nested``."""
         run = next(iter(self.runs.values()))
-        others = [a for a in report_ablations().values()
-                  if a.name != self.ablation.name and a.model == self.ablation.model]
+        others = [
+            a for a in report_ablations().values() if a.name != self.ablation.name and a.model == self.ablation.model
+        ]
         return ", ".join(f"{a.field}={json.dumps(a.value_of(run))}" for a in others)
 
 

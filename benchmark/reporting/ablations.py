@@ -64,8 +64,11 @@ def paired_notes(group: ArmGroup, estimator: Estimator) -> list[str]:
             notes.append(f"No paired test of {arm.label} vs {ref.label}: {e}")
             continue
         parts = [describe_difference(MEASURES[m].label, d, 2 if m == "qlen" else 4) for m, d in diffs.items()]
-        notes.append(f"Paired ({arm.label} minus {ref.label}, same queries, B = {estimator.options.n_boot}): "
-                     + "; ".join(parts) + ".")
+        notes.append(
+            f"Paired ({arm.label} minus {ref.label}, same queries, B = {estimator.options.n_boot}): "
+            + "; ".join(parts)
+            + "."
+        )
     return notes
 
 
@@ -81,8 +84,11 @@ def group_table(group: ArmGroup, paper: PaperTables, estimator: Estimator) -> Ta
         cells = dict(estimator.cells(run)) if run else {}
         cells.update(_paper_cells(paper_table, arm.key))
         table.rows.append(Row((arm.label, str(run.get("tag")) if run else "not run"), cells))
-    table.notes.append("Arms from the stored config (model_config, else config.model_args), files: "
-                       + ", ".join(f"{k}={result_name(r)}" for k, r in group.runs.items()) + ".")
+    table.notes.append(
+        "Arms from the stored config (model_config, else config.model_args), files: "
+        + ", ".join(f"{k}={result_name(r)}" for k, r in group.runs.items())
+        + "."
+    )
     table.notes += paired_notes(group, estimator)
     if group.duplicates:
         table.notes.append("Also found for an arm already shown (not used): " + ", ".join(group.duplicates) + ".")
@@ -100,8 +106,10 @@ def missing_table(ablation: Ablation, groups: list[ArmGroup], paper: PaperTables
     for arm in ablation.arms:
         table.rows.append(Row((arm.label, "not run"), _paper_cells(paper_table, arm.key)))
     values = " and ".join(str(arm.key) for arm in ablation.arms)
-    table.notes.append(f"Needs runs of {ablation.model} with model_args.{ablation.field} = {values}, "
-                       "configs otherwise equal (same data, training, seed and other switches).")
+    table.notes.append(
+        f"Needs runs of {ablation.model} with model_args.{ablation.field} = {values}, "
+        "configs otherwise equal (same data, training, seed and other switches)."
+    )
     found = [result_name(r) for g in groups for r in g.runs.values()]
     if found:
         table.notes.append("Found only one arm per config: " + ", ".join(found) + ".")

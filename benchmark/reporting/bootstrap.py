@@ -121,8 +121,9 @@ def mean_interval(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: 
     return mean_intervals(np.asarray(values, dtype=np.float64).reshape(-1), n_boot, seed, level)[0]
 
 
-def paired_differences(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                       level: float = 0.95) -> list[PairedDifference]:
+def paired_differences(
+    a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> list[PairedDifference]:
     """Paired bootstrap of ``mean(a - b)`` per column; ``a`` and ``b`` hold the same queries in
     the same order (``[n]`` or ``[n, k]``). A query missing (NaN) in either is left out."""
     _check(n_boot, level)
@@ -147,8 +148,9 @@ def paired_differences(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: i
     return out
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                      level: float = 0.95) -> PairedDifference:
+def paired_difference(
+    a: np.ndarray, b: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> PairedDifference:
     a, b = np.asarray(a, dtype=np.float64).reshape(-1), np.asarray(b, dtype=np.float64).reshape(-1)
     return paired_differences(a, b, n_boot, seed, level)[0]
 
@@ -201,8 +203,7 @@ def _spearman_from_cells(counts: np.ndarray) -> np.ndarray:
 _MAX_CELLS_SPEARMAN = 10_000
 
 
-def spearman_interval(x: np.ndarray, y: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                      level: float = 0.95) -> Interval:
+def spearman_interval(x: np.ndarray, y: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> Interval:
     """Spearman's rho of paired samples and its percentile interval (resampled pairs).
 
     When both variables take few values (complexity levels x query lengths) a resample is a

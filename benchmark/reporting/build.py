@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmark.atomic import atomic_write_text
 from benchmark.reporting.ablation_arms import unsupported_ablations
 from benchmark.reporting.ablations import ablation_sections
-from benchmark.atomic import atomic_write_text
 from benchmark.reporting.claims import evaluate_claims
 from benchmark.reporting.claims_markdown import render_claims
 from benchmark.reporting.comparison import comparison_tables
@@ -46,9 +46,15 @@ class ReportOutcome:
 
 
 def _preamble(title: str, results: list[dict], results_dir: Path, options: ReportOptions, paper: PaperTables) -> str:
-    lines = [f"# {title}", "", markdown_inline(options.describe()), "",
-             f"From {len(results)} result file(s) in `{markdown_inline(str(results_dir))}`. "
-             f"Reference columns ({markdown_inline(paper.label)}): {markdown_inline(paper.paper)}.", ""]
+    lines = [
+        f"# {title}",
+        "",
+        markdown_inline(options.describe()),
+        "",
+        f"From {len(results)} result file(s) in `{markdown_inline(str(results_dir))}`. "
+        f"Reference columns ({markdown_inline(paper.label)}): {markdown_inline(paper.paper)}.",
+        "",
+    ]
     lines += [f"- {markdown_inline(c)}" for c in paper.caveats]
     return "\n".join(lines) + "\n"
 
@@ -70,17 +76,25 @@ def write_reports(results_dir: Path, out_dir: Path, options: ReportOptions | Non
     write = outcome.files.append
     others = len(rest) - len(results)
     if others:
-        outcome.notes.append(f"{others} result file(s) of other tasks (i2i, vqa, speed) left out of the retrieval "
-                             "tables (claims read the speed runs)")
+        outcome.notes.append(
+            f"{others} result file(s) of other tasks (i2i, vqa, speed) left out of the retrieval "
+            "tables (claims read the speed runs)"
+        )
 
     write(atomic_write_text(out_dir / "results.md", results_markdown(results, results_dir)))
     outcome.files += write_frame(results_frame(every), out_dir)
 
     tables = comparison_tables(results, paper, estimator)
-    body = "\n".join(render_markdown(t) for t in tables) if tables else \
-        f"No result files in `{markdown_inline(str(results_dir))}`. Run `bench run` first.\n"
-    write(atomic_write_text(out_dir / "comparison.md",
-                            _preamble("Model comparison", results, results_dir, options, paper) + "\n" + body))
+    body = (
+        "\n".join(render_markdown(t) for t in tables)
+        if tables
+        else f"No result files in `{markdown_inline(str(results_dir))}`. Run `bench run` first.\n"
+    )
+    write(
+        atomic_write_text(
+            out_dir / "comparison.md", _preamble("Model comparison", results, results_dir, options, paper) + "\n" + body
+        )
+    )
     write(atomic_write_text(out_dir / "comparison.tex", _latex(tables, options)))
 
     sections = ablation_sections(results, paper, estimator)
@@ -96,13 +110,18 @@ def write_reports(results_dir: Path, out_dir: Path, options: ReportOptions | Non
     write(atomic_write_text(out_dir / "ablations.md", "\n".join(md)))
     write(atomic_write_text(out_dir / "ablations.tex", _latex([t for s in sections for t in s.tables], options)))
 
-    write(atomic_write_text(out_dir / "claims.md", render_claims(evaluate_claims(rest, estimator, paper), options,
-                                                                paper.paper)))
+    write(
+        atomic_write_text(
+            out_dir / "claims.md", render_claims(evaluate_claims(rest, estimator, paper), options, paper.paper)
+        )
+    )
 
     figures = write_figures(results, estimator, out_dir / "figures")
 
-    head = (f"# Interactive feedback\n\n{markdown_inline(options.describe())}\n\n"
-            f"From {len(feedback_runs)} feedback result file(s) in `{markdown_inline(str(results_dir))}`.\n")
+    head = (
+        f"# Interactive feedback\n\n{markdown_inline(options.describe())}\n\n"
+        f"From {len(feedback_runs)} feedback result file(s) in `{markdown_inline(str(results_dir))}`.\n"
+    )
     fb = build_feedback_report(feedback_runs, options, out_dir / "figures", head)
     write(atomic_write_text(out_dir / "feedback.md", fb.markdown))
     write(atomic_write_text(out_dir / "feedback.tex", _latex(fb.tables, options)))

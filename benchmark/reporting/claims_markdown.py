@@ -36,17 +36,25 @@ def origin_text(origin: Origin) -> str:
 def render_claims(evaluated: list[tuple[Claim, list[Verdict]]], options: ReportOptions, citation: str) -> str:
     """``citation``: how the reports name the paper (authors, title, venue, year)."""
     counts = Counter(v.verdict for _, verdicts in evaluated for v in verdicts)
-    lines = ["# Claims against these results", "", options.describe(), "",
-             f"Paper: {esc(citation)}. Each claim says whose it is: the paper's (quoted, with its section) or the "
-             "suite's own.", "",
-             RULES.format(m=options.equal_margin, pct=options.percent, tol=options.throughput_tolerance), "",
-             "Summary: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS) + ".", "",
-             "| Claim | Whose | Scope | Verdict |", "|:---|:---|:---|:---|"]
+    lines = [
+        "# Claims against these results",
+        "",
+        options.describe(),
+        "",
+        f"Paper: {esc(citation)}. Each claim says whose it is: the paper's (quoted, with its section) or the "
+        "suite's own.",
+        "",
+        RULES.format(m=options.equal_margin, pct=options.percent, tol=options.throughput_tolerance),
+        "",
+        "Summary: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS) + ".",
+        "",
+        "| Claim | Whose | Scope | Verdict |",
+        "|:---|:---|:---|:---|",
+    ]
     for claim, verdicts in evaluated:
         for v in verdicts:
             lines.append(f"| {esc(claim.statement)} | {WHOSE[claim.origin.kind]} | {esc(v.scope)} | **{v.verdict}** |")
     for claim, verdicts in evaluated:
-        lines += ["", f"## {esc(claim.statement)}", "", origin_text(claim.origin), "",
-                  f"Rule: {esc(claim.rule)}.", ""]
+        lines += ["", f"## {esc(claim.statement)}", "", origin_text(claim.origin), "", f"Rule: {esc(claim.rule)}.", ""]
         lines += [f"- {esc(v.scope)}: **{v.verdict}**. {esc(v.evidence)}" for v in verdicts]
     return "\n".join(lines) + "\n"

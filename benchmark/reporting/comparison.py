@@ -41,11 +41,13 @@ def _paper_only_models(paper: PaperTables, present: set[str]) -> list[str]:
 
 
 def legend(options: ReportOptions) -> str:
-    return (f"Direction {options.direction}. [lo, hi]: {options.percent} percentile bootstrap interval over queries "
-            f"(B = {options.n_boot}, seed {options.seed}). Bold: the best value of each column, compared at the "
-            "precision shown (arrow up: higher is better; arrow down: lower is better, the cost columns; "
-            "Q-Len is not ranked: fewer queries are better only at equal accuracy). '–': not in the result "
-            "files, never filled in.")
+    return (
+        f"Direction {options.direction}. [lo, hi]: {options.percent} percentile bootstrap interval over queries "
+        f"(B = {options.n_boot}, seed {options.seed}). Bold: the best value of each column, compared at the "
+        "precision shown (arrow up: higher is better; arrow down: lower is better, the cost columns; "
+        "Q-Len is not ranked: fewer queries are better only at equal accuracy). '–': not in the result "
+        "files, never filled in."
+    )
 
 
 def dataset_table(results: list[dict], dataset: str, paper: PaperTables, estimator: Estimator) -> Table:
@@ -83,8 +85,9 @@ def overview_table(results: list[dict], paper: PaperTables, estimator: Estimator
     group = paper.label
     ours = datasets(results)
     columns = [_column("sim", key=f"sim:{d}", label=f"Sim {d}") for d in ours]
-    columns += [_column("sim", key=f"paper_sim:{d}", label=f"Sim {name}", group=group)
-                for d, name in paper.datasets.items()]
+    columns += [
+        _column("sim", key=f"paper_sim:{d}", label=f"Sim {name}", group=group) for d, name in paper.datasets.items()
+    ]
     columns += [_column(m, key=f"paper_{m}", group=group) for m in PAPER_COST]
     table = Table("Sim by dataset (the paper's layout)", LABELS, tuple(columns))
     rows: dict[tuple[str, ...], dict[str, Cell]] = {}
@@ -107,5 +110,6 @@ def overview_table(results: list[dict], paper: PaperTables, estimator: Estimator
 def comparison_tables(results: list[dict], paper: PaperTables, estimator: Estimator) -> list[Table]:
     if not results:
         return []
-    return [overview_table(results, paper, estimator)] + [dataset_table(results, d, paper, estimator)
-                                                          for d in datasets(results)]
+    return [overview_table(results, paper, estimator)] + [
+        dataset_table(results, d, paper, estimator) for d in datasets(results)
+    ]

@@ -72,13 +72,22 @@ def gallery_length(result: dict) -> int | None:
 
 def note(results: list[dict]) -> str | None:
     """The table note on the cost columns when a run's total counts a gallery pass at L_max."""
-    lengths = sorted({n for r in results if _get(r.get("metrics") or {}, INDEX) is not None
-                      for n in [gallery_length(r)] if n is not None})
+    lengths = sorted(
+        {
+            n
+            for r in results
+            if _get(r.get("metrics") or {}, INDEX) is not None
+            for n in [gallery_length(r)]
+            if n is not None
+        }
+    )
     if not any(_get(r.get("metrics") or {}, INDEX) is not None for r in results):
         return None
     at = f" = {', '.join(map(str, lengths))}" if lengths else ""
-    return ("GFLOPs (fvcore multiply-adds) = gallery side (per image: vision + the Q-Former pass the index stores) "
-            "+ query side (per instruction: text tower, ours with its QScaler, + one re-rank pair). For ours the "
-            f"gallery pass runs at L_max{at} queries (each instruction reads the first L of them), so its GFLOPs count "
-            "that pass, not the L-query pass its recorded gflops/total holds; throughput (img/s) times the gallery "
-            "side (encode_images).")
+    return (
+        "GFLOPs (fvcore multiply-adds) = gallery side (per image: vision + the Q-Former pass the index stores) "
+        "+ query side (per instruction: text tower, ours with its QScaler, + one re-rank pair). For ours the "
+        f"gallery pass runs at L_max{at} queries (each instruction reads the first L of them), so its GFLOPs count "
+        "that pass, not the L-query pass its recorded gflops/total holds; throughput (img/s) times the gallery "
+        "side (encode_images)."
+    )

@@ -4,13 +4,35 @@ from __future__ import annotations
 
 _MD_SPECIAL = "\\`*_{}[]()#+-.!|<>"
 _MD_INLINE = "\\`*_[]|~"
-_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-          "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}", "\n": " ", "\r": " ",
-          "[": "{[}", "]": "{]}",  # a "[" after a row's \\ would be read as its optional argument
-          # the few non-ASCII symbols reports use, so pdflatex needs no Unicode set-up
-          "Δ": r"$\Delta$", "ρ": r"$\rho$", "±": r"$\pm$", "≥": r"$\geq$", "≤": r"$\leq$", "–": "--",
-          "↑": r"$\uparrow$", "↓": r"$\downarrow$", "×": r"$\times$"}
+_LATEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
+    "\n": " ",
+    "\r": " ",
+    "[": "{[}",
+    "]": "{]}",  # a "[" after a row's \\ would be read as its optional argument
+    # the few non-ASCII symbols reports use, so pdflatex needs no Unicode set-up
+    "Δ": r"$\Delta$",
+    "ρ": r"$\rho$",
+    "±": r"$\pm$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "–": "--",
+    "↑": r"$\uparrow$",
+    "↓": r"$\downarrow$",
+    "×": r"$\times$",
+}
 
 
 def markdown(text: str) -> str:

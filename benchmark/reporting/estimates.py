@@ -35,7 +35,8 @@ import numpy as np
 from benchmark.reporting import cost_split
 from benchmark.reporting.bootstrap import mean_intervals
 from benchmark.reporting.options import ReportOptions
-from benchmark.reporting.per_query import MEASURES as PER_QUERY_MEASURES, query_values
+from benchmark.reporting.per_query import MEASURES as PER_QUERY_MEASURES
+from benchmark.reporting.per_query import query_values
 
 HIGHER, LOWER = "higher", "lower"
 #: where a run's total GFLOPs may be recorded, first match wins (fvcore convention: multiply-adds)
@@ -52,17 +53,20 @@ class Measure:
     derive: Callable[[Mapping[str, Any]], float | None] | None = None  # from the metrics; None -> the keys
 
 
-MEASURES: dict[str, Measure] = {m.name: m for m in (
-    Measure("sim", "Sim", HIGHER, ".4f", ("{d}/Sim",)),
-    Measure("r5", "R@5", HIGHER, ".4f", ("{d}/R@5",)),
-    Measure("mrr", "MRR", HIGHER, ".4f", ("{d}/MRR",)),
-    Measure("qlen", "Q-Len", None, ".2f", ("qlen/mean",)),
-    Measure("gflops", "GFLOPs", LOWER, ".4g", GFLOPS_KEYS, cost_split.total_gflops),
-    Measure("gflops_g", "GFLOPs gallery", LOWER, ".4g", (), cost_split.gallery_gflops),
-    Measure("gflops_q", "GFLOPs query", LOWER, ".4g", (), cost_split.query_gflops),
-    Measure("memory", "Memory (MB)", LOWER, ",.0f", ("memory_mb",)),
-    Measure("thr", "Throughput (img/s)", HIGHER, ",.2f", ("throughput_img_s",)),
-)}
+MEASURES: dict[str, Measure] = {
+    m.name: m
+    for m in (
+        Measure("sim", "Sim", HIGHER, ".4f", ("{d}/Sim",)),
+        Measure("r5", "R@5", HIGHER, ".4f", ("{d}/R@5",)),
+        Measure("mrr", "MRR", HIGHER, ".4f", ("{d}/MRR",)),
+        Measure("qlen", "Q-Len", None, ".2f", ("qlen/mean",)),
+        Measure("gflops", "GFLOPs", LOWER, ".4g", GFLOPS_KEYS, cost_split.total_gflops),
+        Measure("gflops_g", "GFLOPs gallery", LOWER, ".4g", (), cost_split.gallery_gflops),
+        Measure("gflops_q", "GFLOPs query", LOWER, ".4g", (), cost_split.query_gflops),
+        Measure("memory", "Memory (MB)", LOWER, ",.0f", ("memory_mb",)),
+        Measure("thr", "Throughput (img/s)", HIGHER, ",.2f", ("throughput_img_s",)),
+    )
+}
 
 
 @dataclass(frozen=True)

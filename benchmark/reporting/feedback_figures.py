@@ -23,19 +23,24 @@ def convergence(run: FeedbackRun, stats: FeedbackStats, options: ReportOptions):
     for arm, s in stats.series.items():
         for ax, ivs in ((ax_hits, s.hits), (ax_bri, s.bri)):
             (line,) = ax.plot(x, [iv.value for iv in ivs], marker="o", label=run.arm_label(arm))
-            ax.fill_between(x, [iv.lo for iv in ivs], [iv.hi for iv in ivs], color=line.get_color(), alpha=0.2,
-                            linewidth=0)
-    for ax, label in ((ax_hits, f"cumulative Hits@{stats.k} (higher is better)"),
-                      (ax_bri, "BRI over rounds 0..t (lower is better)")):
+            ax.fill_between(
+                x, [iv.lo for iv in ivs], [iv.hi for iv in ivs], color=line.get_color(), alpha=0.2, linewidth=0
+            )
+    for ax, label in (
+        (ax_hits, f"cumulative Hits@{stats.k} (higher is better)"),
+        (ax_bri, "BRI over rounds 0..t (lower is better)"),
+    ):
         ax.set_xlabel("feedback round t")
         ax.set_ylabel(label)
         ax.set_xticks(x)
         ax.grid(alpha=0.3)
     ax_hits.legend(fontsize="small")
-    fig.suptitle(f"{run.model} on {run.dataset} ({run.size}, {run.tag}): K = {run.success_k}, "
-                 f"display {run.display}, {run.user_model} user, writer {run.writer_text()}; "
-                 f"bands: {options.percent} bootstrap",
-                 fontsize="small")
+    fig.suptitle(
+        f"{run.model} on {run.dataset} ({run.size}, {run.tag}): K = {run.success_k}, "
+        f"display {run.display}, {run.user_model} user, writer {run.writer_text()}; "
+        f"bands: {options.percent} bootstrap",
+        fontsize="small",
+    )
     return fig
 
 

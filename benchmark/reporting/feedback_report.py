@@ -30,12 +30,14 @@ class FeedbackReport:
     figures: list[FigureOutcome] = field(default_factory=list)
 
 
-def build_feedback_report(runs: list[FeedbackRun], options: ReportOptions, figures_dir: Path,
-                          preamble: str) -> FeedbackReport:
+def build_feedback_report(
+    runs: list[FeedbackRun], options: ReportOptions, figures_dir: Path, preamble: str
+) -> FeedbackReport:
     """The Markdown text and the tables (for LaTeX); writes each run's convergence plot."""
     if not runs:
-        return FeedbackReport(preamble + "\nNo feedback result files (`feedback__*.json`). "
-                              "Run `bench feedback` first.\n")
+        return FeedbackReport(
+            preamble + "\nNo feedback result files (`feedback__*.json`). Run `bench feedback` first.\n"
+        )
     out = FeedbackReport(preamble)
     parts = [preamble]
     for run in runs:
@@ -44,8 +46,10 @@ def build_feedback_report(runs: list[FeedbackRun], options: ReportOptions, figur
         fig = write_convergence(run, stats, options, figures_dir)
         out.tables += tables
         out.figures.append(fig)
-        parts += [f"\n## {markdown_inline(run.name)}\n", f"File: `{markdown_inline(run.path)}`. "
-                  "Every table's notes state the protocol.\n"]
+        parts += [
+            f"\n## {markdown_inline(run.name)}\n",
+            f"File: `{markdown_inline(run.path)}`. Every table's notes state the protocol.\n",
+        ]
         if (fallbacks := run.fallback_text()) is not None:
             parts.append(markdown_inline(fallbacks + ".") + "\n")
         parts += [render_markdown(t) for t in tables]

@@ -102,8 +102,10 @@ class FeedbackRun:
         llm = [a for a in self.ranks if a in LLM_ARMS]
         if not llm:
             return None
-        parts = [f"arm {a}: " + (self.fallbacks[a].describe() if a in self.fallbacks else "not recorded in the file")
-                 for a in llm]
+        parts = [
+            f"arm {a}: " + (self.fallbacks[a].describe() if a in self.fallbacks else "not recorded in the file")
+            for a in llm
+        ]
         others = [a for a in self.ranks if a not in LLM_ARMS]
         tail = f"; arms {', '.join(others)} ask no question writer" if others else ""
         return "Question-writer fallbacks: " + "; ".join(parts) + tail
@@ -117,8 +119,10 @@ class FeedbackRun:
         u = self.user
         if self.user_model != "graded":
             return f"{self.user_model} (PS = relevant, NS = the others)"
-        return (f"graded ({u.get('closeness', '?')}: PS if closeness >= {u.get('ps_threshold')}, NS if < "
-                f"{u.get('ns_threshold')}, unsure between; noise {u.get('noise')}, seed {u.get('seed')})")
+        return (
+            f"graded ({u.get('closeness', '?')}: PS if closeness >= {u.get('ps_threshold')}, NS if < "
+            f"{u.get('ns_threshold')}, unsure between; noise {u.get('noise')}, seed {u.get('seed')})"
+        )
 
     def writer_text(self) -> str:
         if self.writer is None:
@@ -175,32 +179,55 @@ def feedback_run(result: dict) -> FeedbackRun:
     success_k = _positive_int(result, "protocol.success_k")
     rank_base = _field(result, "protocol.rank_base")
     if rank_base != RANK_BASE:
-        raise ResultFileError(f"{path}: field protocol.rank_base must be {RANK_BASE} (1-based ranks), got {rank_base!r}")
+        raise ResultFileError(
+            f"{path}: field protocol.rank_base must be {RANK_BASE} (1-based ranks), got {rank_base!r}"
+        )
     arms = _field(result, "protocol.arms")
-    if not isinstance(arms, list) or not arms or not all(isinstance(a, str) for a in arms) or len(set(arms)) != len(arms):
-        raise ResultFileError(f"{path}: field protocol.arms must be a non-empty list of distinct arm names, got {arms!r}")
+    if (
+        not isinstance(arms, list)
+        or not arms
+        or not all(isinstance(a, str) for a in arms)
+        or len(set(arms)) != len(arms)
+    ):
+        raise ResultFileError(
+            f"{path}: field protocol.arms must be a non-empty list of distinct arm names, got {arms!r}"
+        )
     ranks = {a: _ranks(result, a, rounds) for a in arms}
     if len({r.shape for r in ranks.values()}) != 1:
         raise ResultFileError(f"{path}: field per_query: the arms rank different numbers of queries")
     llm = _field(result, "protocol.llm")
-    if llm is not None and not (isinstance(llm, dict) and isinstance(llm.get("label"), str)
-                                and isinstance(llm.get("is_llm"), bool)):
+    if llm is not None and not (
+        isinstance(llm, dict) and isinstance(llm.get("label"), str) and isinstance(llm.get("is_llm"), bool)
+    ):
         raise ResultFileError(f"{path}: field protocol.llm must be null or hold a string label and a boolean is_llm")
     summary = result.get("summary") if isinstance(result.get("summary"), dict) else {}
     user = result["protocol"].get("user") if isinstance(result["protocol"].get("user"), dict) else {}
     n_gallery = result["protocol"].get("n_gallery")
     fb_config = result["protocol"].get("feedback_config")
     refresh = fb_config.get("refresh") if isinstance(fb_config, dict) else None
-    settings = ({k: v for k, v in refresh.items() if isinstance(v, (int, float, str))}
-                if isinstance(refresh, dict) else {})
-    return FeedbackRun(path, str(result.get("model")), str(result.get("dataset")), str(result.get("size")),
-                       str(result.get("tag")), rounds, display, success_k, rank_base,
-                       llm["label"] if llm else None, llm["is_llm"] if llm else None,
-                       user.get("ground_truth") if isinstance(user.get("ground_truth"), str) else None,
-                       n_gallery if isinstance(n_gallery, int) else None, ranks,
-                       {a: s for a, s in summary.items() if isinstance(s, dict)},
-                       settings, _fallbacks(result, arms),
-                       {"model": "binary"} | {k: v for k, v in user.items() if isinstance(v, (int, float, str))})
+    settings = (
+        {k: v for k, v in refresh.items() if isinstance(v, (int, float, str))} if isinstance(refresh, dict) else {}
+    )
+    return FeedbackRun(
+        path,
+        str(result.get("model")),
+        str(result.get("dataset")),
+        str(result.get("size")),
+        str(result.get("tag")),
+        rounds,
+        display,
+        success_k,
+        rank_base,
+        llm["label"] if llm else None,
+        llm["is_llm"] if llm else None,
+        user.get("ground_truth") if isinstance(user.get("ground_truth"), str) else None,
+        n_gallery if isinstance(n_gallery, int) else None,
+        ranks,
+        {a: s for a, s in summary.items() if isinstance(s, dict)},
+        settings,
+        _fallbacks(result, arms),
+        {"model": "binary"} | {k: v for k, v in user.items() if isinstance(v, (int, float, str))},
+    )
 
 
 def _fallbacks(result: dict, arms: list[str]) -> dict[str, Fallbacks]:
@@ -215,8 +242,9 @@ def _fallbacks(result: dict, arms: list[str]) -> dict[str, Fallbacks]:
     rounds, reasons = raw.get("llm_rounds"), raw.get("by_reason")
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
         raise ResultFileError(f"{where}.llm_rounds must be an integer >= 0, got {rounds!r}")
-    if not isinstance(reasons, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-                                                and v >= 0 for k, v in reasons.items()):
+    if not isinstance(reasons, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in reasons.items()
+    ):
         raise ResultFileError(f"{where}.by_reason must map reasons to counts >= 0, got {reasons!r}")
     if sum(reasons.values()) > rounds:
         raise ResultFileError(f"{where}: {sum(reasons.values())} fallbacks exceed the {rounds} llm rounds")

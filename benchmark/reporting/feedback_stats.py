@@ -54,8 +54,9 @@ def _values(ranks: np.ndarray, k: int) -> np.ndarray:
     return np.concatenate([metrics.hits_by_query(ranks, k).T, metrics.bri_by_query(ranks).T], axis=1)
 
 
-def feedback_stats(ranks: dict[str, np.ndarray], k: int, options: ReportOptions,
-                   baseline: str = BASELINE) -> FeedbackStats:
+def feedback_stats(
+    ranks: dict[str, np.ndarray], k: int, options: ReportOptions, baseline: str = BASELINE
+) -> FeedbackStats:
     """Intervals of every arm of ``ranks`` and paired differences to ``baseline`` (if run)."""
     n_rounds = next(iter(ranks.values())).shape[0]
     values = {a: _values(r, k) for a, r in ranks.items()}
@@ -86,10 +87,15 @@ def describe(stats: FeedbackStats, options: ReportOptions) -> list[str]:
     for t in report_rounds(stats.rounds):
         for arm, s in stats.series.items():
             h, b = s.hits[t], s.bri[t]
-            out.append(f"  round {t} {arm:<8} Hits@{stats.k} {h.value:.3f} [{h.lo:.3f}, {h.hi:.3f}]  "
-                       f"BRI {b.value:.3f} [{b.lo:.3f}, {b.hi:.3f}]  n = {h.n}")
+            out.append(
+                f"  round {t} {arm:<8} Hits@{stats.k} {h.value:.3f} [{h.lo:.3f}, {h.hi:.3f}]  "
+                f"BRI {b.value:.3f} [{b.lo:.3f}, {b.hi:.3f}]  n = {h.n}"
+            )
         for d in stats.differences:
-            out.append(f"  round {t} {d.arm} - {d.baseline}: "
-                       + describe_difference(f"Hits@{stats.k}", d.hits[t], 3) + "; "
-                       + describe_difference("BRI", d.bri[t], 3))
+            out.append(
+                f"  round {t} {d.arm} - {d.baseline}: "
+                + describe_difference(f"Hits@{stats.k}", d.hits[t], 3)
+                + "; "
+                + describe_difference("BRI", d.bri[t], 3)
+            )
     return out

@@ -71,8 +71,11 @@ def _levels(r: dict, est: Estimator) -> tuple[np.ndarray, np.ndarray, np.ndarray
             err = np.array([[iv.value - iv.lo for iv in ivs], [iv.hi - iv.value for iv in ivs]])
             return levels, means, err
     metrics = r.get("metrics") or {}
-    pairs = sorted((int(k.rsplit("_", 1)[1]), v) for k, v in metrics.items()
-                   if k.startswith("qlen/level_") and isinstance(v, (int, float)))
+    pairs = sorted(
+        (int(k.rsplit("_", 1)[1]), v)
+        for k, v in metrics.items()
+        if k.startswith("qlen/level_") and isinstance(v, (int, float))
+    )
     if len(pairs) >= 2:
         return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs], dtype=float), None
     return None
@@ -107,10 +110,22 @@ def r5_vs_gflops(results: list[dict], est: Estimator):
         front = pareto_front([(g, q) for _, g, q, _ in pts])
         for i, (r, g, q, ci) in enumerate(pts):
             on = i in front
-            ax.errorbar([g], [q], yerr=None if ci is None else [[ci[0]], [ci[1]]], fmt="o", capsize=3,
-                        color="tab:red" if on else "tab:gray", mfc="tab:red" if on else "white")
-            ax.annotate(f"{r.get('model')}/{r.get('tag')}", (g, q), textcoords="offset points", xytext=(4, 4),
-                        fontsize="x-small")
+            ax.errorbar(
+                [g],
+                [q],
+                yerr=None if ci is None else [[ci[0]], [ci[1]]],
+                fmt="o",
+                capsize=3,
+                color="tab:red" if on else "tab:gray",
+                mfc="tab:red" if on else "white",
+            )
+            ax.annotate(
+                f"{r.get('model')}/{r.get('tag')}",
+                (g, q),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize="x-small",
+            )
         fx = [pts[i][1] for i in front]
         fy = [pts[i][2] for i in front]
         ax.step(fx, fy, where="post", color="tab:red", linewidth=1, label="Pareto front")
@@ -126,7 +141,9 @@ def throughput_vs_qlen(results: list[dict], est: Estimator):
     for r in sorted(results, key=run_order):
         c = est.cells(r)
         if not c["thr"].missing and not c["qlen"].missing:
-            xerr = (c["qlen"].value - c["qlen"].lo, c["qlen"].hi - c["qlen"].value) if c["qlen"].lo is not None else None
+            xerr = (
+                (c["qlen"].value - c["qlen"].lo, c["qlen"].hi - c["qlen"].value) if c["qlen"].lo is not None else None
+            )
             pts.append((r, c["qlen"].value, c["thr"].value, xerr))
     if not pts:
         raise Skip("no run has both a throughput (throughput_img_s) and a query length (qlen)")
@@ -171,5 +188,7 @@ def render_figure(name: str, stem: Path, build: Callable[[], object]) -> FigureO
 
 
 def write_figures(results: list[dict], estimator: Estimator, out_dir: Path) -> list[FigureOutcome]:
-    return [render_figure(name, Path(out_dir) / name, lambda plot=plot: plot(results, estimator))
-            for name, plot in FIGURES.items()]
+    return [
+        render_figure(name, Path(out_dir) / name, lambda plot=plot: plot(results, estimator))
+        for name, plot in FIGURES.items()
+    ]

@@ -49,14 +49,22 @@ def render_latex(table: Table) -> str:
     spec = "l" * len(table.label_headers) + "r" * len(table.columns)
     title = esc(table.title)
     caption = " ".join([title + ("" if table.title.endswith(".") else "."), *(esc(n) for n in table.notes)])
-    lines = [r"\begin{table}[htbp]", r"\centering", rf"\caption[{{{title}}}]{{{caption}}}", r"\small",
-             rf"\begin{{tabular}}{{{spec}}}", r"\toprule", *_group_header(table)]
+    lines = [
+        r"\begin{table}[htbp]",
+        r"\centering",
+        rf"\caption[{{{title}}}]{{{caption}}}",
+        r"\small",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        *_group_header(table),
+    ]
     heads = [esc(h) for h in table.label_headers] + [esc(c.label) + ARROWS[c.better] for c in table.columns]
     lines += [" & ".join(heads) + r" \\", r"\midrule"]
     bold = {c.key: table.bold_rows(c) for c in table.columns}
     for i, row in enumerate(table.rows):
-        cells = [esc(x) for x in row.labels] + [format_cell(table.cell(row, c), c, i in bold[c.key])
-                                                for c in table.columns]
+        cells = [esc(x) for x in row.labels] + [
+            format_cell(table.cell(row, c), c, i in bold[c.key]) for c in table.columns
+        ]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"

@@ -38,13 +38,17 @@ def header(column: Column) -> str:
 
 def render_markdown(table: Table, level: int = 3) -> str:
     heads = [esc(h) for h in table.label_headers] + [header(c) for c in table.columns]
-    lines = [f"{'#' * level} {esc(table.title)}", "",
-             "| " + " | ".join(heads) + " |",
-             "|" + "|".join([":---"] * len(table.label_headers) + ["---:"] * len(table.columns)) + "|"]
+    lines = [
+        f"{'#' * level} {esc(table.title)}",
+        "",
+        "| " + " | ".join(heads) + " |",
+        "|" + "|".join([":---"] * len(table.label_headers) + ["---:"] * len(table.columns)) + "|",
+    ]
     bold = {c.key: table.bold_rows(c) for c in table.columns}
     for i, row in enumerate(table.rows):
-        cells = [esc(x) for x in row.labels] + [format_cell(table.cell(row, c), c, i in bold[c.key])
-                                                for c in table.columns]
+        cells = [esc(x) for x in row.labels] + [
+            format_cell(table.cell(row, c), c, i in bold[c.key]) for c in table.columns
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     if table.notes:
         lines.append("")

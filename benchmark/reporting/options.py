@@ -50,7 +50,9 @@ class ReportOptions:
 
     def describe(self) -> str:
         """One line for the top of every report."""
-        return (f"Intervals: {self.percent} percentile bootstrap over queries, B = {self.n_boot} resamples, "
-                f"seed {self.seed} (numpy default_rng); direction {self.direction}; "
-                f"'equal' = the {self.percent} interval of the paired difference lies within "
-                f"±{self.equal_margin:g}.")
+        return (
+            f"Intervals: {self.percent} percentile bootstrap over queries, B = {self.n_boot} resamples, "
+            f"seed {self.seed} (numpy default_rng); direction {self.direction}; "
+            f"'equal' = the {self.percent} interval of the paired difference lies within "
+            f"±{self.equal_margin:g}."
+        )

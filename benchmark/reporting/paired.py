@@ -16,8 +16,9 @@ from benchmark.reporting.options import ReportOptions
 from benchmark.reporting.per_query import MEASURES, check_same_queries
 
 
-def compare_runs(a: dict, b: dict, options: ReportOptions,
-                 measures: tuple[str, ...] = MEASURES) -> dict[str, PairedDifference]:
+def compare_runs(
+    a: dict, b: dict, options: ReportOptions, measures: tuple[str, ...] = MEASURES
+) -> dict[str, PairedDifference]:
     """``{measure: mean(a - b) with interval and p}`` for the measures both runs have."""
     qa, qb = check_same_queries(a, b, options.direction)
     shared = [m for m in measures if qa.get(m) is not None and qb.get(m) is not None]
@@ -30,5 +31,4 @@ def compare_runs(a: dict, b: dict, options: ReportOptions,
 
 
 def describe_difference(label: str, d: PairedDifference, digits: int = 4) -> str:
-    return (f"Δ{label} = {d.diff:+.{digits}f} [{d.lo:+.{digits}f}, {d.hi:+.{digits}f}], "
-            f"p = {d.p_value:.3g}, n = {d.n}")
+    return f"Δ{label} = {d.diff:+.{digits}f} [{d.lo:+.{digits}f}, {d.hi:+.{digits}f}], p = {d.p_value:.3g}, n = {d.n}"

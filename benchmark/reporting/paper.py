@@ -9,11 +9,11 @@ and names the field when something is wrong.
 
 from __future__ import annotations
 
-import json
-from benchmark.safe_json import JsonReadError, read_json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+from benchmark.safe_json import JsonReadError, read_json
 
 PAPER_TABLES = Path(__file__).resolve().parent.parent / "reference" / "paper_tables.json"
 

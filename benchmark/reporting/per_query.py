@@ -91,11 +91,11 @@ def query_values(result: dict, direction: str = "t2i") -> QueryValues | None:
 
 def _same_length(result: dict, key: str, values: np.ndarray, n: int) -> None:
     if values.size != n:
-        raise ResultFileError(f"{result_name(result)}: per_query.{key} has {values.size} entries, "
-                              f"the ranks have {n}")
+        raise ResultFileError(f"{result_name(result)}: per_query.{key} has {values.size} entries, the ranks have {n}")
 
 
 # -- which queries a run scored ----------------------------------------------------------------
+
 
 def _data_identity(result: dict) -> dict[str, Any]:
     """Everything that decides the evaluated queries and their order."""
@@ -125,11 +125,15 @@ def check_same_queries(a: dict, b: dict, direction: str = "t2i") -> tuple[QueryV
     ia, ib = _data_identity(a), _data_identity(b)
     for field in ia:
         if ia[field] != ib[field]:
-            raise PairingError(f"{na} and {nb} did not score the same queries: {field} differs "
-                               f"({_short(ia[field])} vs {_short(ib[field])}); a paired test needs the same queries")
+            raise PairingError(
+                f"{na} and {nb} did not score the same queries: {field} differs "
+                f"({_short(ia[field])} vs {_short(ib[field])}); a paired test needs the same queries"
+            )
     if ia["provenance.annotations_sha256"] is None:
-        raise PairingError(f"{na}: provenance.annotations_sha256 is missing, so the queries of {na} and {nb} "
-                           "cannot be shown to be the same")
+        raise PairingError(
+            f"{na}: provenance.annotations_sha256 is missing, so the queries of {na} and {nb} "
+            "cannot be shown to be the same"
+        )
     qa, qb = query_values(a, direction), query_values(b, direction)
     for name, q in ((na, qa), (nb, qb)):
         if q is None:

@@ -24,8 +24,12 @@ def model_rank(model: str) -> tuple[int, str]:
 
 
 def run_order(result: dict) -> tuple:
-    return (*model_rank(str(result.get("model"))), str(result.get("size")), str(result.get("tag")) != DEFAULT_TAG,
-            str(result.get("tag")))
+    return (
+        *model_rank(str(result.get("model"))),
+        str(result.get("size")),
+        str(result.get("tag")) != DEFAULT_TAG,
+        str(result.get("tag")),
+    )
 
 
 def comparison_runs(results: list[dict]) -> list[dict]:
@@ -45,6 +49,9 @@ def scopes(results: list[dict]) -> list[tuple[str, str]]:
 
 
 def main_run(results: list[dict], model: str, dataset: str, size: str) -> dict | None:
-    runs = [r for r in comparison_runs(results)
-            if (r.get("model"), r.get("dataset"), r.get("size")) == (model, dataset, size)]
+    runs = [
+        r
+        for r in comparison_runs(results)
+        if (r.get("model"), r.get("dataset"), r.get("size")) == (model, dataset, size)
+    ]
     return runs[0] if runs else None

@@ -56,8 +56,11 @@ class Table:
         """Indices of the rows whose value in ``column`` is bold."""
         if column.better is None:
             return set()
-        shown = {i: float(format(c.value, column.fmt).replace(",", "")) for i, r in enumerate(self.rows)
-                 if not (c := self.cell(r, column)).missing}
+        shown = {
+            i: float(format(c.value, column.fmt).replace(",", ""))
+            for i, r in enumerate(self.rows)
+            if not (c := self.cell(r, column)).missing
+        }
         if len(shown) < 2:
             return set()
         best = max(shown.values()) if column.better == HIGHER else min(shown.values())

@@ -17,9 +17,16 @@ from benchmark.reporting.escape import markdown
 from benchmark.results import load_result_files, results_frame
 
 COLUMNS = (
-    ("t2i/R@1", "T2I R@1"), ("t2i/R@5", "T2I R@5"), ("t2i/R@10", "T2I R@10"), ("t2i/MRR", "T2I MRR"),
-    ("t2i/Sim", "T2I Sim"), ("i2t/R@1", "I2T R@1"), ("i2t/R@5", "I2T R@5"), ("i2t/MRR", "I2T MRR"),
-    ("i2i/R@5", "I2I R@5"), ("i2i/MRR", "I2I MRR"),
+    ("t2i/R@1", "T2I R@1"),
+    ("t2i/R@5", "T2I R@5"),
+    ("t2i/R@10", "T2I R@10"),
+    ("t2i/MRR", "T2I MRR"),
+    ("t2i/Sim", "T2I Sim"),
+    ("i2t/R@1", "I2T R@1"),
+    ("i2t/R@5", "I2T R@5"),
+    ("i2t/MRR", "I2T MRR"),
+    ("i2i/R@5", "I2I R@5"),
+    ("i2i/MRR", "I2I MRR"),
 )
 
 DEFINITIONS = """\
@@ -41,8 +48,18 @@ def _fmt(v) -> str:
 
 def _runs(results: list[dict]) -> pd.DataFrame:
     """One row per run: its file name, labels, query count and time (Python values, as stored)."""
-    rows = [(Path(r.get("_path", "")).name, r["model"], r["dataset"], r["size"], r["tag"],
-             r["provenance"].get("n_queries"), r["timings"].get("total_s")) for r in results]
+    rows = [
+        (
+            Path(r.get("_path", "")).name,
+            r["model"],
+            r["dataset"],
+            r["size"],
+            r["tag"],
+            r["provenance"].get("n_queries"),
+            r["timings"].get("total_s"),
+        )
+        for r in results
+    ]
     return pd.DataFrame(rows, columns=["file", "model", "dataset", "size", "tag", "queries", "time"], dtype=object)
 
 

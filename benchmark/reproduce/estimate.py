@@ -16,24 +16,30 @@ These are ESTIMATES, built on the assumptions of :data:`ASSUMPTIONS` (printed wi
 
 from __future__ import annotations
 
-import json
-from benchmark.safe_json import read_json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+from benchmark.safe_json import read_json
 
 #: training step cost / forward retrieval step cost, per image (forward + backward ~ 3 forwards)
 TRAIN_FACTOR = 3.0
 
 ASSUMPTIONS = (
-    ("estimates, not measurements: throughputs are those of {source} ({device}, {dtype}, batch {batch}, "
-     "random-init weights at full shapes, inference)"),
-    (f"training: {TRAIN_FACTOR:g} x the measured forward retrieval step per image (forward + backward), "
-     "every training image every epoch; validation passes, data loading, feature caching and checkpoint "
-     "writes are not counted; frozen-feature caching (blip2, ours) would make training cheaper"),
-    ("evaluation: every test image encoded once (encode img/s), then (queries + images) x k_test pairs "
-     "re-ranked at the per-pair cost of the measured retrieval step (its cost beyond encoding), or every "
-     "query encoded (no re-ranking)"),
+    (
+        "estimates, not measurements: throughputs are those of {source} ({device}, {dtype}, batch {batch}, "
+        "random-init weights at full shapes, inference)"
+    ),
+    (
+        f"training: {TRAIN_FACTOR:g} x the measured forward retrieval step per image (forward + backward), "
+        "every training image every epoch; validation passes, data loading, feature caching and checkpoint "
+        "writes are not counted; frozen-feature caching (blip2, ours) would make training cheaper"
+    ),
+    (
+        "evaluation: every test image encoded once (encode img/s), then (queries + images) x k_test pairs "
+        "re-ranked at the per-pair cost of the measured retrieval step (its cost beyond encoding), or every "
+        "query encoded (no re-ranking)"
+    ),
     "one GPU of the measured kind; the recipe's precision and batch size are not those of the measurement",
 )
 
@@ -84,8 +90,9 @@ class CostTable:
     models: dict[str, ModelCost]
 
     def assumptions(self) -> list[str]:
-        return [a.format(source=self.source, device=self.device, dtype=self.dtype, batch=self.batch)
-                for a in ASSUMPTIONS]
+        return [
+            a.format(source=self.source, device=self.device, dtype=self.dtype, batch=self.batch) for a in ASSUMPTIONS
+        ]
 
 
 def load_costs(path: Path) -> CostTable:
@@ -96,10 +103,14 @@ def load_costs(path: Path) -> CostTable:
         doc = read_json(Path(path), what="GPU cost file")
         settings, models = doc["settings"], doc["models"]
         batch = int(settings["batch_size"])
-        costs = {name: ModelCost(float(m["throughput_img_s"]), float(m["step_img_s"]), batch, m.get("k_test"))
-                 for name, m in models.items()}
+        costs = {
+            name: ModelCost(float(m["throughput_img_s"]), float(m["step_img_s"]), batch, m.get("k_test"))
+            for name, m in models.items()
+        }
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CostError(f"--gpu-costs: {path}: not a gpu_costs.json of scripts/bench_gpu.py ({type(e).__name__}: {e})") from None
+        raise CostError(
+            f"--gpu-costs: {path}: not a gpu_costs.json of scripts/bench_gpu.py ({type(e).__name__}: {e})"
+        ) from None
     device = (doc.get("environment") or {}).get("cuda_device_name") or "unknown device"
     return CostTable(str(path), device, str(settings.get("dtype", "?")), batch, costs)
 
@@ -114,8 +125,9 @@ class Estimate:
         return self.train_h + self.eval_h
 
 
-def estimate(cost: ModelCost, *, epochs: int, train_images: int, test_images: int, queries: int,
-             k_test: int | None) -> Estimate:
+def estimate(
+    cost: ModelCost, *, epochs: int, train_images: int, test_images: int, queries: int, k_test: int | None
+) -> Estimate:
     """GPU hours of one run (see the module docstring)."""
     train_s = train_images * epochs * TRAIN_FACTOR / cost.step_img_s
     eval_s = test_images / cost.encode_img_s

@@ -58,14 +58,16 @@ def execute_plan(plan: Plan, settings: RunSettings | None = None, echo: Echo = _
 
 def summary(records: Sequence[StepRecord]) -> str:
     """The table of every step (step, status, seconds, result file) and one line of totals."""
-    table = text_table(["Step", "Status", "Seconds", "Result"],
-                       [[r.title, r.status, round(r.seconds, 1), r.result] for r in records], digits=1)
+    table = text_table(
+        ["Step", "Status", "Seconds", "Result"],
+        [[r.title, r.status, round(r.seconds, 1), r.result] for r in records],
+        digits=1,
+    )
     counts: dict[str, int] = {}
     for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1
     total = sum(r.seconds for r in records)
-    return (f"{table}\n{len(records)} steps in {total:.1f} s: "
-            + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return f"{table}\n{len(records)} steps in {total:.1f} s: " + ", ".join(f"{v} {k}" for k, v in counts.items())
 
 
 def failed(records: Sequence[StepRecord]) -> list[StepRecord]:

@@ -80,16 +80,35 @@ def _k_test(cls: Any, cfg: RunConfig) -> int | None:
 
 def _detail(cfg: RunConfig, cls: Any, arm: str, sizes: SplitSizes, costs: CostTable | None) -> StepDetail:
     cost = costs.models.get(cfg.model) if costs else None
-    est = None if cost is None else estimate(
-        cost, epochs=cfg.train.max_epochs, train_images=sizes.train_images, test_images=sizes.test_images,
-        queries=sizes.test_queries, k_test=_k_test(cls, cfg))
-    return StepDetail(cfg.model, cfg.dataset, arm, cfg.train.max_epochs, sizes, est, cfg.train.optim.lr,
-                      cfg.data.batch_size)
+    est = (
+        None
+        if cost is None
+        else estimate(
+            cost,
+            epochs=cfg.train.max_epochs,
+            train_images=sizes.train_images,
+            test_images=sizes.test_images,
+            queries=sizes.test_queries,
+            k_test=_k_test(cls, cfg),
+        )
+    )
+    return StepDetail(
+        cfg.model, cfg.dataset, arm, cfg.train.max_epochs, sizes, est, cfg.train.optim.lr, cfg.data.batch_size
+    )
 
 
-def _run_step(title: str, selectors: tuple[str, ...], model: str, base: dict, arm_name: str,
-              overrides: Sequence[dict], own: dict, found: FoundDataset, models: Registry,
-              costs: CostTable | None) -> Step:
+def _run_step(
+    title: str,
+    selectors: tuple[str, ...],
+    model: str,
+    base: dict,
+    arm_name: str,
+    overrides: Sequence[dict],
+    own: dict,
+    found: FoundDataset,
+    models: Registry,
+    costs: CostTable | None,
+) -> Step:
     cls = models.get(model)
     try:
         cfg = build_run_config(base, *overrides, own)
@@ -103,11 +122,21 @@ def _run_step(title: str, selectors: tuple[str, ...], model: str, base: dict, ar
     return FullRunStep(title, selectors, cfg, _detail(cfg, cls, arm_name, found.sizes, costs))
 
 
-def build_full_plan(data_root: Path, overrides: Sequence[dict] = (), *, pretrained: dict[str, str] | None = None,
-                    results_dir: Path = Path("results"), out_dir: Path = Path("reports"),
-                    cache_dir: Path | None = None, only: Iterable[str] = (), model_names: Iterable[str] = (),
-                    report: ReportOptions | None = None, costs: CostTable | None = None,
-                    models: Registry = MODELS, ablations_root=None) -> FullPlan:
+def build_full_plan(
+    data_root: Path,
+    overrides: Sequence[dict] = (),
+    *,
+    pretrained: dict[str, str] | None = None,
+    results_dir: Path = Path("results"),
+    out_dir: Path = Path("reports"),
+    cache_dir: Path | None = None,
+    only: Iterable[str] = (),
+    model_names: Iterable[str] = (),
+    report: ReportOptions | None = None,
+    costs: CostTable | None = None,
+    models: Registry = MODELS,
+    ablations_root=None,
+) -> FullPlan:
     """Every (dataset under ``data_root``, model) row, every ablation arm on COCO, the report."""
     if not Path(data_root).is_dir():
         raise ConfigError(f"--data-root: {data_root} does not exist or is not a folder")
@@ -127,7 +156,7 @@ def build_full_plan(data_root: Path, overrides: Sequence[dict] = (), *, pretrain
     steps: list[Step] = []
     selectors: tuple[str, ...]
     family: dict[str, str | None] = {}
-    for name in (wanted or models.names()):
+    for name in wanted or models.names():
         family[name] = None if load_error(models, name) else checkpoint_family(models.get(name).Config)
     for found in datasets:
         for name in family:
@@ -137,21 +166,41 @@ def build_full_plan(data_root: Path, overrides: Sequence[dict] = (), *, pretrain
                 continue
             error, fam = load_error(models, name), family[name]
             if error or fam is None:
-                steps.append(BrokenStep(title, selectors, error or f"{name}: no pretrained checkpoint family known "
-                                        f"(its config class is none of {sorted(CHECKPOINT_FAMILIES)})"))
+                steps.append(
+                    BrokenStep(
+                        title,
+                        selectors,
+                        error
+                        or f"{name}: no pretrained checkpoint family known "
+                        f"(its config class is none of {sorted(CHECKPOINT_FAMILIES)})",
+                    )
+                )
                 continue
-            own = {"model": name, "dataset": found.name, "tag": MODEL_TAG, **fixed, "data": {"root": str(found.folder)},
-                   "model_args": {"pretrained": checkpoints[fam]}}
-            steps.append(_run_step(title, selectors, name, model_defaults(name, SIZE), "-", overrides, own, found,
-                                   models, costs))
+            own = {
+                "model": name,
+                "dataset": found.name,
+                "tag": MODEL_TAG,
+                **fixed,
+                "data": {"root": str(found.folder)},
+                "model_args": {"pretrained": checkpoints[fam]},
+            }
+            steps.append(
+                _run_step(title, selectors, name, model_defaults(name, SIZE), "-", overrides, own, found, models, costs)
+            )
     ablation_data = next((d for d in datasets if d.name == ABLATION_DATASET), None)
     for ablation in discover(ablations_root).values():
         for arm in ablation.arms:
             title = f"{ablation.model} on {ABLATION_DATASET} (ablation {ablation.name}: {arm.name})"
             selectors = (ablation.name, f"{ablation.name}:{arm.name}")
             if ablation.model not in models or load_error(models, ablation.model):
-                steps.append(SkippedStep(title, selectors, f"ablation {ablation.name} is on {ablation.model!r}, "
-                                         "which is not a registered, importable model"))
+                steps.append(
+                    SkippedStep(
+                        title,
+                        selectors,
+                        f"ablation {ablation.name} is on {ablation.model!r}, "
+                        "which is not a registered, importable model",
+                    )
+                )
                 continue
             if wanted and ablation.model not in wanted:
                 steps.append(SkippedStep(title, selectors, f"--models leaves out {ablation.model}"))
@@ -164,11 +213,19 @@ def build_full_plan(data_root: Path, overrides: Sequence[dict] = (), *, pretrain
             if fam is None:
                 steps.append(BrokenStep(title, selectors, f"{ablation.model}: no pretrained checkpoint family known"))
                 continue
-            own = {"dataset": ABLATION_DATASET, "tag": ablation.tag(arm), **fixed,
-                   "data": {"root": str(ablation_data.folder)}, "model_args": {"pretrained": checkpoints[fam]}}
+            own = {
+                "dataset": ABLATION_DATASET,
+                "tag": ablation.tag(arm),
+                **fixed,
+                "data": {"root": str(ablation_data.folder)},
+                "model_args": {"pretrained": checkpoints[fam]},
+            }
             base = deep_merge(model_defaults(ablation.model, SIZE), arm.overrides)
-            steps.append(_run_step(title, selectors, ablation.model, base, arm.name, overrides, own,
-                                   ablation_data, models, costs))
+            steps.append(
+                _run_step(
+                    title, selectors, ablation.model, base, arm.name, overrides, own, ablation_data, models, costs
+                )
+            )
     steps.append(ReportStep(REPORT, (REPORT,), Path(results_dir), Path(out_dir), report or ReportOptions()))
     return FullPlan(tuple(share(select(steps, only))), tuple(datasets), costs)
 
@@ -180,8 +237,10 @@ def describe_full(plan: FullPlan) -> list[str]:
         if d.usable:
             s = d.sizes
             assert s is not None  # usable: it has sizes
-            lines.append(f"dataset {d.name}: {d.folder} (train {s.train_images} images; test {s.test_images} images, "
-                         f"{s.test_queries} queries)")
+            lines.append(
+                f"dataset {d.name}: {d.folder} (train {s.train_images} images; test {s.test_images} images, "
+                f"{s.test_queries} queries)"
+            )
         else:
             lines.append(f"dataset {d.name}: skipped ({d.problem})")
     total = 0.0
@@ -192,9 +251,11 @@ def describe_full(plan: FullPlan) -> list[str]:
             lines.append(f"[{i}] {step.title}: {_status(step)}")
             continue
         s = detail.sizes
-        head = (f"[{i}] model {detail.model} | dataset {detail.dataset} | arm {detail.arm} | epochs {detail.epochs} | "
-                f"lr {detail.lr:g} | batch {detail.batch_size} | train {s.train_images} img | "
-                f"test {s.test_images} img, {s.test_queries} queries")
+        head = (
+            f"[{i}] model {detail.model} | dataset {detail.dataset} | arm {detail.arm} | epochs {detail.epochs} | "
+            f"lr {detail.lr:g} | batch {detail.batch_size} | train {s.train_images} img | "
+            f"test {s.test_images} img, {s.test_queries} queries"
+        )
         if detail.estimate is None:
             unknown += 1
             lines.append(f"{head} | estimate: none (no measured throughput of {detail.model})")
@@ -202,7 +263,10 @@ def describe_full(plan: FullPlan) -> list[str]:
             e = detail.estimate
             total += e.total_h
             lines.append(f"{head} | est. {e.train_h:.3g} train + {e.eval_h:.3g} eval = {e.total_h:.3g} GPU-h")
-    lines.append(f"total: est. {total:.3g} GPU-h (estimates, not measurements)" + (f" ({unknown} step(s) without an estimate)" if unknown else ""))
+    lines.append(
+        f"total: est. {total:.3g} GPU-h (estimates, not measurements)"
+        + (f" ({unknown} step(s) without an estimate)" if unknown else "")
+    )
     if plan.costs is not None:
         lines += [f"assumption: {a}" for a in plan.costs.assumptions()]
     else:

@@ -18,9 +18,20 @@ from benchmark.reproduce.plan import Plan
 DEFAULT_GPU_COSTS = Path(benchmark.__file__).resolve().parents[1] / "results" / "gpu" / "gpu_costs.json"
 
 
-def full_plan(overrides: Sequence[dict], *, data_root: Path | None, models: Sequence[str], pretrained_blip2: str,
-              pretrained_clip: str, gpu_costs: Path | None, results_dir: Path, out_dir: Path,
-              cache_dir: Path | None, only: Sequence[str], report: ReportOptions) -> FullPlan:
+def full_plan(
+    overrides: Sequence[dict],
+    *,
+    data_root: Path | None,
+    models: Sequence[str],
+    pretrained_blip2: str,
+    pretrained_clip: str,
+    gpu_costs: Path | None,
+    results_dir: Path,
+    out_dir: Path,
+    cache_dir: Path | None,
+    only: Sequence[str],
+    report: ReportOptions,
+) -> FullPlan:
     if data_root is None:
         raise ConfigError("--size full needs --data-root DIR (the folder holding coco/, medpix/, rsicap/)")
     for flag, value in (("--pretrained-blip2", pretrained_blip2), ("--pretrained-clip", pretrained_clip)):
@@ -31,9 +42,18 @@ def full_plan(overrides: Sequence[dict], *, data_root: Path | None, models: Sequ
         costs = None if path is None else load_costs(path)
     except CostError as e:
         raise ConfigError(str(e)) from None
-    return build_full_plan(data_root, overrides, pretrained={"blip2": pretrained_blip2, "clip": pretrained_clip},
-                           results_dir=results_dir, out_dir=out_dir, cache_dir=cache_dir, only=only,
-                           model_names=models, report=report, costs=costs)
+    return build_full_plan(
+        data_root,
+        overrides,
+        pretrained={"blip2": pretrained_blip2, "clip": pretrained_clip},
+        results_dir=results_dir,
+        out_dir=out_dir,
+        cache_dir=cache_dir,
+        only=only,
+        model_names=models,
+        report=report,
+        costs=costs,
+    )
 
 
 def dry_run_lines(plan: Plan) -> list[str]:

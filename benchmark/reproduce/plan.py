@@ -53,8 +53,13 @@ class Plan:
         for s in self.steps:
             kind = "RunStep" if isinstance(s, RunStep) else type(s).__name__  # subclasses count as their base
             kinds[kind] = kinds.get(kind, 0) + 1
-        names = (("RunStep", "to run"), ("SharedStep", "shared with an earlier step"),
-                 ("SkippedStep", "skipped"), ("BrokenStep", "broken"), ("ReportStep", "report"))
+        names = (
+            ("RunStep", "to run"),
+            ("SharedStep", "shared with an earlier step"),
+            ("SkippedStep", "skipped"),
+            ("BrokenStep", "broken"),
+            ("ReportStep", "report"),
+        )
         return f"{len(self.steps)} steps: " + ", ".join(f"{kinds[k]} {label}" for k, label in names if k in kinds)
 
 
@@ -112,8 +117,10 @@ def refuse_fixed(overrides: Sequence[dict]) -> None:
     for o in overrides:
         fixed = sorted(set(o) & set(FIXED))
         if fixed:
-            raise ConfigError(f"--config/--set: {', '.join(fixed)} is set by bench reproduce itself "
-                              f"({DATASET}, {SIZE}, one tag per step; use --results-dir / --cache-dir for folders)")
+            raise ConfigError(
+                f"--config/--set: {', '.join(fixed)} is set by bench reproduce itself "
+                f"({DATASET}, {SIZE}, one tag per step; use --results-dir / --cache-dir for folders)"
+            )
 
 
 def _model_step(models: Registry, name: str, overrides: Sequence[dict], fixed: dict) -> Step:
@@ -128,8 +135,9 @@ def _model_step(models: Registry, name: str, overrides: Sequence[dict], fixed: d
     return RunStep(name, (name,), cfg)
 
 
-def _arm_steps(ablation: Ablation, overrides: Sequence[dict], fixed: dict, models: Registry,
-               skipped: dict[str, str]) -> list[Step]:
+def _arm_steps(
+    ablation: Ablation, overrides: Sequence[dict], fixed: dict, models: Registry, skipped: dict[str, str]
+) -> list[Step]:
     steps: list[Step] = []
     for arm in ablation.arms:
         title = f"{ablation.model} (ablation {ablation.name}: {arm.name})"
@@ -183,9 +191,17 @@ def share(steps: Sequence[Step]) -> list[Step]:
     return out
 
 
-def build_plan(overrides: Sequence[dict] = (), *, results_dir: Path = Path("results"),
-               out_dir: Path = Path("reports"), cache_dir: Path | None = None, only: Iterable[str] = (),
-               report: ReportOptions | None = None, models: Registry = MODELS, ablations_root=None) -> Plan:
+def build_plan(
+    overrides: Sequence[dict] = (),
+    *,
+    results_dir: Path = Path("results"),
+    out_dir: Path = Path("reports"),
+    cache_dir: Path | None = None,
+    only: Iterable[str] = (),
+    report: ReportOptions | None = None,
+    models: Registry = MODELS,
+    ablations_root=None,
+) -> Plan:
     """Every registered model, every ablation arm, then the report; see the module docstring."""
     refuse_fixed(overrides)
     fixed: dict = {"dataset": DATASET, "size": SIZE, "results_dir": str(results_dir)}
@@ -209,10 +225,14 @@ def build_plan(overrides: Sequence[dict] = (), *, results_dir: Path = Path("resu
     for model, baseline in SPEED_PAIRS:
         if {model, baseline} <= ran:
             own = {"model": model, "tag": MODEL_TAG, "task": "speed", "task_args": {"baseline": baseline}, **fixed}
-            steps.append(RunStep(f"{model} (speed against {baseline})", ("speed", f"speed:{model}"),
-                                 build_run_config(model_defaults(model), *overrides, own)))
+            steps.append(
+                RunStep(
+                    f"{model} (speed against {baseline})",
+                    ("speed", f"speed:{model}"),
+                    build_run_config(model_defaults(model), *overrides, own),
+                )
+            )
     for ablation in discover(ablations_root).values():
         steps += _arm_steps(ablation, overrides, fixed, models, skipped)
     steps.append(ReportStep(REPORT, (REPORT,), Path(results_dir), Path(out_dir), report or ReportOptions()))
     return Plan(tuple(share(select(steps, only))))
-

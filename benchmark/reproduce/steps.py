@@ -75,8 +75,9 @@ class RunStep(Step):
         from benchmark.runner import run
 
         assert self.config is not None
-        outcome = run(self.config, retrain=settings.retrain, skip_existing=settings.skip_existing,
-                      progress=settings.progress)
+        outcome = run(
+            self.config, retrain=settings.retrain, skip_existing=settings.skip_existing, progress=settings.progress
+        )
         return StepOutcome(EXISTING if outcome.skipped else OK, str(outcome.path))
 
 

@@ -30,8 +30,9 @@ class ImageToImageTask:
         protocol = ctx.dm.i2i_queries
         eval_set = i2i_eval_set(ctx.dm.eval_set(), protocol, ctx.cfg.seed, options)
         modalities = ("image",) if eval_set.i2i_views is None else ("image", "query_image")
-        evaluator = run_evaluator(ctx, eval_set, replace(ctx.cfg.eval, directions=("i2i",)),
-                                  ctx.dm.i2i_dataloaders(eval_set), modalities)
+        evaluator = run_evaluator(
+            ctx, eval_set, replace(ctx.cfg.eval, directions=("i2i",)), ctx.dm.i2i_dataloaders(eval_set), modalities
+        )
         rel = eval_set.relevance["i2i"]
         described = {"protocol": protocol, "n_queries": rel.n_queries, "n_gallery": rel.n_gallery}
         if eval_set.i2i_views is not None:

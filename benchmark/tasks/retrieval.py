@@ -37,8 +37,9 @@ def evaluated_directions(eval_set, requested: tuple[str, ...]) -> tuple[tuple[st
     evaluated = tuple(d for d in requested if len(eval_set.relevance[d].indices) > 0)
     skipped = tuple(d for d in requested if d not in evaluated)
     if not evaluated:
-        raise ConfigError(f"eval.directions {list(requested)}: the evaluated split defines no relevant item in any "
-                          "of them")
+        raise ConfigError(
+            f"eval.directions {list(requested)}: the evaluated split defines no relevant item in any of them"
+        )
     if skipped:
         print(f"skipped direction(s) {', '.join(skipped)}: the dataset defines no relevance there", file=sys.stderr)
     return evaluated, skipped
@@ -51,9 +52,15 @@ def run_evaluator(ctx: TaskContext, eval_set, eval_config, dataloaders, modaliti
     directions, skipped = evaluated_directions(eval_set, tuple(eval_config.directions))
     key = ctx.model.item_extra if isinstance(ctx.model, ItemExtra) else None
     table = ctx.dm.item_table(eval_set.split) if key else None
-    evaluator = RetrievalEvaluator(ctx.model, eval_set, eval_config, modalities=modalities, directions=directions,
-                                   storage_dtype=getattr(torch, ctx.cfg.eval_settings()[1]),
-                                   gallery_extra={key: table} if table is not None else None)
+    evaluator = RetrievalEvaluator(
+        ctx.model,
+        eval_set,
+        eval_config,
+        modalities=modalities,
+        directions=directions,
+        storage_dtype=getattr(torch, ctx.cfg.eval_settings()[1]),
+        gallery_extra={key: table} if table is not None else None,
+    )
     ctx.tester.test(evaluator, dataloaders=dataloaders, verbose=False)
     evaluator.skipped_directions = skipped
     return evaluator

@@ -69,21 +69,26 @@ class SpeedOptions:
             raise ConfigError("task_args.threads must be >= 1 or null")
         for key in ("model", "dataset", "size", "seed", "task", "task_args"):
             if key in self.baseline_overrides:
-                raise ConfigError(f"task_args.baseline_overrides.{key}: set by the run itself (the baseline is "
-                                  "timed on the run's data, size and seed)")
+                raise ConfigError(
+                    f"task_args.baseline_overrides.{key}: set by the run itself (the baseline is "
+                    "timed on the run's data, size and seed)"
+                )
 
 
 def speed_options(cfg) -> SpeedOptions:
     """The run's :class:`SpeedOptions`, checked against the registry and the run's size."""
     options = from_dict(SpeedOptions, cfg.task_args, "task_args")
     if options.baseline not in MODELS:
-        raise ConfigError(f"task_args.baseline: unknown model {options.baseline!r}; valid models: "
-                          f"{', '.join(MODELS.names())}")
+        raise ConfigError(
+            f"task_args.baseline: unknown model {options.baseline!r}; valid models: {', '.join(MODELS.names())}"
+        )
     if options.baseline == cfg.model:
         raise ConfigError(f"task_args.baseline: {cfg.model} against itself measures nothing; name another model")
     if cfg.size == "full" and not (options.baseline_overrides.get("model_args") or {}).get("pretrained"):
-        raise ConfigError("task speed at size full: task_args.baseline_overrides.model_args.pretrained must name "
-                          "the baseline's checkpoint (hub id or local path)")
+        raise ConfigError(
+            "task speed at size full: task_args.baseline_overrides.model_args.pretrained must name "
+            "the baseline's checkpoint (hub id or local path)"
+        )
     return options
 
 
@@ -91,8 +96,15 @@ def baseline_config(cfg, options: SpeedOptions):
     """The baseline's run config: a dependency's (tiny) or the pretrained model as is (full)."""
     if cfg.size == "tiny":
         return dependency_config(cfg, options.baseline, options.baseline_overrides)
-    own = {"model": options.baseline, "dataset": cfg.dataset, "size": cfg.size, "seed": cfg.seed,
-           "cache_dir": cfg.cache_dir, "results_dir": cfg.results_dir, "train": {"max_epochs": 0}}
+    own = {
+        "model": options.baseline,
+        "dataset": cfg.dataset,
+        "size": cfg.size,
+        "seed": cfg.seed,
+        "cache_dir": cfg.cache_dir,
+        "results_dir": cfg.results_dir,
+        "train": {"max_epochs": 0},
+    }
     return build_run_config(model_defaults(options.baseline), own, options.baseline_overrides)
 
 
@@ -102,7 +114,10 @@ def load_baseline(cfg, options: SpeedOptions, dm, progress: bool):
     if bcfg.train.max_epochs > 0:
         ckpt, trained = ensure_checkpoint(bcfg, progress=progress, announce=f"baseline of --task speed for {cfg.model}")
         return MODELS.get(options.baseline).load_checkpoint(ckpt), {
-            "model": options.baseline, "checkpoint": str(ckpt), "trained_this_run": trained}
+            "model": options.baseline,
+            "checkpoint": str(ckpt),
+            "trained_this_run": trained,
+        }
     parts = resolve_run(bcfg)
     model = parts.model_cls.create(parts.model_config, bcfg.train.optim, dm.vocabulary_texts())
     return model, {"model": options.baseline, "pretrained": pretrained_of(parts.model_config)}
@@ -111,8 +126,13 @@ def load_baseline(cfg, options: SpeedOptions, dm, progress: bool):
 def speed_metrics(paired) -> dict[str, float]:
     """The result file's metrics of a :class:`~benchmark.measure.paired.PairedThroughput`."""
     lo, hi = paired.ratio_range
-    return {"speed/img_s": paired.median(0), "speed/baseline_img_s": paired.median(1), "speed/ratio": paired.ratio,
-            "speed/ratio_min": lo, "speed/ratio_max": hi}
+    return {
+        "speed/img_s": paired.median(0),
+        "speed/baseline_img_s": paired.median(1),
+        "speed/ratio": paired.ratio,
+        "speed/ratio_min": lo,
+        "speed/ratio_max": hi,
+    }
 
 
 class SpeedTask:
@@ -135,20 +155,35 @@ class SpeedTask:
             batch = pixel_batch(eval_set, model.image_transform(), images).to(device)
             steps.append((name, lambda m=model, b=batch: m.encode_images(b)))
         with torch_threads(options.threads):
-            paired = paired_throughput((steps[0], steps[1]), options.batch_size, rounds=options.rounds, device=device,
-                                       warmup=options.warmup, repeats=options.repeats, min_time_s=options.min_time_s)
+            paired = paired_throughput(
+                (steps[0], steps[1]),
+                options.batch_size,
+                rounds=options.rounds,
+                device=device,
+                warmup=options.warmup,
+                repeats=options.repeats,
+                min_time_s=options.min_time_s,
+            )
         return TaskEvaluation(
             metrics=speed_metrics(paired),
             per_query={},
-            provenance=eval_set.provenance() | {"speed": {"baseline": provenance, "images": images.tolist(),
-                                                          "step": "encode_images(batch of test images)"}},
+            provenance=eval_set.provenance()
+            | {
+                "speed": {
+                    "baseline": provenance,
+                    "images": images.tolist(),
+                    "step": "encode_images(batch of test images)",
+                }
+            },
             extra={"speed": paired.to_dict() | {"baseline": options.baseline}},
         )
 
     def summary(self, result: dict) -> list[str]:
         s, m = result["speed"], result["metrics"]
         a, b = s["names"]
-        return [f"{a} {m['speed/img_s']:.1f} img/s, {b} {m['speed/baseline_img_s']:.1f} img/s; {a} / {b} = "
-                f"{m['speed/ratio']:.3f} (median of {s['rounds']} alternating rounds; range "
-                f"{m['speed/ratio_min']:.3f}-{m['speed/ratio_max']:.3f}; batch {s['batch_size']}, "
-                f"{s['torch_threads']} threads, {s['device']})"]
+        return [
+            f"{a} {m['speed/img_s']:.1f} img/s, {b} {m['speed/baseline_img_s']:.1f} img/s; {a} / {b} = "
+            f"{m['speed/ratio']:.3f} (median of {s['rounds']} alternating rounds; range "
+            f"{m['speed/ratio_min']:.3f}-{m['speed/ratio_max']:.3f}; batch {s['batch_size']}, "
+            f"{s['torch_threads']} threads, {s['device']})"
+        ]

@@ -37,14 +37,20 @@ class VqaTask:
 
     def check(self, cfg) -> None:
         if cfg.dataset not in QA_SOURCES:
-            raise ConfigError(f"task vqa: dataset {cfg.dataset!r} has no question-answer pairs "
-                              f"(datasets with QA: {', '.join(sorted(QA_SOURCES))})")
+            raise ConfigError(
+                f"task vqa: dataset {cfg.dataset!r} has no question-answer pairs "
+                f"(datasets with QA: {', '.join(sorted(QA_SOURCES))})"
+            )
         if not issubclass(MODELS.get(cfg.model), VqaPrefix):
-            raise ConfigError(f"task vqa: model {cfg.model!r} has no query outputs to feed a language model "
-                              "(the BLIP2 family has: ours, blip2)")
+            raise ConfigError(
+                f"task vqa: model {cfg.model!r} has no query outputs to feed a language model "
+                "(the BLIP2 family has: ours, blip2)"
+            )
         if cfg.size == "tiny" and not QA_SOURCES[cfg.dataset].trains:
-            raise ConfigError(f"task vqa: {cfg.dataset}'s QA pairs are for evaluation only (no training questions "
-                              "for a tiny model): evaluate a full-size model (--size full, task_args.lm)")
+            raise ConfigError(
+                f"task vqa: {cfg.dataset}'s QA pairs are for evaluation only (no training questions "
+                "for a tiny model): evaluate a full-size model (--size full, task_args.lm)"
+            )
         vqa_options(cfg)
 
     def evaluate(self, ctx: TaskContext) -> TaskEvaluation:
@@ -61,15 +67,28 @@ class VqaTask:
         metrics, rows, correct = vqa_scores(qa.test, predictions, majority)
         return TaskEvaluation(
             metrics=metrics,
-            per_query={"vqa/type": [q.type for q in qa.test], "vqa/correct": [int(c) for c in correct],
-                       "vqa/prediction": predictions, "vqa/answer": [q.answer for q in qa.test]},
+            per_query={
+                "vqa/type": [q.type for q in qa.test],
+                "vqa/correct": [int(c) for c in correct],
+                "vqa/prediction": predictions,
+                "vqa/answer": [q.answer for q in qa.test],
+            },
             provenance=qa.provenance | {"n_questions": len(qa.test), "vqa_model": provenance},
             timings=timings,
-            extra={"vqa": {"per_type": rows, "majority_reference": "train answers" if qa.train is not None
-                           else "evaluated answers (no training pairs)", "options": to_dict(options)}},
+            extra={
+                "vqa": {
+                    "per_type": rows,
+                    "majority_reference": "train answers"
+                    if qa.train is not None
+                    else "evaluated answers (no training pairs)",
+                    "options": to_dict(options),
+                }
+            },
         )
 
     def summary(self, result: dict) -> list[str]:
         m = result["metrics"]
-        return [*vqa_table(result["vqa"]["per_type"]),
-                f"vqa/accuracy={m['vqa/accuracy']:.4f}  vqa/majority_accuracy={m['vqa/majority_accuracy']:.4f}"]
+        return [
+            *vqa_table(result["vqa"]["per_type"]),
+            f"vqa/accuracy={m['vqa/accuracy']:.4f}  vqa/majority_accuracy={m['vqa/majority_accuracy']:.4f}",
+        ]

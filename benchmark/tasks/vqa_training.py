@@ -74,8 +74,10 @@ class QuestionItems(Dataset):
 def vqa_options(cfg: RunConfig) -> VqaOptions:
     options = from_dict(VqaOptions, cfg.task_args, "task_args")
     if cfg.size == "full" and not options.lm:
-        raise ConfigError("size 'full' VQA needs task_args.lm: a Blip2ForConditionalGeneration checkpoint "
-                          "(e.g. Salesforce/blip2-opt-2.7b or a local folder)")
+        raise ConfigError(
+            "size 'full' VQA needs task_args.lm: a Blip2ForConditionalGeneration checkpoint "
+            "(e.g. Salesforce/blip2-opt-2.7b or a local folder)"
+        )
     if cfg.size == "tiny" and options.lm:
         raise ConfigError("task_args.lm is set: the full-size LM goes with --size full")
     return options
@@ -86,8 +88,10 @@ def full_size_vqa(retrieval, options: VqaOptions) -> VqaModel:
     try:
         return VqaModel.create(retrieval, options)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"task_args.lm: cannot use {options.lm!r} as a Blip2ForConditionalGeneration "
-                          f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        raise ConfigError(
+            f"task_args.lm: cannot use {options.lm!r} as a Blip2ForConditionalGeneration "
+            f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
 
 
 #: VqaOptions fields that change how fast, not what, is trained: left out of the cache keys
@@ -95,16 +99,25 @@ UNKEYED = ("threads",)
 
 
 def vqa_checkpoint_dir(cfg: RunConfig, retrieval_checkpoint: Path, options: VqaOptions) -> Path:
-    key = stable_hash([{k: v for k, v in to_dict(options).items() if k not in UNKEYED}, cfg.seed, cfg.data.options,
-                       cfg.dataset])
+    key = stable_hash(
+        [{k: v for k, v in to_dict(options).items() if k not in UNKEYED}, cfg.seed, cfg.data.options, cfg.dataset]
+    )
     return Path(cfg.cache_dir) / "checkpoints" / f"vqa__{Path(retrieval_checkpoint).name}__{key}"
 
 
 def _trainer(cfg: RunConfig, epochs: int, progress: bool) -> L.Trainer:
-    return L.Trainer(max_epochs=epochs, accelerator=cfg.train.accelerator, devices=1, logger=False,
-                     enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-                     deterministic=cfg.train.deterministic, gradient_clip_val=cfg.train.gradient_clip_val,
-                     num_sanity_val_steps=0)
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator=cfg.train.accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        deterministic=cfg.train.deterministic,
+        gradient_clip_val=cfg.train.gradient_clip_val,
+        num_sanity_val_steps=0,
+    )
 
 
 def _loader(dataset, batch_size: int, shuffle: bool) -> DataLoader:
@@ -158,7 +171,8 @@ def pretrained_language_model(cfg: RunConfig, options: VqaOptions, qa: QAData, p
     if options.lm_epochs:
         _trainer(cfg, options.lm_epochs, progress).fit(
             TextPretraining(lm, tok, options.lm_lr, options.lm_loss),
-            train_dataloaders=_loader(PretrainingTexts(heads, answers), options.batch_size, True))
+            train_dataloaders=_loader(PretrainingTexts(heads, answers), options.batch_size, True),
+        )
     seconds = time.perf_counter() - t
     lm.eval()
     save_atomically(_SavedLM(lm, tok), path)
@@ -176,7 +190,9 @@ class _SavedLM:
         self.tokenizer.save_pretrained(directory)
 
 
-def train_vqa(cfg: RunConfig, retrieval, options: VqaOptions, qa: QAData, progress: bool = False) -> tuple[VqaModel, dict]:
+def train_vqa(
+    cfg: RunConfig, retrieval, options: VqaOptions, qa: QAData, progress: bool = False
+) -> tuple[VqaModel, dict]:
     """A new tiny VQA model and its provenance (LM folder, ``timings``): the pretrained LM (cached
     or pretrained now), frozen, then VQA training."""
     lm, tok, lm_provenance = pretrained_language_model(cfg, options, qa, progress)
@@ -196,15 +212,18 @@ def train_vqa(cfg: RunConfig, retrieval, options: VqaOptions, qa: QAData, progre
     return model, lm_provenance | {"timings": timings}
 
 
-def ensure_vqa_model(cfg: RunConfig, retrieval, checkpoint: Path | None, qa: QAData, *,
-                     retrain: bool = False, progress: bool = False) -> tuple[VqaModel, dict]:
+def ensure_vqa_model(
+    cfg: RunConfig, retrieval, checkpoint: Path | None, qa: QAData, *, retrain: bool = False, progress: bool = False
+) -> tuple[VqaModel, dict]:
     """The VQA model of a run and its provenance: full -- loaded; tiny -- cached or trained now."""
     options = vqa_options(cfg)
     if cfg.size == "full":
         return full_size_vqa(retrieval, options), {"lm": options.lm, "trained": False}
     if qa.train is None:
-        raise ConfigError(f"{cfg.dataset}: its QA pairs are for evaluation only (no training questions): "
-                          "evaluate a full-size model (--size full, task_args.lm)")
+        raise ConfigError(
+            f"{cfg.dataset}: its QA pairs are for evaluation only (no training questions): "
+            "evaluate a full-size model (--size full, task_args.lm)"
+        )
     if checkpoint is None:
         raise ConfigError("a tiny VQA model is trained on a trained retrieval model: train.max_epochs must be >= 1")
     path = vqa_checkpoint_dir(cfg, checkpoint, options)
@@ -232,6 +251,8 @@ def load_vqa_model(cfg: RunConfig) -> VqaModel:
     ckpt, _ = ensure_checkpoint(cfg, train=False)
     path = vqa_checkpoint_dir(cfg, ckpt, options)
     if not path.exists():
-        raise ConfigError(f"no trained VQA model for this config in {path.parent} (run `bench run --task vqa "
-                          f"--model {cfg.model} --dataset {cfg.dataset} --seed {cfg.seed}` first)")
+        raise ConfigError(
+            f"no trained VQA model for this config in {path.parent} (run `bench run --task vqa "
+            f"--model {cfg.model} --dataset {cfg.dataset} --seed {cfg.seed}` first)"
+        )
     return VqaModel.load(path, MODELS.get(cfg.model).load_checkpoint(ckpt))

@@ -47,7 +47,9 @@ def image_id(split: str, index: int) -> str:
 CHUNK = 250
 
 
-def _render(task: tuple[SyntheticOptions, str, Path, int, int]) -> list[tuple[Scene, list[tuple[int, CaptionConstraints]]]]:
+def _render(
+    task: tuple[SyntheticOptions, str, Path, int, int],
+) -> list[tuple[Scene, list[tuple[int, CaptionConstraints]]]]:
     """Sample, draw and save images ``lo..hi-1`` of a split; their scenes and captions."""
     options, split, dest, lo, hi = task
     out = []
@@ -70,7 +72,7 @@ def _set_relevance_job(index: SceneIndex, captions: list) -> None:
 def _relevance(span: tuple[int, int]) -> list[list[int]]:
     assert _relevance_job is not None, "fork_map runs _set_relevance_job in each worker first"
     index, captions = _relevance_job
-    return [index.relevant(c) for c in captions[span[0]:span[1]]]
+    return [index.relevant(c) for c in captions[span[0] : span[1]]]
 
 
 def _split_relevance(scenes: list[Scene], captions: list[CaptionConstraints], workers: int) -> list[list[int]]:
@@ -82,8 +84,11 @@ def _split_relevance(scenes: list[Scene], captions: list[CaptionConstraints], wo
     for c, i in zip(captions, which):
         distinct[i] = c
     spans = _spans(len(distinct), max(1, -(-len(distinct) // workers)))
-    found = [r for part in fork_map(_relevance, spans, workers, _set_relevance_job, (SceneIndex(scenes), distinct))
-             for r in part]
+    found = [
+        r
+        for part in fork_map(_relevance, spans, workers, _set_relevance_job, (SceneIndex(scenes), distinct))
+        for r in part
+    ]
     return [found[i] for i in which]
 
 
@@ -97,8 +102,11 @@ def write_split(options: SyntheticOptions, split: str, dest: Path, workers: int 
     n = options.n_images(split)
     ids = [image_id(split, i) for i in range(n)]
     (dest / "images" / split).mkdir(parents=True, exist_ok=True)
-    rendered = [r for part in fork_map(_render, [(options, split, dest, lo, hi) for lo, hi in _spans(n, CHUNK)], workers)
-                for r in part]
+    rendered = [
+        r
+        for part in fork_map(_render, [(options, split, dest, lo, hi) for lo, hi in _spans(n, CHUNK)], workers)
+        for r in part
+    ]
     scenes = [scene for scene, _ in rendered]
     captions = [per_image for _, per_image in rendered]
     flat = [c for per_image in captions for _, c in per_image]

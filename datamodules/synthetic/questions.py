@@ -63,8 +63,9 @@ def scene_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, s
     if unique:
         o = unique[int(rng.integers(len(unique)))]
         if rng.random() < 0.5:
-            out.append(("position", f"Is the {o.colour} {o.shape} on the left, in the center or on the right?",
-                        o.column))
+            out.append(
+                ("position", f"Is the {o.colour} {o.shape} on the left, in the center or on the right?", o.column)
+            )
         else:
             out.append(("position", f"Is the {o.colour} {o.shape} at the top, in the middle or at the bottom?", o.row))
     if rng.random() < 0.5:

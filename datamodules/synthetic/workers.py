@@ -35,15 +35,19 @@ def worker_count(requested: int | None = None) -> int:
     return max(1, min(available, MAX_WORKERS))
 
 
-def fork_map(fn: Callable[[T], R], tasks: Sequence[T], workers: int,
-             initializer: Callable[..., None] | None = None, initargs: tuple[Any, ...] = ()) -> list[R]:
+def fork_map(
+    fn: Callable[[T], R],
+    tasks: Sequence[T],
+    workers: int,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple[Any, ...] = (),
+) -> list[R]:
     """``[fn(t) for t in tasks]``, in order, over ``workers`` forked processes.
 
     ``initializer(*initargs)`` runs once per worker before its first task (and once here
     when running in process); under fork its arguments are inherited, not pickled.
     """
-    if (workers <= 1 or len(tasks) <= 1 or "fork" not in mp.get_all_start_methods()
-            or mp.current_process().daemon):
+    if workers <= 1 or len(tasks) <= 1 or "fork" not in mp.get_all_start_methods() or mp.current_process().daemon:
         if initializer is not None:
             initializer(*initargs)
         return [fn(t) for t in tasks]

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from lightning_modules.components.cross_rank import GlobalBatch
 
 
-def itc_similarities(image_feats: torch.Tensor, text_feat: torch.Tensor,
-                     query_mask: torch.Tensor | None = None) -> torch.Tensor:
+def itc_similarities(
+    image_feats: torch.Tensor, text_feat: torch.Tensor, query_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """``[B_img, B_txt]`` max-over-queries similarity of normalised ``[B, L, E]`` and ``[B, E]``."""
     sim = torch.einsum("ble,te->btl", image_feats, text_feat)
     if query_mask is not None:
@@ -42,8 +43,9 @@ def itc_similarities(image_feats: torch.Tensor, text_feat: torch.Tensor,
     return sim.amax(-1)
 
 
-def itc_loss(sim_i2t: torch.Tensor, temp: torch.Tensor, positives: torch.Tensor,
-             label_smoothing: float = 0.0) -> torch.Tensor:
+def itc_loss(
+    sim_i2t: torch.Tensor, temp: torch.Tensor, positives: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Symmetric InfoNCE over ``sim_i2t / temp`` with multi-positive targets.
 
     ``positives [B, B]`` (bool, images x texts): pairs that count as matches (same image).
@@ -52,16 +54,24 @@ def itc_loss(sim_i2t: torch.Tensor, temp: torch.Tensor, positives: torch.Tensor,
     target = positives.float()
     target_i2t = target / target.sum(1, keepdim=True)
     target_t2i = target.T / target.T.sum(1, keepdim=True)
-    return 0.5 * (F.cross_entropy(logits, target_i2t, label_smoothing=label_smoothing)
-                  + F.cross_entropy(logits.T, target_t2i, label_smoothing=label_smoothing))
+    return 0.5 * (
+        F.cross_entropy(logits, target_i2t, label_smoothing=label_smoothing)
+        + F.cross_entropy(logits.T, target_t2i, label_smoothing=label_smoothing)
+    )
 
 
-def itc_loss_blocks(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, temp: torch.Tensor,
-                    positives_i2t: torch.Tensor, positives_t2i: torch.Tensor,
-                    label_smoothing: float = 0.0) -> torch.Tensor:
+def itc_loss_blocks(
+    sim_i2t: torch.Tensor,
+    sim_t2i: torch.Tensor,
+    temp: torch.Tensor,
+    positives_i2t: torch.Tensor,
+    positives_t2i: torch.Tensor,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """:func:`itc_loss` of one process's rows against the global batch: ``sim_i2t [n_img, N_txt]``
     (its images x every text), ``sim_t2i [n_txt, N_img]`` (its texts x every image) and their
     positives (bool, same shapes). The mean over the local rows of each direction."""
+
     def direction(sim: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
         target = positives.float()
         return F.cross_entropy(sim / temp, target / target.sum(1, keepdim=True), label_smoothing=label_smoothing)
@@ -84,12 +94,22 @@ class ItcBlocks:
     def local(self, columns: slice) -> ItcBlocks:
         """The blocks restricted to the local items' columns (``GlobalBatch.local``): negatives
         drawn from this process only, indices local."""
-        return ItcBlocks(self.sim_i2t[:, columns], self.sim_t2i[:, columns], self.positives_i2t[:, columns],
-                         self.positives_t2i[:, columns])
+        return ItcBlocks(
+            self.sim_i2t[:, columns],
+            self.sim_t2i[:, columns],
+            self.positives_i2t[:, columns],
+            self.positives_t2i[:, columns],
+        )
 
 
-def batch_itc(image_feats: torch.Tensor, text_feat: torch.Tensor, index: torch.Tensor, temp: torch.Tensor,
-              label_smoothing: float = 0.0, batch: GlobalBatch | None = None) -> tuple[torch.Tensor, ItcBlocks]:
+def batch_itc(
+    image_feats: torch.Tensor,
+    text_feat: torch.Tensor,
+    index: torch.Tensor,
+    temp: torch.Tensor,
+    label_smoothing: float = 0.0,
+    batch: GlobalBatch | None = None,
+) -> tuple[torch.Tensor, ItcBlocks]:
     """BLIP-2's ITC of a training batch (items of the same image ``index`` are positives) and its
     similarity blocks (for the ITM hard negatives). ``batch``: the global batch of a DDP step
     (:mod:`~lightning_modules.components.cross_rank`): the local rows are scored against every
@@ -107,8 +127,9 @@ def batch_itc(image_feats: torch.Tensor, text_feat: torch.Tensor, index: torch.T
     return batch.loss_scale * loss, ItcBlocks(sim_i2t, sim_t2i, positives, positives, batch.start)
 
 
-def sample_hard_negatives(sim: torch.Tensor, positives: torch.Tensor, generator: torch.Generator | None = None,
-                          hard_fraction: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_hard_negatives(
+    sim: torch.Tensor, positives: torch.Tensor, generator: torch.Generator | None = None, hard_fraction: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of ``sim [R, C]``, one column drawn from ``softmax(sim)`` over the non-positive
     columns (``positives [R, C]`` bool) -- with probability ``hard_fraction``; otherwise
     uniformly over them (the mixture ``h softmax + (1 - h) uniform``). Returns ``(column
@@ -129,9 +150,13 @@ def sample_hard_negatives(sim: torch.Tensor, positives: torch.Tensor, generator:
     return cols, valid
 
 
-def itm_pairs(sim_i2t: torch.Tensor, positives: torch.Tensor, generator: torch.Generator | None = None,
-              max_anchors: int | None = None,
-              hard_fraction: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def itm_pairs(
+    sim_i2t: torch.Tensor,
+    positives: torch.Tensor,
+    generator: torch.Generator | None = None,
+    max_anchors: int | None = None,
+    hard_fraction: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ITM batch: ``(image_index, text_index, label)``, each ``[P]``.
 
     For the anchors (the first ``max_anchors`` items of the batch; all by default): every
@@ -139,14 +164,27 @@ def itm_pairs(sim_i2t: torch.Tensor, positives: torch.Tensor, generator: torch.G
     text and each anchor text with a hard negative image, drawn from the whole batch (label 0;
     ``hard_fraction``: see :func:`sample_hard_negatives`).
     """
-    return itm_pairs_blocks(sim_i2t, sim_i2t.T, positives, positives.T, generator=generator,
-                            max_anchors=max_anchors, hard_fraction=hard_fraction)
+    return itm_pairs_blocks(
+        sim_i2t,
+        sim_i2t.T,
+        positives,
+        positives.T,
+        generator=generator,
+        max_anchors=max_anchors,
+        hard_fraction=hard_fraction,
+    )
 
 
-def itm_pairs_blocks(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, positives_i2t: torch.Tensor,
-                     positives_t2i: torch.Tensor, offset: int = 0, generator: torch.Generator | None = None,
-                     max_anchors: int | None = None,
-                     hard_fraction: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def itm_pairs_blocks(
+    sim_i2t: torch.Tensor,
+    sim_t2i: torch.Tensor,
+    positives_i2t: torch.Tensor,
+    positives_t2i: torch.Tensor,
+    offset: int = 0,
+    generator: torch.Generator | None = None,
+    max_anchors: int | None = None,
+    hard_fraction: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`itm_pairs` of one process's items (item ``a`` = image ``a`` and text ``a``) against
     the global batch: ``sim_i2t [n, N]`` / ``sim_t2i [n, N]`` and their positives as in
     :func:`itc_loss_blocks`; ``offset``: the global position of the first local item. The
@@ -161,8 +199,12 @@ def itm_pairs_blocks(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, positives_i2t
     own = ar + offset if offset else ar
     img = torch.cat([own, own[ok_i], neg_img[ok_t]])
     txt = torch.cat([own, neg_txt[ok_i], own[ok_t]])
-    labels = torch.cat([torch.ones(n, dtype=torch.long, device=ar.device),
-                        torch.zeros(int(ok_i.sum()) + int(ok_t.sum()), dtype=torch.long, device=ar.device)])
+    labels = torch.cat(
+        [
+            torch.ones(n, dtype=torch.long, device=ar.device),
+            torch.zeros(int(ok_i.sum()) + int(ok_t.sum()), dtype=torch.long, device=ar.device),
+        ]
+    )
     return img, txt, labels
 
 

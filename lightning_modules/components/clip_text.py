@@ -41,12 +41,18 @@ def eos_positions(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
 
 def _attention(attn: CLIPAttention, normed: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """``CLIPAttention`` of ``rows`` over ``normed`` (keys masked by ``keep``), after ``out_proj``."""
-    return attn.out_proj(rows_attention(attn.q_proj, attn.k_proj, attn.v_proj, normed, rows, attn.num_heads, keep,
-                                        attn.scale))
+    return attn.out_proj(
+        rows_attention(attn.q_proj, attn.k_proj, attn.v_proj, normed, rows, attn.num_heads, keep, attn.scale)
+    )
 
 
-def _layer(layer: CLIPEncoderLayer, hidden: torch.Tensor, keep: torch.Tensor, rows: torch.Tensor | None,
-           row_keep: torch.Tensor | None) -> torch.Tensor:
+def _layer(
+    layer: CLIPEncoderLayer,
+    hidden: torch.Tensor,
+    keep: torch.Tensor,
+    rows: torch.Tensor | None,
+    row_keep: torch.Tensor | None,
+) -> torch.Tensor:
     """One ``CLIPEncoderLayer``; with ``rows`` (``[B]`` token index per sample) only those rows' outputs ``[B, 1, H]``."""
     normed = layer.layer_norm1(hidden)
     if rows is None:
@@ -59,8 +65,9 @@ def _layer(layer: CLIPEncoderLayer, hidden: torch.Tensor, keep: torch.Tensor, ro
     return hidden + layer.mlp(layer.layer_norm2(hidden))
 
 
-def clip_text_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      rows: torch.Tensor | None = None) -> torch.Tensor:
+def clip_text_forward(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor | None = None
+) -> torch.Tensor:
     """``model``'s ``last_hidden_state`` ``[B, T, H]`` (after ``final_layer_norm``), or with
     ``rows`` (``[B]`` token index per sample, e.g. :func:`eos_positions`) only those rows,
     ``[B, H]``: transformers' ``model(input_ids, attention_mask)`` in eval mode, computed leanly.

@@ -69,7 +69,7 @@ class GlobalBatch:
     @property
     def start(self) -> int:
         """Global position of this process's first row (rows are in rank order)."""
-        return sum(self.sizes[:self.rank])
+        return sum(self.sizes[: self.rank])
 
     @property
     def local(self) -> slice:

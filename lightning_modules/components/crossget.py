@@ -309,18 +309,28 @@ class CrossGETTower(nn.Module):
         with torch.no_grad():
             self.cross_delta.copy_(state["cross_delta"])
 
-    def project_cross_tokens(self, cross_tokens: torch.Tensor, projection: nn.Module | torch.Tensor | None = None,
-                             norm: nn.LayerNorm | None = None) -> torch.Tensor:
+    def project_cross_tokens(
+        self,
+        cross_tokens: torch.Tensor,
+        projection: nn.Module | torch.Tensor | None = None,
+        norm: nn.LayerNorm | None = None,
+    ) -> torch.Tensor:
         """Cross tokens [L, B, D] through a layernorm (default: the tower's post-layernorm)
         and a projection, both with detached weights, as the official code does."""
         norm = norm or self.runner.vision.post_layernorm
-        x = F.layer_norm(cross_tokens, norm.normalized_shape, norm.weight.detach(),
-                         None if norm.bias is None else norm.bias.detach(), norm.eps)
+        x = F.layer_norm(
+            cross_tokens,
+            norm.normalized_shape,
+            norm.weight.detach(),
+            None if norm.bias is None else norm.bias.detach(),
+            norm.eps,
+        )
         if projection is None:
             return x
         if isinstance(projection, nn.Linear):
-            return F.linear(x, projection.weight.detach(),
-                            None if projection.bias is None else projection.bias.detach())
+            return F.linear(
+                x, projection.weight.detach(), None if projection.bias is None else projection.bias.detach()
+            )
         if isinstance(projection, torch.Tensor):
             return x @ projection.detach()
         raise TypeError("projection must be an nn.Linear, a [D, E] tensor or None")
@@ -340,5 +350,7 @@ def cross_alignment_loss(image_cross: torch.Tensor, text_cross: torch.Tensor) ->
     img = image_cross.reshape(-1, image_cross.shape[-1])
     txt = text_cross.reshape(-1, text_cross.shape[-1])
     mean = (img.softmax(dim=-1) + txt.softmax(dim=-1)) / 2
-    return (F.kl_div(img.log_softmax(dim=-1), mean, reduction="batchmean")
-            + F.kl_div(txt.log_softmax(dim=-1), mean, reduction="batchmean")) / 2
+    return (
+        F.kl_div(img.log_softmax(dim=-1), mean, reduction="batchmean")
+        + F.kl_div(txt.log_softmax(dim=-1), mean, reduction="batchmean")
+    ) / 2

@@ -55,8 +55,13 @@ class LengthConfig:
             raise ValueError(f"need 1 <= l_base <= l_max, got l_base={self.l_base}, l_max={self.l_max}")
         if not self.l_base <= self.l_init <= self.l_max:
             raise ValueError(f"l_init={self.l_init} must lie in [l_base, l_max]")
-        if (self.noise_std < 0 or self.mask_tau <= 0 or self.length_weight < 0 or self.oracle_weight < 0
-                or self.lmax_itc_weight < 0):
+        if (
+            self.noise_std < 0
+            or self.mask_tau <= 0
+            or self.length_weight < 0
+            or self.oracle_weight < 0
+            or self.lmax_itc_weight < 0
+        ):
             raise ValueError("noise_std, length_weight, oracle_weight, lmax_itc_weight must be >= 0 and mask_tau > 0")
 
     @property
@@ -148,12 +153,12 @@ def _text_vs_images(texts: torch.Tensor, lengths: torch.Tensor, images: torch.Te
     out = texts.new_empty(texts.shape[0], images.shape[0])
     groups = [(n, (lengths == n).nonzero(as_tuple=True)[0]) for n in torch.unique(lengths).tolist()]
     for start in range(0, images.shape[0], chunk):
-        block = images[start:start + chunk].to(texts.device)
+        block = images[start : start + chunk].to(texts.device)
         by_query = block.transpose(0, 1).contiguous()  # [L_max, chunk, D]
         for n, rows in groups:
             n = min(n, by_query.shape[0])  # a length beyond the images' outputs keeps them all
             flat = by_query[:n].reshape(-1, by_query.shape[-1])  # [n chunk, D], a view
-            out[rows, start:start + len(block)] = (texts[rows] @ flat.T).view(len(rows), n, len(block)).amax(1)
+            out[rows, start : start + len(block)] = (texts[rows] @ flat.T).view(len(rows), n, len(block)).amax(1)
     return out
 
 
@@ -179,7 +184,7 @@ def length_major(*parts: torch.Tensor) -> torch.Tensor:
     out = parts[0].new_empty(n_len, n_text, sum(p.shape[1] for p in parts))
     start = 0
     for part in parts:
-        out[:, :, start:start + part.shape[1]].copy_(part.permute(2, 0, 1))
+        out[:, :, start : start + part.shape[1]].copy_(part.permute(2, 0, 1))
         start += part.shape[1]
     return out
 
@@ -208,8 +213,9 @@ def _oracle_from_steps(steps: torch.Tensor, positive: torch.Tensor) -> torch.Ten
     return first
 
 
-def length_losses(r: torch.Tensor, soft_length: torch.Tensor, config: LengthConfig,
-                  oracle: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def length_losses(
+    r: torch.Tensor, soft_length: torch.Tensor, config: LengthConfig, oracle: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """The QScaler's extra loss terms: ``length`` cost and (with ``oracle``) the ``oracle`` BCE.
 
     ``r`` is the QScaler output before noise (``[B]`` in [0, 1]), ``soft_length`` the
@@ -238,10 +244,18 @@ class GlobalColumns:
     positives_i2t: torch.Tensor
 
 
-def dynamic_itc(texts: torch.Tensor, image_queries: torch.Tensor, soft_length: torch.Tensor, r: torch.Tensor,
-                positives: torch.Tensor, temperature: torch.Tensor | float, config: LengthConfig,
-                label_smoothing: float = 0.0, oracle_negatives: torch.Tensor | None = None,
-                columns: GlobalColumns | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+def dynamic_itc(
+    texts: torch.Tensor,
+    image_queries: torch.Tensor,
+    soft_length: torch.Tensor,
+    r: torch.Tensor,
+    positives: torch.Tensor,
+    temperature: torch.Tensor | float,
+    config: LengthConfig,
+    label_smoothing: float = 0.0,
+    oracle_negatives: torch.Tensor | None = None,
+    columns: GlobalColumns | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """The in-batch training losses of IDQ-Former's ITC with a learnable L.
 
     ``texts`` ``[B_t, D]`` and ``image_queries`` ``[B_i, L_max, D]`` (normalised, nested
@@ -282,9 +296,10 @@ def dynamic_itc(texts: torch.Tensor, image_queries: torch.Tensor, soft_length: t
 
     def infonce(lg: torch.Tensor, lg_i2t: torch.Tensor | None = None) -> torch.Tensor:
         lg_i2t = lg if lg_i2t is None else lg_i2t
-        return 0.5 * (F.cross_entropy(lg, target / target.sum(1, keepdim=True), label_smoothing=label_smoothing)
-                      + F.cross_entropy(lg_i2t.T, target_c / target_c.sum(1, keepdim=True),
-                                        label_smoothing=label_smoothing))
+        return 0.5 * (
+            F.cross_entropy(lg, target / target.sum(1, keepdim=True), label_smoothing=label_smoothing)
+            + F.cross_entropy(lg_i2t.T, target_c / target_c.sum(1, keepdim=True), label_smoothing=label_smoothing)
+        )
 
     itc = infonce(logits, None if columns is None else logits_c)
     extra_terms = {}
@@ -304,4 +319,3 @@ def dynamic_itc(texts: torch.Tensor, image_queries: torch.Tensor, soft_length: t
         out["oracle_length"] = oracle.float().mean()  # logged only, not a loss term
     sim_t2i = logits * temperature
     return out, sim_t2i, sim_t2i.T if columns is None else logits_c.T * temperature
-

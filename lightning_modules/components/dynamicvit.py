@@ -64,9 +64,12 @@ class PredictorLG(nn.Module):
         super().__init__()
         self.in_conv = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
         self.out_conv = nn.Sequential(
-            nn.Linear(dim, dim // 2), nn.GELU(),
-            nn.Linear(dim // 2, dim // 4), nn.GELU(),
-            nn.Linear(dim // 4, 2), nn.LogSoftmax(dim=-1),
+            nn.Linear(dim, dim // 2),
+            nn.GELU(),
+            nn.Linear(dim // 2, dim // 4),
+            nn.GELU(),
+            nn.Linear(dim // 4, 2),
+            nn.LogSoftmax(dim=-1),
         )
 
     def forward(self, x: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
@@ -145,8 +148,13 @@ class _InferenceHooks(TokenHooks):
 class DynamicViTTower(nn.Module):
     """A ViT vision tower with DynamicViT pruning: ``forward(pixel_values) -> tokens [B, N', D]``."""
 
-    def __init__(self, vision_model: nn.Module, keep_rate: float = DEFAULT_KEEP_RATE,
-                 num_stages: int = NUM_STAGES, teacher: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        vision_model: nn.Module,
+        keep_rate: float = DEFAULT_KEEP_RATE,
+        num_stages: int = NUM_STAGES,
+        teacher: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.runner = ViTRunner(vision_model)
         self.keep_rate = keep_rate
@@ -180,8 +188,9 @@ class DynamicViTTower(nn.Module):
         self.last_tokens_per_layer = hooks.tokens_per_layer
         return out
 
-    def forward_train(self, pixel_values: torch.Tensor, tau: float = 1.0,
-                      sampler: Sampler | None = None) -> DynamicViTOutput:
+    def forward_train(
+        self, pixel_values: torch.Tensor, tau: float = 1.0, sampler: Sampler | None = None
+    ) -> DynamicViTOutput:
         """Training: Gumbel decisions, masked attention, nothing removed. ``sampler`` maps
         (log-probabilities [B, P, 2], previous decisions [B, P]) to decisions [B, P], which
         are then multiplied by the previous ones (default: hard Gumbel, straight-through)."""
@@ -254,15 +263,25 @@ class DynamicViTLossWeights:
     token_distill: float = 0.5
 
 
-def dynamicvit_loss(task_loss: torch.Tensor, out: DynamicViTOutput, teacher_tokens: torch.Tensor,
-                    student_emb: torch.Tensor, teacher_emb: torch.Tensor, target_ratios: list[float],
-                    weights: DynamicViTLossWeights = DynamicViTLossWeights()) -> dict[str, torch.Tensor]:
+def dynamicvit_loss(
+    task_loss: torch.Tensor,
+    out: DynamicViTOutput,
+    teacher_tokens: torch.Tensor,
+    student_emb: torch.Tensor,
+    teacher_emb: torch.Tensor,
+    target_ratios: list[float],
+    weights: DynamicViTLossWeights = DynamicViTLossWeights(),
+) -> dict[str, torch.Tensor]:
     """Total loss and its parts: task + w_e * embedding + w_t * token distillation + w_r * ratio."""
     parts = {
         "ratio": ratio_loss(out.stage_decisions, target_ratios),
         "embedding_distill": embedding_distill_loss(student_emb, teacher_emb),
         "token_distill": token_distill_loss(out.tokens, teacher_tokens, out.keep_mask),
     }
-    total = (task_loss + weights.ratio * parts["ratio"] + weights.embedding_distill * parts["embedding_distill"]
-             + weights.token_distill * parts["token_distill"])
+    total = (
+        task_loss
+        + weights.ratio * parts["ratio"]
+        + weights.embedding_distill * parts["embedding_distill"]
+        + weights.token_distill * parts["token_distill"]
+    )
     return {"loss": total, "task": task_loss, **parts}

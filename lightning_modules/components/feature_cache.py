@@ -59,10 +59,17 @@ _NUMPY = {torch.float32: np.float32, torch.float16: np.float16}
 DEFAULT_MEMMAP_MIN_BYTES = 1 << 30
 
 
-def feature_key(tower_fingerprint: str, split: str, n_images: int, checksum: str,
-                dtype: torch.dtype = torch.float32) -> str:
-    payload = {"v": FORMAT_VERSION, "tower": tower_fingerprint, "split": split, "n": n_images, "annotations": checksum,
-               "dtype": str(dtype)}
+def feature_key(
+    tower_fingerprint: str, split: str, n_images: int, checksum: str, dtype: torch.dtype = torch.float32
+) -> str:
+    payload = {
+        "v": FORMAT_VERSION,
+        "tower": tower_fingerprint,
+        "split": split,
+        "n": n_images,
+        "annotations": checksum,
+        "dtype": str(dtype),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -177,8 +184,9 @@ class LocalExtractor:
         try:
             with torch.no_grad():  # the first write prepares the array (or keeps the partial one)
                 sampler = RankBatches(len(images), batch_size, skip=done)
-                for b, (index, pixels) in zip(sampler.batch_ids(), DataLoader(images, batch_sampler=sampler,
-                                                                              collate_fn=collate_indexed)):
+                for b, (index, pixels) in zip(
+                    sampler.batch_ids(), DataLoader(images, batch_sampler=sampler, collate_fn=collate_indexed)
+                ):
                     writer.write(torch.as_tensor(index), tower(pixels.to(device)))
                     writer.mark_done(b)
             writer.commit()
@@ -211,8 +219,15 @@ class FeatureCache:
         extractor: computes missing files (default: :class:`LocalExtractor`).
     """
 
-    def __init__(self, tower: VisionTower, root: Path, batch_size: int = 256, dtype: torch.dtype = torch.float32,
-                 memmap_min_bytes: int = DEFAULT_MEMMAP_MIN_BYTES, extractor: Extractor | None = None):
+    def __init__(
+        self,
+        tower: VisionTower,
+        root: Path,
+        batch_size: int = 256,
+        dtype: torch.dtype = torch.float32,
+        memmap_min_bytes: int = DEFAULT_MEMMAP_MIN_BYTES,
+        extractor: Extractor | None = None,
+    ):
         self.tower = tower
         self.root = Path(root)
         self.extractor: Extractor = LocalExtractor()
@@ -221,8 +236,14 @@ class FeatureCache:
         self._memory: dict[str, torch.Tensor] = {}
         self.configure(dtype=dtype, memmap_min_bytes=memmap_min_bytes, extractor=extractor, batch_size=batch_size)
 
-    def configure(self, *, dtype: torch.dtype | None = None, memmap_min_bytes: int | None = None,
-                  extractor: Extractor | None = None, batch_size: int | None = None) -> FeatureCache:
+    def configure(
+        self,
+        *,
+        dtype: torch.dtype | None = None,
+        memmap_min_bytes: int | None = None,
+        extractor: Extractor | None = None,
+        batch_size: int | None = None,
+    ) -> FeatureCache:
         """Set the run's storage dtype, memory-map threshold, extractor and batch size (the runner's seam)."""
         if dtype is not None:
             if dtype not in _NUMPY:
@@ -258,8 +279,11 @@ class FeatureCache:
         feats = self.read(path)
         self.timings[f"features_{split}_load_s"] = time.perf_counter() - t
         size = path.stat().st_size
-        self.provenance[split] |= {"bytes": size, "memory_mapped": size > self.memmap_min_bytes,
-                                   "dtype": str(self.dtype).removeprefix("torch.")}
+        self.provenance[split] |= {
+            "bytes": size,
+            "memory_mapped": size > self.memmap_min_bytes,
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
         if feats.shape[0] != n_images:
             raise ValueError(f"{path}: holds {feats.shape[0]} items, expected {n_images}")
         self._memory[key] = feats
@@ -272,11 +296,11 @@ class FeatureCache:
         return torch.from_numpy(np.load(path))
 
     # -- the DataModule's item-loader interface ------------------------------------------
-    def for_split(self, split: str, n_images: int, checksum: str,
-                  images: Dataset | Callable[[int], torch.Tensor]) -> Callable[[int], torch.Tensor]:
+    def for_split(
+        self, split: str, n_images: int, checksum: str, images: Dataset | Callable[[int], torch.Tensor]
+    ) -> Callable[[int], torch.Tensor]:
         """``index -> tokens``; ``images``: the split's ``(index, pixels)`` dataset (or an ``index -> pixels`` function)."""
         if not isinstance(images, Dataset):
             images = _Pixels(n_images, images)
         feats = self.features(split, n_images, checksum, images)
         return feats.__getitem__
-

@@ -55,21 +55,29 @@ def _mask4d(bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return bias.to(dtype)[:, None, None, :]
 
 
-def query_outputs(head: QFormerHead, query_embeds: torch.Tensor, image_tokens: torch.Tensor,
-                  bias: torch.Tensor | None = None) -> torch.Tensor:
+def query_outputs(
+    head: QFormerHead, query_embeds: torch.Tensor, image_tokens: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """Q-Former query outputs ``[B, L, H]`` over image tokens ``[B, N, D]`` with an optional
     cross-attention bias ``[B, N]`` (None: the head's own pass)."""
     if bias is None:
         return head.query_outputs(query_embeds, image_tokens)
     dtype = head.query_tokens.dtype
-    out = head.qformer(query_embeds=query_embeds.expand(image_tokens.shape[0], -1, -1),
-                       encoder_hidden_states=image_tokens.to(dtype),
-                       encoder_attention_mask=_mask4d(bias, dtype))
+    out = head.qformer(
+        query_embeds=query_embeds.expand(image_tokens.shape[0], -1, -1),
+        encoder_hidden_states=image_tokens.to(dtype),
+        encoder_attention_mask=_mask4d(bias, dtype),
+    )
     return out.last_hidden_state
 
 
-def itm_logits(head: QFormerHead, image_tokens: torch.Tensor, input_ids: torch.Tensor,
-               attention_mask: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def itm_logits(
+    head: QFormerHead,
+    image_tokens: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """ITM logits ``[B, 2]`` of row-paired (image, text), averaged over the head's query
     outputs, with an optional cross-attention bias ``[B, N]`` (None: the head's own pass)."""
     if bias is None:
@@ -79,8 +87,13 @@ def itm_logits(head: QFormerHead, image_tokens: torch.Tensor, input_ids: torch.T
     n_q = queries.shape[1]
     emb = head.embeddings(input_ids=input_ids, query_embeds=queries)
     ones = torch.ones(b, n_q, dtype=attention_mask.dtype, device=attention_mask.device)
-    out = head.qformer(query_embeds=emb, query_length=n_q, attention_mask=torch.cat([ones, attention_mask], dim=1),
-                       encoder_hidden_states=image_tokens.to(dtype), encoder_attention_mask=_mask4d(bias, dtype))
+    out = head.qformer(
+        query_embeds=emb,
+        query_length=n_q,
+        attention_mask=torch.cat([ones, attention_mask], dim=1),
+        encoder_hidden_states=image_tokens.to(dtype),
+        encoder_attention_mask=_mask4d(bias, dtype),
+    )
     return head.itm_head(out.last_hidden_state[:, :n_q, :]).mean(1)
 
 
@@ -97,9 +110,15 @@ def policy_softmax(logits: torch.Tensor, policy: torch.Tensor, eps: float = 1e-6
     return (weights + eps / n) / (weights.sum(dim=-1, keepdim=True) + eps)
 
 
-def _policy_forward(module: Blip2QFormerMultiHeadAttention, policy: torch.Tensor, hidden_states: torch.Tensor,
-                    attention_mask=None, encoder_hidden_states: torch.Tensor | None = None,
-                    encoder_attention_mask=None, **kwargs):
+def _policy_forward(
+    module: Blip2QFormerMultiHeadAttention,
+    policy: torch.Tensor,
+    hidden_states: torch.Tensor,
+    attention_mask=None,
+    encoder_hidden_states: torch.Tensor | None = None,
+    encoder_attention_mask=None,
+    **kwargs,
+):
     """transformers' ``Blip2QFormerMultiHeadAttention`` as cross-attention, with
     :func:`policy_softmax` over the image tokens (``encoder_attention_mask`` is not used)."""
     assert encoder_hidden_states is not None  # a cross-attention is always called with the image tokens

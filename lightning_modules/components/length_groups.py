@@ -29,7 +29,7 @@ def length_batches(n: int, batch_size: int, costs: torch.Tensor | None, max_padd
     out, start = [], 0
     while start < n:
         limit = float(c[start]) * (1 + max_padding)
-        window = c[start:min(start + batch_size, n)]
+        window = c[start : min(start + batch_size, n)]
         end = start + max(1, int(torch.searchsorted(window, limit, right=True)))
         out.append((start, end))
         start = end
@@ -40,8 +40,10 @@ def right_padded_lengths(attention_mask: torch.Tensor) -> torch.Tensor:
     """``[B]`` token counts of a right-padded attention mask ``[B, T]`` (a group is trimmed from
     the right, so a left-padded batch, e.g. a tokenizer with ``padding_side="left"``, is refused)."""
     if attention_mask.shape[1] > 1 and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
-        raise ValueError("text length groups need right-padded token batches (tokenizer padding_side='right'); "
-                         "set model_args.text_group_padding=null for this tokenizer")
+        raise ValueError(
+            "text length groups need right-padded token batches (tokenizer padding_side='right'); "
+            "set model_args.text_group_padding=null for this tokenizer"
+        )
     return attention_mask.sum(1)
 
 
@@ -63,11 +65,16 @@ def by_length(lengths: torch.Tensor, run: GroupRun, max_padding: float | None) -
     return out[torch.argsort(order)]
 
 
-def encode_in_groups(encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], input_ids: torch.Tensor,
-                     attention_mask: torch.Tensor, max_padding: float | None) -> torch.Tensor:
+def encode_in_groups(
+    encode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_padding: float | None,
+) -> torch.Tensor:
     """``encode(input_ids, attention_mask) -> [B, ...]`` of a right-padded token batch ``[B, T]``,
     run by :func:`by_length` on groups of rows trimmed to their longest (``max_padding=None``:
     one call on the whole batch, whatever its padding side)."""
+
     def run(rows: torch.Tensor, width: int) -> torch.Tensor:
         return encode(input_ids[rows, :width], attention_mask[rows, :width])
 

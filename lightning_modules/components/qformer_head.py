@@ -118,8 +118,9 @@ class QFormerHead(nn.Module):
     def hidden_size(self) -> int:
         return int(self.qformer_config.hidden_size)
 
-    def query_outputs(self, query_embeds: torch.Tensor, image_tokens: torch.Tensor,
-                      query_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def query_outputs(
+        self, query_embeds: torch.Tensor, image_tokens: torch.Tensor, query_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Q-Former query outputs ``[B, L, H]`` for query embeddings ``[B or 1, L, H]`` over
         vision tokens ``[B, N, D]``; ``query_mask`` -- a ``[B, L]`` padding mask (1 = valid) or
         any attention mask transformers' Q-Former takes (e.g. a 4-D additive one) -- is passed
@@ -145,9 +146,15 @@ class QFormerHead(nn.Module):
         out = self.qformer(query_embeds=emb, query_length=0, attention_mask=attention_mask)
         return F.normalize(self.text_projection(out.last_hidden_state[:, 0, :]), dim=-1)
 
-    def itm_logits(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   query_embeds: torch.Tensor | None = None, query_mask: torch.Tensor | None = None,
-                   full_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def itm_logits(
+        self,
+        image_tokens: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        query_embeds: torch.Tensor | None = None,
+        query_mask: torch.Tensor | None = None,
+        full_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """ITM logits ``[B, 2]`` of row-paired (image, text): queries and text attend to each
         other, queries cross-attend to the image; the head's logits are averaged over the
         valid query outputs (``query_mask [B, L]``, 1 = valid). ``query_embeds`` default to the
@@ -163,7 +170,8 @@ class QFormerHead(nn.Module):
         out = self.qformer(
             query_embeds=emb,
             query_length=n_q,
-            attention_mask=full_attention_mask if full_attention_mask is not None
+            attention_mask=full_attention_mask
+            if full_attention_mask is not None
             else torch.cat([query_mask.to(attention_mask.dtype), attention_mask], dim=1),
             encoder_hidden_states=image_tokens.to(queries.dtype),
             encoder_attention_mask=torch.ones(image_tokens.shape[:2], dtype=torch.long, device=image_tokens.device),

@@ -35,8 +35,9 @@ if TYPE_CHECKING:
     )
 
 
-def _self_attention(attn: Blip2QFormerMultiHeadAttention, hidden: torch.Tensor, rows: torch.Tensor,
-                    keep: torch.Tensor) -> torch.Tensor:
+def _self_attention(
+    attn: Blip2QFormerMultiHeadAttention, hidden: torch.Tensor, rows: torch.Tensor, keep: torch.Tensor
+) -> torch.Tensor:
     """The Q-Former's self-attention of ``rows`` over ``hidden`` (keys masked by ``keep``), before the output dense."""
     return rows_attention(attn.query, attn.key, attn.value, hidden, rows, attn.num_attention_heads, keep, attn.scaling)
 
@@ -50,8 +51,14 @@ def _layer(layer: Blip2QFormerLayer, hidden: torch.Tensor, keep: torch.Tensor, f
     return layer.output.LayerNorm(layer.output.dense(ffn) + attended)
 
 
-def text_path_forward(embeddings: nn.Module, qformer: nn.Module, input_ids: torch.Tensor,
-                      attention_mask: torch.Tensor, *, first_token_only: bool = False) -> torch.Tensor:
+def text_path_forward(
+    embeddings: nn.Module,
+    qformer: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    first_token_only: bool = False,
+) -> torch.Tensor:
     """Last hidden state of the Q-Former text path, ``[B, T, H]`` (``[B, 1, H]`` with
     ``first_token_only``): transformers' ``qformer(query_embeds=embeddings(input_ids),
     query_length=0, attention_mask=attention_mask)`` in eval mode, computed leanly."""

@@ -101,7 +101,7 @@ class _Frozen(nn.Module):
             p.requires_grad_(False)
         super().train(False)
 
-    def train(self, mode: bool = True) -> _Frozen:  # noqa: ARG002 - stays in eval mode
+    def train(self, mode: bool = True) -> _Frozen:
         return super().train(False)
 
     @property
@@ -116,8 +116,17 @@ IMAGE_SIDE = ("crossattention", "intermediate_query", "output_query")
 class QFormerTextEncoder(_Frozen):
     """A frozen copy of a BLIP-2 Q-Former's text path (``Blip2TextEmbeddings`` + ``Blip2QFormerModel``)."""
 
-    def __init__(self, embeddings: nn.Module, qformer: nn.Module, tokenizer, *, pool: Pool = "cls",
-                 max_length: int | None = None, copy_modules: bool = True, layers: int | None = None) -> None:
+    def __init__(
+        self,
+        embeddings: nn.Module,
+        qformer: nn.Module,
+        tokenizer,
+        *,
+        pool: Pool = "cls",
+        max_length: int | None = None,
+        copy_modules: bool = True,
+        layers: int | None = None,
+    ) -> None:
         super().__init__()
         self.embeddings = copy.deepcopy(embeddings) if copy_modules else embeddings
         self.qformer = copy.deepcopy(qformer) if copy_modules else qformer
@@ -135,7 +144,9 @@ class QFormerTextEncoder(_Frozen):
         """Keep the copy's first ``layers`` layers (the QScaler reads an earlier layer's [CLS])."""
         total = int(self.qformer.config.num_hidden_layers)
         if not 1 <= layers <= total:
-            raise ValueError(f"model_args.qscaler_layers must be in [1, {total}] (the Q-Former's text layers), got {layers}")
+            raise ValueError(
+                f"model_args.qscaler_layers must be in [1, {total}] (the Q-Former's text layers), got {layers}"
+            )
         if not copied:
             raise ValueError("qscaler_layers needs copy_modules=True: the shared Q-Former must keep its layers")
         config = copy.deepcopy(self.qformer.config)
@@ -155,8 +166,9 @@ class QFormerTextEncoder(_Frozen):
     @torch.no_grad()
     def encode_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled features of tokenized texts (the lean text-path forward of ``qformer_text``)."""
-        hidden = text_path_forward(self.embeddings, self.qformer, input_ids, attention_mask,
-                                   first_token_only=self.pool == "cls")
+        hidden = text_path_forward(
+            self.embeddings, self.qformer, input_ids, attention_mask, first_token_only=self.pool == "cls"
+        )
         return _pool(hidden, attention_mask, self.pool, None)
 
 
@@ -179,8 +191,9 @@ class HFTextEncoder(_Frozen):
         self._freeze()
 
     @classmethod
-    def from_pretrained(cls, path: str, *, pool: Pool | None = None, local_files_only: bool = True,
-                        max_length: int | None = None) -> HFTextEncoder:
+    def from_pretrained(
+        cls, path: str, *, pool: Pool | None = None, local_files_only: bool = True, max_length: int | None = None
+    ) -> HFTextEncoder:
         """Load a directory; a ``CLIPModel`` contributes its ``text_model`` (pooled at EOS by default)."""
         model = AutoModel.from_pretrained(path, local_files_only=local_files_only)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
@@ -237,8 +250,14 @@ class QScaler(nn.Module):
     none padded by more than this share (None: one padded batch).
     """
 
-    def __init__(self, encoder: FrozenTextEncoder, length: LengthConfig | None = None, hidden: int = 256,
-                 memo: int = 0, group_padding: float | None = None) -> None:
+    def __init__(
+        self,
+        encoder: FrozenTextEncoder,
+        length: LengthConfig | None = None,
+        hidden: int = 256,
+        memo: int = 0,
+        group_padding: float | None = None,
+    ) -> None:
         super().__init__()
         if memo < 0:
             raise ValueError(f"QScaler memo must be >= 0, got {memo}")
@@ -272,5 +291,6 @@ class QScaler(nn.Module):
             features = self.features(texts)
         r = torch.sigmoid(self.head(features))
         r_used = add_length_noise(r, self.length.noise_std, self.training)
-        return QScalerOutput(r=r, r_used=r_used, soft_length=self.length.soft_length(r_used),
-                             length=self.length.hard_length(r_used))
+        return QScalerOutput(
+            r=r, r_used=r_used, soft_length=self.length.soft_length(r_used), length=self.length.hard_length(r_used)
+        )

@@ -122,8 +122,15 @@ def query_attention_mask(
     Pass it together with ``query_length=num_queries``; see the module docstring for the
     rules. Returns ``[B or 1, 1, S, S]`` with ``S = num_queries (+ T)``.
     """
-    allowed = query_allowed(num_queries, mode=mode, text_mask=text_mask, lengths=lengths,
-                            queries_see_text=queries_see_text, text_sees_queries=text_sees_queries, device=device)
+    allowed = query_allowed(
+        num_queries,
+        mode=mode,
+        text_mask=text_mask,
+        lengths=lengths,
+        queries_see_text=queries_see_text,
+        text_sees_queries=text_sees_queries,
+        device=device,
+    )
     return additive_mask(allowed, dtype)
 
 
@@ -155,10 +162,22 @@ def qformer_query_forward(
         if text_mask is None:
             text_mask = torch.ones(text_embeds.shape[:2], dtype=torch.long, device=text_embeds.device)
         hidden = torch.cat([hidden, text_embeds.to(hidden.dtype)], dim=1)
-    mask = query_attention_mask(n, mode=mode, text_mask=text_mask if text_embeds is not None else None,
-                                lengths=lengths, queries_see_text=queries_see_text,
-                                text_sees_queries=text_sees_queries, dtype=qformer.layernorm.weight.dtype,
-                                device=hidden.device)
-    out = qformer(query_embeds=hidden, query_length=n, attention_mask=mask, encoder_hidden_states=image_embeds,
-                  encoder_attention_mask=image_mask, return_dict=True)
+    mask = query_attention_mask(
+        n,
+        mode=mode,
+        text_mask=text_mask if text_embeds is not None else None,
+        lengths=lengths,
+        queries_see_text=queries_see_text,
+        text_sees_queries=text_sees_queries,
+        dtype=qformer.layernorm.weight.dtype,
+        device=hidden.device,
+    )
+    out = qformer(
+        query_embeds=hidden,
+        query_length=n,
+        attention_mask=mask,
+        encoder_hidden_states=image_embeds,
+        encoder_attention_mask=image_mask,
+        return_dict=True,
+    )
     return out.last_hidden_state

@@ -45,9 +45,17 @@ def _distinct(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return first.scatter_reduce_(0, inverse, positions, reduce="amin"), inverse
 
 
-def rerank_topk(first_stage: torch.Tensor, k: int, pair_scorer: PairScorer, batch_size: int = 1024,
-                margin: float = 1.0, pair_cost: PairCost | None = None,
-                pair_key: PairKey | None = None, max_padding: float = 0.25, in_place: bool = False) -> torch.Tensor:
+def rerank_topk(
+    first_stage: torch.Tensor,
+    k: int,
+    pair_scorer: PairScorer,
+    batch_size: int = 1024,
+    margin: float = 1.0,
+    pair_cost: PairCost | None = None,
+    pair_key: PairKey | None = None,
+    max_padding: float = 0.25,
+    in_place: bool = False,
+) -> torch.Tensor:
     """``[Q, G]`` scores: the top-``k`` of each row re-scored, the rest shifted below them.
 
     ``pair_scorer`` is called on at most ``batch_size`` pairs at a time with indices into
@@ -79,8 +87,12 @@ def rerank_topk(first_stage: torch.Tensor, k: int, pair_scorer: PairScorer, batc
     if pair_cost is not None:
         costs, order = torch.sort(pair_cost(rows, cols).to(rows.device), stable=True)
         rows, cols = rows[order], cols[order]
-    pair = torch.cat([pair_scorer(rows[s:e], cols[s:e]).to(first_stage.dtype)
-                      for s, e in length_batches(len(rows), batch_size, costs, max_padding)])
+    pair = torch.cat(
+        [
+            pair_scorer(rows[s:e], cols[s:e]).to(first_stage.dtype)
+            for s, e in length_batches(len(rows), batch_size, costs, max_padding)
+        ]
+    )
     if order is not None:
         pair = torch.empty_like(pair).scatter_(0, order.to(pair.device), pair)
     if inverse is not None:

@@ -14,8 +14,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def rows_attention(query: nn.Module, key: nn.Module, value: nn.Module, hidden: torch.Tensor, rows: torch.Tensor,
-                   heads: int, keep: torch.Tensor, scale: float) -> torch.Tensor:
+def rows_attention(
+    query: nn.Module,
+    key: nn.Module,
+    value: nn.Module,
+    hidden: torch.Tensor,
+    rows: torch.Tensor,
+    heads: int,
+    keep: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
     """Attention of ``rows`` ``[B, R, H]`` over ``hidden`` ``[B, T, H]`` with ``heads`` heads
     (projections ``query``, ``key``, ``value``; keys masked by ``keep``, broadcastable to
     ``[B, heads, R, T]``, True = attend): ``[B, R, heads * head_dim]``, before the output projection."""

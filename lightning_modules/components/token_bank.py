@@ -83,11 +83,14 @@ class TokenBank(nn.Module):
         self.tokens = nn.Parameter(tokens[None])
         if use_positions:
             if position_table is None:
-                raise ValueError("use_positions=True needs the pretrained position table "
-                                 "(embeddings.position_embeddings.weight)")
+                raise ValueError(
+                    "use_positions=True needs the pretrained position table (embeddings.position_embeddings.weight)"
+                )
             if position_table.shape[0] < l_max or position_table.shape[1] != hidden_size:
-                raise ValueError(f"the position table {tuple(position_table.shape)} must have >= L_max={l_max} "
-                                 f"rows of width {hidden_size}")
+                raise ValueError(
+                    f"the position table {tuple(position_table.shape)} must have >= L_max={l_max} "
+                    f"rows of width {hidden_size}"
+                )
             pos = position_table.detach()[:l_max].to(torch.float32).clone()[None]
         else:
             pos = torch.zeros(1, l_max, hidden_size)
@@ -126,6 +129,8 @@ class TokenBank(nn.Module):
         return self.tokens[:, :length] + self.positions[:, :length]
 
     def extra_repr(self) -> str:
-        return (f"l_max={self.l_max}, hidden={self.hidden_size}, pretrained_rows={self.num_pretrained}, "
-                f"extra_init={self.extra_init}, positions={'learned' if self.learn_positions else 'frozen'}"
-                f"{'' if self.use_positions else ' (off)'}")
+        return (
+            f"l_max={self.l_max}, hidden={self.hidden_size}, pretrained_rows={self.num_pretrained}, "
+            f"extra_init={self.extra_init}, positions={'learned' if self.learn_positions else 'frozen'}"
+            f"{'' if self.use_positions else ' (off)'}"
+        )

@@ -132,12 +132,16 @@ class ClipVisionTower(_HFTower):
     @classmethod
     def from_clip_checkpoint(cls, path: str | Path, local_files_only: bool = True) -> ClipVisionTower:
         """The vision half of a CLIP checkpoint (a suite CLIP checkpoint or a hub-style folder)."""
-        model = load_strict(CLIPVisionModel, path, ignore_prefixes=("text_model.", "text_projection.", "logit_scale",
-                                                                     "visual_projection."),
-                            local_files_only=local_files_only)
+        model = load_strict(
+            CLIPVisionModel,
+            path,
+            ignore_prefixes=("text_model.", "text_projection.", "logit_scale", "visual_projection."),
+            local_files_only=local_files_only,
+        )
         try:
-            transform = ImageTransform.from_hf_processor(CLIPImageProcessor.from_pretrained(
-                path, local_files_only=local_files_only))
+            transform = ImageTransform.from_hf_processor(
+                CLIPImageProcessor.from_pretrained(path, local_files_only=local_files_only)
+            )
         except OSError:  # suite checkpoints carry no processor file: CLIP's tiny transform
             size = model.config.image_size
             transform = ImageTransform(size, size)
@@ -161,16 +165,18 @@ class Blip2VisionTower(_HFTower):
     @classmethod
     def from_source(cls, source: str, local_files_only: bool = True) -> Blip2VisionTower:
         """The vision model of a ``Blip2ForImageTextRetrieval`` checkpoint, with its image processor."""
-        hf = load_strict(Blip2ForImageTextRetrieval, source, local_files_only=local_files_only,
-                         dtype=torch.float32)
-        transform = ImageTransform.from_hf_processor(AutoImageProcessor.from_pretrained(
-            source, local_files_only=local_files_only))
+        hf = load_strict(Blip2ForImageTextRetrieval, source, local_files_only=local_files_only, dtype=torch.float32)
+        transform = ImageTransform.from_hf_processor(
+            AutoImageProcessor.from_pretrained(source, local_files_only=local_files_only)
+        )
         return cls(hf.vision_model, transform, source=source)
 
 
 #: tower kinds by name, for loading a saved tower (token-reduction towers register here too)
 TOWERS: dict[str, type[ClipVisionTower | Blip2VisionTower]] = {
-    ClipVisionTower.kind: ClipVisionTower, Blip2VisionTower.kind: Blip2VisionTower}
+    ClipVisionTower.kind: ClipVisionTower,
+    Blip2VisionTower.kind: Blip2VisionTower,
+}
 
 
 def load_tower(directory: Path) -> VisionTower:
@@ -208,20 +214,24 @@ def load_saved_tower(checkpoint: Path, folder: str, local_files_only: bool = Tru
         return load_tower(checkpoint / folder)
     ref_file = checkpoint / TOWER_REFERENCE
     if not ref_file.is_file():
-        raise LoadingError(f"{checkpoint}: holds neither a vision tower folder ({folder}/) nor a reference to one "
-                           f"({TOWER_REFERENCE})")
+        raise LoadingError(
+            f"{checkpoint}: holds neither a vision tower folder ({folder}/) nor a reference to one ({TOWER_REFERENCE})"
+        )
     ref = json.loads(ref_file.read_text())
     if ref.get("kind") not in TOWERS or not hasattr(TOWERS[ref["kind"]], "from_source"):
         raise LoadingError(f"{ref_file}: unknown referenced tower kind {ref.get('kind')!r}")
     try:
         tower = TOWERS[ref["kind"]].from_source(ref["source"], local_files_only)
     except (OSError, LoadingError, ValueError) as e:
-        raise LoadingError(f"{ref_file}: the frozen vision tower it references ({ref['source']}) cannot be loaded: "
-                           f"{e}") from e
+        raise LoadingError(
+            f"{ref_file}: the frozen vision tower it references ({ref['source']}) cannot be loaded: {e}"
+        ) from e
     if tower.fingerprint() != ref["fingerprint"]:
-        raise LoadingError(f"{ref_file}: the frozen vision tower at {ref['source']} is not the one this checkpoint "
-                           f"was trained on (fingerprint {tower.fingerprint()[:12]}..., recorded "
-                           f"{ref['fingerprint'][:12]}...)")
+        raise LoadingError(
+            f"{ref_file}: the frozen vision tower at {ref['source']} is not the one this checkpoint "
+            f"was trained on (fingerprint {tower.fingerprint()[:12]}..., recorded "
+            f"{ref['fingerprint'][:12]}...)"
+        )
     return tower
 
 
@@ -243,8 +253,11 @@ def load_strict(model_cls, path: str | Path, ignore_prefixes: tuple[str, ...] = 
     finally:
         hf_logging.set_verbosity(verbosity)
     unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith(ignore_prefixes)]
-    problems = {"missing": sorted(info.get("missing_keys", [])), "unused": sorted(unexpected),
-                "mismatched": sorted(str(m) for m in info.get("mismatched_keys", []))}
+    problems = {
+        "missing": sorted(info.get("missing_keys", [])),
+        "unused": sorted(unexpected),
+        "mismatched": sorted(str(m) for m in info.get("mismatched_keys", [])),
+    }
     problems = {k: v for k, v in problems.items() if v}
     if problems:
         raise LoadingError(f"{path}: weights of {model_cls.__name__} do not match the checkpoint: {problems}")

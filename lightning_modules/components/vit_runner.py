@@ -145,8 +145,15 @@ class ViTRunner(nn.Module):
         v = attn.v_proj(h).view(shape).transpose(1, 2)
         return q, k, v
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
-               policy: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        policy: torch.Tensor | None = None,
+        eps: float = 1e-6,
+    ) -> torch.Tensor:
         """Multi-head attention output [B, N, D] (before the output projection)."""
         if policy is None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
@@ -173,8 +180,9 @@ class ViTRunner(nn.Module):
         return self.vision.post_layernorm(x)
 
     # -- forward -----------------------------------------------------------------------
-    def attention_block(self, i: int, x: torch.Tensor, bias: torch.Tensor | None, policy: torch.Tensor | None,
-                        eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def attention_block(
+        self, i: int, x: torch.Tensor, bias: torch.Tensor | None, policy: torch.Tensor | None, eps: float = 1e-6
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Layer ``i``'s pre-norm attention with its residual, and its queries and keys (for the hooks)."""
         q, k, v = self.qkv(i, self._layer(i).layer_norm1(x))
         return x + self.out_proj(i, self.attend(q, k, v, bias, policy, eps)), q, k

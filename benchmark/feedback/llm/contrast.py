@@ -82,10 +82,12 @@ def _background(attr: str, vocabulary: tuple[str, ...], question: str) -> Callab
     return draft
 
 
-def _object_attribute(attr: str, values: tuple[str, ...], option: Callable[[str, str, str], str],
-                      question: str) -> Callable[[Shown, int], Draft | None]:
+def _object_attribute(
+    attr: str, values: tuple[str, ...], option: Callable[[str, str, str], str], question: str
+) -> Callable[[Shown, int], Draft | None]:
     """Ask ``attr`` (size, row or column) of the first query object that names colour and
     shape but not ``attr`` and was not asked about yet."""
+
     def draft(s: Shown, max_options: int) -> Draft | None:
         for o in s.query.object_dicts():
             if "colour" not in o or "shape" not in o or attr in o:
@@ -102,8 +104,10 @@ def _object_attribute(attr: str, values: tuple[str, ...], option: Callable[[str,
 
 
 def _object_values(ms: list[Mention], colour: str, shape: str, attr: str) -> list[set[str]]:
-    return [{o[attr] for o in m.object_dicts() if o.get("colour") == colour and o.get("shape") == shape and attr in o}
-            for m in ms]
+    return [
+        {o[attr] for o in m.object_dicts() if o.get("colour") == colour and o.get("shape") == shape and attr in o}
+        for m in ms
+    ]
 
 
 def _placed(attr: str) -> Callable[[str, str, str], str]:
@@ -116,26 +120,42 @@ def _object(s: Shown, max_options: int) -> Draft | None:
     have = {(o.get("colour"), o.get("shape")) for o in s.query.object_dicts()}
 
     def kinds(ms: list[Mention]) -> list[set[str]]:
-        return [{f"{o['colour']} {o['shape']}" for o in m.object_dicts()
-                 if "colour" in o and "shape" in o and (o["colour"], o["shape"]) not in have} for m in ms]
+        return [
+            {
+                f"{o['colour']} {o['shape']}"
+                for o in m.object_dicts()
+                if "colour" in o and "shape" in o and (o["colour"], o["shape"]) not in have
+            }
+            for m in ms
+        ]
 
     score, seen = _contrast(kinds(s.positive), kinds(s.negative))
     fresh = [k for k in seen if _phrase(*k.split()) not in s.offered]
     if len(fresh) < 2:
         return None
-    return Draft("object", "Which of these objects is also in the image you want?",
-                 [_phrase(*k.split()) for k in fresh[:max_options]], score)
+    return Draft(
+        "object",
+        "Which of these objects is also in the image you want?",
+        [_phrase(*k.split()) for k in fresh[:max_options]],
+        score,
+    )
 
 
 #: question kinds, in tie-break order
 KINDS: dict[str, Callable[[Shown, int], Draft | None]] = {
-    "background.colour": _background("colour", tuple(BACKGROUND_COLOURS), "What colour is the background of the image you want?"),
-    "background.pattern": _background("pattern", BACKGROUND_PATTERNS, "Which background pattern does the image you want have?"),
+    "background.colour": _background(
+        "colour", tuple(BACKGROUND_COLOURS), "What colour is the background of the image you want?"
+    ),
+    "background.pattern": _background(
+        "pattern", BACKGROUND_PATTERNS, "Which background pattern does the image you want have?"
+    ),
     "object": _object,
-    "size": _object_attribute("size", tuple(SIZES), lambda v, c, sh: _phrase(v, c, sh),
-                              "How large is the {c} {s} in the image you want?"),
-    "column": _object_attribute("column", COLUMNS, _placed("column"),
-                                "In which column is the {c} {s} in the image you want?"),
+    "size": _object_attribute(
+        "size", tuple(SIZES), lambda v, c, sh: _phrase(v, c, sh), "How large is the {c} {s} in the image you want?"
+    ),
+    "column": _object_attribute(
+        "column", COLUMNS, _placed("column"), "In which column is the {c} {s} in the image you want?"
+    ),
     "row": _object_attribute("row", ROWS, _placed("row"), "In which row is the {c} {s} in the image you want?"),
 }
 
@@ -153,8 +173,9 @@ def write_questions(data: dict, max_questions: int = 3, max_options: int = 6) ->
     drafts = [d for kind in KINDS.values() if (d := kind(shown, max_options)) is not None]
     order = {name: i for i, name in enumerate(KINDS)}
     drafts.sort(key=lambda d: (-d.score, order[d.about.split(":")[0]]))
-    return {"questions": [{"question": d.question, "options": d.options, "about": d.about}
-                          for d in drafts[:max_questions]]}
+    return {
+        "questions": [{"question": d.question, "options": d.options, "about": d.about} for d in drafts[:max_questions]]
+    }
 
 
 # -- query update --------------------------------------------------------------------------
@@ -169,7 +190,7 @@ def _with_background(text: str, add: dict[str, str]) -> str:
     merged = {**add, **have}
     phrase = _phrase(*(merged[k] for k in ("pattern", "colour") if k in merged), "background")
     if m:
-        return text[:m.start()] + phrase + text[m.end():]
+        return text[: m.start()] + phrase + text[m.end() :]
     joiner = ", on " if len(read(text).objects) > 1 else " on "
     return text + joiner + phrase
 
@@ -184,20 +205,20 @@ def _with_object(text: str, obj: dict[str, str]) -> str:
     m = re.search(rf"\b(?:an?)\s+(?:(large|small)\s+)?{c}\s+{sh}\b", text) if c and sh else None
     if m:
         phrase = _phrase(obj["size"], c, sh) if "size" in obj and not m.group(1) else m.group(0)
-        rest, row, col = text[m.end():], obj.get("row"), obj.get("column")
+        rest, row, col = text[m.end() :], obj.get("row"), obj.get("column")
         for p, (r0, c0) in _POSITIONS:
             if rest.startswith(" " + p):
-                row, col, rest = r0 or row, c0 or col, rest[len(p) + 1:]
+                row, col, rest = r0 or row, c0 or col, rest[len(p) + 1 :]
                 break
         position = POSITION_PHRASES.get((row, col))
-        return text[:m.start()] + phrase + (f" {position}" if position else "") + rest
+        return text[: m.start()] + phrase + (f" {position}" if position else "") + rest
     phrase = _phrase(*[w for w in (obj.get("size"), c, sh or "object") if w])
     position = POSITION_PHRASES.get((obj.get("row"), obj.get("column")))
     if position:
         phrase += " " + position
     clause = _BG_CLAUSE.search(text)
     if clause:
-        return text[:clause.start()] + " and " + phrase + text[clause.start():]
+        return text[: clause.start()] + " and " + phrase + text[clause.start() :]
     return text + " and " + phrase
 
 

@@ -36,28 +36,36 @@ class HFBackend:
             tok = AutoTokenizer.from_pretrained(path, **kw)
             model = AutoModelForCausalLM.from_pretrained(path, **kw)
         except (OSError, ValueError) as e:
-            raise ConfigError(f"--llm {spec!r}: cannot load a causal LM from {path!r} with local files only "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+            raise ConfigError(
+                f"--llm {spec!r}: cannot load a causal LM from {path!r} with local files only "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            ) from None
         return cls(model, tok, spec=spec, max_new_tokens=config.max_new_tokens)
 
     def describe(self) -> dict[str, Any]:
-        return {"spec": self.spec, "label": f"transformers causal LM {self.spec.partition(':')[2]}",
-                "is_llm": True, "chat_template": bool(getattr(self.tokenizer, "chat_template", None))}
+        return {
+            "spec": self.spec,
+            "label": f"transformers causal LM {self.spec.partition(':')[2]}",
+            "is_llm": True,
+            "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
+        }
 
     def _prompt_ids(self, messages: Sequence[Message]):
         tok = self.tokenizer
         if getattr(tok, "chat_template", None):
-            ids = tok.apply_chat_template(list(messages), add_generation_prompt=True, return_tensors="pt",
-                                          return_dict=False)
+            ids = tok.apply_chat_template(
+                list(messages), add_generation_prompt=True, return_tensors="pt", return_dict=False
+            )
         else:
             text = "\n\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\n\nassistant:"
             ids = tok(text, return_tensors="pt")["input_ids"]
         if not hasattr(ids, "shape"):  # some versions return a BatchEncoding
             ids = ids["input_ids"]
-        limit = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config,
-                                                                                          "n_positions", None)
+        limit = getattr(self.model.config, "max_position_embeddings", None) or getattr(
+            self.model.config, "n_positions", None
+        )
         if limit:
-            ids = ids[:, -max(1, limit - self.max_new_tokens):]
+            ids = ids[:, -max(1, limit - self.max_new_tokens) :]
         return ids
 
     def generate(self, messages: Sequence[Message]) -> str:
@@ -69,8 +77,13 @@ class HFBackend:
             if pad is None:
                 pad = self.tokenizer.eos_token_id
             with torch.no_grad():
-                out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                          max_new_tokens=self.max_new_tokens, pad_token_id=pad)
-            return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        except Exception as e:  # noqa: BLE001 -- reported as a counted fallback, never a crash
+                out = self.model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    do_sample=False,
+                    max_new_tokens=self.max_new_tokens,
+                    pad_token_id=pad,
+                )
+            return self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        except Exception as e:
             raise LLMError("backend_error", f"{type(e).__name__}: {e}") from e

@@ -16,10 +16,15 @@ MAX_TIMEOUT_S = 3_600.0
 
 def check_limits(timeout_s: float, max_reply_bytes: int, where: str = "feedback.llm") -> None:
     """ValueError unless the request limits are usable (NaN and infinities refused)."""
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) \
-            or not math.isfinite(timeout_s) or not 0 < timeout_s <= MAX_TIMEOUT_S:
-        raise ValueError(f"{where}.timeout_s must be a number of seconds in (0, {MAX_TIMEOUT_S:.0f}], "
-                         f"got {timeout_s!r}")
+    if (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, (int, float))
+        or not math.isfinite(timeout_s)
+        or not 0 < timeout_s <= MAX_TIMEOUT_S
+    ):
+        raise ValueError(
+            f"{where}.timeout_s must be a number of seconds in (0, {MAX_TIMEOUT_S:.0f}], got {timeout_s!r}"
+        )
     lo, hi = MAX_REPLY_BYTES_RANGE
     if isinstance(max_reply_bytes, bool) or not isinstance(max_reply_bytes, int) or not lo <= max_reply_bytes <= hi:
         raise ValueError(f"{where}.max_reply_bytes must be an integer in [{lo}, {hi}], got {max_reply_bytes!r}")

@@ -67,9 +67,19 @@ def _run(coro: Coroutine) -> Any:
 
 
 class OpenAICompatBackend:
-    def __init__(self, base_url: str, *, model: str = "default", timeout_s: float = 60.0, retries: int = 2,
-                 retry_backoff_s: float = 1.0, max_tokens: int = 384, seed: int = 0,
-                 api_key: str | None = None, max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str = "default",
+        timeout_s: float = 60.0,
+        retries: int = 2,
+        retry_backoff_s: float = 1.0,
+        max_tokens: int = 384,
+        seed: int = 0,
+        api_key: str | None = None,
+        max_reply_bytes: int = DEFAULT_MAX_REPLY_BYTES,
+    ) -> None:
         check_limits(timeout_s, max_reply_bytes)
         base = httpx.URL(base_url)
         self._auth = httpx.BasicAuth(base.username, base.password) if base.userinfo else None
@@ -89,21 +99,33 @@ class OpenAICompatBackend:
 
     @classmethod
     def from_spec(cls, spec: str, config: LLMConfig) -> OpenAICompatBackend:
-        return cls(spec.partition(":")[2], model=config.model, timeout_s=config.timeout_s, retries=config.retries,
-                   retry_backoff_s=config.retry_backoff_s, max_tokens=config.max_new_tokens,
-                   api_key=os.environ.get(config.api_key_env) or None,
-                   max_reply_bytes=config.max_reply_bytes)
+        return cls(
+            spec.partition(":")[2],
+            model=config.model,
+            timeout_s=config.timeout_s,
+            retries=config.retries,
+            retry_backoff_s=config.retry_backoff_s,
+            max_tokens=config.max_new_tokens,
+            api_key=os.environ.get(config.api_key_env) or None,
+            max_reply_bytes=config.max_reply_bytes,
+        )
 
     def describe(self) -> dict[str, Any]:
-        return {"spec": f"openai:{self.base_url}", "label": f"OpenAI-compatible server {self.base_url} "
-                f"(model {self.model!r})", "is_llm": True, "timeout_s": self.timeout_s, "retries": self.retries}
+        return {
+            "spec": f"openai:{self.base_url}",
+            "label": f"OpenAI-compatible server {self.base_url} (model {self.model!r})",
+            "is_llm": True,
+            "timeout_s": self.timeout_s,
+            "retries": self.retries,
+        }
 
     async def _exchange(self, body: bytes, headers: dict[str, str]) -> bytes:
         if self._ssl is None:
             self._ssl = ssl.create_default_context()  # the system's CAs, as urllib used
         auth = None if self._api_key else self._auth  # a bearer token wins over the URL's basic auth
-        async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, verify=self._ssl,
-                                     auth=auth) as client:
+        async with httpx.AsyncClient(
+            timeout=self.timeout_s, follow_redirects=False, verify=self._ssl, auth=auth
+        ) as client:
             async with client.stream("POST", self._url, content=body, headers=headers) as resp:
                 if resp.is_redirect:
                     raise _Redirect(resp.status_code, resp.headers.get("location", ""))
@@ -123,8 +145,15 @@ class OpenAICompatBackend:
         return await asyncio.wait_for(self._exchange(body, headers), self.timeout_s)  # cancels it at the deadline
 
     def _request(self, messages: Sequence[Message]) -> bytes:
-        body = json.dumps({"model": self.model, "messages": list(messages), "temperature": 0,
-                           "max_tokens": self.max_tokens, "seed": self.seed}).encode()
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": list(messages),
+                "temperature": 0,
+                "max_tokens": self.max_tokens,
+                "seed": self.seed,
+            }
+        ).encode()
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
@@ -133,12 +162,17 @@ class OpenAICompatBackend:
     def _classify(self, e: Exception) -> tuple[LLMError, bool]:
         """(the counted error, whether to retry) of a failed request."""
         if isinstance(e, _Redirect):
-            return LLMError("http_error", f"HTTP {e.status} from {self.url}: a redirect to {redact_url(e.location)!r}, "
-                                          "not followed (credentials go to the base URL's origin only); give the "
-                                          "final URL as the base URL"), False
+            return LLMError(
+                "http_error",
+                f"HTTP {e.status} from {self.url}: a redirect to {redact_url(e.location)!r}, "
+                "not followed (credentials go to the base URL's origin only); give the "
+                "final URL as the base URL",
+            ), False
         if isinstance(e, _TooLarge):
-            return LLMError("malformed_response", f"{self.url}: the reply is larger than feedback.llm.max_reply_bytes="
-                                                  f"{self.max_reply_bytes} ({e})"), False
+            return LLMError(
+                "malformed_response",
+                f"{self.url}: the reply is larger than feedback.llm.max_reply_bytes={self.max_reply_bytes} ({e})",
+            ), False
         if isinstance(e, httpx.HTTPStatusError):
             code = e.response.status_code
             return LLMError("http_error", f"HTTP {code} from {self.url}"), code in _RETRY_STATUS
@@ -159,7 +193,7 @@ class OpenAICompatBackend:
                 err, retry = self._classify(e)
                 if not retry or attempt == self.retries:
                     raise err from None
-                time.sleep(self.retry_backoff_s * 2 ** attempt)
+                time.sleep(self.retry_backoff_s * 2**attempt)
         return _content(raw, self.url)
 
 

@@ -41,7 +41,7 @@ def redact_url(url: str) -> str:
 def _redact_match(m: re.Match) -> str:
     url = m.group(0)
     core = url.rstrip(".,:;!?)]}")  # punctuation after a URL in a sentence is not part of it
-    return redact_url(core) + url[len(core):]
+    return redact_url(core) + url[len(core) :]
 
 
 def redact_text(text: str) -> str:

@@ -40,8 +40,9 @@ def _needs_url(spec: str) -> None:
     except ValueError:  # a bad port or IPv6 literal
         ok = False
     if not ok:
-        raise ConfigError(f"--llm {redact_text(spec)!r}: expected openai:<base url>, "
-                          "e.g. openai:http://127.0.0.1:8000/v1")
+        raise ConfigError(
+            f"--llm {redact_text(spec)!r}: expected openai:<base url>, e.g. openai:http://127.0.0.1:8000/v1"
+        )
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,7 @@ class BackendEntry:
 BACKENDS: dict[str, BackendEntry] = {
     "rules": BackendEntry("rules", "benchmark.feedback.llm.rules:RulesBackend", _no_argument),
     "hf": BackendEntry("hf:<hub id or local path>", "benchmark.feedback.llm.hf:HFBackend", _needs_path),
-    "openai": BackendEntry("openai:<base url>", "benchmark.feedback.llm.openai_compat:OpenAICompatBackend",
-                           _needs_url),
+    "openai": BackendEntry("openai:<base url>", "benchmark.feedback.llm.openai_compat:OpenAICompatBackend", _needs_url),
 }
 
 

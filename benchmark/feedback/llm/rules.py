@@ -38,8 +38,10 @@ class RulesBackend:
             data = read_input(list(messages))
         except ValueError as e:
             raise LLMError("backend_error", f"rules: cannot read the prompt's inputs ({e})") from None
-        tasks = {TASK_QUESTIONS: lambda d: write_questions(d, self.max_questions, self.max_options),
-                 TASK_UPDATE: update_query}
+        tasks = {
+            TASK_QUESTIONS: lambda d: write_questions(d, self.max_questions, self.max_options),
+            TASK_UPDATE: update_query,
+        }
         if data["task"] not in tasks:
             raise LLMError("backend_error", f"rules: unknown task {data['task']!r}")
         return json.dumps(tasks[data["task"]](data))
