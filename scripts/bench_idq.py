@@ -62,7 +62,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -75,6 +74,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmark.config import default_cache_dir
 from benchmark.measure.component_flops import eager_masks
 from benchmark.measure.flops import count_flops
 from benchmark.measure.throughput import measure_throughput
@@ -120,16 +120,7 @@ TARGETS = {
 GIGA = 1e9
 
 
-def default_cache_dir() -> str:
-    return os.environ.get("INSTRUCTSEE_CACHE", str(Path.home() / ".cache" / "instructsee-bench"))
-
-
 # -- models -----------------------------------------------------------------------------
-def newest(root: Path, pattern: str) -> Path | None:
-    found = [p for p in root.glob(pattern) if p.is_dir() and not p.name.startswith(".")]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
-
-
 def default_ours_checkpoint(cache_dir: str, train: bool, threads: int) -> Path:
     """The checkpoint ``bench run --model ours`` uses, with the shipped base config of ``ours``.
 
@@ -164,21 +155,17 @@ def load_trained(cache_dir: str, blip2_path: str | None, ours_dir: Path):
     from lightning_modules.blip2 import Blip2Retrieval
     from lightning_modules.idq_former import IdqFormerRetrieval
 
-    root = Path(cache_dir) / "checkpoints"
     base = json.loads((ours_dir / "suite_config.json").read_text()).get("blip2_checkpoint")
     if blip2_path:
         blip2_dir, why = Path(blip2_path), "given"
     elif base and Path(base).is_dir():
         blip2_dir, why = Path(base), "the checkpoint ours was built on"
     else:
-        blip2_dir, why = newest(root, "blip2__synthetic__tiny__*"), "newest"
-    if blip2_dir is None:
-        raise SystemExit(f"no blip2__synthetic__tiny__* checkpoint under {root}: run with --train")
-    newest_blip2 = newest(root, "blip2__synthetic__tiny__*")
+        raise SystemExit(
+            f"ours ({ours_dir}) names no BLIP2 checkpoint that exists here ({base!r}): pass --blip2-checkpoint"
+        )
     print(f"checkpoint ours : {ours_dir}")
     print(f"checkpoint blip2: {blip2_dir} ({why})")
-    if newest_blip2 is not None and newest_blip2.resolve() != blip2_dir.resolve():
-        print(f"  note: a newer BLIP2 checkpoint exists ({newest_blip2.name}); not ours' base, not used")
     if base and Path(base).resolve() != blip2_dir.resolve():
         print(f"  WARNING: ours was built on {base}, not on the BLIP2 compared here")
     blip2 = Blip2Retrieval.load_checkpoint(blip2_dir).eval()
@@ -462,25 +449,11 @@ def timed(
 
 # -- report -----------------------------------------------------------------------------
 def environment() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    """The suite's own environment record (benchmark.results: versions, device, threads), plus
+    the load average when the benchmark starts (a shared CPU skews every timing)."""
+    from benchmark.results import environment as suite_environment
 
-    def v(p):
-        try:
-            return version(p)
-        except PackageNotFoundError:
-            return None
-
-    return {
-        "torch": torch.__version__,
-        "transformers": v("transformers"),
-        "fvcore": v("fvcore"),
-        "python": platform.python_version(),
-        "torch_threads": torch.get_num_threads(),
-        "interop_threads": torch.get_num_interop_threads(),
-        "cpu_count": os.cpu_count(),
-        "device": "cpu",
-        "loadavg_start": list(os.getloadavg()),
-    }
+    return suite_environment() | {"loadavg_start": list(os.getloadavg())}
 
 
 def table(metrics: dict) -> str:
@@ -585,8 +558,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     t_start = time.perf_counter()
     env = environment()
     print(
-        f"environment: torch {env['torch']}, transformers {env['transformers']}, fvcore {env['fvcore']}, "
-        f"python {env['python']}, threads {env['torch_threads']} (interop {env['interop_threads']}), "
+        f"environment: torch {env['packages']['torch']}, transformers {env['packages']['transformers']}, "
+        f"fvcore {env['packages']['fvcore']}, python {env['python']}, threads {env['torch_num_threads']} "
+        f"(interop {env['torch_num_interop_threads']}), "
         f"{env['cpu_count']} CPUs, load average {' '.join(f'{x:.2f}' for x in env['loadavg_start'])}"
     )
 

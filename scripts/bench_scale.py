@@ -62,6 +62,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmark.config import default_cache_dir  # noqa: E402
+
 #: peak RSS may exceed the index by this much (issue 24)
 RSS_SLACK_BYTES = 2 << 30
 #: the largest size must finish within this (issue 24: "the 100k run finishes within 20 minutes")
@@ -69,10 +71,6 @@ TIME_LIMIT_S = 20 * 60
 MODELS = ("blip2", "ours")
 #: bump when the scale folder's files change for the same inputs
 SCALE_FORMAT = 1
-
-
-def default_cache_dir() -> str:
-    return os.environ.get("INSTRUCTSEE_CACHE", str(Path.home() / ".cache" / "instructsee-bench"))
 
 
 def int_list(text: str) -> list[int]:

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import os
 import statistics
 import sys
@@ -136,9 +135,16 @@ def hf_tokens(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def default_checkpoint() -> str | None:
-    cache = Path(os.environ.get("INSTRUCTSEE_CACHE", Path.home() / ".cache" / "instructsee-bench"))
-    found = sorted(glob.glob(str(cache / "checkpoints" / "clip__synthetic__tiny__*")))
-    return found[-1] if found else None
+    """The tiny CLIP checkpoint ``bench run --model clip`` uses (the shipped base config, found by
+    its training hash in the suite's cache); None when it is not trained yet."""
+    from benchmark.config import ConfigError, build_run_config, model_defaults
+    from benchmark.store import ensure_checkpoint
+
+    cfg = build_run_config(model_defaults("clip"), {"model": "clip", "dataset": "synthetic", "size": "tiny"})
+    try:
+        return str(ensure_checkpoint(cfg, train=False)[0])
+    except ConfigError:
+        return None
 
 
 def _sync(device: str) -> None:
