@@ -64,7 +64,7 @@ def clean_stale_temps(target: Path) -> list[Path]:
     this host; the removed paths."""
     target = Path(target)
     prefix = f".{target.name}.tmp-"
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = [p for p in target.parent.iterdir() if p.name.startswith(prefix)]
     except OSError:  # no parent folder yet: nothing to clean

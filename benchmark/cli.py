@@ -11,7 +11,6 @@ and checked as a whole before any data is prepared (``benchmark/preflight.py``).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -553,12 +552,13 @@ def reproduce(
     from benchmark.config import ConfigError
     from benchmark.reporting.options import ReportOptions, ReportOptionsError
     from benchmark.reproduce.execute import execute_plan, failed, summary
-    from benchmark.reproduce.plan import build_plan
+    from benchmark.reproduce.plan import Plan, build_plan
     from benchmark.reproduce.steps import RunSettings
     from benchmark.run_flags import CliConfig
 
     try:
         overrides = CliConfig(config=config, sets=tuple(set_ or ())).layers()
+        plan: Plan
         if size == "full":
             from benchmark.reproduce.full_cli import full_plan
 
@@ -624,4 +624,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

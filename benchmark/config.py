@@ -240,8 +240,8 @@ class RunConfig:
         d["data"] = data_identity(d["data"])
         for section, name in _NOT_HASHED:
             d[section].pop(name)
-        for section, name, default in _HASHED_UNLESS_DEFAULT:
-            node = d if section is None else d[section]
+        for parent, name, default in _HASHED_UNLESS_DEFAULT:
+            node = d if parent is None else d[parent]
             if node[name] == default:
                 node.pop(name)
         return d
@@ -283,7 +283,7 @@ def data_identity(data: dict) -> dict:
 #: options added after results and checkpoints were hashed: at their default they are left out of
 #: the identity, so every earlier config keeps its hash (and its cached checkpoint); recorded in
 #: the result file's config all the same
-_HASHED_UNLESS_DEFAULT = (
+_HASHED_UNLESS_DEFAULT: tuple[tuple[str | None, str, object], ...] = (
     ("train", "gather_negatives", True),
     ("train", "grad_checkpointing", False),
     (None, "checkpoint", None),
@@ -326,7 +326,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected an object, got {type(value).__name__}")
         return from_dict(tp, value, where)

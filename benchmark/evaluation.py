@@ -47,6 +47,8 @@ class RetrievalEvaluator(L.LightningModule):
     ) -> None:
         super().__init__()
         self.modalities = tuple(modalities)
+        #: the requested directions the split defines no relevance in (set by the retrieval task)
+        self.skipped_directions: tuple[str, ...] = ()
         if not isinstance(model, RetrievalModel):
             raise TypeError(f"{type(model).__name__} does not honour the RetrievalModel protocol")
         self.model = model

@@ -26,6 +26,7 @@ expected (the CLI prints it and exits with code 2).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -140,10 +141,8 @@ def check_writable_folder(path: Path, option: str) -> None:
         ) from None
     finally:
         if probe is not None:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(probe)
-            except OSError:
-                pass
 
 
 def load_cached_checkpoint(model_cls, directory: Path, *, given: bool = False):

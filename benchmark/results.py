@@ -104,6 +104,12 @@ def task_of(result: dict) -> str:
     return str(result.get("task", "retrieval"))
 
 
+def object_field(record: dict, key: str) -> dict[str, Any]:
+    """``record[key]`` when it is a JSON object, else an empty dict (absent, null or malformed)."""
+    value = record.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def load_result_files(directory: Path, task: str | None = None) -> list[dict]:
     """Every ``*.json`` directly in ``directory`` (sorted by name), each with its path under
     ``"_path"``; a bad file or a missing folder raises :class:`ResultFileError`. With ``task``,

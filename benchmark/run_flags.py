@@ -107,5 +107,6 @@ class CliConfig:
             if (kind == "model" or name is not None) and (not isinstance(name, str) or name not in registry):
                 raise UnknownNameError(kind, str(name), registry.names())
         model, size = top["model"], top["size"]
+        assert isinstance(model, str)  # checked against the registry just above
         base = model_defaults(model, size) if size == "full" else model_defaults(model)
         return build_run_config(base, *layers)

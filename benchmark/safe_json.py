@@ -47,7 +47,7 @@ def nesting_depth_exceeds(text: str, max_depth: int = MAX_DEPTH) -> bool:
     deeper. Unbalanced brackets (malformed text) stop the loop early and are left to the
     parser to report."""
     brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
-    run = re.compile(r"[\[{]{%d}" % (max_depth + 1))  # more openers in a row than allowed: too deep at once
+    run = re.compile(r"[\[{]" + f"{{{max_depth + 1}}}")  # more openers in a row than allowed: too deep at once
     for _ in range(max_depth):
         if not brackets:
             return False

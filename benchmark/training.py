@@ -14,7 +14,7 @@ from __future__ import annotations
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
@@ -28,6 +28,9 @@ from datamodules.loading import LoaderRuntime, resolve_workers
 from lightning_modules.components.cross_rank import CrossRankNegatives
 from lightning_modules.contract import ItemLoading
 from lightning_modules.grad_checkpointing import enable_grad_checkpointing
+
+if TYPE_CHECKING:
+    from lightning.fabric.connector import _PRECISION_INPUT
 
 
 def trainer(cfg: RunConfig, *, fit: bool, progress: bool, name: str, callbacks: list | None = None) -> L.Trainer:
@@ -46,7 +49,7 @@ def trainer(cfg: RunConfig, *, fit: bool, progress: bool, name: str, callbacks: 
         return L.Trainer(
             logger=False,
             enable_checkpointing=False,
-            precision=cfg.eval_settings()[0],
+            precision=cast("_PRECISION_INPUT", cfg.eval_settings()[0]),  # one of Lightning's flags (EvalConfig)
             use_distributed_sampler=False,
             **common,
         )
@@ -55,7 +58,7 @@ def trainer(cfg: RunConfig, *, fit: bool, progress: bool, name: str, callbacks: 
     )
     return L.Trainer(
         max_epochs=cfg.train.max_epochs,
-        precision=cfg.train.precision,
+        precision=cast("_PRECISION_INPUT", cfg.train.precision),  # checked against TRAIN_PRECISIONS
         gradient_clip_val=cfg.train.gradient_clip_val,
         limit_train_batches=cfg.train.limit_train_batches,
         check_val_every_n_epoch=cfg.train.val_every_n_epochs,

@@ -457,7 +457,7 @@ class TrainPairs(Dataset):
             self._cache[i] = self._load(i)
         return self._cache[i]
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str]:
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str, RelevantImages]:
         for attempt in range(len(self.records) if self.tolerant else 1):
             j = (i + attempt) % len(self.records)
             try:
@@ -473,7 +473,8 @@ class TrainPairs(Dataset):
         rec = self.records[j]
         c = int(torch.randint(len(rec.captions), ()))
         template = self.templates.templates[int(torch.randint(len(self.templates.templates), ()))]
-        relevant = RelevantImages((j,)) if self._relevant[j] is None else self._relevant[j][c]
+        per_caption = self._relevant[j]
+        relevant = RelevantImages((j,)) if per_caption is None else per_caption[c]
         cap = rec.captions[c]  # the template is drawn even when unused: the same random stream either way
         text = (
             cap.instruction
@@ -486,7 +487,7 @@ class TrainPairs(Dataset):
 def collate_indexed(batch: list[tuple]) -> tuple:
     """Collate ``(index, item, ...)`` tuples: indices and tensors stacked, strings listed,
     :class:`RelevantImages` padded with -1 into a LongTensor ``[B, K]``."""
-    out = []
+    out: list[torch.Tensor | list[Any]] = []
     for column in zip(*batch, strict=True):
         first = column[0]
         if isinstance(first, RelevantImages):

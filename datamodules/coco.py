@@ -20,6 +20,7 @@ relevant to its own image only (the LAVIS convention).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -157,7 +158,7 @@ class CocoKarpathyDataModule(LocalDataModule):
     """COCO-Karpathy retrieval: 5k test images, all their captions (~25k queries)."""
 
     name = "coco"
-    layouts = {
+    layouts: Mapping[str, tuple[str, ...]] = {
         "karpathy": (KARPATHY_FILE,),
         "lavis": ("annotations/coco_karpathy_test.json",),
         "lavis (coco/ subfolder)": ("coco/annotations/coco_karpathy_test.json",),

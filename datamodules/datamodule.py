@@ -21,7 +21,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -98,13 +98,15 @@ class DataConfig:
             raise ValueError(f"DataConfig.eval_split must be one of {SPLITS}, got {self.eval_split!r}")
         if self.max_eval_images is not None and self.max_eval_images < 1:
             raise ValueError("DataConfig.max_eval_images must be >= 1 or None")
-        if isinstance(self.templates, str):
+        templates = self.templates
+        if isinstance(templates, str):
             from datamodules.templates_file import read_templates
 
-            object.__setattr__(self, "templates", read_templates(self.templates) if self.templates else ())
-        object.__setattr__(self, "templates", tuple(self.templates))
-        if self.templates:
-            InstructionTemplates(self.templates)  # validates them
+            templates = read_templates(templates) if templates else ()
+        templates = tuple(templates)
+        object.__setattr__(self, "templates", templates)
+        if templates:
+            InstructionTemplates(templates)  # validates them
 
 
 def _keep(records: list[ImageRecord], kept_records: list[ImageRecord]) -> list[ImageRecord]:
@@ -154,7 +156,8 @@ class RetrievalDataModule(L.LightningDataModule):
         super().__init__()
         self.config = config
         self.seed = seed
-        self.templates = InstructionTemplates(config.templates or self.default_templates)
+        given = cast(tuple[str, ...], config.templates)  # DataConfig reads a templates file into the tuple
+        self.templates = InstructionTemplates(given or self.default_templates)
         unknown = sorted(self.templates.fields() - set(self.template_fields))
         if unknown:
             offered = ", ".join(f"{{{f}}}" for f in ("caption", *self.template_fields))
@@ -351,7 +354,8 @@ class RetrievalDataModule(L.LightningDataModule):
         val); otherwise -- no Trainer (the runner's own call), test, predict -- the evaluated split."""
         trainer = getattr(self, "trainer", None)
         fn = getattr(getattr(getattr(trainer, "state", None), "fn", None), "value", None)
-        return {"fit": ("train", "val"), "validate": ("val",)}.get(fn, (self.config.eval_split,))
+        splits: dict[str | None, tuple[str, ...]] = {"fit": ("train", "val"), "validate": ("val",)}
+        return splits.get(fn, (self.config.eval_split,))
 
     def prepare_data(self) -> None:
         """Check the images of the splits this stage uses (datasets with ``check_images``).

@@ -98,7 +98,9 @@ class FolderOptions:
             try:
                 relative_inside_root(self.annotations)
             except ValueError as e:
-                raise ValueError(f"annotations must be a file inside the data root, got {self.annotations!r}: {e}")
+                raise ValueError(
+                    f"annotations must be a file inside the data root, got {self.annotations!r}: {e}"
+                ) from e
             if Path(self.annotations).suffix.lower() not in FORMATS:
                 raise ValueError(f"annotations must end in {' or '.join(FORMATS)}, got {self.annotations!r}")
         if not (0 < self.train_fraction < 1 and 0 < self.val_fraction < 1):

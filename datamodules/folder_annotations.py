@@ -156,7 +156,9 @@ def _decode(data: bytes, path: Path) -> str:
 
 
 def _read_jsonl(text: str, path: Path, problems: Problems) -> tuple[list[Row], set[str], set[str]]:
-    rows, seen, ignored = [], set(), set()
+    rows: list[Row] = []
+    seen: set[str] = set()
+    ignored: set[str] = set()
     # split on "\n" only: str.splitlines would also split on U+2028, which JSON strings may hold
     for number, line in enumerate(text.split("\n"), 1):
         line = line.rstrip("\r")

@@ -11,6 +11,7 @@ result file, or refused with ``--strict``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ class LocalDataModule(RetrievalDataModule):
 
     check_images = True
     #: layout name -> relative paths that must exist for that layout (first match wins)
-    layouts: dict[str, tuple[str, ...]] = {}
+    layouts: Mapping[str, tuple[str, ...]] = {}
     #: what the folder must hold and where the data comes from (shown with every layout error)
     layout_help: str = ""
     #: the dataset's options dataclass (fields with defaults), filled from DataConfig.options

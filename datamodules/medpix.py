@@ -28,6 +28,7 @@ image without a case id, or alone in its case, has none and is skipped as an i2i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,7 @@ class MedPixDataModule(LocalDataModule):
     """MedPix 2.0 CT/MR images with their captions; official case-level splits."""
 
     name = "medpix"
-    layouts = {"medpix-2.0": ("splitted_dataset", "images")}
+    layouts: Mapping[str, tuple[str, ...]] = {"medpix-2.0": ("splitted_dataset", "images")}
     layout_help = LAYOUT_HELP
     Options = MedPixOptions
     template_fields = ("type", "modality", "plane", "location", "location_category")

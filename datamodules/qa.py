@@ -33,6 +33,12 @@ class QAData:
     train_context: list[str] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
 
+    def training(self) -> tuple[list[Question], Callable[[int], torch.Tensor]]:
+        """``(train, train_items)``; refused for evaluation-only QA pairs."""
+        if self.train is None or self.train_items is None:
+            raise ValueError("these QA pairs are for evaluation only (no training questions)")
+        return self.train, self.train_items
+
 
 def synthetic_qa(dm, seed: int) -> QAData:
     split = dm.config.eval_split

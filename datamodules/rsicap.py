@@ -27,6 +27,7 @@ academic use only.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,10 @@ class RSICapDataModule(LocalDataModule):
     """RSICap retrieval on the suite's hash split of ``image_id`` (see the module docstring)."""
 
     name = "rsicap"
-    layouts = {"rsgpt dataset/": ("RSICap/captions.json",), "RSICap/": ("captions.json",)}
+    layouts: Mapping[str, tuple[str, ...]] = {
+        "rsgpt dataset/": ("RSICap/captions.json",),
+        "RSICap/": ("captions.json",),
+    }
     layout_help = LAYOUT_HELP
     i2i_queries = "augmented_view"  # nothing relates two images: "same image" (datamodules/i2i.py)
     Options = RSICapOptions
@@ -235,8 +239,10 @@ class RSICapDataModule(LocalDataModule):
         d = self.describe()["split_definition"]
         lines = [
             (
-                f"split: the suite's hash split of image_id (seed {d['split_seed']}; fractions "
-                f"{d['train_fraction']}/{d['val_fraction']}/{d['test_fraction']})",
+                (
+                    f"split: the suite's hash split of image_id (seed {d['split_seed']}; fractions "
+                    f"{d['train_fraction']}/{d['val_fraction']}/{d['test_fraction']})"
+                ),
                 True,
             )
         ]

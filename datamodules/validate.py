@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from benchmark.safe_json import JsonReadError, loads_json
 from datamodules.base import DataError
@@ -73,6 +73,14 @@ def get(
     if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
         raise DataError(f"{path}: {where}: field {key!r} must be {_type_name(kind)}, got {_json_type(value)}")
     return value
+
+
+@overload
+def text(record: Mapping, key: str, path: Path, where: str, *, optional: Literal[False] = False) -> str: ...
+
+
+@overload
+def text(record: Mapping, key: str, path: Path, where: str, *, optional: bool) -> str | None: ...
 
 
 def text(record: Mapping, key: str, path: Path, where: str, *, optional: bool = False) -> str | None:

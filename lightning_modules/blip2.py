@@ -38,10 +38,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import AutoImageProcessor, AutoTokenizer, Blip2ForImageTextRetrieval, Blip2QFormerConfig
 
 from datamodules.batch import TrainBatch
@@ -219,7 +221,7 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
 
     Config = Blip2Config
     #: config fields the runner fills with the checkpoint of another registered model (tiny size)
-    checkpoint_dependencies = {"vision_checkpoint": "clip"}
+    checkpoint_dependencies: ClassVar[dict[str, str]] = {"vision_checkpoint": "clip"}
     #: the field of ``encode_images``' extra that is the item loader's item (the cached frozen
     #: tokens): the evaluation reads it from the cache, memory-mapped, instead of gathering it
     item_extra = IMAGE_TOKENS
@@ -304,7 +306,9 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
                 "the resume checkpoint was trained on another frozen vision tower (fingerprint "
                 f"{recorded[:12]}..., this model's {self.vision_tower.fingerprint()[:12]}...)"
             )
-        checkpoint["state_dict"].update({f"vision_tower.{k}": v for k, v in self.vision_tower.state_dict().items()})
+        checkpoint["state_dict"].update(
+            {f"vision_tower.{k}": v for k, v in cast(nn.Module, self.vision_tower).state_dict().items()}
+        )  # every tower is a Module
 
     def enable_grad_checkpointing(self) -> None:
         """``train.grad_checkpointing``: the Q-Former's layers recompute their activations in the backward
@@ -464,7 +468,7 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
     similarity_variant = "itc"
 
     #: ``score`` re-ranks text <-> image only: image -> image *is* the ITC, so it is not rescored
-    score_variant_directions = {"itc": ("t2i", "i2t")}
+    score_variant_directions: ClassVar[dict[str, tuple[str, ...]]] = {"itc": ("t2i", "i2t")}
 
     def score_variants(self) -> dict:
         """The ITC-only scores, reported beside the re-ranked ones as ``itc/...``."""

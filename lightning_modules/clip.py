@@ -25,7 +25,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import lightning as L
 import torch
@@ -130,7 +130,7 @@ class ClipRetrieval(CrossRankNegatives, L.LightningModule):
     """CLIP dual encoder honouring :class:`lightning_modules.base.RetrievalModel`."""
 
     Config = ClipConfig
-    checkpoint_dependencies: dict[str, str] = {}  # trained from scratch (tiny) or loaded (full)
+    checkpoint_dependencies: ClassVar[dict[str, str]] = {}  # trained from scratch (tiny) or loaded (full)
 
     def __init__(
         self,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, cast, runtime_checkable
 
 import torch
 
@@ -93,7 +93,7 @@ SUITE_MODEL_MEMBERS = (
 )
 
 
-def check_model_class(cls: type, name: str) -> type:
+def check_model_class(cls: type, name: str) -> type[SuiteModel]:
     """``cls`` if it honours :class:`SuiteModel` (a class cannot be ``isinstance``-checked before it
     is built, so its members are looked up on the class); else a TypeError naming what is missing."""
     missing = [m for m in SUITE_MODEL_MEMBERS if getattr(cls, m, None) is None]
@@ -102,7 +102,7 @@ def check_model_class(cls: type, name: str) -> type:
             f"model {name!r} ({cls.__module__}.{cls.__qualname__}) does not honour the SuiteModel "
             f"contract (lightning_modules/contract.py): missing {', '.join(missing)}"
         )
-    return cls
+    return cast("type[SuiteModel]", cls)  # its members were checked just above
 
 
 def dependencies_of(cls: type) -> dict[str, str]:
@@ -118,7 +118,7 @@ class ScoreVariants(Protocol):
     (elsewhere the evaluation reuses the main results instead of rescoring); ``similarity_variant``:
     the variant whose scores are the reported ``Sim`` (None: ``score``)."""
 
-    score_variant_directions: Mapping[str, tuple[str, ...]]
+    score_variant_directions: ClassVar[Mapping[str, tuple[str, ...]]]
     similarity_variant: str | None
 
     def score_variants(self) -> dict[str, Callable[[Encoded, Encoded], torch.Tensor]]: ...

@@ -57,6 +57,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -83,8 +84,8 @@ from lightning_modules.components.dynamic_length import (
     scale_grad,
 )
 from lightning_modules.components.qformer_head import QFormerHead
-from lightning_modules.components.qscaler import POOLS, HFTextEncoder, QFormerTextEncoder, QScaler
-from lightning_modules.components.query_attention import ATTENTION_MODES, qformer_query_forward
+from lightning_modules.components.qscaler import POOLS, HFTextEncoder, Pool, QFormerTextEncoder, QScaler
+from lightning_modules.components.query_attention import ATTENTION_MODES, AttentionMode, qformer_query_forward
 from lightning_modules.components.token_bank import TokenBank
 from lightning_modules.components.vision_tower import load_saved_tower
 from lightning_modules.cost import CostCall, shape_key
@@ -245,6 +246,11 @@ class IdqConfig(Blip2Config):
             return "qformer" if self.pretrained else "clip"
         return self.qscaler_encoder
 
+    @property
+    def attention_mode(self) -> AttentionMode:
+        """``attention`` as the query pass's mode (checked against ATTENTION_MODES on construction)."""
+        return cast(AttentionMode, self.attention)
+
     def length_config(self) -> LengthConfig:
         return LengthConfig(
             self.l_base,
@@ -263,7 +269,8 @@ class IdqFormerRetrieval(Blip2Retrieval):
 
     Config = IdqConfig
     #: config fields the runner fills with the checkpoint of another registered model (tiny size)
-    checkpoint_dependencies = {"blip2_checkpoint": "blip2"}
+    checkpoint_dependencies: ClassVar[dict[str, str]] = {"blip2_checkpoint": "blip2"}
+    config: IdqConfig
 
     def __init__(
         self,
@@ -288,8 +295,10 @@ class IdqFormerRetrieval(Blip2Retrieval):
 
     # -- construction ------------------------------------------------------------------
     @classmethod
-    def create(cls, config: IdqConfig, optim: OptimConfig, vocab_texts: Sequence[str] = ()) -> IdqFormerRetrieval:
+    def create(cls, config: Blip2Config, optim: OptimConfig, vocab_texts: Sequence[str] = ()) -> IdqFormerRetrieval:
         """From a pretrained BLIP-2 checkpoint (full) or the tiny BLIP2 suite checkpoint (tiny)."""
+        if not isinstance(config, IdqConfig):  # the signature is Blip2Retrieval.create's; ours needs its own config
+            raise TypeError(f"IdqFormerRetrieval.create needs an IdqConfig, got {type(config).__name__}")
         if config.pretrained:
             tower, head, tok = load_pretrained_parts(config.pretrained, config.local_files_only, config.temp_init)
         else:
@@ -332,6 +341,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
         )
         qscaler = None
         if config.qscaler:
+            encoder: QFormerTextEncoder | HFTextEncoder
             if config.encoder_kind == "qformer":
                 encoder = QFormerTextEncoder(
                     head.embeddings,
@@ -339,13 +349,15 @@ class IdqFormerRetrieval(Blip2Retrieval):
                     tok,
                     max_length=config.text_length,
                     layers=config.qscaler_layers,
-                    pool=config.qscaler_pool or "cls",
+                    pool=cast(Pool, config.qscaler_pool or "cls"),  # IdqConfig checks it is one of POOLS
                 )
             else:
                 if encoder_dir is None:
                     raise ValueError(f"the QScaler encoder {config.encoder_kind!r} needs its folder")
                 encoder = HFTextEncoder.from_pretrained(
-                    str(encoder_dir), pool=config.qscaler_pool, local_files_only=config.local_files_only
+                    str(encoder_dir),
+                    pool=cast("Pool | None", config.qscaler_pool),
+                    local_files_only=config.local_files_only,
                 )
             qscaler = QScaler(
                 encoder,
@@ -419,7 +431,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
             self.head.qformer,
             self.bank(self.gallery_length),
             tokens.to(self.bank.tokens.dtype),
-            mode=self.config.attention,
+            mode=self.config.attention_mode,
         )
 
     def text_lengths(self, texts: Sequence[str]) -> torch.Tensor:
@@ -441,7 +453,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
             self.head.qformer,
             self.bank(n),
             image_tokens.to(self.bank.tokens.dtype),
-            mode=self.config.attention,
+            mode=self.config.attention_mode,
             text_embeds=text,
             text_mask=attention_mask,
             lengths=lengths if nested else None,
@@ -668,7 +680,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
         def image_pass(n: int):
             return lambda tok: self.head.image_feats(
                 qformer_query_forward(
-                    self.head.qformer, self.bank(n), tok.to(self.bank.tokens.dtype), mode=self.config.attention
+                    self.head.qformer, self.bank(n), tok.to(self.bank.tokens.dtype), mode=self.config.attention_mode
                 )
             )
 

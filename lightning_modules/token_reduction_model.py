@@ -32,7 +32,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
+from typing import ClassVar, Protocol, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -111,7 +111,7 @@ class TokenReductionRetrieval(Blip2Retrieval):
     config: TokenReductionConfig
     reducer: TokenReducer
     #: config fields the runner fills with the checkpoint of another registered model (tiny size)
-    checkpoint_dependencies = {"blip2_checkpoint": "blip2"}
+    checkpoint_dependencies: ClassVar[dict[str, str]] = {"blip2_checkpoint": "blip2"}
     #: the method's name, and the file its own parameters are saved in
     method = ""
 

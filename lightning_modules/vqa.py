@@ -29,13 +29,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol, cast
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, Blip2ForConditionalGeneration, OPTConfig, OPTForCausalLM
@@ -157,6 +159,19 @@ def _pad_left(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
+class _VqaRetrieval(VqaPrefix, Protocol):
+    """What :class:`VqaModel` uses of its retrieval model: a suite model (an ``nn.Module``) with
+    ``vqa_queries``, frozen and kept in eval mode."""
+
+    def image_transform(self) -> Callable[[Image.Image], torch.Tensor]: ...
+
+    def requires_grad_(self, requires_grad: bool = True) -> nn.Module: ...
+
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]: ...
+
+    def eval(self) -> nn.Module: ...
+
+
 class VqaModel(L.LightningModule):
     """Retrieval model's query outputs -> linear projection -> frozen causal LM (module docstring)."""
 
@@ -167,8 +182,9 @@ class VqaModel(L.LightningModule):
         width = lm.get_input_embeddings().embedding_dim
         if projection.out_features != width:
             raise ValueError(f"the projection gives {projection.out_features} features, the LM takes {width}")
+        self.retrieval: _VqaRetrieval
         self.retrieval, self.projection, self.lm, self.tokenizer, self.options = (
-            retrieval,
+            cast(_VqaRetrieval, retrieval),  # a suite model (an nn.Module) with vqa_queries, checked above
             projection,
             lm,
             tokenizer,

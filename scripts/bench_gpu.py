@@ -190,7 +190,7 @@ def summary_rows(models: dict) -> list[tuple]:
     base = models.get("blip2")
     rows = []
     for name, m in models.items():
-        ratio = lambda k: f"{m[k] / base[k]:.2f}" if base and base.get(k) else "-"  # noqa: E731
+        ratio = lambda k, m=m: f"{m[k] / base[k]:.2f}" if base and base.get(k) else "-"  # noqa: E731
         mem = "-" if m["memory_mb"] is None else f"{m['memory_mb']:.0f}"
         rows.append(
             (
@@ -223,15 +223,19 @@ def markdown(report: dict) -> str:
     lines = [
         "# Full-size cost on the GPU (random-init weights)",
         "",
-        f"Device: {env['cuda_device_name'] or env['device']}; dtype {s['dtype']}; batch {s['batch_size']}; "
-        f"torch {env['packages'].get('torch')}, transformers {env['packages'].get('transformers')}; seed {s['seed']}; "
-        f"img/s: median of {s['rounds']} rounds (every model once per round).",
+        (
+            f"Device: {env['cuda_device_name'] or env['device']}; dtype {s['dtype']}; batch {s['batch_size']}; "
+            f"torch {env['packages'].get('torch')}, transformers {env['packages'].get('transformers')}; seed {s['seed']}; "
+            f"img/s: median of {s['rounds']} rounds (every model once per round)."
+        ),
         f"ours: gallery at L_max, every instruction pinned to L = {s['ours_length']} ({s['ours_length_source']}).",
         "",
         md_table(head, summary_rows(report["models"])),
         "",
-        "Paper (1x RTX 4090, another card and protocol): BLIP2 52.63 img/s, 7213 MB; the paper's "
-        "IDQ-Former 29.41 img/s, 15149 MB.",
+        (
+            "Paper (1x RTX 4090, another card and protocol): BLIP2 52.63 img/s, 7213 MB; the paper's "
+            "IDQ-Former 29.41 img/s, 15149 MB."
+        ),
         "",
     ]
     return "\n".join(lines)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -443,7 +444,7 @@ def check_targets(sizes: list[int], results: dict, models: list[str]) -> dict:
     for model in models:
         targets["rss"][model] = {str(n): rss_target(results[str(n)]["models"][model]) for n in sizes}
         ratios = []
-        for a, b in zip(sizes, sizes[1:]):
+        for a, b in itertools.pairwise(sizes):
             ra, rb = results[str(a)]["models"][model], results[str(b)]["models"][model]
             row = {"from": a, "to": b, "size_ratio": b / a}
             for key, get in (

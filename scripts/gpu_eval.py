@@ -198,15 +198,19 @@ def summary(args: argparse.Namespace) -> dict:
         f"# Full-size COCO-5k evaluation on {markdown_inline(args.device_label or '-')}",
         "",
         f"Versions: {markdown_inline(versions)}.",
-        f"Data: random COCO-Karpathy stand-in, {ds.get('per_split', {}).get('test', '-')} test images x "
-        f"{(ds.get('spec') or {}).get('captions_per_image', '-')} captions "
-        f"({(ds.get('spec') or {}).get('image_size', '-')} px JPEGs, {_fmt(ds.get('bytes', 0) / 1e6)} MB), "
-        f"written in {_fmt(prep.get('generate_s'))} s by {ds.get('workers', '-')} processes.",
-        f"Model: random-weight Blip2ForImageTextRetrieval, scale {prep.get('scale', '-')} "
-        f"({_fmt(ck.get('parameters', 0) / 1e6)} M parameters, ViT {ck.get('vision_layers', '-')} layers x "
-        f"{ck.get('vision_width', '-')}, {ck.get('image_size', '-')} px; Q-Former {ck.get('qformer_layers', '-')} "
-        f"layers, {ck.get('num_query_tokens', '-')} queries), saved as {ck.get('save_dtype', '-')} "
-        f"({_fmt(ck.get('bytes', 0) / 1e9, 2)} GB) in {_fmt(prep.get('model_save_s'))} s; ours loads the same folder.",
+        (
+            f"Data: random COCO-Karpathy stand-in, {ds.get('per_split', {}).get('test', '-')} test images x "
+            f"{(ds.get('spec') or {}).get('captions_per_image', '-')} captions "
+            f"({(ds.get('spec') or {}).get('image_size', '-')} px JPEGs, {_fmt(ds.get('bytes', 0) / 1e6)} MB), "
+            f"written in {_fmt(prep.get('generate_s'))} s by {ds.get('workers', '-')} processes."
+        ),
+        (
+            f"Model: random-weight Blip2ForImageTextRetrieval, scale {prep.get('scale', '-')} "
+            f"({_fmt(ck.get('parameters', 0) / 1e6)} M parameters, ViT {ck.get('vision_layers', '-')} layers x "
+            f"{ck.get('vision_width', '-')}, {ck.get('image_size', '-')} px; Q-Former {ck.get('qformer_layers', '-')} "
+            f"layers, {ck.get('num_query_tokens', '-')} queries), saved as {ck.get('save_dtype', '-')} "
+            f"({_fmt(ck.get('bytes', 0) / 1e9, 2)} GB) in {_fmt(prep.get('model_save_s'))} s; ours loads the same folder."
+        ),
         "Stage wall times (process, s): "
         + (
             ", ".join(f"{markdown_inline(s)} {v:.1f}" + ("" if rc == 0 else f" (rc {rc})") for s, v, rc in stages)
@@ -214,8 +218,10 @@ def summary(args: argparse.Namespace) -> dict:
         )
         + ".",
         f"Run options: {markdown_inline(args.sets.strip() or '(defaults)')}.",
-        f"Target: the whole evaluation in at most {args.target_s:.0f} s per model (wall time of the `bench "
-        f"run` process from interpreter start, model loading included): PASS / FAIL; CRASH: it did not complete.",
+        (
+            f"Target: the whole evaluation in at most {args.target_s:.0f} s per model (wall time of the `bench "
+            f"run` process from interpreter start, model loading included): PASS / FAIL; CRASH: it did not complete."
+        ),
         "Peak memory: torch.cuda.max_memory_allocated (reserved in brackets) over the whole run, in process.",
         "",
     ]

@@ -334,9 +334,11 @@ def summary(args: argparse.Namespace) -> dict:
     lines = [
         f"# Full-shape training step per model ({args.device_label})",
         "",
-        f"Batch {args.batch}, precision {args.precision} (autocast), AdamW over each model's trainable "
-        "parameters through its own `configure_optimizers`; steps/s = 1 / median timed step; peak = "
-        "`torch.cuda.max_memory_allocated` per case (GB = 1e9 bytes).",
+        (
+            f"Batch {args.batch}, precision {args.precision} (autocast), AdamW over each model's trainable "
+            "parameters through its own `configure_optimizers`; steps/s = 1 / median timed step; peak = "
+            "`torch.cuda.max_memory_allocated` per case (GB = 1e9 bytes)."
+        ),
         "",
         "| model | grad checkpointing | inputs | status | peak GB | steps/s | median step s |",
         "|---|---|---|---|---|---|---|",

@@ -25,6 +25,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -99,7 +100,9 @@ def main(argv: list[str] | None = None) -> dict:
     np.cumsum([len(r) for r in relevant], out=indptr[1:])
 
     class ProbeSet:  # the metric's EvalStructure for t2i over the first N images
-        relevance = {"t2i": Relevance(indptr, np.asarray([j for r in relevant for j in r], dtype=np.int64), args.n)}
+        relevance: ClassVar[dict[str, Relevance]] = {
+            "t2i": Relevance(indptr, np.asarray([j for r in relevant for j in r], dtype=np.int64), args.n)
+        }
         source = np.asarray([q["image"] if q["image"] < args.n else -1 for q in doc["queries"]], dtype=np.int64)
         n_images, n_queries = args.n, len(texts)
 

@@ -18,6 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import torch
@@ -61,7 +62,7 @@ class MeanPoolRetrieval(L.LightningModule):
     """A registered model: the :class:`~lightning_modules.contract.SuiteModel` members, no capability."""
 
     Config = ExampleConfig
-    checkpoint_dependencies: dict[str, str] = {}
+    checkpoint_dependencies: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: ExampleConfig, vocab: Sequence[str], optim: OptimConfig | None = None) -> None:
         super().__init__()

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 DRIP_S = 0.2
 HUGE_BYTES = 64_000_000
@@ -38,7 +39,7 @@ def completion(content: str) -> bytes:
 
 def make_handler(redirect_to: str = ""):
     class Handler(BaseHTTPRequestHandler):
-        seen: list[tuple[str, dict[str, str]]] = []
+        seen: ClassVar[list[tuple[str, dict[str, str]]]] = []
 
         def log_message(self, *args) -> None:
             pass

@@ -40,10 +40,10 @@ def copy(root: Path, tmp_path: Path) -> Path:
 
 def test_both_packagings_give_the_same_splits(karpathy, lavis):
     (k_root, counts), (l_root, _) = karpathy, lavis
-    k, l = dm(k_root), dm(l_root)
-    assert (k.layout(), l.layout()) == ("karpathy", "lavis")
+    k, la = dm(k_root), dm(l_root)
+    assert (k.layout(), la.layout()) == ("karpathy", "lavis")
     for split in ("train", "val", "test"):
-        kr, lr = k.records(split), l.records(split)
+        kr, lr = k.records(split), la.records(split)
         assert (len(kr), sum(len(r.captions) for r in kr)) == counts[split]
         assert [r.image_id for r in kr] == [r.image_id for r in lr]
         assert [r.captions for r in kr] == [r.captions for r in lr]

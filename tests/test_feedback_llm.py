@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -44,7 +45,7 @@ def _completion(content: str) -> bytes:
 class _Handler(BaseHTTPRequestHandler):
     """Behaviour by URL prefix: /ok, /slow, /err500, /malformed."""
 
-    requests: list[tuple[str, dict]] = []
+    requests: ClassVar[list[tuple[str, dict]]] = []
 
     def log_message(self, *args) -> None:  # keep the test output clean
         pass

@@ -49,7 +49,7 @@ def rules_run(tiny):
 
 
 def test_round_zero_is_the_models_ranking_in_every_arm(tiny, rules_run):
-    task, gallery = tiny
+    task, _gallery = tiny
     res, _, scorer = rules_run
     assert isinstance(scorer.model, RetrievalModel)  # the fake honours the suite's protocol
     scores = scorer.scores(scorer.encode_texts(task.queries))

@@ -20,7 +20,7 @@ import torch
 from datamodules.batch import TrainBatch
 from lightning_modules.blip2 import Blip2Retrieval
 from lightning_modules.components.query_attention import qformer_query_forward
-from tests.test_idq_former import LMAX, NQ, TEXTS, _ours, blip2_checkpoint  # noqa: F401 (a fixture)
+from tests.test_idq_former import LMAX, NQ, TEXTS, _ours, save_blip2_checkpoint
 from tests.test_idq_former import _pixels as _tokens
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -35,6 +35,12 @@ def _full_precision_matmuls():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.fixture(scope="module")
+def blip2_checkpoint(tmp_path_factory):
+    """The tiny BLIP2 checkpoint of tests/test_idq_former.py, built the same way."""
+    return save_blip2_checkpoint(tmp_path_factory.mktemp("blip2"))
 
 
 @pytest.mark.parametrize("model", ["blip2", "ours"])
@@ -77,8 +83,8 @@ def test_a_few_training_steps_run_and_learn_on_cuda(blip2_checkpoint, determinis
         torch.use_deterministic_algorithms(False)
 
 
-def _train_a_few_steps(blip2_checkpoint) -> None:
-    m = _ours(blip2_checkpoint, bank_order="usage", oracle_queue=6).to(CUDA).train()
+def _train_a_few_steps(ckpt) -> None:
+    m = _ours(ckpt, bank_order="usage", oracle_queue=6).to(CUDA).train()
     params = [p for p in [*m.head.parameters(), *m.bank.parameters(), *m.qscaler.head.parameters()] if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=3e-3)
     batch = TrainBatch(torch.tensor([0, 1, 2, 3], device=CUDA), _tokens(4).to(CUDA), TEXTS)

@@ -654,7 +654,9 @@ def test_qscaler_encoder_runs_in_length_groups(qformer_parts, tmp_path):
     for enc in encoders:
         widths = []
         encode_ids = enc.encode_ids
-        enc.encode_ids = lambda ids, mask: widths.append(tuple(ids.shape)) or encode_ids(ids, mask)
+        enc.encode_ids = lambda ids, mask, widths=widths, encode_ids=encode_ids: (
+            widths.append(tuple(ids.shape)) or encode_ids(ids, mask)
+        )
         grouped = QScaler(enc, LengthConfig(l_base=2, l_max=LMAX, l_init=8), group_padding=0.5).eval()
         feats = grouped.features(texts)
         assert [w[0] for w in widths] == [2, 2] and widths[0][1] < widths[1][1] / 2  # short pair, long pair

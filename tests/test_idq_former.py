@@ -26,9 +26,12 @@ NQ, LMAX = 8, 12
 
 @pytest.fixture(scope="module")
 def blip2_checkpoint(tmp_path_factory):
-    """The tiny BLIP2 checkpoint; its config names a tiny CLIP (``clip/`` beside it) as its
-    tower's origin, whose text tower the default QScaler reads."""
-    root = tmp_path_factory.mktemp("blip2")
+    return save_blip2_checkpoint(tmp_path_factory.mktemp("blip2"))
+
+
+def save_blip2_checkpoint(root):
+    """The tiny BLIP2 checkpoint under ``root``; its config names a tiny CLIP (``clip/`` beside it)
+    as its tower's origin, whose text tower the default QScaler reads."""
     clip = save_tiny_clip(root / "clip", TEXTS)
     return save_tiny_blip2(root / "blip2", TEXTS, NQ, vision_checkpoint=str(clip))
 

@@ -199,7 +199,7 @@ def test_path_probe_synthscenes_annotation(real, tmp_path, bad):
 # -- the LLM client -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def servers():
-    with serve() as (other, other_handler), serve(redirect_to=other) as (main, handler):
+    with serve() as (other, other_handler), serve(redirect_to=other) as (main, _handler):
         yield main, other, other_handler
 
 
@@ -218,7 +218,7 @@ def _llm_failure(url: str, reason: str, **kw) -> Outcome:
 
 
 def test_probe_redirect_to_another_port(servers, monkeypatch):
-    main, other, other_handler = servers
+    main, _other, other_handler = servers
     monkeypatch.setenv("OPENAI_API_KEY", "sk-probe-secret")
     other_handler.seen.clear()
     outcome, msg = _llm_failure(main.replace("//", "//u:pw-probe@") + "/redirect/v1", "http_error")

@@ -5,6 +5,7 @@ end to end run (slow)."""
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ class FullOnly(ClipRetrieval):
 
 
 class NeedsFullOnly(ClipRetrieval):
-    checkpoint_dependencies = {"vision_checkpoint": "fullonly"}
+    checkpoint_dependencies: ClassVar[dict[str, str]] = {"vision_checkpoint": "fullonly"}
 
 
 def _plan(tmp_path, *overrides: dict, **kw) -> Plan:

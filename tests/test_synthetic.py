@@ -277,7 +277,9 @@ def test_relevance_is_graded_at_default_sizes():
         caps = [make_captions(s, image_rng(opts.seed, split, i, "captions")) for i, s in enumerate(scenes)]
         flat = [c for per in caps for c in per]
         counts = caption_relevance(scenes, [c for _, c in flat])
-        mean = {lvl: float(np.mean([len(r) for (l, _), r in zip(flat, counts) if l == lvl])) for lvl in range(1, 6)}
+        mean = {
+            lvl: float(np.mean([len(r) for (level, _), r in zip(flat, counts) if level == lvl])) for lvl in range(1, 6)
+        }
         print(split, {k: round(v, 2) for k, v in mean.items()})
         assert mean[1] >= 10, mean
         assert mean[5] <= 2, mean

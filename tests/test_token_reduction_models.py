@@ -112,7 +112,7 @@ def test_crossget_proportional_attention_reaches_the_qformer(blip2_checkpoint):
     prop_model = _model("crossget", blip2_checkpoint, proportional_attention=True).eval()
     with torch.no_grad():
         img = prop_model.encode_images(_pixels())
-        tokens, bias = image_attention.unpack(img.extra["image_tokens"])
+        _tokens, bias = image_attention.unpack(img.extra["image_tokens"])
     assert torch.allclose(bias.exp().sum(1), torch.full((3,), float(1 + PATCHES)))  # log sizes travel along
     assert bias.max() > 0  # some token stands for more than one patch
     prop = _scores(prop_model)

@@ -141,7 +141,7 @@ def test_precomputed_prefixes_give_the_same_loss(ours):
     tokens = _tokens(3)
     queries, mask = precompute_prefixes(model, questions, lambda i: tokens[i], batch_size=2)
     assert queries.shape[0] == 3 and mask.shape == queries.shape[:2]
-    _, q0, m0, question, answer = PrefixItems(questions, queries, mask)[0]
+    _, _q0, m0, question, answer = PrefixItems(questions, queries, mask)[0]
     assert (question, answer) == (QS[0], "red") and m0.sum() > 0
     with torch.no_grad():
         direct = model.loss(tokens, QS, ["red", "two", "no"])

@@ -37,6 +37,7 @@ from benchmark.feedback.kernels import KERNELS, SIMILARITY, DenseShown, Shown
 from benchmark.feedback.marks import Marks
 from benchmark.feedback.ranking import top_shown
 from benchmark.feedback.refine import Refiner
+from benchmark.feedback.schema import Question
 from benchmark.feedback.similarity import GalleryScorer
 from benchmark.feedback.task import FeedbackTask
 from benchmark.feedback.user import SimulatedUser
@@ -190,13 +191,17 @@ class LLMGuided(Arm):
         for i, q in enumerate(chunk.queries):
             row = shown[i].tolist()
             target = int(task.targets[q])
+
+            def answer(k: int, question: Question, q: int = q, target: int = target) -> str:
+                return user.answer(target, question, query=q, round_=t + 1, index=k)
+
             r = chunk.refiner.refine(
                 task.queries[q],
                 state.current[i],
                 [caps[g] for g, m in zip(row, marks.ps[i].tolist(), strict=True) if m],
                 [caps[g] for g, m in zip(row, marks.ns[i].tolist(), strict=True) if m],
                 state.history[i],
-                lambda k, question, q=q, target=target: user.answer(target, question, query=q, round_=t + 1, index=k),
+                answer,
             )
             chunk.counts["llm_rounds"] += 1
             state.history[i].extend(r.qa())
@@ -207,6 +212,7 @@ class LLMGuided(Arm):
                 **({"detail": r.detail} if r.detail else {}),
             )
             if r.failure is None:
+                assert r.refined_query is not None  # Refiner.refine sets it whenever it does not fail
                 ok.append(i)
                 texts.append(r.refined_query)
                 state.current[i] = r.refined_query

@@ -12,6 +12,7 @@ a wrong type names the offending option; it is stored whole in the result file.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from benchmark.config import ConfigError
 
@@ -227,6 +228,15 @@ class UserConfig:
         return out | {"unsure_rate": self.unsure_rate}
 
 
+class ImageSimilarity(TypedDict):
+    """The resolved image-image similarity settings (:meth:`FeedbackConfig.image_similarity`)."""
+
+    reads: str
+    top_k: int | None
+    row_chunk: int
+    row_cache_mb: float | None
+
+
 @dataclass(frozen=True)
 class FeedbackConfig:
     """One feedback run.
@@ -300,7 +310,7 @@ class FeedbackConfig:
                 f"nearest neighbours of each shown item; got {k}"
             )
 
-    def image_similarity(self) -> dict[str, object]:
+    def image_similarity(self) -> ImageSimilarity:
         """The resolved image-image similarity settings, as recorded in the result file:
         what the refresh kernel reads (``rows``: whole rows of the shown items; ``neighbours``:
         their ``top_k`` nearest), ``top_k`` (null when no table is used), ``row_chunk`` and

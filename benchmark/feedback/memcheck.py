@@ -78,9 +78,9 @@ def probe(
     g = torch.Generator().manual_seed(seed)
     gallery = Encoded(F.normalize(torch.randn(n_gallery, dim, generator=g), dim=-1))
     scorer = GalleryScorer(
-        None,
+        None,  # no model: scores only
         gallery,
-        max_sim,  # type: ignore[arg-type]  # no model: scores only
+        max_sim,
         row_chunk=row_chunk,
         top_k=top_k,
         row_cache_mb=0.0,

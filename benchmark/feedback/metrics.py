@@ -128,7 +128,7 @@ def per_round(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, li
 def summary(ranks: np.ndarray, success_k: int) -> dict[str, float | int | None]:
     """Rounds to success (mean, median over found queries), share never found, counts."""
     ranks = np.asarray(ranks, dtype=np.int64)
-    evaluated = (ranks > 0).all(0)
+    evaluated = np.asarray((ranks > 0).all(0))
     found_at = rounds_to_success(ranks, success_k)[evaluated]
     found = found_at >= 0
     n = int(evaluated.sum())

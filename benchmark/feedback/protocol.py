@@ -12,7 +12,7 @@ record per query as soon as its chunk is done.
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,7 +65,7 @@ def run_protocol(
     config.check_gallery(task.n_gallery)
     n_rounds = config.rounds + 1
     result = ProtocolResult({a: np.zeros((n_rounds, task.n_queries), dtype=np.int64) for a in config.arms})
-    timings = Counter()
+    timings: defaultdict[str, float] = defaultdict(float)
     for start in range(0, task.n_queries, config.chunk_size):
         stop = min(start + config.chunk_size, task.n_queries)
         t0 = time.perf_counter()

@@ -46,8 +46,10 @@ class FeedbackOutcome:
         r, p = self.result, self.result["protocol"]
         k = p["success_k"]
         out = [
-            f"T={p['rounds']} display={p['display']} K={k} ranks {p['rank_base']}-based, "
-            f"{p['n_queries']} queries x {p['n_gallery']} images"
+            (
+                f"T={p['rounds']} display={p['display']} K={k} ranks {p['rank_base']}-based, "
+                f"{p['n_queries']} queries x {p['n_gallery']} images"
+            )
         ]
         if p["llm"]:
             out.append(f"question writer: {p['llm']['label']}")

@@ -60,7 +60,7 @@ class GalleryScorer:
 
     def __init__(
         self,
-        model: RetrievalModel,
+        model: RetrievalModel | None,
         gallery: Encoded,
         score_fn: ScoreFn,
         *,
@@ -91,8 +91,11 @@ class GalleryScorer:
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str]) -> Encoded:
+        if self.model is None:
+            raise ValueError("this GalleryScorer has no model: it scores given encodings only")
+        model = self.model
         parts = [
-            self.model.encode_texts(list(texts[s : s + self.batch_size])) for s in range(0, len(texts), self.batch_size)
+            model.encode_texts(list(texts[s : s + self.batch_size])) for s in range(0, len(texts), self.batch_size)
         ]
         return Encoded.cat(parts)
 

@@ -104,7 +104,7 @@ def _query_constraints(es: EvalSet, records: Sequence[ImageRecord]) -> list[Capt
         return None
     if any(c.text != text for c, text in zip(caps, es.captions, strict=True)):
         return None
-    return [CaptionConstraints.from_json(c.constraints) for c in caps]
+    return [CaptionConstraints.from_json(c.constraints) for c in caps if c.constraints is not None]  # all set
 
 
 def from_eval_set(

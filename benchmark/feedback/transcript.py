@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 
 class JsonlWriter:
@@ -27,7 +27,7 @@ class JsonlWriter:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.count = 0
-        self._file = None
+        self._file: TextIO | None = None
         self._tmp: str | None = None
 
     def __enter__(self) -> JsonlWriter:

@@ -62,9 +62,10 @@ def model_source(model, model_config, checkpoint: Path | None, workdir: Path) ->
 def _load(model: str, source: dict[str, Any]):
     from benchmark.config import from_dict
     from benchmark.registry import MODELS
-    from lightning_modules.contract import check_model_class
+    from lightning_modules.contract import SuiteModel, check_model_class
     from lightning_modules.optim import OptimConfig
 
+    cls: type[SuiteModel]
     if "class" in source:
         module, _, attr = source["class"].partition(":")
         cls = check_model_class(getattr(importlib.import_module(module), attr), model)

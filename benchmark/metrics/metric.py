@@ -100,8 +100,11 @@ class EvalStructure(Protocol):
         ``relevance["i2i"]``); absent or None = the gallery images are the queries.
     """
 
-    relevance: Mapping[str, Relevance]
-    source: np.ndarray | None
+    @property
+    def relevance(self) -> Mapping[str, Relevance]: ...
+
+    @property
+    def source(self) -> np.ndarray | None: ...
 
     @property
     def n_images(self) -> int: ...
@@ -241,7 +244,7 @@ class RetrievalMetric(Metric):
         self._state_buffers: dict[str, tuple[torch.Tensor, int]] = {}
 
     # -- accumulation -------------------------------------------------------------------
-    def update(self, index: torch.Tensor, enc: Encoded, modality: str) -> None:  # type: ignore[override]
+    def update(self, index: torch.Tensor, enc: Encoded, modality: str) -> None:
         """Store a batch of encoded ``"image"``, ``"text"`` or ``"query_image"`` items with their global indices."""
         if modality not in _MODALITIES:
             raise ValueError(f"modality must be one of {_MODALITIES}, got {modality!r}")
@@ -310,7 +313,7 @@ class RetrievalMetric(Metric):
     def update_texts(self, index: torch.Tensor, enc: Encoded) -> None:
         self.update(index, enc, "text")
 
-    def forward(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def forward(self, *args: Any, **kwargs: Any) -> None:
         """Accumulate only: batch-level retrieval metrics are meaningless (no full gallery)."""
         self.update(*args, **kwargs)
 
@@ -359,7 +362,7 @@ class RetrievalMetric(Metric):
         lengths_np = lengths.cpu().numpy()
         return Encoded(emb, lengths if bool(has.all()) else None, extra or None), lengths_np
 
-    def compute(self) -> dict[str, float]:  # type: ignore[override]
+    def compute(self) -> dict[str, float]:
         """Flat metrics ``{"t2i/R@1": ..., "i2t/MRR": ..., ...}``; fills ``per_query``."""
         counts = {"image": self.n_images, "text": self.n_queries, "query_image": self.n_query_images}
         needed = sorted({m for d in self.directions for m in self.sides[d]})

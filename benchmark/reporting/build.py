@@ -51,8 +51,10 @@ def _preamble(title: str, results: list[dict], results_dir: Path, options: Repor
         "",
         markdown_inline(options.describe()),
         "",
-        f"From {len(results)} result file(s) in `{markdown_inline(str(results_dir))}`. "
-        f"Reference columns ({markdown_inline(paper.label)}): {markdown_inline(paper.paper)}.",
+        (
+            f"From {len(results)} result file(s) in `{markdown_inline(str(results_dir))}`. "
+            f"Reference columns ({markdown_inline(paper.label)}): {markdown_inline(paper.paper)}."
+        ),
         "",
     ]
     lines += [f"- {markdown_inline(c)}" for c in paper.caveats]

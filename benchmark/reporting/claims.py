@@ -225,14 +225,14 @@ def qlen_grows_with_complexity(results: list[dict], est: Estimator, paper: Paper
         q = query_values(run, "t2i")
         lengths = q.get("qlen") if q else None
         if lengths is None or q is None or q.complexity is None:
-            rho = metric_value(run, MEASURES["qlen"], "t2i")
+            mean_qlen = metric_value(run, MEASURES["qlen"], "t2i")
             out.append(
                 Verdict(
                     name,
                     scope,
                     NOT_TESTED,
                     f"{result_name(run)} has no per-query lengths with complexity levels"
-                    + (f" (only qlen/mean = {rho:.2f})." if rho is not None else "."),
+                    + (f" (only qlen/mean = {mean_qlen:.2f})." if mean_qlen is not None else "."),
                 )
             )
             continue
@@ -436,9 +436,11 @@ CLAIMS: dict[str, Claim] = {
                 PAPER,
                 CONTRIBUTION,
                 (
-                    "Instruction-aware dynamic query generation: We propose a novel mechanism that adaptively determines "
-                    "the number and semantic composition of Q-Former queries based on the complexity of the input "
-                    "instruction.",
+                    (
+                        "Instruction-aware dynamic query generation: We propose a novel mechanism that adaptively determines "
+                        "the number and semantic composition of Q-Former queries based on the complexity of the input "
+                        "instruction."
+                    ),
                 ),
             ),
         ),

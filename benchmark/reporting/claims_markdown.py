@@ -41,8 +41,10 @@ def render_claims(evaluated: list[tuple[Claim, list[Verdict]]], options: ReportO
         "",
         options.describe(),
         "",
-        f"Paper: {esc(citation)}. Each claim says whose it is: the paper's (quoted, with its section) or the "
-        "suite's own.",
+        (
+            f"Paper: {esc(citation)}. Each claim says whose it is: the paper's (quoted, with its section) or the "
+            "suite's own."
+        ),
         "",
         RULES.format(m=options.equal_margin, pct=options.percent, tol=options.throughput_tolerance),
         "",

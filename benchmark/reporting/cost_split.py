@@ -26,6 +26,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from benchmark.results import object_field
+
 INDEX = "gflops/qformer_index"
 
 
@@ -65,7 +67,7 @@ def total_gflops(metrics: Mapping[str, Any]) -> float | None:
 
 def gallery_length(result: dict) -> int | None:
     """The gallery pass's query count (ours' ``l_max``) from the stored model config, if any."""
-    config = result.get("model_config") if isinstance(result.get("model_config"), dict) else {}
+    config = object_field(result, "model_config")
     value = config.get("l_max")
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from benchmark.feedback import metrics
-from benchmark.results import ResultFileError
+from benchmark.results import ResultFileError, object_field
 
 FEEDBACK_TASK = "feedback"
 RANK_BASE = 1
@@ -200,7 +200,7 @@ def feedback_run(result: dict) -> FeedbackRun:
         isinstance(llm, dict) and isinstance(llm.get("label"), str) and isinstance(llm.get("is_llm"), bool)
     ):
         raise ResultFileError(f"{path}: field protocol.llm must be null or hold a string label and a boolean is_llm")
-    summary = result.get("summary") if isinstance(result.get("summary"), dict) else {}
+    summary = object_field(result, "summary")
     user = result["protocol"].get("user") if isinstance(result["protocol"].get("user"), dict) else {}
     n_gallery = result["protocol"].get("n_gallery")
     fb_config = result["protocol"].get("feedback_config")

@@ -14,6 +14,7 @@ skipped with its error: the report never crashes on a plot.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from collections.abc import Callable
@@ -24,7 +25,7 @@ import numpy as np
 
 from benchmark.atomic import atomic_write_bytes
 from benchmark.reporting.bootstrap import mean_interval
-from benchmark.reporting.estimates import Estimator
+from benchmark.reporting.estimates import Cell, Estimator
 from benchmark.reporting.pareto import pareto_front
 from benchmark.reporting.per_query import query_values
 from benchmark.reporting.selection import run_order
@@ -96,13 +97,23 @@ def qlen_by_complexity(results: list[dict], est: Estimator):
     return fig
 
 
+def _value_and_error(cell: Cell) -> tuple[float, tuple[float, float] | None]:
+    """A present cell's value and its (minus, plus) error bar (None: no interval)."""
+    assert cell.value is not None, "a missing cell has no point"  # callers skip missing cells
+    if cell.lo is None:
+        return cell.value, None
+    assert cell.hi is not None, "an interval has both ends"
+    return cell.value, (cell.value - cell.lo, cell.hi - cell.value)
+
+
 def r5_vs_gflops(results: list[dict], est: Estimator):
     points: dict[str, list[tuple[dict, float, float, tuple[float, float] | None]]] = {}
     for r in sorted(results, key=run_order):
         c = est.cells(r)
         if not c["gflops"].missing and not c["r5"].missing:
-            ci = (c["r5"].value - c["r5"].lo, c["r5"].hi - c["r5"].value) if c["r5"].lo is not None else None
-            points.setdefault(str(r.get("dataset")), []).append((r, c["gflops"].value, c["r5"].value, ci))
+            gflops, _ = _value_and_error(c["gflops"])
+            r5, ci = _value_and_error(c["r5"])
+            points.setdefault(str(r.get("dataset")), []).append((r, gflops, r5, ci))
     if not points:
         raise Skip("no run has both GFLOPs (gflops/...) and R@5")
     fig, axes = new_figure(len(points))
@@ -141,10 +152,9 @@ def throughput_vs_qlen(results: list[dict], est: Estimator):
     for r in sorted(results, key=run_order):
         c = est.cells(r)
         if not c["thr"].missing and not c["qlen"].missing:
-            xerr = (
-                (c["qlen"].value - c["qlen"].lo, c["qlen"].hi - c["qlen"].value) if c["qlen"].lo is not None else None
-            )
-            pts.append((r, c["qlen"].value, c["thr"].value, xerr))
+            qlen, xerr = _value_and_error(c["qlen"])
+            thr, _ = _value_and_error(c["thr"])
+            pts.append((r, qlen, thr, xerr))
     if not pts:
         raise Skip("no run has both a throughput (throughput_img_s) and a query length (qlen)")
     fig, (ax,) = new_figure()
@@ -189,6 +199,6 @@ def render_figure(name: str, stem: Path, build: Callable[[], object]) -> FigureO
 
 def write_figures(results: list[dict], estimator: Estimator, out_dir: Path) -> list[FigureOutcome]:
     return [
-        render_figure(name, Path(out_dir) / name, lambda plot=plot: plot(results, estimator))
+        render_figure(name, Path(out_dir) / name, functools.partial(plot, results, estimator))
         for name, plot in FIGURES.items()
     ]

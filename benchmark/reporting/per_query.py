@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.results import ResultFileError
+from benchmark.results import ResultFileError, object_field
 
 R_AT = 5
 MEASURES = ("sim", "r5", "mrr", "qlen")
@@ -99,10 +99,10 @@ def _same_length(result: dict, key: str, values: np.ndarray, n: int) -> None:
 
 def _data_identity(result: dict) -> dict[str, Any]:
     """Everything that decides the evaluated queries and their order."""
-    config = result.get("config") if isinstance(result.get("config"), dict) else {}
-    data = config.get("data") if isinstance(config.get("data"), dict) else {}
-    prov = result.get("provenance") if isinstance(result.get("provenance"), dict) else {}
-    skipped = result.get("data", {}).get("skipped") if isinstance(result.get("data"), dict) else None
+    config = object_field(result, "config")
+    data = object_field(config, "data")
+    prov = object_field(result, "provenance")
+    skipped = result["data"].get("skipped") if isinstance(result.get("data"), dict) else None
     return {
         "dataset": result.get("dataset"),
         "provenance.split": prov.get("split"),

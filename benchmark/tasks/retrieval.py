@@ -59,7 +59,7 @@ def run_evaluator(ctx: TaskContext, eval_set, eval_config, dataloaders, modaliti
         modalities=modalities,
         directions=directions,
         storage_dtype=getattr(torch, ctx.cfg.eval_settings()[1]),
-        gallery_extra={key: table} if table is not None else None,
+        gallery_extra={key: table} if key and table is not None else None,
     )
     ctx.tester.test(evaluator, dataloaders=dataloaders, verbose=False)
     evaluator.skipped_directions = skipped

@@ -182,8 +182,10 @@ class SpeedTask:
         s, m = result["speed"], result["metrics"]
         a, b = s["names"]
         return [
-            f"{a} {m['speed/img_s']:.1f} img/s, {b} {m['speed/baseline_img_s']:.1f} img/s; {a} / {b} = "
-            f"{m['speed/ratio']:.3f} (median of {s['rounds']} alternating rounds; range "
-            f"{m['speed/ratio_min']:.3f}-{m['speed/ratio_max']:.3f}; batch {s['batch_size']}, "
-            f"{s['torch_threads']} threads, {s['device']})"
+            (
+                f"{a} {m['speed/img_s']:.1f} img/s, {b} {m['speed/baseline_img_s']:.1f} img/s; {a} / {b} = "
+                f"{m['speed/ratio']:.3f} (median of {s['rounds']} alternating rounds; range "
+                f"{m['speed/ratio_min']:.3f}-{m['speed/ratio_max']:.3f}; batch {s['batch_size']}, "
+                f"{s['torch_threads']} threads, {s['device']})"
+            )
         ]

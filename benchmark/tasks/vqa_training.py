@@ -140,9 +140,10 @@ class PretrainingTexts(Dataset):
 def pretraining_texts(qa: QAData, options: VqaOptions) -> tuple[list[str], list[str]]:
     """``(text before the answer, answer)`` per training question: the image's content as words
     (when the dataset knows it), then the prompt."""
-    context = qa.train_context or [""] * (1 + max(q.image_index for q in qa.train))
-    heads = [f"{context[q.image_index]} {options.prompt.format(question=q.question)}".strip() for q in qa.train]
-    return heads, [q.answer for q in qa.train]
+    train, _ = qa.training()
+    context = qa.train_context or [""] * (1 + max(q.image_index for q in train))
+    heads = [f"{context[q.image_index]} {options.prompt.format(question=q.question)}".strip() for q in train]
+    return heads, [q.answer for q in train]
 
 
 #: VqaOptions fields that determine the pretrained tiny LM (with the seed and the data)
@@ -201,11 +202,13 @@ def train_vqa(
     model = VqaModel.create(retrieval, options, lm=(lm, tok))
     t = time.perf_counter()
     if options.epochs:
+        train, train_items = qa.training()
+        data: Dataset
         if options.train_qformer:
-            data = QuestionItems(qa.train, qa.train_items)
+            data = QuestionItems(train, train_items)
         else:
             model.eval()
-            data = PrefixItems(qa.train, *precompute_prefixes(model, qa.train, qa.train_items, options.batch_size))
+            data = PrefixItems(train, *precompute_prefixes(model, train, train_items, options.batch_size))
             timings["vqa_prefixes_s"] = time.perf_counter() - t
         _trainer(cfg, options.epochs, progress).fit(model, train_dataloaders=_loader(data, options.batch_size, True))
     timings["vqa_train_s"] = time.perf_counter() - t

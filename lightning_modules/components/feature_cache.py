@@ -39,9 +39,9 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TextIO, cast
 
 import numpy as np
 import torch
@@ -88,9 +88,9 @@ class RowWriter:
         self.n_rows = n_rows
         self.dtype = dtype
         self.tmp = self.path.with_name(f".{self.path.name}.partial.npy")
-        self.array: np.ndarray | None = None
+        self.array: np.memmap | None = None
         self._lock: int | None = None
-        self._log = None
+        self._log: TextIO | None = None
 
     def _done_files(self) -> list[Path]:
         return sorted(self.path.parent.glob(f".{self.path.name}.partial.done-*"))
@@ -138,7 +138,8 @@ class RowWriter:
         between only recomputes the batch)."""
         self.flush()
         if self._log is None:
-            self._log = open(self.path.with_name(f".{self.path.name}.partial.done-{rank}"), "a", encoding="ascii")
+            # kept open across batches (one append per batch) and closed by close(): no `with` can span that
+            self._log = open(self.path.with_name(f".{self.path.name}.partial.done-{rank}"), "a", encoding="ascii")  # noqa: SIM115
         self._log.write(f"{batch}\n")
         self._log.flush()
         os.fsync(self._log.fileno())
@@ -183,7 +184,7 @@ class LocalExtractor:
         done = writer.completed_batches()
         try:
             with torch.no_grad():  # the first write prepares the array (or keeps the partial one)
-                sampler = RankBatches(len(images), batch_size, skip=done)
+                sampler = RankBatches(len(cast(Sized, images)), batch_size, skip=done)
                 for b, (index, pixels) in zip(
                     sampler.batch_ids(), DataLoader(images, batch_sampler=sampler, collate_fn=collate_indexed)
                 ):

@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, cast, get_args
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, CLIPTextModel
+from transformers import AutoModel, AutoTokenizer, Blip2QFormerModel, CLIPTextModel, PreTrainedModel
 
 from lightning_modules.components.clip_text import clip_text_forward, eos_positions
 from lightning_modules.components.dynamic_length import LengthConfig, add_length_noise
@@ -80,7 +80,7 @@ class _Frozen(nn.Module):
     """Base: frozen parameters, always in eval mode, no autograd graph; raw texts are tokenized
     here (``tokenizer``, ``max_length`` of the subclass) and encoded by the subclass's ``encode_ids``."""
 
-    tokenizer: object
+    tokenizer: Callable[..., Any]
     max_length: int | None
 
     def tokenize(self, texts: Sequence[str], **kw):
@@ -95,6 +95,10 @@ class _Frozen(nn.Module):
         token length (:func:`~lightning_modules.components.length_groups.encode_in_groups`)."""
         batch = self.tokenize(texts, padding=True, return_tensors="pt").to(self.device)
         return encode_in_groups(self.encode_ids, batch["input_ids"], batch["attention_mask"], max_padding)
+
+    def encode_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled features of tokenized texts (each subclass's own forward)."""
+        raise NotImplementedError
 
     def _freeze(self) -> None:
         for p in self.parameters():
@@ -116,10 +120,12 @@ IMAGE_SIDE = ("crossattention", "intermediate_query", "output_query")
 class QFormerTextEncoder(_Frozen):
     """A frozen copy of a BLIP-2 Q-Former's text path (``Blip2TextEmbeddings`` + ``Blip2QFormerModel``)."""
 
+    qformer: Blip2QFormerModel
+
     def __init__(
         self,
         embeddings: nn.Module,
-        qformer: nn.Module,
+        qformer: Blip2QFormerModel,
         tokenizer,
         *,
         pool: Pool = "cls",
@@ -180,7 +186,9 @@ def _is_clip_text(model: nn.Module) -> bool:
 class HFTextEncoder(_Frozen):
     """A frozen transformers text model (CLIP text tower, BERT/MiniLM, ...)."""
 
-    def __init__(self, model: nn.Module, tokenizer, *, pool: Pool = "mean", max_length: int | None = None) -> None:
+    def __init__(
+        self, model: PreTrainedModel, tokenizer, *, pool: Pool = "mean", max_length: int | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
@@ -231,7 +239,7 @@ class QScalerHead(nn.Module):
     def __init__(self, dim: int, hidden: int = 256, r_init: float = 0.5, out_std: float = 0.01) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
-        last = self.net[-1]
+        last = cast(nn.Linear, self.net[-1])
         nn.init.normal_(last.weight, std=out_std)
         r0 = min(max(r_init, 1e-4), 1 - 1e-4)
         nn.init.constant_(last.bias, math.log(r0 / (1 - r0)))
@@ -270,7 +278,7 @@ class QScaler(nn.Module):
 
     def features(self, texts: Sequence[str]) -> torch.Tensor:
         """The frozen pooled features, on the head's device, outside any autograd graph."""
-        device = self.head.net[1].weight.device
+        device = cast(nn.Linear, self.head.net[1]).weight.device
         if not (self.training and self.memo):
             return self.encoder.encode(texts, self.group_padding).detach().to(device)
         missing = [t for t in dict.fromkeys(texts) if t not in self._memo]

@@ -203,7 +203,7 @@ def _with_object(text: str, obj: dict[str, str]) -> str:
     with a position it already has; an object the query lacks is added ("and a blue square")."""
     c, sh = obj.get("colour"), obj.get("shape")
     m = re.search(rf"\b(?:an?)\s+(?:(large|small)\s+)?{c}\s+{sh}\b", text) if c and sh else None
-    if m:
+    if m and c and sh:  # a match implies both
         phrase = _phrase(obj["size"], c, sh) if "size" in obj and not m.group(1) else m.group(0)
         rest, row, col = text[m.end() :], obj.get("row"), obj.get("column")
         for p, (r0, c0) in _POSITIONS:

@@ -123,23 +123,23 @@ class OpenAICompatBackend:
         if self._ssl is None:
             self._ssl = ssl.create_default_context()  # the system's CAs, as urllib used
         auth = None if self._api_key else self._auth  # a bearer token wins over the URL's basic auth
-        async with httpx.AsyncClient(
-            timeout=self.timeout_s, follow_redirects=False, verify=self._ssl, auth=auth
-        ) as client:
-            async with client.stream("POST", self._url, content=body, headers=headers) as resp:
-                if resp.is_redirect:
-                    raise _Redirect(resp.status_code, resp.headers.get("location", ""))
-                resp.raise_for_status()
-                declared = resp.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > self.max_reply_bytes:
-                    raise _TooLarge(f"Content-Length {int(declared)}")
-                chunks, size = [], 0
-                async for chunk in resp.aiter_bytes():
-                    size += len(chunk)
-                    if size > self.max_reply_bytes:
-                        raise _TooLarge(f"more than {size} bytes read")
-                    chunks.append(chunk)
-                return b"".join(chunks)
+        async with (
+            httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, verify=self._ssl, auth=auth) as client,
+            client.stream("POST", self._url, content=body, headers=headers) as resp,
+        ):
+            if resp.is_redirect:
+                raise _Redirect(resp.status_code, resp.headers.get("location", ""))
+            resp.raise_for_status()
+            declared = resp.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_reply_bytes:
+                raise _TooLarge(f"Content-Length {int(declared)}")
+            chunks, size = [], 0
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_reply_bytes:
+                    raise _TooLarge(f"more than {size} bytes read")
+                chunks.append(chunk)
+            return b"".join(chunks)
 
     async def _request_within_deadline(self, body: bytes, headers: dict[str, str]) -> bytes:
         return await asyncio.wait_for(self._exchange(body, headers), self.timeout_s)  # cancels it at the deadline
