@@ -222,6 +222,6 @@ def test_bench_run_checks_once_across_runs_and_records_the_loader(pristine, tmp_
     assert opened == [bad]  # only the unreadable image (never cached) is opened again
     # the test split's skipped image is listed by both runs (the second one trains nothing)
     assert second["data"]["skipped"] == first["data"]["skipped"] and len(first["data"]["skipped"]) == 1
-    assert first["data"]["skipped"][0]["path"] == str(bad)
+    assert first["data"]["skipped"][0]["path"] == "<data>/" + bad.relative_to(tmp_path / "coco").as_posix()
     assert first["data"]["loader"]["pin_memory"] is False and first["data"]["loader"]["num_workers"] >= 0
     assert second["metrics"] == first["metrics"]
