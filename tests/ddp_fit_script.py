@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.batch import collate_train
 from lightning_modules.idq_former import IdqConfig, IdqFormerRetrieval
 from lightning_modules.optim import OptimConfig
 
@@ -81,7 +82,7 @@ def main() -> None:
         callbacks=[record],
         deterministic=True,
     )
-    trainer.fit(model, DataLoader(Items(), batch_size=4, shuffle=True))
+    trainer.fit(model, DataLoader(Items(), batch_size=4, shuffle=True, collate_fn=collate_train))
     if trainer.is_global_zero:
         out.write_text(
             json.dumps(

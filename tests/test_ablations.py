@@ -177,8 +177,13 @@ def test_bench_ablate_runs_every_arm_and_prints_the_table(tmp_path):
     # the frozen arm's Q-Former is the BLIP2 checkpoint's, unchanged
     from safetensors.torch import load_file
 
-    ckpt = {arm: r["provenance"]["checkpoint"] for arm, r in runs.items()}
-    base = load_file(f"{runs['frozen']['model_config']['blip2_checkpoint']}/qformer_head/qformer_head.safetensors")
+    from benchmark.portable import resolve
+
+    roots = {"cache": tmp_path / "cache"}  # recorded paths are relative to the cache (benchmark.portable)
+    ckpt = {arm: resolve(r["provenance"]["checkpoint"], roots) for arm, r in runs.items()}
+    base = load_file(
+        resolve(runs["frozen"]["model_config"]["blip2_checkpoint"], roots) / "qformer_head/qformer_head.safetensors"
+    )
     for arm, path in ckpt.items():
         head = load_file(f"{path}/qformer_head/qformer_head.safetensors")
         same = all(torch.equal(head[k], base[k]) for k in head if k.startswith("qformer."))

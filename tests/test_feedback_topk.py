@@ -294,11 +294,12 @@ def test_similarity_options_leave_the_config_hash_alone():
     )
 
 
-@pytest.mark.parametrize("tag", ["default", "mean003"])
-def test_committed_reference_configs_keep_their_hash_and_settings(tag):
-    """The committed reference feedback runs read back into today's config with the same
-    hash, and resolve to the settings that reproduce the dense path (top_k = neighbours for
-    knn; row_chunk = chunk_size, every row cached for the whole-row kernels at G = 1000)."""
+@pytest.mark.parametrize("tag, user", [("default", "graded"), ("binary", "binary")])
+def test_committed_reference_configs_keep_their_hash_and_settings(tag, user):
+    """The committed reference feedback runs (the graded user, the default, and the binary one)
+    read back into today's config with the same hash, and resolve to the settings that
+    reproduce the dense path (top_k = neighbours for knn; row_chunk = chunk_size, every row
+    cached for the whole-row kernels at G = 1000)."""
     import json
     from pathlib import Path
 
@@ -310,7 +311,7 @@ def test_committed_reference_configs_keep_their_hash_and_settings(tag):
     )
     cfg = from_dict(RunConfig, ref["config"], "config")
     fb = recorded_feedback_config(ref["protocol"]["feedback_config"])
-    assert "model" not in ref["protocol"]["feedback_config"]["user"] and fb.user.model == "binary"  # made before graded
+    assert fb.user.model == user and ref["protocol"]["user"]["model"] == user
     assert result_hash(cfg, fb) == ref["config_hash"]
     sim = fb.image_similarity()
     assert sim["row_chunk"] == fb.chunk_size
