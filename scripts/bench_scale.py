@@ -49,7 +49,6 @@ import hashlib
 import itertools
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -63,7 +62,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmark.atomic import atomic_write_text  # noqa: E402
 from benchmark.config import default_cache_dir  # noqa: E402
+from benchmark.portable import portable  # noqa: E402
+from benchmark.results import environment  # noqa: E402
 
 #: peak RSS may exceed the index by this much (issue 24)
 RSS_SLACK_BYTES = 2 << 30
@@ -633,7 +635,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if args.merge:
         out = merge(args.merge)
-        write_json(out, args.out)
+        write_json(out, args.out, roots(args))
         return out
     if args.child:
         Path(args.answer).write_text(json.dumps(child_eval(args)))
@@ -675,8 +677,6 @@ def main(argv: list[str] | None = None) -> dict | None:
             print_run(n, model, r)
     targets = check_targets(args.sizes, results, args.models)
     print_targets(targets)
-    import torch
-
     out = {
         "script": "scripts/bench_scale.py",
         "config": {
@@ -688,28 +688,25 @@ def main(argv: list[str] | None = None) -> dict | None:
             "checkpoints": checkpoints,
             "random_init": args.random_init,
         },
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "load_average_at_end": list(os.getloadavg()),
-        },
+        "environment": environment() | {"load_average_at_end": list(os.getloadavg())},
         "results": results,
         "targets": targets,
     }
-    write_json(out, args.out)
+    write_json(out, args.out, roots(args))
     return out
 
 
-def write_json(out: dict, path: Path | None) -> None:
-    """``out`` as JSON at ``path`` (atomically: temp name, then rename); nothing without a path."""
+def roots(args: argparse.Namespace) -> dict[str, str]:
+    """The folders recorded paths are written relative to (no machine path in the output)."""
+    return {"cache": args.cache_dir, "data": args.data_root}
+
+
+def write_json(out: dict, path: Path | None, path_roots: dict[str, str]) -> None:
+    """``out`` as JSON at ``path``, atomically and with every absolute path made portable
+    (benchmark.portable); nothing without a path."""
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(portable(out, path_roots), indent=1, sort_keys=True) + "\n")
     print(f"wrote {path}")
 
 
