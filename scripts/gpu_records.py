@@ -4,10 +4,11 @@ what it wrote, and the summary shows what is there)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from benchmark.atomic import atomic_write_json
+from benchmark.safe_json import JsonReadError
+from benchmark.safe_json import read_json as safe_read_json
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -16,7 +17,7 @@ def write_json(path: Path, obj: dict) -> None:
 
 def read_json(path: Path) -> dict | None:
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        data = safe_read_json(Path(path), what="GPU check record")
+    except JsonReadError:
         return None
     return data if isinstance(data, dict) else None
