@@ -17,6 +17,8 @@ from pathlib import Path
 
 from benchmark.config import ConfigError, RunConfig, build_run_config, model_defaults
 from benchmark.preflight import check_run
+from benchmark.registry import MODELS
+from benchmark.regression.files import read_result
 from benchmark.regression.tolerances import FILE, shipped_path
 from benchmark.results import atomic_write_json, load_result_files
 from benchmark.safe_json import loads_json
@@ -27,8 +29,6 @@ TAG = "regress"
 
 def suite_models(subset: str | None) -> list[str]:
     """Every registered model, or the comma-separated ``subset`` (validated, in the given order)."""
-    from benchmark.registry import MODELS
-
     if not subset:
         return MODELS.names()
     names = [s.strip() for s in subset.split(",") if s.strip()]
@@ -77,8 +77,6 @@ def run_suite(
 
 def results_in(directory: Path, models: Sequence[str] | None = None) -> dict[str, dict]:
     """Result files already in ``directory`` (those of ``models`` only, if given; not its tolerances file)."""
-    from benchmark.regression.files import read_result
-
     if not Path(directory).is_dir():
         raise ConfigError(f"--from-results {directory}: not a folder (expected a folder of result files)")
     found = {p.name: read_result(p) for p in sorted(Path(directory).glob("*.json")) if p.name != FILE}
