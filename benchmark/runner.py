@@ -26,7 +26,16 @@ from benchmark.portable import portable
 from benchmark.preflight import check_run, load_cached_checkpoint
 from benchmark.registry import TASKS
 from benchmark.results import SCHEMA_VERSION, ResultFileError, atomic_write_json, environment, load_result
-from benchmark.store import checkpoint_dir, model_identity, path_roots, resolve_dependencies, resolve_run
+from benchmark.store import (
+    checkpoint_dir,
+    model_identity,
+    path_roots,
+    resolve_dependencies,
+    resolve_run,
+    trained_config,
+    training_config,
+    with_eval_settings,
+)
 from benchmark.tasks.base import TaskContext
 from benchmark.training import create_fit_save, install_item_loader, trainer
 from datamodules.loading import LoaderRuntime
@@ -74,9 +83,8 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
 
     t = time.perf_counter()
     if cfg.checkpoint:
-        return _evaluate(
-            cfg, task, load_cached_checkpoint(model_cls, _given_checkpoint(cfg), given=True), dm, t0, progress=progress
-        )
+        given = load_cached_checkpoint(model_cls, _given_checkpoint(cfg), given=True)
+        return _evaluate(cfg, task, with_eval_settings(given, model_config), dm, t0, progress=progress)
     model_config, dependencies = resolve_dependencies(cfg, model_cls, model_config, progress=progress)
     if dependencies:
         timings["dependencies_s"] = time.perf_counter() - t
@@ -91,10 +99,13 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
     loader = None
     t = time.perf_counter()
     if cfg.train.max_epochs > 0 and ckpt.exists() and not retrain:
-        model = load_cached_checkpoint(model_cls, ckpt)
+        model = with_eval_settings(load_cached_checkpoint(model_cls, ckpt), model_config)
         timings["load_checkpoint_s"] = time.perf_counter() - t
     elif cfg.train.max_epochs > 0:
-        model, loader = create_fit_save(cfg, model_cls, model_config, dm, ckpt, progress=progress)
+        model, loader = create_fit_save(
+            training_config(cfg, model_cls), model_cls, trained_config(model_cls, model_config), dm, ckpt, progress=progress
+        )
+        model = with_eval_settings(model, model_config)
         trained = True
         timings["train_s"] = time.perf_counter() - t
     else:

@@ -10,7 +10,15 @@ defaults, data options, training settings, seed, the checkpoints it was built on
 * :func:`resolve_dependencies` -- a model's ``checkpoint_dependencies`` filled with the cached
   checkpoints of the models it is built on (trained now if absent);
 * :func:`ensure_checkpoint` -- the cached checkpoint of a run config, trained now if absent
-  (through :func:`benchmark.training.create_fit_save`).
+  (through :func:`benchmark.training.create_fit_save`);
+* :func:`with_eval_settings` -- a loaded model given the run's *evaluation-only* model options.
+
+A model class may declare ``eval_only_fields`` (config fields that change only how the trained
+model is evaluated, e.g. ours' ``itm_conditioning``): they are left out of the checkpoint key
+(:func:`training_config`, :func:`model_identity` with ``training=True``), so both values find
+the same cached weights, and the run's value replaces the one stored with a loaded checkpoint.
+In a result's identity (:func:`model_identity`) such a field counts only where it is not the
+default, so results written before the field existed keep theirs.
 
 The runner, the tasks (``--task speed``'s baseline, ``bench vqa``) and the feedback session
 all reach trained models through this module.
@@ -18,6 +26,7 @@ all reach trained models through this module.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -85,12 +94,58 @@ def resolve_run(cfg: RunConfig) -> RunParts:
     return RunParts(model_cls, model_config, dm)
 
 
-def model_identity(model_cls: Any, model_config: Any) -> dict:
+def eval_only_fields(model_cls: Any) -> dict[str, Any]:
+    """``{field: default}`` of a model class's ``eval_only_fields`` (options that change only
+    the evaluation of the trained model; see the module docstring)."""
+    names = tuple(getattr(model_cls, "eval_only_fields", ()) or ())
+    if not names:
+        return {}
+    defaults = {f.name: f.default for f in dataclasses.fields(model_cls.Config)}
+    unknown = [n for n in names if n not in defaults]
+    if unknown:
+        raise TypeError(f"{model_cls.__name__}.eval_only_fields names no field of its Config: {unknown}")
+    return {n: defaults[n] for n in names}
+
+
+def model_identity(model_cls: Any, model_config: Any, *, training: bool = False) -> dict:
     """The resolved model config (a config object or the dict a result file stores; defaults
     included) in JSON form, without the fields the runner fills with dependency checkpoints
-    (``checkpoint_dependencies``: cache paths, which say nothing about the model)."""
+    (``checkpoint_dependencies``: cache paths, which say nothing about the model), and without
+    the ``eval_only_fields``: always with ``training`` (the checkpoint key), else where they
+    hold their default (so results written before such a field existed keep their identity)."""
     deps = set(dependencies_of(model_cls))
-    return {k: v for k, v in json.loads(json.dumps(to_dict(model_config))).items() if k not in deps}
+    eval_only = eval_only_fields(model_cls)
+    out = {}
+    for k, v in json.loads(json.dumps(to_dict(model_config))).items():
+        if k in deps or (k in eval_only and (training or v == eval_only[k])):
+            continue
+        out[k] = v
+    return out
+
+
+def training_config(cfg: RunConfig, model_cls: Any) -> RunConfig:
+    """``cfg`` without the ``model_args`` that only change the evaluation (``eval_only_fields``)."""
+    eval_only = eval_only_fields(model_cls)
+    if not any(k in eval_only for k in cfg.model_args):
+        return cfg
+    return replace(cfg, model_args={k: v for k, v in cfg.model_args.items() if k not in eval_only})
+
+
+def trained_config(model_cls: Any, model_config: Any) -> Any:
+    """``model_config`` with its ``eval_only_fields`` at their defaults: the config a checkpoint
+    is trained (and stored) with, the same whichever evaluation setting asked for it."""
+    eval_only = eval_only_fields(model_cls)
+    return replace(model_config, **eval_only) if eval_only else model_config
+
+
+def with_eval_settings(model: Any, model_config: Any) -> Any:
+    """``model`` (e.g. loaded from a checkpoint, whose stored config holds the values it was
+    trained with) given ``model_config``'s ``eval_only_fields``; the model itself otherwise."""
+    eval_only = eval_only_fields(type(model))
+    values = {k: getattr(model_config, k) for k in eval_only if hasattr(model_config, k)}
+    if values and any(getattr(model.config, k) != v for k, v in values.items()):
+        model.config = replace(model.config, **values)
+    return model
 
 
 def checkpoint_dir(
@@ -108,13 +163,13 @@ def checkpoint_dir(
     default. ``content``: the DataModule's ``content_identity()`` (the ``folder`` dataset's
     annotations hash; {} for the fixed datasets, whose keys are then unchanged), so that two
     user folders with the same options never share a checkpoint."""
-    h = cfg.training_hash()
+    h = (cfg if model_cls is None else training_config(cfg, model_cls)).training_hash()
     if content:
         h = stable_hash([h, content])
     if dependencies:
         h = stable_hash([h, {k: v["training_hash"] for k, v in sorted(dependencies.items())}])
     if model_config is not None:
-        h = stable_hash([h, model_identity(model_cls, model_config)])
+        h = stable_hash([h, model_identity(model_cls, model_config, training=True)])
     return Path(cfg.cache_dir) / "checkpoints" / f"{cfg.model}__{cfg.dataset}__{cfg.size}__{h}"
 
 
@@ -240,7 +295,14 @@ def ensure_checkpoint(
         )
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     parts.dm.prepare_data()
-    create_fit_save(cfg, parts.model_cls, model_config, parts.dm, ckpt, progress=progress)
+    create_fit_save(
+        training_config(cfg, parts.model_cls),
+        parts.model_cls,
+        trained_config(parts.model_cls, model_config),
+        parts.dm,
+        ckpt,
+        progress=progress,
+    )
     return ckpt, True
 
 
@@ -248,4 +310,6 @@ def load_trained(cfg: RunConfig, *, progress: bool = False, train: bool = True) 
     """``(model, checkpoint folder, trained_this_run)``: the run's cached model (trained now if
     absent and ``train``), loaded."""
     ckpt, trained = ensure_checkpoint(cfg, progress=progress, train=train)
-    return load_cached_checkpoint(MODELS.get(cfg.model), ckpt), ckpt, trained
+    model_cls = MODELS.get(cfg.model)
+    model = with_eval_settings(load_cached_checkpoint(model_cls, ckpt), from_dict(model_cls.Config, cfg.model_args, "model_args"))
+    return model, ckpt, trained

@@ -163,6 +163,14 @@ class IdqConfig(Blip2Config):
         prefix. Recorded in the checkpoint (``bank_usage.json``).
     text_sees_queries: in the instruction-conditioned (ITM) pass, instruction tokens attend
         to the queries (InstructBLIP style) -- or only to themselves.
+    itm_conditioning: evaluation only (:attr:`IdqFormerRetrieval.eval_only_fields`: the same
+        checkpoint serves both values). True (default): the ITM pass is the
+        instruction-conditioned one of 3.3 (:meth:`IdqFormerRetrieval.instructed_query_outputs`).
+        False: BLIP-2's plain ITM pass (``QFormerHead.itm_logits``, as ``--model blip2`` runs
+        it) over the same trained weights: a fixed query set for every text -- the bank's first
+        ``l_init`` queries (the rows the checkpoint's 32 queries initialised), not the
+        instruction's first L -- in BLIP-2's full self-attention with the text tokens, the
+        logit averaged over all of them; ITC and the gallery are unchanged.
     oracle_queue: images of recent batches (detached query outputs) kept as extra negatives
         when the oracle lengths are ranked (0: in-batch only; see ``dynamic_itc``).
     qscaler_lr_scale: the QScaler head's learning rate as a multiple of ``train.optim.lr``.
@@ -201,6 +209,7 @@ class IdqConfig(Blip2Config):
     qscaler_warmup: float = 0.25
     qscaler_memo: int = 100_000
     bank_order: str = "usage"
+    itm_conditioning: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -270,6 +279,9 @@ class IdqFormerRetrieval(Blip2Retrieval):
     Config = IdqConfig
     #: config fields the runner fills with the checkpoint of another registered model (tiny size)
     checkpoint_dependencies: ClassVar[dict[str, str]] = {"blip2_checkpoint": "blip2"}
+    #: config fields that change only the evaluation: left out of the checkpoint key, and the
+    #: run's value replaces the one stored with a loaded checkpoint (benchmark/store.py)
+    eval_only_fields: ClassVar[tuple[str, ...]] = ("itm_conditioning",)
     config: IdqConfig
 
     def __init__(
@@ -485,7 +497,16 @@ class IdqFormerRetrieval(Blip2Retrieval):
         attention_mask: torch.Tensor,
         lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Class-1 ITM logit of row-paired images and instructions (``lengths``: the texts' L)."""
+        """Class-1 ITM logit of row-paired images and instructions (``lengths``: the texts' L;
+        ``itm_conditioning`` False: BLIP-2's plain ITM pass, see :class:`IdqConfig`)."""
+        if not self.config.itm_conditioning:
+            n = int(attention_mask.sum(1).max())
+            return self.head.itm_logits(
+                on_device(image_tokens, self.device),
+                input_ids[:, :n].to(self.device),
+                attention_mask[:, :n].to(self.device),
+                query_embeds=self.bank(self.length.l_init),
+            )[:, 1].float()
         if lengths is None:
             lengths = torch.full((input_ids.shape[0],), self.length.l_init, dtype=torch.long)
         n = int(attention_mask.sum(1).max())

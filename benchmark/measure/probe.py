@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,9 @@ def model_source(model, model_config, checkpoint: Path | None, workdir: Path) ->
 
     cls = {"class": f"{type(model).__module__}:{type(model).__qualname__}"}
     if checkpoint is not None and Path(checkpoint).is_dir():
-        return {"checkpoint": str(checkpoint)} | cls
+        # the run's evaluation-only options (benchmark/store.py), which the checkpoint does not hold
+        eval_only = {k: getattr(model.config, k) for k in getattr(type(model), "eval_only_fields", ())}
+        return {"checkpoint": str(checkpoint)} | cls | ({"eval_only": eval_only} if eval_only else {})
     if getattr(model_config, "pretrained", None):
         return {"config": to_dict(model_config)} | cls
     path = Path(workdir) / "model"
@@ -72,7 +74,10 @@ def _load(model: str, source: dict[str, Any]):
     else:
         cls = MODELS.get(model)
     if "checkpoint" in source:
-        return cls.load_checkpoint(Path(source["checkpoint"]))
+        loaded = cls.load_checkpoint(Path(source["checkpoint"]))
+        if source.get("eval_only"):
+            loaded.config = replace(loaded.config, **source["eval_only"])
+        return loaded
     return cls.create(from_dict(cls.Config, source["config"], "model_args"), OptimConfig(), ())
 
 
