@@ -5,8 +5,8 @@ Columns as the paper's ablation tables: Sim, R@5, MRR (with intervals), Q-Len, G
 then the paper's own columns (Sim, R@5, MRR, Q-Len, GFLOPs, throughput) for the ablations
 the paper has (QScaler and Q-Former; not the attention one, which is the suite's own). Rows
 are the arms, in the ablation's order. Under each table: the paired difference of every
-other arm against the first (reference) arm on the same queries, with its interval and
-p-value.
+other arm against the first (reference) arm on the same queries (R@1, then the table's
+per-query measures), with its interval and p-value.
 
 An ablation with no complete group (runs of both arms whose configs are otherwise equal) is
 shown with the paper's numbers only and a note saying which runs it needs.
@@ -22,12 +22,16 @@ from benchmark.reporting.comparison import legend
 from benchmark.reporting.estimates import MEASURES, Cell, Estimator
 from benchmark.reporting.paired import compare_runs, describe_difference
 from benchmark.reporting.paper import PaperTable, PaperTables
+from benchmark.reporting.per_query import MEASURES as PER_QUERY_MEASURES
 from benchmark.reporting.per_query import PairingError, result_name
 from benchmark.reporting.table_model import Column, Row, Table
 
 ABLATION_MEASURES = ("sim", "r5", "mrr", "qlen", "gflops_g", "gflops_q", "gflops", "thr")
 PAPER_MEASURES = ("sim", "r5", "mrr", "qlen", "gflops", "thr")  # the paper's ablation columns
 LABELS = ("Setting", "Tag")
+#: the paired differences under each table: R@1 (what re-ranking moves first), then the table's
+PAIRED_MEASURES = ("r1", *PER_QUERY_MEASURES)
+PAIRED_LABELS = {"r1": "R@1"}
 
 
 @dataclass
@@ -59,11 +63,14 @@ def paired_notes(group: ArmGroup, estimator: Estimator) -> list[str]:
         if run is None or ref_run is None:
             continue
         try:
-            diffs = compare_runs(run, ref_run, estimator.options)
+            diffs = compare_runs(run, ref_run, estimator.options, PAIRED_MEASURES)
         except PairingError as e:
             notes.append(f"No paired test of {arm.label} vs {ref.label}: {e}")
             continue
-        parts = [describe_difference(MEASURES[m].label, d, 2 if m == "qlen" else 4) for m, d in diffs.items()]
+        parts = [
+            describe_difference(PAIRED_LABELS.get(m) or MEASURES[m].label, d, 2 if m == "qlen" else 4)
+            for m, d in diffs.items()
+        ]
         notes.append(
             f"Paired ({arm.label} minus {ref.label}, same queries, B = {estimator.options.n_boot}): "
             + "; ".join(parts)

@@ -2,9 +2,10 @@
 
 Writes, under the output folder: ``results.md`` (every run), ``results.csv`` (and
 ``results.parquet`` with pyarrow: every metric of every result file, one tidy row each),
-``comparison.md`` / ``.tex`` (models x datasets), ``ablations.md`` / ``.tex`` (QScaler,
-Q-Former, attention), ``claims.md`` (the paper's claims, quoted, and the suite's own:
-supported, contradicted, inconclusive or not tested) and
+``comparison.md`` / ``.tex`` (models x datasets), ``ablations.md`` / ``.tex`` (one per
+ablation folder), ``claims.md`` (the paper's claims, quoted, and the suite's own:
+supported, contradicted, inconclusive or not tested; at each seed and across seeds where the
+files hold several) and
 ``figures/*.png`` / ``.pdf``; from the feedback result files (``bench feedback``),
 ``feedback.md`` / ``.tex`` (per-round tables with bootstrap intervals, refinement arms minus
 exclude) and one convergence plot per run. Every file is validated before anything is
@@ -19,7 +20,8 @@ from pathlib import Path
 from benchmark.atomic import atomic_write_text
 from benchmark.reporting.ablation_arms import unsupported_ablations
 from benchmark.reporting.ablations import ablation_sections
-from benchmark.reporting.claims import evaluate_claims
+from benchmark.reporting.claims import base_seed, evaluate_claims, seeds_of
+from benchmark.reporting.claims_seeds import across_seeds
 from benchmark.reporting.claims_markdown import render_claims
 from benchmark.reporting.comparison import comparison_tables
 from benchmark.reporting.escape import latex, markdown_inline
@@ -112,11 +114,15 @@ def write_reports(results_dir: Path, out_dir: Path, options: ReportOptions | Non
     write(atomic_write_text(out_dir / "ablations.md", "\n".join(md)))
     write(atomic_write_text(out_dir / "ablations.tex", _latex([t for s in sections for t in s.tables], options)))
 
-    write(
-        atomic_write_text(
-            out_dir / "claims.md", render_claims(evaluate_claims(rest, estimator, paper), options, paper.paper)
-        )
+    several = len(seeds_of(rest)) > 1
+    claims_md = render_claims(
+        evaluate_claims(rest, estimator, paper),
+        options,
+        paper.paper,
+        across_seeds(rest, estimator, paper),
+        base_seed(rest) if several else None,
     )
+    write(atomic_write_text(out_dir / "claims.md", claims_md))
 
     figures = write_figures(results, estimator, out_dir / "figures")
 

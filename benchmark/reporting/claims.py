@@ -22,10 +22,19 @@ needs. The verdicts come from the interval of a paired difference on the same qu
   on the same machine.
 
 Anything else is "inconclusive": the interval is too wide to decide.
+
+Each verdict also carries its *effects* (:class:`Effect`: the paired differences, rho or the
+throughput ratio it rests on, each with its rule as a function of an interval), so that
+:mod:`benchmark.reporting.claims_seeds` can judge a claim on an interval across seeds by the same
+rule. Each claim names the models and the ablations whose runs it reads (``Claim.models``,
+``Claim.ablations``): ``bench reproduce --seeds N`` runs those at every extra seed. When the
+result files hold several seeds, :func:`evaluate_claims` reads the runs of the base seed
+(:func:`base_seed`); the other seeds are the across-seed section's.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,11 +54,31 @@ VERDICTS = (SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED)
 
 
 @dataclass(frozen=True)
+class Span:
+    """An interval ``[lo, hi]`` a rule judges (a paired difference's, or one across seeds)."""
+
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One number a verdict rests on (``ΔR@5``, ``rho``, a throughput ratio) and the claim's
+    rule for it, as a function of an interval of it (the verdict of that number alone)."""
+
+    label: str
+    value: float
+    decide: Callable[[Span], str]
+    digits: int = 4
+
+
+@dataclass(frozen=True)
 class Verdict:
     claim: str
     scope: str
     verdict: str
     evidence: str
+    effects: tuple[Effect, ...] = ()
 
 
 PAPER, SUITE = "paper", "suite"
@@ -83,6 +112,8 @@ class Claim:
     evaluate: Callable[[list[dict], Estimator, PaperTables], list[Verdict]]
     origin: Origin
     tasks: tuple[str, ...] = ("retrieval",)  # the result files it reads, by task
+    models: tuple[str, ...] = ()  # the models whose plain runs it compares
+    ablations: tuple[str, ...] = ()  # the ablation folders whose arms it compares
 
 
 # -- decision rules on a paired interval ---------------------------------------------------------
@@ -110,6 +141,15 @@ def both(first: str, second: str) -> str:
     if CONTRADICTED in (first, second):
         return CONTRADICTED
     return SUPPORTED if first == second == SUPPORTED else INCONCLUSIVE
+
+
+def rho_above_zero(d: Span) -> str:
+    return SUPPORTED if d.lo > 0 else CONTRADICTED if d.hi <= 0 else INCONCLUSIVE
+
+
+def ratio_rule(tol: float) -> Callable[[Span], str]:
+    """Throughput ratio A / B: faster beyond ``tol`` (the interval's form of the point rule)."""
+    return lambda d: SUPPORTED if d.lo > 1 + tol else CONTRADICTED if d.hi < 1 - tol else INCONCLUSIVE
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -167,7 +207,8 @@ def ours_r5_vs_blip2(results: list[dict], est: Estimator, paper: PaperTables) ->
             f"ours R@5 = {_value(est.cells(ours)['r5'])} ({result_name(ours)}), BLIP2 R@5 = "
             f"{_value(est.cells(blip2)['r5'])} ({result_name(blip2)}); {describe_difference('R@5', d)}."
         )
-        out.append(Verdict(name, scope, at_least(d, m), evidence))
+        effect = Effect("ΔR@5", d.diff, lambda x: at_least(x, m))
+        out.append(Verdict(name, scope, at_least(d, m), evidence, (effect,)))
     return out or _absent(name, "runs of ours and blip2 on the same dataset")
 
 
@@ -210,7 +251,8 @@ def qscaler_shortens(results: list[dict], est: Estimator, paper: PaperTables) ->
             f"{_paper(qs, 'true', 'r5')} vs {_paper(qs, 'false', 'r5')}. Files: "
             f"{result_name(with_q)}, {result_name(without)}."
         )
-        out.append(Verdict(name, scope, both(shorter(dq), equal(dr, m)), evidence))
+        effects = (Effect("ΔQ-Len", dq.diff, shorter, 2), Effect("ΔR@5", dr.diff, lambda x: equal(x, m)))
+        out.append(Verdict(name, scope, both(shorter(dq), equal(dr, m)), evidence, effects))
     return out or _absent(name, "runs of ours with model_args.qscaler = true and false, configs otherwise equal")
 
 
@@ -260,14 +302,14 @@ def qlen_grows_with_complexity(results: list[dict], est: Estimator, paper: Paper
             )
             continue
         rho = spearman_interval(q.complexity, lengths, o.n_boot, o.seed, o.level)
-        verdict = SUPPORTED if rho.lo > 0 else CONTRADICTED if rho.hi <= 0 else INCONCLUSIVE
         out.append(
             Verdict(
                 name,
                 scope,
-                verdict,
+                rho_above_zero(Span(rho.lo, rho.hi)),
                 f"Spearman ρ(complexity, L) = {rho.value:.3f} [{rho.lo:.3f}, {rho.hi:.3f}] over {rho.n} "
                 f"queries; mean L per {per_level} ({result_name(run)}).",
+                (Effect("ρ", rho.value, rho_above_zero, 3),),
             )
         )
     return out or _absent(name, "a run of ours with per-query lengths on a dataset with complexity levels")
@@ -319,12 +361,14 @@ def ours_faster_than_blip2(results: list[dict], est: Estimator, paper: PaperTabl
         scope = _scope(dataset, size)
         paired = speed_run(results, "ours", "blip2", dataset, size)
         if paired is not None:
+            ratio = paired["metrics"]["speed/ratio"]
             out.append(
                 Verdict(
                     name,
                     scope,
-                    _throughput_verdict(paired["metrics"]["speed/ratio"], tol),
+                    _throughput_verdict(ratio, tol),
                     _side_by_side(paired, tol, paper),
+                    (Effect("ours / BLIP2 img/s", ratio, ratio_rule(tol), 2),),
                 )
             )
             continue
@@ -359,6 +403,7 @@ def ours_faster_than_blip2(results: list[dict], est: Estimator, paper: PaperTabl
                 f"interval: `bench run --model ours --task speed` measures both side by side). "
                 f"Paper: ours {_paper(paper.comparison, 'ours', 'thr')} vs BLIP2 "
                 f"{_paper(paper.comparison, 'blip2', 'thr')} img/s.",
+                (Effect("ours / BLIP2 img/s", ratio, ratio_rule(tol), 2),),
             )
         )
     return out or _absent(
@@ -382,8 +427,39 @@ def trained_qformer_better(results: list[dict], est: Estimator, paper: PaperTabl
             f"(paper: {_paper(qformer, 'false', 'r5')} vs {_paper(qformer, 'true', 'r5')}). "
             f"Files: {result_name(trainable)}, {result_name(frozen)}."
         )
-        out.append(Verdict(name, scope, better(d, m), evidence))
+        out.append(Verdict(name, scope, better(d, m), evidence, (Effect("ΔR@5", d.diff, lambda x: better(x, m)),)))
     return out or _absent(name, "runs of ours with model_args.freeze_qformer = false and true, configs otherwise equal")
+
+
+def _k_test(run: dict) -> str:
+    k = (run.get("model_config") or {}).get("k_test")
+    return f"k_test = {k}" if k is not None else "k_test at its size's default"
+
+
+def conditioning_improves_reranking(results: list[dict], est: Estimator, paper: PaperTables) -> list[Verdict]:
+    """The ``conditioning`` ablation: the same trained ours with the instruction-conditioned ITM
+    pass (3.3) and with BLIP-2's plain ITM pass; re-ranking reorders each query's top k_test."""
+    name, m = "itm_conditioning", est.options.equal_margin
+    out = []
+    for g, scope in _complete_arm_groups(results, "conditioning"):
+        with_c, without = g.runs["true"], g.runs["false"]
+        diffs, why = _paired(with_c, without, est, ("r1", "r5"))
+        if diffs is None:
+            out.append(Verdict(name, scope, NOT_TESTED, why))
+            continue
+        d1, d5 = diffs["r1"], diffs["r5"]
+        r1 = [(r.get("metrics") or {}).get("t2i/R@1") for r in (with_c, without)]
+        r1_text = " vs ".join("–" if v is None else f"{v:.4f}" for v in r1)
+        evidence = (
+            f"R@1 {r1_text}, R@5 {_value(est.cells(with_c)['r5'])} vs {_value(est.cells(without)['r5'])} "
+            f"(conditioned vs BLIP-2's plain ITM, {_k_test(with_c)}); {describe_difference('R@1', d1)}; "
+            f"{describe_difference('R@5', d5)}. Files: {result_name(with_c)}, {result_name(without)}."
+        )
+        effects = (Effect("ΔR@1", d1.diff, lambda x: better(x, m)), Effect("ΔR@5", d5.diff, lambda x: at_least(x, m)))
+        out.append(Verdict(name, scope, both(better(d1, m), at_least(d5, m)), evidence, effects))
+    return out or _absent(
+        name, "runs of ours with model_args.itm_conditioning = true and false, configs otherwise equal"
+    )
 
 
 TASKS_READ = ("retrieval", "speed")  # the faster claim prefers a side-by-side ``--task speed`` run
@@ -411,6 +487,7 @@ CLAIMS: dict[str, Claim] = {
                 "Sim, memory and throughput only. The suite tests the retrieval quality the paper's contribution "
                 "implies.",
             ),
+            models=("ours", "blip2"),
         ),
         Claim(
             "qscaler_shortens",
@@ -426,6 +503,7 @@ CLAIMS: dict[str, Claim] = {
                     "Without QScaler | 0.93 | 0.35 | 0.26 | 32.00 | 259.63 | 21.66",
                 ),
             ),
+            ablations=("qscaler",),
         ),
         Claim(
             "qlen_complexity",
@@ -443,6 +521,7 @@ CLAIMS: dict[str, Claim] = {
                     ),
                 ),
             ),
+            models=("ours",),
         ),
         Claim(
             "faster_than_blip2",
@@ -459,6 +538,7 @@ CLAIMS: dict[str, Claim] = {
                 "fewer queries should cost less.",
             ),
             TASKS_READ,
+            models=("ours", "blip2"),
         ),
         Claim(
             "qformer_training",
@@ -475,13 +555,50 @@ CLAIMS: dict[str, Claim] = {
                     "Joint Optimization of Q-Former and QScaler Is Essential",
                 ),
             ),
+            ablations=("qformer",),
+        ),
+        Claim(
+            "itm_conditioning",
+            "Instruction conditioning improves re-ranking (T2I R@1, R@5).",
+            "paired bootstrap of the conditioned ITM pass - BLIP-2's plain ITM pass over the same weights: "
+            "R@1 better (lo > 0) and R@5 at least as good (lo >= -m)",
+            conditioning_improves_reranking,
+            Origin(
+                SUITE,
+                "Section 3.3",
+                ("3.3. Instruction-Conditioned Cross-Attention",),
+                "The paper names instruction-conditioned cross-attention as part of its method (Section 3.3) but "
+                "reports no ablation of it. The suite tests it where it acts in retrieval, the ITM re-ranking: the "
+                "same trained weights re-rank with the conditioned pass and with BLIP-2's plain ITM pass "
+                "(model_args.itm_conditioning).",
+            ),
+            ablations=("conditioning",),
         ),
     )
 }
 
 
-def evaluate_claims(results: list[dict], estimator: Estimator, paper: PaperTables) -> list[tuple[Claim, list[Verdict]]]:
-    """Every claim on the result files of the tasks it reads (``Claim.tasks``)."""
+def seeds_of(results: list[dict]) -> list[int]:
+    """The seeds the result files were run at, sorted."""
+    return sorted({r["seed"] for r in results if isinstance(r.get("seed"), int)})
+
+
+def base_seed(results: list[dict]) -> int | None:
+    """The seed of the most result files (ties: the smallest): ``bench reproduce --seeds N`` runs
+    every model at its base seed and only the claims' runs at the others."""
+    counts = Counter(r["seed"] for r in results if isinstance(r.get("seed"), int))
+    return min(counts, key=lambda s: (-counts[s], s)) if counts else None
+
+
+def evaluate_claims(
+    results: list[dict], estimator: Estimator, paper: PaperTables, seed: int | None = None
+) -> list[tuple[Claim, list[Verdict]]]:
+    """Every claim on the result files of the tasks it reads (``Claim.tasks``), of one seed:
+    ``seed``, else the :func:`base_seed` where the files hold several (all files otherwise)."""
+    if seed is None and len(seeds_of(results)) > 1:
+        seed = base_seed(results)
+    if seed is not None:
+        results = [r for r in results if r.get("seed") == seed]
     return [
         (claim, claim.evaluate([r for r in results if task_of(r) in claim.tasks], estimator, paper))
         for claim in CLAIMS.values()

@@ -5,11 +5,13 @@ the first relevant item; 0 = skipped query), ``"<direction>/sim"`` (t2i, i2t), `
 (-1 where the model has no per-query length) and ``complexity``. From them:
 
 * ``sim``: the query's similarity with its source item (NaN where absent);
-* ``r5``: 1.0 if rank <= 5, else 0.0 (NaN for a skipped query);
+* ``r1``, ``r5``: 1.0 if rank <= 1 (5), else 0.0 (NaN for a skipped query);
 * ``mrr``: 1 / rank (NaN for a skipped query);
 * ``qlen``: the number of query vectors the model spent on the instruction (t2i only).
 
-Their means are exactly the result's ``t2i/Sim``, ``t2i/R@5``, ``t2i/MRR`` and ``qlen/mean``.
+Their means are exactly the result's ``t2i/Sim``, ``t2i/R@1``, ``t2i/R@5``, ``t2i/MRR`` and
+``qlen/mean``. :data:`MEASURES` are the ones every table and paired comparison reads; ``r1`` is
+read where asked for (the ablations' paired differences, the conditioning claim).
 Two runs can be paired only when they evaluated the same queries in the same order:
 :func:`check_same_queries` compares everything that decides the queries and refuses with a
 :class:`PairingError` naming the field that differs.
@@ -71,6 +73,7 @@ def query_values(result: dict, direction: str = "t2i") -> QueryValues | None:
     columns: dict[str, np.ndarray] = {}
     ranked = rank > 0
     with np.errstate(divide="ignore", invalid="ignore"):
+        columns["r1"] = np.where(ranked, (rank <= 1).astype(np.float64), np.nan)
         columns["r5"] = np.where(ranked, (rank <= R_AT).astype(np.float64), np.nan)
         columns["mrr"] = np.where(ranked, 1.0 / np.where(ranked, rank, 1.0), np.nan)
     sim = _array(result, f"{direction}/sim")
