@@ -511,6 +511,12 @@ def reproduce(
     retrain: Annotated[bool, typer.Option(help="Train even if a checkpoint is cached.")] = False,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of the report.")] = 1000,
     progress: Annotated[bool, typer.Option(help="Show Lightning's progress bars.")] = False,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            help="Size tiny: run the models and ablation arms the claims compare at N seeds (the run seed and the N - 1 after it, 1-20); the claims report gives each claim at each seed and across seeds."
+        ),
+    ] = 1,
     size: Annotated[
         str,
         typer.Option(
@@ -562,6 +568,9 @@ def reproduce(
         if size == "full":
             from benchmark.reproduce.full_cli import full_plan
 
+            if seeds != 1:
+                raise ConfigError("--seeds: only with --size tiny (a full-size run is one seed)")
+
             plan = full_plan(
                 overrides,
                 data_root=data_root,
@@ -592,6 +601,7 @@ def reproduce(
                 cache_dir=cache_dir,
                 only=only or [],
                 report=ReportOptions(n_boot=bootstrap),
+                seeds=seeds,
             )
     except (ConfigError, ReportOptionsError, UnknownNameError) as e:
         raise _fail(str(e)) from None

@@ -79,12 +79,19 @@ def paired_notes(group: ArmGroup, estimator: Estimator) -> list[str]:
     return notes
 
 
-def group_table(group: ArmGroup, paper: PaperTables, estimator: Estimator) -> Table:
+def _seed(group: ArmGroup):
+    return next(iter(group.runs.values())).get("seed")
+
+
+def group_table(group: ArmGroup, paper: PaperTables, estimator: Estimator, show_seed: bool = False) -> Table:
+    """``show_seed``: name the group's seed in the title (the ablation has groups at several seeds)."""
     a = group.ablation
     paper_table = paper.ablations.get(a.name)
     title = f"{a.title}: {a.model} on {group.dataset} ({group.size})"
     if group.context():
         title += f"; {group.context()}"
+    if show_seed:
+        title += f"; seed {_seed(group)}"
     table = Table(title, LABELS, _columns(paper_table, paper.label))
     for arm in a.arms:
         run = group.runs.get(arm.key)
@@ -130,6 +137,9 @@ def ablation_sections(results: list[dict], paper: PaperTables, estimator: Estima
     for ablation in report_ablations().values():
         groups = arm_groups(results, ablation)
         complete = [g for g in groups if g.complete]
-        tables = [group_table(g, paper, estimator) for g in complete] or [missing_table(ablation, groups, paper)]
+        several = len({_seed(g) for g in complete}) > 1
+        tables = [group_table(g, paper, estimator, several) for g in complete] or [
+            missing_table(ablation, groups, paper)
+        ]
         sections.append(AblationSection(ablation, tables, bool(complete)))
     return sections

@@ -11,7 +11,17 @@
    earlier step's (``config_hash`` after :func:`benchmark.ablate.canonical`; tags and folders do
    not count) is a :class:`~benchmark.reproduce.steps.SharedStep`: the report groups runs by
    config, so the plain ``ours`` run *is* the ``qscaler: with`` arm.
-4. The report (:func:`benchmark.reporting.build.write_reports`).
+4. With ``seeds`` N > 1 (``bench reproduce --seeds N``): the runs the claims compare
+   (:data:`benchmark.reporting.claims.CLAIMS`: each claim's ``models``, the speed pair when a
+   claim reads ``--task speed`` runs, and the arms of each claim's ``ablations``) again at each
+   extra seed ``base + 1, ..., base + N - 1`` (base: the run seed, 0 unless ``--set seed=S``),
+   tags suffixed ``-seed<S>`` (``default-seed1``, ``ablate-qscaler-without-seed1``) so no result
+   file clashes. Each extra seed is a whole new training: the data's instruction templates, the
+   dependencies (CLIP, BLIP2: trained by the runner at the run's seed) and every weight follow the
+   seed; only what is shared at one seed is shared (the default arms, a ``conditioning`` arm's
+   checkpoint). The report then gives every claim at each seed and across seeds
+   (:mod:`benchmark.reporting.claims_seeds`).
+5. The report (:func:`benchmark.reporting.build.write_reports`).
 
 A model is skipped, with the reason, when its class declares ``sizes`` without ``"tiny"`` or
 depends on a model that is skipped, not registered or broken; an ablation on such a model
@@ -29,8 +39,9 @@ from pathlib import Path
 
 from benchmark.ablate import arm_config, canonical
 from benchmark.ablation_folders import Ablation, discover
-from benchmark.config import ConfigError, RunConfig, build_run_config, from_dict, model_defaults
+from benchmark.config import DEFAULT_TASK, MAX_SEED, ConfigError, RunConfig, build_run_config, from_dict, model_defaults
 from benchmark.registry import MODELS, Registry, UnknownNameError
+from benchmark.reporting.claims import CLAIMS
 from benchmark.reporting.options import ReportOptions
 from benchmark.reproduce.steps import BrokenStep, ReportStep, RunStep, SharedStep, SkippedStep, Step
 
@@ -42,11 +53,14 @@ REPORT = "report"
 FIXED = ("model", "dataset", "size", "tag", "task", "results_dir", "cache_dir")
 #: (model, baseline) pairs timed side by side by ``bench run --model M --task speed``
 SPEED_PAIRS = (("ours", "blip2"),)
+#: ``--seeds``: how many seeds the claims' runs get (the base seed and N - 1 more)
+MAX_SEEDS = 20
 
 
 @dataclass(frozen=True)
 class Plan:
     steps: tuple[Step, ...]
+    seeds: tuple[int, ...] = ()  # the base seed, then the extra seeds of ``--seeds`` (empty: not recorded)
 
     def describe(self) -> str:
         kinds: dict[str, int] = {}
@@ -60,7 +74,10 @@ class Plan:
             ("BrokenStep", "broken"),
             ("ReportStep", "report"),
         )
-        return f"{len(self.steps)} steps: " + ", ".join(f"{kinds[k]} {label}" for k, label in names if k in kinds)
+        text = f"{len(self.steps)} steps: " + ", ".join(f"{kinds[k]} {label}" for k, label in names if k in kinds)
+        if len(self.seeds) > 1:
+            text += f"; seeds {', '.join(map(str, self.seeds))} (the claims' runs at each, base {self.seeds[0]})"
+        return text
 
 
 def load_error(models: Registry, name: str) -> str | None:
@@ -136,13 +153,19 @@ def _model_step(models: Registry, name: str, overrides: Sequence[dict], fixed: d
 
 
 def _arm_steps(
-    ablation: Ablation, overrides: Sequence[dict], fixed: dict, models: Registry, skipped: dict[str, str]
+    ablation: Ablation,
+    overrides: Sequence[dict],
+    fixed: dict,
+    models: Registry,
+    skipped: dict[str, str],
+    seed: int | None = None,
 ) -> list[Step]:
+    """The arms' steps; ``seed``: at an extra seed (titles, tags and selectors say which)."""
     steps: list[Step] = []
     for arm in ablation.arms:
-        title = f"{ablation.model} (ablation {ablation.name}: {arm.name})"
-        selectors = (ablation.name, f"{ablation.name}:{arm.name}")
-        own = {"tag": ablation.tag(arm), **fixed}
+        title = f"{ablation.model} (ablation {ablation.name}: {arm.name}{_at(seed)})"
+        selectors = (ablation.name, f"{ablation.name}:{arm.name}", *_seed_selectors(seed))
+        own = {"tag": ablation.tag(arm) + seed_suffix(seed), **fixed}
         if ablation.model not in models or ablation.model in skipped:
             why = skipped.get(ablation.model, f"{ablation.model!r} is not a registered model")
             steps.append(SkippedStep(title, selectors, f"ablation {ablation.name} is on {ablation.model}: {why}"))
@@ -154,6 +177,82 @@ def _arm_steps(
             continue
         steps.append(RunStep(title, selectors, arm_config(ablation, arm, *overrides, own)))
     return steps
+
+
+def seed_suffix(seed: int | None) -> str:
+    """The tag suffix of a run at an extra seed (``-seed3``; none at the base seed)."""
+    return "" if seed is None else f"-seed{seed}"
+
+
+def _at(seed: int | None) -> str:
+    return "" if seed is None else f", seed {seed}"
+
+
+def _seed_selectors(seed: int | None) -> tuple[str, ...]:
+    return () if seed is None else (f"seed{seed}",)
+
+
+def extra_seeds(base: int, n: int) -> list[int]:
+    """The seeds of ``--seeds n`` beyond ``base``: ``base + 1, ..., base + n - 1``."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SEEDS:
+        raise ConfigError(f"--seeds must be an integer in [1, {MAX_SEEDS}], got {n!r}")
+    if base + n - 1 > MAX_SEED:
+        raise ConfigError(f"--seeds {n} from seed {base} passes the largest seed {MAX_SEED}")
+    return [base + i for i in range(1, n)]
+
+
+def claim_runs() -> tuple[list[str], bool, list[str]]:
+    """``(models, speed, ablations)`` the claims compare: the models whose plain runs they read,
+    whether one reads ``--task speed`` runs, the ablation folders whose arms they read."""
+    models = sorted({m for c in CLAIMS.values() for m in c.models})
+    speed = any("speed" in c.tasks for c in CLAIMS.values())
+    ablations = sorted({a for c in CLAIMS.values() for a in c.ablations})
+    return models, speed, ablations
+
+
+def _seed_steps(
+    seed: int,
+    steps: Sequence[Step],
+    overrides: Sequence[dict],
+    fixed: dict,
+    models: Registry,
+    skipped: dict[str, str],
+    ablations: dict[str, Ablation],
+) -> list[Step]:
+    """The claims' runs (:func:`claim_runs`) at one extra seed, in the base plan's order."""
+    wanted, speed, wanted_ablations = claim_runs()
+    at = {**fixed, "seed": seed}
+    out: list[Step] = []
+    for step in steps:
+        if isinstance(step, RunStep) and step.config is not None and step.config.task == DEFAULT_TASK:
+            name = step.config.model
+            if step.title == name and name in wanted:
+                own = {"model": name, "tag": MODEL_TAG + seed_suffix(seed), **at}
+                cfg = build_run_config(model_defaults(name), *overrides, own)
+                out.append(RunStep(f"{name}{_at(seed)}", (name, *_seed_selectors(seed)), cfg))
+    ran = {s.config.model for s in out if isinstance(s, RunStep) and s.config is not None}
+    for model, baseline in SPEED_PAIRS if speed else ():
+        if {model, baseline} <= ran:
+            out.append(_speed_step(model, baseline, overrides, at, seed))
+    for name in wanted_ablations:
+        if name in ablations:
+            out += _arm_steps(ablations[name], overrides, at, models, skipped, seed)
+    return out
+
+
+def _speed_step(model: str, baseline: str, overrides: Sequence[dict], fixed: dict, seed: int | None = None) -> Step:
+    own = {
+        "model": model,
+        "tag": MODEL_TAG + seed_suffix(seed),
+        "task": "speed",
+        "task_args": {"baseline": baseline},
+        **fixed,
+    }
+    return RunStep(
+        f"{model} (speed against {baseline}{_at(seed)})",
+        ("speed", f"speed:{model}", *_seed_selectors(seed)),
+        build_run_config(model_defaults(model), *overrides, own),
+    )
 
 
 def select(steps: Sequence[Step], only: Iterable[str]) -> list[Step]:
@@ -201,9 +300,13 @@ def build_plan(
     report: ReportOptions | None = None,
     models: Registry = MODELS,
     ablations_root=None,
+    seeds: int = 1,
 ) -> Plan:
-    """Every registered model, every ablation arm, then the report; see the module docstring."""
+    """Every registered model, every ablation arm, the claims' runs at ``seeds - 1`` more seeds,
+    then the report; see the module docstring."""
     refuse_fixed(overrides)
+    base = build_run_config({"model": "ours"}, *overrides).seed  # the run seed (validated), whatever the model
+    more = extra_seeds(base, seeds)
     fixed: dict = {"dataset": DATASET, "size": SIZE, "results_dir": str(results_dir)}
     if cache_dir is not None:
         fixed["cache_dir"] = str(cache_dir)
@@ -224,15 +327,12 @@ def build_plan(
     ran = {s.config.model for s in steps if isinstance(s, RunStep) and s.config is not None}
     for model, baseline in SPEED_PAIRS:
         if {model, baseline} <= ran:
-            own = {"model": model, "tag": MODEL_TAG, "task": "speed", "task_args": {"baseline": baseline}, **fixed}
-            steps.append(
-                RunStep(
-                    f"{model} (speed against {baseline})",
-                    ("speed", f"speed:{model}"),
-                    build_run_config(model_defaults(model), *overrides, own),
-                )
-            )
-    for ablation in discover(ablations_root).values():
+            steps.append(_speed_step(model, baseline, overrides, fixed))
+    ablations = discover(ablations_root)
+    for ablation in ablations.values():
         steps += _arm_steps(ablation, overrides, fixed, models, skipped)
+    base_steps = list(steps)
+    for seed in more:
+        steps += _seed_steps(seed, base_steps, overrides, fixed, models, skipped, ablations)
     steps.append(ReportStep(REPORT, (REPORT,), Path(results_dir), Path(out_dir), report or ReportOptions()))
-    return Plan(tuple(share(select(steps, only))))
+    return Plan(tuple(share(select(steps, only))), (base, *more))
