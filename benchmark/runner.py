@@ -103,7 +103,12 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
         timings["load_checkpoint_s"] = time.perf_counter() - t
     elif cfg.train.max_epochs > 0:
         model, loader = create_fit_save(
-            training_config(cfg, model_cls), model_cls, trained_config(model_cls, model_config), dm, ckpt, progress=progress
+            training_config(cfg, model_cls),
+            model_cls,
+            trained_config(model_cls, model_config),
+            dm,
+            ckpt,
+            progress=progress,
         )
         model = with_eval_settings(model, model_config)
         trained = True

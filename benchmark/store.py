@@ -311,5 +311,7 @@ def load_trained(cfg: RunConfig, *, progress: bool = False, train: bool = True) 
     absent and ``train``), loaded."""
     ckpt, trained = ensure_checkpoint(cfg, progress=progress, train=train)
     model_cls = MODELS.get(cfg.model)
-    model = with_eval_settings(load_cached_checkpoint(model_cls, ckpt), from_dict(model_cls.Config, cfg.model_args, "model_args"))
+    model = with_eval_settings(
+        load_cached_checkpoint(model_cls, ckpt), from_dict(model_cls.Config, cfg.model_args, "model_args")
+    )
     return model, ckpt, trained

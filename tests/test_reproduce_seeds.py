@@ -43,7 +43,9 @@ def test_extra_seeds_rerun_exactly_the_claims_runs(tmp_path):
     assert {c for claim in CLAIMS.values() for c in claim.ablations} == set(ablations)
     for seed in (6, 7):
         at = [s for s in plan.steps if f"seed{seed}" in s.selectors]
-        runs = sorted((s.config.model, s.config.task, s.config.tag, s.config.seed) for s in at if isinstance(s, RunStep))
+        runs = sorted(
+            (s.config.model, s.config.task, s.config.tag, s.config.seed) for s in at if isinstance(s, RunStep)
+        )
         assert runs == sorted(
             [
                 ("blip2", "retrieval", f"default-seed{seed}", seed),
@@ -139,7 +141,10 @@ def test_conditioning_at_two_seeds_end_to_end(tmp_path):
         with_c = runs[f"ours__synthetic__ablate-conditioning-with{suffix}"]
         without = runs[f"ours__synthetic__ablate-conditioning-without{suffix}"]
         assert with_c["seed"] == without["seed"] == seed
-        assert [with_c["model_config"]["itm_conditioning"], without["model_config"]["itm_conditioning"]] == [True, False]
+        assert [with_c["model_config"]["itm_conditioning"], without["model_config"]["itm_conditioning"]] == [
+            True,
+            False,
+        ]
         # one checkpoint: trained by the first arm, loaded by the second
         assert with_c["provenance"]["checkpoint"] == without["provenance"]["checkpoint"]
         assert with_c["provenance"]["trained_this_run"] and not without["provenance"]["trained_this_run"]

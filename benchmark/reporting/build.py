@@ -21,8 +21,8 @@ from benchmark.atomic import atomic_write_text
 from benchmark.reporting.ablation_arms import unsupported_ablations
 from benchmark.reporting.ablations import ablation_sections
 from benchmark.reporting.claims import base_seed, evaluate_claims, seeds_of
-from benchmark.reporting.claims_seeds import across_seeds
 from benchmark.reporting.claims_markdown import render_claims
+from benchmark.reporting.claims_seeds import across_seeds
 from benchmark.reporting.comparison import comparison_tables
 from benchmark.reporting.escape import latex, markdown_inline
 from benchmark.reporting.estimates import Estimator

@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -51,6 +52,16 @@ from benchmark.results import task_of
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED = "supported", "contradicted", "inconclusive", "not tested"
 VERDICTS = (SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED)
+
+
+class Bounds(Protocol):
+    """What a rule reads of an interval (a :class:`PairedDifference`, a :class:`Span`)."""
+
+    @property
+    def lo(self) -> float: ...
+
+    @property
+    def hi(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -68,7 +79,7 @@ class Effect:
 
     label: str
     value: float
-    decide: Callable[[Span], str]
+    decide: Callable[[Bounds], str]
     digits: int = 4
 
 
@@ -119,21 +130,21 @@ class Claim:
 # -- decision rules on a paired interval ---------------------------------------------------------
 
 
-def at_least(d: PairedDifference, m: float) -> str:
+def at_least(d: Bounds, m: float) -> str:
     return SUPPORTED if d.lo >= -m else CONTRADICTED if d.hi < -m else INCONCLUSIVE
 
 
-def better(d: PairedDifference, m: float) -> str:
+def better(d: Bounds, m: float) -> str:
     return SUPPORTED if d.lo > 0 else CONTRADICTED if d.hi < m else INCONCLUSIVE
 
 
-def equal(d: PairedDifference, m: float) -> str:
+def equal(d: Bounds, m: float) -> str:
     if -m <= d.lo and d.hi <= m:
         return SUPPORTED
     return CONTRADICTED if (d.lo > m or d.hi < -m) else INCONCLUSIVE
 
 
-def shorter(d: PairedDifference) -> str:
+def shorter(d: Bounds) -> str:
     return SUPPORTED if d.hi < 0 else CONTRADICTED if d.lo >= 0 else INCONCLUSIVE
 
 
@@ -143,11 +154,11 @@ def both(first: str, second: str) -> str:
     return SUPPORTED if first == second == SUPPORTED else INCONCLUSIVE
 
 
-def rho_above_zero(d: Span) -> str:
+def rho_above_zero(d: Bounds) -> str:
     return SUPPORTED if d.lo > 0 else CONTRADICTED if d.hi <= 0 else INCONCLUSIVE
 
 
-def ratio_rule(tol: float) -> Callable[[Span], str]:
+def ratio_rule(tol: float) -> Callable[[Bounds], str]:
     """Throughput ratio A / B: faster beyond ``tol`` (the interval's form of the point rule)."""
     return lambda d: SUPPORTED if d.lo > 1 + tol else CONTRADICTED if d.hi < 1 - tol else INCONCLUSIVE
 

@@ -104,7 +104,11 @@ def render_claims(
         "",
         RULES.format(m=options.equal_margin, pct=options.percent, tol=options.throughput_tolerance),
         "",
-        (f"Verdicts at the base seed {base_seed} (the across-seed section has the others). " if base_seed is not None else "")
+        (
+            f"Verdicts at the base seed {base_seed} (the across-seed section has the others). "
+            if base_seed is not None
+            else ""
+        )
         + "Summary: "
         + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
         + ".",
