@@ -42,7 +42,7 @@ from typing import Protocol
 import numpy as np
 
 from benchmark.reporting.ablation_arms import arm_groups, report_ablations
-from benchmark.reporting.bootstrap import PairedDifference, spearman_interval
+from benchmark.reporting.bootstrap import spearman_interval
 from benchmark.reporting.estimates import MEASURES, Cell, Estimator, metric_value
 from benchmark.reporting.paired import compare_runs, describe_difference
 from benchmark.reporting.paper import PaperTable, PaperTables
