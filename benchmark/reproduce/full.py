@@ -227,7 +227,7 @@ def build_full_plan(
                 )
             )
     steps.append(ReportStep(REPORT, (REPORT,), Path(results_dir), Path(out_dir), report or ReportOptions()))
-    return FullPlan(tuple(share(select(steps, only))), tuple(datasets), costs)
+    return FullPlan(tuple(share(select(steps, only))), datasets=tuple(datasets), costs=costs)
 
 
 def describe_full(plan: FullPlan) -> list[str]:
