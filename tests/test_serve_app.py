@@ -25,7 +25,8 @@ from benchmark.serve.llm_steps import LLMSteps
 from benchmark.serve.loading import Loaded
 from benchmark.serve.thumbnails import Thumbnails
 from lightning_modules.base import Encoded
-from tests.feedback_helpers import FakeModel, gallery_of as encoded_gallery, tiny_split
+from tests.feedback_helpers import FakeModel, tiny_split
+from tests.feedback_helpers import gallery_of as encoded_gallery
 
 K = 6
 QUERY = "Find images of a red circle."
@@ -195,9 +196,10 @@ def test_llm_round_shows_questions_then_the_refined_query(client):
     assert client.post(f"/api/searches/{d['search']}/answers", json={"answers": []}).status_code == 400
     bad = [x["options"][0] for x in pending["questions"]]
     bad[0] = "something else"
-    assert "one of the question's options" in client.post(
-        f"/api/searches/{d['search']}/answers", json={"answers": bad}
-    ).json()["error"]
+    assert (
+        "one of the question's options"
+        in client.post(f"/api/searches/{d['search']}/answers", json={"answers": bad}).json()["error"]
+    )
     answers = [x["options"][0] for x in pending["questions"]]
     searcher = client.state_.loaded.searcher
     old = searcher.get(d["search"]).scores.clone()

@@ -190,7 +190,9 @@ class Searcher:
             self._fallback(s, p.ps, p.ns, e, qa)
             return s
         new, length = self._score_text(refined)
-        self._round(s, "llm", p.ps, p.ns, questions=qa, refined_query=refined, refined_query_length=length, fallback=None)
+        self._round(
+            s, "llm", p.ps, p.ns, questions=qa, refined_query=refined, refined_query_length=length, fallback=None
+        )
         s.history.extend(qa)
         alpha = self.fb.llm.alpha
         s.scores = alpha * new + (1 - alpha) * s.scores
