@@ -128,3 +128,20 @@ def test_cache_key_follows_the_checkpoint_and_the_split(tmp_path):
     os.utime(ckpt / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # retrained in place
     assert key != ec.cache_key("clip", ec.checkpoint_identity(ckpt), split)
     assert ec.checkpoint_identity("org/model") == {"checkpoint": "org/model"}
+
+
+@pytest.mark.parametrize(("host", "warned"), [("127.0.0.1", False), ("0.0.0.0", True)])
+def test_serve_warns_off_loopback_and_prints_the_bound_address(tmp_path, monkeypatch, capsys, host, warned):
+    import uvicorn
+
+    from benchmark.serve import server
+    from benchmark.serve.app import AppState
+
+    ran = []
+    monkeypatch.setattr(server, "build_state", lambda *a, **k: AppState(None, tmp_path / "x.jsonl", unavailable="no"))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: ran.append(sockets[0].getsockname()))
+    server.serve(_cfg(tmp_path, model="clip"), FeedbackConfig(), ServeConfig(host=host, port=0))
+    out, err = capsys.readouterr()
+    assert ("no authentication" in err) is warned
+    assert ran and out.strip().endswith(f"serving on http://{host}:{ran[0][1]}/")
+    assert "error: no" in err

@@ -11,8 +11,10 @@ here the one arm ``interactive``, whose ``rounds`` hold ``round``, ``shown``, ``
 (image ids; ``unsure``: shown and left unmarked) and, for an LLM-guided round, ``questions``
 (question, options, answer), ``refined_query`` and ``fallback``. A person judges the results,
 so there is no ground truth: ``caption``, ``target_image_id`` and ``n_relevant`` are null and
-``ranks`` is empty; each round adds ``kind`` (``refresh`` or ``llm``) and the shown items'
-scores.
+``ranks`` is empty. Beyond the schema, the line records ``query_length`` (L of the typed
+query) and each round its ``kind`` (``refresh`` or ``llm``), the shown items' scores
+(``shown_scores``), the ``query_length`` its ranking came from and, for a refined query, its
+``refined_query_length``.
 """
 
 from __future__ import annotations
