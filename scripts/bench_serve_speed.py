@@ -17,7 +17,11 @@ out, the engine), so a latency is what the page waits for, less the network of l
 * ``search_and_thumbnails``: the same plus ``GET`` of the k thumbnails (first time: read and
   encoded from the PNG files);
 * ``refresh``: ``POST .../refresh`` with the top result marked not relevant and the second
-  relevant (the shown items' image-image rows scored against the gallery);
+  relevant (the marked items' image-image rows scored against the gallery; a row once scored
+  is cached, so each query here is a fresh search with rows not seen before only where its
+  marked items differ from earlier ones);
+* ``refresh_every_shown_marked``: the same with all k shown items marked (first half relevant,
+  the rest not): the most rows a round scores;
 * ``llm``: ``POST .../questions`` then ``POST .../answers`` with each question's first option
   (rules writer; a round whose writer finds nothing to ask falls back to refreshing, counted).
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -90,7 +95,8 @@ def measure(model: str, args) -> dict:
     es_queries = list(dict.fromkeys(_instructions(cfg)))[: args.queries + 1]
     out_dir = Path(args.cache_dir) / "serve" / "speed"
     client = TestClient(create_app(AppState(loaded, out_dir / f"{model}.jsonl")))
-    times: dict[str, list[float]] = {k: [] for k in ("search", "search_and_thumbnails", "refresh", "llm")}
+    keys = ("search", "search_and_thumbnails", "refresh", "refresh_every_shown_marked", "llm")
+    times: dict[str, list[float]] = {k: [] for k in keys}
     fallbacks, lengths = 0, []
     for n, q in enumerate(es_queries):
         r, t_search = _timed(lambda q=q: client.post("/api/search", json={"query": q}))
@@ -106,6 +112,16 @@ def measure(model: str, args) -> dict:
         r, t_refresh = _timed(
             lambda v=v, shown=shown: client.post(
                 f"/api/searches/{v['search']}/refresh", json={"relevant": shown[1:2], "not_relevant": shown[:1]}
+            )
+        )
+        assert r.status_code == 200, r.text
+        # every shown item marked (half relevant, half not): the most image-image rows a round scores
+        v3 = client.post("/api/search", json={"query": q}).json()
+        shown3 = [x["index"] for x in v3["results"]]
+        half = len(shown3) // 2
+        r, t_refresh_all = _timed(
+            lambda v3=v3, shown3=shown3, half=half: client.post(
+                f"/api/searches/{v3['search']}/refresh", json={"relevant": shown3[:half], "not_relevant": shown3[half:]}
             )
         )
         assert r.status_code == 200, r.text
@@ -131,11 +147,13 @@ def measure(model: str, args) -> dict:
             ("search", t_search),
             ("search_and_thumbnails", t_search + t_thumbs),
             ("refresh", t_refresh),
+            ("refresh_every_shown_marked", t_refresh_all),
             ("llm", t_llm),
         ):
             times[key].append(t)
     stats = {k: _stats(v) for k, v in times.items()}
     return {
+        "load_average_at_end": list(os.getloadavg()),
         "model": model,
         "n_gallery": loaded.info["n_images"],
         "top_k": args.top_k,
@@ -180,7 +198,7 @@ def main() -> None:
         runs.append(run)
         print(
             f"{model}: {run['n_gallery']} images, k={run['top_k']}, {run['queries']} queries, "
-            f"{run['torch_threads']} torch threads; start {run['start_s']:.1f} s"
+            f"{run['torch_threads']} torch threads, load average {run['load_average_at_end'][0]:.1f}; start {run['start_s']:.1f} s"
             + (
                 f" (gallery encoded), restart {run['restart_from_cached_gallery_s']:.1f} s (gallery from cache)"
                 if run["restart_from_cached_gallery_s"] is not None

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from benchmark.feedback.arms import refreshed
-from benchmark.feedback.config import FeedbackConfig
+from benchmark.feedback.config import FeedbackConfig, RefreshConfig
 from benchmark.feedback.llm.base import LLMError
 from benchmark.feedback.llm.rules import RulesBackend
 from benchmark.feedback.ranking import top_shown
@@ -152,6 +152,7 @@ def test_refresh_round_matches_the_feedback_update_and_drops_the_not_relevant(cl
         fb.refresh,
         torch.tensor([[g in ns for g in shown]]),
     )[0]
+    assert torch.equal(searcher.get(d["search"]).scores, expected)  # the max kernel: bitwise
     excluded = torch.zeros(40, dtype=torch.bool)
     excluded[ns] = True
     assert [x["index"] for x in after["results"]] == top_shown(expected[None], excluded[None], K)[0].tolist()
@@ -296,3 +297,23 @@ def test_an_unexpected_failure_is_a_json_500_without_a_traceback(tmp_path):
 def test_unknown_routes_and_methods_are_json_errors(client):
     assert client.get("/nope").json() == {"error": "Not Found"}
     assert client.get("/api/search").status_code == 405
+
+
+@pytest.mark.parametrize("kernel", ["mean", "max", "knn", "residual"])
+@pytest.mark.parametrize("marks", [(1, 1), (0, 2), (3, 0), (0, 0)])
+def test_refresh_from_the_marked_rows_equals_the_update_over_every_shown_row(tmp_path, kernel, marks):
+    fb = FeedbackConfig(refresh=RefreshConfig(kernel=kernel))
+    state = _state(tmp_path, fb=fb)
+    searcher = state.loaded.searcher
+    s = searcher.search(QUERY)
+    shown, before = list(s.shown), s.scores.clone()
+    ps, ns = shown[1 : 1 + marks[0]], shown[4 : 4 + marks[1]]
+    searcher.refresh(s.index, ps, ns)
+    expected = refreshed(
+        before[None],
+        searcher.scorer.shown(torch.tensor([shown])),
+        torch.tensor([[g in ps for g in shown]]),
+        fb.refresh,
+        torch.tensor([[g in ns for g in shown]]),
+    )[0]
+    assert torch.allclose(s.scores, expected, rtol=1e-6, atol=1e-7)

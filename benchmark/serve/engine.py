@@ -7,7 +7,8 @@ runs the rounds a person asks for on the items shown:
 * **refresh** -- the ``refresh`` arm's update (:func:`benchmark.feedback.arms.refreshed`):
   ``s = w0 s + w_ps K(PS) - w_ns K(NS)`` with the configured kernel and weights
   (``--feedback-set refresh.*``); items marked relevant are PS, not relevant NS, unmarked
-  ones neither (unsure);
+  ones neither (unsure); only the marked items' image-image rows are scored (the same
+  update: see :meth:`Searcher._refresh_scores`);
 * **llm** -- the ``llm`` arm's update in two steps (:mod:`.llm_steps`): questions are shown,
   the person answers, the refined query q' is scored and mixed in, ``s = alpha score(q') +
   (1 - alpha) s``; when the question writer fails (the rules writer finds nothing to ask, a
@@ -130,9 +131,18 @@ class Searcher:
         return entry
 
     def _refresh_scores(self, s: Search, ps: list[int], ns: list[int]) -> None:
-        shown = torch.tensor([s.shown], dtype=torch.long)
-        ps_mask = torch.tensor([[g in ps for g in s.shown]])
-        ns_mask = torch.tensor([[g in ns for g in s.shown]])
+        """The refresh update from the marked items only: every kernel reads a shown item's
+        image-image row only through the PS / NS masks (an unmarked item's row is masked out of
+        ``mean``, ``max``, ``knn`` and ``residual`` alike), so leaving the unmarked rows out
+        gives the update over all shown items while scoring only the marked ones against the
+        gallery. No mark: both terms are empty, ``s = w0 s``."""
+        marked = [g for g in s.shown if g in ps or g in ns]
+        if not marked:
+            s.scores = self.fb.refresh.w0 * s.scores
+            return
+        shown = torch.tensor([marked], dtype=torch.long)
+        ps_mask = torch.tensor([[g in ps for g in marked]])
+        ns_mask = torch.tensor([[g in ns for g in marked]])
         s.scores = refreshed(s.scores[None], self.scorer.shown(shown), ps_mask, self.fb.refresh, ns_mask)[0]
 
     def _finish(self, s: Search, ns: list[int]) -> None:
