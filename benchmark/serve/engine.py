@@ -50,6 +50,8 @@ class SearchError(ValueError):
 
 
 class Searcher:
+    """The searches of one server over one gallery (the ``max_searches`` most recent kept)."""
+
     def __init__(
         self,
         model: Any,
