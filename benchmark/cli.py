@@ -222,6 +222,80 @@ def feedback(
         typer.echo(line)
 
 
+@app.command()
+def serve(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option(help=f"Model: {', '.join(MODELS.names())}.")] = "ours",
+    dataset: Annotated[str, typer.Option(help=f"Dataset: {', '.join(DATASETS.names())}.")] = "synthetic",
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (not loopback: served with a warning).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port in [0, 65535]; 0 = a free port (printed).")] = 8000,
+    top_k: Annotated[int, typer.Option(help="Results shown per search and round.")] = 8,
+    llm: Annotated[
+        str, typer.Option(help="Question writer: rules (not an LLM), hf:<hub id or path>, openai:<base url>.")
+    ] = "rules",
+    llm_model: Annotated[str | None, typer.Option(help="The model name sent to an openai: server.")] = None,
+    train: Annotated[
+        bool, typer.Option(help="Train the model now if no checkpoint is cached (--no-train: say how instead).")
+    ] = True,
+    size: Annotated[str, typer.Option(help="tiny (trained here) or full (pretrained checkpoint).")] = "tiny",
+    tag: Annotated[str, typer.Option(help="Names the export results/serve__<model>__<dataset>__<tag>.jsonl.")] = (
+        "default"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed of data and training.")] = 0,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs of the model (0 = as is).")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="A trained suite checkpoint folder to serve.")] = None,
+    pretrained: Annotated[str | None, typer.Option(help="Hub id or local path of a checkpoint (size full).")] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON file of run-config overrides.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Run-config override KEY.PATH=VALUE.")] = None,
+    feedback_set: Annotated[
+        list[str] | None,
+        typer.Option("--feedback-set", help="Feedback override, e.g. refresh.w_ns=0.5, llm.alpha=0.3."),
+    ] = None,
+    results_dir: Annotated[Path, typer.Option(help="Where exported histories go.")] = Path("results"),
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache for data, checkpoints and gallery encodings.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars (training).")] = False,
+) -> None:
+    """A local web app: type an instruction, see the top-k images, mark them, refresh or refine (LLM-guided)."""
+    from benchmark.config import ConfigError
+    from benchmark.feedback.options import feedback_config
+    from benchmark.preflight import check_run, check_writable_folder
+    from benchmark.run_flags import CliConfig
+    from benchmark.serve.config import ServeConfig
+    from benchmark.serve.server import serve as run_server
+    from datamodules.base import DataError
+
+    flags = CliConfig.from_context(
+        ctx,
+        config=config,
+        sets=set_,
+        model=model,
+        dataset=dataset,
+        size=size,
+        tag=tag,
+        seed=seed,
+        epochs=epochs,
+        data_root=data_root,
+        checkpoint=checkpoint,
+        pretrained=pretrained,
+        results_dir=results_dir,
+        cache_dir=cache_dir,
+    )
+    try:
+        sc = ServeConfig(host=host, port=port, top_k=top_k, train=train)
+        cfg = flags.build()
+        fb = feedback_config(
+            rounds=1, display=top_k, mode="all", llm=llm, llm_model=llm_model, max_queries=None, sets=feedback_set or []
+        )
+        check_run(cfg, writes_results=False)
+        check_writable_folder(Path(cfg.results_dir), "results_dir (--results-dir)")
+        run_server(cfg, fb, sc, progress=progress)
+    except (ConfigError, DataError, UnknownNameError) as e:
+        raise _fail(str(e)) from None
+
+
 data_app = typer.Typer(help="Check the real datasets' local folders.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
