@@ -367,7 +367,10 @@ def data_check(
 def ablate(
     ctx: typer.Context,
     name: Annotated[
-        str, typer.Argument(help="Ablation: a folder of benchmark/configs/ablations (qscaler, qformer, attention, conditioning).")
+        str,
+        typer.Argument(
+            help="Ablation: a folder of benchmark/configs/ablations (qscaler, qformer, attention, conditioning)."
+        ),
     ],
     dataset: Annotated[str, typer.Option(help=f"Dataset: {', '.join(DATASETS.names())}.")] = "synthetic",
     size: Annotated[str, typer.Option(help="tiny or full.")] = "tiny",
