@@ -21,6 +21,7 @@ from benchmark.registry import MODELS
 from benchmark.regression.files import read_result
 from benchmark.regression.tolerances import FILE, shipped_path
 from benchmark.results import atomic_write_json, load_result_files
+from benchmark.runner import run
 from benchmark.safe_json import loads_json
 
 DATASET = "synthetic"
@@ -62,8 +63,6 @@ def run_suite(
     echo=print,
 ) -> dict[str, dict]:
     """Run the suite into a temporary results folder; result-file name -> result."""
-    from benchmark.runner import run
-
     with tempfile.TemporaryDirectory(prefix="bench_regress_") as tmp:
         cache = Path(cache_dir) if cache_dir else Path(tmp) / "cache"
         configs = suite_configs(models, overrides, Path(tmp) / "results", cache)
