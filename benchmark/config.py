@@ -23,8 +23,11 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from benchmark.measure.settings import MeasureConfig
 from benchmark.registry import TASKS
@@ -252,8 +255,6 @@ class RunConfig:
     def eval_settings(self) -> tuple[str, str]:
         """``(precision, storage_dtype)`` of the run's evaluation (``eval.*``, defaults resolved for
         the run's size and accelerator)."""
-        import torch
-
         accel = self.train.accelerator
         on_gpu = accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
         return self.eval.resolved(self.size, on_gpu)
@@ -458,8 +459,6 @@ def model_defaults(model: str, size: str = "tiny") -> dict:
     """The shipped base config of a model: ``benchmark/configs/models/<model>.json`` (tiny), or
     its full-size recipe ``benchmark/configs/models/full/<model>.json`` at size "full" (the tiny
     file when it has none)."""
-    from importlib import resources
-
     if size not in SIZES:
         raise ConfigError(f"size must be one of {SIZES}, got {size!r}")
     folder = resources.files("benchmark") / "configs" / "models"
