@@ -449,9 +449,9 @@ def timed(
 
 # -- report -----------------------------------------------------------------------------
 def environment() -> dict:
-    """The suite's own environment record (benchmark.results: versions, device, threads), plus
+    """The suite's own environment record (benchmark.environment: versions, device, threads), plus
     the load average when the benchmark starts (a shared CPU skews every timing)."""
-    from benchmark.results import environment as suite_environment
+    from benchmark.environment import environment as suite_environment
 
     return suite_environment() | {"loadavg_start": list(os.getloadavg())}
 

@@ -64,8 +64,8 @@ if str(REPO) not in sys.path:
 
 from benchmark.atomic import atomic_write_text  # noqa: E402
 from benchmark.config import default_cache_dir  # noqa: E402
+from benchmark.environment import environment  # noqa: E402
 from benchmark.portable import portable  # noqa: E402
-from benchmark.results import environment  # noqa: E402
 
 #: peak RSS may exceed the index by this much (issue 24)
 RSS_SLACK_BYTES = 2 << 30

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.config import ConfigError, RunConfig, from_dict
+from benchmark.environment import environment
 from benchmark.feedback.config import FeedbackConfig
 from benchmark.feedback.llm.registry import make_backend
 from benchmark.feedback.protocol import run_protocol
@@ -30,7 +31,7 @@ from benchmark.feedback.transcript import JsonlWriter
 from benchmark.feedback.user import SimulatedUser
 from benchmark.portable import portable
 from benchmark.registry import DATASETS, MODELS
-from benchmark.results import atomic_write_json, environment
+from benchmark.results import atomic_write_json
 from benchmark.store import data_root, ensure_checkpoint, path_roots, pretrained_of, resolve_dependencies
 from lightning_modules.contract import ItemLoading
 
