@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from benchmark.config_error import ConfigError
 from benchmark.measure.settings import MeasureConfig
 from benchmark.registry import TASKS
 from benchmark.safe_json import JsonReadError, loads_json, read_json
@@ -57,10 +58,6 @@ TRAIN_PRECISIONS = (
 )
 DEFAULT_TASK = "retrieval"
 _TAG = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
-
-class ConfigError(ValueError):
-    """A bad option: the message names the option and what was expected."""
 
 
 def default_cache_dir() -> str:
