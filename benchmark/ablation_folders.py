@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from benchmark.config_error import ConfigError
-from benchmark.safe_json import JsonReadError, loads_json
+from datamodules.safe_json import JsonReadError, loads_json
 
 META = "_ablation.json"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,24}$")

@@ -7,7 +7,7 @@ by field: an unknown key, a wrong type or a non-finite number (NaN, inf: refused
 float option) names the offending key and what was expected. What needs the registries or the
 machine (Trainer flags, GPUs, writable output and cache folders, checkpoint paths) is checked
 as a whole before any data is prepared (``benchmark/preflight.py``). JSON files are read with
-``benchmark/safe_json.py``. ``to_dict`` / ``from_dict`` round-trip exactly, and the config is
+``datamodules/safe_json.py``. ``to_dict`` / ``from_dict`` round-trip exactly, and the config is
 stored whole in every result file. Model-specific options (``model_args``) are validated by
 the model's own config class when the model is built.
 """
@@ -32,9 +32,9 @@ import torch
 from benchmark.config_error import ConfigError
 from benchmark.measure.settings import MeasureConfig
 from benchmark.registry import TASKS
-from benchmark.safe_json import JsonReadError, loads_json, read_json
 from datamodules.base import DIRECTIONS
 from datamodules.datamodule import DataConfig
+from datamodules.safe_json import JsonReadError, loads_json, read_json
 from lightning_modules.optim import OptimConfig
 
 SIZES = ("tiny", "full")
@@ -401,7 +401,7 @@ _KEY_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def parse_set(assignments: list[str], option: str = "--set") -> dict:
     """``["train.max_epochs=3", "model_args.width=64"]`` -> nested dict. A value is parsed as
-    JSON (with :func:`benchmark.safe_json.loads_json`'s bounds) and taken as a plain string when
+    JSON (with :func:`datamodules.safe_json.loads_json`'s bounds) and taken as a plain string when
     it is not JSON (``model_args.pretrained=/x/y``). A later assignment of the same key wins; a
     key that is both given a value and used as a section (``train=3`` and ``train.max_epochs=2``)
     is refused."""

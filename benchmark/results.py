@@ -27,8 +27,8 @@ import pandas as pd
 
 from benchmark.atomic import atomic_write_json as write_json
 from benchmark.result_checks import SCHEMA_VERSION, ResultFileError, check_result
-from benchmark.safe_json import JsonReadError
-from benchmark.safe_json import read_json as safe_read_json
+from datamodules.safe_json import JsonReadError
+from datamodules.safe_json import read_json as safe_read_json
 
 #: the columns of :func:`load_results`: the run (``file``: the result file's name), then one metric
 RUN_COLUMNS = ("file", "model", "dataset", "size", "tag", "seed", "task")
@@ -65,7 +65,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     """The raw read of a result file through the suite's safe JSON reader
-    (:mod:`benchmark.safe_json`): parsed JSON, or :class:`ResultFileError` naming the file (not
+    (:mod:`datamodules.safe_json`): parsed JSON, or :class:`ResultFileError` naming the file (not
     UTF-8, nested too deep, a directory, a huge integer, bad JSON), never a traceback."""
     try:
         return safe_read_json(Path(path), what="result file")

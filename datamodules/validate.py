@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, overload
 
-from benchmark.safe_json import JsonReadError, loads_json
 from datamodules.base import DataError
+from datamodules.safe_json import JsonReadError, loads_json
 
 _MISSING = object()
 

@@ -1,6 +1,6 @@
 """Reading the files ``bench regress`` compares: baseline and new result files, safely.
 
-Each file is read with :func:`benchmark.safe_json.read_json` (non-UTF-8, a directory, deep
+Each file is read with :func:`datamodules.safe_json.read_json` (non-UTF-8, a directory, deep
 nesting, huge numbers, NaN: a clear error naming the file), must hold a JSON object with a
 ``metrics`` object, and every metric must be a finite number or null: a metric given as the
 string ``"0.5"`` (or a list, or true) is refused with the file and the key named, instead of
@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from benchmark.config import ConfigError
-from benchmark.safe_json import JsonReadError, read_json
+from datamodules.safe_json import JsonReadError, read_json
 
 
 def check_metrics(result: dict, source: str) -> dict[str, float | None]:

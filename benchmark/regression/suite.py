@@ -22,7 +22,7 @@ from benchmark.regression.files import read_result
 from benchmark.regression.tolerances import FILE, shipped_path
 from benchmark.results import atomic_write_json, load_result_files
 from benchmark.runner import run
-from benchmark.safe_json import loads_json
+from datamodules.safe_json import loads_json
 
 DATASET = "synthetic"
 TAG = "regress"
