@@ -63,20 +63,22 @@ def atomic_write_json(path: Path, data: Any) -> None:
     write_json(path, _finite(data))
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, what: str = "result file") -> Any:
     """The raw read of a result file through the suite's safe JSON reader
     (:mod:`datamodules.safe_json`): parsed JSON, or :class:`ResultFileError` naming the file (not
-    UTF-8, nested too deep, a directory, a huge integer, bad JSON), never a traceback."""
+    UTF-8, nested too deep, a directory, a huge integer, bad JSON), never a traceback. ``what``
+    says what the file is in the message (e.g. ``"baseline result file"``)."""
     try:
-        return safe_read_json(Path(path), what="result file")
+        return safe_read_json(Path(path), what=what)
     except JsonReadError as e:
         raise ResultFileError(str(e)) from None
 
 
-def load_result(path: Path) -> dict:
-    """One result file, validated (:func:`benchmark.result_checks.check_result`)."""
-    data = read_json(path)
-    check_result(data, str(path))
+def load_result(path: Path, what: str | None = None) -> dict:
+    """One result file, validated (:func:`benchmark.result_checks.check_result`); ``what`` (e.g.
+    ``"baseline result file"``) prefixes the path in error messages."""
+    data = read_json(path) if what is None else read_json(path, what)
+    check_result(data, str(path) if what is None else f"{what} {path}")
     return data
 
 
