@@ -77,7 +77,7 @@ def read_json(path: Path, what: str = "result file") -> Any:
 def load_result(path: Path, what: str | None = None) -> dict:
     """One result file, validated (:func:`benchmark.result_checks.check_result`); ``what`` (e.g.
     ``"baseline result file"``) prefixes the path in error messages."""
-    data = read_json(path) if what is None else read_json(path, what)
+    data = read_json(path, what or "result file")
     check_result(data, str(path) if what is None else f"{what} {path}")
     return data
 
