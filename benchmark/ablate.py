@@ -27,8 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.ablation_folders import META, Ablation, Arm, ablations_root, discover, get  # noqa: F401 - re-exported
-from benchmark.config import ConfigError, RunConfig, build_run_config, model_defaults
+from benchmark.config import ConfigError, RunConfig, build_run_config, from_dict, model_defaults
 from benchmark.preflight import check_run
+from benchmark.registry import MODELS
+from benchmark.results import load_result
+from benchmark.runner import run
 from benchmark.text_table import text_table
 
 #: the ablation table's columns: (header, metric key of the result file)
@@ -54,9 +57,6 @@ def _defaults(config_cls) -> dict[str, Any]:
 
 def canonical(cfg: RunConfig) -> RunConfig:
     """``cfg`` without the ``model_args`` that equal the model config's defaults."""
-    from benchmark.config import from_dict
-    from benchmark.registry import MODELS
-
     config_cls = MODELS.get(cfg.model).Config
     from_dict(config_cls, cfg.model_args, "model_args")  # validates every given field first
     defaults = _defaults(config_cls)
@@ -110,9 +110,6 @@ def run_ablation(
     progress: bool = True,
 ) -> list[ArmResult]:
     """Run every arm through :func:`benchmark.runner.run`; one result file per arm."""
-    from benchmark.results import load_result
-    from benchmark.runner import run
-
     check_default(ablation)
     configs = [(arm, arm_config(ablation, arm, *overrides, {"tag": ablation.tag(arm, tag)})) for arm in ablation.arms]
     for _, cfg in configs:  # every arm's config is valid, on this machine, before the first one runs

@@ -3,8 +3,8 @@
 The one source of the suite's ablations: ``bench ablate`` (:mod:`benchmark.ablate`) runs their
 arms, ``bench reproduce`` plans them, and the report (:mod:`benchmark.reporting.ablation_arms`)
 derives its tables from them. Reading the folders needs no torch, so the report stays light;
-errors are :class:`benchmark.config.ConfigError` naming the file and the field (imported only
-when raised, since ``benchmark.config`` pulls in Lightning).
+errors are :class:`~benchmark.config_error.ConfigError` naming the file and the field (its own
+module: ``benchmark.config`` pulls in Lightning).
 
 A folder holds ``_ablation.json`` (``model``, ``description``, ``arms`` in table order; optional
 ``default``, ``title``, ``labels``) and one override file per arm (the format of ``--config``).
@@ -17,15 +17,14 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from benchmark.safe_json import JsonReadError, loads_json
+from benchmark.config_error import ConfigError
+from datamodules.safe_json import JsonReadError, loads_json
 
 META = "_ablation.json"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,24}$")
 
 
 def _error(message: str) -> Exception:
-    from benchmark.config import ConfigError
-
     return ConfigError(message)
 
 

@@ -20,6 +20,7 @@ aside, the new one renamed in, the old one removed), so no swap sees another hal
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -84,8 +85,6 @@ def clean_stale_temps(target: Path) -> list[Path]:
 @contextlib.contextmanager
 def locked(target: Path) -> Iterator[None]:
     """An exclusive ``flock`` on ``.<target name>.lock`` beside ``target`` for the block."""
-    import fcntl
-
     target = Path(target)
     fd = os.open(target.parent / f".{target.name}.lock", os.O_CREAT | os.O_RDWR, 0o644)
     try:

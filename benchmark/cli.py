@@ -328,11 +328,11 @@ def data_check(
     """
     if dataset not in DATASETS:
         raise _fail(str(UnknownNameError("dataset", dataset, DATASETS.names())))
-    from benchmark.safe_json import JsonReadError, loads_json
     from datamodules.base import DataError
     from datamodules.check import check_dataset
     from datamodules.datamodule import DataConfig
     from datamodules.local import LocalDataModule
+    from datamodules.safe_json import JsonReadError, loads_json
 
     cls = DATASETS.get(dataset)
     if not issubclass(cls, LocalDataModule):

@@ -7,7 +7,7 @@ by field: an unknown key, a wrong type or a non-finite number (NaN, inf: refused
 float option) names the offending key and what was expected. What needs the registries or the
 machine (Trainer flags, GPUs, writable output and cache folders, checkpoint paths) is checked
 as a whole before any data is prepared (``benchmark/preflight.py``). JSON files are read with
-``benchmark/safe_json.py``. ``to_dict`` / ``from_dict`` round-trip exactly, and the config is
+``datamodules/safe_json.py``. ``to_dict`` / ``from_dict`` round-trip exactly, and the config is
 stored whole in every result file. Model-specific options (``model_args``) are validated by
 the model's own config class when the model is built.
 """
@@ -23,14 +23,18 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from benchmark.config_error import ConfigError
 from benchmark.measure.settings import MeasureConfig
 from benchmark.registry import TASKS
-from benchmark.safe_json import JsonReadError, loads_json, read_json
 from datamodules.base import DIRECTIONS
 from datamodules.datamodule import DataConfig
+from datamodules.safe_json import JsonReadError, loads_json, read_json
 from lightning_modules.optim import OptimConfig
 
 SIZES = ("tiny", "full")
@@ -54,10 +58,6 @@ TRAIN_PRECISIONS = (
 )
 DEFAULT_TASK = "retrieval"
 _TAG = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
-
-class ConfigError(ValueError):
-    """A bad option: the message names the option and what was expected."""
 
 
 def default_cache_dir() -> str:
@@ -252,8 +252,6 @@ class RunConfig:
     def eval_settings(self) -> tuple[str, str]:
         """``(precision, storage_dtype)`` of the run's evaluation (``eval.*``, defaults resolved for
         the run's size and accelerator)."""
-        import torch
-
         accel = self.train.accelerator
         on_gpu = accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
         return self.eval.resolved(self.size, on_gpu)
@@ -403,7 +401,7 @@ _KEY_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 def parse_set(assignments: list[str], option: str = "--set") -> dict:
     """``["train.max_epochs=3", "model_args.width=64"]`` -> nested dict. A value is parsed as
-    JSON (with :func:`benchmark.safe_json.loads_json`'s bounds) and taken as a plain string when
+    JSON (with :func:`datamodules.safe_json.loads_json`'s bounds) and taken as a plain string when
     it is not JSON (``model_args.pretrained=/x/y``). A later assignment of the same key wins; a
     key that is both given a value and used as a section (``train=3`` and ``train.max_epochs=2``)
     is refused."""
@@ -458,8 +456,6 @@ def model_defaults(model: str, size: str = "tiny") -> dict:
     """The shipped base config of a model: ``benchmark/configs/models/<model>.json`` (tiny), or
     its full-size recipe ``benchmark/configs/models/full/<model>.json`` at size "full" (the tiny
     file when it has none)."""
-    from importlib import resources
-
     if size not in SIZES:
         raise ConfigError(f"size must be one of {SIZES}, got {size!r}")
     folder = resources.files("benchmark") / "configs" / "models"

@@ -32,6 +32,10 @@ import re
 import tempfile
 from pathlib import Path
 
+import torch
+from lightning.pytorch.accelerators import AcceleratorRegistry
+from lightning.pytorch.strategies import StrategyRegistry
+
 from benchmark.config import ConfigError, RunConfig, from_dict
 from benchmark.registry import DATASETS, MODELS, TASKS, UnknownNameError
 
@@ -85,8 +89,6 @@ def check_pretrained(value: str | None) -> None:
 
 
 def _accelerator_available(name: str) -> bool:
-    from lightning.pytorch.accelerators import AcceleratorRegistry
-
     if name == "gpu":  # Lightning's alias: CUDA, else MPS
         return any(AcceleratorRegistry[n]["accelerator"].is_available() for n in ("cuda", "mps"))
     return AcceleratorRegistry[name]["accelerator"].is_available()
@@ -94,9 +96,6 @@ def _accelerator_available(name: str) -> bool:
 
 def check_trainer_flags(accelerator: str, strategy: str, devices: int) -> None:
     """The Lightning Trainer flags the run passes: names registered, the accelerator present."""
-    from lightning.pytorch.accelerators import AcceleratorRegistry
-    from lightning.pytorch.strategies import StrategyRegistry
-
     strategies = ["auto", *StrategyRegistry.available_strategies()]
     if strategy not in strategies:
         raise ConfigError(
@@ -109,8 +108,6 @@ def check_trainer_flags(accelerator: str, strategy: str, devices: int) -> None:
     if accelerator != "auto" and not _accelerator_available(accelerator):
         raise ConfigError(f"train.accelerator={accelerator!r}: no such device on this machine (use 'auto' or 'cpu')")
     if accelerator in ("gpu", "cuda"):
-        import torch
-
         count = torch.cuda.device_count()
         if count and devices > count:
             raise ConfigError(f"train.devices (--devices) {devices}: this machine has {count} GPU(s)")

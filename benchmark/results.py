@@ -1,11 +1,11 @@
-"""Result files: the schema, atomic writing, loading, and the recorded environment.
+"""Result files: the schema, atomic writing and loading.
 
 One JSON file per run, ``results/<model>__<dataset>__<tag>.json`` (a task other than
 retrieval: ``<model>__<dataset>__<task>__<tag>.json``, with ``"task"`` recorded). It holds the model,
 dataset, size, the whole config (and its hash), the seed, flat metric keys with the
 direction in the key (``t2i/R@5``), per-query arrays (for bootstrap intervals), the
-environment (package versions, device, threads, git revision), provenance (what was
-actually evaluated, a checksum of the annotations) and timings. Files are written to a
+environment (package versions, device, threads, git revision; :mod:`benchmark.environment`),
+provenance (what was actually evaluated, a checksum of the annotations) and timings. Files are written to a
 temporary file in the same folder and renamed into place, so an interrupted or failed run
 never leaves a truncated file nor replaces a good one.
 
@@ -20,10 +20,6 @@ ranges, per-query arrays), raising :class:`ResultFileError` naming the file and 
 from __future__ import annotations
 
 import math
-import os
-import platform
-import subprocess
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +27,8 @@ import pandas as pd
 
 from benchmark.atomic import atomic_write_json as write_json
 from benchmark.result_checks import SCHEMA_VERSION, ResultFileError, check_result
-from benchmark.safe_json import JsonReadError
-from benchmark.safe_json import read_json as safe_read_json
-
-PACKAGES = (
-    "instructsee-bench",
-    "torch",
-    "lightning",
-    "transformers",
-    "torchmetrics",
-    "tokenizers",
-    "numpy",
-    "pillow",
-    "fvcore",
-    "pandas",
-)
+from datamodules.safe_json import JsonReadError
+from datamodules.safe_json import read_json as safe_read_json
 
 #: the columns of :func:`load_results`: the run (``file``: the result file's name), then one metric
 RUN_COLUMNS = ("file", "model", "dataset", "size", "tag", "seed", "task")
@@ -55,8 +38,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "ResultFileError",
     "atomic_write_json",
-    "environment",
-    "git_revision",
     "load_result",
     "load_result_files",
     "load_results",
@@ -82,20 +63,22 @@ def atomic_write_json(path: Path, data: Any) -> None:
     write_json(path, _finite(data))
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, what: str = "result file") -> Any:
     """The raw read of a result file through the suite's safe JSON reader
-    (:mod:`benchmark.safe_json`): parsed JSON, or :class:`ResultFileError` naming the file (not
-    UTF-8, nested too deep, a directory, a huge integer, bad JSON), never a traceback."""
+    (:mod:`datamodules.safe_json`): parsed JSON, or :class:`ResultFileError` naming the file (not
+    UTF-8, nested too deep, a directory, a huge integer, bad JSON), never a traceback. ``what``
+    says what the file is in the message (e.g. ``"baseline result file"``)."""
     try:
-        return safe_read_json(Path(path), what="result file")
+        return safe_read_json(Path(path), what=what)
     except JsonReadError as e:
         raise ResultFileError(str(e)) from None
 
 
-def load_result(path: Path) -> dict:
-    """One result file, validated (:func:`benchmark.result_checks.check_result`)."""
-    data = read_json(path)
-    check_result(data, str(path))
+def load_result(path: Path, what: str | None = None) -> dict:
+    """One result file, validated (:func:`benchmark.result_checks.check_result`); ``what`` (e.g.
+    ``"baseline result file"``) prefixes the path in error messages."""
+    data = read_json(path, what or "result file")
+    check_result(data, str(path) if what is None else f"{what} {path}")
     return data
 
 
@@ -138,47 +121,3 @@ def load_results(directory: Path, task: str | None = None) -> pd.DataFrame:
     """Every result file in ``directory`` (of ``task`` only, if given) as a tidy frame
     (:func:`results_frame`); bad files and a missing folder raise :class:`ResultFileError`."""
     return results_frame(load_result_files(directory, task))
-
-
-def _version(pkg: str) -> str | None:
-    try:
-        return metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def git_revision() -> dict[str, Any]:
-    here = Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return {"revision": None, "dirty": None}
-    if rev.returncode != 0:
-        return {"revision": None, "dirty": None}
-    return {"revision": rev.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
-
-
-def environment(device: str | None = None) -> dict[str, Any]:
-    import torch
-
-    cuda = torch.cuda.is_available()
-    return {
-        "packages": {p: _version(p) for p in PACKAGES},
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "processor": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_num_threads": torch.get_num_threads(),
-        "torch_num_interop_threads": torch.get_num_interop_threads(),
-        "device": device or ("cuda" if cuda else "cpu"),
-        "cuda_device_name": torch.cuda.get_device_name(0) if cuda else None,
-        "cuda_version": torch.version.cuda,
-        "git": git_revision(),
-    }

@@ -21,11 +21,12 @@ import lightning as L
 import torch
 
 from benchmark.config import ConfigError, RunConfig, to_dict
+from benchmark.environment import environment
 from benchmark.measure.run_costs import measure_run
 from benchmark.portable import portable
 from benchmark.preflight import check_run, load_cached_checkpoint
 from benchmark.registry import TASKS
-from benchmark.results import SCHEMA_VERSION, ResultFileError, atomic_write_json, environment, load_result
+from benchmark.results import SCHEMA_VERSION, ResultFileError, atomic_write_json, load_result
 from benchmark.store import (
     checkpoint_dir,
     model_identity,

@@ -32,8 +32,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from benchmark.safe_json import JsonReadError, loads_json
-from benchmark.safe_json import read_json as read_safely
+from datamodules.safe_json import JsonReadError, loads_json
+from datamodules.safe_json import read_json as read_safely
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -278,7 +278,7 @@ def sha256_of_files(paths: Sequence[Path]) -> str:
 
 def read_json(path: Path, data: bytes | None = None) -> Any:
     """Read a JSON annotation file (or parse ``data``, its bytes already read) with the suite's
-    safe JSON reader (``benchmark/safe_json.py``: non-UTF-8, a folder, deep nesting, huge
+    safe JSON reader (``datamodules/safe_json.py``: non-UTF-8, a folder, deep nesting, huge
     numbers refused); errors name the file."""
     try:
         return loads_json(data, str(path)) if data is not None else read_safely(path, what="annotation file")

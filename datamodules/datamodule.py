@@ -17,6 +17,7 @@ Without a loader, every image is decoded and transformed as usual.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -43,9 +44,12 @@ from datamodules.base import (
     sha256_of_files,
 )
 from datamodules.batch import collate_train
+from datamodules.i2i import ViewImages
 from datamodules.image_checks import ImageCheckCache, check_images
+from datamodules.items import IndexedItems, ItemPairs
 from datamodules.loading import MAX_WORKERS, LoaderRuntime, loader_kwargs, resolve_workers
 from datamodules.sharding import RankBatches
+from datamodules.templates_file import read_templates
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +104,6 @@ class DataConfig:
             raise ValueError("DataConfig.max_eval_images must be >= 1 or None")
         templates = self.templates
         if isinstance(templates, str):
-            from datamodules.templates_file import read_templates
-
             templates = read_templates(templates) if templates else ()
         templates = tuple(templates)
         object.__setattr__(self, "templates", templates)
@@ -237,8 +239,6 @@ class RetrievalDataModule(L.LightningDataModule):
         """The item loader's ``index -> tensor`` for a split; None without a loader."""
         if self._item_loader is None:
             return None
-        import hashlib
-
         images = IndexedImages([r.path for r in records], self.transform, tolerant=self._tolerant)
         # the annotations and the exact records kept (images skipped or cut off change it)
         checksum = hashlib.sha256(
@@ -415,8 +415,6 @@ class RetrievalDataModule(L.LightningDataModule):
         es = self.eval_set(split)
         item_fn = self._item_fn(split or self.config.eval_split, self.records(split or self.config.eval_split))
         if item_fn is not None:
-            from datamodules.items import IndexedItems
-
             return self._eval_loader(IndexedItems(es.n_images, item_fn))
         images = IndexedImages(es.image_paths, self.transform, tolerant=self._tolerant)
         return self._eval_loader(images)
@@ -437,8 +435,6 @@ class RetrievalDataModule(L.LightningDataModule):
         item_fn = self._item_fn(split, records)
         if item_fn is None:
             return None
-        from datamodules.items import ItemPairs
-
         return ItemPairs(records, self.transform, self.templates, item_fn)
 
     def query_dataloader(self, split: str | None = None) -> DataLoader:
@@ -452,8 +448,6 @@ class RetrievalDataModule(L.LightningDataModule):
         """``--task i2i``: the gallery, then the separate query images if ``eval_set`` has views."""
         loaders = [self.gallery_dataloader(eval_set.split)]
         if eval_set.i2i_views is not None:
-            from datamodules.i2i import ViewImages
-
             views = ViewImages(eval_set.image_paths, eval_set.i2i_views, self.transform)
             loaders.append(self._eval_loader(views))
         return loaders

@@ -11,12 +11,13 @@ with hypothesis to keep it so). Optional keys that the real data omits are read 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, overload
 
-from benchmark.safe_json import JsonReadError, loads_json
 from datamodules.base import DataError
+from datamodules.safe_json import JsonReadError, loads_json
 
 _MISSING = object()
 
@@ -127,8 +128,6 @@ def read_jsonl(path: Path) -> list[Any]:
 def parse_options(cls: type, options: Mapping[str, Any] | None, dataset: str) -> Any:
     """Build a dataset's frozen options dataclass from ``DataConfig.options``: an unknown key,
     a wrong type or a bad value is a DataError naming ``data.options.<key>``."""
-    import dataclasses
-
     options = dict(options or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, value in options.items():

@@ -58,12 +58,14 @@ sys.path.insert(0, str(ROOT / "scripts"))  # its sibling modules, also when load
 
 from random_checkpoints import INSTRUCTIONS, SCALES, write_blip2, write_clip  # noqa: E402
 
+from benchmark.atomic import atomic_write_text  # noqa: E402
 from benchmark.config import from_dict  # noqa: E402
+from benchmark.environment import environment  # noqa: E402
 from benchmark.measure.memory import gpu_peak_memory_mb  # noqa: E402
 from benchmark.measure.throughput import measure_throughput  # noqa: E402
 from benchmark.registry import MODELS  # noqa: E402
 from benchmark.reporting.escape import markdown_inline  # noqa: E402
-from benchmark.results import atomic_write_json, environment  # noqa: E402
+from benchmark.results import atomic_write_json  # noqa: E402
 from lightning_modules.optim import OptimConfig  # noqa: E402
 
 #: the paper's Table (1x RTX 4090): memory (MB) and throughput (img/s)
@@ -330,8 +332,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out_dir / "gpu_costs.json", report)
-    from benchmark.atomic import atomic_write_text
-
     atomic_write_text(args.out_dir / "gpu_costs.md", markdown(report))
     print(markdown(report))
     return report

@@ -73,11 +73,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from benchmark.config import default_cache_dir
+from benchmark.config import ConfigError, build_run_config, default_cache_dir, model_defaults
+from benchmark.environment import environment as suite_environment
 from benchmark.measure.component_flops import eager_masks
 from benchmark.measure.flops import count_flops
 from benchmark.measure.throughput import measure_throughput
+from benchmark.registry import DATASETS
+from benchmark.store import data_root, ensure_checkpoint
+from lightning_modules.blip2 import Blip2Config, Blip2Retrieval
+from lightning_modules.components.image_transform import ImageTransform
+from lightning_modules.components.qformer_head import HeadShape, QFormerHead
+from lightning_modules.components.vision_tower import ClipVisionTower
+from lightning_modules.components.word_tokenizer import build_word_tokenizer
+from lightning_modules.idq_former import IdqConfig, IdqFormerRetrieval
+from lightning_modules.optim import OptimConfig
 
 #: every metric the script reports (keys of ``result["metrics"]``)
 METRICS = (
@@ -130,9 +141,6 @@ def default_ours_checkpoint(cache_dir: str, train: bool, threads: int) -> Path:
     does not need. The thread count is set on torch only (not in the run config), so the
     checkpoint hashes stay those of the default runs.
     """
-    from benchmark.config import ConfigError, build_run_config, model_defaults
-    from benchmark.store import ensure_checkpoint
-
     torch.set_num_threads(threads)
     cfg = build_run_config(
         model_defaults("ours"), {"model": "ours", "dataset": "synthetic", "size": "tiny", "cache_dir": cache_dir}
@@ -152,9 +160,6 @@ def default_ours_checkpoint(cache_dir: str, train: bool, threads: int) -> Path:
 
 
 def load_trained(cache_dir: str, blip2_path: str | None, ours_dir: Path):
-    from lightning_modules.blip2 import Blip2Retrieval
-    from lightning_modules.idq_former import IdqFormerRetrieval
-
     base = json.loads((ours_dir / "suite_config.json").read_text()).get("blip2_checkpoint")
     if blip2_path:
         blip2_dir, why = Path(blip2_path), "given"
@@ -224,16 +229,6 @@ def build_random(
     re-drawn so that L varies between instructions around ``mean_length`` (a fresh one gives ~32
     to all).
     """
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    from lightning_modules.blip2 import Blip2Config, Blip2Retrieval
-    from lightning_modules.components.image_transform import ImageTransform
-    from lightning_modules.components.qformer_head import HeadShape, QFormerHead
-    from lightning_modules.components.vision_tower import ClipVisionTower
-    from lightning_modules.components.word_tokenizer import build_word_tokenizer
-    from lightning_modules.idq_former import IdqConfig, IdqFormerRetrieval
-    from lightning_modules.optim import OptimConfig
-
     torch.manual_seed(0)
     vcfg, qf = RANDOM_SIZES[size]
     tower = ClipVisionTower(
@@ -270,10 +265,6 @@ def build_random(
 
 
 def datamodule(cache_dir: str, options: dict | None):
-    from benchmark.config import build_run_config, model_defaults
-    from benchmark.registry import DATASETS
-    from benchmark.store import data_root
-
     over = {"model": "blip2", "dataset": "synthetic", "size": "tiny", "cache_dir": cache_dir}
     if options:
         over["data"] = {"options": options}
@@ -449,10 +440,8 @@ def timed(
 
 # -- report -----------------------------------------------------------------------------
 def environment() -> dict:
-    """The suite's own environment record (benchmark.results: versions, device, threads), plus
+    """The suite's own environment record (benchmark.environment: versions, device, threads), plus
     the load average when the benchmark starts (a shared CPU skews every timing)."""
-    from benchmark.results import environment as suite_environment
-
     return suite_environment() | {"loadavg_start": list(os.getloadavg())}
 
 

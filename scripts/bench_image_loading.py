@@ -44,8 +44,12 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import lightning as L
+
 from datamodules.base import IndexedImages, check_image, collate_indexed, load_image
+from datamodules.datamodule import DataConfig
 from datamodules.image_checks import ImageCheckCache, check_images
+from datamodules.synthetic.datamodule import SyntheticDataModule
 from lightning_modules.components.image_transform import ImageTransform
 
 TARGET = 150.0
@@ -134,12 +138,6 @@ def bench_check(n: int) -> None:
 
 def bench_synthetic(root: Path, workers: list[int], n_epochs: int) -> None:
     """Epoch times of the tiny SynthScenes training loader per worker count."""
-    import lightning as L
-
-    from datamodules.datamodule import DataConfig
-    from datamodules.synthetic.datamodule import SyntheticDataModule
-    from lightning_modules.components.image_transform import ImageTransform
-
     print(f"SynthScenes training loader (default options, batch 128, 64 px, in-memory cache), root {root}:")
     for w in workers:
         dm = SyntheticDataModule(DataConfig(root=str(root), batch_size=128, num_workers=w))

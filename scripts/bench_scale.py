@@ -62,10 +62,42 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from dataclasses import replace as dc_replace  # noqa: E402
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+
+from benchmark import runner  # noqa: E402
 from benchmark.atomic import atomic_write_text  # noqa: E402
-from benchmark.config import default_cache_dir  # noqa: E402
+from benchmark.config import (  # noqa: E402
+    ConfigError,
+    build_run_config,
+    default_cache_dir,
+    model_defaults,
+)
+from benchmark.environment import environment  # noqa: E402
+from benchmark.evaluation import RetrievalEvaluator  # noqa: E402
+from benchmark.metrics.metric import RetrievalMetric  # noqa: E402
 from benchmark.portable import portable  # noqa: E402
-from benchmark.results import environment  # noqa: E402
+from benchmark.registry import MODELS as REGISTRY  # noqa: E402
+from benchmark.rss_sampler import RssSampler  # noqa: E402
+from benchmark.store import ensure_checkpoint, resolve_run  # noqa: E402
+from benchmark.tasks.retrieval import RetrievalTask  # noqa: E402
+from benchmark.training import save_atomically  # noqa: E402
+from datamodules.base import CaptionRecord, DataError, ImageRecord  # noqa: E402
+from datamodules.synthetic.annotations import image_file  # noqa: E402
+from datamodules.synthetic.datamodule import SyntheticDataModule  # noqa: E402
+from datamodules.synthetic.generation import (  # noqa: E402
+    CHUNK,
+    _render,
+    _spans,
+    generate,
+    image_id,
+)
+from datamodules.synthetic.options import SyntheticOptions  # noqa: E402
+from datamodules.synthetic.relevance import caption_relevance  # noqa: E402
+from datamodules.synthetic.workers import fork_map  # noqa: E402
+from lightning_modules import blip2 as blip2_module  # noqa: E402
 
 #: peak RSS may exceed the index by this much (issue 24)
 RSS_SLACK_BYTES = 2 << 30
@@ -108,8 +140,6 @@ def peak_rss() -> dict[str, int]:
 # -- the scale folder -------------------------------------------------------------------------
 def scale_folder(root: Path, n_images: int, n_queries: int) -> Path:
     """Where the data of one size lives: named by the SynthScenes options it renders and the query count."""
-    from datamodules.synthetic.options import SyntheticOptions
-
     options = SyntheticOptions(n_test=n_images)
     key = json.dumps({"format": SCALE_FORMAT, "options": options.to_dict(), "queries": n_queries}, sort_keys=True)
     return Path(root) / f"scale-{n_images}-{n_queries}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
@@ -119,11 +149,6 @@ def write_scale_data(folder: Path, n_images: int, n_queries: int, workers: int) 
     """Render images 0..N-1 of the SynthScenes test split and write ``queries.json`` (the first
     ``n_queries`` captions with their relevance over the N scenes); atomic (temp folder, rename).
     Returns the timings (render, relevance)."""
-    from datamodules.synthetic.generation import CHUNK, _render, _spans
-    from datamodules.synthetic.options import SyntheticOptions
-    from datamodules.synthetic.relevance import caption_relevance
-    from datamodules.synthetic.workers import fork_map
-
     options = SyntheticOptions(n_test=n_images)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -163,11 +188,7 @@ def write_scale_data(folder: Path, n_images: int, n_queries: int, workers: int) 
 
 
 def scale_datamodule_class():
-    """:class:`ScaleScenes`, built lazily (the suite's imports are heavy and the parent does not need them)."""
-    from datamodules.base import CaptionRecord, DataError, ImageRecord
-    from datamodules.synthetic.annotations import image_file
-    from datamodules.synthetic.datamodule import SyntheticDataModule
-    from datamodules.synthetic.generation import image_id
+    """:class:`ScaleScenes`, the suite's SynthScenes module serving a scale folder."""
 
     class ScaleScenes(SyntheticDataModule):
         """SynthScenes' test split as a scale folder serves it: every image of the gallery, the
@@ -228,9 +249,6 @@ def prepare_data(n_images: int, n_queries: int, data_root: Path, workers: int, f
         (folder / "timings.json").write_text(json.dumps(stored | {"data_s": total}, sort_keys=True))
     out |= json.loads((folder / "timings.json").read_text())
     if n_images <= full_generator_max:  # the suite's full generator, for comparison
-        from datamodules.synthetic.generation import generate
-        from datamodules.synthetic.options import SyntheticOptions
-
         Path(data_root).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=data_root) as tmp:
             t = time.perf_counter()
@@ -268,17 +286,6 @@ def _timed(obj, name: str, bucket: dict[str, float], inside: list[str], probe=No
 
 
 def child_eval(args) -> dict:
-    import torch
-
-    from benchmark import runner
-    from benchmark.config import build_run_config, model_defaults
-    from benchmark.evaluation import RetrievalEvaluator
-    from benchmark.metrics.metric import RetrievalMetric
-    from benchmark.registry import MODELS as REGISTRY
-    from benchmark.rss_sampler import RssSampler
-    from benchmark.tasks.retrieval import RetrievalTask
-    from lightning_modules import blip2 as blip2_module
-
     torch.set_num_threads(args.threads)
     folder = scale_folder(Path(args.data_root), args.size, args.queries)
     with tempfile.TemporaryDirectory() as results_dir:
@@ -386,9 +393,6 @@ def run_child(argv: list[str], timeout: float | None) -> dict:
 # -- the parent -------------------------------------------------------------------------------
 def default_checkpoint(model: str, cache_dir: str, train: bool) -> str:
     """The checkpoint of ``bench run --model <model>``'s default tiny config (by training hash)."""
-    from benchmark.config import ConfigError, build_run_config, model_defaults
-    from benchmark.store import ensure_checkpoint
-
     cfg = build_run_config(
         model_defaults(model), {"model": model, "dataset": "synthetic", "size": "tiny", "cache_dir": cache_dir}
     )
@@ -404,14 +408,6 @@ def random_checkpoints(cache_dir: str, models: list[str]) -> dict[str, str]:
     training captions, as training builds it) on the random checkpoint of its dependency (CLIP ->
     BLIP2 -> ours), saved under ``<cache>/scale/random``. Cost (time, memory, index bytes) is that
     of the trained models (same shapes); quality is chance, and ours' QScaler is untrained."""
-    from dataclasses import replace as dc_replace
-
-    import lightning as L
-
-    from benchmark.config import build_run_config, model_defaults
-    from benchmark.store import resolve_run
-    from benchmark.training import save_atomically
-
     out: dict[str, str] = {}
     chain = [("clip", None), ("blip2", "vision_checkpoint"), ("ours", "blip2_checkpoint")]
     previous = None

@@ -40,15 +40,28 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import torch  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
 from benchmark.atomic import atomic_write_text  # noqa: E402
+from benchmark.config import default_cache_dir  # noqa: E402
+from benchmark.environment import environment  # noqa: E402
+from benchmark.feedback.options import feedback_config  # noqa: E402
+from benchmark.feedback.rowcache import RowCache  # noqa: E402
 from benchmark.portable import portable  # noqa: E402
-from benchmark.results import environment  # noqa: E402
+from benchmark.registry import DATASETS  # noqa: E402
+from benchmark.run_flags import CliConfig  # noqa: E402
+from benchmark.serve.app import AppState, create_app  # noqa: E402
+from benchmark.serve.config import ServeConfig  # noqa: E402
+from benchmark.serve.loading import load  # noqa: E402
+from benchmark.store import data_root, ensure_checkpoint  # noqa: E402
 
 GALLERY_SETS = ("data.options.n_train=1", "data.options.n_val=1", "data.options.n_test=5000")
 TARGET_S = 1.0
@@ -76,17 +89,6 @@ def _timed(fn, key: str | None = None):
 
 
 def measure(model: str, args) -> dict:
-    import torch
-    from fastapi.testclient import TestClient
-
-    from benchmark.feedback.options import feedback_config
-    from benchmark.feedback.rowcache import RowCache
-    from benchmark.run_flags import CliConfig
-    from benchmark.serve.app import AppState, create_app
-    from benchmark.serve.config import ServeConfig
-    from benchmark.serve.loading import load
-    from benchmark.store import ensure_checkpoint
-
     base = CliConfig(given={"model": model, "dataset": "synthetic", "cache_dir": args.cache_dir}).build()
     ckpt, _ = ensure_checkpoint(base, train=args.train)
     cfg = CliConfig(
@@ -195,18 +197,11 @@ def measure(model: str, args) -> dict:
 
 
 def _instructions(cfg) -> tuple[str, ...]:
-    from dataclasses import replace
-
-    from benchmark.registry import DATASETS
-    from benchmark.store import data_root
-
     dm = DATASETS.get(cfg.dataset)(replace(cfg.data, root=data_root(cfg)), seed=cfg.seed)
     return dm.eval_set().instructions
 
 
 def main() -> None:
-    from benchmark.config import default_cache_dir
-
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="ours,blip2")
     p.add_argument("--queries", type=int, default=20)
@@ -217,8 +212,6 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     if args.threads is not None:
-        import torch
-
         torch.set_num_threads(args.threads)
     runs = []
     for model in args.models.split(","):

@@ -60,7 +60,13 @@ from transformers import Blip2VisionConfig, Blip2VisionModel, CLIPVisionConfig, 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import transformers
+from transformers import CLIPModel
+
 from benchmark.atomic import atomic_write_json
+from benchmark.config import ConfigError, build_run_config, model_defaults
+from benchmark.measure.flops import count_flops
+from benchmark.store import ensure_checkpoint
 from lightning_modules.components.crossget import DEFAULT_R, CrossGETTower
 from lightning_modules.components.dynamicvit import DEFAULT_KEEP_RATE, DynamicViTTower
 from lightning_modules.components.vit_runner import ViTRunner
@@ -82,8 +88,6 @@ class EncoderPreset:
 
 def _tiny(device: str, depth: int | None, checkpoint: str | None) -> tuple[torch.nn.Module, str]:
     if checkpoint:
-        from transformers import CLIPModel
-
         return CLIPModel.from_pretrained(checkpoint, local_files_only=True).vision_model.to(device).eval(), checkpoint
     cfg = CLIPVisionConfig(
         image_size=48,
@@ -137,9 +141,6 @@ def hf_tokens(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def default_checkpoint() -> str | None:
     """The tiny CLIP checkpoint ``bench run --model clip`` uses (the shipped base config, found by
     its training hash in the suite's cache); None when it is not trained yet."""
-    from benchmark.config import ConfigError, build_run_config, model_defaults
-    from benchmark.store import ensure_checkpoint
-
     cfg = build_run_config(model_defaults("clip"), {"model": "clip", "dataset": "synthetic", "size": "tiny"})
     try:
         return str(ensure_checkpoint(cfg, train=False)[0])
@@ -328,8 +329,6 @@ def main(argv: list[str] | None = None) -> dict:
     size = encoder.config.image_size
     dtype = getattr(torch, args.dtype)
 
-    import transformers
-
     print(f"encoder: {source}; {args.device}, {args.dtype}")
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
@@ -379,8 +378,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     flops: dict[str, dict] = {}
     if not args.no_flops:
-        from benchmark.measure.flops import count_flops
-
         for name, model in models.items():
             per_image = []
             for seed in range(args.flop_batches):

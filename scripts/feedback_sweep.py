@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from benchmark.config import deep_merge, from_dict, parse_set
+from benchmark.environment import environment
 from benchmark.feedback.config import FeedbackConfig
 from benchmark.feedback.llm.registry import make_backend
 from benchmark.feedback.options import run_config
@@ -44,7 +45,7 @@ from benchmark.feedback.task import from_eval_set
 from benchmark.feedback.user import SimulatedUser
 from benchmark.reporting.feedback_stats import feedback_stats
 from benchmark.reporting.options import ReportOptions
-from benchmark.results import atomic_write_json, environment
+from benchmark.results import atomic_write_json
 from lightning_modules.base import Encoded
 
 

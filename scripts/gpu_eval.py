@@ -37,7 +37,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import torch  # noqa: E402
 from gpu_records import read_json, write_json  # noqa: E402
+from random_checkpoints import SCALES, folder_bytes, write_blip2  # noqa: E402
+from random_coco import CocoSpec, vocabulary, write_coco  # noqa: E402
+
+from benchmark.atomic import atomic_write_text  # noqa: E402
+from benchmark.cli import main as bench_main  # noqa: E402
+from benchmark.config import from_dict  # noqa: E402
+from benchmark.registry import MODELS  # noqa: E402
+from benchmark.reporting.escape import markdown_inline  # noqa: E402
 
 TARGET_S = 900.0
 #: per-stage timings of a result file shown in the summary (seconds), in this order
@@ -54,10 +63,6 @@ STAGES = (
 
 # -- prepare ------------------------------------------------------------------------------
 def prepare(args: argparse.Namespace) -> dict:
-    import torch
-    from random_checkpoints import SCALES, folder_bytes, write_blip2
-    from random_coco import CocoSpec, vocabulary, write_coco
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     work = Path(args.work)
     record: dict = {"scale": args.scale, "device": device}
@@ -89,8 +94,6 @@ def prepare(args: argparse.Namespace) -> dict:
 
 # -- run ----------------------------------------------------------------------------------
 def _peaks() -> dict:
-    import torch
-
     if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
         return {"peak_allocated_mb": None, "peak_reserved_mb": None}
     return {
@@ -102,13 +105,11 @@ def _peaks() -> dict:
 
 def run_bench(name: str, bench_args: Sequence[str], out: Path, result_file: str | None = None) -> dict:
     """``bench <bench_args>`` in this process; the record of ``<out>/runs/<name>.json``."""
-    from benchmark.cli import main
-
     argv, rc, error = ["bench", *bench_args], 0, None
     saved = sys.argv
     sys.argv = argv
     try:
-        main()
+        bench_main()
     except SystemExit as e:  # click exits with the command's code
         rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException as e:  # a crash: recorded, the script goes on  # noqa: BLE001
@@ -139,9 +140,6 @@ def run_bench(name: str, bench_args: Sequence[str], out: Path, result_file: str 
 # -- summary ------------------------------------------------------------------------------
 def _k_test(result: dict) -> int | None:
     """The re-ranking depth the run used (the model config's ``k``: ``k_test`` or its size default)."""
-    from benchmark.config import from_dict
-    from benchmark.registry import MODELS
-
     try:
         cfg = from_dict(MODELS.get(result["model"]).Config, result["model_config"], "model_args")
     except Exception:  # noqa: BLE001 - a summary never fails on an odd file
@@ -182,9 +180,6 @@ def run_row(run: dict, target_s: float) -> dict:
 
 
 def summary(args: argparse.Namespace) -> dict:
-    from benchmark.atomic import atomic_write_text
-    from benchmark.reporting.escape import markdown_inline
-
     out = Path(args.out)
     prep = read_json(out / "prepare.json") or {}
     runs = [r for r in (read_json(p) for p in sorted((out / "runs").glob("*.json"))) if r]

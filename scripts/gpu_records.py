@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmark.atomic import atomic_write_json
-from benchmark.safe_json import JsonReadError
-from benchmark.safe_json import read_json as safe_read_json
+from datamodules.safe_json import JsonReadError
+from datamodules.safe_json import read_json as safe_read_json
 
 
 def write_json(path: Path, obj: dict) -> None:

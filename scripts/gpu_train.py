@@ -42,7 +42,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
 from gpu_records import read_json, write_json  # noqa: E402
+from random_checkpoints import (  # noqa: E402
+    INSTRUCTIONS,
+    SCALES,
+    folder_bytes,
+    write_blip2,
+    write_clip,
+)
+from torch.utils.data import DataLoader  # noqa: E402
+
+from benchmark.atomic import atomic_write_text  # noqa: E402
+from benchmark.config import from_dict  # noqa: E402
+from benchmark.registry import MODELS as REGISTRY  # noqa: E402
+from datamodules.batch import TrainBatch  # noqa: E402
+from lightning_modules.components.vit_runner import unwrap_vision_model  # noqa: E402
+from lightning_modules.grad_checkpointing import enable_grad_checkpointing  # noqa: E402
+from lightning_modules.optim import OptimConfig  # noqa: E402
 
 #: models of the check, in order; which checkpoint each starts from and what its batches hold
 MODELS = {
@@ -59,9 +77,6 @@ OURS_RATIO = 1.1
 
 # -- prepare ------------------------------------------------------------------------------
 def prepare(args: argparse.Namespace) -> dict:
-    import torch
-    from random_checkpoints import SCALES, folder_bytes, write_blip2, write_clip
-
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     work, scale = Path(args.work), SCALES[args.scale]
     record: dict = {"scale": args.scale, "device": device}
@@ -85,8 +100,6 @@ def prepare(args: argparse.Namespace) -> dict:
 # -- one model ----------------------------------------------------------------------------
 def texts(batch: int) -> list[str]:
     """``batch`` instructions from the written tokenizer's vocabulary (two joined: varied lengths)."""
-    from random_checkpoints import INSTRUCTIONS
-
     n = len(INSTRUCTIONS)
     return [f"{INSTRUCTIONS[i % n]} and {INSTRUCTIONS[(3 * i + 1) % n]}" for i in range(batch)]
 
@@ -101,10 +114,6 @@ class RandomBatches:
         return self.count
 
     def __getitem__(self, i: int):
-        import torch
-
-        from datamodules.batch import TrainBatch
-
         if i >= self.count:
             raise IndexError(i)
         gen = torch.Generator().manual_seed(i)
@@ -114,12 +123,6 @@ class RandomBatches:
 
 
 def build(name: str, work: Path):
-    from random_checkpoints import INSTRUCTIONS
-
-    from benchmark.config import from_dict
-    from benchmark.registry import MODELS as REGISTRY
-    from lightning_modules.optim import OptimConfig
-
     cls = REGISTRY.get(name)
     config = from_dict(cls.Config, {"pretrained": str(work / MODELS[name][0])}, "model_args")
     return cls.create(config, OptimConfig(), list(INSTRUCTIONS))
@@ -127,8 +130,6 @@ def build(name: str, work: Path):
 
 def image_shape(model, kind: str, image_size: int) -> tuple[int, ...]:
     """Pixels ``(3, S, S)``, or the frozen tower's token shape ``(N, D)`` (what the feature cache holds)."""
-    from lightning_modules.components.vit_runner import unwrap_vision_model
-
     if kind == "pixels":
         return (3, image_size, image_size)
     vision = unwrap_vision_model(model.vision_tower)
@@ -136,9 +137,6 @@ def image_shape(model, kind: str, image_size: int) -> tuple[int, ...]:
 
 
 def _timer():
-    import lightning as L
-    import torch
-
     class StepTimer(L.Callback):
         """Wall time of each training batch (forward, backward, optimizer step), CUDA synchronised."""
 
@@ -163,12 +161,6 @@ def _timer():
 
 def run_setting(name: str, checkpointing: bool, args: argparse.Namespace) -> dict:
     """One (model, checkpointing) case; the model is freed before it returns."""
-    import lightning as L
-    import torch
-    from torch.utils.data import DataLoader
-
-    from lightning_modules.grad_checkpointing import enable_grad_checkpointing
-
     cuda = args.device == "cuda"
     kind = MODELS[name][1]
     record: dict = {
@@ -354,8 +346,6 @@ def summary(args: argparse.Namespace) -> dict:
         lines += ["", "## Errors", ""] + [
             f"- {r['model']} ({r['grad_checkpointing']}): `{r['error'][:300]}`" for r in errors
         ]
-    from benchmark.atomic import atomic_write_text
-
     atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     write_json(out / "summary.json", doc)
     return doc

@@ -31,6 +31,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmark.metrics import RetrievalMetric  # noqa: E402
+from benchmark.metrics import metric as metric_module  # noqa: E402
+from benchmark.registry import MODELS  # noqa: E402
+from benchmark.rss_sampler import RssSampler, read_rss  # noqa: E402
+from datamodules.base import Relevance  # noqa: E402
+from lightning_modules import blip2 as blip2_module  # noqa: E402
+from lightning_modules.base import Encoded  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -60,17 +71,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    import numpy as np
-    import torch
-
-    from benchmark.metrics import RetrievalMetric
-    from benchmark.metrics import metric as metric_module
-    from benchmark.registry import MODELS
-    from benchmark.rss_sampler import RssSampler, read_rss
-    from datamodules.base import Relevance
-    from lightning_modules import blip2 as blip2_module
-    from lightning_modules.base import Encoded
-
     torch.set_num_threads(args.threads)
     stack: list[str] = []
     sampler = RssSampler(lambda: stack[-1] if stack else "outside", interval_s=args.interval)

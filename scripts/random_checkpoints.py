@@ -26,6 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import (
+    Blip2Config,
+    Blip2ForImageTextRetrieval,
+    BlipImageProcessor,
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+)
+
+from benchmark.atomic import atomic_write_text
+from lightning_modules.components.word_tokenizer import build_word_tokenizer
 
 #: default vocabulary of the written tokenizers (a few instructions of several domains)
 INSTRUCTIONS = (
@@ -120,8 +131,6 @@ SCALES = {
 
 
 def word_tokenizer(length: int, vocab_texts: Iterable[str] = INSTRUCTIONS):
-    from lightning_modules.components.word_tokenizer import build_word_tokenizer
-
     return build_word_tokenizer(list(vocab_texts), length)
 
 
@@ -141,8 +150,6 @@ def write_blip2(
     as float32 as it loads the hub's file (the weights are then float16-rounded values): a
     half-precision file only halves the disk and the bytes read. Without that, transformers
     5 builds parts of the model in the config's float16 and others in float32."""
-    from transformers import Blip2Config, Blip2ForImageTextRetrieval, BlipImageProcessor
-
     dtype = _save_dtype(save_dtype)
     tok = word_tokenizer(scale.text_length, vocab_texts)
     cfg = Blip2Config(**scale.blip2)
@@ -181,8 +188,6 @@ def write_blip2(
 
 def _declare_float32(config_file: Path) -> None:
     """Set the saved config's ``dtype`` back to float32 (``save_pretrained`` writes the weights')."""
-    from benchmark.atomic import atomic_write_text
-
     config = json.loads(config_file.read_text())
     for key in ("dtype", "torch_dtype"):
         if key in config:
@@ -192,8 +197,6 @@ def _declare_float32(config_file: Path) -> None:
 
 def write_clip(path: Path, scale: Scale, device: str) -> dict:
     """A random ``CLIPModel`` (seed 0) saved like a hub repo (float32 safetensors)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
     tok = word_tokenizer(scale.clip_text["max_position_embeddings"])
     text = dict(
         scale.clip_text,

@@ -265,6 +265,7 @@ def write_coco(root: Path, spec: CocoSpec = CocoSpec(), workers: int | None = No
 def vocabulary() -> list[str]:
     """Texts that hold every word of the instructions the evaluation builds: the caption words
     and the COCO instruction templates (for the word tokenizer of a random checkpoint)."""
+    # lazy: the module stays torch-free for its image-writing pool workers; datamodules pulls in torch
     from datamodules.coco import CocoKarpathyDataModule
 
     return [" ".join(WORDS), *(t.replace("{caption}", "") for t in CocoKarpathyDataModule.default_templates)]

@@ -271,20 +271,31 @@ REGRESS_PROBES = [
         None,
         "a number too large to read",
     ),
-    ("baseline-not-a-result", lambda: b"[1]", None, "expected a result file"),
+    ("baseline-not-a-result", lambda: b"[1]", None, "a result file holds a JSON object"),
     (
         "baseline-string-metric",
         lambda: _with_metric("t2i/R@5", "0.5"),
         None,
-        "metric 't2i/R@5' is '0.5' (str); expected a finite number or null",
+        "field metrics.t2i/R@5 must be a number or null, got '0.5'",
     ),
     (
         "new-string-metric",
         lambda: None,
         lambda: _with_metric("t2i/R@5", "0.5"),
-        "metric 't2i/R@5' is '0.5' (str); expected a finite number or null",
+        "field metrics.t2i/R@5 must be a number or null, got '0.5'",
     ),
-    ("new-bool-metric", lambda: None, lambda: _with_metric("t2i/MRR", True), "metric 't2i/MRR' is True"),
+    (
+        "new-bool-metric",
+        lambda: None,
+        lambda: _with_metric("t2i/MRR", True),
+        "field metrics.t2i/MRR must be a number or null, got True",
+    ),
+    (
+        "new-out-of-range-metric",
+        lambda: None,
+        lambda: _with_metric("t2i/R@5", 7.5),
+        "field metrics.t2i/R@5 = 7.5 is out of range (expected in [0, 1])",
+    ),
 ]
 
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from benchmark.results import ResultFileError, atomic_write_json, environment, load_result
+from benchmark.environment import environment
+from benchmark.results import ResultFileError, atomic_write_json, load_result
 
 
 def test_atomic_write_keeps_the_old_file_when_serialisation_fails(tmp_path):

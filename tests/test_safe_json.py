@@ -1,4 +1,4 @@
-"""The safe JSON reader (benchmark/safe_json.py): every unsafe input is one JsonReadError naming
+"""The safe JSON reader (datamodules/safe_json.py): every unsafe input is one JsonReadError naming
 the source; valid JSON reads exactly as ``json.loads`` reads it. Fuzzed with hypothesis, with
 inputs deep and large enough to reach the nesting bound and Python's integer-digit limit."""
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmark.safe_json import MAX_DEPTH, JsonReadError, loads_json, nesting_depth_exceeds, read_json
+from datamodules.safe_json import MAX_DEPTH, JsonReadError, loads_json, nesting_depth_exceeds, read_json
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BIG = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # large inputs

@@ -15,8 +15,8 @@ and the query -- and nothing else (never a relevance label):
   Closeness 1 is exactly the dataset's relevance
   (:meth:`~datamodules.synthetic.constraints.CaptionConstraints.satisfied_by`).
 * ``caption_overlap`` (real datasets): the share of the query caption's content words
-  (lower case, plural "s" dropped, stop words removed: the reading of
-  :class:`~benchmark.feedback.user.CaptionTruth`) that occur in the shown image's reference
+  (lower case, plural "s" dropped, stop words removed: :func:`~benchmark.feedback.words.content_words`,
+  the reading of :class:`~benchmark.feedback.user.CaptionTruth`) that occur in the shown image's reference
   captions -- the captions stand in for what a person sees in the image. A caption without
   content words has no closeness (NaN: the user is unsure). Captions only approximate an
   image: a word missing from five captions may well be in the picture.
@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from itertools import permutations
 from typing import Protocol
 
+from benchmark.feedback.words import content_words
 from datamodules.synthetic.constraints import CaptionConstraints
 from datamodules.synthetic.scene import Scene
 
@@ -91,8 +92,6 @@ class CaptionOverlap:
     kind = CAPTION_OVERLAP
 
     def __init__(self, query_captions: Sequence[str], image_words: Sequence[set[str]]) -> None:
-        from benchmark.feedback.user import content_words
-
         self.wanted = tuple(frozenset(content_words(c)) for c in query_captions)
         self.image_words = tuple(image_words)
 

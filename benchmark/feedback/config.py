@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 from typing import TypedDict
 
 from benchmark.config import ConfigError
+from benchmark.feedback.kernels import KERNELS, NEIGHBOURS
+from benchmark.feedback.llm.limits import check_limits
+from benchmark.feedback.llm.redact import redact_text
+from benchmark.feedback.llm.registry import BACKENDS
+from benchmark.feedback.marks import USER_MODELS
 
 #: every arm the protocol knows, in report order (``benchmark.feedback.arms.ARMS`` implements them)
 ARM_NAMES = ("none", "exclude", "refresh", "llm")
@@ -59,8 +64,6 @@ class RefreshConfig:
     neighbours: int = 3
 
     def __post_init__(self) -> None:
-        from benchmark.feedback.kernels import KERNELS
-
         for name in ("w0", "w_ps", "w_ns"):
             if not getattr(self, name) >= 0:  # NaN fails too
                 raise ConfigError(f"feedback.refresh.{name} must be a number >= 0, got {getattr(self, name)}")
@@ -145,9 +148,6 @@ class LLMConfig:
 
     def __post_init__(self) -> None:
         prefix = self.backend.split(":", 1)[0]
-        from benchmark.feedback.llm.redact import redact_text
-        from benchmark.feedback.llm.registry import BACKENDS
-
         if prefix not in BACKENDS:
             raise ConfigError(
                 f"--llm / feedback.llm.backend: unknown backend {redact_text(self.backend)!r}; expected "
@@ -156,8 +156,6 @@ class LLMConfig:
         BACKENDS[prefix].check_spec(self.backend)
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"feedback.llm.alpha must lie in [0, 1], got {self.alpha}")
-        from benchmark.feedback.llm.limits import check_limits
-
         try:
             check_limits(self.timeout_s, self.max_reply_bytes)  # NaN and infinities refused too
         except ValueError as e:
@@ -204,8 +202,6 @@ class UserConfig:
     unsure_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        from benchmark.feedback.marks import USER_MODELS
-
         if self.model not in USER_MODELS:
             raise ConfigError(f"feedback.user.model must be one of {', '.join(USER_MODELS)}, got {self.model!r}")
         if not 0.0 < self.ps_threshold <= 1.0:  # NaN fails too
@@ -300,8 +296,6 @@ class FeedbackConfig:
             raise ConfigError(
                 f"feedback.gallery_caption must be one of {', '.join(GALLERY_CAPTIONS)}, got {self.gallery_caption!r}"
             )
-        from benchmark.feedback.kernels import KERNELS, NEIGHBOURS
-
         k = self.similarity.top_k
         if KERNELS[self.refresh.kernel].reads == NEIGHBOURS and k is not None and k < self.refresh.neighbours:
             raise ConfigError(
@@ -315,8 +309,6 @@ class FeedbackConfig:
         what the refresh kernel reads (``rows``: whole rows of the shown items; ``neighbours``:
         their ``top_k`` nearest), ``top_k`` (null when no table is used), ``row_chunk`` and
         ``row_cache_mb`` (null when no row is cached)."""
-        from benchmark.feedback.kernels import KERNELS, NEIGHBOURS
-
         reads = KERNELS[self.refresh.kernel].reads
         s = self.similarity
         return {

@@ -19,6 +19,17 @@ gallery) and written to ``out``, so one process gives both figures.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmark.feedback.arms import refreshed
+from benchmark.feedback.config import RefreshConfig
+from benchmark.feedback.similarity import GalleryScorer
+from lightning_modules.base import Encoded, max_sim
+
 STEPS = ("none", "table", "rows")
 #: allocator and interpreter slack allowed on top of the counted buffers
 SLACK_MB = 64.0
@@ -64,14 +75,6 @@ def probe(
     seed: int = 0,
     out: str | None = None,
 ) -> None:
-    import torch
-    import torch.nn.functional as F
-
-    from benchmark.feedback.arms import refreshed
-    from benchmark.feedback.config import RefreshConfig
-    from benchmark.feedback.similarity import GalleryScorer
-    from lightning_modules.base import Encoded, max_sim
-
     if step not in STEPS:
         raise ValueError(f"step must be one of {', '.join(STEPS)}, got {step!r}")
     torch.set_num_threads(threads)
@@ -89,9 +92,6 @@ def probe(
     prev = torch.randn(n_queries, n_gallery, generator=g)
     ps = torch.rand(n_queries, display, generator=g) < 0.3
     if out is not None:
-        import json
-        from pathlib import Path
-
         Path(out).write_text(json.dumps({"baseline_mb": vm_hwm_mb()}))
     if step == "table":
         table = scorer.neighbour_table(top_k)

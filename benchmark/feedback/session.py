@@ -18,7 +18,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+import numpy as np
+import torch
+
 from benchmark.config import ConfigError, RunConfig, from_dict
+from benchmark.environment import environment
 from benchmark.feedback.config import FeedbackConfig
 from benchmark.feedback.llm.registry import make_backend
 from benchmark.feedback.protocol import run_protocol
@@ -30,8 +35,11 @@ from benchmark.feedback.transcript import JsonlWriter
 from benchmark.feedback.user import SimulatedUser
 from benchmark.portable import portable
 from benchmark.registry import DATASETS, MODELS
-from benchmark.results import atomic_write_json, environment
+from benchmark.reporting.feedback_stats import describe, feedback_stats
+from benchmark.reporting.options import ReportOptions
+from benchmark.results import atomic_write_json
 from benchmark.store import data_root, ensure_checkpoint, path_roots, pretrained_of, resolve_dependencies
+from lightning_modules.base import Encoded
 from lightning_modules.contract import ItemLoading
 
 
@@ -70,19 +78,12 @@ class FeedbackOutcome:
     def interval_lines(self, options=None) -> list[str]:
         """Bootstrap intervals of Hits@K and BRI per arm and of each refinement arm minus
         exclude, at round 3 and T (the report's defaults: B = 1000, seed 0)."""
-        import numpy as np
-
-        from benchmark.reporting.feedback_stats import describe, feedback_stats
-        from benchmark.reporting.options import ReportOptions
-
         options = options or ReportOptions()
         ranks = {a: np.asarray(r, dtype=np.int64) for a, r in self.result["per_query"].items()}
         return describe(feedback_stats(ranks, self.result["protocol"]["success_k"], options), options)
 
 
 def _device(cfg: RunConfig) -> str:
-    import torch
-
     return "cuda" if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda") else "cpu"
 
 
@@ -108,10 +109,6 @@ def load_model(cfg: RunConfig, *, progress: bool = False):
 def encode_gallery(model, dm, device: str, cache_dir: str):
     """The evaluated split's gallery, encoded once in index order (features cached under
     ``cache_dir`` by the model's item loader, if it has one)."""
-    import torch
-
-    from lightning_modules.base import Encoded
-
     dm.set_transform(model.image_transform())
     dm.set_item_loader(model.item_loader(Path(cache_dir) / "features") if isinstance(model, ItemLoading) else None)
     parts, seen = [], []
@@ -126,9 +123,6 @@ def encode_gallery(model, dm, device: str, cache_dir: str):
 
 
 def run_feedback(cfg: RunConfig, fb: FeedbackConfig, *, progress: bool = False) -> FeedbackOutcome:
-    import lightning as L
-    import torch
-
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     if cfg.train.num_threads:

@@ -24,7 +24,6 @@ target's captions.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -36,57 +35,8 @@ from benchmark.feedback.closeness import Closeness
 from benchmark.feedback.config import UserConfig
 from benchmark.feedback.marks import USER_MODELS, BinaryUser, GradedUser, Marks
 from benchmark.feedback.schema import UNSURE, Question, is_unsure
+from benchmark.feedback.words import content_words
 from datamodules.synthetic.scene import Scene
-
-_STOP = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "of",
-        "on",
-        "in",
-        "at",
-        "to",
-        "with",
-        "and",
-        "or",
-        "is",
-        "are",
-        "be",
-        "there",
-        "this",
-        "that",
-        "these",
-        "those",
-        "it",
-        "its",
-        "image",
-        "picture",
-        "photo",
-        "one",
-        "some",
-        "any",
-        "which",
-        "what",
-        "who",
-        "whose",
-        "where",
-        "how",
-        "do",
-        "does",
-        "it's",
-        "has",
-        "have",
-        "show",
-        "showing",
-        "shows",
-        "you",
-        "your",
-        "want",
-        "wanted",
-    ]
-)
 
 
 class Truth(Protocol):
@@ -110,16 +60,6 @@ class SceneTruth:
         if len(q) == 1 and not mention.background:
             mention = mention.with_object_attributes({k: v for k, v in q[0].items() if k not in named_by_options})
         return mention.holds_in(self.scene)
-
-
-def content_words(text: str) -> set[str]:
-    """Content words: lower case, plural "s" dropped, stop words and one-letter words removed."""
-    out = set()
-    for w in re.findall(r"[a-z]+", text.lower()):
-        if w in _STOP or len(w) < 2:
-            continue
-        out.add(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w)
-    return out
 
 
 class CaptionTruth:

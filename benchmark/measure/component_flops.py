@@ -29,6 +29,11 @@ from torch import nn
 from benchmark.measure.flops import count_flops
 from lightning_modules.cost import TOTAL_COMPONENTS, CostCall, CostModel
 
+try:
+    from transformers import masking_utils
+except ImportError:  # older transformers: no mask helpers to patch
+    masking_utils = None  # type: ignore[assignment]
+
 GIGA = 1e9
 
 
@@ -71,9 +76,8 @@ def eager_masks() -> Iterator[None]:
     fails on the shape (transformers 5.x). Reporting "not tracing" to the mask code makes the
     trace follow the eager path (masks never carry FLOPs).
     """
-    try:
-        import transformers.masking_utils as mu
-    except ImportError:  # older transformers: nothing to patch
+    mu = masking_utils
+    if mu is None:  # older transformers: nothing to patch
         yield
         return
     saved = mu.is_tracing

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
 # Unhandled ops matching this are errors, not silently skipped element-wise ops.
@@ -39,8 +41,6 @@ class UnsupportedOpError(RuntimeError):
 
 
 def _shape(value: Any) -> list[int]:
-    from fvcore.nn.jit_handles import get_shape
-
     shape = get_shape(value)
     if shape is None:
         raise UnsupportedOpError("a FLOP handle met a tensor of unknown shape")
@@ -109,8 +109,6 @@ def count_flops(
 
     Raises :class:`UnsupportedOpError` when a matmul- or attention-like op has no handle.
     """
-    from fvcore.nn import FlopCountAnalysis
-
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
     wrapped = TupleOutput(module, method)

@@ -26,6 +26,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from benchmark.config import from_dict, to_dict
+from benchmark.measure.memory import gpu_peak_memory_mb, peak_rss_mb_in_fresh_process
+from benchmark.registry import MODELS
+from lightning_modules.contract import SuiteModel, check_model_class
+from lightning_modules.optim import OptimConfig
+
 TARGET = "benchmark.measure.probe:probe"
 
 
@@ -47,8 +55,6 @@ def model_source(model, model_config, checkpoint: Path | None, workdir: Path) ->
     """How the child gets the model: a checkpoint folder, a pretrained config, or a fresh save; and
     its class by import path (``module:Class``), so a model registered at run time (a plugin, a
     test) loads in the child without its registration."""
-    from benchmark.config import to_dict
-
     cls = {"class": f"{type(model).__module__}:{type(model).__qualname__}"}
     if checkpoint is not None and Path(checkpoint).is_dir():
         # the run's evaluation-only options (benchmark/store.py), which the checkpoint does not hold
@@ -62,11 +68,6 @@ def model_source(model, model_config, checkpoint: Path | None, workdir: Path) ->
 
 
 def _load(model: str, source: dict[str, Any]):
-    from benchmark.config import from_dict
-    from benchmark.registry import MODELS
-    from lightning_modules.contract import SuiteModel, check_model_class
-    from lightning_modules.optim import OptimConfig
-
     cls: type[SuiteModel]
     if "class" in source:
         module, _, attr = source["class"].partition(":")
@@ -83,10 +84,6 @@ def _load(model: str, source: dict[str, Any]):
 
 def probe(model: str, source: dict[str, Any], inputs: str, device: str, threads: int, out: str) -> None:
     """The child's work (see the module docstring); writes its figures to ``out`` as JSON."""
-    import torch
-
-    from benchmark.measure.memory import gpu_peak_memory_mb
-
     torch.set_num_threads(threads)
     cuda = device.startswith("cuda")
     m = _load(model, source).to(device).eval()
@@ -136,10 +133,6 @@ def run_probe(
     timeout_s: float = 900,
 ) -> ProbeResult:
     """Run :func:`probe` in a fresh interpreter; its peak RSS and figures."""
-    import torch
-
-    from benchmark.measure.memory import peak_rss_mb_in_fresh_process
-
     workdir = Path(workdir)
     inputs, out = workdir / "probe_inputs.pt", workdir / "probe_out.json"
     torch.save({"pixels": pixels.detach().cpu(), "texts": list(texts)}, inputs)

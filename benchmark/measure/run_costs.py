@@ -40,6 +40,8 @@ from benchmark.measure.probe import ProbeResult, model_source, run_probe
 from benchmark.measure.settings import MeasureConfig
 from benchmark.measure.throughput import measure_throughput
 from benchmark.threads import torch_threads
+from datamodules.base import IndexedImages
+from lightning_modules.base import Encoded
 from lightning_modules.cost import CostModel, CostSample
 
 
@@ -57,8 +59,6 @@ def pick(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
 
 def pixel_batch(eval_set, transform, indices: np.ndarray) -> torch.Tensor:
     """The test images at ``indices``, through ``transform``, stacked."""
-    from datamodules.base import IndexedImages
-
     images = IndexedImages(eval_set.image_paths, transform)
     return torch.stack([images[int(i)][1] for i in indices])
 
@@ -87,8 +87,6 @@ class _Background:
 
 
 def _encode_gallery(model, batches: Iterable, limit: int | None):
-    from lightning_modules.base import Encoded
-
     parts, n = [], 0
     with torch.inference_mode():
         for _, items in batches:

@@ -10,8 +10,10 @@ Runs are matched by result-file name (``<model>__<dataset>__<tag>.json``). Per m
 * ``MISSING`` -- in the baseline, absent from the new run (a failure);
 * ``new`` -- absent from the baseline (not a failure); ``ignored`` -- the rule ignores it.
 
-Both sides are checked first (``benchmark/regression/files.py``): a baseline that cannot be
-read, or a metric that is not a finite number or null, is an error naming the file and key.
+Both sides are checked first, as every result file the suite reads (:func:`benchmark.results.load_result`,
+:func:`benchmark.result_checks.check_result`): a baseline that cannot be read, or a metric that is
+not a finite number or null or out of its range, is a :class:`~benchmark.result_checks.ResultFileError`
+naming the file and the field.
 A new run without a baseline file is reported separately (:attr:`Comparison.missing_baselines`):
 it cannot be compared, and ``bench regress`` refuses to pass.
 """
@@ -22,8 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmark.regression.files import check_metrics, read_result
 from benchmark.regression.tolerances import Tolerances
+from benchmark.result_checks import check_result
+from benchmark.results import load_result
 
 FAILING = ("REGRESSION", "MISSING")
 HEADLINE = (
@@ -137,8 +140,8 @@ def compare_results(new: Mapping[str, dict], baseline_dir: Path, tolerances: Tol
         if not path.exists():
             out.missing_baselines.append(name)
             continue
-        old = read_result(path, "baseline result file")
-        check_metrics(new[name], f"new result {name}")
+        old = load_result(path, "baseline result file")
+        check_result(new[name], f"new result {name}")
         out.rows += compare_metrics(name, old["metrics"], new[name]["metrics"], tolerances)
         out.notes += _notes(name, old, new[name])
     return out

@@ -18,10 +18,10 @@ from pathlib import Path
 from benchmark.config import ConfigError, RunConfig, build_run_config, model_defaults
 from benchmark.preflight import check_run
 from benchmark.registry import MODELS
-from benchmark.regression.files import read_result
 from benchmark.regression.tolerances import FILE, shipped_path
-from benchmark.results import atomic_write_json, load_result_files
-from benchmark.safe_json import loads_json
+from benchmark.results import atomic_write_json, load_result, load_result_files
+from benchmark.runner import run
+from datamodules.safe_json import loads_json
 
 DATASET = "synthetic"
 TAG = "regress"
@@ -62,8 +62,6 @@ def run_suite(
     echo=print,
 ) -> dict[str, dict]:
     """Run the suite into a temporary results folder; result-file name -> result."""
-    from benchmark.runner import run
-
     with tempfile.TemporaryDirectory(prefix="bench_regress_") as tmp:
         cache = Path(cache_dir) if cache_dir else Path(tmp) / "cache"
         configs = suite_configs(models, overrides, Path(tmp) / "results", cache)
@@ -79,7 +77,7 @@ def results_in(directory: Path, models: Sequence[str] | None = None) -> dict[str
     """Result files already in ``directory`` (those of ``models`` only, if given; not its tolerances file)."""
     if not Path(directory).is_dir():
         raise ConfigError(f"--from-results {directory}: not a folder (expected a folder of result files)")
-    found = {p.name: read_result(p) for p in sorted(Path(directory).glob("*.json")) if p.name != FILE}
+    found = {p.name: load_result(p) for p in sorted(Path(directory).glob("*.json")) if p.name != FILE}
     return {k: v for k, v in found.items() if models is None or v.get("model") in models}
 
 

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from benchmark.config import ConfigError, from_dict
-from benchmark.safe_json import JsonReadError, loads_json, read_json
+from datamodules.safe_json import JsonReadError, loads_json, read_json
 
 BETTER = ("higher", "lower", "either")
 FILE = "tolerances.json"

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.safe_json import JsonReadError, read_json
+from datamodules.safe_json import JsonReadError, read_json
 
 PAPER_TABLES = Path(__file__).resolve().parent.parent / "reference" / "paper_tables.json"
 

@@ -14,7 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.config import ConfigError, from_dict
 from benchmark.registry import DATASETS
+from datamodules.base import DataError
+from datamodules.datamodule import DataConfig
 
 #: dataset -> the folders under DIR it may live in (first found wins): the layouts of README
 #: "Real datasets" (``medpix`` is the ``MedPix-2-0/`` folder of CHILab1/MedPix-2.0)
@@ -53,9 +56,6 @@ class FoundDataset:
 def count_splits(name: str, folder: Path, data: dict | None = None) -> SplitSizes:
     """Sizes of ``name``'s training and evaluated splits in ``folder`` (annotations only).
     ``data``: the run's ``data`` options (dataset ``options``, ``eval_split``)."""
-    from benchmark.config import from_dict
-    from datamodules.datamodule import DataConfig
-
     config = from_dict(DataConfig, {**(data or {}), "root": str(folder)}, "data")
     module = DATASETS.get(name)(config)
     module.layout()  # the dataset's own message when the folder is not in a known layout
@@ -66,9 +66,6 @@ def count_splits(name: str, folder: Path, data: dict | None = None) -> SplitSize
 
 def find_datasets(root: Path, data: dict | None = None) -> list[FoundDataset]:
     """Every dataset of :data:`FOLDERS` (registered ones), found under ``root`` or not."""
-    from benchmark.config import ConfigError
-    from datamodules.base import DataError
-
     out = []
     for name, folders in FOLDERS.items():
         if name not in DATASETS:

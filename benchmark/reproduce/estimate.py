@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.safe_json import read_json
+from datamodules.safe_json import read_json
 
 #: training step cost / forward retrieval step cost, per image (forward + backward ~ 3 forwards)
 TRAIN_FACTOR = 3.0

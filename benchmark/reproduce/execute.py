@@ -19,6 +19,7 @@ from benchmark.config import ConfigError
 from benchmark.reproduce.plan import Plan
 from benchmark.reproduce.steps import FAILED, RunSettings, StepError, StepOutcome, StepRecord
 from benchmark.text_table import text_table
+from datamodules.base import DataError
 
 Echo = Callable[..., None]  # echo(message, err=False), e.g. typer.echo
 
@@ -28,8 +29,6 @@ def _print(message: str = "", err: bool = False) -> None:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from datamodules.base import DataError
-
     return StepError, ConfigError, DataError
 
 

@@ -11,7 +11,7 @@ import benchmark
 from benchmark.config import ConfigError
 from benchmark.reporting.options import ReportOptions
 from benchmark.reproduce.estimate import CostError, load_costs
-from benchmark.reproduce.full import FullPlan, build_full_plan, describe_full
+from benchmark.reproduce.full import FullPlan, _status, build_full_plan, describe_full
 from benchmark.reproduce.plan import Plan
 
 #: the throughputs ``scripts/bench_gpu.py`` measured (H200, full shapes), shipped with the suite's results
@@ -60,6 +60,4 @@ def dry_run_lines(plan: Plan) -> list[str]:
     """A full plan's detailed lines; a tiny plan's step titles (nothing runs either way)."""
     if isinstance(plan, FullPlan):
         return describe_full(plan)
-    from benchmark.reproduce.full import _status
-
     return [f"[{i}] {step.title}: {_status(step)}" for i, step in enumerate(plan.steps, 1)]

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.config import RunConfig
+from benchmark.reporting.build import write_reports
 from benchmark.reporting.options import ReportOptions
+from benchmark.runner import run
 
 OK, EXISTING, SHARED, SKIPPED, FAILED = "ok", "existing", "shared", "skipped", "failed"
 
@@ -72,8 +74,6 @@ class RunStep(Step):
     config: RunConfig | None = None
 
     def execute(self, settings: RunSettings, done: Sequence[StepRecord]) -> StepOutcome:
-        from benchmark.runner import run
-
         assert self.config is not None
         outcome = run(
             self.config, retrain=settings.retrain, skip_existing=settings.skip_existing, progress=settings.progress
@@ -116,7 +116,5 @@ class ReportStep(Step):
     options: ReportOptions = field(default_factory=ReportOptions)
 
     def execute(self, settings: RunSettings, done: Sequence[StepRecord]) -> StepOutcome:
-        from benchmark.reporting.build import write_reports
-
         outcome = write_reports(self.results_dir, self.out_dir, self.options)
         return StepOutcome(OK, f"{self.out_dir} ({len(outcome.files)} files)", tuple(outcome.notes))

@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from benchmark.config import ConfigError, RunConfig, to_dict
 from benchmark.feedback.config import FeedbackConfig
 from benchmark.feedback.llm.registry import make_backend
@@ -59,8 +61,6 @@ def _model_and_data(cfg: RunConfig, sc: ServeConfig, progress: bool):
 
 def load(cfg: RunConfig, fb: FeedbackConfig, sc: ServeConfig, *, progress: bool = False) -> Loaded:
     """The model, the encoded gallery (from the disk cache when there) and the question writer."""
-    import torch
-
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     backend = make_backend(fb.llm)  # a bad --llm fails before any work

@@ -15,6 +15,8 @@ import socket
 import sys
 from pathlib import Path
 
+import uvicorn
+
 from benchmark.config import ConfigError, RunConfig
 from benchmark.feedback.config import FeedbackConfig
 from benchmark.serve.app import AppState, create_app
@@ -57,8 +59,6 @@ def build_state(cfg: RunConfig, fb: FeedbackConfig, sc: ServeConfig, *, progress
 
 
 def serve(cfg: RunConfig, fb: FeedbackConfig, sc: ServeConfig, *, progress: bool = False) -> None:
-    import uvicorn
-
     if not sc.loopback:
         print(
             f"warning: serving on {sc.host}, which other machines may reach; the app has no authentication "

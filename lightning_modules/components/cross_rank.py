@@ -94,6 +94,7 @@ class GlobalBatch:
         biggest = max(self.sizes)
         padded = x if x.shape[0] == biggest else F.pad(x, (0, 0) * (x.ndim - 1) + (0, biggest - x.shape[0]))
         if grad and torch.is_grad_enabled() and x.requires_grad:
+            # lazy: torch builds without distributed support (is_available() False) cannot import it
             from torch.distributed.nn.functional import all_gather
 
             parts = list(all_gather(padded.contiguous()))

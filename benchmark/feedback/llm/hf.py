@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from benchmark.config import ConfigError
 from benchmark.feedback.config import LLMConfig
 from benchmark.feedback.llm.base import LLMError, Message
@@ -28,8 +31,6 @@ class HFBackend:
 
     @classmethod
     def from_spec(cls, spec: str, config: LLMConfig) -> HFBackend:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         path = spec.partition(":")[2]
         kw = {"local_files_only": True, "trust_remote_code": False}
         try:
@@ -69,8 +70,6 @@ class HFBackend:
         return ids
 
     def generate(self, messages: Sequence[Message]) -> str:
-        import torch
-
         try:
             ids = self._prompt_ids(messages).to(self.model.device)
             pad = self.tokenizer.pad_token_id

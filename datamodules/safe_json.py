@@ -10,6 +10,9 @@ these with one :class:`JsonReadError` whose message names the source (file path 
 and what was expected. The nesting bound is checked on the text *before* parsing, with
 regular expressions (C speed, no recursion), so no parser or later recursive walk ever
 sees a structure deeper than :data:`MAX_DEPTH`.
+
+It lives in the data layer, the lowest package (``benchmark`` and ``lightning_modules`` import
+``datamodules``, never the reverse), and imports nothing of the suite.
 """
 
 from __future__ import annotations
