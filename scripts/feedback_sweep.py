@@ -34,7 +34,6 @@ import torch
 from benchmark.config import deep_merge, from_dict, parse_set
 from benchmark.feedback.config import FeedbackConfig
 from benchmark.feedback.llm.registry import make_backend
-from benchmark.feedback.options import run_config
 from benchmark.feedback.protocol import run_protocol
 from benchmark.feedback.record import build_result, result_paths
 from benchmark.feedback.refine import Refiner
@@ -45,6 +44,7 @@ from benchmark.feedback.user import SimulatedUser
 from benchmark.reporting.feedback_stats import feedback_stats
 from benchmark.reporting.options import ReportOptions
 from benchmark.results import atomic_write_json, environment
+from benchmark.run_flags import CliConfig
 from lightning_modules.base import Encoded
 
 
@@ -91,20 +91,9 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    cfg = run_config(
-        model=args.model,
-        dataset=args.dataset,
-        size="tiny",
-        tag="sweep",
-        seed=0,
-        epochs=None,
-        data_root=None,
-        pretrained=None,
-        config=None,
-        sets=[f"data.eval_split={args.split}", *args.sets],
-        results_dir=Path("/tmp"),
-        cache_dir=args.cache_dir,
-    )
+    given = {"model": args.model, "dataset": args.dataset, "size": "tiny", "tag": "sweep", "seed": 0}
+    given |= {"results_dir": Path("/tmp"), "cache_dir": args.cache_dir}
+    cfg = CliConfig(given=given, sets=(f"data.eval_split={args.split}", *args.sets)).build()
     t0 = time.perf_counter()
     model, dm, _ = load_model(cfg)
     model = model.eval()
