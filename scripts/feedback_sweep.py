@@ -26,12 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from benchmark.config import deep_merge, from_dict, parse_set
+from benchmark.config import RunConfig, deep_merge, from_dict, parse_set
 from benchmark.feedback.config import FeedbackConfig
 from benchmark.feedback.llm.registry import make_backend
 from benchmark.feedback.protocol import run_protocol
@@ -63,6 +64,17 @@ class Round0Scorer(GalleryScorer):
         return super().scores(queries)
 
 
+def sweep_run_config(
+    model: str, dataset: str, split: str, sets: Sequence[str] = (), cache_dir: Path | None = None
+) -> RunConfig:
+    """The run config of ``bench feedback --model M --dataset D --seed 0`` (tiny size) evaluated on
+    ``split``: the same builder as the CLI (:class:`benchmark.run_flags.CliConfig`), so the same
+    cached checkpoint whatever the split."""
+    given = {"model": model, "dataset": dataset, "size": "tiny", "tag": "sweep", "seed": 0}
+    given |= {"results_dir": Path("/tmp"), "cache_dir": cache_dir}
+    return CliConfig(given=given, sets=(f"data.eval_split={split}", *sets)).build()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("settings", nargs="+", help="space-separated feedback overrides per setting")
@@ -91,9 +103,7 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    given = {"model": args.model, "dataset": args.dataset, "size": "tiny", "tag": "sweep", "seed": 0}
-    given |= {"results_dir": Path("/tmp"), "cache_dir": args.cache_dir}
-    cfg = CliConfig(given=given, sets=(f"data.eval_split={args.split}", *args.sets)).build()
+    cfg = sweep_run_config(args.model, args.dataset, args.split, args.sets, args.cache_dir)
     t0 = time.perf_counter()
     model, dm, _ = load_model(cfg)
     model = model.eval()
@@ -157,7 +167,7 @@ def main() -> None:
                     user_seed=seed,
                     environment=environment("cpu"),
                     provenance=es.provenance() | {"script": "scripts/feedback_sweep.py"},
-                    timings={"protocol_s": time.perf_counter() - t},
+                    timings={"protocol_s": time.perf_counter() - t, **res.timings},
                     transcript=Path("none"),
                 )
                 atomic_write_json(result_paths(run_cfg)[0], result)
@@ -180,6 +190,10 @@ def main() -> None:
                 "d_bri_hi": d.bri[at].hi,
                 "marks": res.marks().get("refresh", {}),
                 "seconds": time.perf_counter() - t,
+                # the refresh arm's own time per query and round (marks and logging included)
+                "refresh_ms_per_query_round": 1000
+                * res.timings.get("arm_refresh_s", 0.0)
+                / (task.n_queries * args.rounds),
             }
             rows.append(row)
             print(
