@@ -26,16 +26,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from benchmark.config import deep_merge, from_dict, parse_set
+from benchmark.config import RunConfig, deep_merge, from_dict, parse_set
 from benchmark.environment import environment
 from benchmark.feedback.config import FeedbackConfig
 from benchmark.feedback.llm.registry import make_backend
-from benchmark.feedback.options import run_config
 from benchmark.feedback.protocol import run_protocol
 from benchmark.feedback.record import build_result, result_paths
 from benchmark.feedback.refine import Refiner
@@ -46,6 +46,7 @@ from benchmark.feedback.user import SimulatedUser
 from benchmark.reporting.feedback_stats import feedback_stats
 from benchmark.reporting.options import ReportOptions
 from benchmark.results import atomic_write_json
+from benchmark.run_flags import CliConfig
 from lightning_modules.base import Encoded
 
 
@@ -62,6 +63,17 @@ class Round0Scorer(GalleryScorer):
         if queries.emb.dtype == torch.float64 and queries.emb.shape[-1] == 1:
             return self.round0[queries.emb[:, 0].long()]
         return super().scores(queries)
+
+
+def sweep_run_config(
+    model: str, dataset: str, split: str, sets: Sequence[str] = (), cache_dir: Path | None = None
+) -> RunConfig:
+    """The run config of ``bench feedback --model M --dataset D --seed 0`` (tiny size) evaluated on
+    ``split``: the same builder as the CLI (:class:`benchmark.run_flags.CliConfig`), so the same
+    cached checkpoint whatever the split."""
+    given = {"model": model, "dataset": dataset, "size": "tiny", "tag": "sweep", "seed": 0}
+    given |= {"results_dir": Path("/tmp"), "cache_dir": cache_dir}
+    return CliConfig(given=given, sets=(f"data.eval_split={split}", *sets)).build()
 
 
 def main() -> None:
@@ -92,20 +104,7 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    cfg = run_config(
-        model=args.model,
-        dataset=args.dataset,
-        size="tiny",
-        tag="sweep",
-        seed=0,
-        epochs=None,
-        data_root=None,
-        pretrained=None,
-        config=None,
-        sets=[f"data.eval_split={args.split}", *args.sets],
-        results_dir=Path("/tmp"),
-        cache_dir=args.cache_dir,
-    )
+    cfg = sweep_run_config(args.model, args.dataset, args.split, args.sets, args.cache_dir)
     t0 = time.perf_counter()
     model, dm, _ = load_model(cfg)
     model = model.eval()
@@ -169,7 +168,7 @@ def main() -> None:
                     user_seed=seed,
                     environment=environment("cpu"),
                     provenance=es.provenance() | {"script": "scripts/feedback_sweep.py"},
-                    timings={"protocol_s": time.perf_counter() - t},
+                    timings={"protocol_s": time.perf_counter() - t, **res.timings},
                     transcript=Path("none"),
                 )
                 atomic_write_json(result_paths(run_cfg)[0], result)
@@ -192,6 +191,10 @@ def main() -> None:
                 "d_bri_hi": d.bri[at].hi,
                 "marks": res.marks().get("refresh", {}),
                 "seconds": time.perf_counter() - t,
+                # the refresh arm's own time per query and round (marks and logging included)
+                "refresh_ms_per_query_round": 1000
+                * res.timings.get("arm_refresh_s", 0.0)
+                / (task.n_queries * args.rounds),
             }
             rows.append(row)
             print(

@@ -52,13 +52,14 @@ class RefreshConfig:
     gallery) of the query's current scores, and multiplies a ``knn`` share by it, so w_ps and
     w_ns are in units of that spread whatever the model's score scale; ``none`` adds the raw
     rows. Defaults: chosen for ``ours`` on the SynthScenes val split with the graded user
-    (``max``, w_ps 0.25, w_ns 0.1; docs/experiments/graded-feedback.md); the binary user's val
-    choice was ``knn``, m = 3, w_ps 0.5, w_ns 0.1 (docs/DESIGN.md, "Feedback").
+    (``max``, w_ps 0.35, w_ns 0.15: all 2,500 val queries, user seeds 0-4; the earlier choice
+    on 1,000 val queries at one seed was w_ps 0.25, w_ns 0.1; docs/experiments/graded-feedback.md);
+    the binary user's val choice was ``knn``, m = 3, w_ps 0.5, w_ns 0.1 (docs/DESIGN.md, "Feedback").
     """
 
     w0: float = 1.0
-    w_ps: float = 0.25
-    w_ns: float = 0.1
+    w_ps: float = 0.35
+    w_ns: float = 0.15
     scale: str = "std"
     kernel: str = "max"
     neighbours: int = 3
