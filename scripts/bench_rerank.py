@@ -42,7 +42,9 @@ def encode(model, dm, n_images: int, n_queries: int) -> tuple[Encoded, Encoded]:
     images = [model.encode_images(items) for _, items in dm.gallery_dataloader("test")]
     es = dm.eval_set("test")
     step = dm.config.eval_batch_size
-    texts = [model.encode_texts(list(es.instructions[s : s + step])) for s in range(0, min(n_queries, es.n_queries), step)]
+    texts = [
+        model.encode_texts(list(es.instructions[s : s + step])) for s in range(0, min(n_queries, es.n_queries), step)
+    ]
     gallery = Encoded.cat(images)
     return gallery, Encoded.cat(texts)[:n_queries] if n_queries else Encoded.cat(texts)
 
@@ -87,9 +89,11 @@ def main(argv: list[str] | None = None) -> None:
     # (i2t re-ranks k of 5,000 texts per image; its ITC part grows with the gallery: scaled by both)
     whole = {k: med[k, "t2i"] * 5000 / n_q + med[k, "i2t"] * (1000 / n_i) * (5000 / n_q) for k in args.ks}
     first = total[args.ks[0]]
-    print(f"{args.model}: {n_q} text queries x {len(gallery)} images + {n_i} image queries x {n_q} texts; "
-          f"threads {torch.get_num_threads()}; median of {args.rounds} alternating rounds")
-    print("| k_test | s (timed queries) | ms per pair | ratio to k=%d | est. whole test split s |" % args.ks[0])
+    print(
+        f"{args.model}: {n_q} text queries x {len(gallery)} images + {n_i} image queries x {n_q} texts; "
+        f"threads {torch.get_num_threads()}; median of {args.rounds} alternating rounds"
+    )
+    print(f"| k_test | s (timed queries) | ms per pair | ratio to k={args.ks[0]} | est. whole test split s |")
     print("|---:|---:|---:|---:|---:|")
     itc = total.get(0)
     for k in args.ks:

@@ -59,7 +59,7 @@ def study(path: Path, direction: str = "t2i", n_boot: int = 1000) -> dict:
         "seed": result["seed"],
         "k_test": from_dict(MODELS.get(result["model"]).Config, result["model_config"], "model_config").k,
         "direction": direction,
-        "n": int(len(rr)),
+        "n": len(rr),
     }
     for k in KS:
         a, b = recall(rr, k), recall(itc, k)
@@ -93,7 +93,8 @@ def table(rows: list[dict]) -> str:
     head = "| model | seed | k_test | R@1 re-ranked / ITC | diff R@1 [95% CI] | R@5 re-ranked / ITC | diff R@5 [95% CI] | R@10 re-ranked / ITC |"
     lines = [head, "|" + "---|" * 8]
     for r in rows:
-        def cell(k: int) -> str:
+
+        def cell(k: int, r: dict = r) -> str:
             d = r[f"diff/R@{k}"]
             return f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
 
