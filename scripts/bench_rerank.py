@@ -46,7 +46,7 @@ def encode(model, dm, n_images: int, n_queries: int) -> tuple[Encoded, Encoded]:
         model.encode_texts(list(es.instructions[s : s + step])) for s in range(0, min(n_queries, es.n_queries), step)
     ]
     gallery = Encoded.cat(images)
-    return gallery, Encoded.cat(texts)[:n_queries] if n_queries else Encoded.cat(texts)
+    return gallery, Encoded.cat(texts)[:n_queries]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cache-dir", default=None)
     args = ap.parse_args(argv)
+    if min(args.ks) < 0 or args.n_queries < 1 or args.n_images < 1 or args.rounds < 1:
+        ap.error("--ks must be >= 0; --n-queries, --n-images and --rounds >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = build_run_config(model_defaults(args.model), {"cache_dir": args.cache_dir or default_cache_dir()})
@@ -88,13 +90,13 @@ def main(argv: list[str] | None = None) -> None:
     # the whole test split: 5,000 text queries and 1,000 image queries, each re-ranking k items
     # (the ITC part, small beside the ITM pairs, is scaled the same way)
     whole = {k: med[k, "t2i"] * 5000 / n_q + med[k, "i2t"] * 1000 / n_i for k in args.ks}
-    base = min((k for k in args.ks if k > 0), default=args.ks[0])
-    first = total[base]
+    ref_k = min((k for k in args.ks if k > 0), default=args.ks[0])
+    first = total[ref_k]
     print(
         f"{args.model}: {n_q} text queries x {len(gallery)} images + {n_i} image queries x {n_q} texts; "
         f"threads {torch.get_num_threads()}; median of {args.rounds} alternating rounds"
     )
-    print(f"| k_test | s (timed queries) | ms per pair | ratio to k={base} | est. whole test split s |")
+    print(f"| k_test | s (timed queries) | ms per pair | ratio to k={ref_k} | est. whole test split s |")
     print("|---:|---:|---:|---:|---:|")
     itc = total.get(0)
     for k in args.ks:
