@@ -41,7 +41,7 @@ class Refiner:
         self.config = config
         self.limits = prompts.Limits(config.min_questions, config.max_questions, config.max_options)
 
-    def _generate(self, messages) -> str:
+    def generate(self, messages) -> str:
         try:
             return self.backend.generate(messages)
         except LLMError:
@@ -61,12 +61,12 @@ class Refiner:
         out = Refinement()
         c = self.config
         try:
-            text = self._generate(prompts.question_messages(query, positive, negative, history, self.limits))
+            text = self.generate(prompts.question_messages(query, positive, negative, history, self.limits))
             out.questions = parse_questions(
                 text, min_questions=c.min_questions, max_questions=c.max_questions, max_options=c.max_options
             )
             out.answers = [answer(i, q) for i, q in enumerate(out.questions)]
-            text = self._generate(
+            text = self.generate(
                 prompts.update_messages(query, current_query, out.qa(), positive, negative, self.limits)
             )
             out.refined_query = parse_query(text, max_chars=c.max_query_chars)

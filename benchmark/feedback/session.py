@@ -83,7 +83,7 @@ class FeedbackOutcome:
         return describe(feedback_stats(ranks, self.result["protocol"]["success_k"], options), options)
 
 
-def _device(cfg: RunConfig) -> str:
+def run_device(cfg: RunConfig) -> str:
     return "cuda" if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda") else "cpu"
 
 
@@ -132,7 +132,7 @@ def run_feedback(cfg: RunConfig, fb: FeedbackConfig, *, progress: bool = False) 
 
     t = time.perf_counter()
     model, dm, provenance = load_model(cfg, progress=progress)
-    device = _device(cfg)
+    device = run_device(cfg)
     model = model.to(device).eval()
     timings["load_model_s"] = time.perf_counter() - t
 

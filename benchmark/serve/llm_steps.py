@@ -30,7 +30,7 @@ class LLMSteps:
         self, query: str, positive: list[str], negative: list[str], history: list[dict[str, Any]]
     ) -> list[Question]:
         c, r = self.refiner.config, self.refiner
-        text = r._generate(prompts.question_messages(query, positive, negative, history, r.limits))
+        text = r.generate(prompts.question_messages(query, positive, negative, history, r.limits))
         return parse_questions(
             text, min_questions=c.min_questions, max_questions=c.max_questions, max_options=c.max_options
         )
@@ -39,5 +39,5 @@ class LLMSteps:
         self, query: str, current_query: str, answered: list[dict[str, Any]], positive: list[str], negative: list[str]
     ) -> str:
         r = self.refiner
-        text = r._generate(prompts.update_messages(query, current_query, answered, positive, negative, r.limits))
+        text = r.generate(prompts.update_messages(query, current_query, answered, positive, negative, r.limits))
         return parse_query(text, max_chars=r.config.max_query_chars)

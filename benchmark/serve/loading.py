@@ -23,7 +23,7 @@ from benchmark.config import ConfigError, RunConfig, to_dict
 from benchmark.feedback.config import FeedbackConfig
 from benchmark.feedback.llm.registry import make_backend
 from benchmark.feedback.refine import Refiner
-from benchmark.feedback.session import _device, encode_gallery, load_model
+from benchmark.feedback.session import encode_gallery, load_model, run_device
 from benchmark.preflight import load_cached_checkpoint
 from benchmark.registry import DATASETS, MODELS
 from benchmark.serve import encoding_cache as ec
@@ -66,7 +66,7 @@ def load(cfg: RunConfig, fb: FeedbackConfig, sc: ServeConfig, *, progress: bool 
     backend = make_backend(fb.llm)  # a bad --llm fails before any work
     t = time.perf_counter()
     model, dm, checkpoint = _model_and_data(cfg, sc, progress)
-    device = _device(cfg)
+    device = run_device(cfg)
     model = model.to(device).eval()
     load_s = time.perf_counter() - t
 
