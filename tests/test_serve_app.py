@@ -83,6 +83,17 @@ def _search(client, query=QUERY):
     return r.json()
 
 
+def _expected_refresh(searcher, before, shown, ps, ns, fb):
+    """The feedback protocol's own refresh of ``before`` for these marks (the engine must match it)."""
+    return refreshed(
+        before[None],
+        searcher.scorer.shown(torch.tensor([shown])),
+        torch.tensor([[g in ps for g in shown]]),
+        fb.refresh,
+        torch.tensor([[g in ns for g in shown]]),
+    )[0]
+
+
 def test_page_is_served_escaped_with_a_strict_content_policy(tmp_path):
     state = _state(tmp_path, info={"model": "<b>bold</b>", "size": "tiny", "dataset": "d", "split": "test"})
     with TestClient(create_app(state)) as c:
@@ -144,14 +155,7 @@ def test_refresh_round_matches_the_feedback_update_and_drops_the_not_relevant(cl
     r = client.post(f"/api/searches/{d['search']}/refresh", json={"relevant": ps, "not_relevant": ns})
     assert r.status_code == 200, r.text
     after = r.json()
-    fb = FeedbackConfig()
-    expected = refreshed(
-        before[None],
-        searcher.scorer.shown(torch.tensor([shown])),
-        torch.tensor([[g in ps for g in shown]]),
-        fb.refresh,
-        torch.tensor([[g in ns for g in shown]]),
-    )[0]
+    expected = _expected_refresh(searcher, before, shown, ps, ns, FeedbackConfig())
     assert torch.equal(searcher.get(d["search"]).scores, expected)  # the max kernel: bitwise
     excluded = torch.zeros(40, dtype=torch.bool)
     excluded[ns] = True
@@ -309,11 +313,5 @@ def test_refresh_from_the_marked_rows_equals_the_update_over_every_shown_row(tmp
     shown, before = list(s.shown), s.scores.clone()
     ps, ns = shown[1 : 1 + marks[0]], shown[4 : 4 + marks[1]]
     searcher.refresh(s.index, ps, ns)
-    expected = refreshed(
-        before[None],
-        searcher.scorer.shown(torch.tensor([shown])),
-        torch.tensor([[g in ps for g in shown]]),
-        fb.refresh,
-        torch.tensor([[g in ns for g in shown]]),
-    )[0]
+    expected = _expected_refresh(searcher, before, shown, ps, ns, fb)
     assert torch.allclose(s.scores, expected, rtol=1e-6, atol=1e-7)
