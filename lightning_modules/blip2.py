@@ -101,6 +101,13 @@ class Blip2Config:
         rounding, see :mod:`~lightning_modules.components.length_groups`).
     freeze_qformer: the Q-Former layers (``head.qformer``, ``head.embeddings``) are not trained (the
         paper's "frozen Q-Former" ablation); projections, ITM head, queries and temperature are.
+    qformer_init_range: std of the tiny Q-Former's normal init (``initializer_range``; BERT's and
+        LAVIS' 0.02 is the init of a 768-wide model that is then pretrained). At width 128 and
+        0.02 the attention logits start near 0 and stay there over the tiny training: every
+        self- and cross-attention of the Q-Former stays practically uniform (queries give the
+        text its uniform share of their attention), so the queries cannot select image tokens
+        by the text and the ITM cannot learn. The default was chosen on the val split
+        (docs/experiments/tiny-itm.md).
     The q-former fields describe the tiny Q-Former (ignored with ``pretrained``).
     """
 
@@ -123,12 +130,15 @@ class Blip2Config:
     itm_hard_fraction: float = 1.0
     itc_label_smoothing: float = 0.1
     temp_init: float = 0.07
+    qformer_init_range: float = 0.05
     cache_features: bool = True
     freeze_qformer: bool = False
     local_files_only: bool = True
     text_group_padding: float | None = 0.5
 
     def __post_init__(self) -> None:
+        if not 0 < self.qformer_init_range <= 1:
+            raise ValueError("model_args.qformer_init_range must be in (0, 1]")
         if self.qformer_hidden % self.qformer_heads:
             raise ValueError("model_args.qformer_hidden must be a multiple of model_args.qformer_heads")
         if self.num_query_tokens < 1 or self.qformer_layers < 1 or self.cross_attention_frequency < 1:
@@ -170,6 +180,7 @@ class Blip2Config:
             cross_attention_frequency=self.cross_attention_frequency,
             encoder_hidden_size=encoder_hidden_size,
             use_qformer_text_input=True,
+            initializer_range=self.qformer_init_range,
         )
 
 

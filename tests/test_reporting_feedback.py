@@ -92,7 +92,8 @@ def test_report_writes_feedback_tables_and_convergence_plots(tmp_path, feedback_
     md = (out / "feedback.md").read_text()
     assert "K = 5" in md and "T = 3 feedback rounds" in md and "display 3 items" in md and "ranks 1-based" in md
     assert "not an LLM" in md and "B = 200" in md
-    assert "score refreshing: kernel = max, neighbours = 3" in md  # the settings the file records
+    refresh = r["protocol"]["feedback_config"]["refresh"]
+    assert f"score refreshing: kernel = {refresh['kernel']}, neighbours = {refresh['neighbours']}" in md  # as recorded
     assert "a\\_b&amp;c\\|d" in md and TAG not in md  # the tag is escaped
     # point estimates are the file's own per-round numbers; each lies in its interval
     hits = r["per_round"]["llm"]["Hits@5"]

@@ -1,0 +1,81 @@
+"""scripts/probe_qformer_attention.py measures what it says: with zero query/key weights the
+Q-Former's attention is exactly uniform (the queries give the text its token share, the
+cross-attention has the uniform entropy), and a large init makes it selective."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_modules.blip2 import Blip2Config, Blip2Retrieval
+from lightning_modules.clip import ClipConfig, ClipRetrieval
+from lightning_modules.optim import OptimConfig
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "probe_qformer_attention.py"
+TEXTS = ["a red circle", "a large blue square left of a green star", "a yellow cross"]
+TINY_CLIP = dict(
+    image_size=32, patch_size=8, vision_width=32, vision_layers=1, text_width=32, text_layers=1, heads=2, embed_dim=16
+)
+TINY_QFORMER = dict(
+    qformer_hidden=32, qformer_layers=2, qformer_heads=2, qformer_intermediate=64, embed_dim=16, num_query_tokens=4
+)
+
+
+def _probe():
+    spec = importlib.util.spec_from_file_location("probe_qformer_attention", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _measure(head, tokens, ids, mask):
+    probe = _probe()
+    inputs, cross = probe.attention_inputs(head, tokens, ids, mask)
+    n_query, heads = head.query_tokens.shape[1], head.qformer_config.num_attention_heads
+    layers = head.qformer.encoder.layer
+    shares = [
+        probe.attention_to_text(lay.attention.attention, h, mask, n_query, heads) for lay, h in zip(layers, inputs)
+    ]
+    entropy = [
+        probe.cross_entropy_share(layers[i].crossattention.attention, q, tokens, heads) for i, q in cross.items()
+    ]
+    return shares, entropy
+
+
+@pytest.fixture
+def model(tmp_path):
+    def build(init_range: float) -> Blip2Retrieval:
+        torch.manual_seed(0)
+        ClipRetrieval.create(ClipConfig(**TINY_CLIP), OptimConfig(), TEXTS).save_checkpoint(tmp_path / "clip")
+        cfg = Blip2Config(vision_checkpoint=str(tmp_path / "clip"), qformer_init_range=init_range, **TINY_QFORMER)
+        return Blip2Retrieval.create(cfg, OptimConfig(), TEXTS).eval()
+
+    return build
+
+
+def test_zero_query_key_weights_give_uniform_attention(model):
+    m = model(0.05)
+    for layer in m.head.qformer.encoder.layer:
+        for att in [layer.attention.attention] + (
+            [layer.crossattention.attention] if layer.has_cross_attention else []
+        ):
+            torch.nn.init.zeros_(att.query.weight), torch.nn.init.zeros_(att.query.bias)
+    ids, mask = m.tokenize(TEXTS)
+    tokens = torch.randn(len(TEXTS), 5, 32)
+    shares, entropy = _measure(m.head, tokens, ids, mask)
+    text = mask.sum(1).float()
+    uniform = (text / (text + m.head.query_tokens.shape[1])).mean().item()
+    assert len(shares) == 2 and len(entropy) == 1  # 2 layers, cross-attention every 2nd
+    assert shares == pytest.approx([uniform] * 2, abs=1e-5)
+    assert entropy == pytest.approx([1.0], abs=1e-5)
+
+
+def test_a_large_init_makes_the_cross_attention_selective(model):
+    ids, mask = model(0.02).tokenize(TEXTS)
+    tokens = torch.randn(len(TEXTS), 5, 32) * 3
+    _, small = _measure(model(0.02).head, tokens, ids, mask)
+    _, large = _measure(model(0.5).head, tokens, ids, mask)
+    assert small[0] > 0.99 and large[0] < small[0] - 0.1
