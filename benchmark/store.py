@@ -11,7 +11,9 @@ defaults, data options, training settings, seed, the checkpoints it was built on
   checkpoints of the models it is built on (trained now if absent);
 * :func:`ensure_checkpoint` -- the cached checkpoint of a run config, trained now if absent
   (through :func:`benchmark.training.create_fit_save`);
-* :func:`with_eval_settings` -- a loaded model given the run's *evaluation-only* model options.
+* :func:`with_eval_settings` -- a loaded model given the run's *evaluation-only* model options;
+* :func:`checkpoint_with_data` -- a given trained checkpoint with its default run's DataModule and
+  item loader (the scripts that probe or time a trained model).
 
 A model class may declare ``eval_only_fields`` (config fields that change only how the trained
 model is evaluated, e.g. ours' ``itm_conditioning``): they are left out of the checkpoint key
@@ -49,7 +51,7 @@ from benchmark.config import (
 )
 from benchmark.preflight import load_cached_checkpoint
 from benchmark.registry import DATASETS, MODELS
-from benchmark.training import create_fit_save
+from benchmark.training import create_fit_save, install_item_loader
 from lightning_modules.contract import DependencyConfig, PretrainedConfig, dependencies_of
 
 DATA_ROOT_ENV = "INSTRUCTSEE_DATA_ROOT"
@@ -315,3 +317,15 @@ def load_trained(cfg: RunConfig, *, progress: bool = False, train: bool = True) 
         load_cached_checkpoint(model_cls, ckpt), from_dict(model_cls.Config, cfg.model_args, "model_args")
     )
     return model, ckpt, trained
+
+
+def checkpoint_with_data(model: str, checkpoint: Path, cache_dir: str) -> tuple[Any, Any]:
+    """``(model, DataModule)``: the trained suite checkpoint folder ``checkpoint`` of ``model``,
+    loaded in evaluation mode, and the prepared DataModule of that model's default tiny run with
+    the model's item loader (e.g. its cached frozen features) installed."""
+    cfg = build_run_config(model_defaults(model), {"cache_dir": cache_dir})
+    parts = resolve_run(cfg)
+    parts.dm.prepare_data()
+    loaded = parts.model_cls.load_checkpoint(checkpoint).eval()
+    install_item_loader(cfg, loaded, parts.dm)
+    return loaded, parts.dm

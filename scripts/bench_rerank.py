@@ -30,9 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmark.config import build_run_config, default_cache_dir, model_defaults  # noqa: E402
-from benchmark.store import resolve_run  # noqa: E402
-from benchmark.training import install_item_loader  # noqa: E402
+from benchmark.config import default_cache_dir  # noqa: E402
+from benchmark.store import checkpoint_with_data  # noqa: E402
 from lightning_modules.base import Encoded  # noqa: E402
 
 
@@ -64,12 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--ks must be >= 0; --n-queries, --n-images and --rounds >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = build_run_config(model_defaults(args.model), {"cache_dir": args.cache_dir or default_cache_dir()})
-    parts = resolve_run(cfg)
-    dm = parts.dm
-    dm.prepare_data()
-    model = parts.model_cls.load_checkpoint(args.checkpoint).eval()
-    install_item_loader(cfg, model, dm)
+    model, dm = checkpoint_with_data(args.model, args.checkpoint, args.cache_dir or default_cache_dir())
     base = model.config
     with torch.inference_mode():
         gallery, texts = encode(model, dm, args.n_images, args.n_queries)

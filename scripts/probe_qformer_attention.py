@@ -27,9 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmark.config import build_run_config, default_cache_dir, model_defaults  # noqa: E402
-from benchmark.store import resolve_run  # noqa: E402
-from benchmark.training import install_item_loader  # noqa: E402
+from benchmark.config import default_cache_dir  # noqa: E402
+from benchmark.store import checkpoint_with_data  # noqa: E402
 
 
 def attention_inputs(
@@ -99,12 +98,7 @@ def main() -> None:
         ap.error("--n must be in [1, 5000]")
     if not args.checkpoint.is_dir():
         ap.error(f"--checkpoint {args.checkpoint}: not a folder")
-    cfg = build_run_config(model_defaults(args.model), {"cache_dir": args.cache_dir or default_cache_dir()})
-    parts = resolve_run(cfg)
-    dm = parts.dm
-    dm.prepare_data()
-    model = parts.model_cls.load_checkpoint(args.checkpoint).eval()
-    install_item_loader(cfg, model, dm)
+    model, dm = checkpoint_with_data(args.model, args.checkpoint, args.cache_dir or default_cache_dir())
     eval_set = dm.eval_set("test")
     table = dm.item_table("test")
     n = min(args.n, eval_set.n_queries)
