@@ -4,8 +4,10 @@ the feature cache, the suite checkpoint and ``bench run --model blip2`` end to e
 from __future__ import annotations
 
 import json
+import random
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -15,6 +17,7 @@ from transformers import Blip2ForImageTextRetrieval, BlipImageProcessor
 from typer.testing import CliRunner
 
 from benchmark.cli import app
+from benchmark.extraction import LightningExtractor
 from benchmark.portable import resolve
 from datamodules.batch import TrainBatch
 from lightning_modules.base import Encoded, RetrievalModel, max_sim
@@ -463,6 +466,26 @@ def test_feature_cache_hit_miss_and_invalidation(clip_dir, tmp_path):
     assert changed.fingerprint() != tower.fingerprint()
     assert FeatureCache(changed, tmp_path / "features").path("test", 5, "sha-a") != cache.path("test", 5, "sha-a")
     assert len(list((tmp_path / "features").glob("*.npy"))) == 2  # no partial file left behind
+
+
+def test_lightning_extraction_leaves_the_random_generators_as_it_found_them(clip_dir, tmp_path):
+    """A training is the same whether its features were extracted in the same run or cached: the
+    extraction's Lightning predict loop does not advance Python's, NumPy's or torch's generator."""
+    tower = ClipVisionTower.from_clip_checkpoint(clip_dir)
+    images = torch.randn(5, 3, 32, 32)
+    cache = FeatureCache(tower, tmp_path / "features", batch_size=2, extractor=LightningExtractor(accelerator="cpu"))
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    expected = draws()
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    get = cache.for_split("test", 5, "sha-rng", lambda i: images[i])
+    assert cache.provenance["test"]["hit"] is False  # extracted by the Lightning loop just now
+    assert draws() == expected
+    with torch.no_grad():
+        assert torch.allclose(get(3), tower(images[3:4])[0], atol=1e-6)
 
 
 # -- bench run end to end ------------------------------------------------------------------
