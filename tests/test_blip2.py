@@ -120,12 +120,10 @@ def test_config_validation():
 
 
 @pytest.mark.parametrize("init_range", [0.02, 0.05])
-def test_tiny_qformer_init_std_follows_the_option(tmp_path, init_range):
+def test_tiny_qformer_init_std_follows_the_option(clip_dir, init_range):
     """The tiny Q-Former's normal init uses ``qformer_init_range`` (its default 0.05, not BERT's
     0.02, at which the tiny Q-Former's attention stays near-uniform; docs/experiments/tiny-itm.md)."""
-    torch.manual_seed(0)
-    ClipRetrieval.create(ClipConfig(**TINY_CLIP), OptimConfig(), TEXTS).save_checkpoint(tmp_path / "clip")
-    cfg = Blip2Config(vision_checkpoint=str(tmp_path / "clip"), qformer_init_range=init_range, **TINY_QFORMER)
+    cfg = Blip2Config(vision_checkpoint=str(clip_dir), qformer_init_range=init_range, **TINY_QFORMER)
     head = Blip2Retrieval.create(cfg, OptimConfig(), TEXTS).head
     weights = torch.cat([layer.attention.attention.query.weight.flatten() for layer in head.qformer.encoder.layer])
     assert head.qformer_config.initializer_range == init_range

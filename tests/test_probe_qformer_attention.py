@@ -11,14 +11,11 @@ import pytest
 import torch
 
 from lightning_modules.blip2 import Blip2Config, Blip2Retrieval
-from lightning_modules.clip import ClipConfig, ClipRetrieval
 from lightning_modules.optim import OptimConfig
+from tests.tiny_blip2 import save_tiny_clip
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "probe_qformer_attention.py"
 TEXTS = ["a red circle", "a large blue square left of a green star", "a yellow cross"]
-TINY_CLIP = dict(
-    image_size=32, patch_size=8, vision_width=32, vision_layers=1, text_width=32, text_layers=1, heads=2, embed_dim=16
-)
 TINY_QFORMER = dict(
     qformer_hidden=32, qformer_layers=2, qformer_heads=2, qformer_intermediate=64, embed_dim=16, num_query_tokens=4
 )
@@ -47,10 +44,10 @@ def _measure(head, tokens, ids, mask):
 
 @pytest.fixture
 def model(tmp_path):
+    clip = save_tiny_clip(tmp_path / "clip", TEXTS)  # vision width 32: the tokens' width below
+
     def build(init_range: float) -> Blip2Retrieval:
-        torch.manual_seed(0)
-        ClipRetrieval.create(ClipConfig(**TINY_CLIP), OptimConfig(), TEXTS).save_checkpoint(tmp_path / "clip")
-        cfg = Blip2Config(vision_checkpoint=str(tmp_path / "clip"), qformer_init_range=init_range, **TINY_QFORMER)
+        cfg = Blip2Config(vision_checkpoint=str(clip), qformer_init_range=init_range, **TINY_QFORMER)
         return Blip2Retrieval.create(cfg, OptimConfig(), TEXTS).eval()
 
     return build
@@ -74,8 +71,9 @@ def test_zero_query_key_weights_give_uniform_attention(model):
 
 
 def test_a_large_init_makes_the_cross_attention_selective(model):
-    ids, mask = model(0.02).tokenize(TEXTS)
+    default = model(0.02)
+    ids, mask = default.tokenize(TEXTS)
     tokens = torch.randn(len(TEXTS), 5, 32) * 3
-    _, small = _measure(model(0.02).head, tokens, ids, mask)
+    _, small = _measure(default.head, tokens, ids, mask)
     _, large = _measure(model(0.5).head, tokens, ids, mask)
     assert small[0] > 0.99 and large[0] < small[0] - 0.1
