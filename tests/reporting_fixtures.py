@@ -46,6 +46,8 @@ def write_result(
     annotations: str = "a" * 64,
     environment: dict | None = None,
     file_tag: str | None = None,
+    epochs: int | None = None,
+    dependencies: dict | None = None,
 ) -> Path:
     ranks, sims = np.asarray(ranks, dtype=np.int64), np.asarray(sims, dtype=np.float64)
     n = ranks.size
@@ -60,6 +62,7 @@ def write_result(
             "results_dir": str(results_dir),
             "model_args": model_args or {},
             "data": {"options": {"n_test": n // 5}},
+            **({"train": {"max_epochs": epochs}} if epochs is not None else {}),
         }
     )
     config = to_dict(cfg) | {"tag": tag}
@@ -91,6 +94,7 @@ def write_result(
             "n_queries": n,
             "annotations_sha256": annotations,
             "complexity_levels": sorted(set(complexity.tolist())),
+            **({"dependencies": dependencies} if dependencies is not None else {}),
         },
         "data": {"skipped": []},
         "timings": {"total_s": 1.0},

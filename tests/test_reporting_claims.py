@@ -58,6 +58,49 @@ def test_r5_claim_flips_with_the_data(tmp_path):
     assert "ΔR@5 = +" in better.evidence and "ΔR@5 = -" in worse.evidence
 
 
+def _matched(tmp_path, hit_ours: float, hit_long: float, *, long_epochs: int = 8, start: dict | None = None):
+    """ours (4 epochs from a 4-epoch BLIP2 start) beside BLIP2 at 4 epochs (hit rate 0.1) and
+    at ``long_epochs`` (``hit_long``), all on the same queries."""
+    rng = np.random.default_rng(3)
+    long = ranks_with_hit_rate(rng, N, hit_long)
+    ours = long.copy()
+    flip = rng.random(N) < abs(hit_ours - hit_long) / max(hit_long, 1 - hit_long)
+    if hit_ours > hit_long:
+        ours[flip & (long > 5)] = 1
+    else:
+        ours[flip & (long <= 5)] = 50
+    deps = {"blip2_checkpoint": {"model": "blip2", "config": {"train": {"max_epochs": 4}}}} if start is None else start
+    write_result(tmp_path, model="blip2", ranks=ranks_with_hit_rate(rng, N, 0.1), sims=rng.random(N), epochs=4)
+    write_result(tmp_path, model="blip2", ranks=long, sims=rng.random(N), epochs=long_epochs, tag="matched-ours")
+    write_result(tmp_path, model="ours", ranks=ours, sims=rng.random(N), epochs=4, dependencies=deps)
+
+
+def test_matched_training_claim_compares_ours_with_blip2_trained_as_long(tmp_path):
+    _matched(tmp_path / "better", 0.6, 0.3)
+    _matched(tmp_path / "worse", 0.2, 0.5)
+    (better,) = _verdicts(tmp_path / "better", "r5_vs_blip2_matched")
+    (worse,) = _verdicts(tmp_path / "worse", "r5_vs_blip2_matched")
+    assert better.verdict == SUPPORTED and worse.verdict == CONTRADICTED
+    assert "BLIP2 trained 8 epochs" in worse.evidence and "blip2__synthetic__matched-ours.json" in worse.evidence
+    assert "4 epochs of its BLIP2 start + 4 of its own" in worse.evidence
+    # the plain claim still reads the 4-epoch BLIP2 (hit rate 0.1), which ours beats in both folders
+    assert {v.verdict for p in ("better", "worse") for v in _verdicts(tmp_path / p, "r5_vs_blip2")} == {SUPPORTED}
+
+
+@pytest.mark.parametrize(
+    "long_epochs, start, evidence",
+    [
+        (12, None, "No blip2 run trained 8 epochs (ours: 4 of its BLIP2 start + 4 of its own)"),
+        (8, {}, "records no trained BLIP2 start"),
+        (8, {"blip2_checkpoint": {"model": "blip2", "given": True}}, "records no trained BLIP2 start"),
+    ],
+)
+def test_matched_training_claim_needs_a_blip2_of_the_same_total_training(tmp_path, long_epochs, start, evidence):
+    _matched(tmp_path, 0.6, 0.3, long_epochs=long_epochs, start=start)
+    (verdict,) = _verdicts(tmp_path, "r5_vs_blip2_matched")
+    assert verdict.verdict == NOT_TESTED and evidence in verdict.evidence
+
+
 def test_claims_without_their_runs_are_not_tested(tmp_path):
     rng = np.random.default_rng(1)
     write_result(
@@ -67,7 +110,7 @@ def test_claims_without_their_runs_are_not_tested(tmp_path):
         sims=rng.random(N),
         lengths=rng.integers(8, 40, N),
     )
-    for name in ("r5_vs_blip2", "qscaler_shortens", "qformer_training", "faster_than_blip2"):
+    for name in ("r5_vs_blip2", "r5_vs_blip2_matched", "qscaler_shortens", "qformer_training", "faster_than_blip2"):
         verdicts = _verdicts(tmp_path, name)
         assert {v.verdict for v in verdicts} == {NOT_TESTED}, name
     (r5,) = _verdicts(tmp_path, "r5_vs_blip2")

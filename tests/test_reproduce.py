@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 from benchmark.ablation_folders import discover
 from benchmark.cli import app
-from benchmark.config import ConfigError, build_run_config, model_defaults
+from benchmark.config import ConfigError, build_run_config, model_defaults, to_dict
 from benchmark.registry import MODELS, Registry
 from benchmark.regression.suite import suite_configs
 from benchmark.reproduce.execute import execute_plan, failed, summary
-from benchmark.reproduce.plan import SPEED_PAIRS, Plan, build_plan, dependency_order
+from benchmark.reproduce.plan import SPEED_PAIRS, Plan, build_plan, claim_runs, dependency_order
 from benchmark.reproduce.steps import (
     BrokenStep,
     ReportStep,
@@ -62,13 +62,22 @@ def test_plan_covers_every_registered_model_and_every_ablation_arm(tmp_path):
     plan = _plan(tmp_path)
     steps = _by_title(plan)
     ablations = discover()
-    assert len(plan.steps) == len(MODELS.names()) + len(SPEED_PAIRS) + sum(len(a.arms) for a in ablations.values()) + 1
+    arms = sum(len(a.arms) for a in ablations.values())
+    assert len(plan.steps) == len(MODELS.names()) + len(SPEED_PAIRS) + len(claim_runs().matched) + arms + 1
     assert set(MODELS.names()) <= set(steps) and isinstance(plan.steps[-1], ReportStep)
     order = [s.title for s in plan.steps]
     speed = steps["ours (speed against blip2)"]  # the side-by-side timing the "faster" claim reads
     assert isinstance(speed, RunStep) and order.index(speed.title) > order.index("ours") > order.index("blip2")
     assert (speed.config.task, speed.config.task_args, speed.config.tag) == ("speed", {"baseline": "blip2"}, "default")
     assert speed.config.training_hash() == steps["ours"].config.training_hash()  # ours' own checkpoint
+    # BLIP2 trained as many epochs as ours in total (its 4-epoch BLIP2 start + its own 4)
+    matched = steps["blip2 (trained as long as ours: 8 epochs)"]
+    assert isinstance(matched, RunStep) and (matched.config.model, matched.config.tag) == ("blip2", "matched-ours")
+    ours_epochs = steps["ours"].config.train.max_epochs + steps["blip2"].config.train.max_epochs
+    assert matched.config.train.max_epochs == ours_epochs == 8
+    plain = to_dict(steps["blip2"].config) | {"tag": "matched-ours", "train": to_dict(steps["blip2"].config.train)}
+    plain["train"]["max_epochs"] = 8
+    assert matched.config.config_hash() == build_run_config(plain).config_hash()  # nothing else differs
     for name in MODELS.names():  # the run `bench run --model NAME` makes, after its dependencies
         step = steps[name]
         assert isinstance(step, RunStep) and step.config.tag == "default"

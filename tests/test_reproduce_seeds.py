@@ -38,8 +38,9 @@ def test_extra_seeds_rerun_exactly_the_claims_runs(tmp_path):
     plan = _plan(tmp_path, {"seed": 5}, seeds=3)
     assert plan.seeds == (5, 6, 7) and "seeds 5, 6, 7" in plan.describe()
     base = [s for s in plan.steps if not any(sel.startswith("seed") for sel in s.selectors)]
-    models, speed, ablations = claim_runs()
+    models, speed, matched, ablations = claim_runs()
     assert models == ["blip2", "ours"] and speed and ablations == ["conditioning", "qformer", "qscaler"]
+    assert matched == [("ours", "blip2")]
     assert {c for claim in CLAIMS.values() for c in claim.ablations} == set(ablations)
     for seed in (6, 7):
         at = [s for s in plan.steps if f"seed{seed}" in s.selectors]
@@ -51,6 +52,7 @@ def test_extra_seeds_rerun_exactly_the_claims_runs(tmp_path):
                 ("blip2", "retrieval", f"default-seed{seed}", seed),
                 ("ours", "retrieval", f"default-seed{seed}", seed),
                 ("ours", "speed", f"default-seed{seed}", seed),
+                ("blip2", "retrieval", f"matched-ours-seed{seed}", seed),
                 ("ours", "retrieval", f"ablate-conditioning-without-seed{seed}", seed),
                 ("ours", "retrieval", f"ablate-qformer-frozen-seed{seed}", seed),
                 ("ours", "retrieval", f"ablate-qscaler-without-seed{seed}", seed),
@@ -65,7 +67,7 @@ def test_extra_seeds_rerun_exactly_the_claims_runs(tmp_path):
         assert all(plan.steps[s.same_as].title == f"ours, seed {seed}" for s in shared)
     files = [s.config.result_path() for s in plan.steps if isinstance(s, RunStep)]
     assert len(files) == len(set(files))  # no two runs write the same result file
-    assert len(base) + 2 * 9 == len(plan.steps)  # 6 runs + 3 shared arms per extra seed
+    assert len(base) + 2 * 10 == len(plan.steps)  # 7 runs + 3 shared arms per extra seed
     assert [s.title for s in _plan(tmp_path, seeds=2, only=["seed1"]).steps][:2] == ["blip2, seed 1", "ours, seed 1"]
 
 

@@ -5,7 +5,10 @@
    (a class's ``checkpoint_dependencies`` first, then by name), so every dependency's step
    trains the checkpoint the later ones load from the runner's cache.
 2. One ``--task speed`` step per pair of :data:`SPEED_PAIRS` whose models both run: the
-   model timed against the baseline side by side (the "faster" claim reads it).
+   model timed against the baseline side by side (the "faster" claim reads it). One
+   *matched-training* step per pair of the claims' ``matched`` (ours, blip2): the baseline
+   trained as many epochs as the model in total (the epochs of the baseline checkpoint it
+   starts from plus its own), tag ``matched-<model>``: the "at equal training" claim reads it.
 3. One step per arm of every ablation folder (:func:`benchmark.ablation_folders.discover`), tag
    ``ablate-<ablation>-<arm>``: the run ``bench ablate`` makes. An arm whose config equals an
    earlier step's (``config_hash`` after :func:`benchmark.ablate.canonical`; tags and folders do
@@ -13,7 +16,8 @@
    config, so the plain ``ours`` run *is* the ``qscaler: with`` arm.
 4. With ``seeds`` N > 1 (``bench reproduce --seeds N``): the runs the claims compare
    (:data:`benchmark.reporting.claims.CLAIMS`: each claim's ``models``, the speed pair when a
-   claim reads ``--task speed`` runs, and the arms of each claim's ``ablations``) again at each
+   claim reads ``--task speed`` runs, its matched-training runs, and the arms of each claim's
+   ``ablations``) again at each
    extra seed ``base + 1, ..., base + N - 1`` (base: the run seed, 0 unless ``--set seed=S``),
    tags suffixed ``-seed<S>`` (``default-seed1``, ``ablate-qscaler-without-seed1``) so no result
    file clashes. Each extra seed is a whole new training: the data's instruction templates, the
@@ -36,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from benchmark.ablate import arm_config, canonical
 from benchmark.ablation_folders import Ablation, discover
@@ -44,6 +49,7 @@ from benchmark.registry import MODELS, Registry, UnknownNameError
 from benchmark.reporting.claims import CLAIMS
 from benchmark.reporting.options import ReportOptions
 from benchmark.reproduce.steps import BrokenStep, ReportStep, RunStep, SharedStep, SkippedStep, Step
+from benchmark.store import dependency_config
 
 DATASET = "synthetic"
 SIZE = "tiny"
@@ -201,13 +207,60 @@ def extra_seeds(base: int, n: int) -> list[int]:
     return [base + i for i in range(1, n)]
 
 
-def claim_runs() -> tuple[list[str], bool, list[str]]:
-    """``(models, speed, ablations)`` the claims compare: the models whose plain runs they read,
-    whether one reads ``--task speed`` runs, the ablation folders whose arms they read."""
-    models = sorted({m for c in CLAIMS.values() for m in c.models})
-    speed = any("speed" in c.tasks for c in CLAIMS.values())
-    ablations = sorted({a for c in CLAIMS.values() for a in c.ablations})
-    return models, speed, ablations
+class ClaimRuns(NamedTuple):
+    """The runs the claims compare: the models whose plain runs they read, whether one reads
+    ``--task speed`` runs, the (model, baseline) pairs whose matched-training run they read, the
+    ablation folders whose arms they read."""
+
+    models: list[str]
+    speed: bool
+    matched: list[tuple[str, str]]
+    ablations: list[str]
+
+
+def claim_runs() -> ClaimRuns:
+    """:class:`ClaimRuns` of :data:`~benchmark.reporting.claims.CLAIMS`."""
+    return ClaimRuns(
+        sorted({m for c in CLAIMS.values() for m in c.models}),
+        any("speed" in c.tasks for c in CLAIMS.values()),
+        sorted({p for c in CLAIMS.values() for p in c.matched}),
+        sorted({a for c in CLAIMS.values() for a in c.ablations}),
+    )
+
+
+def matched_epochs(cfg: RunConfig, baseline: str, models: Registry) -> int:
+    """The epochs of training behind ``cfg``'s run: its own plus those of the ``baseline``
+    checkpoint its model starts from (the dependency config the runner trains it with)."""
+    cls = models.get(cfg.model)
+    fields = [f for f, m in (getattr(cls, "checkpoint_dependencies", None) or {}).items() if m == baseline]
+    if not fields:
+        raise ConfigError(f"{cfg.model} does not start from a {baseline} checkpoint: no training to match")
+    model_config = from_dict(cls.Config, cfg.model_args, "model_args")
+    dep_overrides = (getattr(model_config, "dependency_overrides", None) or {}).get(fields[0])
+    return cfg.train.max_epochs + dependency_config(cfg, baseline, dep_overrides).train.max_epochs
+
+
+def _matched_step(
+    model: str,
+    baseline: str,
+    overrides: Sequence[dict],
+    fixed: dict,
+    models: Registry,
+    seed: int | None = None,
+) -> Step:
+    """``baseline``'s plain run, trained as many epochs as ``model``'s in total."""
+    selectors = ("matched", f"matched:{model}", *_seed_selectors(seed))
+    try:
+        cfg = build_run_config(model_defaults(model), *overrides, {"model": model, "tag": MODEL_TAG, **fixed})
+        epochs = matched_epochs(cfg, baseline, models)
+    except ConfigError as e:
+        return BrokenStep(f"{baseline} (trained as long as {model}{_at(seed)})", selectors, str(e))
+    own = {"model": baseline, "tag": f"matched-{model}" + seed_suffix(seed), **fixed, "train": {"max_epochs": epochs}}
+    return RunStep(
+        f"{baseline} (trained as long as {model}: {epochs} epochs{_at(seed)})",
+        selectors,
+        build_run_config(model_defaults(baseline), *overrides, own),
+    )
 
 
 def _seed_steps(
@@ -220,7 +273,7 @@ def _seed_steps(
     ablations: dict[str, Ablation],
 ) -> list[Step]:
     """The claims' runs (:func:`claim_runs`) at one extra seed, in the base plan's order."""
-    wanted, speed, wanted_ablations = claim_runs()
+    wanted, speed, matched, wanted_ablations = claim_runs()
     at = {**fixed, "seed": seed}
     out: list[Step] = []
     for step in steps:
@@ -234,6 +287,9 @@ def _seed_steps(
     for model, baseline in SPEED_PAIRS if speed else ():
         if {model, baseline} <= ran:
             out.append(_speed_step(model, baseline, overrides, at, seed))
+    for model, baseline in matched:
+        if {model, baseline} <= ran:
+            out.append(_matched_step(model, baseline, overrides, at, models, seed))
     for name in wanted_ablations:
         if name in ablations:
             out += _arm_steps(ablations[name], overrides, at, models, skipped, seed)
@@ -328,6 +384,9 @@ def build_plan(
     for model, baseline in SPEED_PAIRS:
         if {model, baseline} <= ran:
             steps.append(_speed_step(model, baseline, overrides, fixed))
+    for model, baseline in claim_runs().matched:
+        if {model, baseline} <= ran:
+            steps.append(_matched_step(model, baseline, overrides, fixed, models))
     ablations = discover(ablations_root)
     for ablation in ablations.values():
         steps += _arm_steps(ablation, overrides, fixed, models, skipped)
