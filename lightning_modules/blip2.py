@@ -12,7 +12,7 @@ a fixed number (32) of learned queries, vision and text projections, an ITM head
   texts of each image; image-to-image uses ITC query-vs-query late interaction only. The
   ITC-only scores are reported too, as the score variant ``itc``.
 * **Training** (tiny): ITC (learnable temperature, init 0.07, same-image items positive)
-  + ITM with hard negatives sampled from the ITC similarities
+  + ITM with hard negatives sampled from the softmax of the ITC logits (similarity / temperature)
   (:mod:`~lightning_modules.components.blip2_losses`). Under DDP (LAVIS): the ITC scores
   each process's rows against every process's items, gathered with gradient, and the ITM
   hard negatives are drawn from those gathered similarities, their frozen image tokens and
@@ -507,10 +507,13 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
     def itm_training_pairs(self, blocks: ItcBlocks):
         """The ITM batch of a training step, with the configured anchors and hard-negative share
         (:func:`~lightning_modules.components.blip2_losses.itm_pairs_blocks`: indices into the
-        global batch under DDP); shared by the family."""
+        global batch under DDP); shared by the family. Negatives are drawn from the softmax of the
+        ITC logits, the similarities divided by the learned temperature (LAVIS
+        ``blip2_qformer.py``)."""
+        temp = self.head.temp.detach()
         return itm_pairs_blocks(
-            blocks.sim_i2t.detach(),
-            blocks.sim_t2i.detach(),
+            blocks.sim_i2t.detach() / temp,
+            blocks.sim_t2i.detach() / temp,
             blocks.positives_i2t,
             blocks.positives_t2i,
             blocks.offset,

@@ -23,7 +23,13 @@ from datamodules.batch import TrainBatch
 from lightning_modules.base import Encoded, RetrievalModel, max_sim
 from lightning_modules.blip2 import Blip2Config, Blip2Retrieval
 from lightning_modules.clip import ClipConfig, ClipRetrieval
-from lightning_modules.components.blip2_losses import itc_loss, itc_similarities, itm_pairs, sample_hard_negatives
+from lightning_modules.components.blip2_losses import (
+    ItcBlocks,
+    itc_loss,
+    itc_similarities,
+    itm_pairs,
+    sample_hard_negatives,
+)
 from lightning_modules.components.feature_cache import FeatureCache
 from lightning_modules.components.qformer_head import EXTRA_PARAMETERS
 from lightning_modules.components.rerank import rerank_topk
@@ -405,6 +411,29 @@ def test_hard_fraction_mixes_uniform_negatives_in():
         assert abs(share - expected) < 0.04, (h, share)
     with pytest.raises(ValueError, match="hard_fraction"):
         sample_hard_negatives(sim, positives, g, hard_fraction=1.5)
+
+
+def test_training_negatives_are_drawn_from_the_itc_logits_as_lavis_does(clip_dir):
+    """softmax(similarity / temperature), not softmax(similarity): at temperature 0.05 a text
+    0.3 more similar than the others is drawn almost always (e^6 = 403 times as likely as each
+    of the others), where the raw cosines would make it only e^0.3 = 1.35 times as likely."""
+    model = _tiny(clip_dir)
+    with torch.no_grad():
+        model.head.temp.fill_(0.05)
+    torch.manual_seed(0)
+    n = 400
+    sim = torch.zeros(n, n)
+    sim[:, 0] = 0.3  # item 0 is everyone's hardest negative
+    sim[0, 1] = 0.3  # ... and item 1 item 0's
+    positives = torch.eye(n, dtype=torch.bool)
+    hits = draws = 0
+    for _ in range(20):
+        _, txt, labels = model.itm_training_pairs(ItcBlocks(sim, sim.T, positives, positives))
+        anchors = int(labels.sum())  # the first anchors' own pairs, then each anchor image's negative text
+        drawn = txt[anchors : 2 * anchors]
+        hardest = torch.where(torch.arange(anchors) == 0, 1, 0)
+        hits, draws = hits + int((drawn == hardest).sum()), draws + anchors
+    assert hits / draws > 0.4, hits / draws  # e^6 / (e^6 + 398) = 0.50; softmax of the raw cosines: 0.003
 
 
 def test_itc_is_multi_positive_and_uses_the_temperature():

@@ -35,16 +35,22 @@ def _verdicts(tmp_path, claim: str) -> list:
     return CLAIMS[claim].evaluate(load_result_files(tmp_path), Estimator(OPTIONS), load_paper_tables())
 
 
+def _shifted(rng, base: np.ndarray, hit_base: float, hit: float) -> np.ndarray:
+    """``base``'s ranks with a share of its queries improved into, or pushed out of, the top 5."""
+    out = base.copy()
+    flip = rng.random(len(base)) < abs(hit - hit_base) / max(hit_base, 1 - hit_base)
+    if hit > hit_base:
+        out[flip & (base > 5)] = 1
+    else:
+        out[flip & (base <= 5)] = 50
+    return out
+
+
 def _pair(tmp_path, hit_ours: float, hit_blip2: float, **ours_kw):
     """ours and blip2 on the same queries; ours improves or degrades a share of blip2's queries."""
     rng = np.random.default_rng(0)
     base = ranks_with_hit_rate(rng, N, hit_blip2)
-    ours = base.copy()
-    flip = rng.random(N) < abs(hit_ours - hit_blip2) / max(hit_blip2, 1 - hit_blip2)
-    if hit_ours > hit_blip2:
-        ours[flip & (base > 5)] = 1
-    else:
-        ours[flip & (base <= 5)] = 50
+    ours = _shifted(rng, base, hit_blip2, hit_ours)
     write_result(tmp_path, model="blip2", ranks=base, sims=rng.random(N))
     write_result(tmp_path, model="ours", ranks=ours, sims=rng.random(N), lengths=rng.integers(8, 40, N), **ours_kw)
 
@@ -63,12 +69,7 @@ def _matched(tmp_path, hit_ours: float, hit_long: float, *, long_epochs: int = 8
     at ``long_epochs`` (``hit_long``), all on the same queries."""
     rng = np.random.default_rng(3)
     long = ranks_with_hit_rate(rng, N, hit_long)
-    ours = long.copy()
-    flip = rng.random(N) < abs(hit_ours - hit_long) / max(hit_long, 1 - hit_long)
-    if hit_ours > hit_long:
-        ours[flip & (long > 5)] = 1
-    else:
-        ours[flip & (long <= 5)] = 50
+    ours = _shifted(rng, long, hit_long, hit_ours)
     deps = {"blip2_checkpoint": {"model": "blip2", "config": {"train": {"max_epochs": 4}}}} if start is None else start
     write_result(tmp_path, model="blip2", ranks=ranks_with_hit_rate(rng, N, 0.1), sims=rng.random(N), epochs=4)
     write_result(tmp_path, model="blip2", ranks=long, sims=rng.random(N), epochs=long_epochs, tag="matched-ours")

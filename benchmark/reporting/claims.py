@@ -206,25 +206,30 @@ def _absent(name: str, what: str) -> list[Verdict]:
 
 
 def ours_r5_vs_blip2(results: list[dict], est: Estimator, paper: PaperTables) -> list[Verdict]:
-    name, m = "r5_vs_blip2", est.options.equal_margin
+    name = "r5_vs_blip2"
     out = []
     for scope, ours, blip2 in _pairs(results, "ours", "blip2"):
         if ours is None or blip2 is None:
             missing = "ours" if ours is None else "blip2"
             out.append(Verdict(name, scope, NOT_TESTED, f"No {missing} run on {scope}."))
             continue
-        diffs, why = _paired(ours, blip2, est, ("r5",))
-        if diffs is None:
-            out.append(Verdict(name, scope, NOT_TESTED, why))
-            continue
-        d = diffs["r5"]
-        evidence = (
-            f"ours R@5 = {_value(est.cells(ours)['r5'])} ({result_name(ours)}), BLIP2 R@5 = "
-            f"{_value(est.cells(blip2)['r5'])} ({result_name(blip2)}); {describe_difference('R@5', d)}."
-        )
-        effect = Effect("ΔR@5", d.diff, lambda x: at_least(x, m))
-        out.append(Verdict(name, scope, at_least(d, m), evidence, (effect,)))
+        out.append(_r5_at_least(name, scope, ours, blip2, est))
     return out or _absent(name, "runs of ours and blip2 on the same dataset")
+
+
+def _r5_at_least(
+    name: str, scope: str, ours: dict, blip2: dict, est: Estimator, ours_note: str = "", blip2_label: str = "BLIP2"
+) -> Verdict:
+    """Ours' R@5 at least as good as BLIP2's (paired over queries, lo >= -m)."""
+    diffs, why = _paired(ours, blip2, est, ("r5",))
+    if diffs is None:
+        return Verdict(name, scope, NOT_TESTED, why)
+    d, m = diffs["r5"], est.options.equal_margin
+    evidence = (
+        f"ours R@5 = {_value(est.cells(ours)['r5'])} ({result_name(ours)}{ours_note}), {blip2_label} R@5 = "
+        f"{_value(est.cells(blip2)['r5'])} ({result_name(blip2)}); {describe_difference('R@5', d)}."
+    )
+    return Verdict(name, scope, at_least(d, m), evidence, (Effect("ΔR@5", d.diff, lambda x: at_least(x, m)),))
 
 
 def own_epochs(result: dict) -> int | None:
@@ -256,7 +261,7 @@ def matched_run(results: list[dict], model: str, dataset: str, size: str, epochs
 def ours_r5_vs_blip2_matched(results: list[dict], est: Estimator, paper: PaperTables) -> list[Verdict]:
     """Ours against a BLIP2 trained as many epochs as ours in total: tiny ours starts from the tiny
     BLIP2 checkpoint and trains on, so the plain comparison also credits ours with that training."""
-    name, m = "r5_vs_blip2_matched", est.options.equal_margin
+    name = "r5_vs_blip2_matched"
     out = []
     for dataset, size in scopes(results):
         ours = main_run(results, "ours", dataset, size)
@@ -279,18 +284,8 @@ def ours_r5_vs_blip2_matched(results: list[dict], est: Estimator, paper: PaperTa
                 )
             )
             continue
-        diffs, why = _paired(ours, blip2, est, ("r5",))
-        if diffs is None:
-            out.append(Verdict(name, scope, NOT_TESTED, why))
-            continue
-        d = diffs["r5"]
-        evidence = (
-            f"ours R@5 = {_value(est.cells(ours)['r5'])} ({result_name(ours)}: {start} epochs of its BLIP2 start + "
-            f"{own} of its own), BLIP2 trained {own + start} epochs R@5 = {_value(est.cells(blip2)['r5'])} "
-            f"({result_name(blip2)}); {describe_difference('R@5', d)}."
-        )
-        effect = Effect("ΔR@5", d.diff, lambda x: at_least(x, m))
-        out.append(Verdict(name, scope, at_least(d, m), evidence, (effect,)))
+        note, label = f": {start} epochs of its BLIP2 start + {own} of its own", f"BLIP2 trained {own + start} epochs"
+        out.append(_r5_at_least(name, scope, ours, blip2, est, note, label))
     return out or _absent(name, "a run of ours started from a trained blip2, and blip2 trained as long in total")
 
 

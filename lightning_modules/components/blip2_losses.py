@@ -9,8 +9,9 @@ reduced to one process and made multi-positive:
   positives of each other (their targets share the probability mass, as in
   ``lightning_modules/clip.py``); LAVIS's label smoothing (0.1) is an option.
 * **ITM hard negatives** (:func:`sample_hard_negatives`, :func:`itm_pairs`): for each image a
-  negative text drawn from the softmax of its ITC similarities over the texts that are
-  *not* positives of it; the same for each text. Rows without any non-positive candidate
+  negative text drawn from the softmax of its ITC logits (the similarities divided by the
+  temperature, as LAVIS does: the caller divides) over the texts that are *not* positives of
+  it; the same for each text. Rows without any non-positive candidate
   get no negative. To bound the cost on a CPU, the ITM anchors can be limited to the first
   ``max_anchors`` items of the (shuffled) batch; their negatives still come from all of it.
   The ITM batch is the anchors' positive pairs plus these negatives, classified by the
@@ -130,7 +131,8 @@ def batch_itc(
 def sample_hard_negatives(
     sim: torch.Tensor, positives: torch.Tensor, generator: torch.Generator | None = None, hard_fraction: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of ``sim [R, C]``, one column drawn from ``softmax(sim)`` over the non-positive
+    """Per row of ``sim [R, C]`` (logits: ITC similarity / temperature), one column drawn from
+    ``softmax(sim)`` over the non-positive
     columns (``positives [R, C]`` bool) -- with probability ``hard_fraction``; otherwise
     uniformly over them (the mixture ``h softmax + (1 - h) uniform``). Returns ``(column
     [R], valid [R])``; ``valid`` is False for rows whose every column is a positive (their
