@@ -17,8 +17,8 @@
 4. With ``seeds`` N > 1 (``bench reproduce --seeds N``): the runs the claims compare
    (:data:`benchmark.reporting.claims.CLAIMS`: each claim's ``models``, the speed pair when a
    claim reads ``--task speed`` runs, its matched-training runs, and the arms of each claim's
-   ``ablations``) again at each
-   extra seed ``base + 1, ..., base + N - 1`` (base: the run seed, 0 unless ``--set seed=S``),
+   ``ablations``) again at each extra seed ``base + 1, ..., base + N - 1`` (base: the run
+   seed, 0 unless ``--set seed=S``),
    tags suffixed ``-seed<S>`` (``default-seed1``, ``ablate-qscaler-without-seed1``) so no result
    file clashes. Each extra seed is a whole new training: the data's instruction templates, the
    dependencies (CLIP, BLIP2: trained by the runner at the run's seed) and every weight follow the
