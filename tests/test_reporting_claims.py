@@ -55,12 +55,18 @@ def _pair(tmp_path, hit_ours: float, hit_blip2: float, **ours_kw):
     write_result(tmp_path, model="ours", ranks=ours, sims=rng.random(N), lengths=rng.integers(8, 40, N), **ours_kw)
 
 
+def _better_and_worse(tmp_path, build, claim: str, worse: tuple[float, float]):
+    """The claim's verdicts on data where ours gains 0.3 R@5 and where it loses ``worse``."""
+    build(tmp_path / "better", 0.6, 0.3)
+    build(tmp_path / "worse", *worse)
+    (b,) = _verdicts(tmp_path / "better", claim)
+    (w,) = _verdicts(tmp_path / "worse", claim)
+    assert b.verdict == SUPPORTED and w.verdict == CONTRADICTED
+    return b, w
+
+
 def test_r5_claim_flips_with_the_data(tmp_path):
-    _pair(tmp_path / "better", 0.6, 0.3)
-    _pair(tmp_path / "worse", 0.1, 0.5)
-    (better,) = _verdicts(tmp_path / "better", "r5_vs_blip2")
-    (worse,) = _verdicts(tmp_path / "worse", "r5_vs_blip2")
-    assert better.verdict == SUPPORTED and worse.verdict == CONTRADICTED
+    better, worse = _better_and_worse(tmp_path, _pair, "r5_vs_blip2", (0.1, 0.5))
     assert "ΔR@5 = +" in better.evidence and "ΔR@5 = -" in worse.evidence
 
 
@@ -77,11 +83,7 @@ def _matched(tmp_path, hit_ours: float, hit_long: float, *, long_epochs: int = 8
 
 
 def test_matched_training_claim_compares_ours_with_blip2_trained_as_long(tmp_path):
-    _matched(tmp_path / "better", 0.6, 0.3)
-    _matched(tmp_path / "worse", 0.2, 0.5)
-    (better,) = _verdicts(tmp_path / "better", "r5_vs_blip2_matched")
-    (worse,) = _verdicts(tmp_path / "worse", "r5_vs_blip2_matched")
-    assert better.verdict == SUPPORTED and worse.verdict == CONTRADICTED
+    _, worse = _better_and_worse(tmp_path, _matched, "r5_vs_blip2_matched", (0.2, 0.5))
     assert "BLIP2 trained 8 epochs" in worse.evidence and "blip2__synthetic__matched-ours.json" in worse.evidence
     assert "4 epochs of its BLIP2 start + 4 of its own" in worse.evidence
     # the plain claim still reads the 4-epoch BLIP2 (hit rate 0.1), which ours beats in both folders
