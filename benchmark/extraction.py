@@ -14,15 +14,13 @@ Lightning loop.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator, Sized
-from contextlib import contextmanager
+from collections.abc import Sized
 from dataclasses import dataclass
 from typing import cast
 
 import lightning as L
-import numpy as np
 import torch
+from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -66,21 +64,6 @@ class _TowerPredictor(L.LightningModule):
         self.trainer.strategy.barrier("feature-file-committed")
 
 
-@contextmanager
-def rng_preserved() -> Iterator[None]:
-    """Run the block and restore the Python, NumPy, torch CPU and CUDA generator states after it."""
-    python, numpy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        random.setstate(python)
-        np.random.set_state(numpy)
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-
-
 @dataclass(frozen=True)
 class LightningExtractor:
     """The run's hardware settings for extraction (``benchmark.runner`` fills them from the run config)."""
@@ -94,7 +77,7 @@ class LightningExtractor:
     progress: bool = False
 
     def __call__(self, tower: VisionTower, images: Dataset, writer: RowWriter, batch_size: int) -> None:
-        with rng_preserved():  # a run trains the same whether its features were cached or not
+        with isolate_rng():  # a run trains the same whether its features were cached or not
             self._extract(tower, images, writer, batch_size)
 
     def _extract(self, tower: VisionTower, images: Dataset, writer: RowWriter, batch_size: int) -> None:
