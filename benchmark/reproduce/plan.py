@@ -241,18 +241,19 @@ def matched_epochs(cfg: RunConfig, baseline: str, models: Registry) -> int:
 
 
 def _matched_step(
-    model: str,
+    model_cfg: RunConfig,
     baseline: str,
     overrides: Sequence[dict],
     fixed: dict,
     models: Registry,
     seed: int | None = None,
 ) -> Step:
-    """``baseline``'s plain run, trained as many epochs as ``model``'s in total."""
+    """``baseline``'s plain run, trained as many epochs as the model's plain run (``model_cfg``,
+    its step's config) in total."""
+    model = model_cfg.model
     selectors = ("matched", f"matched:{model}", *_seed_selectors(seed))
     try:
-        cfg = build_run_config(model_defaults(model), *overrides, {"model": model, "tag": MODEL_TAG, **fixed})
-        epochs = matched_epochs(cfg, baseline, models)
+        epochs = matched_epochs(model_cfg, baseline, models)
     except ConfigError as e:
         return BrokenStep(f"{baseline} (trained as long as {model}{_at(seed)})", selectors, str(e))
     own = {"model": baseline, "tag": f"matched-{model}" + seed_suffix(seed), **fixed, "train": {"max_epochs": epochs}}
@@ -276,20 +277,20 @@ def _seed_steps(
     wanted, speed, matched, wanted_ablations = claim_runs()
     at = {**fixed, "seed": seed}
     out: list[Step] = []
+    ran: dict[str, RunConfig] = {}  # the plain run of each model at this seed
     for step in steps:
         if isinstance(step, RunStep) and step.config is not None and step.config.task == DEFAULT_TASK:
             name = step.config.model
             if step.title == name and name in wanted:
                 own = {"model": name, "tag": MODEL_TAG + seed_suffix(seed), **at}
-                cfg = build_run_config(model_defaults(name), *overrides, own)
-                out.append(RunStep(f"{name}{_at(seed)}", (name, *_seed_selectors(seed)), cfg))
-    ran = {s.config.model for s in out if isinstance(s, RunStep) and s.config is not None}
+                ran[name] = build_run_config(model_defaults(name), *overrides, own)
+                out.append(RunStep(f"{name}{_at(seed)}", (name, *_seed_selectors(seed)), ran[name]))
     for model, baseline in SPEED_PAIRS if speed else ():
-        if {model, baseline} <= ran:
+        if {model, baseline} <= ran.keys():
             out.append(_speed_step(model, baseline, overrides, at, seed))
     for model, baseline in matched:
-        if {model, baseline} <= ran:
-            out.append(_matched_step(model, baseline, overrides, at, models, seed))
+        if {model, baseline} <= ran.keys():
+            out.append(_matched_step(ran[model], baseline, overrides, at, models, seed))
     for name in wanted_ablations:
         if name in ablations:
             out += _arm_steps(ablations[name], overrides, at, models, skipped, seed)
@@ -380,13 +381,13 @@ def build_plan(
             steps.append(SkippedStep(name, (name,), reason))
         else:
             steps.append(_model_step(models, name, overrides, fixed))
-    ran = {s.config.model for s in steps if isinstance(s, RunStep) and s.config is not None}
+    ran = {s.config.model: s.config for s in steps if isinstance(s, RunStep) and s.config is not None}
     for model, baseline in SPEED_PAIRS:
-        if {model, baseline} <= ran:
+        if {model, baseline} <= ran.keys():
             steps.append(_speed_step(model, baseline, overrides, fixed))
     for model, baseline in claim_runs().matched:
-        if {model, baseline} <= ran:
-            steps.append(_matched_step(model, baseline, overrides, fixed, models))
+        if {model, baseline} <= ran.keys():
+            steps.append(_matched_step(ran[model], baseline, overrides, fixed, models))
     ablations = discover(ablations_root)
     for ablation in ablations.values():
         steps += _arm_steps(ablation, overrides, fixed, models, skipped)
