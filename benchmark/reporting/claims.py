@@ -48,7 +48,7 @@ from benchmark.reporting.estimates import MEASURES, Cell, Estimator, metric_valu
 from benchmark.reporting.paired import compare_runs, describe_difference
 from benchmark.reporting.paper import PaperTable, PaperTables
 from benchmark.reporting.per_query import PairingError, query_values, result_name
-from benchmark.reporting.selection import comparison_runs, main_run, run_order, scopes
+from benchmark.reporting.selection import main_run, run_order, scope_runs, scopes
 from benchmark.results import task_of
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTED = "supported", "contradicted", "inconclusive", "not tested"
@@ -250,12 +250,7 @@ def start_epochs(result: dict, baseline: str) -> int | None:
 def matched_run(results: list[dict], model: str, dataset: str, size: str, epochs: int) -> dict | None:
     """The comparison run of ``model`` in this scope trained exactly ``epochs`` epochs (tag
     ``default`` first, else the first by tag), or None."""
-    runs = [
-        r
-        for r in comparison_runs(results)
-        if (r.get("model"), r.get("dataset"), r.get("size")) == (model, dataset, size) and own_epochs(r) == epochs
-    ]
-    return runs[0] if runs else None
+    return next((r for r in scope_runs(results, model, dataset, size) if own_epochs(r) == epochs), None)
 
 
 def ours_r5_vs_blip2_matched(results: list[dict], est: Estimator, paper: PaperTables) -> list[Verdict]:

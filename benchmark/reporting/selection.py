@@ -48,10 +48,15 @@ def scopes(results: list[dict]) -> list[tuple[str, str]]:
     return sorted({(str(r.get("dataset")), str(r.get("size"))) for r in results})
 
 
-def main_run(results: list[dict], model: str, dataset: str, size: str) -> dict | None:
-    runs = [
+def scope_runs(results: list[dict], model: str, dataset: str, size: str) -> list[dict]:
+    """The comparison runs of ``model`` on this dataset and size, tag ``default`` first, else by tag."""
+    return [
         r
         for r in comparison_runs(results)
         if (r.get("model"), r.get("dataset"), r.get("size")) == (model, dataset, size)
     ]
+
+
+def main_run(results: list[dict], model: str, dataset: str, size: str) -> dict | None:
+    runs = scope_runs(results, model, dataset, size)
     return runs[0] if runs else None
