@@ -64,13 +64,24 @@ def attention_inputs(
     return seen, cross
 
 
+def _attention_probs(
+    attention, queries: torch.Tensor, keys: torch.Tensor, heads: int, key_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``[B, heads, n_query, n_key]`` softmax of a BERT attention module's scaled dot products
+    (``key_mask [B, n_key]``: 0 = padding, left out)."""
+    b, n_query, width = queries.shape
+    q = attention.query(queries).view(b, n_query, heads, -1).transpose(1, 2)
+    k = attention.key(keys).view(b, keys.shape[1], heads, -1).transpose(1, 2)
+    logits = q @ k.transpose(-1, -2) / (width // heads) ** 0.5
+    if key_mask is not None:
+        logits = logits.masked_fill(key_mask[:, None, None, :] == 0, float("-inf"))
+    return logits.softmax(-1)
+
+
 @torch.no_grad()
 def cross_entropy_share(attention, queries: torch.Tensor, image: torch.Tensor, heads: int) -> float:
     """Mean entropy of the queries' cross-attention over the image tokens / log(number of tokens)."""
-    b, n_query, width = queries.shape
-    q = attention.query(queries).view(b, n_query, heads, -1).transpose(1, 2)
-    k = attention.key(image).view(b, image.shape[1], heads, -1).transpose(1, 2)
-    probs = (q @ k.transpose(-1, -2) / (width // heads) ** 0.5).softmax(-1)
+    probs = _attention_probs(attention, queries, image, heads)
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
     return float(entropy.mean() / torch.log(torch.tensor(float(image.shape[1]))))
 
@@ -78,12 +89,8 @@ def cross_entropy_share(attention, queries: torch.Tensor, image: torch.Tensor, h
 @torch.no_grad()
 def attention_to_text(attention, hidden: torch.Tensor, mask: torch.Tensor, n_query: int, heads: int) -> float:
     """Mean share of the queries' self-attention (softmax over queries + valid text) on the text."""
-    b, t, width = hidden.shape
-    q = attention.query(hidden).view(b, t, heads, -1).transpose(1, 2)
-    k = attention.key(hidden).view(b, t, heads, -1).transpose(1, 2)
-    logits = q @ k.transpose(-1, -2) / (width // heads) ** 0.5
-    valid = torch.cat([torch.ones(b, n_query), mask.float()], dim=1)
-    probs = logits.masked_fill(valid[:, None, None, :] == 0, float("-inf")).softmax(-1)
+    valid = torch.cat([torch.ones(hidden.shape[0], n_query), mask.float()], dim=1)
+    probs = _attention_probs(attention, hidden, hidden, heads, valid)
     return float(probs[:, :, :n_query, n_query:].sum(-1).mean())
 
 
