@@ -129,8 +129,7 @@ def test_config_validation():
 def test_tiny_qformer_init_std_follows_the_option(clip_dir, init_range):
     """The tiny Q-Former's normal init uses ``qformer_init_range`` (its default 0.05, not BERT's
     0.02, at which the tiny Q-Former's attention stays near-uniform; docs/experiments/tiny-itm.md)."""
-    cfg = Blip2Config(vision_checkpoint=str(clip_dir), qformer_init_range=init_range, **TINY_QFORMER)
-    head = Blip2Retrieval.create(cfg, OptimConfig(), TEXTS).head
+    head = _tiny(clip_dir, qformer_init_range=init_range).head
     weights = torch.cat([layer.attention.attention.query.weight.flatten() for layer in head.qformer.encoder.layer])
     assert head.qformer_config.initializer_range == init_range
     assert weights.std().item() == pytest.approx(init_range, rel=0.1)
