@@ -19,6 +19,12 @@ seeds of that setting (else ``--seeds``), e.g.::
 
 The model is the one ``bench feedback`` uses for the same run flags (``--set``,
 ``--cache-dir``, ``--seed``): its cached checkpoint, trained first if absent.
+
+``--scene-similarity L`` (SynthScenes only, a diagnostic, never a product setting): the
+refresh kernels read ``L z(scene) + (1 - L) z(model)`` instead of the model's image-image
+rows, ``z`` a row standardised over the gallery and ``scene`` the cosine of the two images'
+bags of scene attributes (:func:`scene_similarity`: ground truth no system has). It measures
+how much refreshing could gain with an image representation that encodes the scene.
 """
 
 from __future__ import annotations
@@ -47,17 +53,60 @@ from benchmark.reporting.feedback_stats import feedback_stats
 from benchmark.reporting.options import ReportOptions
 from benchmark.results import atomic_write_json
 from benchmark.run_flags import CliConfig
+from datamodules.synthetic.scene import Scene
 from lightning_modules.base import Encoded
+
+
+def scene_similarity(scenes: Sequence[Scene]) -> torch.Tensor:
+    """``[G, G]`` cosine of the scenes' attribute bags: per object one count each for its
+    shape, colour, size, row, column and (colour, shape); one each for the background's
+    pattern and colour."""
+    bags = []
+    for scene in scenes:
+        bag: dict[tuple[str, ...], float] = {}
+        atoms = [("pattern", scene.background.pattern), ("background", scene.background.colour)]
+        for o in scene.objects:
+            atoms += [("shape", o.shape), ("colour", o.colour), ("size", o.size), ("row", o.row)]
+            atoms += [("column", o.column), ("kind", o.colour, o.shape)]
+        for atom in atoms:
+            bag[atom] = bag.get(atom, 0.0) + 1.0
+        bags.append(bag)
+    index = {a: i for i, a in enumerate(sorted({a for bag in bags for a in bag}))}
+    x = torch.zeros(len(bags), len(index))
+    for row, bag in enumerate(bags):
+        for atom, count in bag.items():
+            x[row, index[atom]] = count
+    x = x / x.norm(dim=1, keepdim=True)
+    return x @ x.T
+
+
+def _z(rows: torch.Tensor) -> torch.Tensor:
+    return (rows - rows.mean(-1, keepdim=True)) / rows.std(-1, keepdim=True).clamp(min=1e-12)
 
 
 class Round0Scorer(GalleryScorer):
     """A GalleryScorer whose ``scores`` reads precomputed round-0 rows when the "queries" it
     is given are their indices (``Encoded([Q, 1])`` in float64, which no model encodes to);
-    new texts (the llm arm's refined queries) and image-image rows go to the model as usual."""
+    new texts (the llm arm's refined queries) go to the model as usual, and so do image-image
+    rows unless ``scene`` (``[G, G]``) is given with ``mix`` > 0: then each row is
+    ``mix z(scene) + (1 - mix) z(model)``."""
 
-    def __init__(self, *args, round0: torch.Tensor, **kwargs) -> None:
+    def __init__(self, *args, round0: torch.Tensor, scene: torch.Tensor | None = None, mix: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.round0 = round0
+        self.scene, self.mix = scene, mix
+
+    def _score_rows(self, items: torch.Tensor):
+        if self.scene is None or self.mix == 0:
+            yield from super()._score_rows(items)
+            return
+        if self.mix == 1:
+            for s in range(0, len(items), self.row_chunk):
+                part = items[s : s + self.row_chunk]
+                yield part, _z(self.scene[part])
+            return
+        for part, rows in super()._score_rows(items):
+            yield part, self.mix * _z(self.scene[part]) + (1 - self.mix) * _z(rows.cpu())
 
     def scores(self, queries: Encoded) -> torch.Tensor:
         if queries.emb.dtype == torch.float64 and queries.emb.shape[-1] == 1:
@@ -102,7 +151,16 @@ def main() -> None:
         default=None,
         help="write a result file per setting and seed (tag: the setting's 'TAG:' prefix, then -s<seed>)",
     )
+    ap.add_argument(
+        "--scene-similarity",
+        type=float,
+        default=0.0,
+        metavar="L",
+        help="diagnostic: mix of the scene-graph similarity in the image-image rows, in [0, 1] (module doc)",
+    )
     args = ap.parse_args()
+    if not 0.0 <= args.scene_similarity <= 1.0:
+        raise SystemExit(f"--scene-similarity must be in [0, 1], got {args.scene_similarity}")
 
     cfg = sweep_run_config(args.model, args.dataset, args.split, args.sets, args.cache_dir)
     t0 = time.perf_counter()
@@ -110,7 +168,13 @@ def main() -> None:
     model = model.eval()
     gallery = encode_gallery(model, dm, "cpu", cfg.cache_dir)
     es = dm.eval_set()
-    task = from_eval_set(es, dm.records(dm.config.eval_split)).limited(args.max_queries)
+    records = dm.records(dm.config.eval_split)
+    task = from_eval_set(es, records).limited(args.max_queries)
+    scene = None
+    if args.scene_similarity > 0:
+        if not all("scene" in r.metadata for r in records):
+            raise SystemExit(f"--scene-similarity needs scene graphs: dataset {args.dataset!r} has none")
+        scene = scene_similarity([Scene.from_json(r.metadata["scene"]) for r in records])
     base = GalleryScorer(model, gallery, score_function(model, None), batch_size=256)
     if args.round0_cache is not None and args.round0_cache.exists():
         round0 = torch.load(args.round0_cache, weights_only=True)
@@ -150,6 +214,8 @@ def main() -> None:
                     top_k=sim["top_k"],
                     row_cache_mb=fb.similarity.row_cache_mb,
                     round0=round0,
+                    scene=scene,
+                    mix=args.scene_similarity,
                 )
             user = SimulatedUser.from_config(task.truths, task.closeness, fb.user, seed)
             backend = make_backend(fb.llm) if "llm" in fb.arms else None
@@ -167,7 +233,8 @@ def main() -> None:
                     llm=backend.describe() if backend else None,
                     user_seed=seed,
                     environment=environment("cpu"),
-                    provenance=es.provenance() | {"script": "scripts/feedback_sweep.py"},
+                    provenance=es.provenance()
+                    | {"script": "scripts/feedback_sweep.py", "scene_similarity": args.scene_similarity},
                     timings={"protocol_s": time.perf_counter() - t, **res.timings},
                     transcript=Path("none"),
                 )
