@@ -98,6 +98,9 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=4000)
     ap.add_argument("--n-val", type=int, default=500)
     args = ap.parse_args()
+    for name in ("n_train", "n_val"):
+        if not 1 <= getattr(args, name) <= 100_000:
+            raise SystemExit(f"--{name.replace('_', '-')} must be in [1, 100000], got {getattr(args, name)}")
     model, dm = checkpoint_with_data(args.model, args.checkpoint, args.cache_dir)
     (xtr, str_), (xva, sva) = encode(model, dm, "train", args.n_train), encode(model, dm, "val", args.n_val)
     xtr, xva = cell_features(xtr).flatten(0, 1), cell_features(xva).flatten(0, 1)
