@@ -3,26 +3,23 @@ ours' pinned query length, the report files (the GPU figures themselves need a d
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.script_modules import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_gpu.py"
 
 
 @pytest.fixture(scope="module")
 def bench_gpu():
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
     try:
-        spec.loader.exec_module(module)
-        yield module
+        yield load_script(SCRIPT, register=True)  # its dataclasses look their module up there
     finally:
-        sys.modules.pop(spec.name, None)
+        sys.modules.pop(SCRIPT.stem, None)
 
 
 @pytest.mark.parametrize(

@@ -3,19 +3,17 @@ metric is there, FLOP counts are positive, and fewer queries cost fewer Q-Former
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
+
+from tests.script_modules import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_idq.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_idq", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_bench_idq_random_init_reports_every_metric(tmp_path):

@@ -5,13 +5,14 @@ field, with the feature cache shared by the two models."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.script_modules import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_scale.py"
 TEXTS = [
@@ -23,10 +24,7 @@ TEXTS = [
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_scale", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 @pytest.fixture(scope="module")

@@ -4,23 +4,19 @@ FLOP and dispatch counts are there, the JSON is written, and bad options are ref
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.script_modules import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_token_reduction.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_token_reduction", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, register=True)
 
 
 def test_bench_token_reduction_reports_side_by_side_ratios(tmp_path):

@@ -3,7 +3,6 @@ and its run config is the one ``bench feedback`` trains and caches for the same 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -17,15 +16,13 @@ from benchmark.feedback.similarity import GalleryScorer
 from benchmark.feedback.user import SimulatedUser
 from lightning_modules.base import Encoded
 from tests.feedback_helpers import FakeModel, tiny_task
+from tests.script_modules import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "feedback_sweep.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("feedback_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_round0_scorer_runs_the_same_protocol_as_the_plain_scorer():

@@ -3,11 +3,12 @@ with paired bootstrap intervals (issue 28)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
+
+from tests.script_modules import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "itm_rerank_study.py"
@@ -15,10 +16,7 @@ REFERENCE = ROOT / "results" / "reference" / "blip2__synthetic__default.json"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("itm_rerank_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_recall_is_per_query_and_leaves_out_queries_without_relevant_items():

@@ -7,7 +7,6 @@ dropped, not counted twice.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.script_modules import load_script
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -40,11 +41,7 @@ def run_script(out: Path, devices: int, cwd: Path) -> dict:
 
 
 def load_script_module():
-    spec = importlib.util.spec_from_file_location("ddp_metric_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_script(SCRIPT, register=True)
 
 
 def test_ddp_two_processes_match_one_process(tmp_path):

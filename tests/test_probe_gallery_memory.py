@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from lightning_modules.blip2 import Blip2Retrieval
+from tests.script_modules import load_script
 from tests.tiny_blip2 import save_tiny_blip2
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,10 +19,7 @@ TEXTS = ["a red circle on a blue background", "two small green squares", "a big 
 
 
 def _probe_module():
-    spec = importlib.util.spec_from_file_location("probe_gallery_memory", REPO / "scripts" / "probe_gallery_memory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / "probe_gallery_memory.py")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RSS from /proc/self/status")

@@ -4,7 +4,6 @@ cross-attention has the uniform entropy), and a large init makes it selective.""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 
 from lightning_modules.blip2 import Blip2Config, Blip2Retrieval
 from lightning_modules.optim import OptimConfig
+from tests.script_modules import load_script
 from tests.tiny_blip2 import save_tiny_clip
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "probe_qformer_attention.py"
@@ -22,10 +22,7 @@ TINY_QFORMER = dict(
 
 
 def _probe():
-    spec = importlib.util.spec_from_file_location("probe_qformer_attention", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def _measure(head, tokens, ids, mask):

@@ -3,22 +3,19 @@ it, and a cell's labels are its object's attributes."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
 from datamodules.synthetic.scene import Scene
+from tests.script_modules import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "probe_tower_attributes.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("probe_tower_attributes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_cells_read_their_covering_patches_and_objects():
