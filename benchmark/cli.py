@@ -16,6 +16,22 @@ from typing import Annotated
 
 import typer
 
+from benchmark.cli_options import (
+    DataFolderOption,
+    DatasetOption,
+    FeedbackSetOption,
+    LlmModelOption,
+    LlmOption,
+    ModelEpochsOption,
+    ModelOption,
+    PretrainedOption,
+    RunConfigFileOption,
+    RunSetOption,
+    SizeOption,
+    SuiteConfigFileOption,
+    SuiteSetOption,
+    TrainingProgressOption,
+)
 from benchmark.registry import DATASETS, MODELS, TASKS, UnknownNameError
 
 app = typer.Typer(
@@ -37,8 +53,8 @@ def _fail(message: str) -> typer.Exit:
 @app.command()
 def run(
     ctx: typer.Context,
-    model: Annotated[str, typer.Option(help=f"Model: {', '.join(MODELS.names())}.")] = "clip",
-    dataset: Annotated[str, typer.Option(help=f"Dataset: {', '.join(DATASETS.names())}.")] = "synthetic",
+    model: ModelOption = "clip",
+    dataset: DatasetOption = "synthetic",
     size: Annotated[
         str, typer.Option(help="tiny (trained here from scratch) or full (pretrained checkpoint).")
     ] = "tiny",
@@ -54,7 +70,7 @@ def run(
     data_root: Annotated[
         Path | None, typer.Option(help="Dataset folder (default: $INSTRUCTSEE_DATA_ROOT/<dataset>).")
     ] = None,
-    pretrained: Annotated[str | None, typer.Option(help="Hub id or local path of a checkpoint (size full).")] = None,
+    pretrained: PretrainedOption = None,
     config: Annotated[Path | None, typer.Option(help="JSON file of config overrides.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override KEY.PATH=VALUE (repeatable).")] = None,
     results_dir: Annotated[Path, typer.Option(help="Where result files go.")] = Path("results"),
@@ -152,33 +168,28 @@ def report(
 @app.command()
 def feedback(
     ctx: typer.Context,
-    model: Annotated[str, typer.Option(help=f"Model: {', '.join(MODELS.names())}.")] = "ours",
-    dataset: Annotated[str, typer.Option(help=f"Dataset: {', '.join(DATASETS.names())}.")] = "synthetic",
+    model: ModelOption = "ours",
+    dataset: DatasetOption = "synthetic",
     rounds: Annotated[int, typer.Option(help="Feedback rounds T (rankings 0..T are measured).")] = 5,
     mode: Annotated[str, typer.Option(help="Arms besides the controls (none, exclude): all, refresh or llm.")] = "all",
-    llm: Annotated[
-        str, typer.Option(help="Question writer: rules (not an LLM), hf:<hub id or path>, openai:<base url>.")
-    ] = "rules",
-    llm_model: Annotated[str | None, typer.Option(help="The model name sent to an openai: server.")] = None,
+    llm: LlmOption = "rules",
+    llm_model: LlmModelOption = None,
     display: Annotated[int, typer.Option(help="Items the simulated user sees per round.")] = 5,
     max_queries: Annotated[int | None, typer.Option(help="Only the first N queries (default: all).")] = None,
-    size: Annotated[str, typer.Option(help="tiny (trained here) or full (pretrained checkpoint).")] = "tiny",
+    size: SizeOption = "tiny",
     tag: Annotated[
         str, typer.Option(help="Names results/feedback__<model>__<dataset>__<tag>.json and .jsonl.")
     ] = "default",
     seed: Annotated[int, typer.Option(help="Seed of data, training and the simulated user.")] = 0,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs of the model (0 = as is).")] = None,
-    data_root: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
-    pretrained: Annotated[str | None, typer.Option(help="Hub id or local path of a checkpoint (size full).")] = None,
-    config: Annotated[Path | None, typer.Option(help="JSON file of run-config overrides.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Run-config override KEY.PATH=VALUE.")] = None,
-    feedback_set: Annotated[
-        list[str] | None,
-        typer.Option("--feedback-set", help="Feedback override, e.g. refresh.w_ns=0.5, llm.alpha=0.3."),
-    ] = None,
+    epochs: ModelEpochsOption = None,
+    data_root: DataFolderOption = None,
+    pretrained: PretrainedOption = None,
+    config: RunConfigFileOption = None,
+    set_: RunSetOption = None,
+    feedback_set: FeedbackSetOption = None,
     results_dir: Annotated[Path, typer.Option(help="Where result files go.")] = Path("results"),
     cache_dir: Annotated[Path | None, typer.Option(help="Cache for data and checkpoints.")] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars (training).")] = False,
+    progress: TrainingProgressOption = False,
 ) -> None:
     """Interactive refinement with a simulated user: every arm, rounds 0..T, on the evaluated split."""
     from benchmark.config import ConfigError
@@ -225,38 +236,33 @@ def feedback(
 @app.command()
 def serve(
     ctx: typer.Context,
-    model: Annotated[str, typer.Option(help=f"Model: {', '.join(MODELS.names())}.")] = "ours",
-    dataset: Annotated[str, typer.Option(help=f"Dataset: {', '.join(DATASETS.names())}.")] = "synthetic",
+    model: ModelOption = "ours",
+    dataset: DatasetOption = "synthetic",
     host: Annotated[
         str, typer.Option(help="Address to listen on (not loopback: served with a warning).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port in [0, 65535]; 0 = a free port (printed).")] = 8000,
     top_k: Annotated[int, typer.Option(help="Results shown per search and round.")] = 8,
-    llm: Annotated[
-        str, typer.Option(help="Question writer: rules (not an LLM), hf:<hub id or path>, openai:<base url>.")
-    ] = "rules",
-    llm_model: Annotated[str | None, typer.Option(help="The model name sent to an openai: server.")] = None,
+    llm: LlmOption = "rules",
+    llm_model: LlmModelOption = None,
     train: Annotated[
         bool, typer.Option(help="Train the model now if no checkpoint is cached (--no-train: say how instead).")
     ] = True,
-    size: Annotated[str, typer.Option(help="tiny (trained here) or full (pretrained checkpoint).")] = "tiny",
+    size: SizeOption = "tiny",
     tag: Annotated[str, typer.Option(help="Names the export results/serve__<model>__<dataset>__<tag>.jsonl.")] = (
         "default"
     ),
     seed: Annotated[int, typer.Option(help="Seed of data and training.")] = 0,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs of the model (0 = as is).")] = None,
-    data_root: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
+    epochs: ModelEpochsOption = None,
+    data_root: DataFolderOption = None,
     checkpoint: Annotated[Path | None, typer.Option(help="A trained suite checkpoint folder to serve.")] = None,
-    pretrained: Annotated[str | None, typer.Option(help="Hub id or local path of a checkpoint (size full).")] = None,
-    config: Annotated[Path | None, typer.Option(help="JSON file of run-config overrides.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Run-config override KEY.PATH=VALUE.")] = None,
-    feedback_set: Annotated[
-        list[str] | None,
-        typer.Option("--feedback-set", help="Feedback override, e.g. refresh.w_ns=0.5, llm.alpha=0.3."),
-    ] = None,
+    pretrained: PretrainedOption = None,
+    config: RunConfigFileOption = None,
+    set_: RunSetOption = None,
+    feedback_set: FeedbackSetOption = None,
     results_dir: Annotated[Path, typer.Option(help="Where exported histories go.")] = Path("results"),
     cache_dir: Annotated[Path | None, typer.Option(help="Cache for data, checkpoints and gallery encodings.")] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars (training).")] = False,
+    progress: TrainingProgressOption = False,
 ) -> None:
     """A local web app: type an instruction, see the top-k images, mark them, refresh or refine (LLM-guided)."""
     from benchmark.config import ConfigError
@@ -372,12 +378,12 @@ def ablate(
             help="Ablation: a folder of benchmark/configs/ablations (qscaler, qformer, attention, conditioning)."
         ),
     ],
-    dataset: Annotated[str, typer.Option(help=f"Dataset: {', '.join(DATASETS.names())}.")] = "synthetic",
+    dataset: DatasetOption = "synthetic",
     size: Annotated[str, typer.Option(help="tiny or full.")] = "tiny",
     tag: Annotated[str, typer.Option(help="Prefix of the arms' tags: <tag>-<ablation>-<arm>.")] = "ablate",
     seed: Annotated[int, typer.Option(help="Seed for data generation, training and evaluation.")] = 0,
     epochs: Annotated[int | None, typer.Option(help="Training epochs of every arm.")] = None,
-    data_root: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
+    data_root: DataFolderOption = None,
     config: Annotated[Path | None, typer.Option(help="JSON file of config overrides, applied on every arm.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override KEY.PATH=VALUE on every arm.")] = None,
     results_dir: Annotated[Path, typer.Option(help="Where result files go.")] = Path("results"),
@@ -435,7 +441,7 @@ def vqa(
     lm: Annotated[
         str | None, typer.Option(help="Size full: the Blip2ForConditionalGeneration checkpoint whose LM answers.")
     ] = "Salesforce/blip2-opt-2.7b",
-    data_root: Annotated[Path | None, typer.Option(help="Dataset folder.")] = None,
+    data_root: DataFolderOption = None,
     config: Annotated[
         Path | None, typer.Option(help="JSON file of run-config overrides (as given to `bench run`).")
     ] = None,
@@ -497,8 +503,8 @@ def regress(
     from_results: Annotated[
         Path | None, typer.Option(help="Compare the result files in this folder instead of running the suite.")
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="JSON file of config overrides, applied on every run.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override KEY.PATH=VALUE on every run.")] = None,
+    config: SuiteConfigFileOption = None,
+    set_: SuiteSetOption = None,
     cache_dir: Annotated[
         Path | None, typer.Option(help="Reuse this cache (default: a fresh one: everything is trained).")
     ] = None,
@@ -583,8 +589,8 @@ def reproduce(
             help="Only these steps: model names, ablation names, <ablation>:<arm>, report (repeatable or comma-separated)."
         ),
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="JSON file of config overrides, applied on every run.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override KEY.PATH=VALUE on every run.")] = None,
+    config: SuiteConfigFileOption = None,
+    set_: SuiteSetOption = None,
     retrain: Annotated[bool, typer.Option(help="Train even if a checkpoint is cached.")] = False,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples of the report.")] = 1000,
     progress: Annotated[bool, typer.Option(help="Show Lightning's progress bars.")] = False,
