@@ -1,10 +1,10 @@
 """What does the frozen tiny vision tower see of a SynthScenes object? (issue 28: why the ITM stays weak)
 
 A trained tiny checkpoint of the BLIP2 family (``--model blip2`` or ``ours``) is loaded with its
-run's DataModule, and its frozen vision tower encodes ``--n-train`` train and ``--n-val`` val
-images. Each of a scene's 3 x 3 grid cells is read from the patch tokens that cover it (the
-patch grid must be a multiple of 3: at the tiny 48 px and patch 8, 2 x 2 patches of 128 values,
-concatenated). One linear probe per attribute (softmax regression, shared by the nine cells,
+run's DataModule, which holds its frozen vision tower's tokens of ``--n-train`` train and
+``--n-val`` val images (the cached features, computed now if absent). Each of a scene's 3 x 3
+grid cells is read from the patch tokens that cover it (the patch grid must be a multiple of 3:
+at the tiny 48 px and patch 8, 2 x 2 patches of 128 values, concatenated). One linear probe per attribute (softmax regression, shared by the nine cells,
 features standardised on train, Adam, L2) is trained on the train cells and scored on the val
 cells: the accuracy on occupied cells beside the majority class's, and empty-vs-occupied
 accuracy. The same with a two-layer probe (one hidden layer of 512, GELU): an attribute that
@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -79,15 +78,14 @@ def fit_probe(kind: str, x: torch.Tensor, y: torch.Tensor, classes: int, steps: 
     return probe
 
 
-def encode(model, dm, split: str, n: int) -> tuple[torch.Tensor, list[Scene]]:
+def tower_tokens(dm, split: str, n: int) -> tuple[torch.Tensor, list[Scene]]:
+    """The first ``n`` images of ``split``: their frozen tower tokens, read from the item loader's
+    cached table (row i = image i of the split's records), and their scenes."""
+    table = dm.item_table(split)
+    if table is None:
+        raise SystemExit("the checkpoint's model has no cached tower tokens (not of the BLIP2 family?)")
     records = dm.records(split)[:n]
-    transform = model.image_transform()
-    parts = []
-    for s in range(0, len(records), 100):
-        pixels = torch.stack([transform(Image.open(r.path).convert("RGB")) for r in records[s : s + 100]])
-        with torch.no_grad():
-            parts.append(model.vision_tokens(pixels).float())
-    return torch.cat(parts), [Scene.from_json(r.metadata["scene"]) for r in records]
+    return table[: len(records)].float(), [Scene.from_json(r.metadata["scene"]) for r in records]
 
 
 def main() -> None:
@@ -101,8 +99,8 @@ def main() -> None:
     for name in ("n_train", "n_val"):
         if not 1 <= getattr(args, name) <= 100_000:
             raise SystemExit(f"--{name.replace('_', '-')} must be in [1, 100000], got {getattr(args, name)}")
-    model, dm = checkpoint_with_data(args.model, args.checkpoint, args.cache_dir)
-    (xtr, str_), (xva, sva) = encode(model, dm, "train", args.n_train), encode(model, dm, "val", args.n_val)
+    _, dm = checkpoint_with_data(args.model, args.checkpoint, args.cache_dir)
+    (xtr, str_), (xva, sva) = tower_tokens(dm, "train", args.n_train), tower_tokens(dm, "val", args.n_val)
     xtr, xva = cell_features(xtr).flatten(0, 1), cell_features(xva).flatten(0, 1)
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
     xtr, xva = (xtr - mu) / sd, (xva - mu) / sd
