@@ -22,7 +22,8 @@ The model is the one ``bench feedback`` uses for the same run flags (``--set``,
 
 ``--scene-similarity L`` (SynthScenes only, a diagnostic, never a product setting): the
 refresh kernels read ``L z(scene) + (1 - L) z(model)`` instead of the model's image-image
-rows, ``z`` a row standardised over the gallery and ``scene`` the cosine of the two images'
+rows, ``z`` a row standardised over the gallery
+(:func:`~benchmark.feedback.kernels.standardised`) and ``scene`` the cosine of the two images'
 bags of scene attributes (:func:`scene_similarity`: ground truth no system has). It measures
 how much refreshing could gain with an image representation that encodes the scene.
 """
@@ -41,6 +42,7 @@ import torch
 from benchmark.config import RunConfig, deep_merge, from_dict, parse_set
 from benchmark.environment import environment
 from benchmark.feedback.config import FeedbackConfig
+from benchmark.feedback.kernels import standardised
 from benchmark.feedback.llm.registry import make_backend
 from benchmark.feedback.protocol import run_protocol
 from benchmark.feedback.record import build_result, result_paths
@@ -80,10 +82,6 @@ def scene_similarity(scenes: Sequence[Scene]) -> torch.Tensor:
     return x @ x.T
 
 
-def _z(rows: torch.Tensor) -> torch.Tensor:
-    return (rows - rows.mean(-1, keepdim=True)) / rows.std(-1, keepdim=True).clamp(min=1e-12)
-
-
 class Round0Scorer(GalleryScorer):
     """A GalleryScorer whose ``scores`` reads precomputed round-0 rows when the "queries" it
     is given are their indices (``Encoded([Q, 1])`` in float64, which no model encodes to);
@@ -103,10 +101,10 @@ class Round0Scorer(GalleryScorer):
         if self.mix == 1:
             for s in range(0, len(items), self.row_chunk):
                 part = items[s : s + self.row_chunk]
-                yield part, _z(self.scene[part])
+                yield part, standardised(self.scene[part])
             return
         for part, rows in super()._score_rows(items):
-            yield part, self.mix * _z(self.scene[part]) + (1 - self.mix) * _z(rows.cpu())
+            yield part, self.mix * standardised(self.scene[part]) + (1 - self.mix) * standardised(rows.cpu())
 
     def scores(self, queries: Encoded) -> torch.Tensor:
         if queries.emb.dtype == torch.float64 and queries.emb.shape[-1] == 1:

@@ -11,6 +11,7 @@ import torch
 
 from benchmark.config import from_dict
 from benchmark.feedback.config import FeedbackConfig
+from benchmark.feedback.kernels import standardised
 from benchmark.feedback.protocol import run_protocol
 from benchmark.feedback.similarity import GalleryScorer
 from benchmark.feedback.user import SimulatedUser
@@ -98,7 +99,7 @@ def test_scene_similarity_diagnostic_reads_the_scene_graphs():
     full = sweep.scene_similarity(scenes)
     items = torch.tensor([3, 7, 7, 12])
     plain = GalleryScorer(model, gallery, model.score, batch_size=8).image_rows(items)
-    for mix, want in ((1.0, sweep._z(full[items])), (0.0, plain)):
+    for mix, want in ((1.0, standardised(full[items])), (0.0, plain)):
         scorer = sweep.Round0Scorer(
             model, gallery, model.score, batch_size=8, round0=torch.zeros(1, 30), scene=full, mix=mix
         )
@@ -106,4 +107,4 @@ def test_scene_similarity_diagnostic_reads_the_scene_graphs():
     half = sweep.Round0Scorer(
         model, gallery, model.score, batch_size=8, round0=torch.zeros(1, 30), scene=full, mix=0.5
     ).image_rows(items)
-    assert torch.allclose(half, 0.5 * sweep._z(full[items]) + 0.5 * sweep._z(plain), atol=1e-5)
+    assert torch.allclose(half, 0.5 * standardised(full[items]) + 0.5 * standardised(plain), atol=1e-5)

@@ -109,7 +109,7 @@ def _knn(shown: Shown, mask: torch.Tensor, neighbours: int, prev: torch.Tensor) 
     return counts / mask.to(counts).sum(1, keepdim=True).clamp(min=1)
 
 
-def _standardised(x: torch.Tensor) -> torch.Tensor:
+def standardised(x: torch.Tensor) -> torch.Tensor:
     """Each row over the gallery (last dim) to mean 0, std 1; non-finite entries (excluded
     items) count as the row mean; a constant row becomes 0."""
     finite = torch.isfinite(x)
@@ -122,7 +122,7 @@ def _standardised(x: torch.Tensor) -> torch.Tensor:
 
 
 def _residual(shown: Shown, mask: torch.Tensor, neighbours: int, prev: torch.Tensor) -> torch.Tensor:
-    zs, zq = _standardised(shown.rows()), _standardised(prev)[:, None, :]
+    zs, zq = standardised(shown.rows()), standardised(prev)[:, None, :]
     rho = (zs * zq).mean(-1, keepdim=True)  # correlation of each item's row with the query's scores
     return _mean_rows(zs - rho * zq, mask)
 
