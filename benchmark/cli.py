@@ -136,6 +136,8 @@ def run(
     if outcome.skipped:
         typer.echo(f"skipped: {outcome.path} already holds this config")
         return
+    if not outcome.written:  # a DDP rank other than 0: rank 0 prints the summary once
+        return
     for line in TASKS.get(cfg.task)().summary(outcome.result):
         typer.echo(line)
     typer.echo(f"wrote {outcome.path} ({outcome.result['timings']['total_s']:.1f} s)")  # type: ignore[index]
@@ -150,7 +152,7 @@ def report(
     ] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resamples.")] = 0,
 ) -> None:
-    """Build the reports (results, comparison, ablations, claims, feedback, figures) from RESULTS_DIR only."""
+    """Build the reports (results, comparison, ablations, claims, feedback, figures) from --results-dir alone."""
     from benchmark.reporting.build import write_reports
     from benchmark.reporting.options import ReportOptions, ReportOptionsError
     from benchmark.reporting.paper import PaperTablesError

@@ -218,6 +218,42 @@ class RunConfig:
             raise ConfigError(f"task must be one of {', '.join(TASKS.names())}, got {self.task!r}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed must be an integer in [0, {MAX_SEED}] (numpy's seed range), got {self.seed}")
+        self._derive_batch_size()
+        self._absolute_pretrained()
+
+    def _absolute_pretrained(self) -> None:
+        """A local ``model_args.pretrained`` given relative (or with ``~``) is made absolute: a
+        checkpoint trained from it references its base, which must load from any working directory
+        (and on every node), and the same folder gives the same config however it was typed. Hub
+        ids and paths that do not exist are left as they are (the preflight judges them)."""
+        value = self.model_args.get("pretrained")
+        if not isinstance(value, str) or not value or os.path.isabs(value):
+            return
+        path = Path(value).expanduser()
+        if path.exists():
+            object.__setattr__(self, "model_args", {**self.model_args, "pretrained": str(path.resolve())})
+
+    def _derive_batch_size(self) -> None:
+        """``data.global_batch_size`` set: each process takes global / (devices x nodes) as its
+        ``data.batch_size``. A per-process batch given beside it must agree (else one of the two
+        would be silently ignored)."""
+        total = self.data.global_batch_size
+        if total is None:
+            return
+        world = self.train.devices * self.train.num_nodes
+        if total % world:
+            raise ConfigError(
+                f"data.global_batch_size {total} must be a multiple of the processes, train.devices x "
+                f"train.num_nodes = {world}"
+            )
+        per = total // world
+        if self.data.batch_size not in (per, _DEFAULT_BATCH):
+            raise ConfigError(
+                f"data.batch_size {self.data.batch_size} and data.global_batch_size {total} are both set "
+                f"(over {world} processes that is {per} each): give one of them (data.global_batch_size=null "
+                "for a per-process batch)"
+            )
+        object.__setattr__(self, "data", dataclasses.replace(self.data, batch_size=per))
 
     # -- identity ----------------------------------------------------------------------
     def result_path(self) -> Path:
@@ -287,7 +323,10 @@ _HASHED_UNLESS_DEFAULT: tuple[tuple[str | None, str, object], ...] = (
     (None, "checkpoint", None),
     ("eval", "precision", None),
     ("eval", "storage_dtype", None),
+    ("data", "global_batch_size", None),
 )
+#: ``data.batch_size`` when nobody set it (then ``data.global_batch_size`` decides it alone)
+_DEFAULT_BATCH = DataConfig().batch_size
 #: options that change how a run survives or where its data lives, never what it computes
 _NOT_HASHED = (("train", "resume"), ("train", "checkpoint_every_n_steps"), ("eval", "memmap_min_mb"))
 

@@ -26,7 +26,7 @@ from benchmark.config import EvalConfig
 from benchmark.metrics import RetrievalMetric
 from datamodules.base import EvalSet
 from lightning_modules.base import RetrievalModel
-from lightning_modules.contract import ScoreVariants
+from lightning_modules.contract import ExtraDirections, ScoreVariants
 
 
 class RetrievalEvaluator(L.LightningModule):
@@ -63,6 +63,7 @@ class RetrievalEvaluator(L.LightningModule):
             variant_directions=model.score_variant_directions if isinstance(model, ScoreVariants) else None,
             storage_dtype=storage_dtype,
             gallery_extra={"image": dict(gallery_extra)} if gallery_extra else None,
+            extra_directions=model.extra_directions if isinstance(model, ExtraDirections) else None,
         )
         self.results: dict[str, float] = {}
         self.per_query: dict[str, np.ndarray] = {}

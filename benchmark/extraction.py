@@ -42,9 +42,11 @@ class _TowerPredictor(L.LightningModule):
         self.batch_size = batch_size
 
     def on_predict_start(self) -> None:
+        with torch.no_grad():
+            row_shape = tuple(self.tower(self.probe[None].to(self.device)).shape[1:])
+        # every rank checks the disk: a refusal on rank 0 alone would leave the others at the barrier
+        self.writer.check_space(row_shape)
         if self.trainer.is_global_zero:
-            with torch.no_grad():
-                row_shape = tuple(self.tower(self.probe[None].to(self.device)).shape[1:])
             self.writer.prepare(row_shape)
         self.trainer.strategy.barrier("feature-file-created")
         if not self.trainer.is_global_zero:

@@ -12,8 +12,10 @@ the registries or the machine:
   strategies, ``train.accelerator`` is ``auto``, ``gpu`` or a registered accelerator that is
   available on this machine (``accelerator=gpu`` without a GPU fails here), and no more
   devices than it has are asked for;
-* ``model_args.pretrained``: a local path must exist; anything else must be a hub id
-  (``name`` or ``namespace/name``);
+* ``model_args.pretrained``: a local path must be a folder with a ``config.json``; anything
+  else must be a hub id (``name`` or ``namespace/name``) and, where the model loads local
+  files only (``local_files_only``, the default: nothing is downloaded at run time), in the
+  local Hugging Face cache;
 * ``--checkpoint`` is a folder;
 * the results and cache folders are writable: a probe file of 4 KiB is written, flushed to
   disk (``fsync``: a full disk fails here) and removed, in the folder or, when it does not
@@ -30,9 +32,12 @@ import contextlib
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+from huggingface_hub import constants, try_to_load_from_cache
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.strategies import StrategyRegistry
 
@@ -56,7 +61,7 @@ def check_run(cfg: RunConfig, *, writes_results: bool = True) -> None:
         if name not in registry:
             raise ConfigError(str(UnknownNameError(kind, name, registry.names())))
     model_config = from_dict(MODELS.get(cfg.model).Config, cfg.model_args, "model_args")
-    check_pretrained(getattr(model_config, "pretrained", None))
+    check_pretrained(getattr(model_config, "pretrained", None), getattr(model_config, "local_files_only", True))
     check_trainer_flags(cfg.train.accelerator, cfg.train.strategy, cfg.train.devices)
     if cfg.checkpoint is not None and not Path(cfg.checkpoint).is_dir():
         raise ConfigError(
@@ -74,18 +79,53 @@ def check_run(cfg: RunConfig, *, writes_results: bool = True) -> None:
     check_writable_folder(Path(cfg.cache_dir), "cache_dir (--cache-dir / $INSTRUCTSEE_CACHE)")
 
 
-def check_pretrained(value: str | None) -> None:
-    """``model_args.pretrained``: an existing local path, or a hub id."""
+def check_pretrained(value: str | None, local_files_only: bool = True) -> None:
+    """``model_args.pretrained``: a local checkpoint folder, or a hub id (cached, when only local
+    files may be read)."""
     if not value:
         return
+    option = f"model_args.pretrained (--pretrained) {value!r}"
+    saved = "a folder saved by save_pretrained (config.json and the weights)"
     path = Path(value).expanduser()
     if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ConfigError(
+                f"{option}: {'has no config.json' if path.is_dir() else 'not a folder'}; expected {saved}"
+            )
         return
     if value.startswith(("/", ".", "~")) or "\\" in value or not HUB_ID.match(value):
         raise ConfigError(
-            f"model_args.pretrained (--pretrained) {value!r}: no such file or folder; expected a local "
-            f"checkpoint folder or a hub id (name or namespace/name)"
+            f"{option}: no such file or folder; expected a local checkpoint folder or a hub id (name or namespace/name)"
         )
+    if local_files_only and not isinstance(try_to_load_from_cache(value, "config.json"), str):
+        raise ConfigError(
+            f"{option}: no such local folder, and no hub checkpoint of that id in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}); nothing is downloaded at run time: download it first "
+            f"(e.g. `hf download {value}`) or give {saved}"
+        )
+
+
+def create_model(model_cls: Any, model_config: Any, optim: Any, vocab_texts: Sequence[str] = ()) -> Any:
+    """``model_cls.create(model_config, optim, vocab_texts)``. A pretrained checkpoint the model
+    cannot be built from (weights of another architecture, a truncated file, an option it cannot
+    take, e.g. more query positions than the pretrained Q-Former has) is a :class:`ConfigError`
+    naming ``--pretrained`` and the cause instead of a traceback; so is an option a tiny model
+    refuses (a ``ValueError`` that names it)."""
+    try:
+        return model_cls.create(model_config, optim, vocab_texts)
+    except Exception as e:
+        pretrained = getattr(model_config, "pretrained", None)
+        cause = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}"
+        if isinstance(e, ValueError) and "model_args." in str(e):  # an option it refuses, named
+            where = f" (with --pretrained {pretrained!r})" if pretrained else ""
+            raise ConfigError(f"model {model_cls.__name__}{where}: {e}") from e
+        if pretrained:
+            raise ConfigError(
+                f"model_args.pretrained (--pretrained) {pretrained!r}: a {model_cls.__name__} cannot be built "
+                f"from it ({cause}); expected a checkpoint of that model's architecture (e.g. a "
+                "Blip2ForImageTextRetrieval for blip2, ours, dynamicvit and crossget, a CLIPModel for clip)"
+            ) from e
+        raise
 
 
 def _accelerator_available(name: str) -> bool:

@@ -19,6 +19,7 @@ model, dataset or task name is refused with the registered names listed.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,5 +109,35 @@ class CliConfig:
                 raise UnknownNameError(kind, str(name), registry.names())
         model, size = top["model"], top["size"]
         assert isinstance(model, str)  # checked against the registry just above
+        from_checkpoint = _checkpoint_layer(layers)
+        size = from_checkpoint.get("size", size)
         base = model_defaults(model, size) if size == "full" else model_defaults(model)
-        return build_run_config(base, *layers)
+        return build_run_config(base, *layers, from_checkpoint)
+
+
+def _checkpoint_layer(layers: list[dict]) -> dict:
+    """A given ``--checkpoint`` built from a pretrained model (its saved config names one) is a
+    full-size checkpoint: unless a size is given, the run is full size (its recipe's evaluation
+    settings), and ``model_args.pretrained`` defaults to the checkpoint's base, recorded as such."""
+    checkpoint = next((layer["checkpoint"] for layer in reversed(layers) if layer.get("checkpoint")), None)
+    base = saved_pretrained(Path(checkpoint)) if checkpoint else None
+    if not base:
+        return {}
+    size_given = any("size" in layer for layer in layers[1:])  # layers[0]: the flags at their defaults
+    pretrained_given = any("pretrained" in layer.get("model_args", {}) for layer in layers)
+    extra: dict = {} if size_given else {"size": "full"}
+    if not pretrained_given:
+        extra["model_args"] = {"pretrained": base}
+    return extra
+
+
+def saved_pretrained(folder: Path) -> str | None:
+    """The ``pretrained`` base named by a suite checkpoint folder's saved model config, or None (a
+    tiny checkpoint, or no readable config: loading it reports that)."""
+    from lightning_modules.blip2 import CONFIG_FILE
+
+    try:
+        value = json.loads((folder / CONFIG_FILE).read_text()).get("pretrained")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None

@@ -24,13 +24,15 @@ from benchmark.config import ConfigError, RunConfig, to_dict
 from benchmark.environment import environment
 from benchmark.measure.run_costs import measure_run
 from benchmark.portable import portable
-from benchmark.preflight import check_run, load_cached_checkpoint
+from benchmark.preflight import check_run, create_model, load_cached_checkpoint
+from benchmark.pretrained_record import pretrained_record
 from benchmark.registry import TASKS
 from benchmark.results import SCHEMA_VERSION, ResultFileError, atomic_write_json, load_result
 from benchmark.store import (
     checkpoint_dir,
     model_identity,
     path_roots,
+    pretrained_of,
     resolve_dependencies,
     resolve_run,
     trained_config,
@@ -49,6 +51,8 @@ class RunOutcome:
     result: dict[str, Any] | None
     skipped: bool = False
     trained: bool = False
+    #: this process wrote the result file (under DDP rank 0 only: the others say nothing)
+    written: bool = True
 
 
 def _up_to_date(path: Path, cfg: RunConfig, model_cls, model_config, content: dict[str, Any] | None = None) -> bool:
@@ -115,7 +119,7 @@ def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, p
         trained = True
         timings["train_s"] = time.perf_counter() - t
     else:
-        model = model_cls.create(model_config, cfg.train.optim, dm.vocabulary_texts())
+        model = create_model(model_cls, model_config, cfg.train.optim, dm.vocabulary_texts())
 
     return _evaluate(
         cfg,
@@ -217,6 +221,7 @@ def _evaluate(
             "trained_this_run": trained,
         }
         | ({"dependencies": dependencies} if dependencies else {})
+        | ({"pretrained": pretrained_record(base)} if (base := pretrained_of(model_config)) else {})
         | ({"features": loader.provenance} if getattr(loader, "provenance", None) else {}),
         "data": {"skipped": dm.skipped(), "loader": dm.loader_settings()},
         "timings": timings,
@@ -228,4 +233,4 @@ def _evaluate(
         result["method"] = model.method_config()
     if tester.is_global_zero:
         atomic_write_json(path, portable(result, path_roots(cfg)))  # no machine paths in the file
-    return RunOutcome(path, result, trained=trained)
+    return RunOutcome(path, result, trained=trained, written=tester.is_global_zero)

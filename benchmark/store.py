@@ -202,7 +202,8 @@ INHERITED_TRAIN = (
 def dependency_config(cfg: RunConfig, model: str, overrides: dict | None = None) -> RunConfig:
     """The run config of a dependency of ``cfg``: ``model``'s base config on the same data and seed."""
     data = to_dict(cfg.data)
-    data.pop("batch_size")  # the dependency trains with its own batch size
+    for k in ("batch_size", "global_batch_size"):
+        data.pop(k)  # the dependency trains with its own batch size
     inherited = {
         "model": model,
         "dataset": cfg.dataset,

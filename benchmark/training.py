@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from benchmark.atomic import save_atomically
 from benchmark.config import ConfigError, RunConfig
 from benchmark.extraction import LightningExtractor
+from benchmark.preflight import create_model
 from benchmark.resume import ResumePoint, resume_dir, resume_from
 from datamodules.loading import LoaderRuntime, resolve_workers
 from lightning_modules.components.cross_rank import CrossRankNegatives
@@ -133,7 +134,7 @@ def create_fit_save(
 ) -> tuple[Any, Any]:
     """``(model, item loader)``: a new model of ``model_config`` (on the prepared DataModule's
     vocabulary), its item loader installed, trained and saved as ``ckpt``."""
-    model = model_cls.create(model_config, cfg.train.optim, dm.vocabulary_texts())
+    model = create_model(model_cls, model_config, cfg.train.optim, dm.vocabulary_texts())
     loader = install_item_loader(cfg, model, dm, progress=progress)
     fit_and_save(cfg, model, dm, ckpt, progress=progress)
     return model, loader

@@ -108,11 +108,13 @@ class Relevance:
         return cls(indptr, indices.astype(np.int64), n_gallery)
 
     def transpose(self) -> Relevance:
-        rows: list[list[int]] = [[] for _ in range(self.n_gallery)]
-        for q in range(self.n_queries):
-            for g in self.row(q):
-                rows[int(g)].append(q)
-        return Relevance.from_lists(rows, self.n_queries)
+        """Gallery x queries, vectorised (a Python loop per entry costs seconds at millions of
+        captions); each row's query ids ascending, entries kept as they are."""
+        queries = np.repeat(np.arange(self.n_queries, dtype=np.int64), self.counts())
+        order = np.lexsort((queries, self.indices))  # by gallery item, then by query
+        indptr = np.zeros(self.n_gallery + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self.indices, minlength=self.n_gallery), out=indptr[1:])
+        return Relevance(indptr, queries[order], self.n_queries)
 
     def dense(self) -> np.ndarray:
         out = np.zeros((self.n_queries, self.n_gallery), dtype=bool)

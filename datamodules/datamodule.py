@@ -54,6 +54,8 @@ from datamodules.templates_file import read_templates
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+#: the largest batch option accepted (training, evaluation, global)
+MAX_BATCH = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,11 @@ class DataConfig:
     """Options shared by every dataset.
 
     root: folder that holds (or will hold, for generated data) the dataset.
-    batch_size: training batch size; evaluation uses ``eval_batch_size``.
+    batch_size: training batch size of each process; evaluation uses ``eval_batch_size``.
+    global_batch_size: the training batch over all processes (the recipes' unit: LAVIS' 224
+      is 14 per GPU on 16 GPUs); when set, the run config derives ``batch_size`` from it and
+      the run's devices x nodes (:class:`benchmark.config.RunConfig`), so a recipe trains with
+      the same batch on one GPU or on many. None: ``batch_size`` is per process as given.
     num_workers: DataLoader worker processes per process (0 = load in the main process);
       None = auto, decided by the dataset (``datamodules/loading.py``): 0 for the generated
       in-memory SynthScenes, the usable CPUs (at most 8) for real data read from disk.
@@ -83,6 +89,7 @@ class DataConfig:
     root: str = ""
     batch_size: int = 128
     eval_batch_size: int = 256
+    global_batch_size: int | None = None
     num_workers: int | None = None
     eval_split: str = "test"
     max_eval_images: int | None = None
@@ -92,8 +99,10 @@ class DataConfig:
     strict: bool = False
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("DataConfig.batch_size and eval_batch_size must be >= 1")
+        for name in ("batch_size", "eval_batch_size", "global_batch_size"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= MAX_BATCH:
+                raise ValueError(f"data.{name} must be an integer in [1, {MAX_BATCH}], got {value}")
         if self.num_workers is not None and not 0 <= self.num_workers <= MAX_WORKERS:
             raise ValueError(
                 f"data.num_workers must be null (auto) or an integer in [0, {MAX_WORKERS}], got {self.num_workers}"

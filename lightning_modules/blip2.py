@@ -299,12 +299,19 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
             p.requires_grad for p in self.vision_tower.parameters()
         )
 
+    def _tower_state_keys(self) -> set[str]:
+        """Every state-dict name of the frozen tower's tensors, under any prefix: a token-reducing
+        tower (``reducer.runner.vision.*``) wraps the same modules under a second name."""
+        tower = cast(nn.Module, self.vision_tower)
+        ids = {id(t) for t in tower.parameters()} | {id(t) for t in tower.buffers()}
+        return {k for k, v in self.state_dict(keep_vars=True).items() if id(v) in ids}
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """A Lightning checkpoint leaves the frozen tower out (3.9 GB at ViT-g) and records its fingerprint."""
+        """A Lightning checkpoint leaves the frozen tower out, under every name it has (3.9 GB at
+        ViT-g), and records its fingerprint."""
         if self._tower_frozen():
-            checkpoint["state_dict"] = {
-                k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("vision_tower.")
-            }
+            drop = self._tower_state_keys()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in drop}
             checkpoint["vision_tower_fingerprint"] = self.vision_tower.fingerprint()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -316,9 +323,8 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
                 "the resume checkpoint was trained on another frozen vision tower (fingerprint "
                 f"{recorded[:12]}..., this model's {self.vision_tower.fingerprint()[:12]}...)"
             )
-        checkpoint["state_dict"].update(
-            {f"vision_tower.{k}": v for k, v in cast(nn.Module, self.vision_tower).state_dict().items()}
-        )  # every tower is a Module
+        keys = self._tower_state_keys()
+        checkpoint["state_dict"].update({k: v for k, v in self.state_dict().items() if k in keys})
 
     def enable_grad_checkpointing(self) -> None:
         """``train.grad_checkpointing``: the Q-Former's layers recompute their activations in the backward
@@ -479,6 +485,8 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
 
     #: ``score`` re-ranks text <-> image only: image -> image *is* the ITC, so it is not rescored
     score_variant_directions: ClassVar[dict[str, tuple[str, ...]]] = {"itc": ("t2i", "i2t")}
+    #: ... and so reads the vision tokens and text ids (``Encoded.extra``) in those directions only
+    extra_directions: ClassVar[tuple[str, ...]] = ("t2i", "i2t")
 
     def score_variants(self) -> dict:
         """The ITC-only scores, reported beside the re-ranked ones as ``itc/...``."""
@@ -542,7 +550,7 @@ class Blip2Retrieval(CrossRankNegatives, L.LightningModule):
         mask = everyone.padded_rows(mask, 0)[txt_i]
         width = max(1, int(mask.sum(1).max()))
         return (
-            everyone.rows(tokens, grad=False)[img_i],
+            everyone.select(tokens, img_i),
             ids[:, :width],
             mask[:, :width],
             *(everyone.rows(t, grad=False)[txt_i] for t in per_text),

@@ -14,6 +14,7 @@ suite checks with ``isinstance`` (never ``hasattr``):
 * :class:`ScoreVariants` -- further scorings of the same embeddings, reported beside the main keys;
 * :class:`ItemLoading` -- a loader of stored items (e.g. a frozen-feature cache) for the DataModule;
 * :class:`ItemExtra` -- the name of an ``Encoded.extra`` tensor the gallery's cached item table holds;
+* :class:`ExtraDirections` -- the directions whose scoring reads ``Encoded.extra`` at all;
 * :class:`~lightning_modules.cost.CostModel` -- per-component FLOPs (``cost_components``);
 * :class:`VqaPrefix` -- query outputs a frozen language model reads (``--task vqa``);
 * :class:`MethodSettings` -- the settings of a token-reduction method, stored in the result file;
@@ -37,6 +38,7 @@ from lightning_modules.cost import CostModel
 __all__ = [
     "CostModel",
     "DependencyConfig",
+    "ExtraDirections",
     "GradCheckpointing",
     "ItemExtra",
     "ItemLoading",
@@ -139,6 +141,17 @@ class ItemExtra(Protocol):
     cached item table holds whole (e.g. BLIP-2's vision tokens for re-ranking)."""
 
     item_extra: str
+
+
+@runtime_checkable
+class ExtraDirections(Protocol):
+    """``extra_directions``: the directions (``t2i``, ``i2t``, ``i2i``) in which ``score`` reads the
+    ``Encoded.extra`` tensors ``encode_*`` return (e.g. BLIP-2's vision tokens, for ITM re-ranking of
+    text <-> image only). The evaluation keeps, and under DDP gathers, extras only for the sides of
+    those directions (a query view's ViT-g tokens are 0.72 MB that i2i never reads). A model without
+    it is taken to read them in every direction."""
+
+    extra_directions: ClassVar[tuple[str, ...]]
 
 
 @runtime_checkable

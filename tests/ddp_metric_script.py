@@ -110,6 +110,14 @@ class TableEncoder(L.LightningModule):
         return [DataLoader(Indexed(N_IMAGES), batch_size=BATCH), DataLoader(Indexed(N_CAPTIONS), batch_size=BATCH)]
 
     def on_test_epoch_end(self) -> None:
+        collect, released = self.metric._collect, {}
+
+        def watched(modality: str, n: int):  # are the gathered states let go once sorted?
+            out = collect(modality, n)
+            released[modality] = getattr(self.metric, f"{modality}_emb") == []
+            return out
+
+        self.metric._collect = watched  # type: ignore[method-assign]
         metrics = self.metric.compute()
         seen = self.all_gather(torch.tensor([self.seen["images"], self.seen["texts"]])).reshape(-1, 2).sum(0)
         if self.trainer.is_global_zero:
@@ -122,6 +130,7 @@ class TableEncoder(L.LightningModule):
                         "seen": {"images": int(seen[0]), "texts": int(seen[1])},
                         "t2i_rank": self.metric.per_query["t2i/rank"].tolist(),
                         "text_lengths": self.metric.per_query["text_lengths"].tolist(),
+                        "released": released,
                     },
                     f,
                 )

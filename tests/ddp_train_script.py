@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 from datamodules.batch import TrainBatch
 from lightning_modules.blip2 import Blip2Retrieval
 from lightning_modules.clip import ClipConfig, ClipRetrieval
+from lightning_modules.components.cross_rank import GlobalBatch
 from lightning_modules.idq_former import IdqConfig, IdqFormerRetrieval
 from lightning_modules.optim import OptimConfig
 from tests.tiny_blip2 import save_tiny_blip2, save_tiny_clip
@@ -141,6 +142,22 @@ def run(name: str, ckpt: Path, rows: slice, world: int) -> tuple[dict[str, torch
     return out, sorted(missing)
 
 
+def select_matches_rows(rank: int) -> bool:
+    """``GlobalBatch.select`` (what the ITM negatives' frozen tokens are fetched with) against
+    gathering everything and indexing: uneven row counts, repeated, unordered and one-sided
+    picks (rank 1 asks nothing of rank 0), and a process that asks for nothing at all."""
+    sizes = (3, 5)
+    x = torch.arange(sizes[rank] * 4, dtype=torch.float32).view(sizes[rank], 2, 2) + 100 * rank
+    b = GlobalBatch(rank, sizes)
+    ok = True
+    for index in ([7, 0, 3, 3, 2, 6], [5, 4]) if rank == 0 else ([4, 4, 7, 5], [6]):
+        idx = torch.tensor(index)
+        ok &= torch.equal(b.select(x, idx), b.rows(x, grad=False)[idx])
+    empty = torch.zeros(0, dtype=torch.long) if rank == 1 else torch.tensor([1, 2])
+    ok &= torch.equal(b.select(x, empty), b.rows(x, grad=False)[empty])
+    return bool(ok)
+
+
 def worker(rank: int, out_dir: str, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
@@ -153,9 +170,11 @@ def worker(rank: int, out_dir: str, port: int) -> None:
         tensors |= values
     everyone = [None] * WORLD
     dist.all_gather_object(everyone, missing)
+    selected = [None] * WORLD
+    dist.all_gather_object(selected, select_matches_rows(rank))
     if rank == 0:
         save_file(tensors, Path(out_dir) / "two.safetensors")
-        (Path(out_dir) / "two.json").write_text(json.dumps({"missing": everyone}))
+        (Path(out_dir) / "two.json").write_text(json.dumps({"missing": everyone, "select": selected}))
     dist.destroy_process_group()
 
 

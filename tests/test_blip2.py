@@ -23,6 +23,7 @@ from datamodules.batch import TrainBatch
 from lightning_modules.base import Encoded, RetrievalModel, max_sim
 from lightning_modules.blip2 import Blip2Config, Blip2Retrieval
 from lightning_modules.clip import ClipConfig, ClipRetrieval
+from lightning_modules.components import feature_cache
 from lightning_modules.components.blip2_losses import (
     ItcBlocks,
     itc_loss,
@@ -30,7 +31,7 @@ from lightning_modules.components.blip2_losses import (
     itm_pairs,
     sample_hard_negatives,
 )
-from lightning_modules.components.feature_cache import FeatureCache
+from lightning_modules.components.feature_cache import CacheSpaceError, FeatureCache
 from lightning_modules.components.qformer_head import EXTRA_PARAMETERS
 from lightning_modules.components.rerank import rerank_topk
 from lightning_modules.components.vision_tower import ClipVisionTower, LoadingError
@@ -633,6 +634,51 @@ def test_metric_gathers_extra_in_index_order_and_reports_score_variants():
         RetrievalMetric(es, max_sim, score_variants={"t2i": max_sim})
 
 
+def test_metric_keeps_extras_only_for_the_directions_that_read_them(clip_dir):
+    """A model whose scoring reads ``Encoded.extra`` only in t2i / i2t (BLIP-2's ITM re-ranking)
+    has its extras dropped where only i2i uses a modality: nothing stored, nothing gathered. The
+    real models declare it (``ExtraDirections``); the metrics are those of keeping them."""
+    from benchmark.metrics import RetrievalMetric
+    from lightning_modules.contract import ExtraDirections
+
+    try:
+        from tests.test_metrics import embeddings, small_eval_set
+    except ImportError:  # tests/ not a package
+        from test_metrics import embeddings, small_eval_set
+
+    es = small_eval_set()
+    img = Encoded(embeddings(es.n_images, 1, tokens=3), extra={"tokens": torch.randn(es.n_images, 4, 2)})
+    txt = Encoded(embeddings(es.n_queries, 2), extra={"ids": torch.arange(es.n_queries)[:, None]})
+    results = {}
+    for reads in (None, ("t2i", "i2t")):
+        for directions in (("i2i",), ("t2i", "i2i")):
+            metric = RetrievalMetric(es, max_sim, directions=directions, chunk_size=4, extra_directions=reads)
+            metric.update_images(torch.arange(es.n_images), img)
+            metric.update_texts(torch.arange(es.n_queries), txt)
+            stored = sorted(n for n in metric._defaults if "_extra_" in n)
+            if "t2i" in directions:
+                assert stored == ["image_extra_tokens", "text_extra_ids"], (reads, directions)
+            elif reads is None:
+                assert stored == ["image_extra_tokens"]  # a model that may read them in i2i keeps them
+            else:
+                assert stored == [], directions  # i2i alone: the image tokens are never read
+            results[reads, directions] = metric.compute()
+    kept, dropped = results[None, ("i2i",)], results[("t2i", "i2t"), ("i2i",)]
+    assert {k: v for k, v in kept.items() if not k.startswith("index/")} == {
+        k: v for k, v in dropped.items() if not k.startswith("index/")
+    }
+    assert dropped["index/bytes"] < kept["index/bytes"]  # the index no longer holds the unread tokens
+    # the evaluation hands the model's declaration to the metric: i2i of a BLIP-2 keeps no image tokens
+    from benchmark.config import EvalConfig
+    from benchmark.evaluation import RetrievalEvaluator
+
+    model = _tiny(clip_dir)
+    assert isinstance(model, ExtraDirections) and model.extra_directions == ("t2i", "i2t")
+    evaluator = RetrievalEvaluator(model, es, EvalConfig(), directions=("i2i",))
+    assert evaluator.metric.extra_modalities == set()
+    assert RetrievalEvaluator(model, es, EvalConfig()).metric.extra_modalities == {"image", "text"}
+
+
 def test_variant_directions_reuse_the_main_results_elsewhere():
     from benchmark.metrics import RetrievalMetric
 
@@ -705,3 +751,26 @@ def test_interrupted_feature_extraction_resumes_from_the_last_complete_batch(cli
     assert all(torch.equal(feats(i), fresh(i)) for i in range(7))
     name = cache.path("test", 7, "sha").name  # the partial array and the batch logs are gone
     assert sorted(p.name for p in (tmp_path / "features").iterdir()) == [f".{name}.lock", name]
+
+
+@pytest.mark.parametrize("lightning", [False, True])
+def test_extraction_refuses_a_disk_too_small_before_writing(clip_dir, tmp_path, monkeypatch, lightning):
+    """The preallocated array is sparse: without the check a full disk would surface midway. Both
+    extractors refuse up front (the Lightning one on every rank), name the folder and the sizes, and
+    leave no file behind; with the space there the same call extracts."""
+    tower = ClipVisionTower.from_clip_checkpoint(clip_dir)
+    images = torch.randn(5, 3, 32, 32)
+    extractor = {"extractor": LightningExtractor(accelerator="cpu")} if lightning else {}
+    cache = FeatureCache(tower, tmp_path / "features", batch_size=2, **extractor)
+    with torch.no_grad():
+        row_bytes = tower(images[:1]).numel() * 4  # float32 at tiny size
+    free = 5 * row_bytes + feature_cache.SPACE_MARGIN_BYTES - 1  # one byte short
+    real = feature_cache.shutil.disk_usage
+    monkeypatch.setattr(feature_cache.shutil, "disk_usage", lambda p: real(p)._replace(free=free))
+    with pytest.raises(CacheSpaceError, match=r"features/: 5 images x .* GiB more disk.*INSTRUCTSEE_CACHE"):
+        cache.for_split("test", 5, "sha", lambda i: images[i])
+    assert not [p for p in (tmp_path / "features").iterdir() if p.suffix != ".lock"]
+    monkeypatch.setattr(feature_cache.shutil, "disk_usage", lambda p: real(p)._replace(free=free + 1))
+    assert torch.equal(
+        cache.for_split("test", 5, "sha", lambda i: images[i])(0), cache.read(cache.path("test", 5, "sha"))[0]
+    )

@@ -39,6 +39,7 @@ PATHS = [
     "data",
     "data.num_workers",
     "data.batch_size",
+    "data.global_batch_size",
     "data.eval_split",
     "eval.ks",
     "eval.directions",

@@ -72,7 +72,7 @@ def _args(model: str, results: Path, cache: Path) -> list[str]:
     ]
 
 
-def _two_processes(args: list[str], cwd: Path) -> None:
+def _two_processes(args: list[str], cwd: Path) -> str:
     env = dict(os.environ)
     env.update(
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
@@ -91,6 +91,7 @@ def _two_processes(args: list[str], cwd: Path) -> None:
         timeout=600,
     )
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
 
 
 @pytest.mark.slow  # ~2 min: three tiny trainings, then four runs (two of 2 processes)
@@ -105,11 +106,12 @@ def test_two_process_evaluation_equals_one_process(tmp_path):
         # checkpoint would be another one: the device count is part of the training config)
         # a cache of their own: the two processes also extract the frozen features themselves, each rank
         # writing the rows of its batches into the one shared file
-        _two_processes(
+        printed = _two_processes(
             _args(model, tmp_path / "two", tmp_path / "cache2")
             + ["--checkpoint", str(resolve(one["provenance"]["checkpoint"], {"cache": cache}))],
             tmp_path,
         )
+        assert printed.count("wrote ") == 1, printed  # rank 0 alone writes the file and says so
         two = json.loads((tmp_path / "two" / f"{model}__synthetic__default.json").read_text())
         assert one["evaluation"]["world_size"] == 1 and two["evaluation"]["world_size"] == 2
         assert two["provenance"]["trained_this_run"] is False

@@ -4,6 +4,8 @@ defaults (and so the tiny results) are exactly as before."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -79,11 +81,34 @@ def test_every_full_recipe_builds_a_valid_full_run(model):
     want = RECIPES[model]
     opt = cfg.train.optim
     assert (opt.lr, opt.weight_decay, opt.warmup_ratio) == (want["lr"], want["weight_decay"], want["warmup_ratio"])
-    assert (cfg.train.max_epochs, cfg.data.batch_size) == (want["epochs"], want["batch"])
+    assert (cfg.train.max_epochs, cfg.data.global_batch_size) == (want["epochs"], want["batch"])
+    assert cfg.data.batch_size == want["batch"]  # one process takes the whole global batch
     assert getattr(model_cfg, "k", None) == want["k"]
     assert opt.betas == (0.9, 0.999)  # torch's AdamW default, as LAVIS, CrossGET and DynamicViT (timm) use
     tiny = build_run_config(model_defaults(model), {"model": model})
     assert opt.lr < tiny.train.optim.lr  # the tiny learning rates are far too high for pretrained weights
+
+
+def test_a_recipe_batch_is_global_whatever_the_processes():
+    """The recipes give the global batch (LAVIS: 14 per GPU x 16 GPUs = 224): 8 GPUs x 2 nodes take
+    14 each, not 224 each; a count that does not divide it and a per-process batch that contradicts
+    it are refused by name."""
+    assert _full("blip2", train={"devices": 8, "num_nodes": 2}).data.batch_size == 14
+    assert _full("dynamicvit", train={"devices": 8}).data.batch_size == 128
+    # the token-reduction recipes backpropagate through the frozen ViT-g (to the predictors / merging):
+    # ~55 KB of activations per token and layer in bf16 would not fit 128 images per GPU without it
+    assert _full("dynamicvit").train.grad_checkpointing and _full("crossget").train.grad_checkpointing
+    with pytest.raises(ConfigError, match=r"data.global_batch_size 224 must be a multiple .* = 3"):
+        _full("blip2", train={"devices": 3})
+    with pytest.raises(ConfigError, match=r"data.batch_size 32 and data.global_batch_size 224 are both set"):
+        _full("blip2", train={"devices": 2}, data={"batch_size": 32})
+    assert _full("blip2", train={"devices": 2}, data={"batch_size": 112}).data.batch_size == 112  # agrees
+    own = _full("blip2", train={"devices": 2}, data={"batch_size": 32, "global_batch_size": None})
+    assert own.data.batch_size == 32  # per process, as given
+    again = from_dict(RunConfig, json.loads(json.dumps(dataclasses.asdict(_full("blip2", train={"devices": 4})))))
+    assert again.data.batch_size == 56 and again.config_hash() == _full("blip2", train={"devices": 4}).config_hash()
+    with pytest.raises(ConfigError, match=r"data.global_batch_size must be an integer in \[1, 1048576\]"):
+        _full("blip2", data={"global_batch_size": 0})
 
 
 def test_full_recipes_name_no_checkpoint():
@@ -120,3 +145,10 @@ def test_bench_run_size_full_uses_the_full_recipe(tmp_path):
     stored = json.loads((tmp_path / "res" / "blip2__synthetic__full.json").read_text())["config"]
     assert stored["train"]["optim"]["lr"] == 1e-5 and stored["data"]["batch_size"] == 224
     assert stored["model_args"]["k_test"] == 128 and stored["size"] == "full"
+    # the architecture that ran is the checkpoint's (model_config's tiny fields do not apply)
+    result = json.loads((tmp_path / "res" / "blip2__synthetic__full.json").read_text())
+    record = result["provenance"]["pretrained"]
+    assert record["config_sha256"] == hashlib.sha256((ckpt / "config.json").read_bytes()).hexdigest()
+    assert record["architecture"]["num_query_tokens"] == 8 and record["architecture"]["model_type"] == "blip-2"
+    assert record["architecture"]["vision_config.hidden_size"] == 32
+    assert result["model_config"]["num_query_tokens"] != 8  # what model_config alone would have said

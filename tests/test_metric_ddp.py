@@ -58,6 +58,9 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     assert two["metrics"]["t2i/n_skipped"] == 0
     assert two["metrics"] == one["metrics"]
     assert two["t2i_rank"] == one["t2i_rank"]
+    # two ranks gather out of index order: once sorted, the gathered states are let go (the gallery
+    # is held once while scoring); one process keeps its own states, in order, uncopied
+    assert two["released"] == {"image": True, "text": True} and one["released"] == {"image": False, "text": False}
     assert two["text_lengths"] == [i % 3 + 1 for i in range(script.N_CAPTIONS)]
     reference = script.reference_metrics()
     assert set(one["metrics"]) - set(reference) == {"index/bytes", "index/bytes_per_image"}

@@ -266,11 +266,16 @@ def test_retrieval_metrics_flat_keys_carry_the_direction():
 
 def test_relevance_helpers_match_the_datamodule_ones():
     _, rows, _ = random_case(4)
-    rel = Relevance.from_lists(rows, 29)
-    t = transpose_relevance(rel)
-    ref = rel.transpose()
-    np.testing.assert_array_equal(t.indptr, ref.indptr)
-    np.testing.assert_array_equal(t.indices, ref.indices)
+    rel = Relevance.from_lists(rows + [[]], 29)  # an empty query row too
+    by_loop: list[list[int]] = [[] for _ in range(29)]  # the definition: gallery item -> its queries, ascending
+    for q, row in enumerate(rel.indices[a:b] for a, b in zip(rel.indptr[:-1], rel.indptr[1:], strict=True)):
+        for g in row:
+            by_loop[int(g)].append(q)
+    for t in (transpose_relevance(rel), rel.transpose()):
+        assert [t.row(g).tolist() for g in range(29)] == by_loop and t.n_gallery == rel.n_queries
+    back = rel.transpose().transpose()
+    np.testing.assert_array_equal(back.indptr, rel.indptr)
+    np.testing.assert_array_equal(back.indices, rel.indices)
     src = source_relevance(np.array([2, -1, 0]), 3)
     assert [src.row(i).tolist() for i in range(3)] == [[2], [], [0]]
 

@@ -14,6 +14,7 @@ from benchmark.preflight import (
     check_run,
     check_trainer_flags,
     check_writable_folder,
+    create_model,
     load_cached_checkpoint,
 )
 
@@ -82,13 +83,33 @@ def test_writable_folder_probe_creates_nothing(tmp_path):
         check_writable_folder(tmp_path / "file", "results_dir")
 
 
-def test_pretrained_paths_and_hub_ids(tmp_path):
+def test_pretrained_paths_and_hub_ids(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     check_pretrained(None)
-    check_pretrained("Salesforce/blip2-itm-vit-g")  # a hub id (resolved from the HF cache when loaded)
-    check_pretrained(str(tmp_path))
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "config.json").write_text("{}")
+    check_pretrained(str(saved))
     for bad in ("/nonexistent", "./missing", "a/b/c", "~/nothing-here-xyz"):
         with pytest.raises(ConfigError, match="model_args.pretrained"):
             check_pretrained(bad)
+    with pytest.raises(ConfigError, match="has no config.json; expected a folder saved by save_pretrained"):
+        check_pretrained(str(tmp_path / "saved" / ".."))  # a folder, but not a checkpoint
+    with pytest.raises(ConfigError, match="not a folder"):
+        check_pretrained(str(saved / "config.json"))
+    # a hub id: read from the local Hugging Face cache only (nothing is downloaded at run time)
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    with pytest.raises(ConfigError, match=r"no hub checkpoint of that id in the Hugging Face cache.*hf download Org/m"):
+        check_pretrained("Org/m")
+    check_pretrained("Org/m", local_files_only=False)  # the model may download it: left to the loader
+    snapshot = hub / "models--Org--m" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (hub / "models--Org--m" / "refs").mkdir()
+    (hub / "models--Org--m" / "refs" / "main").write_text("abc123")
+    check_pretrained("Org/m")  # cached: accepted
 
 
 def test_check_run_refuses_a_result_path_that_is_a_folder(tmp_path):
@@ -126,3 +147,36 @@ def test_truncated_checkpoint_names_the_folder_and_retrain(tmp_path):
         load_cached_checkpoint(ClipRetrieval, ckpt)
     with pytest.raises(ConfigError, match=rf"--checkpoint {ckpt} cannot be loaded .*complete checkpoint folder"):
         load_cached_checkpoint(ClipRetrieval, ckpt, given=True)
+
+
+def test_a_checkpoint_the_model_cannot_be_built_from_is_named_not_a_traceback(tmp_path):
+    """``create_model``: weights of another architecture, a truncated file and an option the
+    pretrained model cannot take come back as a ConfigError naming --pretrained and the cause;
+    a tiny model's refused option as one naming it; anything else propagates."""
+    from lightning_modules.blip2 import Blip2Config, Blip2Retrieval
+    from lightning_modules.clip import ClipConfig, ClipRetrieval
+    from lightning_modules.optim import OptimConfig
+    from tests.test_blip2 import _hub_style_checkpoint
+
+    blip2 = tmp_path / "blip2"
+    _hub_style_checkpoint(blip2, None)
+    assert create_model(Blip2Retrieval, Blip2Config(pretrained=str(blip2)), OptimConfig()) is not None
+    with pytest.raises(ConfigError, match=r"--pretrained\) '.*blip2': a ClipRetrieval cannot be built from it \("):
+        create_model(ClipRetrieval, ClipConfig(pretrained=str(blip2)), OptimConfig())
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "blip-2", ')  # truncated
+    with pytest.raises(ConfigError, match=r"'.*broken': a Blip2Retrieval cannot be built from it"):
+        create_model(Blip2Retrieval, Blip2Config(pretrained=str(broken)), OptimConfig())
+
+    class Refuses:
+        @staticmethod
+        def create(config, optim, vocab):
+            raise config
+
+    with pytest.raises(ConfigError, match=r"^model Refuses: model_args.width must be even$"):
+        create_model(Refuses, ValueError("model_args.width must be even"), OptimConfig())
+    with pytest.raises(ValueError, match="^bad shape$"):  # a ValueError naming no option: a bug
+        create_model(Refuses, ValueError("bad shape"), OptimConfig())
+    with pytest.raises(KeyError):  # not an input error: a bug, left as it is
+        create_model(Refuses, KeyError("x"), OptimConfig())

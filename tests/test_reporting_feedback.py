@@ -94,7 +94,10 @@ def test_report_writes_feedback_tables_and_convergence_plots(tmp_path, feedback_
     assert "not an LLM" in md and "B = 200" in md
     refresh = r["protocol"]["feedback_config"]["refresh"]
     assert f"score refreshing: kernel = {refresh['kernel']}, neighbours = {refresh['neighbours']}" in md  # as recorded
-    assert "a\\_b&amp;c\\|d" in md and TAG not in md  # the tag is escaped
+    # the tag is escaped in prose and tables, and shown as typed only inside a code span (the file name)
+    assert "a\\_b&amp;c\\|d" in md
+    assert md.replace(f"File: `feedback__clip__synthetic__{TAG}.json`.", "").count(TAG) == 0
+    assert f"{results}/feedback__" not in md  # the file's name, not its machine path
     # point estimates are the file's own per-round numbers; each lies in its interval
     hits = r["per_round"]["llm"]["Hits@5"]
     row = next(line for line in md.splitlines() if line.startswith("| llm |"))

@@ -110,6 +110,22 @@ def test_hostile_tags_are_escaped_in_markdown_and_latex(tmp_path):
         assert rule in tex
 
 
+@pytest.mark.parametrize(
+    "text, span",
+    [
+        ("results_clean", "`results_clean`"),  # no backslash: escapes show literally inside code
+        ("a`b", "``a`b``"),
+        ("x``y", "```x``y```"),
+        ("`edge", "`` `edge ``"),
+        ("<b>&\nnext", "`<b>& next`"),  # HTML is not interpreted in a code span
+    ],
+)
+def test_paths_in_prose_are_code_spans_nothing_can_end(text, span):
+    from benchmark.reporting.escape import markdown_code
+
+    assert markdown_code(text) == span
+
+
 def test_ablation_arms_come_from_the_config_not_the_file_name(tmp_path):
     rng = np.random.default_rng(1)
     common = dict(model="ours", sims=rng.random(N), lengths=rng.integers(8, 40, N))

@@ -133,6 +133,17 @@ def test_cli_dry_run_prints_the_plan_with_estimates(data_root, tmp_path):
     assert "model blip2 | dataset coco | arm - | epochs 5 | lr 1e-05" in out
     assert "total: est." in out and "assumption: estimates, not measurements" in out
     assert not (tmp_path / "r").exists()  # nothing ran
+    # the default hub checkpoints are not in this machine's Hugging Face cache: the plan says so
+    # (a real run would fail on each); a local folder that holds a checkpoint raises no problem
+    assert "checkpoint problem: model_args.pretrained (--pretrained) 'Salesforce/blip2-itm-vit-g'" in out
+    local = tmp_path / "blip2-local"
+    local.mkdir()
+    (local / "config.json").write_text("{}")
+    res = runner.invoke(
+        app, ["reproduce", "--size", "full", "--data-root", str(root), "--dry-run", "--pretrained-blip2", str(local)]
+    )
+    problems = [line for line in res.output.splitlines() if line.startswith("checkpoint problem")]
+    assert res.exit_code == 0 and problems and all("openai/clip-vit-large-patch14" in line for line in problems)
 
 
 @pytest.mark.parametrize(

@@ -138,6 +138,8 @@ def test_unsupported_matmul_like_op_fails_loudly():
 def test_measurement_settings_are_validated():
     with pytest.raises(ConfigError, match="eval.measurement.repeats"):
         build_run_config(model_defaults("clip"), {"eval": {"measurement": {"repeats": 3}}})
+    with pytest.raises(ConfigError, match=r"eval.measurement.query_gallery must be an integer in \[1, 1000000\]"):
+        build_run_config(model_defaults("clip"), {"eval": {"measurement": {"query_gallery": 10**7}}})
     with pytest.raises(ConfigError, match="eval.measurement.bogus"):
         build_run_config(model_defaults("clip"), {"eval": {"measurement": {"bogus": 1}}})
 
@@ -255,3 +257,24 @@ def test_torch_threads_pins_and_restores_even_on_error():
     with pytest.raises(RuntimeError), torch_threads(1):
         raise RuntimeError("boom")
     assert torch.get_num_threads() == before
+
+
+def test_the_query_time_gallery_is_bounded_at_full_size_and_kept_on_the_host():
+    """Re-encoding a 100k gallery at ViT-g would hold 145 GB of tokens: at full size the query-time
+    measurement takes the first 5,000 images unless told otherwise, and keeps them in host memory."""
+    from benchmark.measure.run_costs import _encode_gallery
+    from benchmark.measure.settings import FULL_SIZE_QUERY_GALLERY, MeasureConfig
+    from lightning_modules.base import Encoded
+
+    assert MeasureConfig().gallery_for(full_size=False) is None  # tiny: the whole split, as before
+    assert MeasureConfig().gallery_for(full_size=True) == FULL_SIZE_QUERY_GALLERY == 5000
+    assert MeasureConfig(query_gallery=64).gallery_for(full_size=True) == 64
+
+    class Encoder:
+        def encode_images(self, items):
+            return Encoded(items.float(), extra={"tokens": items.float()[:, None].expand(-1, 3, -1)})
+
+    batches = [(None, torch.arange(8.0).view(4, 2) + 10 * b) for b in range(3)]
+    gallery, n = _encode_gallery(Encoder(), batches, 6)
+    assert n == 6 and gallery.emb.shape == (6, 2) and gallery.emb.device.type == "cpu"
+    assert torch.equal(gallery.emb[4:], torch.tensor([[10.0, 11.0], [12.0, 13.0]]))

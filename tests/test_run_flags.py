@@ -195,3 +195,42 @@ def test_layers_order(tmp_path):
     assert flags.layers() == [{"seed": 0, "tag": "default"}, {"seed": 5}, {"seed": 7}, {"tag": "z"}]
     cfg = flags.build({"model": "clip"})
     assert (cfg.seed, cfg.tag) == (7, "z")
+
+
+def test_a_full_size_checkpoint_runs_at_full_size(tmp_path, recorded):
+    """``--checkpoint`` of a fine-tuned checkpoint (its saved config names a pretrained base) runs
+    with the full-size recipe's settings and records the base as ``model_args.pretrained``; a size
+    or a base given explicitly wins; a tiny checkpoint stays tiny."""
+    full, tiny = tmp_path / "full", tmp_path / "tiny"
+    for folder, pretrained in ((full, "/models/blip2-itm-vit-g"), (tiny, None)):
+        folder.mkdir()
+        (folder / "suite_config.json").write_text(json.dumps({"pretrained": pretrained, "k_test": 4}))
+
+    def run(*extra: str):
+        res = runner.invoke(app, ["run", "--model", "ours", *extra])
+        assert res.exit_code == 0, res.output
+        return recorded[-1]
+
+    cfg = run("--checkpoint", str(full))
+    assert cfg.size == "full" and cfg.model_args["pretrained"] == "/models/blip2-itm-vit-g"
+    assert cfg.data.global_batch_size == model_defaults("ours", "full")["data"]["global_batch_size"]
+    assert run("--checkpoint", str(full), "--size", "tiny").size == "tiny"
+    assert run("--checkpoint", str(full), "--pretrained", "Org/base").model_args["pretrained"] == "Org/base"
+    assert (
+        run("--checkpoint", str(tiny)).size == "tiny" and "pretrained" not in run("--checkpoint", str(tiny)).model_args
+    )
+
+
+def test_a_local_pretrained_folder_is_recorded_absolute(tmp_path, monkeypatch):
+    """A checkpoint trained from ``--pretrained ckpt/base`` references its base: it must load from
+    any working directory, and relative or absolute spellings are one config."""
+    (tmp_path / "ckpt" / "base").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    relative = build_run_config({"model": "blip2"}, {"size": "full", "model_args": {"pretrained": "ckpt/base"}})
+    absolute = build_run_config(
+        {"model": "blip2"}, {"size": "full", "model_args": {"pretrained": str(tmp_path / "ckpt" / "base")}}
+    )
+    assert relative.model_args["pretrained"] == str((tmp_path / "ckpt" / "base").resolve())
+    assert relative.config_hash() == absolute.config_hash()
+    hub = build_run_config({"model": "blip2"}, {"size": "full", "model_args": {"pretrained": "Org/m"}})
+    assert hub.model_args["pretrained"] == "Org/m"  # a hub id (no such folder here) is left alone

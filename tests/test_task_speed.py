@@ -83,12 +83,13 @@ def test_bad_options_exit_2_before_anything_is_trained(tmp_path, task_args, mess
 
 
 def test_full_size_needs_the_baselines_checkpoint(tmp_path):
+    """CLIP's checkpoint is not BLIP-2's: the baseline's must be named (ours would default to its own)."""
     res = runner.invoke(
         app,
         [
             "run",
             "--model",
-            "ours",
+            "clip",
             "--task",
             "speed",
             "--size",
@@ -174,8 +175,7 @@ def test_full_size_speed_run_loads_both_checkpoints_as_they_are(tmp_path):
     from tests.test_blip2 import _hub_style_checkpoint
 
     _hub_style_checkpoint(tmp_path / "itm", None)
-    task_args = {
-        "baseline_overrides": {"model_args": {"pretrained": str(tmp_path / "itm")}},
+    task_args = {  # the baseline BLIP2 loads ours' own --pretrained (one checkpoint family)
         "rounds": 2,
         "batch_size": 2,
         "warmup": 0,

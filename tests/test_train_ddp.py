@@ -66,6 +66,12 @@ def test_two_processes_with_gathered_negatives_give_the_one_process_step(ddp_run
     assert len(moved) > 10  # real gradients were compared, not zeros
 
 
+def test_selected_rows_are_the_gathered_rows_at_those_indices(ddp_run):
+    import json
+
+    assert json.loads((ddp_run / "two.json").read_text())["select"] == [True, True]
+
+
 def test_every_trainable_parameter_gets_a_gradient_on_every_process(ddp_run):
     import json
 

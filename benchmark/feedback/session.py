@@ -34,6 +34,7 @@ from benchmark.feedback.task import from_eval_set
 from benchmark.feedback.transcript import JsonlWriter
 from benchmark.feedback.user import SimulatedUser
 from benchmark.portable import portable
+from benchmark.preflight import create_model
 from benchmark.registry import DATASETS, MODELS
 from benchmark.reporting.feedback_stats import describe, feedback_stats
 from benchmark.reporting.options import ReportOptions
@@ -102,7 +103,7 @@ def load_model(cfg: RunConfig, *, progress: bool = False):
         raise ConfigError("size 'full' needs model_args.pretrained: a hub id or a local checkpoint path")
     model_config, _ = resolve_dependencies(cfg, model_cls, model_config, progress=progress)
     dm.prepare_data()
-    model = model_cls.create(model_config, cfg.train.optim, dm.vocabulary_texts())
+    model = create_model(model_cls, model_config, cfg.train.optim, dm.vocabulary_texts())
     return model, dm, {"checkpoint": pretrained, "trained_this_run": False}
 
 

@@ -137,6 +137,10 @@ class RetrievalMetric(Metric):
             with one row per item in global-index order (e.g. the gallery's cached vision
             tokens, memory-mapped from disk). Encoded batches' fields of those names are
             dropped on update, so they are neither stored twice nor gathered across ranks.
+        extra_directions: the directions in which ``score_fn`` (and the variants) read
+            ``Encoded.extra`` (None: all). Extras of a modality that only serves other
+            directions are dropped on update (e.g. the vision tokens of i2i query views, where
+            BLIP-2 scores by ITC alone).
         kwargs: passed to :class:`torchmetrics.Metric` (``process_group``...).
 
     Feed it with :meth:`update_images` / :meth:`update_texts` (global indices + an
@@ -180,6 +184,7 @@ class RetrievalMetric(Metric):
         variant_directions: Mapping[str, Sequence[str]] | None = None,
         storage_dtype: torch.dtype | None = None,
         gallery_extra: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+        extra_directions: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("dist_sync_fn", gather_to_host)
@@ -229,6 +234,9 @@ class RetrievalMetric(Metric):
                     f"and directions from {DIRECTIONS}"
                 )
         self.directions = directions
+        reading = directions if extra_directions is None else [d for d in directions if d in extra_directions]
+        #: the modalities whose encoded extras some evaluated direction's scoring reads
+        self.extra_modalities = {m for d in reading for m in self.sides[d]}
         self.ks = tuple(int(k) for k in ks)
         self.chunk_size = int(chunk_size)
         for m in _MODALITIES:
@@ -261,7 +269,8 @@ class RetrievalMetric(Metric):
         lengths = torch.full_like(index, -1) if enc.lengths is None else enc.lengths.detach().to(index)
         index, lengths = index.cpu(), lengths.cpu()
         given = self.gallery_extra.get(modality, {})
-        extra = {k: v.detach() for k, v in (enc.extra or {}).items() if k not in given}
+        kept = enc.extra if modality in self.extra_modalities else None
+        extra = {k: v.detach() for k, v in (kept or {}).items() if k not in given}
         keys = self._extra_keys[modality]
         if stored and sorted(extra) != keys:
             raise ValueError(f"{modality} batches changed their extra fields: {keys} then {sorted(extra)}")
@@ -350,6 +359,12 @@ class RetrievalMetric(Metric):
 
         emb, lengths = kept(emb), kept(lengths)
         extra = {k: kept(joined(getattr(self, f"{modality}_extra_{k}"))) for k in self._extra_keys[modality]}
+        if not in_order and self._is_synced:
+            # the gathered states (torchmetrics restores this process's own after compute) are now
+            # held again in index order: drop them, so a rank keeps the gallery once, not twice,
+            # while it scores (under DDP the gathered order is never the index order)
+            for k in ("emb", *(f"extra_{k}" for k in self._extra_keys[modality])):
+                setattr(self, f"{modality}_{k}", [])
         for k, table in self.gallery_extra.get(modality, {}).items():
             if len(table) != n:
                 raise ValueError(

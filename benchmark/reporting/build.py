@@ -24,7 +24,7 @@ from benchmark.reporting.claims import base_seed, evaluate_claims, seeds_of
 from benchmark.reporting.claims_markdown import render_claims
 from benchmark.reporting.claims_seeds import across_seeds
 from benchmark.reporting.comparison import comparison_tables
-from benchmark.reporting.escape import latex, markdown_inline
+from benchmark.reporting.escape import latex, markdown_code, markdown_inline
 from benchmark.reporting.estimates import Estimator
 from benchmark.reporting.export import write_frame
 from benchmark.reporting.feedback_report import build_feedback_report
@@ -54,7 +54,7 @@ def _preamble(title: str, results: list[dict], results_dir: Path, options: Repor
         markdown_inline(options.describe()),
         "",
         (
-            f"From {len(results)} result file(s) in `{markdown_inline(str(results_dir))}`. "
+            f"From {len(results)} result file(s) in {markdown_code(str(results_dir))}. "
             f"Reference columns ({markdown_inline(paper.label)}): {markdown_inline(paper.paper)}."
         ),
         "",
@@ -92,7 +92,7 @@ def write_reports(results_dir: Path, out_dir: Path, options: ReportOptions | Non
     body = (
         "\n".join(render_markdown(t) for t in tables)
         if tables
-        else f"No result files in `{markdown_inline(str(results_dir))}`. Run `bench run` first.\n"
+        else f"No result files in {markdown_code(str(results_dir))}. Run `bench run` first.\n"
     )
     write(
         atomic_write_text(
@@ -128,7 +128,7 @@ def write_reports(results_dir: Path, out_dir: Path, options: ReportOptions | Non
 
     head = (
         f"# Interactive feedback\n\n{markdown_inline(options.describe())}\n\n"
-        f"From {len(feedback_runs)} feedback result file(s) in `{markdown_inline(str(results_dir))}`.\n"
+        f"From {len(feedback_runs)} feedback result file(s) in {markdown_code(str(results_dir))}.\n"
     )
     fb = build_feedback_report(feedback_runs, options, out_dir / "figures", head)
     write(atomic_write_text(out_dir / "feedback.md", fb.markdown))

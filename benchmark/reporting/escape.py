@@ -70,3 +70,19 @@ def latex(text: str) -> str:
     """Escape text for LaTeX: & % $ # _ { } ~ ^ \\ and < > | (which the default font
     encoding would print wrongly); newlines become spaces (a blank line breaks a tabular)."""
     return "".join(_LATEX.get(ch, ch) for ch in str(text))
+
+
+def markdown_code(text: str) -> str:
+    """``text`` as an inline code span, fenced so that nothing in it is interpreted: inside a code
+    span backslash escapes and HTML entities show literally (so :func:`markdown_inline` would print
+    ``results\\_dir``), and only a run of backticks as long as the fence can end it. The fence is one
+    backtick longer than the longest run in ``text``; a space pads a text that starts or ends with a
+    backtick. Newlines become spaces. For prose, not table cells (a pipe would still split a cell)."""
+    body = str(text).replace("\r", " ").replace("\n", " ")
+    longest, run = 0, 0
+    for ch in body:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * (longest + 1)
+    pad = " " if body.startswith("`") or body.endswith("`") else ""
+    return f"{fence}{pad}{body}{pad}{fence}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmark.reporting.escape import markdown_inline
+from benchmark.reporting.escape import markdown_code, markdown_inline
 from benchmark.reporting.feedback_figures import write_convergence
 from benchmark.reporting.feedback_runs import FeedbackRun
 from benchmark.reporting.feedback_stats import feedback_stats
@@ -48,7 +48,8 @@ def build_feedback_report(
         out.figures.append(fig)
         parts += [
             f"\n## {markdown_inline(run.name)}\n",
-            f"File: `{markdown_inline(run.path)}`. Every table's notes state the protocol.\n",
+            # the file's name in the results folder: no machine path in a report
+            f"File: {markdown_code(Path(run.path).name)}. Every table's notes state the protocol.\n",
         ]
         if (fallbacks := run.fallback_text()) is not None:
             parts.append(markdown_inline(fallbacks + ".") + "\n")

@@ -26,6 +26,7 @@ from typing import Any
 from benchmark.ablate import canonical
 from benchmark.ablation_folders import discover
 from benchmark.config import ConfigError, RunConfig, build_run_config, deep_merge, from_dict, model_defaults
+from benchmark.preflight import check_pretrained
 from benchmark.registry import MODELS, Registry, UnknownNameError
 from benchmark.reporting.options import ReportOptions
 from benchmark.reproduce.datasets import FoundDataset, SplitSizes, find_datasets
@@ -59,7 +60,8 @@ class StepDetail:
     sizes: SplitSizes
     estimate: Estimate | None  # None: no measured throughput of this model
     lr: float
-    batch_size: int
+    batch_size: int  # per process
+    processes: int  # train.devices x train.num_nodes
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,15 @@ def _detail(cfg: RunConfig, cls: Any, arm: str, sizes: SplitSizes, costs: CostTa
         )
     )
     return StepDetail(
-        cfg.model, cfg.dataset, arm, cfg.train.max_epochs, sizes, est, cfg.train.optim.lr, cfg.data.batch_size
+        cfg.model,
+        cfg.dataset,
+        arm,
+        cfg.train.max_epochs,
+        sizes,
+        est,
+        cfg.train.optim.lr,
+        cfg.data.batch_size,
+        cfg.train.devices * cfg.train.num_nodes,
     )
 
 
@@ -253,7 +263,8 @@ def describe_full(plan: FullPlan) -> list[str]:
         s = detail.sizes
         head = (
             f"[{i}] model {detail.model} | dataset {detail.dataset} | arm {detail.arm} | epochs {detail.epochs} | "
-            f"lr {detail.lr:g} | batch {detail.batch_size} | train {s.train_images} img | "
+            f"lr {detail.lr:g} | batch {detail.batch_size * detail.processes} ({detail.processes} x "
+            f"{detail.batch_size}) | train {s.train_images} img | "
             f"test {s.test_images} img, {s.test_queries} queries"
         )
         if detail.estimate is None:
@@ -267,11 +278,29 @@ def describe_full(plan: FullPlan) -> list[str]:
         f"total: est. {total:.3g} GPU-h (estimates, not measurements)"
         + (f" ({unknown} step(s) without an estimate)" if unknown else "")
     )
+    lines += checkpoint_problems(plan)
     if plan.costs is not None:
         lines += [f"assumption: {a}" for a in plan.costs.assumptions()]
     else:
         lines.append("assumption: no measured throughputs given: no estimates")
     return lines
+
+
+def checkpoint_problems(plan: FullPlan) -> list[str]:
+    """One ``checkpoint ...`` line per pretrained checkpoint of the plan's runs that could not be
+    loaded here (no such folder, a hub id not in the local cache): the run would fail on it."""
+    seen: dict[str, str | None] = {}
+    for step in plan.steps:
+        if isinstance(step, FullRunStep) and step.config is not None:
+            cfg = step.config
+            value = cfg.model_args.get("pretrained")
+            if isinstance(value, str) and value not in seen:
+                try:
+                    check_pretrained(value, cfg.model_args.get("local_files_only", True))
+                    seen[value] = None
+                except ConfigError as e:
+                    seen[value] = str(e)
+    return [f"checkpoint problem: {why}" for why in seen.values() if why]
 
 
 def _status(step: Step) -> str:

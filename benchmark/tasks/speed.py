@@ -15,7 +15,9 @@ The baseline, tiny: resolved as a dependency is -- the baseline's shipped config
 data and seed (plus ``task_args.baseline_overrides``), the checkpoint ``bench run --model
 BASELINE`` trains by default and, for ours against BLIP2, the very BLIP2 ours starts from --,
 taken from the runner's cache or trained now if absent. Full: loaded as is from
-``task_args.baseline_overrides.model_args.pretrained``. ``task_args``: :class:`SpeedOptions`.
+``task_args.baseline_overrides.model_args.pretrained``, by default the run's own ``--pretrained``
+where both models load the same checkpoint family (ours and BLIP2: a Blip2ForImageTextRetrieval).
+``task_args``: :class:`SpeedOptions`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 from benchmark.config import ConfigError, build_run_config, from_dict, model_defaults
 from benchmark.measure.paired import paired_throughput
 from benchmark.measure.run_costs import pick, pixel_batch
+from benchmark.preflight import create_model
 from benchmark.registry import MODELS
 from benchmark.store import dependency_config, ensure_checkpoint, pretrained_of, resolve_run
 from benchmark.tasks.base import TaskContext, TaskEvaluation
@@ -84,10 +87,12 @@ def speed_options(cfg) -> SpeedOptions:
         )
     if options.baseline == cfg.model:
         raise ConfigError(f"task_args.baseline: {cfg.model} against itself measures nothing; name another model")
-    if cfg.size == "full" and not (options.baseline_overrides.get("model_args") or {}).get("pretrained"):
+    given = (options.baseline_overrides.get("model_args") or {}).get("pretrained")
+    if cfg.size == "full" and not given and _family(cfg.model) != _family(options.baseline):
         raise ConfigError(
-            "task speed at size full: task_args.baseline_overrides.model_args.pretrained must name "
-            "the baseline's checkpoint (hub id or local path)"
+            f"task speed at size full: task_args.baseline_overrides.model_args.pretrained must name "
+            f"the baseline's checkpoint (hub id or local path): {options.baseline} does not load "
+            f"{cfg.model}'s (--pretrained)"
         )
     return options
 
@@ -105,7 +110,17 @@ def baseline_config(cfg, options: SpeedOptions):
         "results_dir": cfg.results_dir,
         "train": {"max_epochs": 0},
     }
+    pretrained = cfg.model_args.get("pretrained")
+    if pretrained and _family(cfg.model) == _family(options.baseline):  # e.g. ours timed against BLIP-2
+        own["model_args"] = {"pretrained": pretrained}
     return build_run_config(model_defaults(options.baseline), own, options.baseline_overrides)
+
+
+def _family(model: str) -> str | None:
+    """The pretrained checkpoint family of a registered model (blip2, clip), None if unknown."""
+    from benchmark.reproduce.full import checkpoint_family
+
+    return checkpoint_family(MODELS.get(model).Config) if model in MODELS else None
 
 
 def load_baseline(cfg, options: SpeedOptions, dm, progress: bool):
@@ -119,7 +134,7 @@ def load_baseline(cfg, options: SpeedOptions, dm, progress: bool):
             "trained_this_run": trained,
         }
     parts = resolve_run(bcfg)
-    model = parts.model_cls.create(parts.model_config, bcfg.train.optim, dm.vocabulary_texts())
+    model = create_model(parts.model_cls, parts.model_config, bcfg.train.optim, dm.vocabulary_texts())
     return model, {"model": options.baseline, "pretrained": pretrained_of(parts.model_config)}
 
 

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from benchmark.config import ConfigError, RunConfig, from_dict, stable_hash, to_dict
+from benchmark.preflight import create_model
 from benchmark.registry import MODELS
 from benchmark.store import ensure_checkpoint, resolve_run
 from benchmark.training import save_atomically
@@ -250,7 +251,7 @@ def load_vqa_model(cfg: RunConfig) -> VqaModel:
     options = vqa_options(cfg)
     parts = resolve_run(cfg)
     if cfg.size == "full":
-        return full_size_vqa(parts.model_cls.create(parts.model_config, cfg.train.optim), options)
+        return full_size_vqa(create_model(parts.model_cls, parts.model_config, cfg.train.optim), options)
     ckpt, _ = ensure_checkpoint(cfg, train=False)
     path = vqa_checkpoint_dir(cfg, ckpt, options)
     if not path.exists():

@@ -38,6 +38,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sized
 from pathlib import Path
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.base import collate_indexed
+from datamodules.base import DataError, collate_indexed
 from datamodules.sharding import RankBatches
 from lightning_modules.components.vision_tower import VisionTower
 
@@ -57,6 +58,12 @@ STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _NUMPY = {torch.float32: np.float32, torch.float16: np.float16}
 #: files above this size are memory-mapped instead of read into memory
 DEFAULT_MEMMAP_MIN_BYTES = 1 << 30
+#: free disk kept beyond a feature file's own bytes (its header, the batch logs, the file system's slack)
+SPACE_MARGIN_BYTES = 64 << 20
+
+
+class CacheSpaceError(DataError):
+    """The cache folder's disk cannot hold a feature file; raised before any row is written."""
 
 
 def feature_key(
@@ -104,9 +111,26 @@ class RowWriter:
             done |= {int(line) for line in f.read_text().split() if line.isdigit()}
         return done
 
+    def check_space(self, row_shape: tuple[int, ...]) -> None:
+        """Refuse to start when the disk cannot take the whole array (COCO train at ViT-g is 82 GB
+        in fp16): the file is preallocated sparse, so a full disk would otherwise surface midway
+        (as a crash on a memory-mapped write). A partial array counts with what it already holds."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        need = int(np.prod((self.n_rows, *row_shape))) * np.dtype(_NUMPY[self.dtype]).itemsize
+        if self.tmp.exists():
+            need -= self.tmp.stat().st_blocks * 512
+        free = shutil.disk_usage(self.path.parent).free
+        if need + SPACE_MARGIN_BYTES > free:
+            raise CacheSpaceError(
+                f"feature cache {self.path.parent.name}/: {self.n_rows} images x {list(row_shape)} tokens in "
+                f"{str(self.dtype).removeprefix('torch.')} need {need / 2**30:.2f} GiB more disk, "
+                f"{free / 2**30:.2f} GiB are free: free space there, or point INSTRUCTSEE_CACHE (or --cache-dir) "
+                "at a larger disk"
+            )
+
     def prepare(self, row_shape: tuple[int, ...]) -> bool:
         """Take the lock, then keep a matching partial array or create a new one; True if resumed."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.check_space(row_shape)
         self._lock = os.open(self.path.with_name(f".{self.path.name}.lock"), os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(self._lock, fcntl.LOCK_EX)  # another run extracting this split: wait for it
         shape = (self.n_rows, *row_shape)
