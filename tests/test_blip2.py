@@ -307,6 +307,17 @@ def test_rerank_changes_only_the_top_k_and_keeps_the_rest_in_order(k):
         assert torch.equal(out, itc)
 
 
+def test_a_tie_across_the_kth_place_is_not_rescored():
+    """topk picks tied items in no defined order: re-scoring the picked ones would turn a tie into a
+    win for whichever it picked. The group tied with the best of the rest stays tied, below."""
+    itc = torch.tensor([[0.9, 0.8, 0.8, 0.8, 0.1], [0.9, 0.8, 0.7, 0.6, 0.1]])
+    out = rerank_topk(itc, 2, lambda qi, gi: torch.full((len(qi),), 5.0))
+    assert out[0, 0] == pytest.approx(5.9) and out[0, 1] == out[0, 2] == out[0, 3] > out[0, 4]
+    assert out[1, :2].tolist() == pytest.approx([5.9, 5.8]) and out[1, 2] > out[1, 3] > out[1, 4]  # no tie
+    same = torch.zeros(10, 10)  # every item tied: nothing re-scored, every rank the worst
+    assert torch.equal(rerank_topk(same, 4, lambda qi, gi: torch.randn(len(qi))), same)
+
+
 def test_rerank_adds_the_pair_score_to_the_first_stage():
     itc = torch.tensor([[0.9, 0.1, 0.5, 0.3]])
     out = rerank_topk(itc, 2, lambda qi, gi: torch.where(gi == 0, -1.0, 2.0))

@@ -31,21 +31,29 @@ def former_blockwise(score, queries: Encoded, gallery: Encoded, block: int) -> t
 
 
 def former_rerank(first_stage: torch.Tensor, k: int, pair_scorer, margin: float = 1.0) -> torch.Tensor:
+    """The former code (a clone, a ``[Q, G]`` mask and its masked copy), row by row, with the tie
+    rule of ``rerank_topk``'s docstring: items tied with the best of the rest are not re-scored."""
     q, g = first_stage.shape
     k = min(int(k), g)
     if k <= 0 or q == 0:
         return first_stage.clone()
     top_val, top_idx = first_stage.topk(k, dim=1)
     rows = torch.arange(q)[:, None].expand(q, k).reshape(-1)
-    pair = pair_scorer(rows, top_idx.reshape(-1)).to(first_stage.dtype)
-    rescored = pair.view(q, k) + top_val
+    pair = pair_scorer(rows, top_idx.reshape(-1)).to(first_stage.dtype).view(q, k)
     out = first_stage.clone()
-    if k < g:
-        in_top = torch.zeros_like(first_stage, dtype=torch.bool).scatter_(1, top_idx, True)
-        rest_max = first_stage.masked_fill(in_top, float("-inf")).amax(1, keepdim=True)
-        shift = (rest_max - rescored.amin(1, keepdim=True) + margin).clamp(min=0)
-        out = out - shift
-    out.scatter_(1, top_idx, rescored)
+    if k == g:
+        return out.scatter_(1, top_idx, pair + top_val)
+    in_top = torch.zeros_like(first_stage, dtype=torch.bool).scatter_(1, top_idx, True)
+    for r in range(q):
+        rest = first_stage[r][~in_top[r]]
+        rest_max = math.nan if bool(rest.isnan().any()) else float(rest.max())
+        kept = [j for j in range(k) if float(top_val[r, j]) > rest_max]  # False for NaN on either side
+        rescored = pair[r, kept] + top_val[r, kept]
+        shift = 0.0
+        if kept:
+            shift = torch.clamp(rest_max - rescored.min() + margin, min=0).nan_to_num(nan=0.0)
+        out[r] = first_stage[r] - shift
+        out[r, top_idx[r, kept]] = rescored
     return out
 
 

@@ -201,6 +201,7 @@ def test_tiny_run_records_its_costs(tmp_path):
     assert (tp["batch_size"], tp["warmup_runs"], rec["device"]) == (8, 2, "cpu") and tp["timed_runs"] >= 5
     assert rec["threads"] == tp["torch_threads"] >= 1 and rec["query_throughput"]["gallery_images"] == 24
     assert rec["settings"]["repeats"] == 5 and rec["flops"]["texts"] == 4
+    assert rec["precision"] == {"timed_calls": "32-true", "flops_and_probe": "32-true"}  # tiny: the eval's
     assert "multiply-adds" in rec["flops"]["convention"]
     assert tp["cold_call"].startswith("in process") and r["timings"]["measure_s"] > 0
 
@@ -278,3 +279,15 @@ def test_the_query_time_gallery_is_bounded_at_full_size_and_kept_on_the_host():
     gallery, n = _encode_gallery(Encoder(), batches, 6)
     assert n == 6 and gallery.emb.shape == (6, 2) and gallery.emb.device.type == "cpu"
     assert torch.equal(gallery.emb[4:], torch.tensor([[10.0, 11.0], [12.0, 13.0]]))
+
+
+def test_timed_calls_run_in_the_evaluation_precision():
+    """At full size on a GPU the evaluation runs bf16-mixed: the timed calls run under the same
+    autocast (float32 throughput would misstate what a user's evaluation does)."""
+    from benchmark.measure.run_costs import _autocast
+
+    a = torch.ones(2, 2)
+    with _autocast("bf16-mixed", "cpu"):
+        assert (a @ a).dtype == torch.bfloat16
+    with _autocast("32-true", "cpu"):
+        assert (a @ a).dtype == torch.float32

@@ -17,13 +17,16 @@ pinned (and restored):
   query time: ``score(encode_texts(batch of instructions), encoded test gallery)`` ->
   ``throughput_query_s`` (instructions per second).
 
-Everything the figures depend on (batch sizes, repeats, threads, device, sample, timings of
-the measurement itself) is returned in ``record`` and stored under ``measurement`` in the
+The timed calls run in the evaluation's precision (``eval.precision``: autocast at full size on
+a GPU), the FLOPs count and the probe in float32. Everything the figures depend on (batch sizes,
+repeats, threads, device, precision, sample, timings of the measurement itself) is returned in
+``record`` and stored under ``measurement`` in the
 result file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import threading
 import time
@@ -135,10 +138,13 @@ def measure(
     device: str,
     seed: int,
     full_size: bool = False,
+    precision: str = "32-true",
 ) -> RunCosts:
     """Measure ``model`` on ``eval_set`` (see the module docstring).
 
-    ``full_size``: a full-size run (its query-time gallery defaults to the first
+    ``precision``: the evaluation's (``eval.precision``): the timed calls run under the same
+    autocast (``bf16-mixed`` at full size on a GPU), the FLOPs count and the fresh-process probe
+    in float32; ``full_size``: a full-size run (its query-time gallery defaults to the first
     ``FULL_SIZE_QUERY_GALLERY`` images: :class:`MeasureConfig`);
     ``source(workdir)`` tells the probe how to load the model (None: no probe);
     ``gallery_batches()`` yields ``(index, items)`` batches of the test gallery as the
@@ -158,6 +164,7 @@ def measure(
         seconds: dict[str, float] = {}
         record: dict[str, Any] = {
             "device": device,
+            "precision": {"timed_calls": precision, "flops_and_probe": "32-true"},
             "threads": threads,
             "interop_threads": torch.get_num_interop_threads(),
             "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
@@ -192,14 +199,15 @@ def measure(
 
             t = time.perf_counter()
             batch = batch.to(device)
-            tp = measure_throughput(
-                lambda: model.encode_images(batch),
-                settings.batch_size,
-                device=device,
-                warmup=settings.warmup,
-                runs=settings.repeats,
-                min_time_s=settings.min_time_s,
-            )
+            with _autocast(precision, device):
+                tp = measure_throughput(
+                    lambda: model.encode_images(batch),
+                    settings.batch_size,
+                    device=device,
+                    warmup=settings.warmup,
+                    runs=settings.repeats,
+                    min_time_s=settings.min_time_s,
+                )
             metrics["throughput_img_s"] = tp.items_per_s
             metrics["throughput_cold_s"] = p.cold_first_call_s if probe is not None else tp.cold_first_call_s
             record["throughput"] = tp.to_dict() | {
@@ -213,14 +221,15 @@ def measure(
             gallery, n_gallery = _encode_gallery(model, gallery_batches(), settings.gallery_for(full_size))
             seconds["gallery_encode_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            qt = measure_throughput(
-                lambda: model.score(model.encode_texts(texts), gallery),
-                len(texts),
-                device=device,
-                warmup=settings.warmup,
-                runs=settings.repeats,
-                min_time_s=settings.min_time_s,
-            )
+            with _autocast(precision, device):
+                qt = measure_throughput(
+                    lambda: model.score(model.encode_texts(texts), gallery),
+                    len(texts),
+                    device=device,
+                    warmup=settings.warmup,
+                    runs=settings.repeats,
+                    min_time_s=settings.min_time_s,
+                )
             metrics["throughput_query_s"] = qt.items_per_s
             record["query_throughput"] = qt.to_dict() | {
                 "gallery_images": n_gallery,
@@ -232,6 +241,14 @@ def measure(
     seconds["total_s"] = time.perf_counter() - t0
     record["seconds"] = seconds
     return RunCosts(metrics, record)
+
+
+def _autocast(precision: str, device: str) -> contextlib.AbstractContextManager:
+    """The autocast of a Lightning precision string (none for the true precisions)."""
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def measure_run(cfg, model, model_config, dm, eval_set, *, checkpoint: Path | None, device: str) -> RunCosts:
@@ -246,4 +263,5 @@ def measure_run(cfg, model, model_config, dm, eval_set, *, checkpoint: Path | No
         device=device,
         seed=cfg.seed,
         full_size=cfg.size == "full",
+        precision=cfg.eval_settings()[0],
     )

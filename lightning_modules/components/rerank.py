@@ -66,11 +66,17 @@ def rerank_topk(
     result is written into ``first_stage`` (for a caller that no longer needs it: no second
     ``[Q, G]`` matrix); otherwise into one new matrix.
 
-    Memory: besides the result, ``[Q, k + 1]`` values and indices; no ``[Q, G]`` mask or
-    copy. The largest first-stage score outside a row's top k is the row's (k+1)-th largest
-    value (``topk(k + 1)``), the same number whichever tied items ``topk(k)`` picked (NaN,
-    which ``topk`` ranks first, is outside the top k only when more than k are NaN; then it
-    is the (k+1)-th value too, as the masked maximum was).
+    Ties: the items tied with the row's (k+1)-th first-stage value (``topk(k + 1)``) are not
+    re-scored even where ``topk(k)`` picked some of them (it picks tied items in no defined
+    order): the whole group stays tied, below the re-scored items, so fewer than k are re-scored
+    in that row and a tie never counts in the model's favour. NaN (which ``topk`` ranks first)
+    is never re-scored and stays NaN; a row whose (k+1)-th value is NaN is left as it is.
+
+    Precision: the shift is a float32 subtraction, so two first-stage scores closer than the
+    float32 step at the shifted magnitude (about 1e-6 at a shift of 10) can become tied beyond
+    the top k (a tie counts against the model; R@K up to k is untouched).
+
+    Memory: besides the result, ``[Q, k + 1]`` values and indices; no ``[Q, G]`` mask or copy.
     """
     q, g = first_stage.shape
     k = min(int(k), g)
@@ -99,10 +105,15 @@ def rerank_topk(
         pair = pair[inverse.to(pair.device)]
     rescored = pair.view(q, k) + top_val
     if k < g:
-        # the others keep their order, below every re-scored item of the row
         rest_max = first_stage.topk(k + 1, dim=1).values[:, k:]
-        shift = (rest_max - rescored.amin(1, keepdim=True) + margin).clamp(min=0)
+        # a tie across the k-th place: topk picked some of the tied items, arbitrarily; none of the
+        # group is re-scored (it stays tied, among the rest), so a tie never turns into a win
+        keep = top_val > rest_max
+        lowest = rescored.masked_fill(~keep, float("inf")).amin(1, keepdim=True)
+        # the others keep their order, below every re-scored item of the row
+        shift = (rest_max - lowest + margin).clamp(min=0).nan_to_num(nan=0.0)
         out = first_stage.sub_(shift) if in_place else first_stage - shift
+        rescored = torch.where(keep, rescored, out.gather(1, top_idx))
     else:
         out = first_stage if in_place else first_stage.clone()
     out.scatter_(1, top_idx, rescored)
