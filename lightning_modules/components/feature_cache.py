@@ -122,7 +122,7 @@ class RowWriter:
         free = shutil.disk_usage(self.path.parent).free
         if need + SPACE_MARGIN_BYTES > free:
             raise CacheSpaceError(
-                f"feature cache {self.path.parent.name}/: {self.n_rows} images x {list(row_shape)} tokens in "
+                f"feature cache {self.path.parent}/: {self.n_rows} images x {list(row_shape)} tokens in "
                 f"{str(self.dtype).removeprefix('torch.')} need {need / 2**30:.2f} GiB more disk, "
                 f"{free / 2**30:.2f} GiB are free: free space there, or point INSTRUCTSEE_CACHE (or --cache-dir) "
                 "at a larger disk"
