@@ -50,6 +50,14 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(USAGE_ERROR)
 
 
+def _progress_bars(progress: bool) -> None:
+    """``--no-progress`` also silences transformers' weight-loading bars (Lightning's follow the flag)."""
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 @app.command()
 def run(
     ctx: typer.Context,
@@ -102,6 +110,7 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train (tiny) or load (full) one model, evaluate it on one dataset and task, write one result file."""
+    _progress_bars(progress)
     from benchmark.config import ConfigError
     from benchmark.run_flags import CliConfig
     from benchmark.runner import run as run_one
@@ -397,6 +406,7 @@ def ablate(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Run every arm of an ablation (one result file each), then print its table."""
+    _progress_bars(progress)
     from benchmark.ablate import ablation_table, get, run_ablation
     from benchmark.config import ConfigError
     from benchmark.run_flags import CliConfig

@@ -478,9 +478,7 @@ class IdqFormerRetrieval(Blip2Retrieval):
     ) -> torch.Tensor:
         """ITM logits ``[B, 2]`` of row-paired (image, instruction) at each row's L (module docstring)."""
         out, mask = self.instructed_query_outputs(image_tokens, input_ids, attention_mask, lengths)
-        logits = self.head.itm_head(out)  # [B, n, 2]
-        w = mask.to(logits.dtype)[..., None]
-        return (logits * w).sum(1) / w.sum(1).clamp(min=1)
+        return self.head.itm_average(out, mask)
 
     def vqa_queries(self, images: torch.Tensor, questions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """VQA prefix (``lightning_modules/vqa.py``): the instruction-conditioned outputs of the

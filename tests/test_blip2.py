@@ -307,6 +307,20 @@ def test_rerank_changes_only_the_top_k_and_keeps_the_rest_in_order(k):
         assert torch.equal(out, itc)
 
 
+def test_itm_head_runs_in_float32_under_autocast(clip_dir):
+    """At full size the evaluation runs bf16-mixed: the ITM logits re-ranking adds to the ITC must
+    not be rounded to bf16's 0.03-0.06 steps. The head and the average run in float32."""
+    m = _tiny(clip_dir).eval()
+    h = torch.randn(3, 5, m.head.itm_head.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = m.head.itm_head(h).mean(1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = m.head.itm_average(h)
+            masked = m.head.itm_average(h, torch.tensor([[1, 1, 0, 0, 0]] * 3))
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    assert torch.allclose(masked, m.head.itm_head(h[:, :2]).mean(1), atol=1e-6)
+
+
 def test_a_tie_across_the_kth_place_is_not_rescored():
     """topk picks tied items in no defined order: re-scoring the picked ones would turn a tie into a
     win for whichever it picked. The group tied with the best of the rest stays tied, below."""

@@ -94,7 +94,7 @@ def itm_logits(
         encoder_hidden_states=image_tokens.to(dtype),
         encoder_attention_mask=_mask4d(bias, dtype),
     )
-    return head.itm_head(out.last_hidden_state[:, :n_q, :]).mean(1)
+    return head.itm_average(out.last_hidden_state[:, :n_q, :])
 
 
 def policy_softmax(logits: torch.Tensor, policy: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

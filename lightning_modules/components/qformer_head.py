@@ -176,6 +176,16 @@ class QFormerHead(nn.Module):
             encoder_hidden_states=image_tokens.to(queries.dtype),
             encoder_attention_mask=torch.ones(image_tokens.shape[:2], dtype=torch.long, device=image_tokens.device),
         )
-        logits = self.itm_head(out.last_hidden_state[:, :n_q, :])  # [B, L, 2]
-        w = query_mask.to(logits.dtype)[..., None]
-        return (logits * w).sum(1) / w.sum(1).clamp(min=1)
+        return self.itm_average(out.last_hidden_state[:, :n_q, :], query_mask)
+
+    def itm_average(self, query_outputs: torch.Tensor, query_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """ITM logits ``[B, 2]``: the head on each query output ``[B, n, H]``, averaged over the
+        queries (``query_mask`` ``[B, n]``: those that count). In float32 whatever the autocast: in
+        bf16 a logit of 4-16 has a step of 0.03-0.06, coarser than the ITC differences that
+        re-ranking adds it to (the Q-Former pass before it keeps the run's precision)."""
+        with torch.autocast(device_type=query_outputs.device.type, enabled=False):
+            logits = self.itm_head(query_outputs.float())  # [B, n, 2]
+            if query_mask is None:
+                return logits.mean(1)
+            w = query_mask.to(logits.dtype)[..., None]
+            return (logits * w).sum(1) / w.sum(1).clamp(min=1)
