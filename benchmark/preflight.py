@@ -37,11 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import constants, try_to_load_from_cache
+from huggingface_hub import constants
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from lightning.pytorch.strategies import StrategyRegistry
 
 from benchmark.config import ConfigError, RunConfig, from_dict
+from benchmark.pretrained_record import config_file
 from benchmark.registry import DATASETS, MODELS, TASKS, UnknownNameError
 
 #: a Hugging Face hub id: ``name`` or ``namespace/name``
@@ -97,7 +98,7 @@ def check_pretrained(value: str | None, local_files_only: bool = True) -> None:
         raise ConfigError(
             f"{option}: no such file or folder; expected a local checkpoint folder or a hub id (name or namespace/name)"
         )
-    if local_files_only and not isinstance(try_to_load_from_cache(value, "config.json"), str):
+    if local_files_only and config_file(value) is None:
         raise ConfigError(
             f"{option}: no such local folder, and no hub checkpoint of that id in the Hugging Face cache "
             f"({constants.HF_HUB_CACHE}); nothing is downloaded at run time: download it first "
@@ -115,11 +116,11 @@ def create_model(model_cls: Any, model_config: Any, optim: Any, vocab_texts: Seq
         return model_cls.create(model_config, optim, vocab_texts)
     except Exception as e:
         pretrained = getattr(model_config, "pretrained", None)
-        cause = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}"
         if isinstance(e, ValueError) and "model_args." in str(e):  # an option it refuses, named
             where = f" (with --pretrained {pretrained!r})" if pretrained else ""
             raise ConfigError(f"model {model_cls.__name__}{where}: {e}") from e
         if pretrained:
+            cause = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:300] if str(e).strip() else ''}"
             raise ConfigError(
                 f"model_args.pretrained (--pretrained) {pretrained!r}: a {model_cls.__name__} cannot be built "
                 f"from it ({cause}); expected a checkpoint of that model's architecture (e.g. a "

@@ -82,6 +82,20 @@ def pretrained_of(model_config: Any) -> str | None:
     return model_config.pretrained if isinstance(model_config, PretrainedConfig) else None
 
 
+#: model config class (by module:name) -> checkpoint family; a model's family is its config's
+#: first class (in method resolution order) listed here
+CHECKPOINT_FAMILIES = {"lightning_modules.blip2:Blip2Config": "blip2", "lightning_modules.clip:ClipConfig": "clip"}
+
+
+def checkpoint_family(config_cls: type) -> str | None:
+    """The pretrained checkpoint family (blip2, clip) a model config class loads, None if unknown."""
+    for klass in config_cls.__mro__:
+        family = CHECKPOINT_FAMILIES.get(f"{klass.__module__}:{klass.__qualname__}")
+        if family:
+            return family
+    return None
+
+
 def resolve_run(cfg: RunConfig) -> RunParts:
     """The registered model class, its config from ``model_args`` (size-checked) and the DataModule."""
     model_cls = MODELS.get(cfg.model)

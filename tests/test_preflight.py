@@ -86,6 +86,8 @@ def test_writable_folder_probe_creates_nothing(tmp_path):
 def test_pretrained_paths_and_hub_ids(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
+    from tests.hub_cache import cache_hub_config
+
     check_pretrained(None)
     saved = tmp_path / "saved"
     saved.mkdir()
@@ -104,11 +106,7 @@ def test_pretrained_paths_and_hub_ids(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"no hub checkpoint of that id in the Hugging Face cache.*hf download Org/m"):
         check_pretrained("Org/m")
     check_pretrained("Org/m", local_files_only=False)  # the model may download it: left to the loader
-    snapshot = hub / "models--Org--m" / "snapshots" / "abc123"
-    snapshot.mkdir(parents=True)
-    (snapshot / "config.json").write_text("{}")
-    (hub / "models--Org--m" / "refs").mkdir()
-    (hub / "models--Org--m" / "refs" / "main").write_text("abc123")
+    cache_hub_config(hub, "Org/m", {})
     check_pretrained("Org/m")  # cached: accepted
 
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 
 from benchmark.pretrained_record import pretrained_record
+from tests.hub_cache import cache_hub_config
 
 
 def test_the_record_reads_the_checkpoint_config_from_a_folder_or_the_hub_cache(tmp_path, monkeypatch):
@@ -24,11 +25,7 @@ def test_the_record_reads_the_checkpoint_config_from_a_folder_or_the_hub_cache(t
     hub = tmp_path / "hub"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
     assert pretrained_record("Org/m") == {}  # not cached: nothing to record
-    snapshot = hub / "models--Org--m" / "snapshots" / "abc"
-    snapshot.mkdir(parents=True)
-    (snapshot / "config.json").write_text(json.dumps(config))
-    (hub / "models--Org--m" / "refs").mkdir()
-    (hub / "models--Org--m" / "refs" / "main").write_text("abc")
+    cache_hub_config(hub, "Org/m", config)
     assert pretrained_record("Org/m") == record
     (folder / "config.json").write_text("{truncated")
     assert set(pretrained_record(str(folder))) == {"config_sha256"}  # unreadable: its hash alone

@@ -159,6 +159,17 @@ def measure(
         def rng(purpose: int) -> np.random.Generator:  # one stream per sample: each is the same whatever else runs
             return np.random.default_rng([seed, purpose])
 
+        def timed(call: Callable[[], Any], items: int):  # a throughput figure, in the evaluation's precision
+            with _autocast(precision, device):
+                return measure_throughput(
+                    call,
+                    items,
+                    device=device,
+                    warmup=settings.warmup,
+                    runs=settings.repeats,
+                    min_time_s=settings.min_time_s,
+                )
+
         transform = model.image_transform()
         metrics: dict[str, float] = {}
         seconds: dict[str, float] = {}
@@ -199,15 +210,7 @@ def measure(
 
             t = time.perf_counter()
             batch = batch.to(device)
-            with _autocast(precision, device):
-                tp = measure_throughput(
-                    lambda: model.encode_images(batch),
-                    settings.batch_size,
-                    device=device,
-                    warmup=settings.warmup,
-                    runs=settings.repeats,
-                    min_time_s=settings.min_time_s,
-                )
+            tp = timed(lambda: model.encode_images(batch), settings.batch_size)
             metrics["throughput_img_s"] = tp.items_per_s
             metrics["throughput_cold_s"] = p.cold_first_call_s if probe is not None else tp.cold_first_call_s
             record["throughput"] = tp.to_dict() | {
@@ -221,15 +224,7 @@ def measure(
             gallery, n_gallery = _encode_gallery(model, gallery_batches(), settings.gallery_for(full_size))
             seconds["gallery_encode_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            with _autocast(precision, device):
-                qt = measure_throughput(
-                    lambda: model.score(model.encode_texts(texts), gallery),
-                    len(texts),
-                    device=device,
-                    warmup=settings.warmup,
-                    runs=settings.repeats,
-                    min_time_s=settings.min_time_s,
-                )
+            qt = timed(lambda: model.score(model.encode_texts(texts), gallery), len(texts))
             metrics["throughput_query_s"] = qt.items_per_s
             record["query_throughput"] = qt.to_dict() | {
                 "gallery_images": n_gallery,

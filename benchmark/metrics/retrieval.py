@@ -133,8 +133,8 @@ def _canonical(relevance: Relevance) -> Relevance:
 
 
 def transpose_relevance(relevance: Relevance) -> Relevance:
-    """Vectorised transpose (gallery x queries) of a relevance matrix."""
-    return _csr_from_pairs(relevance.indices, _row_ids(relevance), relevance.n_gallery, relevance.n_queries)
+    """The transpose (gallery x queries, :meth:`Relevance.transpose`) without duplicate entries."""
+    return _canonical(relevance.transpose())
 
 
 def source_relevance(source: np.ndarray | Sequence[int], n_gallery: int) -> Relevance:

@@ -2,7 +2,7 @@
 
 1. One step per (dataset found under DIR, registered model), tag ``default``: the model's
    full-size recipe (``benchmark/configs/models/full/<model>.json``, :func:`model_defaults` at
-   size "full") started from its pretrained checkpoint (:data:`CHECKPOINT_FAMILIES`: a BLIP-2
+   size "full") started from its pretrained checkpoint (:data:`benchmark.store.CHECKPOINT_FAMILIES`: a BLIP-2
    model from ``--pretrained-blip2``, CLIP from ``--pretrained-clip``; loaded from local files
    or the Hugging Face cache only), on the dataset's folder.
 2. One step per arm of every ablation folder (:func:`benchmark.ablation_folders.discover`) on
@@ -33,22 +33,12 @@ from benchmark.reproduce.datasets import FoundDataset, SplitSizes, find_datasets
 from benchmark.reproduce.estimate import CostTable, Estimate, estimate
 from benchmark.reproduce.plan import MODEL_TAG, REPORT, Plan, load_error, refuse_fixed, select, share
 from benchmark.reproduce.steps import BrokenStep, ReportStep, RunStep, SkippedStep, Step
+from benchmark.store import CHECKPOINT_FAMILIES, checkpoint_family
 
 SIZE = "full"
 ABLATION_DATASET = "coco"
 #: checkpoint family -> its default hub id (the run loads it from local files / the HF cache only)
 DEFAULT_CHECKPOINTS = {"blip2": "Salesforce/blip2-itm-vit-g", "clip": "openai/clip-vit-large-patch14"}
-#: model config class (by module:name) -> checkpoint family; a model's family is its config's
-#: first class (in method resolution order) listed here
-CHECKPOINT_FAMILIES = {"lightning_modules.blip2:Blip2Config": "blip2", "lightning_modules.clip:ClipConfig": "clip"}
-
-
-def checkpoint_family(config_cls: type) -> str | None:
-    for klass in config_cls.__mro__:
-        family = CHECKPOINT_FAMILIES.get(f"{klass.__module__}:{klass.__qualname__}")
-        if family:
-            return family
-    return None
 
 
 @dataclass(frozen=True)

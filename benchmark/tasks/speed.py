@@ -31,7 +31,7 @@ from benchmark.measure.paired import paired_throughput
 from benchmark.measure.run_costs import pick, pixel_batch
 from benchmark.preflight import create_model
 from benchmark.registry import MODELS
-from benchmark.store import dependency_config, ensure_checkpoint, pretrained_of, resolve_run
+from benchmark.store import checkpoint_family, dependency_config, ensure_checkpoint, pretrained_of, resolve_run
 from benchmark.tasks.base import TaskContext, TaskEvaluation
 from benchmark.threads import torch_threads
 
@@ -118,8 +118,6 @@ def baseline_config(cfg, options: SpeedOptions):
 
 def _family(model: str) -> str | None:
     """The pretrained checkpoint family of a registered model (blip2, clip), None if unknown."""
-    from benchmark.reproduce.full import checkpoint_family
-
     return checkpoint_family(MODELS.get(model).Config) if model in MODELS else None
 
 
