@@ -10,7 +10,9 @@ under ``"{variant}/{direction}/{metric}"``), each rank scoring its share of the 
 Encoding runs in ``test_step`` and scoring in ``on_test_epoch_end``, both on the Trainer's
 device and under its precision (``eval.precision``). ``gallery_extra`` gives per-image fields
 whole (e.g. the cached vision tokens that re-ranking reads, memory-mapped), instead of
-accumulating and gathering them.
+accumulating and gathering them; ``spill`` keeps the large per-item fields that do arrive with
+the batches (a token-reduction model's reduced tokens) in a file instead of host memory
+(:mod:`benchmark.metrics.spill`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 from benchmark.config import EvalConfig
 from benchmark.metrics import RetrievalMetric
+from benchmark.metrics.spill import SpillConfig
 from datamodules.base import EvalSet
 from lightning_modules.base import RetrievalModel
 from lightning_modules.contract import ExtraDirections, ScoreVariants
@@ -44,6 +47,7 @@ class RetrievalEvaluator(L.LightningModule):
         directions: Sequence[str] | None = None,
         storage_dtype: torch.dtype | None = None,
         gallery_extra: Mapping[str, torch.Tensor] | None = None,
+        spill: SpillConfig | None = None,
     ) -> None:
         super().__init__()
         self.modalities = tuple(modalities)
@@ -64,10 +68,14 @@ class RetrievalEvaluator(L.LightningModule):
             storage_dtype=storage_dtype,
             gallery_extra={"image": dict(gallery_extra)} if gallery_extra else None,
             extra_directions=model.extra_directions if isinstance(model, ExtraDirections) else None,
+            spill=spill,
         )
         self.results: dict[str, float] = {}
         self.per_query: dict[str, np.ndarray] = {}
         self.timings: dict[str, float] = {f"encode_{m}s_s": 0.0 for m in self.modalities}
+
+    def setup(self, stage: str) -> None:
+        self.metric.agree_spill_name()  # every process, once the process group is up
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         index, items = batch

@@ -7,6 +7,10 @@ the queries (91 captions) are NOT divisible by 2 and the test dataloaders get Li
 ``DistributedSampler``, which pads each with one repeated item: the metric must drop it.
 Items are "encoded" by looking up a seeded embedding table by their global index, so the
 numbers cannot depend on the process layout. Rank 0 writes the metrics as JSON.
+
+``--extras``: every image also carries a table row ``tok`` that the score reads (as re-ranking
+reads vision tokens); ``--spill DIR``: that field is spilled to a file in DIR
+(:mod:`benchmark.metrics.spill`) instead of being gathered.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -28,6 +33,7 @@ from benchmark.metrics import (
     source_relevance,
     transpose_relevance,
 )
+from benchmark.metrics.spill import SpillConfig
 from datamodules.base import Relevance
 from lightning_modules.base import Encoded, max_sim
 
@@ -63,6 +69,19 @@ def tables() -> tuple[Encoded, Encoded]:
     return Encoded(images), Encoded(texts, torch.arange(N_CAPTIONS) % 3 + 1)
 
 
+def token_table() -> torch.Tensor:
+    """The images' extra rows ``[37, 4, 6]``."""
+    return torch.randn(N_IMAGES, 4, 6, generator=torch.Generator().manual_seed(99))
+
+
+def reading_score(queries: Encoded, gallery: Encoded) -> torch.Tensor:
+    """max_sim plus a per-image bias read from the gallery's ``tok`` rows (none for texts)."""
+    scores = max_sim(queries, gallery)
+    if gallery.extra:
+        scores = scores + 0.3 * gallery.extra["tok"].float().mean(dim=(1, 2))[None, :]
+    return scores
+
+
 def reference_metrics() -> dict[str, float]:
     """The same numbers from the functional core on full score matrices, without Lightning."""
     es, (img, txt) = eval_set(), tables()
@@ -87,20 +106,32 @@ class Indexed(Dataset):
 
 
 class TableEncoder(L.LightningModule):
-    def __init__(self, out: str) -> None:
+    def __init__(self, out: str, extras: bool = False, spill: str | None = None) -> None:
         super().__init__()
         img, txt = tables()
         self.register_buffer("image_table", img.emb)
         self.register_buffer("text_table", txt.emb)
         self.register_buffer("text_lengths", txt.lengths)
-        self.metric = RetrievalMetric(eval_set(), max_sim, chunk_size=16)
+        self.register_buffer("token_table", token_table())
+        self.extras = extras or spill is not None
+        self.metric = RetrievalMetric(
+            eval_set(),
+            reading_score if self.extras else max_sim,
+            chunk_size=16,
+            spill=SpillConfig(Path(spill), 0) if spill else None,
+        )
+        self.spill = spill
         self.out = out
         self.seen = {"images": 0, "texts": 0}
+
+    def setup(self, stage: str) -> None:
+        self.metric.agree_spill_name()
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         index, item = batch
         if dataloader_idx == 0:
-            self.metric.update_images(index, Encoded(self.image_table[item]))
+            extra = {"tok": self.token_table[item]} if self.extras else None
+            self.metric.update_images(index, Encoded(self.image_table[item], extra=extra))
             self.seen["images"] += len(index)
         else:
             self.metric.update_texts(index, Encoded(self.text_table[item], self.text_lengths[item]))
@@ -119,6 +150,8 @@ class TableEncoder(L.LightningModule):
 
         self.metric._collect = watched  # type: ignore[method-assign]
         metrics = self.metric.compute()
+        spilled = sorted(self.metric._spilled)
+        left = sorted(p.name for p in Path(self.spill).iterdir()) if self.spill else []
         seen = self.all_gather(torch.tensor([self.seen["images"], self.seen["texts"]])).reshape(-1, 2).sum(0)
         if self.trainer.is_global_zero:
             with open(self.out, "w", encoding="utf-8") as f:
@@ -131,6 +164,9 @@ class TableEncoder(L.LightningModule):
                         "t2i_rank": self.metric.per_query["t2i/rank"].tolist(),
                         "text_lengths": self.metric.per_query["text_lengths"].tolist(),
                         "released": released,
+                        "spilled": spilled,
+                        "gathered_states": sorted(self.metric._defaults),
+                        "spill_files_left": left,
                     },
                     f,
                 )
@@ -140,6 +176,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--extras", action="store_true")
+    parser.add_argument("--spill", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     trainer = L.Trainer(
@@ -152,7 +190,7 @@ def main() -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.test(TableEncoder(args.out))
+    trainer.test(TableEncoder(args.out, args.extras, args.spill))
 
 
 if __name__ == "__main__":

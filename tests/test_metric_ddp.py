@@ -22,7 +22,7 @@ ROOT = TESTS.parent
 SCRIPT = TESTS / "ddp_metric_script.py"
 
 
-def run_script(out: Path, devices: int, cwd: Path) -> dict:
+def run_script(out: Path, devices: int, cwd: Path, *flags: str) -> dict:
     env = dict(os.environ)
     env.update(
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])),
@@ -33,7 +33,7 @@ def run_script(out: Path, devices: int, cwd: Path) -> dict:
     )
     env.pop("MASTER_PORT", None)  # Lightning picks a free port
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), "--devices", str(devices)],
+        [sys.executable, str(SCRIPT), str(out), "--devices", str(devices), *flags],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert proc.returncode == 0, f"devices={devices} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -67,3 +67,18 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     assert one["metrics"]["index/bytes"] == script.N_IMAGES * one["metrics"]["index/bytes_per_image"]
     for key, value in reference.items():
         assert one["metrics"][key] == pytest.approx(value), key
+
+
+def test_spilled_extras_under_two_processes_match_one_process_in_memory(tmp_path):
+    """Each rank writes its images' rows into one shared file (no gather); the score reads them."""
+    one = run_script(tmp_path / "one.json", 1, tmp_path, "--extras")
+    spill = tmp_path / "spill"
+    two = run_script(tmp_path / "two.json", 2, tmp_path, "--spill", str(spill))
+    assert one["spilled"] == [] and "image_extra_tok" in one["gathered_states"]
+    assert two["spilled"] == ["image_extra_tok"] and "image_extra_tok" not in two["gathered_states"]
+    assert two["n_duplicates"] == {"images": 1, "texts": 1}
+    assert two["metrics"] == one["metrics"] and two["t2i_rank"] == one["t2i_rank"]
+    assert two["spill_files_left"] == [] and not any(spill.iterdir())  # removed once every rank scored
+    # the rows matter: the plain score gives other numbers
+    plain = run_script(tmp_path / "plain.json", 1, tmp_path)
+    assert plain["metrics"]["t2i/MRR"] != one["metrics"]["t2i/MRR"]

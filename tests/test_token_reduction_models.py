@@ -312,6 +312,11 @@ def test_bench_run_records_the_method_and_the_crossget_mode(tmp_path):
         return json.loads((tmp_path / "results" / f"{model}__synthetic__{tag}.json").read_text())
 
     untrained = run("crossget", 0, "untrained", "--set", "eval.measure=false")
+    # the reduced tokens re-ranking reads, kept in a file instead of memory: the same numbers
+    spilled = run("crossget", 0, "spilled", "--set", "eval.measure=false", "--set", "eval.memmap_min_mb=0")
+    assert spilled["metrics"] == untrained["metrics"] and spilled["per_query"] == untrained["per_query"]
+    assert untrained["metrics"]["index/bytes_per_image"] > 0
+    assert (tmp_path / "cache" / "eval-spill").is_dir() and not any((tmp_path / "cache" / "eval-spill").iterdir())
     trained = run("crossget", 1, "trained")
     assert untrained["method"]["guidance"] == "self-guided" and trained["method"]["guidance"] == "cross-guided"
     assert trained["method"]["r"] == 6 and trained["method"]["output_tokens"] == 13

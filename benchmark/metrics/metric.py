@@ -37,6 +37,7 @@ from benchmark.metrics.retrieval import (
     source_relevance,
     transpose_relevance,
 )
+from benchmark.metrics.spill import SpillConfig, SpilledTable, agreed_name
 from datamodules.base import DIRECTIONS, Relevance
 from lightning_modules.base import Encoded, max_sim
 
@@ -141,6 +142,11 @@ class RetrievalMetric(Metric):
             ``Encoded.extra`` (None: all). Extras of a modality that only serves other
             directions are dropped on update (e.g. the vision tokens of i2i query views, where
             BLIP-2 scores by ITC alone).
+        spill: extra fields whose whole table would reach ``spill.min_bytes`` are written into
+            a file in ``spill.folder`` at the items' global indices instead of host memory, and
+            are not gathered (:mod:`benchmark.metrics.spill`; e.g. a token-reduction model's
+            reduced ViT-g tokens). Under DDP call :meth:`agree_spill_name` on every process
+            before the first update (the evaluator does it in ``setup``).
         kwargs: passed to :class:`torchmetrics.Metric` (``process_group``...).
 
     Feed it with :meth:`update_images` / :meth:`update_texts` (global indices + an
@@ -185,6 +191,7 @@ class RetrievalMetric(Metric):
         storage_dtype: torch.dtype | None = None,
         gallery_extra: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
         extra_directions: Sequence[str] | None = None,
+        spill: SpillConfig | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("dist_sync_fn", gather_to_host)
@@ -250,6 +257,16 @@ class RetrievalMetric(Metric):
         self._expected = {"image": self.n_images, "text": self.n_queries, "query_image": self.n_query_images}
         #: per list state of per-item tensors: (buffer, rows written) -- see :meth:`_append`
         self._state_buffers: dict[str, tuple[torch.Tensor, int]] = {}
+        self.spill = spill
+        self._spill_name: str | None = None
+        #: extra fields kept on disk, by state name ("image_extra_tokens"): see :meth:`_spilled_table`
+        self._spilled: dict[str, SpilledTable] = {}
+
+    def agree_spill_name(self) -> None:
+        """Name this evaluation's spill files, the same on every process (a collective under DDP:
+        every process calls it, before the first update)."""
+        if self.spill is not None:
+            self._spill_name = agreed_name()
 
     # -- accumulation -------------------------------------------------------------------
     def update(self, index: torch.Tensor, enc: Encoded, modality: str) -> None:
@@ -276,6 +293,10 @@ class RetrievalMetric(Metric):
             raise ValueError(f"{modality} batches changed their extra fields: {keys} then {sorted(extra)}")
         for k in sorted(extra):
             name = f"{modality}_extra_{k}"
+            table = self._spilled_table(name, extra[k], modality)
+            if table is not None:
+                table.write(index, extra[k])
+                continue
             if name not in self._defaults:  # extra fields are named by the model: states added on first sight
                 self.add_state(name, default=[], dist_reduce_fx="cat")
             self._append(name, extra[k], modality)
@@ -285,6 +306,27 @@ class RetrievalMetric(Metric):
         getattr(self, f"{modality}_lengths").append(lengths)
         del emb, extra, enc
         release_freed_memory()  # the batches just copied in: not kept mapped by the allocator
+
+    def _spilled_table(self, name: str, batch: torch.Tensor, modality: str) -> SpilledTable | None:
+        """The file-backed table of an extra field whose whole table reaches ``spill.min_bytes``
+        (created on first sight, from the batch's row shape), else None (kept in memory)."""
+        if name in self._spilled:
+            return self._spilled[name]
+        if self.spill is None or name in self._defaults:
+            return None
+        rows = self._expected[modality]
+        dtype = self._stored_dtype(batch)
+        if rows * batch[0].numel() * torch.empty((), dtype=dtype).element_size() < self.spill.min_bytes:
+            return None
+        if self._spill_name is None:
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                raise RuntimeError(
+                    "RetrievalMetric: spilling under DDP needs agree_spill_name() on every process before the first update"
+                )
+            self._spill_name = agreed_name()
+        path = self.spill.folder / f"{self._spill_name}-{name}.bin"
+        self._spilled[name] = SpilledTable(path, rows, tuple(batch.shape[1:]), dtype)
+        return self._spilled[name]
 
     def _stored_dtype(self, t: torch.Tensor) -> torch.dtype:
         """The dtype a state tensor is kept in: floating point in the storage dtype, else its own."""
@@ -312,9 +354,16 @@ class RetrievalMetric(Metric):
         getattr(self, name).append(view)
 
     def reset(self) -> None:
-        """Clear the states and drop the buffers that held them."""
+        """Clear the states and drop the buffers (and spilled tables) that held them."""
         super().reset()
         self._state_buffers = {}
+        self._remove_spilled()
+        self._spilled = {}
+        self._spill_name = None
+
+    def _remove_spilled(self) -> None:
+        for table in self._spilled.values():
+            table.remove()
 
     def update_images(self, index: torch.Tensor, enc: Encoded) -> None:
         self.update(index, enc, "image")
@@ -358,12 +407,22 @@ class RetrievalMetric(Metric):
             return t if in_order else t[keep]
 
         emb, lengths = kept(emb), kept(lengths)
-        extra = {k: kept(joined(getattr(self, f"{modality}_extra_{k}"))) for k in self._extra_keys[modality]}
+        extra: dict[str, torch.Tensor] = {}
+        for k in self._extra_keys[modality]:
+            on_disk = self._spilled.get(f"{modality}_extra_{k}")
+            if on_disk is not None:  # in index order, written by every process: no gather, no sort
+                on_disk.publish()
+                extra[k] = on_disk.table()
+            else:
+                extra[k] = kept(joined(getattr(self, f"{modality}_extra_{k}")))
         if not in_order and self._is_synced:
             # the gathered states (torchmetrics restores this process's own after compute) are now
             # held again in index order: drop them, so a rank keeps the gallery once, not twice,
             # while it scores (under DDP the gathered order is never the index order)
-            for k in ("emb", *(f"extra_{k}" for k in self._extra_keys[modality])):
+            for k in (
+                "emb",
+                *(f"extra_{k}" for k in self._extra_keys[modality] if f"{modality}_extra_{k}" not in self._spilled),
+            ):
                 setattr(self, f"{modality}_{k}", [])
         for k, table in self.gallery_extra.get(modality, {}).items():
             if len(table) != n:
@@ -423,6 +482,7 @@ class RetrievalMetric(Metric):
             metrics["index/bytes"] = int(sum(t.element_size() * t.numel() for t in stored))
             metrics["index/bytes_per_image"] = metrics["index/bytes"] / max(self.n_images, 1)
         self.per_query = per_query
+        self._remove_spilled()  # every process has scored: the last collective above waited for them all
         return metrics
 
 

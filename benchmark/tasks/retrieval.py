@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,6 +12,7 @@ import torch
 from benchmark.config import ConfigError
 from benchmark.evaluation import RetrievalEvaluator
 from benchmark.metrics.qlen import qlen_metrics
+from benchmark.metrics.spill import SpillConfig
 from benchmark.tasks.base import TaskContext, TaskEvaluation
 from lightning_modules.contract import ItemExtra
 
@@ -48,7 +50,8 @@ def evaluated_directions(eval_set, requested: tuple[str, ...]) -> tuple[tuple[st
 def run_evaluator(ctx: TaskContext, eval_set, eval_config, dataloaders, modalities=("image", "text")):
     """``Trainer.test`` of a :class:`~benchmark.evaluation.RetrievalEvaluator` in the run's storage
     dtype, the gallery's cached item table (the model's ``item_extra``, e.g. vision tokens)
-    given whole rather than gathered; the evaluator (``skipped_directions`` set)."""
+    given whole rather than gathered, per-item fields above ``eval.memmap_min_mb`` kept on disk in
+    the cache's ``eval-spill/``; the evaluator (``skipped_directions`` set)."""
     directions, skipped = evaluated_directions(eval_set, tuple(eval_config.directions))
     key = ctx.model.item_extra if isinstance(ctx.model, ItemExtra) else None
     table = ctx.dm.item_table(eval_set.split) if key else None
@@ -60,6 +63,7 @@ def run_evaluator(ctx: TaskContext, eval_set, eval_config, dataloaders, modaliti
         directions=directions,
         storage_dtype=getattr(torch, ctx.cfg.eval_settings()[1]),
         gallery_extra={key: table} if key and table is not None else None,
+        spill=SpillConfig(Path(ctx.cfg.cache_dir) / "eval-spill", int(ctx.cfg.eval.memmap_min_mb * 2**20)),
     )
     ctx.tester.test(evaluator, dataloaders=dataloaders, verbose=False)
     evaluator.skipped_directions = skipped

@@ -1,0 +1,186 @@
+"""Host memory of a token-reduction model's evaluation: reduced tokens in memory vs spilled to disk.
+
+DynamicViT and CrossGET re-rank with reduced ViT-g tokens that reach the metric with every
+encoded batch (no feature cache: they depend on trained parameters). This benchmark feeds a
+:class:`~benchmark.metrics.RetrievalMetric` the way ``RetrievalEvaluator.test_step`` does,
+with ViT-g shapes and random values (ranks are meaningless; memory and time are not): per
+gallery image 32 x 256 ITC embeddings and ``--tokens`` x 1,409 reduced tokens (the last channel
+is the packed attention bias), fp16 as stored at full size; text queries of 256. The score is
+ITC max-sim, then the top ``--k`` of each query re-scored from its items' token rows (what
+re-ranking reads; a mean over the tokens stands in for the ITM pass). Two arms run side by
+side, each in a fresh process: ``memory`` (the field kept in host memory, as below
+``eval.memmap_min_mb``) and ``spill`` (kept in a file, :mod:`benchmark.metrics.spill`).
+Per arm: peak anonymous memory (``RssAnon``, what the process cannot give back), peak
+``VmRSS``, wall time of feeding and of scoring; and whether both arms gave the same ranks.
+
+    python scripts/bench_spill.py --n 4000 --tokens 257 --queries 2000 --k 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmark.metrics import RetrievalMetric  # noqa: E402
+from benchmark.metrics.spill import SpillConfig  # noqa: E402
+from benchmark.rss_sampler import read_rss  # noqa: E402
+from datamodules.base import Relevance  # noqa: E402
+from lightning_modules.base import Encoded, max_sim  # noqa: E402
+
+DIM, QUERY_TOKENS, EMBED = 1409, 32, 256
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=4000, help="gallery images")
+    p.add_argument("--tokens", type=int, default=257, help="reduced tokens per image (257: none dropped)")
+    p.add_argument("--queries", type=int, default=2000, help="text queries (t2i only)")
+    p.add_argument("--k", type=int, default=16, help="items re-scored per query from their token rows")
+    p.add_argument("--batch", type=int, default=256, help="gallery items per update")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--arm", choices=["memory", "spill"], help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    for name, lo in (("n", 1), ("tokens", 1), ("queries", 1), ("k", 1), ("batch", 1), ("threads", 1)):
+        if getattr(args, name) < lo:
+            p.error(f"--{name} must be >= {lo}")
+    return args
+
+
+class Peaks:
+    """Largest ``RssAnon`` and ``VmRSS`` seen, sampled every 20 ms in a thread."""
+
+    def __init__(self) -> None:
+        self.anon = self.rss = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.sample()
+
+    def sample(self) -> None:
+        r = read_rss()
+        self.anon, self.rss = max(self.anon, r.get("anon_bytes", 0)), max(self.rss, r.get("rss_bytes", 0))
+
+    def __enter__(self) -> Peaks:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+class EvalSet:
+    def __init__(self, n: int, q: int) -> None:
+        self.n_images, self.n_queries, self.source = n, q, None
+        self.relevance = {"t2i": Relevance.from_lists([[i % n] for i in range(q)], n)}
+
+
+def rerank_score(k: int):
+    def score(queries: Encoded, gallery: Encoded) -> torch.Tensor:
+        scores = max_sim(queries, gallery).float()
+        top = scores.topk(min(k, scores.shape[1]), dim=1).indices
+        flat = top.flatten()
+        bonus = torch.empty(len(flat))
+        for lo in range(0, len(flat), 128):  # what re-ranking reads, one ITM batch of token rows at a time
+            bonus[lo : lo + 128] = gallery.extra["tokens"][flat[lo : lo + 128]].float().mean(dim=(1, 2))
+        return scores.scatter_add(1, top, 1e-3 * bonus.reshape(top.shape))
+
+    return score
+
+
+def arm(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        spill = SpillConfig(Path(tmp), 0) if args.arm == "spill" else None
+        metric = RetrievalMetric(
+            EvalSet(args.n, args.queries),
+            rerank_score(args.k),
+            directions=("t2i",),
+            storage_dtype=torch.float16,
+            spill=spill,
+        )
+        before = read_rss()
+        with Peaks() as peaks:
+            start = time.perf_counter()
+            for lo in range(0, args.n, args.batch):
+                hi = min(args.n, lo + args.batch)
+                emb = torch.nn.functional.normalize(torch.randn(hi - lo, QUERY_TOKENS, EMBED, generator=g), dim=-1)
+                tokens = torch.randn(hi - lo, args.tokens, DIM, generator=g)
+                metric.update(torch.arange(lo, hi), Encoded(emb, extra={"tokens": tokens}), "image")
+            texts = torch.nn.functional.normalize(torch.randn(args.queries, EMBED, generator=g), dim=-1)
+            metric.update(torch.arange(args.queries), Encoded(texts), "text")
+            fed = time.perf_counter() - start
+            start = time.perf_counter()
+            metrics = metric.compute()
+            scored = time.perf_counter() - start
+        np.save(args.out.with_suffix(".npy"), metric.per_query["t2i/rank"])
+    return {
+        "arm": args.arm,
+        "peak_anon_bytes": peaks.anon,
+        "peak_rss_bytes": peaks.rss,
+        "anon_before_bytes": before.get("anon_bytes", 0),
+        "feed_s": fed,
+        "score_s": scored,
+        "index_bytes": metrics["index/bytes"],
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.arm:
+        args.out.write_text(json.dumps(arm(args)))
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("memory", "spill"):
+            out = Path(tmp) / f"{name}.json"
+            cmd = [
+                sys.executable,
+                __file__,
+                *(argv if argv is not None else sys.argv[1:]),
+                "--arm",
+                name,
+                "--out",
+                str(out),
+            ]
+            subprocess.run(cmd, check=True)
+            rows.append(json.loads(out.read_text()) | {"rank": np.load(out.with_suffix(".npy"))})
+    gib = 2**30
+    table_gib = args.n * args.tokens * DIM * 2 / gib
+    print(f"gallery {args.n} images x {args.tokens} x {DIM} fp16 tokens = {table_gib:.2f} GiB; "
+          f"{args.queries} queries, top {args.k} re-scored; {args.threads} threads")  # fmt: skip
+    print(
+        "| arm | RssAnon before GiB | peak RssAnon GiB | growth GiB | peak VmRSS GiB | feed s | score s | index GiB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        r["growth"] = r["peak_anon_bytes"] - r["anon_before_bytes"]
+        print(f"| {r['arm']} | {r['anon_before_bytes'] / gib:.2f} | {r['peak_anon_bytes'] / gib:.2f} | "
+              f"{r['growth'] / gib:.2f} | {r['peak_rss_bytes'] / gib:.2f} | {r['feed_s']:.1f} | "
+              f"{r['score_s']:.2f} | {r['index_bytes'] / gib:.2f} |")  # fmt: skip
+    mem, sp = rows
+    print(f"RssAnon growth spill / memory: {sp['growth'] / mem['growth']:.3f}; "
+          f"score time spill / memory: {sp['score_s'] / mem['score_s']:.2f}; "
+          f"same ranks: {np.array_equal(mem['rank'], sp['rank'])}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

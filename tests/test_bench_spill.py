@@ -1,0 +1,23 @@
+"""``scripts/bench_spill.py`` runs both arms side by side and reports their memory and ranks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.script_modules import load_script
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_spill.py"
+
+
+def test_both_arms_run_and_give_the_same_ranks(capsys):
+    load_script(SCRIPT).main(["--n", "300", "--tokens", "9", "--queries", "50", "--k", "4", "--batch", "64"])
+    out = capsys.readouterr().out
+    assert "| memory |" in out and "| spill |" in out
+    assert "same ranks: True" in out
+
+
+def test_bounds_are_checked():
+    with pytest.raises(SystemExit):
+        load_script(SCRIPT).parse_args(["--k", "0"])
