@@ -153,8 +153,8 @@ class EvalConfig:
     storage_dtype: dtype of the stored gallery (embeddings, cached vision tokens); None =
         "float16" at full size, "float32" at tiny size.
     memmap_min_mb: cached vision-token files larger than this are memory-mapped from disk
-        instead of read into memory, and per-item fields of the evaluation (a token-reduction
-        model's reduced tokens) whose table reaches it are kept in a file in the cache.
+        instead of read into memory, and per-item tables of the evaluation (embeddings, a
+        token-reduction model's reduced tokens) that reach it are kept in files in the cache.
     """
 
     directions: tuple[str, ...] = DIRECTIONS

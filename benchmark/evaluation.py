@@ -75,7 +75,8 @@ class RetrievalEvaluator(L.LightningModule):
         self.timings: dict[str, float] = {f"encode_{m}s_s": 0.0 for m in self.modalities}
 
     def setup(self, stage: str) -> None:
-        self.metric.agree_spill_name()  # every process, once the process group is up
+        # every process, once the process group is up
+        self.metric.agree_spill_name(several_machines=self.trainer.num_nodes > 1)
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         index, items = batch

@@ -1,4 +1,4 @@
-"""Host memory of a token-reduction model's evaluation: reduced tokens in memory vs spilled to disk.
+"""Host memory of the evaluation's gallery tables (embeddings, reduced tokens): in memory vs spilled to disk.
 
 DynamicViT and CrossGET re-rank with reduced ViT-g tokens that reach the metric with every
 encoded batch (no feature cache: they depend on trained parameters). This benchmark feeds a
@@ -6,10 +6,12 @@ encoded batch (no feature cache: they depend on trained parameters). This benchm
 with ViT-g shapes and random values (ranks are meaningless; memory and time are not): per
 gallery image 32 x 256 ITC embeddings and ``--tokens`` x 1,409 reduced tokens (the last channel
 is the packed attention bias), fp16 as stored at full size; text queries of 256. The score is
-ITC max-sim, then the top ``--k`` of each query re-scored from its items' token rows (what
-re-ranking reads; a mean over the tokens stands in for the ITM pass). Two arms run side by
-side, each in a fresh process: ``memory`` (the field kept in host memory, as below
-``eval.memmap_min_mb``) and ``spill`` (kept in a file, :mod:`benchmark.metrics.spill`).
+ITC max-sim (the models' block-wise first stage), then the top ``--k`` of each query re-scored
+from its items' token rows (what re-ranking reads; a mean over the tokens stands in for the ITM
+pass). Two arms run side by
+side, each in a fresh process: ``memory`` (the fields kept in host memory, as below
+``eval.memmap_min_mb``) and ``spill`` (every per-item field -- embeddings, tokens -- in a file,
+:mod:`benchmark.metrics.spill`).
 Per arm: peak anonymous memory (``RssAnon``, what the process cannot give back), peak
 ``VmRSS``, wall time of feeding and of scoring; and whether both arms gave the same ranks.
 
@@ -38,7 +40,7 @@ from benchmark.metrics import RetrievalMetric  # noqa: E402
 from benchmark.metrics.spill import SpillConfig  # noqa: E402
 from benchmark.rss_sampler import read_rss  # noqa: E402
 from datamodules.base import Relevance  # noqa: E402
-from lightning_modules.base import Encoded, max_sim  # noqa: E402
+from lightning_modules.base import Encoded, blockwise_over_gallery, max_sim  # noqa: E402
 
 DIM, QUERY_TOKENS, EMBED = 1409, 32, 256
 
@@ -46,7 +48,13 @@ DIM, QUERY_TOKENS, EMBED = 1409, 32, 256
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=4000, help="gallery images")
-    p.add_argument("--tokens", type=int, default=257, help="reduced tokens per image (257: none dropped)")
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=257,
+        help="reduced tokens per image (257: none dropped; 0: none, as BLIP-2's "
+        "gallery, whose tokens come from the feature cache)",
+    )
     p.add_argument("--queries", type=int, default=2000, help="text queries (t2i only)")
     p.add_argument("--k", type=int, default=16, help="items re-scored per query from their token rows")
     p.add_argument("--batch", type=int, default=256, help="gallery items per update")
@@ -54,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arm", choices=["memory", "spill"], help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    for name, lo in (("n", 1), ("tokens", 1), ("queries", 1), ("k", 1), ("batch", 1), ("threads", 1)):
+    for name, lo in (("n", 1), ("tokens", 0), ("queries", 1), ("k", 1), ("batch", 1), ("threads", 1)):
         if getattr(args, name) < lo:
             p.error(f"--{name} must be >= {lo}")
     return args
@@ -94,7 +102,9 @@ class EvalSet:
 
 def rerank_score(k: int):
     def score(queries: Encoded, gallery: Encoded) -> torch.Tensor:
-        scores = max_sim(queries, gallery).float()
+        scores = blockwise_over_gallery(max_sim, queries, gallery, "cpu")  # as the models' first stage
+        if not gallery.extra:
+            return scores
         top = scores.topk(min(k, scores.shape[1]), dim=1).indices
         flat = top.flatten()
         bonus = torch.empty(len(flat))
@@ -123,8 +133,8 @@ def arm(args: argparse.Namespace) -> dict:
             for lo in range(0, args.n, args.batch):
                 hi = min(args.n, lo + args.batch)
                 emb = torch.nn.functional.normalize(torch.randn(hi - lo, QUERY_TOKENS, EMBED, generator=g), dim=-1)
-                tokens = torch.randn(hi - lo, args.tokens, DIM, generator=g)
-                metric.update(torch.arange(lo, hi), Encoded(emb, extra={"tokens": tokens}), "image")
+                extra = {"tokens": torch.randn(hi - lo, args.tokens, DIM, generator=g)} if args.tokens else None
+                metric.update(torch.arange(lo, hi), Encoded(emb, extra=extra), "image")
             texts = torch.nn.functional.normalize(torch.randn(args.queries, EMBED, generator=g), dim=-1)
             metric.update(torch.arange(args.queries), Encoded(texts), "text")
             fed = time.perf_counter() - start
@@ -165,7 +175,9 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(json.loads(out.read_text()) | {"rank": np.load(out.with_suffix(".npy"))})
     gib = 2**30
     table_gib = args.n * args.tokens * DIM * 2 / gib
-    print(f"gallery {args.n} images x {args.tokens} x {DIM} fp16 tokens = {table_gib:.2f} GiB; "
+    emb_gib = args.n * QUERY_TOKENS * EMBED * 2 / gib
+    print(f"gallery {args.n} images: {QUERY_TOKENS} x {EMBED} fp16 embeddings = {emb_gib:.2f} GiB, {args.tokens} x {DIM} "
+          f"fp16 tokens = {table_gib:.2f} GiB; "
           f"{args.queries} queries, top {args.k} re-scored; {args.threads} threads")  # fmt: skip
     print(
         "| arm | RssAnon before GiB | peak RssAnon GiB | growth GiB | peak VmRSS GiB | feed s | score s | index GiB |"

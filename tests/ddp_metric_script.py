@@ -10,7 +10,8 @@ numbers cannot depend on the process layout. Rank 0 writes the metrics as JSON.
 
 ``--extras``: every image also carries a table row ``tok`` that the score reads (as re-ranking
 reads vision tokens); ``--spill DIR``: that field is spilled to a file in DIR
-(:mod:`benchmark.metrics.spill`) instead of being gathered.
+(:mod:`benchmark.metrics.spill`) instead of being gathered; ``--several-machines``: with the
+protocol of ranks on several machines (page-aligned rows, flushes, done-files).
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def tables() -> tuple[Encoded, Encoded]:
 
 
 def token_table() -> torch.Tensor:
-    """The images' extra rows ``[37, 4, 6]``."""
-    return torch.randn(N_IMAGES, 4, 6, generator=torch.Generator().manual_seed(99))
+    """The images' extra rows ``[37, 16, 64]`` (float32: one page each, so that they spill page-aligned too)."""
+    return torch.randn(N_IMAGES, 16, 64, generator=torch.Generator().manual_seed(99))
 
 
 def reading_score(queries: Encoded, gallery: Encoded) -> torch.Tensor:
@@ -106,7 +107,7 @@ class Indexed(Dataset):
 
 
 class TableEncoder(L.LightningModule):
-    def __init__(self, out: str, extras: bool = False, spill: str | None = None) -> None:
+    def __init__(self, out: str, extras: bool = False, spill: str | None = None, machines: bool = False) -> None:
         super().__init__()
         img, txt = tables()
         self.register_buffer("image_table", img.emb)
@@ -120,12 +121,12 @@ class TableEncoder(L.LightningModule):
             chunk_size=16,
             spill=SpillConfig(Path(spill), 0) if spill else None,
         )
-        self.spill = spill
+        self.spill, self.machines = spill, machines
         self.out = out
         self.seen = {"images": 0, "texts": 0}
 
     def setup(self, stage: str) -> None:
-        self.metric.agree_spill_name()
+        self.metric.agree_spill_name(several_machines=self.machines)
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         index, item = batch
@@ -178,6 +179,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--extras", action="store_true")
     parser.add_argument("--spill", default=None)
+    parser.add_argument("--several-machines", action="store_true", help="spill as if the ranks were on two machines")
     args = parser.parse_args()
     torch.set_num_threads(1)
     trainer = L.Trainer(
@@ -190,7 +192,7 @@ def main() -> None:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.test(TableEncoder(args.out, args.extras, args.spill))
+    trainer.test(TableEncoder(args.out, args.extras, args.spill, args.several_machines))
 
 
 if __name__ == "__main__":

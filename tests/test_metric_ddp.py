@@ -75,10 +75,16 @@ def test_spilled_extras_under_two_processes_match_one_process_in_memory(tmp_path
     spill = tmp_path / "spill"
     two = run_script(tmp_path / "two.json", 2, tmp_path, "--spill", str(spill))
     assert one["spilled"] == [] and "image_extra_tok" in one["gathered_states"]
-    assert two["spilled"] == ["image_extra_tok"] and "image_extra_tok" not in two["gathered_states"]
+    assert two["spilled"] == ["image_emb", "image_extra_tok", "text_emb"]
+    assert "image_extra_tok" not in two["gathered_states"]
     assert two["n_duplicates"] == {"images": 1, "texts": 1}
     assert two["metrics"] == one["metrics"] and two["t2i_rank"] == one["t2i_rank"]
     assert two["spill_files_left"] == [] and not any(spill.iterdir())  # removed once every rank scored
+    # as if on two machines: page-aligned rows, flushed, done-files checked; embeddings (far below a
+    # page) stay gathered
+    machines = run_script(tmp_path / "machines.json", 2, tmp_path, "--spill", str(spill), "--several-machines")
+    assert machines["spilled"] == ["image_extra_tok"]
+    assert machines["metrics"] == one["metrics"] and not any(spill.iterdir())
     # the rows matter: the plain score gives other numbers
     plain = run_script(tmp_path / "plain.json", 1, tmp_path)
     assert plain["metrics"]["t2i/MRR"] != one["metrics"]["t2i/MRR"]

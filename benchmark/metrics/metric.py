@@ -37,7 +37,7 @@ from benchmark.metrics.retrieval import (
     source_relevance,
     transpose_relevance,
 )
-from benchmark.metrics.spill import SpillConfig, SpilledTable, agreed_name
+from benchmark.metrics.spill import SpillConfig, SpilledTable, agreed_layout, sweep_stale
 from datamodules.base import DIRECTIONS, Relevance
 from lightning_modules.base import Encoded, max_sim
 
@@ -142,11 +142,12 @@ class RetrievalMetric(Metric):
             ``Encoded.extra`` (None: all). Extras of a modality that only serves other
             directions are dropped on update (e.g. the vision tokens of i2i query views, where
             BLIP-2 scores by ITC alone).
-        spill: extra fields whose whole table would reach ``spill.min_bytes`` are written into
-            a file in ``spill.folder`` at the items' global indices instead of host memory, and
-            are not gathered (:mod:`benchmark.metrics.spill`; e.g. a token-reduction model's
-            reduced ViT-g tokens). Under DDP call :meth:`agree_spill_name` on every process
-            before the first update (the evaluator does it in ``setup``).
+        spill: per-item fields (embeddings, extras) whose whole table would reach
+            ``spill.min_bytes`` are written into a file in ``spill.folder`` at the items' global
+            indices instead of host memory, and are not gathered (:mod:`benchmark.metrics.spill`;
+            e.g. a token-reduction model's reduced ViT-g tokens, a 1M-image gallery's
+            embeddings). Under DDP call :meth:`agree_spill_name` on every process before the
+            first update (the evaluator does it in ``setup``).
         kwargs: passed to :class:`torchmetrics.Metric` (``process_group``...).
 
     Feed it with :meth:`update_images` / :meth:`update_texts` (global indices + an
@@ -259,14 +260,21 @@ class RetrievalMetric(Metric):
         self._state_buffers: dict[str, tuple[torch.Tensor, int]] = {}
         self.spill = spill
         self._spill_name: str | None = None
-        #: extra fields kept on disk, by state name ("image_extra_tokens"): see :meth:`_spilled_table`
+        #: whether spilled rows start on page boundaries (the processes span several machines)
+        self._several_machines = False
+        #: fields kept on disk, by state name ("image_emb", "image_extra_tokens"): see :meth:`_spilled_table`
         self._spilled: dict[str, SpilledTable] = {}
 
-    def agree_spill_name(self) -> None:
-        """Name this evaluation's spill files, the same on every process (a collective under DDP:
-        every process calls it, before the first update)."""
-        if self.spill is not None:
-            self._spill_name = agreed_name()
+    def agree_spill_name(self, several_machines: bool = False) -> None:
+        """Name this evaluation's spill files, the same on every process, and learn whether the
+        processes span machines (``several_machines``, e.g. the trainer's ``num_nodes > 1``, or
+        their host names differ); collectives under DDP: every process calls it, before the first
+        update. The first process also removes the files of dead evaluations."""
+        if self.spill is None:
+            return
+        self._spill_name, self._several_machines = agreed_layout(several_machines)
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+            sweep_stale(self.spill.folder)
 
     # -- accumulation -------------------------------------------------------------------
     def update(self, index: torch.Tensor, enc: Encoded, modality: str) -> None:
@@ -277,6 +285,7 @@ class RetrievalMetric(Metric):
         if len(index) != len(enc):
             raise ValueError(f"{len(index)} indices for {len(enc)} encoded {modality}s")
         emb = enc.emb.detach()
+        first = not getattr(self, f"{modality}_index")
         stored: list[torch.Tensor] = getattr(self, f"{modality}_emb")
         if stored and stored[0].shape[1:] != emb.shape[1:]:
             raise ValueError(
@@ -289,7 +298,7 @@ class RetrievalMetric(Metric):
         kept = enc.extra if modality in self.extra_modalities else None
         extra = {k: v.detach() for k, v in (kept or {}).items() if k not in given}
         keys = self._extra_keys[modality]
-        if stored and sorted(extra) != keys:
+        if not first and sorted(extra) != keys:
             raise ValueError(f"{modality} batches changed their extra fields: {keys} then {sorted(extra)}")
         for k in sorted(extra):
             name = f"{modality}_extra_{k}"
@@ -302,30 +311,41 @@ class RetrievalMetric(Metric):
             self._append(name, extra[k], modality)
         self._extra_keys[modality] = sorted(extra)
         getattr(self, f"{modality}_index").append(index)
-        self._append(f"{modality}_emb", emb, modality)
+        table = self._spilled_table(f"{modality}_emb", emb, modality)
+        if table is not None:
+            table.write(index, emb)
+        else:
+            self._append(f"{modality}_emb", emb, modality)
         getattr(self, f"{modality}_lengths").append(lengths)
         del emb, extra, enc
         release_freed_memory()  # the batches just copied in: not kept mapped by the allocator
 
     def _spilled_table(self, name: str, batch: torch.Tensor, modality: str) -> SpilledTable | None:
-        """The file-backed table of an extra field whose whole table reaches ``spill.min_bytes``
-        (created on first sight, from the batch's row shape), else None (kept in memory)."""
+        """The file-backed table of the field ``name`` when its whole table reaches
+        ``spill.min_bytes`` (created on first sight, from the batch's row shape), else None (kept
+        in memory). With page-aligned rows (processes on several machines) a field whose rows
+        would more than double (e.g. 512-byte text embeddings) stays in memory."""
         if name in self._spilled:
             return self._spilled[name]
-        if self.spill is None or name in self._defaults:
+        if self.spill is None or getattr(self, name, None):  # a field that started in memory stays there
             return None
         rows = self._expected[modality]
         dtype = self._stored_dtype(batch)
-        if rows * batch[0].numel() * torch.empty((), dtype=dtype).element_size() < self.spill.min_bytes:
+        row_bytes = batch[0].numel() * torch.empty((), dtype=dtype).element_size()
+        if rows * row_bytes < self.spill.min_bytes:
+            return None
+        if self._several_machines and SpilledTable.row_stride_bytes(row_bytes, aligned=True) > 2 * row_bytes:
             return None
         if self._spill_name is None:
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 raise RuntimeError(
                     "RetrievalMetric: spilling under DDP needs agree_spill_name() on every process before the first update"
                 )
-            self._spill_name = agreed_name()
+            self._spill_name, self._several_machines = agreed_layout()
         path = self.spill.folder / f"{self._spill_name}-{name}.bin"
-        self._spilled[name] = SpilledTable(path, rows, tuple(batch.shape[1:]), dtype)
+        self._spilled[name] = SpilledTable(
+            path, rows, tuple(batch.shape[1:]), dtype, several_machines=self._several_machines
+        )
         return self._spilled[name]
 
     def _stored_dtype(self, t: torch.Tensor) -> torch.dtype:
@@ -382,7 +402,6 @@ class RetrievalMetric(Metric):
         if isinstance(index_state, list) and not index_state:
             raise RuntimeError(f"RetrievalMetric: no {modality}s were given (call update_{modality}s first)")
         index = dim_zero_cat(index_state).long()
-        emb = joined(getattr(self, f"{modality}_emb"))
         lengths = dim_zero_cat(getattr(self, f"{modality}_lengths")).long()
         order = torch.argsort(index, stable=True)
         sorted_index = index[order]
@@ -406,24 +425,24 @@ class RetrievalMetric(Metric):
         def kept(t: torch.Tensor) -> torch.Tensor:  # items already in index order, none repeated: no copy
             return t if in_order else t[keep]
 
-        emb, lengths = kept(emb), kept(lengths)
-        extra: dict[str, torch.Tensor] = {}
-        for k in self._extra_keys[modality]:
-            on_disk = self._spilled.get(f"{modality}_extra_{k}")
+        def field(name: str) -> torch.Tensor:
+            on_disk = self._spilled.get(name)
             if on_disk is not None:  # in index order, written by every process: no gather, no sort
                 on_disk.publish()
-                extra[k] = on_disk.table()
-            else:
-                extra[k] = kept(joined(getattr(self, f"{modality}_extra_{k}")))
+                return on_disk.table()
+            return kept(joined(getattr(self, name)))
+
+        lengths = kept(lengths)
+        names = [f"{modality}_emb", *(f"{modality}_extra_{k}" for k in self._extra_keys[modality])]
+        emb, *extras = [field(name) for name in names]
+        extra = dict(zip(self._extra_keys[modality], extras, strict=True))
         if not in_order and self._is_synced:
             # the gathered states (torchmetrics restores this process's own after compute) are now
             # held again in index order: drop them, so a rank keeps the gallery once, not twice,
             # while it scores (under DDP the gathered order is never the index order)
-            for k in (
-                "emb",
-                *(f"extra_{k}" for k in self._extra_keys[modality] if f"{modality}_extra_{k}" not in self._spilled),
-            ):
-                setattr(self, f"{modality}_{k}", [])
+            for name in names:
+                if name not in self._spilled:
+                    setattr(self, name, [])
         for k, table in self.gallery_extra.get(modality, {}).items():
             if len(table) != n:
                 raise ValueError(
