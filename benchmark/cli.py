@@ -74,7 +74,10 @@ def run(
     ] = "default",
     task: Annotated[str, typer.Option(help=f"Task: {', '.join(TASKS.names())}.")] = "retrieval",
     seed: Annotated[int, typer.Option(help="Seed for data generation, training and evaluation.")] = 0,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs (0 = evaluate as is).")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Training epochs (0 = evaluate as is); the models it starts from keep their own."),
+    ] = None,
     data_root: Annotated[
         Path | None, typer.Option(help="Dataset folder (default: $INSTRUCTSEE_DATA_ROOT/<dataset>).")
     ] = None,

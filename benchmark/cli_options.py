@@ -20,7 +20,10 @@ PretrainedOption = Annotated[str | None, typer.Option(help="Hub id or local path
 
 # the commands of the feedback loop (feedback, serve): one model, one run config
 SizeOption = Annotated[str, typer.Option(help="tiny (trained here) or full (pretrained checkpoint).")]
-ModelEpochsOption = Annotated[int | None, typer.Option(help="Training epochs of the model (0 = as is).")]
+ModelEpochsOption = Annotated[
+    int | None,
+    typer.Option(help="Training epochs of the model (0 = as is); the models it starts from keep their own."),
+]
 RunConfigFileOption = Annotated[Path | None, typer.Option(help="JSON file of run-config overrides.")]
 RunSetOption = Annotated[list[str] | None, typer.Option("--set", help="Run-config override KEY.PATH=VALUE.")]
 FeedbackSetOption = Annotated[

@@ -442,7 +442,8 @@ _KEY_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def parse_set(assignments: list[str], option: str = "--set") -> dict:
     """``["train.max_epochs=3", "model_args.width=64"]`` -> nested dict. A value is parsed as
     JSON (with :func:`datamodules.safe_json.loads_json`'s bounds) and taken as a plain string when
-    it is not JSON (``model_args.pretrained=/x/y``). A later assignment of the same key wins; a
+    it is not JSON (``model_args.pretrained=/x/y``), unless it starts like a JSON object or list
+    (``{``, ``[``): then the JSON error is the message. A later assignment of the same key wins; a
     key that is both given a value and used as a section (``train=3`` and ``train.max_epochs=2``)
     is refused."""
     out: dict = {}
@@ -458,7 +459,7 @@ def parse_set(assignments: list[str], option: str = "--set") -> dict:
         try:
             value = loads_json(raw, f"{option} {key}")
         except JsonReadError as e:
-            if not e.syntax:
+            if not e.syntax or raw.lstrip().startswith(("{", "[")):  # an object or a list that does not parse
                 raise ConfigError(str(e)) from None
             value = raw
         node = out

@@ -285,11 +285,15 @@ def inherited_settings_note(cfg: RunConfig) -> str:
     return f"; inherited from this run: {', '.join(changed)}" if changed else ""
 
 
+class MissingCheckpointError(ConfigError):
+    """The cached checkpoint a run needs is not there and may not be trained now (``train=False``)."""
+
+
 def ensure_checkpoint(
     cfg: RunConfig, *, progress: bool = False, train: bool = True, announce: str | None = None
 ) -> tuple[Path, bool]:
     """The cached checkpoint of ``cfg``'s training, trained (and cached) now if absent
-    (``train=False``: absent is a :class:`ConfigError` naming the run that trains it).
+    (``train=False``: absent is a :class:`MissingCheckpointError` naming the run that trains it).
     ``announce``: before training, say on stderr what is trained and why (e.g. a dependency)."""
     if cfg.train.max_epochs < 1:
         raise ConfigError(f"a dependency ({cfg.model}) must be trained: train.max_epochs must be >= 1")
@@ -299,7 +303,7 @@ def ensure_checkpoint(
     if ckpt.exists():
         return ckpt, False
     if not train:
-        raise ConfigError(
+        raise MissingCheckpointError(
             f"no trained {cfg.model} checkpoint for this config in {Path(cfg.cache_dir) / 'checkpoints'} "
             f"(run `bench run --model {cfg.model} --dataset {cfg.dataset} --seed {cfg.seed}` first)"
         )

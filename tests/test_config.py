@@ -53,6 +53,11 @@ def test_parse_set_and_files(tmp_path):
     }
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_set(["train.max_epochs"])
+    # a value that starts like a JSON object or list must parse: its JSON error is the message
+    for raw in ("{bad json", " [1, 2"):
+        with pytest.raises(ConfigError, match="--set data.options: not valid JSON"):
+            parse_set([f"data.options={raw}"])
+    assert parse_set(["model_args.pretrained=a{b"]) == {"model_args": {"pretrained": "a{b"}}
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ConfigError, match="bad.json: not valid JSON"):

@@ -94,11 +94,27 @@ def small_cache(small_root) -> Path:
 def test_options_defaults_and_unknown_key():
     opts = SyntheticOptions.from_mapping({})
     assert (opts.n_train, opts.n_val, opts.n_test, opts.image_size, opts.seed) == (4000, 500, 1000, 64, 0)
-    with pytest.raises(ValueError, match="'n_tran'.*valid options: n_train, n_val, n_test"):
+    with pytest.raises(DataError, match="'data.options.n_tran'.*valid options: n_train, n_val, n_test"):
         SyntheticOptions.from_mapping({"n_tran": 3})
     for bad in ({"n_test": 0}, {"image_size": 8}, {"seed": -1}, {"max_objects": 5}, {"n_val": 2.5}, {"seed": True}):
-        with pytest.raises(ValueError):
+        with pytest.raises(DataError, match="data.options"):
             SyntheticOptions.from_mapping(bad)
+
+
+def test_bad_options_are_one_line_cli_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from benchmark.cli import app
+
+    for options, expected in (
+        ('{"n_train": -5}', "SyntheticOptions.n_train must be >= 1, got -5"),
+        ('{"n_trian": 5}', "unknown option 'data.options.n_trian' for dataset 'synthetic'"),
+        ('{"n_train": "many"}', "data.options.n_train must be integer, got 'many'"),
+    ):
+        args = ["run", "--model", "clip", "--no-progress", "--cache-dir", str(tmp_path / "cache")]
+        res = CliRunner().invoke(app, [*args, "--results-dir", str(tmp_path / "r"), "--set", f"data.options={options}"])
+        assert res.exit_code == 2, res.output
+        assert expected in res.output and "Traceback" not in res.output
 
 
 def test_cache_dir_depends_on_every_option(tmp_path):

@@ -350,7 +350,13 @@ def test_bench_run_task_vqa_and_bench_vqa_on_a_tiny_trained_model(tmp_path):
     assert again["lm_checkpoint"] == r["provenance"]["vqa_model"]["lm_checkpoint"]
     # no trained VQA model for another seed: a clear error, nothing trained
     res = runner.invoke(app, ["vqa", *common, "--seed", "7", "--image", str(png), "--question", "Is there a star?"])
-    assert res.exit_code == 2 and "no trained" in res.output and "bench run" in res.output
+    assert res.exit_code == 2 and "no trained ours VQA model" in res.output
+    # the hint names the command that trains everything needed (not a dependency's plain run)
+    assert "bench run --task vqa --model ours --dataset synthetic --seed 7" in " ".join(res.output.split())
+    # a model that cannot answer questions says so instead of pointing at a run that would fail
+    clip = ["vqa", "--model", "clip", "--cache-dir", str(tmp_path / "cache"), "--image", str(png)]
+    res = runner.invoke(app, [*clip, "--question", "Is there a star?"])
+    assert res.exit_code == 2 and "model 'clip' cannot answer questions" in " ".join(res.output.split())
 
 
 def test_bench_run_task_vqa_on_rsieval_with_a_full_size_model(tmp_path):

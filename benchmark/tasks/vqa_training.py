@@ -22,11 +22,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from benchmark.config import ConfigError, RunConfig, from_dict, stable_hash, to_dict
 from benchmark.preflight import create_model
 from benchmark.registry import MODELS
-from benchmark.store import ensure_checkpoint, resolve_run
+from benchmark.store import MissingCheckpointError, ensure_checkpoint, resolve_run
 from benchmark.training import save_atomically
 from datamodules.base import collate_indexed
 from datamodules.qa import QAData
 from datamodules.synthetic.questions import Question
+from lightning_modules.contract import VqaPrefix
 from lightning_modules.vqa import TextPretraining, VqaModel, VqaOptions, tiny_language_model
 
 
@@ -248,15 +249,24 @@ def answer_questions(model: VqaModel, questions: Sequence[Question], items, batc
 
 def load_vqa_model(cfg: RunConfig) -> VqaModel:
     """``bench vqa``: the run's VQA model -- full: loaded; tiny: the cached one, never trained here."""
+    if not issubclass(MODELS.get(cfg.model), VqaPrefix):
+        raise ConfigError(
+            f"model {cfg.model!r} cannot answer questions: it has no query outputs to feed a language "
+            "model (the BLIP2 family can: ours, blip2)"
+        )
     options = vqa_options(cfg)
     parts = resolve_run(cfg)
     if cfg.size == "full":
         return full_size_vqa(create_model(parts.model_cls, parts.model_config, cfg.train.optim), options)
-    ckpt, _ = ensure_checkpoint(cfg, train=False)
+    train_first = (
+        f"run `bench run --task vqa --model {cfg.model} --dataset {cfg.dataset} --seed {cfg.seed}` with this "
+        "command's --set / --config options first: it trains what this needs"
+    )
+    try:
+        ckpt, _ = ensure_checkpoint(cfg, train=False)
+    except MissingCheckpointError:  # the model or a model it starts from is not trained yet
+        raise ConfigError(f"no trained {cfg.model} VQA model for this config yet: {train_first}") from None
     path = vqa_checkpoint_dir(cfg, ckpt, options)
     if not path.exists():
-        raise ConfigError(
-            f"no trained VQA model for this config in {path.parent} (run `bench run --task vqa "
-            f"--model {cfg.model} --dataset {cfg.dataset} --seed {cfg.seed}` first)"
-        )
+        raise ConfigError(f"no trained VQA model for this config in {path.parent}: {train_first}")
     return VqaModel.load(path, MODELS.get(cfg.model).load_checkpoint(ckpt))
