@@ -10,9 +10,9 @@ under ``"{variant}/{direction}/{metric}"``), each rank scoring its share of the 
 Encoding runs in ``test_step`` and scoring in ``on_test_epoch_end``, both on the Trainer's
 device and under its precision (``eval.precision``). ``gallery_extra`` gives per-image fields
 whole (e.g. the cached vision tokens that re-ranking reads, memory-mapped), instead of
-accumulating and gathering them; ``spill`` keeps the large per-item fields that do arrive with
-the batches (a token-reduction model's reduced tokens) in a file instead of host memory
-(:mod:`benchmark.metrics.spill`).
+accumulating and gathering them; ``spill`` keeps the large per-item tables that do arrive with
+the batches (a large gallery's embeddings, a token-reduction model's reduced tokens) in files
+instead of host memory (:mod:`benchmark.metrics.spill`).
 """
 
 from __future__ import annotations

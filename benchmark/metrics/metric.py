@@ -378,8 +378,7 @@ class RetrievalMetric(Metric):
         super().reset()
         self._state_buffers = {}
         self._remove_spilled()
-        self._spilled = {}
-        self._spill_name = None
+        self._spilled = {}  # the agreed name is kept: the next tables replace removed files
 
     def _remove_spilled(self) -> None:
         for table in self._spilled.values():
