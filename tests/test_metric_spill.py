@@ -20,6 +20,7 @@ from benchmark.metrics import RetrievalMetric
 from benchmark.metrics import spill as spill_module
 from benchmark.metrics.spill import SpillConfig, SpilledTable, sweep_stale
 from lightning_modules.base import Encoded, max_sim
+from lightning_modules.components import feature_cache
 from lightning_modules.components.feature_cache import CacheSpaceError
 from tests.test_metric_collect import _fill
 from tests.test_metrics import embeddings, small_eval_set
@@ -143,7 +144,7 @@ def test_stale_files_of_dead_evaluations_are_swept_and_live_ones_kept(tmp_path):
 
 def test_a_disk_that_cannot_take_the_table_is_refused_before_writing(tmp_path, monkeypatch):
     free = type("Usage", (), {"free": 10 << 20})()
-    monkeypatch.setattr(spill_module.shutil, "disk_usage", lambda path: free)
+    monkeypatch.setattr(feature_cache.shutil, "disk_usage", lambda path: free)
     with pytest.raises(CacheSpaceError, match=r"evaluation spill .*spill/: 5000 items x \[257, 1409\] in float16"):
         SpilledTable(tmp_path / "spill" / "t.bin", 5000, (257, 1409), torch.float16)
     assert not (tmp_path / "spill" / "t.bin").exists()

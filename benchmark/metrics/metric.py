@@ -37,7 +37,7 @@ from benchmark.metrics.retrieval import (
     source_relevance,
     transpose_relevance,
 )
-from benchmark.metrics.spill import SpillConfig, SpilledTable, agreed_layout, sweep_stale
+from benchmark.metrics.spill import SpillConfig, SpilledTable, agreed_layout, rank_and_world, sweep_stale
 from datamodules.base import DIRECTIONS, Relevance
 from lightning_modules.base import Encoded, max_sim
 
@@ -273,7 +273,7 @@ class RetrievalMetric(Metric):
         if self.spill is None:
             return
         self._spill_name, self._several_machines = agreed_layout(several_machines)
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        if rank_and_world()[0] == 0:
             sweep_stale(self.spill.folder)
 
     # -- accumulation -------------------------------------------------------------------
@@ -337,7 +337,7 @@ class RetrievalMetric(Metric):
         if self._several_machines and SpilledTable.row_stride_bytes(row_bytes, aligned=True) > 2 * row_bytes:
             return None
         if self._spill_name is None:
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            if rank_and_world()[1] > 1:
                 raise RuntimeError(
                     "RetrievalMetric: spilling under DDP needs agree_spill_name() on every process before the first update"
                 )
@@ -476,7 +476,7 @@ class RetrievalMetric(Metric):
 
         per_query: dict[str, np.ndarray] = {}
         metrics: dict[str, float] = {}
-        shard = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        shard = rank_and_world()
         for name, score_fn in [("", self.score_fn), *self.score_variants.items()]:
             prefix = f"{name}/" if name else ""
             scored = [d for d in self.directions if d in self.variant_directions.get(name, self.directions)]

@@ -31,7 +31,6 @@ import fcntl
 import math
 import mmap
 import os
-import shutil
 import socket
 import time
 import uuid
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from lightning_modules.components.feature_cache import SPACE_MARGIN_BYTES, CacheSpaceError
+from lightning_modules.components.feature_cache import require_space
 
 #: a spill file this old that no process holds is left over from a crash
 STALE_AFTER_S = 3600.0
@@ -80,7 +79,8 @@ def agreed_layout(several_machines: bool = False) -> tuple[str, bool]:
     return name[0], several_machines or len(set(hosts)) > 1
 
 
-def _rank_world() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size ((0, 1) outside a distributed run)."""
     return (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
 
 
@@ -137,15 +137,14 @@ class SpilledTable:
         self.stride_bytes = self.row_stride_bytes(self.row_bytes, aligned=several_machines)
         self.nbytes = self.n_rows * self.stride_bytes
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(self.path.parent).free
         have = self.path.stat().st_blocks * 512 if self.path.exists() else 0  # another process created it
-        if self.nbytes - have + SPACE_MARGIN_BYTES > free:
-            raise CacheSpaceError(
-                f"evaluation spill {self.path.parent}/: {self.n_rows} items x {list(self.row_shape)} in "
-                f"{str(dtype).removeprefix('torch.')} need {self.nbytes / 2**30:.2f} GiB of disk, "
-                f"{free / 2**30:.2f} GiB are free: free space there, point INSTRUCTSEE_CACHE (or --cache-dir) "
-                "at a larger disk, or raise eval.memmap_min_mb to keep the table in memory"
-            )
+        require_space(
+            self.path.parent,
+            self.nbytes - have,
+            f"evaluation spill {self.path.parent}/: {self.n_rows} items x {list(self.row_shape)} in "
+            f"{str(dtype).removeprefix('torch.')}",
+            remedy="raise eval.memmap_min_mb to keep the table in memory",
+        )
         # O_WRONLY: a partial-page write never reads the page back first (no other process's bytes cached)
         self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         fcntl.flock(self._fd, fcntl.LOCK_SH)  # alive: sweep_stale leaves it alone
@@ -194,10 +193,10 @@ class SpilledTable:
             os.fsync(self._fd)
             with contextlib.suppress(OSError):  # drop this machine's cached pages: the mapping reads the file
                 os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            Path(f"{self.path}.done-{_rank_world()[0]}").touch()
+            Path(f"{self.path}.done-{rank_and_world()[0]}").touch()
         barrier()
         if self.several_machines:
-            self._check_done(_rank_world()[1])
+            self._check_done(rank_and_world()[1])
         flat = torch.from_file(str(self.path), shared=False, size=self.nbytes // self.itemsize, dtype=self.dtype)
         inner = torch.empty(self.row_shape, dtype=self.dtype, device="meta").stride()
         self._rows = torch.as_strided(

@@ -66,6 +66,19 @@ class CacheSpaceError(DataError):
     """The cache folder's disk cannot hold a feature file; raised before any row is written."""
 
 
+def require_space(folder: Path, need: int, what: str, remedy: str = "") -> None:
+    """Refuse (:class:`CacheSpaceError`) when the disk of ``folder`` has less than ``need`` bytes
+    (plus a margin) free. ``what`` opens the message (the folder and what goes there); ``remedy``
+    is offered after the usual ones."""
+    free = shutil.disk_usage(folder).free
+    if need + SPACE_MARGIN_BYTES > free:
+        raise CacheSpaceError(
+            f"{what} need {need / 2**30:.2f} GiB more disk, {free / 2**30:.2f} GiB are free: free space "
+            f"there, {'' if remedy else 'or '}point INSTRUCTSEE_CACHE (or --cache-dir) at a larger disk"
+            + (f", or {remedy}" if remedy else "")
+        )
+
+
 def feature_key(
     tower_fingerprint: str, split: str, n_images: int, checksum: str, dtype: torch.dtype = torch.float32
 ) -> str:
@@ -119,14 +132,12 @@ class RowWriter:
         need = int(np.prod((self.n_rows, *row_shape))) * np.dtype(_NUMPY[self.dtype]).itemsize
         if self.tmp.exists():
             need -= self.tmp.stat().st_blocks * 512
-        free = shutil.disk_usage(self.path.parent).free
-        if need + SPACE_MARGIN_BYTES > free:
-            raise CacheSpaceError(
-                f"feature cache {self.path.parent}/: {self.n_rows} images x {list(row_shape)} tokens in "
-                f"{str(self.dtype).removeprefix('torch.')} need {need / 2**30:.2f} GiB more disk, "
-                f"{free / 2**30:.2f} GiB are free: free space there, or point INSTRUCTSEE_CACHE (or --cache-dir) "
-                "at a larger disk"
-            )
+        require_space(
+            self.path.parent,
+            need,
+            f"feature cache {self.path.parent}/: {self.n_rows} images x {list(row_shape)} tokens in "
+            f"{str(self.dtype).removeprefix('torch.')}",
+        )
 
     def prepare(self, row_shape: tuple[int, ...]) -> bool:
         """Take the lock, then keep a matching partial array or create a new one; True if resumed."""
