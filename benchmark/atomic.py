@@ -132,6 +132,11 @@ def _umask() -> int:
     return mask
 
 
+def plain_file_mode() -> int:
+    """The permissions a plain ``open`` gives a new file (0o666 less the umask)."""
+    return 0o666 & ~_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically, with the permissions a plain ``open`` would give."""
     path = Path(path)
@@ -144,7 +149,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # created private, like mkstemp
+        os.chmod(tmp, plain_file_mode())  # created private, like mkstemp
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -189,11 +189,16 @@ def feedback(
     llm: LlmOption = "rules",
     llm_model: LlmModelOption = None,
     display: Annotated[int, typer.Option(help="Items the simulated user sees per round.")] = 5,
-    max_queries: Annotated[int | None, typer.Option(help="Only the first N queries (default: all).")] = None,
+    max_queries: Annotated[
+        int | None, typer.Option(help="Only the first N queries (default: all); the tag defaults to first<N>.")
+    ] = None,
     size: SizeOption = "tiny",
     tag: Annotated[
-        str, typer.Option(help="Names results/feedback__<model>__<dataset>__<tag>.json and .jsonl.")
-    ] = "default",
+        str | None,
+        typer.Option(
+            help="Names results/feedback__<model>__<dataset>__<tag>.json and .jsonl (default: default, or first<N> with --max-queries N, so a partial run does not replace a whole one)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of data, training and the simulated user.")] = 0,
     epochs: ModelEpochsOption = None,
     data_root: DataFolderOption = None,
@@ -220,7 +225,7 @@ def feedback(
         model=model,
         dataset=dataset,
         size=size,
-        tag=tag,
+        tag=tag or ("default" if max_queries is None else f"first{max_queries}"),
         seed=seed,
         epochs=epochs,
         data_root=data_root,
@@ -343,8 +348,9 @@ def data_check(
 
     Verdicts are cached per image (path, size, mtime) under CACHE_DIR/image_checks, shared
     with runs: an unchanged image is not opened again (--recheck opens every image).
-    Exit code 0: all fine; 1: some images missing or unreadable (runs skip them);
-    2: the folder or its annotations are not what the dataset expects.
+    Exit code 0: all fine; 1: some images missing or unreadable (runs skip them), or a
+    problem line (an empty split, RSIEval images missing); 2: the folder or its annotations
+    are not what the dataset expects.
     """
     if dataset not in DATASETS:
         raise _fail(str(UnknownNameError("dataset", dataset, DATASETS.names())))
@@ -468,6 +474,8 @@ def vqa(
     """Answer one question about one image (tiny: never trains; run `bench run --task vqa` first)."""
     if not image.is_file():
         raise _fail(f"--image: {image}: image file not found")
+    if not question.strip():
+        raise _fail("--question: expected a question, got an empty string")
     from transformers.utils import logging as hf_logging
 
     from benchmark.config import ConfigError
@@ -659,6 +667,7 @@ def reproduce(
     from benchmark.reproduce.plan import Plan, build_plan
     from benchmark.reproduce.steps import RunSettings
     from benchmark.run_flags import CliConfig
+    from datamodules.base import DataError
 
     try:
         overrides = CliConfig(config=config, sets=tuple(set_ or ())).layers()
@@ -704,15 +713,18 @@ def reproduce(
     except (ConfigError, ReportOptionsError, UnknownNameError) as e:
         raise _fail(str(e)) from None
     typer.echo(f"bench reproduce: {plan.describe()}")
+    settings = RunSettings(retrain=retrain, skip_existing=skip_existing, progress=progress)
     if dry_run:
         from benchmark.reproduce.full_cli import dry_run_lines
 
-        for line in dry_run_lines(plan):
+        try:
+            lines = dry_run_lines(plan, settings)
+        except (ConfigError, DataError, UnknownNameError) as e:
+            raise _fail(str(e)) from None
+        for line in lines:
             typer.echo(line)
         return
-    records = execute_plan(
-        plan, RunSettings(retrain=retrain, skip_existing=skip_existing, progress=progress), echo=typer.echo
-    )
+    records = execute_plan(plan, settings, echo=typer.echo)
     typer.echo(summary(records))
     if failed(records):
         raise typer.Exit(1)
@@ -728,6 +740,9 @@ def list_names() -> None:
 
 
 def main() -> None:
+    from benchmark.quiet import install
+
+    install()
     app()
 
 

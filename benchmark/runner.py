@@ -71,6 +71,15 @@ def _up_to_date(path: Path, cfg: RunConfig, model_cls, model_config, content: di
     return stored["config_hash"] == cfg.config_hash() and model_identity(model_cls, model_config) == before
 
 
+def result_is_current(cfg: RunConfig) -> bool:
+    """``cfg``'s result file exists and holds this run (what ``skip_existing`` keeps); nothing runs."""
+    path = cfg.result_path()
+    if not path.exists():
+        return False
+    parts = resolve_run(cfg)
+    return _up_to_date(path, cfg, parts.model_cls, parts.model_config, parts.dm.content_identity())
+
+
 def run(cfg: RunConfig, *, retrain: bool = False, skip_existing: bool = False, progress: bool = True) -> RunOutcome:
     path = cfg.result_path()
     t0 = time.perf_counter()

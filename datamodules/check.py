@@ -46,8 +46,8 @@ class DatasetCheck:
                 f"  {name:<16} {s.n_images:>7} images  {s.n_captions:>7} captions  "
                 f"{len(s.missing)} missing  {len(s.unreadable)} unreadable"
             )
-        for line, _ in self.extra:
-            out.append(f"  {line}")
+        for line, ok in self.extra:
+            out.append(f"  {line}" if ok else f"  problem: {line}")
         missing = [p for s in self.splits for p in s.missing]
         unreadable = [f"{p}: {why}" for s in self.splits for p, why in s.unreadable]
         for title, items in (("missing images", missing), ("unreadable images", unreadable)):
@@ -56,8 +56,17 @@ class DatasetCheck:
                 out.extend(f"  {p}" for p in items[:max_listed])
                 if len(items) > max_listed:
                     out.append(f"  ... and {len(items) - max_listed} more")
-        out.append("OK" if self.ok else "PROBLEMS FOUND: runs skip these images (or refuse them with --strict)")
+        out.append(self._verdict(bool(missing or unreadable)))
         return out
+
+    def _verdict(self, bad_images: bool) -> str:
+        if self.ok:
+            return "OK"
+        why = ["runs skip these images (or refuse them with --strict)"] if bad_images else []
+        failed = sum(not ok for _, ok in self.extra)
+        if failed:
+            why.append(f"{failed} check{'s' if failed > 1 else ''} above failed")
+        return "PROBLEMS FOUND: " + "; ".join(why)
 
 
 def check_dataset(dm: LocalDataModule, recheck: bool = False) -> DatasetCheck:

@@ -327,10 +327,10 @@ class FolderDataModule(LocalDataModule):
         with_instruction = sum(r.instruction is not None for r in ann.rows)
         if with_instruction:
             texts.append(f"instructions: {with_instruction} rows give their own instruction")
-        texts += [
-            f"warning: split {s!r} is empty: a run that uses it fails (give rows split={s}, or change the "
-            "hash split's fractions or seed)"
+        empty = [
+            f"split {s!r} is empty: a run that uses it fails (give rows split={s}, or change the hash split's "
+            "fractions or seed)"
             for s in SPLITS
             if not index.records[s]
         ]
-        return [(t, True) for t in texts]
+        return [(t, True) for t in texts] + [(t, False) for t in empty]

@@ -15,7 +15,14 @@ side, each in a fresh process: ``memory`` (the fields kept in host memory, as be
 Per arm: peak anonymous memory (``RssAnon``, what the process cannot give back), peak
 ``VmRSS``, wall time of feeding and of scoring; and whether both arms gave the same ranks.
 
+``--target feedback`` measures the gallery of ``bench feedback`` and ``bench serve`` instead:
+the same encodings, produced batch by batch by a stand-in model (rows seeded by the item index)
+through :func:`benchmark.feedback.gallery_encoding.encode_gallery` -- held in memory (``memory``,
+below ``eval.memmap_min_mb``) or written to a scratch file and mapped (``spill``) -- then the
+queries scored against it in chunks of 256 as the feedback rounds score them.
+
     python scripts/bench_spill.py --n 4000 --tokens 257 --queries 2000 --k 16
+    python scripts/bench_spill.py --target feedback --n 4000 --tokens 257 --queries 2000 --k 16
 """
 
 from __future__ import annotations
@@ -59,6 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=16, help="items re-scored per query from their token rows")
     p.add_argument("--batch", type=int, default=256, help="gallery items per update")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--target",
+        choices=["eval", "feedback"],
+        default="eval",
+        help="the evaluation's metric tables, or the gallery of bench feedback / serve",
+    )
     p.add_argument("--arm", choices=["memory", "spill"], help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -115,7 +128,86 @@ def rerank_score(k: int):
     return score
 
 
+class GalleryModel:
+    """Stands in for a model in :func:`encode_gallery`: the 'pixels' are the items' indices and
+    each row is drawn from a generator seeded by its index (the same rows in every arm)."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+
+    def image_transform(self) -> None:
+        return None
+
+    def encode_images(self, index: torch.Tensor) -> Encoded:
+        emb = torch.empty(len(index), QUERY_TOKENS, EMBED, dtype=torch.float16)
+        tokens = torch.empty(len(index), self.tokens, DIM, dtype=torch.float16)  # one fp16 batch, as a model's output
+        for j, i in enumerate(index.tolist()):
+            g = torch.Generator().manual_seed(i)
+            emb[j] = torch.nn.functional.normalize(torch.randn(QUERY_TOKENS, EMBED, generator=g), dim=-1)
+            if self.tokens:
+                tokens[j] = torch.randn(self.tokens, DIM, generator=g)
+        return Encoded(emb, extra={"tokens": tokens} if self.tokens else None)
+
+
+class GalleryData:
+    """Stands in for the DataModule: the gallery loader serves index batches in order."""
+
+    def __init__(self, n: int, batch: int) -> None:
+        self.n, self.batch = n, batch
+
+    def eval_set(self) -> EvalSet:
+        return EvalSet(self.n, 1)
+
+    def set_transform(self, transform: object) -> None:
+        pass
+
+    def set_item_loader(self, loader: object) -> None:
+        pass
+
+    def gallery_dataloader(self):
+        for lo in range(0, self.n, self.batch):
+            index = torch.arange(lo, min(self.n, lo + self.batch))
+            yield index, index
+
+
+def feedback_arm(args: argparse.Namespace) -> dict:
+    from benchmark.feedback.gallery_encoding import encode_gallery
+
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    texts = torch.nn.functional.normalize(torch.randn(args.queries, EMBED, generator=g), dim=-1).half()
+    score = rerank_score(args.k)
+    ranks = np.empty(args.queries, dtype=np.int64)
+    with tempfile.TemporaryDirectory() as tmp:
+        before = read_rss()
+        with Peaks() as peaks:
+            start = time.perf_counter()
+            gallery = encode_gallery(
+                GalleryModel(args.tokens),
+                GalleryData(args.n, args.batch),
+                "cpu",
+                tmp,
+                memmap_min_mb=0.0 if args.arm == "spill" else float(1 << 30),
+            )
+            fed = time.perf_counter() - start
+            left = sorted(p.name for p in Path(tmp).rglob("*") if p.is_file())
+            start = time.perf_counter()
+            for lo in range(0, args.queries, 256):
+                q = torch.arange(lo, min(args.queries, lo + 256))
+                s = score(Encoded(texts[q]), gallery)
+                own = s[torch.arange(len(q)), q % args.n]
+                ranks[q.numpy()] = (s > own[:, None]).sum(dim=1).numpy() + 1
+            scored = time.perf_counter() - start
+    np.save(args.out.with_suffix(".npy"), ranks)
+    if left:
+        raise RuntimeError(f"files left in the cache folder: {left}")
+    table = sum(t.numel() * t.element_size() for t in [gallery.emb, *(gallery.extra or {}).values()])
+    return arm_row(args, peaks, before, fed, scored, table)
+
+
 def arm(args: argparse.Namespace) -> dict:
+    if args.target == "feedback":
+        return feedback_arm(args)
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,6 +234,10 @@ def arm(args: argparse.Namespace) -> dict:
             metrics = metric.compute()
             scored = time.perf_counter() - start
         np.save(args.out.with_suffix(".npy"), metric.per_query["t2i/rank"])
+    return arm_row(args, peaks, before, fed, scored, metrics["index/bytes"])
+
+
+def arm_row(args: argparse.Namespace, peaks: Peaks, before: dict, fed: float, scored: float, table: int) -> dict:
     return {
         "arm": args.arm,
         "peak_anon_bytes": peaks.anon,
@@ -149,7 +245,7 @@ def arm(args: argparse.Namespace) -> dict:
         "anon_before_bytes": before.get("anon_bytes", 0),
         "feed_s": fed,
         "score_s": scored,
-        "index_bytes": metrics["index/bytes"],
+        "index_bytes": table,
     }
 
 

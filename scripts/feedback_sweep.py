@@ -42,12 +42,13 @@ import torch
 from benchmark.config import RunConfig, deep_merge, from_dict, parse_set
 from benchmark.environment import environment
 from benchmark.feedback.config import FeedbackConfig
+from benchmark.feedback.gallery_encoding import encode_gallery
 from benchmark.feedback.kernels import standardised
 from benchmark.feedback.llm.registry import make_backend
 from benchmark.feedback.protocol import run_protocol
 from benchmark.feedback.record import build_result, result_paths
 from benchmark.feedback.refine import Refiner
-from benchmark.feedback.session import encode_gallery, load_model
+from benchmark.feedback.session import load_model
 from benchmark.feedback.similarity import GalleryScorer, score_function
 from benchmark.feedback.task import from_eval_set
 from benchmark.feedback.user import SimulatedUser
@@ -164,7 +165,7 @@ def main() -> None:
     t0 = time.perf_counter()
     model, dm, _ = load_model(cfg)
     model = model.eval()
-    gallery = encode_gallery(model, dm, "cpu", cfg.cache_dir)
+    gallery = encode_gallery(model, dm, "cpu", cfg.cache_dir, cfg.eval.memmap_min_mb)
     es = dm.eval_set()
     records = dm.records(dm.config.eval_split)
     task = from_eval_set(es, records).limited(args.max_queries)

@@ -132,3 +132,17 @@ def test_feedback_end_to_end_on_a_tiny_clip(tmp_path):
     run = load_result(tmp_path / "results" / "clip__synthetic__default.json")
     assert run["provenance"]["trained_this_run"] is False
     assert r["per_query"]["none"][0] == run["per_query"]["t2i/rank"]
+    # a partial run gets its own tag: the whole run's files stay as they are
+    before = {p.name: p.read_bytes() for p in (tmp_path / "results").glob("feedback__*")}
+    res = runner.invoke(app, [*args, "--max-queries", "7"])
+    assert res.exit_code == 0, res.output
+    part = load_result(tmp_path / "results" / "feedback__clip__synthetic__first7.json")
+    assert part["tag"] == "first7" and part["protocol"]["n_queries"] == 7
+    assert {p.name: p.read_bytes() for p in (tmp_path / "results").glob("feedback__*__default.*")} == before
+    # a gallery at or above eval.memmap_min_mb is mapped from a scratch file: the same run, nothing left on disk
+    res = runner.invoke(app, [*args, "--tag", "spilled", "--set", "eval.memmap_min_mb=0"])
+    assert res.exit_code == 0, res.output
+    spilled = load_result(tmp_path / "results" / "feedback__clip__synthetic__spilled.json")
+    assert spilled["per_query"] == r["per_query"] and spilled["metrics"] == r["metrics"]
+    assert spilled["config_hash"] == r["config_hash"]
+    assert list((tmp_path / "cache" / "eval-spill").iterdir()) == []

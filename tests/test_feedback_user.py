@@ -171,6 +171,12 @@ def test_rules_backend_asks_contrasting_questions_and_updates_the_query():
         )
     )
     assert [q["about"] for q in again["questions"]] == ["size:red circle", "column:red circle", "row:red circle"]
+    # outside the SynthScenes vocabulary only the background is left to ask, once: then nothing
+    asked = [q.to_json() | {"answer": UNSURE} for q in qs if q.about.startswith("background")]
+    dogs = prompts.question_messages("A dog on the beach.", ["a dog on grass"], ["two cats"], asked, limits)
+    with pytest.raises(LLMError, match="0 attribute contrast") as e:
+        backend.generate(dogs)
+    assert e.value.reason == "nothing_to_ask"
 
 
 def test_rules_update_merges_sizes_positions_and_background():

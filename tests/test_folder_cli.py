@@ -71,6 +71,16 @@ def test_data_check_counts_groups_and_corrupt_images(tmp_path):
     )
 
 
+def test_data_check_fails_on_an_empty_split(tmp_path):
+    rows = write_folder(tmp_path, split=True)
+    write_annotations(tmp_path, [r | {"split": "train" if r["split"] == "val" else r["split"]} for r in rows])
+    res = check(tmp_path)
+    assert res.exit_code == 1, res.output
+    assert "problem: split 'val' is empty: a run that uses it fails" in res.output
+    assert res.output.rstrip().endswith("PROBLEMS FOUND: 1 check above failed"), res.output
+    assert "runs skip these images" not in res.output
+
+
 def test_data_check_errors_name_the_line_and_field_exit_2(tmp_path):
     (tmp_path / "annotations.jsonl").write_text(
         '{"image": "a.png", "caption": "x"}\n'

@@ -30,6 +30,7 @@ from benchmark.reproduce.steps import (
 )
 from lightning_modules.clip import ClipRetrieval
 from tests.reporting_fixtures import ranks_with_hit_rate, write_result
+from tests.reproduce_helpers import small_reproduce
 
 runner = CliRunner()
 
@@ -222,28 +223,25 @@ def test_a_failing_run_keeps_existing_results_and_exits_1(tmp_path):
     assert path.read_bytes() == before and (tmp_path / "reports" / "claims.md").is_file()
 
 
+def test_dry_run_shows_the_steps_that_skip_existing_keeps(tmp_path):
+    args = small_reproduce(tmp_path, "--only", "clip,report")
+    res = runner.invoke(app, args + ["--dry-run"])
+    assert res.exit_code == 0 and "[1] clip: run\n" in res.output, res.output
+    assert "[2] report: report into " in res.output and not (tmp_path / "results").exists()
+    assert runner.invoke(app, args).exit_code == 0
+    res = runner.invoke(app, args + ["--dry-run"])
+    assert res.exit_code == 0 and "[1] clip: existing: " in res.output, res.output
+    assert "--no-skip-existing runs it again" in res.output
+    res = runner.invoke(app, args + ["--dry-run", "--no-skip-existing"])
+    assert res.exit_code == 0 and "[1] clip: run\n" in res.output, res.output
+    res = runner.invoke(app, [*args, "--dry-run", "--set", "train.max_epochs=2"])  # another config: runs
+    assert res.exit_code == 0 and "[1] clip: run\n" in res.output, res.output
+
+
 @pytest.mark.slow
 def test_reproduce_end_to_end_on_a_small_synthscenes(tmp_path):
     """Every model, every arm and the report, on 64 training images, 1 epoch, no cost measurement."""
-    args = [
-        "reproduce",
-        "--results-dir",
-        str(tmp_path / "results"),
-        "--out-dir",
-        str(tmp_path / "reports"),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--bootstrap",
-        "200",
-        "--set",
-        'data.options={"n_train": 64, "n_val": 16, "n_test": 24}',
-        "--set",
-        "data.batch_size=32",
-        "--set",
-        "train.max_epochs=1",
-        "--set",
-        "eval.measure=false",
-    ]
+    args = small_reproduce(tmp_path)
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     small = {"data": {"options": {"n_train": 64, "n_val": 16, "n_test": 24}, "batch_size": 32}}
@@ -264,3 +262,7 @@ def test_reproduce_end_to_end_on_a_small_synthscenes(tmp_path):
     res = runner.invoke(app, args + ["--only", ",".join(MODELS.names())])  # a second run keeps what is there
     assert res.exit_code == 0 and res.output.count(": existing in ") == len(MODELS.names()), res.output
     assert {p.name: p.read_bytes() for p in (tmp_path / "results").glob("*.json")} == first
+    res = runner.invoke(app, args + ["--dry-run"])
+    assert res.exit_code == 0 and res.output.count(": existing: ") == sum(
+        isinstance(step, RunStep) for step in plan.steps
+    ), res.output

@@ -14,7 +14,7 @@ from benchmark.registry import MODELS, UnknownNameError
 from benchmark.reproduce.estimate import CostError, ModelCost, estimate, load_costs
 from benchmark.reproduce.full import DEFAULT_CHECKPOINTS, FullRunStep, build_full_plan, describe_full
 from benchmark.reproduce.full_cli import DEFAULT_GPU_COSTS
-from benchmark.reproduce.steps import ReportStep, SharedStep, SkippedStep
+from benchmark.reproduce.steps import ReportStep, RunSettings, SharedStep, SkippedStep
 from tests.fixtures_real import write_coco_karpathy, write_medpix
 
 runner = CliRunner()
@@ -208,6 +208,6 @@ def test_load_costs_reads_the_shipped_measurements(tmp_path):
 
 def test_describe_full_marks_estimates(data_root, tmp_path):
     root, _, _ = data_root
-    lines = describe_full(_plan(root, tmp_path, only=["clip"]))
+    lines = describe_full(_plan(root, tmp_path, only=["clip"]), RunSettings())
     assert any(line.startswith("[1] model clip | dataset coco") and "GPU-h" in line for line in lines)
     assert any(line.startswith("assumption: training: 3 x") for line in lines)

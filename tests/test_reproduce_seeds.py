@@ -14,6 +14,7 @@ from benchmark.config import ConfigError
 from benchmark.reporting.claims import CLAIMS
 from benchmark.reproduce.plan import MAX_SEEDS, build_plan, claim_runs, extra_seeds
 from benchmark.reproduce.steps import RunStep, SharedStep
+from tests.reproduce_helpers import small_reproduce
 
 runner = CliRunner()
 
@@ -100,29 +101,7 @@ def test_conditioning_at_two_seeds_end_to_end(tmp_path):
     conditioning claim at each seed and across them, the ablation report its ΔR@1 and ΔR@5."""
     res = runner.invoke(
         app,
-        [
-            "reproduce",
-            "--seeds",
-            "2",
-            "--only",
-            "conditioning,report",
-            "--results-dir",
-            str(tmp_path / "results"),
-            "--out-dir",
-            str(tmp_path / "reports"),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            "--bootstrap",
-            "200",
-            "--set",
-            'data.options={"n_train": 64, "n_val": 16, "n_test": 24}',
-            "--set",
-            "data.batch_size=32",
-            "--set",
-            "train.max_epochs=1",
-            "--set",
-            "eval.measure=false",
-        ],
+        small_reproduce(tmp_path, "--seeds", "2", "--only", "conditioning,report"),
     )
     assert res.exit_code == 0, res.output
     assert "seeds 0, 1" in res.output

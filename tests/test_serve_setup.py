@@ -101,18 +101,24 @@ def test_gallery_encodings_round_trip_and_a_damaged_file_is_encoded_again(tmp_pa
 
     def encode():
         calls.append(1)
-        return enc
+        return [(torch.arange(0, 2), enc[:2]), (torch.arange(2, 5), enc[2:])]
 
-    first, now = ec.load_or_encode(path, encode)
+    first, now = ec.load_or_encode(path, encode, 5)
     assert torch.equal(first.emb, enc.emb)
-    second, again = ec.load_or_encode(path, encode)
+    second, again = ec.load_or_encode(path, encode, 5)
     assert now and not again and len(calls) == 1
     assert torch.equal(second.emb, enc.emb) and torch.equal(second.lengths, enc.lengths)
     assert torch.equal(second.extra["pooled"], enc.extra["pooled"])
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporaries left
-    path.write_bytes(path.read_bytes()[:40])  # truncated
-    third, now = ec.load_or_encode(path, encode)
+    del first, second  # mapped: a file truncated under a live mapping is not read again
+    damaged = path.read_bytes()[:40]
+    path.unlink()
+    path.write_bytes(damaged)  # truncated
+    third, now = ec.load_or_encode(path, encode, 5)
     assert now and len(calls) == 2 and torch.equal(third.emb, enc.emb)
+    six = Encoded.cat([enc, enc[:1]])
+    fourth, again = ec.load_or_encode(path, lambda: [(torch.arange(6), six)], 6)  # another size: encoded again
+    assert again and len(fourth) == 6
 
 
 def test_cache_key_follows_the_checkpoint_and_the_split(tmp_path):

@@ -23,7 +23,7 @@ from datamodules.synthetic.questions import NUMBERS, QUESTION_TYPES, Question, s
 from lightning_modules.idq_former import IdqConfig, IdqFormerRetrieval
 from lightning_modules.optim import OptimConfig
 from lightning_modules.vqa import VqaModel, VqaOptions, normalize_answer
-from tests.fixtures_real import write_rsicap
+from tests.fixtures_real import write_png, write_rsicap
 from tests.tiny_blip2 import save_tiny_blip2
 
 runner = CliRunner()
@@ -302,6 +302,10 @@ def test_bench_run_task_vqa_and_bench_vqa_on_a_tiny_trained_model(tmp_path):
     image = tmp_path / "cache" / "data"
     res = runner.invoke(app, ["vqa", *common, "--image", str(tmp_path / "none.png"), "--question", "Is there a star?"])
     assert res.exit_code == 2 and "--image" in res.output and "image file not found" in res.output
+    png = tmp_path / "one.png"
+    write_png(png, (8, 8), seed=0)
+    res = runner.invoke(app, ["vqa", *common, "--image", str(png), "--question", "  "])
+    assert res.exit_code == 2 and "--question: expected a question, got an empty string" in res.output
     res = runner.invoke(
         app, ["run", "--task", "vqa", "--no-progress", "--results-dir", str(tmp_path / "results"), *common]
     )

@@ -4,8 +4,9 @@ The model is the one ``bench run`` evaluates for the same config: at tiny size t
 checkpoint of its training config (trained and cached now through
 :func:`benchmark.store.ensure_checkpoint` if absent, dependencies included); with
 ``train.max_epochs = 0`` the model as configured (e.g. a pretrained full-size checkpoint).
-The gallery of the evaluated split is encoded once (through the model's item loader when
-it has one, e.g. BLIP2's frozen-feature cache), the queries once; then
+The gallery of the evaluated split is encoded once
+(:func:`~benchmark.feedback.gallery_encoding.encode_gallery`: on disk above
+``eval.memmap_min_mb``), the queries once; then
 :func:`~benchmark.feedback.protocol.run_protocol` runs every arm, the transcript streams to
 ``results/feedback__<model>__<dataset>__<tag>.jsonl`` and the result file is written
 beside it (:mod:`benchmark.feedback.record`).
@@ -25,6 +26,7 @@ import torch
 from benchmark.config import ConfigError, RunConfig, from_dict
 from benchmark.environment import environment
 from benchmark.feedback.config import FeedbackConfig
+from benchmark.feedback.gallery_encoding import encode_gallery
 from benchmark.feedback.llm.registry import make_backend
 from benchmark.feedback.protocol import run_protocol
 from benchmark.feedback.record import build_result, result_paths
@@ -40,8 +42,6 @@ from benchmark.reporting.feedback_stats import describe, feedback_stats
 from benchmark.reporting.options import ReportOptions
 from benchmark.results import atomic_write_json
 from benchmark.store import data_root, ensure_checkpoint, path_roots, pretrained_of, resolve_dependencies
-from lightning_modules.base import Encoded
-from lightning_modules.contract import ItemLoading
 
 
 @dataclass
@@ -70,7 +70,7 @@ class FeedbackOutcome:
         out += self.interval_lines()
         if r["fallbacks"]["llm_rounds"]:
             out.append(
-                f"llm rounds: {r['fallbacks']['llm_rounds']}, fallbacks to refresh: "
+                f"question-writer rounds: {r['fallbacks']['llm_rounds']}, fallbacks to refresh: "
                 f"{r['fallbacks']['by_reason'] or 'none'}"
             )
         out.append(f"wrote {self.path} and {self.transcript} ({r['timings']['total_s']:.1f} s)")
@@ -107,22 +107,6 @@ def load_model(cfg: RunConfig, *, progress: bool = False):
     return model, dm, {"checkpoint": pretrained, "trained_this_run": False}
 
 
-def encode_gallery(model, dm, device: str, cache_dir: str):
-    """The evaluated split's gallery, encoded once in index order (features cached under
-    ``cache_dir`` by the model's item loader, if it has one)."""
-    dm.set_transform(model.image_transform())
-    dm.set_item_loader(model.item_loader(Path(cache_dir) / "features") if isinstance(model, ItemLoading) else None)
-    parts, seen = [], []
-    with torch.no_grad():
-        for index, items in dm.gallery_dataloader():
-            parts.append(model.encode_images(items.to(device)))
-            seen.append(index)
-    order = torch.cat(seen)
-    if not torch.equal(order, torch.arange(len(order))):
-        raise RuntimeError("the gallery loader did not serve the images in index order")
-    return Encoded.cat(parts)
-
-
 def run_feedback(cfg: RunConfig, fb: FeedbackConfig, *, progress: bool = False) -> FeedbackOutcome:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -138,7 +122,7 @@ def run_feedback(cfg: RunConfig, fb: FeedbackConfig, *, progress: bool = False) 
     timings["load_model_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    gallery = encode_gallery(model, dm, device, cfg.cache_dir)
+    gallery = encode_gallery(model, dm, device, cfg.cache_dir, cfg.eval.memmap_min_mb)
     es = dm.eval_set()
     task = from_eval_set(es, dm.records(dm.config.eval_split), gallery_caption=fb.gallery_caption)
     task = task.limited(fb.max_queries)

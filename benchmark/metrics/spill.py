@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from lightning_modules.components.feature_cache import require_space
+from lightning_modules.components.feature_cache import pwrite_all, require_space
 
 #: a spill file this old that no process holds is left over from a crash
 STALE_AFTER_S = 3600.0
@@ -178,7 +178,7 @@ class SpilledTable:
         )
         for lo, hi in zip(np.r_[0, breaks], np.r_[breaks, len(idx)], strict=True):
             if hi > lo:
-                os.pwrite(self._fd, raw[lo:hi].tobytes(), int(idx[lo]) * self.stride_bytes)
+                pwrite_all(self._fd, raw[lo:hi], int(idx[lo]) * self.stride_bytes)
 
     def publish(self) -> None:
         """Every process: make the finished table readable, then unlink its file. Across machines

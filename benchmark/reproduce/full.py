@@ -32,7 +32,7 @@ from benchmark.reporting.options import ReportOptions
 from benchmark.reproduce.datasets import FoundDataset, SplitSizes, find_datasets
 from benchmark.reproduce.estimate import CostTable, Estimate, estimate
 from benchmark.reproduce.plan import MODEL_TAG, REPORT, Plan, load_error, refuse_fixed, select, share
-from benchmark.reproduce.steps import BrokenStep, ReportStep, RunStep, SkippedStep, Step
+from benchmark.reproduce.steps import BrokenStep, ReportStep, RunSettings, RunStep, SkippedStep, Step
 from benchmark.store import CHECKPOINT_FAMILIES, checkpoint_family
 
 SIZE = "full"
@@ -230,7 +230,7 @@ def build_full_plan(
     return FullPlan(tuple(share(select(steps, only))), datasets=tuple(datasets), costs=costs)
 
 
-def describe_full(plan: FullPlan) -> list[str]:
+def describe_full(plan: FullPlan, settings: RunSettings) -> list[str]:
     """The ``--dry-run`` lines: datasets, one line per step, totals, assumptions."""
     lines = []
     for d in plan.datasets:
@@ -247,8 +247,9 @@ def describe_full(plan: FullPlan) -> list[str]:
     unknown = 0
     for i, step in enumerate(plan.steps, 1):
         detail = getattr(step, "detail", None)
+        status = step.preview(settings)
         if detail is None:
-            lines.append(f"[{i}] {step.title}: {_status(step)}")
+            lines.append(f"[{i}] {step.title}: {status}")
             continue
         s = detail.sizes
         head = (
@@ -264,6 +265,8 @@ def describe_full(plan: FullPlan) -> list[str]:
             e = detail.estimate
             total += e.total_h
             lines.append(f"{head} | est. {e.train_h:.3g} train + {e.eval_h:.3g} eval = {e.total_h:.3g} GPU-h")
+        if status != "run":
+            lines.append(f"    {status}")
     lines.append(
         f"total: est. {total:.3g} GPU-h (estimates, not measurements)"
         + (f" ({unknown} step(s) without an estimate)" if unknown else "")
@@ -291,11 +294,3 @@ def checkpoint_problems(plan: FullPlan) -> list[str]:
                 except ConfigError as e:
                     seen[value] = str(e)
     return [f"checkpoint problem: {why}" for why in seen.values() if why]
-
-
-def _status(step: Step) -> str:
-    for attr, label in (("same_title", "same config as {}"), ("reason", "skipped: {}"), ("error", "broken: {}")):
-        value = getattr(step, attr, None)
-        if value:
-            return label.format(value)
-    return "report" if isinstance(step, ReportStep) else "run"

@@ -11,8 +11,9 @@ import benchmark
 from benchmark.config import ConfigError
 from benchmark.reporting.options import ReportOptions
 from benchmark.reproduce.estimate import CostError, load_costs
-from benchmark.reproduce.full import FullPlan, _status, build_full_plan, describe_full
+from benchmark.reproduce.full import FullPlan, build_full_plan, describe_full
 from benchmark.reproduce.plan import Plan
+from benchmark.reproduce.steps import RunSettings
 
 #: the throughputs ``scripts/bench_gpu.py`` measured (H200, full shapes), shipped with the suite's results
 DEFAULT_GPU_COSTS = Path(benchmark.__file__).resolve().parents[1] / "results" / "gpu" / "gpu_costs.json"
@@ -56,8 +57,9 @@ def full_plan(
     )
 
 
-def dry_run_lines(plan: Plan) -> list[str]:
-    """A full plan's detailed lines; a tiny plan's step titles (nothing runs either way)."""
+def dry_run_lines(plan: Plan, settings: RunSettings) -> list[str]:
+    """A full plan's detailed lines; a tiny plan's step titles with what each would do
+    (``existing`` where ``--skip-existing`` keeps its result file; nothing runs either way)."""
     if isinstance(plan, FullPlan):
-        return describe_full(plan)
-    return [f"[{i}] {step.title}: {_status(step)}" for i, step in enumerate(plan.steps, 1)]
+        return describe_full(plan, settings)
+    return [f"[{i}] {step.title}: {step.preview(settings)}" for i, step in enumerate(plan.steps, 1)]

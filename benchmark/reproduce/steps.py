@@ -22,7 +22,7 @@ from pathlib import Path
 from benchmark.config import RunConfig
 from benchmark.reporting.build import write_reports
 from benchmark.reporting.options import ReportOptions
-from benchmark.runner import run
+from benchmark.runner import result_is_current, run
 
 OK, EXISTING, SHARED, SKIPPED, FAILED = "ok", "existing", "shared", "skipped", "failed"
 
@@ -68,6 +68,10 @@ class Step:
     def execute(self, settings: RunSettings, done: Sequence[StepRecord]) -> StepOutcome:
         raise NotImplementedError
 
+    def preview(self, settings: RunSettings) -> str:
+        """What executing would do, for ``--dry-run`` (runs nothing)."""
+        return "run"
+
 
 @dataclass(frozen=True)
 class RunStep(Step):
@@ -79,6 +83,12 @@ class RunStep(Step):
             self.config, retrain=settings.retrain, skip_existing=settings.skip_existing, progress=settings.progress
         )
         return StepOutcome(EXISTING if outcome.skipped else OK, str(outcome.path))
+
+    def preview(self, settings: RunSettings) -> str:
+        assert self.config is not None
+        if settings.skip_existing and result_is_current(self.config):
+            return f"existing: {self.config.result_path()} holds this run (--no-skip-existing runs it again)"
+        return "run"
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,9 @@ class SharedStep(Step):
             raise StepError(f"it is the run of [{self.same_as + 1}] {self.same_title}, which failed")
         return StepOutcome(SHARED, f"{earlier.result} (same config as [{self.same_as + 1}] {self.same_title})")
 
+    def preview(self, settings: RunSettings) -> str:
+        return f"same config as [{self.same_as + 1}] {self.same_title}"
+
 
 @dataclass(frozen=True)
 class SkippedStep(Step):
@@ -100,6 +113,9 @@ class SkippedStep(Step):
     def execute(self, settings: RunSettings, done: Sequence[StepRecord]) -> StepOutcome:
         return StepOutcome(SKIPPED, self.reason)
 
+    def preview(self, settings: RunSettings) -> str:
+        return f"skipped: {self.reason}"
+
 
 @dataclass(frozen=True)
 class BrokenStep(Step):
@@ -107,6 +123,9 @@ class BrokenStep(Step):
 
     def execute(self, settings: RunSettings, done: Sequence[StepRecord]) -> StepOutcome:
         raise StepError(self.error)
+
+    def preview(self, settings: RunSettings) -> str:
+        return f"broken: {self.error}"
 
 
 @dataclass(frozen=True)
@@ -118,3 +137,6 @@ class ReportStep(Step):
     def execute(self, settings: RunSettings, done: Sequence[StepRecord]) -> StepOutcome:
         outcome = write_reports(self.results_dir, self.out_dir, self.options)
         return StepOutcome(OK, f"{self.out_dir} ({len(outcome.files)} files)", tuple(outcome.notes))
+
+    def preview(self, settings: RunSettings) -> str:
+        return f"report into {self.out_dir}"

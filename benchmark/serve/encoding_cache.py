@@ -4,27 +4,24 @@ One safetensors file per (checkpoint, dataset split) under ``<cache_dir>/serve/`
 :func:`cache_key`: a hash of the model name, the checkpoint's identity (its folder and the
 name, size and modification time of each file in it: a retrained or replaced checkpoint gets
 a new key) and the evaluated split's identity (the DataModule's content identity, the split's
-provenance -- annotation hash and counts -- and its image ids in order). Written through the
-suite's atomic writer (temporary name, fsync, rename): a crash never leaves a truncated file,
-and a file that cannot be read is treated as absent (encoded again and replaced).
+provenance -- annotation hash and counts -- and its image ids in order). Written batch by batch
+and mapped read-only (:mod:`benchmark.feedback.gallery_file`: temporary name, fsync, rename, so
+a crash never leaves a truncated file; a gallery larger than memory stays on disk), and a file
+that cannot be read is treated as absent (encoded again and replaced).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
-from benchmark.atomic import atomic_write_bytes
 from benchmark.config import stable_hash
+from benchmark.feedback.gallery_file import map_gallery, write_gallery
 from lightning_modules.base import Encoded
-
-EXTRA_PREFIX = "extra."
 
 
 def checkpoint_identity(checkpoint: str | Path | None) -> dict[str, Any]:
@@ -59,36 +56,14 @@ def cache_path(cache_dir: str | Path, model: str, dataset: str, key: str) -> Pat
     return Path(cache_dir) / "serve" / f"gallery__{model}__{dataset}__{key}.safetensors"
 
 
-def save_encoded(path: Path, encoded: Encoded) -> None:
-    tensors = {"emb": encoded.emb.detach().cpu().contiguous()}
-    if encoded.lengths is not None:
-        tensors["lengths"] = encoded.lengths.detach().cpu().contiguous()
-    for name, t in (encoded.extra or {}).items():
-        tensors[EXTRA_PREFIX + name] = t.detach().cpu().contiguous()
-    atomic_write_bytes(path, st_save(tensors, metadata={"format": "instructsee-serve-gallery/1"}))
-
-
-def load_encoded(path: Path) -> Encoded | None:
-    """The cached encodings, or None when absent or unreadable."""
-    try:
-        tensors = st_load(Path(path).read_bytes())
-    except (OSError, SafetensorError, ValueError):
-        return None
-    if "emb" not in tensors:
-        return None
-    extra = {k[len(EXTRA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
-    try:
-        return Encoded(tensors["emb"], tensors.get("lengths"), extra or None)
-    except ValueError:
-        return None
-
-
-def load_or_encode(path: Path, encode) -> tuple[Encoded, bool]:
-    """``(encodings, encoded_now)``: from ``path`` when readable, else ``encode()`` saved there."""
-    cached = load_encoded(path)
-    if cached is not None:
+def load_or_encode(path: Path, batches: Callable[[], Iterable[tuple[torch.Tensor, Encoded]]], n_items: int):
+    """``(encodings, encoded_now)``: ``path`` mapped when readable, else ``batches()`` (the
+    gallery's ``(indices, encodings)`` in index order) written there first, then mapped."""
+    cached = map_gallery(path)
+    if cached is not None and len(cached) == n_items:
         return cached, False
-    with torch.no_grad():
-        encoded = encode()
-    save_encoded(path, encoded)
+    write_gallery(path, batches(), n_items)
+    encoded = map_gallery(path)
+    if encoded is None:
+        raise RuntimeError(f"{path}: the gallery encodings just written cannot be read back")
     return encoded, True

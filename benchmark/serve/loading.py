@@ -6,8 +6,9 @@ trained now through :func:`benchmark.store.ensure_checkpoint` if absent; with
 ``train.max_epochs = 0`` the model as configured) or the folder given with ``--checkpoint``.
 With ``--no-train`` an absent checkpoint is a :class:`~benchmark.config.ConfigError` naming the
 command that trains it. The evaluated split's gallery is encoded once
-(:func:`benchmark.feedback.session.encode_gallery`, the model's item loader included) and its
-encodings cached on disk (:mod:`.encoding_cache`).
+(:func:`benchmark.feedback.gallery_encoding.gallery_batches`, the model's item loader included)
+into its encoding cache on disk (:mod:`.encoding_cache`), which is mapped: fields of the
+encodings below ``eval.memmap_min_mb`` go to the device, larger ones stay on disk.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import torch
 
 from benchmark.config import ConfigError, RunConfig, to_dict
 from benchmark.feedback.config import FeedbackConfig
+from benchmark.feedback.gallery_encoding import gallery_batches
+from benchmark.feedback.gallery_file import place
 from benchmark.feedback.llm.registry import make_backend
 from benchmark.feedback.refine import Refiner
-from benchmark.feedback.session import encode_gallery, load_model, run_device
+from benchmark.feedback.session import load_model, run_device
 from benchmark.preflight import load_cached_checkpoint
 from benchmark.registry import DATASETS, MODELS
 from benchmark.serve import encoding_cache as ec
@@ -79,8 +82,11 @@ def load(cfg: RunConfig, fb: FeedbackConfig, sc: ServeConfig, *, progress: bool 
         ec.split_identity(es.image_ids, es.provenance(), dm.content_identity()),
     )
     path = ec.cache_path(cfg.cache_dir, cfg.model, cfg.dataset, key)
-    encoded, encoded_now = ec.load_or_encode(path, lambda: encode_gallery(model, dm, device, cfg.cache_dir))
-    gallery = gallery_of(es, records, dm.root, encoded.to(device), gallery_caption=fb.gallery_caption)
+    encoded, encoded_now = ec.load_or_encode(
+        path, lambda: gallery_batches(model, dm, device, cfg.cache_dir), es.n_images
+    )
+    on_device = place(encoded, device, int(cfg.eval.memmap_min_mb * 2**20))  # larger fields stay mapped
+    gallery = gallery_of(es, records, dm.root, on_device, gallery_caption=fb.gallery_caption)
     encode_s = time.perf_counter() - t
     searcher = Searcher(
         model, gallery, fb, LLMSteps(Refiner(backend, fb.llm)), top_k=sc.top_k, max_searches=sc.max_searches

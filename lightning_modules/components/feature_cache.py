@@ -79,6 +79,18 @@ def require_space(folder: Path, need: int, what: str, remedy: str = "") -> None:
         )
 
 
+def pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
+    """Write the C-contiguous array ``data`` at ``offset`` of ``fd`` whole: ``pwrite`` may write
+    less than asked (at most ~2 GiB per call on Linux), so it is called until every byte is out;
+    no copy of ``data`` is made."""
+    view = np.ascontiguousarray(data).reshape(-1).view(np.uint8).data
+    while len(view):
+        n = os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(f"pwrite wrote nothing at offset {offset} ({len(view)} bytes left)")
+        view, offset = view[n:], offset + n
+
+
 def feature_key(
     tower_fingerprint: str, split: str, n_images: int, checksum: str, dtype: torch.dtype = torch.float32
 ) -> str:

@@ -24,6 +24,7 @@ REASONS = (
     "http_error",  # an HTTP error status (after retries for 429 / 5xx)
     "malformed_response",  # the server's body is not an OpenAI chat-completions response
     "invalid_output",  # the generated text is not the JSON asked for, or fails validation
+    "nothing_to_ask",  # the rules writer found fewer questions than asked for (no LLM failed)
     "backend_error",  # anything else the backend raised
 )
 

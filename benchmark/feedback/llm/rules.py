@@ -4,8 +4,9 @@ It honours the same interface as the LLM backends (chat messages in, JSON text o
 reads the inputs JSON that every prompt carries after ``INPUT JSON:`` and answers with
 :mod:`.contrast`. Outputs and result files label it "rules (not an LLM)". It is the
 default on the embedded benchmark, where no LLM weights exist; on real datasets it reads
-only the SynthScenes vocabulary, so it rarely finds anything to ask (those rounds fall
-back to score refreshing, counted as ``invalid_output``).
+only the SynthScenes vocabulary, so it rarely finds anything to ask. A round with fewer
+attribute contrasts than ``min_questions`` falls back to score refreshing, counted as
+``nothing_to_ask`` (not as an LLM's ``invalid_output``).
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ LABEL = "rules (deterministic attribute-contrast question writer; not an LLM)"
 
 
 class RulesBackend:
-    def __init__(self, max_questions: int = 3, max_options: int = 6) -> None:
-        self.max_questions, self.max_options = max_questions, max_options
+    def __init__(self, max_questions: int = 3, max_options: int = 6, min_questions: int = 2) -> None:
+        self.max_questions, self.max_options, self.min_questions = max_questions, max_options, min_questions
 
     @classmethod
     def from_spec(cls, spec: str, config: LLMConfig) -> RulesBackend:
-        return cls(config.max_questions, config.max_options)
+        return cls(config.max_questions, config.max_options, config.min_questions)
 
     def describe(self) -> dict[str, Any]:
         return {"spec": "rules", "label": LABEL, "is_llm": False}
@@ -44,4 +45,11 @@ class RulesBackend:
         }
         if data["task"] not in tasks:
             raise LLMError("backend_error", f"rules: unknown task {data['task']!r}")
-        return json.dumps(tasks[data["task"]](data))
+        out = tasks[data["task"]](data)
+        if data["task"] == TASK_QUESTIONS and len(out["questions"]) < self.min_questions:
+            raise LLMError(
+                "nothing_to_ask",
+                f"rules: {len(out['questions'])} attribute contrast(s) among the shown images, "
+                f"min_questions is {self.min_questions}",
+            )
+        return json.dumps(out)
