@@ -72,7 +72,8 @@ def _up_to_date(path: Path, cfg: RunConfig, model_cls, model_config, content: di
 
 
 def result_is_current(cfg: RunConfig) -> bool:
-    """``cfg``'s result file exists and holds this run (what ``skip_existing`` keeps); nothing runs."""
+    """``cfg``'s result file exists and holds this run (what ``skip_existing`` keeps); nothing runs,
+    and the machine checks a run makes first (``check_run``) are not made."""
     path = cfg.result_path()
     if not path.exists():
         return False

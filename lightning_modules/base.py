@@ -56,6 +56,9 @@ class Encoded:
         return Encoded(fn(self.emb), None if self.lengths is None else fn(self.lengths), extra)
 
     def __getitem__(self, idx: slice | torch.Tensor) -> Encoded:
+        """Items ``idx`` of every field; a tensor index follows each field to its device."""
+        if isinstance(idx, torch.Tensor):
+            return self._map(lambda t: t[idx.to(t.device)])
         return self._map(lambda t: t[idx])
 
     def to(self, device: torch.device | str) -> Encoded:

@@ -4,11 +4,12 @@ refusing batches that do not make one gallery."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from benchmark.atomic import HOST
 from benchmark.feedback.gallery_file import (
@@ -69,15 +70,16 @@ def test_written_batch_by_batch_and_mapped_equal_the_encodings(tmp_path, size):
     _same(no_extra, map_gallery(path))
 
 
-def test_place_moves_the_small_fields_and_leaves_the_large_ones_mapped(tmp_path):
+def test_place_moves_a_small_gallery_and_leaves_a_large_one_mapped(tmp_path):
     enc = _gallery()
     path = tmp_path / "g.safetensors"
     write_gallery(path, _batches(enc, 4), len(enc))
     mapped = map_gallery(path)
-    big = enc.emb.numel() * 4  # emb is the largest field
-    placed = place(mapped, "meta", big)
-    assert placed.emb.device.type == "cpu" and placed.emb.data_ptr() == mapped.emb.data_ptr()
-    assert placed.lengths.device.type == "meta" and all(t.device.type == "meta" for t in placed.extra.values())
+    total = len(enc) * row_bytes(enc)
+    kept = place(mapped, "meta", total)
+    assert kept.emb.data_ptr() == mapped.emb.data_ptr() and all(t.device.type == "cpu" for t in kept.extra.values())
+    moved = place(mapped, "meta", total + 1)
+    assert moved.emb.device.type == "meta" and all(t.device.type == "meta" for t in moved.extra.values())
 
 
 @pytest.mark.parametrize(
@@ -130,9 +132,71 @@ def test_truncated_corrupt_or_foreign_files_are_absent(tmp_path):
     for bad in (good[:-1], good[:6], b"\xff" * 64, good[:8] + b"{not json" + good[17:]):
         path.write_bytes(bad)
         assert map_gallery(path) is None
-    path.write_bytes(good)
-    os.truncate(path, len(good) - 3)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    path.write_bytes(len(deep).to_bytes(8, "little") + deep)
     assert map_gallery(path) is None
+
+
+def _with_header(path, edit) -> None:
+    """Rewrite the file's header through ``edit(header dict)``, keeping the data after it."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    edit(header)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (n - len(text)) if len(text) <= n else b""
+    assert len(text) == n, "the edited header must fit the old one"
+    path.write_bytes(raw[:8] + text + raw[8 + n :])
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda h: h["__metadata__"].update(format="someone-else/1"),
+        lambda h: h.pop("__metadata__"),
+        lambda h: h["lengths"].update(dtype="F32"),
+        lambda h: h["emb"].update(dtype="I32"),
+        lambda h: h["emb"]["shape"].__setitem__(0, True),
+        lambda h: h["emb"]["data_offsets"].__setitem__(0, 0.0),
+        lambda h: h["extra.mask"].update(data_offsets=[h["emb"]["data_offsets"][0], h["emb"]["data_offsets"][0] + 33]),
+        lambda h: h["extra.mask"]["shape"].__setitem__(0, 10),
+        lambda h: h.pop("emb"),
+    ],
+    ids=[
+        "format",
+        "no-metadata",
+        "float-lengths",
+        "int-emb",
+        "bool-shape",
+        "float-offset",
+        "overlap",
+        "count",
+        "no-emb",
+    ],
+)
+def test_headers_that_are_not_our_gallery_are_refused(tmp_path, edit):
+    enc = _gallery()
+    path = tmp_path / "g.safetensors"
+    write_gallery(path, _batches(enc, 4), len(enc))
+    assert map_gallery(path) is not None
+    _with_header(path, edit)
+    assert map_gallery(path) is None
+
+
+def test_a_plain_safetensors_file_with_our_names_and_format_maps(tmp_path):
+    enc = _gallery()
+    path = tmp_path / "g.safetensors"
+    tensors = {"emb": enc.emb, "lengths": enc.lengths} | {f"extra.{k}": v for k, v in enc.extra.items()}
+    save_file(tensors, path, metadata={"format": "instructsee-serve-gallery/1"})  # the former serve cache
+    _same(enc, map_gallery(path))
+
+
+def test_an_empty_batch_is_skipped_over(tmp_path):
+    enc = _gallery()
+    path = tmp_path / "g.safetensors"
+    batches = [(torch.arange(0, 4), enc[:4]), (torch.arange(4, 4), enc[4:4]), (torch.arange(4, 11), enc[4:])]
+    write_gallery(path, batches, len(enc))
+    _same(enc, map_gallery(path))
 
 
 def test_scratch_gallery_is_mapped_and_leaves_nothing_on_disk(tmp_path):

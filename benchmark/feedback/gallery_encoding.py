@@ -4,8 +4,9 @@
 loader when it has one, e.g. BLIP2's frozen-feature cache) and hands each batch to the host.
 :func:`encode_gallery` keeps a gallery whose encodings stay below ``eval.memmap_min_mb`` whole
 on the scoring device; a larger one goes into a scratch file under ``<cache>/eval-spill/``
-that is mapped and unlinked (:func:`~benchmark.feedback.gallery_file.scratch_gallery`), with
-only its fields below that size on the device. ``bench serve`` writes the same file as its
+that is mapped and unlinked (:func:`~benchmark.feedback.gallery_file.scratch_gallery`) and
+stays on the host, as the evaluation keeps its gallery (the models move gallery blocks to their
+device as they score). ``bench serve`` writes the same file as its
 lasting encoding cache (:mod:`benchmark.serve.encoding_cache`).
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark.feedback.gallery_file import place, row_bytes, scratch_gallery
+from benchmark.feedback.gallery_file import row_bytes, scratch_gallery
 from lightning_modules.base import Encoded
 from lightning_modules.contract import ItemLoading
 
@@ -44,12 +45,11 @@ def encode_gallery(model, dm, device: str, cache_dir: str | Path, memmap_min_mb:
     first = next(batches, None)
     if first is None:
         raise RuntimeError("the gallery loader served no images")
-    if row_bytes(first[1]) * n_items >= budget:
+    if row_bytes(first[1]) * n_items >= budget:  # mapped on the host, as the evaluation keeps a gallery
         scratch = Path(cache_dir) / "eval-spill" / SCRATCH_NAME
-        mapped = scratch_gallery(
+        return scratch_gallery(
             scratch, chain([first], batches), n_items, remedy="raise eval.memmap_min_mb to keep the gallery in memory"
         )
-        return place(mapped, device, budget)
     parts = [first, *batches]
     order = torch.cat([index for index, _ in parts])
     if not torch.equal(order, torch.arange(n_items)):

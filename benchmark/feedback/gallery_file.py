@@ -10,12 +10,12 @@ them twice), such a gallery does not fit. Here it goes to disk instead:
   disk is checked first) into a temporary file beside the target, then fsyncs and renames it:
   a crash never leaves a truncated file. Nothing is gathered in memory. :func:`scratch_gallery`
   writes the same file for one process's use: mapped, then unlinked.
-* :func:`map_gallery` maps the file read-only (``torch.from_file``, private mapping): the rows
-  are read from the page cache as scoring reaches them. An absent, truncated or foreign file
-  is ``None``.
-* :func:`place` moves the fields smaller than a budget to the scoring device and leaves the
-  larger ones mapped on the host; the models' scoring moves gallery blocks to their device
-  (as it does in the evaluation).
+* :func:`map_gallery` maps the file copy-on-write without reserving memory
+  (``lightning_modules/components/mapping.py``: a file larger than RAM maps): the rows are read
+  from the page cache as scoring reaches them. An absent, truncated or foreign file is ``None``.
+* :func:`place` moves a gallery smaller than a budget to the scoring device and leaves a larger
+  one mapped on the host, as the evaluation keeps its gallery (the models move gallery blocks
+  to their device as they score).
 
 The file is plain safetensors (``safetensors.torch.load_file`` reads it): tensors ``emb``,
 ``lengths`` (if any) and ``extra.<name>``, ordered by element size so that every tensor starts
@@ -24,6 +24,7 @@ aligned; the metadata says ``format``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -38,8 +39,11 @@ import torch
 from benchmark.atomic import clean_stale_temps, plain_file_mode, temp_sibling
 from lightning_modules.base import Encoded
 from lightning_modules.components.feature_cache import pwrite_all, require_space
+from lightning_modules.components.mapping import map_tensor
 
 FORMAT = "instructsee-gallery/1"
+#: formats :func:`map_gallery` reads (the second: ``bench serve``'s cache files before this module)
+FORMATS = (FORMAT, "instructsee-serve-gallery/1")
 EXTRA_PREFIX = "extra."
 #: safetensors' own limit on the header
 MAX_HEADER_BYTES = 100_000_000
@@ -195,7 +199,9 @@ def _write(tmp: Path, batches: Iterable[tuple[torch.Tensor, Encoded]], n_items: 
                 pwrite_all(fd, np.frombuffer(struct.pack("<Q", len(layout.header)) + layout.header, np.uint8), 0)
             assert fd is not None
             for name, t in layout.check(enc, where).items():
-                data = t.detach().to("cpu").contiguous().reshape(len(t), -1).view(torch.uint8).numpy()
+                data = (
+                    t.detach().to("cpu").contiguous().reshape(len(t), math.prod(t.shape[1:])).view(torch.uint8).numpy()
+                )
                 pwrite_all(fd, data, layout.starts[name] + done * data.shape[1])
             done += len(index)
         if layout is None or done != n_items:
@@ -205,11 +211,16 @@ def _write(tmp: Path, batches: Iterable[tuple[torch.Tensor, Encoded]], n_items: 
     finally:
         if fd is not None:
             os.close(fd)
+        close = getattr(batches, "close", None)
+        if close is not None:  # a generator left suspended by an error: its loader's workers go now
+            close()
 
 
 def map_gallery(path: Path) -> Encoded | None:
-    """The encodings of a gallery file, mapped read-only; None when absent, truncated or not a
-    gallery (any safetensors file with an ``emb`` tensor of [N, ...] items is one)."""
+    """The encodings of a gallery file, mapped copy-on-write without reserving memory
+    (:func:`~lightning_modules.components.mapping.map_tensor`: a file larger than RAM maps); None
+    when absent, truncated or not a gallery file of the suite (see :func:`_entries`). A mapping
+    the system refuses raises ``OSError``."""
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
@@ -217,42 +228,63 @@ def map_gallery(path: Path) -> Encoded | None:
             if not 0 < n_header <= min(MAX_HEADER_BYTES, size - 8):
                 return None
             header = json.loads(f.read(n_header))
-    except (OSError, struct.error, ValueError):
+    except (OSError, struct.error, ValueError, RecursionError):
         return None
+    base = 8 + n_header
+    entries = _entries(header, base, size)
+    if entries is None:
+        return None
+    flat = map_tensor(path)
+    return from_fields(
+        {name: flat[base + lo : base + hi].view(dtype).view(shape) for name, (dtype, shape, lo, hi) in entries.items()}
+    )
+
+
+def _entries(header: object, base: int, size: int) -> dict[str, tuple[torch.dtype, list[int], int, int]] | None:
+    """``{name: (dtype, shape, start, end)}`` of a header that describes a gallery file: our
+    ``format`` (or the former serve cache's), known dtypes, integer shapes and offsets that
+    tile the data without overlap, a floating ``emb`` and integer ``lengths`` of one item count."""
     if not isinstance(header, dict):
         return None
-    header.pop("__metadata__", None)
-    base = 8 + n_header
-    flat = None
-    tensors = {}
-    try:
-        for name, entry in header.items():
-            dtype = _BY_NAME[entry["dtype"]]
-            shape = [int(s) for s in entry["shape"]]
-            lo, hi = (int(x) for x in entry["data_offsets"])
-            itemsize = torch.empty((), dtype=dtype).element_size()
-            if (
-                min(shape, default=0) < 0
-                or hi - lo != math.prod(shape) * itemsize
-                or lo < 0
-                or base + hi > size
-                or (base + lo) % itemsize
-            ):
-                return None
-            if flat is None:
-                flat = torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8)
-            tensors[name] = flat[base + lo : base + hi].view(dtype).view(shape)
-        return from_fields(tensors) if "emb" in tensors else None
-    except (KeyError, TypeError, ValueError, RuntimeError):
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or meta.get("format") not in FORMATS:
         return None
+    out: dict[str, tuple[torch.dtype, list[int], int, int]] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict) or entry.get("dtype") not in _BY_NAME:
+            return None
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(shape, list) or not isinstance(offsets, list) or not shape or len(offsets) != 2:
+            return None
+        if any(type(x) is not int or x < 0 for x in [*shape, *offsets]):
+            return None
+        dtype = _BY_NAME[entry["dtype"]]
+        lo, hi = offsets
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if hi - lo != math.prod(shape) * itemsize or base + hi > size or (base + lo) % itemsize:
+            return None
+        out[name] = (dtype, shape, lo, hi)
+    spans = sorted((lo, hi) for _, _, lo, hi in out.values())
+    if any(b[0] < a[1] for a, b in itertools.pairwise(spans)):
+        return None
+    emb, lengths = out.get("emb"), out.get("lengths")
+    if emb is None or not emb[0].is_floating_point or len(emb[1]) < 2:
+        return None
+    if lengths is not None and (lengths[0].is_floating_point or lengths[0] == torch.bool or lengths[1] != emb[1][:1]):
+        return None
+    if any(shape[0] != emb[1][0] for _, shape, _, _ in out.values()):
+        return None
+    return out
+
+
+def nbytes(encoded: Encoded) -> int:
+    return row_bytes(encoded) * len(encoded)
 
 
 def place(encoded: Encoded, device: str | torch.device, max_device_bytes: int) -> Encoded:
-    """Each field smaller than ``max_device_bytes`` on ``device``; the others stay where they are
-    (mapped on the host: the models move gallery blocks to their device as they score)."""
-    return from_fields(
-        {
-            k: (t.to(device) if t.numel() * t.element_size() < max_device_bytes else t)
-            for k, t in fields(encoded).items()
-        }
-    )
+    """The whole encoding on ``device`` when smaller than ``max_device_bytes``; else where it is
+    (mapped on the host, as the evaluation keeps its gallery: the models move gallery blocks to
+    their device as they score)."""
+    return encoded.to(device) if nbytes(encoded) < max_device_bytes else encoded

@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 
 from lightning_modules.components.feature_cache import pwrite_all, require_space
+from lightning_modules.components.mapping import map_tensor
 
 #: a spill file this old that no process holds is left over from a crash
 STALE_AFTER_S = 3600.0
@@ -197,7 +198,7 @@ class SpilledTable:
         barrier()
         if self.several_machines:
             self._check_done(rank_and_world()[1])
-        flat = torch.from_file(str(self.path), shared=False, size=self.nbytes // self.itemsize, dtype=self.dtype)
+        flat = map_tensor(self.path, self.dtype)  # copy-on-write, no memory reserved (a table larger than RAM maps)
         inner = torch.empty(self.row_shape, dtype=self.dtype, device="meta").stride()
         self._rows = torch.as_strided(
             flat, (self.n_rows, *self.row_shape), (self.stride_bytes // self.itemsize, *inner)

@@ -7,8 +7,8 @@ trained now through :func:`benchmark.store.ensure_checkpoint` if absent; with
 With ``--no-train`` an absent checkpoint is a :class:`~benchmark.config.ConfigError` naming the
 command that trains it. The evaluated split's gallery is encoded once
 (:func:`benchmark.feedback.gallery_encoding.gallery_batches`, the model's item loader included)
-into its encoding cache on disk (:mod:`.encoding_cache`), which is mapped: fields of the
-encodings below ``eval.memmap_min_mb`` go to the device, larger ones stay on disk.
+into its encoding cache on disk (:mod:`.encoding_cache`), which is mapped: a gallery below
+``eval.memmap_min_mb`` goes to the device whole, a larger one stays mapped on the host.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def load(cfg: RunConfig, fb: FeedbackConfig, sc: ServeConfig, *, progress: bool 
     encoded, encoded_now = ec.load_or_encode(
         path, lambda: gallery_batches(model, dm, device, cfg.cache_dir), es.n_images
     )
-    on_device = place(encoded, device, int(cfg.eval.memmap_min_mb * 2**20))  # larger fields stay mapped
+    on_device = place(encoded, device, int(cfg.eval.memmap_min_mb * 2**20))  # a larger gallery stays mapped
     gallery = gallery_of(es, records, dm.root, on_device, gallery_caption=fb.gallery_caption)
     encode_s = time.perf_counter() - t
     searcher = Searcher(

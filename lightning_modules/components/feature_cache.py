@@ -21,9 +21,9 @@ Who computes the rows is an :class:`Extractor`: in-process by default
 every rank writing its own rows (``benchmark/extraction.py``).
 
 Reading: a file up to ``memmap_min_bytes`` is loaded into memory; a bigger one is
-memory-mapped (copy-on-write, so the returned tensor is an ordinary writable tensor whose
-pages come from the page cache): a gallery far larger than RAM is read row by row as
-re-ranking asks for it.
+memory-mapped (copy-on-write without reserving memory, ``mapping.py``, so the returned tensor
+is an ordinary writable tensor whose pages come from the page cache): a gallery far larger than
+RAM is read row by row as re-ranking asks for it.
 
 :class:`FeatureCache` is the DataModule's *item loader* (``RetrievalDataModule.
 set_item_loader``): ``for_split(split, n, checksum, images)`` returns ``i -> tokens [N, D]``
@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.base import DataError, collate_indexed
 from datamodules.sharding import RankBatches
+from lightning_modules.components.mapping import map_npy
 from lightning_modules.components.vision_tower import VisionTower
 
 FORMAT_VERSION = 2
@@ -340,7 +341,7 @@ class FeatureCache:
     def read(self, path: Path) -> torch.Tensor:
         """The array at ``path``: in memory up to ``memmap_min_bytes``, else memory-mapped."""
         if path.stat().st_size > self.memmap_min_bytes:
-            return torch.from_numpy(np.load(path, mmap_mode="c"))
+            return torch.from_numpy(map_npy(path))
         return torch.from_numpy(np.load(path))
 
     # -- the DataModule's item-loader interface ------------------------------------------
