@@ -1,4 +1,4 @@
-"""An encoded gallery in one safetensors file: written batch by batch, then mapped read-only.
+"""An encoded gallery in one safetensors file: written batch by batch, then mapped copy-on-write.
 
 ``bench feedback`` and ``bench serve`` score queries against the whole evaluated gallery, round
 after round, so they keep its encodings. At ViT-g a gallery image of BLIP-2 and ours is 32 x 256

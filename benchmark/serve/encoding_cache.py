@@ -5,7 +5,7 @@ One safetensors file per (checkpoint, dataset split) under ``<cache_dir>/serve/`
 name, size and modification time of each file in it: a retrained or replaced checkpoint gets
 a new key) and the evaluated split's identity (the DataModule's content identity, the split's
 provenance -- annotation hash and counts -- and its image ids in order). Written batch by batch
-and mapped read-only (:mod:`benchmark.feedback.gallery_file`: temporary name, fsync, rename, so
+and mapped (:mod:`benchmark.feedback.gallery_file`: temporary name, fsync, rename, so
 a crash never leaves a truncated file; a gallery larger than memory stays on disk), and a file
 that cannot be read is treated as absent (encoded again and replaced).
 """
