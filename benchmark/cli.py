@@ -211,6 +211,7 @@ def feedback(
     progress: TrainingProgressOption = False,
 ) -> None:
     """Interactive refinement with a simulated user: every arm, rounds 0..T, on the evaluated split."""
+    _progress_bars(progress)
     from benchmark.config import ConfigError
     from benchmark.feedback.options import feedback_config
     from benchmark.feedback.session import run_feedback
@@ -284,6 +285,7 @@ def serve(
     progress: TrainingProgressOption = False,
 ) -> None:
     """A local web app: type an instruction, see the top-k images, mark them, refresh or refine (LLM-guided)."""
+    _progress_bars(progress)
     from benchmark.config import ConfigError
     from benchmark.feedback.options import feedback_config
     from benchmark.preflight import check_run, check_writable_folder
@@ -537,6 +539,7 @@ def regress(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = False,
 ) -> None:
     """Run the tiny suite and compare its metrics with the baselines; exit 1 on a regression beyond tolerance."""
+    _progress_bars(progress)
     from benchmark.config import ConfigError
     from benchmark.regression.compare import compare_results
     from benchmark.regression.suite import results_in, run_suite, suite_models, update_baseline
@@ -661,6 +664,7 @@ def reproduce(
     ] = False,
 ) -> None:
     """Every registered model and every ablation arm (tiny, SynthScenes; or full, real datasets), then the report; exit 1 if a step failed."""
+    _progress_bars(progress)
     from benchmark.config import ConfigError
     from benchmark.reporting.options import ReportOptions, ReportOptionsError
     from benchmark.reproduce.execute import execute_plan, failed, summary

@@ -225,9 +225,14 @@ def test_a_failing_run_keeps_existing_results_and_exits_1(tmp_path):
 
 def test_dry_run_shows_the_steps_that_skip_existing_keeps(tmp_path):
     args = small_reproduce(tmp_path, "--only", "clip,report")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
     res = runner.invoke(app, args + ["--dry-run"])
     assert res.exit_code == 0 and "[1] clip: run\n" in res.output, res.output
     assert "[2] report: report into " in res.output and not (tmp_path / "results").exists()
+    assert not hf_logging.is_progress_bar_enabled()  # no weight-loading bars without --progress
+    hf_logging.enable_progress_bar()
     assert runner.invoke(app, args).exit_code == 0
     res = runner.invoke(app, args + ["--dry-run"])
     assert res.exit_code == 0 and "[1] clip: existing: " in res.output, res.output
