@@ -140,9 +140,10 @@ class _Layout:
         return ts
 
 
-def write_gallery(path: Path, batches: Iterable[tuple[torch.Tensor, Encoded]], n_items: int) -> None:
+def write_gallery(path: Path, batches: Iterable[tuple[torch.Tensor, Encoded]], n_items: int) -> Encoded:
     """Write the ``n_items`` items of ``batches`` (``(gallery indices, encodings)``, in index
-    order) to ``path`` atomically; the disk of ``path`` must hold it all (checked before writing)."""
+    order) to ``path`` atomically, and map it; the disk of ``path`` must hold it all (checked
+    before writing)."""
     path = Path(path)
     tmp = _fresh_temp(path)
     try:
@@ -151,6 +152,7 @@ def write_gallery(path: Path, batches: Iterable[tuple[torch.Tensor, Encoded]], n
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return _read_back(path)
 
 
 def scratch_gallery(
@@ -163,11 +165,15 @@ def scratch_gallery(
     tmp = _fresh_temp(Path(path))
     try:
         _write(tmp, batches, n_items, remedy)
-        mapped = map_gallery(tmp)
+        return _read_back(tmp)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _read_back(path: Path) -> Encoded:
+    mapped = map_gallery(path)
     if mapped is None:
-        raise RuntimeError(f"{path.parent}: the gallery file just written there cannot be read back")
+        raise RuntimeError(f"{path}: the gallery file just written cannot be read back")
     return mapped
 
 

@@ -62,8 +62,4 @@ def load_or_encode(path: Path, batches: Callable[[], Iterable[tuple[torch.Tensor
     cached = map_gallery(path)
     if cached is not None and len(cached) == n_items:
         return cached, False
-    write_gallery(path, batches(), n_items)
-    encoded = map_gallery(path)
-    if encoded is None:
-        raise RuntimeError(f"{path}: the gallery encodings just written cannot be read back")
-    return encoded, True
+    return write_gallery(path, batches(), n_items), True
